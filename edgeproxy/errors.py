@@ -1,0 +1,64 @@
+"""One error hierarchy for the whole package.
+
+Library code raises these; the HTTP boundary (`edgeproxy.http.error_response`) turns an
+`HTTPError` into a JSON response, and the CLI turns any `EdgeProxyError` into a one-line message.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+
+class EdgeProxyError(Exception):
+    """Base of every error edgeproxy raises on purpose."""
+
+
+class ConfigError(EdgeProxyError):
+    """The configuration is invalid; the message names the offending key."""
+
+
+class BlobFormatError(EdgeProxyError):
+    """A blob is not in the edgeproxy encrypted format (bad magic, version, size)."""
+
+
+class IntegrityError(BlobFormatError):
+    """A MAC, hash or length check failed: the bytes are not the ones that were promised."""
+
+
+class UpstreamError(EdgeProxyError):
+    """An upstream (shield, origin) could not be reached or broke off mid-response."""
+
+
+class ClientError(EdgeProxyError):
+    """The media API answered a client-library call with an error."""
+
+    def __init__(self, status: int, error: str, message: str) -> None:
+        super().__init__(f"{status} {error}: {message}")
+        self.status = status
+        self.error = error
+        self.message = message
+
+
+class HTTPError(EdgeProxyError):
+    """An error answered to an HTTP client as ``{"error": code, "message": ..., **extra}``."""
+
+    def __init__(
+        self,
+        status: int,
+        error: str,
+        message: str,
+        *,
+        headers: Mapping[str, str] | None = None,
+        **extra: Any,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.error = error
+        self.message = message
+        self.headers = dict(headers or {})
+        self.extra = extra
+
+    def body(self) -> dict[str, Any]:
+        """The JSON body sent to the client."""
+        return {"error": self.error, "message": self.message, **self.extra}

@@ -1,0 +1,139 @@
+"""HTTP Range requests (RFC 9110 §14): parsing and resolution, pure and I/O-free.
+
+`parse_range` reads a ``Range`` header into specs without knowing the representation length;
+`resolve_ranges` turns specs into concrete, inclusive byte ranges for a known length. A header
+that is syntactically invalid or uses another unit is *ignored* (the caller answers 200, §14.2);
+a valid header with no satisfiable range raises `RangeNotSatisfiable` (416, §15.5.17).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+# A request with more ranges than this is answered whole (200): RFC 9110 §14.2 lets a server
+# ignore a Range header that asks for many small ranges, a known amplification vector.
+MAX_RANGES = 16
+
+_INT_RANGE = re.compile(r"(\d+)-(\d*)")
+_SUFFIX_RANGE = re.compile(r"-(\d+)")
+
+
+class RangeNotSatisfiable(Exception):
+    """No range in a valid Range header overlaps the representation (answer 416)."""
+
+    def __init__(self, length: int) -> None:
+        super().__init__(f"no satisfiable range for a representation of {length} bytes")
+        self.length = length
+
+    @property
+    def content_range(self) -> str:
+        """The ``Content-Range`` value a 416 carries (RFC 9110 §14.4)."""
+        return f"bytes */{self.length}"
+
+
+@dataclass(frozen=True, slots=True)
+class RangeSpec:
+    """One ``range-spec``: ``first-last``, ``first-`` (last None) or ``-suffix`` (first None)."""
+
+    first: int | None
+    last: int | None
+
+    def resolve(self, length: int) -> ByteRange | None:
+        """The concrete range for ``length`` bytes, or None if unsatisfiable (§14.1.1)."""
+        if self.first is None:
+            assert self.last is not None
+            if self.last == 0 or length == 0:
+                return None
+            return ByteRange(max(0, length - self.last), length - 1)
+        if self.first >= length:
+            return None
+        last = length - 1 if self.last is None else min(self.last, length - 1)
+        return ByteRange(self.first, last)
+
+
+@dataclass(frozen=True, slots=True)
+class ByteRange:
+    """An inclusive byte range ``start..end`` of a representation."""
+
+    start: int
+    end: int
+
+    @property
+    def length(self) -> int:
+        """Number of bytes in the range."""
+        return self.end - self.start + 1
+
+    def content_range(self, total: int | None) -> str:
+        """The ``Content-Range`` header value for this range of ``total`` bytes."""
+        return f"bytes {self.start}-{self.end}/{'*' if total is None else total}"
+
+    def header_value(self) -> str:
+        """This range as a ``Range`` request header value."""
+        return f"bytes={self.start}-{self.end}"
+
+
+def parse_range(value: str | None) -> list[RangeSpec] | None:
+    """Parse a ``Range`` header; None when absent, invalid, or not in ``bytes``."""
+    if not value:
+        return None
+    unit, sep, rest = value.partition("=")
+    if not sep or unit.strip().lower() != "bytes":
+        return None
+    specs: list[RangeSpec] = []
+    for raw in rest.split(","):
+        part = raw.strip(" \t")
+        if not part:
+            continue  # RFC 9110 §5.6.1: empty list elements are ignored
+        if m := _INT_RANGE.fullmatch(part):
+            first, last = int(m.group(1)), (int(m.group(2)) if m.group(2) else None)
+            if last is not None and last < first:
+                return None
+            specs.append(RangeSpec(first, last))
+        elif m := _SUFFIX_RANGE.fullmatch(part):
+            specs.append(RangeSpec(None, int(m.group(1))))
+        else:
+            return None
+    if not specs or len(specs) > MAX_RANGES:
+        return None
+    return specs
+
+
+def resolve_ranges(specs: list[RangeSpec], length: int) -> list[ByteRange]:
+    """Satisfiable ranges of ``length`` bytes, overlaps and neighbours coalesced, in order.
+
+    Coalescing is what RFC 9110 §14.2 recommends against overlapping-range abuse; a request
+    whose ranges collapse into one is answered as a single-part 206.
+    """
+    ranges = [r for spec in specs if (r := spec.resolve(length)) is not None]
+    if not ranges:
+        raise RangeNotSatisfiable(length)
+    ranges.sort(key=lambda r: r.start)
+    merged = [ranges[0]]
+    for r in ranges[1:]:
+        last = merged[-1]
+        if r.start <= last.end + 1:
+            merged[-1] = ByteRange(last.start, max(last.end, r.end))
+        else:
+            merged.append(r)
+    return merged
+
+
+def parse_content_range(value: str | None) -> tuple[ByteRange | None, int | None] | None:
+    """Parse a ``Content-Range`` response header: ``(range, complete length)``.
+
+    ``bytes 0-9/100`` → (ByteRange(0, 9), 100); ``bytes */100`` → (None, 100);
+    ``bytes 0-9/*`` → (ByteRange(0, 9), None). None if malformed.
+    """
+    if not value:
+        return None
+    m = re.fullmatch(r"\s*bytes\s+(?:(\d+)-(\d+)|\*)/(\d+|\*)\s*", value, re.IGNORECASE)
+    if not m:
+        return None
+    total = None if m.group(3) == "*" else int(m.group(3))
+    if m.group(1) is None:
+        return (None, total) if total is not None else None
+    start, end = int(m.group(1)), int(m.group(2))
+    if end < start or (total is not None and end >= total):
+        return None
+    return ByteRange(start, end), total
