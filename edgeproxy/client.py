@@ -1,0 +1,331 @@
+"""The client library: encrypt → request upload → PUT → confirm, and fetch → verify → decrypt.
+
+The server never sees a key: `MediaClient.upload` encrypts on this machine and returns the
+*message payload* (seed 000, "Thumbnail in Message") that a sender would put in an end-to-end
+encrypted chat message. `MediaClient.download` takes that payload, fetches the blob (whole or
+by plaintext byte range) through any CDN node and writes plaintext only once it has verified.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hmac
+import mimetypes
+import os
+import re
+import tempfile
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Any
+from urllib.parse import urljoin, urlsplit, urlunsplit
+
+import httpx
+
+from . import crypto
+from .errors import BlobFormatError, ClientError, EdgeProxyError, IntegrityError
+
+UPLOAD_CHUNK = 256 * 1024
+_CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
+
+
+@dataclass(frozen=True)
+class DownloadResult:
+    """What one download did: plaintext bytes written, blob bytes fetched, the cache verdict."""
+
+    bytes_written: int
+    bytes_fetched: int
+    x_cache: str | None
+    status: int
+    url: str = ""
+
+
+def cdn_rewrite(media_url: str, cdn_url: str | None) -> str:
+    """``media_url`` fetched via ``cdn_url``: its scheme and host (and path prefix) swapped in."""
+    if not cdn_url:
+        return media_url
+    media, cdn = urlsplit(media_url), urlsplit(cdn_url)
+    return urlunsplit((cdn.scheme, cdn.netloc, cdn.path.rstrip("/") + media.path, media.query, ""))
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def _unb64(payload: Mapping[str, Any], key: str) -> bytes:
+    try:
+        return base64.b64decode(str(payload[key]), validate=True)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"payload field {key!r} is not valid base64") from exc
+
+
+def _field(payload: Mapping[str, Any], key: str) -> Any:
+    if payload.get(key) is None:
+        raise ValueError(f"payload is missing {key!r}")
+    return payload[key]
+
+
+def _raise_for_status(response: httpx.Response) -> None:
+    """`ClientError` built from the API's JSON error body (or the raw text if it has none)."""
+    if response.is_success:
+        return
+    response.read()
+    status = response.status_code
+    body: Any = None
+    with contextlib.suppress(ValueError):
+        body = response.json()
+    if isinstance(body, dict) and body.get("error"):
+        raise ClientError(status, str(body["error"]), str(body.get("message", "")))
+    text = response.text.strip()[:200] or response.reason_phrase
+    raise ClientError(status, f"http_{status}", text)
+
+
+def _file_chunks(fh: IO[bytes]) -> Iterator[bytes]:
+    fh.seek(0)
+    while piece := fh.read(UPLOAD_CHUNK):
+        yield piece
+
+
+def _unlink(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+
+
+class MediaClient:
+    """Sync client for the media API (upload) and any CDN node (download)."""
+
+    def __init__(self, api_url: str, *, token: str | None = None, cdn_url: str | None = None,
+                 timeout: float = 30.0) -> None:  # fmt: skip
+        self.api_url = api_url.rstrip("/")
+        self.token = token
+        self.cdn_url = cdn_url
+        self.http = httpx.Client(timeout=timeout, follow_redirects=False)
+
+    def close(self) -> None:
+        """Close the connection pool."""
+        self.http.close()
+
+    def __enter__(self) -> MediaClient:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:  # fmt: skip
+        self.close()
+
+    # --- upload -----------------------------------------------------------------------------
+
+    def _api(self, path: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        url = f"{self.api_url}{path}"
+        try:
+            response = self.http.post(url, json=dict(body), headers=headers)
+        except httpx.HTTPError as exc:
+            raise ClientError(0, "connection_failed", f"POST {url}: {exc}") from exc
+        _raise_for_status(response)
+        try:
+            data = response.json()
+        except ValueError as exc:
+            raise ClientError(response.status_code, "bad_response",
+                              f"POST {url} did not answer JSON") from exc  # fmt: skip
+        if not isinstance(data, dict):
+            raise ClientError(response.status_code, "bad_response", f"POST {url}: {data!r}")
+        return data
+
+    def upload(self, path: str | os.PathLike[str], *,
+               mimetype: str | None = None) -> dict[str, Any]:  # fmt: skip
+        """Encrypt ``path``, upload it, and return the message payload for the receiver.
+
+        Raises `ClientError` (status 0 if the API could not be reached) on API errors.
+        """
+        path = Path(path)
+        mimetype = mimetype or mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+        media_type = crypto.media_type_for(mimetype)
+        media_key = crypto.generate_media_key()
+        extras = _image_extras(path, media_key) if media_type == "image" else {}
+        with tempfile.TemporaryFile() as blob:
+            with path.open("rb") as src:
+                result = crypto.encrypt_stream(src, blob, media_key, media_type)
+            ticket = self._api("/v1/media/upload/request", {
+                "file_size": result.enc_length,
+                "file_type": mimetype,
+                "file_hash": "sha256:" + result.enc_sha256,
+            })  # fmt: skip
+            self._put(str(ticket["upload_url"]), blob, result.enc_length)
+        confirm: dict[str, Any] = {"media_id": ticket["media_id"], "file_sha256": result.enc_sha256}
+        if extras.get("thumb_blob") is not None:
+            confirm["thumbnail_base64"] = _b64(extras["thumb_blob"])
+        done = self._api("/v1/media/upload/confirm", confirm)
+        payload: dict[str, Any] = {
+            "type": media_type,
+            "media_id": ticket["media_id"],
+            "media_url": done["media_url"],
+            "thumbnail_url": done.get("thumbnail_url"),
+            "thumbnail_base64": extras.get("thumbnail_data_uri"),
+            "media_key": _b64(media_key),
+            "file_sha256": result.plain_sha256,
+            "file_enc_sha256": result.enc_sha256,
+            "file_length": result.plain_length,
+            "mimetype": mimetype,
+            "chunk_macs": _b64(result.chunk_macs),
+        }
+        if "width" in extras:
+            payload["width"], payload["height"] = extras["width"], extras["height"]
+        return payload
+
+    def _put(self, upload_url: str, blob: IO[bytes], length: int) -> None:
+        # The signed URL is the credential: no Authorization header, which an S3-style
+        # presigned URL would reject as a second auth mechanism.
+        url = urljoin(self.api_url + "/", upload_url)
+        headers = {"Content-Length": str(length), "Content-Type": "application/octet-stream"}
+        try:
+            response = self.http.put(url, content=_file_chunks(blob), headers=headers)
+        except httpx.HTTPError as exc:
+            raise ClientError(0, "connection_failed", f"PUT {url}: {exc}") from exc
+        _raise_for_status(response)
+
+    # --- download ---------------------------------------------------------------------------
+
+    def download(self, payload: Mapping[str, Any], out: str | os.PathLike[str], *,
+                 byte_range: tuple[int, int] | None = None) -> DownloadResult:  # fmt: skip
+        """Fetch, verify and decrypt the media of ``payload`` into ``out``.
+
+        ``byte_range`` is an inclusive plaintext range; an end past the file is clamped. Nothing
+        is left at ``out`` unless every check passed (`IntegrityError` otherwise).
+        """
+        url = cdn_rewrite(str(_field(payload, "media_url")), self.cdn_url)
+        media_key = _unb64(payload, "media_key")
+        media_type = str(payload.get("type") or crypto.media_type_for(str(payload["mimetype"])))
+        out = Path(out)
+        if byte_range is None:
+            return self._download_whole(payload, url, media_key, media_type, out)
+        return self._download_range(payload, url, media_key, media_type, out, byte_range)
+
+    def _download_whole(self, payload: Mapping[str, Any], url: str, media_key: bytes,
+                        media_type: str, out: Path) -> DownloadResult:  # fmt: skip
+        expected_plain = str(_field(payload, "file_sha256")).lower()
+        fd, enc_name = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".enc")
+        enc_path, part = Path(enc_name), Path(f"{out}.part")
+        try:
+            with os.fdopen(fd, "w+b") as enc:
+                status, x_cache, fetched = self._fetch(url, enc, None)
+                with part.open("wb") as dst:
+                    # decrypt_stream checks the blob hash and MAC before writing any plaintext.
+                    result = crypto.decrypt_stream(enc, dst, media_key, media_type,
+                                                   expected_enc_sha256=payload.get(
+                                                       "file_enc_sha256"))  # fmt: skip
+            if not hmac.compare_digest(result.plain_sha256, expected_plain):
+                raise IntegrityError(f"plaintext SHA-256 is {result.plain_sha256}, "
+                                     f"the payload promised {expected_plain}")  # fmt: skip
+            length = payload.get("file_length")
+            if length is not None and result.plain_length != int(length):
+                raise IntegrityError(f"plaintext is {result.plain_length} bytes, "
+                                     f"the payload promised {length}")  # fmt: skip
+            os.replace(part, out)
+        except BaseException:
+            _unlink(part)
+            raise
+        finally:
+            _unlink(enc_path)
+        return DownloadResult(result.plain_length, fetched, x_cache, status, url)
+
+    def _download_range(self, payload: Mapping[str, Any], url: str, media_key: bytes,
+                        media_type: str, out: Path,
+                        byte_range: tuple[int, int]) -> DownloadResult:  # fmt: skip
+        plain_length = int(_field(payload, "file_length"))
+        start, end = byte_range
+        if start < 0 or end < start or start >= plain_length:
+            raise ValueError(f"range {start}-{end} is outside the file (0-{plain_length - 1})")
+        plan = crypto.plan_range(start, min(end, plain_length - 1), plain_length)
+        chunk_macs = _unb64(payload, "chunk_macs")
+        with tempfile.SpooledTemporaryFile(max_size=8 * 1024**2) as buf:
+            status, x_cache, fetched = self._fetch(url, buf, plan, crypto.enc_length(plain_length))
+            buf.seek(0)
+            data = buf.read()
+        keys = crypto.MediaKeys.derive(media_key, media_type)
+        plain = crypto.decrypt_range(data, plan, keys, chunk_macs, plain_length)
+        part = Path(f"{out}.part")
+        try:
+            part.write_bytes(plain)
+            os.replace(part, out)
+        except BaseException:
+            _unlink(part)
+            raise
+        return DownloadResult(len(plain), fetched, x_cache, status, url)
+
+    def _fetch(self, url: str, sink: IO[bytes], plan: crypto.RangePlan | None,
+               blob_length: int | None = None) -> tuple[int, str | None, int]:  # fmt: skip
+        """Stream the blob (or the plan's byte range of it) into ``sink``.
+
+        Returns status, X-Cache and the number of body bytes received.
+        """
+        # identity: encrypted bytes do not compress, and a compressed body breaks byte offsets.
+        headers = {"Accept-Encoding": "identity"}
+        if plan is not None:
+            headers["Range"] = f"bytes={plan.blob_start}-{plan.blob_end}"
+        try:
+            with self.http.stream("GET", url, headers=headers) as response:
+                _raise_for_status(response)
+                want = None
+                if plan is not None:
+                    want = _check_partial(response, plan, blob_length)
+                elif response.status_code != 200:
+                    raise ClientError(response.status_code, "unexpected_status",
+                                      f"GET {url} answered {response.status_code}, not 200")
+                received = 0
+                for piece in response.iter_bytes():
+                    received += len(piece)
+                    if want is not None and received > want:
+                        raise IntegrityError(f"GET {url} sent more than the {want} bytes asked")
+                    sink.write(piece)
+                sink.flush()
+                return response.status_code, response.headers.get("x-cache"), received
+        except httpx.HTTPError as exc:
+            raise ClientError(0, "connection_failed", f"GET {url}: {exc}") from exc
+
+
+def _check_partial(response: httpx.Response, plan: crypto.RangePlan,
+                   blob_length: int | None) -> int:  # fmt: skip
+    """The body length a 206 for ``plan`` must have; IntegrityError if the headers disagree."""
+    if response.status_code != 206:
+        raise ClientError(response.status_code, "range_not_honoured",
+                          f"asked for bytes {plan.blob_start}-{plan.blob_end}, "
+                          f"got status {response.status_code} instead of 206")  # fmt: skip
+    want = plan.blob_end - plan.blob_start + 1
+    content_range = response.headers.get("content-range", "")
+    m = _CONTENT_RANGE.fullmatch(content_range.strip())
+    if (not m or (int(m.group(1)), int(m.group(2))) != (plan.blob_start, plan.blob_end)
+            or (blob_length is not None and m.group(3) not in ("*", str(blob_length)))):
+        raise IntegrityError(f"Content-Range {content_range!r} does not match the request for "
+                             f"bytes {plan.blob_start}-{plan.blob_end}/{blob_length}")  # fmt: skip
+    length = response.headers.get("content-length")
+    if length is not None and int(length) != want:
+        raise IntegrityError(f"Content-Length {length} does not match the {want} bytes asked")
+    return want
+
+
+def _image_extras(path: Path, media_key: bytes) -> dict[str, Any]:
+    """Thumbnail (plaintext data URI and encrypted blob) and dimensions of an image.
+
+    The thumbnail is optional in the protocol, so an image Pillow cannot read is still uploaded,
+    just without a preview.
+    """
+    from . import thumbnails  # Pillow is only needed for images
+
+    try:
+        jpeg = thumbnails.make_thumbnail(path)
+        facts = thumbnails.image_facts(path)
+    except (OSError, ValueError, EdgeProxyError):
+        return {}
+    blob, _ = crypto.encrypt_bytes(jpeg, media_key, "thumbnail")
+    return {
+        "thumb_blob": blob,
+        "thumbnail_data_uri": "data:image/jpeg;base64," + _b64(jpeg),
+        "width": int(facts["width"]),
+        "height": int(facts["height"]),
+    }
+
+
+__all__ = ["BlobFormatError", "ClientError", "DownloadResult", "IntegrityError", "MediaClient",
+           "cdn_rewrite"]  # fmt: skip
