@@ -29,7 +29,7 @@ _DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604
 _SIZE_UNITS = {
     "b": 1, "k": 1000, "kb": 1000, "mb": 1000**2, "gb": 1000**3, "tb": 1000**4,
     "kib": 1024, "mib": 1024**2, "gib": 1024**3, "tib": 1024**4,
-}  # fmt: skip
+}
 
 
 def parse_duration(value: Any) -> float:
@@ -103,7 +103,7 @@ DEFAULT_CONTENT_CLASSES = (
     ContentClass("media", paths=("/v/t1/*",), ttl=TierTTL(7 * 86400, 30 * 86400),
                  immutable=True),
     ContentClass("profile_photo", paths=("/pp/*",), ttl=TierTTL(86400, 7 * 86400)),
-)  # fmt: skip
+)
 
 
 @dataclass(frozen=True)
@@ -163,7 +163,7 @@ class Config:
     origin: OriginConfig = field(default_factory=OriginConfig)
     shield: NodeConfig = field(
         default_factory=lambda: NodeConfig(port=8081, upstream="http://127.0.0.1:8082",
-                                           cache_size=2 * 1024**3))  # fmt: skip
+                                           cache_size=2 * 1024**3))
     edge: NodeConfig = field(
         default_factory=lambda: NodeConfig(port=8080, upstream="http://127.0.0.1:8081"))
     cache: CacheConfig = field(default_factory=CacheConfig)
@@ -189,7 +189,7 @@ class Config:
 
 
 def load_config(path: str | os.PathLike[str] | None = None,
-                env: Mapping[str, str] | None = None) -> Config:  # fmt: skip
+                env: Mapping[str, str] | None = None) -> Config:
     """Load `Config` from a YAML file (or defaults when ``path`` is None) plus environment."""
     data: dict[str, Any] = {}
     base = Path.cwd()
@@ -208,7 +208,7 @@ def load_config(path: str | os.PathLike[str] | None = None,
         data = loaded or {}
         base = p.resolve().parent
     _apply_env(data, os.environ if env is None else env)
-    config = _build(Config, data, "")
+    config: Config = _build(Config, data, "")
     if not config.data_dir.is_absolute():
         config = config.replace(data_dir=(base / config.data_dir).resolve())
     _check(config)
@@ -300,13 +300,13 @@ def _convert_tuple(tp: Any, value: Any, key: str) -> tuple[Any, ...]:
 def _check(config: Config) -> None:
     """Cross-field rules the types alone cannot say."""
     ports = {"origin.port": config.origin.port, "shield.port": config.shield.port,
-             "edge.port": config.edge.port}  # fmt: skip
+             "edge.port": config.edge.port}
     for key, port in ports.items():
         if not 0 <= port <= 65535:
             raise ConfigError(f"{key}: expected a port 0-65535, got {port}")
     for key, workers in (("origin.workers", config.origin.workers),
                          ("shield.workers", config.shield.workers),
-                         ("edge.workers", config.edge.workers)):  # fmt: skip
+                         ("edge.workers", config.edge.workers)):
         if workers < 1:
             raise ConfigError(f"{key}: must be at least 1, got {workers}")
     for tier in TIERS:
@@ -315,13 +315,13 @@ def _check(config: Config) -> None:
             raise ConfigError(f"{tier}.upstream: expected an http(s):// URL, got {upstream!r}")
     if not re.match(r"https?://", config.public_base_url):
         raise ConfigError(f"public_base_url: expected an http(s):// URL, "
-                          f"got {config.public_base_url!r}")  # fmt: skip
+                          f"got {config.public_base_url!r}")
     size = config.cache.slice_size
     if size <= 0 or size % (64 * 1024):
         raise ConfigError(f"cache.slice_size: must be a positive multiple of 64KiB, got {size}")
     if config.log_level.lower() not in ("critical", "error", "warning", "info", "debug", "trace"):
         raise ConfigError(f"log_level: expected one of critical, error, warning, info, debug, "
-                          f"trace; got {config.log_level!r}")  # fmt: skip
+                          f"trace; got {config.log_level!r}")
     if len(config.origin.signing_key) < 16:
         raise ConfigError("origin.signing_key: must be at least 16 characters")
     names = [c.name for c in config.content_classes]

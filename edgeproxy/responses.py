@@ -35,7 +35,7 @@ async def _on_starlette_http_exception(request: Request, exc: Exception) -> Resp
     assert isinstance(exc, HTTPException)
     names = {404: "not_found", 405: "method_not_allowed", 400: "bad_request"}
     err = HTTPError(exc.status_code, names.get(exc.status_code, "error"), str(exc.detail),
-                    headers=exc.headers)  # fmt: skip
+                    headers=exc.headers)
     return error_response(err, head=request.method == "HEAD")
 
 

@@ -1,0 +1,407 @@
+"""The upstream side of a cache node: `fetch` with collapsed forwarding and streaming fills.
+
+One `SpanFetch` is one upstream request (``bereq``) for a run of aligned slices. Each slice it
+covers is a `SliceFill`: a temp file that grows as bytes arrive, which any number of client
+requests follow at once (collapsed forwarding, and no waiting for the fill to end). A slice is
+committed to the store only when it is complete and its length is right; a fetch that breaks
+off marks its unfinished fills failed, so followers abort instead of delivering a short body.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from ..errors import UpstreamError
+from ..ranges import parse_content_range
+from . import policy
+from .store import CacheStore
+
+log = logging.getLogger("edgeproxy.fetch")
+
+# Bodies of answers we do not slice (404, 5xx...) are read whole; cap them so a misbehaving
+# upstream cannot make us buffer much.
+SMALL_BODY_MAX = 64 * 1024
+
+
+@dataclass
+class BeResp:
+    """Facts of one upstream response (``beresp``), known once its headers are in."""
+
+    status: int
+    headers: list[tuple[str, str]]
+    length: int | None  # complete length of the representation
+    etag: str | None
+    last_modified: str | None
+    content_type: str | None
+    request_time: float
+    response_time: float
+    body_start: int = 0  # offset in the representation of the first body byte
+    body: bytes | None = None  # small unsliced answers only
+    x_cache: str | None = None
+
+    @property
+    def header_map(self) -> dict[str, str]:
+        """First value of each header, lower-cased names."""
+        out: dict[str, str] = {}
+        for name, value in self.headers:
+            out.setdefault(name.lower(), value)
+        return out
+
+    @property
+    def version(self) -> str:
+        """What ties slices to one representation: the strong ETag, else length and date."""
+        if self.etag and not self.etag.startswith("W/"):
+            return self.etag
+        return f"{self.length}|{self.last_modified or ''}"
+
+
+class SliceFill:
+    """One slice being written from upstream; readers follow its temp file as it grows."""
+
+    def __init__(self, key: str, index: int, temp: Path, span: SpanFetch) -> None:
+        self.key = key
+        self.span = span
+        self.index = index
+        self.temp = temp
+        self.fd = os.open(temp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        self.written = 0
+        self.expected: int | None = None
+        self.version: str | None = None
+        self.done = False
+        self.error: BaseException | None = None
+        self._progress = asyncio.Event()
+
+    def reader(self) -> int:
+        """A private descriptor for a follower (valid even after the temp file is renamed)."""
+        return os.dup(self.fd)
+
+    def write(self, data: bytes | memoryview) -> None:
+        """Append bytes and wake followers."""
+        view = memoryview(data)
+        while view:
+            n = os.pwrite(self.fd, view, self.written)
+            self.written += n
+            view = view[n:]
+        self._notify()
+
+    def finish(self) -> None:
+        """Mark complete and wake followers."""
+        self.done = True
+        self._notify()
+
+    def fail(self, error: BaseException) -> None:
+        """Mark failed: followers abort rather than deliver a short body."""
+        if not self.done:
+            self.error = error
+            self._notify()
+
+    def _notify(self) -> None:
+        self._progress.set()
+        self._progress = asyncio.Event()
+
+    async def wait_beyond(self, position: int, timeout: float) -> None:
+        """Wait until more than ``position`` bytes are written, or the fill ended."""
+        if self.written > position or self.done or self.error is not None:
+            return
+        try:
+            await asyncio.wait_for(self._progress.wait(), timeout)
+        except TimeoutError:
+            raise UpstreamError(f"no progress from upstream for {timeout:.0f}s") from None
+
+    def close(self) -> None:
+        """Close the writer's descriptor (followers keep their own)."""
+        with contextlib.suppress(OSError):
+            os.close(self.fd)
+
+
+@dataclass
+class SpanFetch:
+    """One upstream request covering slices ``first..last`` (``last`` None: to the end)."""
+
+    key: str
+    first: int
+    last: int | None
+    headers_ready: asyncio.Future[BeResp] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future())
+    fills: dict[int, SliceFill] = field(default_factory=dict)
+
+
+# Decides, from the upstream's response, whether and how to store: returns the version string
+# to commit slices under (None: do not store) — policy lives in the node, not here.
+OnHeaders = Callable[[str, BeResp], str | None]
+
+
+class Fetcher:
+    """Runs span fetches against one upstream and tracks in-flight slice fills."""
+
+    def __init__(self, store: CacheStore, client: httpx.AsyncClient, upstream: str, *,
+                 slice_size: int, tier: str, on_headers: OnHeaders,
+                 on_upstream: Callable[[int, int], None] | None = None) -> None:
+        self.store = store
+        self.client = client
+        self.upstream = upstream.rstrip("/")
+        self.slice_size = slice_size
+        self.tier = tier
+        self.on_headers = on_headers
+        self.on_upstream = on_upstream or (lambda status, nbytes: None)
+        self.fills: dict[tuple[str, int], SliceFill] = {}
+        self.heads: dict[str, asyncio.Future[BeResp]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def fill_for(self, key: str, index: int) -> SliceFill | None:
+        """The in-flight fill of a slice, if any."""
+        return self.fills.get((key, index))
+
+    def start_span(self, key: str, path: str, first: int, last: int | None,
+                   version: str | None = None) -> SpanFetch:
+        """Start one upstream request for slices ``first..last`` not already in flight.
+
+        Claims (registers) the slices synchronously, so a concurrent request for any of them
+        follows this fetch instead of starting its own: that is collapsed forwarding. The run
+        stops before the first slice that is already stored (at ``version``) or in flight.
+        """
+        if last is not None:
+            for i in range(first + 1, last + 1):
+                stored = version is not None and self.store.has_slice(key, version, i)
+                if stored or (key, i) in self.fills:
+                    last = i - 1
+                    break
+        span = SpanFetch(key, first, last)
+        for i in range(first, (last if last is not None else first) + 1):
+            self._claim(span, i)
+        task = asyncio.create_task(self._run(span, path))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return span
+
+    async def head(self, key: str, path: str, timeout: float) -> BeResp:
+        """Learn an object's facts without its body (coalesced per key)."""
+        fut = self.heads.get(key)
+        if fut is None:
+            fut = asyncio.get_running_loop().create_future()
+            self.heads[key] = fut
+            task = asyncio.create_task(self._run_head(key, path, fut))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        return await asyncio.wait_for(asyncio.shield(fut), timeout)
+
+    async def aclose(self) -> None:
+        """Cancel fills in progress (shutdown)."""
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    # --- internals ---
+
+    def _claim(self, span: SpanFetch, index: int) -> bool:
+        if (span.key, index) in self.fills:
+            return False
+        fill = SliceFill(span.key, index, self.store.new_temp(), span)
+        self.fills[(span.key, index)] = fill
+        span.fills[index] = fill
+        return True
+
+    def _release(self, fill: SliceFill) -> None:
+        if self.fills.get((fill.key, fill.index)) is fill:
+            del self.fills[(fill.key, fill.index)]
+        fill.close()
+
+    def _bereq_headers(self, extra: dict[str, str]) -> dict[str, str]:
+        # Fills are shared by many clients, so nothing client-specific goes upstream; identity
+        # encoding keeps stored bytes equal to the representation ranges refer to.
+        return {"accept-encoding": "identity", "via": f"1.1 edgeproxy-{self.tier}", **extra}
+
+    async def _run_head(self, key: str, path: str, fut: asyncio.Future[BeResp]) -> None:
+        try:
+            t0 = time.time()
+            resp = await self.client.head(self.upstream + path, headers=self._bereq_headers({}))
+            beresp = _beresp(resp, t0)
+            if resp.status_code == 200:
+                beresp.length = _int(resp.headers.get("content-length"))
+            self.on_upstream(resp.status_code, 0)
+            fut.set_result(beresp)
+        except Exception as exc:
+            fut.set_exception(_upstream_error(exc))
+        finally:
+            self.heads.pop(key, None)
+
+    async def _run(self, span: SpanFetch, path: str) -> None:
+        size = self.slice_size
+        start = span.first * size
+        end = "" if span.last is None else str((span.last + 1) * size - 1)
+        rng = f"bytes={start}-{end}"
+        received = 0
+        try:
+            t0 = time.time()
+            bereq = self.client.build_request("GET", self.upstream + path,
+                                              headers=self._bereq_headers({"range": rng}))
+            resp = await self.client.send(bereq, stream=True)
+            try:
+                beresp = _beresp(resp, t0)
+                if resp.status_code not in (200, 206):
+                    beresp.body = await _read_small(resp)
+                    self.on_upstream(resp.status_code, len(beresp.body))
+                    span.headers_ready.set_result(beresp)
+                    raise _NotABody(resp.status_code)
+                version = self.on_headers(span.key, beresp)
+                span.headers_ready.set_result(beresp)
+                self._plan(span, beresp, version)
+                async for chunk in resp.aiter_raw(256 * 1024):
+                    self._write(span, beresp.body_start + received, chunk)
+                    received += len(chunk)
+                    if not any(not f.done for f in span.fills.values()):
+                        break  # everything we claimed is in; don't pull bytes nobody needs
+                self.on_upstream(resp.status_code, received)
+            finally:
+                await resp.aclose()
+            unfinished = [f for f in span.fills.values() if not f.done]
+            if unfinished:
+                raise UpstreamError(f"upstream body ended early at byte {received}")
+        except _NotABody as exc:
+            self._fail_all(span, UpstreamError(f"upstream answered {exc.status}"))
+        except BaseException as exc:
+            err = _upstream_error(exc)
+            if not span.headers_ready.done():
+                span.headers_ready.set_exception(err)
+                span.headers_ready.exception()  # mark retrieved: waiters may have gone
+            self._fail_all(span, err)
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            log.warning("fill of %s failed: %s", span.key, err)
+
+    def _plan(self, span: SpanFetch, beresp: BeResp, version: str | None) -> None:
+        """Fix each claimed slice's expected length now that the object's length is known."""
+        length = beresp.length
+        if length is None:
+            raise UpstreamError("upstream sent no length; cannot slice")
+        count = policy.slice_count(length, self.slice_size)
+        if span.last is None:
+            # Open span: claim the rest of the object, up to the first slice already stored or
+            # in flight (those bytes are someone else's and are skipped).
+            for i in range(span.first + 1, count):
+                if version is not None and self.store.has_slice(span.key, version, i):
+                    break
+                if not self._claim(span, i):
+                    break
+        if beresp.body_start != 0 and beresp.body_start != span.first * self.slice_size:
+            raise UpstreamError("upstream answered a different range than asked")
+        if beresp.body_start == 0 and span.first > 0:
+            # The upstream ignored Range and sends the whole body: take the slices before ours
+            # as well, since the bytes pass by anyway.
+            for i in range(0, span.first):
+                if version is None or not self.store.has_slice(span.key, version, i):
+                    self._claim(span, i)
+        for index, fill in list(span.fills.items()):
+            if index >= count:
+                fill.fail(UpstreamError("slice beyond the end of the object"))
+                self._discard(fill)
+                del span.fills[index]
+                continue
+            lo, hi = policy.slice_bounds(index, self.slice_size, length)
+            fill.expected = hi - lo + 1
+            fill.version = version
+            if fill.expected == 0:
+                self._complete(span, fill)
+
+    def _write(self, span: SpanFetch, offset: int, chunk: bytes) -> None:
+        size = self.slice_size
+        view = memoryview(chunk)
+        while view:
+            index, within = divmod(offset, size)
+            take = min(len(view), size - within)
+            fill = span.fills.get(index)
+            if fill is not None and not fill.done and fill.error is None:
+                assert fill.expected is not None
+                if within != fill.written:
+                    raise UpstreamError(f"slice {index}: bytes out of order")
+                fill.write(view[: min(take, fill.expected - within)])
+                if fill.written >= fill.expected:
+                    self._complete(span, fill)
+            view = view[take:]
+            offset += take
+
+    def _complete(self, span: SpanFetch, fill: SliceFill) -> None:
+        fill.finish()
+        # Commit and unregister in one synchronous step: a request that misses the fill in the
+        # registry finds the slice in the store.
+        if fill.version is not None:
+            try:
+                self.store.commit_slice(span.key, fill.version, fill.index, fill.temp, fill.written)
+            except OSError as exc:
+                log.error("could not commit slice %s/%d: %s", span.key, fill.index, exc)
+                fill.temp.unlink(missing_ok=True)
+        else:
+            fill.temp.unlink(missing_ok=True)  # uncacheable: followers read their own fds
+        self._release(fill)
+
+    def _discard(self, fill: SliceFill) -> None:
+        fill.temp.unlink(missing_ok=True)
+        self._release(fill)
+
+    def _fail_all(self, span: SpanFetch, err: BaseException) -> None:
+        for fill in span.fills.values():
+            if not fill.done:
+                fill.fail(err)
+                self._discard(fill)
+
+
+class _NotABody(Exception):
+    def __init__(self, status: int) -> None:
+        super().__init__(status)
+        self.status = status
+
+
+def _beresp(resp: httpx.Response, request_time: float) -> BeResp:
+    headers = policy.forwardable(resp.headers.multi_items())
+    length: int | None = None
+    body_start = 0
+    if resp.status_code == 206:
+        parsed = parse_content_range(resp.headers.get("content-range"))
+        if parsed is None or parsed[0] is None:
+            raise UpstreamError("upstream sent 206 without a valid Content-Range")
+        body_start, length = parsed[0].start, parsed[1]
+    elif resp.status_code == 200:
+        length = _int(resp.headers.get("content-length"))
+    elif resp.status_code == 416:
+        parsed = parse_content_range(resp.headers.get("content-range"))
+        length = parsed[1] if parsed else None
+    return BeResp(
+        status=resp.status_code, headers=headers, length=length,
+        etag=resp.headers.get("etag"), last_modified=resp.headers.get("last-modified"),
+        content_type=resp.headers.get("content-type"), request_time=request_time,
+        response_time=time.time(), body_start=body_start, x_cache=resp.headers.get("x-cache"),
+    )
+
+
+async def _read_small(resp: httpx.Response) -> bytes:
+    body = bytearray()
+    async for chunk in resp.aiter_raw():
+        body += chunk
+        if len(body) > SMALL_BODY_MAX:
+            break
+    return bytes(body[:SMALL_BODY_MAX])
+
+
+def _int(value: str | None) -> int | None:
+    return int(value) if value is not None and value.isdigit() else None
+
+
+def _upstream_error(exc: BaseException) -> UpstreamError:
+    if isinstance(exc, UpstreamError):
+        return exc
+    if isinstance(exc, httpx.TimeoutException):
+        return UpstreamError(f"upstream timed out ({type(exc).__name__})")
+    if isinstance(exc, httpx.HTTPError):
+        return UpstreamError(f"upstream unreachable: {exc or type(exc).__name__}")
+    if isinstance(exc, asyncio.CancelledError):
+        return UpstreamError("fill cancelled")
+    return UpstreamError(f"fill failed: {exc!r}")

@@ -1,0 +1,61 @@
+"""Prometheus metrics of a cache node: requests *and bytes* by tier, result and class."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+__all__ = ["CONTENT_TYPE_LATEST", "NodeMetrics"]
+
+_LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5,
+                    10, 30)
+
+
+class NodeMetrics:
+    """The metric families of one node, in a registry of its own."""
+
+    def __init__(self, tier: str) -> None:
+        self.tier = tier
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("edgeproxy_requests", "Client requests answered",
+                                ["tier", "result", "content_class"], registry=r)
+        self.response_bytes = Counter("edgeproxy_response_bytes",
+                                      "Body bytes sent to clients",
+                                      ["tier", "result", "content_class"], registry=r)
+        self.upstream_requests = Counter("edgeproxy_upstream_requests",
+                                         "Requests sent upstream", ["tier", "status"],
+                                         registry=r)
+        self.upstream_bytes = Counter("edgeproxy_upstream_bytes",
+                                      "Body bytes received from upstream", ["tier"],
+                                      registry=r)
+        self.collapsed = Counter("edgeproxy_collapsed_requests",
+                                 "Client requests that joined a fill already in flight",
+                                 ["tier"], registry=r)
+        self.integrity_failures = Counter("edgeproxy_integrity_failures",
+                                          "Fills discarded for a wrong length or hash",
+                                          ["tier"], registry=r)
+        self.latency = Histogram("edgeproxy_request_duration_seconds",
+                                 "Time to answer a client request (until the last byte)",
+                                 ["tier", "result"], buckets=_LATENCY_BUCKETS,
+                                 registry=r)
+        self.cache_size = Gauge("edgeproxy_cache_size_bytes", "Bytes in the disk cache",
+                                ["tier"], registry=r)
+
+    def observe(self, result: str, content_class: str, nbytes: int, seconds: float) -> None:
+        """Account one answered client request."""
+        self.requests.labels(self.tier, result, content_class).inc()
+        if nbytes:
+            self.response_bytes.labels(self.tier, result, content_class).inc(nbytes)
+        self.latency.labels(self.tier, result).observe(seconds)
+
+    def upstream(self, status: int, nbytes: int) -> None:
+        """Account one upstream response."""
+        self.upstream_requests.labels(self.tier, str(status)).inc()
+        if nbytes:
+            self.upstream_bytes.labels(self.tier).inc(nbytes)
+
+    def render(self, cache_bytes: int) -> bytes:
+        """The text exposition format."""
+        self.cache_size.labels(self.tier).set(cache_bytes)
+        return bytes(generate_latest(self.registry))

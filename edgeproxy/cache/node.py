@@ -1,0 +1,430 @@
+"""A caching node (edge or shield) as a lean ASGI app.
+
+A client request moves ``recv → lookup → hit | miss | stale → fetch → deliver``, as in Varnish.
+Client-side names are ``req``/``resp``; upstream-side ones ``bereq``/``beresp`` (in `fetch`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from ..config import Config, ContentClass
+from ..errors import ConfigError, HTTPError, UpstreamError
+from ..ranges import ByteRange, RangeNotSatisfiable, parse_range, resolve_ranges
+from . import policy
+from .deliver import BodySource, Multipart, Send
+from .fetch import BeResp, Fetcher
+from .metrics import CONTENT_TYPE_LATEST, NodeMetrics
+from .passthrough import pass_request
+from .store import CacheStore, ObjectMeta
+
+log = logging.getLogger("edgeproxy.cache")
+
+Receive = Any
+Scope = dict[str, Any]
+
+
+@dataclass
+class Req:
+    """The client request as a cache sees it (``req``)."""
+
+    method: str
+    path: str
+    query: str
+    headers: dict[str, str]
+    key: str
+
+    @classmethod
+    def from_scope(cls, scope: Scope) -> Req:
+        """Parse the ASGI scope (first value of each header, names lower-cased)."""
+        headers: dict[str, str] = {}
+        for name, value in scope["headers"]:
+            headers.setdefault(name.decode("latin-1"), value.decode("latin-1"))
+        query = scope.get("query_string", b"").decode("latin-1")
+        path = scope["path"]
+        return cls(scope["method"], path, query, headers, policy.cache_key(path, query))
+
+    @property
+    def upstream_path(self) -> str:
+        """Path and query as sent upstream (raw, as received)."""
+        return self.path + (f"?{self.query}" if self.query else "")
+
+
+class CacheNode:
+    """The ASGI application of one edge or shield."""
+
+    def __init__(self, config: Config, tier: str, *, upstream: str | None = None) -> None:
+        self.config = config
+        self.tier = tier
+        self.upstream = (upstream or config.node(tier).upstream).rstrip("/")
+        if not self.upstream:
+            raise ConfigError(f"{tier}.upstream: no upstream URL configured")
+        self.classes: dict[str, ContentClass] = {c.name: c for c in config.content_classes}
+        self.store = CacheStore(config.cache_dir(tier), config.node(tier).cache_size)
+        self.metrics = NodeMetrics(tier)
+        self._client: httpx.AsyncClient | None = None
+        self._fetcher: Fetcher | None = None
+
+    # --- ASGI plumbing ---
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return
+        path = scope["path"]
+        if path == "/healthz":
+            await _send_json(send, 200, {"status": "ok", "role": self.tier})
+            return
+        if path == "/metrics":
+            body = self.metrics.render(self.store.volume())
+            await _send_simple(send, 200, body, CONTENT_TYPE_LATEST)
+            return
+        started = time.perf_counter()
+        req = Req.from_scope(scope)
+        result, cls, nbytes = "ERROR", policy.DEFAULT_CLASS, 0
+        try:
+            result, cls, nbytes = await self.recv(req, scope, receive, send)
+        except HTTPError as exc:
+            await _send_json(send, exc.status, exc.body(), exc.headers, head=req.method == "HEAD")
+        finally:
+            self.metrics.observe(result, cls, nbytes, time.perf_counter() - started)
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                self.startup()
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.shutdown()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    def startup(self) -> None:
+        """Open the upstream connection pool (needs the running loop)."""
+        timeout = self.config.cache.upstream_timeout
+        self._client = httpx.AsyncClient(
+            timeout=httpx.Timeout(timeout, connect=min(timeout, 5.0)),
+            limits=httpx.Limits(max_connections=512, max_keepalive_connections=64),
+        )
+        self._fetcher = Fetcher(self.store, self._client, self.upstream,
+                                slice_size=self.config.cache.slice_size, tier=self.tier,
+                                on_headers=self._on_headers,
+                                on_upstream=self.metrics.upstream)
+
+    async def shutdown(self) -> None:
+        """Stop fills and close the pool and the index."""
+        if self._fetcher is not None:
+            await self._fetcher.aclose()
+        if self._client is not None:
+            await self._client.aclose()
+        self.store.close()
+
+    @property
+    def fetcher(self) -> Fetcher:
+        """The upstream side (available after startup)."""
+        assert self._fetcher is not None, "lifespan startup has not run"
+        return self._fetcher
+
+    # --- recv → lookup → hit | miss | stale ---
+
+    async def recv(self, req: Req, scope: Scope, receive: Receive,
+                   send: Send) -> tuple[str, str, int]:
+        """Route one client request; returns (result, content class, body bytes sent)."""
+        if req.method not in ("GET", "HEAD") or "authorization" in req.headers:
+            if req.method not in ("GET", "HEAD", "OPTIONS", "TRACE"):
+                self.store.purge(req.key)  # RFC 9111 §4.4: unsafe methods invalidate
+            assert self._client is not None
+            nbytes = await pass_request(self._client, self.upstream, self.tier, scope,
+                                        receive, send)
+            return "PASS", policy.DEFAULT_CLASS, nbytes
+        meta = self.store.get_meta(req.key)  # lookup
+        now = time.time()
+        if meta is not None and meta.freshness.is_fresh(now):
+            return await self.hit(req, meta, send)
+        return await self.miss(req, meta, send)
+
+    async def hit(self, req: Req, meta: ObjectMeta, send: Send) -> tuple[str, str, int]:
+        """Serve a fresh stored object (slices missing from the store are fetched)."""
+        return await self.deliver(req, meta, send, result="HIT", upstream_cache=None)
+
+    async def miss(self, req: Req, stale: ObjectMeta | None,
+                   send: Send) -> tuple[str, str, int]:
+        """Fetch the object's facts upstream (coalesced), then deliver as they stream in."""
+        try:
+            beresp = await self.fetch(req, stale)
+        except UpstreamError as exc:
+            if stale is not None and stale.freshness.may_serve_stale_on_error(time.time()):
+                return await self.deliver(req, stale, send, result="STALE", upstream_cache=None)
+            status = 504 if "timed out" in str(exc) else 502
+            raise HTTPError(status, "upstream_unavailable", str(exc), tier=self.tier) from None
+        if beresp.status in policy.NEGATIVE_STATUSES:
+            meta = self._negative_meta(req, beresp)
+            return await self.deliver(req, meta, send, result="MISS", upstream_cache=beresp.x_cache)
+        if beresp.status == 416:
+            if beresp.length is None:
+                raise HTTPError(502, "bad_upstream_answer", "upstream sent 416 without a length")
+            raise HTTPError(416, "range_not_satisfiable", "no satisfiable range",
+                            headers={"content-range": f"bytes */{beresp.length}"})
+        if beresp.status not in (200, 206):
+            if stale is not None and beresp.status >= 500 \
+                    and stale.freshness.may_serve_stale_on_error(time.time()):
+                return await self.deliver(req, stale, send, result="STALE", upstream_cache=None)
+            return await self._relay_error(req, beresp, send)
+        stored = self.store.get_meta(req.key)
+        if stored is None or stored.version != beresp.version:
+            fleeting = self._meta_from(req.key, beresp, store=False)  # uncacheable
+            return await self.deliver(req, fleeting, send, result="MISS",
+                                      upstream_cache=beresp.x_cache, cacheable=False)
+        return await self.deliver(req, stored, send, result="MISS", upstream_cache=beresp.x_cache)
+
+    async def fetch(self, req: Req, stale: ObjectMeta | None) -> BeResp:
+        """Start (or join) the upstream fetch that tells us the object's facts."""
+        timeout = self.config.cache.fill_wait_timeout
+        first = self._first_byte(req, stale)
+        if first is None:  # a suffix range on an unknown object: learn its length first
+            beresp = await self.fetcher.head(req.key, req.upstream_path, timeout)
+            if beresp.status == 200:
+                self._on_headers(req.key, beresp)
+            return beresp
+        index = first // self.config.cache.slice_size
+        fill = self.fetcher.fill_for(req.key, index)
+        if fill is not None:
+            self.metrics.collapsed.labels(self.tier).inc()
+            span = fill.span
+        else:
+            last = self._last_slice(req)
+            span = self.fetcher.start_span(req.key, req.upstream_path, index, last)
+        try:
+            return await asyncio.wait_for(asyncio.shield(span.headers_ready), timeout)
+        except TimeoutError:
+            raise UpstreamError(f"upstream timed out: no answer in {timeout:.0f}s") from None
+
+    # --- policy glue ---
+
+    def _first_byte(self, req: Req, known: ObjectMeta | None) -> int | None:
+        specs = parse_range(req.headers.get("range")) if req.method == "GET" else None
+        if specs is None:
+            return 0
+        if known is not None and known.length is not None:
+            try:
+                return resolve_ranges(specs, known.length)[0].start
+            except RangeNotSatisfiable:
+                return 0
+        firsts = [s.first for s in specs]
+        return None if None in firsts else min(f for f in firsts if f is not None)
+
+    def _last_slice(self, req: Req) -> int | None:
+        specs = parse_range(req.headers.get("range")) if req.method == "GET" else None
+        if not specs or any(s.first is None or s.last is None for s in specs):
+            return None
+        return max(s.last for s in specs if s.last is not None) // self.config.cache.slice_size
+
+    def _class_of(self, key: str, content_type: str | None) -> ContentClass | None:
+        return policy.classify(key.partition("?")[0], content_type, self.config.content_classes)
+
+    def _on_headers(self, key: str, beresp: BeResp) -> str | None:
+        """Called by a fill when upstream headers arrive: store facts, return the version."""
+        hmap = beresp.header_map
+        cls = self._class_of(key, beresp.content_type)
+        vary = {v.strip().lower() for v in hmap.get("vary", "").split(",") if v.strip()}
+        storable = not (vary - {"accept-encoding"}) and policy.is_storable(
+            200, {}, policy.parse_cache_control(hmap.get("cache-control")),
+            has_authorization=False, has_explicit_freshness=policy.has_explicit_freshness(hmap),
+            has_class=cls is not None,
+        )
+        if not storable or beresp.length is None:
+            return None
+        meta = self._meta_from(key, beresp, store=True)
+        return meta.version
+
+    def _meta_from(self, key: str, beresp: BeResp, *, store: bool) -> ObjectMeta:
+        cls = self._class_of(key, beresp.content_type)
+        old = self.store.get_meta(key) if store else None
+        if old is not None and old.version == beresp.version and \
+                old.freshness.is_fresh(beresp.response_time):
+            return old  # a slice fill of an object we already know: keep its clock
+        meta = ObjectMeta(
+            status=200, length=beresp.length, etag=beresp.etag,
+            last_modified=beresp.last_modified, content_type=beresp.content_type,
+            headers=tuple(
+                (n, v) for n, v in beresp.headers if n.lower() not in policy.REGENERATED
+            ),
+            freshness=policy.freshness_for(
+                self.tier, cls, 200, beresp.header_map, request_time=beresp.request_time,
+                response_time=beresp.response_time, negative_ttl=self.config.cache.negative_ttl),
+            content_class=cls.name if cls else policy.DEFAULT_CLASS, version=beresp.version,
+            slice_size=self.config.cache.slice_size, upstream_cache=beresp.x_cache,
+        )
+        if store:
+            self.store.set_meta(key, meta)
+        return meta
+
+    def _negative_meta(self, req: Req, beresp: BeResp) -> ObjectMeta:
+        body = beresp.body or b""
+        meta = ObjectMeta(
+            status=beresp.status, length=len(body), etag=None, last_modified=None,
+            content_type=beresp.content_type,
+            headers=tuple((n, v) for n, v in beresp.headers if n.lower() not in policy.REGENERATED),
+            freshness=policy.freshness_for(
+                self.tier, None, beresp.status, beresp.header_map,
+                request_time=beresp.request_time, response_time=beresp.response_time,
+                negative_ttl=self.config.cache.negative_ttl),
+            content_class=policy.DEFAULT_CLASS, version="negative", slice_size=0, body=body,
+        )
+        hmap = beresp.header_map
+        if policy.is_storable(beresp.status, {}, policy.parse_cache_control(
+                hmap.get("cache-control")), has_authorization=False,
+                has_explicit_freshness=True, has_class=False):
+            self.store.set_meta(req.key, meta)
+        return meta
+
+    # --- deliver ---
+
+    async def deliver(self, req: Req, meta: ObjectMeta, send: Send, *, result: str,
+                      upstream_cache: str | None, cacheable: bool = True) -> tuple[str, str, int]:
+        """Send status, headers and body (whole, one range, or multipart) to the client."""
+        now = time.time()
+        cls = self.classes.get(meta.content_class)
+        x_cache = f"{result} from {self.tier}"
+        if upstream_cache and result != "HIT":
+            x_cache += f", {upstream_cache}"
+        headers: list[tuple[str, str]] = [
+            (n, v) for n, v in meta.headers if n.lower() != "cache-control"
+        ]
+        cc = policy.downstream_cache_control(cls, self.tier, meta.header("cache-control"))
+        if cc:
+            headers.append(("cache-control", cc))
+        headers += [("age", str(int(meta.freshness.age(now)))), ("x-cache", x_cache)]
+        if meta.status != 200:  # a stored negative answer
+            body = meta.body or b""
+            headers.append(("content-length", str(len(body))))
+            await _start(send, meta.status, headers)
+            await _body(send, b"" if req.method == "HEAD" else body)
+            return result, meta.content_class, len(body)
+        headers.append(("accept-ranges", "bytes"))
+        inm = req.headers.get("if-none-match")
+        if inm is not None and policy.etag_matches(inm, meta.etag):
+            keep = {"cache-control", "etag", "age", "x-cache", "expires", "vary",
+                    "last-modified", "content-location", "date"}
+            await _start(send, 304, [(n, v) for n, v in headers if n.lower() in keep])
+            await _body(send, b"")
+            return result, meta.content_class, 0
+        assert meta.length is not None
+        ranges = self._ranges(req, meta)
+        status, multipart = 200, None
+        if ranges is None:
+            ranges = [ByteRange(0, meta.length - 1)] if meta.length else []
+            headers.append(("content-length", str(meta.length)))
+        elif len(ranges) == 1:
+            status = 206
+            headers += [("content-range", ranges[0].content_range(meta.length)),
+                        ("content-length", str(ranges[0].length))]
+        else:
+            status = 206
+            multipart = Multipart(ranges, meta.length, meta.content_type or
+                                  "application/octet-stream")
+            headers = [(n, v) for n, v in headers if n.lower() != "content-type"]
+            headers += [("content-type", multipart.media_type),
+                        ("content-length", str(multipart.content_length))]
+        source = BodySource(
+            self.store, self.fetcher, req.key, req.upstream_path,
+            meta.version if cacheable else None, meta.length, meta.slice_size,
+            self.config.cache.read_chunk_size, self.config.cache.fill_wait_timeout,
+        )
+        if req.method != "HEAD":
+            # Readers on fills in flight are taken before the first await, so no slice can
+            # complete and vanish (uncacheable answers) between our lookup and our read.
+            for r in ranges:
+                source.attach(policy.slice_span(r.start, r.end, meta.slice_size))
+        if source.attached and result == "HIT":
+            result, x_cache = "MISS", f"MISS from {self.tier}"
+            headers = [(n, v) if n != "x-cache" else (n, x_cache) for n, v in headers]
+        await _start(send, status, headers)
+        sent = 0
+        try:
+            if req.method != "HEAD":
+                sent = await self._send_body(source, ranges, multipart, send)
+            await _body(send, b"")
+        finally:
+            source.release()
+        if source.fetched and result == "HIT":
+            result = "MISS"
+        return result, meta.content_class, sent
+
+    async def _send_body(self, source: BodySource, ranges: list[ByteRange],
+                         multipart: Multipart | None, send: Send) -> int:
+        sent = 0
+        for i, rng in enumerate(ranges):
+            if multipart is not None:
+                await send({"type": "http.response.body", "body": multipart.part_head(rng, i == 0),
+                            "more_body": True})
+            # An error past this point cannot change the status line: the exception aborts
+            # the connection, so the client sees a short body, never a complete-looking one.
+            sent += await source.stream(rng, send)
+        if multipart is not None:
+            await send({"type": "http.response.body", "body": multipart.closing,
+                        "more_body": True})
+        return sent
+
+    def _ranges(self, req: Req, meta: ObjectMeta) -> list[ByteRange] | None:
+        specs = parse_range(req.headers.get("range"))
+        if specs is None:
+            return None
+        if_range = req.headers.get("if-range")
+        if if_range is not None and not policy.if_range_matches(if_range, meta.etag,
+                                                                 meta.last_modified):
+            return None  # RFC 9110 §13.1.5: the representation changed, send it whole
+        assert meta.length is not None
+        try:
+            return resolve_ranges(specs, meta.length)
+        except RangeNotSatisfiable as exc:
+            raise HTTPError(416, "range_not_satisfiable",
+                            f"no satisfiable range in {req.headers.get('range')!r} for "
+                            f"{meta.length} bytes",
+                            headers={"content-range": exc.content_range}) from None
+
+    async def _relay_error(self, req: Req, beresp: BeResp,
+                           send: Send) -> tuple[str, str, int]:
+        body = beresp.body or b""
+        headers = [(n, v) for n, v in beresp.headers if n.lower() not in policy.REGENERATED]
+        headers += [("content-length", str(len(body))), ("x-cache", f"MISS from {self.tier}")]
+        await _start(send, beresp.status, headers)
+        await _body(send, b"" if req.method == "HEAD" else body)
+        return "MISS", policy.DEFAULT_CLASS, len(body)
+
+
+# --- tiny ASGI helpers --------------------------------------------------------------------------
+
+
+async def _start(send: Send, status: int, headers: list[tuple[str, str]]) -> None:
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(n.lower().encode("latin-1"), v.encode("latin-1"))
+                            for n, v in headers]})
+
+
+async def _body(send: Send, body: bytes) -> None:
+    await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+async def _send_simple(send: Send, status: int, body: bytes, content_type: str,
+                       extra: dict[str, str] | None = None, *, head: bool = False) -> None:
+    headers = [("content-type", content_type), ("content-length", str(len(body))),
+               ("cache-control", "no-store"), *(extra or {}).items()]
+    await _start(send, status, headers)
+    await _body(send, b"" if head else body)
+
+
+async def _send_json(send: Send, status: int, payload: dict[str, Any],
+                     extra: dict[str, str] | None = None, *, head: bool = False) -> None:
+    await _send_simple(send, status, json.dumps(payload).encode(), "application/json", extra,
+                       head=head)

@@ -1,0 +1,326 @@
+"""Caching rules for a shared cache: pure functions, no I/O (hishel's split).
+
+Each rule names the RFC 9111 section or the seed line it implements; `tests/test_policy.py`
+checks them by tables. Times are plain floats (seconds since the epoch) passed in by the caller,
+so nothing here reads a clock.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+from urllib.parse import parse_qsl, urlencode
+
+from ..config import ContentClass
+
+DEFAULT_CLASS = "default"
+
+# RFC 9110 §7.6.1: hop-by-hop fields a proxy must not forward.
+HOP_BY_HOP = frozenset({
+    "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "proxy-connection",
+    "te", "trailer", "transfer-encoding", "upgrade",
+})
+
+# Fields the cache computes itself for every response it delivers; upstream values are dropped.
+REGENERATED = frozenset({
+    "content-length", "content-range", "age", "x-cache", "date", "server", "accept-ranges",
+    "via",
+})
+
+# Status codes cacheable by default (RFC 9110 §15.1): a cache may store them without
+# explicit freshness, using a heuristic — we only use heuristics for 200.
+HEURISTICALLY_CACHEABLE = frozenset({200, 203, 204, 206, 300, 301, 308, 404, 405, 410, 414, 501})
+NEGATIVE_STATUSES = frozenset({404, 410})
+
+# RFC 9111 §4.2.2 suggests 10% of the time since Last-Modified; the cap keeps an old file from
+# being cached for months on a guess.
+HEURISTIC_FRACTION = 0.1
+HEURISTIC_MAX = 86400.0
+
+
+# --- Cache-Control ---------------------------------------------------------------------------
+
+_DIRECTIVE = re.compile(r'\s*([!#$%&\'*+\-.^_`|~0-9A-Za-z]+)\s*(?:=\s*("(?:[^"\\]|\\.)*"|[^,]*))?')
+
+
+def parse_cache_control(value: str | None) -> dict[str, str | None]:
+    """Directives of a ``Cache-Control`` value (RFC 9111 §5.2), names lower-cased."""
+    directives: dict[str, str | None] = {}
+    if not value:
+        return directives
+    for part in _split_commas(value):
+        m = _DIRECTIVE.fullmatch(part)
+        if not m:
+            continue
+        name, arg = m.group(1).lower(), m.group(2)
+        if arg is not None:
+            arg = arg.strip()
+            if arg.startswith('"'):
+                arg = re.sub(r"\\(.)", r"\1", arg[1:-1])
+        # §4.2.1: when a directive appears twice, the first one is used.
+        directives.setdefault(name, arg)
+    return directives
+
+
+def _split_commas(value: str) -> list[str]:
+    parts: list[str] = []
+    buf: list[str] = []
+    quoted = False
+    for ch in value:
+        if ch == '"':
+            quoted = not quoted
+        if ch == "," and not quoted:
+            parts.append("".join(buf))
+            buf = []
+        else:
+            buf.append(ch)
+    parts.append("".join(buf))
+    return [p for p in parts if p.strip()]
+
+
+def _seconds(directives: Mapping[str, str | None], name: str) -> float | None:
+    raw = directives.get(name)
+    if raw is None or not raw.isdigit():
+        return None
+    return float(raw)
+
+
+def http_date(value: str | None) -> float | None:
+    """An HTTP-date as epoch seconds, or None if absent or invalid (RFC 9110 §5.6.7)."""
+    if not value:
+        return None
+    try:
+        return parsedate_to_datetime(value).timestamp()
+    except (TypeError, ValueError, IndexError):
+        return None
+
+
+# --- content classes and keys ----------------------------------------------------------------
+
+
+def classify(path: str, content_type: str | None,
+             classes: Iterable[ContentClass]) -> ContentClass | None:
+    """The first configured class whose path glob or content-type pattern matches (seed 000,
+    "Cache Rules"); None means the default class, which follows the upstream's headers."""
+    media_type = (content_type or "").split(";")[0].strip().lower()
+    for cc in classes:
+        if any(fnmatch.fnmatchcase(path, pattern) for pattern in cc.paths):
+            return cc
+        if media_type and any(fnmatch.fnmatchcase(media_type, p) for p in cc.content_types):
+            return cc
+    return None
+
+
+def cache_key(path: str, query: str = "", ignored_params: Iterable[str] = ()) -> str:
+    """The cache key: the path plus the query with ignored parameters removed, sorted.
+
+    Sorting makes ``?a=1&b=2`` and ``?b=2&a=1`` one object; signature parameters are ignored
+    so one cached copy serves every signed URL.
+    """
+    if not query:
+        return path
+    ignored = set(ignored_params)
+    pairs = sorted((k, v) for k, v in parse_qsl(query, keep_blank_values=True) if k not in ignored)
+    return f"{path}?{urlencode(pairs)}" if pairs else path
+
+
+# --- storability and freshness ---------------------------------------------------------------
+
+
+def is_storable(status: int, request_cc: Mapping[str, str | None],
+                response_cc: Mapping[str, str | None], *, has_authorization: bool,
+                has_explicit_freshness: bool, has_class: bool) -> bool:
+    """RFC 9111 §3: may a shared cache store this response at all?"""
+    if "no-store" in request_cc or "no-store" in response_cc:
+        return False
+    if "private" in response_cc:  # §5.2.2.7: shared caches must not store it
+        return False
+    if has_authorization and not (
+        {"public", "must-revalidate", "s-maxage"} & response_cc.keys()
+    ):  # §3.5
+        return False
+    if status in (200, 206):
+        return True
+    if status in NEGATIVE_STATUSES:
+        return True
+    return has_explicit_freshness and status in HEURISTICALLY_CACHEABLE and not has_class
+
+
+def freshness_lifetime(tier: str, content_class: ContentClass | None, status: int,
+                       headers: Mapping[str, str], *, negative_ttl: float) -> float:
+    """How long a stored response stays fresh at ``tier`` (RFC 9111 §4.2.1).
+
+    A configured class TTL wins (seed 000's table: media 7 d at the edge, 30 d at the shield);
+    negative answers get the short ``negative_ttl``; otherwise ``s-maxage``, ``max-age``,
+    ``Expires - Date``, then the Last-Modified heuristic (§4.2.2).
+    """
+    cc = parse_cache_control(headers.get("cache-control"))
+    if status in NEGATIVE_STATUSES:
+        explicit = _explicit_lifetime(cc, headers)
+        return min(negative_ttl, explicit) if explicit is not None else negative_ttl
+    if content_class is not None:
+        return content_class.ttl.for_tier(tier)
+    if "no-cache" in cc:
+        return 0.0
+    explicit = _explicit_lifetime(cc, headers)
+    if explicit is not None:
+        return explicit
+    last_modified = http_date(headers.get("last-modified"))
+    date = http_date(headers.get("date"))
+    if status == 200 and last_modified is not None and date is not None and date > last_modified:
+        return min(HEURISTIC_MAX, (date - last_modified) * HEURISTIC_FRACTION)
+    return 0.0
+
+
+def has_explicit_freshness(headers: Mapping[str, str]) -> bool:
+    """Whether the response carries its own expiry (``s-maxage``/``max-age``/``Expires``)."""
+    directives = parse_cache_control(headers.get("cache-control"))
+    return _explicit_lifetime(directives, headers) is not None
+
+
+def _explicit_lifetime(cc: Mapping[str, str | None], headers: Mapping[str, str]) -> float | None:
+    for name in ("s-maxage", "max-age"):  # §4.2.1: s-maxage first for a shared cache
+        seconds = _seconds(cc, name)
+        if seconds is not None:
+            return seconds
+    if "expires" in headers:
+        expires = http_date(headers["expires"])
+        if expires is None:
+            return 0.0  # §5.3: an invalid Expires means "already expired"
+        date = http_date(headers.get("date"))
+        if date is not None:
+            return max(0.0, expires - date)
+    return None
+
+
+def corrected_initial_age(headers: Mapping[str, str], request_time: float,
+                          response_time: float) -> float:
+    """RFC 9111 §4.2.3: the age a response already had when it arrived here.
+
+    Counting the upstream's ``Age`` is what keeps a chain of caches (edge → shield) from
+    extending freshness: the edge starts where the shield left off.
+    """
+    date = http_date(headers.get("date"))
+    apparent_age = max(0.0, response_time - date) if date is not None else 0.0
+    try:
+        age_value = max(0.0, float(headers.get("age", "0")))
+    except ValueError:
+        age_value = 0.0
+    response_delay = max(0.0, response_time - request_time)
+    return max(apparent_age, age_value + response_delay)
+
+
+@dataclass(frozen=True, slots=True)
+class Freshness:
+    """When a stored response was received, how old it was then, and how long it lives."""
+
+    response_time: float
+    initial_age: float
+    lifetime: float
+    must_revalidate: bool = False
+    stale_while_revalidate: float = 0.0
+    stale_if_error: float = 0.0
+
+    def age(self, now: float) -> float:
+        """``current_age`` of RFC 9111 §4.2.3."""
+        return self.initial_age + max(0.0, now - self.response_time)
+
+    def is_fresh(self, now: float) -> bool:
+        """§4.2: fresh while the lifetime exceeds the current age."""
+        return self.lifetime > self.age(now)
+
+    def remaining(self, now: float) -> float:
+        """Seconds of freshness left (0 when stale)."""
+        return max(0.0, self.lifetime - self.age(now))
+
+    def may_serve_stale_on_error(self, now: float) -> bool:
+        """§4.2.4 with RFC 5861 ``stale-if-error``; ``must-revalidate`` forbids it."""
+        if self.must_revalidate:
+            return False
+        return self.age(now) - self.lifetime <= self.stale_if_error
+
+
+def freshness_for(tier: str, content_class: ContentClass | None, status: int,
+                  headers: Mapping[str, str], *, request_time: float, response_time: float,
+                  negative_ttl: float, stale_if_error: float = 0.0) -> Freshness:
+    """The `Freshness` of a response just received from upstream."""
+    cc = parse_cache_control(headers.get("cache-control"))
+    swr = _seconds(cc, "stale-while-revalidate") or 0.0
+    sie = _seconds(cc, "stale-if-error")
+    return Freshness(
+        response_time=response_time,
+        initial_age=corrected_initial_age(headers, request_time, response_time),
+        lifetime=freshness_lifetime(tier, content_class, status, headers,
+                                    negative_ttl=negative_ttl),
+        must_revalidate=bool({"must-revalidate", "proxy-revalidate"} & cc.keys()),
+        stale_while_revalidate=swr,
+        stale_if_error=stale_if_error if sie is None else sie,
+    )
+
+
+def downstream_cache_control(content_class: ContentClass | None, tier: str,
+                             upstream_value: str | None) -> str | None:
+    """The ``Cache-Control`` a node sends to its clients.
+
+    For a configured class the node states its own tier's TTL (``immutable`` for media, which
+    never changes under its URL, seed 000 "Cache Invalidation"); otherwise the upstream's value
+    passes through unchanged, as a shared cache must forward it.
+    """
+    if content_class is None:
+        return upstream_value
+    value = f"public, max-age={int(content_class.ttl.for_tier(tier))}"
+    return value + ", immutable" if content_class.immutable else value
+
+
+# --- slices ----------------------------------------------------------------------------------
+
+
+def slice_span(start: int, end: int, slice_size: int) -> range:
+    """Indexes of the aligned slices that cover bytes ``start..end`` (inclusive)."""
+    return range(start // slice_size, end // slice_size + 1)
+
+
+def slice_bounds(index: int, slice_size: int, length: int) -> tuple[int, int]:
+    """Inclusive byte bounds of slice ``index`` of an object of ``length`` bytes."""
+    start = index * slice_size
+    return start, min(length, start + slice_size) - 1
+
+
+def slice_count(length: int, slice_size: int) -> int:
+    """How many slices an object of ``length`` bytes has (an empty object has one, empty)."""
+    return max(1, -(-length // slice_size))
+
+
+def forwardable(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+    """End-to-end fields of a message: hop-by-hop fields and those named in ``Connection``
+    removed (RFC 9110 §7.6.1)."""
+    items = list(headers)
+    named = {
+        token.strip().lower()
+        for name, value in items if name.lower() == "connection"
+        for token in value.split(",")
+    }
+    return [(n, v) for n, v in items if n.lower() not in HOP_BY_HOP and n.lower() not in named]
+
+
+def etag_matches(if_none_match: str, etag: str | None) -> bool:
+    """Weak comparison for ``If-None-Match`` (RFC 9110 §13.1.2)."""
+    if etag is None:
+        return False
+    if if_none_match.strip() == "*":
+        return True
+    weak = etag.removeprefix("W/")
+    return any(tag.strip().removeprefix("W/") == weak for tag in _split_commas(if_none_match))
+
+
+def if_range_matches(if_range: str, etag: str | None, last_modified: str | None) -> bool:
+    """RFC 9110 §13.1.5: strong ETag comparison, or an exact Last-Modified date match."""
+    value = if_range.strip()
+    if value.startswith('"') or value.startswith("W/"):
+        return etag is not None and not value.startswith("W/") and value == etag \
+            and not etag.startswith("W/")
+    date, lm = http_date(value), http_date(last_modified)
+    return date is not None and lm is not None and date == lm

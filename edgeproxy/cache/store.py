@@ -1,0 +1,174 @@
+"""The disk cache: object facts and body slices behind one small interface.
+
+diskcache keeps the index (SQLite) and does size-bounded eviction. Object facts (`ObjectMeta`)
+and body slices are separate entries: a slice evicted on its own is simply fetched again. Slice
+bodies are written by a fill into a temp file in the cache directory and *adopted* by rename on
+commit — atomic, no copy, and a fill killed midway leaves only a temp file that is never served
+(and is swept at start-up).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import diskcache
+
+from .policy import Freshness
+
+# Bodies smaller than this live inside the SQLite index: one query serves a thumbnail, no
+# open()/read()/close() of a file on the hit path.
+INLINE_MAX = 32 * 1024
+TEMP_DIR = "fills"
+
+
+@dataclass(frozen=True)
+class ObjectMeta:
+    """What a node knows of one cached representation, apart from its body."""
+
+    status: int
+    length: int | None
+    etag: str | None
+    last_modified: str | None
+    content_type: str | None
+    headers: tuple[tuple[str, str], ...]
+    freshness: Freshness
+    content_class: str
+    version: str
+    slice_size: int
+    upstream_cache: str | None = None
+    body: bytes | None = None  # only for small negative answers (404 bodies)
+    stored_at: float = field(default_factory=time.time)
+
+    def header(self, name: str) -> str | None:
+        """The first stored end-to-end header ``name`` (case-insensitive)."""
+        lname = name.lower()
+        return next((v for n, v in self.headers if n.lower() == lname), None)
+
+
+@dataclass(frozen=True)
+class AdoptFile:
+    """A finished temp file handed to the store, moved (not copied) into place."""
+
+    path: Path
+    size: int
+
+
+class _AdoptingDisk(diskcache.Disk):  # type: ignore[misc]
+    """diskcache storage that takes ownership of a finished temp file by renaming it."""
+
+    def store(self, value: Any, read: bool, key: Any = diskcache.core.UNKNOWN) -> Any:
+        if isinstance(value, AdoptFile):
+            filename, full_path = self.filename(key, value)
+            os.makedirs(os.path.dirname(full_path), exist_ok=True)
+            os.replace(value.path, full_path)
+            return value.size, diskcache.core.MODE_BINARY, filename, None
+        return super().store(value, read, key)
+
+
+SliceBody = bytes | BinaryIO
+
+
+class CacheStore:
+    """Object facts and slices of one node's disk cache (process- and thread-safe)."""
+
+    def __init__(self, directory: Path, size_limit: int) -> None:
+        self.directory = directory
+        self.temp_dir = directory / TEMP_DIR
+        self.temp_dir.mkdir(parents=True, exist_ok=True)
+        self._sweep_temp()
+        # least-recently-stored: a hit must not write to SQLite (LRU would, on every get).
+        self._cache = diskcache.Cache(
+            str(directory), size_limit=size_limit, disk=_AdoptingDisk,
+            eviction_policy="least-recently-stored", disk_min_file_size=INLINE_MAX,
+            cull_limit=16, statistics=False, tag_index=True,
+        )
+
+    def _sweep_temp(self) -> None:
+        # Leftovers of fills cut short by a crash: never committed, so never served. Temp
+        # names start with the writer's PID, so workers sharing the cache keep each other's.
+        for leftover in self.temp_dir.iterdir():
+            pid = leftover.name.partition("-")[0]
+            if not pid.isdigit() or not _alive(int(pid)):
+                leftover.unlink(missing_ok=True)
+
+    # --- object facts ---
+
+    def get_meta(self, key: str) -> ObjectMeta | None:
+        """The stored facts of ``key``, or None."""
+        meta = self._cache.get(("m", key))
+        return meta if isinstance(meta, ObjectMeta) else None
+
+    def set_meta(self, key: str, meta: ObjectMeta) -> None:
+        """Store the facts of ``key`` (replacing any older version)."""
+        self._cache.set(("m", key), meta, tag=_tag(key))
+
+    # --- slices ---
+
+    def get_slice(self, key: str, version: str, index: int) -> SliceBody | None:
+        """Slice ``index`` of ``key`` at ``version``: bytes (small) or an open binary file."""
+        body = self._cache.get(("s", key, version, index), read=True)
+        return body  # type: ignore[no-any-return]
+
+    def has_slice(self, key: str, version: str, index: int) -> bool:
+        """Whether the slice is stored (without opening it)."""
+        return ("s", key, version, index) in self._cache
+
+    def new_temp(self) -> Path:
+        """A fresh temp file path on the cache's filesystem, for a fill to write into."""
+        return self.temp_dir / f"{os.getpid()}-{uuid.uuid4().hex}"
+
+    def commit_slice(self, key: str, version: str, index: int, temp: Path, size: int) -> None:
+        """Atomically make a finished temp file the stored slice (small ones go inline)."""
+        if size < INLINE_MAX:
+            data = temp.read_bytes()
+            temp.unlink(missing_ok=True)
+            self._cache.set(("s", key, version, index), data, tag=_tag(key))
+        else:
+            self._cache.set(("s", key, version, index), AdoptFile(temp, size), tag=_tag(key))
+
+    # --- removal and stats ---
+
+    def purge(self, key: str) -> int:
+        """Remove ``key``'s facts and all its slices; the number of entries removed."""
+        return int(self._cache.evict(_tag(key)))
+
+    def purge_prefix(self, prefix: str) -> int:
+        """Remove every object whose key starts with ``prefix``."""
+        removed = 0
+        for entry in list(self._cache.iterkeys()):
+            if isinstance(entry, tuple) and entry[0] == "m" and str(entry[1]).startswith(prefix):
+                removed += self.purge(str(entry[1]))
+        return removed
+
+    def clear(self) -> None:
+        """Drop everything."""
+        self._cache.clear()
+
+    def volume(self) -> int:
+        """Bytes on disk (index and bodies)."""
+        return int(self._cache.volume())
+
+    def close(self) -> None:
+        """Close the index."""
+        self._cache.close()
+
+
+def _tag(key: str) -> str:
+    return key
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
