@@ -1,0 +1,152 @@
+"""The origin's HTTP plumbing: reading request bodies and delivering stored blobs.
+
+`serve_blob` answers GET/HEAD for a blob in a `BlobStore` with validators (ETag, Last-Modified,
+Repr-Digest), conditional requests (If-None-Match, If-Modified-Since, If-Range) and single
+byte ranges, streaming the bytes in chunks. The rest turns request bodies and fields into
+values, or into `HTTPError`s that name the offending field.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import AsyncIterator
+from contextlib import aclosing
+from email.utils import formatdate, parsedate_to_datetime
+from typing import Any
+
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response, StreamingResponse
+
+from ..errors import HTTPError
+from ..ranges import RangeNotSatisfiable, parse_range, resolve_ranges
+from .blobstore import SHA256_HEX, BlobStore
+
+
+class Body:
+    """A request body as chunks, where a client disconnect ends the stream instead of raising,
+    so the bytes that did arrive are kept (an interrupted upload can resume from them)."""
+
+    def __init__(self, request: Request) -> None:
+        self.request = request
+        self.disconnected = False
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        try:
+            async with aclosing(self.request.stream()) as body:
+                async for chunk in body:
+                    yield chunk
+        except ClientDisconnect:
+            self.disconnected = True
+
+
+def int_or_none(value: str | None) -> int | None:
+    """A non-negative decimal integer from a header or query value, else None."""
+    return int(value) if value is not None and value.isascii() and value.isdigit() else None
+
+
+def sha256_field(value: str, name: str) -> str:
+    """A lowercase hex SHA-256 from ``<hex>`` or ``sha256:<hex>``; 422 otherwise."""
+    hexpart = value[7:] if value.lower().startswith("sha256:") else value
+    if not SHA256_HEX.fullmatch(hexpart.lower()):
+        raise HTTPError(422, "invalid_field", f"{name} must be a hex SHA-256", field=name)
+    return hexpart.lower()
+
+
+def field(body: dict[str, Any], name: str, kind: type, *, required: bool = True) -> Any:
+    """``body[name]`` checked to be a ``kind``; 400 naming the field if missing or mistyped."""
+    value = body.get(name)
+    if value is None and not required:
+        return None
+    if value is None:
+        raise HTTPError(400, "bad_request", f"missing field {name!r}", field=name)
+    # bool is an int subclass, but `"file_size": true` is a malformed request, not size 1.
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise HTTPError(400, "bad_request", f"field {name!r} must be {kind.__name__}", field=name)
+    return value
+
+
+async def read_json(request: Request, limit: int) -> dict[str, Any]:
+    """The request's JSON object body, read with a size cap (413 beyond ``limit``)."""
+    declared = int_or_none(request.headers.get("content-length"))
+    if declared is not None and declared > limit:
+        raise HTTPError(413, "too_large", f"request body exceeds {limit} bytes", max_size=limit)
+    raw = bytearray()
+    async with aclosing(request.stream()) as body:
+        async for chunk in body:
+            raw += chunk
+            if len(raw) > limit:
+                raise HTTPError(413, "too_large", f"request body exceeds {limit} bytes",
+                                max_size=limit)  # fmt: skip
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise HTTPError(400, "bad_json", "request body is not valid JSON") from None
+    if not isinstance(data, dict):
+        raise HTTPError(400, "bad_json", "request body must be a JSON object")
+    return data
+
+
+def _etag_matches(header: str | None, etag: str) -> bool:
+    """If-None-Match uses weak comparison (RFC 9110 §13.1.2): ``W/"x"`` matches ``"x"``."""
+    if header is None:
+        return False
+    tags = [t.strip().removeprefix("W/") for t in header.split(",")]
+    return "*" in tags or etag in tags
+
+
+def _not_modified_since(header: str | None, modified: float) -> bool:
+    if header is None:
+        return False
+    try:
+        since = parsedate_to_datetime(header).timestamp()
+    except (TypeError, ValueError, IndexError):
+        return False  # an unparsable date is ignored (RFC 9110 §13.1.3)
+    return int(modified) <= since
+
+
+async def serve_blob(
+    request: Request, store: BlobStore, sha: str, content_type: str, cache_control: str,
+    modified: float | None = None,
+) -> Response:  # fmt: skip
+    """Serve stored blob ``sha``: validators, conditional requests, one range, streaming.
+
+    ``modified`` overrides the store's time for Last-Modified (a profile photo changes when
+    its user points at another blob, not when the blob was stored).
+    """
+    info = await store.stat(sha)
+    if info is None:
+        raise HTTPError(404, "not_found", "the blob is missing from the store")
+    modified = info.modified if modified is None else modified
+    etag = f'"{sha}"'
+    headers = {
+        "ETag": etag,
+        "Last-Modified": formatdate(modified, usegmt=True),
+        "Cache-Control": cache_control,
+        "Accept-Ranges": "bytes",
+        "Repr-Digest": f"sha-256=:{base64.b64encode(bytes.fromhex(sha)).decode()}:",
+        "X-Content-Type-Options": "nosniff",
+    }
+    inm = request.headers.get("if-none-match")
+    if _etag_matches(inm, etag) or (
+        inm is None and _not_modified_since(request.headers.get("if-modified-since"), modified)
+    ):
+        return Response(status_code=304, headers=headers)
+    headers["Content-Type"] = content_type
+    start, length, status = 0, info.size, 200
+    specs = parse_range(request.headers.get("range"))
+    if_range = request.headers.get("if-range")
+    # If-Range: only honour Range for the representation the client already has.
+    if specs and (if_range is None or if_range.strip() in (etag, headers["Last-Modified"])):
+        try:
+            ranges = resolve_ranges(specs, info.size)
+        except RangeNotSatisfiable as exc:
+            headers = {"Content-Range": exc.content_range, "Accept-Ranges": "bytes"}
+            raise HTTPError(416, "range_not_satisfiable", str(exc), headers=headers) from None
+        if len(ranges) == 1:  # several disjoint ranges: the whole body (RFC 9110 §14.2)
+            start, length, status = ranges[0].start, ranges[0].length, 206
+            headers["Content-Range"] = ranges[0].content_range(info.size)
+    headers["Content-Length"] = str(length)
+    if request.method == "HEAD":
+        return Response(status_code=status, headers=headers)
+    return StreamingResponse(store.open(sha, start, length), status_code=status, headers=headers)
