@@ -14,6 +14,7 @@ import hmac
 import io
 import os
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -298,6 +299,14 @@ def _read_exact(src: BinaryIO, n: int) -> bytes:
     return data
 
 
+def _pieces(src: BinaryIO, n: int) -> Iterator[bytes]:
+    """The next ``n`` bytes of ``src`` in pieces of at most 1 MiB."""
+    while n:
+        piece = _read_exact(src, min(n, 1 << 20))
+        n -= len(piece)
+        yield piece
+
+
 def _expect_type(header: BlobHeader, media_type: str) -> None:
     if header.media_type != media_type:
         raise BlobFormatError(
@@ -314,16 +323,13 @@ def verify_blob(
     keys = MediaKeys.derive(media_key, media_type)
     size = src.seek(0, io.SEEK_END)
     src.seek(0)
-    head = src.read(HEADER_SIZE)
+    head = src.read(HEADER_SIZE + IV_SIZE)
     header = check_blob_layout(head, size)
     _expect_type(header, media_type)
     mac, enc_hash = _hmac(keys.mac_key), hashlib.sha256(head)
     mac.update(head)
-    remaining = size - HEADER_SIZE - MAC_SIZE  # iv + ciphertext
-    tail = b""  # the last two blocks of iv+ciphertext, to check the padding after the MAC
-    while remaining:
-        piece = _read_exact(src, min(remaining, 1 << 20))
-        remaining -= len(piece)
+    tail = head  # the last two blocks of iv+ciphertext, to check the padding after the MAC
+    for piece in _pieces(src, size - _OVERHEAD):
         mac.update(piece)
         enc_hash.update(piece)
         tail = (tail + piece[-2 * BLOCK_SIZE :])[-2 * BLOCK_SIZE :]
@@ -338,8 +344,10 @@ def verify_blob(
         raise IntegrityError(
             "blob HMAC mismatch: wrong media_key or media type, or the blob was modified"
         )
-    # The MAC is good, so only a buggy or malicious sender can get here with bad padding;
-    # catching it now keeps the promise that decrypt_stream writes nothing on failure.
+    # The MAC is good, so only a buggy or malicious sender can fail the checks below; making
+    # them now keeps the promise that decrypt_stream writes nothing on failure.
+    if not hmac.compare_digest(head[HEADER_SIZE:], keys.iv):
+        raise IntegrityError("the blob's IV is not the one derived from the media key")
     _unpad_final(keys.cipher_key, tail[:BLOCK_SIZE], tail[BLOCK_SIZE:])
     return digest
 
@@ -383,10 +391,7 @@ def decrypt_stream(
         plain_length += len(out)
         dst.write(out)
 
-    remaining = size - _OVERHEAD
-    while remaining:
-        piece = _read_exact(src, min(remaining, 1 << 20))
-        remaining -= len(piece)
+    for piece in _pieces(src, size - _OVERHEAD):
         emit(unpadder.update(decryptor.update(piece)))
     try:
         emit(unpadder.update(decryptor.finalize()) + unpadder.finalize())
@@ -440,9 +445,9 @@ def decrypt_range(
 ) -> bytes:
     """Verify and decrypt the blob bytes ``plan.blob_start..plan.blob_end`` (``data``).
 
-    ``plain_length`` must come from a trusted source (the message), not the server: it decides
-    which chunk is the final, padded one. Every chunk MAC is checked before any plaintext is
-    produced; IntegrityError names the first bad chunk."""
+    ``plain_length`` and ``chunk_macs`` (the whole sidecar) must come from the message, not the
+    server: together they decide which chunk is the final, padded one. Every chunk MAC is
+    checked before any plaintext is produced; IntegrityError names the first bad chunk."""
     if plan != plan_range(plan.plain_start, plan.plain_end, plain_length):
         raise ValueError(f"{plan} was not planned for a plaintext of {plain_length} bytes")
     ct_len = _ciphertext_length(plain_length)
@@ -462,6 +467,8 @@ def decrypt_range(
         expected = chunk_macs[index * CHUNK_MAC_SIZE : (index + 1) * CHUNK_MAC_SIZE]
         if not hmac.compare_digest(_chunk_mac(keys.mac_key, index, prev, chunk), expected):
             raise IntegrityError(f"chunk {index} failed its MAC check")
+    if plan.first_chunk == 0 and not hmac.compare_digest(data[:BLOCK_SIZE], keys.iv):
+        raise IntegrityError("the blob's IV is not the one derived from the media key")
     decryptor = Cipher(algorithms.AES(keys.cipher_key), modes.CBC(data[:BLOCK_SIZE])).decryptor()
     plain = decryptor.update(data[BLOCK_SIZE:]) + decryptor.finalize()
     if plan.last_chunk == n_chunks - 1:

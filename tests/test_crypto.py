@@ -7,6 +7,7 @@ import hmac
 import io
 import json
 import os
+import random
 import re
 import struct
 import subprocess
@@ -32,6 +33,7 @@ from edgeproxy.crypto import (
     BlobHeader,
     MediaKeys,
     RangePlan,
+    _ChunkMacWriter,
     check_blob_layout,
     compute_chunk_macs,
     decrypt_bytes,
@@ -341,6 +343,30 @@ def test_valid_mac_over_bad_padding_writes_nothing() -> None:
     body = SMALL_BLOB[:16] + iv + ct
     err = _decrypt_fails(body + hmac.new(mac_key, body, hashlib.sha256).digest())
     assert isinstance(err, IntegrityError) and "padding" in str(err)
+
+
+def test_valid_mac_over_foreign_iv_writes_nothing() -> None:
+    # The IV field must be the derived one, even when a key holder MACs something else.
+    _, cipher_key, mac_key = ref_keys(KEY, "image")
+    iv = bytes(16)
+    body = SMALL_BLOB[:16] + iv + ref_cbc_encrypt(cipher_key, iv, SMALL_PLAIN)
+    err = _decrypt_fails(body + hmac.new(mac_key, body, hashlib.sha256).digest())
+    assert isinstance(err, IntegrityError) and "IV" in str(err)
+
+
+def test_chunk_mac_writer_accepts_any_split() -> None:
+    keys = MediaKeys.derive(KEY, "video")
+    ct = os.urandom(3 * CHUNK_SIZE + 48)
+    expected = compute_chunk_macs(keys.iv, ct, keys.mac_key)
+    rng = random.Random(5)
+    for _ in range(20):
+        writer = _ChunkMacWriter(keys.mac_key, keys.iv)
+        pos = 0
+        while pos < len(ct):
+            step = rng.choice([1, 3, 15, 17, 1000, CHUNK_SIZE - 1, CHUNK_SIZE + 1])
+            writer.update(ct[pos : pos + step])
+            pos += step
+        assert writer.finalize() == expected
 
 
 # ---------------------------------------------------------------------------------------------
