@@ -36,10 +36,10 @@ def make_config(tmp_path: Path, **cache: object) -> Config:
 def chain(tmp_path: Path) -> Iterator[Chain]:
     origin = TestOrigin()
     config = make_config(tmp_path)
-    with serve(origin) as osrv:
-        with serve(create_app(config, "shield", upstream=osrv.url)) as shield:
-            with serve(create_app(config, "edge", upstream=shield.url)) as edge:
-                yield Chain(origin, osrv, shield, edge, config)
+    with serve(origin) as osrv, \
+            serve(create_app(config, "shield", upstream=osrv.url)) as shield, \
+            serve(create_app(config, "edge", upstream=shield.url)) as edge:
+        yield Chain(origin, osrv, shield, edge, config)
 
 
 def test_miss_then_hit_through_two_tiers(chain: Chain) -> None:
@@ -96,3 +96,146 @@ def test_curl_ranges(chain: Chain) -> None:
     out = subprocess.run(["curl", "-sS", "-r", "199999-199999", chain.edge.url + "/v/t1/c"],
                          capture_output=True, check=True).stdout
     assert out == body[-1:]
+
+
+def _metric(text: str, name: str, **labels: str) -> float:
+    total = 0.0
+    for line in text.splitlines():
+        if not line.startswith(name + "{"):
+            continue
+        head, _, value = line.rpartition(" ")
+        if all(f'{k}="{v}"' in head for k, v in labels.items()):
+            total += float(value)
+    return total
+
+
+def test_shield_hit_after_edge_cache_cleared_and_metrics(tmp_path: Path) -> None:
+    origin = TestOrigin()
+    body = pattern(200_000)
+    origin.put("/v/t1/m", body)
+    config = make_config(tmp_path)
+    edge_app = None
+    with serve(origin) as osrv, serve(create_app(config, "shield", upstream=osrv.url)) as shield:
+        edge_app = create_app(config, "edge", upstream=shield.url)
+        with serve(edge_app) as edge:
+            assert httpx.get(edge.url + "/v/t1/m").headers["x-cache"] == \
+                "MISS from edge, MISS from shield"
+            assert httpx.get(edge.url + "/v/t1/m").headers["x-cache"] == "HIT from edge"
+            edge_app.store.clear()
+            r = httpx.get(edge.url + "/v/t1/m")
+            assert r.content == body
+            assert r.headers["x-cache"] == "MISS from edge, HIT from shield"
+            em = httpx.get(edge.url + "/metrics").text
+            sm = httpx.get(shield.url + "/metrics").text
+    assert origin.count("/v/t1/m") == 1
+    assert _metric(em, "edgeproxy_requests_total", tier="edge", result="MISS",
+                   content_class="media") == 2
+    assert _metric(em, "edgeproxy_requests_total", tier="edge", result="HIT",
+                   content_class="media") == 1
+    assert _metric(em, "edgeproxy_response_bytes_total", tier="edge",
+                   content_class="media") == 3 * len(body)
+    assert _metric(em, "edgeproxy_upstream_bytes_total", tier="edge") == 2 * len(body)
+    assert _metric(sm, "edgeproxy_requests_total", tier="shield", result="MISS") == 1
+    assert _metric(sm, "edgeproxy_requests_total", tier="shield", result="HIT") == 1
+    assert _metric(sm, "edgeproxy_upstream_bytes_total", tier="shield") == len(body)
+    assert _metric(em, "edgeproxy_cache_size_bytes", tier="edge") > 0
+
+
+def test_head_conditional_and_multipart(chain: Chain) -> None:
+    body = pattern(150_000)
+    obj = chain.origin.put("/v/t1/h", body)
+    r = httpx.head(chain.edge.url + "/v/t1/h")
+    assert r.status_code == 200
+    assert r.headers["content-length"] == str(len(body))
+    assert r.headers["etag"] == obj.etag
+    r = httpx.get(chain.edge.url + "/v/t1/h", headers={"if-none-match": obj.etag})
+    assert r.status_code == 304
+    assert r.content == b""
+    r = httpx.get(chain.edge.url + "/v/t1/h", headers={"range": "bytes=0-9,100000-100009"})
+    assert r.status_code == 206
+    ctype = r.headers["content-type"]
+    assert ctype.startswith("multipart/byteranges; boundary=")
+    boundary = ctype.split("boundary=")[1].encode()
+    parts = r.content.split(b"--" + boundary)
+    assert body[0:10] in parts[1] and b"Content-Range: bytes 0-9/150000" in parts[1]
+    assert body[100000:100010] in parts[2]
+    assert parts[-1].strip() == b"--"
+    assert int(r.headers["content-length"]) == len(r.content)
+    # invalid syntax is ignored: whole body; a stale If-Range: whole body
+    assert httpx.get(chain.edge.url + "/v/t1/h", headers={"range": "bytes=9-1"}).status_code == 200
+    r = httpx.get(chain.edge.url + "/v/t1/h", headers={"range": "bytes=0-9", "if-range": '"x"'})
+    assert r.status_code == 200 and len(r.content) == len(body)
+    r = httpx.head(chain.edge.url + "/v/t1/h", headers={"range": "bytes=10-19"})
+    assert r.status_code == 206 and r.headers["content-length"] == "10"
+
+
+def test_negative_answer_cached_briefly(chain: Chain) -> None:
+    for _ in range(3):
+        assert httpx.get(chain.edge.url + "/v/t1/nope").status_code == 404
+    assert chain.origin.count("/v/t1/nope") == 1
+
+
+def test_private_answers_are_not_stored(chain: Chain) -> None:
+    chain.origin.put("/api/me", b"secret", headers={"cache-control": "private"})
+    for _ in range(2):
+        r = httpx.get(chain.edge.url + "/api/me")
+        assert r.content == b"secret"
+    assert chain.origin.count("/api/me") == 2
+
+
+async def test_collapsed_forwarding_and_streaming_miss(tmp_path: Path) -> None:
+    """100 concurrent cold requests: one upstream request per tier, and waiting clients get
+    their first byte while the fill is still running."""
+    import asyncio
+    import time
+
+    origin = TestOrigin()
+    body = pattern(8 * SLICE)
+    origin.put("/v/t1/hot", body)
+    origin.chunk = 16 * 1024
+    origin.chunk_delay = 0.02  # ~32 chunks → the fill takes >= 0.6 s
+    config = make_config(tmp_path)
+    with serve(origin) as osrv, serve(create_app(config, "shield", upstream=osrv.url)) as shield, \
+            serve(create_app(config, "edge", upstream=shield.url)) as edge:
+        limits = httpx.Limits(max_connections=200)
+        async with httpx.AsyncClient(limits=limits, timeout=30) as client:
+            first_byte: list[float] = []
+
+            async def get() -> bytes:
+                async with client.stream("GET", edge.url + "/v/t1/hot") as r:
+                    data = bytearray()
+                    async for chunk in r.aiter_raw():
+                        if not data:
+                            first_byte.append(time.monotonic())
+                        data += chunk
+                    return bytes(data)
+
+            t0 = time.monotonic()
+            results = await asyncio.gather(*(get() for _ in range(100)))
+            total = time.monotonic() - t0
+    assert all(r == body for r in results)
+    assert origin.count("/v/t1/hot") == 1
+    assert origin.bytes_sent("/v/t1/hot") == len(body)
+    # every client had bytes well before the whole fill was done
+    assert max(first_byte) - t0 < total * 0.6
+
+
+def test_leader_dies_midway_nothing_truncated_is_delivered_or_stored(tmp_path: Path) -> None:
+    origin = TestOrigin()
+    body = pattern(6 * SLICE)
+    origin.put("/v/t1/flaky", body)
+    origin.fail_after = 3 * SLICE + 1000
+    config = make_config(tmp_path)
+    with serve(origin) as osrv, serve(create_app(config, "shield", upstream=osrv.url)) as shield, \
+            serve(create_app(config, "edge", upstream=shield.url)) as edge:
+        with pytest.raises(httpx.HTTPError):
+            r = httpx.get(edge.url + "/v/t1/flaky")
+            # if the transport did not notice, the body must at least not look complete
+            assert len(r.content) < len(body)
+            raise httpx.RemoteProtocolError("short body")
+        origin.fail_after = None
+        r = httpx.get(edge.url + "/v/t1/flaky")
+        assert r.status_code == 200
+        assert r.content == body
+        # completed slices from the first attempt were kept; only the rest was refetched
+        assert origin.bytes_sent("/v/t1/flaky") < len(body) + 3 * SLICE + 1000 + 1

@@ -16,7 +16,7 @@ from typing import Any
 from ..errors import UpstreamError
 from ..ranges import ByteRange
 from . import policy
-from .fetch import Fetcher, SliceFill
+from .fetch import Fetcher, SliceFill, SpanFetch
 from .store import CacheStore
 
 Send = Callable[[dict[str, Any]], Awaitable[None]]
@@ -35,6 +35,7 @@ class BodySource:
     slice_size: int
     read_size: int
     wait_timeout: float
+    span: SpanFetch | None = None  # the fetch this request started or joined, if any
     attached: dict[int, tuple[SliceFill, int]] = field(default_factory=dict)
     fetched: bool = False  # did this delivery need any upstream bytes?
 
@@ -46,7 +47,9 @@ class BodySource:
         """
         for i in indexes:
             fill = self.fetcher.fill_for(self.key, i)
-            if fill is not None and i not in self.attached:
+            if fill is None and self.span is not None and self.version is None:
+                fill = self.span.fills.get(i)
+            if fill is not None and fill.error is None and i not in self.attached:
                 self.attached[i] = (fill, fill.reader())
                 self.fetched = True
 

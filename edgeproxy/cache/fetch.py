@@ -30,6 +30,8 @@ log = logging.getLogger("edgeproxy.fetch")
 # Bodies of answers we do not slice (404, 5xx...) are read whole; cap them so a misbehaving
 # upstream cannot make us buffer much.
 SMALL_BODY_MAX = 64 * 1024
+# Seconds an uncacheable fill's temp file stays readable for the requests that joined it.
+UNCACHEABLE_LINGER = 30.0
 
 
 @dataclass
@@ -82,7 +84,10 @@ class SliceFill:
 
     def reader(self) -> int:
         """A private descriptor for a follower (valid even after the temp file is renamed)."""
-        return os.dup(self.fd)
+        if self.fd >= 0:
+            return os.dup(self.fd)
+        # Released already: only an uncacheable fill's temp file lingers for late followers.
+        return os.open(self.temp, os.O_RDONLY)
 
     def write(self, data: bytes | memoryview) -> None:
         """Append bytes and wake followers."""
@@ -119,8 +124,10 @@ class SliceFill:
 
     def close(self) -> None:
         """Close the writer's descriptor (followers keep their own)."""
-        with contextlib.suppress(OSError):
-            os.close(self.fd)
+        if self.fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self.fd)
+            self.fd = -1
 
 
 @dataclass
@@ -340,7 +347,9 @@ class Fetcher:
                 log.error("could not commit slice %s/%d: %s", span.key, fill.index, exc)
                 fill.temp.unlink(missing_ok=True)
         else:
-            fill.temp.unlink(missing_ok=True)  # uncacheable: followers read their own fds
+            # Uncacheable: nothing to commit, but the requests that waited on this fetch's
+            # headers may not have attached yet; let the file linger for them a while.
+            asyncio.get_running_loop().call_later(UNCACHEABLE_LINGER, fill.temp.unlink, True)
         self._release(fill)
 
     def _discard(self, fill: SliceFill) -> None:

@@ -20,7 +20,7 @@ from ..errors import ConfigError, HTTPError, UpstreamError
 from ..ranges import ByteRange, RangeNotSatisfiable, parse_range, resolve_ranges
 from . import policy
 from .deliver import BodySource, Multipart, Send
-from .fetch import BeResp, Fetcher
+from .fetch import BeResp, Fetcher, SpanFetch
 from .metrics import CONTENT_TYPE_LATEST, NodeMetrics
 from .passthrough import pass_request
 from .store import CacheStore, ObjectMeta
@@ -161,7 +161,7 @@ class CacheNode:
                    send: Send) -> tuple[str, str, int]:
         """Fetch the object's facts upstream (coalesced), then deliver as they stream in."""
         try:
-            beresp = await self.fetch(req, stale)
+            beresp, span = await self.fetch(req, stale)
         except UpstreamError as exc:
             if stale is not None and stale.freshness.may_serve_stale_on_error(time.time()):
                 return await self.deliver(req, stale, send, result="STALE", upstream_cache=None)
@@ -184,10 +184,10 @@ class CacheNode:
         if stored is None or stored.version != beresp.version:
             fleeting = self._meta_from(req.key, beresp, store=False)  # uncacheable
             return await self.deliver(req, fleeting, send, result="MISS",
-                                      upstream_cache=beresp.x_cache, cacheable=False)
+                                      upstream_cache=beresp.x_cache, span=span)
         return await self.deliver(req, stored, send, result="MISS", upstream_cache=beresp.x_cache)
 
-    async def fetch(self, req: Req, stale: ObjectMeta | None) -> BeResp:
+    async def fetch(self, req: Req, stale: ObjectMeta | None) -> tuple[BeResp, SpanFetch | None]:
         """Start (or join) the upstream fetch that tells us the object's facts."""
         timeout = self.config.cache.fill_wait_timeout
         first = self._first_byte(req, stale)
@@ -195,7 +195,7 @@ class CacheNode:
             beresp = await self.fetcher.head(req.key, req.upstream_path, timeout)
             if beresp.status == 200:
                 self._on_headers(req.key, beresp)
-            return beresp
+            return beresp, None
         index = first // self.config.cache.slice_size
         fill = self.fetcher.fill_for(req.key, index)
         if fill is not None:
@@ -205,7 +205,7 @@ class CacheNode:
             last = self._last_slice(req)
             span = self.fetcher.start_span(req.key, req.upstream_path, index, last)
         try:
-            return await asyncio.wait_for(asyncio.shield(span.headers_ready), timeout)
+            return await asyncio.wait_for(asyncio.shield(span.headers_ready), timeout), span
         except TimeoutError:
             raise UpstreamError(f"upstream timed out: no answer in {timeout:.0f}s") from None
 
@@ -291,7 +291,8 @@ class CacheNode:
     # --- deliver ---
 
     async def deliver(self, req: Req, meta: ObjectMeta, send: Send, *, result: str,
-                      upstream_cache: str | None, cacheable: bool = True) -> tuple[str, str, int]:
+                      upstream_cache: str | None,
+                      span: SpanFetch | None = None) -> tuple[str, str, int]:
         """Send status, headers and body (whole, one range, or multipart) to the client."""
         now = time.time()
         cls = self.classes.get(meta.content_class)
@@ -336,10 +337,11 @@ class CacheNode:
             headers = [(n, v) for n, v in headers if n.lower() != "content-type"]
             headers += [("content-type", multipart.media_type),
                         ("content-length", str(multipart.content_length))]
+        # A span passed in means an answer we may not store: read it only from that fetch.
         source = BodySource(
             self.store, self.fetcher, req.key, req.upstream_path,
-            meta.version if cacheable else None, meta.length, meta.slice_size,
-            self.config.cache.read_chunk_size, self.config.cache.fill_wait_timeout,
+            None if span is not None else meta.version, meta.length, meta.slice_size,
+            self.config.cache.read_chunk_size, self.config.cache.fill_wait_timeout, span,
         )
         if req.method != "HEAD":
             # Readers on fills in flight are taken before the first await, so no slice can
