@@ -184,6 +184,13 @@ class MediaClient:
         except httpx.HTTPError as exc:
             raise ClientError(0, "connection_failed", f"PUT {url}: {exc}") from exc
         _raise_for_status(response)
+        # The origin says how much it stored; a short count means the body was cut off.
+        with contextlib.suppress(ValueError):
+            body = response.json()
+            if isinstance(body, dict) and body.get("complete") is False:
+                raise ClientError(response.status_code, "incomplete_upload",
+                                  f"PUT {url} stored {body.get('received')} of {length} "
+                                  f"bytes")  # fmt: skip
 
     # --- download ---------------------------------------------------------------------------
 

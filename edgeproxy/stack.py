@@ -142,18 +142,17 @@ class Stack:
 
     def stop(self) -> None:
         """Stop every node: SIGTERM, then SIGKILL after the grace period. Idempotent."""
-        nodes = list(reversed(self.nodes))  # edge first: stop taking requests before upstreams
-        for node in nodes:
+        # One at a time, edge first: a node drains its in-flight requests on SIGTERM, and those
+        # may still need the tier behind it.
+        for node in reversed(self.nodes):
             if node.process.poll() is None:
                 _signal_group(node.process, signal.SIGTERM)
-        deadline = time.monotonic() + self.grace
-        for node in nodes:
             try:
-                node.process.wait(timeout=max(0.0, deadline - time.monotonic()))
+                node.process.wait(timeout=self.grace)
             except subprocess.TimeoutExpired:
                 _signal_group(node.process, signal.SIGKILL)
                 node.process.wait()
-        for node in nodes:
+        for node in self.nodes:
             if node.reader is not None:
                 node.reader.join(timeout=2)
             if node.process.stdout is not None:

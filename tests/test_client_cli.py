@@ -1,0 +1,296 @@
+"""The client library and the upload/download CLI against a real origin, shield and edge."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from PIL import Image
+from starlette.requests import Request
+from starlette.responses import Response
+
+from edgeproxy import cache, crypto, origin
+from edgeproxy.client import MediaClient, cdn_rewrite
+from edgeproxy.config import Config, load_config
+from edgeproxy.errors import ClientError, IntegrityError
+from tests.servers import free_port, serve
+
+PAYLOAD_FIELDS = {"type", "media_id", "media_url", "thumbnail_url", "thumbnail_base64",
+                  "media_key", "file_sha256", "file_enc_sha256", "file_length", "mimetype",
+                  "chunk_macs", "width", "height"}  # fmt: skip
+
+
+@dataclass
+class Nodes:
+    config: Config
+    origin: str
+    shield: str
+    edge: str
+    tamper: str  # a proxy in front of the origin that corrupts what it relays
+
+
+def tamper_app(upstream: str) -> Any:
+    """Relays GETs to ``upstream``, in the mode named by the first path segment.
+
+    ``/flip/v/t1/..`` flips the byte at blob offset 100_000 (in chunk 1); ``/norange/..`` drops
+    the Range header and answers 200 with the whole blob; anything else relays faithfully.
+    """
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        request = Request(scope, receive)
+        mode, _, rest = request.url.path.lstrip("/").partition("/")
+        headers = {}
+        if "range" in request.headers and mode != "norange":
+            headers["range"] = request.headers["range"]
+        async with httpx.AsyncClient(trust_env=False) as client:
+            upstream_resp = await client.get(f"{upstream}/{rest}", headers=headers)
+        body = bytearray(upstream_resp.content)
+        # The byte at blob offset 100_000, wherever the (possibly partial) body starts.
+        content_range = upstream_resp.headers.get("content-range", "bytes 0-")
+        at = 100_000 - int(content_range.split()[1].split("-")[0])
+        if mode == "flip" and 0 <= at < len(body):
+            body[at] ^= 0x01
+        keep = {k: v for k, v in upstream_resp.headers.items()
+                if k.lower() in ("content-range", "x-cache", "content-type")}  # fmt: skip
+        await Response(bytes(body), upstream_resp.status_code, keep)(scope, receive, send)
+
+    return app
+
+
+@pytest.fixture(scope="module")
+def nodes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Nodes]:
+    tmp = tmp_path_factory.mktemp("stack")
+    ports = {role: free_port() for role in ("origin", "shield", "edge")}
+    path = tmp / "config.yaml"
+    path.write_text(f"""\
+data_dir: {tmp / "var"}
+public_base_url: http://127.0.0.1:{ports["edge"]}
+log_level: warning
+origin: {{port: {ports["origin"]}}}
+shield: {{port: {ports["shield"]}, upstream: "http://127.0.0.1:{ports["origin"]}"}}
+edge: {{port: {ports["edge"]}, upstream: "http://127.0.0.1:{ports["shield"]}"}}
+""")
+    config = load_config(path, env={})
+    with (serve(origin.create_app(config), ports["origin"]) as o,
+          serve(cache.create_app(config, "shield"), ports["shield"]) as s,
+          serve(cache.create_app(config, "edge"), ports["edge"]) as e,
+          serve(tamper_app(o.url)) as t):  # fmt: skip
+        yield Nodes(config, o.url, s.url, e.url, t.url)
+
+
+@pytest.fixture(scope="module")
+def image(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 400x300 noisy PNG: ~350 KiB, so its blob spans six 64 KiB chunks."""
+    path = tmp_path_factory.mktemp("media") / "photo.png"
+    Image.frombytes("RGB", (400, 300), os.urandom(400 * 300 * 3)).save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def uploaded(nodes: Nodes, image: Path) -> dict[str, Any]:
+    with MediaClient(nodes.origin) as client:
+        return client.upload(image)
+
+
+def test_upload_returns_the_message_payload(uploaded: dict[str, Any], nodes: Nodes,
+                                            image: Path) -> None:  # fmt: skip
+    p, data = uploaded, image.read_bytes()
+    assert set(p) == PAYLOAD_FIELDS
+    assert p["type"] == "image" and p["mimetype"] == "image/png"
+    assert (p["width"], p["height"]) == (400, 300)
+    assert p["file_sha256"] == hashlib.sha256(data).hexdigest()
+    assert p["file_length"] == len(data)
+    assert p["media_url"] == f"{nodes.edge}/v/t1/{p['file_enc_sha256']}"
+    assert p["thumbnail_url"] == p["media_url"] + "/thumb"
+    assert p["media_id"].startswith("m_")
+    assert len(base64.b64decode(p["media_key"])) == 32
+    n_chunks = -(-crypto.enc_length(len(data)) // crypto.CHUNK_SIZE)
+    assert len(base64.b64decode(p["chunk_macs"])) == n_chunks * crypto.CHUNK_MAC_SIZE
+    prefix = "data:image/jpeg;base64,"
+    assert p["thumbnail_base64"].startswith(prefix)
+    thumb = Image.open(io.BytesIO(base64.b64decode(p["thumbnail_base64"][len(prefix):])))
+    assert thumb.format == "JPEG" and max(thumb.size) <= 64
+    # The origin holds the encrypted blob, whose hash is the one in the payload.
+    blob = httpx.get(cdn_rewrite(p["media_url"], nodes.origin), trust_env=False)
+    assert blob.status_code == 200
+    assert hashlib.sha256(blob.content).hexdigest() == p["file_enc_sha256"]
+    assert data not in blob.content and blob.content[:8] == crypto.MAGIC
+    # The uploaded thumbnail is the inline JPEG, encrypted with the same key.
+    enc_thumb = httpx.get(cdn_rewrite(p["thumbnail_url"], nodes.origin), trust_env=False)
+    key = base64.b64decode(p["media_key"])
+    assert crypto.decrypt_bytes(enc_thumb.content, key, "thumbnail") == base64.b64decode(
+        p["thumbnail_base64"][len(prefix):])
+
+
+def test_whole_and_ranged_download_from_the_origin(
+    uploaded: dict[str, Any], nodes: Nodes, image: Path, tmp_path: Path
+) -> None:
+    data = image.read_bytes()
+    with MediaClient(nodes.origin, cdn_url=nodes.origin) as client:
+        result = client.download(uploaded, tmp_path / "whole.png")
+        assert (tmp_path / "whole.png").read_bytes() == data
+        assert result.status == 200 and result.bytes_written == len(data)
+        assert result.bytes_fetched == crypto.enc_length(len(data))
+        assert result.url.startswith(nodes.origin + "/v/t1/")
+        cases = [(1000, 99999), (0, 0), (65535, 65536), (len(data) - 5, len(data) - 1),
+                 (len(data) - 70000, len(data) + 500)]  # fmt: skip
+        for start, end in cases:
+            out = tmp_path / f"r{start}.bin"
+            result = client.download(uploaded, out, byte_range=(start, end))
+            assert out.read_bytes() == data[start : end + 1], (start, end)
+            assert result.status == 206
+            plan = crypto.plan_range(start, min(end, len(data) - 1), len(data))
+            assert result.bytes_fetched == plan.blob_end - plan.blob_start + 1
+            assert result.bytes_fetched < len(data) // 2
+        with pytest.raises(ValueError, match="outside the file"):
+            client.download(uploaded, tmp_path / "x", byte_range=(len(data), len(data) + 1))
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+
+def test_download_through_edge_and_shield(uploaded: dict[str, Any], nodes: Nodes,
+                                          image: Path, tmp_path: Path) -> None:  # fmt: skip
+    data = image.read_bytes()
+    with MediaClient(nodes.origin) as client:  # media_url already names the edge
+        first = client.download(uploaded, tmp_path / "a.png")
+        second = client.download(uploaded, tmp_path / "b.png")
+        ranged = client.download(uploaded, tmp_path / "r.bin", byte_range=(1000, 99999))
+    assert (tmp_path / "a.png").read_bytes() == data == (tmp_path / "b.png").read_bytes()
+    assert (tmp_path / "r.bin").read_bytes() == data[1000:100000]
+    assert first.x_cache is not None and first.x_cache.startswith("MISS from edge")
+    assert second.x_cache is not None and second.x_cache.startswith("HIT from edge")
+    assert ranged.status == 206 and ranged.x_cache is not None
+    assert ranged.x_cache.startswith("HIT from edge")
+
+
+def test_tampered_blob_is_rejected_and_nothing_is_written(
+    uploaded: dict[str, Any], nodes: Nodes, tmp_path: Path
+) -> None:
+    out = tmp_path / "out.png"
+    with MediaClient(nodes.origin, cdn_url=nodes.tamper + "/flip") as client:
+        with pytest.raises(IntegrityError):
+            client.download(uploaded, out)
+        assert list(tmp_path.iterdir()) == []
+        # 100_000 lies in chunk 1; a range over chunks 1-2 must fail its chunk MAC.
+        with pytest.raises(IntegrityError, match="chunk 1"):
+            client.download(uploaded, out, byte_range=(70_000, 140_000))
+        assert list(tmp_path.iterdir()) == []
+    with MediaClient(nodes.origin, cdn_url=nodes.tamper + "/relay") as client:
+        # The relay itself is honest: the same download through it succeeds.
+        assert client.download(uploaded, out).bytes_written == uploaded["file_length"]
+
+
+def test_payload_that_does_not_match_the_blob(uploaded: dict[str, Any], nodes: Nodes,
+                                              tmp_path: Path) -> None:  # fmt: skip
+    out = tmp_path / "out.png"
+    wrong_plain = {**uploaded, "file_sha256": "0" * 64}
+    wrong_key = {**uploaded, "media_key": base64.b64encode(bytes(32)).decode()}
+    with MediaClient(nodes.origin, cdn_url=nodes.origin) as client:
+        for payload in (wrong_plain, wrong_key):
+            with pytest.raises(IntegrityError):
+                client.download(payload, out)
+        with pytest.raises(IntegrityError):
+            client.download(wrong_key, out, byte_range=(0, 10))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_range_must_be_honoured(uploaded: dict[str, Any], nodes: Nodes, tmp_path: Path) -> None:
+    with (MediaClient(nodes.origin, cdn_url=nodes.tamper + "/norange") as client,
+          pytest.raises(ClientError, match="206") as info):  # fmt: skip
+        client.download(uploaded, tmp_path / "x", byte_range=(0, 10))
+    assert info.value.status == 200
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_api_errors_become_client_errors(nodes: Nodes, tmp_path: Path, image: Path) -> None:
+    with MediaClient(nodes.origin) as client, pytest.raises(ClientError) as info:
+        client.upload(image, mimetype="not a mime type")
+    assert (info.value.status, info.value.error) == (422, "invalid_field")
+    with (MediaClient(f"http://127.0.0.1:{free_port()}") as client,
+          pytest.raises(ClientError) as info):  # fmt: skip
+        client.upload(image)
+    assert (info.value.status, info.value.error) == (0, "connection_failed")
+    missing = {"media_url": f"{nodes.edge}/v/t1/{'ab' * 32}", "media_key": "A" * 44,
+               "type": "document", "file_sha256": "0" * 64, "file_length": 5}  # fmt: skip
+    with MediaClient(nodes.origin) as client, pytest.raises(ClientError) as info:
+        client.download(missing, tmp_path / "x")
+    assert info.value.status == 404
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_non_image_upload_has_no_thumbnail(nodes: Nodes, tmp_path: Path) -> None:
+    src = tmp_path / "notes.bin"
+    src.write_bytes(os.urandom(70_000))
+    with MediaClient(nodes.origin, cdn_url=nodes.origin) as client:
+        p = client.upload(src)
+        assert (p["type"], p["mimetype"]) == ("document", "application/octet-stream")
+        assert p["thumbnail_base64"] is None and p["thumbnail_url"] is None
+        assert "width" not in p
+        client.download(p, tmp_path / "copy.bin")
+    assert (tmp_path / "copy.bin").read_bytes() == src.read_bytes()
+
+
+# --- the CLI, as a user runs it -------------------------------------------------------------
+
+
+def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EDGEPROXY_")}
+    return subprocess.run([sys.executable, "-m", "edgeproxy", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+
+
+def test_cli_upload_and_download(nodes: Nodes, image: Path, tmp_path: Path) -> None:
+    data = image.read_bytes()
+    proc = cli("upload", str(image), "--api", nodes.origin, "--out", "payload.json", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    payload = json.loads(proc.stdout)
+    assert set(payload) == PAYLOAD_FIELDS
+    assert json.loads((tmp_path / "payload.json").read_text()) == payload
+    assert payload["file_sha256"] == hashlib.sha256(data).hexdigest()
+
+    proc = cli("download", "payload.json", "--out", "whole.png", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "whole.png").read_bytes() == data
+    summary = json.loads(proc.stdout)
+    assert summary["bytes"] == len(data) and summary["x_cache"].startswith("MISS from edge")
+
+    proc = cli("download", "payload.json", "--out", "part.bin", "--range", "1000-99999",
+               "--cdn", nodes.origin, cwd=tmp_path)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "part.bin").read_bytes() == data[1000:100000]
+    summary = json.loads(proc.stdout)
+    assert (summary["bytes"], summary["status"]) == (99000, 206)
+    assert summary["url"].startswith(nodes.origin)
+
+
+def test_cli_errors_are_one_line(nodes: Nodes, uploaded: dict[str, Any], tmp_path: Path) -> None:
+    (tmp_path / "p.json").write_text(json.dumps(uploaded))
+    proc = cli("download", "p.json", "--out", "x.png", "--cdn", nodes.tamper + "/flip",
+               cwd=tmp_path)  # fmt: skip
+    assert proc.returncode == 1
+    assert proc.stderr.startswith("edgeproxy: error: ") and "Traceback" not in proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p.json"]
+
+    proc = cli("download", "p.json", "--out", "x.png", "--range", "9-1", cwd=tmp_path)
+    assert proc.returncode == 2 and "START-END" in proc.stderr
+
+    (tmp_path / "bad.json").write_text("{not json")
+    proc = cli("download", "bad.json", "--out", "x.png", cwd=tmp_path)
+    assert proc.returncode == 1 and "not JSON" in proc.stderr
+
+    proc = cli("upload", str(tmp_path / "p.json"), "--api", nodes.origin, "--type", "nope",
+               cwd=tmp_path)  # fmt: skip
+    assert proc.returncode == 1 and "422 invalid_field" in proc.stderr
+    assert "Traceback" not in proc.stderr
