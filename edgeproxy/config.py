@@ -150,6 +150,9 @@ class CacheConfig:
     upstream_timeout: float = _duration(10)
     fill_wait_timeout: float = _duration(30)
     read_chunk_size: int = _size(256 * 1024)
+    stale_if_error: float = _duration(86400)  # grace to serve stale when upstream fails
+    stale_while_revalidate: float = _duration(0)  # serve stale while one refresh runs
+    upstream_backoff: float = _duration(2)  # after a connect failure, fail fast this long
 
 
 @dataclass(frozen=True)

@@ -239,3 +239,58 @@ def test_leader_dies_midway_nothing_truncated_is_delivered_or_stored(tmp_path: P
         assert r.content == body
         # completed slices from the first attempt were kept; only the rest was refetched
         assert origin.bytes_sent("/v/t1/flaky") < len(body) + 3 * SLICE + 1000 + 1
+
+
+def test_revalidation_304_moves_no_body(chain: Chain) -> None:
+    body = pattern(100_000)
+    chain.origin.put("/static/app.js", body, headers={"cache-control": "max-age=0"})
+    r = httpx.get(chain.edge.url + "/static/app.js")
+    assert r.content == body and r.headers["x-cache"].startswith("MISS from edge")
+    sent_before = chain.origin.bytes_sent("/static/app.js")
+    r = httpx.get(chain.edge.url + "/static/app.js")
+    assert r.content == body
+    assert r.headers["x-cache"].startswith("REVALIDATED from edge")
+    # the shield revalidated against the origin, which answered 304 with no body
+    assert chain.origin.bytes_sent("/static/app.js") == sent_before
+    assert chain.origin.hits[-1].headers.get("if-none-match") is not None
+
+
+def test_stale_served_when_origin_is_down_and_not_fresh_downstream(tmp_path: Path) -> None:
+    origin = TestOrigin()
+    body = pattern(10_000)
+    origin.put("/static/s.css", body, headers={"cache-control": "max-age=0"})
+    config = make_config(tmp_path)
+    with serve(origin) as osrv, serve(create_app(config, "shield", upstream=osrv.url)) as shield:
+        edge_app = create_app(config, "edge", upstream=shield.url)
+        with serve(edge_app) as edge:
+            assert httpx.get(edge.url + "/static/s.css").content == body
+            osrv.stop()
+            r = httpx.get(edge.url + "/static/s.css")
+            assert r.status_code == 200 and r.content == body
+            # the shield served stale; the edge must not store that as fresh
+            assert "STALE from shield" in r.headers["x-cache"]
+            meta = edge_app.store.get_meta("/static/s.css")
+            assert meta is not None and meta.freshness.lifetime == 0
+            # a second request now finds the shield backing off and still gets stale bytes
+            r = httpx.get(edge.url + "/static/s.css")
+            assert r.status_code == 200 and r.content == body
+
+
+def test_stale_while_revalidate_one_background_refresh(tmp_path: Path) -> None:
+    import time
+
+    origin = TestOrigin()
+    swr = "max-age=0, stale-while-revalidate=60"
+    origin.put("/static/v", b"v1", headers={"cache-control": swr})
+    config = make_config(tmp_path)
+    with serve(origin) as osrv, serve(create_app(config, "edge", upstream=osrv.url)) as edge:
+        assert httpx.get(edge.url + "/static/v").content == b"v1"
+        origin.put("/static/v", b"v2", headers={"cache-control": "max-age=60"})
+        origin.delay_headers = 0.3
+        results = [httpx.get(edge.url + "/static/v") for _ in range(3)]
+        assert all(r.content == b"v1" and r.headers["x-cache"] == "STALE from edge"
+                   for r in results)
+        time.sleep(0.6)
+        r = httpx.get(edge.url + "/static/v")
+        assert r.content == b"v2" and r.headers["x-cache"] == "HIT from edge"
+    assert origin.count("/static/v") == 2

@@ -49,6 +49,9 @@ class BodySource:
             fill = self.fetcher.fill_for(self.key, i)
             if fill is None and self.span is not None and self.version is None:
                 fill = self.span.fills.get(i)
+            if fill is not None and self.version is not None \
+                    and self.store.has_slice(self.key, self.version, i):
+                continue  # a refetch of a slice we hold (revalidation): serve ours
             if fill is not None and fill.error is None and i not in self.attached:
                 self.attached[i] = (fill, fill.reader())
                 self.fetched = True

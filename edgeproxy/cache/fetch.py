@@ -152,7 +152,8 @@ class Fetcher:
 
     def __init__(self, store: CacheStore, client: httpx.AsyncClient, upstream: str, *,
                  slice_size: int, tier: str, on_headers: OnHeaders,
-                 on_upstream: Callable[[int, int], None] | None = None) -> None:
+                 on_upstream: Callable[[int, int], None] | None = None,
+                 backoff: float = 2.0) -> None:
         self.store = store
         self.client = client
         self.upstream = upstream.rstrip("/")
@@ -161,6 +162,11 @@ class Fetcher:
         self.on_headers = on_headers
         self.on_upstream = on_upstream or (lambda status, nbytes: None)
         self.fills: dict[tuple[str, int], SliceFill] = {}
+        self.backoff = backoff
+        # After a failed connect, new fetches fail at once until this time: clients that can
+        # be served stale are answered now instead of each waiting out a connect timeout.
+        self.down_until = 0.0
+        self.down_reason = ""
         self.heads: dict[str, asyncio.Future[BeResp]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -169,12 +175,15 @@ class Fetcher:
         return self.fills.get((key, index))
 
     def start_span(self, key: str, path: str, first: int, last: int | None,
-                   version: str | None = None) -> SpanFetch:
+                   version: str | None = None,
+                   validators: dict[str, str] | None = None) -> SpanFetch:
         """Start one upstream request for slices ``first..last`` not already in flight.
 
         Claims (registers) the slices synchronously, so a concurrent request for any of them
         follows this fetch instead of starting its own: that is collapsed forwarding. The run
         stops before the first slice that is already stored (at ``version``) or in flight.
+        ``validators`` (``If-None-Match``/``If-Modified-Since``) make it a revalidation: a 304
+        answer refreshes the stored facts and no body moves.
         """
         if last is not None:
             for i in range(first + 1, last + 1):
@@ -185,7 +194,7 @@ class Fetcher:
         span = SpanFetch(key, first, last)
         for i in range(first, (last if last is not None else first) + 1):
             self._claim(span, i)
-        task = asyncio.create_task(self._run(span, path))
+        task = asyncio.create_task(self._run(span, path, validators or {}))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return span
@@ -209,6 +218,15 @@ class Fetcher:
 
     # --- internals ---
 
+    def _check_up(self, now: float) -> None:
+        if now < self.down_until:
+            raise UpstreamError(f"upstream unreachable (backing off): {self.down_reason}")
+
+    def _note_down(self, exc: BaseException, err: UpstreamError) -> None:
+        if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
+            self.down_until = time.time() + self.backoff
+            self.down_reason = str(err)
+
     def _claim(self, span: SpanFetch, index: int) -> bool:
         if (span.key, index) in self.fills:
             return False
@@ -230,6 +248,7 @@ class Fetcher:
     async def _run_head(self, key: str, path: str, fut: asyncio.Future[BeResp]) -> None:
         try:
             t0 = time.time()
+            self._check_up(t0)
             resp = await self.client.head(self.upstream + path, headers=self._bereq_headers({}))
             beresp = _beresp(resp, t0)
             if resp.status_code == 200:
@@ -237,11 +256,14 @@ class Fetcher:
             self.on_upstream(resp.status_code, 0)
             fut.set_result(beresp)
         except Exception as exc:
-            fut.set_exception(_upstream_error(exc))
+            err = _upstream_error(exc)
+            self._note_down(exc, err)
+            fut.set_exception(err)
+            fut.exception()  # retrieved: every waiter may have timed out already
         finally:
             self.heads.pop(key, None)
 
-    async def _run(self, span: SpanFetch, path: str) -> None:
+    async def _run(self, span: SpanFetch, path: str, validators: dict[str, str]) -> None:
         size = self.slice_size
         start = span.first * size
         end = "" if span.last is None else str((span.last + 1) * size - 1)
@@ -249,8 +271,10 @@ class Fetcher:
         received = 0
         try:
             t0 = time.time()
+            self._check_up(t0)
             bereq = self.client.build_request("GET", self.upstream + path,
-                                              headers=self._bereq_headers({"range": rng}))
+                                              headers=self._bereq_headers(
+                                                  {"range": rng, **validators}))
             resp = await self.client.send(bereq, stream=True)
             try:
                 beresp = _beresp(resp, t0)
@@ -275,8 +299,9 @@ class Fetcher:
                 raise UpstreamError(f"upstream body ended early at byte {received}")
         except _NotABody as exc:
             self._fail_all(span, UpstreamError(f"upstream answered {exc.status}"))
-        except BaseException as exc:
+        except BaseException as exc:  # incl. cancellation: followers must hear of it
             err = _upstream_error(exc)
+            self._note_down(exc, err)
             if not span.headers_ready.done():
                 span.headers_ready.set_exception(err)
                 span.headers_ready.exception()  # mark retrieved: waiters may have gone

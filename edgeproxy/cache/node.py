@@ -7,6 +7,7 @@ Client-side names are ``req``/``resp``; upstream-side ones ``bereq``/``beresp`` 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import time
@@ -71,6 +72,8 @@ class CacheNode:
         self.metrics = NodeMetrics(tier)
         self._client: httpx.AsyncClient | None = None
         self._fetcher: Fetcher | None = None
+        self._refreshing: set[str] = set()
+        self._background: set[asyncio.Task[None]] = set()
 
     # --- ASGI plumbing ---
 
@@ -119,7 +122,8 @@ class CacheNode:
         self._fetcher = Fetcher(self.store, self._client, self.upstream,
                                 slice_size=self.config.cache.slice_size, tier=self.tier,
                                 on_headers=self._on_headers,
-                                on_upstream=self.metrics.upstream)
+                                on_upstream=self.metrics.upstream,
+                                backoff=self.config.cache.upstream_backoff)
 
     async def shutdown(self) -> None:
         """Stop fills and close the pool and the index."""
@@ -151,7 +155,32 @@ class CacheNode:
         now = time.time()
         if meta is not None and meta.freshness.is_fresh(now):
             return await self.hit(req, meta, send)
+        if meta is not None and meta.status == 200 and \
+                meta.freshness.may_serve_stale_while_revalidating(now):
+            self._refresh_in_background(req, meta)
+            return await self.deliver(req, meta, send, result="STALE", upstream_cache=None)
         return await self.miss(req, meta, send)
+
+    def _refresh_in_background(self, req: Req, stale: ObjectMeta) -> None:
+        """One revalidation per key while clients keep getting the stale copy (RFC 5861)."""
+        if req.key in self._refreshing:
+            return
+        self._refreshing.add(req.key)
+        bg = Req("GET", req.path, req.query, {}, req.key)
+
+        async def refresh() -> None:
+            try:
+                beresp, _span = await self.fetch(bg, stale)
+                if beresp.status == 304:
+                    self._revalidated(bg.key, stale, beresp)
+            except UpstreamError as exc:
+                log.info("background refresh of %s failed: %s", bg.key, exc)
+            finally:
+                self._refreshing.discard(bg.key)
+
+        task = asyncio.get_running_loop().create_task(refresh())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def hit(self, req: Req, meta: ObjectMeta, send: Send) -> tuple[str, str, int]:
         """Serve a fresh stored object (slices missing from the store are fetched)."""
@@ -167,6 +196,10 @@ class CacheNode:
                 return await self.deliver(req, stale, send, result="STALE", upstream_cache=None)
             status = 504 if "timed out" in str(exc) else 502
             raise HTTPError(status, "upstream_unavailable", str(exc), tier=self.tier) from None
+        if beresp.status == 304 and stale is not None:
+            meta = self._revalidated(req.key, stale, beresp)
+            return await self.deliver(req, meta, send, result="REVALIDATED",
+                                      upstream_cache=beresp.x_cache)
         if beresp.status in policy.NEGATIVE_STATUSES:
             meta = self._negative_meta(req, beresp)
             return await self.deliver(req, meta, send, result="MISS", upstream_cache=beresp.x_cache)
@@ -203,7 +236,14 @@ class CacheNode:
             span = fill.span
         else:
             last = self._last_slice(req)
-            span = self.fetcher.start_span(req.key, req.upstream_path, index, last)
+            validators = {}
+            if stale is not None and stale.status == 200:
+                if stale.etag:
+                    validators["if-none-match"] = stale.etag
+                elif stale.last_modified:
+                    validators["if-modified-since"] = stale.last_modified
+            span = self.fetcher.start_span(req.key, req.upstream_path, index, last,
+                                           validators=validators)
         try:
             return await asyncio.wait_for(asyncio.shield(span.headers_ready), timeout), span
         except TimeoutError:
@@ -259,14 +299,36 @@ class CacheNode:
             headers=tuple(
                 (n, v) for n, v in beresp.headers if n.lower() not in policy.REGENERATED
             ),
-            freshness=policy.freshness_for(
-                self.tier, cls, 200, beresp.header_map, request_time=beresp.request_time,
-                response_time=beresp.response_time, negative_ttl=self.config.cache.negative_ttl),
+            freshness=self._freshness(cls, 200, beresp, beresp.header_map),
             content_class=cls.name if cls else policy.DEFAULT_CLASS, version=beresp.version,
             slice_size=self.config.cache.slice_size, upstream_cache=beresp.x_cache,
         )
         if store:
             self.store.set_meta(key, meta)
+        return meta
+
+    def _freshness(self, cls: ContentClass | None, status: int, beresp: BeResp,
+                   headers: dict[str, str]) -> policy.Freshness:
+        cache = self.config.cache
+        return policy.freshness_for(
+            self.tier, cls, status, headers, request_time=beresp.request_time,
+            response_time=beresp.response_time, negative_ttl=cache.negative_ttl,
+            stale_if_error=cache.stale_if_error,
+            stale_while_revalidate=cache.stale_while_revalidate,
+            upstream_stale=(beresp.x_cache or "").startswith("STALE"),
+        )
+
+    def _revalidated(self, key: str, stale: ObjectMeta, beresp: BeResp) -> ObjectMeta:
+        """RFC 9111 §4.3.4: a 304 updates the stored headers and freshness; the body stays."""
+        fresh_headers = {n.lower(): v for n, v in beresp.headers
+                         if n.lower() not in policy.REGENERATED}
+        merged = [(n, fresh_headers.pop(n.lower(), v)) for n, v in stale.headers]
+        merged += list(fresh_headers.items())
+        cls = self.classes.get(stale.content_class)
+        hmap = dict(merged)
+        meta = dataclasses.replace(stale, headers=tuple(merged),
+                                   freshness=self._freshness(cls, 200, beresp, hmap))
+        self.store.set_meta(key, meta)
         return meta
 
     def _negative_meta(self, req: Req, beresp: BeResp) -> ObjectMeta:
@@ -275,10 +337,7 @@ class CacheNode:
             status=beresp.status, length=len(body), etag=None, last_modified=None,
             content_type=beresp.content_type,
             headers=tuple((n, v) for n, v in beresp.headers if n.lower() not in policy.REGENERATED),
-            freshness=policy.freshness_for(
-                self.tier, None, beresp.status, beresp.header_map,
-                request_time=beresp.request_time, response_time=beresp.response_time,
-                negative_ttl=self.config.cache.negative_ttl),
+            freshness=self._freshness(None, beresp.status, beresp, beresp.header_map),
             content_class=policy.DEFAULT_CLASS, version="negative", slice_size=0, body=body,
         )
         hmap = beresp.header_map

@@ -236,6 +236,12 @@ class Freshness:
         """Seconds of freshness left (0 when stale)."""
         return max(0.0, self.lifetime - self.age(now))
 
+    def may_serve_stale_while_revalidating(self, now: float) -> bool:
+        """RFC 5861 §3: stale within the ``stale-while-revalidate`` window."""
+        if self.must_revalidate:
+            return False
+        return self.age(now) - self.lifetime <= self.stale_while_revalidate
+
     def may_serve_stale_on_error(self, now: float) -> bool:
         """§4.2.4 with RFC 5861 ``stale-if-error``; ``must-revalidate`` forbids it."""
         if self.must_revalidate:
@@ -245,18 +251,25 @@ class Freshness:
 
 def freshness_for(tier: str, content_class: ContentClass | None, status: int,
                   headers: Mapping[str, str], *, request_time: float, response_time: float,
-                  negative_ttl: float, stale_if_error: float = 0.0) -> Freshness:
-    """The `Freshness` of a response just received from upstream."""
+                  negative_ttl: float, stale_if_error: float = 0.0,
+                  stale_while_revalidate: float = 0.0,
+                  upstream_stale: bool = False) -> Freshness:
+    """The `Freshness` of a response just received from upstream.
+
+    ``upstream_stale``: the upstream cache said it served this stale (``X-Cache: STALE``); a
+    downstream tier must not turn that into a fresh copy, so its lifetime here is zero.
+    """
     cc = parse_cache_control(headers.get("cache-control"))
-    swr = _seconds(cc, "stale-while-revalidate") or 0.0
+    swr = _seconds(cc, "stale-while-revalidate")
     sie = _seconds(cc, "stale-if-error")
+    lifetime = 0.0 if upstream_stale else freshness_lifetime(
+        tier, content_class, status, headers, negative_ttl=negative_ttl)
     return Freshness(
         response_time=response_time,
         initial_age=corrected_initial_age(headers, request_time, response_time),
-        lifetime=freshness_lifetime(tier, content_class, status, headers,
-                                    negative_ttl=negative_ttl),
+        lifetime=lifetime,
         must_revalidate=bool({"must-revalidate", "proxy-revalidate"} & cc.keys()),
-        stale_while_revalidate=swr,
+        stale_while_revalidate=stale_while_revalidate if swr is None else swr,
         stale_if_error=stale_if_error if sie is None else sie,
     )
 
