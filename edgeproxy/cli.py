@@ -76,9 +76,8 @@ def up(ctx: click.Context, config_path: str | None) -> None:
 
     path = _config_path(ctx, config_path)
     with stop_on_signals():
-        stack = Stack(path, echo=sys.stderr)
         try:
-            with stack:
+            with Stack(path, echo=sys.stderr) as stack:
                 click.echo("edgeproxy: stack is up")
                 for role, url in stack.urls.items():
                     click.echo(f"  {role:<7} {url}  (pid {stack.pids[role]})")

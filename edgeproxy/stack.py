@@ -145,16 +145,22 @@ class Stack:
         # One at a time, edge first: a node drains its in-flight requests on SIGTERM, and those
         # may still need the tier behind it.
         for node in reversed(self.nodes):
-            if node.process.poll() is None:
-                _signal_group(node.process, signal.SIGTERM)
+            # Signalled even if the leader already died: its uvicorn workers may live on, and
+            # the group ID cannot be reused while any member of the group exists.
+            _signal_group(node.process, signal.SIGTERM)
             try:
                 node.process.wait(timeout=self.grace)
             except subprocess.TimeoutExpired:
                 _signal_group(node.process, signal.SIGKILL)
                 node.process.wait()
+            _sweep_group(node.process, timeout=min(self.grace, 2.0))
         for node in self.nodes:
             if node.reader is not None:
                 node.reader.join(timeout=2)
+                if node.reader.is_alive():
+                    # Some stray process still holds the pipe; closing it under the blocked
+                    # reader would deadlock on the file's lock, so leave it to the daemon thread.
+                    continue
             if node.process.stdout is not None:
                 node.process.stdout.close()
         self.nodes = []
@@ -242,12 +248,27 @@ def _signal_group(process: subprocess.Popen[bytes], sig: signal.Signals) -> None
     """Signal the node's whole process group (uvicorn workers included), or just the node."""
     try:
         if hasattr(os, "killpg"):
-            # Safe while the leader is unreaped: its PID, and so the group ID, cannot be reused.
-            os.killpg(process.pid, sig)
-        else:  # pragma: no cover - Windows
+            os.killpg(process.pid, sig)  # the node leads its own session, so pgid == pid
+        elif process.poll() is None:  # pragma: no cover - Windows
             process.send_signal(sig)
     except (ProcessLookupError, PermissionError):
         pass
+
+
+def _sweep_group(process: subprocess.Popen[bytes], timeout: float) -> None:
+    """Wait briefly for what is left of the node's group to exit, then SIGKILL it."""
+    if not hasattr(os, "killpg"):  # pragma: no cover - Windows
+        return
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            os.killpg(process.pid, 0)  # does any member of the group still exist?
+        except (ProcessLookupError, PermissionError):
+            return
+        if time.monotonic() > deadline:
+            _signal_group(process, signal.SIGKILL)
+            return
+        time.sleep(0.05)
 
 
 @contextlib.contextmanager

@@ -229,3 +229,28 @@ def test_demo_runs_end_to_end(config: tuple[Path, dict[str, int]], tmp_path: Pat
     demo = tmp_path / "var" / "demo"
     assert (demo / "range.bin").stat().st_size == 99000
     assert not any(port_open(port) for port in ports.values())
+
+
+def test_up_sweeps_the_workers_of_a_node_that_died(tmp_path: Path) -> None:
+    # A SIGKILLed uvicorn supervisor leaves its workers running; `up` must stop them too.
+    path, ports = write_config(tmp_path)
+    path.write_text(path.read_text().replace("edge: {", "edge: {workers: 2, "))
+    runner = Up(path, tmp_path)
+    everything: list[int] = []
+    try:
+        pids = runner.wait_ready()
+        edge = psutil.Process(pids["edge"])
+        deadline = time.monotonic() + 15
+        while len(workers := edge.children(recursive=True)) < 2:
+            assert time.monotonic() < deadline, "uvicorn did not start 2 workers"
+            time.sleep(0.05)
+        everything = list(pids.values()) + [w.pid for w in workers]
+        os.kill(pids["edge"], signal.SIGKILL)
+        assert runner.proc.wait(timeout=20) != 0
+        assert wait_gone(everything, timeout=1) == []
+        assert not any(port_open(port) for port in ports.values())
+    finally:
+        runner.kill()
+        for pid in everything:
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
