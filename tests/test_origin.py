@@ -456,6 +456,26 @@ def test_short_body_leaves_upload_incomplete(origin: Origin) -> None:
     assert origin.confirm(ticket["media_id"], sha(blob)).status_code == 200
 
 
+def test_interrupted_put_keeps_received_bytes_for_resume(origin: Origin) -> None:
+    blob = make_blob(1000)
+    ticket = origin.request(blob)
+    target = httpx.URL(ticket["upload_url"]).raw_path.decode()
+    u = httpx.URL(origin.url)
+    assert u.port is not None
+    with socket.create_connection((u.host, u.port), timeout=5) as s:
+        s.sendall(f"PUT {target} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(blob)}\r\n\r\n"
+                  .encode() + blob[:4000])  # fmt: skip
+        time.sleep(0.2)  # the server has read the 4000 bytes; then the client vanishes
+    deadline = time.monotonic() + 5
+    while (r := origin.confirm(ticket["media_id"], sha(blob))).json().get("received") != 4000:
+        assert time.monotonic() < deadline, r.text
+        time.sleep(0.02)
+    assert r.status_code == 409 and error_of(r) == "upload_incomplete"
+    staged = origin.root / "staging" / f"{ticket['media_id']}.part"
+    assert staged.read_bytes() == blob[:4000]
+    assert_not_served(origin, blob)
+
+
 def test_second_put_is_409(origin: Origin) -> None:
     blob = make_blob()
     ticket = origin.request(blob)
