@@ -75,6 +75,7 @@ def up(ctx: click.Context, config_path: str | None) -> None:
     from .stack import Stack, stop_on_signals
 
     path = _config_path(ctx, config_path)
+    dead = None
     with stop_on_signals():
         try:
             with Stack(path, echo=sys.stderr) as stack:
@@ -90,7 +91,8 @@ def up(ctx: click.Context, config_path: str | None) -> None:
                            err=True)  # fmt: skip
         except KeyboardInterrupt:
             click.echo("edgeproxy: stopped", err=True)
-            return
+            if dead is None:  # a stop that was asked for, not one forced by a dead node
+                return
     ctx.exit(1)
 
 

@@ -253,12 +253,16 @@ def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
 
 def test_cli_upload_and_download(nodes: Nodes, image: Path, tmp_path: Path) -> None:
     data = image.read_bytes()
-    proc = cli("upload", str(image), "--api", nodes.origin, "--out", "payload.json", cwd=tmp_path)
+    # Without --api, the origin named by the config is used.
+    config_file = str(nodes.config.data_dir.parent / "config.yaml")
+    proc = cli("upload", str(image), "--config", config_file, "--out", "payload.json",
+               cwd=tmp_path)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     payload = json.loads(proc.stdout)
     assert set(payload) == PAYLOAD_FIELDS
     assert json.loads((tmp_path / "payload.json").read_text()) == payload
     assert payload["file_sha256"] == hashlib.sha256(data).hexdigest()
+    assert payload["media_url"].startswith(nodes.edge)
 
     proc = cli("download", "payload.json", "--out", "whole.png", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
