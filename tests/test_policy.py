@@ -1,0 +1,154 @@
+"""The caching rules as tables, each row naming the RFC section or seed line it checks."""
+
+from __future__ import annotations
+
+import pytest
+
+from edgeproxy.cache import policy
+from edgeproxy.config import DEFAULT_CONTENT_CLASSES, ContentClass, TierTTL
+
+DAY = 86400.0
+CLASSES = DEFAULT_CONTENT_CLASSES
+
+
+@pytest.mark.parametrize(("path", "ctype", "expected"), [
+    ("/v/t1/abc", None, "media"),                      # seed 000 cache rules: media files
+    ("/v/t1/abc/thumb", None, "thumbnail"),            # seed 000: thumbnails
+    ("/pp/alice", "image/jpeg", "profile_photo"),      # seed 000: profile photos
+    ("/static/app.js", "text/javascript", None),       # unmatched: follows the origin
+])
+def test_classify(path: str, ctype: str | None, expected: str | None) -> None:
+    cls = policy.classify(path, ctype, CLASSES)
+    assert (cls.name if cls else None) == expected
+
+
+def test_classify_by_content_type() -> None:
+    classes = (ContentClass("video", content_types=("video/*",), ttl=TierTTL(1, 2)),)
+    cls = policy.classify("/x", "video/mp4; codecs=avc1", classes)
+    assert cls is not None and cls.name == "video"
+
+
+@pytest.mark.parametrize(("tier", "path", "ttl"), [
+    ("edge", "/v/t1/a", 7 * DAY), ("shield", "/v/t1/a", 30 * DAY),          # seed 000 table
+    ("edge", "/v/t1/a/thumb", 7 * DAY), ("shield", "/v/t1/a/thumb", 30 * DAY),
+    ("edge", "/pp/bob", 1 * DAY), ("shield", "/pp/bob", 7 * DAY),
+])
+def test_class_ttls_per_tier(tier: str, path: str, ttl: float) -> None:
+    cls = policy.classify(path, None, CLASSES)
+    # a configured class wins over what the origin says
+    headers = {"cache-control": "max-age=5"}
+    assert policy.freshness_lifetime(tier, cls, 200, headers, negative_ttl=10) == ttl
+
+
+DATE = "Sat, 21 Nov 2026 06:00:00 GMT"
+LATER = "Sat, 21 Nov 2026 07:00:00 GMT"
+
+
+@pytest.mark.parametrize(("headers", "lifetime", "why"), [
+    ({"cache-control": "s-maxage=60, max-age=10"}, 60, "RFC 9111 §4.2.1: s-maxage first"),
+    ({"cache-control": "max-age=10"}, 10, "§4.2.1 max-age"),
+    ({"expires": LATER, "date": DATE}, 3600, "§4.2.1 Expires - Date"),
+    ({"expires": "0", "date": DATE}, 0, "§5.3 invalid Expires means expired"),
+    ({"cache-control": "no-cache, max-age=100"}, 0, "§5.2.2.4 no-cache: always revalidate"),
+    ({"last-modified": "Sat, 21 Nov 2026 05:00:00 GMT", "date": DATE}, 360,
+     "§4.2.2 heuristic: 10% of the time since Last-Modified"),
+    ({}, 0, "no explicit or heuristic freshness"),
+])
+def test_freshness_lifetime_default_class(headers: dict[str, str], lifetime: float,
+                                          why: str) -> None:
+    assert policy.freshness_lifetime("edge", None, 200, headers, negative_ttl=10) == lifetime, why
+
+
+def test_negative_ttl() -> None:
+    # 404 is cached briefly (issue: negative caching), shortened by an explicit max-age
+    assert policy.freshness_lifetime("edge", None, 404, {}, negative_ttl=10) == 10
+    assert policy.freshness_lifetime("edge", None, 404, {"cache-control": "max-age=3"},
+                                     negative_ttl=10) == 3
+
+
+@pytest.mark.parametrize(("status", "req_cc", "resp_cc", "auth", "explicit", "storable", "why"), [
+    (200, {}, {}, False, False, True, "§3: 200 is storable"),
+    (200, {}, {"no-store": None}, False, False, False, "§5.2.2.5 no-store"),
+    (200, {"no-store": None}, {}, False, False, False, "§5.2.1.5 request no-store"),
+    (200, {}, {"private": None}, False, False, False, "§5.2.2.7 private, shared cache"),
+    (200, {}, {}, True, False, False, "§3.5 Authorization without public"),
+    (200, {}, {"public": None}, True, False, True, "§3.5 public allows it"),
+    (404, {}, {}, False, False, True, "negative caching"),
+    (500, {}, {}, False, False, False, "5xx is never cached"),
+    (302, {}, {}, False, False, False, "302 without explicit freshness"),
+])
+def test_is_storable(status: int, req_cc: dict[str, str | None], resp_cc: dict[str, str | None],
+                     auth: bool, explicit: bool, storable: bool, why: str) -> None:
+    assert policy.is_storable(status, req_cc, resp_cc, has_authorization=auth,
+                              has_explicit_freshness=explicit, has_class=False) is storable, why
+
+
+def test_corrected_initial_age_counts_upstream_age() -> None:
+    # RFC 9111 §4.2.3: Age from the shield plus our response delay
+    headers = {"age": "100", "date": "Sat, 21 Nov 2026 06:00:00 GMT"}
+    t = 1_795_240_800.0  # 2026-11-21 06:00:00 UTC
+    assert policy.corrected_initial_age(headers, t, t + 2) == 102
+    # the apparent age wins when larger (clock skew the other way)
+    assert policy.corrected_initial_age({"date": headers["date"]}, t + 50, t + 50) == 50
+
+
+def test_freshness_chain_does_not_extend() -> None:
+    t = 1_795_240_800.0
+    headers = {"cache-control": "max-age=60", "age": "50"}
+    f = policy.freshness_for("edge", None, 200, headers, request_time=t, response_time=t,
+                             negative_ttl=10)
+    assert f.is_fresh(t + 9) and not f.is_fresh(t + 11)
+    stale = policy.freshness_for("edge", None, 200, headers, request_time=t, response_time=t,
+                                 negative_ttl=10, upstream_stale=True)
+    assert stale.lifetime == 0
+
+
+@pytest.mark.parametrize(("value", "expected"), [
+    ("max-age=10, public", {"max-age": "10", "public": None}),
+    ('private="set-cookie, x", max-age=5', {"private": "set-cookie, x", "max-age": "5"}),
+    ("MAX-AGE=3, max-age=9", {"max-age": "3"}),   # §4.2.1: the first occurrence is used
+    ("", {}),
+])
+def test_parse_cache_control(value: str, expected: dict[str, str | None]) -> None:
+    assert policy.parse_cache_control(value) == expected
+
+
+@pytest.mark.parametrize(("path", "query", "ignored", "key"), [
+    ("/v/t1/a", "", (), "/v/t1/a"),
+    ("/x", "b=2&a=1", (), "/x?a=1&b=2"),
+    ("/v/t1/a", "exp=1&sig=ab&kid=k1", ("exp", "sig", "kid"), "/v/t1/a"),
+])
+def test_cache_key(path: str, query: str, ignored: tuple[str, ...], key: str) -> None:
+    assert policy.cache_key(path, query, ignored) == key
+
+
+def test_hop_by_hop_removed() -> None:
+    # RFC 9110 §7.6.1, including fields named by Connection
+    headers = [("Connection", "close, X-Secret"), ("X-Secret", "1"), ("Keep-Alive", "5"),
+               ("Transfer-Encoding", "chunked"), ("ETag", '"a"')]
+    assert policy.forwardable(headers) == [("ETag", '"a"')]
+
+
+@pytest.mark.parametrize(("inm", "etag", "match"), [
+    ('"a"', '"a"', True), ('W/"a"', '"a"', True), ('"b", "a"', '"a"', True),
+    ("*", '"a"', True), ('"b"', '"a"', False), ('"a"', None, False),
+])
+def test_if_none_match_weak_comparison(inm: str, etag: str | None, match: bool) -> None:
+    assert policy.etag_matches(inm, etag) is match  # RFC 9110 §13.1.2
+
+
+@pytest.mark.parametrize(("if_range", "etag", "lm", "match"), [
+    ('"a"', '"a"', None, True), ('W/"a"', 'W/"a"', None, False), ('"a"', '"b"', None, False),
+    ("Sat, 21 Nov 2026 06:00:00 GMT", None, "Sat, 21 Nov 2026 06:00:00 GMT", True),
+    ("Sat, 21 Nov 2026 06:00:01 GMT", None, "Sat, 21 Nov 2026 06:00:00 GMT", False),
+])
+def test_if_range(if_range: str, etag: str | None, lm: str | None, match: bool) -> None:
+    assert policy.if_range_matches(if_range, etag, lm) is match  # RFC 9110 §13.1.5
+
+
+def test_slices() -> None:
+    mib = 1024 * 1024
+    assert list(policy.slice_span(90 * mib + 5, 90 * mib + 70_000, mib)) == [90]
+    assert list(policy.slice_span(mib - 1, mib, mib)) == [0, 1]
+    assert policy.slice_bounds(99, mib, 100 * mib - 10) == (99 * mib, 100 * mib - 11)
+    assert policy.slice_count(0, mib) == 1 and policy.slice_count(mib + 1, mib) == 2

@@ -1,0 +1,116 @@
+"""Range parsing (RFC 9110 §14) by table and by property against a reference model."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from edgeproxy.ranges import (
+    MAX_RANGES,
+    ByteRange,
+    RangeNotSatisfiable,
+    parse_content_range,
+    parse_range,
+    resolve_ranges,
+)
+
+
+@pytest.mark.parametrize(("header", "length", "expected"), [
+    ("bytes=0-9", 100, [(0, 9)]),
+    ("bytes=90-", 100, [(90, 99)]),
+    ("bytes=-10", 100, [(90, 99)]),
+    ("bytes=-1000", 100, [(0, 99)]),        # §14.1.3: suffix longer than the representation
+    ("bytes=95-200", 100, [(95, 99)]),      # last-pos beyond the end is clipped
+    ("bytes=0-9,5-20", 100, [(0, 20)]),     # overlapping ranges coalesced
+    ("bytes=0-9, 10-19", 100, [(0, 19)]),   # adjacent ones too
+    ("bytes=50-59,0-9", 100, [(0, 9), (50, 59)]),
+    ("bytes=0-0,-1", 100, [(0, 0), (99, 99)]),
+    ("Bytes=0-0", 100, [(0, 0)]),           # the unit is case-insensitive
+])
+def test_resolve(header: str, length: int, expected: list[tuple[int, int]]) -> None:
+    specs = parse_range(header)
+    assert specs is not None
+    assert [(r.start, r.end) for r in resolve_ranges(specs, length)] == expected
+
+
+@pytest.mark.parametrize("header", [
+    None, "", "bytes", "bytes=", "items=0-9", "bytes=9-1", "bytes=a-b", "bytes=--1",
+    "bytes=1-2-3", "bytes=" + ",".join(["0-0"] * (MAX_RANGES + 1)),
+])
+def test_invalid_headers_are_ignored(header: str | None) -> None:
+    assert parse_range(header) is None  # §14.2: ignore, answer 200
+
+
+@pytest.mark.parametrize(("header", "length"), [
+    ("bytes=100-", 100), ("bytes=-0", 100), ("bytes=0-", 0), ("bytes=200-300,150-", 100),
+])
+def test_unsatisfiable(header: str, length: int) -> None:
+    specs = parse_range(header)
+    assert specs is not None
+    with pytest.raises(RangeNotSatisfiable) as info:
+        resolve_ranges(specs, length)
+    assert info.value.content_range == f"bytes */{length}"  # §14.4 / §15.5.17
+
+
+@pytest.mark.parametrize(("value", "expected"), [
+    ("bytes 0-9/100", (ByteRange(0, 9), 100)),
+    ("bytes */100", (None, 100)),
+    ("bytes 0-9/*", (ByteRange(0, 9), None)),
+    ("bytes 9-0/100", None), ("bytes 0-100/100", None), ("garbage", None),
+])
+def test_parse_content_range(value: str, expected: object) -> None:
+    assert parse_content_range(value) == expected
+
+
+def reference(header: str, length: int) -> set[int] | None:
+    """A deliberately naive model: the set of byte offsets a Range header selects."""
+    unit, _, rest = header.partition("=")
+    if unit.lower() != "bytes":
+        return None
+    selected: set[int] = set()
+    for part in rest.split(","):
+        first, dash, last = part.strip().partition("-")
+        if not dash:
+            return None
+        if first == "":
+            if not last.isdigit():
+                return None
+            selected |= set(range(max(0, length - int(last)), length))
+        else:
+            if not first.isdigit() or (last and not last.isdigit()):
+                return None
+            if last and int(last) < int(first):
+                return None
+            end = length - 1 if not last else min(int(last), length - 1)
+            selected |= set(range(int(first), end + 1))
+    return selected
+
+
+spec = st.one_of(
+    st.tuples(st.integers(0, 300), st.one_of(st.none(), st.integers(0, 300))).map(
+        lambda t: f"{t[0]}-{'' if t[1] is None else t[1]}"),
+    st.integers(0, 300).map(lambda n: f"-{n}"),
+)
+
+
+@given(st.lists(spec, min_size=1, max_size=MAX_RANGES), st.integers(0, 250))
+def test_matches_reference(specs: list[str], length: int) -> None:
+    header = "bytes=" + ",".join(specs)
+    expected = reference(header, length)
+    parsed = parse_range(header)
+    if expected is None:
+        assert parsed is None
+        return
+    assert parsed is not None
+    if not expected:
+        with pytest.raises(RangeNotSatisfiable):
+            resolve_ranges(parsed, length)
+        return
+    ranges = resolve_ranges(parsed, length)
+    got: set[int] = set()
+    for r in ranges:
+        got |= set(range(r.start, r.end + 1))
+    assert got == expected
+    # coalesced: sorted, disjoint, non-adjacent
+    assert all(a.end + 1 < b.start for a, b in zip(ranges, ranges[1:], strict=False))
