@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -113,4 +115,4 @@ def test_matches_reference(specs: list[str], length: int) -> None:
         got |= set(range(r.start, r.end + 1))
     assert got == expected
     # coalesced: sorted, disjoint, non-adjacent
-    assert all(a.end + 1 < b.start for a, b in zip(ranges, ranges[1:], strict=False))
+    assert all(a.end + 1 < b.start for a, b in itertools.pairwise(ranges))
