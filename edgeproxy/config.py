@@ -223,6 +223,8 @@ def _apply_env(data: dict[str, Any], env: Mapping[str, str]) -> None:
         if not name.startswith(ENV_PREFIX) or name == ENV_PREFIX + "CONFIG":
             continue
         keys = name[len(ENV_PREFIX) :].lower().split("__")
+        if keys[0] not in _TOP_LEVEL_KEYS:
+            continue  # EDGEPROXY_TOKEN and friends belong to the CLI, not to Config
         target = data
         for key in keys[:-1]:
             nxt = target.setdefault(key, {})
@@ -233,6 +235,9 @@ def _apply_env(data: dict[str, Any], env: Mapping[str, str]) -> None:
             target[keys[-1]] = yaml.safe_load(raw) if raw != "" else ""
         except yaml.YAMLError:
             target[keys[-1]] = raw
+
+
+_TOP_LEVEL_KEYS = frozenset(f.name for f in dataclasses.fields(Config))
 
 
 def _build(cls: type[Any], data: Any, where: str) -> Any:
