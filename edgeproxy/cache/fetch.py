@@ -79,6 +79,7 @@ class SliceFill:
         self.expected: int | None = None
         self.version: str | None = None
         self.done = False
+        self.discard = False  # purged while filling: serve followers, store nothing
         self.error: BaseException | None = None
         self._progress = asyncio.Event()
 
@@ -169,6 +170,18 @@ class Fetcher:
         self.down_reason = ""
         self.heads: dict[str, asyncio.Future[BeResp]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+
+    def forget(self, key: str) -> None:
+        """Purge: fills in flight for ``key`` finish for their followers but are not stored."""
+        for (k, _i), fill in self.fills.items():
+            if k == key:
+                fill.discard = True
+
+    def forget_prefix(self, prefix: str) -> None:
+        """`forget` every key that starts with ``prefix``."""
+        for (k, _i), fill in self.fills.items():
+            if k.startswith(prefix):
+                fill.discard = True
 
     def fill_for(self, key: str, index: int) -> SliceFill | None:
         """The in-flight fill of a slice, if any."""
@@ -365,7 +378,7 @@ class Fetcher:
         fill.finish()
         # Commit and unregister in one synchronous step: a request that misses the fill in the
         # registry finds the slice in the store.
-        if fill.version is not None:
+        if fill.version is not None and not fill.discard:
             try:
                 self.store.commit_slice(span.key, fill.version, fill.index, fill.temp, fill.written)
             except OSError as exc:

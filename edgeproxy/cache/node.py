@@ -19,7 +19,7 @@ import httpx
 from ..config import Config, ContentClass
 from ..errors import ConfigError, HTTPError, UpstreamError
 from ..ranges import ByteRange, RangeNotSatisfiable, parse_range, resolve_ranges
-from . import policy
+from . import admin, policy
 from .deliver import BodySource, Multipart, Send
 from .fetch import BeResp, Fetcher, SpanFetch
 from .metrics import CONTENT_TYPE_LATEST, NodeMetrics
@@ -91,6 +91,12 @@ class CacheNode:
             body = self.metrics.render(self.store.volume())
             await _send_simple(send, 200, body, CONTENT_TYPE_LATEST)
             return
+        if path.startswith(admin.PREFIX):
+            try:
+                await admin.handle(self, scope, receive, send)
+            except HTTPError as exc:
+                await _send_json(send, exc.status, exc.body(), exc.headers)
+            return
         started = time.perf_counter()
         req = Req.from_scope(scope)
         result, cls, nbytes = "ERROR", policy.DEFAULT_CLASS, 0
@@ -132,6 +138,45 @@ class CacheNode:
         if self._client is not None:
             await self._client.aclose()
         self.store.close()
+
+    # --- admin ---
+
+    def purge(self, path: str) -> int:
+        """Drop one object (all its slices); fills in flight for it will not be stored."""
+        key = policy.cache_key(*path.partition("?")[::2])
+        self.fetcher.forget(key)
+        return 1 if self.store.purge(key) else 0
+
+    def purge_prefix(self, prefix: str) -> int:
+        """Drop every object whose key starts with ``prefix``."""
+        self.fetcher.forget_prefix(prefix)
+        return self.store.purge_prefix(prefix)
+
+    async def warm(self, path: str) -> dict[str, Any]:
+        """Fetch ``path`` through this node as a client would, discarding the body."""
+        outcome: dict[str, Any] = {"status": 0, "bytes": 0, "x_cache": None}
+
+        async def sink(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                outcome["status"] = message["status"]
+                headers = dict(message["headers"])
+                x_cache = headers.get(b"x-cache")
+                outcome["x_cache"] = x_cache.decode("latin-1") if x_cache else None
+            else:
+                outcome["bytes"] += len(message.get("body", b""))
+
+        async def no_body() -> dict[str, Any]:
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        raw_path, _, query = path.partition("?")
+        scope = {"type": "http", "method": "GET", "path": raw_path,
+                 "query_string": query.encode("latin-1"), "headers": []}
+        try:
+            await self(scope, no_body, sink)
+        except Exception as exc:  # a failed fill aborts a client; here it is one failed line
+            outcome["status"] = outcome["status"] if outcome["status"] >= 400 else 502
+            outcome["error"] = str(exc)
+        return outcome
 
     @property
     def fetcher(self) -> Fetcher:

@@ -138,11 +138,11 @@ class CacheStore:
         return int(self._cache.evict(_tag(key)))
 
     def purge_prefix(self, prefix: str) -> int:
-        """Remove every object whose key starts with ``prefix``."""
+        """Remove every object whose key starts with ``prefix``; the number of objects."""
         removed = 0
         for entry in list(self._cache.iterkeys()):
             if isinstance(entry, tuple) and entry[0] == "m" and str(entry[1]).startswith(prefix):
-                removed += self.purge(str(entry[1]))
+                removed += 1 if self.purge(str(entry[1])) else 0
         return removed
 
     def clear(self) -> None:

@@ -1,0 +1,132 @@
+"""Admin calls of a cache node: purge (one key or a prefix) and warm (prefetch a list).
+
+``POST /_admin/purge`` ``{"paths": [...]}`` or ``{"prefix": "/pp/"}`` → ``{"purged": n}``.
+``POST /_admin/warm`` ``{"paths": [...], "concurrency": 8}`` → NDJSON, one line per path as it
+finishes (``{"path", "status", "bytes", "x_cache"}``), then ``{"done": n, "failed": m}``.
+Both need ``Authorization: Bearer <admin_token>``: missing → 401, wrong → 403, and nothing
+happens; with no token configured the admin API is off (403).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from ..errors import HTTPError
+
+if TYPE_CHECKING:
+    from .node import CacheNode
+
+PREFIX = "/_admin/"
+MAX_BODY = 4 * 1024 * 1024
+MAX_CONCURRENCY = 64
+
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+def check_token(configured: str, authorization: str | None) -> None:
+    """Raise the right `HTTPError` unless ``authorization`` carries the admin token."""
+    if not configured:
+        raise HTTPError(403, "admin_disabled", "set admin_token in the config to use admin calls")
+    if not authorization or not authorization.lower().startswith("bearer "):
+        raise HTTPError(401, "unauthorized", "admin calls need 'Authorization: Bearer <token>'",
+                        headers={"www-authenticate": "Bearer"})
+    if not hmac.compare_digest(authorization[7:].strip().encode(), configured.encode()):
+        raise HTTPError(403, "forbidden", "wrong admin token")
+
+
+async def read_json(receive: Any) -> dict[str, Any]:
+    """The request body as a JSON object (bounded), or 400."""
+    body = bytearray()
+    while True:
+        message = await receive()
+        body += message.get("body", b"")
+        if len(body) > MAX_BODY:
+            raise HTTPError(413, "too_large", f"admin bodies are at most {MAX_BODY} bytes")
+        if not message.get("more_body", False):
+            break
+    try:
+        data = json.loads(body or b"{}")
+    except ValueError:
+        raise HTTPError(400, "bad_json", "the body is not valid JSON") from None
+    if not isinstance(data, dict):
+        raise HTTPError(400, "bad_json", "the body must be a JSON object")
+    return data
+
+
+def _paths(data: dict[str, Any]) -> list[str]:
+    paths = data.get("paths", [])
+    if not isinstance(paths, list) or not all(isinstance(p, str) and p.startswith("/")
+                                              for p in paths):
+        raise HTTPError(422, "invalid_field", "paths must be a list of absolute paths ('/…')",
+                        field="paths")
+    return paths
+
+
+async def handle(node: CacheNode, scope: dict[str, Any], receive: Any, send: Send) -> None:
+    """Serve one admin call."""
+    headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+    check_token(node.config.admin_token, headers.get("authorization"))
+    if scope["method"] != "POST":
+        raise HTTPError(405, "method_not_allowed", "admin calls are POST")
+    action = scope["path"][len(PREFIX):]
+    data = await read_json(receive)
+    if action == "purge":
+        await _purge(node, data, send)
+    elif action == "warm":
+        await _warm(node, data, send)
+    else:
+        raise HTTPError(404, "not_found", f"no admin call {action!r}; try purge or warm")
+
+
+async def _purge(node: CacheNode, data: dict[str, Any], send: Send) -> None:
+    paths = _paths(data)
+    prefix = data.get("prefix")
+    if prefix is not None and (not isinstance(prefix, str) or not prefix.startswith("/")):
+        raise HTTPError(422, "invalid_field", "prefix must be an absolute path", field="prefix")
+    if not paths and prefix is None:
+        raise HTTPError(422, "invalid_field", "name paths or a prefix to purge", field="paths")
+    purged = sum(node.purge(p) for p in paths)
+    if prefix is not None:
+        purged += node.purge_prefix(prefix)
+    await _json(send, 200, {"purged": purged})
+
+
+async def _warm(node: CacheNode, data: dict[str, Any], send: Send) -> None:
+    paths = _paths(data)
+    concurrency = data.get("concurrency", 8)
+    if not isinstance(concurrency, int) or not 1 <= concurrency <= MAX_CONCURRENCY:
+        raise HTTPError(422, "invalid_field", f"concurrency must be 1..{MAX_CONCURRENCY}",
+                        field="concurrency")
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-type", b"application/x-ndjson"),
+                            (b"cache-control", b"no-store")]})
+    gate = asyncio.Semaphore(concurrency)
+    lines: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+
+    async def one(path: str) -> None:
+        async with gate:
+            await lines.put({"path": path, **await node.warm(path)})
+
+    tasks = [asyncio.create_task(one(p)) for p in paths]
+    failed = 0
+    for _ in paths:
+        line = await lines.get()  # progress: each path is reported as soon as it is done
+        failed += line["status"] not in (200, 206)
+        await send({"type": "http.response.body", "body": json.dumps(line).encode() + b"\n",
+                    "more_body": True})
+    await asyncio.gather(*tasks)
+    summary = json.dumps({"done": len(paths), "failed": failed}).encode() + b"\n"
+    await send({"type": "http.response.body", "body": summary, "more_body": False})
+
+
+async def _json(send: Send, status: int, payload: dict[str, Any]) -> None:
+    body = json.dumps(payload).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"),
+                            (b"content-length", str(len(body)).encode()),
+                            (b"cache-control", b"no-store")]})
+    await send({"type": "http.response.body", "body": body})

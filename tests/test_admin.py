@@ -1,0 +1,90 @@
+"""Admin purge and warm over real sockets, on a two-tier chain."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from edgeproxy import adminclient
+from edgeproxy.cache import create_app
+from edgeproxy.errors import ClientError
+from tests.origins import TestOrigin, pattern
+from tests.servers import ServerThread, serve
+from tests.test_cache_node import make_config
+
+TOKEN = "s3cret-admin-token"
+
+
+@dataclasses.dataclass
+class Chain:
+    origin: TestOrigin
+    shield: ServerThread
+    edge: ServerThread
+
+
+@pytest.fixture
+def chain(tmp_path: Path) -> Iterator[Chain]:
+    origin = TestOrigin()
+    config = make_config(tmp_path).replace(admin_token=TOKEN)
+    with serve(origin) as o, serve(create_app(config, "shield", upstream=o.url)) as s, \
+            serve(create_app(config, "edge", upstream=s.url)) as e:
+        yield Chain(origin, s, e)
+
+
+def test_admin_needs_the_token_and_does_nothing_without_it(chain: Chain) -> None:
+    chain.origin.put("/v/t1/a", pattern(1000))
+    httpx.get(chain.edge.url + "/v/t1/a")
+    url = chain.edge.url + "/_admin/purge"
+    r = httpx.post(url, json={"paths": ["/v/t1/a"]})
+    assert r.status_code == 401 and r.json()["error"] == "unauthorized"
+    r = httpx.post(url, json={"paths": ["/v/t1/a"]}, headers={"authorization": "Bearer nope"})
+    assert r.status_code == 403 and r.json()["error"] == "forbidden"
+    r = httpx.post(chain.edge.url + "/_admin/warm", json={"paths": ["/v/t1/b"]})
+    assert r.status_code == 401
+    assert httpx.get(chain.edge.url + "/v/t1/a").headers["x-cache"] == "HIT from edge"
+    assert chain.origin.count("/v/t1/b") == 0
+
+
+def test_admin_disabled_without_configured_token(tmp_path: Path) -> None:
+    origin = TestOrigin()
+    with serve(origin) as o, serve(create_app(make_config(tmp_path), "edge",
+                                              upstream=o.url)) as e:
+        r = httpx.post(e.url + "/_admin/purge", json={"paths": ["/x"]},
+                       headers={"authorization": "Bearer anything"})
+        assert r.status_code == 403 and r.json()["error"] == "admin_disabled"
+
+
+def test_purge_one_and_prefix_across_tiers(chain: Chain) -> None:
+    for name in ("a", "b"):
+        chain.origin.put(f"/pp/{name}", pattern(500, seed=1))
+        httpx.get(chain.edge.url + f"/pp/{name}")
+    nodes = [chain.edge.url, chain.shield.url]
+    assert adminclient.purge(nodes, TOKEN, paths=["/pp/a"]) == {n: 1 for n in nodes}
+    r = httpx.get(chain.edge.url + "/pp/a")
+    assert r.headers["x-cache"] == "MISS from edge, MISS from shield"
+    assert httpx.get(chain.edge.url + "/pp/b").headers["x-cache"] == "HIT from edge"
+    assert adminclient.purge(nodes, TOKEN, prefix="/pp/") == {n: 2 for n in nodes}
+    assert httpx.get(chain.edge.url + "/pp/b").headers["x-cache"].startswith("MISS from edge")
+    with pytest.raises(ClientError) as info:
+        adminclient.purge(nodes, TOKEN)
+    assert info.value.status == 422
+
+
+def test_warm_reports_progress_and_fills_the_cache(chain: Chain) -> None:
+    paths = [f"/v/t1/w{i}" for i in range(6)]
+    for p in paths:
+        chain.origin.put(p, pattern(70_000, seed=len(p)))
+    seen: list[dict[str, Any]] = []
+    summary = adminclient.warm(chain.edge.url, TOKEN, [*paths, "/v/t1/missing"],
+                               concurrency=3, on_progress=seen.append)
+    assert summary == {"done": 7, "failed": 1}
+    assert sorted(item["path"] for item in seen) == sorted([*paths, "/v/t1/missing"])
+    assert all(item["bytes"] == 70_000 for item in seen if item["path"] != "/v/t1/missing")
+    for p in paths:
+        assert httpx.get(chain.edge.url + p).headers["x-cache"] == "HIT from edge"
+        assert chain.origin.count(p) == 1
