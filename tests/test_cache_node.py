@@ -294,3 +294,43 @@ def test_stale_while_revalidate_one_background_refresh(tmp_path: Path) -> None:
         r = httpx.get(edge.url + "/static/v")
         assert r.content == b"v2" and r.headers["x-cache"] == "HIT from edge"
     assert origin.count("/static/v") == 2
+
+
+@pytest.mark.parametrize("size", [5000, 5 * SLICE + 123])
+def test_integrity_mismatch_is_never_served_whole_nor_stored(chain: Chain, size: int) -> None:
+    import hashlib
+
+    good = pattern(size)
+    bad = bytearray(good)
+    bad[size // 2] ^= 1
+    sha = hashlib.sha256(good).hexdigest()
+    chain.origin.put(f"/v/t1/{sha}", bytes(bad))
+    for _ in range(2):
+        with pytest.raises(httpx.HTTPError):
+            r = httpx.get(chain.edge.url + f"/v/t1/{sha}")
+            assert len(r.content) < size  # never a complete-looking wrong body
+            raise httpx.RemoteProtocolError("short")
+    # every attempt went back to the origin and failed the check again: nothing of the bad
+    # body was kept (a request may retry a failed fill once)
+    fetched = chain.origin.count(f"/v/t1/{sha}")
+    assert fetched >= 2
+    metrics = httpx.get(chain.shield.url + "/metrics").text
+    assert _metric(metrics, "edgeproxy_integrity_failures_total", tier="shield") == fetched
+    # the right bytes under the same name are served and then hit
+    chain.origin.put(f"/v/t1/{sha}", good)
+    assert httpx.get(chain.edge.url + f"/v/t1/{sha}").content == good
+    assert httpx.get(chain.edge.url + f"/v/t1/{sha}").headers["x-cache"] == "HIT from edge"
+
+
+def test_repr_digest_is_checked(chain: Chain) -> None:
+    import base64
+    import hashlib
+
+    body = pattern(3000)
+    digest = base64.b64encode(hashlib.sha256(b"something else").digest()).decode()
+    chain.origin.put("/v/t1/x/thumb", body, headers={"repr-digest": f"sha-256=:{digest}:"})
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(chain.edge.url + "/v/t1/x/thumb")
+    digest = base64.b64encode(hashlib.sha256(body).digest()).decode()
+    chain.origin.put("/v/t1/x/thumb", body, headers={"repr-digest": f"sha-256=:{digest}:"})
+    assert httpx.get(chain.edge.url + "/v/t1/x/thumb").content == body

@@ -17,7 +17,7 @@ from ..errors import UpstreamError
 from ..ranges import ByteRange
 from . import policy
 from .fetch import Fetcher, SliceFill, SpanFetch
-from .store import CacheStore
+from .store import CacheStore, SliceBody
 
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 
@@ -37,6 +37,7 @@ class BodySource:
     wait_timeout: float
     span: SpanFetch | None = None  # the fetch this request started or joined, if any
     attached: dict[int, tuple[SliceFill, int]] = field(default_factory=dict)
+    prefetched: dict[int, SliceBody] = field(default_factory=dict)  # looked up before headers
     fetched: bool = False  # did this delivery need any upstream bytes?
 
     def attach(self, indexes: range) -> None:
@@ -62,6 +63,10 @@ class BodySource:
             with contextlib.suppress(OSError):
                 os.close(fd)
         self.attached.clear()
+        for body in self.prefetched.values():
+            if not isinstance(body, bytes):
+                body.close()
+        self.prefetched.clear()
 
     async def stream(self, rng: ByteRange, send: Send) -> int:
         """Send bytes ``rng`` of the object; returns the number sent."""
@@ -76,7 +81,8 @@ class BodySource:
     async def _stream_slice(self, index: int, start: int, end: int, last: int,
                             send: Send) -> int:
         if index not in self.attached and self.version is not None:
-            body = self.store.get_slice(self.key, self.version, index)
+            body = self.prefetched.pop(index, None) or \
+                self.store.get_slice(self.key, self.version, index)
             if body is not None:
                 return await _send_stored(body, start, end, self.read_size, send)
             if self.fetcher.fill_for(self.key, index) is None:
@@ -95,7 +101,7 @@ class BodySource:
             if fill.version is not None and self.version is not None \
                     and fill.version != self.version:
                 raise UpstreamError("the object changed upstream during delivery")
-            available = min(fill.written, end + 1)
+            available = min(fill.visible, end + 1)
             if available > pos:
                 data = os.pread(fd, min(available - pos, self.read_size), pos)
                 if not data:

@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import hmac
 import logging
 import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -76,6 +79,8 @@ class SliceFill:
         self.temp = temp
         self.fd = os.open(temp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
         self.written = 0
+        self.visible = 0  # bytes followers may send; lags `written` while a hash is pending
+        self.hold_last = False  # the object's last byte waits for its digest check
         self.expected: int | None = None
         self.version: str | None = None
         self.done = False
@@ -97,11 +102,14 @@ class SliceFill:
             n = os.pwrite(self.fd, view, self.written)
             self.written += n
             view = view[n:]
+        held = self.hold_last and self.expected is not None and self.written >= self.expected
+        self.visible = self.written - 1 if held else self.written
         self._notify()
 
     def finish(self) -> None:
-        """Mark complete and wake followers."""
+        """Mark complete (and verified) and wake followers."""
         self.done = True
+        self.visible = self.written
         self._notify()
 
     def fail(self, error: BaseException) -> None:
@@ -116,7 +124,7 @@ class SliceFill:
 
     async def wait_beyond(self, position: int, timeout: float) -> None:
         """Wait until more than ``position`` bytes are written, or the fill ended."""
-        if self.written > position or self.done or self.error is not None:
+        if self.visible > position or self.done or self.error is not None:
             return
         try:
             await asyncio.wait_for(self._progress.wait(), timeout)
@@ -141,11 +149,14 @@ class SpanFetch:
     headers_ready: asyncio.Future[BeResp] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future())
     fills: dict[int, SliceFill] = field(default_factory=dict)
+    digest: str | None = None  # expected SHA-256 (hex) of the whole representation
+    hasher: Any = None  # running SHA-256 when this span carries the whole body from byte 0
 
 
 # Decides, from the upstream's response, whether and how to store: returns the version string
-# to commit slices under (None: do not store) — policy lives in the node, not here.
-OnHeaders = Callable[[str, BeResp], str | None]
+# to commit slices under (None: do not store) and the SHA-256 the body must have, if known —
+# policy lives in the node, not here.
+OnHeaders = Callable[[str, BeResp], tuple[str | None, str | None]]
 
 
 class Fetcher:
@@ -154,7 +165,8 @@ class Fetcher:
     def __init__(self, store: CacheStore, client: httpx.AsyncClient, upstream: str, *,
                  slice_size: int, tier: str, on_headers: OnHeaders,
                  on_upstream: Callable[[int, int], None] | None = None,
-                 backoff: float = 2.0) -> None:
+                 backoff: float = 2.0,
+                 on_integrity_failure: Callable[[str, str], None] | None = None) -> None:
         self.store = store
         self.client = client
         self.upstream = upstream.rstrip("/")
@@ -164,6 +176,7 @@ class Fetcher:
         self.on_upstream = on_upstream or (lambda status, nbytes: None)
         self.fills: dict[tuple[str, int], SliceFill] = {}
         self.backoff = backoff
+        self.on_integrity_failure = on_integrity_failure or (lambda key, why: None)
         # After a failed connect, new fetches fail at once until this time: clients that can
         # be served stale are answered now instead of each waiting out a connect timeout.
         self.down_until = 0.0
@@ -296,7 +309,7 @@ class Fetcher:
                     self.on_upstream(resp.status_code, len(beresp.body))
                     span.headers_ready.set_result(beresp)
                     raise _NotABody(resp.status_code)
-                version = self.on_headers(span.key, beresp)
+                version, span.digest = self.on_headers(span.key, beresp)
                 span.headers_ready.set_result(beresp)
                 self._plan(span, beresp, version)
                 async for chunk in resp.aiter_raw(256 * 1024):
@@ -345,6 +358,10 @@ class Fetcher:
             for i in range(0, span.first):
                 if version is None or not self.store.has_slice(span.key, version, i):
                     self._claim(span, i)
+        whole = span.first == 0 and beresp.body_start == 0 and (
+            span.last is None or span.last >= count - 1)
+        if span.digest is not None and whole:
+            span.hasher = hashlib.sha256()
         for index, fill in list(span.fills.items()):
             if index >= count:
                 fill.fail(UpstreamError("slice beyond the end of the object"))
@@ -354,10 +371,13 @@ class Fetcher:
             lo, hi = policy.slice_bounds(index, self.slice_size, length)
             fill.expected = hi - lo + 1
             fill.version = version
+            fill.hold_last = span.hasher is not None and index == count - 1
             if fill.expected == 0:
                 self._complete(span, fill)
 
     def _write(self, span: SpanFetch, offset: int, chunk: bytes) -> None:
+        if span.hasher is not None:
+            span.hasher.update(chunk)
         size = self.slice_size
         view = memoryview(chunk)
         while view:
@@ -375,6 +395,8 @@ class Fetcher:
             offset += take
 
     def _complete(self, span: SpanFetch, fill: SliceFill) -> None:
+        if fill.hold_last and not self._verified(span, fill):
+            return
         fill.finish()
         # Commit and unregister in one synchronous step: a request that misses the fill in the
         # registry finds the slice in the store.
@@ -390,6 +412,25 @@ class Fetcher:
             asyncio.get_running_loop().call_later(UNCACHEABLE_LINGER, fill.temp.unlink, True)
         self._release(fill)
 
+    def _verified(self, span: SpanFetch, fill: SliceFill) -> bool:
+        """Check the whole body's SHA-256 before its last byte reaches anyone.
+
+        On a mismatch nothing of the object stays stored (earlier slices included), the fill
+        fails so followers abort short of the end, and the failure is counted.
+        """
+        got = span.hasher.hexdigest()
+        if hmac.compare_digest(got, span.digest or ""):
+            return True
+        why = f"body SHA-256 {got[:16]}… does not match the expected {(span.digest or '')[:16]}…"
+        log.error("integrity failure on %s: %s", span.key, why)
+        self.store.purge(span.key)
+        for other in span.fills.values():
+            other.discard = True
+        fill.fail(UpstreamError(f"integrity check failed: {why}"))
+        self._discard(fill)
+        self.on_integrity_failure(span.key, why)
+        return False
+
     def _discard(self, fill: SliceFill) -> None:
         fill.temp.unlink(missing_ok=True)
         self._release(fill)
@@ -399,6 +440,10 @@ class Fetcher:
             if not fill.done:
                 fill.fail(err)
                 self._discard(fill)
+        if span.hasher is not None:
+            # The slices this span already committed were to be vouched for by the digest
+            # at the end, which never came: drop them rather than keep unverified bytes.
+            self.store.purge(span.key)
 
 
 class _NotABody(Exception):

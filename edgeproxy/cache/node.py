@@ -24,7 +24,7 @@ from .deliver import BodySource, Multipart, Send
 from .fetch import BeResp, Fetcher, SpanFetch
 from .metrics import CONTENT_TYPE_LATEST, NodeMetrics
 from .passthrough import pass_request
-from .store import CacheStore, ObjectMeta
+from .store import CacheStore, ObjectMeta, SliceBody
 
 log = logging.getLogger("edgeproxy.cache")
 
@@ -129,7 +129,8 @@ class CacheNode:
                                 slice_size=self.config.cache.slice_size, tier=self.tier,
                                 on_headers=self._on_headers,
                                 on_upstream=self.metrics.upstream,
-                                backoff=self.config.cache.upstream_backoff)
+                                backoff=self.config.cache.upstream_backoff,
+                                on_integrity_failure=self._integrity_failure)
 
     async def shutdown(self) -> None:
         """Stop fills and close the pool and the index."""
@@ -138,6 +139,9 @@ class CacheNode:
         if self._client is not None:
             await self._client.aclose()
         self.store.close()
+
+    def _integrity_failure(self, key: str, why: str) -> None:
+        self.metrics.integrity_failures.labels(self.tier).inc()
 
     # --- admin ---
 
@@ -228,8 +232,23 @@ class CacheNode:
         task.add_done_callback(self._background.discard)
 
     async def hit(self, req: Req, meta: ObjectMeta, send: Send) -> tuple[str, str, int]:
-        """Serve a fresh stored object (slices missing from the store are fetched)."""
-        return await self.deliver(req, meta, send, result="HIT", upstream_cache=None)
+        """Serve a fresh stored object (slices missing from the store are fetched).
+
+        The first slice is looked up before any header is sent: if it is gone (evicted, or a
+        fill that failed), the stored facts are checked upstream first, so a changed object is
+        never announced with the old length and then cut short.
+        """
+        prefetched = {}
+        first = self._first_byte(req, meta)
+        if req.method == "GET" and meta.status == 200 and meta.length and first is not None:
+            index = first // meta.slice_size
+            if self.fetcher.fill_for(req.key, index) is None:
+                body = self.store.get_slice(req.key, meta.version, index)
+                if body is None:
+                    return await self.miss(req, meta, send)
+                prefetched[index] = body
+        return await self.deliver(req, meta, send, result="HIT", upstream_cache=None,
+                                  prefetched=prefetched)
 
     async def miss(self, req: Req, stale: ObjectMeta | None,
                    send: Send) -> tuple[str, str, int]:
@@ -317,9 +336,11 @@ class CacheNode:
     def _class_of(self, key: str, content_type: str | None) -> ContentClass | None:
         return policy.classify(key.partition("?")[0], content_type, self.config.content_classes)
 
-    def _on_headers(self, key: str, beresp: BeResp) -> str | None:
-        """Called by a fill when upstream headers arrive: store facts, return the version."""
+    def _on_headers(self, key: str, beresp: BeResp) -> tuple[str | None, str | None]:
+        """Called by a fill when upstream headers arrive: store the facts; return the version
+        to store slices under (None: don't) and the SHA-256 the body must have."""
         hmap = beresp.header_map
+        digest = policy.expected_sha256(key.partition("?")[0], hmap)
         cls = self._class_of(key, beresp.content_type)
         vary = {v.strip().lower() for v in hmap.get("vary", "").split(",") if v.strip()}
         storable = not (vary - {"accept-encoding"}) and policy.is_storable(
@@ -328,9 +349,9 @@ class CacheNode:
             has_class=cls is not None,
         )
         if not storable or beresp.length is None:
-            return None
+            return None, digest
         meta = self._meta_from(key, beresp, store=True)
-        return meta.version
+        return meta.version, digest
 
     def _meta_from(self, key: str, beresp: BeResp, *, store: bool) -> ObjectMeta:
         cls = self._class_of(key, beresp.content_type)
@@ -396,7 +417,8 @@ class CacheNode:
 
     async def deliver(self, req: Req, meta: ObjectMeta, send: Send, *, result: str,
                       upstream_cache: str | None,
-                      span: SpanFetch | None = None) -> tuple[str, str, int]:
+                      span: SpanFetch | None = None,
+                      prefetched: dict[int, SliceBody] | None = None) -> tuple[str, str, int]:
         """Send status, headers and body (whole, one range, or multipart) to the client."""
         now = time.time()
         cls = self.classes.get(meta.content_class)
@@ -446,6 +468,7 @@ class CacheNode:
             self.store, self.fetcher, req.key, req.upstream_path,
             None if span is not None else meta.version, meta.length, meta.slice_size,
             self.config.cache.read_chunk_size, self.config.cache.fill_wait_timeout, span,
+            prefetched=prefetched or {},
         )
         if req.method != "HEAD":
             # Readers on fills in flight are taken before the first await, so no slice can

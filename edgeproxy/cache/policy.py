@@ -7,6 +7,7 @@ so nothing here reads a clock.
 
 from __future__ import annotations
 
+import base64
 import fnmatch
 import re
 from collections.abc import Iterable, Mapping
@@ -286,6 +287,26 @@ def downstream_cache_control(content_class: ContentClass | None, tier: str,
         return upstream_value
     value = f"public, max-age={int(content_class.ttl.for_tier(tier))}"
     return value + ", immutable" if content_class.immutable else value
+
+
+# --- integrity ---
+
+_SHA256_PATH = re.compile(r"/v/t1/([0-9a-f]{64})")
+_REPR_DIGEST = re.compile(r"(?:^|,)\s*sha-256\s*=\s*:([A-Za-z0-9+/=]+):")
+
+
+def expected_sha256(path: str, headers: Mapping[str, str]) -> str | None:
+    """The SHA-256 (hex) a body must have: from a content-addressed media path
+    (``/v/t1/<sha256>``, DESIGN "Integrity"), else from ``Repr-Digest`` (RFC 9530 §3)."""
+    if m := _SHA256_PATH.fullmatch(path):
+        return m.group(1)
+    if m := _REPR_DIGEST.search(headers.get("repr-digest", "")):
+        try:
+            raw = base64.b64decode(m.group(1), validate=True)
+        except ValueError:
+            return None
+        return raw.hex() if len(raw) == 32 else None
+    return None
 
 
 # --- slices ----------------------------------------------------------------------------------
