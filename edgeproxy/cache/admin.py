@@ -109,7 +109,7 @@ async def _warm(node: CacheNode, data: dict[str, Any], send: Send) -> None:
 
     async def one(path: str) -> None:
         async with gate:
-            await lines.put({"path": path, **await node.warm(path)})
+            await lines.put({"path": path, **await warm(node, path)})
 
     tasks = [asyncio.create_task(one(p)) for p in paths]
     failed = 0
@@ -121,6 +121,33 @@ async def _warm(node: CacheNode, data: dict[str, Any], send: Send) -> None:
     await asyncio.gather(*tasks)
     summary = json.dumps({"done": len(paths), "failed": failed}).encode() + b"\n"
     await send({"type": "http.response.body", "body": summary, "more_body": False})
+
+
+async def warm(node: CacheNode, path: str) -> dict[str, Any]:
+    """Fetch ``path`` through this node as a client would, discarding the body."""
+    outcome: dict[str, Any] = {"status": 0, "bytes": 0, "x_cache": None}
+
+    async def sink(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            outcome["status"] = message["status"]
+            headers = dict(message["headers"])
+            x_cache = headers.get(b"x-cache")
+            outcome["x_cache"] = x_cache.decode("latin-1") if x_cache else None
+        else:
+            outcome["bytes"] += len(message.get("body", b""))
+
+    async def no_body() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    raw_path, _, query = path.partition("?")
+    scope = {"type": "http", "method": "GET", "path": raw_path,
+             "query_string": query.encode("latin-1"), "headers": []}
+    try:
+        await node(scope, no_body, sink)
+    except Exception as exc:  # a failed fill aborts a client; here it is one failed line
+        outcome["status"] = outcome["status"] if outcome["status"] >= 400 else 502
+        outcome["error"] = str(exc)
+    return outcome
 
 
 async def _json(send: Send, status: int, payload: dict[str, Any]) -> None:

@@ -16,7 +16,8 @@ from typing import Any
 from ..errors import UpstreamError
 from ..ranges import ByteRange
 from . import policy
-from .fetch import Fetcher, SliceFill, SpanFetch
+from .fetch import Fetcher
+from .fills import SliceFill, SpanFetch
 from .store import CacheStore, SliceBody
 
 Send = Callable[[dict[str, Any]], Awaitable[None]]

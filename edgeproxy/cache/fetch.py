@@ -10,147 +10,24 @@ off marks its unfinished fills failed, so followers abort instead of delivering 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import hmac
 import logging
-import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
 
 import httpx
 
 from ..errors import UpstreamError
-from ..ranges import parse_content_range
 from . import policy
+from .beresp import BeResp, from_response, int_header, read_small, upstream_error
+from .fills import SliceFill, SpanFetch
 from .store import CacheStore
 
 log = logging.getLogger("edgeproxy.fetch")
 
-# Bodies of answers we do not slice (404, 5xx...) are read whole; cap them so a misbehaving
-# upstream cannot make us buffer much.
-SMALL_BODY_MAX = 64 * 1024
 # Seconds an uncacheable fill's temp file stays readable for the requests that joined it.
 UNCACHEABLE_LINGER = 30.0
-
-
-@dataclass
-class BeResp:
-    """Facts of one upstream response (``beresp``), known once its headers are in."""
-
-    status: int
-    headers: list[tuple[str, str]]
-    length: int | None  # complete length of the representation
-    etag: str | None
-    last_modified: str | None
-    content_type: str | None
-    request_time: float
-    response_time: float
-    body_start: int = 0  # offset in the representation of the first body byte
-    body: bytes | None = None  # small unsliced answers only
-    x_cache: str | None = None
-
-    @property
-    def header_map(self) -> dict[str, str]:
-        """First value of each header, lower-cased names."""
-        out: dict[str, str] = {}
-        for name, value in self.headers:
-            out.setdefault(name.lower(), value)
-        return out
-
-    @property
-    def version(self) -> str:
-        """What ties slices to one representation: the strong ETag, else length and date."""
-        if self.etag and not self.etag.startswith("W/"):
-            return self.etag
-        return f"{self.length}|{self.last_modified or ''}"
-
-
-class SliceFill:
-    """One slice being written from upstream; readers follow its temp file as it grows."""
-
-    def __init__(self, key: str, index: int, temp: Path, span: SpanFetch) -> None:
-        self.key = key
-        self.span = span
-        self.index = index
-        self.temp = temp
-        self.fd = os.open(temp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
-        self.written = 0
-        self.visible = 0  # bytes followers may send; lags `written` while a hash is pending
-        self.hold_last = False  # the object's last byte waits for its digest check
-        self.expected: int | None = None
-        self.version: str | None = None
-        self.done = False
-        self.discard = False  # purged while filling: serve followers, store nothing
-        self.error: BaseException | None = None
-        self._progress = asyncio.Event()
-
-    def reader(self) -> int:
-        """A private descriptor for a follower (valid even after the temp file is renamed)."""
-        if self.fd >= 0:
-            return os.dup(self.fd)
-        # Released already: only an uncacheable fill's temp file lingers for late followers.
-        return os.open(self.temp, os.O_RDONLY)
-
-    def write(self, data: bytes | memoryview) -> None:
-        """Append bytes and wake followers."""
-        view = memoryview(data)
-        while view:
-            n = os.pwrite(self.fd, view, self.written)
-            self.written += n
-            view = view[n:]
-        held = self.hold_last and self.expected is not None and self.written >= self.expected
-        self.visible = self.written - 1 if held else self.written
-        self._notify()
-
-    def finish(self) -> None:
-        """Mark complete (and verified) and wake followers."""
-        self.done = True
-        self.visible = self.written
-        self._notify()
-
-    def fail(self, error: BaseException) -> None:
-        """Mark failed: followers abort rather than deliver a short body."""
-        if not self.done:
-            self.error = error
-            self._notify()
-
-    def _notify(self) -> None:
-        self._progress.set()
-        self._progress = asyncio.Event()
-
-    async def wait_beyond(self, position: int, timeout: float) -> None:
-        """Wait until more than ``position`` bytes are written, or the fill ended."""
-        if self.visible > position or self.done or self.error is not None:
-            return
-        try:
-            await asyncio.wait_for(self._progress.wait(), timeout)
-        except TimeoutError:
-            raise UpstreamError(f"no progress from upstream for {timeout:.0f}s") from None
-
-    def close(self) -> None:
-        """Close the writer's descriptor (followers keep their own)."""
-        if self.fd >= 0:
-            with contextlib.suppress(OSError):
-                os.close(self.fd)
-            self.fd = -1
-
-
-@dataclass
-class SpanFetch:
-    """One upstream request covering slices ``first..last`` (``last`` None: to the end)."""
-
-    key: str
-    first: int
-    last: int | None
-    headers_ready: asyncio.Future[BeResp] = field(
-        default_factory=lambda: asyncio.get_running_loop().create_future())
-    fills: dict[int, SliceFill] = field(default_factory=dict)
-    digest: str | None = None  # expected SHA-256 (hex) of the whole representation
-    hasher: Any = None  # running SHA-256 when this span carries the whole body from byte 0
 
 
 # Decides, from the upstream's response, whether and how to store: returns the version string
@@ -276,13 +153,13 @@ class Fetcher:
             t0 = time.time()
             self._check_up(t0)
             resp = await self.client.head(self.upstream + path, headers=self._bereq_headers({}))
-            beresp = _beresp(resp, t0)
+            beresp = from_response(resp, t0)
             if resp.status_code == 200:
-                beresp.length = _int(resp.headers.get("content-length"))
+                beresp.length = int_header(resp.headers.get("content-length"))
             self.on_upstream(resp.status_code, 0)
             fut.set_result(beresp)
         except Exception as exc:
-            err = _upstream_error(exc)
+            err = upstream_error(exc)
             self._note_down(exc, err)
             fut.set_exception(err)
             fut.exception()  # retrieved: every waiter may have timed out already
@@ -303,9 +180,9 @@ class Fetcher:
                                                   {"range": rng, **validators}))
             resp = await self.client.send(bereq, stream=True)
             try:
-                beresp = _beresp(resp, t0)
+                beresp = from_response(resp, t0)
                 if resp.status_code not in (200, 206):
-                    beresp.body = await _read_small(resp)
+                    beresp.body = await read_small(resp)
                     self.on_upstream(resp.status_code, len(beresp.body))
                     span.headers_ready.set_result(beresp)
                     raise _NotABody(resp.status_code)
@@ -326,7 +203,7 @@ class Fetcher:
         except _NotABody as exc:
             self._fail_all(span, UpstreamError(f"upstream answered {exc.status}"))
         except BaseException as exc:  # incl. cancellation: followers must hear of it
-            err = _upstream_error(exc)
+            err = upstream_error(exc)
             self._note_down(exc, err)
             if not span.headers_ready.done():
                 span.headers_ready.set_exception(err)
@@ -450,50 +327,3 @@ class _NotABody(Exception):
     def __init__(self, status: int) -> None:
         super().__init__(status)
         self.status = status
-
-
-def _beresp(resp: httpx.Response, request_time: float) -> BeResp:
-    headers = policy.forwardable(resp.headers.multi_items())
-    length: int | None = None
-    body_start = 0
-    if resp.status_code == 206:
-        parsed = parse_content_range(resp.headers.get("content-range"))
-        if parsed is None or parsed[0] is None:
-            raise UpstreamError("upstream sent 206 without a valid Content-Range")
-        body_start, length = parsed[0].start, parsed[1]
-    elif resp.status_code == 200:
-        length = _int(resp.headers.get("content-length"))
-    elif resp.status_code == 416:
-        parsed = parse_content_range(resp.headers.get("content-range"))
-        length = parsed[1] if parsed else None
-    return BeResp(
-        status=resp.status_code, headers=headers, length=length,
-        etag=resp.headers.get("etag"), last_modified=resp.headers.get("last-modified"),
-        content_type=resp.headers.get("content-type"), request_time=request_time,
-        response_time=time.time(), body_start=body_start, x_cache=resp.headers.get("x-cache"),
-    )
-
-
-async def _read_small(resp: httpx.Response) -> bytes:
-    body = bytearray()
-    async for chunk in resp.aiter_raw():
-        body += chunk
-        if len(body) > SMALL_BODY_MAX:
-            break
-    return bytes(body[:SMALL_BODY_MAX])
-
-
-def _int(value: str | None) -> int | None:
-    return int(value) if value is not None and value.isdigit() else None
-
-
-def _upstream_error(exc: BaseException) -> UpstreamError:
-    if isinstance(exc, UpstreamError):
-        return exc
-    if isinstance(exc, httpx.TimeoutException):
-        return UpstreamError(f"upstream timed out ({type(exc).__name__})")
-    if isinstance(exc, httpx.HTTPError):
-        return UpstreamError(f"upstream unreachable: {exc or type(exc).__name__}")
-    if isinstance(exc, asyncio.CancelledError):
-        return UpstreamError("fill cancelled")
-    return UpstreamError(f"fill failed: {exc!r}")

@@ -7,8 +7,6 @@ Client-side names are ``req``/``resp``; upstream-side ones ``bereq``/``beresp`` 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
-import json
 import logging
 import time
 from dataclasses import dataclass
@@ -19,9 +17,12 @@ import httpx
 from ..config import Config, ContentClass
 from ..errors import ConfigError, HTTPError, UpstreamError
 from ..ranges import ByteRange, RangeNotSatisfiable, parse_range, resolve_ranges
-from . import admin, policy
+from . import admin, asgi, policy
+from .beresp import BeResp
 from .deliver import BodySource, Multipart, Send
-from .fetch import BeResp, Fetcher, SpanFetch
+from .facts import Facts
+from .fetch import Fetcher
+from .fills import SpanFetch
 from .metrics import CONTENT_TYPE_LATEST, NodeMetrics
 from .passthrough import pass_request
 from .store import CacheStore, ObjectMeta, SliceBody
@@ -69,6 +70,7 @@ class CacheNode:
             raise ConfigError(f"{tier}.upstream: no upstream URL configured")
         self.classes: dict[str, ContentClass] = {c.name: c for c in config.content_classes}
         self.store = CacheStore(config.cache_dir(tier), config.node(tier).cache_size)
+        self.facts = Facts(config, tier, self.store)
         self.metrics = NodeMetrics(tier)
         self._client: httpx.AsyncClient | None = None
         self._fetcher: Fetcher | None = None
@@ -85,17 +87,17 @@ class CacheNode:
             return
         path = scope["path"]
         if path == "/healthz":
-            await _send_json(send, 200, {"status": "ok", "role": self.tier})
+            await asgi.send_json(send, 200, {"status": "ok", "role": self.tier})
             return
         if path == "/metrics":
             body = self.metrics.render(self.store.volume())
-            await _send_simple(send, 200, body, CONTENT_TYPE_LATEST)
+            await asgi.send_simple(send, 200, body, CONTENT_TYPE_LATEST)
             return
         if path.startswith(admin.PREFIX):
             try:
                 await admin.handle(self, scope, receive, send)
             except HTTPError as exc:
-                await _send_json(send, exc.status, exc.body(), exc.headers)
+                await asgi.send_json(send, exc.status, exc.body(), exc.headers)
             return
         started = time.perf_counter()
         req = Req.from_scope(scope)
@@ -103,7 +105,8 @@ class CacheNode:
         try:
             result, cls, nbytes = await self.recv(req, scope, receive, send)
         except HTTPError as exc:
-            await _send_json(send, exc.status, exc.body(), exc.headers, head=req.method == "HEAD")
+            await asgi.send_json(send, exc.status, exc.body(), exc.headers,
+                                 head=req.method == "HEAD")
         finally:
             self.metrics.observe(result, cls, nbytes, time.perf_counter() - started)
 
@@ -127,7 +130,7 @@ class CacheNode:
         )
         self._fetcher = Fetcher(self.store, self._client, self.upstream,
                                 slice_size=self.config.cache.slice_size, tier=self.tier,
-                                on_headers=self._on_headers,
+                                on_headers=self.facts.on_headers,
                                 on_upstream=self.metrics.upstream,
                                 backoff=self.config.cache.upstream_backoff,
                                 on_integrity_failure=self._integrity_failure)
@@ -155,32 +158,6 @@ class CacheNode:
         """Drop every object whose key starts with ``prefix``."""
         self.fetcher.forget_prefix(prefix)
         return self.store.purge_prefix(prefix)
-
-    async def warm(self, path: str) -> dict[str, Any]:
-        """Fetch ``path`` through this node as a client would, discarding the body."""
-        outcome: dict[str, Any] = {"status": 0, "bytes": 0, "x_cache": None}
-
-        async def sink(message: dict[str, Any]) -> None:
-            if message["type"] == "http.response.start":
-                outcome["status"] = message["status"]
-                headers = dict(message["headers"])
-                x_cache = headers.get(b"x-cache")
-                outcome["x_cache"] = x_cache.decode("latin-1") if x_cache else None
-            else:
-                outcome["bytes"] += len(message.get("body", b""))
-
-        async def no_body() -> dict[str, Any]:
-            return {"type": "http.request", "body": b"", "more_body": False}
-
-        raw_path, _, query = path.partition("?")
-        scope = {"type": "http", "method": "GET", "path": raw_path,
-                 "query_string": query.encode("latin-1"), "headers": []}
-        try:
-            await self(scope, no_body, sink)
-        except Exception as exc:  # a failed fill aborts a client; here it is one failed line
-            outcome["status"] = outcome["status"] if outcome["status"] >= 400 else 502
-            outcome["error"] = str(exc)
-        return outcome
 
     @property
     def fetcher(self) -> Fetcher:
@@ -221,7 +198,7 @@ class CacheNode:
             try:
                 beresp, _span = await self.fetch(bg, stale)
                 if beresp.status == 304:
-                    self._revalidated(bg.key, stale, beresp)
+                    self.facts.revalidated(bg.key, stale, beresp)
             except UpstreamError as exc:
                 log.info("background refresh of %s failed: %s", bg.key, exc)
             finally:
@@ -261,11 +238,11 @@ class CacheNode:
             status = 504 if "timed out" in str(exc) else 502
             raise HTTPError(status, "upstream_unavailable", str(exc), tier=self.tier) from None
         if beresp.status == 304 and stale is not None:
-            meta = self._revalidated(req.key, stale, beresp)
+            meta = self.facts.revalidated(req.key, stale, beresp)
             return await self.deliver(req, meta, send, result="REVALIDATED",
                                       upstream_cache=beresp.x_cache)
         if beresp.status in policy.NEGATIVE_STATUSES:
-            meta = self._negative_meta(req, beresp)
+            meta = self.facts.negative(req.key, beresp)
             return await self.deliver(req, meta, send, result="MISS", upstream_cache=beresp.x_cache)
         if beresp.status == 416:
             if beresp.length is None:
@@ -279,7 +256,7 @@ class CacheNode:
             return await self._relay_error(req, beresp, send)
         stored = self.store.get_meta(req.key)
         if stored is None or stored.version != beresp.version:
-            fleeting = self._meta_from(req.key, beresp, store=False)  # uncacheable
+            fleeting = self.facts.meta_from(req.key, beresp, store=False)  # uncacheable
             return await self.deliver(req, fleeting, send, result="MISS",
                                       upstream_cache=beresp.x_cache, span=span)
         return await self.deliver(req, stored, send, result="MISS", upstream_cache=beresp.x_cache)
@@ -291,7 +268,7 @@ class CacheNode:
         if first is None:  # a suffix range on an unknown object: learn its length first
             beresp = await self.fetcher.head(req.key, req.upstream_path, timeout)
             if beresp.status == 200:
-                self._on_headers(req.key, beresp)
+                self.facts.on_headers(req.key, beresp)
             return beresp, None
         index = first // self.config.cache.slice_size
         fill = self.fetcher.fill_for(req.key, index)
@@ -333,86 +310,6 @@ class CacheNode:
             return None
         return max(s.last for s in specs if s.last is not None) // self.config.cache.slice_size
 
-    def _class_of(self, key: str, content_type: str | None) -> ContentClass | None:
-        return policy.classify(key.partition("?")[0], content_type, self.config.content_classes)
-
-    def _on_headers(self, key: str, beresp: BeResp) -> tuple[str | None, str | None]:
-        """Called by a fill when upstream headers arrive: store the facts; return the version
-        to store slices under (None: don't) and the SHA-256 the body must have."""
-        hmap = beresp.header_map
-        digest = policy.expected_sha256(key.partition("?")[0], hmap)
-        cls = self._class_of(key, beresp.content_type)
-        vary = {v.strip().lower() for v in hmap.get("vary", "").split(",") if v.strip()}
-        storable = not (vary - {"accept-encoding"}) and policy.is_storable(
-            200, {}, policy.parse_cache_control(hmap.get("cache-control")),
-            has_authorization=False, has_explicit_freshness=policy.has_explicit_freshness(hmap),
-            has_class=cls is not None,
-        )
-        if not storable or beresp.length is None:
-            return None, digest
-        meta = self._meta_from(key, beresp, store=True)
-        return meta.version, digest
-
-    def _meta_from(self, key: str, beresp: BeResp, *, store: bool) -> ObjectMeta:
-        cls = self._class_of(key, beresp.content_type)
-        old = self.store.get_meta(key) if store else None
-        if old is not None and old.version == beresp.version and \
-                old.freshness.is_fresh(beresp.response_time):
-            return old  # a slice fill of an object we already know: keep its clock
-        meta = ObjectMeta(
-            status=200, length=beresp.length, etag=beresp.etag,
-            last_modified=beresp.last_modified, content_type=beresp.content_type,
-            headers=tuple(
-                (n, v) for n, v in beresp.headers if n.lower() not in policy.REGENERATED
-            ),
-            freshness=self._freshness(cls, 200, beresp, beresp.header_map),
-            content_class=cls.name if cls else policy.DEFAULT_CLASS, version=beresp.version,
-            slice_size=self.config.cache.slice_size, upstream_cache=beresp.x_cache,
-        )
-        if store:
-            self.store.set_meta(key, meta)
-        return meta
-
-    def _freshness(self, cls: ContentClass | None, status: int, beresp: BeResp,
-                   headers: dict[str, str]) -> policy.Freshness:
-        cache = self.config.cache
-        return policy.freshness_for(
-            self.tier, cls, status, headers, request_time=beresp.request_time,
-            response_time=beresp.response_time, negative_ttl=cache.negative_ttl,
-            stale_if_error=cache.stale_if_error,
-            stale_while_revalidate=cache.stale_while_revalidate,
-            upstream_stale=(beresp.x_cache or "").startswith("STALE"),
-        )
-
-    def _revalidated(self, key: str, stale: ObjectMeta, beresp: BeResp) -> ObjectMeta:
-        """RFC 9111 §4.3.4: a 304 updates the stored headers and freshness; the body stays."""
-        fresh_headers = {n.lower(): v for n, v in beresp.headers
-                         if n.lower() not in policy.REGENERATED}
-        merged = [(n, fresh_headers.pop(n.lower(), v)) for n, v in stale.headers]
-        merged += list(fresh_headers.items())
-        cls = self.classes.get(stale.content_class)
-        hmap = dict(merged)
-        meta = dataclasses.replace(stale, headers=tuple(merged),
-                                   freshness=self._freshness(cls, 200, beresp, hmap))
-        self.store.set_meta(key, meta)
-        return meta
-
-    def _negative_meta(self, req: Req, beresp: BeResp) -> ObjectMeta:
-        body = beresp.body or b""
-        meta = ObjectMeta(
-            status=beresp.status, length=len(body), etag=None, last_modified=None,
-            content_type=beresp.content_type,
-            headers=tuple((n, v) for n, v in beresp.headers if n.lower() not in policy.REGENERATED),
-            freshness=self._freshness(None, beresp.status, beresp, beresp.header_map),
-            content_class=policy.DEFAULT_CLASS, version="negative", slice_size=0, body=body,
-        )
-        hmap = beresp.header_map
-        if policy.is_storable(beresp.status, {}, policy.parse_cache_control(
-                hmap.get("cache-control")), has_authorization=False,
-                has_explicit_freshness=True, has_class=False):
-            self.store.set_meta(req.key, meta)
-        return meta
-
     # --- deliver ---
 
     async def deliver(self, req: Req, meta: ObjectMeta, send: Send, *, result: str,
@@ -435,16 +332,16 @@ class CacheNode:
         if meta.status != 200:  # a stored negative answer
             body = meta.body or b""
             headers.append(("content-length", str(len(body))))
-            await _start(send, meta.status, headers)
-            await _body(send, b"" if req.method == "HEAD" else body)
+            await asgi.start(send, meta.status, headers)
+            await asgi.end(send, b"" if req.method == "HEAD" else body)
             return result, meta.content_class, len(body)
         headers.append(("accept-ranges", "bytes"))
         inm = req.headers.get("if-none-match")
         if inm is not None and policy.etag_matches(inm, meta.etag):
             keep = {"cache-control", "etag", "age", "x-cache", "expires", "vary",
                     "last-modified", "content-location", "date"}
-            await _start(send, 304, [(n, v) for n, v in headers if n.lower() in keep])
-            await _body(send, b"")
+            await asgi.start(send, 304, [(n, v) for n, v in headers if n.lower() in keep])
+            await asgi.end(send, b"")
             return result, meta.content_class, 0
         assert meta.length is not None
         ranges = self._ranges(req, meta)
@@ -478,12 +375,12 @@ class CacheNode:
         if source.attached and result == "HIT":
             result, x_cache = "MISS", f"MISS from {self.tier}"
             headers = [(n, v) if n != "x-cache" else (n, x_cache) for n, v in headers]
-        await _start(send, status, headers)
+        await asgi.start(send, status, headers)
         sent = 0
         try:
             if req.method != "HEAD":
                 sent = await self._send_body(source, ranges, multipart, send)
-            await _body(send, b"")
+            await asgi.end(send, b"")
         finally:
             source.release()
         if source.fetched and result == "HIT":
@@ -527,33 +424,6 @@ class CacheNode:
         body = beresp.body or b""
         headers = [(n, v) for n, v in beresp.headers if n.lower() not in policy.REGENERATED]
         headers += [("content-length", str(len(body))), ("x-cache", f"MISS from {self.tier}")]
-        await _start(send, beresp.status, headers)
-        await _body(send, b"" if req.method == "HEAD" else body)
+        await asgi.start(send, beresp.status, headers)
+        await asgi.end(send, b"" if req.method == "HEAD" else body)
         return "MISS", policy.DEFAULT_CLASS, len(body)
-
-
-# --- tiny ASGI helpers --------------------------------------------------------------------------
-
-
-async def _start(send: Send, status: int, headers: list[tuple[str, str]]) -> None:
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(n.lower().encode("latin-1"), v.encode("latin-1"))
-                            for n, v in headers]})
-
-
-async def _body(send: Send, body: bytes) -> None:
-    await send({"type": "http.response.body", "body": body, "more_body": False})
-
-
-async def _send_simple(send: Send, status: int, body: bytes, content_type: str,
-                       extra: dict[str, str] | None = None, *, head: bool = False) -> None:
-    headers = [("content-type", content_type), ("content-length", str(len(body))),
-               ("cache-control", "no-store"), *(extra or {}).items()]
-    await _start(send, status, headers)
-    await _body(send, b"" if head else body)
-
-
-async def _send_json(send: Send, status: int, payload: dict[str, Any],
-                     extra: dict[str, str] | None = None, *, head: bool = False) -> None:
-    await _send_simple(send, status, json.dumps(payload).encode(), "application/json", extra,
-                       head=head)
