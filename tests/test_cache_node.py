@@ -29,7 +29,8 @@ class Chain:
 
 def make_config(tmp_path: Path, **cache: object) -> Config:
     config = load_config(None, env={"EDGEPROXY_DATA_DIR": str(tmp_path)})
-    return config.replace(cache=dataclasses.replace(CacheConfig(), slice_size=SLICE, **cache))
+    settings: dict[str, object] = {"slice_size": SLICE, **cache}
+    return config.replace(cache=dataclasses.replace(CacheConfig(), **settings))
 
 
 @pytest.fixture
@@ -54,7 +55,9 @@ def test_miss_then_hit_through_two_tiers(chain: Chain) -> None:
     r2 = httpx.get(chain.edge.url + "/v/t1/abc")
     assert r2.content == body
     assert r2.headers["x-cache"] == "HIT from edge"
+    assert r2.headers["via"] == "1.1 edgeproxy-shield, 1.1 edgeproxy-edge"
     assert chain.origin.count("/v/t1/abc") == 1
+    assert chain.origin.hits[0].headers["via"] == "1.1 edgeproxy-shield"
 
 
 def test_range_on_cold_object_fetches_only_covering_slices(chain: Chain) -> None:
@@ -334,3 +337,33 @@ def test_repr_digest_is_checked(chain: Chain) -> None:
     digest = base64.b64encode(hashlib.sha256(body).digest()).decode()
     chain.origin.put("/v/t1/x/thumb", body, headers={"repr-digest": f"sha-256=:{digest}:"})
     assert httpx.get(chain.edge.url + "/v/t1/x/thumb").content == body
+
+
+def test_late_range_on_cold_100mib_object_pulls_at_most_two_slices_per_tier(
+        tmp_path: Path) -> None:
+    import os
+
+    mib = 1024 * 1024
+    origin = TestOrigin()
+    body = os.urandom(100 * mib)
+    origin.put("/v/t1/video", body)
+    config = make_config(tmp_path, slice_size=mib)
+    shield_hits: list[str] = []
+    shield_app = create_app(config, "shield", upstream="http://unset")
+
+    async def counting_shield(scope: dict, receive: object, send: object) -> None:  # type: ignore[type-arg]
+        if scope["type"] == "http":
+            shield_hits.append(dict(scope["headers"]).get(b"range", b"").decode())
+        await shield_app(scope, receive, send)  # type: ignore[arg-type]
+
+    with serve(origin) as osrv:
+        shield_app.upstream = osrv.url
+        with serve(counting_shield) as shield, \
+                serve(create_app(config, "edge", upstream=shield.url)) as edge:
+            start = 90 * mib + 12345
+            r = httpx.get(edge.url + "/v/t1/video",
+                          headers={"range": f"bytes={start}-{start + 65535}"})
+            assert r.status_code == 206
+            assert r.content == body[start : start + 65536]
+    assert origin.bytes_sent("/v/t1/video") <= 2 * mib
+    assert len(shield_hits) <= 2 and all(h.startswith(f"bytes={90 * mib}-") for h in shield_hits)

@@ -323,11 +323,12 @@ class CacheNode:
         if upstream_cache and result != "HIT":
             x_cache += f", {upstream_cache}"
         headers: list[tuple[str, str]] = [
-            (n, v) for n, v in meta.headers if n.lower() != "cache-control"
+            (n, v) for n, v in meta.headers if n.lower() not in ("cache-control", "via")
         ]
         cc = policy.downstream_cache_control(cls, self.tier, meta.header("cache-control"))
         if cc:
             headers.append(("cache-control", cc))
+        headers.append(("via", policy.via(meta.header("via"), self.tier)))
         headers += [("age", str(int(meta.freshness.age(now)))), ("x-cache", x_cache)]
         if meta.status != 200:  # a stored negative answer
             body = meta.body or b""

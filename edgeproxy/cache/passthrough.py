@@ -43,7 +43,8 @@ async def pass_request(client: httpx.AsyncClient, upstream: str, tier: str, scop
     sent = 0
     try:
         out = policy.forwardable(beresp.headers.multi_items())
-        out = [(n, v) for n, v in out if n.lower() not in ("content-length", "x-cache")]
+        out = [(n, v) for n, v in out if n.lower() not in ("content-length", "x-cache", "via")]
+        out.append(("via", policy.via(beresp.headers.get("via"), tier)))
         upstream_cache = beresp.headers.get("x-cache")
         x_cache = f"PASS from {tier}" + (f", {upstream_cache}" if upstream_cache else "")
         out.append(("x-cache", x_cache))

@@ -28,7 +28,6 @@ HOP_BY_HOP = frozenset({
 # Fields the cache computes itself for every response it delivers; upstream values are dropped.
 REGENERATED = frozenset({
     "content-length", "content-range", "age", "x-cache", "date", "server", "accept-ranges",
-    "via",
 })
 
 # Status codes cacheable by default (RFC 9110 §15.1): a cache may store them without
@@ -326,6 +325,12 @@ def slice_bounds(index: int, slice_size: int, length: int) -> tuple[int, int]:
 def slice_count(length: int, slice_size: int) -> int:
     """How many slices an object of ``length`` bytes has (an empty object has one, empty)."""
     return max(1, -(-length // slice_size))
+
+
+def via(upstream_via: str | None, tier: str) -> str:
+    """The ``Via`` a node sends on (RFC 9110 §7.6.3): the upstream's chain plus this hop."""
+    hop = f"1.1 edgeproxy-{tier}"
+    return f"{upstream_via}, {hop}" if upstream_via else hop
 
 
 def forwardable(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
