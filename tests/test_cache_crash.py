@@ -1,0 +1,88 @@
+"""A cache node killed with SIGKILL mid-fill leaves nothing that will be served, and its disk
+cache is usable after a restart (a real `edgeproxy serve` subprocess)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.origins import TestOrigin
+from tests.servers import ServerThread, free_port, serve
+
+MIB = 1024 * 1024
+
+
+def start_edge(config: Path, upstream: str, port: int) -> subprocess.Popen[bytes]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "edgeproxy", "--config", str(config), "serve", "--role", "edge",
+         "--upstream", upstream], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError(f"edge did not start: {proc.stderr.read() if proc.stderr else b''!r}")
+
+
+@pytest.fixture
+def origin() -> Iterator[tuple[TestOrigin, ServerThread]]:
+    o = TestOrigin()
+    with serve(o) as srv:
+        yield o, srv
+
+
+def test_kill_9_mid_fill_then_restart(tmp_path: Path,
+                                      origin: tuple[TestOrigin, ServerThread]) -> None:
+    test_origin, osrv = origin
+    big, small = os.urandom(4 * MIB), os.urandom(10_000)
+    test_origin.put("/v/t1/big", big)
+    test_origin.put("/v/t1/small", small)
+    port = free_port()
+    config = tmp_path / "config.yaml"
+    config.write_text(f"data_dir: {tmp_path / 'var'}\nlog_level: warning\n"
+                      f"edge: {{port: {port}}}\n")
+    url = f"http://127.0.0.1:{port}"
+    edge = start_edge(config, osrv.url, port)
+    try:
+        assert httpx.get(url + "/v/t1/small").content == small
+        test_origin.chunk, test_origin.chunk_delay = 64 * 1024, 0.05  # ~1.3 MiB/s
+        got = 0
+        with httpx.stream("GET", url + "/v/t1/big", timeout=30) as r:
+            for chunk in r.iter_raw():
+                got += len(chunk)
+                if got >= MIB + 300_000:  # slice 0 complete, slice 1 part-way
+                    os.kill(edge.pid, signal.SIGKILL)
+                    break
+        edge.wait(10)
+        fills = tmp_path / "var" / "edge" / "cache" / "fills"
+        assert any(fills.iterdir()), "the interrupted fill should have left a temp file"
+    finally:
+        if edge.poll() is None:
+            edge.kill()
+    test_origin.chunk_delay = 0
+    requests_before = len(test_origin.hits)
+    edge = start_edge(config, osrv.url, port)
+    try:
+        assert not list(fills.iterdir()), "leftover temp files are swept at start"
+        r = httpx.get(url + "/v/t1/small")
+        assert r.content == small and r.headers["x-cache"] == "HIT from edge"
+        r = httpx.get(url + "/v/t1/big", timeout=30)
+        assert r.status_code == 200 and r.content == big
+        # slice 0 survived the crash; the rest was fetched again, from slice 1 on
+        after = [h.range for h in test_origin.hits[requests_before:] if h.path == "/v/t1/big"]
+        assert after == [f"bytes={MIB}-{len(big) - 1}"]
+        assert httpx.get(url + "/v/t1/big").headers["x-cache"] == "HIT from edge"
+    finally:
+        edge.terminate()
+        edge.wait(10)
