@@ -14,11 +14,12 @@ from typing import Any
 
 import click
 
-from .config import Config, load_config
-from .errors import ConfigError, EdgeProxyError
+from .config import Config, load_config, parse_duration
+from .errors import ClientError, ConfigError, EdgeProxyError
 from .server import ENV_CONFIG, ROLES, config_env
 
 DEFAULT_CONFIG_FILE = "config.yaml"
+ENV_TOKEN = "EDGEPROXY_TOKEN"
 
 
 class _Group(click.Group):
@@ -30,6 +31,13 @@ class _Group(click.Group):
         except ConfigError as exc:
             click.echo(f"edgeproxy: config error: {exc}", err=True)
             ctx.exit(2)
+        except ClientError as exc:
+            hint = ""
+            if exc.status == 401:
+                hint = (f" (pass --token or set {ENV_TOKEN}; `edgeproxy token --user NAME` "
+                        "prints a development token)")  # fmt: skip
+            click.echo(f"edgeproxy: error: {exc}{hint}", err=True)
+            ctx.exit(1)
         except (EdgeProxyError, ValueError, OSError) as exc:
             # ValueError: bad payload or range; OSError: unreadable input, unwritable output.
             click.echo(f"edgeproxy: error: {exc}", err=True)
@@ -122,26 +130,64 @@ def serve(ctx: click.Context, role: str, upstream: str | None, parent_pid: int |
               help="MIME type (default: guessed from the file name).")  # fmt: skip
 @click.option("--api", metavar="URL", default=None,
               help="Media API base URL (default: the origin from the config).")  # fmt: skip
-@click.option("--token", metavar="T", default=None, help="Bearer token for the media API.")
+@click.option("--token", metavar="JWT", default=None, envvar=ENV_TOKEN, show_envvar=True,
+              help="Bearer token (JWT) for the media API.")  # fmt: skip
+@click.option("--conversation", "conversation_id", metavar="ID", default=None,
+              help="Conversation the media is for (per-conversation rate limit).")  # fmt: skip
+@click.option("--retries", type=click.IntRange(0), default=5, show_default=True,
+              help="How often to resume the upload after a dropped connection.")  # fmt: skip
 @click.option("--out", "out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write the payload JSON to this file.")  # fmt: skip
 @_config_option
 @click.pass_context
 def upload(ctx: click.Context, file: Path, mimetype: str | None, api: str | None,
-           token: str | None, out: Path | None, config_path: str | None) -> None:  # fmt: skip
-    """Encrypt FILE, upload it, and print the message payload (JSON) a receiver needs."""
+           token: str | None, conversation_id: str | None, retries: int, out: Path | None,
+           config_path: str | None) -> None:  # fmt: skip
+    """Encrypt FILE, upload it (resuming after dropped connections), and print the message
+    payload (JSON) a receiver needs."""
     from .client import MediaClient
 
     if api is None:
         api = _load(ctx, config_path)[0].origin.base_url
-    with MediaClient(api, token=token) as client:
-        payload = client.upload(file, mimetype=mimetype)
+    with MediaClient(api, token=token, retries=retries) as client:
+        payload = client.upload(file, mimetype=mimetype, conversation_id=conversation_id)
     text = json.dumps(payload, indent=2)
     if out is not None:
         part = out.with_name(out.name + ".part")
         part.write_text(text + "\n")
         part.replace(out)
     click.echo(text)
+
+
+def _parse_ttl(ctx: click.Context, param: click.Parameter, value: str) -> float:
+    try:
+        seconds = parse_duration(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    if seconds <= 0:
+        raise click.BadParameter("must be positive")
+    return seconds
+
+
+@cli.command()
+@click.option("--user", required=True, metavar="NAME", help="The token's subject (sub).")
+@click.option("--ttl", default="1h", show_default=True, callback=_parse_ttl, metavar="DURATION",
+              help="Lifetime: 300, '30m', '7d'.")  # fmt: skip
+@_config_option
+@click.pass_context
+def token(ctx: click.Context, user: str, ttl: float, config_path: str | None) -> None:
+    """Print a development JWT for USER, signed with the config's auth.jwt_secret (HS256).
+
+    Use it as `edgeproxy upload --token` or export EDGEPROXY_TOKEN. Production tokens come from
+    your own identity service (HS256 with the shared secret, or RS256).
+    """
+    from .auth import mint_token
+
+    config = _load(ctx, config_path)[0]
+    if not config.auth.jwt_secret:
+        raise ConfigError("auth.jwt_secret is empty: this config only verifies RS256 tokens, "
+                          "which edgeproxy cannot sign")  # fmt: skip
+    click.echo(mint_token(config.auth.jwt_secret, user, ttl=ttl))
 
 
 def _parse_range(value: str | None) -> tuple[int, int] | None:
@@ -234,10 +280,14 @@ def run_demo(config_path: str | None, *, echo: Any = click.echo) -> None:
     import hashlib
 
     from . import crypto
+    from .auth import mint_token
     from .client import MediaClient
     from .stack import Stack
 
     stack = Stack(config_path)
+    if not stack.config.auth.jwt_secret:
+        raise DemoFailed("the demo signs its own API token and needs auth.jwt_secret")
+    api_token = mint_token(stack.config.auth.jwt_secret, "demo", ttl=3600)
     workdir = stack.config.data_dir / "demo"
     echo(f"1. Starting the stack from {config_path or 'built-in defaults'} ...")
     with stack:
@@ -250,7 +300,7 @@ def run_demo(config_path: str | None, *, echo: Any = click.echo) -> None:
         original = sample.read_bytes()
         echo(f"2. Made a sample image {sample} (1600x1200 PNG, {_mib(len(original))})")
 
-        with MediaClient(stack.urls["origin"], cdn_url=edge) as client:
+        with MediaClient(stack.urls["origin"], token=api_token, cdn_url=edge) as client:
             payload = client.upload(sample)
             payload_file = workdir / "sample.payload.json"
             payload_file.write_text(json.dumps(payload, indent=2) + "\n")

@@ -2,8 +2,14 @@
 
 The server never sees a key: `MediaClient.upload` encrypts on this machine and returns the
 *message payload* (seed 000, "Thumbnail in Message") that a sender would put in an end-to-end
-encrypted chat message. `MediaClient.download` takes that payload, fetches the blob (whole or
-by plaintext byte range) through any CDN node and writes plaintext only once it has verified.
+encrypted chat message, with the media facts (dimensions, duration, page count) read before
+encryption. `MediaClient.download` takes that payload, fetches the blob (whole or by plaintext
+byte range) through any CDN node and writes plaintext only once it has verified.
+
+Uploads survive a dropped connection: the PUT is resumed where the origin says it stands
+(``HEAD`` → ``X-Upload-Offset``, then ``PUT`` with ``X-Upload-Offset``), with bounded retries and
+exponential backoff. API calls send ``Authorization: Bearer <token>``; the upload URL itself is
+a signed capability and carries no token.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import mimetypes
 import os
 import re
 import tempfile
+import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +35,7 @@ from . import crypto
 from .errors import BlobFormatError, ClientError, EdgeProxyError, IntegrityError
 
 UPLOAD_CHUNK = 256 * 1024
+MAX_BACKOFF = 5.0  # seconds between upload attempts, at most
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
 
 
@@ -82,10 +90,18 @@ def _raise_for_status(response: httpx.Response) -> None:
     raise ClientError(status, f"http_{status}", text)
 
 
-def _file_chunks(fh: IO[bytes]) -> Iterator[bytes]:
-    fh.seek(0)
+def _file_chunks(fh: IO[bytes], start: int = 0) -> Iterator[bytes]:
+    fh.seek(start)
     while piece := fh.read(UPLOAD_CHUNK):
         yield piece
+
+
+def _error_code(response: httpx.Response) -> str | None:
+    with contextlib.suppress(ValueError):
+        body = response.json()
+        if isinstance(body, dict) and isinstance(body.get("error"), str):
+            return str(body["error"])
+    return None
 
 
 def _unlink(path: Path) -> None:
@@ -97,10 +113,16 @@ class MediaClient:
     """Sync client for the media API (upload) and any CDN node (download)."""
 
     def __init__(self, api_url: str, *, token: str | None = None, cdn_url: str | None = None,
-                 timeout: float = 30.0) -> None:  # fmt: skip
+                 timeout: float = 30.0, retries: int = 5,
+                 retry_backoff: float = 0.25) -> None:  # fmt: skip
+        """``token`` is the bearer JWT of the media API. ``retries`` bounds how many times an
+        upload is resumed after a failure, waiting ``retry_backoff`` seconds, doubling (at most
+        5 s), between attempts."""
         self.api_url = api_url.rstrip("/")
         self.token = token
         self.cdn_url = cdn_url
+        self.retries = retries
+        self.retry_backoff = retry_backoff
         self.http = httpx.Client(timeout=timeout, follow_redirects=False)
 
     def close(self) -> None:
@@ -116,42 +138,58 @@ class MediaClient:
 
     # --- upload -----------------------------------------------------------------------------
 
-    def _api(self, path: str, body: Mapping[str, Any]) -> dict[str, Any]:
+    def _api(self, path: str, body: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """POST ``body`` (or GET without one) to the media API; the JSON object answered."""
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
         url = f"{self.api_url}{path}"
+        method = "GET" if body is None else "POST"
         try:
-            response = self.http.post(url, json=dict(body), headers=headers)
+            response = self.http.request(method, url, headers=headers,
+                                         json=dict(body) if body is not None else None)
         except httpx.HTTPError as exc:
-            raise ClientError(0, "connection_failed", f"POST {url}: {exc}") from exc
+            raise ClientError(0, "connection_failed", f"{method} {url}: {exc}") from exc
         _raise_for_status(response)
         try:
             data = response.json()
         except ValueError as exc:
             raise ClientError(response.status_code, "bad_response",
-                              f"POST {url} did not answer JSON") from exc  # fmt: skip
+                              f"{method} {url} did not answer JSON") from exc  # fmt: skip
         if not isinstance(data, dict):
-            raise ClientError(response.status_code, "bad_response", f"POST {url}: {data!r}")
+            raise ClientError(response.status_code, "bad_response", f"{method} {url}: {data!r}")
         return data
 
-    def upload(self, path: str | os.PathLike[str], *,
-               mimetype: str | None = None) -> dict[str, Any]:  # fmt: skip
+    def signed_url(self, media_id: str) -> dict[str, Any]:
+        """A signed, expiring download URL of an upload of ours: ``{"signed_url",
+        "expires_at", ...}`` from ``GET /v1/media/{media_id}/content``."""
+        return self._api(f"/v1/media/{media_id}/content")
+
+    def upload(self, path: str | os.PathLike[str], *, mimetype: str | None = None,
+               conversation_id: str | None = None) -> dict[str, Any]:  # fmt: skip
         """Encrypt ``path``, upload it, and return the message payload for the receiver.
 
-        Raises `ClientError` (status 0 if the API could not be reached) on API errors.
+        ``conversation_id`` (optional) is sent with the request for the origin's
+        per-conversation rate limit. The file name is not sent. Raises `ClientError` (status 0
+        if the API could not be reached) on API errors.
         """
+        from .mediafacts import media_facts
+
         path = Path(path)
         mimetype = mimetype or mimetypes.guess_type(path.name)[0] or "application/octet-stream"
         media_type = crypto.media_type_for(mimetype)
         media_key = crypto.generate_media_key()
         extras = _image_extras(path, media_key) if media_type == "image" else {}
+        facts = media_facts(path, mimetype)  # read before encryption, sent only in the payload
         with tempfile.TemporaryFile() as blob:
             with path.open("rb") as src:
                 result = crypto.encrypt_stream(src, blob, media_key, media_type)
-            ticket = self._api("/v1/media/upload/request", {
+            request: dict[str, Any] = {
                 "file_size": result.enc_length,
                 "file_type": mimetype,
                 "file_hash": "sha256:" + result.enc_sha256,
-            })  # fmt: skip
+            }
+            if conversation_id is not None:
+                request["conversation_id"] = conversation_id
+            ticket = self._api("/v1/media/upload/request", request)
             self._put(str(ticket["upload_url"]), blob, result.enc_length)
         confirm: dict[str, Any] = {"media_id": ticket["media_id"], "file_sha256": result.enc_sha256}
         if extras.get("thumb_blob") is not None:
@@ -170,27 +208,53 @@ class MediaClient:
             "mimetype": mimetype,
             "chunk_macs": _b64(result.chunk_macs),
         }
-        if "width" in extras:
-            payload["width"], payload["height"] = extras["width"], extras["height"]
+        payload.update(facts)  # width/height, duration, page_count: whichever could be read
         return payload
 
     def _put(self, upload_url: str, blob: IO[bytes], length: int) -> None:
+        """PUT the blob, resuming from the origin's offset after a failure (bounded)."""
         # The signed URL is the credential: no Authorization header, which an S3-style
         # presigned URL would reject as a second auth mechanism.
         url = urljoin(self.api_url + "/", upload_url)
-        headers = {"Content-Length": str(length), "Content-Type": "application/octet-stream"}
+        offset, failures = 0, 0
+        while True:
+            headers = {"Content-Length": str(length - offset), "X-Upload-Offset": str(offset),
+                       "Content-Type": "application/octet-stream"}  # fmt: skip
+            problem: str
+            try:
+                response = self.http.put(url, content=_file_chunks(blob, offset), headers=headers)
+            except httpx.TransportError as exc:
+                problem = f"PUT {url} from offset {offset}: {exc!r}"
+            else:
+                code = _error_code(response)
+                if response.status_code == 409 and code == "offset_mismatch":
+                    offset = int(response.headers["x-upload-offset"])  # the origin's, not ours
+                    problem = f"origin is at offset {offset}"
+                elif not (response.status_code >= 500 or code == "upload_in_progress"):
+                    _raise_for_status(response)
+                    body = response.json()
+                    if body.get("complete") is True:
+                        return
+                    problem = f"PUT {url} stored {body.get('received')} of {length} bytes"
+                else:
+                    problem = f"PUT {url}: {response.status_code} {code}"
+            failures += 1
+            if failures > self.retries:
+                raise ClientError(0, "upload_failed", f"gave up after {failures} attempts; "
+                                  f"last: {problem}")  # fmt: skip
+            time.sleep(min(self.retry_backoff * 2 ** (failures - 1), MAX_BACKOFF))
+            with contextlib.suppress(httpx.TransportError):
+                offset = self._upload_offset(url)  # where the origin really stands
+
+    def _upload_offset(self, url: str) -> int:
+        """How many bytes of the upload the origin has (``HEAD`` → ``X-Upload-Offset``)."""
+        response = self.http.head(url)
+        _raise_for_status(response)  # e.g. 410 upload_expired: resuming is pointless
         try:
-            response = self.http.put(url, content=_file_chunks(blob), headers=headers)
-        except httpx.HTTPError as exc:
-            raise ClientError(0, "connection_failed", f"PUT {url}: {exc}") from exc
-        _raise_for_status(response)
-        # The origin says how much it stored; a short count means the body was cut off.
-        with contextlib.suppress(ValueError):
-            body = response.json()
-            if isinstance(body, dict) and body.get("complete") is False:
-                raise ClientError(response.status_code, "incomplete_upload",
-                                  f"PUT {url} stored {body.get('received')} of {length} "
-                                  f"bytes")  # fmt: skip
+            return int(response.headers["x-upload-offset"])
+        except (KeyError, ValueError):
+            raise ClientError(response.status_code, "bad_response",
+                              f"HEAD {url} did not say X-Upload-Offset") from None  # fmt: skip
 
     # --- download ---------------------------------------------------------------------------
 
@@ -313,7 +377,7 @@ def _check_partial(response: httpx.Response, plan: crypto.RangePlan,
 
 
 def _image_extras(path: Path, media_key: bytes) -> dict[str, Any]:
-    """Thumbnail (plaintext data URI and encrypted blob) and dimensions of an image.
+    """Thumbnail (plaintext data URI and encrypted blob) of an image.
 
     The thumbnail is optional in the protocol, so an image Pillow cannot read is still uploaded,
     just without a preview.
@@ -322,16 +386,10 @@ def _image_extras(path: Path, media_key: bytes) -> dict[str, Any]:
 
     try:
         jpeg = thumbnails.make_thumbnail(path)
-        facts = thumbnails.image_facts(path)
     except (OSError, ValueError, EdgeProxyError):
         return {}
     blob, _ = crypto.encrypt_bytes(jpeg, media_key, "thumbnail")
-    return {
-        "thumb_blob": blob,
-        "thumbnail_data_uri": "data:image/jpeg;base64," + _b64(jpeg),
-        "width": int(facts["width"]),
-        "height": int(facts["height"]),
-    }
+    return {"thumb_blob": blob, "thumbnail_data_uri": "data:image/jpeg;base64," + _b64(jpeg)}
 
 
 __all__ = ["BlobFormatError", "ClientError", "DownloadResult", "IntegrityError", "MediaClient",

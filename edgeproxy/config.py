@@ -16,6 +16,7 @@ import types
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, Union, get_args, get_origin, get_type_hints
 
 import yaml
@@ -23,6 +24,8 @@ import yaml
 from .errors import ConfigError
 
 ENV_PREFIX = "EDGEPROXY_"
+# EDGEPROXY_* variables that are not settings: the config file's path and the CLI's API token.
+NON_SETTING_ENV = frozenset({ENV_PREFIX + "CONFIG", ENV_PREFIX + "TOKEN"})
 TIERS = ("edge", "shield")
 
 _DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -94,6 +97,9 @@ class ContentClass:
     content_types: tuple[str, ...] = ()
     ttl: TierTTL = field(default_factory=TierTTL)
     immutable: bool = False
+    # Edges refuse (403) requests for this class without a valid signed-URL signature
+    # (``exp``/``kid``/``sig``, see `edgeproxy.signing.DownloadSigner`).
+    require_signature: bool = False
 
 
 DEFAULT_CONTENT_CLASSES = (
@@ -118,6 +124,10 @@ class OriginConfig:
     max_upload_size: int = _size(100 * 1024**2)
     max_thumbnail_size: int = _size(64 * 1024)
     workers: int = 1
+    # Once its first bytes arrived, an upload stays resumable this long (tus Upload-Expires);
+    # after that, or after upload_url_ttl with no byte received, it is cleaned up.
+    upload_expiry: float = _duration(86400)
+    cleanup_interval: float = _duration(300)  # how often expired uploads are swept
 
     @property
     def base_url(self) -> str:
@@ -155,6 +165,78 @@ class CacheConfig:
     upstream_backoff: float = _duration(2)  # after a connect failure, fail fast this long
 
 
+DEV_JWT_SECRET = "dev-only-jwt-secret-change-me-0123456789"
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    """Bearer JWTs for the media API: HS256 with a shared secret and/or RS256 with a public key.
+
+    ``sub`` is the user. A token must carry ``exp``. ``audience``/``issuer`` are checked when set.
+    """
+
+    # HS256; empty disables HS256 (and `edgeproxy token`). Kept out of repr, hence logs.
+    jwt_secret: str = field(default=DEV_JWT_SECRET, repr=False)
+    jwt_public_key: str = ""  # RS256: PEM text or a path to a PEM file; empty disables RS256
+    audience: str = ""
+    issuer: str = ""
+    leeway: float = _duration(30)  # clock skew allowed on exp/nbf/iat
+
+
+# Seed 004's `supported_types`.
+DEFAULT_ALLOWED_TYPES = (
+    "image/*", "audio/*", "video/*", "application/pdf", "application/msword",
+    "application/vnd.openxmlformats-officedocument.*", "application/zip",
+    "application/x-rar-compressed", "application/x-7z-compressed",
+)  # fmt: skip
+# Executables are refused even if an allowed pattern would match them (seed 004, §Security).
+DEFAULT_BLOCKED_TYPES = (
+    "application/x-msdownload", "application/x-msdos-program", "application/x-msi",
+    "application/vnd.microsoft.portable-executable", "application/x-dosexec",
+    "application/x-executable", "application/x-elf", "application/x-mach-binary",
+    "application/x-sh", "application/x-shellscript", "text/x-shellscript", "application/x-csh",
+    "application/x-bat", "application/x-msbatch", "application/java-archive",
+    "application/vnd.android.package-archive", "application/x-apple-diskimage",
+)  # fmt: skip
+DEFAULT_BLOCKED_EXTENSIONS = (
+    "exe", "dll", "com", "scr", "msi", "msp", "cpl", "bat", "cmd", "sh", "bash", "csh", "ps1",
+    "psm1", "vbs", "vbe", "js", "jse", "wsf", "wsh", "hta", "jar", "apk", "app", "dmg",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    """What the media API accepts, and how much (seed 004's defaults).
+
+    Size limits are on the media: the encrypted blob may be larger by the format's fixed
+    overhead (`crypto.enc_length`). A rate limit or the quota set to 0 is off.
+    """
+
+    allowed_types: tuple[str, ...] = DEFAULT_ALLOWED_TYPES  # MIME patterns (fnmatch)
+    blocked_types: tuple[str, ...] = DEFAULT_BLOCKED_TYPES
+    blocked_extensions: tuple[str, ...] = DEFAULT_BLOCKED_EXTENSIONS  # of a given file_name
+    max_image_size: int = _size(50 * 1024**2)
+    max_audio_size: int = _size(50 * 1024**2)
+    max_video_size: int = _size(100 * 1024**2)
+    max_document_size: int = _size(50 * 1024**2)
+    max_archive_size: int = _size(50 * 1024**2)
+    uploads_per_minute_per_user: int = 10
+    uploads_per_minute_per_conversation: int = 50
+    storage_quota_per_user: int = _size(10 * 1024**3)
+
+
+@dataclass(frozen=True)
+class DownloadSigningConfig:
+    """Keys of signed download URLs: ``current`` signs, every key in ``keys`` verifies."""
+
+    keys: Mapping[str, str] = field(
+        default_factory=lambda: MappingProxyType(
+            {"k1": "dev-only-download-signing-key-change-me"}),
+        hash=False, repr=False)  # fmt: skip
+    current: str = "k1"
+    ttl: float = _duration(3600)  # seed 004: signed URLs live 1 hour
+
+
 @dataclass(frozen=True)
 class Config:
     """Everything a node or a whole local stack needs, loaded once."""
@@ -171,6 +253,9 @@ class Config:
         default_factory=lambda: NodeConfig(port=8080, upstream="http://127.0.0.1:8081"))
     cache: CacheConfig = field(default_factory=CacheConfig)
     content_classes: tuple[ContentClass, ...] = DEFAULT_CONTENT_CLASSES
+    auth: AuthConfig = field(default_factory=AuthConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    download_signing: DownloadSigningConfig = field(default_factory=DownloadSigningConfig)
 
     def node(self, tier: str) -> NodeConfig:
         """The `NodeConfig` of ``edge`` or ``shield``."""
@@ -220,7 +305,7 @@ def load_config(path: str | os.PathLike[str] | None = None,
 
 def _apply_env(data: dict[str, Any], env: Mapping[str, str]) -> None:
     for name, raw in env.items():
-        if not name.startswith(ENV_PREFIX) or name == ENV_PREFIX + "CONFIG":
+        if not name.startswith(ENV_PREFIX) or name in NON_SETTING_ENV:
             continue
         keys = name[len(ENV_PREFIX) :].lower().split("__")
         if keys[0] not in _TOP_LEVEL_KEYS:
@@ -273,6 +358,8 @@ def _convert(tp: Any, value: Any, key: str) -> Any:
         return _build(tp, value, key)  # type: ignore[arg-type]
     if origin is tuple:
         return _convert_tuple(tp, value, key)
+    if origin in (Mapping, dict):
+        return _convert_mapping(tp, value, key)
     if tp is bool:
         if not isinstance(value, bool):
             raise ValueError(f"expected true or false, got {value!r}")
@@ -305,6 +392,14 @@ def _convert_tuple(tp: Any, value: Any, key: str) -> tuple[Any, ...]:
     return tuple(_convert(item_type, v, f"{key}[{i}]") for i, v in enumerate(value))
 
 
+def _convert_mapping(tp: Any, value: Any, key: str) -> Mapping[str, Any]:
+    key_type, value_type = get_args(tp)
+    if not isinstance(value, dict):
+        raise ValueError(f"expected a mapping, got {value!r}")
+    return MappingProxyType({_convert(key_type, k, key): _convert(value_type, v, f"{key}.{k}")
+                             for k, v in value.items()})  # fmt: skip
+
+
 def _check(config: Config) -> None:
     """Cross-field rules the types alone cannot say."""
     ports = {"origin.port": config.origin.port, "shield.port": config.shield.port,
@@ -332,9 +427,37 @@ def _check(config: Config) -> None:
                           f"trace; got {config.log_level!r}")
     if len(config.origin.signing_key) < 16:
         raise ConfigError("origin.signing_key: must be at least 16 characters")
+    _check_auth_and_signing(config)
     names = [c.name for c in config.content_classes]
     for i, cc in enumerate(config.content_classes):
         if names.count(cc.name) > 1:
             raise ConfigError(f"content_classes[{i}].name: duplicate class {cc.name!r}")
         if not cc.name:
             raise ConfigError(f"content_classes[{i}].name: must not be empty")
+
+
+def _check_auth_and_signing(config: Config) -> None:
+    auth = config.auth
+    if not auth.jwt_secret and not auth.jwt_public_key:
+        raise ConfigError("auth: set jwt_secret (HS256) or jwt_public_key (RS256), or both")
+    if auth.jwt_secret and len(auth.jwt_secret.encode()) < 32:
+        # RFC 7518 §3.2: an HS256 key shorter than the hash makes offline guessing cheap.
+        raise ConfigError("auth.jwt_secret: must be at least 32 bytes")
+    signing = config.download_signing
+    if not signing.keys:
+        raise ConfigError("download_signing.keys: at least one key id is needed")
+    for kid, secret in signing.keys.items():
+        if not re.fullmatch(r"[A-Za-z0-9_.-]{1,32}", kid):
+            raise ConfigError(f"download_signing.keys: key id {kid!r} must match "
+                              "[A-Za-z0-9_.-]{1,32}")  # fmt: skip
+        if len(secret.encode()) < 16:
+            raise ConfigError(f"download_signing.keys.{kid}: must be at least 16 characters")
+    if signing.current not in signing.keys:
+        raise ConfigError(f"download_signing.current: {signing.current!r} is not one of the "
+                          f"keys ({', '.join(sorted(signing.keys))})")  # fmt: skip
+    if signing.ttl <= 0:
+        raise ConfigError("download_signing.ttl: must be positive")
+    limits = config.limits
+    for name in ("uploads_per_minute_per_user", "uploads_per_minute_per_conversation"):
+        if getattr(limits, name) < 0:
+            raise ConfigError(f"limits.{name}: must not be negative")

@@ -21,6 +21,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from edgeproxy import cache, crypto, origin
+from edgeproxy.auth import mint_token
 from edgeproxy.client import MediaClient, cdn_rewrite
 from edgeproxy.config import Config, load_config
 from edgeproxy.errors import ClientError, IntegrityError
@@ -38,6 +39,7 @@ class Nodes:
     shield: str
     edge: str
     tamper: str  # a proxy in front of the origin that corrupts what it relays
+    token: str  # a media-API bearer token of user "alice"
 
 
 def tamper_app(upstream: str) -> Any:
@@ -88,7 +90,8 @@ edge: {{port: {ports["edge"]}, upstream: "http://127.0.0.1:{ports["shield"]}"}}
           serve(cache.create_app(config, "shield"), ports["shield"]) as s,
           serve(cache.create_app(config, "edge"), ports["edge"]) as e,
           serve(tamper_app(o.url)) as t):  # fmt: skip
-        yield Nodes(config, o.url, s.url, e.url, t.url)
+        yield Nodes(config, o.url, s.url, e.url, t.url,
+                    mint_token(config.auth.jwt_secret, "alice"))
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +104,7 @@ def image(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def uploaded(nodes: Nodes, image: Path) -> dict[str, Any]:
-    with MediaClient(nodes.origin) as client:
+    with MediaClient(nodes.origin, token=nodes.token) as client:
         return client.upload(image)
 
 
@@ -139,7 +142,7 @@ def test_whole_and_ranged_download_from_the_origin(
     uploaded: dict[str, Any], nodes: Nodes, image: Path, tmp_path: Path
 ) -> None:
     data = image.read_bytes()
-    with MediaClient(nodes.origin, cdn_url=nodes.origin) as client:
+    with MediaClient(nodes.origin, token=nodes.token, cdn_url=nodes.origin) as client:
         result = client.download(uploaded, tmp_path / "whole.png")
         assert (tmp_path / "whole.png").read_bytes() == data
         assert result.status == 200 and result.bytes_written == len(data)
@@ -163,7 +166,7 @@ def test_whole_and_ranged_download_from_the_origin(
 def test_download_through_edge_and_shield(uploaded: dict[str, Any], nodes: Nodes,
                                           image: Path, tmp_path: Path) -> None:  # fmt: skip
     data = image.read_bytes()
-    with MediaClient(nodes.origin) as client:  # media_url already names the edge
+    with MediaClient(nodes.origin, token=nodes.token) as client:  # media_url already names the edge
         first = client.download(uploaded, tmp_path / "a.png")
         second = client.download(uploaded, tmp_path / "b.png")
         ranged = client.download(uploaded, tmp_path / "r.bin", byte_range=(1000, 99999))
@@ -179,7 +182,7 @@ def test_tampered_blob_is_rejected_and_nothing_is_written(
     uploaded: dict[str, Any], nodes: Nodes, tmp_path: Path
 ) -> None:
     out = tmp_path / "out.png"
-    with MediaClient(nodes.origin, cdn_url=nodes.tamper + "/flip") as client:
+    with MediaClient(nodes.origin, token=nodes.token, cdn_url=nodes.tamper + "/flip") as client:
         with pytest.raises(IntegrityError):
             client.download(uploaded, out)
         assert list(tmp_path.iterdir()) == []
@@ -187,7 +190,7 @@ def test_tampered_blob_is_rejected_and_nothing_is_written(
         with pytest.raises(IntegrityError, match="chunk 1"):
             client.download(uploaded, out, byte_range=(70_000, 140_000))
         assert list(tmp_path.iterdir()) == []
-    with MediaClient(nodes.origin, cdn_url=nodes.tamper + "/relay") as client:
+    with MediaClient(nodes.origin, token=nodes.token, cdn_url=nodes.tamper + "/relay") as client:
         # The relay itself is honest: the same download through it succeeds.
         assert client.download(uploaded, out).bytes_written == uploaded["file_length"]
 
@@ -197,7 +200,7 @@ def test_payload_that_does_not_match_the_blob(uploaded: dict[str, Any], nodes: N
     out = tmp_path / "out.png"
     wrong_plain = {**uploaded, "file_sha256": "0" * 64}
     wrong_key = {**uploaded, "media_key": base64.b64encode(bytes(32)).decode()}
-    with MediaClient(nodes.origin, cdn_url=nodes.origin) as client:
+    with MediaClient(nodes.origin, token=nodes.token, cdn_url=nodes.origin) as client:
         for payload in (wrong_plain, wrong_key):
             with pytest.raises(IntegrityError):
                 client.download(payload, out)
@@ -207,7 +210,7 @@ def test_payload_that_does_not_match_the_blob(uploaded: dict[str, Any], nodes: N
 
 
 def test_range_must_be_honoured(uploaded: dict[str, Any], nodes: Nodes, tmp_path: Path) -> None:
-    with (MediaClient(nodes.origin, cdn_url=nodes.tamper + "/norange") as client,
+    with (MediaClient(nodes.origin, token=nodes.token, cdn_url=nodes.tamper + "/norange") as client,
           pytest.raises(ClientError, match="206") as info):  # fmt: skip
         client.download(uploaded, tmp_path / "x", byte_range=(0, 10))
     assert info.value.status == 200
@@ -215,7 +218,7 @@ def test_range_must_be_honoured(uploaded: dict[str, Any], nodes: Nodes, tmp_path
 
 
 def test_api_errors_become_client_errors(nodes: Nodes, tmp_path: Path, image: Path) -> None:
-    with MediaClient(nodes.origin) as client, pytest.raises(ClientError) as info:
+    with MediaClient(nodes.origin, token=nodes.token) as client, pytest.raises(ClientError) as info:
         client.upload(image, mimetype="not a mime type")
     assert (info.value.status, info.value.error) == (422, "invalid_field")
     with (MediaClient(f"http://127.0.0.1:{free_port()}") as client,
@@ -224,20 +227,20 @@ def test_api_errors_become_client_errors(nodes: Nodes, tmp_path: Path, image: Pa
     assert (info.value.status, info.value.error) == (0, "connection_failed")
     missing = {"media_url": f"{nodes.edge}/v/t1/{'ab' * 32}", "media_key": "A" * 44,
                "type": "document", "file_sha256": "0" * 64, "file_length": 5}  # fmt: skip
-    with MediaClient(nodes.origin) as client, pytest.raises(ClientError) as info:
+    with MediaClient(nodes.origin, token=nodes.token) as client, pytest.raises(ClientError) as info:
         client.download(missing, tmp_path / "x")
     assert info.value.status == 404
     assert list(tmp_path.iterdir()) == []
 
 
 def test_non_image_upload_has_no_thumbnail(nodes: Nodes, tmp_path: Path) -> None:
-    src = tmp_path / "notes.bin"
+    src = tmp_path / "notes.zip"
     src.write_bytes(os.urandom(70_000))
-    with MediaClient(nodes.origin, cdn_url=nodes.origin) as client:
+    with MediaClient(nodes.origin, token=nodes.token, cdn_url=nodes.origin) as client:
         p = client.upload(src)
-        assert (p["type"], p["mimetype"]) == ("document", "application/octet-stream")
+        assert (p["type"], p["mimetype"]) == ("archive", "application/zip")
         assert p["thumbnail_base64"] is None and p["thumbnail_url"] is None
-        assert "width" not in p
+        assert "width" not in p and "duration" not in p and "page_count" not in p
         client.download(p, tmp_path / "copy.bin")
     assert (tmp_path / "copy.bin").read_bytes() == src.read_bytes()
 
@@ -245,8 +248,9 @@ def test_non_image_upload_has_no_thumbnail(nodes: Nodes, tmp_path: Path) -> None
 # --- the CLI, as a user runs it -------------------------------------------------------------
 
 
-def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+def cli(*args: str, cwd: Path, **extra_env: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("EDGEPROXY_")}
+    env.update(extra_env)
     return subprocess.run([sys.executable, "-m", "edgeproxy", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=60)  # fmt: skip
 
@@ -256,7 +260,7 @@ def test_cli_upload_and_download(nodes: Nodes, image: Path, tmp_path: Path) -> N
     # Without --api, the origin named by the config is used.
     config_file = str(nodes.config.data_dir.parent / "config.yaml")
     proc = cli("upload", str(image), "--config", config_file, "--out", "payload.json",
-               cwd=tmp_path)  # fmt: skip
+               cwd=tmp_path, EDGEPROXY_TOKEN=nodes.token)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     payload = json.loads(proc.stdout)
     assert set(payload) == PAYLOAD_FIELDS
@@ -295,6 +299,11 @@ def test_cli_errors_are_one_line(nodes: Nodes, uploaded: dict[str, Any], tmp_pat
     assert proc.returncode == 1 and "not JSON" in proc.stderr
 
     proc = cli("upload", str(tmp_path / "p.json"), "--api", nodes.origin, "--type", "nope",
-               cwd=tmp_path)  # fmt: skip
+               "--token", nodes.token, cwd=tmp_path)  # fmt: skip
     assert proc.returncode == 1 and "422 invalid_field" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+    proc = cli("upload", str(tmp_path / "p.json"), "--api", nodes.origin, "--type", "image/png",
+               cwd=tmp_path)  # fmt: skip
+    assert proc.returncode == 1 and "401 unauthorized" in proc.stderr
+    assert "edgeproxy token --user" in proc.stderr and "Traceback" not in proc.stderr

@@ -190,6 +190,18 @@ class StagingBusy(Exception):
     """Another writer (possibly another worker process) is writing the same staging file."""
 
 
+class ChecksumMismatch(Exception):
+    """An appended chunk did not match its declared checksum (the chunk has been dropped)."""
+
+
+class StagingShort(Exception):
+    """The staging file holds fewer bytes than the offset to append at."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__(f"the staging file holds only {size} bytes")
+        self.size = size
+
+
 def _write(f: IO[bytes], hasher: Any, data: bytearray) -> None:
     f.write(data)
     hasher.update(data)
@@ -213,6 +225,12 @@ def _open_locked(path: Path) -> IO[bytes]:
         os.close(fd)
         raise StagingBusy(str(path)) from None
     return os.fdopen(fd, "wb")
+
+
+def _truncate_sync(f: IO[bytes], size: int) -> None:
+    f.flush()
+    f.truncate(size)
+    os.fsync(f.fileno())
 
 
 class StagingWriter:
@@ -245,6 +263,55 @@ class StagingWriter:
             await asyncio.to_thread(_sync_close, f)
         except BaseException:
             self.path.unlink(missing_ok=True)  # before close: still ours under the lock
+            f.close()
+            raise
+        return received, hasher.hexdigest()
+
+    async def append(self, chunks: AsyncIterable[bytes], offset: int, limit: int,
+                     checksum: tuple[str, bytes] | None = None) -> tuple[int, str]:  # fmt: skip
+        """Write ``chunks`` at ``offset`` (anything after it is dropped first), resumably.
+
+        Returns ``(bytes appended, sha256 hex of those bytes)``, synced to disk. The bytes that
+        arrived before the body ended — also when the client went away mid-body — are kept.
+        ``checksum`` is ``(hashlib algorithm, digest)`` of the whole appended chunk; on a
+        mismatch the chunk is dropped and `ChecksumMismatch` raised. More than ``limit`` bytes
+        raise `TooLarge` with the chunk dropped. The file is never shortened below ``offset``.
+        """
+        f, hasher = self._f, hashlib.sha256()
+        check = hashlib.new(checksum[0]) if checksum is not None else None
+        received, buf = 0, bytearray()
+
+        def put(data: bytearray) -> None:
+            _write(f, hasher, data)
+            if check is not None:
+                check.update(data)
+
+        try:
+            size = await asyncio.to_thread(os.fstat, f.fileno())
+            if size.st_size < offset:
+                raise StagingShort(size.st_size)
+            # A crash after writing but before the offset was recorded leaves extra bytes.
+            await asyncio.to_thread(f.truncate, offset)
+            await asyncio.to_thread(f.seek, offset)
+            async for chunk in chunks:
+                received += len(chunk)
+                if received > limit:
+                    raise TooLarge(f"more than {limit} bytes")
+                buf += chunk
+                if len(buf) >= WRITE_BUFFER:
+                    data, buf = buf, bytearray()
+                    await asyncio.to_thread(put, data)
+            await asyncio.to_thread(put, buf)
+            if check is not None and checksum is not None and check.digest() != checksum[1]:
+                raise ChecksumMismatch(f"{checksum[0]} of the {received} bytes received differs")
+            await asyncio.to_thread(_sync_close, f)
+        except StagingShort:
+            f.close()
+            raise
+        except BaseException:
+            # Drop this request's bytes only: what earlier requests stored stays resumable.
+            # Synchronous: this path may run while the task is being cancelled.
+            _truncate_sync(f, offset)
             f.close()
             raise
         return received, hasher.hexdigest()

@@ -8,15 +8,15 @@ the app calls them through ``asyncio.to_thread`` so disk waits never stall the e
 
 Upload lifecycle (``uploads.state``)::
 
-    pending ──PUT all bytes──► uploaded ──confirm ok──► committed
-       │  ▲                       │
-       └──┘ short body:           └──confirm finds a mismatch──► failed (staging removed)
-            received < size, staging kept for resume
+    pending ──PUT/PATCH all bytes──► uploaded ──confirm ok──► committed
+       │  ▲                             │
+       └──┘ short or cut-off body:      └──confirm finds a mismatch──► failed (staging removed)
+            received < size, staging kept; resumed with X-Upload-Offset / tus PATCH
+    pending/uploaded ──expired (resume_until passed) or terminated (tus DELETE)──► failed
 
-Columns that later issues need are here from the start so no migration is needed for them:
-``owner`` (per-user quotas and rate limits: index on owner, created_at), ``protocol`` and
-``received`` (resumable uploads: tus / ``X-Upload-Offset`` resume from ``received``),
-``expires_at`` (cleanup of abandoned uploads: index on state, expires_at).
+``owner`` is the JWT ``sub`` of the uploader (NULL for uploads made before authentication);
+``conversation_id`` (optional) scopes the per-conversation rate limit; ``resume_until`` is when
+an unfinished upload expires (tus ``Upload-Expires``). Schema 2 added the last two columns.
 """
 
 from __future__ import annotations
@@ -24,12 +24,17 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-SCHEMA_VERSION = 1
+from ..limits import RATE_WINDOW, QuotaExceeded, RateLimited, UploadAllowance
+
+SCHEMA_VERSION = 2
+LIVE_STATES = ("pending", "uploaded", "committed")  # uploads that count against a quota
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS uploads (
@@ -48,7 +53,10 @@ CREATE TABLE IF NOT EXISTS uploads (
     updated_at      REAL NOT NULL,
     blob_sha256     TEXT,              -- set when committed
     thumb_sha256    TEXT,              -- thumbnail blob given with this upload's confirm
-    failure         TEXT               -- error code of the confirm check that failed
+    failure         TEXT,              -- error code of the check that failed, or
+                                       -- 'expired' / 'terminated'
+    conversation_id TEXT,              -- optional; per-conversation rate limit (schema 2)
+    resume_until    INTEGER            -- unfinished upload expires then (schema 2)
 );
 CREATE INDEX IF NOT EXISTS uploads_by_state_expiry ON uploads (state, expires_at);
 CREATE INDEX IF NOT EXISTS uploads_by_owner ON uploads (owner, created_at);
@@ -67,6 +75,16 @@ CREATE TABLE IF NOT EXISTS profile_photos (
     size         INTEGER NOT NULL,
     updated_at   REAL NOT NULL
 );
+"""
+
+# Run after _SCHEMA, whose CREATE TABLE IF NOT EXISTS leaves an older table as it was.
+_MIGRATE_TO_2 = """
+ALTER TABLE uploads ADD COLUMN conversation_id TEXT;
+ALTER TABLE uploads ADD COLUMN resume_until INTEGER;
+"""
+_INDEXES_2 = """
+CREATE INDEX IF NOT EXISTS uploads_by_conversation ON uploads (conversation_id, created_at);
+CREATE INDEX IF NOT EXISTS uploads_by_state_resume ON uploads (state, resume_until);
 """
 
 
@@ -99,11 +117,25 @@ class Upload:
     blob_sha256: str | None
     thumb_sha256: str | None
     failure: str | None
+    conversation_id: str | None = None
+    resume_until: int | None = None
 
     @property
     def complete(self) -> bool:
         """Whether every declared byte has been received."""
         return self.received == self.declared_size
+
+    @property
+    def expires(self) -> int:
+        """When this upload, unfinished, stops being resumable (tus Upload-Expires)."""
+        return self.resume_until if self.resume_until is not None else self.expires_at
+
+    def is_expired(self, now: float) -> bool:
+        """Unfinished and past `expires`, or its URL expired before any byte arrived
+        (the same rule as `Records.expired_uploads`)."""
+        if self.state not in (UploadState.PENDING, UploadState.UPLOADED):
+            return False
+        return self.expires < now or (self.received == 0 and self.expires_at < now)
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,6 +179,10 @@ class Records:
                 raise RuntimeError(f"{path} has schema version {version}, newer than this "
                                    f"edgeproxy understands ({SCHEMA_VERSION})")  # fmt: skip
             self._db.executescript(_SCHEMA)
+            columns = {r[1] for r in self._db.execute("PRAGMA table_info(uploads)")}
+            if "resume_until" not in columns:  # a schema-1 database
+                self._db.executescript(_MIGRATE_TO_2)
+            self._db.executescript(_INDEXES_2)
             self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
     def close(self) -> None:
@@ -158,6 +194,19 @@ class Records:
         with self._lock:
             row: sqlite3.Row | None = self._db.execute(sql, args).fetchone()
             return row
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction; IMMEDIATE takes the write lock first, so what it reads
+        cannot change under it (another process waits for it, up to busy_timeout)."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
 
     def _write(self, *statements: tuple[str, tuple[Any, ...]]) -> int:
         """Run ``statements`` in one transaction; the rowcount of the last one."""
@@ -177,25 +226,66 @@ class Records:
 
     def create_upload(self, media_id: str, *, file_type: str, declared_size: int,
                       declared_sha256: str, expires_at: int, staging_name: str,
-                      owner: str | None = None) -> Upload:  # fmt: skip
-        """Record a new, empty upload."""
-        now = time.time()
-        self._write((
-            "INSERT INTO uploads (media_id, owner, file_type, declared_size, declared_sha256,"
-            " state, staging_name, expires_at, created_at, updated_at)"
-            " VALUES (?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?)",
-            (media_id, owner, file_type, declared_size, declared_sha256, staging_name,
-             expires_at, now, now),
-        ))  # fmt: skip
+                      owner: str | None = None, protocol: str = "signed-put",
+                      conversation_id: str | None = None, resume_until: int | None = None,
+                      allowance: UploadAllowance | None = None,
+                      now: float | None = None) -> Upload:  # fmt: skip
+        """Record a new, empty upload, if ``allowance`` allows it.
+
+        The rate limits and the quota are checked and the row inserted in one IMMEDIATE
+        transaction, so concurrent requests (threads or processes) cannot all slip under a
+        limit together. Raises `RateLimited` or `QuotaExceeded`; nothing is recorded then.
+        """
+        now = time.time() if now is None else now
+        with self._transaction() as db:
+            if allowance is not None and owner is not None:
+                self._check_allowance(db, allowance, owner, conversation_id, declared_size, now)
+            db.execute(
+                "INSERT INTO uploads (media_id, owner, protocol, file_type, declared_size,"
+                " declared_sha256, state, staging_name, expires_at, created_at, updated_at,"
+                " conversation_id, resume_until)"
+                " VALUES (?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?, ?, ?)",
+                (media_id, owner, protocol, file_type, declared_size, declared_sha256,
+                 staging_name, expires_at, now, now, conversation_id, resume_until),
+            )  # fmt: skip
         upload = self.get_upload(media_id)
         assert upload is not None
         return upload
 
+    @staticmethod
+    def _check_allowance(db: sqlite3.Connection, allowance: UploadAllowance, owner: str,
+                         conversation_id: str | None, size: int, now: float) -> None:  # fmt: skip
+        since = now - RATE_WINDOW
+        scopes = [("user", "owner", owner, allowance.per_user_per_minute)]
+        if conversation_id is not None:
+            scopes.append(("conversation", "conversation_id", conversation_id,
+                           allowance.per_conversation_per_minute))  # fmt: skip
+        for scope, column, value, limit in scopes:
+            if limit <= 0:
+                continue
+            # The created_at of the upload whose leaving the window makes room for one more.
+            row = db.execute(
+                f"SELECT created_at FROM uploads WHERE {column} = ? AND created_at > ?"
+                " ORDER BY created_at DESC LIMIT 1 OFFSET ?", (value, since, limit - 1),
+            ).fetchone()  # fmt: skip
+            if row is not None:
+                retry = max(1, int(row[0] + RATE_WINDOW - now + 0.999))
+                raise RateLimited(scope, limit, retry)
+        if allowance.quota > 0:
+            used = db.execute(
+                "SELECT COALESCE(SUM(declared_size), 0) FROM uploads WHERE owner = ? AND state"
+                f" IN {LIVE_STATES}", (owner,),
+            ).fetchone()[0]  # fmt: skip
+            if used + size > allowance.quota:
+                raise QuotaExceeded(allowance.quota, used, size)
+
     def get_upload(self, media_id: str) -> Upload | None:
         """The upload ``media_id``, or None."""
         row = self._one("SELECT * FROM uploads WHERE media_id = ?", (media_id,))
-        if row is None:
-            return None
+        return None if row is None else self._upload(row)
+
+    @staticmethod
+    def _upload(row: sqlite3.Row) -> Upload:
         values = dict(row)
         values["state"] = UploadState(values["state"])
         return Upload(**values)
@@ -210,12 +300,47 @@ class Records:
         ))  # fmt: skip
 
     def mark_failed(self, media_id: str, failure: str) -> None:
-        """The upload failed a confirm check; its staging file is gone."""
+        """The upload failed a check, expired or was terminated; its staging file is gone."""
         self._write((
             "UPDATE uploads SET state = 'failed', failure = ?, staging_name = NULL,"
             " updated_at = ? WHERE media_id = ? AND state != 'committed'",
             (failure, time.time(), media_id),
         ))  # fmt: skip
+
+    def expired_uploads(self, now: float, limit: int = 500) -> list[Upload]:
+        """Unfinished uploads past their ``resume_until``, or whose URL expired unused."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT * FROM uploads WHERE state IN ('pending', 'uploaded') AND"
+                " (COALESCE(resume_until, expires_at) < ? OR (received = 0 AND expires_at < ?))"
+                " LIMIT ?", (now, now, limit),
+            ).fetchall()  # fmt: skip
+        return [self._upload(row) for row in rows]
+
+    def live_staging_names(self) -> set[str]:
+        """Staging files that unfinished uploads still own."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT staging_name FROM uploads WHERE state IN ('pending', 'uploaded')"
+                " AND staging_name IS NOT NULL").fetchall()  # fmt: skip
+        return {row[0] for row in rows}
+
+    def stats(self) -> dict[str, int]:
+        """Totals for /metrics, read from the database so every worker reports the same."""
+        with self._lock:
+            media_bytes, media_count = self._db.execute(
+                "SELECT COALESCE(SUM(size), 0), COUNT(*) FROM media").fetchone()  # fmt: skip
+            committed_bytes = self._db.execute(
+                "SELECT COALESCE(SUM(declared_size), 0) FROM uploads WHERE state = 'committed'"
+            ).fetchone()[0]  # fmt: skip
+            unfinished = self._db.execute(
+                "SELECT COUNT(*) FROM uploads WHERE state IN ('pending', 'uploaded')"
+            ).fetchone()[0]  # fmt: skip
+        # Every committed upload references one media blob; each is stored once, so the bytes
+        # of all committed uploads minus the bytes stored is what store-once saved.
+        return {"media_bytes": media_bytes, "media_count": media_count,
+                "dedup_bytes_saved": committed_bytes - media_bytes,
+                "unfinished_uploads": unfinished}  # fmt: skip
 
     def commit_upload(self, media_id: str, blob_sha256: str, size: int,
                       thumb_sha256: str | None) -> Media:  # fmt: skip

@@ -1,0 +1,191 @@
+"""What every part of the origin app shares: config, clock, stores, database, locks, keys.
+
+`OriginCore` is built once per app. Its lifespan opens the SQLite `Records`, sweeps expired
+uploads and orphaned staging files at start, and keeps sweeping in a background task every
+``origin.cleanup_interval``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from email.utils import formatdate
+from typing import ParamSpec, TypeVar
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+
+from ..auth import Authenticator, Principal
+from ..config import Config
+from ..errors import HTTPError
+from ..limits import UploadAllowance
+from ..signing import DownloadSigner, SigningKey
+from .blobstore import BlobStore, LocalBlobStore, Staging, StagingBusy
+from .metrics import OriginMetrics
+from .records import Records, Upload
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+log = logging.getLogger("edgeproxy.origin")
+
+IN_PROGRESS = HTTPError(409, "upload_in_progress", "another request is using this upload")
+
+
+class UploadLocks:
+    """Per-upload asyncio locks that disappear when nobody holds or awaits them."""
+
+    def __init__(self) -> None:
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._users: Counter[str] = Counter()
+
+    @asynccontextmanager
+    async def hold(self, key: str, *, wait: bool) -> AsyncIterator[None]:
+        """Hold ``key``'s lock; with ``wait=False`` answer 409 at once if anyone has it."""
+        # Counting users (not Lock.locked()) also sees a waiter the lock was just handed to.
+        if not wait and self._users[key]:
+            raise IN_PROGRESS
+        self._users[key] += 1
+        lock = self._locks.setdefault(key, asyncio.Lock())
+        try:
+            async with lock:
+                yield
+        finally:
+            self._users[key] -= 1
+            if not self._users[key]:
+                del self._users[key], self._locks[key]
+
+
+class OriginCore:
+    """State shared by the origin's handlers (see `edgeproxy.origin.app.create_app`)."""
+
+    def __init__(self, config: Config, clock: Callable[[], float] = time.time) -> None:
+        self.config = config
+        self.clock = clock
+        self.key = SigningKey.from_text(config.origin.signing_key)
+        self.root = config.data_dir / "origin"
+        self.staging = Staging(self.root / "staging")
+        self.store: BlobStore = LocalBlobStore(self.root / "blobs")
+        self._records: Records | None = None
+        self.locks = UploadLocks()
+        self.public = config.public_base_url.rstrip("/")
+        self.auth = Authenticator(config.auth)
+        self.signer = DownloadSigner.from_config(config.download_signing)
+        self.allowance = UploadAllowance.from_config(config.limits)
+        self.metrics = OriginMetrics(self._stats)
+
+    @property
+    def records(self) -> Records:
+        """The metadata database (open between lifespan startup and shutdown)."""
+        if self._records is None:
+            raise RuntimeError("the origin app is not started (run it with lifespan on)")
+        return self._records
+
+    def _stats(self) -> dict[str, int] | None:
+        return self._records.stats() if self._records is not None else None
+
+    @asynccontextmanager
+    async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
+        """Open the database, sweep what expired while we were down, keep sweeping."""
+        self._records = await asyncio.to_thread(Records, self.root / "origin.sqlite3")
+        sweeper = None
+        try:
+            await self.sweep()
+            sweeper = asyncio.create_task(self._sweep_forever())
+            yield
+        finally:
+            if sweeper is not None:
+                sweeper.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await sweeper
+            self._records.close()
+            self._records = None
+
+    async def db(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """Run a `Records` call in a worker thread (SQLite fsyncs must not block the loop)."""
+        return await asyncio.to_thread(fn, *args, **kwargs)
+
+    # --- auth ----------------------------------------------------------------------------------
+
+    def principal(self, request: Request) -> Principal:
+        """The authenticated caller; 401 without a valid bearer token."""
+        return self.auth.authenticate(request.headers.get("authorization"))
+
+    def user(self, request: Request) -> str:
+        """The authenticated caller's user id (the JWT ``sub``); 401 otherwise."""
+        return self.principal(request).user
+
+    @staticmethod
+    def check_owner(upload: Upload, user: str) -> None:
+        """403 unless ``user`` owns ``upload`` (uploads from before auth have no owner)."""
+        if upload.owner is not None and upload.owner != user:
+            raise HTTPError(403, "forbidden", f"upload {upload.media_id} belongs to another user")
+
+    # --- cleanup -------------------------------------------------------------------------------
+
+    async def _sweep_forever(self) -> None:
+        interval = max(self.config.origin.cleanup_interval, 1.0)
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.sweep()
+            except Exception:  # a failed sweep must not end the loop; the next one retries
+                log.exception("sweeping expired uploads failed")
+
+    async def sweep(self) -> int:
+        """Expire unfinished uploads past their time and drop orphaned staging files.
+
+        Returns how many uploads expired. An upload someone is writing right now (in this or
+        another worker process) is skipped; the next sweep gets it.
+        """
+        now = self.clock()
+        expired = 0
+        for upload in await self.db(self.records.expired_uploads, now):
+            with contextlib.suppress(HTTPError, StagingBusy):
+                if await self._expire(upload, now):
+                    expired += 1
+        await self._sweep_orphans(now)
+        return expired
+
+    async def _expire(self, upload: Upload, now: float) -> bool:
+        name = upload.staging_name or f"{upload.media_id}.part"
+        async with self.locks.hold(upload.media_id, wait=False), self.staging.writer(name):
+            current = await self.db(self.records.get_upload, upload.media_id)
+            if current is None or not current.is_expired(now):
+                return False
+            await self.staging.remove(name)
+            await self.db(self.records.mark_failed, upload.media_id, "expired")
+        self.metrics.count("expired")
+        return True
+
+    async def _sweep_orphans(self, now: float) -> None:
+        """Staging files no unfinished upload owns, older than an upload may live (left by a
+        crash mid-confirm or mid-profile-photo)."""
+        live = await self.db(self.records.live_staging_names)
+        cutoff = now - self.config.origin.upload_expiry
+
+        def sweep() -> None:
+            for entry in os.scandir(self.staging.root):
+                if entry.name in live or not entry.is_file():
+                    continue
+                with contextlib.suppress(FileNotFoundError):
+                    if entry.stat().st_mtime < cutoff:
+                        os.unlink(entry.path)
+
+        await asyncio.to_thread(sweep)
+
+
+def http_date(unix: float) -> str:
+    """An IMF-fixdate (RFC 9110 §5.6.7), as tus ``Upload-Expires`` wants."""
+    return formatdate(unix, usegmt=True)
+
+
+def iso_utc(unix: float) -> str:
+    """``2024-01-15T12:00:00Z``, as seed 000's ``upload_expires``."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(unix))

@@ -1,0 +1,269 @@
+"""The authenticated media API: request an upload, confirm it, get a signed download URL.
+
+``POST /v1/media/upload/request`` checks type, size, rate limits and quota and hands out a
+signed upload URL (the tus creation call in `edgeproxy.origin.tus` shares `MediaAPI.create`);
+``POST /v1/media/upload/confirm`` checks size, SHA-256 and blob layout and commits the blob,
+content-addressed, so the same bytes confirmed twice are kept once; ``GET
+/v1/media/{media_id}/content`` answers a signed, expiring download URL (seed 004).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import math
+import re
+import secrets
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlencode
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from ..crypto import check_blob_layout
+from ..errors import BlobFormatError, HTTPError
+from ..limits import LimitExceeded, check_size, check_type
+from .core import OriginCore, iso_utc
+from .http import field, read_json, sha256_field
+from .records import Upload, UploadState
+
+MEDIA_ID = re.compile(r"m_[A-Za-z0-9_-]{8,64}")
+MIME_TYPE = re.compile(r"[A-Za-z0-9][\w.+-]*/[A-Za-z0-9][\w.+-]*")
+CONVERSATION_ID = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
+MAX_JSON_BODY = 64 * 1024  # request bodies other than the thumbnail-carrying confirm
+NO_STORE = {"Cache-Control": "no-store"}
+
+
+@dataclass(frozen=True)
+class NewUpload:
+    """A recorded upload and the signed URL its bytes go to."""
+
+    media_id: str
+    upload_url: str
+    expires_at: int  # the URL must be first used by then (origin.upload_url_ttl)
+    resume_until: int  # once started, resumable until then (origin.upload_expiry)
+
+    def json(self) -> dict[str, Any]:
+        """The answer to an upload request."""
+        return {"media_id": self.media_id, "upload_url": self.upload_url,
+                "upload_expires": iso_utc(self.expires_at),
+                "resumable_until": iso_utc(self.resume_until)}  # fmt: skip
+
+
+class _Rejected(Exception):
+    """A confirm check failed: the upload is failed and answered 422."""
+
+    def __init__(self, error: str, message: str, **extra: Any) -> None:
+        super().__init__(message)
+        self.error = HTTPError(422, error, message, **extra)
+
+
+class MediaAPI:
+    """Handlers of the ``/v1/media`` calls."""
+
+    def __init__(self, core: OriginCore) -> None:
+        self.o = core
+
+    # --- request -------------------------------------------------------------------------------
+
+    async def request_upload(self, request: Request) -> Response:
+        """``POST /v1/media/upload/request``: record an upload, hand out a signed PUT URL."""
+        user = self.o.user(request)
+        body = await read_json(request, MAX_JSON_BODY)
+        new = await self.create(
+            user, size=field(body, "file_size", int), file_type=field(body, "file_type", str),
+            file_hash=field(body, "file_hash", str),
+            conversation_id=field(body, "conversation_id", str, required=False),
+            file_name=field(body, "file_name", str, required=False), protocol="signed-put",
+        )  # fmt: skip
+        return JSONResponse(new.json(), headers=NO_STORE)
+
+    async def create(self, user: str, *, size: int, file_type: str, file_hash: str,
+                     conversation_id: str | None, file_name: str | None,
+                     protocol: str) -> NewUpload:  # fmt: skip
+        """Validate an upload's declared facts against the limits, then record it.
+
+        Every refusal happens here, before any byte of the body can be stored: 422 for a
+        malformed field, 415 for a refused type, 413 for a size over its limit, 429 past a rate
+        limit, 507 past the quota.
+        """
+        if size <= 0:
+            raise HTTPError(422, "invalid_field", "file_size must be positive", field="file_size")
+        if not MIME_TYPE.fullmatch(file_type):
+            raise HTTPError(422, "invalid_field", "file_type must be a MIME type such as "
+                            "image/jpeg", field="file_type")  # fmt: skip
+        sha = sha256_field(file_hash, "file_hash")
+        if conversation_id is not None and not CONVERSATION_ID.fullmatch(conversation_id):
+            raise HTTPError(422, "invalid_field", "conversation_id must match "
+                            "[A-Za-z0-9_.:-]{1,128}", field="conversation_id")  # fmt: skip
+        limits, now = self.o.config.limits, self.o.clock()
+        try:
+            check_type(limits, file_type, file_name)
+            check_size(limits, file_type, size, self.o.config.origin.max_upload_size)
+        except HTTPError as exc:
+            self.o.metrics.count(exc.error)
+            raise
+        media_id = "m_" + secrets.token_urlsafe(16)
+        # Rounded up so a URL is never valid for less than the configured TTL.
+        expires = math.ceil(now + self.o.config.origin.upload_url_ttl)
+        resume_until = max(expires, math.ceil(now + self.o.config.origin.upload_expiry))
+        path = f"/v1/upload/{media_id}"
+        sig = self.o.key.sign_request("PUT", path, expires, size)
+        try:
+            await self.o.db(self.o.records.create_upload, media_id, file_type=file_type.lower(),
+                            declared_size=size, declared_sha256=sha, expires_at=expires,
+                            staging_name=f"{media_id}.part", owner=user, protocol=protocol,
+                            conversation_id=conversation_id, resume_until=resume_until,
+                            allowance=self.o.allowance, now=now)  # fmt: skip
+        except LimitExceeded as exc:
+            answer = exc.to_http()
+            self.o.metrics.count(answer.error)
+            raise answer from None
+        self.o.metrics.count("created")
+        url = f"{self.o.config.origin.base_url}{path}?expires={expires}&size={size}&sig={sig}"
+        return NewUpload(media_id, url, expires, resume_until)
+
+    # --- confirm -------------------------------------------------------------------------------
+
+    async def confirm_upload(self, request: Request) -> Response:
+        """``POST /v1/media/upload/confirm``: check the staged blob, commit it, answer its URL."""
+        user = self.o.user(request)
+        # A confirm carries the thumbnail as base64 (4 bytes per 3), plus the other fields.
+        limit = self.o.config.origin.max_thumbnail_size * 4 // 3 + MAX_JSON_BODY
+        body = await read_json(request, limit)
+        media_id = field(body, "media_id", str)
+        file_sha = sha256_field(field(body, "file_sha256", str), "file_sha256")
+        thumb_b64 = field(body, "thumbnail_base64", str, required=False)
+        found = await self.o.db(self.o.records.get_upload, media_id)
+        if found is None:
+            raise HTTPError(404, "not_found", f"no upload {media_id}")
+        self.o.check_owner(found, user)
+        # Waits out a PUT or another confirm of this upload, then sees what they left.
+        async with self.o.locks.hold(media_id, wait=True):
+            upload = await self.o.db(self.o.records.get_upload, media_id)
+            assert upload is not None
+            if upload.state is UploadState.COMMITTED:
+                if file_sha != upload.blob_sha256:  # answered, but the commit stands
+                    raise HTTPError(422, "hash_mismatch", "file_sha256 differs from the "
+                                    "committed blob")  # fmt: skip
+                return self._confirmed(upload)
+            if upload.state is UploadState.FAILED:
+                raise HTTPError(409, "upload_failed", "this upload failed its checks",
+                                reason=upload.failure)  # fmt: skip
+            if upload.state is UploadState.PENDING:
+                raise HTTPError(409, "upload_incomplete", "not every byte has been uploaded",
+                                declared=upload.declared_size,
+                                received=upload.received)  # fmt: skip
+            try:
+                upload = await self._commit(upload, file_sha, thumb_b64)
+            except _Rejected as exc:
+                if upload.staging_name:
+                    await self.o.staging.remove(upload.staging_name)
+                await self.o.db(self.o.records.mark_failed, media_id, exc.error.error)
+                self.o.metrics.count(exc.error.error)
+                raise exc.error from None
+        return self._confirmed(upload)
+
+    def _confirmed(self, upload: Upload) -> Response:
+        media_url = f"{self.o.public}/v/t1/{upload.blob_sha256}"
+        return JSONResponse({"media_url": media_url,
+                             "thumbnail_url": f"{media_url}/thumb" if upload.thumb_sha256
+                             else None})  # fmt: skip
+
+    async def _commit(self, upload: Upload, file_sha: str, thumb_b64: str | None) -> Upload:
+        """Check the staged blob and thumbnail, then commit both; `_Rejected` on a mismatch."""
+        o, sha, size = self.o, upload.declared_sha256, upload.declared_size
+        if file_sha != sha:
+            raise _Rejected("hash_mismatch", "file_sha256 differs from the declared file_hash",
+                            declared=sha, given=file_sha)  # fmt: skip
+        staged = upload.staging_name or f"{upload.media_id}.part"
+        on_disk = await o.staging.size(staged) or 0
+        # A staging file gone while the blob is stored means an earlier confirm crashed
+        # between moving the blob and recording it: the blob was verified, finish the job.
+        resume = on_disk == 0 and await o.store.exists(sha)
+        if not resume:
+            if on_disk != size:
+                raise _Rejected("size_mismatch", f"received {on_disk} bytes, declared {size}",
+                                declared=size, received=on_disk)  # fmt: skip
+            # The hash taken while streaming, or (after a resumed upload) a fresh one.
+            actual = upload.received_sha256 or await o.staging.sha256(staged)
+            if actual != sha:
+                raise _Rejected("hash_mismatch", "the received bytes do not hash to file_hash",
+                                declared=sha, actual=actual)  # fmt: skip
+            try:
+                check_blob_layout(await o.staging.head(staged, 16), size)
+            except BlobFormatError as exc:
+                raise _Rejected("bad_format", f"not a valid blob: {exc}", reason=str(exc)) from None
+        thumb = self._decode_thumbnail(thumb_b64) if thumb_b64 is not None else None
+        thumb_sha = None
+        if thumb is not None:
+            thumb_sha = hashlib.sha256(thumb).hexdigest()
+            thumb_file = await o.staging.write_bytes(f"{upload.media_id}.thumb", thumb)
+            await o.store.commit(thumb_sha, thumb_file)
+        # Store-once: commit() keeps the first copy of the bytes and drops this one.
+        fresh = resume or await o.store.commit(sha, o.staging.path(staged))
+        await o.db(o.records.commit_upload, upload.media_id, sha, size, thumb_sha)
+        o.metrics.count("committed" if fresh else "deduplicated")
+        committed = await o.db(o.records.get_upload, upload.media_id)
+        assert committed is not None
+        return committed
+
+    def _decode_thumbnail(self, text: str) -> bytes:
+        limit = self.o.config.origin.max_thumbnail_size
+        if len(text) > (limit + 2) // 3 * 4:  # refuse before decoding an oversized string
+            raise _Rejected("bad_thumbnail", f"thumbnail exceeds {limit} bytes",
+                            reason="too_large", max_size=limit)  # fmt: skip
+        try:
+            data = base64.b64decode(text, validate=True)
+        except (binascii.Error, ValueError):
+            raise _Rejected("bad_thumbnail", "thumbnail_base64 is not valid base64",
+                            reason="bad_base64") from None  # fmt: skip
+        if len(data) > limit:
+            raise _Rejected("bad_thumbnail", f"thumbnail exceeds {limit} bytes",
+                            reason="too_large", max_size=limit)  # fmt: skip
+        try:
+            check_blob_layout(data[:16], len(data))
+        except BlobFormatError as exc:
+            raise _Rejected("bad_thumbnail", f"thumbnail is not a valid blob: {exc}",
+                            reason=str(exc)) from None  # fmt: skip
+        return data
+
+    # --- signed download URL -------------------------------------------------------------------
+
+    async def content(self, request: Request) -> Response:
+        """``GET /v1/media/{media_id}/content``: a signed, expiring URL of the committed blob.
+
+        Only the uploader may ask (uploads recorded before authentication have no owner: any
+        authenticated user may). The URL names the edge (``public_base_url``) and carries
+        ``exp``, ``kid`` and ``sig``; an edge checks them without asking the origin.
+        """
+        user = self.o.user(request)
+        media_id = request.path_params["media_id"]
+        upload = None
+        if MEDIA_ID.fullmatch(media_id):
+            upload = await self.o.db(self.o.records.get_upload, media_id)
+        if upload is None:
+            raise HTTPError(404, "not_found", f"no upload {media_id}")
+        self.o.check_owner(upload, user)
+        if upload.state is not UploadState.COMMITTED or upload.blob_sha256 is None:
+            raise HTTPError(409, "not_committed", "this upload has not been confirmed",
+                            state=str(upload.state))  # fmt: skip
+        now = self.o.clock()
+        path = f"/v/t1/{upload.blob_sha256}"
+        params = self.o.signer.sign_download(path, now)
+        exp = int(params["exp"])
+        answer: dict[str, Any] = {
+            "media_id": media_id,
+            "signed_url": f"{self.o.public}{path}?{urlencode(params)}",
+            "expires_at": exp,
+            "expires": iso_utc(exp),
+            "content_type": upload.file_type,
+        }
+        media = await self.o.db(self.o.records.get_media, upload.blob_sha256)
+        if media is not None and media.thumb_sha256 is not None:
+            thumb = f"{path}/thumb"
+            thumb_params = urlencode(self.o.signer.sign_download(thumb, now))
+            answer["thumbnail_signed_url"] = f"{self.o.public}{thumb}?{thumb_params}"
+        return JSONResponse(answer, headers=NO_STORE)
