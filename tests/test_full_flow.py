@@ -12,6 +12,7 @@ import httpx
 from PIL import Image
 
 from edgeproxy import cache, origin
+from edgeproxy.auth import mint_token
 from edgeproxy.client import MediaClient
 from edgeproxy.config import load_config
 from tests.servers import free_port, serve
@@ -40,7 +41,8 @@ def test_upload_then_download_through_edge_and_shield(tmp_path: Path) -> None:
     with serve(origin.create_app(config), ports["origin"]) as o, \
             serve(cache.create_app(config, "shield", upstream=o.url), ports["shield"]) as s, \
             serve(edge_app, ports["edge"]) as e:
-        with MediaClient(o.url) as client:
+        # The media API needs a bearer JWT (issue 4); the dev secret signs one for "alice".
+        with MediaClient(o.url, token=mint_token(config.auth.jwt_secret, "alice")) as client:
             payload = client.upload(image)
             assert payload["media_url"].startswith(e.url + "/v/t1/")
             blob_len = len(httpx.get(payload["media_url"].replace(e.url, o.url)).content)
