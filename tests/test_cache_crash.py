@@ -23,7 +23,8 @@ MIB = 1024 * 1024
 def start_edge(config: Path, upstream: str, port: int) -> subprocess.Popen[bytes]:
     proc = subprocess.Popen(
         [sys.executable, "-m", "edgeproxy", "--config", str(config), "serve", "--role", "edge",
-         "--upstream", upstream], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+         "--upstream", upstream], stdout=subprocess.DEVNULL,
+        stderr=open(config.parent / "edge.log", "ab"))  # noqa: SIM115
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         try:
@@ -32,7 +33,7 @@ def start_edge(config: Path, upstream: str, port: int) -> subprocess.Popen[bytes
         except httpx.HTTPError:
             time.sleep(0.1)
     proc.kill()
-    raise RuntimeError(f"edge did not start: {proc.stderr.read() if proc.stderr else b''!r}")
+    raise RuntimeError(f"edge did not start: {(config.parent / 'edge.log').read_text()}")
 
 
 @pytest.fixture
@@ -83,6 +84,40 @@ def test_kill_9_mid_fill_then_restart(tmp_path: Path,
         after = [h.range for h in test_origin.hits[requests_before:] if h.path == "/v/t1/big"]
         assert after == [f"bytes={MIB}-{len(big) - 1}"]
         assert httpx.get(url + "/v/t1/big").headers["x-cache"] == "HIT from edge"
+    finally:
+        edge.terminate()
+        edge.wait(10)
+
+
+async def test_collapsed_forwarding_across_worker_processes(
+        tmp_path: Path, origin: tuple[TestOrigin, ServerThread]) -> None:
+    """Two worker processes, 100 concurrent cold requests: one upstream request in all."""
+    import asyncio
+
+    import psutil
+
+    test_origin, osrv = origin
+    body = os.urandom(3 * MIB)
+    test_origin.put("/v/t1/shared", body)
+    test_origin.chunk, test_origin.chunk_delay = 64 * 1024, 0.02  # the fill takes ~1 s
+    port = free_port()
+    config = tmp_path / "config.yaml"
+    config.write_text(f"data_dir: {tmp_path / 'var'}\nlog_level: warning\n"
+                      f"edge: {{port: {port}, workers: 2}}\n")
+    url = f"http://127.0.0.1:{port}"
+    edge = start_edge(config, osrv.url, port)
+    try:
+        workers = psutil.Process(edge.pid).children(recursive=True)
+        async with httpx.AsyncClient(limits=httpx.Limits(max_connections=100),
+                                     timeout=30) as client:
+            results = await asyncio.gather(*(client.get(url + "/v/t1/shared")
+                                             for _ in range(100)))
+            serving = [w for w in workers if any(
+                c.laddr.port == port and c.status == psutil.CONN_ESTABLISHED
+                for c in w.net_connections())]
+        assert all(r.status_code == 200 and r.content == body for r in results)
+        assert len(serving) == 2, "both workers should have taken connections"
+        assert test_origin.count("/v/t1/shared") == 1, [h.range for h in test_origin.hits]
     finally:
         edge.terminate()
         edge.wait(10)

@@ -17,7 +17,7 @@ from ..errors import UpstreamError
 from ..ranges import ByteRange
 from . import policy
 from .fetch import Fetcher
-from .fills import SliceFill, SpanFetch
+from .fills import ForeignFill, SliceFill, SpanFetch
 from .store import CacheStore, SliceBody
 
 Send = Callable[[dict[str, Any]], Awaitable[None]]
@@ -37,7 +37,7 @@ class BodySource:
     read_size: int
     wait_timeout: float
     span: SpanFetch | None = None  # the fetch this request started or joined, if any
-    attached: dict[int, tuple[SliceFill, int]] = field(default_factory=dict)
+    attached: dict[int, tuple[SliceFill | ForeignFill, int]] = field(default_factory=dict)
     prefetched: dict[int, SliceBody] = field(default_factory=dict)  # looked up before headers
     fetched: bool = False  # did this delivery need any upstream bytes?
 
@@ -87,6 +87,17 @@ class BodySource:
             if body is not None:
                 return await _send_stored(body, start, end, self.read_size, send)
             if self.fetcher.fill_for(self.key, index) is None:
+                foreign = self.fetcher.foreign_fill(self.key, index, self.version)
+                if foreign is not None:
+                    # another worker process fills it: follow its file rather than refetch
+                    self.fetched = True
+                    try:
+                        return await self._follow(foreign, foreign.fd, start, end, send)
+                    finally:
+                        foreign.close()
+                body = self.store.get_slice(self.key, self.version, index)  # just committed?
+                if body is not None:
+                    return await _send_stored(body, start, end, self.read_size, send)
                 self.fetcher.start_span(self.key, self.path, index, last, self.version)
             self.attach(range(index, last + 1))
         if index not in self.attached:
@@ -94,7 +105,8 @@ class BodySource:
         fill, fd = self.attached[index]
         return await self._follow(fill, fd, start, end, send)
 
-    async def _follow(self, fill: SliceFill, fd: int, start: int, end: int, send: Send) -> int:
+    async def _follow(self, fill: SliceFill | ForeignFill, fd: int, start: int, end: int,
+                      send: Send) -> int:
         pos = start
         while pos <= end:
             if fill.error is not None:

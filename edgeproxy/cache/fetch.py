@@ -21,7 +21,8 @@ import httpx
 from ..errors import UpstreamError
 from . import policy
 from .beresp import BeResp, from_response, int_header, read_small, upstream_error
-from .fills import SliceFill, SpanFetch
+from .fills import ForeignFill, SliceFill, SpanFetch
+from .locks import FillLocks
 from .store import CacheStore
 
 log = logging.getLogger("edgeproxy.fetch")
@@ -52,6 +53,7 @@ class Fetcher:
         self.on_headers = on_headers
         self.on_upstream = on_upstream or (lambda status, nbytes: None)
         self.fills: dict[tuple[str, int], SliceFill] = {}
+        self.locks = FillLocks(store)
         self.backoff = backoff
         self.on_integrity_failure = on_integrity_failure or (lambda key, why: None)
         # After a failed connect, new fetches fail at once until this time: clients that can
@@ -72,6 +74,21 @@ class Fetcher:
         for (k, _i), fill in self.fills.items():
             if k.startswith(prefix):
                 fill.discard = True
+
+    def foreign_fill(self, key: str, index: int, version: str | None) -> ForeignFill | None:
+        """A follower for the slice if another worker process is filling it right now."""
+        temp = self.locks.foreign(key, index)
+        if temp is None:
+            return None
+        try:
+            return ForeignFill(
+                key, index, temp, version,
+                is_running=lambda: self.locks.foreign(key, index) is not None,
+                is_stored=lambda: version is not None
+                and self.store.has_slice(key, version, index),
+            )
+        except FileNotFoundError:
+            return None  # committed (or dropped) between the lookup and the open
 
     def fill_for(self, key: str, index: int) -> SliceFill | None:
         """The in-flight fill of a slice, if any."""
@@ -96,7 +113,9 @@ class Fetcher:
                     break
         span = SpanFetch(key, first, last)
         for i in range(first, (last if last is not None else first) + 1):
-            self._claim(span, i)
+            if not self._claim(span, i) and i > first:
+                span.last = i - 1  # another worker fills this one: stop the run before it
+                break
         task = asyncio.create_task(self._run(span, path, validators or {}))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -118,6 +137,7 @@ class Fetcher:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        self.locks.close()
 
     # --- internals ---
 
@@ -133,7 +153,10 @@ class Fetcher:
     def _claim(self, span: SpanFetch, index: int) -> bool:
         if (span.key, index) in self.fills:
             return False
-        fill = SliceFill(span.key, index, self.store.new_temp(), span)
+        temp = self.store.new_temp()
+        if not self.locks.claim(span.key, index, temp):
+            return False
+        fill = SliceFill(span.key, index, temp, span)
         self.fills[(span.key, index)] = fill
         span.fills[index] = fill
         return True
@@ -141,6 +164,7 @@ class Fetcher:
     def _release(self, fill: SliceFill) -> None:
         if self.fills.get((fill.key, fill.index)) is fill:
             del self.fills[(fill.key, fill.index)]
+            self.locks.release(fill.key, fill.index)
         fill.close()
 
     def _bereq_headers(self, extra: dict[str, str]) -> dict[str, str]:
@@ -186,6 +210,7 @@ class Fetcher:
                     self.on_upstream(resp.status_code, len(beresp.body))
                     span.headers_ready.set_result(beresp)
                     raise _NotABody(resp.status_code)
+                self._claim_rest(span, beresp)
                 version, span.digest = self.on_headers(span.key, beresp)
                 span.headers_ready.set_result(beresp)
                 self._plan(span, beresp, version)
@@ -213,19 +238,22 @@ class Fetcher:
                 raise
             log.warning("fill of %s failed: %s", span.key, err)
 
-    def _plan(self, span: SpanFetch, beresp: BeResp, version: str | None) -> None:
-        """Fix each claimed slice's expected length now that the object's length is known."""
+    def _claim_rest(self, span: SpanFetch, beresp: BeResp) -> None:
+        """Claim the slices an answer will carry beyond those asked for.
+
+        Runs before the object's facts are stored: a worker that sees the facts must also
+        see every claim, or it would fetch the same slices again.
+        """
         length = beresp.length
         if length is None:
             raise UpstreamError("upstream sent no length; cannot slice")
         count = policy.slice_count(length, self.slice_size)
+        version = beresp.version
         if span.last is None:
             # Open span: claim the rest of the object, up to the first slice already stored or
             # in flight (those bytes are someone else's and are skipped).
             for i in range(span.first + 1, count):
-                if version is not None and self.store.has_slice(span.key, version, i):
-                    break
-                if not self._claim(span, i):
+                if self.store.has_slice(span.key, version, i) or not self._claim(span, i):
                     break
         if beresp.body_start != 0 and beresp.body_start != span.first * self.slice_size:
             raise UpstreamError("upstream answered a different range than asked")
@@ -233,8 +261,14 @@ class Fetcher:
             # The upstream ignored Range and sends the whole body: take the slices before ours
             # as well, since the bytes pass by anyway.
             for i in range(0, span.first):
-                if version is None or not self.store.has_slice(span.key, version, i):
+                if not self.store.has_slice(span.key, version, i):
                     self._claim(span, i)
+
+    def _plan(self, span: SpanFetch, beresp: BeResp, version: str | None) -> None:
+        """Fix each claimed slice's expected length now that the object's length is known."""
+        length = beresp.length
+        assert length is not None
+        count = policy.slice_count(length, self.slice_size)
         whole = span.first == 0 and beresp.body_start == 0 and (
             span.last is None or span.last >= count - 1)
         if span.digest is not None and whole:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -96,3 +97,57 @@ class SpanFetch:
     fills: dict[int, SliceFill] = field(default_factory=dict)
     digest: str | None = None  # expected SHA-256 (hex) of the whole representation
     hasher: Any = None  # running SHA-256 when this span carries the whole body from byte 0
+
+
+# How often a follower in another worker process looks at a foreign fill's progress.
+FOREIGN_POLL = 0.005
+
+
+class ForeignFill:
+    """A slice another worker process is filling, followed through its temp file.
+
+    There is no event to wait on across processes, so progress is polled. The last byte is
+    held back until the leader has committed the slice (its lock gone and the slice stored):
+    the leader may still discard the body (a failed digest), and a follower must then fail too.
+    """
+
+    def __init__(self, key: str, index: int, temp: Path, version: str | None,
+                 is_running: Callable[[], bool], is_stored: Callable[[], bool]) -> None:
+        self.key = key
+        self.index = index
+        self.version = version
+        self.fd = os.open(temp, os.O_RDONLY)  # FileNotFoundError: already committed or gone
+        self._is_running = is_running
+        self._is_stored = is_stored
+        self.visible = 0
+        self.done = False
+        self.error: BaseException | None = None
+
+    def reader(self) -> int:
+        """A private descriptor for one delivery."""
+        return os.dup(self.fd)
+
+    def _refresh(self) -> None:
+        if self._is_running():
+            self.visible = max(0, os.fstat(self.fd).st_size - 1)
+        elif self._is_stored():
+            # measured after the commit was seen: the leader may have written since
+            self.visible, self.done = os.fstat(self.fd).st_size, True
+        else:
+            self.error = UpstreamError("the worker filling this slice gave up")
+
+    async def wait_beyond(self, position: int, timeout: float) -> None:
+        """Poll until more than ``position`` bytes may be sent, or the fill ended."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            self._refresh()
+            if self.visible > position or self.done or self.error is not None:
+                return
+            if asyncio.get_running_loop().time() > deadline:
+                raise UpstreamError(f"no progress from the filling worker for {timeout:.0f}s")
+            await asyncio.sleep(FOREIGN_POLL)
+
+    def close(self) -> None:
+        """Close our descriptor."""
+        with contextlib.suppress(OSError):
+            os.close(self.fd)

@@ -22,7 +22,7 @@ from .beresp import BeResp
 from .deliver import BodySource, Multipart, Send
 from .facts import Facts
 from .fetch import Fetcher
-from .fills import SpanFetch
+from .fills import FOREIGN_POLL, SpanFetch
 from .metrics import CONTENT_TYPE_LATEST, NodeMetrics
 from .passthrough import pass_request
 from .store import CacheStore, ObjectMeta, SliceBody
@@ -272,6 +272,13 @@ class CacheNode:
             return beresp, None
         index = first // self.config.cache.slice_size
         fill = self.fetcher.fill_for(req.key, index)
+        if fill is None and self.fetcher.locks.foreign(req.key, index) is not None:
+            # Another worker process leads this fill: wait for the facts it stores.
+            self.metrics.collapsed.labels(self.tier).inc()
+            known = await self._facts_from_other_worker(req, index, stale, timeout)
+            if known is not None:
+                return known, None
+            fill = self.fetcher.fill_for(req.key, index)
         if fill is not None:
             self.metrics.collapsed.labels(self.tier).inc()
             span = fill.span
@@ -289,6 +296,28 @@ class CacheNode:
             return await asyncio.wait_for(asyncio.shield(span.headers_ready), timeout), span
         except TimeoutError:
             raise UpstreamError(f"upstream timed out: no answer in {timeout:.0f}s") from None
+
+    async def _facts_from_other_worker(self, req: Req, index: int, stale: ObjectMeta | None,
+                                       timeout: float) -> BeResp | None:
+        """Poll the shared index for the facts another worker's fill stores.
+
+        None if that fill ended without storing any (uncacheable, failed): fetch ourselves.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        since = stale.freshness.response_time if stale is not None else 0.0
+        while loop.time() < deadline:
+            meta = self.store.get_meta(req.key)
+            if meta is not None and meta.freshness.response_time > since:
+                return BeResp(
+                    status=200, headers=list(meta.headers), length=meta.length,
+                    etag=meta.etag, last_modified=meta.last_modified,
+                    content_type=meta.content_type, request_time=meta.freshness.response_time,
+                    response_time=meta.freshness.response_time, x_cache=meta.upstream_cache)
+            if self.fetcher.locks.foreign(req.key, index) is None:
+                return None
+            await asyncio.sleep(FOREIGN_POLL)
+        raise UpstreamError(f"upstream timed out: no answer in {timeout:.0f}s")
 
     # --- policy glue ---
 

@@ -131,6 +131,21 @@ class CacheStore:
         else:
             self._cache.set(("s", key, version, index), AdoptFile(temp, size), tag=_tag(key))
 
+    # --- fills in flight (shared by worker processes) ---
+
+    def fill_record(self, key: str, index: int) -> str | None:
+        """The temp file another worker is filling slice ``index`` of ``key`` into."""
+        record = self._cache.get(("f", key, index))
+        return record if isinstance(record, str) else None
+
+    def set_fill_record(self, key: str, index: int, temp: str) -> None:
+        """Announce our fill of a slice to the other workers."""
+        self._cache.set(("f", key, index), temp)
+
+    def drop_fill_record(self, key: str, index: int) -> None:
+        """Withdraw the announcement (fill committed or failed)."""
+        self._cache.delete(("f", key, index))
+
     # --- removal and stats ---
 
     def purge(self, key: str) -> int:
