@@ -106,12 +106,15 @@ class Origin:
 
 
 @contextmanager
-def run_origin(data_dir: Path, clock: Clock | None = None, user: str = "alice",
+def run_origin(data_dir: Path, clock: Clock | None = None, user: str = "alice", *,
+               port: int | None = None, env: dict[str, str] | None = None,
                ) -> Iterator[Origin]:  # fmt: skip
-    port = free_port()
+    """An origin on ``port`` (default: a free one) whose client sends ``user``'s token."""
+    port = port or free_port()
     config = load_config(None, env={"EDGEPROXY_DATA_DIR": str(data_dir),
                                     "EDGEPROXY_ORIGIN__PORT": str(port),
-                                    "EDGEPROXY_PUBLIC_BASE_URL": PUBLIC})  # fmt: skip
+                                    "EDGEPROXY_PUBLIC_BASE_URL": PUBLIC,
+                                    **(env or {})})  # fmt: skip
     clock = clock or Clock()
     with serve(create_app(config, clock=clock), port) as srv, \
             httpx.Client(base_url=srv.url, timeout=10) as http:  # fmt: skip
