@@ -11,12 +11,20 @@ import logging
 import time
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import parse_qsl
 
 import httpx
 
 from ..config import Config, ContentClass
 from ..errors import ConfigError, HTTPError, UpstreamError
 from ..ranges import ByteRange, RangeNotSatisfiable, parse_range, resolve_ranges
+from ..signing import (
+    BadSignature,
+    DownloadSigner,
+    SignatureExpired,
+    has_download_signature,
+    signature_params,
+)
 from . import admin, asgi, policy
 from .beresp import BeResp
 from .deliver import BodySource, Multipart, Send
@@ -51,7 +59,9 @@ class Req:
             headers.setdefault(name.decode("latin-1"), value.decode("latin-1"))
         query = scope.get("query_string", b"").decode("latin-1")
         path = scope["path"]
-        return cls(scope["method"], path, query, headers, policy.cache_key(path, query))
+        # Signature parameters are not part of the key: one copy serves every signed URL.
+        key = policy.cache_key(path, query, signature_params())
+        return cls(scope["method"], path, query, headers, key)
 
     @property
     def upstream_path(self) -> str:
@@ -71,6 +81,7 @@ class CacheNode:
         self.classes: dict[str, ContentClass] = {c.name: c for c in config.content_classes}
         self.store = CacheStore(config.cache_dir(tier), config.node(tier).cache_size)
         self.facts = Facts(config, tier, self.store)
+        self.signer = DownloadSigner.from_config(config.download_signing)
         self.metrics = NodeMetrics(tier)
         self._client: httpx.AsyncClient | None = None
         self._fetcher: Fetcher | None = None
@@ -170,6 +181,7 @@ class CacheNode:
     async def recv(self, req: Req, scope: Scope, receive: Receive,
                    send: Send) -> tuple[str, str, int]:
         """Route one client request; returns (result, content class, body bytes sent)."""
+        self._check_signature(req)
         if req.method not in ("GET", "HEAD") or "authorization" in req.headers:
             if req.method not in ("GET", "HEAD", "OPTIONS", "TRACE"):
                 self.store.purge(req.key)  # RFC 9111 §4.4: unsafe methods invalidate
@@ -186,6 +198,25 @@ class CacheNode:
             self._refresh_in_background(req, meta)
             return await self.deliver(req, meta, send, result="STALE", upstream_cache=None)
         return await self.miss(req, meta, send)
+
+    def _check_signature(self, req: Req) -> None:
+        """Signed URLs are checked here, before any lookup or upstream traffic (seed 004:
+        signed URLs with expiry). A signature that is present must be valid even where the
+        content class does not require one."""
+        params = dict(parse_qsl(req.query, keep_blank_values=True)) if req.query else {}
+        signed = has_download_signature(params)
+        if not signed:
+            cls = policy.classify(req.path, None, self.config.content_classes)
+            if cls is not None and cls.require_signature:
+                raise HTTPError(403, "signature_required",
+                                f"{cls.name} URLs must be signed (exp, kid, sig)")
+            return
+        try:
+            self.signer.verify_download(req.path, params, time.time())
+        except SignatureExpired as exc:
+            raise HTTPError(403, "signature_expired", str(exc)) from None
+        except BadSignature as exc:
+            raise HTTPError(403, "bad_signature", str(exc)) from None
 
     def _refresh_in_background(self, req: Req, stale: ObjectMeta) -> None:
         """One revalidation per key while clients keep getting the stale copy (RFC 5861)."""
