@@ -342,3 +342,13 @@ def run_demo(config_path: str | None, *, echo: Any = click.echo) -> None:
             if digest != payload["file_sha256"]:
                 raise DemoFailed("the payload's file_sha256 is not the original's")
     echo("7. Stack stopped. Demo OK.")
+
+
+def _register_admin_commands() -> None:
+    from .cli_admin import purge, warm
+
+    cli.add_command(purge)
+    cli.add_command(warm)
+
+
+_register_admin_commands()

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -88,3 +92,38 @@ def test_warm_reports_progress_and_fills_the_cache(chain: Chain) -> None:
     for p in paths:
         assert httpx.get(chain.edge.url + p).headers["x-cache"] == "HIT from edge"
         assert chain.origin.count(p) == 1
+
+
+def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "edgeproxy", *args], capture_output=True,
+                          text=True, timeout=60, env={**os.environ, **(env or {})})
+
+
+def test_cli_purge_and_warm_address_every_node(chain: Chain, tmp_path: Path) -> None:
+    paths = ["/v/t1/c1", "/v/t1/c2"]
+    for p in paths:
+        chain.origin.put(p, pattern(20_000, seed=len(p)))
+    listing = tmp_path / "warm.txt"
+    listing.write_text(f"{chain.edge.url}{paths[0]}\n{paths[1]}\n")
+    r = _cli("warm", "--from-file", str(listing), "--node", chain.edge.url, "--token", TOKEN)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["warmed"][chain.edge.url] == {"done": 2, "failed": 0}
+    assert "200 /v/t1/c1 20000 bytes MISS from edge" in r.stderr
+    assert httpx.get(chain.edge.url + paths[0]).headers["x-cache"] == "HIT from edge"
+
+    r = _cli("purge", paths[0], "--node", chain.edge.url, "--node", chain.shield.url,
+             env={"EDGEPROXY_ADMIN_TOKEN": TOKEN})
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["purged"] == {chain.edge.url: 1, chain.shield.url: 1}
+    assert httpx.get(chain.edge.url + paths[0]).headers["x-cache"].startswith("MISS from edge")
+
+    r = _cli("purge", paths[1], "--node", chain.edge.url, "--token", "wrong")
+    assert r.returncode == 1
+    assert r.stderr.strip().startswith("edgeproxy: error: 403 forbidden")
+    assert "Traceback" not in r.stderr
+    no_token = tmp_path / "no-token.yaml"
+    no_token.write_text("log_level: warning\n")
+    r = _cli("purge", paths[1], "--node", chain.edge.url, "--config", str(no_token),
+             env={"EDGEPROXY_ADMIN_TOKEN": ""})
+    assert r.returncode == 2 and "no admin token" in r.stderr
+    assert httpx.get(chain.edge.url + paths[1]).headers["x-cache"] == "HIT from edge"
