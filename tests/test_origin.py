@@ -66,8 +66,10 @@ class Origin:
         return self.config.data_dir / "origin"
 
     def auth(self, user: str) -> dict[str, str]:
-        """The Authorization header of ``user`` (the fixture's client is "alice")."""
-        return {"Authorization": "Bearer " + mint_token(self.config.auth.jwt_secret, user)}
+        """The Authorization header of ``user`` (the fixture's client is "alice"); none if the
+        config has no HS256 secret to sign it with."""
+        secret = self.config.auth.jwt_secret
+        return {"Authorization": "Bearer " + mint_token(secret, user)} if secret else {}
 
     def staging(self) -> list[str]:
         return sorted(p.name for p in (self.root / "staging").iterdir())
@@ -724,3 +726,52 @@ def test_profile_photo_bad_user_and_empty_body(origin: Origin) -> None:
                         headers={"Content-Type": "image/png", **origin.auth("bob")})  # fmt: skip
     assert r.status_code == 400 and error_of(r) == "empty_body"
     assert origin.staging() == [] and origin.blobs() == []
+
+
+# --- store-once and metrics ------------------------------------------------------------------
+
+
+def _metric(o: Origin, name: str) -> float:
+    for line in o.http.get("/metrics").text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def test_store_once_keeps_one_copy_and_counts_the_saving(tmp_path: Path) -> None:
+    blob = make_blob(3000)
+    with run_origin(tmp_path) as o:
+        first = o.request(blob)
+        assert o.put(first["upload_url"], blob).status_code == 200
+        assert o.confirm(first["media_id"], sha(blob)).status_code == 200
+        # Bob uploads the same encrypted bytes (e.g. a forwarded message): his own record.
+        bob = o.auth("bob")
+        r = httpx.post(o.url + "/v1/media/upload/request", headers=bob, json={
+            "file_size": len(blob), "file_type": "image/jpeg", "file_hash": sha(blob)})
+        second = r.json()
+        # (Alice's token on Bob's upload URL would be a 403: the URL alone is the credential.)
+        assert httpx.put(second["upload_url"], content=blob).status_code == 200
+        r = httpx.post(o.url + "/v1/media/upload/confirm", headers=bob,
+                       json={"media_id": second["media_id"], "file_sha256": sha(blob)})
+        assert r.status_code == 200
+        assert o.blobs() == [sha(blob)] and o.staging() == []  # one file on disk
+        path = o.root / "blobs" / sha(blob)[:2] / sha(blob)[2:4] / sha(blob)
+        assert path.stat().st_nlink == 1  # not even a second hard link
+        # Each upload keeps its own record (and owner): each may get its own signed URL.
+        for ticket, headers in ((first, {}), (second, bob)):
+            r = o.http.get(f"/v1/media/{ticket['media_id']}/content", headers=headers)
+            assert r.status_code == 200 and sha(blob) in r.json()["signed_url"]
+        assert _metric(o, "edgeproxy_origin_dedup_bytes_saved_total") == len(blob)
+        assert _metric(o, "edgeproxy_origin_stored_bytes") == len(blob)
+        assert _metric(o, "edgeproxy_origin_stored_blobs") == 1
+        assert _metric(o, 'edgeproxy_origin_uploads_total{result="committed"}') == 1
+        assert _metric(o, 'edgeproxy_origin_uploads_total{result="deduplicated"}') == 1
+        assert _metric(o, 'edgeproxy_origin_uploads_total{result="created"}') == 2
+        assert _metric(o, "edgeproxy_origin_upload_received_bytes_total") == 2 * len(blob)
+        r = o.confirm(o.request(make_blob())["media_id"], "0" * 64)
+        assert r.status_code == 409
+    # The stored totals come from the database: a restarted origin reports the same.
+    with run_origin(tmp_path) as o:
+        assert _metric(o, "edgeproxy_origin_dedup_bytes_saved_total") == len(blob)
+        assert _metric(o, "edgeproxy_origin_unfinished_uploads") == 1
+        assert o.http.get("/metrics").headers["content-type"].startswith("text/plain")
