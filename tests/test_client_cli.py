@@ -307,3 +307,83 @@ def test_cli_errors_are_one_line(nodes: Nodes, uploaded: dict[str, Any], tmp_pat
                cwd=tmp_path)  # fmt: skip
     assert proc.returncode == 1 and "401 unauthorized" in proc.stderr
     assert "edgeproxy token --user" in proc.stderr and "Traceback" not in proc.stderr
+
+
+# --- client-side media facts -----------------------------------------------------------------
+
+
+def _flac(seconds: float, rate: int = 44100) -> bytes:
+    """A FLAC stream header (STREAMINFO only): enough for a reader to know the duration."""
+    import struct
+
+    bits = (rate << 44) | (1 << 41) | (15 << 36) | int(seconds * rate)
+    info = struct.pack(">HH", 4096, 4096) + bytes(6) + bits.to_bytes(8, "big") + bytes(16)
+    return b"fLaC" + bytes([0x80]) + len(info).to_bytes(3, "big") + info
+
+
+def _wav(seconds: int, rate: int = 8000) -> bytes:
+    import wave
+
+    out = io.BytesIO()
+    with wave.open(out, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(bytes(rate * 2 * seconds))
+    return out.getvalue()
+
+
+def _pdf(pages: int) -> bytes:
+    from pypdf import PdfWriter
+
+    writer, out = PdfWriter(), io.BytesIO()
+    for _ in range(pages):
+        writer.add_blank_page(200, 200)
+    writer.write(out)
+    return out.getvalue()
+
+
+def _mp4(seconds: int, width: int, height: int) -> bytes:
+    from tests.test_progressive import mp4_header
+
+    return mp4_header(seconds, width, height, 8 + 1000) + os.urandom(1000)
+
+
+@pytest.mark.parametrize(
+    ("name", "mimetype", "data", "facts"),
+    [
+        ("a.flac", "audio/flac", _flac(5.5), {"duration": 5.5}),
+        ("a.wav", "audio/wav", _wav(3), {"duration": 3.0}),
+        ("v.mp4", "video/mp4", _mp4(90, 1280, 720), {"duration": 90, "width": 1280,
+                                                     "height": 720}),
+        ("d.pdf", "application/pdf", _pdf(3), {"page_count": 3}),
+        ("noise.mp3", "audio/mpeg", os.urandom(5000), {}),
+        ("noise.pdf", "application/pdf", os.urandom(5000), {}),
+        ("noise.mp4", "video/mp4", b"\0\0\0\x10ftypisom" + os.urandom(5000), {}),
+        ("noise.png", "image/png", os.urandom(5000), {}),
+        ("a.zip", "application/zip", os.urandom(100), {}),
+    ],
+)  # fmt: skip
+def test_media_facts(tmp_path: Path, name: str, mimetype: str, data: bytes,
+                     facts: dict[str, Any]) -> None:  # fmt: skip
+    from edgeproxy.mediafacts import media_facts
+
+    path = tmp_path / name
+    path.write_bytes(data)
+    assert media_facts(path, mimetype) == facts
+
+
+def test_media_facts_ride_in_the_payload_only(nodes: Nodes, tmp_path: Path) -> None:
+    src = tmp_path / "report.pdf"
+    src.write_bytes(_pdf(4))
+    sent: list[bytes] = []
+    with MediaClient(nodes.origin, token=nodes.token, cdn_url=nodes.origin) as client:
+        client.http.event_hooks["request"] = [lambda r: sent.append(r.read())]
+        p = client.upload(src, conversation_id="conv_42")
+        assert p["page_count"] == 4 and p["type"] == "document"
+        client.download(p, tmp_path / "copy.pdf")
+    assert (tmp_path / "copy.pdf").read_bytes() == src.read_bytes()
+    request = json.loads(sent[0])
+    assert request["conversation_id"] == "conv_42" and request["file_type"] == "application/pdf"
+    assert set(request) == {"file_size", "file_type", "file_hash", "conversation_id"}
+    assert not any(b"page_count" in body or b"report.pdf" in body for body in sent)
