@@ -1,0 +1,1 @@
+"""edgeproxy benchmarks: side by side with nginx and Varnish (see README.md)."""

@@ -1,0 +1,233 @@
+"""edgeproxy side by side with nginx and Varnish: one command, one report.
+
+    python -m benchmarks.compare [--quick] [--only hit,late,stampede,memory,zipf,profile]
+
+Starts a bench origin, edgeproxy (edge; and edge → shield), nginx (proxy_cache; and with the
+slice module when built in) and Varnish on loopback ports, runs every section, writes
+``benchmarks/results/latest.{md,json,png}`` and stops every process it started — also on
+errors and Ctrl-C. ``bash benchmarks/run.sh`` installs what is missing first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import coldpath, deploy, hitpath, hotspots, memory, procs, report, targets, zipfmix
+
+SECTIONS = ("hit", "profile", "late", "stampede", "memory", "zipf")
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How long and how often each section runs."""
+
+    mode: str
+    hit_duration: float
+    hit_repeats: int
+    late_repeats: int
+    zipf_seconds: float
+    zipf_objects: int
+    profile_seconds: float
+    memory_clients: int = 64
+    stampede_clients: int = 200
+    stampede_objects: int = 20
+    throttle_mibps: float = 50.0
+    edge_workers: int = 2
+
+
+FULL = Plan("full", hit_duration=5, hit_repeats=3, late_repeats=3, zipf_seconds=30,
+            zipf_objects=10_000, profile_seconds=8)
+QUICK = Plan("quick", hit_duration=2, hit_repeats=1, late_repeats=2, zipf_seconds=10,
+             zipf_objects=10_000, profile_seconds=5)
+
+
+def _log(message: str) -> None:
+    print(message, flush=True)
+
+
+def _commit() -> str:
+    out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                         text=True, cwd=deploy.REPO, check=False)
+    dirty = subprocess.run(["git", "status", "--porcelain", "--", "edgeproxy"],
+                           capture_output=True, text=True, cwd=deploy.REPO, check=False)
+    return out.stdout.strip() + ("+dirty edgeproxy/" if dirty.stdout.strip() else "")
+
+
+def run(plan: Plan, sections: tuple[str, ...], out_dir: Path, keep: bool) -> dict[str, Any]:
+    """Start everything, run ``sections``, stop everything; the results."""
+    started = time.monotonic()
+    work = Path(tempfile.mkdtemp(prefix="edgeproxy-bench-"))
+    work.chmod(0o755)  # nginx workers (nobody) and Varnish (vcache) must reach their dirs
+    notes: list[str] = []
+    results: dict[str, Any] = {"meta": {
+        "started": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "mode": plan.mode, "commit": _commit(), "versions": deploy.tool_versions(),
+        "edge_workers": plan.edge_workers, "varnish_storage": "-s malloc,2g",
+        "throttle_mibps": plan.throttle_mibps,
+        "command": "bash benchmarks/run.sh" + (" --quick" if plan.mode == "quick" else ""),
+        "sections": list(sections), "plan": plan.__dict__,
+    }}
+    servers: list[deploy.Server] = []
+    origin: deploy.Origin | None = None
+    try:
+        _log(f"workdir {work}; generating blobs and starting the origin ...")
+        origin = deploy.Origin(work, work / "blobs")
+        _log("starting edgeproxy (edge), edgeproxy (edge -> shield), nginx, Varnish ...")
+        edge = deploy.start_edgeproxy(work, origin.url, workers=plan.edge_workers)
+        # One worker per tier: /metrics of a multi-worker node shows one worker only.
+        chain = deploy.start_edgeproxy(work, origin.url, name=targets.CHAIN, chain=True,
+                                       workers=1)
+        nginx = deploy.start_nginx(work, origin.url)
+        servers = [edge, chain, nginx]
+        if deploy.nginx_has_slice():
+            servers.append(deploy.start_nginx(work, origin.url, use_slice=True))
+        else:
+            notes.append("this nginx has no slice module: nginx-slice was not measured")
+        servers.append(deploy.start_varnish(work, origin.url))
+        hit_servers = [s for s in servers if s is not chain]
+        for s in servers:
+            _log(f"  {s.name:<16} {s.url}  (pid {s.front.pid})")
+        _sections(plan, sections, results, origin, servers, hit_servers, chain, out_dir, work)
+    finally:
+        for s in reversed(servers):
+            s.stop()
+        if origin is not None:
+            origin.stop()
+        procs.stop_all()
+        if keep:
+            _log(f"kept {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+    results["meta"]["elapsed_s"] = time.monotonic() - started
+    results["notes"] = notes + _standing_notes()
+    return results
+
+
+def _sections(plan: Plan, sections: tuple[str, ...], results: dict[str, Any],
+              origin: deploy.Origin, servers: list[deploy.Server],
+              hit_servers: list[deploy.Server], chain: deploy.Server, out_dir: Path,
+              work: Path) -> None:
+    edge = hit_servers[0]
+
+    def step(title: str) -> None:
+        _log(f"\n== {title} ==")
+
+    if "hit" in sections:
+        step("hit path")
+        origin.throttle(0)
+        records = hitpath.run_hitpath(hit_servers, origin, duration=plan.hit_duration,
+                                      repeats=plan.hit_repeats, log=_log)
+        names = [s.name for s in hit_servers]
+        results["hit_path"] = {
+            "duration_s": plan.hit_duration, "repeats": plan.hit_repeats, "servers": names,
+            "range": hitpath.RANGE_16M, "runs": records,
+            "summary": hitpath.summarize(records, names),
+        }
+    if "profile" in sections:
+        step("profiles of the edge (py-spy): 2 KiB hits, cold Zipf mix")
+        origin.throttle(0)
+        results["profile"] = [p for p in (
+            hotspots.profile_hit_path(edge, origin, out_dir, seconds=plan.profile_seconds,
+                                      log=_log),
+            hotspots.profile_miss_mix(edge, origin, out_dir, work,
+                                      seconds=plan.profile_seconds, log=_log),
+        ) if p is not None]
+    origin.throttle(plan.throttle_mibps)
+    if "late" in sections:
+        step(f"late range on a cold 100 MiB object (origin {plan.throttle_mibps:g} MiB/s)")
+        results["late_range"] = {
+            s.name: coldpath.late_range(s, origin, repeats=plan.late_repeats, log=_log)
+            for s in servers}
+    if "stampede" in sections:
+        step(f"stampede: {plan.stampede_clients} clients on {plan.stampede_objects} cold "
+             f"16 MiB objects")
+        results["stampede"] = {
+            s.name: coldpath.stampede(s, origin, clients=plan.stampede_clients,
+                                      objects=plan.stampede_objects, log=_log)
+            for s in servers}
+    if "memory" in sections:
+        step(f"memory: {plan.memory_clients} concurrent 100 MiB downloads")
+        origin.throttle(0)
+        for s in hit_servers:  # warm the blob (the hit path may not have run)
+            hitpath.warm(s, s.url + origin.blob("b100m"), {})
+        results["memory"] = [memory.peak_rss(s, origin, clients=plan.memory_clients,
+                                             cold=False, log=_log) for s in hit_servers]
+        origin.throttle(plan.throttle_mibps)
+        results["memory"] += [memory.peak_rss(s, origin, clients=plan.memory_clients,
+                                              cold=True, log=_log) for s in hit_servers]
+    if "zipf" in sections:
+        step(f"Zipf mix through edge -> shield ({plan.zipf_seconds:g} s)")
+        origin.throttle(0)
+        results["zipf"] = zipfmix.run_mix(chain, origin, work, objects=plan.zipf_objects,
+                                          duration=plan.zipf_seconds, connections=32,
+                                          log=_log)
+
+
+def _standing_notes() -> list[str]:
+    return [
+        "All processes share 2 CPUs with the load generator (wrk -t2 or the Python clients), "
+        "so absolute numbers are low and noisy; compare ratios within one run.",
+        "edgeproxy nodes run with log_level: warning (uvicorn's access log off); nginx has "
+        "access_log off; Varnish logs to its shared-memory log as always.",
+        "Objects are named by the SHA-256 of their bytes; cold runs use fresh objects, so "
+        "every cache is cold for them and no run warms another's object.",
+        "The origin paces each response at the stated MiB/s during cold runs; nginx and "
+        "Varnish fetch whole objects on a range miss and keep filling after the client "
+        "is gone — the next run waits for the origin to go idle.",
+    ]
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """Command-line options."""
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.compare",
+                                     description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="short run (a few minutes)")
+    parser.add_argument("--only", default=",".join(SECTIONS),
+                        help=f"comma-separated sections (default: all of {','.join(SECTIONS)})")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="results directory")
+    parser.add_argument("--stem", default="latest", help="results file name stem")
+    parser.add_argument("--keep-workdir", action="store_true",
+                        help="keep the temp dir (configs, logs, caches) for inspection")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the comparison and write the report; exit status 0 even if targets fail."""
+    args = parse_args(argv)
+    sections = tuple(s.strip() for s in args.only.split(",") if s.strip())
+    unknown = set(sections) - set(SECTIONS)
+    if unknown:
+        print(f"unknown section(s): {', '.join(sorted(unknown))}", file=sys.stderr)
+        return 2
+    missing = deploy.missing_tools()
+    if missing:
+        print(f"missing: {', '.join(missing)} — run bash benchmarks/run.sh, which installs "
+              f"them (apt-get install -y nginx varnish wrk)", file=sys.stderr)
+        return 2
+    procs.install_cleanup()
+    plan = QUICK if args.quick else FULL
+    args.out.mkdir(parents=True, exist_ok=True)
+    results = run(plan, sections, args.out, args.keep_workdir)
+    verdicts = targets.judge(results)
+    paths = report.write(results, verdicts, args.out, args.stem)
+    _log("\n== targets ==")
+    for v in verdicts:
+        _log(f"{v.word:<5} {v.target}: {v.detail}")
+    _log("\nwrote " + ", ".join(str(p) for p in paths))
+    return 0
+
+
+if __name__ == "__main__":
+    with contextlib.suppress(KeyboardInterrupt):
+        sys.exit(main())

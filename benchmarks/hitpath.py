@@ -1,0 +1,138 @@
+"""Hit path: wrk against warm caches, servers interleaved round-robin within each cell.
+
+For every cell (blob x connections) each server is warmed, checked to answer a HIT, then
+measured; repetitions rotate the server order so no server always runs first or last. The
+origin's request counter is read around every wrk run: a measured run that reached the origin
+was not a pure hit run, and is flagged.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from .deploy import Origin, Server
+from .wrk import run_wrk
+
+RANGE_16M = "bytes=8388608-8454143"  # 64 KiB, 64 KiB-aligned, in the middle of the 16 MiB blob
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One measured workload: a blob, an optional Range, a connection count."""
+
+    label: str
+    blob: str
+    range: str | None
+    body_bytes: int
+    connections: int
+    headline: bool  # a target is judged on it: repeated, spread reported
+    metric: str  # "rps" or "mibps": what the ratio compares
+
+    @property
+    def key(self) -> str:
+        """Stable id, e.g. ``2KiB@64``."""
+        return f"{self.label.replace(' ', '')}@{self.connections}"
+
+
+def cells(connections: tuple[int, ...] = (16, 64)) -> list[Cell]:
+    """The hit-path matrix: every blob size plus a 64 KiB range of the 16 MiB blob."""
+    kinds = [
+        ("2 KiB", "b2k", None, 2 * 1024, True, "rps"),
+        ("64 KiB", "b64k", None, 64 * 1024, False, "rps"),
+        ("64 KiB range", "b16m", RANGE_16M, 64 * 1024, True, "rps"),
+        ("1 MiB", "b1m", None, 1024**2, True, "mibps"),
+        ("16 MiB", "b16m", None, 16 * 1024**2, True, "mibps"),
+        ("100 MiB", "b100m", None, 100 * 1024**2, False, "mibps"),
+    ]
+    return [Cell(label, blob, rng, size, c, headline, metric)
+            for label, blob, rng, size, headline, metric in kinds for c in connections]
+
+
+def warm(server: Server, url: str, headers: dict[str, str], tries: int = 6) -> str:
+    """Request ``url`` until the server says HIT; the cache header seen last."""
+    seen = ""
+    with httpx.Client(timeout=120) as client:
+        for _ in range(tries):
+            with client.stream("GET", url, headers=headers) as resp:
+                for _chunk in resp.iter_raw(1024**2):
+                    pass
+                if resp.status_code not in (200, 206):
+                    raise RuntimeError(f"{server.name}: {url} answered {resp.status_code}")
+                seen = server.cache_header(resp.headers)
+                if server.is_hit(resp.headers):
+                    return seen
+    raise RuntimeError(f"{server.name}: no HIT for {url} after {tries} requests ({seen})")
+
+
+def run_hitpath(servers: list[Server], origin: Origin, *, duration: float, repeats: int,
+                log: Callable[[str], None], connections: tuple[int, ...] = (16, 64),
+                ) -> list[dict[str, Any]]:  # fmt: skip
+    """Measure every cell on every server; one record per wrk run."""
+    records: list[dict[str, Any]] = []
+    paths = {blob: origin.blob(blob) for blob in {c.blob for c in cells(connections)}}
+    for cell in cells(connections):
+        headers = {"Range": cell.range} if cell.range else {}
+        path = paths[cell.blob]
+        warmed = {s.name: warm(s, s.url + path, headers) for s in servers}
+        reps = repeats if cell.headline else 1
+        for rep in range(reps):
+            order = servers[rep % len(servers):] + servers[: rep % len(servers)]
+            for server in order:
+                before = origin.stats()["total_requests"]
+                res = run_wrk(server.url + path, connections=cell.connections,
+                              duration=duration, headers=headers)
+                reached_origin = origin.stats()["total_requests"] - before
+                records.append({
+                    "cell": cell.key, "label": cell.label, "connections": cell.connections,
+                    "server": server.name, "rep": rep, "wrk": res.to_json(),
+                    "origin_requests": reached_origin, "cache_header": warmed[server.name],
+                })
+                flag = "" if reached_origin == 0 and res.errors == 0 else \
+                    f"  !! origin requests {reached_origin}, errors {res.errors}"
+                log(f"  {cell.key:<22} {server.name:<12} rep {rep}: {res.rps:10.0f} req/s "
+                    f"{res.mibps:8.0f} MiB/s  p50 {res.p50_us / 1000:7.2f} ms  "
+                    f"p99 {res.p99_us / 1000:7.2f} ms{flag}")
+    return records
+
+
+def summarize(records: list[dict[str, Any]], servers: list[str]) -> list[dict[str, Any]]:
+    """Per cell and server: medians over repetitions, with the min-max spread."""
+    out = []
+    for cell in cells(tuple(sorted({r["connections"] for r in records}))):
+        row: dict[str, Any] = {"cell": cell.key, "label": cell.label,
+                               "connections": cell.connections, "metric": cell.metric,
+                               "headline": cell.headline, "servers": {}}
+        for name in servers:
+            runs = [r for r in records if r["cell"] == cell.key and r["server"] == name]
+            if not runs:
+                continue
+            rps = [r["wrk"]["rps"] for r in runs]
+            mibps = [r["wrk"]["mibps"] for r in runs]
+            row["servers"][name] = {
+                "rps": statistics.median(rps), "rps_min": min(rps), "rps_max": max(rps),
+                "mibps": statistics.median(mibps), "mibps_min": min(mibps),
+                "mibps_max": max(mibps),
+                "p50_ms": statistics.median(r["wrk"]["p50_us"] for r in runs) / 1000,
+                "p99_ms": statistics.median(r["wrk"]["p99_us"] for r in runs) / 1000,
+                "completed": sum(r["wrk"]["requests"] for r in runs),
+                "errors": sum(r["wrk"]["connect_errors"] + r["wrk"]["read_errors"]
+                              + r["wrk"]["write_errors"] + r["wrk"]["status_errors"]
+                              + r["wrk"]["timeouts"] for r in runs),
+                "origin_requests": sum(r["origin_requests"] for r in runs),
+                "repeats": len(runs),
+            }
+        out.append(row)
+    return out
+
+
+def ratio(row: dict[str, Any], a: str, b: str) -> float | None:
+    """``a``'s value over ``b``'s on the cell's metric (None if either is missing)."""
+    sa, sb = row["servers"].get(a), row["servers"].get(b)
+    if not sa or not sb or not sb[row["metric"]]:
+        return None
+    return float(sa[row["metric"]] / sb[row["metric"]])

@@ -1,0 +1,111 @@
+"""Peak RSS of a server while many clients download the 100 MiB blob at once.
+
+A sampler thread reads the RSS of the server's top process and all its descendants every
+50 ms (psutil) while the downloads run; it reports the peak of the sum and of each process, so a
+multi-worker server's per-worker peak is visible.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import urlsplit
+
+import psutil
+
+from . import rawhttp
+from .deploy import Origin, Server
+
+MIB = 1024**2
+
+
+class RssSampler:
+    """Samples a process tree's RSS in a background thread."""
+
+    def __init__(self, pid: int, interval: float = 0.05) -> None:
+        self.root = psutil.Process(pid)
+        self.interval = interval
+        self.peak_total = 0
+        self.peak_by_pid: dict[int, int] = {}
+        self.names: dict[int, str] = {}
+        self.samples = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="rss-sampler", daemon=True)
+
+    def _tree(self) -> list[psutil.Process]:
+        try:
+            return [self.root, *self.root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return []
+
+    def sample(self) -> int:
+        """Take one sample now; the tree's total RSS."""
+        total = 0
+        for proc in self._tree():
+            try:
+                rss = proc.memory_info().rss
+                if proc.pid not in self.names:
+                    self.names[proc.pid] = " ".join(proc.cmdline()[:3])[-60:]
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                continue
+            total += rss
+            self.peak_by_pid[proc.pid] = max(self.peak_by_pid.get(proc.pid, 0), rss)
+        self.peak_total = max(self.peak_total, total)
+        self.samples += 1
+        return total
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self.sample()
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> RssSampler:
+        self.baseline = self.sample()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
+async def _download_all(host: str, port: int, path: str, clients: int,
+                        timeout: float) -> list[rawhttp.Fetch]:
+    return list(await asyncio.gather(*(rawhttp.get(host, port, path, timeout=timeout)
+                                       for _ in range(clients))))
+
+
+def peak_rss(server: Server, origin: Origin, *, clients: int, cold: bool,
+             log: Callable[[str], None], timeout: float = 180.0) -> dict[str, Any]:
+    """Peak RSS of ``server`` while ``clients`` fetch the 100 MiB blob (or a cold copy)."""
+    parts = urlsplit(server.url)
+    assert parts.hostname is not None and parts.port is not None
+    path = origin.fresh("b100m", 1)[0] if cold else origin.blob("b100m")
+    t0 = time.perf_counter()
+    with RssSampler(server.front.pid) as sampler:
+        fetches = rawhttp.run(_download_all(parts.hostname, parts.port, path, clients, timeout))
+    wall = time.perf_counter() - t0
+    origin.wait_idle(timeout=60)
+    complete = sum(f.complete for f in fetches)
+    top = server.front.pid
+    # The largest process other than a supervisor: for uvicorn and nginx, a worker.
+    workers = {pid: rss for pid, rss in sampler.peak_by_pid.items() if pid != top}
+    per_worker = max(workers.values()) if workers else sampler.peak_by_pid.get(top, 0)
+    result = {
+        "server": server.name, "clients": clients, "cold": cold, "wall_s": wall,
+        "complete": complete, "samples": sampler.samples,
+        "baseline_mib": sampler.baseline / MIB, "peak_total_mib": sampler.peak_total / MIB,
+        "peak_per_worker_mib": per_worker / MIB,
+        "processes": {f"{pid} {sampler.names.get(pid, '')}": rss / MIB
+                      for pid, rss in sampler.peak_by_pid.items()},
+        "client_mibps": sum(f.body_bytes for f in fetches) / MIB / wall if wall else 0.0,
+        "errors": sorted({f.error or f"status {f.status}" for f in fetches if not f.complete}),
+    }
+    log(f"  memory {server.name:<16} {'cold' if cold else 'warm'}: {complete}/{clients} "
+        f"complete in {wall:.1f} s; peak RSS total {result['peak_total_mib']:.0f} MiB, "
+        f"largest worker {result['peak_per_worker_mib']:.0f} MiB "
+        f"(baseline {result['baseline_mib']:.0f} MiB, {sampler.samples} samples)")
+    return result
