@@ -107,11 +107,11 @@ async def test_collapsed_forwarding_across_worker_processes(
     url = f"http://127.0.0.1:{port}"
     edge = start_edge(config, osrv.url, port)
     try:
-        workers = psutil.Process(edge.pid).children(recursive=True)
         async with httpx.AsyncClient(limits=httpx.Limits(max_connections=100),
                                      timeout=30) as client:
             results = await asyncio.gather(*(client.get(url + "/v/t1/shared")
                                              for _ in range(100)))
+            workers = psutil.Process(edge.pid).children(recursive=True)
             serving = [w for w in workers if any(
                 c.laddr.port == port and c.status == psutil.CONN_ESTABLISHED
                 for c in w.net_connections())]

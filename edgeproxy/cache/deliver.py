@@ -22,6 +22,10 @@ from .store import CacheStore, SliceBody
 
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 
+# A slice can be claimed by another worker between our look and our claim; look again this
+# many times before giving up.
+CLAIM_ATTEMPTS = 3
+
 
 @dataclass
 class BodySource:
@@ -86,8 +90,11 @@ class BodySource:
                 self.store.get_slice(self.key, self.version, index)
             if body is not None:
                 return await _send_stored(body, start, end, self.read_size, send)
-            if self.fetcher.fill_for(self.key, index) is None:
-                foreign = self.fetcher.foreign_fill(self.key, index, self.version)
+            for _attempt in range(CLAIM_ATTEMPTS):
+                if self.fetcher.fill_for(self.key, index) is not None:
+                    break
+                foreign = await self.fetcher.foreign_fill(self.key, index, self.version,
+                                                          self.wait_timeout)
                 if foreign is not None:
                     # another worker process fills it: follow its file rather than refetch
                     self.fetched = True
@@ -98,7 +105,9 @@ class BodySource:
                 body = self.store.get_slice(self.key, self.version, index)  # just committed?
                 if body is not None:
                     return await _send_stored(body, start, end, self.read_size, send)
-                self.fetcher.start_span(self.key, self.path, index, last, self.version)
+                if self.fetcher.start_span(self.key, self.path, index, last,
+                                           self.version) is not None:
+                    break
             self.attach(range(index, last + 1))
         if index not in self.attached:
             raise UpstreamError(f"slice {index} is neither stored nor being filled")

@@ -10,18 +10,20 @@ off marks its unfinished fills failed, so followers abort instead of delivering 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import logging
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import httpx
 
 from ..errors import UpstreamError
 from . import policy
 from .beresp import BeResp, from_response, int_header, read_small, upstream_error
-from .fills import ForeignFill, SliceFill, SpanFetch
+from .fills import FOREIGN_POLL, ForeignFill, SliceFill, SpanFetch
 from .locks import FillLocks
 from .store import CacheStore
 
@@ -75,20 +77,26 @@ class Fetcher:
             if k.startswith(prefix):
                 fill.discard = True
 
-    def foreign_fill(self, key: str, index: int, version: str | None) -> ForeignFill | None:
-        """A follower for the slice if another worker process is filling it right now."""
-        temp = self.locks.foreign(key, index)
-        if temp is None:
-            return None
-        try:
-            return ForeignFill(
-                key, index, temp, version,
-                is_running=lambda: self.locks.foreign(key, index) is not None,
-                is_stored=lambda: version is not None
-                and self.store.has_slice(key, version, index),
-            )
-        except FileNotFoundError:
-            return None  # committed (or dropped) between the lookup and the open
+    async def foreign_fill(self, key: str, index: int, version: str | None,
+                           timeout: float) -> ForeignFill | None:
+        """A follower for the slice while another worker process fills it; None once no
+        other process holds it (then it is stored, or nobody fills it)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self.locks.held_elsewhere(key, index):
+            temp = self.store.fill_record(key, index)
+            if temp is not None:
+                with contextlib.suppress(FileNotFoundError):  # committed just now
+                    return ForeignFill(
+                        key, index, Path(temp), version,
+                        is_running=lambda: self.locks.held_elsewhere(key, index),
+                        is_stored=lambda: version is not None
+                        and self.store.has_slice(key, version, index),
+                    )
+            if loop.time() > deadline:
+                raise UpstreamError(f"slice {index} stayed claimed by another worker")
+            await asyncio.sleep(FOREIGN_POLL)  # its record is on the way
+        return None
 
     def fill_for(self, key: str, index: int) -> SliceFill | None:
         """The in-flight fill of a slice, if any."""
@@ -96,14 +104,15 @@ class Fetcher:
 
     def start_span(self, key: str, path: str, first: int, last: int | None,
                    version: str | None = None,
-                   validators: dict[str, str] | None = None) -> SpanFetch:
+                   validators: dict[str, str] | None = None) -> SpanFetch | None:
         """Start one upstream request for slices ``first..last`` not already in flight.
 
         Claims (registers) the slices synchronously, so a concurrent request for any of them
         follows this fetch instead of starting its own: that is collapsed forwarding. The run
         stops before the first slice that is already stored (at ``version``) or in flight.
         ``validators`` (``If-None-Match``/``If-Modified-Since``) make it a revalidation: a 304
-        answer refreshes the stored facts and no body moves.
+        answer refreshes the stored facts and no body moves. None if another worker process
+        holds the first slice.
         """
         if last is not None:
             for i in range(first + 1, last + 1):
@@ -112,8 +121,10 @@ class Fetcher:
                     last = i - 1
                     break
         span = SpanFetch(key, first, last)
-        for i in range(first, (last if last is not None else first) + 1):
-            if not self._claim(span, i) and i > first:
+        if not self._claim(span, first):
+            return None  # another worker process claimed it first: follow that instead
+        for i in range(first + 1, (last if last is not None else first) + 1):
+            if not self._claim(span, i):
                 span.last = i - 1  # another worker fills this one: stop the run before it
                 break
         task = asyncio.create_task(self._run(span, path, validators or {}))

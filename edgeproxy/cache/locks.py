@@ -12,13 +12,11 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import os
-import time
 from pathlib import Path
 
 from .store import CacheStore
 
 STRIPES = 1 << 22  # enough that two live fills rarely share a stripe
-RECORD_WAIT_STEPS = 5  # x 1 ms, only in the rare race between a lock and its record
 
 
 def _stripe(key: str, index: int) -> int:
@@ -39,20 +37,16 @@ class FillLocks:
     def claim(self, key: str, index: int, temp: Path) -> bool:
         """Try to become the one process filling this slice; record our temp file if so.
 
-        False only when another process fills this very slice. On a stripe collision with a
-        different key we lead anyway (a duplicate fetch, never a wrong body).
+        False when another process holds the slice's stripe: usually it fills this very
+        slice; rarely it is a different key on the same stripe, and then the caller waits for
+        that fill to end, which costs time but never a duplicate fetch or a wrong body.
         """
         stripe = _stripe(key, index)
         if stripe not in self._held:
             try:
                 fcntl.lockf(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, stripe)
             except OSError:
-                # The holder writes its record right after locking: give it a moment.
-                for _ in range(RECORD_WAIT_STEPS):
-                    if self.store.fill_record(key, index) is not None:
-                        return False
-                    time.sleep(0.001)
-                return True  # a different key on the same stripe: lead without the lock
+                return False
         self._held[stripe] = self._held.get(stripe, 0) + 1
         self.store.set_fill_record(key, index, str(temp))
         return True
@@ -69,18 +63,24 @@ class FillLocks:
             del self._held[stripe]
             fcntl.lockf(self._fd, fcntl.LOCK_UN, 1, stripe)
 
-    def foreign(self, key: str, index: int) -> Path | None:
-        """The temp file another process is filling this slice into, if any."""
+    def held_elsewhere(self, key: str, index: int) -> bool:
+        """Whether another process holds this slice's stripe right now."""
         stripe = _stripe(key, index)
         if stripe in self._held:
-            return None  # ours (the in-process registry knows which key)
+            return False  # ours (the in-process registry knows which key)
         try:
             fcntl.lockf(self._fd, fcntl.LOCK_SH | fcntl.LOCK_NB, 1, stripe)
         except OSError:
-            record = self.store.fill_record(key, index)
-            return Path(record) if record else None
+            return True
         fcntl.lockf(self._fd, fcntl.LOCK_UN, 1, stripe)
-        return None
+        return False
+
+    def foreign(self, key: str, index: int) -> Path | None:
+        """The temp file another process is filling this slice into, if it has said so."""
+        if not self.held_elsewhere(key, index):
+            return None
+        record = self.store.fill_record(key, index)
+        return Path(record) if record else None
 
     def close(self) -> None:
         """Release every claim (shutdown)."""

@@ -27,7 +27,7 @@ from ..signing import (
 )
 from . import admin, asgi, policy
 from .beresp import BeResp
-from .deliver import BodySource, Multipart, Send
+from .deliver import CLAIM_ATTEMPTS, BodySource, Multipart, Send
 from .facts import Facts
 from .fetch import Fetcher
 from .fills import FOREIGN_POLL, SpanFetch
@@ -302,31 +302,38 @@ class CacheNode:
                 self.facts.on_headers(req.key, beresp)
             return beresp, None
         index = first // self.config.cache.slice_size
-        fill = self.fetcher.fill_for(req.key, index)
-        if fill is None and self.fetcher.locks.foreign(req.key, index) is not None:
-            # Another worker process leads this fill: wait for the facts it stores.
-            self.metrics.collapsed.labels(self.tier).inc()
-            known = await self._facts_from_other_worker(req, index, stale, timeout)
-            if known is not None:
-                return known, None
+        for _attempt in range(CLAIM_ATTEMPTS):
             fill = self.fetcher.fill_for(req.key, index)
-        if fill is not None:
-            self.metrics.collapsed.labels(self.tier).inc()
-            span = fill.span
-        else:
-            last = self._last_slice(req)
-            validators = {}
-            if stale is not None and stale.status == 200:
-                if stale.etag:
-                    validators["if-none-match"] = stale.etag
-                elif stale.last_modified:
-                    validators["if-modified-since"] = stale.last_modified
-            span = self.fetcher.start_span(req.key, req.upstream_path, index, last,
-                                           validators=validators)
-        try:
-            return await asyncio.wait_for(asyncio.shield(span.headers_ready), timeout), span
-        except TimeoutError:
-            raise UpstreamError(f"upstream timed out: no answer in {timeout:.0f}s") from None
+            if fill is None and self.fetcher.locks.held_elsewhere(req.key, index):
+                # Another worker process leads this fill: wait for the facts it stores.
+                self.metrics.collapsed.labels(self.tier).inc()
+                known = await self._facts_from_other_worker(req, index, stale, timeout)
+                if known is not None:
+                    return known, None
+                continue
+            if fill is not None:
+                self.metrics.collapsed.labels(self.tier).inc()
+                span = fill.span
+            else:
+                started = self.fetcher.start_span(req.key, req.upstream_path, index,
+                                                  self._last_slice(req),
+                                                  validators=self._validators(stale))
+                if started is None:
+                    continue  # claimed by another worker a moment ago
+                span = started
+            try:
+                return await asyncio.wait_for(asyncio.shield(span.headers_ready), timeout), span
+            except TimeoutError:
+                raise UpstreamError(f"upstream timed out: no answer in {timeout:.0f}s") from None
+        raise UpstreamError(f"could not take part in the fill of slice {index}")
+
+    @staticmethod
+    def _validators(stale: ObjectMeta | None) -> dict[str, str]:
+        if stale is None or stale.status != 200:
+            return {}
+        if stale.etag:
+            return {"if-none-match": stale.etag}
+        return {"if-modified-since": stale.last_modified} if stale.last_modified else {}
 
     async def _facts_from_other_worker(self, req: Req, index: int, stale: ObjectMeta | None,
                                        timeout: float) -> BeResp | None:
@@ -345,7 +352,7 @@ class CacheNode:
                     etag=meta.etag, last_modified=meta.last_modified,
                     content_type=meta.content_type, request_time=meta.freshness.response_time,
                     response_time=meta.freshness.response_time, x_cache=meta.upstream_cache)
-            if self.fetcher.locks.foreign(req.key, index) is None:
+            if not self.fetcher.locks.held_elsewhere(req.key, index):
                 return None
             await asyncio.sleep(FOREIGN_POLL)
         raise UpstreamError(f"upstream timed out: no answer in {timeout:.0f}s")
