@@ -230,6 +230,9 @@ class MediaClient:
                 if response.status_code == 409 and code == "offset_mismatch":
                     offset = int(response.headers["x-upload-offset"])  # the origin's, not ours
                     problem = f"origin is at offset {offset}"
+                elif response.status_code == 409 and code == "already_uploaded" and offset:
+                    # An earlier attempt delivered every byte but its answer was lost.
+                    return
                 elif not (response.status_code >= 500 or code == "upload_in_progress"):
                     _raise_for_status(response)
                     body = response.json()
@@ -245,6 +248,8 @@ class MediaClient:
             time.sleep(min(self.retry_backoff * 2 ** (failures - 1), MAX_BACKOFF))
             with contextlib.suppress(httpx.TransportError):
                 offset = self._upload_offset(url)  # where the origin really stands
+                if offset == length:  # the last attempt got through; only its answer was lost
+                    return
 
     def _upload_offset(self, url: str) -> int:
         """How many bytes of the upload the origin has (``HEAD`` → ``X-Upload-Offset``)."""

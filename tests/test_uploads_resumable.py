@@ -349,6 +349,8 @@ class CuttingProxy:
     def __init__(self, upstream_port: int, cut_after: int, cuts: int = 1) -> None:
         self.upstream_port, self.cut_after, self.cuts = upstream_port, cut_after, cuts
         self.cut = 0
+        # Instead: relay such a request whole, then drop its *answer* and the connection.
+        self.drop_responses = False
         self.sock = socket.create_server(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
@@ -366,20 +368,32 @@ class CuttingProxy:
     def _serve(self, client: socket.socket) -> None:
         upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
 
+        doomed = threading.Event()  # relay the request, but never its answer
+
         def back() -> None:
             try:
                 while data := upstream.recv(65536):
+                    if doomed.is_set():
+                        break
                     client.sendall(data)
             except OSError:
                 pass
             finally:
+                # shutdown, not only close: it wakes the other thread's recv and sends FIN.
+                with contextlib.suppress(OSError):
+                    client.shutdown(socket.SHUT_RDWR)
                 client.close()
 
         threading.Thread(target=back, daemon=True).start()
         sent = 0
         try:
             while data := client.recv(65536):
-                if sent + len(data) > self.cut_after:
+                if self.drop_responses and sent + len(data) > self.cut_after:
+                    with self._lock:
+                        if self.cut < self.cuts:
+                            self.cut += 1
+                            doomed.set()
+                elif sent + len(data) > self.cut_after:
                     with self._lock:
                         cut = self.cut < self.cuts
                         self.cut += cut
@@ -465,6 +479,23 @@ def test_client_resumes_a_dropped_put(proxied: tuple[Origin, CuttingProxy],
     assert received_bytes(o) == blob_size
     blob = o.http.get(f"/v/t1/{payload['file_enc_sha256']}").content
     assert len(blob) == blob_size and sha(blob) == payload["file_enc_sha256"]
+
+
+def test_client_survives_a_lost_answer(proxied: tuple[Origin, CuttingProxy],
+                                       tmp_path: Path) -> None:  # fmt: skip
+    # Every byte arrives, the origin answers, and the answer is lost with the connection: the
+    # client must find out from HEAD that it is done, not fail on "already uploaded".
+    o, proxy = proxied
+    proxy.drop_responses, proxy.cuts = True, 1
+    src = tmp_path / "clip.mp4"
+    src.write_bytes(os.urandom(400_000))
+    with MediaClient(o.url, token=o.auth("alice")["Authorization"][7:],
+                     retry_backoff=0.05) as client:  # fmt: skip
+        payload = client.upload(src)
+    assert proxy.cut == 1
+    assert received_bytes(o) == crypto.enc_length(400_000)  # sent once, not again
+    assert sha(o.http.get(f"/v/t1/{payload['file_enc_sha256']}").content) == \
+        payload["file_enc_sha256"]
 
 
 def test_client_gives_up_after_its_retries(proxied: tuple[Origin, CuttingProxy],
