@@ -124,7 +124,7 @@ def test_shield_hit_after_edge_cache_cleared_and_metrics(tmp_path: Path) -> None
             assert httpx.get(edge.url + "/v/t1/m").headers["x-cache"] == \
                 "MISS from edge, MISS from shield"
             assert httpx.get(edge.url + "/v/t1/m").headers["x-cache"] == "HIT from edge"
-            edge_app.store.clear()
+            edge_app.clear()
             r = httpx.get(edge.url + "/v/t1/m")
             assert r.content == body
             assert r.headers["x-cache"] == "MISS from edge, HIT from shield"

@@ -55,7 +55,7 @@ def test_upload_then_download_through_edge_and_shield(tmp_path: Path) -> None:
                 results.append(result.x_cache)
             assert results == ["MISS from edge, MISS from shield", "HIT from edge"]
 
-            edge_app.store.clear()
+            edge_app.clear()
             result = client.download(payload, tmp_path / "third.png")
             assert result.x_cache == "MISS from edge, HIT from shield"
             assert hashlib.sha256((tmp_path / "third.png").read_bytes()).hexdigest() == \

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
@@ -39,15 +41,24 @@ class NodeMetrics:
                                  "Time to answer a client request (until the last byte)",
                                  ["tier", "result"], buckets=_LATENCY_BUCKETS,
                                  registry=r)
+        self._children: dict[tuple[str, str], tuple[Any, Any, Any]] = {}
         self.cache_size = Gauge("edgeproxy_cache_size_bytes", "Bytes in the disk cache",
                                 ["tier"], registry=r)
 
     def observe(self, result: str, content_class: str, nbytes: int, seconds: float) -> None:
         """Account one answered client request."""
-        self.requests.labels(self.tier, result, content_class).inc()
+        children = self._children.get((result, content_class))
+        if children is None:
+            # labels() hashes and validates on every call: resolve each series once
+            children = (self.requests.labels(self.tier, result, content_class),
+                        self.response_bytes.labels(self.tier, result, content_class),
+                        self.latency.labels(self.tier, result))
+            self._children[(result, content_class)] = children
+        requests, response_bytes, latency = children
+        requests.inc()
         if nbytes:
-            self.response_bytes.labels(self.tier, result, content_class).inc(nbytes)
-        self.latency.labels(self.tier, result).observe(seconds)
+            response_bytes.inc(nbytes)
+        latency.observe(seconds)
 
     def upstream(self, status: int, nbytes: int) -> None:
         """Account one upstream response."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -31,6 +32,7 @@ from .deliver import CLAIM_ATTEMPTS, BodySource, Multipart, Send
 from .facts import Facts
 from .fetch import Fetcher
 from .fills import FOREIGN_POLL, SpanFetch
+from .hot import HotEntry, HotTier, PurgeEpoch
 from .metrics import CONTENT_TYPE_LATEST, NodeMetrics
 from .passthrough import pass_request
 from .store import CacheStore, ObjectMeta, SliceBody
@@ -39,6 +41,10 @@ log = logging.getLogger("edgeproxy.cache")
 
 Receive = Any
 Scope = dict[str, Any]
+
+# Request headers that take a request off the hot path (the full path answers them).
+_NOT_PLAIN = frozenset({b"range", b"if-none-match", b"if-range", b"if-modified-since",
+                        b"authorization"})
 
 
 @dataclass
@@ -82,6 +88,10 @@ class CacheNode:
         self.store = CacheStore(config.cache_dir(tier), config.node(tier).cache_size)
         self.facts = Facts(config, tier, self.store)
         self.signer = DownloadSigner.from_config(config.download_signing)
+        self.hot = HotTier(config.cache.memory_size, config.cache.memory_max_object,
+                           PurgeEpoch(self.store.directory / "purge.epoch"))
+        self._signed_classes = {c.name for c in config.content_classes if c.require_signature}
+        self._hit_x_cache = f"HIT from {tier}".encode()
         self.metrics = NodeMetrics(tier)
         self._client: httpx.AsyncClient | None = None
         self._fetcher: Fetcher | None = None
@@ -111,6 +121,8 @@ class CacheNode:
                 await asgi.send_json(send, exc.status, exc.body(), exc.headers)
             return
         started = time.perf_counter()
+        if await self._serve_hot(scope, send, started):
+            return
         req = Req.from_scope(scope)
         result, cls, nbytes = "ERROR", policy.DEFAULT_CLASS, 0
         try:
@@ -163,11 +175,18 @@ class CacheNode:
         """Drop one object (all its slices); fills in flight for it will not be stored."""
         key = policy.cache_key(*path.partition("?")[::2])
         self.fetcher.forget(key)
+        self.hot.purged()
         return 1 if self.store.purge(key) else 0
+
+    def clear(self) -> None:
+        """Empty this node's cache (disk and every worker's memory tier)."""
+        self.hot.purged()
+        self.store.clear()
 
     def purge_prefix(self, prefix: str) -> int:
         """Drop every object whose key starts with ``prefix``."""
         self.fetcher.forget_prefix(prefix)
+        self.hot.purged()
         return self.store.purge_prefix(prefix)
 
     @property
@@ -185,12 +204,17 @@ class CacheNode:
         if req.method not in ("GET", "HEAD") or "authorization" in req.headers:
             if req.method not in ("GET", "HEAD", "OPTIONS", "TRACE"):
                 self.store.purge(req.key)  # RFC 9111 §4.4: unsafe methods invalidate
+                self.hot.purged()
             assert self._client is not None
             nbytes = await pass_request(self._client, self.upstream, self.tier, scope,
                                         receive, send)
             return "PASS", policy.DEFAULT_CLASS, nbytes
-        meta = self.store.get_meta(req.key)  # lookup
-        now = time.time()
+        now = time.time()  # lookup: memory first, then the index
+        hot = self.hot.get(req.key, now)
+        if hot is not None:
+            return await self.deliver(req, hot.meta, send, result="HIT", upstream_cache=None,
+                                      prefetched={0: hot.body})
+        meta = self.hot.facts(req.key, now) or self.store.get_meta(req.key)
         if meta is not None and meta.freshness.is_fresh(now):
             return await self.hit(req, meta, send)
         if meta is not None and meta.status == 200 and \
@@ -246,7 +270,7 @@ class CacheNode:
         fill that failed), the stored facts are checked upstream first, so a changed object is
         never announced with the old length and then cut short.
         """
-        prefetched = {}
+        prefetched: dict[int, SliceBody] = {}
         first = self._first_byte(req, meta)
         if req.method == "GET" and meta.status == 200 and meta.length and first is not None:
             index = first // meta.slice_size
@@ -254,13 +278,65 @@ class CacheNode:
                 body = self.store.get_slice(req.key, meta.version, index)
                 if body is None:
                     return await self.miss(req, meta, send)
-                prefetched[index] = body
+                prefetched[index] = self._keep_hot(req.key, meta, index, body)
         return await self.deliver(req, meta, send, result="HIT", upstream_cache=None,
                                   prefetched=prefetched)
+
+    def _keep_hot(self, key: str, meta: ObjectMeta, index: int, body: SliceBody) -> SliceBody:
+        """Copy a small, complete object into the hot tier; returns the body to send."""
+        if index != 0 or not self.hot.accepts(meta.length) or meta.length is None \
+                or meta.length > meta.slice_size:
+            if meta.length is not None and meta.status == 200:
+                now = time.time()
+                self.hot.remember_facts(key, meta, now + meta.freshness.remaining(now))
+            return body
+        if isinstance(body, bytes):
+            data = body
+        else:
+            with body:
+                data = os.pread(body.fileno(), meta.length, 0)
+        if len(data) == meta.length:
+            headers = [(n.encode("latin-1"), v.encode("latin-1"))
+                       for n, v in self._base_headers(meta)]
+            headers.append((b"content-length", str(meta.length).encode()))
+            fresh_until = time.time() + meta.freshness.remaining(time.time())
+            self.hot.put(key, HotEntry(meta, data, headers, fresh_until))
+        return data
+
+    async def _serve_hot(self, scope: Scope, send: Send, started: float) -> bool:
+        """The hit path for hot objects: a dict lookup and two sends, nothing else."""
+        if scope["method"] != "GET" or scope["query_string"]:
+            return False
+        entry = self.hot.get(scope["path"], time.time())
+        if entry is None or entry.meta.content_class in self._signed_classes:
+            return False
+        for name, _value in scope["headers"]:
+            if name in _NOT_PLAIN:
+                return False  # ranges, validators, credentials: the full path handles them
+        age = str(int(entry.meta.freshness.age(time.time()))).encode()
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [*entry.headers, (b"age", age), (b"x-cache", self._hit_x_cache)]})
+        await send({"type": "http.response.body", "body": entry.body})
+        self.metrics.observe("HIT", entry.meta.content_class, len(entry.body),
+                             time.perf_counter() - started)
+        return True
+
+    def _base_headers(self, meta: ObjectMeta) -> list[tuple[str, str]]:
+        """The stored end-to-end headers as this tier sends them (its Cache-Control, Via)."""
+        headers = [(n, v) for n, v in meta.headers if n.lower() not in ("cache-control", "via")]
+        cc = policy.downstream_cache_control(self.classes.get(meta.content_class), self.tier,
+                                             meta.header("cache-control"))
+        if cc:
+            headers.append(("cache-control", cc))
+        headers.append(("via", policy.via(meta.header("via"), self.tier)))
+        if meta.status == 200:
+            headers.append(("accept-ranges", "bytes"))
+        return headers
 
     async def miss(self, req: Req, stale: ObjectMeta | None,
                    send: Send) -> tuple[str, str, int]:
         """Fetch the object's facts upstream (coalesced), then deliver as they stream in."""
+        self.hot.pop(req.key)
         try:
             beresp, span = await self.fetch(req, stale)
         except UpstreamError as exc:
@@ -385,17 +461,10 @@ class CacheNode:
                       prefetched: dict[int, SliceBody] | None = None) -> tuple[str, str, int]:
         """Send status, headers and body (whole, one range, or multipart) to the client."""
         now = time.time()
-        cls = self.classes.get(meta.content_class)
         x_cache = f"{result} from {self.tier}"
         if upstream_cache and result != "HIT":
             x_cache += f", {upstream_cache}"
-        headers: list[tuple[str, str]] = [
-            (n, v) for n, v in meta.headers if n.lower() not in ("cache-control", "via")
-        ]
-        cc = policy.downstream_cache_control(cls, self.tier, meta.header("cache-control"))
-        if cc:
-            headers.append(("cache-control", cc))
-        headers.append(("via", policy.via(meta.header("via"), self.tier)))
+        headers = self._base_headers(meta)
         headers += [("age", str(int(meta.freshness.age(now)))), ("x-cache", x_cache)]
         if meta.status != 200:  # a stored negative answer
             body = meta.body or b""
@@ -403,7 +472,6 @@ class CacheNode:
             await asgi.start(send, meta.status, headers)
             await asgi.end(send, b"" if req.method == "HEAD" else body)
             return result, meta.content_class, len(body)
-        headers.append(("accept-ranges", "bytes"))
         inm = req.headers.get("if-none-match")
         if inm is not None and policy.etag_matches(inm, meta.etag):
             keep = {"cache-control", "etag", "age", "x-cache", "expires", "vary",

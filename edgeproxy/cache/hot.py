@@ -1,0 +1,138 @@
+"""The hot tier: small, fresh, complete objects kept in process memory.
+
+Thumbnails and other small objects dominate request counts; serving them from a dict, with
+their response headers already encoded, keeps SQLite and the filesystem off the hit path.
+The tier is bounded in bytes (LRU), and holds only what the disk cache holds: an entry dies
+with its freshness, on purge, or when a purge in *any* worker bumps the shared purge epoch.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import struct
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+from .store import ObjectMeta
+
+_EPOCH = struct.Struct("=Q")
+FACTS_SIZE = 65536  # facts of large objects remembered per worker
+
+
+class PurgeEpoch:
+    """A counter in a shared memory-mapped file: a purge anywhere bumps it, every worker's
+    hot tier sees the change on its next lookup (one memory read) and empties itself."""
+
+    def __init__(self, path: Path) -> None:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            if os.fstat(fd).st_size < _EPOCH.size:
+                os.ftruncate(fd, _EPOCH.size)
+            self._map = mmap.mmap(fd, _EPOCH.size)
+        finally:
+            os.close(fd)
+
+    def read(self) -> int:
+        """The current epoch."""
+        value: int = _EPOCH.unpack_from(self._map)[0]
+        return value
+
+    def bump(self) -> None:
+        """Invalidate every worker's hot tier."""
+        _EPOCH.pack_into(self._map, 0, (self.read() + 1) % (1 << 64))
+
+    def close(self) -> None:
+        """Unmap."""
+        self._map.close()
+
+
+@dataclass(slots=True)
+class HotEntry:
+    """One object ready to send: facts, body, and the headers that do not change."""
+
+    meta: ObjectMeta
+    body: bytes
+    headers: list[tuple[bytes, bytes]]  # without Age, X-Cache and Content-Length
+    fresh_until: float  # epoch seconds
+
+
+class HotTier:
+    """A byte-bounded LRU of `HotEntry` by cache key."""
+
+    def __init__(self, max_bytes: int, max_object: int, epoch: PurgeEpoch) -> None:
+        self.max_bytes = max_bytes
+        self.max_object = max_object
+        self.epoch = epoch
+        self._seen_epoch = epoch.read()
+        self._entries: OrderedDict[str, HotEntry] = OrderedDict()
+        self._facts: OrderedDict[str, tuple[ObjectMeta, float]] = OrderedDict()
+        self._bytes = 0
+
+    def accepts(self, length: int | None) -> bool:
+        """Whether an object of ``length`` bytes may live here."""
+        return self.max_bytes > 0 and length is not None and length <= self.max_object
+
+    def get(self, key: str, now: float) -> HotEntry | None:
+        """The fresh entry of ``key``, or None."""
+        epoch = self.epoch.read()
+        if epoch != self._seen_epoch:
+            self.clear()
+            self._seen_epoch = epoch
+            return None
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        if now >= entry.fresh_until:
+            self.pop(key)  # stale: the full path revalidates it
+            return None
+        self._entries.move_to_end(key)
+        return entry
+
+    def facts(self, key: str, now: float) -> ObjectMeta | None:
+        """Fresh facts of ``key`` remembered for an object too large to keep whole."""
+        remembered = self._facts.get(key)
+        if remembered is None or remembered[1] <= now or self.epoch.read() != self._seen_epoch:
+            return None
+        return remembered[0]
+
+    def remember_facts(self, key: str, meta: ObjectMeta, fresh_until: float) -> None:
+        """Keep the facts (not the body) of a large object: its hits skip the index query."""
+        self._facts[key] = (meta, fresh_until)
+        self._facts.move_to_end(key)
+        if len(self._facts) > FACTS_SIZE:
+            self._facts.popitem(last=False)
+
+    def put(self, key: str, entry: HotEntry) -> None:
+        """Keep ``entry``, evicting the least recently used ones beyond the byte bound."""
+        if not self.accepts(len(entry.body)):
+            return
+        self.pop(key)
+        self._entries[key] = entry
+        self._bytes += len(entry.body)
+        while self._bytes > self.max_bytes and self._entries:
+            _key, old = self._entries.popitem(last=False)
+            self._bytes -= len(old.body)
+
+    def pop(self, key: str) -> None:
+        """Forget ``key`` (here only)."""
+        self._facts.pop(key, None)
+        entry = self._entries.pop(key, None)
+        if entry is not None:
+            self._bytes -= len(entry.body)
+
+    def purged(self) -> None:
+        """A purge happened: empty this tier and every other worker's."""
+        self.epoch.bump()
+        self.clear()
+        self._seen_epoch = self.epoch.read()
+
+    def clear(self) -> None:
+        """Forget everything (here only)."""
+        self._entries.clear()
+        self._facts.clear()
+        self._bytes = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
