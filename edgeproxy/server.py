@@ -93,6 +93,10 @@ def _uvicorn_options(config: Config, role: str) -> dict[str, Any]:
         "loop": "uvloop" if has_uvloop else "asyncio",
         "http": "httptools" if has_httptools else "h11",
         "timeout_graceful_shutdown": GRACEFUL_SHUTDOWN_SECONDS,
+        # Nodes talk to clients and upstreams directly; X-Forwarded-* rewriting and uvicorn's
+        # Server header are per-request work that buys nothing here.
+        "proxy_headers": False,
+        "server_header": False,
     }
 
 
