@@ -367,3 +367,61 @@ def test_late_range_on_cold_100mib_object_pulls_at_most_two_slices_per_tier(
             assert r.content == body[start : start + 65536]
     assert origin.bytes_sent("/v/t1/video") <= 2 * mib
     assert len(shield_hits) <= 2 and all(h.startswith(f"bytes={90 * mib}-") for h in shield_hits)
+
+
+def test_unsafe_methods_pass_through_and_invalidate(chain: Chain) -> None:
+    chain.origin.put("/pp/carol", pattern(700))
+    assert httpx.get(chain.edge.url + "/pp/carol").status_code == 200
+    assert httpx.get(chain.edge.url + "/pp/carol").headers["x-cache"] == "HIT from edge"
+    r = httpx.post(chain.edge.url + "/pp/carol", content=b"x" * 1000,
+                   headers={"content-type": "application/octet-stream"})
+    assert r.headers["x-cache"].startswith("PASS from edge")
+    post = [h for h in chain.origin.hits if h.method == "POST"]
+    assert len(post) == 1 and post[0].headers["content-length"] == "1000"
+    # RFC 9111 §4.4: the POST invalidated the stored response at both tiers
+    r = httpx.get(chain.edge.url + "/pp/carol")
+    assert r.headers["x-cache"] == "MISS from edge, MISS from shield"
+
+
+def test_vary_other_than_accept_encoding_is_not_stored(chain: Chain) -> None:
+    chain.origin.put("/api/lang", b"hello", headers={"vary": "Accept-Language",
+                                                     "cache-control": "max-age=60"})
+    chain.origin.put("/api/enc", b"plain", headers={"vary": "Accept-Encoding",
+                                                    "cache-control": "max-age=60"})
+    for _ in range(2):
+        assert httpx.get(chain.edge.url + "/api/lang").content == b"hello"
+        assert httpx.get(chain.edge.url + "/api/enc").content == b"plain"
+    assert chain.origin.count("/api/lang") == 2
+    assert chain.origin.count("/api/enc") == 1
+
+
+def test_bounded_wait_on_a_silent_upstream(tmp_path: Path) -> None:
+    origin = TestOrigin()
+    origin.put("/v/t1/slow", b"late")
+    origin.delay_headers = 3.0
+    config = make_config(tmp_path, fill_wait_timeout=0.5)
+    with serve(origin) as o, serve(create_app(config, "edge", upstream=o.url)) as e:
+        import time
+
+        t0 = time.monotonic()
+        r = httpx.get(e.url + "/v/t1/slow", timeout=10)
+        assert r.status_code == 504 and r.json()["error"] == "upstream_unavailable"
+        assert time.monotonic() - t0 < 2.0
+
+
+def test_object_changing_upstream_is_never_spliced(chain: Chain) -> None:
+    v1, v2 = pattern(4 * SLICE, seed=1), pattern(4 * SLICE, seed=2)
+    chain.origin.put("/static/video.bin", v1, headers={"cache-control": "max-age=600"})
+    # only the first slice gets cached, through a range request
+    r = httpx.get(chain.edge.url + "/static/video.bin", headers={"range": "bytes=0-99"})
+    assert r.content == v1[:100]
+    chain.origin.put("/static/video.bin", v2, headers={"cache-control": "max-age=600"})
+    # a full GET now needs slices 1..3, which come back as another version: the response
+    # (announced with v1's length) is cut short rather than mixing v1 and v2
+    with pytest.raises(httpx.HTTPError):
+        r = httpx.get(chain.edge.url + "/static/video.bin")
+        assert r.content != v1[: 2 * SLICE] + v2[2 * SLICE :]
+        raise httpx.RemoteProtocolError("short")
+    # and the next request is all v2
+    r = httpx.get(chain.edge.url + "/static/video.bin")
+    assert r.status_code == 200 and r.content == v2

@@ -153,7 +153,7 @@ class CacheNode:
         )
         self._fetcher = Fetcher(self.store, self._client, self.upstream,
                                 slice_size=self.config.cache.slice_size, tier=self.tier,
-                                on_headers=self.facts.on_headers,
+                                on_headers=self._on_headers,
                                 on_upstream=self.metrics.upstream,
                                 backoff=self.config.cache.upstream_backoff,
                                 on_integrity_failure=self._integrity_failure)
@@ -165,6 +165,11 @@ class CacheNode:
         if self._client is not None:
             await self._client.aclose()
         self.store.close()
+
+    def _on_headers(self, key: str, beresp: BeResp) -> tuple[str | None, str | None]:
+        # Any upstream answer may carry new facts: the memory copy must not outlive them.
+        self.hot.pop(key)
+        return self.facts.on_headers(key, beresp)
 
     def _integrity_failure(self, key: str, why: str) -> None:
         self.metrics.integrity_failures.labels(self.tier).inc()
@@ -375,7 +380,7 @@ class CacheNode:
         if first is None:  # a suffix range on an unknown object: learn its length first
             beresp = await self.fetcher.head(req.key, req.upstream_path, timeout)
             if beresp.status == 200:
-                self.facts.on_headers(req.key, beresp)
+                self._on_headers(req.key, beresp)
             return beresp, None
         index = first // self.config.cache.slice_size
         for _attempt in range(CLAIM_ATTEMPTS):
