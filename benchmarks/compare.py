@@ -120,7 +120,14 @@ def _sections(plan: Plan, sections: tuple[str, ...], results: dict[str, Any],
               work: Path) -> None:
     edge = hit_servers[0]
 
+    timeline: list[dict[str, Any]] = results.setdefault("rss_timeline", [])
+    watched = [s for s in servers if s.kind == "edgeproxy"]
+
+    current = ["start"]
+
     def step(title: str) -> None:
+        _rss_checkpoint(timeline, current[0], watched)  # as the previous section left it
+        current[0] = title.split(":")[0].split(" (")[0]
         _log(f"\n== {title} ==")
 
     if "hit" in sections:
@@ -158,26 +165,63 @@ def _sections(plan: Plan, sections: tuple[str, ...], results: dict[str, Any],
             for s in servers}
     if "memory" in sections:
         step(f"memory: {plan.memory_clients} concurrent 100 MiB downloads")
-        origin.throttle(0)
-        for s in hit_servers:  # warm the blob (the hit path may not have run)
-            hitpath.warm(s, s.url + origin.blob("b100m"), {})
-        results["memory"] = [memory.peak_rss(s, origin, clients=plan.memory_clients,
-                                             cold=False, log=_log) for s in hit_servers]
-        origin.throttle(plan.throttle_mibps)
-        results["memory"] += [memory.peak_rss(s, origin, clients=plan.memory_clients,
-                                              cold=True, log=_log) for s in hit_servers]
+        results["memory"] = _memory(plan, origin, hit_servers, work)
     if "zipf" in sections:
         step(f"Zipf mix through edge -> shield ({plan.zipf_seconds:g} s)")
         origin.throttle(0)
         results["zipf"] = zipfmix.run_mix(chain, origin, work, objects=plan.zipf_objects,
                                           duration=plan.zipf_seconds, connections=32,
                                           log=_log)
+    _rss_checkpoint(timeline, current[0], watched)
+
+
+def _rss_checkpoint(timeline: list[dict[str, Any]], after: str,
+                    servers: list[deploy.Server]) -> None:
+    """Record each edgeproxy process tree's RSS now (after section ``after``)."""
+    for server in servers:
+        for proc in server.procs:
+            sampler = memory.RssSampler(proc.pid)
+            total = sampler.sample()
+            others = [rss for pid, rss in sampler.peak_by_pid.items() if pid != proc.pid]
+            timeline.append({"after": after, "process": proc.name,
+                             "total_mib": total / memory.MIB,
+                             "largest_worker_mib": max(others, default=total) / memory.MIB})
+
+
+def _memory(plan: Plan, origin: deploy.Origin, hit_servers: list[deploy.Server],
+            work: Path) -> list[dict[str, Any]]:
+    """RSS under many 100 MiB downloads: a fresh edge first, then the long-running servers."""
+    rows = []
+    # A newly started edge isolates this load from what earlier sections left in memory.
+    fresh = deploy.start_edgeproxy(work, origin.url, name=targets.FRESH,
+                                   workers=plan.edge_workers)
+    try:
+        origin.throttle(plan.throttle_mibps)
+        rows.append(memory.peak_rss(fresh, origin, clients=plan.memory_clients, cold=True,
+                                    log=_log))
+        origin.throttle(0)
+        hitpath.warm(fresh, fresh.url + origin.blob("b100m"), {})
+        rows.append(memory.peak_rss(fresh, origin, clients=plan.memory_clients, cold=False,
+                                    log=_log))
+    finally:
+        fresh.stop()
+    origin.throttle(0)
+    for s in hit_servers:  # warm the blob (the hit path may not have run)
+        hitpath.warm(s, s.url + origin.blob("b100m"), {})
+    rows += [memory.peak_rss(s, origin, clients=plan.memory_clients, cold=False, log=_log)
+             for s in hit_servers]
+    origin.throttle(plan.throttle_mibps)
+    rows += [memory.peak_rss(s, origin, clients=plan.memory_clients, cold=True, log=_log)
+             for s in hit_servers]
+    return rows
 
 
 def _standing_notes() -> list[str]:
     return [
-        "All processes share 2 CPUs with the load generator (wrk -t2 or the Python clients), "
-        "so absolute numbers are low and noisy; compare ratios within one run.",
+        "All processes share the machine's CPUs with the load generator (wrk -t2 or the "
+        "Python clients), so absolute numbers are low and noisy; compare ratios within one "
+        "run. At GB/s rates wrk itself needs CPU, so a server that spends less CPU per byte "
+        "leaves more for the client: large-body ratios partly measure CPU efficiency.",
         "edgeproxy nodes run with log_level: warning (uvicorn's access log off); nginx has "
         "access_log off; Varnish logs to its shared-memory log as always.",
         "Objects are named by the SHA-256 of their bytes; cold runs use fresh objects, so "
@@ -221,6 +265,11 @@ def main(argv: list[str] | None = None) -> int:
     results = run(plan, sections, args.out, args.keep_workdir)
     verdicts = targets.judge(results)
     paths = report.write(results, verdicts, args.out, args.stem)
+    if plan.mode == "full" and args.out.resolve() == RESULTS and args.stem == "latest" \
+            and set(sections) == set(SECTIONS):
+        readme = RESULTS.parent / "README.md"
+        if report.update_readme(readme, report.readme_block(results, verdicts)):
+            paths.append(readme)
     _log("\n== targets ==")
     for v in verdicts:
         _log(f"{v.word:<5} {v.target}: {v.detail}")

@@ -44,6 +44,7 @@ class RssSampler:
     def sample(self) -> int:
         """Take one sample now; the tree's total RSS."""
         total = 0
+        self.last_by_pid: dict[int, int] = {}
         for proc in self._tree():
             try:
                 rss = proc.memory_info().rss
@@ -52,6 +53,7 @@ class RssSampler:
             except (psutil.NoSuchProcess, psutil.AccessDenied):
                 continue
             total += rss
+            self.last_by_pid[proc.pid] = rss
             self.peak_by_pid[proc.pid] = max(self.peak_by_pid.get(proc.pid, 0), rss)
         self.peak_total = max(self.peak_total, total)
         self.samples += 1
@@ -64,6 +66,7 @@ class RssSampler:
 
     def __enter__(self) -> RssSampler:
         self.baseline = self.sample()
+        self.baseline_by_pid = dict(self.last_by_pid)
         self._thread.start()
         return self
 
@@ -94,11 +97,13 @@ def peak_rss(server: Server, origin: Origin, *, clients: int, cold: bool,
     # The largest process other than a supervisor: for uvicorn and nginx, a worker.
     workers = {pid: rss for pid, rss in sampler.peak_by_pid.items() if pid != top}
     per_worker = max(workers.values()) if workers else sampler.peak_by_pid.get(top, 0)
+    before = {pid: rss for pid, rss in sampler.baseline_by_pid.items() if pid != top}
+    worker_before = max(before.values()) if before else sampler.baseline_by_pid.get(top, 0)
     result = {
         "server": server.name, "clients": clients, "cold": cold, "wall_s": wall,
         "complete": complete, "samples": sampler.samples,
         "baseline_mib": sampler.baseline / MIB, "peak_total_mib": sampler.peak_total / MIB,
-        "peak_per_worker_mib": per_worker / MIB,
+        "peak_per_worker_mib": per_worker / MIB, "baseline_worker_mib": worker_before / MIB,
         "processes": {f"{pid} {sampler.names.get(pid, '')}": rss / MIB
                       for pid, rss in sampler.peak_by_pid.items()},
         "client_mibps": sum(f.body_bytes for f in fetches) / MIB / wall if wall else 0.0,
@@ -106,6 +111,7 @@ def peak_rss(server: Server, origin: Origin, *, clients: int, cold: bool,
     }
     log(f"  memory {server.name:<16} {'cold' if cold else 'warm'}: {complete}/{clients} "
         f"complete in {wall:.1f} s; peak RSS total {result['peak_total_mib']:.0f} MiB, "
-        f"largest worker {result['peak_per_worker_mib']:.0f} MiB "
-        f"(baseline {result['baseline_mib']:.0f} MiB, {sampler.samples} samples)")
+        f"largest worker {result['peak_per_worker_mib']:.0f} MiB (before: total "
+        f"{result['baseline_mib']:.0f} MiB, largest worker {worker_before / MIB:.0f} MiB; "
+        f"{sampler.samples} samples)")
     return result

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from .hitpath import ratio
-from .targets import CHAIN, EDGE, NGINX, Verdict
+from .targets import EDGE, NGINX, Verdict
 
 MIB = 1024**2
 
@@ -102,8 +102,10 @@ def markdown(results: dict[str, Any], verdicts: list[Verdict]) -> str:
             "## Hit path (warm caches, wrk)",
             "",
             f"wrk -t2, {hit['duration_s']:g} s per run, servers interleaved round-robin per "
-            f"cell; **bold** cells repeated {hit['repeats']}x (median, min-max in brackets), "
-            f"others once. Ratios compare medians: req/s for small bodies, MiB/s (read off "
+            f"cell; " + (f"**bold** cells (targets) repeated {hit['repeats']}x with the "
+                         f"server order rotated (median, min-max in brackets), others once. "
+                         if hit["repeats"] > 1 else "every cell run once (no spread). ") +
+            f"Ratios compare medians: req/s for small bodies, MiB/s (read off "
             f"the wire) for ≥ 1 MiB. Every run was preceded by a verified HIT, and the origin "
             f"counter was read around it (⚠ marks a run that reached the origin or had "
             f"errors). The 64 KiB range is `{hit['range']}` of the 16 MiB blob.",
@@ -189,18 +191,37 @@ def markdown(results: dict[str, Any], verdicts: list[Verdict]) -> str:
             "## Memory: 64 clients download the 100 MiB blob at once",
             "",
             "RSS of the server's process tree sampled every 50 ms (psutil). Warm: the blob is "
-            "cached; cold: a fresh copy through the throttled origin. Varnish's figure includes "
-            "its malloc storage (the object itself).",
+            "cached; cold: a fresh copy through the throttled origin. `edgeproxy-fresh` is an "
+            "edge started just for this test (cold first); the others have served every "
+            "earlier section (the hit path's `100 MiB @64` cell is this same load), so their "
+            "'before' shows what they kept. Varnish's figure includes its malloc storage.",
             "",
-            "| server | case | peak RSS, largest worker | peak RSS, all processes | "
-            "complete | wall | client MiB/s |",
+            "| server | case | largest worker: before -> peak | all processes: before -> "
+            "peak | complete | wall | client MiB/s |",
             "|---|---|---|---|---|---|---|",
         ]
         for m in memory:
             out.append(f"| {m['server']} | {'cold' if m['cold'] else 'warm'} | "
-                       f"{m['peak_per_worker_mib']:.0f} MiB | {m['peak_total_mib']:.0f} MiB | "
+                       f"{m['baseline_worker_mib']:.0f} -> {m['peak_per_worker_mib']:.0f} MiB | "
+                       f"{m['baseline_mib']:.0f} -> {m['peak_total_mib']:.0f} MiB | "
                        f"{m['complete']}/{m['clients']} | {m['wall_s']:.1f} s | "
                        f"{m['client_mibps']:,.0f} |")
+    timeline = results.get("rss_timeline")
+    if timeline:
+        names = list(dict.fromkeys(t["process"] for t in timeline))
+        out += [
+            "",
+            "RSS of edgeproxy's largest worker after each section (MiB; all processes in "
+            "brackets):",
+            "",
+            "| after | " + " | ".join(names) + " |",
+            "|---|" + "---|" * len(names),
+        ]
+        for after in dict.fromkeys(t["after"] for t in timeline):
+            row = {t["process"]: t for t in timeline if t["after"] == after}
+            out.append(f"| {after} | " + " | ".join(
+                f"{row[n]['largest_worker_mib']:.0f} ({row[n]['total_mib']:.0f})" if n in row
+                else "-" for n in names) + " |")
     for prof in results.get("profile") or []:
         out += [
             "",
@@ -262,6 +283,45 @@ def chart(results: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+README_START = "<!-- latest-results:start -->"
+README_END = "<!-- latest-results:end -->"
+
+
+def readme_block(results: dict[str, Any], verdicts: list[Verdict]) -> str:
+    """The short "latest results" section of benchmarks/README.md."""
+    meta = results["meta"]
+    out = [f"From `{meta['command']}` on {meta['started']} (commit `{meta['commit']}`, "
+           f"{meta['versions']['cpus']} CPUs); all tables in "
+           f"[results/latest.md](results/latest.md).", ""]
+    out += [f"- **{v.word}** — {v.target}: {v.detail}" for v in verdicts]
+    hit = results.get("hit_path")
+    if hit:
+        names = hit["servers"]
+        others = [n for n in names if n != EDGE]
+        out += ["", "| hit path | unit | " + " | ".join(names) + " | " +
+                " | ".join(f"{EDGE}/{o}" for o in others) + " |",
+                "|---|---|" + "---|" * (len(names) + len(others))]
+        for row in hit["summary"]:
+            unit = "req/s" if row["metric"] == "rps" else "MiB/s"
+            vals = [_fmt_rate(row["servers"][n][row["metric"]]) if n in row["servers"] else "-"
+                    for n in names]
+            out.append(f"| {row['label']} @{row['connections']} | {unit} | " + " | ".join(vals)
+                       + " | " + " | ".join(_x(ratio(row, EDGE, o)) for o in others) + " |")
+    out += ["", "![hit-path ratios](results/latest.png)"]
+    return "\n".join(out)
+
+
+def update_readme(readme: Path, block: str) -> bool:
+    """Replace the text between the README's markers; False if the markers are missing."""
+    text = readme.read_text()
+    if README_START not in text or README_END not in text:
+        return False
+    head, _, rest = text.partition(README_START)
+    _, _, tail = rest.partition(README_END)
+    readme.write_text(f"{head}{README_START}\n{block}\n{README_END}{tail}")
+    return True
+
+
 def write(results: dict[str, Any], verdicts: list[Verdict], out_dir: Path,
           stem: str = "latest") -> list[Path]:
     """Write ``<stem>.json``, ``<stem>.md`` and ``<stem>.png`` into ``out_dir``."""
@@ -274,4 +334,3 @@ def write(results: dict[str, Any], verdicts: list[Verdict], out_dir: Path,
     return paths
 
 
-__all__ = ["CHAIN", "chart", "markdown", "write"]

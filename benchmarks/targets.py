@@ -14,6 +14,7 @@ from .hitpath import ratio
 EDGE = "edgeproxy"
 CHAIN = "edgeproxy-chain"
 NGINX = "nginx"
+FRESH = "edgeproxy-fresh"  # an edge started just for the memory test
 RSS_LIMIT_MIB = 150.0
 
 
@@ -112,14 +113,16 @@ def _stampede(stampede: dict[str, Any]) -> Verdict:
 def _memory(memory: list[dict[str, Any]]) -> Verdict:
     wording = (f"edge peak RSS under 64 concurrent 100 MiB downloads <= {RSS_LIMIT_MIB:.0f} MiB "
                f"per worker")
-    mine = [m for m in memory if m["server"] == EDGE]
+    mine = [m for m in memory if m["server"] in (FRESH, EDGE)]
     if not mine:
         return Verdict(wording, None, "not measured")
     ok = all(m["peak_per_worker_mib"] <= RSS_LIMIT_MIB and m["complete"] == m["clients"]
              for m in mine)
-    detail = "; ".join(f"{'cold' if m['cold'] else 'warm'}: {m['peak_per_worker_mib']:.0f} MiB "
-                       f"largest worker, {m['peak_total_mib']:.0f} MiB all processes, "
-                       f"{m['complete']}/{m['clients']} downloads complete" for m in mine)
+    detail = "; ".join(
+        f"{'new' if m['server'] == FRESH else 'long-running'} edge, "
+        f"{'cold' if m['cold'] else 'warm'}: {m['peak_per_worker_mib']:.0f} MiB largest worker "
+        f"({m['baseline_worker_mib']:.0f} before), {m['complete']}/{m['clients']} complete"
+        for m in mine)
     return Verdict(wording, ok, detail)
 
 
