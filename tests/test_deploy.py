@@ -53,7 +53,6 @@ DATA_DIR = "/var/lib/edgeproxy"
 PROPOSED_METRICS = frozenset({
     "edgeproxy_origin_upload_duration_seconds_bucket",
     "edgeproxy_origin_upload_duration_seconds_count",
-    "edgeproxy_cache_size_limit_bytes",
 })
 # Values of the cache metrics' `result` (the X-Cache verdicts) and `tier` labels.
 CACHE_RESULTS = frozenset({"HIT", "MISS", "STALE", "REVALIDATED", "PASS", "ERROR"})

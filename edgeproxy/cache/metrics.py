@@ -9,7 +9,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 __all__ = ["CONTENT_TYPE_LATEST", "NodeMetrics"]
 
-_LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5,
+_LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 2.5, 5,
                     10, 30)
 
 
@@ -41,6 +41,9 @@ class NodeMetrics:
                                  "Time to answer a client request (until the last byte)",
                                  ["tier", "result"], buckets=_LATENCY_BUCKETS,
                                  registry=r)
+        self.cache_size_limit = Gauge("edgeproxy_cache_size_limit_bytes",
+                                      "Configured size bound of the disk cache", ["tier"],
+                                      registry=r)
         self._children: dict[tuple[str, str], tuple[Any, Any, Any]] = {}
         self.cache_size = Gauge("edgeproxy_cache_size_bytes", "Bytes in the disk cache",
                                 ["tier"], registry=r)
@@ -66,7 +69,8 @@ class NodeMetrics:
         if nbytes:
             self.upstream_bytes.labels(self.tier).inc(nbytes)
 
-    def render(self, cache_bytes: int) -> bytes:
+    def render(self, cache_bytes: int, cache_limit: int) -> bytes:
         """The text exposition format."""
         self.cache_size.labels(self.tier).set(cache_bytes)
+        self.cache_size_limit.labels(self.tier).set(cache_limit)
         return bytes(generate_latest(self.registry))

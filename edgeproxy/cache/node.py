@@ -111,7 +111,7 @@ class CacheNode:
             await asgi.send_json(send, 200, {"status": "ok", "role": self.tier})
             return
         if path == "/metrics":
-            body = self.metrics.render(self.store.volume())
+            body = self.metrics.render(self.store.volume(), self.config.node(self.tier).cache_size)
             await asgi.send_simple(send, 200, body, CONTENT_TYPE_LATEST)
             return
         if path.startswith(admin.PREFIX):
