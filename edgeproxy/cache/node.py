@@ -235,6 +235,8 @@ class CacheNode:
         params = dict(parse_qsl(req.query, keep_blank_values=True)) if req.query else {}
         signed = has_download_signature(params)
         if not signed:
+            if not self._signed_classes:
+                return
             cls = policy.classify(req.path, None, self.config.content_classes)
             if cls is not None and cls.require_signature:
                 raise HTTPError(403, "signature_required",
