@@ -163,7 +163,7 @@ class CacheConfig:
     stale_if_error: float = _duration(86400)  # grace to serve stale when upstream fails
     stale_while_revalidate: float = _duration(0)  # serve stale while one refresh runs
     upstream_backoff: float = _duration(2)  # after a connect failure, fail fast this long
-    memory_size: int = _size(64 * 1024**2)  # per worker: small hot objects kept in memory
+    memory_size: int = _size(32 * 1024**2)  # per worker: small hot objects kept in memory
     memory_max_object: int = _size(256 * 1024)  # largest object the memory tier keeps
 
 
