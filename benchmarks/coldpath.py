@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
-from . import rawhttp
+from . import memory, rawhttp
 from .deploy import Origin, Server
 from .promstats import scrape, total
 
@@ -86,8 +86,12 @@ def stampede(server: Server, origin: Origin, *, clients: int = 200, objects: int
     paths = origin.fresh("b16m", objects)
     edge_up_before = _edge_upstream(server)
     t0 = time.perf_counter()
-    fetches = rawhttp.run(_stampede(host, port, paths, clients, timeout=120))
+    with memory.sampling([p.pid for p in server.procs]) as samplers:
+        fetches = rawhttp.run(_stampede(host, port, paths, clients, timeout=120))
     wall = time.perf_counter() - t0
+    rss = {p.name: {"before_mib": smp.largest_worker(baseline=True) / memory.MIB,
+                    "peak_mib": smp.largest_worker() / memory.MIB}
+           for p, smp in zip(server.procs, samplers, strict=True)}
     origin.wait_idle(timeout=60)
     stats = origin.stats()
     per_object = []
@@ -123,7 +127,7 @@ def stampede(server: Server, origin: Origin, *, clients: int = 200, objects: int
         "leader_ttfb_median_s": statistics.median(leaders) if leaders else None,
         "follower_over_leader_median": statistics.median(ratios) if ratios else None,
         "follower_over_leader_max": max(ratios) if ratios else None,
-        "per_object": per_object,
+        "per_object": per_object, "rss_largest_worker": rss,
     }
     log(f"  stampede {server.name:<16}: {result['complete']}/{clients} complete, origin "
         f"requests {result['origin_requests_total']} for {objects} objects "
@@ -131,7 +135,9 @@ def stampede(server: Server, origin: Origin, *, clients: int = 200, objects: int
         f"{max(result['origin_requests_per_object'])}), TTFB p50 "
         f"{_ms(result['ttfb_p50_s'])} p99 {_ms(result['ttfb_p99_s'])}, follower/leader "
         f"median {_x(result['follower_over_leader_median'])} max "
-        f"{_x(result['follower_over_leader_max'])}")
+        f"{_x(result['follower_over_leader_max'])}; largest worker RSS " + ", ".join(
+            f"{name} {v['before_mib']:.0f} -> {v['peak_mib']:.0f} MiB"
+            for name, v in rss.items()))
     return result
 
 

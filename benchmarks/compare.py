@@ -42,6 +42,7 @@ class Plan:
     memory_clients: int = 64
     stampede_clients: int = 200
     stampede_objects: int = 20
+    stampede_repeats: int = 3
     throttle_mibps: float = 50.0
     edge_workers: int = 2
 
@@ -49,7 +50,7 @@ class Plan:
 FULL = Plan("full", hit_duration=5, hit_repeats=3, late_repeats=3, zipf_seconds=30,
             zipf_objects=10_000, profile_seconds=8)
 QUICK = Plan("quick", hit_duration=2, hit_repeats=1, late_repeats=2, zipf_seconds=10,
-             zipf_objects=10_000, profile_seconds=5)
+             zipf_objects=10_000, profile_seconds=5, stampede_repeats=1)
 
 
 def _log(message: str) -> None:
@@ -86,8 +87,10 @@ def run(plan: Plan, sections: tuple[str, ...], out_dir: Path, keep: bool) -> dic
         _log("starting edgeproxy (edge), edgeproxy (edge -> shield), nginx, Varnish ...")
         edge = deploy.start_edgeproxy(work, origin.url, workers=plan.edge_workers)
         # One worker per tier: /metrics of a multi-worker node shows one worker only.
+        # Two edges share the shield, so the shield sees repeat requests (one edge's misses
+        # are the other's); one worker per node, as /metrics of several workers is partial.
         chain = deploy.start_edgeproxy(work, origin.url, name=targets.CHAIN, chain=True,
-                                       workers=1)
+                                       workers=1, edges=2)
         nginx = deploy.start_nginx(work, origin.url)
         servers = [edge, chain, nginx]
         if deploy.nginx_has_slice():
@@ -133,20 +136,33 @@ def _sections(plan: Plan, sections: tuple[str, ...], results: dict[str, Any],
     if "hit" in sections:
         step("hit path")
         origin.throttle(0)
+        our_pids = [p.pid for s in servers for p in s.procs] + [origin.proc.pid]
         records = hitpath.run_hitpath(hit_servers, origin, duration=plan.hit_duration,
-                                      repeats=plan.hit_repeats, log=_log)
+                                      repeats=plan.hit_repeats, log=_log, our_pids=our_pids)
         names = [s.name for s in hit_servers]
+        kept = [r["foreign_cores"] for r in records]
+        tries = [c for r in records for c in r["attempts_foreign_cores"]]
         results["hit_path"] = {
             "duration_s": plan.hit_duration, "repeats": plan.hit_repeats, "servers": names,
             "range": hitpath.RANGE_16M, "runs": records,
             "summary": hitpath.summarize(records, names),
+            "interference": {
+                "threshold_cores": hitpath.DISTURBED_CORES, "retries": hitpath.RETRIES,
+                "attempts": len(tries), "runs": len(records),
+                "disturbed_attempts": sum(c > hitpath.DISTURBED_CORES for c in tries),
+                "kept_disturbed": sum(c > hitpath.DISTURBED_CORES for c in kept),
+                "kept_mean_cores": sum(kept) / len(kept) if kept else 0.0,
+                "kept_max_cores": max(kept, default=0.0),
+            },
         }
     if "profile" in sections:
-        step("profiles of the edge (py-spy): 2 KiB hits, cold Zipf mix")
+        step("profiles of the edge (py-spy): 2 KiB hits, 64 KiB range hits, cold Zipf mix")
         origin.throttle(0)
         results["profile"] = [p for p in (
             hotspots.profile_hit_path(edge, origin, out_dir, seconds=plan.profile_seconds,
                                       log=_log),
+            hotspots.profile_range_hits(edge, origin, out_dir, seconds=plan.profile_seconds,
+                                        log=_log),
             hotspots.profile_miss_mix(edge, origin, out_dir, work,
                                       seconds=plan.profile_seconds, log=_log),
         ) if p is not None]
@@ -159,15 +175,19 @@ def _sections(plan: Plan, sections: tuple[str, ...], results: dict[str, Any],
     if "stampede" in sections:
         step(f"stampede: {plan.stampede_clients} clients on {plan.stampede_objects} cold "
              f"16 MiB objects")
-        results["stampede"] = {
-            s.name: coldpath.stampede(s, origin, clients=plan.stampede_clients,
-                                      objects=plan.stampede_objects, log=_log)
-            for s in servers}
+        # Repetitions interleave the servers; every one uses fresh objects.
+        runs: dict[str, list[dict[str, Any]]] = {s.name: [] for s in servers}
+        for _rep in range(plan.stampede_repeats):
+            for s in servers:
+                runs[s.name].append(coldpath.stampede(
+                    s, origin, clients=plan.stampede_clients, objects=plan.stampede_objects,
+                    log=_log))
+        results["stampede"] = runs
     if "memory" in sections:
         step(f"memory: {plan.memory_clients} concurrent 100 MiB downloads")
         results["memory"] = _memory(plan, origin, hit_servers, work)
     if "zipf" in sections:
-        step(f"Zipf mix through edge -> shield ({plan.zipf_seconds:g} s)")
+        step(f"Zipf mix: 2 edges -> shield ({plan.zipf_seconds:g} s)")
         origin.throttle(0)
         results["zipf"] = zipfmix.run_mix(chain, origin, work, objects=plan.zipf_objects,
                                           duration=plan.zipf_seconds, connections=32,

@@ -35,7 +35,8 @@ class Server:
     procs: list[Managed]
     is_hit: Callable[[Headers], bool]
     front: Managed  # the process group clients talk to (sampled for RSS)
-    metrics: dict[str, str] = field(default_factory=dict)  # tier -> /metrics URL (edgeproxy)
+    metrics: dict[str, str] = field(default_factory=dict)  # node -> /metrics URL (edgeproxy)
+    edge_urls: list[str] = field(default_factory=list)  # every edge of a multi-edge chain
 
     def stop(self) -> None:
         """Stop every process of this server."""
@@ -148,32 +149,50 @@ def _edgeproxy_hit(headers: Headers) -> bool:
 
 
 def start_edgeproxy(workdir: Path, origin_url: str, *, name: str = "edgeproxy",
-                    chain: bool = False, workers: int = 2) -> Server:
-    """edgeproxy edge in front of the origin, or edge → shield → origin (``chain``)."""
+                    chain: bool = False, workers: int = 2, edges: int = 1) -> Server:
+    """edgeproxy edge in front of the origin, or ``edges`` edges → one shield → origin.
+
+    Each edge has its own config file (port, data dir); the first is the one clients of
+    single-URL tests use, all are in `Server.edge_urls`.
+    """
     home = workdir / name
     home.mkdir(parents=True)
-    edge_port, shield_port = free_port(), free_port()
-    config = home / "config.yaml"
-    _edgeproxy_config(config, home / "data", edge_port, shield_port, origin_url, workers)
-    base = [python(), "-m", "edgeproxy", "serve", "--config", str(config)]
+    shield_port = free_port()
     procs: list[Managed] = []
     metrics: dict[str, str] = {}
     upstream = origin_url
     if chain:
         shield_url = f"http://127.0.0.1:{shield_port}"
-        shield = Managed(f"{name}-shield", [*base, "--role", "shield", "--upstream", origin_url],
-                         home / "shield.log", cwd=REPO)
+        config = home / "config-shield.yaml"
+        _edgeproxy_config(config, home / "data-shield", free_port(), shield_port, origin_url,
+                          workers)
+        shield = Managed(f"{name}-shield",
+                         [python(), "-m", "edgeproxy", "serve", "--config", str(config),
+                          "--role", "shield", "--upstream", origin_url],
+                         home / "shield.log", cwd=REPO)  # fmt: skip
         procs.append(shield)
         wait_http(shield_url + "/healthz", shield)
         metrics["shield"] = shield_url + "/metrics"
         upstream = shield_url
-    edge_url = f"http://127.0.0.1:{edge_port}"
-    edge = Managed(f"{name}-edge", [*base, "--role", "edge", "--upstream", upstream],
-                   home / "edge.log", cwd=REPO)
-    procs.append(edge)
-    wait_http(edge_url + "/healthz", edge)
-    metrics["edge"] = edge_url + "/metrics"
-    return Server(name, "edgeproxy", edge_url, procs, _edgeproxy_hit, edge, metrics)
+    urls = []
+    for i in range(edges):
+        suffix = "" if i == 0 else f"-{i + 1}"
+        port = free_port()
+        config = home / f"config-edge{suffix}.yaml"
+        _edgeproxy_config(config, home / f"data-edge{suffix}", port, shield_port, origin_url,
+                          workers)
+        edge = Managed(f"{name}-edge{suffix}",
+                       [python(), "-m", "edgeproxy", "serve", "--config", str(config),
+                        "--role", "edge", "--upstream", upstream],
+                       home / f"edge{suffix}.log", cwd=REPO)  # fmt: skip
+        procs.append(edge)
+        url = f"http://127.0.0.1:{port}"
+        wait_http(url + "/healthz", edge)
+        metrics[f"edge{suffix}"] = url + "/metrics"
+        urls.append(url)
+    front = procs[1] if chain else procs[0]
+    return Server(name, "edgeproxy", urls[0], procs, _edgeproxy_hit, front, metrics,
+                  edge_urls=urls)
 
 
 # --- nginx ---------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""Where the edge spends its CPU: py-spy while wrk runs (2 KiB hits; a cold Zipf mix).
+"""Where the edge spends its CPU: py-spy while wrk runs (2 KiB hits, 64 KiB range hits, a
+cold Zipf mix).
 
 ``py-spy record --subprocesses --format raw`` samples every worker of the edge; the collapsed
 stacks are folded into self time (the innermost frame) and inclusive time (any frame on the
@@ -21,9 +22,10 @@ from pathlib import Path
 from typing import Any
 
 from .deploy import Origin, Server
-from .hitpath import warm
+from .hitpath import RANGE_16M, warm
 from .zipfmix import objects_file, wrk_mix_argv
 
+_PROCESS = re.compile(r'process (\d+):"[^"]*"')
 _FRAME = re.compile(r"^(?P<func>.*) \((?P<file>[^():]*?)(?::\d+)?\)$")
 
 
@@ -104,7 +106,10 @@ def profile_under_load(server: Server, load: list[str], raw: Path, *, seconds: f
     if out.returncode != 0 or not raw.exists():
         log(f"  py-spy failed ({out.returncode}): {out.stderr.strip()[-500:]}")
         return None
-    folded = fold(raw.read_text())
+    # Shorten "process 123:"<full command line>"" frames to "process 123": a third the size.
+    text = _PROCESS.sub(r"process \1", raw.read_text())
+    raw.write_text(text)
+    folded = fold(text)
     folded["raw_file"] = raw.name
     folded["label"] = label
     log(f"  profile ({label}): {folded['samples']} samples; top self: " + ", ".join(
@@ -120,6 +125,19 @@ def profile_hit_path(server: Server, origin: Origin, out_dir: Path, *, seconds: 
     load = ["wrk", "-t", "2", "-c", "64", "-d", f"{seconds + 2:g}s", server.url + path]
     return profile_under_load(server, load, out_dir / "profile-2k-hits.txt", seconds=seconds,
                               log=log, label="2 KiB hits, wrk -t2 -c64")
+
+
+def profile_range_hits(server: Server, origin: Origin, out_dir: Path, *, seconds: float,
+                       log: Callable[[str], None]) -> dict[str, Any] | None:
+    """Profile ``server`` under 64 wrk connections of 64 KiB range hits on the 16 MiB blob."""
+    path = origin.blob("b16m")
+    headers = {"Range": RANGE_16M}
+    warm(server, server.url + path, headers)
+    load = ["wrk", "-t", "2", "-c", "64", "-d", f"{seconds + 2:g}s", "-H",
+            f"Range: {RANGE_16M}", server.url + path]
+    return profile_under_load(server, load, out_dir / "profile-64k-range-hits.txt",
+                              seconds=seconds, log=log,
+                              label="64 KiB range hits, wrk -t2 -c64")
 
 
 def profile_miss_mix(server: Server, origin: Origin, out_dir: Path, workdir: Path, *,

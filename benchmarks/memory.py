@@ -8,9 +8,10 @@ multi-worker server's per-worker peak is visible.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -74,6 +75,24 @@ class RssSampler:
         self._stop.set()
         self._thread.join(timeout=5)
 
+    def largest_worker(self, *, baseline: bool = False) -> int:
+        """Peak (or starting) RSS of the largest process other than the top one (a worker),
+        or of the top process when it has no children."""
+        table = self.baseline_by_pid if baseline else self.peak_by_pid
+        top = self.root.pid
+        others = [rss for pid, rss in table.items() if pid != top]
+        return max(others) if others else table.get(top, 0)
+
+
+@contextlib.contextmanager
+def sampling(pids: list[int], interval: float = 0.05) -> Iterator[list[RssSampler]]:
+    """Sample several process trees at once for the duration of the block."""
+    samplers = [RssSampler(pid, interval) for pid in pids]
+    with contextlib.ExitStack() as stack:
+        for sampler in samplers:
+            stack.enter_context(sampler)
+        yield samplers
+
 
 async def _download_all(host: str, port: int, path: str, clients: int,
                         timeout: float) -> list[rawhttp.Fetch]:
@@ -93,12 +112,9 @@ def peak_rss(server: Server, origin: Origin, *, clients: int, cold: bool,
     wall = time.perf_counter() - t0
     origin.wait_idle(timeout=60)
     complete = sum(f.complete for f in fetches)
-    top = server.front.pid
     # The largest process other than a supervisor: for uvicorn and nginx, a worker.
-    workers = {pid: rss for pid, rss in sampler.peak_by_pid.items() if pid != top}
-    per_worker = max(workers.values()) if workers else sampler.peak_by_pid.get(top, 0)
-    before = {pid: rss for pid, rss in sampler.baseline_by_pid.items() if pid != top}
-    worker_before = max(before.values()) if before else sampler.baseline_by_pid.get(top, 0)
+    per_worker = sampler.largest_worker()
+    worker_before = sampler.largest_worker(baseline=True)
     result = {
         "server": server.name, "clients": clients, "cold": cold, "wall_s": wall,
         "complete": complete, "samples": sampler.samples,

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .hitpath import ratio
+from .hitpath import DISTURBED_CORES, ratio
 from .targets import EDGE, NGINX, Verdict
 
 MIB = 1024**2
@@ -56,6 +56,8 @@ def hit_tables(summary: list[dict[str, Any]], servers: list[str]) -> list[str]:
             text = _fmt_rate(s[metric])
             if s["repeats"] > 1:
                 text += f" ({_fmt_rate(s[metric + '_min'])}-{_fmt_rate(s[metric + '_max'])})"
+            if s.get("foreign_cores_max", 0.0) > DISTURBED_CORES:
+                text += " ~"
             if s["origin_requests"] or s["errors"]:
                 text += f" ⚠ origin {s['origin_requests']}, errors {s['errors']}"
             cells.append(text)
@@ -73,6 +75,18 @@ def hit_tables(summary: list[dict[str, Any]], servers: list[str]) -> list[str]:
                 cells.append(f"{s['p50_ms']:.2f} / {s['p99_ms']:.2f} ms")
         lat.append("| " + " | ".join(cells) + " |")
     return [*lines, "", "Latency of completed requests (median over repetitions):", "", *lat]
+
+
+def _interference_text(info: dict[str, Any] | None) -> str:
+    if not info:
+        return ""
+    return (f"Other work on the machine (CPU used by processes that are not part of the "
+            f"benchmark): a run during which it exceeded {info['threshold_cores']:.2f} cores "
+            f"was repeated up to {info['retries']}x and the least disturbed attempt kept. "
+            f"{info['disturbed_attempts']} of {info['attempts']} attempts were disturbed; "
+            f"{info['kept_disturbed']} of {info['runs']} kept runs still were (marked ~). "
+            f"Kept runs: {info['kept_mean_cores']:.2f} foreign cores on average, "
+            f"{info['kept_max_cores']:.2f} at most.")
 
 
 def markdown(results: dict[str, Any], verdicts: list[Verdict]) -> str:
@@ -110,6 +124,8 @@ def markdown(results: dict[str, Any], verdicts: list[Verdict]) -> str:
             f"counter was read around it (⚠ marks a run that reached the origin or had "
             f"errors). The 64 KiB range is `{hit['range']}` of the 16 MiB blob.",
             "",
+            _interference_text(hit.get("interference")),
+            "",
             *hit_tables(hit["summary"], hit["servers"]),
         ]
     late = results.get("late_range")
@@ -137,14 +153,15 @@ def markdown(results: dict[str, Any], verdicts: list[Verdict]) -> str:
             f"(origin {meta['throttle_mibps']:g} MiB/s per response)",
             "",
             "Leader = the object's client with the earliest first byte; follower/leader = "
-            "slowest other client's TTFB over the leader's, per object.",
+            "slowest other client's TTFB over the leader's, per object. One row per "
+            "repetition (fresh objects each time; servers interleaved).",
             "",
             "| server | complete | origin requests (per object) | edge→shield requests | "
             "TTFB p50 / p99 | leader TTFB (median) | follower/leader median / worst | "
-            "last byte p50 / p99 |",
-            "|---|---|---|---|---|---|---|---|",
+            "last byte p50 / p99 | largest worker RSS, before -> peak |",
+            "|---|---|---|---|---|---|---|---|---|",
         ]
-        for name, r in stampede.items():
+        for name, r in ((n, r) for n, reps in stampede.items() for r in reps):
             per = r["origin_requests_per_object"]
             edge_up = r.get("edge_upstream_requests")
             out.append(
@@ -153,36 +170,45 @@ def markdown(results: dict[str, Any], verdicts: list[Verdict]) -> str:
                 f"{_ms(r['ttfb_p50_s'])} / {_ms(r['ttfb_p99_s'])} | "
                 f"{_ms(r['leader_ttfb_median_s'])} | {_x(r['follower_over_leader_median'])} / "
                 f"{_x(r['follower_over_leader_max'])} | {_ms(r['ttlb_p50_s'])} / "
-                f"{_ms(r['ttlb_p99_s'])} |")
+                f"{_ms(r['ttlb_p99_s'])} | " + "; ".join(
+                    f"{name.removeprefix(r['server'] + '-') if name != r['server'] else ''} "
+                    f"{v['before_mib']:.0f} -> {v['peak_mib']:.0f} MiB".strip()
+                    for name, v in r.get("rss_largest_worker", {}).items()) + " |")
     zipf = results.get("zipf")
     if zipf:
         c = zipf["client"]
+        lat = ", ".join(f"{r['p50_us'] / 1000:.1f} / {r['p99_us'] / 1000:.0f} ms"
+                        for r in zipf["per_edge_client"])
         out += [
             "",
-            f"## Zipf mix through edge -> shield -> origin ({zipf['duration_s']:g} s)",
+            f"## Zipf mix: {zipf['edges']} edge(s) -> one shield -> origin "
+            f"({zipf['duration_s']:g} s)",
             "",
             f"{zipf['objects']:,} objects (1-128 KiB, log-uniform), Zipf s={zipf['zipf_s']}, "
-            f"{zipf['range_fraction'] * 100:.0f}% range GETs, wrk -t2 -c{zipf['connections']} "
-            f"with `zipf_mix.lua`; one worker per tier so `/metrics` is complete. Caches start "
-            f"empty, so the ratios include the warm-up.",
+            f"{zipf['range_fraction'] * 100:.0f}% range GETs; wrk with `zipf_mix.lua`, "
+            f"{zipf['connections']} connections split over the edges (same popularity order "
+            f"on each). One worker per node, so each `/metrics` scrape is complete. Caches "
+            f"start empty: the ratios include the warm-up.",
             "",
             "| | value |",
             "|---|---|",
             f"| client requests | {c['requests']:,} ({zipf['rps']:,.0f} req/s), "
             f"{c['errors']} errors, {c['sother']} non-2xx |",
-            f"| client latency p50 / p99 | {c['p50_us'] / 1000:.1f} / "
-            f"{c['p99_us'] / 1000:.1f} ms |",
+            f"| client latency p50 / p99, per edge | {lat} |",
         ]
-        for tier, t in zipf["tiers"].items():
-            out.append(f"| {tier} hit ratio (/metrics) | {_pct(t['hit_ratio'])} of "
+        for node, t in zipf["nodes"].items():
+            out.append(f"| {node}: hit ratio (/metrics) | {_pct(t['hit_ratio'])} of "
                        f"{t['requests']:,.0f} requests; {t['upstream_requests']:,.0f} sent "
                        f"upstream |")
+        tier = zipf["edge_tier"]
         out += [
+            f"| edge tier: hit ratio (/metrics) | {_pct(tier['hit_ratio'])} of "
+            f"{tier['requests']:,.0f} requests |",
             f"| edge / shield hit ratio (X-Cache) | {_pct(zipf['x_cache_edge_hit_ratio'])} / "
-            f"{_pct(zipf['x_cache_shield_hit_ratio'])} |",
+            f"{_pct(zipf['x_cache_shield_hit_ratio'])} of the edges' misses |",
             f"| origin offload (requests / bytes) | {_pct(zipf['origin_request_offload'])} / "
             f"{_pct(zipf['origin_byte_offload'])} ({zipf['origin_requests']:,} origin "
-            f"requests) |",
+            f"requests; bytes compare origin bodies with client bytes incl. headers) |",
         ]
     memory = results.get("memory")
     if memory:

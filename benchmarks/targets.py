@@ -88,26 +88,28 @@ def _stampede(stampede: dict[str, Any]) -> Verdict:
                "per object per tier, followers' TTFB within 2x the leader's")
     checks, details = [], []
     for name in (EDGE, CHAIN):
-        res = stampede.get(name)
-        if not res:
+        reps = stampede.get(name)
+        if not reps:
             continue
-        per_obj = res["origin_requests_per_object"]
-        one = all(n == 1 for n in per_obj)
-        tiers = f"origin {min(per_obj)}-{max(per_obj)}/object"
-        if res.get("edge_upstream_requests") is not None:
-            edge_up = res["edge_upstream_requests"]
-            one = one and edge_up == res["objects"]
-            tiers += f", edge->shield {edge_up:.0f} for {res['objects']} objects"
-        worst = res["follower_over_leader_max"]
-        within = worst is not None and worst <= 2.0
-        checks += [one, within]
-        details.append(f"{name}: {tiers}; worst follower/leader TTFB "
-                       f"{'-' if worst is None else f'{worst:.2f}x'}, median "
-                       f"{_x(res['follower_over_leader_median'])}; complete "
-                       f"{res['complete']}/{res['clients']}")
+        parts = []
+        for res in reps:
+            per_obj = res["origin_requests_per_object"]
+            one = all(n == 1 for n in per_obj)
+            tiers = f"origin {min(per_obj)}-{max(per_obj)}/object"
+            if res.get("edge_upstream_requests") is not None:
+                edge_up = res["edge_upstream_requests"]
+                one = one and edge_up == res["objects"]
+                tiers += f", edge->shield {edge_up:.0f}/{res['objects']}"
+            worst = res["follower_over_leader_max"]
+            within = worst is not None and worst <= 2.0
+            checks += [one, within, res["complete"] == res["clients"]]
+            parts.append(f"{tiers}, worst follower/leader {_x(worst)}, "
+                         f"leader TTFB {res['leader_ttfb_median_s'] * 1000:.0f} ms"
+                         if res["leader_ttfb_median_s"] is not None else tiers)
+        details.append(f"{name}: " + " | ".join(parts))
     if not checks:
         return Verdict(wording, None, "not measured")
-    return Verdict(wording, all(checks), "; ".join(details))
+    return Verdict(wording, all(checks), "; ".join(details) + " (one entry per repetition)")
 
 
 def _memory(memory: list[dict[str, Any]]) -> Verdict:

@@ -25,9 +25,9 @@ LUA = Path(__file__).resolve().parent / "zipf_mix.lua"
 
 def wrk_mix_argv(url: str, listing: Path, *, duration: float, connections: int,
                  zipf_s: float = 1.0, range_fraction: float = 0.3,
-                 range_bytes: int = 64 * 1024) -> list[str]:  # fmt: skip
+                 range_bytes: int = 64 * 1024, threads: int = 2) -> list[str]:  # fmt: skip
     """The wrk command line of the mix."""
-    return ["wrk", "-t", "2", "-c", str(connections), "-d", f"{duration:g}s", "--latency",
+    return ["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{duration:g}s", "--latency",
             "--timeout", "30s", "-s", str(LUA), url, "--", str(listing), str(zipf_s),
             str(range_fraction), str(range_bytes)]
 
@@ -35,15 +35,35 @@ def wrk_mix_argv(url: str, listing: Path, *, duration: float, connections: int,
 def run_wrk_mix(url: str, listing: Path, *, duration: float, connections: int,
                 zipf_s: float, range_fraction: float, range_bytes: int) -> dict[str, Any]:
     """wrk -t2 with the Zipf Lua script; its JSON summary line."""
-    argv = wrk_mix_argv(url, listing, duration=duration, connections=connections,
-                        zipf_s=zipf_s, range_fraction=range_fraction, range_bytes=range_bytes)
-    out = subprocess.run(argv, capture_output=True, text=True, check=False,
-                         timeout=duration + 90)
-    for line in out.stdout.splitlines():
-        if line.startswith("ZIPF_JSON "):
-            return dict(json.loads(line.removeprefix("ZIPF_JSON ")))
-    raise RuntimeError(f"wrk printed no result (exit {out.returncode}):\n"
-                       f"{out.stdout[-2000:]}\n{out.stderr[-2000:]}")
+    return run_wrk_mixes([url], listing, duration=duration, connections=connections,
+                         zipf_s=zipf_s, range_fraction=range_fraction,
+                         range_bytes=range_bytes)[0]
+
+
+def run_wrk_mixes(urls: list[str], listing: Path, *, duration: float, connections: int,
+                  zipf_s: float, range_fraction: float,
+                  range_bytes: int) -> list[dict[str, Any]]:  # fmt: skip
+    """The mix against several edges at once: wrk's 2 threads and the connections split
+    between them (each wrk seeds its own request sequence alike: same popularity order)."""
+    per = max(1, connections // len(urls))
+    threads = max(1, 2 // len(urls))
+    runs = [subprocess.Popen(
+        wrk_mix_argv(u, listing, duration=duration, connections=per, zipf_s=zipf_s,
+                     range_fraction=range_fraction, range_bytes=range_bytes, threads=threads),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for u in urls]
+    results = []
+    for proc in runs:
+        try:
+            out, err = proc.communicate(timeout=duration + 90)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, err = proc.communicate()
+        line = next((x for x in out.splitlines() if x.startswith("ZIPF_JSON ")), None)
+        if line is None:
+            raise RuntimeError(f"wrk printed no result (exit {proc.returncode}):\n"
+                               f"{out[-2000:]}\n{err[-2000:]}")
+        results.append(dict(json.loads(line.removeprefix("ZIPF_JSON "))))
+    return results
 
 
 def objects_file(origin: Origin, path: Path, objects: int) -> Path:
@@ -54,39 +74,49 @@ def objects_file(origin: Origin, path: Path, objects: int) -> Path:
     return path
 
 
+def _node_stats(before: promstats.Samples, after: promstats.Samples) -> dict[str, Any]:
+    by_result = {res: promstats.delta(after, before, "edgeproxy_requests_total", result=res)
+                 for res in ("HIT", "MISS", "STALE", "PASS", "ERROR")}
+    answered = sum(by_result.values())
+    upstream = promstats.delta(after, before, "edgeproxy_upstream_requests_total")
+    return {"requests": answered, "by_result": by_result,
+            "hit_ratio": by_result["HIT"] / answered if answered else None,
+            "upstream_requests": upstream,
+            "request_offload": 1 - upstream / answered if answered else None}
+
+
 def run_mix(chain: Server, origin: Origin, workdir: Path, *, objects: int, duration: float,
             connections: int, log: Callable[[str], None], zipf_s: float = 1.0,
             range_fraction: float = 0.3, range_bytes: int = 64 * 1024) -> dict[str, Any]:
-    """Run the mix for ``duration`` seconds; hit ratios per tier and origin offload."""
+    """Run the mix on every edge of ``chain`` at once; hit ratios per node and tier."""
     listing = objects_file(origin, workdir / "zipf-objects.txt", objects)
-    before = {tier: promstats.scrape(url) for tier, url in chain.metrics.items()}
+    before = {node: promstats.scrape(url) for node, url in chain.metrics.items()}
     origin_before = origin.stats()
-    load = run_wrk_mix(chain.url, listing, duration=duration, connections=connections,
-                       zipf_s=zipf_s, range_fraction=range_fraction, range_bytes=range_bytes)
+    urls = chain.edge_urls or [chain.url]
+    per_edge = run_wrk_mixes(urls, listing, duration=duration, connections=connections,
+                             zipf_s=zipf_s, range_fraction=range_fraction,
+                             range_bytes=range_bytes)
     origin.wait_idle(timeout=30)
-    after = {tier: promstats.scrape(url) for tier, url in chain.metrics.items()}
+    after = {node: promstats.scrape(url) for node, url in chain.metrics.items()}
     origin_after = origin.stats()
-    tiers: dict[str, Any] = {}
-    for tier in chain.metrics:
-        name = "edgeproxy_requests_total"
-        by_result = {res: promstats.delta(after[tier], before[tier], name, tier=tier, result=res)
-                     for res in ("HIT", "MISS", "STALE", "PASS", "ERROR")}
-        answered = sum(by_result.values())
-        upstream = promstats.delta(after[tier], before[tier],
-                                   "edgeproxy_upstream_requests_total", tier=tier)
-        tiers[tier] = {
-            "requests": answered, "by_result": by_result,
-            "hit_ratio": by_result["HIT"] / answered if answered else None,
-            "upstream_requests": upstream,
-            "request_offload": 1 - upstream / answered if answered else None,
-        }
+    nodes = {node: _node_stats(before[node], after[node]) for node in chain.metrics}
+    edge_nodes = [n for n in nodes if n.startswith("edge")]
+    edge_req = sum(nodes[n]["requests"] for n in edge_nodes)
+    edge_hit = sum(nodes[n]["by_result"]["HIT"] for n in edge_nodes)
+    edge_up = sum(nodes[n]["upstream_requests"] for n in edge_nodes)
+    load = {k: sum(r[k] for r in per_edge) for k in per_edge[0]
+            if k not in ("p50_us", "p99_us", "duration_us")}
+    load["duration_us"] = max(r["duration_us"] for r in per_edge)
     origin_requests = origin_after["total_requests"] - origin_before["total_requests"]
     origin_bytes = origin_after["total_bytes"] - origin_before["total_bytes"]
     n = max(1, load["requests"])
     edge_misses = load["miss_hit"] + load["miss_miss"]
     result = {
         "objects": objects, "zipf_s": zipf_s, "range_fraction": range_fraction,
-        "duration_s": duration, "connections": connections, "client": load, "tiers": tiers,
+        "duration_s": duration, "connections": connections, "edges": len(urls),
+        "client": load, "per_edge_client": per_edge, "nodes": nodes,
+        "edge_tier": {"requests": edge_req, "hit_ratio": edge_hit / edge_req if edge_req
+                      else None, "upstream_requests": edge_up},
         "rps": load["requests"] / (load["duration_us"] / 1e6),
         "origin_requests": origin_requests, "origin_bytes": origin_bytes,
         "origin_request_offload": 1 - origin_requests / n,
@@ -94,11 +124,13 @@ def run_mix(chain: Server, origin: Origin, workdir: Path, *, objects: int, durat
         "x_cache_edge_hit_ratio": load["hit"] / n,
         "x_cache_shield_hit_ratio": load["miss_hit"] / edge_misses if edge_misses else None,
     }
-    log(f"  zipf mix: {load['requests']} requests ({result['rps']:.0f} req/s, "
-        f"p50 {load['p50_us'] / 1000:.1f} ms, p99 {load['p99_us'] / 1000:.1f} ms, "
-        f"{load['errors']} errors); edge hit ratio "
-        f"{_pct(tiers.get('edge', {}).get('hit_ratio'))}, shield hit ratio "
-        f"{_pct(tiers.get('shield', {}).get('hit_ratio'))}, origin request offload "
+    shield = nodes.get("shield", {})
+    log(f"  zipf mix on {len(urls)} edge(s): {load['requests']} requests "
+        f"({result['rps']:.0f} req/s, p50 " + "/".join(
+            f"{r['p50_us'] / 1000:.1f}" for r in per_edge) + " ms, p99 " + "/".join(
+            f"{r['p99_us'] / 1000:.0f}" for r in per_edge) + f" ms, {load['errors']} errors); "
+        f"edge tier hit ratio {_pct(result['edge_tier']['hit_ratio'])}, shield hit ratio "
+        f"{_pct(shield.get('hit_ratio'))}, origin request offload "
         f"{_pct(result['origin_request_offload'])}; X-Cache: HIT {load['hit']}, MISS/HIT "
         f"{load['miss_hit']}, MISS/MISS {load['miss_miss']}, other {load['other']}")
     return result
