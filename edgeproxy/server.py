@@ -97,6 +97,7 @@ def _uvicorn_options(config: Config, role: str) -> dict[str, Any]:
         # Server header are per-request work that buys nothing here.
         "proxy_headers": False,
         "server_header": False,
+        "access_log": False,
     }
 
 

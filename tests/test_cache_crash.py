@@ -109,8 +109,14 @@ async def test_collapsed_forwarding_across_worker_processes(
     try:
         async with httpx.AsyncClient(limits=httpx.Limits(max_connections=100),
                                      timeout=30) as client:
+            async def late(delay: float) -> httpx.Response:
+                # arrives once the facts are stored but while the slices are still filling
+                await asyncio.sleep(delay)
+                return await client.get(url + "/v/t1/shared")
+
             results = await asyncio.gather(*(client.get(url + "/v/t1/shared")
-                                             for _ in range(100)))
+                                             for _ in range(60)),
+                                           *(late(0.1 + i * 0.02) for i in range(40)))
             workers = psutil.Process(edge.pid).children(recursive=True)
             serving = [w for w in workers if any(
                 c.laddr.port == port and c.status == psutil.CONN_ESTABLISHED

@@ -283,9 +283,11 @@ class CacheNode:
             index = first // meta.slice_size
             if self.fetcher.fill_for(req.key, index) is None:
                 body = self.store.get_slice(req.key, meta.version, index)
-                if body is None:
+                if body is not None:
+                    prefetched[index] = self._keep_hot(req.key, meta, index, body)
+                elif not self.fetcher.locks.held_elsewhere(req.key, index):
                     return await self.miss(req, meta, send)
-                prefetched[index] = self._keep_hot(req.key, meta, index, body)
+                # else: another worker is filling it right now; delivery follows that fill
         return await self.deliver(req, meta, send, result="HIT", upstream_cache=None,
                                   prefetched=prefetched)
 
