@@ -17,7 +17,7 @@ import fcntl
 import hashlib
 import os
 import re
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -233,6 +233,23 @@ def _truncate_sync(f: IO[bytes], size: int) -> None:
     os.fsync(f.fileno())
 
 
+async def _pump(chunks: AsyncIterable[bytes], limit: int,
+                put: Callable[[bytearray], None]) -> int:
+    """Feed ``chunks`` to ``put`` (in a worker thread) in `WRITE_BUFFER` pieces; the number of
+    bytes. Raises `TooLarge` as soon as more than ``limit`` bytes arrived."""
+    received, buf = 0, bytearray()
+    async for chunk in chunks:
+        received += len(chunk)
+        if received > limit:
+            raise TooLarge(f"more than {limit} bytes")
+        buf += chunk
+        if len(buf) >= WRITE_BUFFER:
+            data, buf = buf, bytearray()
+            await asyncio.to_thread(put, data)
+    await asyncio.to_thread(put, buf)
+    return received
+
+
 class StagingWriter:
     """Exclusive write access to one staging file (see `Staging.writer`)."""
 
@@ -248,18 +265,9 @@ class StagingWriter:
         `WRITE_BUFFER` bytes are held in memory.
         """
         f, hasher = self._f, hashlib.sha256()
-        received, buf = 0, bytearray()
         try:
             await asyncio.to_thread(f.truncate, 0)
-            async for chunk in chunks:
-                received += len(chunk)
-                if received > limit:
-                    raise TooLarge(f"more than {limit} bytes")
-                buf += chunk
-                if len(buf) >= WRITE_BUFFER:
-                    data, buf = buf, bytearray()
-                    await asyncio.to_thread(_write, f, hasher, data)
-            await asyncio.to_thread(_write, f, hasher, buf)
+            received = await _pump(chunks, limit, lambda data: _write(f, hasher, data))
             await asyncio.to_thread(_sync_close, f)
         except BaseException:
             self.path.unlink(missing_ok=True)  # before close: still ours under the lock
@@ -279,7 +287,6 @@ class StagingWriter:
         """
         f, hasher = self._f, hashlib.sha256()
         check = hashlib.new(checksum[0]) if checksum is not None else None
-        received, buf = 0, bytearray()
 
         def put(data: bytearray) -> None:
             _write(f, hasher, data)
@@ -293,15 +300,7 @@ class StagingWriter:
             # A crash after writing but before the offset was recorded leaves extra bytes.
             await asyncio.to_thread(f.truncate, offset)
             await asyncio.to_thread(f.seek, offset)
-            async for chunk in chunks:
-                received += len(chunk)
-                if received > limit:
-                    raise TooLarge(f"more than {limit} bytes")
-                buf += chunk
-                if len(buf) >= WRITE_BUFFER:
-                    data, buf = buf, bytearray()
-                    await asyncio.to_thread(put, data)
-            await asyncio.to_thread(put, buf)
+            received = await _pump(chunks, limit, put)
             if check is not None and checksum is not None and check.digest() != checksum[1]:
                 raise ChecksumMismatch(f"{checksum[0]} of the {received} bytes received differs")
             await asyncio.to_thread(_sync_close, f)
