@@ -8,6 +8,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import uvicorn
@@ -56,3 +57,19 @@ def serve(app: Any, port: int | None = None) -> Iterator[ServerThread]:
         yield server
     finally:
         server.stop()
+
+
+def write_stack_config(directory: Path) -> tuple[Path, dict[str, int]]:
+    """A config for a loopback origin/shield/edge stack on free ports, data under
+    ``directory``; returns its path and the ports by role."""
+    ports = {role: free_port() for role in ("origin", "shield", "edge")}
+    path = directory / "config.yaml"
+    path.write_text(f"""\
+data_dir: {directory / "var"}
+public_base_url: http://127.0.0.1:{ports["edge"]}
+log_level: warning
+origin: {{port: {ports["origin"]}}}
+shield: {{port: {ports["shield"]}, upstream: "http://127.0.0.1:{ports["origin"]}"}}
+edge: {{port: {ports["edge"]}, upstream: "http://127.0.0.1:{ports["shield"]}"}}
+""")
+    return path, ports

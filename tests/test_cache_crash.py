@@ -20,6 +20,15 @@ from tests.servers import ServerThread, free_port, serve
 MIB = 1024 * 1024
 
 
+def edge_config(tmp_path: Path, workers: int = 1) -> tuple[Path, int, str]:
+    """An edge config on a free port with its data under ``tmp_path``: (file, port, URL)."""
+    port = free_port()
+    config = tmp_path / "config.yaml"
+    config.write_text(f"data_dir: {tmp_path / 'var'}\nlog_level: warning\n"
+                      f"edge: {{port: {port}, workers: {workers}}}\n")
+    return config, port, f"http://127.0.0.1:{port}"
+
+
 def start_edge(config: Path, upstream: str, port: int) -> subprocess.Popen[bytes]:
     proc = subprocess.Popen(
         [sys.executable, "-m", "edgeproxy", "--config", str(config), "serve", "--role", "edge",
@@ -49,11 +58,7 @@ def test_kill_9_mid_fill_then_restart(tmp_path: Path,
     big, small = os.urandom(4 * MIB), os.urandom(10_000)
     test_origin.put("/v/t1/big", big)
     test_origin.put("/v/t1/small", small)
-    port = free_port()
-    config = tmp_path / "config.yaml"
-    config.write_text(f"data_dir: {tmp_path / 'var'}\nlog_level: warning\n"
-                      f"edge: {{port: {port}}}\n")
-    url = f"http://127.0.0.1:{port}"
+    config, port, url = edge_config(tmp_path)
     edge = start_edge(config, osrv.url, port)
     try:
         assert httpx.get(url + "/v/t1/small").content == small
@@ -100,11 +105,7 @@ async def test_collapsed_forwarding_across_worker_processes(
     body = os.urandom(3 * MIB)
     test_origin.put("/v/t1/shared", body)
     test_origin.chunk, test_origin.chunk_delay = 64 * 1024, 0.02  # the fill takes ~1 s
-    port = free_port()
-    config = tmp_path / "config.yaml"
-    config.write_text(f"data_dir: {tmp_path / 'var'}\nlog_level: warning\n"
-                      f"edge: {{port: {port}, workers: 2}}\n")
-    url = f"http://127.0.0.1:{port}"
+    config, port, url = edge_config(tmp_path, workers=2)
     edge = start_edge(config, osrv.url, port)
     try:
         async with httpx.AsyncClient(limits=httpx.Limits(max_connections=100),

@@ -25,7 +25,7 @@ from edgeproxy.auth import mint_token
 from edgeproxy.client import MediaClient, cdn_rewrite
 from edgeproxy.config import Config, load_config
 from edgeproxy.errors import ClientError, IntegrityError
-from tests.servers import free_port, serve
+from tests.servers import free_port, serve, write_stack_config
 
 PAYLOAD_FIELDS = {"type", "media_id", "media_url", "thumbnail_url", "thumbnail_base64",
                   "media_key", "file_sha256", "file_enc_sha256", "file_length", "mimetype",
@@ -75,16 +75,7 @@ def tamper_app(upstream: str) -> Any:
 @pytest.fixture(scope="module")
 def nodes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Nodes]:
     tmp = tmp_path_factory.mktemp("stack")
-    ports = {role: free_port() for role in ("origin", "shield", "edge")}
-    path = tmp / "config.yaml"
-    path.write_text(f"""\
-data_dir: {tmp / "var"}
-public_base_url: http://127.0.0.1:{ports["edge"]}
-log_level: warning
-origin: {{port: {ports["origin"]}}}
-shield: {{port: {ports["shield"]}, upstream: "http://127.0.0.1:{ports["origin"]}"}}
-edge: {{port: {ports["edge"]}, upstream: "http://127.0.0.1:{ports["shield"]}"}}
-""")
+    path, ports = write_stack_config(tmp)
     config = load_config(path, env={})
     with (serve(origin.create_app(config), ports["origin"]) as o,
           serve(cache.create_app(config, "shield"), ports["shield"]) as s,

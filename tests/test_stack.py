@@ -17,24 +17,14 @@ import psutil
 import pytest
 
 from edgeproxy.stack import Stack, StackError
-from tests.servers import free_port
+from tests.servers import write_stack_config
 
 ROLES = ("origin", "shield", "edge")
 
 
 def write_config(tmp_path: Path) -> tuple[Path, dict[str, int]]:
     """A config for a loopback stack on free ports, with its data under ``tmp_path``."""
-    ports = {role: free_port() for role in ROLES}
-    path = tmp_path / "config.yaml"
-    path.write_text(f"""\
-data_dir: {tmp_path / "var"}
-public_base_url: http://127.0.0.1:{ports["edge"]}
-log_level: warning
-origin: {{port: {ports["origin"]}}}
-shield: {{port: {ports["shield"]}, upstream: "http://127.0.0.1:{ports["origin"]}"}}
-edge: {{port: {ports["edge"]}, upstream: "http://127.0.0.1:{ports["shield"]}"}}
-""")
-    return path, ports
+    return write_stack_config(tmp_path)
 
 
 @pytest.fixture
