@@ -8,7 +8,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
-from edgeproxy.ranges import RangeNotSatisfiable, parse_range, resolve_ranges
+from edgeproxy.http import RangeNotSatisfiable, parse_range, resolve_ranges
 
 
 def pattern(length: int, seed: int = 0) -> bytes:

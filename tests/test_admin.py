@@ -14,8 +14,8 @@ from typing import Any
 import httpx
 import pytest
 
-from edgeproxy import adminclient
 from edgeproxy.cache import create_app
+from edgeproxy.cli import adminclient
 from edgeproxy.errors import ClientError
 from tests.origins import TestOrigin, pattern
 from tests.servers import ServerThread, serve

@@ -22,8 +22,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from edgeproxy import crypto
-from edgeproxy.auth import mint_token
 from edgeproxy.config import DEV_JWT_SECRET
+from edgeproxy.origin.auth import mint_token
 from tests.test_origin import (
     Clock,
     Origin,

@@ -21,10 +21,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from edgeproxy import cache, crypto, origin
-from edgeproxy.auth import mint_token
 from edgeproxy.client import MediaClient, cdn_rewrite
 from edgeproxy.config import Config, load_config
 from edgeproxy.errors import ClientError, IntegrityError
+from edgeproxy.origin.auth import mint_token
 from tests.servers import free_port, serve, write_stack_config
 
 PAYLOAD_FIELDS = {"type", "media_id", "media_url", "thumbnail_url", "thumbnail_base64",
@@ -357,7 +357,7 @@ def _mp4(seconds: int, width: int, height: int) -> bytes:
 )  # fmt: skip
 def test_media_facts(tmp_path: Path, name: str, mimetype: str, data: bytes,
                      facts: dict[str, Any]) -> None:  # fmt: skip
-    from edgeproxy.mediafacts import media_facts
+    from edgeproxy.client.mediafacts import media_facts
 
     path = tmp_path / name
     path.write_bytes(data)

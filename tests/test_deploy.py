@@ -28,11 +28,11 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from edgeproxy.auth import mint_token
 from edgeproxy.cache import create_app as create_cache_app
 from edgeproxy.config import Config, load_config, parse_duration
 from edgeproxy.errors import ConfigError
 from edgeproxy.origin import create_app as create_origin_app
+from edgeproxy.origin.auth import mint_token
 from tests.origins import TestOrigin, pattern
 from tests.servers import serve
 

@@ -12,9 +12,9 @@ import httpx
 from PIL import Image
 
 from edgeproxy import cache, origin
-from edgeproxy.auth import mint_token
 from edgeproxy.client import MediaClient
 from edgeproxy.config import load_config
+from edgeproxy.origin.auth import mint_token
 from tests.servers import free_port, serve
 
 

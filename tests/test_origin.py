@@ -25,9 +25,9 @@ from typing import Any
 import httpx
 import pytest
 
-from edgeproxy.auth import mint_token
 from edgeproxy.config import Config, load_config
 from edgeproxy.origin import create_app
+from edgeproxy.origin.auth import mint_token
 from edgeproxy.signing import SigningKey
 from tests.servers import free_port, serve
 

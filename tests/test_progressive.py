@@ -26,10 +26,10 @@ import httpx
 import pytest
 
 from edgeproxy import cache, crypto, origin
-from edgeproxy.auth import mint_token
 from edgeproxy.client import MediaClient
 from edgeproxy.config import Config, load_config
 from edgeproxy.errors import ClientError, IntegrityError
+from edgeproxy.origin.auth import mint_token
 from tests.servers import free_port, serve
 
 MiB = 1024**2

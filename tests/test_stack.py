@@ -16,7 +16,7 @@ import httpx
 import psutil
 import pytest
 
-from edgeproxy.stack import Stack, StackError
+from edgeproxy.cli.stack import Stack, StackError
 from tests.servers import write_stack_config
 
 ROLES = ("origin", "shield", "edge")

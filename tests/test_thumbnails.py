@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from PIL import Image, ImageDraw
 
+from edgeproxy.client.thumbnails import image_facts, make_thumbnail
 from edgeproxy.crypto import decrypt_bytes, encrypt_bytes, generate_media_key
-from edgeproxy.thumbnails import image_facts, make_thumbnail
 
 ORIENTATION = 0x0112
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import httpx
 
 from ..errors import UpstreamError
-from ..ranges import parse_content_range
+from ..http import parse_content_range
 from . import policy
 
 # Bodies of answers we do not slice (404, 5xx...) are read whole; cap them so a misbehaving

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import UpstreamError
-from ..ranges import ByteRange
+from ..http import ByteRange
 from . import policy
 from .fetch import Fetcher
 from .fills import ForeignFill, SliceFill, SpanFetch

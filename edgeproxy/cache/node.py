@@ -18,7 +18,7 @@ import httpx
 
 from ..config import Config, ContentClass
 from ..errors import ConfigError, HTTPError, UpstreamError
-from ..ranges import ByteRange, RangeNotSatisfiable, parse_range, resolve_ranges
+from ..http import ByteRange, RangeNotSatisfiable, parse_range, resolve_ranges
 from ..signing import (
     BadSignature,
     DownloadSigner,

@@ -23,10 +23,10 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from ..config import Config
-from ..responses import install_error_handlers
 from .core import OriginCore
 from .media_api import MediaAPI
 from .metrics import CONTENT_TYPE
+from .responses import install_error_handlers
 from .serving import Serving
 from .tus import TusAPI
 from .uploads import UploadURL

@@ -21,12 +21,12 @@ from typing import ParamSpec, TypeVar
 from starlette.applications import Starlette
 from starlette.requests import Request
 
-from ..auth import Authenticator, Principal
 from ..config import Config
 from ..errors import HTTPError
-from ..limits import UploadAllowance
 from ..signing import DownloadSigner, SigningKey
+from .auth import Authenticator, Principal
 from .blobstore import BlobStore, LocalBlobStore, Staging, StagingBusy
+from .limits import UploadAllowance
 from .metrics import OriginMetrics
 from .records import Records, Upload
 

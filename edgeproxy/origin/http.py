@@ -19,7 +19,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response, StreamingResponse
 
 from ..errors import HTTPError
-from ..ranges import RangeNotSatisfiable, parse_range, resolve_ranges
+from ..http import RangeNotSatisfiable, parse_range, resolve_ranges
 from .blobstore import SHA256_HEX, BlobStore
 
 

@@ -24,9 +24,9 @@ from starlette.responses import JSONResponse, Response
 
 from ..crypto import check_blob_layout
 from ..errors import BlobFormatError, HTTPError
-from ..limits import LimitExceeded, check_size, check_type
 from .core import OriginCore, iso_utc
 from .http import field, read_json, sha256_field
+from .limits import LimitExceeded, check_size, check_type
 from .records import Upload, UploadState
 
 MEDIA_ID = re.compile(r"m_[A-Za-z0-9_-]{8,64}")

@@ -31,7 +31,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from ..limits import RATE_WINDOW, QuotaExceeded, RateLimited, UploadAllowance
+from .limits import RATE_WINDOW, QuotaExceeded, RateLimited, UploadAllowance
 
 SCHEMA_VERSION = 2
 LIVE_STATES = ("pending", "uploaded", "committed")  # uploads that count against a quota

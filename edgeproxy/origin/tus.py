@@ -27,9 +27,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from ..errors import HTTPError
-from ..limits import max_blob_size
 from .core import OriginCore, http_date
 from .http import int_or_none
+from .limits import max_blob_size
 from .media_api import MediaAPI
 
 TUS_VERSION = "1.0.0"

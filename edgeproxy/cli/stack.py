@@ -25,9 +25,9 @@ from typing import IO
 
 import httpx
 
-from .config import Config, load_config
-from .errors import EdgeProxyError
-from .server import ENV_CONFIG, ROLES, config_env, listen_address
+from ..config import Config, load_config
+from ..errors import EdgeProxyError
+from ..server import ENV_CONFIG, ROLES, config_env, listen_address
 
 TAIL_LINES = 20
 

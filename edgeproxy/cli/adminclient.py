@@ -8,7 +8,7 @@ from typing import Any
 
 import httpx
 
-from .errors import ClientError
+from ..errors import ClientError
 
 
 def _headers(token: str) -> dict[str, str]:

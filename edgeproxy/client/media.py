@@ -31,8 +31,8 @@ from urllib.parse import urljoin, urlsplit, urlunsplit
 
 import httpx
 
-from . import crypto
-from .errors import BlobFormatError, ClientError, EdgeProxyError, IntegrityError
+from .. import crypto
+from ..errors import BlobFormatError, ClientError, EdgeProxyError, IntegrityError
 
 UPLOAD_CHUNK = 256 * 1024
 MAX_BACKOFF = 5.0  # seconds between upload attempts, at most

@@ -10,6 +10,7 @@ from urllib.parse import urlsplit
 import click
 
 from . import adminclient
+from .options import load
 
 ENV_ADMIN_TOKEN = "EDGEPROXY_ADMIN_TOKEN"
 
@@ -27,9 +28,7 @@ def _path_of(item: str) -> str:
 def _nodes_and_token(ctx: click.Context, nodes: tuple[str, ...], token: str | None,
                      config_path: str | None,
                      default_tiers: tuple[str, ...]) -> tuple[list[str], str]:
-    from .cli import _load
-
-    config = _load(ctx, config_path)[0]
+    config = load(ctx, config_path)[0]
     chosen = list(nodes) or [config.node(t).base_url for t in default_tiers]
     secret = token or os.environ.get(ENV_ADMIN_TOKEN) or config.admin_token
     if not secret:

@@ -21,8 +21,8 @@ import jwt
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
-from .config import AuthConfig
-from .errors import ConfigError, HTTPError
+from ..config import AuthConfig
+from ..errors import ConfigError, HTTPError
 
 MAX_USER_LENGTH = 128
 

@@ -23,7 +23,7 @@ import struct
 from pathlib import Path
 from typing import Any
 
-from . import crypto
+from .. import crypto
 
 _PDF_TYPES = frozenset({"application/pdf", "application/x-pdf"})
 _MP4_BRANDS_AT = 4  # "ftyp" follows the first atom's 4-byte size

@@ -7,19 +7,17 @@ Every error edgeproxy raises on purpose ends as one line on stderr: ``edgeproxy:
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any
 
 import click
 
-from .config import Config, load_config, parse_duration
-from .errors import ClientError, ConfigError, EdgeProxyError
-from .server import ENV_CONFIG, ROLES, config_env
-
-DEFAULT_CONFIG_FILE = "config.yaml"
-ENV_TOKEN = "EDGEPROXY_TOKEN"
+from ..config import parse_duration
+from ..errors import ClientError, ConfigError, EdgeProxyError
+from ..server import ROLES
+from .admin import purge, warm
+from .options import ENV_TOKEN, chosen_config_path, config_option, load
 
 
 class _Group(click.Group):
@@ -44,45 +42,20 @@ class _Group(click.Group):
             ctx.exit(1)
 
 
-def resolve_config_path(explicit: str | None) -> str | None:
-    """``--config``, else ``$EDGEPROXY_CONFIG``, else ``./config.yaml`` if present, else None."""
-    if explicit:
-        return explicit
-    if os.environ.get(ENV_CONFIG):
-        return os.environ[ENV_CONFIG]
-    return DEFAULT_CONFIG_FILE if Path(DEFAULT_CONFIG_FILE).is_file() else None
-
-
-def _config_path(ctx: click.Context, local: str | None) -> str | None:
-    group_value: str | None = ctx.find_root().params.get("config_path")
-    return resolve_config_path(local or group_value)
-
-
-def _load(ctx: click.Context, local: str | None) -> tuple[Config, str | None]:
-    path = _config_path(ctx, local)
-    return load_config(path, env=config_env()), path
-
-
-_config_option = click.option(
-    "--config", "config_path", metavar="FILE", default=None,
-    help="Config file (default: $EDGEPROXY_CONFIG, else ./config.yaml, else built-in defaults).",
-)  # fmt: skip
-
-
 @click.group(cls=_Group)
-@_config_option
+@config_option
 def cli(config_path: str | None) -> None:
     """edgeproxy: a self-hostable CDN for end-to-end-encrypted media."""
 
 
 @cli.command()
-@_config_option
+@config_option
 @click.pass_context
 def up(ctx: click.Context, config_path: str | None) -> None:
     """Start origin, shield and edge on this machine; stop them all on Ctrl-C or SIGTERM."""
     from .stack import Stack, stop_on_signals
 
-    path = _config_path(ctx, config_path)
+    path = chosen_config_path(ctx, config_path)
     dead = None
     with stop_on_signals():
         try:
@@ -109,14 +82,14 @@ def up(ctx: click.Context, config_path: str | None) -> None:
 @click.option("--upstream", metavar="URL", default=None,
               help="Override the upstream of an edge or shield.")  # fmt: skip
 @click.option("--parent-pid", type=int, default=None, hidden=True)
-@_config_option
+@config_option
 @click.pass_context
 def serve(ctx: click.Context, role: str, upstream: str | None, parent_pid: int | None,
           config_path: str | None) -> None:  # fmt: skip
     """Run one node in the foreground."""
-    from .server import exit_with_parent, run_node
+    from ..server import exit_with_parent, run_node
 
-    config, path = _load(ctx, config_path)
+    config, path = load(ctx, config_path)
     if upstream is not None and role == "origin":
         raise click.UsageError("--upstream applies to edge and shield only")
     if parent_pid is not None:
@@ -138,17 +111,17 @@ def serve(ctx: click.Context, role: str, upstream: str | None, parent_pid: int |
               help="How often to resume the upload after a dropped connection.")  # fmt: skip
 @click.option("--out", "out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write the payload JSON to this file.")  # fmt: skip
-@_config_option
+@config_option
 @click.pass_context
 def upload(ctx: click.Context, file: Path, mimetype: str | None, api: str | None,
            token: str | None, conversation_id: str | None, retries: int, out: Path | None,
            config_path: str | None) -> None:  # fmt: skip
     """Encrypt FILE, upload it (resuming after dropped connections), and print the message
     payload (JSON) a receiver needs."""
-    from .client import MediaClient
+    from ..client import MediaClient
 
     if api is None:
-        api = _load(ctx, config_path)[0].origin.base_url
+        api = load(ctx, config_path)[0].origin.base_url
     with MediaClient(api, token=token, retries=retries) as client:
         payload = client.upload(file, mimetype=mimetype, conversation_id=conversation_id)
     text = json.dumps(payload, indent=2)
@@ -173,7 +146,7 @@ def _parse_ttl(ctx: click.Context, param: click.Parameter, value: str) -> float:
 @click.option("--user", required=True, metavar="NAME", help="The token's subject (sub).")
 @click.option("--ttl", default="1h", show_default=True, callback=_parse_ttl, metavar="DURATION",
               help="Lifetime: 300, '30m', '7d'.")  # fmt: skip
-@_config_option
+@config_option
 @click.pass_context
 def token(ctx: click.Context, user: str, ttl: float, config_path: str | None) -> None:
     """Print a development JWT for USER, signed with the config's auth.jwt_secret (HS256).
@@ -181,9 +154,9 @@ def token(ctx: click.Context, user: str, ttl: float, config_path: str | None) ->
     Use it as `edgeproxy upload --token` or export EDGEPROXY_TOKEN. Production tokens come from
     your own identity service (HS256 with the shared secret, or RS256).
     """
-    from .auth import mint_token
+    from ..origin.auth import mint_token
 
-    config = _load(ctx, config_path)[0]
+    config = load(ctx, config_path)[0]
     if not config.auth.jwt_secret:
         raise ConfigError("auth.jwt_secret is empty: this config only verifies RS256 tokens, "
                           "which edgeproxy cannot sign")  # fmt: skip
@@ -210,7 +183,7 @@ def _parse_range(value: str | None) -> tuple[int, int] | None:
               help="Fetch via this node instead of the media_url's host.")  # fmt: skip
 def download(payload_file: Any, out: Path, range_: str | None, cdn: str | None) -> None:
     """Fetch the media of PAYLOAD.json ('-' for stdin), verify it, and write the plaintext."""
-    from .client import MediaClient
+    from ..client import MediaClient
 
     byte_range = _parse_range(range_)
     try:
@@ -227,15 +200,16 @@ def download(payload_file: Any, out: Path, range_: str | None, cdn: str | None) 
 
 
 @cli.command()
-@_config_option
+@config_option
 @click.pass_context
 def demo(ctx: click.Context, config_path: str | None) -> None:
     """Start a stack, then encrypt, upload and fetch a sample image through the edge."""
+    from .demo import run_demo
     from .stack import stop_on_signals
 
     with stop_on_signals():
         try:
-            run_demo(_config_path(ctx, config_path))
+            run_demo(chosen_config_path(ctx, config_path))
         except KeyboardInterrupt:
             click.echo("edgeproxy: demo interrupted; stack stopped", err=True)
             ctx.exit(130)
@@ -246,109 +220,5 @@ def main(argv: list[str] | None = None) -> None:
     cli.main(args=argv, prog_name="edgeproxy")
 
 
-# --- demo ----------------------------------------------------------------------------------
-
-
-class DemoFailed(EdgeProxyError):
-    """A demo step did not produce what it should have."""
-
-
-def make_sample_image(path: Path, size: tuple[int, int] = (1600, 1200)) -> None:
-    """A PNG of gradients plus noise: a few MiB, so that it spans several cache slices."""
-    from PIL import Image
-
-    width, height = size
-    horizontal = Image.linear_gradient("L").rotate(90).resize(size)
-    vertical = Image.linear_gradient("L").resize(size)
-
-    def noise() -> Image.Image:
-        return Image.frombytes("L", size, os.urandom(width * height))
-
-    # Noise keeps PNG from compressing the image to nothing; the gradients keep it an image.
-    channels = (Image.blend(horizontal, noise(), 0.3), Image.blend(vertical, noise(), 0.3),
-                noise())  # fmt: skip
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.merge("RGB", channels).save(path, "PNG")
-
-
-def _mib(n: int) -> str:
-    return f"{n / 1024**2:.2f} MiB"
-
-
-def run_demo(config_path: str | None, *, echo: Any = click.echo) -> None:
-    """The README's walk-through; raises on the first step that does not check out."""
-    import hashlib
-
-    from . import crypto
-    from .auth import mint_token
-    from .client import MediaClient
-    from .stack import Stack
-
-    stack = Stack(config_path)
-    if not stack.config.auth.jwt_secret:
-        raise DemoFailed("the demo signs its own API token and needs auth.jwt_secret")
-    api_token = mint_token(stack.config.auth.jwt_secret, "demo", ttl=3600)
-    workdir = stack.config.data_dir / "demo"
-    echo(f"1. Starting the stack from {config_path or 'built-in defaults'} ...")
-    with stack:
-        for role, url in stack.urls.items():
-            echo(f"   {role:<7} {url}")
-        edge = stack.urls["edge"]
-
-        sample = workdir / "sample.png"
-        make_sample_image(sample)
-        original = sample.read_bytes()
-        echo(f"2. Made a sample image {sample} (1600x1200 PNG, {_mib(len(original))})")
-
-        with MediaClient(stack.urls["origin"], token=api_token, cdn_url=edge) as client:
-            payload = client.upload(sample)
-            payload_file = workdir / "sample.payload.json"
-            payload_file.write_text(json.dumps(payload, indent=2) + "\n")
-            blob_size = crypto.enc_length(payload["file_length"])
-            echo(f"3. Encrypted on this machine and uploaded: media_id {payload['media_id']}\n"
-                 f"   blob {_mib(blob_size)}, sha256 {payload['file_enc_sha256'][:16]}...\n"
-                 f"   media_url {payload['media_url']}\n"
-                 f"   message payload (key included) in {payload_file}")  # fmt: skip
-
-            for n, expect in ((4, "MISS"), (5, "HIT")):
-                out = workdir / f"download-{n}.png"
-                result = client.download(payload, out)
-                same = out.read_bytes() == original
-                echo(f"{n}. Whole download via the edge: {result.bytes_fetched} blob bytes, "
-                     f"X-Cache: {result.x_cache}; decrypted file identical: {same}")  # fmt: skip
-                if not same:
-                    raise DemoFailed(f"{out} differs from {sample}")
-                # X-Cache lists each tier, nearest first: "MISS from edge, MISS from shield".
-                verdict = (result.x_cache or "").split(",")[0].strip().upper()
-                if not verdict.startswith(expect):
-                    raise DemoFailed(f"expected the edge to report a {expect}, "
-                                     f"got X-Cache {result.x_cache!r}")  # fmt: skip
-
-            start, end = 1000, 99999
-            out = workdir / "range.bin"
-            result = client.download(payload, out, byte_range=(start, end))
-            plan = crypto.plan_range(start, end, payload["file_length"])
-            same = out.read_bytes() == original[start : end + 1]
-            echo(f"6. Plaintext bytes {start}-{end} via the edge: fetched blob bytes "
-                 f"{plan.blob_start}-{plan.blob_end} (chunks {plan.first_chunk}-"
-                 f"{plan.last_chunk}), X-Cache: {result.x_cache}; "
-                 f"{result.bytes_written} bytes, equal to the original's slice: {same}\n"
-                 f"   the same encrypted bytes with curl:\n"
-                 f"     curl -r {plan.blob_start}-{plan.blob_end} -o part.enc "
-                 f"{result.url}")  # fmt: skip
-            if not same:
-                raise DemoFailed("the decrypted range differs from the original's slice")
-            digest = hashlib.sha256(original).hexdigest()
-            if digest != payload["file_sha256"]:
-                raise DemoFailed("the payload's file_sha256 is not the original's")
-    echo("7. Stack stopped. Demo OK.")
-
-
-def _register_admin_commands() -> None:
-    from .cli_admin import purge, warm
-
-    cli.add_command(purge)
-    cli.add_command(warm)
-
-
-_register_admin_commands()
+cli.add_command(purge)
+cli.add_command(warm)

@@ -18,9 +18,9 @@ import fnmatch
 from dataclasses import dataclass
 from pathlib import PurePosixPath, PureWindowsPath
 
-from . import crypto
-from .config import LimitsConfig
-from .errors import HTTPError
+from .. import crypto
+from ..config import LimitsConfig
+from ..errors import HTTPError
 
 RATE_WINDOW = 60.0  # seconds: the limits are "per minute"
 

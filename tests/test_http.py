@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from edgeproxy.ranges import (
+from edgeproxy.http import (
     MAX_RANGES,
     ByteRange,
     RangeNotSatisfiable,

@@ -9,7 +9,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from .errors import HTTPError
+from ..errors import HTTPError
 
 
 def error_response(exc: HTTPError, *, head: bool = False) -> Response:
