@@ -27,7 +27,27 @@ class IntegrityError(BlobFormatError):
 
 
 class UpstreamError(EdgeProxyError):
-    """An upstream (shield, origin) could not be reached or broke off mid-response."""
+    """An upstream (shield, origin, object store) failed; the subclasses say how.
+
+    A cache node maps each kind to a status in one table at its boundary
+    (`edgeproxy.cache.boundary`), never by reading the message.
+    """
+
+
+class UpstreamTimeout(UpstreamError):
+    """No answer (or no further bytes) within the configured time: 504."""
+
+
+class UpstreamUnreachable(UpstreamError):
+    """The connection could not be made, was refused or was reset before an answer: 502."""
+
+
+class UpstreamProtocolError(UpstreamError):
+    """The upstream answered something that is not valid HTTP, or not what was asked: 502."""
+
+
+class FillAborted(UpstreamError):
+    """A fill that other requests were following broke off or failed a check midway."""
 
 
 class ClientError(EdgeProxyError):
