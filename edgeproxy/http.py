@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from email.utils import formatdate, parsedate_to_datetime
 
 # A request with more ranges than this is answered whole (200): RFC 9110 §14.2 lets a server
 # ignore a Range header that asks for many small ranges, a known amplification vector.
@@ -137,3 +138,85 @@ def parse_content_range(value: str | None) -> tuple[ByteRange | None, int | None
     if end < start or (total is not None and end >= total):
         return None
     return ByteRange(start, end), total
+
+
+# --- field values shared by the cache, the origin and the client ------------------------------
+
+# A decimal header value longer than this is refused rather than parsed: no representation is
+# that large, and int() of thousands of digits is a denial of service (and raises past 4300).
+MAX_DIGITS = 18
+
+
+def int_header(value: str | None) -> int | None:
+    """A non-negative decimal field value (``Content-Length``, ``Age``), or None if invalid."""
+    if value is None:
+        return None
+    value = value.strip(" \t")
+    if not value or len(value) > MAX_DIGITS or not (value.isascii() and value.isdigit()):
+        return None
+    return int(value)
+
+
+def split_list(value: str) -> list[str]:
+    """The elements of a comma-separated field value (RFC 9110 §5.6.1), quotes respected."""
+    parts: list[str] = []
+    buf: list[str] = []
+    quoted = False
+    for ch in value:
+        if ch == '"':
+            quoted = not quoted
+        if ch == "," and not quoted:
+            parts.append("".join(buf))
+            buf = []
+        else:
+            buf.append(ch)
+    parts.append("".join(buf))
+    return [p.strip() for p in parts if p.strip()]
+
+
+def http_date(value: str | None) -> float | None:
+    """An HTTP-date as epoch seconds, or None if absent or invalid (RFC 9110 §5.6.7)."""
+    if not value:
+        return None
+    try:
+        parsed = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    if parsed.tzinfo is None:
+        return None  # not an HTTP-date: those are always GMT
+    return parsed.timestamp()
+
+
+def format_http_date(timestamp: float) -> str:
+    """Epoch seconds as an IMF-fixdate (RFC 9110 §5.6.7)."""
+    return formatdate(timestamp, usegmt=True)
+
+
+def etag_matches(if_none_match: str, etag: str | None) -> bool:
+    """Weak comparison for ``If-None-Match`` (RFC 9110 §13.1.2)."""
+    if etag is None:
+        return False
+    if if_none_match.strip() == "*":
+        return True
+    weak = etag.removeprefix("W/")
+    return any(tag.removeprefix("W/") == weak for tag in split_list(if_none_match))
+
+
+def if_range_matches(if_range: str, etag: str | None, last_modified: str | None) -> bool:
+    """RFC 9110 §13.1.5: strong ETag comparison, or an exact Last-Modified date match."""
+    value = if_range.strip()
+    if value.startswith('"') or value.startswith("W/"):
+        return etag is not None and not value.startswith("W/") and value == etag \
+            and not etag.startswith("W/")
+    date, lm = http_date(value), http_date(last_modified)
+    return date is not None and lm is not None and date == lm
+
+
+def not_modified(headers: dict[str, str], etag: str | None, last_modified: str | None) -> bool:
+    """Whether a GET/HEAD with these request fields gets 304 (RFC 9110 §13.2.2 order)."""
+    inm = headers.get("if-none-match")
+    if inm is not None:
+        return etag_matches(inm, etag)  # §13.1.3: If-Modified-Since is then ignored
+    ims = http_date(headers.get("if-modified-since"))
+    lm = http_date(last_modified)
+    return ims is not None and lm is not None and lm <= ims

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from edgeproxy.cache import policy
+from edgeproxy.cache import fields, policy
+from edgeproxy.cache.req import cache_key
 from edgeproxy.config import DEFAULT_CONTENT_CLASSES, ContentClass, TierTTL
+from edgeproxy.http import etag_matches, if_range_matches
 
 DAY = 86400.0
 CLASSES = DEFAULT_CONTENT_CLASSES
@@ -53,10 +55,37 @@ LATER = "Sat, 21 Nov 2026 07:00:00 GMT"
     ({"last-modified": "Sat, 21 Nov 2026 05:00:00 GMT", "date": DATE}, 360,
      "§4.2.2 heuristic: 10% of the time since Last-Modified"),
     ({}, 0, "no explicit or heuristic freshness"),
+    ({"cache-control": "max-age=abc"}, 0, "§4.2.1: an invalid max-age means stale"),
+    ({"cache-control": "max-age=\"10\""}, 10, "§5.2: quoted argument is accepted"),
+    ({"expires": "Sat, 21 Nov 2026 06:00:00"}, 0, "§5.3: a date without GMT is invalid"),
 ])
 def test_freshness_lifetime_default_class(headers: dict[str, str], lifetime: float,
                                           why: str) -> None:
     assert policy.freshness_lifetime("edge", None, 200, headers, negative_ttl=10) == lifetime, why
+
+
+def test_expires_without_date_uses_the_receipt_time() -> None:
+    # RFC 9110 §6.6.1: a message without Date is dated when it was received
+    t = 1_795_240_800.0  # 2026-11-21 06:00:00 UTC
+    assert policy.freshness_lifetime("edge", None, 200, {"expires": LATER}, negative_ttl=10,
+                                     response_time=t) == 3600
+
+
+@pytest.mark.parametrize(("status", "lifetime"), [
+    (200, 360), (203, 360), (301, 360), (308, 360), (410, 10), (501, 360),  # §4.2.2 default
+    (302, 0), (307, 0), (500, 0), (299, 0),  # not cacheable by default: no heuristic
+])
+def test_heuristic_freshness_by_status(status: int, lifetime: float) -> None:
+    headers = {"last-modified": "Sat, 21 Nov 2026 05:00:00 GMT", "date": DATE}
+    assert policy.freshness_lifetime("edge", None, status, headers,
+                                     negative_ttl=10) == lifetime
+
+
+def test_invalid_age_is_ignored() -> None:
+    # RFC 9111 §5.1: Age is a non-negative integer; anything else is ignored
+    t = 1_795_240_800.0
+    for bad in ("-5", "1.5", "abc", "9" * 5000):
+        assert policy.corrected_initial_age({"age": bad}, t, t) == 0
 
 
 def test_negative_ttl() -> None:
@@ -74,8 +103,13 @@ def test_negative_ttl() -> None:
     (200, {}, {}, True, False, False, "§3.5 Authorization without public"),
     (200, {}, {"public": None}, True, False, True, "§3.5 public allows it"),
     (404, {}, {}, False, False, True, "negative caching"),
-    (500, {}, {}, False, False, False, "5xx is never cached"),
+    (500, {}, {}, False, False, False, "500 without explicit freshness"),
     (302, {}, {}, False, False, False, "302 without explicit freshness"),
+    (302, {}, {}, False, True, True, "§3: explicit freshness makes any final status storable"),
+    (299, {}, {"public": None}, False, False, True, "§3: public makes it storable"),
+    (301, {}, {}, False, False, True, "§4.2.2: 301 is cacheable by default"),
+    (206, {}, {}, False, True, False, "§3.3: partial content is stored as slices, not whole"),
+    (304, {}, {}, False, True, False, "a 304 only updates a stored response"),
 ])
 def test_is_storable(status: int, req_cc: dict[str, str | None], resp_cc: dict[str, str | None],
                      auth: bool, explicit: bool, storable: bool, why: str) -> None:
@@ -113,20 +147,22 @@ def test_parse_cache_control(value: str, expected: dict[str, str | None]) -> Non
     assert policy.parse_cache_control(value) == expected
 
 
-@pytest.mark.parametrize(("path", "query", "ignored", "key"), [
-    ("/v/t1/a", "", (), "/v/t1/a"),
-    ("/x", "b=2&a=1", (), "/x?a=1&b=2"),
-    ("/v/t1/a", "exp=1&sig=ab&kid=k1", ("exp", "sig", "kid"), "/v/t1/a"),
+@pytest.mark.parametrize(("path", "query", "key"), [
+    ("/v/t1/a", "", "/v/t1/a"),
+    ("/x", "b=2&a=1", "/x?b=2&a=1"),  # RFC 3986 §6.2.2: query order is significant
+    ("/x", "v=2&v=1", "/x?v=2&v=1"),
+    ("/v/t1/a", "exp=1&sig=ab&kid=k1", "/v/t1/a"),  # seed 004: one copy for every signature
+    ("/v/t1/a", "a=1&exp=1&b&sig=ab&kid=k1", "/v/t1/a?a=1&b"),
 ])
-def test_cache_key(path: str, query: str, ignored: tuple[str, ...], key: str) -> None:
-    assert policy.cache_key(path, query, ignored) == key
+def test_cache_key(path: str, query: str, key: str) -> None:
+    assert cache_key(path, query) == key
 
 
 def test_hop_by_hop_removed() -> None:
     # RFC 9110 §7.6.1, including fields named by Connection
     headers = [("Connection", "close, X-Secret"), ("X-Secret", "1"), ("Keep-Alive", "5"),
                ("Transfer-Encoding", "chunked"), ("ETag", '"a"')]
-    assert policy.forwardable(headers) == [("ETag", '"a"')]
+    assert fields.forwardable(headers) == [("ETag", '"a"')]
 
 
 @pytest.mark.parametrize(("inm", "etag", "match"), [
@@ -134,7 +170,7 @@ def test_hop_by_hop_removed() -> None:
     ("*", '"a"', True), ('"b"', '"a"', False), ('"a"', None, False),
 ])
 def test_if_none_match_weak_comparison(inm: str, etag: str | None, match: bool) -> None:
-    assert policy.etag_matches(inm, etag) is match  # RFC 9110 §13.1.2
+    assert etag_matches(inm, etag) is match  # RFC 9110 §13.1.2
 
 
 @pytest.mark.parametrize(("if_range", "etag", "lm", "match"), [
@@ -143,7 +179,7 @@ def test_if_none_match_weak_comparison(inm: str, etag: str | None, match: bool) 
     ("Sat, 21 Nov 2026 06:00:01 GMT", None, "Sat, 21 Nov 2026 06:00:00 GMT", False),
 ])
 def test_if_range(if_range: str, etag: str | None, lm: str | None, match: bool) -> None:
-    assert policy.if_range_matches(if_range, etag, lm) is match  # RFC 9110 §13.1.5
+    assert if_range_matches(if_range, etag, lm) is match  # RFC 9110 §13.1.5
 
 
 def test_slices() -> None:

@@ -12,10 +12,10 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
-from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from ..errors import HTTPError
+from .types import Message, Receive, Scope, Send
 
 if TYPE_CHECKING:
     from .node import CacheNode
@@ -24,7 +24,6 @@ PREFIX = "/_admin/"
 MAX_BODY = 4 * 1024 * 1024
 MAX_CONCURRENCY = 64
 
-Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 
 def check_token(configured: str, authorization: str | None) -> None:
@@ -66,7 +65,7 @@ def _paths(data: dict[str, Any]) -> list[str]:
     return paths
 
 
-async def handle(node: CacheNode, scope: dict[str, Any], receive: Any, send: Send) -> None:
+async def handle(node: CacheNode, scope: Scope, receive: Receive, send: Send) -> None:
     """Serve one admin call."""
     headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
     check_token(node.config.admin_token, headers.get("authorization"))
@@ -127,7 +126,7 @@ async def warm(node: CacheNode, path: str) -> dict[str, Any]:
     """Fetch ``path`` through this node as a client would, discarding the body."""
     outcome: dict[str, Any] = {"status": 0, "bytes": 0, "x_cache": None}
 
-    async def sink(message: dict[str, Any]) -> None:
+    async def sink(message: Message) -> None:
         if message["type"] == "http.response.start":
             outcome["status"] = message["status"]
             headers = dict(message["headers"])
@@ -136,7 +135,7 @@ async def warm(node: CacheNode, path: str) -> dict[str, Any]:
         else:
             outcome["bytes"] += len(message.get("body", b""))
 
-    async def no_body() -> dict[str, Any]:
+    async def no_body() -> Message:
         return {"type": "http.request", "body": b"", "more_body": False}
 
     raw_path, _, query = path.partition("?")

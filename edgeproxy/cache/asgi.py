@@ -36,3 +36,18 @@ async def send_json(send: Send, status: int, payload: dict[str, Any],
     """A complete JSON response, never cached."""
     await send_simple(send, status, json.dumps(payload).encode(), "application/json", extra,
                       head=head)
+
+
+def allow_any_status() -> None:
+    """Let uvicorn send any status a generic origin may (RFC 9110 §15: 100-999).
+
+    uvicorn builds its status lines for 100-599 only, so a relayed 999 would raise KeyError
+    inside the server. A proxy must pass such statuses through, so the missing lines are added
+    (with an empty reason phrase, which HTTP/1.1 allows).
+    """
+    from uvicorn.protocols.http import h11_impl, httptools_impl
+
+    for code in range(600, 1000):
+        httptools_impl.STATUS_LINE.setdefault(code, b"".join(
+            [b"HTTP/1.1 ", str(code).encode(), b" \r\n"]))
+        h11_impl.STATUS_PHRASES.setdefault(code, b"")

@@ -2,40 +2,36 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
+import uuid
 from dataclasses import dataclass
 
-import httpx
-
-from ..errors import UpstreamError
-from ..http import parse_content_range
-from . import policy
-
-# Bodies of answers we do not slice (404, 5xx...) are read whole; cap them so a misbehaving
-# upstream cannot make us buffer much.
-SMALL_BODY_MAX = 64 * 1024
+from ..errors import UpstreamProtocolError
+from ..http import int_header, parse_content_range
+from . import fields
+from .transport import UpstreamResponse
 
 
-@dataclass
+@dataclass(slots=True)
 class BeResp:
     """Facts of one upstream response (``beresp``), known once its headers are in."""
 
     status: int
-    headers: list[tuple[str, str]]
-    length: int | None  # complete length of the representation
+    headers: list[tuple[str, str]]  # end-to-end fields, as received
+    length: int | None  # complete length of the representation, when known
+    body_length: int | None  # bytes this message's body carries; None: until it ends
     etag: str | None
     last_modified: str | None
     content_type: str | None
     request_time: float
     response_time: float
     body_start: int = 0  # offset in the representation of the first body byte
-    body: bytes | None = None  # small unsliced answers only
     x_cache: str | None = None
+    _version: str | None = None
 
     @property
     def header_map(self) -> dict[str, str]:
-        """First value of each header, lower-cased names."""
+        """First value of each field, names lower-cased."""
         out: dict[str, str] = {}
         for name, value in self.headers:
             out.setdefault(name.lower(), value)
@@ -43,58 +39,55 @@ class BeResp:
 
     @property
     def version(self) -> str:
-        """What ties slices to one representation: the strong ETag, else length and date."""
+        """What ties slices to one representation.
+
+        The strong ETag, else length and Last-Modified; with neither, a token of this response
+        alone, so that bytes of two unvalidated responses are never spliced together.
+        """
+        if self._version is None:
+            if self.etag and not self.etag.startswith("W/"):
+                self._version = self.etag
+            elif self.length is not None and self.last_modified:
+                self._version = f"{self.length}|{self.last_modified}"
+            else:
+                self._version = "u" + uuid.uuid4().hex
+        return self._version
+
+    @property
+    def if_range(self) -> str | None:
+        """A validator fit for ``If-Range`` (RFC 9110 §13.1.5: strong only)."""
         if self.etag and not self.etag.startswith("W/"):
             return self.etag
-        return f"{self.length}|{self.last_modified or ''}"
+        return self.last_modified
 
 
-def from_response(resp: httpx.Response, request_time: float) -> BeResp:
+def from_upstream(resp: UpstreamResponse, request_time: float) -> BeResp:
     """The `BeResp` of an upstream response whose headers have arrived."""
-    headers = policy.forwardable(resp.headers.multi_items())
-    length: int | None = None
+    raw = [(n.decode("latin-1"), v.decode("latin-1")) for n, v in resp.headers]
+    headers = fields.forwardable(raw)
+    first: dict[str, str] = {}
+    for name, value in raw:
+        first.setdefault(name, value)
+    status = resp.status
+    content_length = int_header(first.get("content-length"))
+    if "transfer-encoding" in first:
+        content_length = None  # RFC 9112 §6.3: Transfer-Encoding overrides Content-Length
+    length: int | None = content_length
     body_start = 0
-    if resp.status_code == 206:
-        parsed = parse_content_range(resp.headers.get("content-range"))
-        if parsed is None or parsed[0] is None:
-            raise UpstreamError("upstream sent 206 without a valid Content-Range")
+    if status == 206:
+        parsed = parse_content_range(first.get("content-range"))
+        if parsed is None or parsed[0] is None or parsed[1] is None:
+            raise UpstreamProtocolError("upstream sent 206 without a usable Content-Range")
         body_start, length = parsed[0].start, parsed[1]
-    elif resp.status_code == 200:
-        length = int_header(resp.headers.get("content-length"))
-    elif resp.status_code == 416:
-        parsed = parse_content_range(resp.headers.get("content-range"))
+        content_length = parsed[0].length
+    elif status == 416:
+        parsed = parse_content_range(first.get("content-range"))
         length = parsed[1] if parsed else None
+    elif status in (204, 304) or status < 200:
+        length = content_length = 0
     return BeResp(
-        status=resp.status_code, headers=headers, length=length,
-        etag=resp.headers.get("etag"), last_modified=resp.headers.get("last-modified"),
-        content_type=resp.headers.get("content-type"), request_time=request_time,
-        response_time=time.time(), body_start=body_start, x_cache=resp.headers.get("x-cache"),
+        status=status, headers=headers, length=length, body_length=content_length,
+        etag=first.get("etag"), last_modified=first.get("last-modified"),
+        content_type=first.get("content-type"), request_time=request_time,
+        response_time=time.time(), body_start=body_start, x_cache=first.get("x-cache"),
     )
-
-
-async def read_small(resp: httpx.Response) -> bytes:
-    """The body of a small, unsliced answer (capped at `SMALL_BODY_MAX`)."""
-    body = bytearray()
-    async for chunk in resp.aiter_raw():
-        body += chunk
-        if len(body) > SMALL_BODY_MAX:
-            break
-    return bytes(body[:SMALL_BODY_MAX])
-
-
-def int_header(value: str | None) -> int | None:
-    """A non-negative integer header value, or None."""
-    return int(value) if value is not None and value.isdigit() else None
-
-
-def upstream_error(exc: BaseException) -> UpstreamError:
-    """Any failure of a fetch, as the `UpstreamError` its followers are told about."""
-    if isinstance(exc, UpstreamError):
-        return exc
-    if isinstance(exc, httpx.TimeoutException):
-        return UpstreamError(f"upstream timed out ({type(exc).__name__})")
-    if isinstance(exc, httpx.HTTPError):
-        return UpstreamError(f"upstream unreachable: {exc or type(exc).__name__}")
-    if isinstance(exc, asyncio.CancelledError):
-        return UpstreamError("fill cancelled")
-    return UpstreamError(f"fill failed: {exc!r}")

@@ -1,161 +1,117 @@
-"""`deliver`: write a cached (or filling) object to the client, whole or by ranges.
+"""``deliver``: write an object to the client, whole or by ranges, from its sources.
 
-Bodies are assembled from slices: stored ones are read from the index (small) or their file,
-slices still filling are followed as they grow. Nothing holds a whole body in memory.
+Bodies are assembled slice by slice from what the coalescer joins (stored, filling here or in
+another worker) or from an unstored upstream body handed to this request. Delivery reads
+only: it never decides where bytes come from, and nothing holds a whole body in memory.
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
 
-from ..errors import UpstreamError
-from ..http import ByteRange
-from . import policy
-from .fetch import Fetcher
-from .fills import ForeignFill, SliceFill, SpanFetch
-from .store import CacheStore, SliceBody
+from ..errors import HTTPError
+from ..http import (
+    ByteRange,
+    RangeNotSatisfiable,
+    RangeSpec,
+    if_range_matches,
+    not_modified,
+    resolve_ranges,
+)
+from . import fields, policy
+from .sources import DirectSource, Source
+from .store import ObjectMeta
+from .types import Send
 
-Send = Callable[[dict[str, Any]], Awaitable[None]]
-
-# A slice can be claimed by another worker between our look and our claim; look again this
-# many times before giving up.
-CLAIM_ATTEMPTS = 3
-
-
-@dataclass
-class BodySource:
-    """Where the bytes of one object version come from, and the readers already attached."""
-
-    store: CacheStore
-    fetcher: Fetcher
-    key: str
-    path: str
-    version: str | None  # None: an uncacheable answer, readable only from attached fills
-    length: int
-    slice_size: int
-    read_size: int
-    wait_timeout: float
-    span: SpanFetch | None = None  # the fetch this request started or joined, if any
-    attached: dict[int, tuple[SliceFill | ForeignFill, int]] = field(default_factory=dict)
-    prefetched: dict[int, SliceBody] = field(default_factory=dict)  # looked up before headers
-    fetched: bool = False  # did this delivery need any upstream bytes?
-
-    def attach(self, indexes: range) -> None:
-        """Take a reader on every in-flight fill among ``indexes`` *now*, synchronously.
-
-        A fill unregisters itself when done; holding a descriptor keeps its bytes readable
-        (for an uncacheable answer they are never committed anywhere else).
-        """
-        for i in indexes:
-            fill = self.fetcher.fill_for(self.key, i)
-            if fill is None and self.span is not None and self.version is None:
-                fill = self.span.fills.get(i)
-            if fill is not None and self.version is not None \
-                    and self.store.has_slice(self.key, self.version, i):
-                continue  # a refetch of a slice we hold (revalidation): serve ours
-            if fill is not None and fill.error is None and i not in self.attached:
-                self.attached[i] = (fill, fill.reader())
-                self.fetched = True
-
-    def release(self) -> None:
-        """Close attached descriptors."""
-        for _fill, fd in self.attached.values():
-            with contextlib.suppress(OSError):
-                os.close(fd)
-        self.attached.clear()
-        for body in self.prefetched.values():
-            if not isinstance(body, bytes):
-                body.close()
-        self.prefetched.clear()
-
-    async def stream(self, rng: ByteRange, send: Send) -> int:
-        """Send bytes ``rng`` of the object; returns the number sent."""
-        sent = 0
-        span = policy.slice_span(rng.start, rng.end, self.slice_size)
-        for index in span:
-            lo, hi = policy.slice_bounds(index, self.slice_size, self.length)
-            start, end = max(rng.start, lo) - lo, min(rng.end, hi) - lo
-            sent += await self._stream_slice(index, start, end, span.stop - 1, send)
-        return sent
-
-    async def _stream_slice(self, index: int, start: int, end: int, last: int,
-                            send: Send) -> int:
-        if index not in self.attached and self.version is not None:
-            body = self.prefetched.pop(index, None) or \
-                self.store.get_slice(self.key, self.version, index)
-            if body is not None:
-                return await _send_stored(body, start, end, self.read_size, send)
-            for _attempt in range(CLAIM_ATTEMPTS):
-                if self.fetcher.fill_for(self.key, index) is not None:
-                    break
-                foreign = await self.fetcher.foreign_fill(self.key, index, self.version,
-                                                          self.wait_timeout)
-                if foreign is not None:
-                    # another worker process fills it: follow its file rather than refetch
-                    self.fetched = True
-                    try:
-                        return await self._follow(foreign, foreign.fd, start, end, send)
-                    finally:
-                        foreign.close()
-                body = self.store.get_slice(self.key, self.version, index)  # just committed?
-                if body is not None:
-                    return await _send_stored(body, start, end, self.read_size, send)
-                if self.fetcher.start_span(self.key, self.path, index, last,
-                                           self.version) is not None:
-                    break
-            self.attach(range(index, last + 1))
-        if index not in self.attached:
-            raise UpstreamError(f"slice {index} is neither stored nor being filled")
-        fill, fd = self.attached[index]
-        return await self._follow(fill, fd, start, end, send)
-
-    async def _follow(self, fill: SliceFill | ForeignFill, fd: int, start: int, end: int,
-                      send: Send) -> int:
-        pos = start
-        while pos <= end:
-            if fill.error is not None:
-                raise UpstreamError(f"fill failed: {fill.error}")
-            if fill.version is not None and self.version is not None \
-                    and fill.version != self.version:
-                raise UpstreamError("the object changed upstream during delivery")
-            available = min(fill.visible, end + 1)
-            if available > pos:
-                data = os.pread(fd, min(available - pos, self.read_size), pos)
-                if not data:
-                    raise UpstreamError("fill file shorter than reported")
-                await send({"type": "http.response.body", "body": data, "more_body": True})
-                pos += len(data)
-            elif fill.done:
-                raise UpstreamError("fill ended short of the slice")
-            else:
-                await fill.wait_beyond(pos, self.wait_timeout)
-        return end - start + 1
+Join = Callable[[int], Awaitable[Source]]
 
 
-async def _send_stored(body: Any, start: int, end: int, read_size: int, send: Send) -> int:
-    if isinstance(body, bytes):
-        await send({"type": "http.response.body", "body": body[start : end + 1],
-                    "more_body": True})
-        return end - start + 1
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """The status line and fields of one answer, and the byte ranges its body carries."""
+
+    status: int
+    headers: list[tuple[str, str]]
+    ranges: list[ByteRange] | None  # None: the whole body (its length may be unknown)
+    multipart: Multipart | None = None
+
+
+def plan_reply(meta: ObjectMeta, req_headers: dict[str, str], method: str,
+               headers: list[tuple[str, str]], specs: list[RangeSpec] | None) -> Reply:
+    """Choose 200, 206 (one range or multipart), 304 or 416 for a stored object (pure)."""
+    if meta.status == 200 and method in ("GET", "HEAD") and \
+            not_modified(req_headers, meta.etag, meta.last_modified):
+        return Reply(304, fields.not_modified_headers(headers), [])
+    length = meta.length
+    if length is not None:
+        headers = [*headers, ("content-length", str(length))]
+    if meta.status != 200 or not specs or length is None:
+        return Reply(meta.status, headers, None)
+    if_range = req_headers.get("if-range")
+    if if_range is not None and not if_range_matches(if_range, meta.etag, meta.last_modified):
+        return Reply(200, headers, None)  # RFC 9110 §13.1.5: changed, so send it whole
     try:
-        fd = body.fileno()
-        pos = start
-        while pos <= end:
-            # Reads come from the page cache for hot slices; a worker-thread hop per chunk
-            # would cost more than the read itself.
-            data = os.pread(fd, min(end + 1 - pos, read_size), pos)
-            if not data:
-                raise UpstreamError("stored slice is shorter than its index says")
-            await send({"type": "http.response.body", "body": data, "more_body": True})
-            pos += len(data)
-    finally:
-        body.close()
-    return end - start + 1
+        ranges = resolve_ranges(specs, length)
+    except RangeNotSatisfiable as exc:
+        raise HTTPError(416, "range_not_satisfiable",
+                        f"no satisfiable range for {length} bytes",
+                        headers={"content-range": exc.content_range}) from None
+    headers = [(n, v) for n, v in headers if n != "content-length"]
+    if len(ranges) == 1:
+        return Reply(206, [*headers, ("content-range", ranges[0].content_range(length)),
+                           ("content-length", str(ranges[0].length))], ranges)
+    multipart = Multipart(ranges, length, meta.content_type or "application/octet-stream")
+    headers = [(n, v) for n, v in headers if n.lower() != "content-type"]
+    return Reply(206, [*headers, ("content-type", multipart.media_type),
+                       ("content-length", str(multipart.content_length))], ranges, multipart)
+
+
+async def send_body(reply: Reply, meta: ObjectMeta, send: Send, join: Join, *,
+                    direct: DirectSource | None, read_size: int, timeout: float) -> int:
+    """Send the body of ``reply``; an error past the first byte aborts the connection, so
+    the client sees a short body, never a complete-looking wrong one."""
+    sent = 0
+    ranges = reply.ranges
+    if ranges is None:
+        if meta.length == 0:
+            return 0
+        ranges = [ByteRange(0, meta.length - 1)] if meta.length is not None else None
+    if ranges is None:  # length unknown: the body is still arriving, slice after slice
+        if direct is not None:
+            return await direct.stream(0, None, send, read_size, timeout)
+        index = 0
+        while True:
+            source = await join(index)
+            try:
+                n = await source.stream(0, None, send, read_size, timeout)
+            finally:
+                source.close()
+            sent += n
+            if n < meta.slice_size:
+                return sent
+            index += 1
+    for i, rng in enumerate(ranges):
+        if reply.multipart is not None:
+            await send({"type": "http.response.body",
+                        "body": reply.multipart.part_head(rng, i == 0), "more_body": True})
+        if direct is not None:
+            sent += await direct.stream(rng.start, rng.end, send, read_size, timeout)
+            continue
+        assert meta.length is not None
+        for index in policy.slice_span(rng.start, rng.end, meta.slice_size):
+            lo, hi = policy.slice_bounds(index, meta.slice_size, meta.length)
+            source = await join(index)
+            try:
+                sent += await source.stream(max(rng.start, lo) - lo, min(rng.end, hi) - lo,
+                                            send, read_size, timeout)
+            finally:
+                source.close()
+    if reply.multipart is not None:
+        await send({"type": "http.response.body", "body": reply.multipart.closing,
+                    "more_body": True})
+    return sent
 
 
 # --- multipart/byteranges (RFC 9110 §14.6) ---------------------------------------------------

@@ -3,11 +3,23 @@
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 
 from ..config import Config, ContentClass
-from . import policy
+from . import fields, policy
 from .beresp import BeResp
+from .fetch import Plan
+from .fills import Flight
 from .store import CacheStore, ObjectMeta
+
+
+@dataclass(frozen=True)
+class FlightContext:
+    """What the request that leads a flight knows: its stored copy and its own fields."""
+
+    req_headers: dict[str, str]
+    stale: ObjectMeta | None = None  # a stored copy being revalidated
+    known: ObjectMeta | None = None  # a fresh object whose missing slices are fetched
 
 
 class Facts:
@@ -23,46 +35,78 @@ class Facts:
         """The configured content class of ``key`` (None: the default class)."""
         return policy.classify(key.partition("?")[0], content_type, self.config.content_classes)
 
-    def on_headers(self, key: str, beresp: BeResp) -> tuple[str | None, str | None]:
-        """Called by a fill when upstream headers arrive: store the facts; return the version
-        to store slices under (None: don't) and the SHA-256 the body must have."""
+    def plan(self, flight: Flight, beresp: BeResp) -> Plan:
+        """Decide what an answer becomes, storing its facts where they are due now."""
+        ctx: FlightContext = flight.context
+        key = flight.key
+        if beresp.status == 304 and ctx.stale is not None:
+            return Plan("not_modified", self.revalidated(key, ctx.stale, beresp))
         hmap = beresp.header_map
-        digest = policy.expected_sha256(key.partition("?")[0], hmap)
-        cls = self.class_of(key, beresp.content_type)
-        vary = {v.strip().lower() for v in hmap.get("vary", "").split(",") if v.strip()}
-        storable = not (vary - {"accept-encoding"}) and policy.is_storable(
-            200, {}, policy.parse_cache_control(hmap.get("cache-control")),
-            has_authorization=False, has_explicit_freshness=policy.has_explicit_freshness(hmap),
-            has_class=cls is not None,
+        cls = self.class_of(key, beresp.content_type) if beresp.status in (200, 206) else None
+        vary = fields.vary_fields(hmap.get("vary"))
+        vary_values = fields.vary_values(vary, ctx.req_headers)
+        meta = self._meta(key, beresp, cls, vary, vary_values)
+        storable = (
+            vary_values is not None
+            and beresp.status not in (304, 416)
+            and (beresp.status != 206 or beresp.length is not None)
+            and policy.is_storable(
+                meta.status, policy.parse_cache_control(ctx.req_headers.get("cache-control")),
+                policy.parse_cache_control(hmap.get("cache-control")), has_authorization=False,
+                has_explicit_freshness=policy.has_explicit_freshness(hmap),
+                has_class=cls is not None)
         )
-        if not storable or beresp.length is None:
-            return None, digest
-        meta = self.meta_from(key, beresp, store=True)
-        return meta.version, digest
+        if not storable:
+            return Plan("direct", meta)
+        known = ctx.known or ctx.stale
+        if known is not None and known.version == meta.version and beresp.status == 206:
+            return Plan("store", known, policy.expected_sha256(key.partition("?")[0], hmap),
+                        store_meta="no")  # missing slices of an object we hold
+        if known is not None:
+            self.store.purge(key)  # a new representation: its old slices must never splice
+        digest = policy.expected_sha256(key.partition("?")[0], hmap)
+        if meta.length is None:
+            return Plan("store", meta, digest, store_meta="end")
+        if policy.slice_count(meta.length, meta.slice_size) == 1:
+            return Plan("store", meta, digest, store_meta="with_body")
+        self.store.set_meta(key, meta)
+        return Plan("store", meta, digest, store_meta="now")
 
-    def meta_from(self, key: str, beresp: BeResp, *, store: bool) -> ObjectMeta:
-        """The facts of a 200/206 answer, stored unless ``store`` is False (uncacheable)."""
+    def head_facts(self, key: str, beresp: BeResp,
+                   req_headers: dict[str, str]) -> ObjectMeta | None:
+        """The facts a HEAD answer gives (RFC 9111 §4.3.5), stored when storable; None when
+        they may not be kept (their object is then fetched whole)."""
+        hmap = beresp.header_map
         cls = self.class_of(key, beresp.content_type)
-        old = self.store.get_meta(key) if store else None
-        if old is not None and old.version == beresp.version and \
-                old.freshness.is_fresh(beresp.response_time):
-            return old  # a slice fill of an object we already know: keep its clock
-        meta = ObjectMeta(
-            status=200, length=beresp.length, etag=beresp.etag,
+        vary = fields.vary_fields(hmap.get("vary"))
+        vary_values = fields.vary_values(vary, req_headers)
+        meta = self._meta(key, beresp, cls, vary, vary_values)
+        if vary_values is None or meta.version.startswith("u") or not policy.is_storable(
+                200, policy.parse_cache_control(req_headers.get("cache-control")),
+                policy.parse_cache_control(hmap.get("cache-control")), has_authorization=False,
+                has_explicit_freshness=policy.has_explicit_freshness(hmap),
+                has_class=cls is not None):
+            return None
+        self.store.set_meta(key, meta)
+        return meta
+
+    def _meta(self, key: str, beresp: BeResp, cls: ContentClass | None, vary: tuple[str, ...],
+              vary_values: tuple[str, ...] | None) -> ObjectMeta:
+        status = 200 if beresp.status == 206 else beresp.status
+        return ObjectMeta(
+            status=status, length=beresp.length, etag=beresp.etag,
             last_modified=beresp.last_modified, content_type=beresp.content_type,
             headers=tuple(
                 (n, v) for n, v in beresp.headers if n.lower() not in policy.REGENERATED
             ),
-            freshness=self.freshness(cls, 200, beresp, beresp.header_map),
+            freshness=self.freshness(cls, status, beresp, beresp.header_map),
             content_class=cls.name if cls else policy.DEFAULT_CLASS, version=beresp.version,
             slice_size=self.config.cache.slice_size, upstream_cache=beresp.x_cache,
+            vary=vary, vary_values=vary_values,
         )
-        if store:
-            self.store.set_meta(key, meta)
-        return meta
 
     def freshness(self, cls: ContentClass | None, status: int, beresp: BeResp,
-                   headers: dict[str, str]) -> policy.Freshness:
+                  headers: dict[str, str]) -> policy.Freshness:
         """Freshness of an answer at this tier, with the configured stale windows."""
         cache = self.config.cache
         return policy.freshness_for(
@@ -80,25 +124,10 @@ class Facts:
         merged = [(n, fresh_headers.pop(n.lower(), v)) for n, v in stale.headers]
         merged += list(fresh_headers.items())
         cls = self.classes.get(stale.content_class)
-        hmap = dict(merged)
-        meta = dataclasses.replace(stale, headers=tuple(merged),
-                                   freshness=self.freshness(cls, 200, beresp, hmap))
+        hmap = {n.lower(): v for n, v in merged}
+        meta = dataclasses.replace(
+            stale, headers=tuple(merged), freshness=self.freshness(cls, stale.status, beresp,
+                                                                   hmap),
+            upstream_cache=beresp.x_cache)
         self.store.set_meta(key, meta)
-        return meta
-
-    def negative(self, key: str, beresp: BeResp) -> ObjectMeta:
-        """The facts of a 404/410, stored briefly (negative caching) when allowed."""
-        body = beresp.body or b""
-        meta = ObjectMeta(
-            status=beresp.status, length=len(body), etag=None, last_modified=None,
-            content_type=beresp.content_type,
-            headers=tuple((n, v) for n, v in beresp.headers if n.lower() not in policy.REGENERATED),
-            freshness=self.freshness(None, beresp.status, beresp, beresp.header_map),
-            content_class=policy.DEFAULT_CLASS, version="negative", slice_size=0, body=body,
-        )
-        hmap = beresp.header_map
-        if policy.is_storable(beresp.status, {}, policy.parse_cache_control(
-                hmap.get("cache-control")), has_authorization=False,
-                has_explicit_freshness=True, has_class=False):
-            self.store.set_meta(key, meta)
         return meta

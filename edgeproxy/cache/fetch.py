@@ -1,374 +1,339 @@
-"""The upstream side of a cache node: `fetch` with collapsed forwarding and streaming fills.
+"""``fetch``: run one flight (one upstream request) and fill the slices it carries.
 
-One `SpanFetch` is one upstream request (``bereq``) for a run of aligned slices. Each slice it
-covers is a `SliceFill`: a temp file that grows as bytes arrive, which any number of client
-requests follow at once (collapsed forwarding, and no waiting for the fill to end). A slice is
-committed to the store only when it is complete and its length is right; a fetch that breaks
-off marks its unfinished fills failed, so followers abort instead of delivering a short body.
+A `Flight` asks the upstream for slices ``first..last`` of one object (or for the whole body).
+Once the answer's headers are in, the node's facts decide what becomes of it (`Plan`): stored
+as slices, handed whole to the one request that led it (``direct``: not shareable), or a 304
+that refreshes a stored copy. Stored bodies are written into claimed slice files that any
+number of requests follow as they grow; a slice is committed only when complete and of the
+right length (and, for content-addressed objects, when the whole body's hash matched).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import hmac
 import logging
 import time
 from collections.abc import Callable
-from pathlib import Path
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
-import httpx
-
-from ..errors import UpstreamError
+from ..errors import FillAborted, UpstreamError, UpstreamProtocolError, UpstreamUnreachable
 from . import policy
-from .beresp import BeResp, from_response, int_header, read_small, upstream_error
-from .fills import FOREIGN_POLL, ForeignFill, SliceFill, SpanFetch
-from .locks import FillLocks
-from .store import CacheStore
+from .beresp import BeResp, from_upstream
+from .coalesce import Coalescer
+from .fills import Flight, SliceFill
+from .store import INLINE_MAX, CacheStore, ObjectMeta
+from .transport import BeReq, Transport, UpstreamResponse, upstream_error
+from .types import RawHeaders
 
 log = logging.getLogger("edgeproxy.fetch")
 
-# Seconds an uncacheable fill's temp file stays readable for the requests that joined it.
-UNCACHEABLE_LINGER = 30.0
+READ_SIZE = 256 * 1024
+# How long an answer handed to its leading request waits to be taken before it is dropped.
+DIRECT_TAKE_TIMEOUT = 30.0
 
 
-# Decides, from the upstream's response, whether and how to store: returns the version string
-# to commit slices under (None: do not store) and the SHA-256 the body must have, if known —
-# policy lives in the node, not here.
-OnHeaders = Callable[[str, BeResp], tuple[str | None, str | None]]
+@dataclass
+class Plan:
+    """What the node's facts decided for an answer (see `Facts.plan`)."""
+
+    kind: Literal["store", "direct", "not_modified"]
+    meta: ObjectMeta  # the facts to deliver with (stored or fleeting)
+    digest: str | None = None  # the SHA-256 (hex) the whole body must have
+    store_meta: Literal["now", "with_body", "end", "no"] = "now"
+
+
+@dataclass
+class FlightSpec:
+    """What a flight asks for, and for whom (the leading request's view)."""
+
+    key: str
+    target: str
+    headers: RawHeaders  # the leader's fill headers (client fields less the cache's own)
+    first: int
+    last: int | None
+    slice_size: int
+    validators: RawHeaders = field(default_factory=list)  # If-None-Match / If-Range ...
+    whole: bool = False  # ask without Range: the plain GET of an unknown object
+
+
+OnHeaders = Callable[[Flight, BeResp], Plan]
 
 
 class Fetcher:
-    """Runs span fetches against one upstream and tracks in-flight slice fills."""
+    """Runs flights against the node's transport, registering fills with the coalescer."""
 
-    def __init__(self, store: CacheStore, client: httpx.AsyncClient, upstream: str, *,
-                 slice_size: int, tier: str, on_headers: OnHeaders,
-                 on_upstream: Callable[[int, int], None] | None = None,
-                 backoff: float = 2.0,
-                 on_integrity_failure: Callable[[str, str], None] | None = None) -> None:
+    def __init__(self, store: CacheStore, coalescer: Coalescer, transport: Transport, *,
+                 on_headers: OnHeaders, on_upstream: Callable[[int, int], None],
+                 on_integrity_failure: Callable[[str, str], None], backoff: float) -> None:
         self.store = store
-        self.client = client
-        self.upstream = upstream.rstrip("/")
-        self.slice_size = slice_size
-        self.tier = tier
+        self.coalescer = coalescer
+        self.transport = transport
         self.on_headers = on_headers
-        self.on_upstream = on_upstream or (lambda status, nbytes: None)
-        self.fills: dict[tuple[str, int], SliceFill] = {}
-        self.locks = FillLocks(store)
+        self.on_upstream = on_upstream
+        self.on_integrity_failure = on_integrity_failure
         self.backoff = backoff
-        self.on_integrity_failure = on_integrity_failure or (lambda key, why: None)
-        # After a failed connect, new fetches fail at once until this time: clients that can
+        # After a failed connect, new flights fail at once until this time: clients that can
         # be served stale are answered now instead of each waiting out a connect timeout.
         self.down_until = 0.0
         self.down_reason = ""
-        self.heads: dict[str, asyncio.Future[BeResp]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
-    def forget(self, key: str) -> None:
-        """Purge: fills in flight for ``key`` finish for their followers but are not stored."""
-        for (k, _i), fill in self.fills.items():
-            if k == key:
-                fill.discard = True
+    def start(self, spec: FlightSpec, *, facts: bool, context: Any = None) -> Flight | None:
+        """Start one flight for ``spec``'s slices not already stored or in flight.
 
-    def forget_prefix(self, prefix: str) -> None:
-        """`forget` every key that starts with ``prefix``."""
-        for (k, _i), fill in self.fills.items():
-            if k.startswith(prefix):
-                fill.discard = True
-
-    async def foreign_fill(self, key: str, index: int, version: str | None,
-                           timeout: float) -> ForeignFill | None:
-        """A follower for the slice while another worker process fills it; None once no
-        other process holds it (then it is stored, or nobody fills it)."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while self.locks.held_elsewhere(key, index):
-            temp = self.store.fill_record(key, index)
-            if temp is not None:
-                with contextlib.suppress(FileNotFoundError):  # committed just now
-                    return ForeignFill(
-                        key, index, Path(temp), version,
-                        is_running=lambda: self.locks.held_elsewhere(key, index),
-                        is_stored=lambda: version is not None
-                        and self.store.has_slice(key, version, index),
-                    )
-            if loop.time() > deadline:
-                raise UpstreamError(f"slice {index} stayed claimed by another worker")
-            await asyncio.sleep(FOREIGN_POLL)  # its record is on the way
-        return None
-
-    def fill_for(self, key: str, index: int) -> SliceFill | None:
-        """The in-flight fill of a slice, if any."""
-        return self.fills.get((key, index))
-
-    def start_span(self, key: str, path: str, first: int, last: int | None,
-                   version: str | None = None,
-                   validators: dict[str, str] | None = None) -> SpanFetch | None:
-        """Start one upstream request for slices ``first..last`` not already in flight.
-
-        Claims (registers) the slices synchronously, so a concurrent request for any of them
-        follows this fetch instead of starting its own: that is collapsed forwarding. The run
-        stops before the first slice that is already stored (at ``version``) or in flight.
-        ``validators`` (``If-None-Match``/``If-Modified-Since``) make it a revalidation: a 304
-        answer refreshes the stored facts and no body moves. None if another worker process
-        holds the first slice.
+        The first slice is claimed synchronously, so a concurrent request for it joins this
+        flight instead of starting its own: that is collapsed forwarding. None if another
+        flight (here or in another worker) already fills the first slice.
         """
-        if last is not None:
-            for i in range(first + 1, last + 1):
-                stored = version is not None and self.store.has_slice(key, version, i)
-                if stored or (key, i) in self.fills:
-                    last = i - 1
+        flight = Flight(spec.key, spec.first, spec.last, context=context)
+        if self.coalescer.claim(flight, spec.first) is None:
+            return None
+        if spec.last is not None:
+            for i in range(spec.first + 1, spec.last + 1):
+                if self.coalescer.claim(flight, i) is None:
+                    flight.last = i - 1  # filled by someone else: stop the run before it
                     break
-        span = SpanFetch(key, first, last)
-        if not self._claim(span, first):
-            return None  # another worker process claimed it first: follow that instead
-        for i in range(first + 1, (last if last is not None else first) + 1):
-            if not self._claim(span, i):
-                span.last = i - 1  # another worker fills this one: stop the run before it
-                break
-        task = asyncio.create_task(self._run(span, path, validators or {}))
+        if facts:
+            self.coalescer.flights[spec.key] = flight
+        task = asyncio.get_running_loop().create_task(self._run(flight, spec))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-        return span
-
-    async def head(self, key: str, path: str, timeout: float) -> BeResp:
-        """Learn an object's facts without its body (coalesced per key)."""
-        fut = self.heads.get(key)
-        if fut is None:
-            fut = asyncio.get_running_loop().create_future()
-            self.heads[key] = fut
-            task = asyncio.create_task(self._run_head(key, path, fut))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-        return await asyncio.wait_for(asyncio.shield(fut), timeout)
+        return flight
 
     async def aclose(self) -> None:
-        """Cancel fills in progress (shutdown)."""
+        """Cancel flights in progress (shutdown)."""
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        self.locks.close()
 
-    # --- internals ---
+    # --- one flight ---
 
-    def _check_up(self, now: float) -> None:
-        if now < self.down_until:
-            raise UpstreamError(f"upstream unreachable (backing off): {self.down_reason}")
+    def _bereq(self, flight: Flight, spec: FlightSpec) -> BeReq:
+        headers = list(spec.headers)
+        if not spec.whole:
+            size = spec.slice_size
+            end = "" if flight.last is None else str((flight.last + 1) * size - 1)
+            headers.append((b"range", f"bytes={flight.first * size}-{end}".encode()))
+        headers += spec.validators
+        return BeReq("GET", spec.target, headers, spec.key)
 
-    def _note_down(self, exc: BaseException, err: UpstreamError) -> None:
-        if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
-            self.down_until = time.time() + self.backoff
-            self.down_reason = str(err)
-
-    def _claim(self, span: SpanFetch, index: int) -> bool:
-        if (span.key, index) in self.fills:
-            return False
-        temp = self.store.new_temp()
-        if not self.locks.claim(span.key, index, temp):
-            return False
-        fill = SliceFill(span.key, index, temp, span)
-        self.fills[(span.key, index)] = fill
-        span.fills[index] = fill
-        return True
-
-    def _release(self, fill: SliceFill) -> None:
-        if self.fills.get((fill.key, fill.index)) is fill:
-            del self.fills[(fill.key, fill.index)]
-            self.locks.release(fill.key, fill.index)
-        fill.close()
-
-    def _bereq_headers(self, extra: dict[str, str]) -> dict[str, str]:
-        # Fills are shared by many clients, so nothing client-specific goes upstream; identity
-        # encoding keeps stored bytes equal to the representation ranges refer to.
-        return {"accept-encoding": "identity", "via": f"1.1 edgeproxy-{self.tier}", **extra}
-
-    async def _run_head(self, key: str, path: str, fut: asyncio.Future[BeResp]) -> None:
+    async def _run(self, flight: Flight, spec: FlightSpec) -> None:
+        resp: UpstreamResponse | None = None
+        handed = False
         try:
             t0 = time.time()
-            self._check_up(t0)
-            resp = await self.client.head(self.upstream + path, headers=self._bereq_headers({}))
-            beresp = from_response(resp, t0)
-            if resp.status_code == 200:
-                beresp.length = int_header(resp.headers.get("content-length"))
-            self.on_upstream(resp.status_code, 0)
-            fut.set_result(beresp)
-        except Exception as exc:
-            err = upstream_error(exc)
-            self._note_down(exc, err)
-            fut.set_exception(err)
-            fut.exception()  # retrieved: every waiter may have timed out already
-        finally:
-            self.heads.pop(key, None)
-
-    async def _run(self, span: SpanFetch, path: str, validators: dict[str, str]) -> None:
-        size = self.slice_size
-        start = span.first * size
-        end = "" if span.last is None else str((span.last + 1) * size - 1)
-        rng = f"bytes={start}-{end}"
-        received = 0
-        try:
-            t0 = time.time()
-            self._check_up(t0)
-            bereq = self.client.build_request("GET", self.upstream + path,
-                                              headers=self._bereq_headers(
-                                                  {"range": rng, **validators}))
-            resp = await self.client.send(bereq, stream=True)
-            try:
-                beresp = from_response(resp, t0)
-                if resp.status_code not in (200, 206):
-                    beresp.body = await read_small(resp)
-                    self.on_upstream(resp.status_code, len(beresp.body))
-                    span.headers_ready.set_result(beresp)
-                    raise _NotABody(resp.status_code)
-                self._claim_rest(span, beresp)
-                version, span.digest = self.on_headers(span.key, beresp)
-                span.headers_ready.set_result(beresp)
-                self._plan(span, beresp, version)
-                async for chunk in resp.aiter_raw(256 * 1024):
-                    self._write(span, beresp.body_start + received, chunk)
-                    received += len(chunk)
-                    if not any(not f.done for f in span.fills.values()):
-                        break  # everything we claimed is in; don't pull bytes nobody needs
-                self.on_upstream(resp.status_code, received)
-            finally:
-                await resp.aclose()
-            unfinished = [f for f in span.fills.values() if not f.done]
-            if unfinished:
-                raise UpstreamError(f"upstream body ended early at byte {received}")
-        except _NotABody as exc:
-            self._fail_all(span, UpstreamError(f"upstream answered {exc.status}"))
+            if t0 < self.down_until:
+                raise UpstreamUnreachable(f"upstream unreachable (backing off): "
+                                          f"{self.down_reason}")
+            resp = await self.transport.send(self._bereq(flight, spec))
+            beresp = from_upstream(resp, t0)
+            plan = self.on_headers(flight, beresp)
+            flight.meta = plan.meta
+            if plan.kind != "store":
+                self._drop_fills(flight, None)
+                flight.shareable = plan.kind == "not_modified"
+                if plan.kind == "direct":
+                    flight.direct = resp
+                    handed = True
+                flight.headers.set_result(beresp)
+                if handed:
+                    await asyncio.wait_for(asyncio.shield(flight.taken), DIRECT_TAKE_TIMEOUT)
+                else:
+                    self.on_upstream(beresp.status, 0)
+                return
+            flight.version = plan.meta.version
+            flight.digest = plan.digest
+            self._claim_body(flight, beresp, spec.slice_size)
+            self._plan_fills(flight, beresp, plan, spec.slice_size)
+            flight.headers.set_result(beresp)
+            received = await self._pump(flight, resp, beresp, plan, spec.slice_size)
+            self.on_upstream(beresp.status, received)
         except BaseException as exc:  # incl. cancellation: followers must hear of it
             err = upstream_error(exc)
-            self._note_down(exc, err)
-            if not span.headers_ready.done():
-                span.headers_ready.set_exception(err)
-                span.headers_ready.exception()  # mark retrieved: waiters may have gone
-            self._fail_all(span, err)
+            if isinstance(err, UpstreamUnreachable) and not flight.headers.done():
+                self.down_until = time.time() + self.backoff
+                self.down_reason = str(err)
+            if not flight.headers.done():
+                flight.headers.set_exception(err)
+                flight.headers.exception()  # retrieved: every waiter may be gone
+            self._drop_fills(flight, err)
             if isinstance(exc, asyncio.CancelledError):
                 raise
-            log.warning("fill of %s failed: %s", span.key, err)
+            if not isinstance(exc, TimeoutError):
+                log.warning("fill of %s failed: %s", flight.key, err)
+        finally:
+            if resp is not None and not handed:
+                await resp.aclose()
+            elif handed and not flight.taken.done():
+                await resp.aclose() if resp is not None else None
+            if self.coalescer.flights.get(flight.key) is flight:
+                del self.coalescer.flights[flight.key]
+            flight.grew()
+            if not flight.ended.done():
+                flight.ended.set_result(None)
 
-    def _claim_rest(self, span: SpanFetch, beresp: BeResp) -> None:
-        """Claim the slices an answer will carry beyond those asked for.
+    def _claim_body(self, flight: Flight, beresp: BeResp, size: int) -> None:
+        """Claim every slice the answer will carry beyond those asked for (bytes pass by
+        anyway), up to the first slice stored at this version or filled by someone else."""
+        version = flight.version
+        assert version is not None
+        if beresp.status == 206:
+            if beresp.body_start != flight.first * size:
+                raise UpstreamProtocolError("upstream answered a different range than asked")
+        elif flight.first > 0:
+            # A whole body for a range request: take the slices before ours as well.
+            for i in range(0, flight.first):
+                if not self.store.has_slice(flight.key, version, i):
+                    self.coalescer.claim(flight, i)
+        if beresp.length is None or (flight.last is not None and beresp.status == 206):
+            return
+        count = policy.slice_count(beresp.length, size)
+        for i in range(max(flight.first, max(flight.fills, default=0)) + 1, count):
+            if self.store.has_slice(flight.key, version, i) \
+                    or self.coalescer.claim(flight, i) is None:
+                break
 
-        Runs before the object's facts are stored: a worker that sees the facts must also
-        see every claim, or it would fetch the same slices again.
-        """
+    def _plan_fills(self, flight: Flight, beresp: BeResp, plan: Plan, size: int) -> None:
+        """Fix each claimed slice's expected length now that the body's extent is known."""
         length = beresp.length
-        if length is None:
-            raise UpstreamError("upstream sent no length; cannot slice")
-        count = policy.slice_count(length, self.slice_size)
-        version = beresp.version
-        if span.last is None:
-            # Open span: claim the rest of the object, up to the first slice already stored or
-            # in flight (those bytes are someone else's and are skipped).
-            for i in range(span.first + 1, count):
-                if self.store.has_slice(span.key, version, i) or not self._claim(span, i):
-                    break
-        if beresp.body_start != 0 and beresp.body_start != span.first * self.slice_size:
-            raise UpstreamError("upstream answered a different range than asked")
-        if beresp.body_start == 0 and span.first > 0:
-            # The upstream ignored Range and sends the whole body: take the slices before ours
-            # as well, since the bytes pass by anyway.
-            for i in range(0, span.first):
-                if not self.store.has_slice(span.key, version, i):
-                    self._claim(span, i)
-
-    def _plan(self, span: SpanFetch, beresp: BeResp, version: str | None) -> None:
-        """Fix each claimed slice's expected length now that the object's length is known."""
-        length = beresp.length
-        assert length is not None
-        count = policy.slice_count(length, self.slice_size)
-        whole = span.first == 0 and beresp.body_start == 0 and (
-            span.last is None or span.last >= count - 1)
-        if span.digest is not None and whole:
-            span.hasher = hashlib.sha256()
-        for index, fill in list(span.fills.items()):
-            if index >= count:
-                fill.fail(UpstreamError("slice beyond the end of the object"))
-                self._discard(fill)
-                del span.fills[index]
+        whole = beresp.body_start == 0 and length is not None and (
+            flight.last is None or flight.last >= policy.slice_count(length, size) - 1)
+        if plan.digest is not None and whole:
+            flight.hasher = hashlib.sha256()
+        count = policy.slice_count(length, size) if length is not None else None
+        for index, fill in list(flight.fills.items()):
+            if count is not None and index >= count:
+                self._discard(fill, FillAborted("slice beyond the end of the object"))
+                del flight.fills[index]
                 continue
-            lo, hi = policy.slice_bounds(index, self.slice_size, length)
-            fill.expected = hi - lo + 1
-            fill.version = version
-            fill.hold_last = span.hasher is not None and index == count - 1
-            if fill.expected == 0:
-                self._complete(span, fill)
+            if length is not None:
+                lo, hi = policy.slice_bounds(index, size, length)
+                fill.expected = hi - lo + 1
+                fill.hold_last = flight.hasher is not None and index == count - 1  # type: ignore[operator]
+            if (fill.expected or size) < INLINE_MAX:
+                fill.keep = bytearray()
+        flight.store_meta = plan.store_meta
 
-    def _write(self, span: SpanFetch, offset: int, chunk: bytes) -> None:
-        if span.hasher is not None:
-            span.hasher.update(chunk)
-        size = self.slice_size
+    async def _pump(self, flight: Flight, resp: UpstreamResponse, beresp: BeResp, plan: Plan,
+                    size: int) -> int:
+        received = 0
+        async for chunk in resp.aiter_body():
+            self._write(flight, beresp.body_start + received, chunk, size, beresp.length)
+            received += len(chunk)
+            if beresp.length is not None and not any(not f.done for f in flight.fills.values()):
+                break  # everything we claimed is in; don't pull bytes nobody needs
+        if beresp.length is None:
+            self._end_unknown(flight, beresp, received, size)
+        unfinished = [f for f in flight.fills.values() if not f.done and f.error is None]
+        if unfinished:
+            raise FillAborted(f"upstream body ended early at byte {received}")
+        return received
+
+    def _write(self, flight: Flight, offset: int, chunk: bytes, size: int,
+               length: int | None) -> None:
+        if flight.hasher is not None:
+            flight.hasher.update(chunk)
         view = memoryview(chunk)
         while view:
             index, within = divmod(offset, size)
             take = min(len(view), size - within)
-            fill = span.fills.get(index)
+            fill = flight.fills.get(index)
+            if fill is None and length is None and within == 0:
+                fill = self._grow(flight, index, size)
             if fill is not None and not fill.done and fill.error is None:
-                assert fill.expected is not None
+                limit = fill.expected if fill.expected is not None else size
                 if within != fill.written:
-                    raise UpstreamError(f"slice {index}: bytes out of order")
-                fill.write(view[: min(take, fill.expected - within)])
-                if fill.written >= fill.expected:
-                    self._complete(span, fill)
+                    raise UpstreamProtocolError(f"slice {index}: bytes out of order")
+                fill.write(view[: min(take, limit - within)])
+                if fill.expected is not None and fill.written >= fill.expected:
+                    self._complete(flight, fill)
+                elif fill.expected is None and fill.written >= size:
+                    fill.expected = size
+                    self._complete(flight, fill)
             view = view[take:]
             offset += take
 
-    def _complete(self, span: SpanFetch, fill: SliceFill) -> None:
-        if fill.hold_last and not self._verified(span, fill):
+    def _grow(self, flight: Flight, index: int, size: int) -> SliceFill | None:
+        """The next slice of a body of unknown length, claimed as its first byte arrives."""
+        fill = self.coalescer.claim(flight, index)
+        if fill is None:
+            flight.store_meta = "no"  # someone else holds a slice: the object stays partial
+            return None
+        fill.keep = bytearray()
+        flight.grew()
+        return fill
+
+    def _end_unknown(self, flight: Flight, beresp: BeResp, received: int, size: int) -> None:
+        """A body without Content-Length has ended: now its length, and last slice, are known."""
+        flight.length = beresp.body_start + received
+        last = flight.fills.get(flight.length // size if flight.length % size else
+                                max(0, flight.length // size - 1))
+        if received == 0 and 0 not in flight.fills:
+            last = self._grow(flight, 0, size)
+        if last is not None and not last.done and last.error is None:
+            last.expected = last.written
+            self._complete(flight, last)
+        if flight.store_meta != "no" and flight.meta is not None and flight.version:
+            meta = flight.meta.with_length(flight.length)
+            flight.meta = meta
+            if not any(f.discard for f in flight.fills.values()):
+                self.store.set_meta(flight.key, meta)
+
+    def _complete(self, flight: Flight, fill: SliceFill) -> None:
+        if fill.hold_last and not self._verified(flight, fill):
             return
         fill.finish()
-        # Commit and unregister in one synchronous step: a request that misses the fill in the
-        # registry finds the slice in the store.
-        if fill.version is not None and not fill.discard:
+        # Commit and unregister in one synchronous step: a request that misses the fill in
+        # the registry finds the slice in the store.
+        if flight.version is not None and not fill.discard:
+            data = bytes(fill.keep) if fill.keep is not None else None
             try:
-                self.store.commit_slice(span.key, fill.version, fill.index, fill.temp, fill.written)
-            except OSError as exc:
-                log.error("could not commit slice %s/%d: %s", span.key, fill.index, exc)
-                fill.temp.unlink(missing_ok=True)
+                if flight.store_meta == "with_body" and flight.meta is not None \
+                        and fill.index == 0 and flight.meta.length is not None:
+                    self.store.commit_object(flight.key, flight.meta, fill.path, fill.written,
+                                             data)
+                else:
+                    self.store.commit_slice(flight.key, flight.version, fill.index, fill.path,
+                                            fill.written, data)
+                fill.stored = True
+            except Exception as exc:  # a storage fault: followers still get the bytes
+                log.error("could not commit slice %s/%d: %s", flight.key, fill.index, exc)
+                fill.path.unlink(missing_ok=True)
         else:
-            # Uncacheable: nothing to commit, but the requests that waited on this fetch's
-            # headers may not have attached yet; let the file linger for them a while.
-            asyncio.get_running_loop().call_later(UNCACHEABLE_LINGER, fill.temp.unlink, True)
-        self._release(fill)
+            fill.path.unlink(missing_ok=True)
+        self.coalescer.release(fill)
 
-    def _verified(self, span: SpanFetch, fill: SliceFill) -> bool:
+    def _verified(self, flight: Flight, fill: SliceFill) -> bool:
         """Check the whole body's SHA-256 before its last byte reaches anyone.
 
         On a mismatch nothing of the object stays stored (earlier slices included), the fill
         fails so followers abort short of the end, and the failure is counted.
         """
-        got = span.hasher.hexdigest()
-        if hmac.compare_digest(got, span.digest or ""):
+        got = flight.hasher.hexdigest()
+        if hmac.compare_digest(got, flight.digest or ""):
             return True
-        why = f"body SHA-256 {got[:16]}… does not match the expected {(span.digest or '')[:16]}…"
-        log.error("integrity failure on %s: %s", span.key, why)
-        self.store.purge(span.key)
-        for other in span.fills.values():
+        why = f"body SHA-256 {got[:16]}… does not match the expected {(flight.digest or '')[:16]}…"
+        log.error("integrity failure on %s: %s", flight.key, why)
+        self.store.purge(flight.key)
+        for other in flight.fills.values():
             other.discard = True
-        fill.fail(UpstreamError(f"integrity check failed: {why}"))
-        self._discard(fill)
-        self.on_integrity_failure(span.key, why)
+        self._discard(fill, FillAborted(f"integrity check failed: {why}"))
+        self.on_integrity_failure(flight.key, why)
         return False
 
-    def _discard(self, fill: SliceFill) -> None:
-        fill.temp.unlink(missing_ok=True)
-        self._release(fill)
+    def _discard(self, fill: SliceFill, err: BaseException) -> None:
+        fill.fail(err)
+        fill.path.unlink(missing_ok=True)
+        self.coalescer.release(fill)
 
-    def _fail_all(self, span: SpanFetch, err: BaseException) -> None:
-        for fill in span.fills.values():
+    def _drop_fills(self, flight: Flight, err: UpstreamError | None) -> None:
+        for fill in flight.fills.values():
             if not fill.done:
-                fill.fail(err)
-                self._discard(fill)
-        if span.hasher is not None:
-            # The slices this span already committed were to be vouched for by the digest
+                self._discard(fill, err or FillAborted("no body to fill"))
+        if err is not None and flight.hasher is not None:
+            # The slices this flight already committed were to be vouched for by the digest
             # at the end, which never came: drop them rather than keep unverified bytes.
-            self.store.purge(span.key)
-
-
-class _NotABody(Exception):
-    def __init__(self, status: int) -> None:
-        super().__init__(status)
-        self.status = status
+            self.store.purge(flight.key)

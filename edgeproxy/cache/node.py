@@ -1,7 +1,8 @@
 """A caching node (edge or shield) as a lean ASGI app.
 
-A client request moves ``recv → lookup → hit | miss | stale → fetch → deliver``, as in Varnish.
-Client-side names are ``req``/``resp``; upstream-side ones ``bereq``/``beresp`` (in `fetch`).
+The node owns the services (store, coalescer, fetcher, transport) and the boundary where
+errors become statuses; a request itself moves through `steps`. A plain hit on a small hot
+object takes a measured fast lane in front of the steps: a dict lookup and two sends.
 """
 
 from __future__ import annotations
@@ -10,93 +11,63 @@ import asyncio
 import logging
 import os
 import time
-from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qsl
-
-import httpx
 
 from ..config import Config, ContentClass
 from ..errors import ConfigError, HTTPError, UpstreamError
-from ..http import ByteRange, RangeNotSatisfiable, parse_range, resolve_ranges
-from ..signing import (
-    BadSignature,
-    DownloadSigner,
-    SignatureExpired,
-    has_download_signature,
-    signature_params,
-)
-from . import admin, asgi, policy
-from .beresp import BeResp
-from .deliver import CLAIM_ATTEMPTS, BodySource, Multipart, Send
-from .facts import Facts
-from .fetch import Fetcher
-from .fills import FOREIGN_POLL, SpanFetch
+from ..http import ByteRange
+from . import admin, asgi, boundary, fields, policy, steps
+from .coalesce import Coalescer
+from .facts import Facts, FlightContext
+from .fetch import Fetcher, FlightSpec
+from .gate import Gate
 from .hot import HotEntry, HotTier, PurgeEpoch
 from .metrics import CONTENT_TYPE_LATEST, NodeMetrics
-from .passthrough import pass_request
-from .store import CacheStore, ObjectMeta, SliceBody
+from .req import Req, cache_key
+from .sources import FillSource, Source, StoredSource
+from .store import CacheStore, ObjectMeta
+from .transport import Transport, transport_for
+from .types import Receive, Scope, Send
+from .verdict import Verdict, x_cache
 
 log = logging.getLogger("edgeproxy.cache")
 
-Receive = Any
-Scope = dict[str, Any]
-
-# Request headers that take a request off the hot path (the full path answers them).
+# Request fields that take a request off the fast lane (the steps answer them).
 _NOT_PLAIN = frozenset({b"range", b"if-none-match", b"if-range", b"if-modified-since",
                         b"authorization"})
 
 
-@dataclass
-class Req:
-    """The client request as a cache sees it (``req``)."""
-
-    method: str
-    path: str
-    query: str
-    headers: dict[str, str]
-    key: str
-
-    @classmethod
-    def from_scope(cls, scope: Scope) -> Req:
-        """Parse the ASGI scope (first value of each header, names lower-cased)."""
-        headers: dict[str, str] = {}
-        for name, value in scope["headers"]:
-            headers.setdefault(name.decode("latin-1"), value.decode("latin-1"))
-        query = scope.get("query_string", b"").decode("latin-1")
-        path = scope["path"]
-        # Signature parameters are not part of the key: one copy serves every signed URL.
-        key = policy.cache_key(path, query, signature_params())
-        return cls(scope["method"], path, query, headers, key)
-
-    @property
-    def upstream_path(self) -> str:
-        """Path and query as sent upstream (raw, as received)."""
-        return self.path + (f"?{self.query}" if self.query else "")
-
-
 class CacheNode:
-    """The ASGI application of one edge or shield."""
+    """The ASGI application of one edge or shield.
 
-    def __init__(self, config: Config, tier: str, *, upstream: str | None = None) -> None:
+    ``transport`` is the upstream seam: tests inject one; by default it is built from the
+    configured upstream URL when the node starts.
+    """
+
+    def __init__(self, config: Config, tier: str, *, upstream: str | None = None,
+                 transport: Transport | None = None) -> None:
         self.config = config
         self.tier = tier
+        self.name = getattr(config.node(tier), "node_name", "") or tier
         self.upstream = (upstream or config.node(tier).upstream).rstrip("/")
-        if not self.upstream:
+        if not self.upstream and transport is None:
             raise ConfigError(f"{tier}.upstream: no upstream URL configured")
         self.classes: dict[str, ContentClass] = {c.name: c for c in config.content_classes}
         self.store = CacheStore(config.cache_dir(tier), config.node(tier).cache_size)
         self.facts = Facts(config, tier, self.store)
-        self.signer = DownloadSigner.from_config(config.download_signing)
+        self.gate = Gate(config)
         self.hot = HotTier(config.cache.memory_size, config.cache.memory_max_object,
                            PurgeEpoch(self.store.directory / "purge.epoch"))
-        self._signed_classes = {c.name for c in config.content_classes if c.require_signature}
-        self._hit_x_cache = f"HIT from {tier}".encode()
         self.metrics = NodeMetrics(tier)
-        self._client: httpx.AsyncClient | None = None
+        self.slice_size = config.cache.slice_size
+        self.read_size = config.cache.read_chunk_size
+        self.wait_timeout = config.cache.fill_wait_timeout
+        self.coalescer = Coalescer(self.store, self.wait_timeout)
+        self._injected = transport
+        self._transport: Transport | None = transport
         self._fetcher: Fetcher | None = None
-        self._refreshing: set[str] = set()
-        self._background: set[asyncio.Task[None]] = set()
+        self._hit_x_cache = x_cache(Verdict.HIT, self.name).encode()
+        asgi.allow_any_status()
 
     # --- ASGI plumbing ---
 
@@ -121,17 +92,39 @@ class CacheNode:
                 await asgi.send_json(send, exc.status, exc.body(), exc.headers)
             return
         started = time.perf_counter()
-        if await self._serve_hot(scope, send, started):
+        if await self._fast_lane(scope, send, started):
             return
-        req = Req.from_scope(scope)
-        result, cls, nbytes = "ERROR", policy.DEFAULT_CLASS, 0
+        await self._serve(scope, receive, send, started)
+
+    async def _serve(self, scope: Scope, receive: Receive, send: Send, started: float) -> None:
+        tx: steps.Tx | None = None
         try:
-            result, cls, nbytes = await self.recv(req, scope, receive, send)
+            tx = steps.Tx(Req.from_scope(scope), scope, receive, send)
+            await steps.run(self, tx)
+        except UpstreamError as exc:
+            await self._error(tx, send, boundary.http_error(exc, self.name))
         except HTTPError as exc:
-            await asgi.send_json(send, exc.status, exc.body(), exc.headers,
-                                 head=req.method == "HEAD")
+            await self._error(tx, send, exc)
         finally:
-            self.metrics.observe(result, cls, nbytes, time.perf_counter() - started)
+            verdict = tx.verdict if tx is not None else Verdict.ERROR
+            cls = tx.meta.content_class if tx is not None and tx.meta else policy.DEFAULT_CLASS
+            self.metrics.observe(verdict.value, cls, tx.sent if tx else 0,
+                                 time.perf_counter() - started)
+            if tx is not None:
+                scope.setdefault("edgeproxy", {})["upstream_time"] = tx.upstream_time
+                if tx.first is not None:
+                    tx.first.close()
+                await self.drop_direct(tx)
+
+    async def _error(self, tx: steps.Tx | None, send: Send, exc: HTTPError) -> None:
+        if tx is not None and tx.responded:
+            # Past the status line nothing can be taken back: aborting the connection is
+            # how the client learns the body is short, never complete-looking.
+            raise exc
+        if tx is not None:
+            tx.verdict = Verdict.ERROR
+        head = tx is not None and tx.req.method == "HEAD"
+        await asgi.send_json(send, exc.status, exc.body(), exc.headers, head=head)
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:
@@ -145,43 +138,188 @@ class CacheNode:
                 return
 
     def startup(self) -> None:
-        """Open the upstream connection pool (needs the running loop)."""
-        timeout = self.config.cache.upstream_timeout
-        self._client = httpx.AsyncClient(
-            timeout=httpx.Timeout(timeout, connect=min(timeout, 5.0)),
-            limits=httpx.Limits(max_connections=512, max_keepalive_connections=64),
-        )
-        self._fetcher = Fetcher(self.store, self._client, self.upstream,
-                                slice_size=self.config.cache.slice_size, tier=self.tier,
-                                on_headers=self._on_headers,
-                                on_upstream=self.metrics.upstream,
-                                backoff=self.config.cache.upstream_backoff,
-                                on_integrity_failure=self._integrity_failure)
+        """Open the upstream transport (needs the running loop)."""
+        if self._transport is None:
+            self._transport = transport_for(self.upstream,
+                                            timeout=self.config.cache.upstream_timeout)
+        self._fetcher = Fetcher(self.store, self.coalescer, self._transport,
+                                on_headers=self.facts.plan, on_upstream=self.metrics.upstream,
+                                on_integrity_failure=self._integrity_failure,
+                                backoff=self.config.cache.upstream_backoff)
 
     async def shutdown(self) -> None:
-        """Stop fills and close the pool and the index."""
+        """Stop flights and close the transport and the index."""
         if self._fetcher is not None:
             await self._fetcher.aclose()
-        if self._client is not None:
-            await self._client.aclose()
+        if self._transport is not None and self._injected is None:
+            await self._transport.aclose()
+        self.coalescer.close()
         self.store.close()
-
-    def _on_headers(self, key: str, beresp: BeResp) -> tuple[str | None, str | None]:
-        # Any upstream answer may carry new facts: the memory copy must not outlive them.
-        self.hot.pop(key)
-        return self.facts.on_headers(key, beresp)
 
     def _integrity_failure(self, key: str, why: str) -> None:
         self.metrics.integrity_failures.labels(self.tier).inc()
 
+    @property
+    def fetcher(self) -> Fetcher:
+        """The upstream side (available after startup)."""
+        assert self._fetcher is not None, "lifespan startup has not run"
+        return self._fetcher
+
+    @property
+    def transport(self) -> Transport:
+        """The upstream seam (available after startup)."""
+        assert self._transport is not None, "lifespan startup has not run"
+        return self._transport
+
+    # --- services the steps use ---
+
+    def spec(self, req: Req, *, first: int, last: int | None, whole: bool,
+             stale: ObjectMeta | None = None, known: ObjectMeta | None = None) -> FlightSpec:
+        """The flight that fetches slices ``first..last`` of ``req``'s object."""
+        validators: list[tuple[bytes, bytes]] = []
+        if stale is not None:
+            if stale.etag:
+                validators.append((b"if-none-match", stale.etag.encode("latin-1")))
+            elif stale.last_modified:
+                validators.append((b"if-modified-since", stale.last_modified.encode("latin-1")))
+        if known is not None and not known.version.startswith("u"):
+            if_range = known.etag if known.etag and not known.etag.startswith("W/") \
+                else known.last_modified
+            if if_range:
+                validators.append((b"if-range", if_range.encode("latin-1")))
+        return FlightSpec(req.key, req.target, fields.fill_headers(req.raw_headers, self.name),
+                          first, last, self.slice_size, validators, whole)
+
+    async def join(self, tx: steps.Tx, meta: ObjectMeta, index: int) -> Source:
+        """The source of slice ``index`` of ``meta``'s object for ``tx`` (see `Coalescer.join`).
+
+        A slice missing from a known object is fetched with ``If-Range``: one request, and a
+        changed object is detected by its answer.
+        """
+        req = tx.req
+        if meta.length is None:
+            return await self._join_growing(tx, meta, index)
+
+        def lead(i: int) -> Any:
+            assert meta.length is not None
+            end = meta.length - 1
+            if req.ranges and all(s.first is not None and s.last is not None
+                                  for s in req.ranges):
+                end = min(end, max(s.last for s in req.ranges if s.last is not None))
+            last = max(i, end // meta.slice_size)
+            spec = self.spec(req, first=i, last=last, whole=False, known=meta)
+            flight = self.fetcher.start(spec, facts=False,
+                                        context=FlightContext(req.headers, known=meta))
+            if flight is not None and tx.flight is None:
+                tx.flight, tx.led = flight, True
+            return flight
+
+        source = await self.coalescer.join(req.key, index, meta.version, lead)
+        if isinstance(source, StoredSource) and index == 0 and meta.status == 200 \
+                and meta.length <= meta.slice_size and self.hot.accepts(meta.length):
+            source = self._keep_hot(req.key, meta, source)
+        flight = tx.flight
+        if tx.led and flight is not None and not flight.headers.done():
+            started = time.perf_counter()
+            try:
+                await asyncio.wait_for(asyncio.shield(flight.headers), self.wait_timeout)
+            finally:
+                tx.upstream_time += time.perf_counter() - started
+        return source
+
+    def attach(self, tx: steps.Tx, meta: ObjectMeta,
+               ranges: list[ByteRange] | None) -> dict[int, Source]:
+        """Readers on the fills now in flight for the slices an answer will send."""
+        if meta.length is None or tx.direct is not None:
+            return {}
+        spans = [policy.slice_span(r.start, r.end, meta.slice_size) for r in ranges] \
+            if ranges else [range(policy.slice_count(meta.length, meta.slice_size))]
+        ready: dict[int, Source] = {}
+        for span in spans:
+            for index in span:
+                fill = self.coalescer.fills.get((tx.req.key, index))
+                if fill is not None and fill.error is None and \
+                        fill.flight.version == meta.version and index not in ready:
+                    ready[index] = FillSource(fill)
+        return ready
+
+    async def _join_growing(self, tx: steps.Tx, meta: ObjectMeta, index: int) -> Source:
+        """A slice of a body whose length is not known yet: wait until it exists or the
+        flight has ended without it (past the end)."""
+        flight = tx.flight
+        while True:
+            fill = self.coalescer.fills.get((tx.req.key, index))
+            if fill is not None and fill.error is None and fill.flight.version == meta.version:
+                return FillSource(fill)
+            body = self.store.get_slice(tx.req.key, meta.version, index)
+            if body is not None:
+                return StoredSource(body)
+            if flight is None or flight.ended.done():
+                return StoredSource(b"")
+            await flight.wait_growth(self.wait_timeout)
+
+    def _keep_hot(self, key: str, meta: ObjectMeta, source: StoredSource) -> StoredSource:
+        """Copy a small, complete object into the memory tier; returns the source to send."""
+        body = source.body
+        if not isinstance(body, bytes):
+            with body:
+                body = os.pread(body.fileno(), meta.length or 0, 0)
+        if len(body) != meta.length or meta.vary:
+            return StoredSource(body)
+        now = time.time()
+        headers = [(n.encode("latin-1"), v.encode("latin-1"))
+                   for n, v in self._stored_headers(meta)]
+        headers.append((b"content-length", str(len(body)).encode()))
+        self.hot.put(key, HotEntry(meta, body, headers, now + meta.freshness.remaining(now)))
+        return StoredSource(body)
+
+    def _stored_headers(self, meta: ObjectMeta) -> list[tuple[str, str]]:
+        """The stored end-to-end fields as this tier sends them (its Cache-Control, Via)."""
+        headers = [(n, v) for n, v in meta.headers if n.lower() not in ("cache-control", "via")]
+        cc = policy.downstream_cache_control(self.classes.get(meta.content_class), self.tier,
+                                             meta.header("cache-control"))
+        if cc:
+            headers.append(("cache-control", cc))
+        headers.append(("via", fields.via(meta.header("via"), self.name)))
+        if meta.status == 200:
+            headers.append(("accept-ranges", "bytes"))
+        return headers
+
+    def response_headers(self, meta: ObjectMeta, tx: steps.Tx) -> list[tuple[str, str]]:
+        """Every field of an answer from ``meta`` but its length and range fields."""
+        headers = self._stored_headers(meta)
+        headers.append(("age", str(int(meta.freshness.age(time.time())))))
+        headers.append(("x-cache", x_cache(tx.verdict, self.name, tx.upstream_cache)))
+        return headers
+
+    async def start_response(self, tx: steps.Tx, status: int,
+                             headers: list[tuple[str, str]]) -> None:
+        """Send the status line and fields (after which errors abort the connection)."""
+        tx.responded = True
+        await asgi.start(tx.send, status, headers)
+
+    async def drop_direct(self, tx: steps.Tx) -> None:
+        """Release an unstored upstream body this request did not (fully) read."""
+        direct, tx.direct = tx.direct, None
+        if direct is not None:
+            await direct.aclose()
+
+    def invalidate(self, paths: list[str]) -> None:
+        """RFC 9111 §4.4: drop what is stored under these targets."""
+        for target in paths:
+            path, _, query = target.partition("?")
+            self._purge_key(cache_key(path, query))
+
     # --- admin ---
+
+    def _purge_key(self, key: str) -> int:
+        self.coalescer.forget(lambda k: k == key)
+        self.hot.purged()
+        return 1 if self.store.purge(key) else 0
 
     def purge(self, path: str) -> int:
         """Drop one object (all its slices); fills in flight for it will not be stored."""
-        key = policy.cache_key(*path.partition("?")[::2])
-        self.fetcher.forget(key)
-        self.hot.purged()
-        return 1 if self.store.purge(key) else 0
+        return self._purge_key(cache_key(*path.partition("?")[::2]))
 
     def clear(self) -> None:
         """Empty this node's cache (disk and every worker's memory tier)."""
@@ -190,138 +328,25 @@ class CacheNode:
 
     def purge_prefix(self, prefix: str) -> int:
         """Drop every object whose key starts with ``prefix``."""
-        self.fetcher.forget_prefix(prefix)
+        self.coalescer.forget(lambda k: k.startswith(prefix))
         self.hot.purged()
         return self.store.purge_prefix(prefix)
 
-    @property
-    def fetcher(self) -> Fetcher:
-        """The upstream side (available after startup)."""
-        assert self._fetcher is not None, "lifespan startup has not run"
-        return self._fetcher
+    # --- the fast lane ---
 
-    # --- recv → lookup → hit | miss | stale ---
-
-    async def recv(self, req: Req, scope: Scope, receive: Receive,
-                   send: Send) -> tuple[str, str, int]:
-        """Route one client request; returns (result, content class, body bytes sent)."""
-        self._check_signature(req)
-        if req.method not in ("GET", "HEAD") or "authorization" in req.headers:
-            if req.method not in ("GET", "HEAD", "OPTIONS", "TRACE"):
-                self.store.purge(req.key)  # RFC 9111 §4.4: unsafe methods invalidate
-                self.hot.purged()
-            assert self._client is not None
-            nbytes = await pass_request(self._client, self.upstream, self.tier, scope,
-                                        receive, send)
-            return "PASS", policy.DEFAULT_CLASS, nbytes
-        now = time.time()  # lookup: memory first, then the index
-        hot = self.hot.get(req.key, now)
-        if hot is not None:
-            return await self.deliver(req, hot.meta, send, result="HIT", upstream_cache=None,
-                                      prefetched={0: hot.body})
-        meta = self.hot.facts(req.key, now) or self.store.get_meta(req.key)
-        if meta is not None and meta.freshness.is_fresh(now):
-            return await self.hit(req, meta, send)
-        if meta is not None and meta.status == 200 and \
-                meta.freshness.may_serve_stale_while_revalidating(now):
-            self._refresh_in_background(req, meta)
-            return await self.deliver(req, meta, send, result="STALE", upstream_cache=None)
-        return await self.miss(req, meta, send)
-
-    def _check_signature(self, req: Req) -> None:
-        """Signed URLs are checked here, before any lookup or upstream traffic (seed 004:
-        signed URLs with expiry). A signature that is present must be valid even where the
-        content class does not require one."""
-        params = dict(parse_qsl(req.query, keep_blank_values=True)) if req.query else {}
-        signed = has_download_signature(params)
-        if not signed:
-            if not self._signed_classes:
-                return
-            cls = policy.classify(req.path, None, self.config.content_classes)
-            if cls is not None and cls.require_signature:
-                raise HTTPError(403, "signature_required",
-                                f"{cls.name} URLs must be signed (exp, kid, sig)")
-            return
-        try:
-            self.signer.verify_download(req.path, params, time.time())
-        except SignatureExpired as exc:
-            raise HTTPError(403, "signature_expired", str(exc)) from None
-        except BadSignature as exc:
-            raise HTTPError(403, "bad_signature", str(exc)) from None
-
-    def _refresh_in_background(self, req: Req, stale: ObjectMeta) -> None:
-        """One revalidation per key while clients keep getting the stale copy (RFC 5861)."""
-        if req.key in self._refreshing:
-            return
-        self._refreshing.add(req.key)
-        bg = Req("GET", req.path, req.query, {}, req.key)
-
-        async def refresh() -> None:
-            try:
-                beresp, _span = await self.fetch(bg, stale)
-                if beresp.status == 304:
-                    self.facts.revalidated(bg.key, stale, beresp)
-            except UpstreamError as exc:
-                log.info("background refresh of %s failed: %s", bg.key, exc)
-            finally:
-                self._refreshing.discard(bg.key)
-
-        task = asyncio.get_running_loop().create_task(refresh())
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-
-    async def hit(self, req: Req, meta: ObjectMeta, send: Send) -> tuple[str, str, int]:
-        """Serve a fresh stored object (slices missing from the store are fetched).
-
-        The first slice is looked up before any header is sent: if it is gone (evicted, or a
-        fill that failed), the stored facts are checked upstream first, so a changed object is
-        never announced with the old length and then cut short.
-        """
-        prefetched: dict[int, SliceBody] = {}
-        first = self._first_byte(req, meta)
-        if req.method == "GET" and meta.status == 200 and meta.length and first is not None:
-            index = first // meta.slice_size
-            if self.fetcher.fill_for(req.key, index) is None:
-                body = self.store.get_slice(req.key, meta.version, index)
-                if body is not None:
-                    prefetched[index] = self._keep_hot(req.key, meta, index, body)
-                elif not self.fetcher.locks.held_elsewhere(req.key, index):
-                    return await self.miss(req, meta, send)
-                # else: another worker is filling it right now; delivery follows that fill
-        return await self.deliver(req, meta, send, result="HIT", upstream_cache=None,
-                                  prefetched=prefetched)
-
-    def _keep_hot(self, key: str, meta: ObjectMeta, index: int, body: SliceBody) -> SliceBody:
-        """Copy a small, complete object into the hot tier; returns the body to send."""
-        if index != 0 or not self.hot.accepts(meta.length) or meta.length is None \
-                or meta.length > meta.slice_size:
-            if meta.length is not None and meta.status == 200:
-                now = time.time()
-                self.hot.remember_facts(key, meta, now + meta.freshness.remaining(now))
-            return body
-        if isinstance(body, bytes):
-            data = body
-        else:
-            with body:
-                data = os.pread(body.fileno(), meta.length, 0)
-        if len(data) == meta.length:
-            headers = [(n.encode("latin-1"), v.encode("latin-1"))
-                       for n, v in self._base_headers(meta)]
-            headers.append((b"content-length", str(meta.length).encode()))
-            fresh_until = time.time() + meta.freshness.remaining(time.time())
-            self.hot.put(key, HotEntry(meta, data, headers, fresh_until))
-        return data
-
-    async def _serve_hot(self, scope: Scope, send: Send, started: float) -> bool:
+    async def _fast_lane(self, scope: Scope, send: Send, started: float) -> bool:
         """The hit path for hot objects: a dict lookup and two sends, nothing else."""
         if scope["method"] != "GET" or scope["query_string"]:
             return False
+        raw = scope.get("raw_path")
+        if raw is not None and (b"%" in raw or b"/." in raw):
+            return False  # not obviously canonical: recv canonicalises it first
         entry = self.hot.get(scope["path"], time.time())
-        if entry is None or entry.meta.content_class in self._signed_classes:
+        if entry is None or entry.meta.content_class in self.gate.signed_classes:
             return False
         for name, _value in scope["headers"]:
             if name in _NOT_PLAIN:
-                return False  # ranges, validators, credentials: the full path handles them
+                return False  # ranges, validators, credentials: the steps handle them
         age = str(int(entry.meta.freshness.age(time.time()))).encode()
         await send({"type": "http.response.start", "status": 200,
                     "headers": [*entry.headers, (b"age", age), (b"x-cache", self._hit_x_cache)]})
@@ -330,245 +355,3 @@ class CacheNode:
                              time.perf_counter() - started)
         return True
 
-    def _base_headers(self, meta: ObjectMeta) -> list[tuple[str, str]]:
-        """The stored end-to-end headers as this tier sends them (its Cache-Control, Via)."""
-        headers = [(n, v) for n, v in meta.headers if n.lower() not in ("cache-control", "via")]
-        cc = policy.downstream_cache_control(self.classes.get(meta.content_class), self.tier,
-                                             meta.header("cache-control"))
-        if cc:
-            headers.append(("cache-control", cc))
-        headers.append(("via", policy.via(meta.header("via"), self.tier)))
-        if meta.status == 200:
-            headers.append(("accept-ranges", "bytes"))
-        return headers
-
-    async def miss(self, req: Req, stale: ObjectMeta | None,
-                   send: Send) -> tuple[str, str, int]:
-        """Fetch the object's facts upstream (coalesced), then deliver as they stream in."""
-        self.hot.pop(req.key)
-        try:
-            beresp, span = await self.fetch(req, stale)
-        except UpstreamError as exc:
-            if stale is not None and stale.freshness.may_serve_stale_on_error(time.time()):
-                return await self.deliver(req, stale, send, result="STALE", upstream_cache=None)
-            status = 504 if "timed out" in str(exc) else 502
-            raise HTTPError(status, "upstream_unavailable", str(exc), tier=self.tier) from None
-        if beresp.status == 304 and stale is not None:
-            meta = self.facts.revalidated(req.key, stale, beresp)
-            return await self.deliver(req, meta, send, result="REVALIDATED",
-                                      upstream_cache=beresp.x_cache)
-        if beresp.status in policy.NEGATIVE_STATUSES:
-            meta = self.facts.negative(req.key, beresp)
-            return await self.deliver(req, meta, send, result="MISS", upstream_cache=beresp.x_cache)
-        if beresp.status == 416:
-            if beresp.length is None:
-                raise HTTPError(502, "bad_upstream_answer", "upstream sent 416 without a length")
-            raise HTTPError(416, "range_not_satisfiable", "no satisfiable range",
-                            headers={"content-range": f"bytes */{beresp.length}"})
-        if beresp.status not in (200, 206):
-            if stale is not None and beresp.status >= 500 \
-                    and stale.freshness.may_serve_stale_on_error(time.time()):
-                return await self.deliver(req, stale, send, result="STALE", upstream_cache=None)
-            return await self._relay_error(req, beresp, send)
-        stored = self.store.get_meta(req.key)
-        if stored is None or stored.version != beresp.version:
-            fleeting = self.facts.meta_from(req.key, beresp, store=False)  # uncacheable
-            return await self.deliver(req, fleeting, send, result="MISS",
-                                      upstream_cache=beresp.x_cache, span=span)
-        return await self.deliver(req, stored, send, result="MISS", upstream_cache=beresp.x_cache)
-
-    async def fetch(self, req: Req, stale: ObjectMeta | None) -> tuple[BeResp, SpanFetch | None]:
-        """Start (or join) the upstream fetch that tells us the object's facts."""
-        timeout = self.config.cache.fill_wait_timeout
-        first = self._first_byte(req, stale)
-        if first is None:  # a suffix range on an unknown object: learn its length first
-            beresp = await self.fetcher.head(req.key, req.upstream_path, timeout)
-            if beresp.status == 200:
-                self._on_headers(req.key, beresp)
-            return beresp, None
-        index = first // self.config.cache.slice_size
-        for _attempt in range(CLAIM_ATTEMPTS):
-            fill = self.fetcher.fill_for(req.key, index)
-            if fill is None and self.fetcher.locks.held_elsewhere(req.key, index):
-                # Another worker process leads this fill: wait for the facts it stores.
-                self.metrics.collapsed.labels(self.tier).inc()
-                known = await self._facts_from_other_worker(req, index, stale, timeout)
-                if known is not None:
-                    return known, None
-                continue
-            if fill is not None:
-                self.metrics.collapsed.labels(self.tier).inc()
-                span = fill.span
-            else:
-                started = self.fetcher.start_span(req.key, req.upstream_path, index,
-                                                  self._last_slice(req),
-                                                  validators=self._validators(stale))
-                if started is None:
-                    continue  # claimed by another worker a moment ago
-                span = started
-            try:
-                return await asyncio.wait_for(asyncio.shield(span.headers_ready), timeout), span
-            except TimeoutError:
-                raise UpstreamError(f"upstream timed out: no answer in {timeout:.0f}s") from None
-        raise UpstreamError(f"could not take part in the fill of slice {index}")
-
-    @staticmethod
-    def _validators(stale: ObjectMeta | None) -> dict[str, str]:
-        if stale is None or stale.status != 200:
-            return {}
-        if stale.etag:
-            return {"if-none-match": stale.etag}
-        return {"if-modified-since": stale.last_modified} if stale.last_modified else {}
-
-    async def _facts_from_other_worker(self, req: Req, index: int, stale: ObjectMeta | None,
-                                       timeout: float) -> BeResp | None:
-        """Poll the shared index for the facts another worker's fill stores.
-
-        None if that fill ended without storing any (uncacheable, failed): fetch ourselves.
-        """
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        since = stale.freshness.response_time if stale is not None else 0.0
-        while loop.time() < deadline:
-            meta = self.store.get_meta(req.key)
-            if meta is not None and meta.freshness.response_time > since:
-                return BeResp(
-                    status=200, headers=list(meta.headers), length=meta.length,
-                    etag=meta.etag, last_modified=meta.last_modified,
-                    content_type=meta.content_type, request_time=meta.freshness.response_time,
-                    response_time=meta.freshness.response_time, x_cache=meta.upstream_cache)
-            if not self.fetcher.locks.held_elsewhere(req.key, index):
-                return None
-            await asyncio.sleep(FOREIGN_POLL)
-        raise UpstreamError(f"upstream timed out: no answer in {timeout:.0f}s")
-
-    # --- policy glue ---
-
-    def _first_byte(self, req: Req, known: ObjectMeta | None) -> int | None:
-        specs = parse_range(req.headers.get("range")) if req.method == "GET" else None
-        if specs is None:
-            return 0
-        if known is not None and known.length is not None:
-            try:
-                return resolve_ranges(specs, known.length)[0].start
-            except RangeNotSatisfiable:
-                return 0
-        firsts = [s.first for s in specs]
-        return None if None in firsts else min(f for f in firsts if f is not None)
-
-    def _last_slice(self, req: Req) -> int | None:
-        specs = parse_range(req.headers.get("range")) if req.method == "GET" else None
-        if not specs or any(s.first is None or s.last is None for s in specs):
-            return None
-        return max(s.last for s in specs if s.last is not None) // self.config.cache.slice_size
-
-    # --- deliver ---
-
-    async def deliver(self, req: Req, meta: ObjectMeta, send: Send, *, result: str,
-                      upstream_cache: str | None,
-                      span: SpanFetch | None = None,
-                      prefetched: dict[int, SliceBody] | None = None) -> tuple[str, str, int]:
-        """Send status, headers and body (whole, one range, or multipart) to the client."""
-        now = time.time()
-        x_cache = f"{result} from {self.tier}"
-        if upstream_cache and result != "HIT":
-            x_cache += f", {upstream_cache}"
-        headers = self._base_headers(meta)
-        headers += [("age", str(int(meta.freshness.age(now)))), ("x-cache", x_cache)]
-        if meta.status != 200:  # a stored negative answer
-            body = meta.body or b""
-            headers.append(("content-length", str(len(body))))
-            await asgi.start(send, meta.status, headers)
-            await asgi.end(send, b"" if req.method == "HEAD" else body)
-            return result, meta.content_class, len(body)
-        inm = req.headers.get("if-none-match")
-        if inm is not None and policy.etag_matches(inm, meta.etag):
-            keep = {"cache-control", "etag", "age", "x-cache", "expires", "vary",
-                    "last-modified", "content-location", "date"}
-            await asgi.start(send, 304, [(n, v) for n, v in headers if n.lower() in keep])
-            await asgi.end(send, b"")
-            return result, meta.content_class, 0
-        assert meta.length is not None
-        ranges = self._ranges(req, meta)
-        status, multipart = 200, None
-        if ranges is None:
-            ranges = [ByteRange(0, meta.length - 1)] if meta.length else []
-            headers.append(("content-length", str(meta.length)))
-        elif len(ranges) == 1:
-            status = 206
-            headers += [("content-range", ranges[0].content_range(meta.length)),
-                        ("content-length", str(ranges[0].length))]
-        else:
-            status = 206
-            multipart = Multipart(ranges, meta.length, meta.content_type or
-                                  "application/octet-stream")
-            headers = [(n, v) for n, v in headers if n.lower() != "content-type"]
-            headers += [("content-type", multipart.media_type),
-                        ("content-length", str(multipart.content_length))]
-        # A span passed in means an answer we may not store: read it only from that fetch.
-        source = BodySource(
-            self.store, self.fetcher, req.key, req.upstream_path,
-            None if span is not None else meta.version, meta.length, meta.slice_size,
-            self.config.cache.read_chunk_size, self.config.cache.fill_wait_timeout, span,
-            prefetched=prefetched or {},
-        )
-        if req.method != "HEAD":
-            # Readers on fills in flight are taken before the first await, so no slice can
-            # complete and vanish (uncacheable answers) between our lookup and our read.
-            for r in ranges:
-                source.attach(policy.slice_span(r.start, r.end, meta.slice_size))
-        if source.attached and result == "HIT":
-            result, x_cache = "MISS", f"MISS from {self.tier}"
-            headers = [(n, v) if n != "x-cache" else (n, x_cache) for n, v in headers]
-        await asgi.start(send, status, headers)
-        sent = 0
-        try:
-            if req.method != "HEAD":
-                sent = await self._send_body(source, ranges, multipart, send)
-            await asgi.end(send, b"")
-        finally:
-            source.release()
-        if source.fetched and result == "HIT":
-            result = "MISS"
-        return result, meta.content_class, sent
-
-    async def _send_body(self, source: BodySource, ranges: list[ByteRange],
-                         multipart: Multipart | None, send: Send) -> int:
-        sent = 0
-        for i, rng in enumerate(ranges):
-            if multipart is not None:
-                await send({"type": "http.response.body", "body": multipart.part_head(rng, i == 0),
-                            "more_body": True})
-            # An error past this point cannot change the status line: the exception aborts
-            # the connection, so the client sees a short body, never a complete-looking one.
-            sent += await source.stream(rng, send)
-        if multipart is not None:
-            await send({"type": "http.response.body", "body": multipart.closing,
-                        "more_body": True})
-        return sent
-
-    def _ranges(self, req: Req, meta: ObjectMeta) -> list[ByteRange] | None:
-        specs = parse_range(req.headers.get("range"))
-        if specs is None:
-            return None
-        if_range = req.headers.get("if-range")
-        if if_range is not None and not policy.if_range_matches(if_range, meta.etag,
-                                                                 meta.last_modified):
-            return None  # RFC 9110 §13.1.5: the representation changed, send it whole
-        assert meta.length is not None
-        try:
-            return resolve_ranges(specs, meta.length)
-        except RangeNotSatisfiable as exc:
-            raise HTTPError(416, "range_not_satisfiable",
-                            f"no satisfiable range in {req.headers.get('range')!r} for "
-                            f"{meta.length} bytes",
-                            headers={"content-range": exc.content_range}) from None
-
-    async def _relay_error(self, req: Req, beresp: BeResp,
-                           send: Send) -> tuple[str, str, int]:
-        body = beresp.body or b""
-        headers = [(n, v) for n, v in beresp.headers if n.lower() not in policy.REGENERATED]
-        headers += [("content-length", str(len(body))), ("x-cache", f"MISS from {self.tier}")]
-        await asgi.start(send, beresp.status, headers)
-        await asgi.end(send, b"" if req.method == "HEAD" else body)
-        return "MISS", policy.DEFAULT_CLASS, len(body)

@@ -12,18 +12,11 @@ import fnmatch
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from email.utils import parsedate_to_datetime
-from urllib.parse import parse_qsl, urlencode
 
 from ..config import ContentClass
+from ..http import http_date, int_header, split_list
 
 DEFAULT_CLASS = "default"
-
-# RFC 9110 §7.6.1: hop-by-hop fields a proxy must not forward.
-HOP_BY_HOP = frozenset({
-    "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "proxy-connection",
-    "te", "trailer", "transfer-encoding", "upgrade",
-})
 
 # Fields the cache computes itself for every response it delivers; upstream values are dropped.
 REGENERATED = frozenset({
@@ -51,7 +44,7 @@ def parse_cache_control(value: str | None) -> dict[str, str | None]:
     directives: dict[str, str | None] = {}
     if not value:
         return directives
-    for part in _split_commas(value):
+    for part in split_list(value):
         m = _DIRECTIVE.fullmatch(part)
         if not m:
             continue
@@ -65,37 +58,11 @@ def parse_cache_control(value: str | None) -> dict[str, str | None]:
     return directives
 
 
-def _split_commas(value: str) -> list[str]:
-    parts: list[str] = []
-    buf: list[str] = []
-    quoted = False
-    for ch in value:
-        if ch == '"':
-            quoted = not quoted
-        if ch == "," and not quoted:
-            parts.append("".join(buf))
-            buf = []
-        else:
-            buf.append(ch)
-    parts.append("".join(buf))
-    return [p for p in parts if p.strip()]
-
-
 def _seconds(directives: Mapping[str, str | None], name: str) -> float | None:
     raw = directives.get(name)
     if raw is None or not raw.isdigit():
         return None
     return float(raw)
-
-
-def http_date(value: str | None) -> float | None:
-    """An HTTP-date as epoch seconds, or None if absent or invalid (RFC 9110 §5.6.7)."""
-    if not value:
-        return None
-    try:
-        return parsedate_to_datetime(value).timestamp()
-    except (TypeError, ValueError, IndexError):
-        return None
 
 
 # --- content classes and keys ----------------------------------------------------------------
@@ -114,19 +81,6 @@ def classify(path: str, content_type: str | None,
     return None
 
 
-def cache_key(path: str, query: str = "", ignored_params: Iterable[str] = ()) -> str:
-    """The cache key: the path plus the query with ignored parameters removed, sorted.
-
-    Sorting makes ``?a=1&b=2`` and ``?b=2&a=1`` one object; signature parameters are ignored
-    so one cached copy serves every signed URL.
-    """
-    if not query:
-        return path
-    ignored = set(ignored_params)
-    pairs = sorted((k, v) for k, v in parse_qsl(query, keep_blank_values=True) if k not in ignored)
-    return f"{path}?{urlencode(pairs)}" if pairs else path
-
-
 # --- storability and freshness ---------------------------------------------------------------
 
 
@@ -142,35 +96,41 @@ def is_storable(status: int, request_cc: Mapping[str, str | None],
         {"public", "must-revalidate", "s-maxage"} & response_cc.keys()
     ):  # §3.5
         return False
-    if status in (200, 206):
-        return True
-    if status in NEGATIVE_STATUSES:
-        return True
-    return has_explicit_freshness and status in HEURISTICALLY_CACHEABLE and not has_class
+    if status < 200 or status in (304, 206):
+        return False  # not a final, whole response (partial content is stored as slices)
+    if has_class and status == 200:
+        return True  # seed 000's classes: configured TTLs whatever the origin says
+    if has_explicit_freshness or "public" in response_cc:
+        return True  # §3 "contains ... an Expires / max-age / s-maxage / public"
+    return status in HEURISTICALLY_CACHEABLE  # §4.2.2: cacheable by default
 
 
 def freshness_lifetime(tier: str, content_class: ContentClass | None, status: int,
-                       headers: Mapping[str, str], *, negative_ttl: float) -> float:
+                       headers: Mapping[str, str], *, negative_ttl: float,
+                       response_time: float | None = None) -> float:
     """How long a stored response stays fresh at ``tier`` (RFC 9111 §4.2.1).
 
-    A configured class TTL wins (seed 000's table: media 7 d at the edge, 30 d at the shield);
-    negative answers get the short ``negative_ttl``; otherwise ``s-maxage``, ``max-age``,
-    ``Expires - Date``, then the Last-Modified heuristic (§4.2.2).
+    A configured class TTL wins for its 200s (seed 000's table: media 7 d at the edge, 30 d at
+    the shield); negative answers get at most the short ``negative_ttl``; otherwise
+    ``s-maxage``, ``max-age``, ``Expires - Date``, then the Last-Modified heuristic (§4.2.2)
+    for statuses that are cacheable by default.
     """
     cc = parse_cache_control(headers.get("cache-control"))
     if status in NEGATIVE_STATUSES:
-        explicit = _explicit_lifetime(cc, headers)
+        explicit = _explicit_lifetime(cc, headers, response_time)
         return min(negative_ttl, explicit) if explicit is not None else negative_ttl
-    if content_class is not None:
+    if content_class is not None and status == 200:
         return content_class.ttl.for_tier(tier)
     if "no-cache" in cc:
-        return 0.0
-    explicit = _explicit_lifetime(cc, headers)
+        return 0.0  # §5.2.2.4: stored, but validated before every use
+    explicit = _explicit_lifetime(cc, headers, response_time)
     if explicit is not None:
         return explicit
+    if status not in HEURISTICALLY_CACHEABLE:
+        return 0.0
     last_modified = http_date(headers.get("last-modified"))
-    date = http_date(headers.get("date"))
-    if status == 200 and last_modified is not None and date is not None and date > last_modified:
+    date = http_date(headers.get("date")) or response_time
+    if last_modified is not None and date is not None and date > last_modified:
         return min(HEURISTIC_MAX, (date - last_modified) * HEURISTIC_FRACTION)
     return 0.0
 
@@ -178,19 +138,23 @@ def freshness_lifetime(tier: str, content_class: ContentClass | None, status: in
 def has_explicit_freshness(headers: Mapping[str, str]) -> bool:
     """Whether the response carries its own expiry (``s-maxage``/``max-age``/``Expires``)."""
     directives = parse_cache_control(headers.get("cache-control"))
-    return _explicit_lifetime(directives, headers) is not None
+    return _explicit_lifetime(directives, headers, 0.0) is not None
 
 
-def _explicit_lifetime(cc: Mapping[str, str | None], headers: Mapping[str, str]) -> float | None:
+def _explicit_lifetime(cc: Mapping[str, str | None], headers: Mapping[str, str],
+                       response_time: float | None) -> float | None:
     for name in ("s-maxage", "max-age"):  # §4.2.1: s-maxage first for a shared cache
         seconds = _seconds(cc, name)
         if seconds is not None:
             return seconds
+        if name in cc:
+            return 0.0  # §4.2.1: an invalid max-age is treated as stale
     if "expires" in headers:
         expires = http_date(headers["expires"])
         if expires is None:
             return 0.0  # §5.3: an invalid Expires means "already expired"
-        date = http_date(headers.get("date"))
+        # RFC 9110 §6.6.1: without a Date, the time the response was received stands in
+        date = http_date(headers.get("date")) or response_time
         if date is not None:
             return max(0.0, expires - date)
     return None
@@ -201,14 +165,12 @@ def corrected_initial_age(headers: Mapping[str, str], request_time: float,
     """RFC 9111 §4.2.3: the age a response already had when it arrived here.
 
     Counting the upstream's ``Age`` is what keeps a chain of caches (edge → shield) from
-    extending freshness: the edge starts where the shield left off.
+    extending freshness: the edge starts where the shield left off. An invalid ``Age`` is
+    ignored (§5.1).
     """
     date = http_date(headers.get("date"))
     apparent_age = max(0.0, response_time - date) if date is not None else 0.0
-    try:
-        age_value = max(0.0, float(headers.get("age", "0")))
-    except ValueError:
-        age_value = 0.0
+    age_value = float(int_header(headers.get("age")) or 0)
     response_delay = max(0.0, response_time - request_time)
     return max(apparent_age, age_value + response_delay)
 
@@ -263,12 +225,13 @@ def freshness_for(tier: str, content_class: ContentClass | None, status: int,
     swr = _seconds(cc, "stale-while-revalidate")
     sie = _seconds(cc, "stale-if-error")
     lifetime = 0.0 if upstream_stale else freshness_lifetime(
-        tier, content_class, status, headers, negative_ttl=negative_ttl)
+        tier, content_class, status, headers, negative_ttl=negative_ttl,
+        response_time=response_time)
     return Freshness(
         response_time=response_time,
         initial_age=corrected_initial_age(headers, request_time, response_time),
         lifetime=lifetime,
-        must_revalidate=bool({"must-revalidate", "proxy-revalidate"} & cc.keys()),
+        must_revalidate=bool({"must-revalidate", "proxy-revalidate", "no-cache"} & cc.keys()),
         stale_while_revalidate=stale_while_revalidate if swr is None else swr,
         stale_if_error=stale_if_error if sie is None else sie,
     )
@@ -325,41 +288,3 @@ def slice_bounds(index: int, slice_size: int, length: int) -> tuple[int, int]:
 def slice_count(length: int, slice_size: int) -> int:
     """How many slices an object of ``length`` bytes has (an empty object has one, empty)."""
     return max(1, -(-length // slice_size))
-
-
-def via(upstream_via: str | None, tier: str) -> str:
-    """The ``Via`` a node sends on (RFC 9110 §7.6.3): the upstream's chain plus this hop."""
-    hop = f"1.1 edgeproxy-{tier}"
-    return f"{upstream_via}, {hop}" if upstream_via else hop
-
-
-def forwardable(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
-    """End-to-end fields of a message: hop-by-hop fields and those named in ``Connection``
-    removed (RFC 9110 §7.6.1)."""
-    items = list(headers)
-    named = {
-        token.strip().lower()
-        for name, value in items if name.lower() == "connection"
-        for token in value.split(",")
-    }
-    return [(n, v) for n, v in items if n.lower() not in HOP_BY_HOP and n.lower() not in named]
-
-
-def etag_matches(if_none_match: str, etag: str | None) -> bool:
-    """Weak comparison for ``If-None-Match`` (RFC 9110 §13.1.2)."""
-    if etag is None:
-        return False
-    if if_none_match.strip() == "*":
-        return True
-    weak = etag.removeprefix("W/")
-    return any(tag.strip().removeprefix("W/") == weak for tag in _split_commas(if_none_match))
-
-
-def if_range_matches(if_range: str, etag: str | None, last_modified: str | None) -> bool:
-    """RFC 9110 §13.1.5: strong ETag comparison, or an exact Last-Modified date match."""
-    value = if_range.strip()
-    if value.startswith('"') or value.startswith("W/"):
-        return etag is not None and not value.startswith("W/") and value == etag \
-            and not etag.startswith("W/")
-    date, lm = http_date(value), http_date(last_modified)
-    return date is not None and lm is not None and date == lm

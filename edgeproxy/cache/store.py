@@ -9,9 +9,10 @@ commit — atomic, no copy, and a fill killed midway leaves only a temp file tha
 
 from __future__ import annotations
 
+import dataclasses
+import fcntl
 import os
 import time
-import uuid
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,8 +44,13 @@ class ObjectMeta:
     version: str
     slice_size: int
     upstream_cache: str | None = None
-    body: bytes | None = None  # only for small negative answers (404 bodies)
+    vary: tuple[str, ...] = ()  # request fields this response varies on (lower-cased)
+    vary_values: tuple[str, ...] | None = ()  # the storing request's values of them
     stored_at: float = field(default_factory=time.time)
+
+    def with_length(self, length: int) -> ObjectMeta:
+        """These facts, for a body whose length became known at its end."""
+        return dataclasses.replace(self, length=length)
 
     def header(self, name: str) -> str | None:
         """The first stored end-to-end header ``name`` (case-insensitive)."""
@@ -92,12 +98,20 @@ class CacheStore:
         )
 
     def _sweep_temp(self) -> None:
-        # Leftovers of fills cut short by a crash: never committed, so never served. Temp
-        # names start with the writer's PID, so workers sharing the cache keep each other's.
+        # Leftovers of fills cut short by a crash: never committed, so never served. A live
+        # fill holds a lock on its file, so workers sharing the cache keep each other's.
         for leftover in self.temp_dir.iterdir():
-            pid = leftover.name.partition("-")[0]
-            if not pid.isdigit() or not _alive(int(pid)):
-                leftover.unlink(missing_ok=True)
+            try:
+                fd = os.open(leftover, os.O_RDONLY)
+            except OSError:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                continue  # a live fill
+            finally:
+                os.close(fd)
+            leftover.unlink(missing_ok=True)
 
     # --- object facts ---
 
@@ -134,34 +148,28 @@ class CacheStore:
         """Whether the slice is stored (without opening it)."""
         return _slice_key(key, version, index) in self._cache
 
-    def new_temp(self) -> Path:
-        """A fresh temp file path on the cache's filesystem, for a fill to write into."""
-        return self.temp_dir / f"{os.getpid()}-{uuid.uuid4().hex}"
+    def commit_slice(self, key: str, version: str, index: int, path: Path, size: int,
+                     data: bytes | None = None) -> None:
+        """Make a finished fill file the stored slice, atomically (by rename, no copy).
 
-    def commit_slice(self, key: str, version: str, index: int, temp: Path, size: int) -> None:
-        """Atomically make a finished temp file the stored slice (small ones go inline)."""
+        ``data``: the slice's bytes when the filler kept them (small slices live inline in the
+        index, so one query serves them and the file is dropped).
+        """
+        skey = _slice_key(key, version, index)
         if size < INLINE_MAX:
-            data = temp.read_bytes()
-            temp.unlink(missing_ok=True)
-            self._cache.set(_slice_key(key, version, index), data, tag=_tag(key))
+            if data is None:
+                data = path.read_bytes()
+            self._cache.set(skey, data, tag=_tag(key))
+            path.unlink(missing_ok=True)
         else:
-            self._cache.set(_slice_key(key, version, index), AdoptFile(temp, size),
-                            tag=_tag(key))
+            self._cache.set(skey, AdoptFile(path, size), tag=_tag(key))
 
-    # --- fills in flight (shared by worker processes) ---
-
-    def fill_record(self, key: str, index: int) -> str | None:
-        """The temp file another worker is filling slice ``index`` of ``key`` into."""
-        record = self._cache.get(_fill_key(key, index))
-        return record if isinstance(record, str) else None
-
-    def set_fill_record(self, key: str, index: int, temp: str) -> None:
-        """Announce our fill of a slice to the other workers."""
-        self._cache.set(_fill_key(key, index), temp)
-
-    def drop_fill_record(self, key: str, index: int) -> None:
-        """Withdraw the announcement (fill committed or failed)."""
-        self._cache.delete(_fill_key(key, index))
+    def commit_object(self, key: str, meta: ObjectMeta, path: Path, size: int,
+                      data: bytes | None) -> None:
+        """Store a one-slice object's facts and body in one transaction (one write per miss)."""
+        with self._cache.transact():
+            self.commit_slice(key, meta.version, 0, path, size, data)
+            self._cache.set(_meta_key(key), meta, tag=_tag(key))
 
     # --- removal and stats ---
 
@@ -202,19 +210,3 @@ def _meta_key(key: str) -> str:
 
 def _slice_key(key: str, version: str, index: int) -> str:
     return f"s\0{index}\0{version}\0{key}"
-
-
-def _fill_key(key: str, index: int) -> str:
-    return f"f\0{index}\0{key}"
-
-
-def _alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

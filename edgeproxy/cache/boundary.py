@@ -1,0 +1,38 @@
+"""The one place where failures become statuses (httpx's error tree, mapped at the edge).
+
+Public bodies say what kind of failure it was, never the upstream's internals (addresses,
+TLS errors): those go to the log.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from ..errors import (
+    FillAborted,
+    HTTPError,
+    UpstreamError,
+    UpstreamProtocolError,
+    UpstreamTimeout,
+    UpstreamUnreachable,
+)
+
+log = logging.getLogger("edgeproxy.cache")
+
+# (kind, status, error code, public message); the first matching kind wins.
+STATUS_OF: tuple[tuple[type[UpstreamError], int, str, str], ...] = (
+    (UpstreamTimeout, 504, "upstream_timeout", "the upstream did not answer in time"),
+    (UpstreamUnreachable, 502, "upstream_unavailable", "the upstream could not be reached"),
+    (UpstreamProtocolError, 502, "bad_upstream_answer", "the upstream sent an invalid answer"),
+    (FillAborted, 502, "fill_aborted", "the upstream transfer broke off"),
+    (UpstreamError, 502, "upstream_error", "the upstream failed"),
+)
+
+
+def http_error(exc: UpstreamError, tier: str) -> HTTPError:
+    """The client-facing error for an upstream failure at ``tier``."""
+    for kind, status, code, message in STATUS_OF:
+        if isinstance(exc, kind):
+            log.warning("%s: %s (%s)", tier, message, exc)
+            return HTTPError(status, code, message, tier=tier)
+    raise AssertionError("unreachable: UpstreamError is the last row")

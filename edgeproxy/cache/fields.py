@@ -1,0 +1,146 @@
+"""Which header fields a node sends, and where: pure rules, no I/O (RFC 9110/9111).
+
+Upstream-side rules produce ``bereq`` fields from the client's; downstream-side rules produce
+the ``resp`` fields from a stored object's. `tests/test_fields.py` checks them by tables.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from urllib.parse import urlsplit
+
+from ..http import split_list
+from .types import RawHeaders
+
+# RFC 9110 §7.6.1: hop-by-hop fields a proxy must not forward.
+HOP_BY_HOP = frozenset({
+    "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "proxy-connection",
+    "te", "trailer", "transfer-encoding", "upgrade",
+})
+_HOP_BY_HOP_RAW = frozenset(n.encode() for n in HOP_BY_HOP)
+
+# Request fields a cache answers itself on a cached fetch: the fill is shared by every client,
+# so it asks for the whole (sliced) representation and carries the cache's own validators.
+# Identity encoding keeps stored bytes equal to the representation that ranges refer to.
+_OWN_ON_FILL = frozenset({
+    b"host", b"range", b"if-range", b"if-match", b"if-none-match", b"if-modified-since",
+    b"if-unmodified-since", b"accept-encoding", b"via", b"content-length", b"expect",
+})
+
+# RFC 9110 §9.2.1: the methods a cache may answer from storage without invalidating anything.
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
+
+# RFC 9110 §15.4.5: what a 304 carries (plus the cache's own Age and X-Cache).
+NOT_MODIFIED_FIELDS = frozenset({
+    "cache-control", "content-location", "date", "etag", "expires", "vary", "last-modified",
+    "age", "x-cache", "via",
+})
+
+
+def hop(tier: str) -> str:
+    """This node's ``Via`` entry (RFC 9110 §7.6.3)."""
+    return f"1.1 edgeproxy-{tier}"
+
+
+def via(upstream_via: str | None, name: str) -> str:
+    """The ``Via`` a node sends on: the chain so far plus this hop."""
+    return f"{upstream_via}, {hop(name)}" if upstream_via else hop(name)
+
+
+def _connection_named(raw: RawHeaders) -> frozenset[bytes]:
+    named: set[bytes] = set()
+    for name, value in raw:
+        if name == b"connection":
+            named.update(t.strip().lower() for t in value.split(b","))
+    return frozenset(named)
+
+
+def fill_headers(raw: RawHeaders, name: str) -> RawHeaders:
+    """``bereq`` fields of a cached fetch: the client's end-to-end fields, less hop-by-hop ones
+    and those the cache owns, plus identity encoding and ``Via`` (RFC 9110 §7.6)."""
+    named = _connection_named(raw)
+    client_via: bytes | None = None
+    out: RawHeaders = []
+    for field, value in raw:
+        if field == b"via":
+            client_via = value if client_via is None else client_via + b", " + value
+        elif field not in _HOP_BY_HOP_RAW and field not in _OWN_ON_FILL and field not in named:
+            out.append((field, value))
+    out.append((b"accept-encoding", b"identity"))
+    out.append((b"via", via(client_via.decode("latin-1") if client_via else None, name)
+                .encode("latin-1")))
+    return out
+
+
+def pass_headers(raw: RawHeaders, name: str) -> RawHeaders:
+    """``bereq`` fields of a pass: every end-to-end field as the client sent it, plus ``Via``."""
+    named = _connection_named(raw)
+    client_via: bytes | None = None
+    out: RawHeaders = []
+    for field, value in raw:
+        if field == b"via":
+            client_via = value if client_via is None else client_via + b", " + value
+        elif field not in _HOP_BY_HOP_RAW and field != b"host" and field not in named:
+            out.append((field, value))
+    out.append((b"via", via(client_via.decode("latin-1") if client_via else None, name)
+                .encode("latin-1")))
+    return out
+
+
+def forwardable(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+    """End-to-end fields of a response: hop-by-hop fields and those named in ``Connection``
+    removed (RFC 9110 §7.6.1)."""
+    items = list(headers)
+    named = {
+        token.strip().lower()
+        for name, value in items if name.lower() == "connection"
+        for token in value.split(",")
+    }
+    return [(n, v) for n, v in items if n.lower() not in HOP_BY_HOP and n.lower() not in named]
+
+
+def vary_fields(vary: str | None) -> tuple[str, ...]:
+    """The request fields a response varies on (RFC 9110 §12.5.5), lower-cased and sorted.
+
+    ``Accept-Encoding`` is dropped: a cache's fetches always ask for identity, so every client
+    gets the same bytes whatever it accepts.
+    """
+    if not vary:
+        return ()
+    fields = {f.lower() for f in split_list(vary)} - {"accept-encoding"}
+    return ("*",) if "*" in fields else tuple(sorted(fields))
+
+
+def vary_values(fields: tuple[str, ...], headers: Mapping[str, str]) -> tuple[str, ...] | None:
+    """The request's values of ``fields``, normalised (RFC 9111 §4.1); None for ``Vary: *``,
+    which no request matches."""
+    if "*" in fields:
+        return None
+    return tuple(" ".join(headers.get(f, "").split()) for f in fields)
+
+
+def invalidates(method: str, status: int) -> bool:
+    """RFC 9111 §4.4: an unsafe method answered with a non-error status invalidates."""
+    return method not in SAFE_METHODS and 200 <= status < 400
+
+
+def invalidated_paths(request_path: str, host: str | None,
+                      response: Mapping[str, str]) -> list[str]:
+    """The paths an invalidating response removes: the target URI, and the ``Location`` and
+    ``Content-Location`` URIs when they are on the same origin (§4.4, to prevent DoS)."""
+    paths = [request_path]
+    for name in ("location", "content-location"):
+        value = response.get(name)
+        if not value:
+            continue
+        parts = urlsplit(value)
+        if parts.netloc and parts.netloc != host:
+            continue
+        if parts.path.startswith("/"):
+            paths.append(parts.path + (f"?{parts.query}" if parts.query else ""))
+    return paths
+
+
+def not_modified_headers(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The fields of a 304 built from a full response's (RFC 9110 §15.4.5)."""
+    return [(n, v) for n, v in headers if n.lower() in NOT_MODIFIED_FIELDS]

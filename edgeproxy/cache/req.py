@@ -1,0 +1,71 @@
+"""``req``: the client request as a cache node sees it, parsed once in recv."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..http import RangeSpec, parse_range
+from ..signing import signature_params
+from ..target import canonical_path
+from .types import RawHeaders, Scope
+
+# Parameters of signed download URLs: one cached copy serves every signature of a URL.
+_SIGNATURE_PARAMS = frozenset(signature_params())
+
+
+@dataclass(slots=True)
+class Req:
+    """The client request (``req``): method, canonical path, key and Range, parsed once."""
+
+    method: str
+    path: str  # canonical, percent-encoded (content class, signature, key, upstream all use it)
+    query: str  # exactly as sent
+    raw_headers: RawHeaders
+    headers: dict[str, str]  # first value of each field, names lower-cased
+    key: str
+    ranges: list[RangeSpec] | None  # GET with a valid bytes Range; None: the whole body
+
+    @classmethod
+    def from_scope(cls, scope: Scope) -> Req:
+        """Parse the ASGI scope; raises `HTTPError` 400 for a target that has no canonical form."""
+        raw_path = scope.get("raw_path") or scope["path"].encode("utf-8")
+        path = canonical_path(raw_path)
+        query = scope.get("query_string", b"").decode("latin-1")
+        raw_headers: RawHeaders = scope["headers"]
+        headers: dict[str, str] = {}
+        for name, value in raw_headers:
+            headers.setdefault(name.decode("latin-1"), value.decode("latin-1"))
+        method = scope["method"]
+        # HEAD mirrors the GET it stands for (RFC 9110 §9.3.2), ranges included
+        ranges = parse_range(headers.get("range")) if method in ("GET", "HEAD") else None
+        return cls(method, path, query, raw_headers, headers, cache_key(path, query), ranges)
+
+    @property
+    def target(self) -> str:
+        """Path and query as sent upstream."""
+        return f"{self.path}?{self.query}" if self.query else self.path
+
+    def first_byte(self, length: int | None) -> int | None:
+        """Where the first requested byte is (None: a suffix range on an unknown length)."""
+        if not self.ranges:
+            return 0
+        starts: list[int] = []
+        for spec in self.ranges:
+            if spec.first is not None:
+                starts.append(spec.first)
+            elif length is None:
+                return None
+            else:
+                starts.append(max(0, length - (spec.last or 0)))
+        return min(starts)
+
+
+def cache_key(path: str, query: str) -> str:
+    """The cache key: path plus query exactly as sent, less signature parameters.
+
+    Order and repetition are kept: ``?v=2&v=1`` and ``?v=1&v=2`` may be different resources.
+    """
+    if not query:
+        return path
+    kept = [p for p in query.split("&") if p.partition("=")[0] not in _SIGNATURE_PARAMS]
+    return f"{path}?{'&'.join(kept)}" if kept else path

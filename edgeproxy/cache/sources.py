@@ -1,0 +1,161 @@
+"""Where delivered bytes come from: a stored slice, a fill in flight (here or in another
+worker), or an upstream body that is not stored. Delivery only ever reads from these."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from typing import BinaryIO, Protocol
+
+from ..errors import FillAborted
+from .fills import ForeignFill, SliceFill
+from .transport import UpstreamResponse
+from .types import Send
+
+
+class Source(Protocol):
+    """Bytes ``start..end`` (inclusive; ``end`` None: to the end) of one slice or body."""
+
+    async def stream(self, start: int, end: int | None, send: Send, read_size: int,
+                     timeout: float) -> int:
+        """Send the bytes as body messages; returns how many were sent."""
+        ...
+
+    def close(self) -> None:
+        """Release descriptors."""
+        ...
+
+
+async def _send(send: Send, data: bytes) -> None:
+    await send({"type": "http.response.body", "body": data, "more_body": True})
+
+
+class StoredSource:
+    """A committed slice: bytes from the index, or an open file."""
+
+    def __init__(self, body: bytes | BinaryIO) -> None:
+        self.body = body
+
+    async def stream(self, start: int, end: int | None, send: Send, read_size: int,
+                     timeout: float) -> int:
+        body = self.body
+        if isinstance(body, bytes):
+            stop = len(body) if end is None else end + 1
+            if stop > len(body):
+                raise FillAborted("stored slice is shorter than its object says")
+            await _send(send, body[start:stop])
+            return stop - start
+        fd = body.fileno()
+        stop = os.fstat(fd).st_size if end is None else end + 1
+        pos = start
+        while pos < stop:
+            # Hot slices come from the page cache; a thread hop per chunk costs more.
+            data = os.pread(fd, min(stop - pos, read_size), pos)
+            if not data:
+                raise FillAborted("stored slice is shorter than its index says")
+            await _send(send, data)
+            pos += len(data)
+        return stop - start
+
+    def close(self) -> None:
+        if not isinstance(self.body, bytes):
+            self.body.close()
+
+
+class _Following:
+    """Shared follow loop over a growing file (a local or a foreign fill)."""
+
+    fill: SliceFill | ForeignFill
+    fd: int
+
+    async def stream(self, start: int, end: int | None, send: Send, read_size: int,
+                     timeout: float) -> int:
+        fill, pos = self.fill, start
+        while end is None or pos <= end:
+            if fill.error is not None:
+                raise FillAborted(f"fill failed: {fill.error}")
+            limit = fill.visible if end is None else min(fill.visible, end + 1)
+            if limit > pos:
+                data = os.pread(self.fd, min(limit - pos, read_size), pos)
+                if not data:
+                    raise FillAborted("fill file shorter than reported")
+                await _send(send, data)
+                pos += len(data)
+            elif fill.done:
+                if end is None:
+                    break
+                raise FillAborted("fill ended short of the slice")
+            else:
+                await fill.wait_beyond(pos, timeout)
+        return pos - start
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+class FillSource(_Following):
+    """A slice this process is filling; the reader's descriptor is taken at once."""
+
+    def __init__(self, fill: SliceFill) -> None:
+        self.fill = fill
+        self.fd = fill.reader()
+
+
+class ForeignSource(_Following):
+    """A slice another worker process is filling."""
+
+    def __init__(self, fill: ForeignFill) -> None:
+        self.fill = fill
+        self.fd = fill.fd
+
+    def close(self) -> None:
+        super().close()
+
+
+class DirectSource:
+    """An upstream body that is not stored, read once, for the one request that led it.
+
+    Positions are in the representation; the body starts at ``body_start``. Ranges must come
+    in increasing order (resolved ranges are sorted and merged).
+    """
+
+    def __init__(self, resp: UpstreamResponse, body_start: int) -> None:
+        self.resp = resp
+        self.pos = body_start
+        self._chunks: AsyncIterator[bytes] = resp.aiter_body()
+        self._pending = b""
+
+    async def stream(self, start: int, end: int | None, send: Send, read_size: int,
+                     timeout: float) -> int:
+        sent = 0
+        while end is None or self.pos <= end:
+            chunk = self._pending
+            self._pending = b""
+            if not chunk:
+                try:
+                    chunk = await anext(self._chunks)
+                except StopAsyncIteration:
+                    if end is None:
+                        break
+                    raise FillAborted("upstream body ended early") from None
+            lo = self.pos
+            self.pos += len(chunk)
+            if self.pos <= start:
+                continue
+            cut_lo = max(0, start - lo)
+            cut_hi = len(chunk) if end is None else min(len(chunk), end + 1 - lo)
+            if cut_hi < len(chunk):
+                self._pending = chunk[cut_hi:]
+                self.pos = lo + cut_hi
+            await _send(send, chunk[cut_lo:cut_hi])
+            sent += cut_hi - cut_lo
+        return sent
+
+    def close(self) -> None:
+        """The response is closed by `aclose`; nothing to do synchronously."""
+
+    async def aclose(self) -> None:
+        """Release the upstream connection."""
+        await self.resp.aclose()

@@ -1,0 +1,306 @@
+"""The request pipeline of a cache node: Varnish's ``cnt_*`` steps, hishel's state loop.
+
+``recv → lookup → hit | miss | pass | stale → deliver``. Each step takes the node and the
+transaction and returns the next step, or None when the answer is complete; `run` is the loop.
+The rules each step applies are pure functions in `policy`, `fields` and `deliver`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from ..errors import FillAborted, HTTPError, UpstreamError, UpstreamTimeout
+from . import fields
+from .deliver import plan_reply, send_body
+from .facts import FlightContext
+from .fills import Flight
+from .req import Req
+from .sources import DirectSource, Source, StoredSource
+from .store import ObjectMeta
+from .types import Receive, Scope, Send
+from .verdict import Verdict, x_cache
+
+if TYPE_CHECKING:
+    from .node import CacheNode
+
+Step = Callable[["CacheNode", "Tx"], Awaitable["Step | None"]]
+
+
+@dataclass(slots=True)
+class Tx:
+    """One client request's way through the steps."""
+
+    req: Req
+    scope: Scope
+    receive: Receive
+    send: Send
+    meta: ObjectMeta | None = None  # the object being answered with
+    stale: ObjectMeta | None = None  # a stored copy that needs revalidation
+    flight: Flight | None = None  # the flight this request leads or follows
+    led: bool = False
+    first: Source | None = None  # the first slice, joined before any header is sent
+    first_index: int = 0
+    direct: DirectSource | None = None  # an unstored body handed to this request
+    verdict: Verdict = Verdict.MISS
+    upstream_cache: str | None = None
+    responded: bool = False
+    sent: int = 0
+    upstream_time: float = 0.0
+
+
+async def run(node: CacheNode, tx: Tx) -> None:
+    """Drive ``tx`` through the steps until one answers."""
+    step: Step | None = recv
+    while step is not None:
+        step = await step(node, tx)
+
+
+async def recv(node: CacheNode, tx: Tx) -> Step:
+    """Check the signature (before any lookup or upstream traffic), then route."""
+    node.gate.check(tx.req)
+    if tx.req.method not in ("GET", "HEAD"):
+        return pass_
+    return lookup
+
+
+async def lookup(node: CacheNode, tx: Tx) -> Step:
+    """Memory first, then the index; the stored copy decides hit, stale or miss."""
+    req, now = tx.req, time.time()
+    meta = node.hot.facts(req.key, now) or node.store.get_meta(req.key)
+    if meta is not None and meta.vary and \
+            fields.vary_values(meta.vary, req.headers) != meta.vary_values:
+        meta = None  # another variant is stored; this answer replaces it (one per key)
+    if meta is None:
+        return pass_ if "authorization" in req.headers else miss
+    if meta.freshness.is_fresh(now):
+        tx.meta, tx.verdict = meta, Verdict.HIT
+        return hit
+    if meta.freshness.may_serve_stale_while_revalidating(now) and "authorization" not in \
+            req.headers:
+        tx.meta, tx.verdict = meta, Verdict.STALE
+        return stale
+    if "authorization" in req.headers:
+        return pass_
+    tx.stale = meta
+    return miss
+
+
+async def hit(node: CacheNode, tx: Tx) -> Step:
+    """Join the first slice before any header goes out: a slice gone from the store is
+    fetched with ``If-Range``, and an object that changed meanwhile is answered anew."""
+    meta, req = tx.meta, tx.req
+    assert meta is not None
+    if req.method == "HEAD" or meta.length == 0 or meta.length is None:
+        return deliver
+    first = req.first_byte(meta.length) if meta.status == 200 else 0
+    if first is None or first >= meta.length:
+        return deliver  # 416, or a ranged request answered whole
+    source = await node.join(tx, meta, first // meta.slice_size)
+    flight = tx.flight
+    if tx.led and flight is not None and flight.meta is not None and \
+            flight.meta.version != meta.version:
+        source.close()  # the object changed: answer with the new one
+        tx.meta, tx.verdict = flight.meta, Verdict.MISS
+        return hit
+    if not isinstance(source, StoredSource) and tx.verdict is Verdict.HIT:
+        tx.verdict = Verdict.MISS  # bytes come from upstream
+    tx.first, tx.first_index = source, first // meta.slice_size
+    return deliver
+
+
+async def stale(node: CacheNode, tx: Tx) -> Step:
+    """Serve the stale copy now and refresh it once in the background (RFC 5861)."""
+    assert tx.meta is not None
+    if node.coalescer.flight_for(tx.req.key) is None:
+        ctx = FlightContext(tx.req.headers, stale=tx.meta)
+        spec = node.spec(tx.req, first=0, last=None, whole=True, stale=tx.meta)
+        node.fetcher.start(spec, facts=True, context=ctx)
+    return hit
+
+
+async def miss(node: CacheNode, tx: Tx) -> Step:
+    """Lead or join the flight that brings the object's facts, then deliver as bytes come."""
+    req = tx.req
+    length = tx.stale.length if tx.stale is not None else None
+    first = req.first_byte(length)
+    if first is None:
+        return await _learn_length(node, tx)
+    index = first // node.slice_size
+    flight = node.coalescer.flight_for(req.key)
+    if flight is None:
+        if tx.stale is None and node.coalescer.claims.held_elsewhere(req.key, index):
+            node.metrics.collapsed.labels(node.tier).inc()
+            meta = await node.coalescer.foreign_facts(req.key, index, 0.0)
+            if meta is not None:
+                tx.meta = meta
+                return hit
+        last = _last_slice(req, node.slice_size)
+        spec = node.spec(req, first=index, last=last, whole=not req.ranges, stale=tx.stale)
+        flight = node.fetcher.start(spec, facts=True,
+                                    context=FlightContext(req.headers, stale=tx.stale))
+        tx.led = flight is not None
+        if flight is None:
+            flight = node.coalescer.flight_for(req.key)
+            if flight is None:
+                raise FillAborted("could not lead or join the fill of this object")
+    if not tx.led:
+        node.metrics.collapsed.labels(node.tier).inc()
+    tx.flight = flight
+    started = time.perf_counter()
+    try:
+        beresp = await asyncio.wait_for(asyncio.shield(flight.headers), node.wait_timeout)
+    except TimeoutError:
+        raise UpstreamTimeout(f"no answer from upstream in {node.wait_timeout:.0f}s") from None
+    except UpstreamError:
+        if tx.stale is not None and tx.stale.freshness.may_serve_stale_on_error(time.time()):
+            tx.meta, tx.verdict = tx.stale, Verdict.STALE
+            return hit
+        raise
+    finally:
+        tx.upstream_time += time.perf_counter() - started
+    tx.upstream_cache = beresp.x_cache
+    if not flight.shareable and not tx.led:
+        return pass_  # not ours to share (private, Vary: *): ask for ourselves
+    if flight.direct is not None and tx.led:
+        tx.direct = DirectSource(flight.direct, beresp.body_start)
+        if not flight.taken.done():
+            flight.taken.set_result(None)
+    if beresp.status >= 500 and tx.stale is not None and \
+            tx.stale.freshness.may_serve_stale_on_error(time.time()):
+        await node.drop_direct(tx)
+        tx.meta, tx.verdict = tx.stale, Verdict.STALE
+        return hit
+    if beresp.status == 416 and beresp.length is not None and tx.direct is None:
+        raise HTTPError(416, "range_not_satisfiable", "no satisfiable range",
+                        headers={"content-range": f"bytes */{beresp.length}"})
+    tx.meta = flight.meta
+    if beresp.status == 304:
+        tx.verdict = Verdict.REVALIDATED
+        return hit
+    tx.verdict = Verdict.MISS
+    return deliver if tx.direct is not None else hit
+
+
+async def _learn_length(node: CacheNode, tx: Tx) -> Step:
+    """A suffix range on an object of unknown length: its facts first, by HEAD."""
+    from .beresp import from_upstream
+    from .transport import BeReq
+
+    req = tx.req
+    t0 = time.time()
+    resp = await node.transport.send(BeReq("HEAD", req.target,
+                                           fields.fill_headers(req.raw_headers, node.name),
+                                           req.key))
+    await resp.aclose()
+    beresp = from_upstream(resp, t0)
+    if beresp.status != 200 or beresp.length is None:
+        tx.req = Req(req.method, req.path, req.query, req.raw_headers, req.headers, req.key,
+                     None)
+        return miss  # not rangeable: answer whole
+    meta = node.facts.head_facts(req.key, beresp, req.headers)
+    if meta is None:
+        tx.req = Req(req.method, req.path, req.query, req.raw_headers, req.headers, req.key,
+                     None)
+        return miss  # facts we may not keep: answer whole
+    tx.meta, tx.verdict, tx.upstream_cache = meta, Verdict.MISS, beresp.x_cache
+    return hit
+
+
+async def pass_(node: CacheNode, tx: Tx) -> None:
+    """Relay the request and its answer, both streamed; unsafe methods that succeed
+    invalidate what is stored (RFC 9111 §4.4)."""
+    from .transport import BeReq
+
+    req = tx.req
+    has_body = any(n in (b"content-length", b"transfer-encoding") for n, _ in req.raw_headers)
+    body = _request_body(tx.receive) if has_body else None
+    started = time.perf_counter()
+    resp = await node.transport.send(BeReq(req.method, req.target,
+                                           fields.pass_headers(req.raw_headers, node.name),
+                                           req.key, body))
+    tx.upstream_time += time.perf_counter() - started
+    try:
+        hmap: dict[str, str] = {}
+        for n, v in resp.headers:
+            hmap.setdefault(n.decode("latin-1"), v.decode("latin-1"))
+        if fields.invalidates(req.method, resp.status):
+            host = req.headers.get("host")
+            node.invalidate(fields.invalidated_paths(req.target, host, hmap))
+        out = fields.forwardable((n.decode("latin-1"), v.decode("latin-1"))
+                                 for n, v in resp.headers)
+        out = [(n, v) for n, v in out if n not in ("x-cache", "via", "content-length")]
+        out.append(("via", fields.via(hmap.get("via"), node.name)))
+        out.append(("x-cache", x_cache(Verdict.PASS, node.name, hmap.get("x-cache"))))
+        if "content-length" in hmap and "transfer-encoding" not in hmap:
+            out.append(("content-length", hmap["content-length"]))
+        tx.verdict = Verdict.PASS
+        await node.start_response(tx, resp.status, out)
+        async for chunk in resp.aiter_body():
+            tx.sent += len(chunk)
+            if req.method != "HEAD":
+                await tx.send({"type": "http.response.body", "body": chunk, "more_body": True})
+        await tx.send({"type": "http.response.body", "body": b"", "more_body": False})
+    finally:
+        await resp.aclose()
+    return None
+
+
+async def deliver(node: CacheNode, tx: Tx) -> None:
+    """Status, fields and body to the client, from the sources joined for them."""
+    meta, req = tx.meta, tx.req
+    assert meta is not None
+    headers = node.response_headers(meta, tx)
+    try:
+        reply = plan_reply(meta, req.headers, req.method, headers, req.ranges)
+    except HTTPError:
+        await node.drop_direct(tx)
+        raise
+    await node.start_response(tx, reply.status, reply.headers)
+    if req.method == "HEAD" or reply.status == 304:
+        await node.drop_direct(tx)
+        await tx.send({"type": "http.response.body", "body": b"", "more_body": False})
+        return None
+    # Readers on every fill in flight are taken now, before any await: a fill that fails
+    # and leaves the registry meanwhile must fail this answer, not be fetched again.
+    ready = node.attach(tx, meta, reply.ranges)
+    if tx.first is not None:
+        replaced = ready.pop(tx.first_index, None)
+        if replaced is not None:
+            replaced.close()
+        ready[tx.first_index] = tx.first
+        tx.first = None
+
+    async def join(index: int) -> Source:
+        source = ready.pop(index, None)
+        return source if source is not None else await node.join(tx, meta, index)
+
+    try:
+        tx.sent = await send_body(reply, meta, tx.send, join, direct=tx.direct,
+                                  read_size=node.read_size, timeout=node.wait_timeout)
+    finally:
+        for source in ready.values():
+            source.close()
+        await node.drop_direct(tx)
+    await tx.send({"type": "http.response.body", "body": b"", "more_body": False})
+    return None
+
+
+def _last_slice(req: Req, slice_size: int) -> int | None:
+    if not req.ranges or any(s.first is None or s.last is None for s in req.ranges):
+        return None
+    return max(s.last for s in req.ranges if s.last is not None) // slice_size
+
+
+async def _request_body(receive: Receive) -> AsyncIterator[bytes]:
+    while True:
+        message = await receive()
+        chunk = message.get("body", b"")
+        if chunk:
+            yield chunk
+        if not message.get("more_body", False):
+            return
+

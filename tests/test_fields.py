@@ -1,0 +1,96 @@
+"""Which fields a node sends upstream and downstream, as tables citing RFC 9110/9111."""
+
+from __future__ import annotations
+
+import pytest
+
+from edgeproxy.cache import fields
+from edgeproxy.cache.verdict import Verdict, x_cache
+
+
+def _raw(*pairs: tuple[str, str]) -> list[tuple[bytes, bytes]]:
+    return [(n.encode(), v.encode()) for n, v in pairs]
+
+
+def _names(raw: list[tuple[bytes, bytes]]) -> list[str]:
+    return [n.decode() for n, _ in raw]
+
+
+def test_fill_forwards_end_to_end_fields_and_owns_the_rest() -> None:
+    raw = _raw(("host", "edge"), ("x-foo", "1"), ("accept-language", "fr"),
+               ("authorization", "Bearer t"), ("connection", "x-secret"), ("x-secret", "s"),
+               ("te", "trailers"), ("upgrade", "h2c"), ("proxy-authorization", "p"),
+               ("range", "bytes=0-1"), ("if-none-match", '"a"'), ("if-range", '"a"'),
+               ("accept-encoding", "gzip"), ("req-num", "3"), ("via", "1.1 client"))
+    out = fields.fill_headers(raw, "edge")
+    # §7.6.1: hop-by-hop and Connection-named fields go; the client's end-to-end fields stay
+    assert _names(out) == ["x-foo", "accept-language", "authorization", "req-num",
+                           "accept-encoding", "via"]
+    # identity, so stored bytes are the representation ranges refer to
+    assert (b"accept-encoding", b"identity") in out
+    # §7.6.3: Via grows by one hop
+    assert (b"via", b"1.1 client, 1.1 edgeproxy-edge") in out
+
+
+def test_pass_forwards_conditionals_and_ranges_as_sent() -> None:
+    raw = _raw(("host", "edge"), ("range", "bytes=0-1"), ("if-none-match", '"a"'),
+               ("content-type", "text/plain"), ("keep-alive", "5"))
+    out = fields.pass_headers(raw, "shield")
+    assert _names(out) == ["range", "if-none-match", "content-type", "via"]
+
+
+@pytest.mark.parametrize(("vary", "expected"), [
+    (None, ()),
+    ("Accept-Encoding", ()),  # fills always ask for identity: moot
+    ("Accept-Language, Accept-Encoding", ("accept-language",)),
+    ("X-B,x-a", ("x-a", "x-b")),
+    ("*", ("*",)),  # RFC 9110 §12.5.5: matches no request
+])
+def test_vary_fields(vary: str | None, expected: tuple[str, ...]) -> None:
+    assert fields.vary_fields(vary) == expected
+
+
+def test_vary_values_normalise_whitespace_and_star_matches_nothing() -> None:
+    # RFC 9111 §4.1: values compared after normalising whitespace
+    assert fields.vary_values(("accept-language",), {"accept-language": "fr,  en"}) == \
+        ("fr, en",)
+    assert fields.vary_values(("x-a",), {}) == ("",)
+    assert fields.vary_values(("*",), {"x": "1"}) is None
+
+
+@pytest.mark.parametrize(("method", "status", "invalidates"), [
+    ("POST", 200, True), ("PUT", 204, True), ("DELETE", 303, True),  # §4.4 non-error
+    ("POST", 405, False), ("POST", 500, False), ("PATCH", 404, False),  # errors keep it
+    ("GET", 200, False), ("HEAD", 200, False), ("OPTIONS", 200, False),  # safe methods
+])
+def test_invalidation_after_unsafe_methods(method: str, status: int, invalidates: bool) -> None:
+    assert fields.invalidates(method, status) is invalidates
+
+
+def test_invalidated_paths_same_origin_only() -> None:
+    # §4.4: Location and Content-Location too, but only on the same origin (DoS otherwise)
+    got = fields.invalidated_paths("/a?x=1", "edge:80", {
+        "location": "/b", "content-location": "http://other.example/c"})
+    assert got == ["/a?x=1", "/b"]
+    got = fields.invalidated_paths("/a", "edge:80", {"location": "http://edge:80/d?q"})
+    assert got == ["/a", "/d?q"]
+
+
+def test_not_modified_fields() -> None:
+    # RFC 9110 §15.4.5: a 304 carries the validator and caching fields, not the body's
+    headers = [("content-type", "text/plain"), ("etag", '"a"'), ("cache-control", "max-age=1"),
+               ("content-encoding", "gzip"), ("vary", "x"), ("x-cache", "HIT from edge")]
+    assert fields.not_modified_headers(headers) == [
+        ("etag", '"a"'), ("cache-control", "max-age=1"), ("vary", "x"),
+        ("x-cache", "HIT from edge")]
+
+
+@pytest.mark.parametrize(("verdict", "upstream", "expected"), [
+    (Verdict.HIT, "MISS from shield", "HIT from edge"),  # a hit names only this node
+    (Verdict.MISS, "HIT from shield", "MISS from edge, HIT from shield"),
+    (Verdict.MISS, None, "MISS from edge"),
+    (Verdict.PASS, "PASS from shield", "PASS from edge, PASS from shield"),
+    (Verdict.REVALIDATED, "HIT from shield", "REVALIDATED from edge, HIT from shield"),
+])
+def test_x_cache(verdict: Verdict, upstream: str | None, expected: str) -> None:
+    assert x_cache(verdict, "edge", upstream) == expected
