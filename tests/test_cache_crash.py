@@ -122,7 +122,9 @@ async def test_collapsed_forwarding_across_worker_processes(
             serving = [w for w in workers if any(
                 c.laddr.port == port and c.status == psutil.CONN_ESTABLISHED
                 for c in w.net_connections())]
-        assert all(r.status_code == 200 and r.content == body for r in results)
+        assert all(r.status_code == 200 and r.content == body for r in results), \
+            [(r.status_code, len(r.content), r.headers.get("x-cache")) for r in results
+             if r.status_code != 200 or r.content != body]
         assert len(serving) == 2, "both workers should have taken connections"
         assert test_origin.count("/v/t1/shared") == 1, [h.range for h in test_origin.hits]
     finally:

@@ -233,11 +233,15 @@ def test_leader_dies_midway_nothing_truncated_is_delivered_or_stored(tmp_path: P
     config = make_config(tmp_path)
     with serve(origin) as osrv, serve(create_app(config, "shield", upstream=osrv.url)) as shield, \
             serve(create_app(config, "edge", upstream=shield.url)) as edge:
-        with pytest.raises(httpx.HTTPError):
+        # Either the answer is cut short (the client sees a broken body), or the node fetched
+        # the slices the dead fill left (If-Range: the same representation) and completed it
+        # byte-exact. Never a complete-looking wrong or short body.
+        try:
             r = httpx.get(edge.url + "/v/t1/flaky")
-            # if the transport did not notice, the body must at least not look complete
-            assert len(r.content) < len(body)
-            raise httpx.RemoteProtocolError("short body")
+        except httpx.HTTPError:
+            pass
+        else:
+            assert r.status_code == 200 and r.content == body
         origin.fail_after = None
         r = httpx.get(edge.url + "/v/t1/flaky")
         assert r.status_code == 200

@@ -5,10 +5,10 @@ answers where the bytes of slice ``index`` come from: the store, a fill in this 
 fill in another worker process, or a new flight that this call leads. ``flight_for(key)``
 does the same for an object's facts (a miss or a revalidation).
 
-Across worker processes a fill is claimed by the file it writes into: a name derived from the
-key and slice, created and ``flock``-ed by the filler. Other workers open that name and follow
-the file as it grows while the lock is held; the kernel drops the lock when a process dies,
-so a crashed leader never blocks anyone, and no index write is needed to announce a fill.
+Across worker processes a fill is claimed with a record lock (`Claims`); a large fill writes
+into a file whose name derives from the key and slice, which other workers open and follow
+as it grows. The kernel drops the locks of a dead process, so a crashed leader never blocks
+anyone, and no index write is needed to announce a fill: claiming costs one system call.
 """
 
 from __future__ import annotations
@@ -21,64 +21,91 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import FillAborted
-from .fills import Flight, ForeignFill, SliceFill, lock_held, poll
+from .fills import Flight, ForeignFill, SliceFill, poll
 from .sources import FillSource, ForeignSource, Source, StoredSource
-from .store import CacheStore, ObjectMeta
+from .store import INLINE_MAX, CacheStore, ObjectMeta
 
 # A slice can be claimed by another worker between our look and our claim; look again this
 # many times before giving up.
 JOIN_ATTEMPTS = 3
+STRIPES = 1 << 22  # enough that two live fills rarely share a stripe
 
 
 class Claims:
-    """Cross-process claims on slice fills, as locked files in the cache's fill directory."""
+    """Cross-process claims on slice fills: POSIX record locks on one byte of a shared file.
+
+    A stripe is chosen by hashing the key and slice. Record locks belong to the process, so
+    this process counts its own stripes (its registry knows which key holds which). The kernel
+    drops a dead process's locks. A large fill writes into a file whose name carries its
+    stripe, so a restarted worker can tell a dead fill's leftovers from a live one's.
+    """
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
+        self._fd = os.open(directory.parent / "claims.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        self._held: dict[int, int] = {}
+
+    @staticmethod
+    def _stripe_and_name(key: str, index: int) -> tuple[int, str]:
+        digest = hashlib.blake2b(f"{index}\0{key}".encode(), digest_size=16).digest()
+        stripe = int.from_bytes(digest[:8], "big") % STRIPES
+        return stripe, f"{stripe}-{digest[8:].hex()}"
 
     def path(self, key: str, index: int) -> Path:
-        """The file a fill of this slice writes into, whichever worker runs it."""
-        name = hashlib.blake2b(f"{index}\0{key}".encode(), digest_size=16).hexdigest()
-        return self.directory / name
+        """The file a large fill of this slice writes into, whichever worker runs it."""
+        return self.directory / self._stripe_and_name(key, index)[1]
 
-    def take(self, key: str, index: int) -> tuple[Path, int] | None:
-        """Claim the slice: its file, created empty and locked; None if another worker has it."""
-        path = self.path(key, index)
-        for _attempt in range(JOIN_ATTEMPTS):
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    def take(self, key: str, index: int) -> bool:
+        """Claim the slice; False if another worker process holds its stripe.
+
+        Rarely that is another key on the same stripe: the caller then waits for that fill,
+        which costs time but never a duplicate fetch or a wrong body.
+        """
+        stripe = self._stripe_and_name(key, index)[0]
+        if stripe not in self._held:
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.lockf(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, stripe)
             except OSError:
-                os.close(fd)
-                return None
-            try:
-                same = os.stat(path).st_ino == os.fstat(fd).st_ino
-            except FileNotFoundError:
-                same = False  # a leader committed (renamed) it between our open and our lock
-            if same:
-                os.ftruncate(fd, 0)  # leftovers of a leader that died
-                return path, fd
-            os.close(fd)
-        return None
+                return False
+        self._held[stripe] = self._held.get(stripe, 0) + 1
+        return True
 
-    def foreign(self, key: str, index: int) -> int | None:
-        """A descriptor on another worker's live fill of this slice, or None."""
+    def drop(self, key: str, index: int) -> None:
+        """Release a claim this process holds."""
+        stripe = self._stripe_and_name(key, index)[0]
+        count = self._held.get(stripe, 0)
+        if count > 1:
+            self._held[stripe] = count - 1
+        elif count == 1:
+            del self._held[stripe]
+            fcntl.lockf(self._fd, fcntl.LOCK_UN, 1, stripe)
+
+    def stripe_free(self, stripe: int) -> bool:
+        """Whether no process at all holds ``stripe``."""
+        if stripe in self._held:
+            return False
         try:
-            fd = os.open(self.path(key, index), os.O_RDONLY)
-        except FileNotFoundError:
-            return None
-        if lock_held(fd):
-            return fd
-        os.close(fd)
-        return None
+            fcntl.lockf(self._fd, fcntl.LOCK_SH | fcntl.LOCK_NB, 1, stripe)
+        except OSError:
+            return False
+        fcntl.lockf(self._fd, fcntl.LOCK_UN, 1, stripe)
+        return True
 
     def held_elsewhere(self, key: str, index: int) -> bool:
-        """Whether another worker is filling this slice right now."""
-        fd = self.foreign(key, index)
-        if fd is None:
-            return False
-        os.close(fd)
-        return True
+        """Whether another worker process is filling this slice right now."""
+        stripe = self._stripe_and_name(key, index)[0]
+        return stripe not in self._held and not self.stripe_free(stripe)
+
+    def sweep(self) -> None:
+        """Remove fill files no live process owns (left by a crash: never served)."""
+        for leftover in self.directory.iterdir():
+            stripe, _, rest = leftover.name.partition("-")
+            if rest and stripe.isdigit() and self.stripe_free(int(stripe)):
+                leftover.unlink(missing_ok=True)
+
+    def close(self) -> None:
+        """Release every claim (shutdown)."""
+        os.close(self._fd)
 
 
 class Coalescer:
@@ -87,6 +114,7 @@ class Coalescer:
     def __init__(self, store: CacheStore, wait_timeout: float) -> None:
         self.store = store
         self.claims = Claims(store.temp_dir)
+        self.claims.sweep()
         self.wait_timeout = wait_timeout
         self.flights: dict[str, Flight] = {}  # key → the flight whose facts are awaited
         self.fills: dict[tuple[str, int], SliceFill] = {}
@@ -95,12 +123,10 @@ class Coalescer:
 
     def claim(self, flight: Flight, index: int) -> SliceFill | None:
         """Register ``flight`` as the filler of a slice; None if someone fills it already."""
-        if (flight.key, index) in self.fills:
+        if (flight.key, index) in self.fills or not self.claims.take(flight.key, index):
             return None
-        taken = self.claims.take(flight.key, index)
-        if taken is None:
-            return None
-        fill = SliceFill(flight.key, index, taken[0], taken[1], flight)
+        fill = SliceFill(flight.key, index, self.claims.path(flight.key, index), flight,
+                         INLINE_MAX)
         self.fills[(flight.key, index)] = fill
         flight.fills[index] = fill
         return fill
@@ -109,6 +135,7 @@ class Coalescer:
         """Unregister a fill (committed, failed or discarded) and drop its claim."""
         if self.fills.get((fill.key, fill.index)) is fill:
             del self.fills[(fill.key, fill.index)]
+            self.claims.drop(fill.key, fill.index)
         fill.release()
 
     def forget(self, predicate: Callable[[str], bool]) -> None:
@@ -145,10 +172,11 @@ class Coalescer:
                 body = self.store.get_slice(key, version, index)
                 if body is not None:
                     return StoredSource(body)
-                fd = self.claims.foreign(key, index)
-                if fd is not None:
+                if self.claims.held_elsewhere(key, index):
                     return ForeignSource(ForeignFill(
-                        fd, is_stored=lambda: self.store.has_slice(key, version, index)))
+                        self.claims.path(key, index),
+                        is_running=lambda: self.claims.held_elsewhere(key, index),
+                        stored=lambda: self.store.get_slice(key, version, index)))
             flight = lead(index)
             if flight is not None and index in flight.fills:
                 return FillSource(flight.fills[index])
@@ -180,3 +208,4 @@ class Coalescer:
             with contextlib.suppress(OSError):
                 fill.release()
         self.fills.clear()
+        self.claims.close()

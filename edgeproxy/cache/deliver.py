@@ -7,11 +7,13 @@ only: it never decides where bytes come from, and nothing holds a whole body in 
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from ..errors import HTTPError
+from ..errors import FillAborted, HTTPError
 from ..http import (
     ByteRange,
     RangeNotSatisfiable,
@@ -23,7 +25,7 @@ from ..http import (
 from . import fields, policy
 from .sources import DirectSource, Source
 from .store import ObjectMeta
-from .types import Send
+from .types import Message, Send
 
 Join = Callable[[int], Awaitable[Source]]
 
@@ -112,6 +114,35 @@ async def send_body(reply: Reply, meta: ObjectMeta, send: Send, join: Join, *,
         await send({"type": "http.response.body", "body": reply.multipart.closing,
                     "more_body": True})
     return sent
+
+
+def verifying_send(send: Send, digest: str, length: int,
+                   on_mismatch: Callable[[], None]) -> Send:
+    """A `send` that hashes a whole body and holds its last byte back until the SHA-256
+    matches ``digest`` (DESIGN "Integrity": a body assembled from slices, some of which may
+    have come by Range, is never completed with a wrong byte). On a mismatch the stored
+    object is dropped and the answer aborted."""
+    hasher = hashlib.sha256()
+    sent = 0
+
+    async def checked(message: Message) -> None:
+        nonlocal sent
+        body = message.get("body", b"")
+        if message.get("type") != "http.response.body" or not body:
+            await send(message)
+            return
+        hasher.update(body)
+        sent += len(body)
+        if sent < length:
+            await send(message)
+            return
+        await send({**message, "body": body[:-1]})
+        if not hmac.compare_digest(hasher.hexdigest(), digest):
+            on_mismatch()
+            raise FillAborted("the assembled body does not match its SHA-256")
+        await send({**message, "body": body[-1:]})
+
+    return checked
 
 
 # --- multipart/byteranges (RFC 9110 §14.6) ---------------------------------------------------

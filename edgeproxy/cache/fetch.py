@@ -24,7 +24,7 @@ from . import policy
 from .beresp import BeResp, from_upstream
 from .coalesce import Coalescer
 from .fills import Flight, SliceFill
-from .store import INLINE_MAX, CacheStore, ObjectMeta
+from .store import CacheStore, ObjectMeta
 from .transport import BeReq, Transport, UpstreamResponse, upstream_error
 from .types import RawHeaders
 
@@ -126,8 +126,7 @@ class Fetcher:
         try:
             t0 = time.time()
             if t0 < self.down_until:
-                raise UpstreamUnreachable(f"upstream unreachable (backing off): "
-                                          f"{self.down_reason}")
+                raise UpstreamUnreachable(f"backing off after: {self.down_reason}")
             resp = await self.transport.send(self._bereq(flight, spec))
             beresp = from_upstream(resp, t0)
             plan = self.on_headers(flight, beresp)
@@ -153,7 +152,8 @@ class Fetcher:
             self.on_upstream(beresp.status, received)
         except BaseException as exc:  # incl. cancellation: followers must hear of it
             err = upstream_error(exc)
-            if isinstance(err, UpstreamUnreachable) and not flight.headers.done():
+            if isinstance(err, UpstreamUnreachable) and not flight.headers.done() \
+                    and time.time() >= self.down_until:
                 self.down_until = time.time() + self.backoff
                 self.down_reason = str(err)
             if not flight.headers.done():
@@ -213,8 +213,6 @@ class Fetcher:
                 lo, hi = policy.slice_bounds(index, size, length)
                 fill.expected = hi - lo + 1
                 fill.hold_last = flight.hasher is not None and index == count - 1  # type: ignore[operator]
-            if (fill.expected or size) < INLINE_MAX:
-                fill.keep = bytearray()
         flight.store_meta = plan.store_meta
 
     async def _pump(self, flight: Flight, resp: UpstreamResponse, beresp: BeResp, plan: Plan,
@@ -262,7 +260,6 @@ class Fetcher:
         if fill is None:
             flight.store_meta = "no"  # someone else holds a slice: the object stays partial
             return None
-        fill.keep = bytearray()
         flight.grew()
         return fill
 
@@ -289,7 +286,7 @@ class Fetcher:
         # Commit and unregister in one synchronous step: a request that misses the fill in
         # the registry finds the slice in the store.
         if flight.version is not None and not fill.discard:
-            data = bytes(fill.keep) if fill.keep is not None else None
+            data = fill.data()
             try:
                 if flight.store_meta == "with_body" and flight.meta is not None \
                         and fill.index == 0 and flight.meta.length is not None:
@@ -298,13 +295,17 @@ class Fetcher:
                 else:
                     self.store.commit_slice(flight.key, flight.version, fill.index, fill.path,
                                             fill.written, data)
-                fill.stored = True
             except Exception as exc:  # a storage fault: followers still get the bytes
                 log.error("could not commit slice %s/%d: %s", flight.key, fill.index, exc)
-                fill.path.unlink(missing_ok=True)
+                self._unlink(fill)
         else:
-            fill.path.unlink(missing_ok=True)
+            self._unlink(fill)
         self.coalescer.release(fill)
+
+    @staticmethod
+    def _unlink(fill: SliceFill) -> None:
+        if fill.on_disk:
+            fill.path.unlink(missing_ok=True)
 
     def _verified(self, flight: Flight, fill: SliceFill) -> bool:
         """Check the whole body's SHA-256 before its last byte reaches anyone.
@@ -326,7 +327,7 @@ class Fetcher:
 
     def _discard(self, fill: SliceFill, err: BaseException) -> None:
         fill.fail(err)
-        fill.path.unlink(missing_ok=True)
+        self._unlink(fill)
         self.coalescer.release(fill)
 
     def _drop_fills(self, flight: Flight, err: UpstreamError | None) -> None:

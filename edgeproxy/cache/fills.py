@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from ..errors import FillAborted, UpstreamTimeout
 from .beresp import BeResp
@@ -30,46 +29,71 @@ async def poll(ready: Callable[[], bool], timeout: float, what: str) -> None:
 
 
 class SliceFill:
-    """One slice being written from upstream into its claim file; readers follow it."""
+    """One slice being written from upstream; readers in this process follow it as it grows.
 
-    def __init__(self, key: str, index: int, path: Path, fd: int, flight: Flight) -> None:
+    Small slices stay in memory (they are committed inline in the index): no file is made for
+    them. A slice that grows past ``inline_max`` spills to a file at its claim's path, where
+    other worker processes can follow it. Readers share the writer's descriptor (``pread``),
+    which is closed only when the last of them is done.
+    """
+
+    def __init__(self, key: str, index: int, path: Path, flight: Flight,
+                 inline_max: int) -> None:
         self.key = key
         self.index = index
         self.path = path
-        self.fd = fd  # holds the cross-process claim (flock) until closed
         self.flight = flight
+        self.inline_max = inline_max
+        self.fd = -1
+        self.buf: bytearray | None = bytearray()
         self.written = 0
         self.visible = 0  # bytes followers may send; lags `written` while a digest is pending
         self.hold_last = False  # the object's last byte waits for its digest check
         self.expected: int | None = None  # None: an unknown-length body, until its end
         self.done = False
-        self.stored = False  # committed to the store
         self.discard = False  # purged while filling: serve followers, store nothing
         self.error: BaseException | None = None
-        self.keep: bytearray | None = None  # small slices: kept to commit without a read-back
+        self.readers = 0
+        self.released = False
         self._progress = asyncio.Event()
 
-    def reader(self) -> int:
-        """A private descriptor for a follower, valid after the file is renamed or unlinked.
+    @property
+    def on_disk(self) -> bool:
+        """Whether the bytes are in the slice's file (else in memory)."""
+        return self.fd >= 0
 
-        A new open, not a dup: a dup would share the claim's lock, and a slow reader would
-        keep other workers believing the fill still runs. Only called while the fill is
-        registered, and so while its file is still at its path.
-        """
-        return os.open(self.path, os.O_RDONLY)
+    def _spill(self) -> None:
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+        if self.buf:
+            os.pwrite(self.fd, self.buf, 0)
+        self.buf = None
 
     def write(self, data: bytes | memoryview) -> None:
         """Append bytes and wake followers."""
-        view = memoryview(data)
-        while view:
-            n = os.pwrite(self.fd, view, self.written)
-            self.written += n
-            view = view[n:]
-        if self.keep is not None:
-            self.keep += data
+        if self.buf is not None and self.written + len(data) > self.inline_max:
+            self._spill()
+        if self.buf is not None:
+            self.buf += data
+            self.written += len(data)
+        else:
+            view = memoryview(data)
+            while view:
+                n = os.pwrite(self.fd, view, self.written)
+                self.written += n
+                view = view[n:]
         held = self.hold_last and self.expected is not None and self.written >= self.expected
         self.visible = self.written - 1 if held else self.written
         self._notify()
+
+    def read(self, position: int, size: int) -> bytes:
+        """Bytes already written, from memory or the file."""
+        if self.buf is not None:
+            return bytes(self.buf[position:position + size])
+        return os.pread(self.fd, size, position)
+
+    def data(self) -> bytes | None:
+        """The whole slice if it is in memory."""
+        return bytes(self.buf) if self.buf is not None else None
 
     def finish(self) -> None:
         """Mark complete (and verified) and wake followers."""
@@ -96,9 +120,22 @@ class SliceFill:
         except TimeoutError:
             raise UpstreamTimeout(f"no progress from upstream for {timeout:.0f}s") from None
 
+    def attach(self) -> None:
+        """A reader starts following this fill."""
+        self.readers += 1
+
+    def detach(self) -> None:
+        """A reader is done."""
+        self.readers -= 1
+        self._maybe_close()
+
     def release(self) -> None:
-        """Drop the claim (close the writer's descriptor; followers keep their own)."""
-        if self.fd >= 0:
+        """The writer is done (committed, failed or discarded)."""
+        self.released = True
+        self._maybe_close()
+
+    def _maybe_close(self) -> None:
+        if self.released and self.readers <= 0 and self.fd >= 0:
             with contextlib.suppress(OSError):
                 os.close(self.fd)
             self.fd = -1
@@ -145,30 +182,50 @@ class Flight:
 
 
 class ForeignFill:
-    """A slice another worker process is filling, followed through its claim file.
+    """A slice another worker process is filling.
 
-    The last byte is held back until the leader has committed the slice (its claim released
-    and the slice stored): the leader may still discard the body on a failed digest.
+    A large slice is followed through its file as it grows; a small one lives in the other
+    worker's memory, so it is read from the store once committed. The last byte is held back
+    until the leader has committed the slice (its claim released and the slice stored): the
+    leader may still discard the body on a failed digest.
     """
 
-    def __init__(self, fd: int, is_stored: Callable[[], bool]) -> None:
-        self.fd = fd
-        self._is_stored = is_stored
+    def __init__(self, path: Path, is_running: Callable[[], bool],
+                 stored: Callable[[], bytes | BinaryIO | None]) -> None:
+        self.path = path
+        self._is_running = is_running
+        self._stored = stored
+        self.fd = -1
+        self.body: bytes | None = None  # the committed slice, once it is read from the store
         self.visible = 0
         self.done = False
         self.error: BaseException | None = None
 
-    def reader(self) -> int:
-        """A private descriptor for one delivery."""
-        return os.dup(self.fd)
+    def read(self, position: int, size: int) -> bytes:
+        """Bytes already visible."""
+        if self.body is not None:
+            return self.body[position:position + size]
+        return os.pread(self.fd, size, position)
 
     def _refresh(self) -> bool:
-        if lock_held(self.fd):
-            self.visible = max(0, os.fstat(self.fd).st_size - 1)
-        elif self._is_stored():
-            self.visible, self.done = os.fstat(self.fd).st_size, True
-        else:
+        if self.fd < 0 and self.body is None:
+            with contextlib.suppress(FileNotFoundError):
+                self.fd = os.open(self.path, os.O_RDONLY)
+        if self._is_running():
+            if self.fd >= 0:
+                self.visible = max(0, os.fstat(self.fd).st_size - 1)
+            return True
+        body = self._stored()
+        if body is None:
             self.error = FillAborted("the worker filling this slice gave up")
+        elif isinstance(body, bytes):
+            self.release()
+            self.body, self.visible, self.done = body, len(body), True
+        else:
+            with body:  # the committed file: read from it (our own open may be a stale one)
+                self.release()
+                self.fd = os.dup(body.fileno())
+            self.visible, self.done = os.fstat(self.fd).st_size, True
         return True
 
     async def wait_beyond(self, position: int, timeout: float) -> None:
@@ -179,16 +236,9 @@ class ForeignFill:
 
     def release(self) -> None:
         """Close our descriptor."""
-        with contextlib.suppress(OSError):
-            os.close(self.fd)
+        if self.fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self.fd)
+            self.fd = -1
 
-
-def lock_held(fd: int) -> bool:
-    """Whether another open file description holds the claim lock on ``fd``'s file."""
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except OSError:
-        return True
-    fcntl.flock(fd, fcntl.LOCK_UN)
-    return False
 

@@ -144,7 +144,7 @@ class CacheNode:
                                             timeout=self.config.cache.upstream_timeout)
         self._fetcher = Fetcher(self.store, self.coalescer, self._transport,
                                 on_headers=self.facts.plan, on_upstream=self.metrics.upstream,
-                                on_integrity_failure=self._integrity_failure,
+                                on_integrity_failure=self.integrity_failure,
                                 backoff=self.config.cache.upstream_backoff)
 
     async def shutdown(self) -> None:
@@ -156,8 +156,11 @@ class CacheNode:
         self.coalescer.close()
         self.store.close()
 
-    def _integrity_failure(self, key: str, why: str) -> None:
+    def integrity_failure(self, key: str, why: str) -> None:
+        """Bytes failed their check: count it, and drop what is stored under ``key``."""
+        log.error("integrity failure on %s (%s): dropped", key, why)
         self.metrics.integrity_failures.labels(self.tier).inc()
+        self._purge_key(key)
 
     @property
     def fetcher(self) -> Fetcher:
@@ -284,6 +287,14 @@ class CacheNode:
         if meta.status == 200:
             headers.append(("accept-ranges", "bytes"))
         return headers
+
+    @staticmethod
+    def whole_body_digest(key: str, meta: ObjectMeta) -> str | None:
+        """The SHA-256 a whole 200 body must have (content-addressed path, Repr-Digest)."""
+        if meta.status != 200:
+            return None
+        headers = {n.lower(): v for n, v in meta.headers}
+        return policy.expected_sha256(key.partition("?")[0], headers)
 
     def response_headers(self, meta: ObjectMeta, tx: steps.Tx) -> list[tuple[str, str]]:
         """Every field of an answer from ``meta`` but its length and range fields."""

@@ -63,10 +63,9 @@ class StoredSource:
 
 
 class _Following:
-    """Shared follow loop over a growing file (a local or a foreign fill)."""
+    """Shared follow loop over a growing slice (a local or a foreign fill)."""
 
     fill: SliceFill | ForeignFill
-    fd: int
 
     async def stream(self, start: int, end: int | None, send: Send, read_size: int,
                      timeout: float) -> int:
@@ -76,9 +75,9 @@ class _Following:
                 raise FillAborted(f"fill failed: {fill.error}")
             limit = fill.visible if end is None else min(fill.visible, end + 1)
             if limit > pos:
-                data = os.pread(self.fd, min(limit - pos, read_size), pos)
+                data = fill.read(pos, min(limit - pos, read_size))
                 if not data:
-                    raise FillAborted("fill file shorter than reported")
+                    raise FillAborted("fill shorter than reported")
                 await _send(send, data)
                 pos += len(data)
             elif fill.done:
@@ -89,29 +88,29 @@ class _Following:
                 await fill.wait_beyond(pos, timeout)
         return pos - start
 
-    def close(self) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
-
 
 class FillSource(_Following):
-    """A slice this process is filling; the reader's descriptor is taken at once."""
+    """A slice this process is filling; the reader is counted in at once (synchronously)."""
 
     def __init__(self, fill: SliceFill) -> None:
-        self.fill = fill
-        self.fd = fill.reader()
+        self.fill: SliceFill = fill
+        fill.attach()
+        self._closed = False
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self.fill.detach()
 
 
 class ForeignSource(_Following):
     """A slice another worker process is filling."""
 
     def __init__(self, fill: ForeignFill) -> None:
-        self.fill = fill
-        self.fd = fill.fd
+        self.fill: ForeignFill = fill
 
     def close(self) -> None:
-        super().close()
+        self.fill.release()
 
 
 class DirectSource:

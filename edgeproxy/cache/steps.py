@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from ..errors import FillAborted, HTTPError, UpstreamError, UpstreamTimeout
 from . import fields
-from .deliver import plan_reply, send_body
+from .deliver import plan_reply, send_body, verifying_send
 from .facts import FlightContext
 from .fills import Flight
 from .req import Req
@@ -259,27 +259,35 @@ async def deliver(node: CacheNode, tx: Tx) -> None:
     except HTTPError:
         await node.drop_direct(tx)
         raise
-    await node.start_response(tx, reply.status, reply.headers)
-    if req.method == "HEAD" or reply.status == 304:
-        await node.drop_direct(tx)
-        await tx.send({"type": "http.response.body", "body": b"", "more_body": False})
-        return None
-    # Readers on every fill in flight are taken now, before any await: a fill that fails
-    # and leaves the registry meanwhile must fail this answer, not be fetched again.
-    ready = node.attach(tx, meta, reply.ranges)
+    # Readers on every fill in flight are taken before any await: a fill that fails and
+    # leaves the registry meanwhile must fail this answer, not be fetched again.
+    bodiless = req.method == "HEAD" or reply.status == 304
+    ready = {} if bodiless else node.attach(tx, meta, reply.ranges)
     if tx.first is not None:
         replaced = ready.pop(tx.first_index, None)
         if replaced is not None:
             replaced.close()
         ready[tx.first_index] = tx.first
         tx.first = None
+    await node.start_response(tx, reply.status, reply.headers)
+    if bodiless:
+        for source in ready.values():
+            source.close()
+        await node.drop_direct(tx)
+        await tx.send({"type": "http.response.body", "body": b"", "more_body": False})
+        return None
+    send = tx.send
+    digest = node.whole_body_digest(req.key, meta) if reply.ranges is None else None
+    if digest is not None and meta.length:
+        send = verifying_send(send, digest, meta.length,
+                              on_mismatch=lambda: node.integrity_failure(req.key, "assembled"))
 
     async def join(index: int) -> Source:
         source = ready.pop(index, None)
         return source if source is not None else await node.join(tx, meta, index)
 
     try:
-        tx.sent = await send_body(reply, meta, tx.send, join, direct=tx.direct,
+        tx.sent = await send_body(reply, meta, send, join, direct=tx.direct,
                                   read_size=node.read_size, timeout=node.wait_timeout)
     finally:
         for source in ready.values():

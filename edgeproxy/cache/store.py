@@ -10,7 +10,6 @@ commit — atomic, no copy, and a fill killed midway leaves only a temp file tha
 from __future__ import annotations
 
 import dataclasses
-import fcntl
 import os
 import time
 from collections import OrderedDict
@@ -88,7 +87,6 @@ class CacheStore:
         self.directory = directory
         self.temp_dir = directory / TEMP_DIR
         self.temp_dir.mkdir(parents=True, exist_ok=True)
-        self._sweep_temp()
         self._paths: OrderedDict[str, str] = OrderedDict()  # slice key → its file
         # least-recently-stored: a hit must not write to SQLite (LRU would, on every get).
         self._cache = diskcache.Cache(
@@ -96,22 +94,6 @@ class CacheStore:
             eviction_policy="least-recently-stored", disk_min_file_size=INLINE_MAX,
             cull_limit=16, statistics=False, tag_index=True,
         )
-
-    def _sweep_temp(self) -> None:
-        # Leftovers of fills cut short by a crash: never committed, so never served. A live
-        # fill holds a lock on its file, so workers sharing the cache keep each other's.
-        for leftover in self.temp_dir.iterdir():
-            try:
-                fd = os.open(leftover, os.O_RDONLY)
-            except OSError:
-                continue
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                continue  # a live fill
-            finally:
-                os.close(fd)
-            leftover.unlink(missing_ok=True)
 
     # --- object facts ---
 
@@ -156,11 +138,11 @@ class CacheStore:
         index, so one query serves them and the file is dropped).
         """
         skey = _slice_key(key, version, index)
-        if size < INLINE_MAX:
+        if data is not None or size < INLINE_MAX:
             if data is None:
                 data = path.read_bytes()
+                path.unlink(missing_ok=True)
             self._cache.set(skey, data, tag=_tag(key))
-            path.unlink(missing_ok=True)
         else:
             self._cache.set(skey, AdoptFile(path, size), tag=_tag(key))
 

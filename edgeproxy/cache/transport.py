@@ -5,8 +5,7 @@ inject an upstream (any object with ``send``/``aclose``), and other backends (an
 director over several parents) fit in without the pipeline knowing. Transports raise only the
 `UpstreamError` kinds of `edgeproxy.errors`; the node maps them to statuses in one table.
 
-`HTTPTransport` speaks HTTP/1.1 through httpcore's connection pool directly: httpx's request
-and response models cost more than the rest of a miss, and a cache needs none of them.
+`HTTPTransport` speaks HTTP/1.1 through the lean pooled client of `http11`.
 """
 
 from __future__ import annotations
@@ -17,8 +16,6 @@ from dataclasses import dataclass
 from typing import Protocol
 from urllib.parse import urlsplit
 
-import httpcore
-
 from ..errors import (
     ConfigError,
     UpstreamError,
@@ -26,6 +23,7 @@ from ..errors import (
     UpstreamTimeout,
     UpstreamUnreachable,
 )
+from .http11 import Pool
 
 RawHeaders = list[tuple[bytes, bytes]]
 
@@ -73,63 +71,31 @@ class Transport(Protocol):
         ...
 
 
-class _PooledResponse:
-    """An httpcore response as an `UpstreamResponse`."""
-
-    __slots__ = ("_response", "headers", "status")
-
-    def __init__(self, response: httpcore.Response) -> None:
-        self._response = response
-        self.status = response.status
-        self.headers = [(n.lower(), v) for n, v in response.headers]
-
-    async def aiter_body(self) -> AsyncIterator[bytes]:
-        stream = self._response.stream
-        assert isinstance(stream, AsyncIterable)
-        try:
-            async for chunk in stream:
-                yield chunk
-        except Exception as exc:
-            raise upstream_error(exc) from exc
-
-    async def aclose(self) -> None:
-        await self._response.aclose()
-
-
 class HTTPTransport:
     """HTTP/1.1 (or HTTPS) to one upstream base URL over a keep-alive connection pool."""
 
     def __init__(self, base_url: str, *, timeout: float, connect_timeout: float = 5.0,
-                 ssl_context: ssl.SSLContext | None = None, max_connections: int = 512,
-                 keepalive: int = 128) -> None:
+                 ssl_context: ssl.SSLContext | None = None, keepalive: int = 128) -> None:
         parts = urlsplit(base_url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ConfigError(f"upstream {base_url!r} is not an http(s):// URL")
         self.base_url = base_url.rstrip("/")
-        self._scheme = parts.scheme.encode()
-        self._host = parts.hostname.encode()
-        self._port = parts.port or (443 if parts.scheme == "https" else 80)
-        default_port = self._port == (443 if parts.scheme == "https" else 80)
-        self._authority = parts.netloc.encode() if not default_port else self._host
+        https = parts.scheme == "https"
+        port = parts.port or (443 if https else 80)
+        if https and ssl_context is None:
+            ssl_context = ssl.create_default_context()
+        self._authority = (parts.hostname if port == (443 if https else 80)
+                           else parts.netloc).encode()
         self._prefix = parts.path.rstrip("/").encode()
-        self._timeouts = {"connect": min(timeout, connect_timeout), "read": timeout,
-                          "write": timeout, "pool": timeout}
-        self._pool = httpcore.AsyncConnectionPool(
-            ssl_context=ssl_context, max_connections=max_connections,
-            max_keepalive_connections=keepalive, keepalive_expiry=60.0, retries=0)
+        self._pool = Pool(parts.hostname, port, ssl_context=ssl_context,
+                          server_hostname=parts.hostname, timeout=timeout,
+                          connect_timeout=min(timeout, connect_timeout), keepalive=keepalive)
 
     async def send(self, bereq: BeReq) -> UpstreamResponse:
-        """Send one request; a stale pooled connection is retried once on a fresh one."""
-        url = httpcore.URL(scheme=self._scheme, host=self._host, port=self._port,
-                           target=self._prefix + bereq.target.encode("latin-1"))
+        """Send one request; return once the response headers are in."""
         headers = [(b"host", self._authority), *bereq.headers]
-        request = httpcore.Request(bereq.method.encode(), url, headers=headers,
-                                   content=bereq.body, extensions={"timeout": self._timeouts})
-        try:
-            response = await self._pool.handle_async_request(request)
-        except Exception as exc:
-            raise upstream_error(exc) from exc
-        return _PooledResponse(response)
+        return await self._pool.request(bereq.method, self._prefix + bereq.target.encode(
+            "latin-1"), headers, bereq.body)
 
     async def aclose(self) -> None:
         """Close every pooled connection."""
@@ -140,14 +106,12 @@ def upstream_error(exc: BaseException) -> UpstreamError:
     """Any failure of an upstream exchange as the `UpstreamError` kind it is."""
     if isinstance(exc, UpstreamError):
         return exc
-    if isinstance(exc, httpcore.TimeoutException):
-        return UpstreamTimeout(f"upstream timed out ({type(exc).__name__})")
-    if isinstance(exc, httpcore.RemoteProtocolError | httpcore.LocalProtocolError):
-        return UpstreamProtocolError(f"upstream protocol error: {exc or type(exc).__name__}")
-    if isinstance(exc, httpcore.NetworkError | OSError):
-        return UpstreamUnreachable(f"upstream unreachable: {exc or type(exc).__name__}")
+    if isinstance(exc, TimeoutError):
+        return UpstreamTimeout("upstream timed out")
     if isinstance(exc, ssl.SSLError):
         return UpstreamUnreachable(f"upstream TLS failure: {exc}")
+    if isinstance(exc, OSError):
+        return UpstreamUnreachable(f"upstream unreachable: {exc or type(exc).__name__}")
     return UpstreamProtocolError(f"upstream exchange failed: {exc!r}")
 
 

@@ -1,0 +1,293 @@
+"""A lean HTTP/1.1 client for the upstream side: asyncio protocols, httptools' parser, a pool.
+
+A cache miss is mostly the cost of its upstream exchange, and a general client (httpx over
+httpcore, h11 and anyio) spends more on models, parsing and task plumbing than the cache
+spends on everything else. This one does what a proxy needs and nothing more: keep-alive
+connections, one request at a time per connection, bodies by Content-Length, chunked or
+close-delimited (httptools decodes them), back-pressure on slow readers, and the error kinds
+of `edgeproxy.errors`. uvicorn runs on the same parser.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import ssl
+import time
+from collections.abc import AsyncIterable, AsyncIterator
+
+import httptools
+
+from ..errors import UpstreamProtocolError, UpstreamTimeout, UpstreamUnreachable
+
+RawHeaders = list[tuple[bytes, bytes]]
+
+# Body bytes buffered per connection before reading from the socket pauses (back-pressure).
+HIGH_WATER = 1024 * 1024
+
+
+class _Connection(asyncio.Protocol):
+    """One keep-alive connection; parses one response at a time."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.lost = False
+        self.idle_since = 0.0
+        self._reset()
+
+    def _reset(self) -> None:
+        self.parser = httptools.HttpResponseParser(self)
+        self.status = 0
+        self.headers: RawHeaders = []
+        self.headers_done = asyncio.get_running_loop().create_future()
+        self.complete = False
+        self.keep_alive = False  # read from the parser while it still knows (at the end)
+        self.head = False
+        self.chunks: collections.deque[bytes] = collections.deque()
+        self.buffered = 0
+        self.paused = False
+        self.error: BaseException | None = None
+        self.wakeup: asyncio.Future[None] | None = None
+
+    # --- asyncio.Protocol ---
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports do not subclass asyncio.Transport, but have its methods
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._fail(UpstreamProtocolError("upstream switched protocols"))
+        except httptools.HttpParserError as exc:
+            self._fail(UpstreamProtocolError(f"invalid HTTP from upstream: {exc}"))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        if self.headers_done.done() and not self.complete and self.error is None:
+            if self._close_delimited():
+                self.complete = True  # RFC 9112 §6.3: the body ends with the connection
+            else:
+                self.error = UpstreamUnreachable("upstream closed the connection mid-body")
+        elif not self.headers_done.done():
+            self._fail(UpstreamUnreachable("upstream closed the connection before answering"))
+        self._wake()
+
+    # --- httptools callbacks ---
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name.lower(), value))
+
+    def on_headers_complete(self) -> None:
+        self.status = self.parser.get_status_code()
+        self.keep_alive = bool(self.parser.should_keep_alive())
+        if not self.headers_done.done():
+            self.headers_done.set_result(None)
+        if self.head or self.status in (204, 304) or self.status < 200:
+            self.complete = True
+
+    def on_body(self, body: bytes) -> None:
+        if self.complete:
+            return
+        self.chunks.append(body)
+        self.buffered += len(body)
+        if self.buffered > HIGH_WATER and not self.paused and self.transport is not None:
+            self.paused = True
+            self.transport.pause_reading()
+        self._wake()
+
+    def on_message_complete(self) -> None:
+        self.keep_alive = self.keep_alive and bool(self.parser.should_keep_alive())
+        self.complete = True
+        self._wake()
+
+    # --- the client's side ---
+
+    def _close_delimited(self) -> bool:
+        names = {n for n, _ in self.headers}
+        return b"content-length" not in names and b"transfer-encoding" not in names
+
+    def _fail(self, exc: BaseException) -> None:
+        if self.error is None:
+            self.error = exc
+        if not self.headers_done.done():
+            self.headers_done.set_exception(exc)
+            self.headers_done.exception()
+        if self.transport is not None:
+            self.transport.close()
+        self._wake()
+
+    def _wake(self) -> None:
+        if self.wakeup is not None and not self.wakeup.done():
+            self.wakeup.set_result(None)
+
+    async def next_chunk(self, timeout: float) -> bytes | None:
+        """The next body bytes; None at the end of the body."""
+        while not self.chunks:
+            if self.error is not None:
+                raise self.error
+            if self.complete:
+                return None
+            self.wakeup = asyncio.get_running_loop().create_future()
+            try:
+                await asyncio.wait_for(self.wakeup, timeout)
+            except TimeoutError:
+                raise UpstreamTimeout(f"no body bytes from upstream for {timeout:.0f}s") from None
+        chunk = self.chunks.popleft()
+        self.buffered -= len(chunk)
+        if self.paused and self.buffered < HIGH_WATER // 2 and self.transport is not None:
+            self.paused = False
+            self.transport.resume_reading()
+        return chunk
+
+    def reusable(self) -> bool:
+        """Whether the connection can carry another request."""
+        return (self.complete and not self.lost and self.error is None
+                and self.transport is not None and not self.transport.is_closing()
+                and self.keep_alive)
+
+
+class Response:
+    """An upstream response whose headers are in (the `UpstreamResponse` of the cache)."""
+
+    __slots__ = ("_conn", "_done", "_pool", "_timeout", "headers", "status")
+
+    def __init__(self, conn: _Connection, pool: Pool, timeout: float) -> None:
+        self._conn = conn
+        self._pool = pool
+        self._timeout = timeout
+        self._done = False
+        self.status = conn.status
+        self.headers = conn.headers
+
+    async def aiter_body(self) -> AsyncIterator[bytes]:
+        """The de-chunked body, as it arrives."""
+        while True:
+            chunk = await self._conn.next_chunk(self._timeout)
+            if chunk is None:
+                return
+            yield chunk
+
+    async def aclose(self) -> None:
+        """Hand the connection back if the body was read to its end, else close it."""
+        if self._done:
+            return
+        self._done = True
+        conn = self._conn
+        if conn.reusable() and not conn.chunks:
+            self._pool.release(conn)
+        elif conn.transport is not None:
+            conn.transport.close()
+
+
+class Pool:
+    """Keep-alive connections to one host, most recently used first."""
+
+    def __init__(self, host: str, port: int, *, ssl_context: ssl.SSLContext | None,
+                 server_hostname: str | None, connect_timeout: float, timeout: float,
+                 keepalive: int = 128, expiry: float = 60.0) -> None:
+        self.host, self.port = host, port
+        self.ssl_context = ssl_context
+        self.server_hostname = server_hostname
+        self.connect_timeout = connect_timeout
+        self.timeout = timeout
+        self.keepalive = keepalive
+        self.expiry = expiry
+        self._idle: list[_Connection] = []
+
+    def release(self, conn: _Connection) -> None:
+        """Keep a connection for the next request."""
+        if len(self._idle) >= self.keepalive:
+            if conn.transport is not None:
+                conn.transport.close()
+            return
+        conn.idle_since = time.monotonic()
+        self._idle.append(conn)
+
+    def _take_idle(self) -> _Connection | None:
+        now = time.monotonic()
+        while self._idle:
+            conn = self._idle.pop()
+            if conn.reusable() and now - conn.idle_since < self.expiry:
+                return conn
+            if conn.transport is not None:
+                conn.transport.close()
+        return None
+
+    async def _connect(self) -> _Connection:
+        loop = asyncio.get_running_loop()
+        try:
+            _transport, conn = await asyncio.wait_for(loop.create_connection(
+                _Connection, self.host, self.port, ssl=self.ssl_context,
+                server_hostname=self.server_hostname if self.ssl_context else None),
+                self.connect_timeout)
+        except TimeoutError:
+            raise UpstreamTimeout(f"connecting to upstream timed out after "
+                                  f"{self.connect_timeout:.0f}s") from None
+        except ssl.SSLError as exc:
+            raise UpstreamUnreachable(f"upstream TLS failure: {exc.reason or exc}") from None
+        except OSError as exc:
+            raise UpstreamUnreachable(f"upstream unreachable: {exc.strerror or exc}") from None
+        return conn
+
+    async def request(self, method: str, target: bytes, headers: RawHeaders,
+                      body: AsyncIterable[bytes] | None = None) -> Response:
+        """Send one request; return when its response headers are in.
+
+        A reused connection the upstream closed meanwhile is retried once on a new one, for
+        requests without a body (those could not be replayed).
+        """
+        for attempt in (0, 1):
+            conn = self._take_idle() if attempt == 0 else None
+            fresh = conn is None
+            if conn is None:
+                conn = await self._connect()
+            conn._reset()
+            conn.head = method == "HEAD"
+            try:
+                await self._send(conn, method, target, headers, body)
+                await asyncio.wait_for(asyncio.shield(conn.headers_done), self.timeout)
+            except TimeoutError:
+                if conn.transport is not None:
+                    conn.transport.close()
+                raise UpstreamTimeout(f"no answer from upstream in {self.timeout:.0f}s") \
+                    from None
+            except UpstreamUnreachable:
+                if fresh or body is not None:
+                    raise
+                continue  # a stale keep-alive connection: once more, on a new one
+            return Response(conn, self, self.timeout)
+        raise AssertionError("unreachable")
+
+    async def _send(self, conn: _Connection, method: str, target: bytes, headers: RawHeaders,
+                    body: AsyncIterable[bytes] | None) -> None:
+        transport = conn.transport
+        if transport is None or conn.lost:
+            raise UpstreamUnreachable("upstream connection is closed")
+        chunked = body is not None and not any(n == b"content-length" for n, _ in headers)
+        lines = [method.encode(), b" ", target, b" HTTP/1.1\r\n"]
+        for name, value in headers:
+            lines += [name, b": ", value, b"\r\n"]
+        if chunked:
+            lines.append(b"transfer-encoding: chunked\r\n")
+        lines.append(b"\r\n")
+        transport.write(b"".join(lines))
+        if body is None:
+            return
+        async for piece in body:
+            if conn.lost:
+                raise UpstreamUnreachable("upstream closed the connection during the request")
+            if chunked and piece:
+                transport.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+            elif piece:
+                transport.write(piece)
+        if chunked:
+            transport.write(b"0\r\n\r\n")
+
+    async def aclose(self) -> None:
+        """Close every idle connection."""
+        for conn in self._idle:
+            if conn.transport is not None:
+                conn.transport.close()
+        self._idle.clear()
