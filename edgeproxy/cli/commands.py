@@ -13,6 +13,7 @@ from typing import Any
 
 import click
 
+from .. import __version__
 from ..config import parse_duration
 from ..errors import ClientError, ConfigError, EdgeProxyError
 from ..server import ROLES
@@ -43,6 +44,8 @@ class _Group(click.Group):
 
 
 @click.group(cls=_Group)
+@click.version_option(__version__, "--version", prog_name="edgeproxy",
+                      message="%(prog)s %(version)s")  # fmt: skip
 @config_option
 def cli(config_path: str | None) -> None:
     """edgeproxy: a self-hostable CDN for end-to-end-encrypted media."""
@@ -75,6 +78,21 @@ def up(ctx: click.Context, config_path: str | None) -> None:
             if dead is None:  # a stop that was asked for, not one forced by a dead node
                 return
     ctx.exit(1)
+
+
+@cli.command("check-config")
+@config_option
+@click.pass_context
+def check_config(ctx: click.Context, config_path: str | None) -> None:
+    """Load and check the config (file and EDGEPROXY_* variables) without starting anything.
+
+    Exit status 0 and one line if it is valid; 2 and the offending key (or variable) if not.
+    """
+    config, path = load(ctx, config_path)
+    ports = ", ".join(f"{role} :{listen_port}" for role, listen_port in (
+        ("origin", config.origin.port), ("shield", config.shield.port),
+        ("edge", config.edge.port)))  # fmt: skip
+    click.echo(f"edgeproxy: config OK: {path or 'built-in defaults'} ({ports})")
 
 
 @cli.command()
