@@ -139,6 +139,9 @@ class OriginConfig:
     # after that, or after upload_url_ttl with no byte received, it is cleaned up.
     upload_expiry: float = _duration(86400)
     cleanup_interval: float = _duration(300)  # how often expired uploads are swept
+    # Web origins (``https://app.example``) whose pages may call the media API, tus and the
+    # upload URLs (CORS); ``"*"`` allows any page. Empty: no CORS headers at all.
+    cors_origins: tuple[str, ...] = ()
 
     @property
     def base_url(self) -> str:
@@ -463,6 +466,11 @@ def _check(config: Config) -> None:
     if len(config.origin.signing_key) < 16:
         raise ConfigError("origin.signing_key: must be at least 16 characters")
     _check_auth_and_signing(config)
+    for i, web_origin in enumerate(config.origin.cors_origins):
+        # What a browser sends in its Origin header: scheme, host, port; no path, no slash.
+        if web_origin != "*" and not re.fullmatch(r"https?://[^/\s]+", web_origin):
+            raise ConfigError(f"origin.cors_origins[{i}]: expected '*' or scheme://host[:port] "
+                              f"without a path, got {web_origin!r}")  # fmt: skip
     names = [c.name for c in config.content_classes]
     for i, cc in enumerate(config.content_classes):
         if names.count(cc.name) > 1:
