@@ -28,7 +28,7 @@ from .core import OriginCore
 from .cors import APICors
 from .media_api import MediaAPI
 from .metrics import CONTENT_TYPE
-from .responses import install_error_handlers
+from .responses import CatchAll, install_error_handlers
 from .serving import Serving
 from .tus import TusAPI
 from .uploads import UploadURL
@@ -71,7 +71,9 @@ def create_app(config: Config, *, clock: Callable[[], float] = time.time) -> Sta
         Route("/pp/{user}", serving.get_profile_photo, methods=get),
     ]
     cors = config.origin.cors_origins
+    # CORS outermost, so that even a 500 reaches a browser's script as a 500.
     middleware = [Middleware(APICors, origins=cors)] if cors else []
+    middleware.append(Middleware(CatchAll))
     app = Starlette(routes=routes, lifespan=core.lifespan, middleware=middleware)
     app.state.origin = core
     install_error_handlers(app)
