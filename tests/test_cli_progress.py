@@ -8,6 +8,7 @@ import fcntl
 import json
 import os
 import pty
+import re
 import select
 import struct
 import subprocess
@@ -191,3 +192,27 @@ def test_connection_refused_asks_whether_the_stack_runs(tmp_path: Path, media: P
         assert err.startswith(f"edgeproxy: error: cannot connect to {closed}/"), (args, err)
         assert "is the stack running?" in err and "status 0" not in err and " 0 " not in err
         assert "Traceback" not in err and err.count("\n") == 1, (args, err)
+
+
+# --- the README's walk-through ---------------------------------------------------------------
+
+
+def test_readme_by_hand_section_has_a_sample_and_waits_for_the_stack() -> None:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme.split("### Try it by hand", 1)[1].split("\n## ", 1)[0]
+    script = section.split("```sh", 1)[1].split("```", 1)[0]
+    lines = [line.split("#")[0].strip() for line in script.splitlines()]
+    commands = [line for line in lines if line]
+
+    def first(fragment: str) -> int:
+        return next(i for i, line in enumerate(commands) if fragment in line)
+
+    # The sample file exists before it is used: `edgeproxy demo` leaves it where the demo
+    # writes its work (data_dir/demo, data_dir ./var next to config.yaml).
+    assert first("edgeproxy demo") < first("var/demo/sample.png") < first("edgeproxy upload")
+    # The upload waits until the nodes answer their health checks.
+    assert first("edgeproxy up") < first("/healthz") < first("edgeproxy upload")
+    assert "until curl -sf" in commands[first("/healthz")]
+    # The library snippet passes the API token.
+    snippet = readme.split("from edgeproxy.client import MediaClient", 1)[1].split("```", 1)[0]
+    assert re.search(r"MediaClient\([^)]*token=", snippet)
