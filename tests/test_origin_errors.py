@@ -13,7 +13,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from edgeproxy.config import load_config
-from edgeproxy.errors import UpstreamError
+from edgeproxy.errors import UpstreamError, UpstreamTimeout
 from edgeproxy.origin import create_app
 from tests.servers import serve
 
@@ -29,6 +29,10 @@ async def transport_failure(request: Request) -> Response:
     raise httpx.ConnectError(SECRET_DETAIL)
 
 
+async def slow_backend(request: Request) -> Response:
+    raise UpstreamTimeout(f"GET s3.internal.example:9000 timed out after 10 s: {SECRET_DETAIL}")
+
+
 async def bug(request: Request) -> Response:
     raise RuntimeError(f"unexpected state in /var/lib/edgeproxy/origin: {SECRET_DETAIL}")
 
@@ -39,6 +43,7 @@ def origin_url(tmp_path: Path) -> Iterator[str]:
     # Routes that fail the way a storage backend or a bug would, behind the real handlers.
     app.add_route("/test/upstream", upstream_failure, methods=["GET", "HEAD"])
     app.add_route("/test/transport", transport_failure)
+    app.add_route("/test/slow", slow_backend)
     app.add_route("/test/bug", bug)
     with serve(app) as server:
         yield server.url
@@ -47,6 +52,7 @@ def origin_url(tmp_path: Path) -> Iterator[str]:
 @pytest.mark.parametrize(("path", "status", "error"), [
     ("/test/upstream", 502, "bad_gateway"),
     ("/test/transport", 502, "bad_gateway"),
+    ("/test/slow", 504, "gateway_timeout"),
     ("/test/bug", 500, "internal_error"),
 ])  # fmt: skip
 def test_5xx_bodies_are_generic_and_the_detail_is_logged(

@@ -17,12 +17,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ..errors import HTTPError, UpstreamError
+from ..errors import HTTPError, UpstreamError, UpstreamTimeout
 
 log = logging.getLogger("edgeproxy.origin")
 
 BAD_GATEWAY = HTTPError(502, "bad_gateway", "the storage backend could not be reached; "
                         "try again later")  # fmt: skip
+GATEWAY_TIMEOUT = HTTPError(504, "gateway_timeout", "the storage backend did not answer in "
+                            "time; try again later")  # fmt: skip
 INTERNAL = HTTPError(500, "internal_error", "the server failed to answer this request")
 
 
@@ -57,7 +59,8 @@ async def _on_upstream_error(request: Request, exc: Exception) -> Response:
     # The detail (TLS alerts, host names, backend messages) goes to the log only.
     log.warning("%s %s: upstream failure: %s: %s", request.method, request.url.path,
                 type(exc).__name__, exc)  # fmt: skip
-    return error_response(BAD_GATEWAY, head=request.method == "HEAD")
+    slow = isinstance(exc, UpstreamTimeout | httpx.TimeoutException)
+    return error_response(GATEWAY_TIMEOUT if slow else BAD_GATEWAY, head=request.method == "HEAD")
 
 
 class CatchAll:
