@@ -361,8 +361,6 @@ def _check_env_keys(name: str, keys: list[str]) -> None:
         cls = get_type_hints(cls)[key]
 
 
-
-
 def _build(cls: type[Any], data: Any, where: str) -> Any:
     if not isinstance(data, dict):
         raise ConfigError(f"{where or 'config'}: expected a mapping, got {data!r}")
