@@ -4,7 +4,10 @@ Every key is checked at load time: an unknown key, a wrong type or an out-of-ran
 `ConfigError` naming the dotted key (``edge.port``), so a bad file fails at start, not mid-request.
 Durations accept ``300``, ``"5m"``, ``"7d"``; sizes accept ``1048576``, ``"1MiB"``, ``"50MB"``.
 Environment variables override the file: ``EDGEPROXY_EDGE__PORT=9090`` sets ``edge.port``
-(``__`` separates levels; the value is read as a YAML scalar).
+(``__`` separates levels; the value is read as a YAML scalar); a variable whose section is no
+setting (``EDGEPROXY_EGDE__PORT``) is refused, naming it. Every secret also has a ``*_file``
+variant (``origin.signing_key_file``, ``download_signing.keys_file: {k1: path}``) whose file holds
+the value, for Docker/Kubernetes secrets mounted as files; setting both is an error.
 """
 
 from __future__ import annotations
@@ -22,10 +25,13 @@ from typing import Any, Union, get_args, get_origin, get_type_hints
 import yaml
 
 from .errors import ConfigError
+from .secret_files import SECRET_FILE_SUFFIX, read_secret_files
 
 ENV_PREFIX = "EDGEPROXY_"
-# EDGEPROXY_* variables that are not settings: the config file's path and the CLI's API token.
-NON_SETTING_ENV = frozenset({ENV_PREFIX + "CONFIG", ENV_PREFIX + "TOKEN"})
+# EDGEPROXY_* variables that are not settings: the config file's path, the CLI's API token,
+# what `edgeproxy serve` hands its uvicorn workers, and compose's secrets-file interpolation.
+NON_SETTING_ENV = frozenset(ENV_PREFIX + name for name in (
+    "CONFIG", "TOKEN", "ROLE", "UPSTREAM", "SECRETS_FILE"))  # fmt: skip
 TIERS = ("edge", "shield")
 
 _DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -76,6 +82,11 @@ def _size(default: int) -> Any:
     return field(default=default, metadata={"parse": parse_size})
 
 
+def _secret(default: str) -> Any:
+    # Kept out of repr, hence logs; ``<name>_file`` may give the value instead.
+    return field(default=default, repr=False, metadata={"secret": True})
+
+
 @dataclass(frozen=True)
 class TierTTL:
     """How long a content class stays fresh at each cache tier (seconds)."""
@@ -119,7 +130,7 @@ class OriginConfig:
     host: str = "127.0.0.1"
     port: int = 8082
     public_url: str = ""  # base of signed upload URLs; defaults to http://host:port
-    signing_key: str = "dev-only-upload-signing-key-change-me"
+    signing_key: str = _secret("dev-only-upload-signing-key-change-me")
     upload_url_ttl: float = _duration(300)
     max_upload_size: int = _size(100 * 1024**2)
     max_thumbnail_size: int = _size(64 * 1024)
@@ -128,6 +139,9 @@ class OriginConfig:
     # after that, or after upload_url_ttl with no byte received, it is cleaned up.
     upload_expiry: float = _duration(86400)
     cleanup_interval: float = _duration(300)  # how often expired uploads are swept
+    # Web origins (``https://app.example``) whose pages may call the media API, tus and the
+    # upload URLs (CORS); ``"*"`` allows any page. Empty: no CORS headers at all.
+    cors_origins: tuple[str, ...] = ()
 
     @property
     def base_url(self) -> str:
@@ -177,8 +191,8 @@ class AuthConfig:
     ``sub`` is the user. A token must carry ``exp``. ``audience``/``issuer`` are checked when set.
     """
 
-    # HS256; empty disables HS256 (and `edgeproxy token`). Kept out of repr, hence logs.
-    jwt_secret: str = field(default=DEV_JWT_SECRET, repr=False)
+    # HS256; empty disables HS256 (and `edgeproxy token`).
+    jwt_secret: str = _secret(DEV_JWT_SECRET)
     jwt_public_key: str = ""  # RS256: PEM text or a path to a PEM file; empty disables RS256
     audience: str = ""
     issuer: str = ""
@@ -234,7 +248,7 @@ class DownloadSigningConfig:
     keys: Mapping[str, str] = field(
         default_factory=lambda: MappingProxyType(
             {"k1": "dev-only-download-signing-key-change-me"}),
-        hash=False, repr=False)  # fmt: skip
+        hash=False, repr=False, metadata={"secret": True})  # fmt: skip
     current: str = "k1"
     ttl: float = _duration(3600)  # seed 004: signed URLs live 1 hour
 
@@ -246,7 +260,7 @@ class Config:
     data_dir: Path = Path("./var")
     public_base_url: str = "http://127.0.0.1:8080"
     log_level: str = "info"
-    admin_token: str = ""
+    admin_token: str = _secret("")
     origin: OriginConfig = field(default_factory=OriginConfig)
     shield: NodeConfig = field(
         default_factory=lambda: NodeConfig(port=8081, upstream="http://127.0.0.1:8082",
@@ -298,6 +312,7 @@ def load_config(path: str | os.PathLike[str] | None = None,
         data = loaded or {}
         base = p.resolve().parent
     _apply_env(data, os.environ if env is None else env)
+    read_secret_files(Config, data, "", base)
     config: Config = _build(Config, data, "")
     if not config.data_dir.is_absolute():
         config = config.replace(data_dir=(base / config.data_dir).resolve())
@@ -306,12 +321,11 @@ def load_config(path: str | os.PathLike[str] | None = None,
 
 
 def _apply_env(data: dict[str, Any], env: Mapping[str, str]) -> None:
-    for name, raw in env.items():
+    for name, raw in sorted(env.items()):
         if not name.startswith(ENV_PREFIX) or name in NON_SETTING_ENV:
             continue
         keys = name[len(ENV_PREFIX) :].lower().split("__")
-        if keys[0] not in _TOP_LEVEL_KEYS:
-            continue  # EDGEPROXY_TOKEN and friends belong to the CLI, not to Config
+        _check_env_keys(name, keys)
         target = data
         for key in keys[:-1]:
             nxt = target.setdefault(key, {})
@@ -324,7 +338,27 @@ def _apply_env(data: dict[str, Any], env: Mapping[str, str]) -> None:
             target[keys[-1]] = raw
 
 
-_TOP_LEVEL_KEYS = frozenset(f.name for f in dataclasses.fields(Config))
+_NO_FIELD: Any = field(default=None)
+
+
+def _check_env_keys(name: str, keys: list[str]) -> None:
+    """`ConfigError` naming the variable if its path leaves the settings (a typo such as
+    ``EDGEPROXY_EGDE__PORT`` would otherwise be silently ignored)."""
+    cls: Any = Config
+    for depth, key in enumerate(keys):
+        if get_origin(cls) in (Mapping, dict, tuple):
+            return  # inside a mapping or list: its keys are data, checked by _build
+        if not dataclasses.is_dataclass(cls):
+            raise ConfigError(f"{name}: {'.'.join(keys[:depth])} has no sub-settings")
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        if key.endswith(SECRET_FILE_SUFFIX) and \
+                fields.get(key.removesuffix(SECRET_FILE_SUFFIX), _NO_FIELD).metadata.get("secret"):
+            return
+        if key not in fields:
+            where = ".".join(keys[:depth]) or "the top level"
+            raise ConfigError(f"{name}: {key!r} is not a setting of {where} (known: "
+                              f"{', '.join(sorted(fields))})")  # fmt: skip
+        cls = get_type_hints(cls)[key]
 
 
 def _build(cls: type[Any], data: Any, where: str) -> Any:
@@ -430,6 +464,11 @@ def _check(config: Config) -> None:
     if len(config.origin.signing_key) < 16:
         raise ConfigError("origin.signing_key: must be at least 16 characters")
     _check_auth_and_signing(config)
+    for i, web_origin in enumerate(config.origin.cors_origins):
+        # What a browser sends in its Origin header: scheme, host, port; no path, no slash.
+        if web_origin != "*" and not re.fullmatch(r"https?://[^/\s]+", web_origin):
+            raise ConfigError(f"origin.cors_origins[{i}]: expected '*' or scheme://host[:port] "
+                              f"without a path, got {web_origin!r}")  # fmt: skip
     names = [c.name for c in config.content_classes]
     for i, cc in enumerate(config.content_classes):
         if names.count(cc.name) > 1:

@@ -16,6 +16,7 @@ import re
 import shlex
 import shutil
 import subprocess
+import sys
 import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -34,7 +35,8 @@ from edgeproxy.errors import ConfigError
 from edgeproxy.origin import create_app as create_origin_app
 from edgeproxy.origin.auth import mint_token
 from tests.origins import TestOrigin, pattern
-from tests.servers import serve
+from tests.servers import free_port, serve
+from tests.test_origin import make_blob
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -48,12 +50,6 @@ ROLES = ("origin", "shield", "edge")
 CONFIG_PATH = "/etc/edgeproxy/config.yaml"
 DATA_DIR = "/var/lib/edgeproxy"
 
-# Metrics the rules use that no node exports yet: proposed to the metric owners (see
-# deploy/README.md, "Metrics the rules expect"); their rules stay silent until then.
-PROPOSED_METRICS = frozenset({
-    "edgeproxy_origin_upload_duration_seconds_bucket",
-    "edgeproxy_origin_upload_duration_seconds_count",
-})
 # Values of the cache metrics' `result` (the X-Cache verdicts) and `tier` labels.
 CACHE_RESULTS = frozenset({"HIT", "MISS", "STALE", "REVALIDATED", "PASS", "ERROR"})
 TIERS = frozenset({"edge", "shield"})
@@ -108,8 +104,8 @@ def setting(config: Config, env_name: str) -> Any:
 
 def check_secrets_env(config_file: Path, secret_names: list[str]) -> Config:
     """The config loads once every secret has a real value; each variable lands on the
-    setting it names (a misspelled EDGEPROXY_* variable is silently ignored by load_config,
-    so this is the only place a typo would show); and the config alone does not load."""
+    setting it names (load_config refuses a variable that names no setting, but a secret could
+    still land on the wrong one); and the config alone does not load."""
     assert secret_names, "no secrets"
     assert all(name.startswith("EDGEPROXY_") for name in secret_names), secret_names
     fake = {name: f"{name.lower()}-{'0' * 40}" for name in secret_names}
@@ -237,7 +233,8 @@ def dashboard_queries() -> list[tuple[str, str]]:
 
 
 def grafana_to_promql(expr: str) -> str:
-    return expr.replace("$__rate_interval", "1m").replace("$__range", "1h")
+    return (expr.replace("$__rate_interval", "1m").replace("$__range", "1h")
+            .replace("$job", "edgeproxy-.+").replace("$instance", ".+"))
 
 
 @dataclass
@@ -301,6 +298,20 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> Exposition:
                         json={"file_size": 1000, "file_type": "image/jpeg",
                               "file_hash": "sha256:" + "ab" * 32})  # fmt: skip
         assert r.status_code == 200, r.text  # gives edgeproxy_origin_uploads_total a sample
+        # A committed upload gives edgeproxy_origin_upload_duration_seconds its samples.
+        blob = make_blob(8)
+        ticket = client.post(origin.url + "/v1/media/upload/request",
+                             headers={"authorization": f"Bearer {token}"},
+                             json={"file_size": len(blob), "file_type": "image/jpeg",
+                                   "file_hash": "sha256:" + hashlib.sha256(blob).hexdigest()}
+                             ).json()  # fmt: skip
+        upload_path = httpx.URL(ticket["upload_url"]).raw_path.decode()  # on origin.url's port
+        assert client.put(origin.url + upload_path, content=blob).status_code == 200
+        r = client.post(origin.url + "/v1/media/upload/confirm",
+                        headers={"authorization": f"Bearer {token}"},
+                        json={"media_id": ticket["media_id"],
+                              "file_sha256": hashlib.sha256(blob).hexdigest()})  # fmt: skip
+        assert r.status_code == 200, r.text
         texts.append(client.get(origin.url + "/metrics").text)
     return parse_exposition("\n".join(texts))
 
@@ -316,7 +327,7 @@ def test_metric_names_in_rules_and_dashboard_are_exported(exported: Exposition) 
             name, selector = match.group(1), match.group(2) or ""
             referenced.add(name)
             if name not in exported.labels:
-                continue  # reported below unless proposed
+                continue  # reported below
             labels = exported.labels[name]
             if name not in exported.sampled:
                 problems.append(f"{where}: {name} had no samples, so its labels went unchecked")
@@ -335,14 +346,28 @@ def test_metric_names_in_rules_and_dashboard_are_exported(exported: Exposition) 
                 if label not in known_labels:
                     problems.append(f"{where}: grouping label {label!r} is on none of its "
                                     "metrics")  # fmt: skip
-    unknown = referenced - set(exported.labels) - PROPOSED_METRICS
-    assert not unknown, f"metrics no node exports (and not listed as proposed): {sorted(unknown)}"
-    assert referenced >= PROPOSED_METRICS, "PROPOSED_METRICS lists names no rule uses any more"
+    unknown = referenced - set(exported.labels)
+    assert not unknown, f"metrics no node exports: {sorted(unknown)}"
     assert not problems, "\n".join(problems)
     # The check looked at something: the core cache and origin families are all in use.
     for name in ("edgeproxy_requests_total", "edgeproxy_request_duration_seconds_bucket",
-                 "edgeproxy_integrity_failures_total", "edgeproxy_origin_uploads_total"):
+                 "edgeproxy_integrity_failures_total", "edgeproxy_origin_uploads_total",
+                 "edgeproxy_origin_upload_duration_seconds_bucket",
+                 "edgeproxy_cache_size_limit_bytes"):
         assert name in referenced
+
+
+def test_docs_name_only_exported_metrics(exported: Exposition) -> None:
+    """The READMEs, docs/ and the rule file's comments describe what nodes export today."""
+    families = set(exported.labels)
+    families |= {re.sub(r"_(total|bucket|count|sum)$", "", name) for name in families}
+    texts = {path: path.read_text() for path in
+             [ROOT / "README.md", DEPLOY / "README.md", *sorted((ROOT / "docs").glob("*.md")),
+              PROM / "alerts.yml", PROM / "alerts_test.yml"]}  # fmt: skip
+    for path, text in texts.items():
+        for name in set(re.findall(r"(?<![\w:])edgeproxy_[a-z0-9_]*[a-z0-9](?![\w:])", text)):
+            assert name in families, f"{path.name} names {name}, which no node exports"
+        assert not re.search(r"\bproposed\b", text, re.I), f"{path.name} still says 'proposed'"
 
 
 # --- YAML everywhere -----------------------------------------------------------------------
@@ -587,6 +612,41 @@ def test_compose_nodes_form_the_topology() -> None:
             (by_role[target], role_port(config, target)), f"{tier}.upstream"
 
 
+def _healthcheck_code() -> str:
+    """The Python the compose healthcheck runs; the same as the image's HEALTHCHECK."""
+    services = _compose()["services"]
+    checks = [services[name]["healthcheck"] for name in NODE_SERVICES]
+    assert all(check == checks[0] for check in checks)
+    argv = checks[0]["test"]
+    assert argv[:3] == ["CMD", "python", "-c"] and len(argv) == 4, argv
+    image = json.loads(dict(_containerfile())["HEALTHCHECK"].split(" CMD ", 1)[1])
+    assert image == argv[1:], "compose and Containerfile health checks differ"
+    for key in ("interval", "timeout", "start_period"):
+        assert parse_duration(checks[0][key].removesuffix("s")) > 0, key
+    assert parse_duration(checks[0]["timeout"].removesuffix("s")) < \
+        parse_duration(checks[0]["interval"].removesuffix("s"))
+    code: str = argv[3]
+    return code
+
+
+def test_compose_health_checks_run_in_the_compose_file(tmp_path: Path) -> None:
+    """Podman drops an image's HEALTHCHECK, so compose.yaml carries its own; run it for real
+    against a live node and a closed port."""
+    code = _healthcheck_code()
+    config = load_config(None, env={"EDGEPROXY_DATA_DIR": str(tmp_path)})
+
+    def check(url: str) -> int:
+        env = {"PATH": "/usr/bin:/bin", "HEALTHCHECK_URL": url,
+               "HTTP_PROXY": "http://127.0.0.1:9", "http_proxy": "http://127.0.0.1:9"}
+        return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                              timeout=30, check=False).returncode  # fmt: skip
+
+    with serve(create_origin_app(config)) as origin:
+        assert check(origin.url + "/healthz") == 0  # and the proxy variables are ignored
+        assert check(origin.url + "/nothing-here") != 0
+    assert check(f"http://127.0.0.1:{free_port()}/healthz") != 0
+
+
 def test_compose_prometheus_scrapes_every_node() -> None:
     compose = _compose()
     services = compose["services"]
@@ -732,11 +792,20 @@ def _dashboards() -> Iterator[tuple[Path, dict[str, Any]]]:
 
 
 def test_grafana_dashboard_panels_all_have_queries() -> None:
-    (source,) = load_yaml(GRAFANA / "provisioning/datasources/prometheus.yml")["datasources"]
     dashboards = list(_dashboards())
     assert dashboards
     for path, dashboard in dashboards:
         assert dashboard["uid"] and dashboard["title"]
+        # Import into any Grafana: the data source is a variable, never a provisioned uid.
+        variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+        assert variables["datasource"]["type"] == "datasource"
+        assert variables["datasource"]["query"] == "prometheus"
+        for name in ("job", "instance"):
+            assert variables[name]["type"] == "query", name
+            assert variables[name]["datasource"]["uid"] == "${datasource}", name
+            assert variables[name]["multi"] and variables[name]["includeAll"], name
+        assert "$job" in variables["instance"]["query"]["query"]  # instances of chosen jobs
+        assert '"uid": "prometheus"' not in path.read_text()
         panels = dashboard["panels"]
         ids = [p["id"] for p in panels]
         assert len(ids) == len(set(ids)), f"{path.name}: duplicate panel ids"
@@ -745,15 +814,22 @@ def test_grafana_dashboard_panels_all_have_queries() -> None:
         for panel in queried:
             where = f"{path.name} {panel['title']!r}"
             assert panel["targets"], f"{where}: no query"
-            assert panel["datasource"]["uid"] == source["uid"], where
+            assert panel["datasource"]["uid"] == "${datasource}", where
             assert {"h", "w", "x", "y"} <= set(panel["gridPos"]), where
             for target in panel["targets"]:
                 assert target["expr"].strip(), f"{where}: empty query"
-                assert target.get("datasource", panel["datasource"])["uid"] == source["uid"]
+                assert target.get("datasource", panel["datasource"])["uid"] == "${datasource}"
+                # Every series selector follows the job and instance pickers.
+                for match in re.finditer(r"(?<![\w:])(edgeproxy_\w+|up)(\{[^}]*\})?(?![\w(])",
+                                         target["expr"]):  # fmt: skip
+                    selector = match.group(2) or ""
+                    assert 'job=~"$job"' in selector, f"{where}: {match.group(0)}"
+                    assert 'instance=~"$instance"' in selector, f"{where}: {match.group(0)}"
     # The panels the deployment brief asks for, by the metric each one needs.
     queries = " ".join(expr for _where, expr in dashboard_queries())
     for needed in ('result="HIT"', "content_class", "edgeproxy_response_bytes_total",
                    "histogram_quantile(0.5", "histogram_quantile(0.99",
                    "edgeproxy_upstream_requests_total", "edgeproxy_collapsed_requests_total",
-                   "edgeproxy_integrity_failures_total", "edgeproxy_cache_size_bytes"):
+                   "edgeproxy_integrity_failures_total", "edgeproxy_cache_size_bytes",
+                   "edgeproxy_origin_upload_duration_seconds_bucket"):
         assert needed in queries, needed

@@ -212,7 +212,7 @@ def test_tus_discovery_and_creation(origin: Origin) -> None:
         assert r.status_code == 204
         assert r.headers["tus-version"] == "1.0.0" and r.headers["tus-resumable"] == "1.0.0"
         assert set(r.headers["tus-extension"].split(",")) == {
-            "creation", "expiration", "checksum", "termination"}
+            "creation", "creation-with-upload", "expiration", "checksum", "termination"}
         assert int(r.headers["tus-max-size"]) == crypto.enc_length(100 * 1024**2)
         assert "sha1" in r.headers["tus-checksum-algorithm"].split(",")
 

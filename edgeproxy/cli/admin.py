@@ -76,22 +76,30 @@ def purge(ctx: click.Context, paths: tuple[str, ...], prefix: str | None, nodes:
 def warm(ctx: click.Context, paths: tuple[str, ...], list_file: TextIO | None,
          concurrency: int, nodes: tuple[str, ...], token: str | None,
          config_path: str | None) -> None:
-    """Prefetch PATHS into the edge (which fills the shield on the way), with progress."""
+    """Prefetch PATHS into the edge (which fills the shield on the way), with progress: a bar
+    when stderr is a terminal, else one line per path on stderr."""
     items = list(paths)
     if list_file is not None:
         items += [line.strip() for line in list_file if line.strip()]
     if not items:
         raise click.UsageError("name PATHS to warm, or --from-file")
+    from .progress import Progress
+
     targets, secret = _nodes_and_token(ctx, nodes, token, config_path, ("edge",))
     todo = [_path_of(p) for p in items]
     summaries = {}
-    for node in targets:
-        def progress(item: dict[str, object], node: str = node) -> None:
-            click.echo(f"{node} {item['status']} {item['path']} {item['bytes']} bytes "
-                       f"{item.get('x_cache') or ''}".rstrip(), err=True)
+    with Progress("warm", total=len(todo) * len(targets), unit="path") as bar:
+        for node in targets:
+            def progress(item: dict[str, object], node: str = node) -> None:
+                # On a terminal the bar counts and only failures get a line; piped, every
+                # path gets its line (a log of what was warmed).
+                bar.advance()
+                if not bar.enabled or item["status"] not in (200, 206):
+                    bar.write(f"{node} {item['status']} {item['path']} {item['bytes']} bytes "
+                              f"{item.get('x_cache') or ''}".rstrip())
 
-        summaries[node] = adminclient.warm(node, secret, todo, concurrency=concurrency,
-                                           on_progress=progress)
+            summaries[node] = adminclient.warm(node, secret, todo, concurrency=concurrency,
+                                               on_progress=progress)
     click.echo(json.dumps({"warmed": summaries}, indent=2))
     if any(s.get("failed") for s in summaries.values()):
         ctx.exit(1)

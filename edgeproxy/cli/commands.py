@@ -12,12 +12,29 @@ from pathlib import Path
 from typing import Any
 
 import click
+import httpx
 
+from .. import __version__
 from ..config import parse_duration
 from ..errors import ClientError, ConfigError, EdgeProxyError
 from ..server import ROLES
 from .admin import purge, warm
 from .options import ENV_TOKEN, chosen_config_path, config_option, load
+
+
+def connection_problem(exc: httpx.TransportError) -> str:
+    """A network failure in words, with the likely fix (not "status 0")."""
+    try:
+        url = str(exc.request.url.copy_with(query=None))  # no signature in the message
+    except RuntimeError:  # raised without a request
+        url = "the server"
+    if isinstance(exc, httpx.ConnectError):
+        reason = str(exc).rpartition("] ")[2] or "connection failed"
+        return (f"cannot connect to {url} ({reason}): is the stack running? "
+                "Start it with `edgeproxy up`, or point --api/--cdn/--node at it")
+    if isinstance(exc, httpx.TimeoutException):
+        return f"{url} did not answer in time ({type(exc).__name__})"
+    return f"connection to {url} failed: {exc or type(exc).__name__}"
 
 
 class _Group(click.Group):
@@ -29,7 +46,13 @@ class _Group(click.Group):
         except ConfigError as exc:
             click.echo(f"edgeproxy: config error: {exc}", err=True)
             ctx.exit(2)
+        except httpx.TransportError as exc:
+            click.echo(f"edgeproxy: error: {connection_problem(exc)}", err=True)
+            ctx.exit(1)
         except ClientError as exc:
+            if isinstance(exc.__cause__, httpx.TransportError):
+                click.echo(f"edgeproxy: error: {connection_problem(exc.__cause__)}", err=True)
+                ctx.exit(1)
             hint = ""
             if exc.status == 401:
                 hint = (f" (pass --token or set {ENV_TOKEN}; `edgeproxy token --user NAME` "
@@ -43,6 +66,8 @@ class _Group(click.Group):
 
 
 @click.group(cls=_Group)
+@click.version_option(__version__, "--version", prog_name="edgeproxy",
+                      message="%(prog)s %(version)s")  # fmt: skip
 @config_option
 def cli(config_path: str | None) -> None:
     """edgeproxy: a self-hostable CDN for end-to-end-encrypted media."""
@@ -75,6 +100,21 @@ def up(ctx: click.Context, config_path: str | None) -> None:
             if dead is None:  # a stop that was asked for, not one forced by a dead node
                 return
     ctx.exit(1)
+
+
+@cli.command("check-config")
+@config_option
+@click.pass_context
+def check_config(ctx: click.Context, config_path: str | None) -> None:
+    """Load and check the config (file and EDGEPROXY_* variables) without starting anything.
+
+    Exit status 0 and one line if it is valid; 2 and the offending key (or variable) if not.
+    """
+    config, path = load(ctx, config_path)
+    ports = ", ".join(f"{role} :{listen_port}" for role, listen_port in (
+        ("origin", config.origin.port), ("shield", config.shield.port),
+        ("edge", config.edge.port)))  # fmt: skip
+    click.echo(f"edgeproxy: config OK: {path or 'built-in defaults'} ({ports})")
 
 
 @cli.command()
@@ -119,10 +159,12 @@ def upload(ctx: click.Context, file: Path, mimetype: str | None, api: str | None
     """Encrypt FILE, upload it (resuming after dropped connections), and print the message
     payload (JSON) a receiver needs."""
     from ..client import MediaClient
+    from .progress import Progress
 
     if api is None:
         api = load(ctx, config_path)[0].origin.base_url
-    with MediaClient(api, token=token, retries=retries) as client:
+    with Progress(f"upload {file.name}") as bar, \
+            MediaClient(api, token=token, retries=retries, progress=bar.update_to) as client:
         payload = client.upload(file, mimetype=mimetype, conversation_id=conversation_id)
     text = json.dumps(payload, indent=2)
     if out is not None:
@@ -163,14 +205,30 @@ def token(ctx: click.Context, user: str, ttl: float, config_path: str | None) ->
     click.echo(mint_token(config.auth.jwt_secret, user, ttl=ttl))
 
 
-def _parse_range(value: str | None) -> tuple[int, int] | None:
+def parse_range(value: str | None, length: int) -> tuple[int, int] | None:
+    """``--range`` as inclusive plaintext offsets into a file of ``length`` bytes, with the
+    forms of an HTTP byte range (RFC 9110 §14.1.2): ``START-END``, ``START-`` (to the end) and
+    ``-N`` (the last N bytes). An END past the file is clamped by the download."""
     if value is None:
         return None
-    start, sep, end = value.partition("-")
-    if not sep or not start.isdigit() or not end.isdigit() or int(end) < int(start):
-        raise click.BadParameter(f"expected START-END (inclusive, bytes), got {value!r}",
-                                 param_hint="--range")  # fmt: skip
-    return int(start), int(end)
+    start, sep, end = value.strip().partition("-")
+    problem = None
+    if not sep or not (start.isdigit() or end.isdigit()) or \
+            (start and not start.isdigit()) or (end and not end.isdigit()):
+        problem = "not a byte range"
+    elif not start:
+        if int(end) == 0:
+            problem = "a suffix range needs at least one byte"
+        else:
+            return max(0, length - int(end)), length - 1
+    elif end and int(end) < int(start):
+        problem = "END is before START"
+    elif int(start) >= length:
+        problem = f"START is past the end of the {length}-byte file"
+    if problem:
+        raise click.BadParameter(f"{problem}; expected START-END, START- or -SUFFIX "
+                                 f"(inclusive bytes), got {value!r}", param_hint="--range")
+    return int(start), int(end) if end else length - 1
 
 
 @cli.command()
@@ -178,21 +236,27 @@ def _parse_range(value: str | None) -> tuple[int, int] | None:
 @click.option("--out", "out", type=click.Path(dir_okay=False, path_type=Path), required=True,
               help="Where to write the plaintext.")  # fmt: skip
 @click.option("--range", "range_", metavar="START-END", default=None,
-              help="Only these plaintext bytes (inclusive), fetched with an HTTP Range.")
+              help="Only these plaintext bytes (inclusive), fetched with an HTTP Range: "
+                   "100-199, 100- (to the end) or -500 (the last 500).")
 @click.option("--cdn", metavar="URL", default=None,
               help="Fetch via this node instead of the media_url's host.")  # fmt: skip
 def download(payload_file: Any, out: Path, range_: str | None, cdn: str | None) -> None:
     """Fetch the media of PAYLOAD.json ('-' for stdin), verify it, and write the plaintext."""
     from ..client import MediaClient
+    from .progress import Progress
 
-    byte_range = _parse_range(range_)
     try:
         payload = json.load(payload_file)
     except json.JSONDecodeError as exc:
         raise ValueError(f"{payload_file.name} is not JSON: {exc}") from None
     if not isinstance(payload, dict):
         raise ValueError(f"{payload_file.name} does not hold a payload object")
-    with MediaClient(cdn or "", cdn_url=cdn) as client:
+    length = payload.get("file_length")
+    if range_ is not None and not isinstance(length, int):
+        raise ValueError(f"{payload_file.name} has no file_length, which --range needs")
+    byte_range = parse_range(range_, length if isinstance(length, int) else 0)
+    with Progress(f"download {out.name}") as bar, \
+            MediaClient(cdn or "", cdn_url=cdn, progress=bar.update_to) as client:
         result = client.download(payload, out, byte_range=byte_range)
     click.echo(json.dumps({"out": str(out), "bytes": result.bytes_written,
                            "fetched": result.bytes_fetched, "status": result.status,

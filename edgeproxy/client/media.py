@@ -22,7 +22,7 @@ import os
 import re
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -37,6 +37,8 @@ from ..errors import BlobFormatError, ClientError, EdgeProxyError, IntegrityErro
 UPLOAD_CHUNK = 256 * 1024
 MAX_BACKOFF = 5.0  # seconds between upload attempts, at most
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
+# Transfer progress: bytes done so far (may go back when an upload resumes), and the total.
+ProgressCallback = Callable[[int, int | None], None]
 
 
 @dataclass(frozen=True)
@@ -63,8 +65,9 @@ def _b64(data: bytes) -> str:
 
 
 def _unb64(payload: Mapping[str, Any], key: str) -> bytes:
+    value = _field(payload, key)
     try:
-        return base64.b64decode(str(payload[key]), validate=True)
+        return base64.b64decode(str(value), validate=True)
     except (ValueError, TypeError) as exc:
         raise ValueError(f"payload field {key!r} is not valid base64") from exc
 
@@ -90,10 +93,15 @@ def _raise_for_status(response: httpx.Response) -> None:
     raise ClientError(status, f"http_{status}", text)
 
 
-def _file_chunks(fh: IO[bytes], start: int = 0) -> Iterator[bytes]:
+def _file_chunks(fh: IO[bytes], start: int = 0, total: int | None = None,
+                 progress: ProgressCallback | None = None) -> Iterator[bytes]:  # fmt: skip
     fh.seek(start)
+    done = start
     while piece := fh.read(UPLOAD_CHUNK):
         yield piece
+        done += len(piece)
+        if progress is not None:
+            progress(done, total)
 
 
 def _error_code(response: httpx.Response) -> str | None:
@@ -113,16 +121,18 @@ class MediaClient:
     """Sync client for the media API (upload) and any CDN node (download)."""
 
     def __init__(self, api_url: str, *, token: str | None = None, cdn_url: str | None = None,
-                 timeout: float = 30.0, retries: int = 5,
-                 retry_backoff: float = 0.25) -> None:  # fmt: skip
+                 timeout: float = 30.0, retries: int = 5, retry_backoff: float = 0.25,
+                 progress: ProgressCallback | None = None) -> None:  # fmt: skip
         """``token`` is the bearer JWT of the media API. ``retries`` bounds how many times an
         upload is resumed after a failure, waiting ``retry_backoff`` seconds, doubling (at most
-        5 s), between attempts."""
+        5 s), between attempts. ``progress(done, total)`` is called as blob bytes are sent or
+        received."""
         self.api_url = api_url.rstrip("/")
         self.token = token
         self.cdn_url = cdn_url
         self.retries = retries
         self.retry_backoff = retry_backoff
+        self.progress = progress
         self.http = httpx.Client(timeout=timeout, follow_redirects=False)
 
     def close(self) -> None:
@@ -222,7 +232,8 @@ class MediaClient:
                        "Content-Type": "application/octet-stream"}  # fmt: skip
             problem: str
             try:
-                response = self.http.put(url, content=_file_chunks(blob, offset), headers=headers)
+                response = self.http.put(url, headers=headers, content=_file_chunks(
+                    blob, offset, length, self.progress))  # fmt: skip
             except httpx.TransportError as exc:
                 problem = f"PUT {url} from offset {offset}: {exc!r}"
             else:
@@ -350,15 +361,23 @@ class MediaClient:
                     raise ClientError(response.status_code, "unexpected_status",
                                       f"GET {url} answered {response.status_code}, not 200")
                 received = 0
+                total = want if want is not None else _content_length(response)
                 for piece in response.iter_bytes():
                     received += len(piece)
                     if want is not None and received > want:
                         raise IntegrityError(f"GET {url} sent more than the {want} bytes asked")
                     sink.write(piece)
+                    if self.progress is not None:
+                        self.progress(received, total)
                 sink.flush()
                 return response.status_code, response.headers.get("x-cache"), received
         except httpx.HTTPError as exc:
             raise ClientError(0, "connection_failed", f"GET {url}: {exc}") from exc
+
+
+def _content_length(response: httpx.Response) -> int | None:
+    value = response.headers.get("content-length", "")
+    return int(value) if value.isdigit() else None
 
 
 def _check_partial(response: httpx.Response, plan: crypto.RangePlan,

@@ -18,15 +18,17 @@ import time
 from collections.abc import Callable
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from ..config import Config
 from .core import OriginCore
+from .cors import APICors
 from .media_api import MediaAPI
 from .metrics import CONTENT_TYPE
-from .responses import install_error_handlers
+from .responses import CatchAll, install_error_handlers
 from .serving import Serving
 from .tus import TusAPI
 from .uploads import UploadURL
@@ -41,7 +43,7 @@ def create_app(config: Config, *, clock: Callable[[], float] = time.time) -> Sta
     """
     core = OriginCore(config, clock)
     media, uploads, serving = MediaAPI(core), UploadURL(core), Serving(core)
-    tus = TusAPI(core, media)
+    tus = TusAPI(core, media, uploads)
 
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "ok", "role": "origin"})
@@ -68,7 +70,11 @@ def create_app(config: Config, *, clock: Callable[[], float] = time.time) -> Sta
         Route("/v/t1/{sha}/thumb", serving.get_thumbnail, methods=get),
         Route("/pp/{user}", serving.get_profile_photo, methods=get),
     ]
-    app = Starlette(routes=routes, lifespan=core.lifespan)
+    cors = config.origin.cors_origins
+    # CORS outermost, so that even a 500 reaches a browser's script as a 500.
+    middleware = [Middleware(APICors, origins=cors)] if cors else []
+    middleware.append(Middleware(CatchAll))
+    app = Starlette(routes=routes, lifespan=core.lifespan, middleware=middleware)
     app.state.origin = core
     install_error_handlers(app)
     return app

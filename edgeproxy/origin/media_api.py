@@ -164,6 +164,8 @@ class MediaAPI:
                 await self.o.db(self.o.records.mark_failed, media_id, exc.error.error)
                 self.o.metrics.count(exc.error.error)
                 raise exc.error from None
+            self.o.metrics.observe_upload(upload.declared_size,
+                                          self.o.clock() - upload.created_at)  # fmt: skip
         return self._confirmed(upload)
 
     def _confirmed(self, upload: Upload) -> Response:

@@ -1,15 +1,31 @@
-"""The HTTP boundary: every error leaves a node as a JSON body with the right status."""
+"""The HTTP boundary: every error leaves a node as a JSON body with the right status.
+
+Failures that are not the client's (a storage backend down, a TLS error towards it, a bug)
+answer a fixed, generic body: their details name hosts, certificates and paths, which are
+for the operator's log, not for the public.
+"""
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
+import httpx
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ..errors import HTTPError
+from ..errors import HTTPError, UpstreamError, UpstreamTimeout
+
+log = logging.getLogger("edgeproxy.origin")
+
+BAD_GATEWAY = HTTPError(502, "bad_gateway", "the storage backend could not be reached; "
+                        "try again later")  # fmt: skip
+GATEWAY_TIMEOUT = HTTPError(504, "gateway_timeout", "the storage backend did not answer in "
+                            "time; try again later")  # fmt: skip
+INTERNAL = HTTPError(500, "internal_error", "the server failed to answer this request")
 
 
 def error_response(exc: HTTPError, *, head: bool = False) -> Response:
@@ -39,7 +55,47 @@ async def _on_starlette_http_exception(request: Request, exc: Exception) -> Resp
     return error_response(err, head=request.method == "HEAD")
 
 
+async def _on_upstream_error(request: Request, exc: Exception) -> Response:
+    # The detail (TLS alerts, host names, backend messages) goes to the log only.
+    log.warning("%s %s: upstream failure: %s: %s", request.method, request.url.path,
+                type(exc).__name__, exc)  # fmt: skip
+    slow = isinstance(exc, UpstreamTimeout | httpx.TimeoutException)
+    return error_response(GATEWAY_TIMEOUT if slow else BAD_GATEWAY, head=request.method == "HEAD")
+
+
+class CatchAll:
+    """ASGI middleware: a bug answers a generic JSON 500 and its traceback goes to the log
+    (once: starlette's own 500 handler would re-raise it to the server to log again)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Run the app; turn an exception before the response started into a 500."""
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def sending(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        except Exception:
+            if started:
+                raise  # mid-body: nothing left to answer; the server drops the connection
+            log.exception("%s %s failed", scope["method"], scope["path"])
+            response = error_response(INTERNAL, head=scope["method"] == "HEAD")
+            await response(scope, receive, send)
+
+
 def install_error_handlers(app: Starlette) -> None:
-    """Translate `HTTPError` and starlette's own 404/405 into JSON error bodies."""
+    """Translate `HTTPError` and starlette's own 404/405 into JSON error bodies, and upstream
+    failures into a generic 502 (details to the log); bugs are `CatchAll`'s."""
     app.add_exception_handler(HTTPError, _on_http_error)
     app.add_exception_handler(HTTPException, _on_starlette_http_exception)
+    app.add_exception_handler(UpstreamError, _on_upstream_error)
+    app.add_exception_handler(httpx.HTTPError, _on_upstream_error)

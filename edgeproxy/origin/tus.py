@@ -13,15 +13,17 @@ and ``Upload-Metadata`` carrying what ``/v1/media/upload/request`` takes as JSON
 
 The answer's ``Location`` is the signed upload URL; PATCH/HEAD/DELETE go there (handled in
 `edgeproxy.origin.uploads`) and need no JWT. The finished upload is confirmed with the normal
-``POST /v1/media/upload/confirm``. Extensions: creation, expiration (``Upload-Expires``),
-checksum (``Upload-Checksum``: sha1, sha256, md5; 460 on mismatch, the chunk dropped),
-termination (DELETE).
+``POST /v1/media/upload/confirm``. Extensions: creation, creation-with-upload (a creation
+``POST`` whose body is ``application/offset+octet-stream`` stores it as the first bytes and
+answers ``Upload-Offset``), expiration (``Upload-Expires``), checksum (``Upload-Checksum``:
+sha1, sha256, md5; 460 on mismatch, the chunk dropped), termination (DELETE).
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+from typing import TYPE_CHECKING
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -32,8 +34,11 @@ from .http import int_or_none
 from .limits import max_blob_size
 from .media_api import MediaAPI
 
+if TYPE_CHECKING:
+    from .uploads import UploadURL  # which imports this module's helpers
+
 TUS_VERSION = "1.0.0"
-TUS_EXTENSIONS = "creation,expiration,checksum,termination"
+TUS_EXTENSIONS = "creation,creation-with-upload,expiration,checksum,termination"
 CHECKSUM_ALGORITHMS = {"sha1": "sha1", "sha256": "sha256", "md5": "md5"}  # tus name → hashlib
 OFFSET_CONTENT_TYPE = "application/offset+octet-stream"
 CHECKSUM_MISMATCH = 460  # tus checksum extension: "Checksum Mismatch"
@@ -91,9 +96,10 @@ def parse_checksum(header: str | None) -> tuple[str, bytes] | None:
 class TusAPI:
     """tus discovery (OPTIONS) and creation (POST)."""
 
-    def __init__(self, core: OriginCore, media: MediaAPI) -> None:
+    def __init__(self, core: OriginCore, media: MediaAPI, uploads: UploadURL) -> None:
         self.o = core
         self.media = media
+        self.uploads = uploads
 
     @property
     def max_size(self) -> int:
@@ -112,8 +118,13 @@ class TusAPI:
         })  # fmt: skip
 
     async def create(self, request: Request) -> Response:
-        """``POST /v1/tus``: record an upload from tus headers; ``Location`` is its URL."""
+        """``POST /v1/tus``: record an upload from tus headers; ``Location`` is its URL. With
+        an ``application/offset+octet-stream`` body (creation-with-upload) the body is stored
+        as the upload's first bytes and ``Upload-Offset`` says how many arrived."""
         check_version(request, required=True)
+        ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        with_upload = ctype == OFFSET_CONTENT_TYPE
+        checksum = parse_checksum(request.headers.get("upload-checksum")) if with_upload else None
         user = self.o.user(request)
         if "upload-defer-length" in request.headers:
             raise HTTPError(400, "defer_length_unsupported", "the upload length must be known "
@@ -140,4 +151,10 @@ class TusAPI:
         )  # fmt: skip
         headers = tus_headers(Location=new.upload_url, **{
             "Upload-Expires": http_date(new.resume_until), "X-Media-Id": new.media_id})
+        if with_upload:
+            # The upload exists from here on: if the body fails, the client HEADs and resumes.
+            upload = await self.o.db(self.o.records.get_upload, new.media_id)
+            assert upload is not None
+            upload = await self.uploads.write_at(request, upload, 0, checksum)
+            headers["Upload-Offset"] = str(upload.received)
         return JSONResponse(new.json(), status_code=201, headers=headers)

@@ -151,6 +151,11 @@ class UploadURL:
         self.o.metrics.received_bytes.inc(received)
         return await self._reload(media_id)
 
+    async def write_at(self, request: Request, upload: Upload, offset: int,
+                       checksum: tuple[str, bytes] | None = None) -> Upload:  # fmt: skip
+        """Append ``request``'s body to ``upload`` at ``offset`` (also tus creation-with-upload)."""
+        return await self._append(request, upload, offset, checksum)
+
     async def _append(self, request: Request, upload: Upload, offset: int,
                       checksum: tuple[str, bytes] | None = None) -> Upload:  # fmt: skip
         """Write the body at ``offset``; 409 if that is not the upload's offset."""
