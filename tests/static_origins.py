@@ -145,7 +145,8 @@ class Nginx(StaticOrigin):
         conf.write_text(NGINX_CONF.format(prefix=self.dir, root=self.root, port=self.port,
                                           log_format=_LOG_FORMAT))
         self.proc = subprocess.Popen(
-            [nginx_binary(), "-p", str(self.dir), "-c", str(conf), "-e", str(self.dir / "error.log")],
+            [nginx_binary(), "-p", str(self.dir), "-c", str(conf),
+             "-e", str(self.dir / "error.log")],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_listening(self.port, self.proc, "nginx")
         return self
