@@ -12,6 +12,7 @@ import dataclasses
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any, Literal
 
@@ -54,13 +55,23 @@ class Chain:
         """Start the shield, then the edge in front of it."""
         if self.mode == "thread":
             shield = ServerThread(create_app(self.config, "shield", upstream=self.origin_url))
-            self._threads.append(shield.start())
             edge = ServerThread(create_app(self.config, "edge", upstream=shield.url))
-            self._threads.append(edge.start())
+            self._threads = [shield, edge]
+            shield.thread.start()  # both start at once; start() below waits for each
+            edge.start()
+            self._wait_started(shield)
             self.shield_url, self.edge_url = shield.url, edge.url
         else:
             self._start_processes()
         return self
+
+    @staticmethod
+    def _wait_started(server: ServerThread) -> None:
+        deadline = time.monotonic() + 10
+        while not server.server.started:
+            if not server.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError(f"node on port {server.port} did not start")
+            time.sleep(0.01)
 
     def _start_processes(self) -> None:
         ports = {"shield": free_port(), "edge": free_port()}
@@ -88,8 +99,10 @@ class Chain:
     def stop(self) -> None:
         """Stop the edge first, then the shield."""
         self.http.close()
+        for server in self._threads:
+            server.server.should_exit = True  # both drain at once
         for server in reversed(self._threads):
-            server.stop()
+            server.thread.join(timeout=10)
         for proc in reversed(self._procs):
             stop_process(proc)
 
