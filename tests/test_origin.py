@@ -646,6 +646,20 @@ def test_unknown_or_malformed_paths_are_404_json(origin: Origin, path: str) -> N
             assert error_of(r) == "not_found"
 
 
+def test_missing_media_404_is_briefly_cacheable(origin: Origin) -> None:
+    """A media id is missing only until its upload commits: the 404 may be cached for a few
+    seconds (RFC 9111 §4.2.1 max-age on a 404, which is cacheable by default, RFC 9110 §15.1),
+    while other errors stay ``no-store``."""
+    blob = make_blob()
+    for path in (f"/v/t1/{sha(blob)}", f"/v/t1/{sha(blob)}/thumb"):
+        for method in ("GET", "HEAD"):
+            r = origin.http.request(method, path)
+            assert r.status_code == 404
+            assert r.headers["cache-control"] == "public, max-age=10"
+    r = origin.http.post("/v1/media/upload/confirm", json={"file_sha256": "a" * 64})
+    assert r.status_code == 400 and r.headers["cache-control"] == "no-store"
+
+
 def test_media_without_thumbnail_has_no_thumb(origin: Origin) -> None:
     blob = make_blob()
     assert origin.upload(blob)["thumbnail_url"] is None

@@ -29,9 +29,12 @@ INTERNAL = HTTPError(500, "internal_error", "the server failed to answer this re
 
 
 def error_response(exc: HTTPError, *, head: bool = False) -> Response:
-    """The JSON response for ``exc`` (headers only for HEAD requests)."""
+    """The JSON response for ``exc`` (headers only for HEAD requests).
+
+    Errors are ``no-store`` unless the error itself says how long it may be cached.
+    """
     response = JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
-    response.headers["Cache-Control"] = "no-store"
+    response.headers.setdefault("Cache-Control", "no-store")
     if head:
         response.body = b""
     return response

@@ -24,6 +24,10 @@ PROFILE_TYPES = ("image/jpeg", "image/png", "image/webp")
 MAX_PROFILE_PHOTO = 5 * 1024**2
 MEDIA_CACHE_CONTROL = "public, max-age=31536000, immutable"
 PROFILE_CACHE_CONTROL = "public, max-age=86400"
+# A media id is the blob's SHA-256: it is missing only until its upload is confirmed, so caches
+# may remember the 404 briefly (negative caching) and spare the origin repeated look-ups.
+MISSING_CACHE_CONTROL = "public, max-age=10"
+MISSING = {"Cache-Control": MISSING_CACHE_CONTROL}
 OCTETS = "application/octet-stream"  # media is encrypted: its type is nobody's business
 
 
@@ -38,7 +42,7 @@ class Serving:
         sha = request.path_params["sha"]
         if SHA256_HEX.fullmatch(sha) and await self.o.db(self.o.records.get_media, sha) is not None:
             return await serve_blob(request, self.o.store, sha, OCTETS, MEDIA_CACHE_CONTROL)
-        raise HTTPError(404, "not_found", "no such media")
+        raise HTTPError(404, "not_found", "no such media", headers=MISSING)
 
     async def get_thumbnail(self, request: Request) -> Response:
         """``GET|HEAD /v/t1/{sha}/thumb``: the thumbnail committed with a media blob."""
@@ -47,7 +51,7 @@ class Serving:
         if SHA256_HEX.fullmatch(sha):
             media = await self.o.db(self.o.records.get_media, sha)
         if media is None or media.thumb_sha256 is None:
-            raise HTTPError(404, "not_found", "no such thumbnail")
+            raise HTTPError(404, "not_found", "no such thumbnail", headers=MISSING)
         return await serve_blob(request, self.o.store, media.thumb_sha256, OCTETS,
                                 MEDIA_CACHE_CONTROL)  # fmt: skip
 

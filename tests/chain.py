@@ -1,0 +1,119 @@
+"""An edge → shield chain of cache nodes in front of any origin URL, on loopback ports.
+
+No content classes are configured, so every response falls in the default class, which
+follows the origin's own caching headers: the chain behaves as a general shared HTTP cache.
+Two ways to run the nodes: in-process uvicorn threads (fast; the default) or
+``python -m edgeproxy serve`` subprocesses (the production server options).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+import httpx
+import yaml
+
+from edgeproxy.cache import create_app
+from edgeproxy.config import CacheConfig, Config, load_config
+from tests.servers import ServerThread, free_port
+from tests.static_origins import stop_process, wait_listening
+
+Mode = Literal["thread", "process"]
+
+
+def chain_config(directory: Path, **cache: Any) -> Config:
+    """Defaults, data under ``directory``, no content classes, ``cache`` settings applied."""
+    config = load_config(None, env={"EDGEPROXY_DATA_DIR": str(directory),
+                                    "EDGEPROXY_LOG_LEVEL": "warning"})
+    return config.replace(content_classes=(),
+                          cache=dataclasses.replace(CacheConfig(), **cache))
+
+
+class Chain:
+    """Client → edge → shield → origin; ``get``/``request`` talk to the edge."""
+
+    def __init__(self, origin_url: str, directory: Path, mode: Mode = "thread",
+                 **cache: Any) -> None:
+        self.origin_url = origin_url.rstrip("/")
+        self.mode = mode
+        self.config = chain_config(directory, **cache)
+        self.directory = directory
+        directory.mkdir(parents=True, exist_ok=True)
+        self._threads: list[ServerThread] = []
+        self._procs: list[subprocess.Popen[bytes]] = []
+        self.shield_url = ""
+        self.edge_url = ""
+        self.http = httpx.Client(timeout=20)
+
+    def start(self) -> Chain:
+        """Start the shield, then the edge in front of it."""
+        if self.mode == "thread":
+            shield = ServerThread(create_app(self.config, "shield", upstream=self.origin_url))
+            edge = ServerThread(create_app(self.config, "edge", upstream=shield.url))
+            self._threads = [shield, edge]
+            shield.thread.start()  # both start at once; start() below waits for each
+            edge.start()
+            self._wait_started(shield)
+            self.shield_url, self.edge_url = shield.url, edge.url
+        else:
+            self._start_processes()
+        return self
+
+    @staticmethod
+    def _wait_started(server: ServerThread) -> None:
+        deadline = time.monotonic() + 10
+        while not server.server.started:
+            if not server.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError(f"node on port {server.port} did not start")
+            time.sleep(0.01)
+
+    def _start_processes(self) -> None:
+        ports = {"shield": free_port(), "edge": free_port()}
+        self.shield_url = f"http://127.0.0.1:{ports['shield']}"
+        self.edge_url = f"http://127.0.0.1:{ports['edge']}"
+        settings = {
+            "data_dir": str(self.config.data_dir), "log_level": "warning",
+            "content_classes": [],
+            "cache": {f.name: getattr(self.config.cache, f.name)
+                      for f in dataclasses.fields(CacheConfig)},
+            "shield": {"port": ports["shield"], "upstream": self.origin_url},
+            "edge": {"port": ports["edge"], "upstream": self.shield_url},
+        }
+        path = self.directory / "chain.yaml"
+        path.write_text(yaml.safe_dump(settings))
+        env = {k: v for k, v in os.environ.items() if not k.startswith("EDGEPROXY_")}
+        for role in ("shield", "edge"):
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "edgeproxy", "serve", "--role", role,
+                 "--config", str(path), "--parent-pid", str(os.getpid())],
+                env=env, stdin=subprocess.DEVNULL)
+            self._procs.append(proc)
+            wait_listening(ports[role], proc, f"edgeproxy {role}")
+
+    def stop(self) -> None:
+        """Stop the edge first, then the shield."""
+        self.http.close()
+        for server in self._threads:
+            server.server.should_exit = True  # both drain at once
+        for server in reversed(self._threads):
+            server.thread.join(timeout=10)
+        for proc in reversed(self._procs):
+            stop_process(proc)
+
+    def url(self, target: str) -> str:
+        """The edge URL of ``target`` (a path with optional query)."""
+        return self.edge_url + target
+
+    def request(self, method: str, target: str, **kwargs: Any) -> httpx.Response:
+        """Send ``method target`` to the edge."""
+        return self.http.request(method, self.url(target), **kwargs)
+
+    def get(self, target: str, **kwargs: Any) -> httpx.Response:
+        """GET ``target`` from the edge."""
+        return self.request("GET", target, **kwargs)

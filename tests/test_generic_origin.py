@@ -1,0 +1,241 @@
+"""edge → shield in front of origins the project did not write (RFC 9110 as a proxy sees it).
+
+The raw-socket origin of `tests.foreign` sends what dynamic origins send (chunked and
+close-delimited bodies, unusual statuses) and records what it receives; nginx and
+``python -m http.server`` serve static files. Each test names the section it checks.
+"""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+import pytest
+
+from tests.chain import Chain
+from tests.conftest import MakeChain
+from tests.foreign import ForeignOrigin, Request
+from tests.origins import pattern
+from tests.static_origins import HttpServer, Nginx, StaticOrigin
+
+MiB = 1024 * 1024
+CACHEABLE = ("Cache-Control", "max-age=3600")
+
+# Fields the client sends end to end (RFC 9110 §7.6.1: a proxy forwards what it does not consume).
+END_TO_END = {"X-Foo": "bar, baz", "Accept-Language": "de-CH, de;q=0.9", "User-Agent": "rig/1.0",
+              "Via": "1.0 corp-proxy"}
+# Connection-specific fields (RFC 9110 §7.6.1): the ones Connection names, TE, Upgrade,
+# Keep-Alive, Proxy-Connection; and Proxy-Authorization, consumed by the first proxy (§11.7.2).
+HOP_BY_HOP = {"Connection": "keep-alive, X-Hop", "X-Hop": "1", "TE": "trailers",
+              "Upgrade": "h2c", "Keep-Alive": "timeout=5", "Proxy-Connection": "keep-alive",
+              "Proxy-Authorization": "Basic cHJveHk6cHc="}
+
+
+def assert_forwarded(req: Request) -> None:
+    """End-to-end fields arrive unchanged, hop-by-hop ones do not, each tier adds its Via."""
+    for name, value in END_TO_END.items():
+        if name != "Via":
+            assert req.header(name) == value, name
+    # The tier's own connection to the origin may carry a Connection field of its own, but
+    # nothing of the client's.
+    assert not {n.lower() for n in HOP_BY_HOP if n != "Connection"} & req.names(), req.headers
+    assert "x-hop" not in (req.header("connection") or "").lower()
+    # RFC 9110 §7.6.3: each intermediary appends itself; the client's entry stays first.
+    hops = [h.strip() for h in (req.header("via") or "").split(",")]
+    assert len(hops) == 3 and hops[0] == "1.0 corp-proxy", hops
+    assert "edge" in hops[1] and "shield" in hops[2], hops
+
+
+def test_request_headers_reach_origin_on_miss(foreign: ForeignOrigin,
+                                              foreign_chain: Chain) -> None:
+    """RFC 9110 §7.6.1, §7.6.3: on a miss the origin sees the client's end-to-end fields."""
+    foreign.route("/e2e", body=b"hello", headers=[CACHEABLE])
+    r = foreign_chain.get("/e2e", headers={**END_TO_END, **HOP_BY_HOP})
+    assert r.status_code == 200 and r.content == b"hello"
+    assert_forwarded(foreign.requests("/e2e")[0])
+
+
+def test_request_headers_reach_origin_on_revalidation(foreign: ForeignOrigin,
+                                                      foreign_chain: Chain) -> None:
+    """RFC 9111 §4.3.1: a validation request is the client's request plus conditionals."""
+    foreign.route("/e2e", body=b"hello", etag='"e1"', headers=[("Cache-Control", "no-cache")])
+    assert foreign_chain.get("/e2e").content == b"hello"
+    r = foreign_chain.get("/e2e", headers={**END_TO_END, **HOP_BY_HOP})
+    assert r.status_code == 200 and r.content == b"hello"
+    reval = foreign.requests("/e2e")[-1]
+    assert reval.header("if-none-match") == '"e1"'
+    assert_forwarded(reval)
+
+
+def test_request_headers_reach_origin_on_pass(foreign: ForeignOrigin,
+                                              foreign_chain: Chain) -> None:
+    """RFC 9110 §7.6.1 for a request a cache passes (POST, and GET with credentials)."""
+    foreign.route("/form", method="POST", body=b"posted", status=200)
+    r = foreign_chain.request("POST", "/form", content=b"a=1",
+                              headers={**END_TO_END, **HOP_BY_HOP})
+    assert r.status_code == 200 and r.content == b"posted"
+    sent = foreign.requests("/form", "POST")[0]
+    assert sent.body == b"a=1"
+    assert_forwarded(sent)
+    # A private origin authenticates its users itself (RFC 9110 §11.6.2).
+    foreign.route("/private", body=b"yours", headers=[("Cache-Control", "private")])
+    r = foreign_chain.get("/private", headers={**END_TO_END, "Authorization": "Bearer t0k"})
+    assert r.status_code == 200 and r.content == b"yours"
+    sent = foreign.requests("/private")[0]
+    assert sent.header("authorization") == "Bearer t0k"
+    assert sent.header("x-foo") == "bar, baz"
+
+
+def test_echoed_request_headers_come_back_to_the_client(foreign: ForeignOrigin,
+                                                        foreign_chain: Chain) -> None:
+    """RFC 9110 §7.6.1: what the origin saw, as the client reads it in the body."""
+    foreign.route("/echo", echo=True)
+    r = foreign_chain.get("/echo", headers={"X-Foo": "echo-me", "TE": "trailers"})
+    seen = r.json()
+    assert seen["x-foo"] == "echo-me"
+    assert "te" not in seen
+
+
+@pytest.mark.parametrize("framing", ["chunked", "close"])
+@pytest.mark.parametrize("size", [10_000, 3 * MiB + 12345], ids=["10KB", "3MiB"])
+def test_body_without_content_length_is_delivered_and_cached(
+        foreign: ForeignOrigin, foreign_chain: Chain, framing: str, size: int) -> None:
+    """RFC 9112 §6.3 (message length: chunked, or until close), RFC 9111 §3 (storing it):
+    byte-exact through both tiers, then a hit, then ranges from the stored whole."""
+    body = pattern(size, seed=size)
+    foreign.route("/dyn", body=body, framing=framing, ranges=False, etag='"d1"',
+                  headers=[CACHEABLE])
+    r = foreign_chain.get("/dyn")
+    assert r.status_code == 200
+    assert r.content == body
+    fetched = foreign.count("/dyn")
+    r = foreign_chain.get("/dyn")
+    assert r.content == body and r.headers["x-cache"] == "HIT from edge"
+    start = size * 2 // 3
+    r = foreign_chain.get("/dyn", headers={"Range": f"bytes={start}-{start + 99}"})
+    assert r.status_code == 206 and r.content == body[start : start + 100]
+    assert r.headers["content-range"] == f"bytes {start}-{start + 99}/{size}"
+    assert r.headers["x-cache"] == "HIT from edge"
+    assert foreign.count("/dyn") == fetched
+
+
+STATUSES = [203, 299, 418, 422, 599, 999]
+
+
+@pytest.mark.parametrize("status", STATUSES)
+def test_any_status_passes_through(foreign: ForeignOrigin, foreign_chain: Chain,
+                                   status: int) -> None:
+    """RFC 9110 §15: a client (and a proxy) must handle any three-digit status, treating an
+    unknown one as the x00 of its class; a proxy relays it, never a 500/502 of its own."""
+    body = f"status {status}\n".encode()
+    foreign.route("/s", status=status, body=body)
+    for _ in range(2):
+        r = foreign_chain.get("/s")
+        assert r.status_code == status
+        assert r.content == body
+
+
+def test_any_status_passes_through_production_server(foreign: ForeignOrigin,
+                                                     make_chain: MakeChain) -> None:
+    """RFC 9110 §15, with the nodes run by ``edgeproxy serve`` as in production."""
+    chain = make_chain(foreign.url, mode="process")
+    for status in STATUSES:
+        body = f"status {status}\n".encode()
+        foreign.route(f"/s{status}", status=status, body=body)
+        r = chain.get(f"/s{status}")
+        assert (r.status_code, r.content) == (status, body)
+
+
+def test_interim_1xx_then_final_answer(foreign: ForeignOrigin, foreign_chain: Chain) -> None:
+    """RFC 9110 §15.2: interim answers (here 103 Early Hints) precede the final one, which
+    arrives intact; chunked, as a dynamic origin sends it."""
+    body = pattern(50_000)
+    foreign.route("/hints", body=body, interim=[103], framing="chunked")
+    r = foreign_chain.get("/hints")
+    assert r.status_code == 200 and r.content == body
+
+
+def test_query_string_stays_in_the_key_as_sent(foreign: ForeignOrigin,
+                                               foreign_chain: Chain) -> None:
+    """RFC 9111 §2 and RFC 9110 §4.2.3: the key is the target URI; parameter order is part of
+    it, so two orders are two objects when the origin answers them differently."""
+    pairs = {"/q?v=1&v=2": b"one-two", "/q?v=2&v=1": b"two-one",
+             "/q?a=1&b=2": b"a-b", "/q?b=2&a=1": b"b-a"}
+    for target, body in pairs.items():
+        foreign.route(target, body=body, headers=[CACHEABLE])
+    for _round in range(2):
+        for target, body in pairs.items():
+            assert foreign_chain.get(target).content == body, target
+    for target in pairs:
+        assert foreign.count(target) == 1, target
+
+
+# --- static-file servers as origins ------------------------------------------------------------
+
+TEN_DAYS_AGO = time.time() - 10 * 86400
+
+
+@pytest.fixture(params=["nginx", "http_server"])
+def static(request: pytest.FixtureRequest) -> StaticOrigin:
+    origin: Nginx | HttpServer = request.getfixturevalue(request.param)
+    return origin
+
+
+def test_static_plain_get_then_hit(static: StaticOrigin, make_chain: MakeChain) -> None:
+    """RFC 9111 §4.2.2: a file with only Last-Modified (10 days old) is heuristically fresh."""
+    body = pattern(200_000, seed=7)
+    static.put("plain.bin", body, mtime=TEN_DAYS_AGO)
+    chain = make_chain(static.url)
+    r = chain.get("/plain.bin")
+    assert r.status_code == 200 and r.content == body
+    r = chain.get("/plain.bin")
+    assert r.content == body and r.headers["x-cache"] == "HIT from edge"
+    assert static.count("/plain.bin") == 1
+
+
+def test_static_range_get(static: StaticOrigin, make_chain: MakeChain) -> None:
+    """RFC 9110 §14.2: a single range, whether or not the origin itself supports ranges."""
+    body = pattern(200_000, seed=8)
+    static.put("r.bin", body, mtime=TEN_DAYS_AGO)
+    chain = make_chain(static.url)
+    for _ in range(2):
+        r = chain.get("/r.bin", headers={"Range": "bytes=1000-1999"})
+        assert r.status_code == 206 and r.content == body[1000:2000]
+        assert r.headers["content-range"] == "bytes 1000-1999/200000"
+
+
+def test_static_head(static: StaticOrigin, make_chain: MakeChain) -> None:
+    """RFC 9110 §9.3.2: HEAD has GET's header fields and no body."""
+    static.put("h.bin", pattern(12_345), mtime=TEN_DAYS_AGO)
+    chain = make_chain(static.url)
+    for _ in range(2):
+        r = chain.request("HEAD", "/h.bin")
+        assert r.status_code == 200 and r.content == b""
+        assert r.headers["content-length"] == "12345"
+    r = chain.get("/h.bin")
+    assert r.status_code == 200 and len(r.content) == 12_345
+
+
+def test_static_if_modified_since_gets_304(static: StaticOrigin, make_chain: MakeChain) -> None:
+    """RFC 9110 §13.1.3 (If-Modified-Since), RFC 9111 §4.3.2: cold and warm."""
+    static.put("ims.bin", pattern(5000), mtime=TEN_DAYS_AGO)
+    chain = make_chain(static.url)
+    lm = httpx.get(static.url + "/ims.bin").headers["last-modified"]
+    for _ in range(2):
+        r = chain.get("/ims.bin", headers={"If-Modified-Since": lm})
+        assert r.status_code == 304 and r.content == b""
+    r = chain.get("/ims.bin")
+    assert r.status_code == 200 and len(r.content) == 5000
+
+
+def test_nginx_if_none_match_gets_304(nginx: Nginx, make_chain: MakeChain) -> None:
+    """RFC 9110 §13.1.2 (If-None-Match, weak comparison), RFC 9111 §4.3.2: cold and warm."""
+    nginx.put("inm.bin", pattern(5000), mtime=TEN_DAYS_AGO)
+    chain = make_chain(nginx.url)
+    etag = httpx.get(nginx.url + "/inm.bin").headers["etag"]
+    for tag in (etag, "W/" + etag, f'"other", {etag}'):
+        r = chain.get("/inm.bin", headers={"If-None-Match": tag})
+        assert r.status_code == 304 and r.content == b"", tag
+        assert r.headers["etag"] == etag
+    r = chain.get("/inm.bin", headers={"If-None-Match": '"other"'})
+    assert r.status_code == 200 and len(r.content) == 5000
