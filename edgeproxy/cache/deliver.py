@@ -47,7 +47,7 @@ def plan_reply(meta: ObjectMeta, req_headers: dict[str, str], method: str,
             not_modified(req_headers, meta.etag, meta.last_modified):
         return Reply(304, fields.not_modified_headers(headers), [])
     length = meta.length
-    if length is not None:
+    if length is not None and meta.status != 204:  # RFC 9110 §8.6: none on a 204
         headers = [*headers, ("content-length", str(length))]
     if meta.status != 200 or not specs or length is None:
         return Reply(meta.status, headers, None)

@@ -20,6 +20,7 @@ class FlightContext:
     req_headers: dict[str, str]
     stale: ObjectMeta | None = None  # a stored copy being revalidated
     known: ObjectMeta | None = None  # a fresh object whose missing slices are fetched
+    private: bool = False  # the request carries credentials (RFC 9111 §3.5)
 
 
 class Facts:
@@ -52,7 +53,8 @@ class Facts:
             and (beresp.status != 206 or beresp.length is not None)
             and policy.is_storable(
                 meta.status, policy.parse_cache_control(ctx.req_headers.get("cache-control")),
-                policy.parse_cache_control(hmap.get("cache-control")), has_authorization=False,
+                policy.parse_cache_control(hmap.get("cache-control")),
+                has_authorization=ctx.private,
                 has_explicit_freshness=policy.has_explicit_freshness(hmap),
                 has_class=cls is not None)
         )
@@ -64,7 +66,9 @@ class Facts:
                         store_meta="no")  # missing slices of an object we hold
         if known is not None:
             self.store.purge(key)  # a new representation: its old slices must never splice
-        digest = policy.expected_sha256(key.partition("?")[0], hmap)
+        # only a 200/206 carries the representation a content address or Repr-Digest names
+        digest = policy.expected_sha256(key.partition("?")[0], hmap) \
+            if beresp.status in (200, 206) else None
         if meta.length is None:
             return Plan("store", meta, digest, store_meta="end")
         if policy.slice_count(meta.length, meta.slice_size) == 1:

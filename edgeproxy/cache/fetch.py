@@ -198,6 +198,7 @@ class Fetcher:
 
     def _plan_fills(self, flight: Flight, beresp: BeResp, plan: Plan, size: int) -> None:
         """Fix each claimed slice's expected length now that the body's extent is known."""
+        flight.store_meta = plan.store_meta
         length = beresp.length
         whole = beresp.body_start == 0 and length is not None and (
             flight.last is None or flight.last >= policy.slice_count(length, size) - 1)
@@ -213,7 +214,8 @@ class Fetcher:
                 lo, hi = policy.slice_bounds(index, size, length)
                 fill.expected = hi - lo + 1
                 fill.hold_last = flight.hasher is not None and index == count - 1  # type: ignore[operator]
-        flight.store_meta = plan.store_meta
+                if fill.expected == 0:
+                    self._complete(flight, fill)  # an empty body: nothing will arrive
 
     async def _pump(self, flight: Flight, resp: UpstreamResponse, beresp: BeResp, plan: Plan,
                     size: int) -> int:

@@ -41,6 +41,7 @@ class _Connection(asyncio.Protocol):
         self.headers: RawHeaders = []
         self.headers_done = asyncio.get_running_loop().create_future()
         self.complete = False
+        self.interim = False
         self.keep_alive = False  # read from the parser while it still knows (at the end)
         self.head = False
         self.chunks: collections.deque[bytes] = collections.deque()
@@ -76,15 +77,23 @@ class _Connection(asyncio.Protocol):
 
     # --- httptools callbacks ---
 
+    def on_message_begin(self) -> None:
+        self.headers = []
+        self.interim = False
+
     def on_header(self, name: bytes, value: bytes) -> None:
         self.headers.append((name.lower(), value))
 
     def on_headers_complete(self) -> None:
-        self.status = self.parser.get_status_code()
+        status = self.parser.get_status_code()
+        if 100 <= status < 200 and status != 101:
+            self.interim = True  # RFC 9110 §15.2: informational; the final answer follows
+            return
+        self.status = status
         self.keep_alive = bool(self.parser.should_keep_alive())
         if not self.headers_done.done():
             self.headers_done.set_result(None)
-        if self.head or self.status in (204, 304) or self.status < 200:
+        if self.head or self.status in (204, 304):
             self.complete = True
 
     def on_body(self, body: bytes) -> None:
@@ -98,6 +107,9 @@ class _Connection(asyncio.Protocol):
         self._wake()
 
     def on_message_complete(self) -> None:
+        if self.interim:
+            self.interim = False
+            return
         self.keep_alive = self.keep_alive and bool(self.parser.should_keep_alive())
         self.complete = True
         self._wake()

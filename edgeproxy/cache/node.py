@@ -32,6 +32,9 @@ from .verdict import Verdict, x_cache
 
 log = logging.getLogger("edgeproxy.cache")
 
+# How many slices past the first a hit looks at for a missing one before its headers go out.
+MISSING_WINDOW = 16
+
 # Request fields that take a request off the fast lane (the steps answer them).
 _NOT_PLAIN = frozenset({b"range", b"if-none-match", b"if-range", b"if-modified-since",
                         b"authorization"})
@@ -112,8 +115,8 @@ class CacheNode:
                                  time.perf_counter() - started)
             if tx is not None:
                 scope.setdefault("edgeproxy", {})["upstream_time"] = tx.upstream_time
-                if tx.first is not None:
-                    tx.first.close()
+                for source in tx.ready.values():
+                    source.close()
                 await self.drop_direct(tx)
 
     async def _error(self, tx: steps.Tx | None, send: Send, exc: HTTPError) -> None:
@@ -225,10 +228,28 @@ class CacheNode:
         if tx.led and flight is not None and not flight.headers.done():
             started = time.perf_counter()
             try:
-                await asyncio.wait_for(asyncio.shield(flight.headers), self.wait_timeout)
+                beresp = await asyncio.wait_for(asyncio.shield(flight.headers),
+                                                self.wait_timeout)
+                tx.upstream_cache = beresp.x_cache
             finally:
                 tx.upstream_time += time.perf_counter() - started
         return source
+
+    def first_missing(self, tx: steps.Tx, meta: ObjectMeta, first: int) -> list[int]:
+        """The first slice after ``first`` that the answer needs and that is neither stored
+        nor filling (a look at a bounded window: one changed object is caught before its
+        headers; past the window a change aborts the answer midway instead)."""
+        assert meta.length is not None
+        end = meta.length - 1
+        if tx.req.ranges and meta.status == 200:
+            ends = [s.last if s.first is not None else end for s in tx.req.ranges]
+            end = min(end, max(e if e is not None else end for e in ends))
+        last = min(end // meta.slice_size, first + MISSING_WINDOW)
+        for index in range(first + 1, last + 1):
+            if (tx.req.key, index) not in self.coalescer.fills and \
+                    not self.store.has_slice(tx.req.key, meta.version, index):
+                return [index]
+        return []
 
     def attach(self, tx: steps.Tx, meta: ObjectMeta,
                ranges: list[ByteRange] | None) -> dict[int, Source]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from ..errors import FillAborted, HTTPError, UpstreamError, UpstreamTimeout
@@ -42,8 +42,7 @@ class Tx:
     stale: ObjectMeta | None = None  # a stored copy that needs revalidation
     flight: Flight | None = None  # the flight this request leads or follows
     led: bool = False
-    first: Source | None = None  # the first slice, joined before any header is sent
-    first_index: int = 0
+    ready: dict[int, Source] = field(default_factory=dict)  # joined before the headers
     direct: DirectSource | None = None  # an unstored body handed to this request
     verdict: Verdict = Verdict.MISS
     upstream_cache: str | None = None
@@ -71,27 +70,26 @@ async def lookup(node: CacheNode, tx: Tx) -> Step:
     """Memory first, then the index; the stored copy decides hit, stale or miss."""
     req, now = tx.req, time.time()
     meta = node.hot.facts(req.key, now) or node.store.get_meta(req.key)
-    if meta is not None and meta.vary and \
-            fields.vary_values(meta.vary, req.headers) != meta.vary_values:
-        meta = None  # another variant is stored; this answer replaces it (one per key)
+    if meta is not None and meta.vary:
+        values = fields.vary_values(meta.vary, req.headers)
+        if values != meta.vary_values:  # another variant is the latest: ours, if stored
+            meta = node.store.get_variant(req.key, values) if values is not None else None
     if meta is None:
-        return pass_ if "authorization" in req.headers else miss
+        return miss
     if meta.freshness.is_fresh(now):
         tx.meta, tx.verdict = meta, Verdict.HIT
         return hit
-    if meta.freshness.may_serve_stale_while_revalidating(now) and "authorization" not in \
-            req.headers:
+    if meta.freshness.may_serve_stale_while_revalidating(now):
         tx.meta, tx.verdict = meta, Verdict.STALE
         return stale
-    if "authorization" in req.headers:
-        return pass_
     tx.stale = meta
     return miss
 
 
 async def hit(node: CacheNode, tx: Tx) -> Step:
-    """Join the first slice before any header goes out: a slice gone from the store is
-    fetched with ``If-Range``, and an object that changed meanwhile is answered anew."""
+    """Join the first slice, and the first one missing from the store, before any header
+    goes out: a missing slice is fetched with ``If-Range``, and an object that changed
+    meanwhile is answered anew rather than announced with the old facts (RFC 9111 §3.4)."""
     meta, req = tx.meta, tx.req
     assert meta is not None
     if req.method == "HEAD" or meta.length == 0 or meta.length is None:
@@ -99,16 +97,21 @@ async def hit(node: CacheNode, tx: Tx) -> Step:
     first = req.first_byte(meta.length) if meta.status == 200 else 0
     if first is None or first >= meta.length:
         return deliver  # 416, or a ranged request answered whole
-    source = await node.join(tx, meta, first // meta.slice_size)
-    flight = tx.flight
-    if tx.led and flight is not None and flight.meta is not None and \
-            flight.meta.version != meta.version:
-        source.close()  # the object changed: answer with the new one
-        tx.meta, tx.verdict = flight.meta, Verdict.MISS
-        return hit
-    if not isinstance(source, StoredSource) and tx.verdict is Verdict.HIT:
-        tx.verdict = Verdict.MISS  # bytes come from upstream
-    tx.first, tx.first_index = source, first // meta.slice_size
+    start = first // meta.slice_size
+    for index in [start, *node.first_missing(tx, meta, start)]:
+        source = await node.join(tx, meta, index)
+        flight = tx.flight
+        if tx.led and flight is not None and flight.meta is not None and \
+                flight.meta.version != meta.version:
+            source.close()  # the object changed: answer with the new one
+            for other in tx.ready.values():
+                other.close()
+            tx.ready.clear()
+            tx.meta, tx.verdict = flight.meta, Verdict.MISS
+            return hit
+        if not isinstance(source, StoredSource) and tx.verdict is Verdict.HIT:
+            tx.verdict = Verdict.MISS  # bytes come from upstream
+        tx.ready[index] = source
     return deliver
 
 
@@ -130,9 +133,13 @@ async def miss(node: CacheNode, tx: Tx) -> Step:
     if first is None:
         return await _learn_length(node, tx)
     index = first // node.slice_size
-    flight = node.coalescer.flight_for(req.key)
+    private = "authorization" in req.headers
+    # RFC 9111 §3.5: a request with credentials never waits for, nor shares, another's answer;
+    # it leads its own flight, whose answer others may use only if it is storable.
+    flight = None if private else node.coalescer.flight_for(req.key)
     if flight is None:
-        if tx.stale is None and node.coalescer.claims.held_elsewhere(req.key, index):
+        if tx.stale is None and not private and \
+                node.coalescer.claims.held_elsewhere(req.key, index):
             node.metrics.collapsed.labels(node.tier).inc()
             meta = await node.coalescer.foreign_facts(req.key, index, 0.0)
             if meta is not None:
@@ -140,9 +147,12 @@ async def miss(node: CacheNode, tx: Tx) -> Step:
                 return hit
         last = _last_slice(req, node.slice_size)
         spec = node.spec(req, first=index, last=last, whole=not req.ranges, stale=tx.stale)
-        flight = node.fetcher.start(spec, facts=True,
-                                    context=FlightContext(req.headers, stale=tx.stale))
+        flight = node.fetcher.start(spec, facts=not private,
+                                    context=FlightContext(req.headers, stale=tx.stale,
+                                                          private=private))
         tx.led = flight is not None
+        if flight is None and private:
+            return pass_
         if flight is None:
             flight = node.coalescer.flight_for(req.key)
             if flight is None:
@@ -263,12 +273,12 @@ async def deliver(node: CacheNode, tx: Tx) -> None:
     # leaves the registry meanwhile must fail this answer, not be fetched again.
     bodiless = req.method == "HEAD" or reply.status == 304
     ready = {} if bodiless else node.attach(tx, meta, reply.ranges)
-    if tx.first is not None:
-        replaced = ready.pop(tx.first_index, None)
+    for index, source in tx.ready.items():
+        replaced = ready.pop(index, None)
         if replaced is not None:
             replaced.close()
-        ready[tx.first_index] = tx.first
-        tx.first = None
+        ready[index] = source
+    tx.ready = {}
     await node.start_response(tx, reply.status, reply.headers)
     if bodiless:
         for source in ready.values():

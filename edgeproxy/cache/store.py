@@ -103,8 +103,22 @@ class CacheStore:
         return meta if isinstance(meta, ObjectMeta) else None
 
     def set_meta(self, key: str, meta: ObjectMeta) -> None:
-        """Store the facts of ``key`` (replacing any older version)."""
+        """Store the facts of ``key`` (replacing any older version).
+
+        A response that varies is also stored as the variant for its request's values, so
+        several variants live side by side (RFC 9111 §4.1); the plain entry is the latest.
+        """
+        if meta.vary and meta.vary_values is not None:
+            with self._cache.transact():
+                self._cache.set(_meta_key(key), meta, tag=_tag(key))
+                self._cache.set(_variant_key(key, meta.vary_values), meta, tag=_tag(key))
+            return
         self._cache.set(_meta_key(key), meta, tag=_tag(key))
+
+    def get_variant(self, key: str, values: tuple[str, ...]) -> ObjectMeta | None:
+        """The stored variant of ``key`` for these Vary values, or None."""
+        meta = self._cache.get(_variant_key(key, values))
+        return meta if isinstance(meta, ObjectMeta) else None
 
     # --- slices ---
 
@@ -151,7 +165,7 @@ class CacheStore:
         """Store a one-slice object's facts and body in one transaction (one write per miss)."""
         with self._cache.transact():
             self.commit_slice(key, meta.version, 0, path, size, data)
-            self._cache.set(_meta_key(key), meta, tag=_tag(key))
+            self.set_meta(key, meta)
 
     # --- removal and stats ---
 
@@ -188,6 +202,10 @@ def _tag(key: str) -> str:
 # pickled (and pickle-optimised) on every lookup — the largest cost of a hit, once measured.
 def _meta_key(key: str) -> str:
     return "m\0" + key
+
+
+def _variant_key(key: str, values: tuple[str, ...]) -> str:
+    return "v\0" + "\0".join(values) + "\0\0" + key
 
 
 def _slice_key(key: str, version: str, index: int) -> str:
