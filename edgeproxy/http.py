@@ -8,9 +8,11 @@ a valid header with no satisfiable range raises `RangeNotSatisfiable` (416, §15
 
 from __future__ import annotations
 
+import datetime
 import re
+import time
 from dataclasses import dataclass
-from email.utils import formatdate, parsedate_to_datetime
+from email.utils import formatdate
 
 # A request with more ranges than this is answered whole (200): RFC 9110 §14.2 lets a server
 # ignore a Range header that asks for many small ranges, a known amplification vector.
@@ -147,6 +149,11 @@ def parse_content_range(value: str | None) -> tuple[ByteRange | None, int | None
 MAX_DIGITS = 18
 
 
+def first_member(value: str | None) -> str | None:
+    """The first member of a list-valued field (``Age: 7200, 0`` is 7200, RFC 9111 §5.1)."""
+    return None if value is None else value.partition(",")[0]
+
+
 def int_header(value: str | None) -> int | None:
     """A non-negative decimal field value (``Content-Length``, ``Age``), or None if invalid."""
     if value is None:
@@ -174,17 +181,40 @@ def split_list(value: str) -> list[str]:
     return [p.strip() for p in parts if p.strip()]
 
 
+_MONTHS = {m: i for i, m in enumerate(
+    ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"), 1)}
+_DAY = r"(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun)"
+_MON = r"(Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec)"
+_TIME = r"(\d\d):(\d\d):(\d\d)"
+# RFC 9110 §5.6.7: IMF-fixdate, and the obsolete RFC 850 and asctime forms a recipient must
+# also accept; nothing else is a date (an invalid Expires means "already expired").
+_IMF = re.compile(rf"{_DAY}, (\d\d) {_MON} (\d{{4}}) {_TIME} GMT")
+_RFC850 = re.compile(r"(?:Monday|Tuesday|Wednesday|Thursday|Friday|Saturday|Sunday), "
+                     rf"(\d\d)-{_MON}-(\d\d) {_TIME} GMT")
+_ASCTIME = re.compile(rf"{_DAY} {_MON} ([ \d]\d) {_TIME} (\d{{4}})")
+
+
 def http_date(value: str | None) -> float | None:
     """An HTTP-date as epoch seconds, or None if absent or invalid (RFC 9110 §5.6.7)."""
     if not value:
         return None
-    try:
-        parsed = parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError, OverflowError):
+    value = value.strip(" \t")
+    if m := _IMF.fullmatch(value):
+        day, mon, year, hh, mm, ss = m.groups()
+    elif m := _RFC850.fullmatch(value):
+        day, mon, yy, hh, mm, ss = m.groups()
+        # §5.6.7: a two-digit year more than 50 years in the future is in the past century
+        year = str(2000 + int(yy) if 2000 + int(yy) <= time.gmtime().tm_year + 50
+                   else 1900 + int(yy))
+    elif m := _ASCTIME.fullmatch(value):
+        mon, day, hh, mm, ss, year = m.groups()
+    else:
         return None
-    if parsed.tzinfo is None:
-        return None  # not an HTTP-date: those are always GMT
-    return parsed.timestamp()
+    try:
+        return datetime.datetime(int(year), _MONTHS[mon], int(day), int(hh), int(mm), int(ss),
+                                 tzinfo=datetime.UTC).timestamp()
+    except ValueError:  # no such day or time
+        return None
 
 
 def format_http_date(timestamp: float) -> str:
@@ -212,11 +242,39 @@ def if_range_matches(if_range: str, etag: str | None, last_modified: str | None)
     return date is not None and lm is not None and date == lm
 
 
-def not_modified(headers: dict[str, str], etag: str | None, last_modified: str | None) -> bool:
-    """Whether a GET/HEAD with these request fields gets 304 (RFC 9110 §13.2.2 order)."""
+def not_modified(headers: dict[str, str], etag: str | None, last_modified: str | None,
+                 date: str | None = None) -> bool:
+    """Whether a GET/HEAD with these request fields gets 304 (RFC 9110 §13.2.2 order).
+
+    Without a Last-Modified, a cache compares If-Modified-Since with the stored response's
+    Date (RFC 9111 §4.3.2).
+    """
     inm = headers.get("if-none-match")
     if inm is not None:
         return etag_matches(inm, etag)  # §13.1.3: If-Modified-Since is then ignored
     ims = http_date(headers.get("if-modified-since"))
-    lm = http_date(last_modified)
+    lm = http_date(last_modified) if last_modified else http_date(date)
     return ims is not None and lm is not None and lm <= ims
+
+
+_SF_KEY = r"[a-z*][a-z0-9_\-.*]*"
+_SF_ITEM = (r"(?:-?\d{1,15}(?:\.\d{1,3})?|\"(?:[ !#-\[\]-~]|\\[\"\\])*\"|"
+            r"[A-Za-z*][!#$%&'*+\-.^_`|~:/0-9A-Za-z]*|:[A-Za-z0-9+/=]*:|\?[01])")
+_SF_PARAMS = rf"(?:;\s*{_SF_KEY}(?:={_SF_ITEM})?)*"
+_SF_MEMBER = re.compile(rf"({_SF_KEY})(?:=({_SF_ITEM}|\((?:\s*{_SF_ITEM}{_SF_PARAMS})*\s*\)))?"
+                        rf"{_SF_PARAMS}")
+
+
+def sf_dictionary(value: str) -> dict[str, str | None] | None:
+    """A Structured Field dictionary (RFC 8941 §3.2) as ``{key: raw value or None}``; None if
+    the value is not a valid dictionary (a recipient then ignores the whole field)."""
+    out: dict[str, str | None] = {}
+    for member in split_list(value):
+        m = _SF_MEMBER.fullmatch(member.strip(" \t"))
+        if m is None:
+            return None
+        raw = m.group(2)
+        if raw is not None and raw.startswith('"'):
+            raw = re.sub(r"\\(.)", r"\1", raw[1:-1])
+        out[m.group(1)] = raw
+    return out

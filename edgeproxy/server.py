@@ -97,6 +97,9 @@ def _uvicorn_options(config: Config, role: str) -> dict[str, Any]:
         # Server header are per-request work that buys nothing here.
         "proxy_headers": False,
         "server_header": False,
+        # A cache sends the Date of the response it stored (RFC 9110 §6.6.1) and dates its
+        # own answers itself; uvicorn's would be a second Date field.
+        "date_header": role == "origin",
         "access_log": False,
     }
 

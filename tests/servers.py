@@ -47,7 +47,10 @@ class ServerThread:
     def __init__(self, app: Any, port: int | None = None) -> None:
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        from edgeproxy.cache import CacheNode
+
         config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning",
+                                date_header=not isinstance(app, CacheNode),
                                 lifespan="on", loop="asyncio", http="h11")
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self._run, daemon=True)

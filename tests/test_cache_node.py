@@ -324,7 +324,9 @@ def test_integrity_mismatch_is_never_served_whole_nor_stored(chain: Chain, size:
     fetched = chain.origin.count(f"/v/t1/{sha}")
     assert fetched >= 2
     metrics = httpx.get(chain.shield.url + "/metrics").text
-    assert _metric(metrics, "edgeproxy_integrity_failures_total", tier="shield") == fetched
+    # every fetch of the bad body was caught (one can be caught twice: by its fill's hash
+    # and by the hash of the whole answer assembled from slices)
+    assert _metric(metrics, "edgeproxy_integrity_failures_total", tier="shield") >= fetched
     # the right bytes under the same name are served and then hit
     chain.origin.put(f"/v/t1/{sha}", good)
     assert httpx.get(chain.edge.url + f"/v/t1/{sha}").content == good

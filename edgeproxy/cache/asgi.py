@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Awaitable, Callable
+from email.utils import formatdate
 from typing import Any
 
 Send = Callable[[dict[str, Any]], Awaitable[None]]
@@ -11,10 +13,11 @@ Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 
 async def start(send: Send, status: int, headers: list[tuple[str, str]]) -> None:
-    """Send the status line and headers."""
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(n.lower().encode("latin-1"), v.encode("latin-1"))
-                            for n, v in headers]})
+    """Send the status line and headers (dated now unless they carry a Date already)."""
+    raw = [(n.lower().encode("latin-1"), v.encode("latin-1")) for n, v in headers]
+    if not any(n == b"date" for n, _ in raw):
+        raw.append((b"date", formatdate(time.time(), usegmt=True).encode()))
+    await send({"type": "http.response.start", "status": status, "headers": raw})
 
 
 async def end(send: Send, data: bytes = b"") -> None:

@@ -31,11 +31,8 @@ class BeResp:
 
     @property
     def header_map(self) -> dict[str, str]:
-        """First value of each field, names lower-cased."""
-        out: dict[str, str] = {}
-        for name, value in self.headers:
-            out.setdefault(name.lower(), value)
-        return out
+        """Each field's value, repeated lines joined (RFC 9110 §5.3), names lower-cased."""
+        return combined(self.headers)
 
     @property
     def version(self) -> str:
@@ -61,13 +58,20 @@ class BeResp:
         return self.last_modified
 
 
+def combined(headers: list[tuple[str, str]]) -> dict[str, str]:
+    """Field values by lower-cased name, repeated lines joined with ", " (RFC 9110 §5.3)."""
+    out: dict[str, str] = {}
+    for name, value in headers:
+        lname = name.lower()
+        out[lname] = f"{out[lname]}, {value}" if lname in out else value
+    return out
+
+
 def from_upstream(resp: UpstreamResponse, request_time: float) -> BeResp:
     """The `BeResp` of an upstream response whose headers have arrived."""
     raw = [(n.decode("latin-1"), v.decode("latin-1")) for n, v in resp.headers]
     headers = fields.forwardable(raw)
-    first: dict[str, str] = {}
-    for name, value in raw:
-        first.setdefault(name, value)
+    first = combined(raw)
     status = resp.status
     content_length = int_header(first.get("content-length"))
     if "transfer-encoding" in first:

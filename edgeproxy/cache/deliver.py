@@ -44,7 +44,7 @@ def plan_reply(meta: ObjectMeta, req_headers: dict[str, str], method: str,
                headers: list[tuple[str, str]], specs: list[RangeSpec] | None) -> Reply:
     """Choose 200, 206 (one range or multipart), 304 or 416 for a stored object (pure)."""
     if meta.status == 200 and method in ("GET", "HEAD") and \
-            not_modified(req_headers, meta.etag, meta.last_modified):
+            not_modified(req_headers, meta.etag, meta.last_modified, meta.header("date")):
         return Reply(304, fields.not_modified_headers(headers), [])
     length = meta.length
     if length is not None and meta.status != 204:  # RFC 9110 §8.6: none on a 204
@@ -60,7 +60,7 @@ def plan_reply(meta: ObjectMeta, req_headers: dict[str, str], method: str,
         raise HTTPError(416, "range_not_satisfiable",
                         f"no satisfiable range for {length} bytes",
                         headers={"content-range": exc.content_range}) from None
-    headers = [(n, v) for n, v in headers if n != "content-length"]
+    headers = [(n, v) for n, v in headers if n not in ("content-length", "content-range")]
     if len(ranges) == 1:
         return Reply(206, [*headers, ("content-range", ranges[0].content_range(length)),
                            ("content-length", str(ranges[0].length))], ranges)

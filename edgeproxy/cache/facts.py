@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from ..config import Config, ContentClass
 from . import fields, policy
-from .beresp import BeResp
+from .beresp import BeResp, combined
 from .fetch import Plan
 from .fills import Flight
 from .store import CacheStore, ObjectMeta
@@ -42,11 +43,11 @@ class Facts:
         key = flight.key
         if beresp.status == 304 and ctx.stale is not None:
             return Plan("not_modified", self.revalidated(key, ctx.stale, beresp))
-        hmap = beresp.header_map
+        hmap = policy.targeted(beresp.header_map)
         cls = self.class_of(key, beresp.content_type) if beresp.status in (200, 206) else None
         vary = fields.vary_fields(hmap.get("vary"))
         vary_values = fields.vary_values(vary, ctx.req_headers)
-        meta = self._meta(key, beresp, cls, vary, vary_values)
+        meta = self._meta(key, beresp, cls, vary, vary_values, hmap)
         storable = (
             vary_values is not None
             and beresp.status not in (304, 416)
@@ -80,11 +81,11 @@ class Facts:
                    req_headers: dict[str, str]) -> ObjectMeta | None:
         """The facts a HEAD answer gives (RFC 9111 §4.3.5), stored when storable; None when
         they may not be kept (their object is then fetched whole)."""
-        hmap = beresp.header_map
+        hmap = policy.targeted(beresp.header_map)
         cls = self.class_of(key, beresp.content_type)
         vary = fields.vary_fields(hmap.get("vary"))
         vary_values = fields.vary_values(vary, req_headers)
-        meta = self._meta(key, beresp, cls, vary, vary_values)
+        meta = self._meta(key, beresp, cls, vary, vary_values, hmap)
         if vary_values is None or meta.version.startswith("u") or not policy.is_storable(
                 200, policy.parse_cache_control(req_headers.get("cache-control")),
                 policy.parse_cache_control(hmap.get("cache-control")), has_authorization=False,
@@ -95,22 +96,25 @@ class Facts:
         return meta
 
     def _meta(self, key: str, beresp: BeResp, cls: ContentClass | None, vary: tuple[str, ...],
-              vary_values: tuple[str, ...] | None) -> ObjectMeta:
+              vary_values: tuple[str, ...] | None,
+              hmap: Mapping[str, str] | None = None) -> ObjectMeta:
         status = 200 if beresp.status == 206 else beresp.status
         return ObjectMeta(
             status=status, length=beresp.length, etag=beresp.etag,
             last_modified=beresp.last_modified, content_type=beresp.content_type,
             headers=tuple(
                 (n, v) for n, v in beresp.headers if n.lower() not in policy.REGENERATED
+                and not (beresp.status == 206 and n.lower() == "content-range")
             ),
-            freshness=self.freshness(cls, status, beresp, beresp.header_map),
+            freshness=self.freshness(cls, status, beresp,
+                                     hmap if hmap is not None else beresp.header_map),
             content_class=cls.name if cls else policy.DEFAULT_CLASS, version=beresp.version,
             slice_size=self.config.cache.slice_size, upstream_cache=beresp.x_cache,
             vary=vary, vary_values=vary_values,
         )
 
     def freshness(self, cls: ContentClass | None, status: int, beresp: BeResp,
-                  headers: dict[str, str]) -> policy.Freshness:
+                  headers: Mapping[str, str]) -> policy.Freshness:
         """Freshness of an answer at this tier, with the configured stale windows."""
         cache = self.config.cache
         return policy.freshness_for(
@@ -128,7 +132,7 @@ class Facts:
         merged = [(n, fresh_headers.pop(n.lower(), v)) for n, v in stale.headers]
         merged += list(fresh_headers.items())
         cls = self.classes.get(stale.content_class)
-        hmap = {n.lower(): v for n, v in merged}
+        hmap = policy.targeted(combined(merged))
         meta = dataclasses.replace(
             stale, headers=tuple(merged), freshness=self.freshness(cls, stale.status, beresp,
                                                                    hmap),

@@ -30,10 +30,12 @@ _OWN_ON_FILL = frozenset({
 # RFC 9110 §9.2.1: the methods a cache may answer from storage without invalidating anything.
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
 
-# RFC 9110 §15.4.5: what a 304 carries (plus the cache's own Age and X-Cache).
-NOT_MODIFIED_FIELDS = frozenset({
-    "cache-control", "content-location", "date", "etag", "expires", "vary", "last-modified",
-    "age", "x-cache", "via",
+# RFC 9110 §15.4.5: a 304 carries the fields a 200 would, less the representation's own
+# metadata; the rest of the stored fields go along "for the purpose of updating" the copy a
+# cache downstream holds (one tier revalidating against another).
+NOT_IN_304 = frozenset({
+    "content-length", "content-range", "content-type", "content-encoding", "content-language",
+    "transfer-encoding", "accept-ranges",
 })
 
 
@@ -143,4 +145,4 @@ def invalidated_paths(request_path: str, host: str | None,
 
 def not_modified_headers(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
     """The fields of a 304 built from a full response's (RFC 9110 §15.4.5)."""
-    return [(n, v) for n, v in headers if n.lower() in NOT_MODIFIED_FIELDS]
+    return [(n, v) for n, v in headers if n.lower() not in NOT_IN_304]

@@ -15,7 +15,7 @@ from typing import Any
 
 from ..config import Config, ContentClass
 from ..errors import ConfigError, HTTPError, UpstreamError
-from ..http import ByteRange
+from ..http import ByteRange, format_http_date
 from . import admin, asgi, boundary, fields, policy, steps
 from .coalesce import Coalescer
 from .facts import Facts, FlightContext
@@ -320,7 +320,10 @@ class CacheNode:
     def response_headers(self, meta: ObjectMeta, tx: steps.Tx) -> list[tuple[str, str]]:
         """Every field of an answer from ``meta`` but its length and range fields."""
         headers = self._stored_headers(meta)
-        headers.append(("age", str(int(meta.freshness.age(time.time())))))
+        now = time.time()
+        if meta.header("date") is None:  # RFC 9110 §6.6.1: a recipient with a clock adds one
+            headers.append(("date", format_http_date(now)))
+        headers.append(("age", str(int(meta.freshness.age(now)))))
         headers.append(("x-cache", x_cache(tx.verdict, self.name, tx.upstream_cache)))
         return headers
 
@@ -379,9 +382,12 @@ class CacheNode:
         for name, _value in scope["headers"]:
             if name in _NOT_PLAIN:
                 return False  # ranges, validators, credentials: the steps handle them
-        age = str(int(entry.meta.freshness.age(time.time()))).encode()
-        await send({"type": "http.response.start", "status": 200,
-                    "headers": [*entry.headers, (b"age", age), (b"x-cache", self._hit_x_cache)]})
+        now = time.time()
+        headers = [*entry.headers, (b"age", str(int(entry.meta.freshness.age(now))).encode()),
+                   (b"x-cache", self._hit_x_cache)]
+        if entry.meta.header("date") is None:
+            headers.append((b"date", format_http_date(now).encode()))
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": entry.body})
         self.metrics.observe("HIT", entry.meta.content_class, len(entry.body),
                              time.perf_counter() - started)

@@ -14,19 +14,21 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from ..config import ContentClass
-from ..http import http_date, int_header, split_list
+from ..http import first_member, http_date, int_header, sf_dictionary, split_list
 
 DEFAULT_CLASS = "default"
 
 # Fields the cache computes itself for every response it delivers; upstream values are dropped.
-REGENERATED = frozenset({
-    "content-length", "content-range", "age", "x-cache", "date", "server", "accept-ranges",
-})
+# Date stays (RFC 9110 §6.6.1: the cache did not generate the response), and so does a
+# Content-Range on anything but a 206 (RFC 9111 §3.1: every end-to-end field is stored).
+REGENERATED = frozenset({"content-length", "age", "x-cache", "server", "accept-ranges"})
 
 # Status codes cacheable by default (RFC 9110 §15.1): a cache may store them without
 # explicit freshness, using a heuristic — we only use heuristics for 200.
 HEURISTICALLY_CACHEABLE = frozenset({200, 203, 204, 206, 300, 301, 308, 404, 405, 410, 414, 501})
 NEGATIVE_STATUSES = frozenset({404, 410})
+# Final statuses whose caching semantics this cache implements (RFC 9111 §5.2.2.3).
+UNDERSTOOD = frozenset({200, 203, 204, 300, 301, 302, 303, 307, 308, 404, 405, 410, 414, 501})
 
 # RFC 9111 §4.2.2 suggests 10% of the time since Last-Modified; the cap keeps an old file from
 # being cached for months on a guess.
@@ -84,12 +86,30 @@ def classify(path: str, content_type: str | None,
 # --- storability and freshness ---------------------------------------------------------------
 
 
+def targeted(headers: Mapping[str, str]) -> Mapping[str, str]:
+    """The fields this cache obeys: with a valid ``CDN-Cache-Control`` (RFC 9213 §2.1), its
+    directives stand in for ``Cache-Control`` and ``Expires``; an invalid one is ignored."""
+    value = headers.get("cdn-cache-control")
+    if value is None:
+        return headers
+    directives = sf_dictionary(value)
+    if directives is None:
+        return headers
+    own = {k: v for k, v in headers.items() if k not in ("cache-control", "expires")}
+    own["cache-control"] = ", ".join(k if v is None else f"{k}={v}"
+                                     for k, v in directives.items())
+    return own
+
+
 def is_storable(status: int, request_cc: Mapping[str, str | None],
                 response_cc: Mapping[str, str | None], *, has_authorization: bool,
                 has_explicit_freshness: bool, has_class: bool) -> bool:
     """RFC 9111 §3: may a shared cache store this response at all?"""
-    if "no-store" in request_cc or "no-store" in response_cc:
+    if "no-store" in request_cc:
         return False
+    if "no-store" in response_cc and not (
+            "must-understand" in response_cc and status in UNDERSTOOD):
+        return False  # §5.2.2.3: must-understand overrides no-store for a status we know
     if "private" in response_cc:  # §5.2.2.7: shared caches must not store it
         return False
     if has_authorization and not (
@@ -126,8 +146,8 @@ def freshness_lifetime(tier: str, content_class: ContentClass | None, status: in
     explicit = _explicit_lifetime(cc, headers, response_time)
     if explicit is not None:
         return explicit
-    if status not in HEURISTICALLY_CACHEABLE:
-        return 0.0
+    if status not in HEURISTICALLY_CACHEABLE and "public" not in cc:
+        return 0.0  # §4.2.2: heuristics for cacheable-by-default statuses, or marked public
     last_modified = http_date(headers.get("last-modified"))
     date = http_date(headers.get("date")) or response_time
     if last_modified is not None and date is not None and date > last_modified:
@@ -170,7 +190,7 @@ def corrected_initial_age(headers: Mapping[str, str], request_time: float,
     """
     date = http_date(headers.get("date"))
     apparent_age = max(0.0, response_time - date) if date is not None else 0.0
-    age_value = float(int_header(headers.get("age")) or 0)
+    age_value = float(int_header(first_member(headers.get("age"))) or 0)
     response_delay = max(0.0, response_time - request_time)
     return max(apparent_age, age_value + response_delay)
 
@@ -231,7 +251,9 @@ def freshness_for(tier: str, content_class: ContentClass | None, status: int,
         response_time=response_time,
         initial_age=corrected_initial_age(headers, request_time, response_time),
         lifetime=lifetime,
-        must_revalidate=bool({"must-revalidate", "proxy-revalidate", "no-cache"} & cc.keys()),
+        # §5.2.2.10: s-maxage implies proxy-revalidate for a shared cache
+        must_revalidate=bool({"must-revalidate", "proxy-revalidate", "no-cache", "s-maxage"}
+                             & cc.keys()),
         stale_while_revalidate=stale_while_revalidate if swr is None else swr,
         stale_if_error=stale_if_error if sie is None else sie,
     )
