@@ -42,6 +42,11 @@ class UpstreamUnreachable(UpstreamError):
     """The connection could not be made, was refused or was reset before an answer: 502."""
 
 
+class UpstreamRefused(UpstreamUnreachable):
+    """No connection could be made at all (refused, no route, TLS handshake failed): the one
+    failure after which a node stops trying for a moment (fail fast, serve stale)."""
+
+
 class UpstreamProtocolError(UpstreamError):
     """The upstream answered something that is not valid HTTP, or not what was asked: 502."""
 

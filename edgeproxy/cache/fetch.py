@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from ..errors import FillAborted, UpstreamError, UpstreamProtocolError, UpstreamUnreachable
+from ..errors import FillAborted, UpstreamError, UpstreamProtocolError, UpstreamRefused
 from . import policy
 from .beresp import BeResp, from_upstream
 from .coalesce import Coalescer
@@ -126,7 +126,7 @@ class Fetcher:
         try:
             t0 = time.time()
             if t0 < self.down_until:
-                raise UpstreamUnreachable(f"backing off after: {self.down_reason}")
+                raise UpstreamRefused(f"backing off after: {self.down_reason}")
             resp = await self.transport.send(self._bereq(flight, spec))
             beresp = from_upstream(resp, t0)
             plan = self.on_headers(flight, beresp)
@@ -152,7 +152,7 @@ class Fetcher:
             self.on_upstream(beresp.status, received)
         except BaseException as exc:  # incl. cancellation: followers must hear of it
             err = upstream_error(exc)
-            if isinstance(err, UpstreamUnreachable) and not flight.headers.done() \
+            if isinstance(err, UpstreamRefused) and not flight.headers.done() \
                     and time.time() >= self.down_until:
                 self.down_until = time.time() + self.backoff
                 self.down_reason = str(err)

@@ -18,7 +18,12 @@ from collections.abc import AsyncIterable, AsyncIterator
 
 import httptools
 
-from ..errors import UpstreamProtocolError, UpstreamTimeout, UpstreamUnreachable
+from ..errors import (
+    UpstreamProtocolError,
+    UpstreamRefused,
+    UpstreamTimeout,
+    UpstreamUnreachable,
+)
 
 RawHeaders = list[tuple[bytes, bytes]]
 
@@ -238,9 +243,9 @@ class Pool:
             raise UpstreamTimeout(f"connecting to upstream timed out after "
                                   f"{self.connect_timeout:.0f}s") from None
         except ssl.SSLError as exc:
-            raise UpstreamUnreachable(f"upstream TLS failure: {exc.reason or exc}") from None
+            raise UpstreamRefused(f"upstream TLS failure: {exc.reason or exc}") from None
         except OSError as exc:
-            raise UpstreamUnreachable(f"upstream unreachable: {exc.strerror or exc}") from None
+            raise UpstreamRefused(f"upstream unreachable: {exc.strerror or exc}") from None
         return conn
 
     async def request(self, method: str, target: bytes, headers: RawHeaders,
