@@ -9,6 +9,10 @@ body ``{"error": ..., "message": ...}`` and without calling the app:
 - 400 when the target has no canonical form (`edgeproxy.target.canonical_path`): bad
   percent-encoding, an encoded ``/``, NUL, CR or LF, a target that is not a path.
 
+Otherwise the app sees the canonical target in ``scope["raw_path"]`` (and its decoded form in
+``scope["path"]``), so every role routes, classifies and checks one spelling of each path:
+``/v/./t1/x`` and ``/v/%74%31/x`` are ``/v/t1/x`` from here on.
+
 The ASGI server has buffered the head before the app sees it, so the server must bound it too:
 `uvicorn_http_options` picks the protocol that enforces the same limits while reading
 (`edgeproxy.protocol`), or, with the pure-Python h11 parser, a receive-buffer cap.
@@ -21,6 +25,7 @@ import json
 from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any
+from urllib.parse import unquote
 
 from .config import HTTPLimitsConfig
 from .errors import HTTPError
@@ -75,9 +80,12 @@ class RequestGuard:
             error = check_head(self.limits, scope["headers"], target_length)
             if error is None:
                 try:
-                    canonical_path(raw_path)
+                    path = canonical_path(raw_path)
                 except HTTPError as exc:
                     error = exc
+                else:
+                    if path.encode() != raw_path:
+                        scope = {**scope, "raw_path": path.encode(), "path": unquote(path)}
             if error is not None:
                 await _send_error(send, error, head=scope["method"] == "HEAD")
                 return

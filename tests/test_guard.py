@@ -25,7 +25,7 @@ async def echo(scope: dict[str, Any], receive: Any, send: Any) -> None:
     """An app that answers 200 with what it saw: whatever reaches it passed the guard."""
     if scope["type"] != "http":
         return
-    body = json.dumps({"raw_path": scope["raw_path"].decode("latin-1"),
+    body = json.dumps({"raw_path": scope["raw_path"].decode("latin-1"), "path": scope["path"],
                        "headers": len(scope["headers"])}).encode()  # fmt: skip
     await send({"type": "http.response.start", "status": 200,
                 "headers": [(b"content-length", b"%d" % len(body))]})
@@ -63,7 +63,21 @@ def test_ordinary_request_passes(server: tuple[str, str]) -> None:
     _, url = server
     r = raw_request(url, get(b"/v/t1/abc?x=1", *header_lines(90, 100)))
     assert r.status == 200
-    assert json.loads(r.body) == {"raw_path": "/v/t1/abc", "headers": 92}
+    assert json.loads(r.body) == {"raw_path": "/v/t1/abc", "path": "/v/t1/abc", "headers": 92}
+
+
+@pytest.mark.parametrize(("target", "raw_path", "path"), [
+    (b"/v/./t1/%61bc", "/v/t1/abc", "/v/t1/abc"),
+    (b"/x/../v/%2e/t1/a%20b%3f", "/v/t1/a%20b%3F", "/v/t1/a b?"),
+    (b"/v/%2E%2E/%2e%2e/v/t1/abc?exp=1", "/v/t1/abc", "/v/t1/abc"),
+])  # fmt: skip
+def test_the_app_sees_the_canonical_target(server: tuple[str, str], target: bytes,
+                                           raw_path: str, path: str) -> None:  # fmt: skip
+    """One spelling per path for every role: what a signature check or a route sees."""
+    _, url = server
+    r = raw_request(url, get(target))
+    assert r.status == 200
+    assert json.loads(r.body) == {"raw_path": raw_path, "path": path, "headers": 2}
 
 
 @pytest.mark.parametrize(("name", "data", "statuses", "error"), [
