@@ -167,3 +167,22 @@ def test_every_role_is_guarded(tmp_path: Path, role: str) -> None:
         assert raw_request(server.url, get(b"/healthz")).status == 200
     finally:
         server.stop()
+
+
+def test_edgeproxy_serve_with_workers_refuses_hostile_heads(tmp_path: Path) -> None:
+    """A real `edgeproxy serve` process with two workers: each worker runs the guarded protocol
+    (it reaches them through uvicorn's process spawning) and the guard."""
+    from tests.test_cache_crash import edge_config, start_edge
+
+    config, port, url = edge_config(tmp_path, workers=2)
+    edge = start_edge(config, f"http://127.0.0.1:{free_port()}", port)
+    try:
+        for _ in range(4):  # new connections, spread over the workers
+            assert_error(get(b"/", b"X-Big: " + b"a" * 1_000_000), url, {431},
+                         "headers_too_large")
+            assert_error(get(b"/", *header_lines(10_000)), url, {431}, "headers_too_large")
+            assert_error(get(b"/%00"), url, {400}, "bad_target")
+            assert_error(get(b"/" + b"a" * 100_000), url, {414}, "uri_too_long")
+    finally:
+        edge.terminate()
+        edge.wait(10)
