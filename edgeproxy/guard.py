@@ -25,7 +25,7 @@ import json
 from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any
-from urllib.parse import unquote
+from urllib.parse import quote, unquote
 
 from .config import HTTPLimitsConfig
 from .errors import HTTPError
@@ -75,8 +75,10 @@ class RequestGuard:
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Send) -> None:
         if scope["type"] == "http":
-            raw_path: bytes = scope.get("raw_path") or scope["path"].encode("latin-1")
-            target_length = len(raw_path) + len(scope.get("query_string", b""))
+            # ASGI makes raw_path optional; without it, re-encode the decoded path.
+            raw_path: bytes = scope.get("raw_path") or quote(scope["path"]).encode()
+            query: bytes = scope.get("query_string", b"")
+            target_length = len(raw_path) + (len(query) + 1 if query else 0)
             error = check_head(self.limits, scope["headers"], target_length)
             if error is None:
                 try:
