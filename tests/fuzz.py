@@ -2,15 +2,19 @@
 
 `requests(path)` draws raw HTTP/1.1 requests for the blob at ``path`` (other spellings of the
 path, methods, versions, extra and oversized header fields, hostile targets, Range headers of
-every shape, If-Range); `check(base_url, blob, request)` sends one over a raw socket and
+every shape, If-Range); `check(base_url, blob, request, etag)` sends one over a raw socket and
 asserts the answer against a reference model: never a 5xx, and whenever bytes are served they
 are exactly the blob's bytes the model selects (whole, one range or multipart/byteranges).
+Requests with another query are other cache keys, so a cache node sees cold misses too.
 
-Point it at an origin, a shield or an edge::
+Point it at an origin, a shield or an edge (``etag``: the blob's validator, for If-Range;
+``limits``: the node's `HTTPLimitsConfig` when it is not the default)::
 
+    @settings(max_examples=300, deadline=None, database=None)
     @given(request=fuzz.requests(path))
-    def test_fuzz(request):
-        fuzz.check(url, blob, request)
+    def run(request):
+        note(repr(request))
+        fuzz.check(url, blob, request, etag)
 """
 
 from __future__ import annotations
@@ -174,7 +178,10 @@ def check(base_url: str, blob: bytes, request: FuzzRequest, etag: str,
     elif request.method not in ("GET", "HEAD"):
         assert 400 <= r.status < 500, what  # 405 on a blob
     else:
-        _check_blob(r, blob, request, request.method == "HEAD")
+        try:
+            _check_blob(r, blob, request, request.method == "HEAD")
+        except (AssertionError, KeyError, ValueError) as exc:
+            raise AssertionError(f"{exc!r}: {r.status} {r.headers} {r.body[:200]!r}") from exc
     return r
 
 
