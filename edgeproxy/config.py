@@ -254,6 +254,15 @@ class DownloadSigningConfig:
 
 
 @dataclass(frozen=True)
+class HTTPLimitsConfig:
+    """Bounds on a request's head, the same on every role (see `edgeproxy.guard`)."""
+
+    max_header_bytes: int = _size(16 * 1024)  # all fields, as on the wire: 431 beyond
+    max_header_count: int = 100  # 431 beyond
+    max_target_length: int = _size(8 * 1024)  # path and query: 414 beyond
+
+
+@dataclass(frozen=True)
 class Config:
     """Everything a node or a whole local stack needs, loaded once."""
 
@@ -272,6 +281,7 @@ class Config:
     auth: AuthConfig = field(default_factory=AuthConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     download_signing: DownloadSigningConfig = field(default_factory=DownloadSigningConfig)
+    http_limits: HTTPLimitsConfig = field(default_factory=HTTPLimitsConfig)
 
     def node(self, tier: str) -> NodeConfig:
         """The `NodeConfig` of ``edge`` or ``shield``."""
@@ -469,6 +479,9 @@ def _check(config: Config) -> None:
         if web_origin != "*" and not re.fullmatch(r"https?://[^/\s]+", web_origin):
             raise ConfigError(f"origin.cors_origins[{i}]: expected '*' or scheme://host[:port] "
                               f"without a path, got {web_origin!r}")  # fmt: skip
+    for name in ("max_header_bytes", "max_header_count", "max_target_length"):
+        if getattr(config.http_limits, name) < 1:
+            raise ConfigError(f"http_limits.{name}: must be at least 1")
     names = [c.name for c in config.content_classes]
     for i, cc in enumerate(config.content_classes):
         if names.count(cc.name) > 1:

@@ -17,9 +17,19 @@ from email.utils import formatdate
 # A request with more ranges than this is answered whole (200): RFC 9110 §14.2 lets a server
 # ignore a Range header that asks for many small ranges, a known amplification vector.
 MAX_RANGES = 16
+# A longer Range header is ignored (200, §14.2 lets a server ignore Range). MAX_RANGES ranges
+# of 19-digit positions (2**63, far past any representation) with ", " between them take
+# 6 + 16 * 39 + 15 * 2 = 660 bytes: no sensible request is cut off, and no hostile one makes us
+# split, match or convert more than this.
+MAX_RANGE_HEADER = 1024
+# Positions are saturated here: a first-byte-pos this large is unsatisfiable and a last-byte-pos
+# this large clamps to the end, for any representation we could hold; and int() never sees
+# thousands of digits (Python refuses more than 4,300 with ValueError).
+MAX_POSITION = 2**63 - 1
+_MAX_DIGITS = len(str(MAX_POSITION))
 
-_INT_RANGE = re.compile(r"(\d+)-(\d*)")
-_SUFFIX_RANGE = re.compile(r"-(\d+)")
+_INT_RANGE = re.compile(r"(\d+)-(\d*)", re.ASCII)
+_SUFFIX_RANGE = re.compile(r"-(\d+)", re.ASCII)
 
 
 class RangeNotSatisfiable(Exception):
@@ -76,9 +86,24 @@ class ByteRange:
         return f"bytes={self.start}-{self.end}"
 
 
+def _position(digits: str) -> int:
+    """A byte position from ASCII digits, saturated at `MAX_POSITION`."""
+    significant = digits.lstrip("0")
+    if len(significant) > _MAX_DIGITS:
+        return MAX_POSITION
+    return min(int(significant or "0"), MAX_POSITION)
+
+
+def _before(a: str, b: str) -> bool:
+    """Whether the decimal ``a`` is less than the decimal ``b``, at any length."""
+    a, b = a.lstrip("0"), b.lstrip("0")
+    return (len(a), a) < (len(b), b)
+
+
 def parse_range(value: str | None) -> list[RangeSpec] | None:
-    """Parse a ``Range`` header; None when absent, invalid, or not in ``bytes``."""
-    if not value:
+    """Parse a ``Range`` header; None when absent, invalid, not in ``bytes``, longer than
+    `MAX_RANGE_HEADER` or asking for more than `MAX_RANGES` ranges (all answered 200)."""
+    if not value or len(value) > MAX_RANGE_HEADER:
         return None
     unit, sep, rest = value.partition("=")
     if not sep or unit.strip().lower() != "bytes":
@@ -89,15 +114,17 @@ def parse_range(value: str | None) -> list[RangeSpec] | None:
         if not part:
             continue  # RFC 9110 §5.6.1: empty list elements are ignored
         if m := _INT_RANGE.fullmatch(part):
-            first, last = int(m.group(1)), (int(m.group(2)) if m.group(2) else None)
-            if last is not None and last < first:
-                return None
-            specs.append(RangeSpec(first, last))
+            if m.group(2) and _before(m.group(2), m.group(1)):
+                return None  # last < first: invalid (§14.1.1), compared before saturating
+            last = _position(m.group(2)) if m.group(2) else None
+            specs.append(RangeSpec(_position(m.group(1)), last))
         elif m := _SUFFIX_RANGE.fullmatch(part):
-            specs.append(RangeSpec(None, int(m.group(1))))
+            specs.append(RangeSpec(None, _position(m.group(1))))
         else:
             return None
-    if not specs or len(specs) > MAX_RANGES:
+        if len(specs) > MAX_RANGES:
+            return None
+    if not specs:
         return None
     return specs
 

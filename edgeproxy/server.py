@@ -19,6 +19,7 @@ from typing import Any
 
 from .config import Config, load_config
 from .errors import ConfigError
+from .guard import RequestGuard, uvicorn_http_options
 
 ROLES = ("origin", "shield", "edge")
 
@@ -65,10 +66,10 @@ def create_node_app(config: Config, role: str, *, upstream: str | None = None) -
     if role == "origin":
         from .origin import create_app as create_origin
 
-        return create_origin(config)
+        return RequestGuard(create_origin(config), config.http_limits)
     from .cache import create_app as create_cache
 
-    return create_cache(config, role, upstream=upstream)
+    return RequestGuard(create_cache(config, role, upstream=upstream), config.http_limits)
 
 
 def app_from_env() -> Any:
@@ -85,13 +86,12 @@ def _uvicorn_options(config: Config, role: str) -> dict[str, Any]:
     # "auto" would pick these too, but naming them makes the choice visible in the code and
     # keeps the pure-Python fallbacks where the C extensions are missing (e.g. Windows).
     has_uvloop = importlib.util.find_spec("uvloop") is not None
-    has_httptools = importlib.util.find_spec("httptools") is not None
     return {
         "host": host,
         "port": port,
         "log_level": config.log_level.lower(),
         "loop": "uvloop" if has_uvloop else "asyncio",
-        "http": "httptools" if has_httptools else "h11",
+        **uvicorn_http_options(config.http_limits),  # httptools, or h11 without it
         "timeout_graceful_shutdown": GRACEFUL_SHUTDOWN_SECONDS,
         # Nodes talk to clients and upstreams directly; X-Forwarded-* rewriting and uvicorn's
         # Server header are per-request work that buys nothing here.

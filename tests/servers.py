@@ -44,14 +44,18 @@ def _ephemeral_range() -> tuple[int, int]:
 class ServerThread:
     """One uvicorn server on 127.0.0.1 in its own thread and event loop."""
 
-    def __init__(self, app: Any, port: int | None = None) -> None:
+    def __init__(self, app: Any, port: int | None = None, **options: Any) -> None:
+        """``options`` are uvicorn settings over the defaults (h11, asyncio, lifespan on)."""
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         from edgeproxy.cache import CacheNode
+        from edgeproxy.guard import RequestGuard
 
-        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning",
-                                date_header=not isinstance(app, CacheNode),
-                                lifespan="on", loop="asyncio", http="h11")
+        # cache nodes date their own answers; uvicorn dates the others'
+        inner = app.app if isinstance(app, RequestGuard) else app
+        settings = {"log_level": "warning", "lifespan": "on", "loop": "asyncio", "http": "h11",
+                    "date_header": not isinstance(inner, CacheNode), **options}
+        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, **settings)
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self._run, daemon=True)
 
@@ -73,9 +77,9 @@ class ServerThread:
 
 
 @contextmanager
-def serve(app: Any, port: int | None = None) -> Iterator[ServerThread]:
-    """Serve ``app`` on a loopback port for the duration of the block."""
-    server = ServerThread(app, port).start()
+def serve(app: Any, port: int | None = None, **options: Any) -> Iterator[ServerThread]:
+    """Serve ``app`` on a loopback port for the duration of the block (``options``: uvicorn's)."""
+    server = ServerThread(app, port, **options).start()
     try:
         yield server
     finally:

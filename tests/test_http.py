@@ -9,6 +9,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from edgeproxy.http import (
+    MAX_POSITION,
+    MAX_RANGE_HEADER,
     MAX_RANGES,
     ByteRange,
     RangeNotSatisfiable,
@@ -116,3 +118,56 @@ def test_matches_reference(specs: list[str], length: int) -> None:
     assert got == expected
     # coalesced: sorted, disjoint, non-adjacent
     assert all(a.end + 1 < b.start for a, b in itertools.pairwise(ranges))
+
+
+HUGE = "9" * 4301  # more digits than Python's int() converts (ValueError)
+
+
+@pytest.mark.parametrize(("header", "length", "expected"), [
+    # §14.1.2: a last-byte-pos past the end is clipped, however many digits it has
+    (f"bytes=0-{HUGE}", 100, [(0, 99)]),
+    (f"bytes=10-{'9' * 25}", 100, [(10, 99)]),
+    (f"bytes=-{HUGE}", 100, [(0, 99)]),              # §14.1.3: a suffix past the start: whole
+    (f"bytes=0-0,{HUGE}-", 100, [(0, 0)]),           # the huge range is not satisfiable
+    (f"bytes={'0' * 900}5-{'0' * 90}9", 100, [(5, 9)]),  # leading zeros are only zeros
+])  # fmt: skip
+def test_huge_positions(header: str, length: int, expected: list[tuple[int, int]]) -> None:
+    if HUGE in header:
+        assert parse_range(header) is None  # over MAX_RANGE_HEADER: ignored, never a 500
+        header = header.replace(HUGE, "9" * 500)  # still far more digits than int64 holds
+    specs = parse_range(header)
+    assert specs is not None
+    assert [(r.start, r.end) for r in resolve_ranges(specs, length)] == expected
+
+
+@pytest.mark.parametrize("header", [
+    f"bytes={'9' * 500}-", f"bytes={'9' * 400}-{'9' * 500}", f"bytes={'1' + '0' * 18}-",
+])
+def test_huge_first_pos_is_unsatisfiable(header: str) -> None:
+    """§14.1.1: a first-byte-pos past the end makes the range unsatisfiable (416)."""
+    specs = parse_range(header)
+    assert specs is not None
+    with pytest.raises(RangeNotSatisfiable) as info:
+        resolve_ranges(specs, 2**40)
+    assert info.value.content_range == f"bytes */{2**40}"
+
+
+@pytest.mark.parametrize("header", [
+    "bytes=" + "0-" + "0" * MAX_RANGE_HEADER,           # over the length bound: ignored
+    "bytes=0-1" + " " * 1_000_000,                       # a 1 MB header
+    "bytes=" + ",".join(["1-2"] * 100_000),              # 100,000 parts
+    "bytes=" + ",".join(["0-0"] * (MAX_RANGES + 1)),     # one part too many (§14.2)
+    f"bytes={'9' * 500}-{'9' * 499}",                    # last < first, both huge: invalid
+    "bytes=\u0661-\u0662",                               # non-ASCII digits are not DIGIT
+])  # fmt: skip
+def test_hostile_headers_are_ignored(header: str) -> None:
+    assert parse_range(header) is None  # §14.2: a server MAY ignore Range; answer 200
+
+
+@given(st.text(alphabet="bytes=0123456789-, \t", max_size=3000))
+def test_never_raises(header: str) -> None:
+    specs = parse_range(header)
+    if specs is not None:
+        assert 1 <= len(specs) <= MAX_RANGES
+        for s in specs:
+            assert all(v is None or 0 <= v <= MAX_POSITION for v in (s.first, s.last))

@@ -28,6 +28,7 @@ from .core import OriginCore
 from .cors import APICors
 from .media_api import MediaAPI
 from .metrics import CONTENT_TYPE
+from .openapi import openapi_json
 from .responses import CatchAll, install_error_handlers
 from .serving import Serving
 from .tus import TusAPI
@@ -55,6 +56,7 @@ def create_app(config: Config, *, clock: Callable[[], float] = time.time) -> Sta
     routes = [
         Route("/healthz", healthz, methods=get),
         Route("/metrics", metrics, methods=["GET"]),
+        Route("/openapi.json", openapi_json, methods=["GET"]),
         Route("/v1/media/upload/request", media.request_upload, methods=["POST"]),
         Route("/v1/media/upload/confirm", media.confirm_upload, methods=["POST"]),
         Route("/v1/media/{media_id}/content", media.content, methods=["GET"]),

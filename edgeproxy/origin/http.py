@@ -2,13 +2,16 @@
 
 `serve_blob` answers GET/HEAD for a blob in a `BlobStore` with validators (ETag, Last-Modified,
 Repr-Digest), conditional requests (If-None-Match, If-Modified-Since, If-Range) and single
-byte ranges, streaming the bytes in chunks. The rest turns request bodies and fields into
-values, or into `HTTPError`s that name the offending field.
+byte ranges, streaming the bytes in chunks. Every GET's content carries its RFC 9530
+``Content-Digest``, so a cache filling slices by Range can check each one. The rest turns
+request bodies and fields into values, or into `HTTPError`s that name the offending field.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import hashlib
 import json
 from collections.abc import AsyncIterator
 from contextlib import aclosing
@@ -40,9 +43,21 @@ class Body:
             self.disconnected = True
 
 
+# Larger values are saturated here: every size, offset and time this origin compares them with is
+# far smaller, so the comparison still says "too large" or "does not match", and int() never
+# sees the thousands of digits it refuses with ValueError (a 500 before).
+MAX_INT_FIELD = 2**63 - 1
+
+
 def int_or_none(value: str | None) -> int | None:
-    """A non-negative decimal integer from a header or query value, else None."""
-    return int(value) if value is not None and value.isascii() and value.isdigit() else None
+    """A non-negative decimal integer from a header or query value (saturated at
+    `MAX_INT_FIELD`), else None."""
+    if value is None or not (value.isascii() and value.isdigit()):
+        return None
+    digits = value.lstrip("0")
+    if len(digits) > len(str(MAX_INT_FIELD)):
+        return MAX_INT_FIELD
+    return min(int(digits or "0"), MAX_INT_FIELD)
 
 
 def sha256_field(value: str, name: str) -> str:
@@ -87,6 +102,23 @@ async def read_json(request: Request, limit: int) -> dict[str, Any]:
     return data
 
 
+def sha256_digest(digest: bytes) -> str:
+    """An RFC 9530 ``sha-256`` Digest field value (``Repr-Digest``, ``Content-Digest``)."""
+    return f"sha-256=:{base64.b64encode(digest).decode()}:"
+
+
+async def content_digest(store: BlobStore, sha: str, start: int, length: int) -> str:
+    """The ``Content-Digest`` of ``length`` bytes of blob ``sha`` from ``start``.
+
+    The blob is immutable (content-addressed), so the bytes hashed here are the bytes then sent;
+    reading a range twice costs a cache-warm read, once per slice an upstream cache fills.
+    """
+    hasher = hashlib.sha256()
+    async for chunk in store.open(sha, start, length):  # read to the end: the file closes
+        await asyncio.to_thread(hasher.update, chunk)  # hashlib releases the GIL
+    return sha256_digest(hasher.digest())
+
+
 def _etag_matches(header: str | None, etag: str) -> bool:
     """If-None-Match uses weak comparison (RFC 9110 §13.1.2): ``W/"x"`` matches ``"x"``."""
     if header is None:
@@ -124,7 +156,7 @@ async def serve_blob(
         "Last-Modified": formatdate(modified, usegmt=True),
         "Cache-Control": cache_control,
         "Accept-Ranges": "bytes",
-        "Repr-Digest": f"sha-256=:{base64.b64encode(bytes.fromhex(sha)).decode()}:",
+        "Repr-Digest": sha256_digest(bytes.fromhex(sha)),
         "X-Content-Type-Options": "nosniff",
     }
     inm = request.headers.get("if-none-match")
@@ -147,6 +179,10 @@ async def serve_blob(
             start, length, status = ranges[0].start, ranges[0].length, 206
             headers["Content-Range"] = ranges[0].content_range(info.size)
     headers["Content-Length"] = str(length)
+    if status == 200:  # the content is the representation (no content coding)
+        headers["Content-Digest"] = headers["Repr-Digest"]
     if request.method == "HEAD":
         return Response(status_code=status, headers=headers)
+    if status == 206:
+        headers["Content-Digest"] = await content_digest(store, sha, start, length)
     return StreamingResponse(store.open(sha, start, length), status_code=status, headers=headers)

@@ -1,0 +1,109 @@
+"""uvicorn's httptools protocol with the request guard's head limits enforced while reading.
+
+llhttp parses as bytes arrive but sets no bound of its own, so a stock server buffers a 1 MB
+header field (or 10,000 of them) before the app can refuse it. This protocol counts the target
+and each header field from the parser callbacks and answers 414 or 431 (JSON, then close) the
+moment a limit is crossed. httptools holds a field being received in its own buffer until the
+field ends, so the bytes of an unfinished head are also counted per read, as a backstop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+
+from .config import HTTPLimitsConfig
+from .errors import HTTPError
+from .guard import FIELD_OVERHEAD, error_bytes, head_cap
+
+
+class _Refused(Exception):
+    """Raised from a parser callback to stop parsing a head that broke a limit."""
+
+
+class GuardedHttpToolsProtocol(HttpToolsProtocol):
+    """`HttpToolsProtocol` answering 431/414 as soon as a request head breaks ``limits``."""
+
+    def __init__(self, *args: Any, limits: HTTPLimitsConfig, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.limits = limits
+        self.cap = head_cap(limits)
+        self.refusal: HTTPError | None = None
+        self._reset_head()
+
+    def _reset_head(self) -> None:
+        self.in_head = True
+        self.head_bytes = self.target_bytes = self.field_bytes = self.field_count = 0
+
+    def _refuse(self, error: HTTPError) -> None:
+        self.refusal = error
+        raise _Refused(error.message)
+
+    def data_received(self, data: bytes) -> None:
+        """Feed the parser; refuse a head that grows past the cap without finishing a field."""
+        if self.refusal is not None:
+            return
+        if self.in_head:
+            self.head_bytes += len(data)
+        super().data_received(data)
+        if self.refusal is None and self.in_head and self.head_bytes > self.cap:
+            self.refusal = HTTPError(431, "headers_too_large",
+                                     f"the request head exceeds {self.cap} bytes")
+            self.send_400_response("")
+
+    def on_message_begin(self) -> None:
+        """A new request: its head is counted from zero."""
+        super().on_message_begin()
+        self._reset_head()
+
+    def on_url(self, url: bytes) -> None:
+        """Called for each piece of the target: 414 once it is too long."""
+        self.target_bytes += len(url)
+        if self.target_bytes > self.limits.max_target_length:
+            self._refuse(HTTPError(414, "uri_too_long", f"the request target is longer than "
+                                   f"{self.limits.max_target_length} bytes",
+                                   max_length=self.limits.max_target_length))  # fmt: skip
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        """Called once per complete field: 431 once there are too many or too many bytes."""
+        self.field_count += 1
+        self.field_bytes += len(name) + len(value) + FIELD_OVERHEAD
+        if self.field_count > self.limits.max_header_count:
+            self._refuse(HTTPError(431, "headers_too_large", f"the request has more than "
+                                   f"{self.limits.max_header_count} header fields",
+                                   max_count=self.limits.max_header_count))  # fmt: skip
+        if self.field_bytes > self.limits.max_header_bytes:
+            self._refuse(HTTPError(431, "headers_too_large", f"the request header fields exceed "
+                                   f"{self.limits.max_header_bytes} bytes",
+                                   max_bytes=self.limits.max_header_bytes))  # fmt: skip
+        super().on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        """The head is complete; from here on bytes are body, not head."""
+        self.in_head = False
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        """The request is complete; what follows is the next request's head."""
+        super().on_message_complete()
+        self._reset_head()
+
+    def send_400_response(self, msg: str) -> None:
+        """uvicorn's answer to a parser error, ours when the error is a refused head."""
+        if self.refusal is None:
+            super().send_400_response(msg)
+            return
+        transport: asyncio.Transport = self.transport
+        if self.cycle is not None and not self.cycle.response_complete:
+            transport.close()  # a pipelined response is under way: no room for ours
+            return
+        body = error_bytes(self.refusal)
+        transport.write(b"".join([
+            STATUS_LINE[self.refusal.status],
+            b"content-type: application/json\r\ncache-control: no-store\r\n",
+            b"content-length: %d\r\nconnection: close\r\n\r\n" % len(body), body,
+        ]))  # fmt: skip
+        transport.close()
