@@ -14,7 +14,7 @@ from typing import Any
 from .config import TLSConfig, UpstreamTLSConfig
 from .errors import ConfigError
 
-__all__ = ["client_context", "server_options"]
+__all__ = ["NO_CLIENT_CERT_HINT", "client_context", "server_options"]
 
 
 def server_options(tls: TLSConfig) -> dict[str, Any]:
@@ -48,3 +48,10 @@ def client_context(tls: UpstreamTLSConfig) -> ssl.SSLContext | None:
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
     return context
+
+
+
+# TLS 1.3 finishes the client's handshake before the server checks the client certificate, and
+# an asyncio server then just closes: the client sees a bare disconnect, not a TLS alert.
+NO_CLIENT_CERT_HINT = ("the upstream closed the TLS connection before answering; it may refuse "
+                       "this node's client certificate, or want one (upstream_tls.cert, key)")

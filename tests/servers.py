@@ -44,11 +44,13 @@ def _ephemeral_range() -> tuple[int, int]:
 class ServerThread:
     """One uvicorn server on 127.0.0.1 in its own thread and event loop."""
 
-    def __init__(self, app: Any, port: int | None = None) -> None:
+    def __init__(self, app: Any, port: int | None = None, **options: Any) -> None:
+        """``options`` go to uvicorn as they are (``ssl_certfile=...`` serves HTTPS)."""
         self.port = port or free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        scheme = "https" if options.get("ssl_certfile") else "http"
+        self.url = f"{scheme}://127.0.0.1:{self.port}"
         config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning",
-                                lifespan="on", loop="asyncio", http="h11")
+                                lifespan="on", loop="asyncio", http="h11", **options)
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self._run, daemon=True)
 
@@ -70,9 +72,9 @@ class ServerThread:
 
 
 @contextmanager
-def serve(app: Any, port: int | None = None) -> Iterator[ServerThread]:
+def serve(app: Any, port: int | None = None, **options: Any) -> Iterator[ServerThread]:
     """Serve ``app`` on a loopback port for the duration of the block."""
-    server = ServerThread(app, port).start()
+    server = ServerThread(app, port, **options).start()
     try:
         yield server
     finally:
