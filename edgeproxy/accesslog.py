@@ -10,14 +10,19 @@ the request never went upstream or the app does not say). The JSON format carrie
 fields. Signature parameters (``exp``, ``kid``, ``sig``) are cut from the logged query: a signed
 URL is a bearer credential until it expires.
 
-Lines go to the ``edgeproxy.access`` logger; where that writes (stdout or a file) is set up by
-`edgeproxy.server` from the ``log`` section.
+A node writes its lines through a `Sink` (stdout, or a file that logrotate may move): lines are
+batched and written at most ``delay`` later (50 ms), in one system call, because a line per
+write through `logging` cost a small-object hit 40% of its rate. Without a sink, lines go to the
+``edgeproxy.access`` logger (for apps embedded elsewhere, and tests).
 """
 
 from __future__ import annotations
 
+import asyncio
+import atexit
 import json
 import logging
+import os
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
@@ -25,7 +30,7 @@ from urllib.parse import unquote
 
 from .signing import signature_params
 
-__all__ = ["FORMATS", "LOGGER", "AccessLog", "loggable_path"]
+__all__ = ["FORMATS", "LOGGER", "AccessLog", "Sink", "loggable_path"]
 
 LOGGER = "edgeproxy.access"
 FORMATS = ("on", "json")
@@ -60,23 +65,84 @@ def _escape(value: str) -> str:
                    for c in value)  # fmt: skip
 
 
-def _clf_time(now: float) -> str:
-    t = time.gmtime(now)
+def _clf_time(second: int) -> str:
+    t = time.gmtime(second)
     return (f"{t.tm_mday:02d}/{_MONTHS[t.tm_mon - 1]}/{t.tm_year}:"
             f"{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d} +0000")  # fmt: skip
+
+
+class Sink:
+    """Appends access lines to standard output or to ``path``, in batches.
+
+    A line is written at most ``delay`` seconds after it was given (at once outside an event
+    loop), so ``tail -f`` follows requests as they are answered. A file is opened with
+    O_APPEND, which keeps the lines of several worker processes whole, and reopened when
+    logrotate has moved it away.
+    """
+
+    def __init__(self, path: str | None = None, *, delay: float = 0.05) -> None:
+        self.path = path
+        self.delay = delay
+        self._lines: list[str] = []
+        self._scheduled = False
+        self._fd: int | None = None
+        self._inode: int | None = None
+        atexit.register(self.flush)
+
+    def __call__(self, line: str) -> None:
+        self._lines.append(line)
+        if self._scheduled:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self.flush()
+            return
+        self._scheduled = True
+        loop.call_later(self.delay, self.flush)
+
+    def flush(self) -> None:
+        """Write what is pending now."""
+        self._scheduled = False
+        if not self._lines:
+            return
+        data = ("\n".join(self._lines) + "\n").encode("utf-8", "backslashreplace")
+        self._lines.clear()
+        try:
+            fd = self._target()
+            while data:
+                data = data[os.write(fd, data):]
+        except OSError as exc:  # a full disk must not take requests down with it
+            logging.getLogger(LOGGER).error("cannot write the access log: %s", exc)
+
+    def _target(self) -> int:
+        if self.path is None:
+            return 1  # stdout, unbuffered: Python's own buffer would hold lines back
+        try:
+            moved = os.stat(self.path).st_ino != self._inode
+        except FileNotFoundError:
+            moved = True
+        if self._fd is None or moved:
+            if self._fd is not None:
+                os.close(self._fd)
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            self._inode = os.fstat(self._fd).st_ino
+        return self._fd
 
 
 class AccessLog:
     """Wraps an ASGI app; writes one access-log line per HTTP request once it is answered."""
 
     def __init__(self, app: ASGIApp, *, node: str, fmt: str = "on",
-                 logger: logging.Logger | None = None) -> None:  # fmt: skip
+                 sink: Callable[[str], None] | None = None) -> None:  # fmt: skip
         if fmt not in FORMATS:
             raise ValueError(f"access log format must be one of {FORMATS}, got {fmt!r}")
         self.app = app
         self.node = node
         self.json = fmt == "json"
-        self.logger = logger or logging.getLogger(LOGGER)
+        self.sink = sink or logging.getLogger(LOGGER).info
+        self._second = -1
+        self._clf = ""
 
     def __getattr__(self, name: str) -> Any:
         # The server reaches through to the app (reload, state); the wrapper stays transparent.
@@ -85,6 +151,8 @@ class AccessLog:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
+            if scope["type"] == "lifespan" and isinstance(self.sink, Sink):
+                self.sink.flush()  # the app has shut down: the last lines go out now
             return
         started = time.perf_counter()
         status, sent, x_cache = 0, 0, "-"
@@ -112,30 +180,31 @@ class AccessLog:
 
     def write(self, scope: Scope, status: int, sent: int, x_cache: str, seconds: float) -> None:
         """Log one answered request."""
-        if not self.logger.isEnabledFor(logging.INFO):
-            return
         upstream = scope.get("edgeproxy", {}).get("upstream_time")
-        headers = dict(scope.get("headers", ()))
-        client = scope.get("client") or ("-", 0)
-        fields: dict[str, Any] = {
-            "client": client[0], "method": scope.get("method", "-"),
-            "path": loggable_path(scope), "protocol": f"HTTP/{scope.get('http_version', '1.1')}",
-            "status": status, "bytes": sent,
-            "referer": headers.get(b"referer", b"-").decode("latin-1"),
-            "user_agent": headers.get(b"user-agent", b"-").decode("latin-1"),
-            "cache": x_cache, "duration": round(seconds, 6),
-            "upstream_time": None if upstream is None else round(float(upstream), 6),
-            "node": self.node,
-        }  # fmt: skip
+        referer = agent = "-"
+        for name, value in scope.get("headers", ()):
+            if name == b"referer":
+                referer = value.decode("latin-1")
+            elif name == b"user-agent":
+                agent = value.decode("latin-1")
+        client = (scope.get("client") or ("-", 0))[0]
+        method, path = scope.get("method", "-"), loggable_path(scope)
+        protocol = f"HTTP/{scope.get('http_version', '1.1')}"
         now = time.time()
         if self.json:
-            line = json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now))
-                               + f".{int(now % 1 * 1000):03d}Z", **fields})
-        else:
-            urt = "-" if upstream is None else f"{float(upstream):.3f}"
-            line = (f'{fields["client"]} - - [{_clf_time(now)}] '
-                    f'"{fields["method"]} {_escape(fields["path"])} {fields["protocol"]}" '
-                    f'{status} {sent} "{_escape(fields["referer"])}" '
-                    f'"{_escape(fields["user_agent"])}" cache="{_escape(x_cache)}" '
-                    f"rt={seconds:.3f} urt={urt} node={self.node}")  # fmt: skip
-        self.logger.info(line)
+            self.sink(json.dumps({
+                "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now))
+                + f".{int(now % 1 * 1000):03d}Z",
+                "client": client, "method": method, "path": path, "protocol": protocol,
+                "status": status, "bytes": sent, "referer": referer, "user_agent": agent,
+                "cache": x_cache, "duration": round(seconds, 6),
+                "upstream_time": None if upstream is None else round(float(upstream), 6),
+                "node": self.node}))  # fmt: skip
+            return
+        second = int(now)
+        if second != self._second:  # one strftime per second, not per line
+            self._second, self._clf = second, _clf_time(second)
+        urt = "-" if upstream is None else f"{float(upstream):.3f}"
+        self.sink(f'{client} - - [{self._clf}] "{method} {_escape(path)} {protocol}" '
+                  f'{status} {sent} "{_escape(referer)}" "{_escape(agent)}" '
+                  f'cache="{_escape(x_cache)}" rt={seconds:.3f} urt={urt} node={self.node}')

@@ -26,8 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from . import workermetrics
-from .accesslog import LOGGER as ACCESS_LOGGER
-from .accesslog import AccessLog
+from .accesslog import AccessLog, Sink
 from .config import Config, load_config
 from .errors import ConfigError
 from .lifecycle import Lifecycle
@@ -100,7 +99,8 @@ def node_app(config: Config, role: str, *, upstream: str | None = None,
             app.reload(load_config(config_path, env=config_env()))
     wrapped: Any = Lifecycle(app, role=role, reload=reload, on_shutdown=workermetrics.mark_dead)
     if config.log.access != "off":
-        wrapped = AccessLog(wrapped, node=config.node_name(role), fmt=config.log.access)
+        wrapped = AccessLog(wrapped, node=config.node_name(role), fmt=config.log.access,
+                            sink=Sink(config.log.file or None))
     return wrapped
 
 
@@ -115,28 +115,19 @@ def app_from_env() -> Any:
 
 def log_config(config: Config) -> dict[str, Any]:
     """`logging.config.dictConfig` settings: app and server lines with time and level on
-    stderr; access lines (already complete) on stdout or appended to ``log.file``."""
+    stderr. (Access lines do not go through `logging`: see `edgeproxy.accesslog.Sink`.)"""
     level = _LEVELS[config.log_level.lower()]
-    access: dict[str, Any] = {"class": "logging.StreamHandler", "stream": "ext://sys.stdout"}
-    if config.log.file:
-        # Watched: after logrotate moves the file, the next line goes to a new one.
-        access = {"class": "logging.handlers.WatchedFileHandler", "filename": config.log.file}
     return {
         "version": 1,
         "disable_existing_loggers": False,
-        "formatters": {
-            "default": {"format": LOG_FORMAT, "datefmt": LOG_DATE_FORMAT},
-            "access": {"format": "%(message)s"},
-        },
+        "formatters": {"default": {"format": LOG_FORMAT, "datefmt": LOG_DATE_FORMAT}},
         "handlers": {
             "default": {"class": "logging.StreamHandler", "stream": "ext://sys.stderr",
                         "formatter": "default"},
-            "access": {**access, "formatter": "access"},
         },
         "loggers": {
             "uvicorn": {"handlers": ["default"], "level": level, "propagate": False},
             "uvicorn.access": {"handlers": [], "level": "WARNING", "propagate": False},
-            ACCESS_LOGGER: {"handlers": ["access"], "level": "INFO", "propagate": False},
         },
         "root": {"handlers": ["default"], "level": level},
     }

@@ -83,14 +83,15 @@ def _edge(tmp_path: Path, upstream: str, extra: str = "") -> Any:
 
 
 def test_text_lines_carry_verdict_bytes_and_node(
-        tmp_path: Path, origin: tuple[TestOrigin, ServerThread], access_lines: Lines) -> None:
-    app = _edge(tmp_path, origin[1].url)
+        tmp_path: Path, origin: tuple[TestOrigin, ServerThread]) -> None:
+    app = _edge(tmp_path, origin[1].url, "log: {file: access.log}\n")
     with serve(app) as edge, httpx.Client(base_url=edge.url) as client:
         client.get("/v/t1/obj?exp=9&kid=k1&sig=00", headers={"user-agent": 'say "hi"'})
         client.get("/v/t1/obj", headers={"referer": "https://app.example/chat"})
         client.get("/missing")
-    found = [LINE.fullmatch(line) for line in access_lines.lines]
-    assert all(found), access_lines.lines
+        lines, _ = _new_lines(tmp_path / "access.log", 0, 3)
+    found = [LINE.fullmatch(line) for line in lines]
+    assert len(found) == 3 and all(found), lines
     first, second, third = (m.groupdict() for m in found if m)
     # the signed URL was refused (bad signature) before any upstream traffic
     assert first["path"] == "/v/t1/obj" and first["status"] == "403"
