@@ -3,12 +3,12 @@
 The text format is nginx's *combined* followed by what a CDN operator greps for::
 
     127.0.0.1 - - [02/Dec/2026:13:38:18 +0000] "GET /v/t1/ab12 HTTP/1.1" 200 5242880 "-" \
-"curl/8.5.0" cache="HIT from edge" rt=0.004 urt=- node=edge-ams-1
+"curl/8.5.0" cache="HIT from edge-ams-1" rt=0.004 urt=0.000 node=edge-ams-1
 
-``rt`` is the time to the last byte, ``urt`` the time spent waiting on the upstream (``-`` when
-the request never went upstream or the app does not say). The JSON format carries the same
-fields. Signature parameters (``exp``, ``kid``, ``sig``) are cut from the logged query: a signed
-URL is a bearer credential until it expires.
+``rt`` is the time to the last byte, ``urt`` the time spent waiting on the upstream as the app
+reports it in ``scope["edgeproxy"]["upstream_time"]`` (``-`` when it does not, as the origin).
+The JSON format carries the same fields. Signature parameters (``exp``, ``kid``, ``sig``) are
+cut from the logged query: a signed URL is a bearer credential until it expires.
 
 A node writes its lines through a `Sink` (stdout, or a file that logrotate may move): lines are
 batched and written at most ``delay`` later (50 ms), in one system call, because a line per

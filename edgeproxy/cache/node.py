@@ -165,6 +165,7 @@ class CacheNode:
         self.facts.config = config
         self.facts.classes = dict(self.classes)
         self.gate = Gate(config)
+        self.hot.clear()  # its entries carry prebuilt headers (Cache-Control) of the old TTLs
 
     def integrity_failure(self, key: str, why: str) -> None:
         """Bytes failed their check: count it, and drop what is stored under ``key``."""
