@@ -19,6 +19,7 @@ from collections.abc import AsyncIterable, AsyncIterator
 import httptools
 
 from ..errors import UpstreamProtocolError, UpstreamTimeout, UpstreamUnreachable
+from ..tls import NO_CLIENT_CERT_HINT
 
 RawHeaders = list[tuple[bytes, bytes]]
 
@@ -71,7 +72,10 @@ class _Connection(asyncio.Protocol):
             else:
                 self.error = UpstreamUnreachable("upstream closed the connection mid-body")
         elif not self.headers_done.done():
-            self._fail(UpstreamUnreachable("upstream closed the connection before answering"))
+            why = "upstream closed the connection before answering"
+            if self.transport is not None and self.transport.get_extra_info("ssl_object"):
+                why += f" ({NO_CLIENT_CERT_HINT})"  # a TLS refusal looks just like this
+            self._fail(UpstreamUnreachable(why))
         self._wake()
 
     # --- httptools callbacks ---
