@@ -124,6 +124,43 @@ DEFAULT_CONTENT_CLASSES = (
 
 
 @dataclass(frozen=True)
+class TLSConfig:
+    """A listener's certificate (HTTPS); ``client_ca`` also requires client certificates (mTLS).
+
+    Paths are relative to the config file; empty means unset.
+    """
+
+    cert: str = ""
+    key: str = ""
+    client_ca: str = ""
+
+    @property
+    def enabled(self) -> bool:
+        """Whether the listener serves HTTPS."""
+        return bool(self.cert)
+
+
+@dataclass(frozen=True)
+class UpstreamTLSConfig:
+    """How a cache node connects to an ``https://`` upstream: which CA to trust (default: the
+    system's), and the client certificate to present where the upstream asks for one."""
+
+    ca: str = ""
+    cert: str = ""
+    key: str = ""
+    verify: bool = True
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    """The access log: ``on`` (text, like nginx's combined format), ``json`` or ``off``;
+    written to standard output, or appended to ``file`` (relative to the config file)."""
+
+    access: str = "on"
+    file: str = ""
+
+
+@dataclass(frozen=True)
 class OriginConfig:
     """The bundled upload origin and object store."""
 
@@ -142,11 +179,15 @@ class OriginConfig:
     # Web origins (``https://app.example``) whose pages may call the media API, tus and the
     # upload URLs (CORS); ``"*"`` allows any page. Empty: no CORS headers at all.
     cors_origins: tuple[str, ...] = ()
+    tls: TLSConfig = field(default_factory=TLSConfig)
+    node_name: str = ""  # in the access log; empty: the role name
+    shutdown_grace: float = _duration(5)  # on SIGTERM, in-flight requests get this long
 
     @property
     def base_url(self) -> str:
         """The URL clients use to reach this origin."""
-        return (self.public_url or f"http://{self.host}:{self.port}").rstrip("/")
+        scheme = "https" if self.tls.enabled else "http"
+        return (self.public_url or f"{scheme}://{self.host}:{self.port}").rstrip("/")
 
 
 @dataclass(frozen=True)
@@ -158,11 +199,15 @@ class NodeConfig:
     upstream: str = ""
     cache_size: int = _size(1024**3)
     workers: int = 1
+    tls: TLSConfig = field(default_factory=TLSConfig)
+    upstream_tls: UpstreamTLSConfig = field(default_factory=UpstreamTLSConfig)
+    node_name: str = ""  # in X-Cache, Via and the access log; empty: the tier name
+    shutdown_grace: float = _duration(5)  # on SIGTERM, in-flight requests get this long
 
     @property
     def base_url(self) -> str:
         """The URL clients use to reach this node."""
-        return f"http://{self.host}:{self.port}"
+        return f"{'https' if self.tls.enabled else 'http'}://{self.host}:{self.port}"
 
 
 @dataclass(frozen=True)
@@ -269,6 +314,7 @@ class Config:
     data_dir: Path = Path("./var")
     public_base_url: str = "http://127.0.0.1:8080"
     log_level: str = "info"
+    log: LogConfig = field(default_factory=LogConfig)
     admin_token: str = _secret("")
     origin: OriginConfig = field(default_factory=OriginConfig)
     shield: NodeConfig = field(
@@ -289,6 +335,14 @@ class Config:
             raise ConfigError(f"unknown tier {tier!r}; expected one of {', '.join(TIERS)}")
         node: NodeConfig = getattr(self, tier)
         return node
+
+    def role_section(self, role: str) -> OriginConfig | NodeConfig:
+        """The section of ``origin``, ``shield`` or ``edge``."""
+        return self.origin if role == "origin" else self.node(role)
+
+    def node_name(self, role: str) -> str:
+        """The name ``role``'s node goes by in logs and headers (its role unless set)."""
+        return self.role_section(role).node_name or role
 
     def cache_dir(self, tier: str) -> Path:
         """Where ``tier`` keeps its disk cache."""
@@ -326,7 +380,9 @@ def load_config(path: str | os.PathLike[str] | None = None,
     config: Config = _build(Config, data, "")
     if not config.data_dir.is_absolute():
         config = config.replace(data_dir=(base / config.data_dir).resolve())
+    config = _resolve_files(config, base)
     _check(config)
+    _check_files(config)
     return config
 
 
@@ -444,6 +500,50 @@ def _convert_mapping(tp: Any, value: Any, key: str) -> Mapping[str, Any]:
         raise ValueError(f"expected a mapping, got {value!r}")
     return MappingProxyType({_convert(key_type, k, key): _convert(value_type, v, f"{key}.{k}")
                              for k, v in value.items()})  # fmt: skip
+
+
+def _resolve_files(config: Config, base: Path) -> Config:
+    """TLS and log file paths made absolute against the config file's folder."""
+
+    def resolve(section: Any) -> Any:
+        changes = {f.name: str(base / getattr(section, f.name))
+                   for f in dataclasses.fields(section)
+                   if f.name in _FILE_KEYS and getattr(section, f.name)}  # fmt: skip
+        return dataclasses.replace(section, **changes)
+
+    sections: dict[str, Any] = {"log": resolve(config.log)}
+    for role in ("origin", *TIERS):
+        node = config.role_section(role)
+        extra = ({"upstream_tls": resolve(node.upstream_tls)}
+                 if isinstance(node, NodeConfig) else {})  # fmt: skip
+        sections[role] = dataclasses.replace(node, tls=resolve(node.tls), **extra)
+    return config.replace(**sections)
+
+
+_FILE_KEYS = frozenset({"cert", "key", "client_ca", "ca", "file"})
+
+
+def _check_files(config: Config) -> None:
+    """TLS files must exist and pair up; a bad one fails at start, naming its key."""
+    if config.log.access not in ("on", "off", "json"):
+        raise ConfigError(f"log.access: expected on, off or json, got {config.log.access!r}")
+    for role in ("origin", *TIERS):
+        node = config.role_section(role)
+        tls_sections: list[tuple[str, TLSConfig | UpstreamTLSConfig]] = [("tls", node.tls)]
+        if isinstance(node, NodeConfig):
+            tls_sections.append(("upstream_tls", node.upstream_tls))
+        for name, section in tls_sections:
+            where = f"{role}.{name}"
+            if bool(section.cert) != bool(section.key):
+                raise ConfigError(f"{where}: cert and key go together (one is missing)")
+            if isinstance(section, TLSConfig) and section.client_ca and not section.cert:
+                raise ConfigError(f"{where}.client_ca: needs tls.cert and tls.key")
+            for f in dataclasses.fields(section):
+                value = getattr(section, f.name)
+                if f.name in _FILE_KEYS and value and not Path(value).is_file():
+                    raise ConfigError(f"{where}.{f.name}: no such file {value}")
+        if node.shutdown_grace > 3600:
+            raise ConfigError(f"{role}.shutdown_grace: at most 1h, got {node.shutdown_grace}")
 
 
 def _check(config: Config) -> None:

@@ -4,11 +4,19 @@
 uvicorn must import the app in each worker process, so it is given the import string of
 `app_from_env`, a factory that rebuilds the app from ``EDGEPROXY_CONFIG`` and ``EDGEPROXY_ROLE``
 (and ``EDGEPROXY_UPSTREAM``) which `run_node` sets before forking.
+
+Around the role's app (`node_app`): the access log (`edgeproxy.accesslog`) and ``/readyz``,
+drain on SIGTERM and reload on SIGHUP (`edgeproxy.lifecycle`). The listener serves HTTPS when
+the role's ``tls`` section says so (`edgeproxy.tls`). Every process logs with a timestamp and a
+level to stderr; access lines go to stdout or ``log.file``. With several workers the metrics are
+shared through files (`edgeproxy.workermetrics`), and the parent passes SIGHUP on to each
+worker, which reloads in place, instead of uvicorn's default of replacing the workers.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 import signal
 import threading
@@ -17,9 +25,15 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from . import workermetrics
+from .accesslog import AccessLog, Sink
 from .config import Config, load_config
 from .errors import ConfigError
 from .guard import RequestGuard, uvicorn_http_options
+from .lifecycle import Lifecycle
+from .tls import server_options
+
+log = logging.getLogger("edgeproxy.server")
 
 ROLES = ("origin", "shield", "edge")
 
@@ -30,9 +44,9 @@ ENV_UPSTREAM = "EDGEPROXY_UPSTREAM"
 # settings: `load_config` would reject them as unknown keys, so they are hidden from it.
 _RUNNER_ENV = frozenset({ENV_ROLE, ENV_UPSTREAM})
 
-# uvicorn's own drain time on SIGTERM; kept below the stack's grace period so that a node
-# with a stuck streaming client still exits on its own before it would be SIGKILLed.
-GRACEFUL_SHUTDOWN_SECONDS = 5
+LOG_FORMAT = "%(asctime)s.%(msecs)03d %(levelname)s %(name)s: %(message)s"
+LOG_DATE_FORMAT = "%Y-%m-%dT%H:%M:%S"
+_LEVELS = {"critical": 50, "error": 40, "warning": 30, "info": 20, "debug": 10, "trace": 5}
 
 
 def config_env(env: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -72,17 +86,57 @@ def create_node_app(config: Config, role: str, *, upstream: str | None = None) -
     return RequestGuard(create_cache(config, role, upstream=upstream), config.http_limits)
 
 
+def node_app(config: Config, role: str, *, upstream: str | None = None,
+             config_path: str | None = None) -> Any:  # fmt: skip
+    """The app of ``role`` as a server runs it: with ``/readyz``, signals and the access log.
+
+    SIGHUP re-reads ``config_path`` (or the defaults, when None) plus the environment and hands
+    the result to a cache app's ``reload``; the origin has nothing to reload.
+    """
+    app = create_node_app(config, role, upstream=upstream)
+    reload = None
+    if role != "origin":
+        def reload() -> None:
+            app.reload(load_config(config_path, env=config_env()))
+    wrapped: Any = Lifecycle(app, role=role, reload=reload, on_shutdown=workermetrics.mark_dead)
+    if config.log.access != "off":
+        wrapped = AccessLog(wrapped, node=config.node_name(role), fmt=config.log.access,
+                            sink=Sink(config.log.file or None))
+    return wrapped
+
+
 def app_from_env() -> Any:
     """uvicorn factory for multi-worker mode: the app named by the EDGEPROXY_* variables."""
     role = os.environ.get(ENV_ROLE, "")
     path = os.environ.get(ENV_CONFIG) or None
     upstream = os.environ.get(ENV_UPSTREAM) or None
     config = load_config(path, env=config_env())
-    return create_node_app(config, role, upstream=upstream)
+    return node_app(config, role, upstream=upstream, config_path=path)
+
+
+def log_config(config: Config) -> dict[str, Any]:
+    """`logging.config.dictConfig` settings: app and server lines with time and level on
+    stderr. (Access lines do not go through `logging`: see `edgeproxy.accesslog.Sink`.)"""
+    level = _LEVELS[config.log_level.lower()]
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"default": {"format": LOG_FORMAT, "datefmt": LOG_DATE_FORMAT}},
+        "handlers": {
+            "default": {"class": "logging.StreamHandler", "stream": "ext://sys.stderr",
+                        "formatter": "default"},
+        },
+        "loggers": {
+            "uvicorn": {"handlers": ["default"], "level": level, "propagate": False},
+            "uvicorn.access": {"handlers": [], "level": "WARNING", "propagate": False},
+        },
+        "root": {"handlers": ["default"], "level": level},
+    }
 
 
 def _uvicorn_options(config: Config, role: str) -> dict[str, Any]:
     host, port = listen_address(config, role)
+    section = config.role_section(role)
     # "auto" would pick these too, but naming them makes the choice visible in the code and
     # keeps the pure-Python fallbacks where the C extensions are missing (e.g. Windows).
     has_uvloop = importlib.util.find_spec("uvloop") is not None
@@ -92,7 +146,9 @@ def _uvicorn_options(config: Config, role: str) -> dict[str, Any]:
         "log_level": config.log_level.lower(),
         "loop": "uvloop" if has_uvloop else "asyncio",
         **uvicorn_http_options(config.http_limits),  # httptools, or h11 without it
-        "timeout_graceful_shutdown": GRACEFUL_SHUTDOWN_SECONDS,
+        # On SIGTERM: stop accepting, then give requests in flight this long to finish.
+        "timeout_graceful_shutdown": section.shutdown_grace,
+        "log_config": log_config(config),
         # Nodes talk to clients and upstreams directly; X-Forwarded-* rewriting and uvicorn's
         # Server header are per-request work that buys nothing here.
         "proxy_headers": False,
@@ -100,7 +156,8 @@ def _uvicorn_options(config: Config, role: str) -> dict[str, Any]:
         # A cache sends the Date of the response it stored (RFC 9110 §6.6.1) and dates its
         # own answers itself; uvicorn's would be a second Date field.
         "date_header": role == "origin",
-        "access_log": False,
+        "access_log": False,  # ours (edgeproxy.accesslog) knows the cache verdict
+        **server_options(section.tls),
     }
 
 
@@ -116,8 +173,10 @@ def run_node(config: Config, role: str, *, upstream: str | None = None,
     options = _uvicorn_options(config, role)
     workers = workers_for(config, role)
     if workers <= 1:
-        uvicorn.run(create_node_app(config, role, upstream=upstream), **options)
+        uvicorn.run(node_app(config, role, upstream=upstream, config_path=config_path),
+                    **options)
         return
+    workermetrics.prepare(config.data_dir / role / "metrics")
     if config_path is not None:
         os.environ[ENV_CONFIG] = str(Path(config_path).resolve())
     else:
@@ -127,7 +186,26 @@ def run_node(config: Config, role: str, *, upstream: str | None = None,
         os.environ[ENV_UPSTREAM] = upstream
     else:
         os.environ.pop(ENV_UPSTREAM, None)
-    uvicorn.run("edgeproxy.server:app_from_env", factory=True, workers=workers, **options)
+    _run_workers(uvicorn.Config("edgeproxy.server:app_from_env", factory=True,
+                                workers=workers, **options))
+
+
+def _run_workers(config: Any) -> None:
+    """uvicorn's multi-worker supervisor, except that SIGHUP reloads the workers in place."""
+    from uvicorn.supervisors import Multiprocess
+
+    class Supervisor(Multiprocess):
+        def handle_hup(self) -> None:
+            log.info("SIGHUP: asking %d workers to reload", len(self.processes))
+            for process in self.processes:
+                if process.pid is not None:
+                    os.kill(process.pid, signal.SIGHUP)
+
+    sock = config.bind_socket()
+    try:
+        Supervisor(config, sockets=[sock]).run()
+    finally:
+        sock.close()
 
 
 def exit_with_parent(parent_pid: int, interval: float = 0.5) -> threading.Thread:

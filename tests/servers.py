@@ -45,14 +45,17 @@ class ServerThread:
     """One uvicorn server on 127.0.0.1 in its own thread and event loop."""
 
     def __init__(self, app: Any, port: int | None = None, **options: Any) -> None:
-        """``options`` are uvicorn settings over the defaults (h11, asyncio, lifespan on)."""
+        """``options`` are uvicorn settings over the defaults (h11, asyncio, lifespan on;
+        ``ssl_certfile=...`` serves HTTPS)."""
         self.port = port or free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        scheme = "https" if options.get("ssl_certfile") else "http"
+        self.url = f"{scheme}://127.0.0.1:{self.port}"
         from edgeproxy.cache import CacheNode
-        from edgeproxy.guard import RequestGuard
 
         # cache nodes date their own answers; uvicorn dates the others'
-        inner = app.app if isinstance(app, RequestGuard) else app
+        inner = app
+        while type(inner).__name__ in ("RequestGuard", "AccessLog"):  # the nodes' wrappers
+            inner = inner.app
         settings = {"log_level": "warning", "lifespan": "on", "loop": "asyncio", "http": "h11",
                     "date_header": not isinstance(inner, CacheNode), **options}
         config = uvicorn.Config(app, host="127.0.0.1", port=self.port, **settings)

@@ -24,6 +24,7 @@ from ..errors import (
     UpstreamTimeout,
     UpstreamUnreachable,
 )
+from ..tls import NO_CLIENT_CERT_HINT
 
 RawHeaders = list[tuple[bytes, bytes]]
 
@@ -77,7 +78,10 @@ class _Connection(asyncio.Protocol):
             else:
                 self.error = UpstreamUnreachable("upstream closed the connection mid-body")
         elif not self.headers_done.done():
-            self._fail(UpstreamUnreachable("upstream closed the connection before answering"))
+            why = "upstream closed the connection before answering"
+            if self.transport is not None and self.transport.get_extra_info("ssl_object"):
+                why += f" ({NO_CLIENT_CERT_HINT})"  # a TLS refusal looks just like this
+            self._fail(UpstreamUnreachable(why))
         self._wake()
 
     # --- httptools callbacks ---

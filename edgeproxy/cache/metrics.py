@@ -1,11 +1,18 @@
-"""Prometheus metrics of a cache node: requests *and bytes* by tier, result and class."""
+"""Prometheus metrics of a cache node: requests *and bytes* by tier, result and class.
+
+With several workers the scrape sums every worker's counters (`edgeproxy.workermetrics`); the
+cache-size gauges are set from the shared disk index at each scrape, so the most recent value
+is the right one whichever worker set it.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from ..workermetrics import exposition
 
 __all__ = ["CONTENT_TYPE_LATEST", "NodeMetrics"]
 
@@ -43,10 +50,10 @@ class NodeMetrics:
                                  registry=r)
         self.cache_size_limit = Gauge("edgeproxy_cache_size_limit_bytes",
                                       "Configured size bound of the disk cache", ["tier"],
-                                      registry=r)
+                                      registry=r, multiprocess_mode="mostrecent")
         self._children: dict[tuple[str, str], tuple[Any, Any, Any]] = {}
         self.cache_size = Gauge("edgeproxy_cache_size_bytes", "Bytes in the disk cache",
-                                ["tier"], registry=r)
+                                ["tier"], registry=r, multiprocess_mode="mostrecent")
 
     def observe(self, result: str, content_class: str, nbytes: int, seconds: float) -> None:
         """Account one answered client request."""
@@ -73,4 +80,4 @@ class NodeMetrics:
         """The text exposition format."""
         self.cache_size.labels(self.tier).set(cache_bytes)
         self.cache_size_limit.labels(self.tier).set(cache_limit)
-        return bytes(generate_latest(self.registry))
+        return exposition(self.registry)

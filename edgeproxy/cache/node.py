@@ -16,6 +16,7 @@ from typing import Any
 from ..config import Config, ContentClass
 from ..errors import ConfigError, HTTPError, UpstreamError
 from ..http import ByteRange, format_http_date
+from ..tls import client_context
 from . import admin, asgi, boundary, fields, policy, steps
 from .coalesce import Coalescer
 from .facts import Facts, FlightContext
@@ -143,8 +144,9 @@ class CacheNode:
     def startup(self) -> None:
         """Open the upstream transport (needs the running loop)."""
         if self._transport is None:
-            self._transport = transport_for(self.upstream,
-                                            timeout=self.config.cache.upstream_timeout)
+            self._transport = transport_for(
+                self.upstream, timeout=self.config.cache.upstream_timeout,
+                ssl_context=client_context(self.config.node(self.tier).upstream_tls))
         self._fetcher = Fetcher(self.store, self.coalescer, self._transport,
                                 on_headers=self.facts.plan, on_upstream=self.metrics.upstream,
                                 on_integrity_failure=self.integrity_failure,
@@ -158,6 +160,15 @@ class CacheNode:
             await self._transport.aclose()
         self.coalescer.close()
         self.store.close()
+
+    def reload(self, config: Config) -> None:
+        """Take new content classes and TTLs (SIGHUP); listeners and connections stay."""
+        self.config = config
+        self.classes = {c.name: c for c in config.content_classes}
+        self.facts.config = config
+        self.facts.classes = dict(self.classes)
+        self.gate = Gate(config)
+        self.hot.clear()  # its entries carry prebuilt headers (Cache-Control) of the old TTLs
 
     def integrity_failure(self, key: str, why: str) -> None:
         """Bytes failed their check: count it, and drop what is stored under ``key``."""

@@ -4,7 +4,7 @@ apps in one process never share counters).
 Totals about what is *stored* — bytes and blobs kept, bytes saved by store-once, unfinished
 uploads — are read from the SQLite database at scrape time, so they survive restarts and every
 worker process reports the same numbers. Event counters (uploads by result, bytes received) are
-per process, like any prometheus-client counter without multiprocess mode.
+summed over the worker processes when there are several (`edgeproxy.workermetrics`).
 """
 
 from __future__ import annotations
@@ -12,11 +12,12 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from ..crypto import enc_length
+from ..workermetrics import exposition
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 # Around seed 000's "upload p99 (1MB) > 5s" alert, up to what a 100 MiB upload may take.
@@ -83,7 +84,8 @@ class OriginMetrics:
             "Seconds from the upload request to its commit at confirm, per committed upload, "
             "by media size class", ["size_class"], buckets=UPLOAD_BUCKETS,
             registry=self.registry)  # fmt: skip
-        self.registry.register(_StoreCollector(stats))
+        self._store = _StoreCollector(stats)
+        self.registry.register(self._store)
 
     def count(self, result: str) -> None:
         """One more upload with outcome ``result``."""
@@ -96,4 +98,4 @@ class OriginMetrics:
 
     async def render(self) -> bytes:
         """The text exposition (run in a thread: the totals query SQLite)."""
-        return await asyncio.to_thread(generate_latest, self.registry)
+        return await asyncio.to_thread(exposition, self.registry, [self._store])
