@@ -142,11 +142,29 @@ class OriginConfig:
     # Web origins (``https://app.example``) whose pages may call the media API, tus and the
     # upload URLs (CORS); ``"*"`` allows any page. Empty: no CORS headers at all.
     cors_origins: tuple[str, ...] = ()
+    # Where committed blobs live: "" (``<data_dir>/origin/blobs``), a directory, or
+    # ``s3://bucket/prefix`` (settings in the ``s3`` section or the AWS_* environment).
+    store: str = ""
+    # The metadata database: "" (SQLite ``<data_dir>/origin/origin.sqlite3``), a SQLite file
+    # path or ``sqlite:///…`` URL, or ``postgresql://user:pass@host:port/db``.
+    database: str = ""
 
     @property
     def base_url(self) -> str:
         """The URL clients use to reach this origin."""
         return (self.public_url or f"http://{self.host}:{self.port}").rstrip("/")
+
+
+@dataclass(frozen=True)
+class S3Config:
+    """An S3-compatible object store; empty fields fall back to the standard AWS_* variables
+    (AWS_ENDPOINT_URL, AWS_REGION, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY)."""
+
+    endpoint: str = ""  # e.g. http://minio:9000; "" = AWS (or AWS_ENDPOINT_URL)
+    region: str = ""
+    path_style: bool = False  # bucket in the path (MinIO, Ceph RGW), not in the host name
+    access_key_id_file: str = ""  # secrets read from files (Kubernetes/compose secrets)
+    secret_access_key_file: str = ""
 
 
 @dataclass(frozen=True)
@@ -272,6 +290,7 @@ class Config:
     auth: AuthConfig = field(default_factory=AuthConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     download_signing: DownloadSigningConfig = field(default_factory=DownloadSigningConfig)
+    s3: S3Config = field(default_factory=S3Config)
 
     def node(self, tier: str) -> NodeConfig:
         """The `NodeConfig` of ``edge`` or ``shield``."""

@@ -1,6 +1,6 @@
 """What every part of the origin app shares: config, clock, stores, database, locks, keys.
 
-`OriginCore` is built once per app. Its lifespan opens the SQLite `Records`, sweeps expired
+`OriginCore` is built once per app. Its lifespan opens the `Records` database, sweeps expired
 uploads and orphaned staging files at start, and keeps sweeping in a background task every
 ``origin.cleanup_interval``.
 """
@@ -25,16 +25,20 @@ from ..config import Config
 from ..errors import HTTPError
 from ..signing import DownloadSigner, SigningKey
 from .auth import Authenticator, Principal
-from .blobstore import BlobStore, LocalBlobStore, Staging, StagingBusy
+from .blobstore import BlobStore, Staging, StagingBusy
+from .db import database_url
 from .limits import UploadAllowance
 from .metrics import OriginMetrics
 from .records import Records, Upload
+from .s3store import S3BlobStore
+from .stores import open_store
 
 P = ParamSpec("P")
 T = TypeVar("T")
 
 log = logging.getLogger("edgeproxy.origin")
 
+DIRECT = "direct"  # the protocol of uploads sent straight to the bucket (presigned PUT)
 IN_PROGRESS = HTTPError(409, "upload_in_progress", "another request is using this upload")
 
 
@@ -71,7 +75,10 @@ class OriginCore:
         self.key = SigningKey.from_text(config.origin.signing_key)
         self.root = config.data_dir / "origin"
         self.staging = Staging(self.root / "staging")
-        self.store: BlobStore = LocalBlobStore(self.root / "blobs")
+        self.store: BlobStore = open_store(config.origin.store, config, self.root / "blobs")
+        # Clients upload straight into the bucket when the store is one (direct upload).
+        self.direct = self.store if isinstance(self.store, S3BlobStore) else None
+        self.database_url = database_url(config.origin.database, self.root / "origin.sqlite3")
         self._records: Records | None = None
         self.locks = UploadLocks()
         self.public = config.public_base_url.rstrip("/")
@@ -93,7 +100,7 @@ class OriginCore:
     @asynccontextmanager
     async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
         """Open the database, sweep what expired while we were down, keep sweeping."""
-        self._records = await asyncio.to_thread(Records, self.root / "origin.sqlite3")
+        self._records = await asyncio.to_thread(Records, self.database_url)
         sweeper = None
         try:
             await self.sweep()
@@ -154,6 +161,8 @@ class OriginCore:
         return expired
 
     async def _expire(self, upload: Upload, now: float) -> bool:
+        if upload.protocol == DIRECT:
+            return await self._expire_direct(upload, now)
         name = upload.staging_name or f"{upload.media_id}.part"
         async with self.locks.hold(upload.media_id, wait=False), self.staging.writer(name):
             current = await self.db(self.records.get_upload, upload.media_id)
@@ -163,6 +172,23 @@ class OriginCore:
             await self.db(self.records.mark_failed, upload.media_id, "expired")
         self.metrics.count("expired")
         return True
+
+    async def _expire_direct(self, upload: Upload, now: float) -> bool:
+        async with self.locks.hold(upload.media_id, wait=False):
+            current = await self.db(self.records.get_upload, upload.media_id)
+            if current is None or not current.is_expired(now):
+                return False
+            await self.discard_staged(current)
+            await self.db(self.records.mark_failed, upload.media_id, "expired")
+        self.metrics.count("expired")
+        return True
+
+    async def discard_staged(self, upload: Upload) -> None:
+        """Remove an upload's staged bytes, on local disk or (direct upload) in the bucket."""
+        if upload.protocol == DIRECT and self.direct is not None:
+            await self.direct.discard(upload.media_id)
+        elif upload.staging_name:
+            await self.staging.remove(upload.staging_name)
 
     async def _sweep_orphans(self, now: float) -> None:
         """Staging files no unfinished upload owns, older than an upload may live (left by a
@@ -179,6 +205,8 @@ class OriginCore:
                         os.unlink(entry.path)
 
         await asyncio.to_thread(sweep)
+        if self.direct is not None:
+            await self.direct.sweep_staging(live, cutoff)
 
 
 def http_date(unix: float) -> str:
