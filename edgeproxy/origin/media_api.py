@@ -137,7 +137,9 @@ class MediaAPI:
             raise answer from None
         self.o.metrics.count("created")
         if direct is not None:
-            url, headers = direct.presign_put(media_id, sha, expires - math.floor(now))
+            # botocore signs with the real clock, so the TTL itself, not our `expires`.
+            ttl = math.ceil(self.o.config.origin.upload_url_ttl)
+            url, headers = direct.presign_put(media_id, sha, ttl)
             return NewUpload(media_id, url, expires, resume_until, headers)
         url = f"{self.o.config.origin.base_url}{path}?expires={expires}&size={size}&sig={sig}"
         return NewUpload(media_id, url, expires, resume_until)
