@@ -233,7 +233,10 @@ class MediaAPI:
             fresh = await self._promote(upload)
         else:
             fresh = await o.store.commit(sha, o.staging.path(staged))
-        await o.db(o.records.commit_upload, upload.media_id, sha, size, thumb_sha)
+        media = await o.db(o.records.commit_upload, upload.media_id, sha, size, thumb_sha)
+        if media.thumb_sha256 is not None and o.direct is not None:
+            # Shields reading the bucket directly find /v/t1/<sha>/thumb here.
+            await o.direct.alias_thumbnail(sha, media.thumb_sha256)
         o.metrics.count("committed" if fresh else "deduplicated")
         committed = await o.db(o.records.get_upload, upload.media_id)
         assert committed is not None

@@ -1,7 +1,9 @@
 """Committed blobs in an S3-compatible bucket, and direct uploads into its staging area.
 
 Layout under the location's prefix: ``blobs/<sha256>`` for committed blobs (content-addressed,
-never rewritten) and ``staging/<media_id>`` for direct uploads awaiting confirm.
+never rewritten), ``thumbs/<media sha256>`` for a copy of each media blob's thumbnail (so a
+shield reading the bucket maps ``/v/t1/<sha>/thumb`` without the database), and
+``staging/<media_id>`` for direct uploads awaiting confirm.
 
 The client is botocore's, called in worker threads: botocore is the reference implementation
 of SigV4, presigning and S3 checksums, and one thread hop per call is what `LocalBlobStore`
@@ -160,6 +162,14 @@ class S3BlobStore:
                     yield name, int(obj["Size"]), obj["LastModified"].timestamp()
 
         return await asyncio.to_thread(lambda: list(walk()))
+
+    async def alias_thumbnail(self, media_sha256: str, thumb_sha256: str) -> None:
+        """Copy the thumbnail blob to ``thumbs/<media sha256>`` unless one is there (the
+        first thumbnail wins, as in the database), for shields that read the bucket."""
+        key = self.location.key("thumbs/" + _check_name(media_sha256))
+        if await self._head(key) is None:
+            await self._call("copy_object", Key=key, CopySource={
+                "Bucket": self.location.bucket, "Key": self.blob_key(thumb_sha256)})
 
     # --- direct upload -----------------------------------------------------------------------
 
