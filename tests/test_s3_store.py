@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -140,11 +141,16 @@ def test_resumed_upload_through_the_origin_is_committed_to_the_bucket(
     assert r.status_code == 201, r.text
     location = httpx.URL(r.headers["location"]).raw_path.decode()
     half = len(blob) // 2
-    for offset, part in ((0, blob[:half]), (half, blob[half:])):
+    steps = [(0, blob[:half], blob[:half], 204),
+             (half, blob[half:], b"tampered", 460),  # Upload-Checksum mismatch: dropped
+             (half, blob[half:], blob[half:], 204)]
+    for offset, part, summed, status in steps:
+        digest = base64.b64encode(hashlib.sha1(summed).digest()).decode()
         r = origin.http.patch(location, content=part, headers={
             "Tus-Resumable": "1.0.0", "Upload-Offset": str(offset),
+            "Upload-Checksum": f"sha1 {digest}",
             "Content-Type": "application/offset+octet-stream"})
-        assert r.status_code == 204, r.text
+        assert r.status_code == status, r.text
     assert origin.confirm(r.headers.get("x-media-id") or _media_id(location),
                           sha(blob)).status_code == 200
     assert s3.keys(bucket) == [f"edge/blobs/{sha(blob)}"]
@@ -175,3 +181,61 @@ def _b64(text: str) -> str:
 
 def _media_id(location: str) -> str:
     return location.split("/v1/upload/", 1)[1].split("?", 1)[0]
+
+
+# --- resumable uploads through the origin: S3 multipart ------------------------------------
+
+MIB = 1024 * 1024
+
+
+def multipart_uploads(s3: S3Endpoint, bucket: str) -> list[str]:
+    return [u["Key"] for u in s3.client().list_multipart_uploads(Bucket=bucket).get("Uploads", ())]
+
+
+def test_offset_protocol_resumes_into_multipart_parts(origin: Origin, s3: S3Endpoint,
+                                                      bucket: str) -> None:  # fmt: skip
+    blob = make_blob(11 * MIB // 16)  # three parts: 5 MiB, 5 MiB, and the rest
+    ticket = origin.request(blob, upload_method="resumable")
+    url, media_id = ticket["upload_url"], ticket["media_id"]
+    assert url.startswith(origin.config.origin.base_url + "/v1/upload/")
+    # 6 MiB arrive: one part uploaded, 1 MiB kept as a tail object; then 2 MiB more.
+    for start, end in ((0, 6 * MIB), (6 * MIB, 8 * MIB)):
+        r = origin.put(url, blob[start:end], headers={"X-Upload-Offset": str(start)})
+        assert r.status_code == 200 and r.json()["received"] == end, r.text
+    assert multipart_uploads(s3, bucket) == [f"edge/staging/{media_id}"]
+    assert s3.keys(bucket) == [f"edge/staging/{media_id}.tail-{5 * MIB}"]
+    r = origin.http.head(httpx.URL(url).raw_path.decode())
+    assert r.headers["x-upload-offset"] == str(8 * MIB)
+    r = origin.put(url, blob[8 * MIB:], headers={"X-Upload-Offset": str(8 * MIB)})
+    assert r.status_code == 200 and r.json()["complete"] is True
+    assert origin.confirm(media_id, sha(blob)).status_code == 200
+    assert s3.keys(bucket) == [f"edge/blobs/{sha(blob)}"]
+    assert multipart_uploads(s3, bucket) == []
+    assert origin.http.get(f"/v/t1/{sha(blob)}").content == blob
+
+
+def test_lost_tail_resumes_from_what_the_bucket_holds(origin: Origin, s3: S3Endpoint,
+                                                      bucket: str) -> None:  # fmt: skip
+    blob = make_blob(7 * MIB // 16)
+    ticket = origin.request(blob, upload_method="resumable")
+    url, media_id = ticket["upload_url"], ticket["media_id"]
+    assert origin.put(url, blob[:6 * MIB], headers={"X-Upload-Offset": "0"}).status_code == 200
+    s3.client().delete_object(Bucket=bucket, Key=f"edge/staging/{media_id}.tail-{5 * MIB}")
+    r = origin.put(url, blob[6 * MIB:], headers={"X-Upload-Offset": str(6 * MIB)})
+    assert r.status_code == 409 and r.json()["offset"] == 5 * MIB  # the whole part survived
+    r = origin.put(url, blob[5 * MIB:], headers={"X-Upload-Offset": str(5 * MIB)})
+    assert r.status_code == 200 and r.json()["complete"] is True
+    assert origin.confirm(media_id, sha(blob)).status_code == 200
+    assert origin.http.get(f"/v/t1/{sha(blob)}").content == blob
+
+
+def test_abandoned_multipart_upload_is_aborted(origin: Origin, s3: S3Endpoint,
+                                               bucket: str) -> None:  # fmt: skip
+    blob = make_blob(6 * MIB // 16)
+    ticket = origin.request(blob, upload_method="resumable")
+    r = origin.put(ticket["upload_url"], blob[:5 * MIB + 100], headers={"X-Upload-Offset": "0"})
+    assert r.status_code == 200
+    assert multipart_uploads(s3, bucket) and s3.keys(bucket)
+    origin.clock.now += origin.config.origin.upload_expiry + 1
+    assert asyncio.run(origin.app.state.origin.sweep()) == 1
+    assert multipart_uploads(s3, bucket) == [] and s3.keys(bucket) == []

@@ -30,6 +30,7 @@ from .db import database_url
 from .limits import UploadAllowance
 from .metrics import OriginMetrics
 from .records import Records, Upload
+from .s3staging import S3Staging
 from .s3store import S3BlobStore
 from .stores import open_store
 
@@ -78,6 +79,10 @@ class OriginCore:
         self.store: BlobStore = open_store(config.origin.store, config, self.root / "blobs")
         # Clients upload straight into the bucket when the store is one (direct upload).
         self.direct = self.store if isinstance(self.store, S3BlobStore) else None
+        # Where upload bytes sent through the origin are staged: the bucket's multipart
+        # uploads with the s3 store (any origin can resume them), else local disk.
+        self.upload_staging: Staging | S3Staging = (
+            S3Staging(self.direct) if self.direct is not None else self.staging)
         self.database_url = database_url(config.origin.database, self.root / "origin.sqlite3")
         self._records: Records | None = None
         self.locks = UploadLocks()
@@ -164,11 +169,12 @@ class OriginCore:
         if upload.protocol == DIRECT:
             return await self._expire_direct(upload, now)
         name = upload.staging_name or f"{upload.media_id}.part"
-        async with self.locks.hold(upload.media_id, wait=False), self.staging.writer(name):
+        async with (self.locks.hold(upload.media_id, wait=False),
+                    self.upload_staging.writer(name)):  # fmt: skip
             current = await self.db(self.records.get_upload, upload.media_id)
             if current is None or not current.is_expired(now):
                 return False
-            await self.staging.remove(name)
+            await self.upload_staging.remove(name)
             await self.db(self.records.mark_failed, upload.media_id, "expired")
         self.metrics.count("expired")
         return True
@@ -185,8 +191,8 @@ class OriginCore:
 
     async def discard_staged(self, upload: Upload) -> None:
         """Remove an upload's staged bytes, on local disk or (direct upload) in the bucket."""
-        if upload.protocol == DIRECT and self.direct is not None:
-            await self.direct.discard(upload.media_id)
+        if self.direct is not None:
+            await self.upload_staging.remove(upload.staging_name or upload.media_id)
         elif upload.staging_name:
             await self.staging.remove(upload.staging_name)
 

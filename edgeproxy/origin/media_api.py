@@ -60,6 +60,17 @@ class NewUpload:
         return answer
 
 
+def _protocol(method: str | None) -> str:
+    """``upload_method``: "direct" (the default: into the bucket when the store is one) or
+    "resumable" (through the origin, with the seed's X-Upload-Offset protocol)."""
+    if method in (None, "direct"):
+        return "signed-put"
+    if method == "resumable":
+        return "resumable"
+    raise HTTPError(422, "invalid_field", 'upload_method must be "direct" or "resumable"',
+                    field="upload_method")  # fmt: skip
+
+
 class _Rejected(Exception):
     """A confirm check failed: the upload is failed and answered 422."""
 
@@ -84,7 +95,8 @@ class MediaAPI:
             user, size=field(body, "file_size", int), file_type=field(body, "file_type", str),
             file_hash=field(body, "file_hash", str),
             conversation_id=field(body, "conversation_id", str, required=False),
-            file_name=field(body, "file_name", str, required=False), protocol="signed-put",
+            file_name=field(body, "file_name", str, required=False),
+            protocol=_protocol(field(body, "upload_method", str, required=False)),
         )  # fmt: skip
         return JSONResponse(new.json(), headers=NO_STORE)
 
@@ -118,10 +130,12 @@ class MediaAPI:
         expires = math.ceil(now + self.o.config.origin.upload_url_ttl)
         resume_until = max(expires, math.ceil(now + self.o.config.origin.upload_expiry))
         path, staging_name = f"/v1/upload/{media_id}", f"{media_id}.part"
+        if self.o.direct is not None:
+            staging_name = media_id  # staging/<media_id> in the bucket, however it arrives
         direct = self.o.direct if protocol == "signed-put" else None
         if direct is not None:
             # The record outlives the presigned URL by one more TTL: time to confirm.
-            protocol, staging_name = DIRECT, media_id
+            protocol = DIRECT
             resume_until = expires + math.ceil(self.o.config.origin.upload_url_ttl)
         sig = self.o.key.sign_request("PUT", path, expires, size)
         try:
@@ -199,7 +213,7 @@ class MediaAPI:
             raise _Rejected("hash_mismatch", "file_sha256 differs from the declared file_hash",
                             declared=sha, given=file_sha)  # fmt: skip
         staged = upload.staging_name or f"{upload.media_id}.part"
-        if upload.protocol == DIRECT:
+        if o.direct is not None:  # staged in the bucket: a direct PUT or completed multipart
             resume = await self._check_direct(upload)
             on_disk = size
         else:
@@ -207,7 +221,7 @@ class MediaAPI:
             # A staging file gone while the blob is stored means an earlier confirm crashed
             # between moving the blob and recording it: the blob was verified, finish the job.
             resume = on_disk == 0 and await o.store.exists(sha)
-        if not resume and upload.protocol != DIRECT:
+        if not resume and o.direct is None:
             if on_disk != size:
                 raise _Rejected("size_mismatch", f"received {on_disk} bytes, declared {size}",
                                 declared=size, received=on_disk)  # fmt: skip
@@ -229,7 +243,7 @@ class MediaAPI:
         # Store-once: commit() keeps the first copy of the bytes and drops this one.
         if resume:
             fresh = True
-        elif upload.protocol == DIRECT:
+        elif o.direct is not None:
             fresh = await self._promote(upload)
         else:
             fresh = await o.store.commit(sha, o.staging.path(staged))

@@ -150,12 +150,12 @@ class S3BlobStore:
         await self._call("delete_object", Key=key)
         return True
 
-    async def keys(self, folder: str) -> list[tuple[str, int, float]]:
-        """``(name, size, modified)`` of every object under ``<prefix><folder>/``."""
+    async def keys(self, folder: str, start: str = "") -> list[tuple[str, int, float]]:
+        """``(name, size, modified)`` of every object under ``<prefix><folder>/<start>``."""
 
         def walk() -> Iterator[tuple[str, int, float]]:
             pages = self.client.get_paginator("list_objects_v2").paginate(
-                Bucket=self.location.bucket, Prefix=self.location.key(folder + "/"))
+                Bucket=self.location.bucket, Prefix=self.location.key(f"{folder}/{start}"))
             for page in pages:
                 for obj in page.get("Contents", ()):
                     name = obj["Key"].rsplit("/", 1)[-1]
@@ -231,7 +231,8 @@ class S3BlobStore:
         abort multipart uploads started before it; how many were removed."""
         removed = 0
         for name, _size, modified in await self.keys("staging"):
-            if name not in live and modified < cutoff:
+            # Tail objects of resumable uploads (<media_id>.tail-<n>) belong to their upload.
+            if name.split(".tail-")[0] not in live and modified < cutoff:
                 await self.discard(name)
                 removed += 1
 
@@ -241,7 +242,8 @@ class S3BlobStore:
                 Bucket=self.location.bucket, Prefix=self.location.key("staging/"))
             for page in pages:
                 for upload in page.get("Uploads", ()):
-                    if upload["Initiated"].timestamp() < cutoff:
+                    name = upload["Key"].rsplit("/", 1)[-1]
+                    if name not in live and upload["Initiated"].timestamp() < cutoff:
                         with contextlib.suppress(ClientError):
                             self.client.abort_multipart_upload(
                                 Bucket=self.location.bucket, Key=upload["Key"],
