@@ -161,6 +161,9 @@ class S3Config:
     (AWS_ENDPOINT_URL, AWS_REGION, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY)."""
 
     endpoint: str = ""  # e.g. http://minio:9000; "" = AWS (or AWS_ENDPOINT_URL)
+    # The endpoint in presigned upload URLs, when clients reach the store by another name
+    # than the origin does (http://minio:9000 inside, https://s3.example.com outside).
+    public_endpoint: str = ""
     region: str = ""
     path_style: bool = False  # bucket in the path (MinIO, Ceph RGW), not in the host name
     access_key_id_file: str = ""  # secrets read from files (Kubernetes/compose secrets)

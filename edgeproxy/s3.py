@@ -71,6 +71,7 @@ class S3Settings:
     region: str
     path_style: bool
     credentials: Credentials | None  # None: botocore's default chain found nothing
+    public_endpoint: str | None = None  # for presigned URLs handed to clients
 
     @classmethod
     def resolve(cls, config: S3Config, env: Mapping[str, str] | None = None) -> S3Settings:
@@ -90,9 +91,10 @@ class S3Settings:
         credentials = None
         if key_id and secret:
             credentials = Credentials(key_id, secret, env.get("AWS_SESSION_TOKEN") or None)
-        return cls(endpoint, region, config.path_style, credentials)
+        return cls(endpoint, region, config.path_style, credentials,
+                   config.public_endpoint or None)
 
-    def client(self, *, max_pool: int = 32) -> Any:
+    def client(self, *, max_pool: int = 32, public: bool = False) -> Any:
         """A botocore S3 client (thread-safe; calls block, so run them in a worker thread)."""
         session = botocore.session.get_session()
         kwargs: dict[str, Any] = {}
@@ -110,5 +112,6 @@ class S3Settings:
             request_checksum_calculation="when_required",
             response_checksum_validation="when_required",
         )  # fmt: skip
-        return session.create_client("s3", region_name=self.region, endpoint_url=self.endpoint,
+        endpoint = (self.public_endpoint or self.endpoint) if public else self.endpoint
+        return session.create_client("s3", region_name=self.region, endpoint_url=endpoint,
                                      config=config, **kwargs)  # fmt: skip

@@ -68,6 +68,8 @@ class S3BlobStore:
         self.location = location
         self.settings = settings
         self.client = settings.client()
+        # Presigning is local computation: a second client only changes the URL's host.
+        self.presigner = settings.client(public=True) if settings.public_endpoint else self.client
 
     def __repr__(self) -> str:
         return f"S3BlobStore({self.location})"
@@ -177,7 +179,7 @@ class S3BlobStore:
         """A presigned PUT of the staging object, valid ``ttl`` seconds, bound to ``sha256``;
         the URL and the headers the client must send with it."""
         checksum = b64_sha256(sha256)
-        url: str = self.client.generate_presigned_url(
+        url: str = self.presigner.generate_presigned_url(
             "put_object", ExpiresIn=ttl, HttpMethod="PUT",
             Params={"Bucket": self.location.bucket, "Key": self.staging_key(media_id),
                     "ChecksumSHA256": checksum},
