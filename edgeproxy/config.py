@@ -171,6 +171,17 @@ class S3Config:
 
 
 @dataclass(frozen=True)
+class StorageConfig:
+    """Storage tiers by age (seed 000: hot 0-30 days, cold after)."""
+
+    cold_after: float = _duration(30 * 86400)
+    # Local store: the directory (another disk) blobs move to once cold; "" = no local tiers.
+    cold_dir: str = ""
+    # s3 store: the storage class the lifecycle rule moves cold blobs to.
+    cold_storage_class: str = "STANDARD_IA"
+
+
+@dataclass(frozen=True)
 class NodeConfig:
     """A caching node (edge or shield): where it listens and what it fronts."""
 
@@ -294,6 +305,7 @@ class Config:
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     download_signing: DownloadSigningConfig = field(default_factory=DownloadSigningConfig)
     s3: S3Config = field(default_factory=S3Config)
+    storage: StorageConfig = field(default_factory=StorageConfig)
 
     def node(self, tier: str) -> NodeConfig:
         """The `NodeConfig` of ``edge`` or ``shield``."""

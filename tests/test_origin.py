@@ -778,7 +778,7 @@ def test_store_once_keeps_one_copy_and_counts_the_saving(tmp_path: Path) -> None
             r = o.http.get(f"/v1/media/{ticket['media_id']}/content", headers=headers)
             assert r.status_code == 200 and sha(blob) in r.json()["signed_url"]
         assert _metric(o, "edgeproxy_origin_dedup_bytes_saved_total") == len(blob)
-        assert _metric(o, "edgeproxy_origin_stored_bytes") == len(blob)
+        assert _metric(o, 'edgeproxy_origin_stored_bytes{tier="hot"}') == len(blob)
         assert _metric(o, "edgeproxy_origin_stored_blobs") == 1
         assert _metric(o, 'edgeproxy_origin_uploads_total{result="committed"}') == 1
         assert _metric(o, 'edgeproxy_origin_uploads_total{result="deduplicated"}') == 1

@@ -76,7 +76,8 @@ def test_one_code_path_for_both_engines(records: Records) -> None:
     assert [u.media_id for u in records.expired_uploads(now + 61)] == ["m_upload0001"]
     assert records.live_staging_names() == {"m_upload0001.part"}
     assert records.stats() == {"media_bytes": 40, "media_count": 1, "dedup_bytes_saved": 0,
-                               "unfinished_uploads": 1}  # fmt: skip
+                               "unfinished_uploads": 1, "cold_bytes": 0}  # fmt: skip
+    assert records.stats(cold_before=time.time() + 1)["cold_bytes"] == 40
 
 
 def _start_origin(tmp: Path, database: str, port: int) -> subprocess.Popen[bytes]:

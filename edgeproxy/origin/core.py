@@ -33,6 +33,7 @@ from .records import Records, Upload
 from .s3staging import S3Staging
 from .s3store import S3BlobStore
 from .stores import open_store
+from .tiers import TieredLocalBlobStore, check_lifecycle
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -86,6 +87,7 @@ class OriginCore:
         self.database_url = database_url(config.origin.database, self.root / "origin.sqlite3")
         self._records: Records | None = None
         self.locks = UploadLocks()
+        self._demoted_until = 0.0  # media committed before this are already cold
         self.public = config.public_base_url.rstrip("/")
         self.auth = Authenticator(config.auth)
         self.signer = DownloadSigner.from_config(config.download_signing)
@@ -100,7 +102,12 @@ class OriginCore:
         return self._records
 
     def _stats(self) -> dict[str, int] | None:
-        return self._records.stats() if self._records is not None else None
+        if self._records is None:
+            return None
+        # Tiers go by age, as the sweeper (local) or the lifecycle rule (s3) applies them.
+        tiered = self.direct is not None or isinstance(self.store, TieredLocalBlobStore)
+        cold_before = self.clock() - self.config.storage.cold_after if tiered else None
+        return self._records.stats(cold_before)
 
     @asynccontextmanager
     async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
@@ -108,6 +115,8 @@ class OriginCore:
         self._records = await asyncio.to_thread(Records, self.database_url)
         sweeper = None
         try:
+            if self.direct is not None:
+                await check_lifecycle(self.direct, self.config.storage)
             await self.sweep()
             sweeper = asyncio.create_task(self._sweep_forever())
             yield
@@ -163,7 +172,16 @@ class OriginCore:
                 if await self._expire(upload, now):
                     expired += 1
         await self._sweep_orphans(now)
+        if isinstance(self.store, TieredLocalBlobStore):
+            await self._demote(self.store, now - self.config.storage.cold_after)
         return expired
+
+    async def _demote(self, store: TieredLocalBlobStore, cutoff: float) -> None:
+        """Move media that aged past ``storage.cold_after`` since the last sweep to cold."""
+        aged = await self.db(self.records.media_between, self._demoted_until, cutoff)
+        names = [m.sha256 for m in aged] + [m.thumb_sha256 for m in aged if m.thumb_sha256]
+        await store.demote(names)
+        self._demoted_until = max(self._demoted_until, cutoff)
 
     async def _expire(self, upload: Upload, now: float) -> bool:
         if upload.protocol == DIRECT:

@@ -247,7 +247,8 @@ class MediaAPI:
             fresh = await self._promote(upload)
         else:
             fresh = await o.store.commit(sha, o.staging.path(staged))
-        media = await o.db(o.records.commit_upload, upload.media_id, sha, size, thumb_sha)
+        media = await o.db(o.records.commit_upload, upload.media_id, sha, size, thumb_sha,
+                           o.clock())  # fmt: skip
         if media.thumb_sha256 is not None and o.direct is not None:
             # Shields reading the bucket directly find /v/t1/<sha>/thumb here.
             await o.direct.alias_thumbnail(sha, media.thumb_sha256)

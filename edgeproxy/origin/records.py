@@ -227,10 +227,14 @@ class Records:
         with self.db.read() as conn:
             return {row[0] for row in conn.execute(query)}
 
-    def stats(self) -> dict[str, int]:
-        """Totals for /metrics, read from the database so every worker reports the same."""
+    def stats(self, cold_before: float | None = None) -> dict[str, int]:
+        """Totals for /metrics, read from the database so every worker reports the same;
+        ``cold_bytes`` are those of media committed before ``cold_before``."""
         c = uploads.c
         with self.db.read() as conn:
+            cold_bytes = 0 if cold_before is None else conn.execute(
+                select(func.coalesce(func.sum(media.c.size), 0))
+                .where(media.c.created_at < cold_before)).scalar_one()  # fmt: skip
             media_bytes, media_count = conn.execute(
                 select(func.coalesce(func.sum(media.c.size), 0), func.count())
                 .select_from(media)).one()  # fmt: skip
@@ -244,17 +248,17 @@ class Records:
         # of all committed uploads minus the bytes stored is what store-once saved.
         return {"media_bytes": int(media_bytes), "media_count": int(media_count),
                 "dedup_bytes_saved": int(committed_bytes) - int(media_bytes),
-                "unfinished_uploads": int(unfinished)}  # fmt: skip
+                "unfinished_uploads": int(unfinished), "cold_bytes": int(cold_bytes)}  # fmt: skip
 
     def commit_upload(self, media_id: str, blob_sha256: str, size: int,
-                      thumb_sha256: str | None) -> Media:  # fmt: skip
+                      thumb_sha256: str | None, now: float | None = None) -> Media:  # fmt: skip
         """Mark the upload committed and its blob served, in one transaction.
 
         If the blob is already media (the same bytes uploaded before), the existing row stands;
         a thumbnail is only added where there was none, because ``/thumb`` URLs are cached as
         immutable and must never change what they serve.
         """
-        now = time.time()
+        now = time.time() if now is None else now
         add = self._upsert(media).values(sha256=blob_sha256, size=size,
                                          thumb_sha256=thumb_sha256, created_at=now)  # fmt: skip
         add = add.on_conflict_do_update(index_elements=[media.c.sha256], set_={
@@ -269,6 +273,12 @@ class Records:
         return committed
 
     # --- media and profile photos ------------------------------------------------------------
+
+    def media_between(self, start: float, end: float) -> list[Media]:
+        """Media committed in ``[start, end)`` (the storage-tier sweeper's next batch)."""
+        query = select(media).where(media.c.created_at >= start, media.c.created_at < end)
+        with self.db.read() as conn:
+            return [Media(**row._mapping) for row in conn.execute(query)]
 
     def get_media(self, sha256: str) -> Media | None:
         """The committed media blob ``sha256``, or None."""
