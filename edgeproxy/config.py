@@ -148,6 +148,9 @@ class OriginConfig:
     # The metadata database: "" (SQLite ``<data_dir>/origin/origin.sqlite3``), a SQLite file
     # path or ``sqlite:///…`` URL, or ``postgresql://user:pass@host:port/db``.
     database: str = ""
+    # Further stores (other regions) every committed blob is copied to in the background.
+    replicas: tuple[str, ...] = ()
+    replication_interval: float = _duration(10)
 
     @property
     def base_url(self) -> str:

@@ -30,6 +30,8 @@ from .db import database_url
 from .limits import UploadAllowance
 from .metrics import OriginMetrics
 from .records import Records, Upload
+from .replication import Replica, Replicator
+from .replication import stop as stop_replication
 from .s3staging import S3Staging
 from .s3store import S3BlobStore
 from .stores import open_store
@@ -84,6 +86,9 @@ class OriginCore:
         # uploads with the s3 store (any origin can resume them), else local disk.
         self.upload_staging: Staging | S3Staging = (
             S3Staging(self.direct) if self.direct is not None else self.staging)
+        self.replicator = Replicator(self.store, [
+            Replica(spec, open_store(spec, config, self.root / "blobs"))
+            for spec in config.origin.replicas], self.staging, lambda: self.records)
         self.database_url = database_url(config.origin.database, self.root / "origin.sqlite3")
         self._records: Records | None = None
         self.locks = UploadLocks()
@@ -107,20 +112,26 @@ class OriginCore:
         # Tiers go by age, as the sweeper (local) or the lifecycle rule (s3) applies them.
         tiered = self.direct is not None or isinstance(self.store, TieredLocalBlobStore)
         cold_before = self.clock() - self.config.storage.cold_after if tiered else None
-        return self._records.stats(cold_before)
+        stats = self._records.stats(cold_before)
+        stats["replication_lag_seconds"] = int(self.replicator.lag(self.clock()))
+        return stats
 
     @asynccontextmanager
     async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
         """Open the database, sweep what expired while we were down, keep sweeping."""
         self._records = await asyncio.to_thread(Records, self.database_url)
-        sweeper = None
+        sweeper = copier = None
         try:
             if self.direct is not None:
                 await check_lifecycle(self.direct, self.config.storage)
             await self.sweep()
             sweeper = asyncio.create_task(self._sweep_forever())
+            if self.replicator.replicas:
+                copier = asyncio.create_task(self.replicator.run_forever(
+                    self.config.origin.replication_interval))
             yield
         finally:
+            await stop_replication(copier)
             if sweeper is not None:
                 sweeper.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

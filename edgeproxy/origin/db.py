@@ -85,6 +85,14 @@ profile_photos = Table(
 )  # fmt: skip
 
 
+replication = Table(
+    "replication", metadata,
+    Column("sha256", Text, primary_key=True),  # a committed media or thumbnail blob
+    Column("target", Text, primary_key=True),  # the replica store, as configured
+    Column("done_at", Float, nullable=False),
+)  # fmt: skip
+
+
 def database_url(spec: str, default: Path) -> str:
     """The SQLAlchemy URL of ``origin.database`` ("" = the SQLite file ``default``)."""
     if not spec:

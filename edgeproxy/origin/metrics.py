@@ -51,14 +51,18 @@ class _StoreCollector(Collector):
         blobs = GaugeMetricFamily("edgeproxy_origin_stored_blobs", "Committed media blobs")
         unfinished = GaugeMetricFamily("edgeproxy_origin_unfinished_uploads",
                                        "Uploads requested but not yet confirmed or expired")
+        lag = GaugeMetricFamily("edgeproxy_replication_lag_seconds",
+                                "Age of the oldest committed blob not yet copied to every "
+                                "replica store (0: all copied, or no replicas)")  # fmt: skip
         if stats is not None:
+            lag.add_metric([], stats.get("replication_lag_seconds", 0))
             saved.add_metric([], stats["dedup_bytes_saved"])
             cold = stats.get("cold_bytes", 0)
             stored.add_metric(["hot"], stats["media_bytes"] - cold)
             stored.add_metric(["cold"], cold)
             blobs.add_metric([], stats["media_count"])
             unfinished.add_metric([], stats["unfinished_uploads"])
-        yield from (saved, stored, blobs, unfinished)
+        yield from (saved, stored, blobs, unfinished, lag)
 
     def describe(self) -> Iterator[Metric]:
         """Names only: registering must not touch the database."""
