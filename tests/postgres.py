@@ -49,8 +49,7 @@ class PostgresCluster:
     def new_database(self) -> str:
         """A fresh database's ``postgresql://`` URL."""
         name = "t_" + secrets.token_hex(6)
-        with psycopg.connect(self.url().replace("postgresql://", "postgresql://", 1),
-                             autocommit=True) as conn:  # fmt: skip
+        with psycopg.connect(self.url(), autocommit=True) as conn:
             conn.execute(f"CREATE DATABASE {name}")
         return self.url(name)
 
