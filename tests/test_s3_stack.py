@@ -142,3 +142,32 @@ def test_s3_transport_maps_paths_ranges_validators_and_404(
 ])  # fmt: skip
 def test_object_key_mapping(target: str, key: str) -> None:
     assert object_key(S3Location.parse("s3://bucket/pre/"), target) == key
+
+
+def test_edge_shield_bucket_with_ranges(s3: S3Endpoint, stored: tuple[str, bytes],
+                                        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A shield whose upstream is the bucket: no origin on the download path."""
+    bucket, blob = stored
+    sha = hashlib.sha256(blob).hexdigest()
+    # The node builds its transport from the upstream URL; settings from the AWS variables.
+    settings = s3.settings()
+    assert settings.credentials is not None
+    for name, value in {"AWS_ENDPOINT_URL": s3.url, "AWS_REGION": "us-east-1",
+                        "AWS_ACCESS_KEY_ID": settings.credentials.access_key,
+                        "AWS_SECRET_ACCESS_KEY": settings.credentials.secret_key}.items():
+        monkeypatch.setenv(name, value)
+    config = load_config(None, env={"EDGEPROXY_DATA_DIR": str(tmp_path / "var")})
+    with serve(cache.create_app(config, "shield", upstream=f"s3://{bucket}/p")) as shield, \
+            serve(cache.create_app(config, "edge", upstream=shield.url)) as edge:  # fmt: skip
+        url = f"{edge.url}/v/t1/{sha}"
+        r = httpx.get(url, headers={"range": "bytes=70000-70099"})
+        assert r.status_code == 206 and r.content == blob[70000:70100]
+        assert r.headers["content-range"] == f"bytes 70000-70099/{len(blob)}"
+        assert r.headers["x-cache"] == "MISS from edge, MISS from shield"
+        r = httpx.get(url)
+        assert r.status_code == 200 and r.content == blob
+        r = httpx.get(url, headers={"range": "bytes=-100"})
+        assert r.status_code == 206 and r.content == blob[-100:]
+        assert r.headers["x-cache"].startswith("HIT from edge")
+        r = httpx.get(f"{edge.url}/v/t1/{'0' * 64}")
+        assert r.status_code == 404

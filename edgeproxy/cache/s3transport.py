@@ -24,6 +24,7 @@ origin's 404; other errors pass through with their status.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
 import ssl
@@ -42,6 +43,14 @@ FORWARDED = frozenset({b"range", b"if-none-match", b"if-match", b"if-range",
                        b"if-modified-since", b"if-unmodified-since"})  # fmt: skip
 MEDIA = re.compile(r"/v/t1/([0-9a-f]{64})(/thumb)?")
 MAX_ERROR_BODY = 16 * 1024
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def object_key(location: S3Location, target: str) -> str:
@@ -83,7 +92,10 @@ class S3Transport:
         self.settings = settings
         endpoint = settings.endpoint or f"https://s3.{settings.region}.amazonaws.com"
         parts = urlsplit(endpoint)
-        self.path_style = settings.path_style or "." in self.location.bucket
+        # Virtual-hosted style needs a bucket name that is a DNS label under a host name.
+        host = parts.hostname or ""
+        self.path_style = (settings.path_style or "." in self.location.bucket
+                           or host == "localhost" or _is_ip(host))  # fmt: skip
         if self.path_style:
             self._base, self._bucket_path = endpoint.rstrip("/"), "/" + self.location.bucket
         else:  # virtual-hosted style: the bucket is part of the host name
