@@ -171,3 +171,27 @@ def test_edge_shield_bucket_with_ranges(s3: S3Endpoint, stored: tuple[str, bytes
         assert r.headers["x-cache"].startswith("HIT from edge")
         r = httpx.get(f"{edge.url}/v/t1/{'0' * 64}")
         assert r.status_code == 404
+
+
+def test_replica_falls_back_to_the_primary_for_objects_not_yet_replicated(
+        s3: S3Endpoint, stored: tuple[str, bytes]) -> None:  # fmt: skip
+    primary, blob = stored
+    replica = s3.new_bucket()
+    sha = hashlib.sha256(blob).hexdigest()
+    replicated = os.urandom(1000)
+    rsha = hashlib.sha256(replicated).hexdigest()
+    s3.client().put_object(Bucket=replica, Key=f"r/blobs/{rsha}", Body=replicated)
+    transport = transport_for(f"s3://{replica}/r,s3://{primary}/p", timeout=5, s3=s3.config())
+
+    async def scenario() -> None:
+        try:
+            status, _, body = await _get(transport, f"/v/t1/{rsha}")  # from the replica
+            assert (status, body) == (200, replicated)
+            status, _, body = await _get(transport, f"/v/t1/{sha}", range="bytes=0-9")
+            assert (status, body) == (206, blob[:10])  # not replicated yet: the primary
+            status, _, _ = await _get(transport, "/v/t1/" + "1" * 64)
+            assert status == 404  # in neither
+        finally:
+            await transport.aclose()
+
+    asyncio.run(scenario())

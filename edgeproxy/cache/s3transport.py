@@ -12,6 +12,9 @@ Request paths map to object keys under the prefix, the layout the origin's S3 st
 any other path               the path itself (a bucket serving plain files)
 ===========================  ===================================================
 
+``s3://replica/prefix,s3://primary/prefix`` reads a replica (the shield's region) and falls
+back, in order, to the next bucket for an object not replicated yet.
+
 The query string is dropped (signed-URL parameters are the edge's business, not the
 bucket's). ``Range`` and the conditional headers (``If-None-Match``, ``If-Match``,
 ``If-Modified-Since``, ``If-Unmodified-Since``) are forwarded; S3 ignores ``If-Range``, so it
@@ -171,7 +174,33 @@ class S3Transport:
         await self._http.aclose()
 
 
+class FallbackTransport:
+    """Several buckets in order: a replica near the shield first, then the primary, for the
+    objects replication has not copied yet (a 404 moves on to the next bucket)."""
+
+    def __init__(self, transports: list[S3Transport]) -> None:
+        self.transports = transports
+
+    async def send(self, bereq: BeReq) -> UpstreamResponse:
+        """The first answer that is not 404 (the last bucket's answer otherwise)."""
+        for transport in self.transports[:-1]:
+            response = await transport.send(bereq)
+            if response.status != 404:
+                return response
+            await response.aclose()
+        return await self.transports[-1].send(bereq)
+
+    async def aclose(self) -> None:
+        """Close every bucket's pool."""
+        for transport in self.transports:
+            await transport.aclose()
+
+
 def s3_transport(url: str, config: S3Config, *, timeout: float,
-                 ssl_context: ssl.SSLContext | None = None) -> S3Transport:  # fmt: skip
-    """The transport of ``upstream: s3://bucket/prefix`` with the ``s3`` settings."""
-    return S3Transport(url, S3Settings.resolve(config), timeout=timeout, ssl_context=ssl_context)
+                 ssl_context: ssl.SSLContext | None = None) -> S3Transport | FallbackTransport:
+    """The transport of ``upstream: s3://bucket/prefix`` with the ``s3`` settings; a
+    comma-separated list (``s3://replica/p,s3://primary/p``) falls back in order on 404."""
+    settings = S3Settings.resolve(config)
+    transports = [S3Transport(one.strip(), settings, timeout=timeout, ssl_context=ssl_context)
+                  for one in url.split(",")]  # fmt: skip
+    return transports[0] if len(transports) == 1 else FallbackTransport(transports)
