@@ -1,7 +1,8 @@
 """Cross-region replication (seed 000's pipeline: validate → index → replicate).
 
 ``origin.replicas`` lists further stores (``s3://bucket/prefix`` in other regions, or
-directories). A built-in copier copies every committed media blob and its thumbnail to each,
+directories). A built-in copier copies every committed media blob and its thumbnail (and, in
+a bucket, the ``thumbs/`` alias a shield reads) to each,
 oldest first, and notes each copy in the ``replication`` table, so a restart resumes where it
 stopped and several origins sharing a database share the work's results (two copying the
 same blob is harmless: stores keep a blob once). Between two S3 buckets of one endpoint the
@@ -41,23 +42,15 @@ class Replica:
     store: BlobStore
 
 
-def pending(records: Records, target: str, limit: int = BATCH) -> list[tuple[str, float]]:
-    """``(sha256, committed at)`` of blobs not yet on ``target``, oldest first: each media
-    blob, then its thumbnail."""
+def pending(records: Records, target: str,
+            limit: int = BATCH) -> list[tuple[str, str | None]]:  # fmt: skip
+    """``(media sha256, thumbnail sha256)`` of media not yet on ``target``, oldest first."""
     done = replication.alias()
-    query = (select(media.c.sha256, media.c.thumb_sha256, media.c.created_at)
+    query = (select(media.c.sha256, media.c.thumb_sha256)
              .outerjoin(done, and_(done.c.sha256 == media.c.sha256, done.c.target == target))
              .where(done.c.sha256.is_(None)).order_by(media.c.created_at).limit(limit))
-    thumbs = replication.alias()
     with records.db.read() as conn:
-        rows = conn.execute(query).all()
-        out: list[tuple[str, float]] = []
-        for sha, thumb, created in rows:
-            out.append((sha, created))
-            if thumb is not None and conn.execute(select(thumbs.c.sha256).where(
-                    thumbs.c.sha256 == thumb, thumbs.c.target == target)).first() is None:
-                out.insert(len(out) - 1, (thumb, created))  # before its media: /thumb first
-    return out
+        return [(sha, thumb) for sha, thumb in conn.execute(query).all()]
 
 
 def mark_done(records: Records, sha256: str, target: str) -> None:
@@ -117,10 +110,14 @@ class Replicator:
         """Copy one batch of pending blobs to every replica; how many were copied."""
         records, copied = self._records(), 0
         for replica in self.replicas:
-            for sha, _ in await asyncio.to_thread(pending, records, replica.name):
-                await self.copy(sha, replica)
+            for sha, thumb in await asyncio.to_thread(pending, records, replica.name):
+                # The thumbnail first: the media's row marks both as done.
+                for blob in ([thumb] if thumb else []) + [sha]:
+                    await self.copy(blob, replica)
+                    copied += 1
+                if thumb and isinstance(replica.store, S3BlobStore):
+                    await replica.store.alias_thumbnail(sha, thumb)
                 await asyncio.to_thread(mark_done, records, sha, replica.name)
-                copied += 1
         return copied
 
     async def run_forever(self, interval: float) -> None:
