@@ -7,7 +7,10 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import threading
+import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -24,6 +27,7 @@ from edgeproxy.s3 import S3Location
 from tests.objectstore import S3Endpoint, moto_s3
 from tests.postgres import PostgresCluster, postgres_cluster
 from tests.servers import free_port, serve
+from tests.test_origin import make_blob, run_origin, sha
 
 
 @pytest.fixture(scope="module")
@@ -195,3 +199,33 @@ def test_replica_falls_back_to_the_primary_for_objects_not_yet_replicated(
             await transport.aclose()
 
     asyncio.run(scenario())
+
+
+def test_two_origins_never_write_one_upload_at_once(tmp_path: Path, s3: S3Endpoint,
+                                                    pg: PostgresCluster) -> None:  # fmt: skip
+    """Resumable uploads live in the bucket, so any origin may take the next request; the
+    database's advisory lock keeps two from appending to one upload together."""
+    env = {**s3.env(), "EDGEPROXY_ORIGIN__STORE": f"s3://{s3.new_bucket()}/m",
+           "EDGEPROXY_ORIGIN__DATABASE": pg.new_database()}
+    blob = make_blob(4096)
+    started, release = threading.Event(), threading.Event()
+
+    def slow_body() -> Iterator[bytes]:
+        yield blob[:1000]
+        started.set()
+        release.wait(10)
+        yield blob[1000:]
+
+    with run_origin(tmp_path / "a", env=env) as a, run_origin(tmp_path / "b", env=env) as b:
+        ticket = a.request(blob, upload_method="resumable")
+        with ThreadPoolExecutor(1) as pool:
+            first = pool.submit(a.put, ticket["upload_url"], slow_body(),
+                                headers={"Content-Length": str(len(blob))})
+            assert started.wait(10)
+            time.sleep(0.2)  # the first body's bytes are being written under the lock
+            r = b.put(ticket["upload_url"], blob)
+            assert r.status_code == 409 and r.json()["error"] == "upload_in_progress"
+            release.set()
+            assert first.result(timeout=20).json()["complete"] is True
+        assert b.confirm(ticket["media_id"], sha(blob)).status_code == 200
+        assert b.http.get(f"/v/t1/{sha(blob)}").content == blob

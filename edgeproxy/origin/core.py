@@ -85,7 +85,8 @@ class OriginCore:
         # Where upload bytes sent through the origin are staged: the bucket's multipart
         # uploads with the s3 store (any origin can resume them), else local disk.
         self.upload_staging: Staging | S3Staging = (
-            S3Staging(self.direct) if self.direct is not None else self.staging)
+            S3Staging(self.direct, self._exclusive) if self.direct is not None
+            else self.staging)  # fmt: skip
         self.replicator = Replicator(self.store, [
             Replica(spec, open_store(spec, config, self.root / "blobs"))
             for spec in config.origin.replicas], self.staging, lambda: self.records)
@@ -138,6 +139,26 @@ class OriginCore:
                     await sweeper
             self._records.close()
             self._records = None
+
+    @asynccontextmanager
+    async def _exclusive(self, name: str) -> AsyncIterator[None]:
+        """Hold upload ``name`` against every process sharing the database: a PostgreSQL
+        advisory lock, or (SQLite: one box) a flock in the local staging directory."""
+        db = self.records.db
+        if db.dialect == "postgresql":
+            key = f"upload:{name}"
+            conn = await asyncio.to_thread(db.try_lock, key)
+            if conn is None:
+                raise StagingBusy(name)
+            try:
+                yield
+            finally:
+                await asyncio.to_thread(db.unlock, conn, key)
+            return
+        # The lock file stays (unlinking it would let two openers lock two inodes); the
+        # orphan sweep removes it once it is older than any upload may live.
+        async with self.staging.writer(f"{name}.lock"):
+            yield
 
     async def db(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """Run a `Records` call in a worker thread (SQLite fsyncs must not block the loop)."""

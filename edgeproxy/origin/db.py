@@ -177,6 +177,31 @@ class Database:
         finally:
             conn.close()
 
+    def try_lock(self, name: str) -> Connection | None:
+        """PostgreSQL: a session-level advisory lock on ``name`` held by the returned
+        connection (give it to `unlock`), or None if another session holds it. The server
+        drops it if this process dies, so a crash never leaves an upload locked."""
+        conn = self.engine.connect()
+        try:
+            got = conn.execute(text("SELECT pg_try_advisory_lock(:k)"),
+                               {"k": _advisory_key(name)}).scalar()  # fmt: skip
+            conn.commit()
+        except BaseException:
+            conn.close()
+            raise
+        if not got:
+            conn.close()
+            return None
+        return conn
+
+    def unlock(self, conn: Connection, name: str) -> None:
+        """Release a lock `try_lock` took."""
+        try:
+            conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": _advisory_key(name)})
+            conn.commit()
+        finally:
+            conn.close()
+
     def close(self) -> None:
         """Close every pooled connection."""
         self.engine.dispose()

@@ -20,8 +20,8 @@ import asyncio
 import contextlib
 import hashlib
 import tempfile
-from collections.abc import AsyncIterable, AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterable, AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
 from botocore.exceptions import ClientError
@@ -134,8 +134,12 @@ class S3Staging:
     """Upload staging in the bucket, with the interface of the local `Staging` that the
     upload URL's handlers use (``writer`` and ``remove``)."""
 
-    def __init__(self, store: S3BlobStore) -> None:
+    def __init__(self, store: S3BlobStore,
+                 lock: Callable[[str], AbstractAsyncContextManager[None]]) -> None:  # fmt: skip
+        """``lock(name)`` holds an upload exclusively across every origin process sharing the
+        database (`StagingBusy` if another has it), as the local flock does on one box."""
         self.store = store
+        self._lock = lock
 
     async def call(self, method: str, **kwargs: Any) -> Any:
         """One S3 call on the store's bucket, in a worker thread."""
@@ -147,8 +151,10 @@ class S3Staging:
 
     @asynccontextmanager
     async def writer(self, name: str) -> AsyncIterator[S3StagingWriter]:
-        """A writer for ``name`` (the caller holds the upload's lock)."""
-        yield S3StagingWriter(self, name)
+        """Exclusive write access to upload ``name`` (`StagingBusy` if another origin or
+        worker is writing it)."""
+        async with self._lock(name):
+            yield S3StagingWriter(self, name)
 
     async def read(self, key: str) -> bytes | None:
         """A small object's bytes, or None if it does not exist."""
