@@ -182,12 +182,47 @@ class OriginConfig:
     tls: TLSConfig = field(default_factory=TLSConfig)
     node_name: str = ""  # in the access log; empty: the role name
     shutdown_grace: float = _duration(5)  # on SIGTERM, in-flight requests get this long
+    # Where committed blobs live: "" (``<data_dir>/origin/blobs``), a directory, or
+    # ``s3://bucket/prefix`` (settings in the ``s3`` section or the AWS_* environment).
+    store: str = ""
+    # The metadata database: "" (SQLite ``<data_dir>/origin/origin.sqlite3``), a SQLite file
+    # path or ``sqlite:///…`` URL, or ``postgresql://user:pass@host:port/db``.
+    database: str = ""
+    # Further stores (other regions) every committed blob is copied to in the background.
+    replicas: tuple[str, ...] = ()
+    replication_interval: float = _duration(10)
 
     @property
     def base_url(self) -> str:
         """The URL clients use to reach this origin."""
         scheme = "https" if self.tls.enabled else "http"
         return (self.public_url or f"{scheme}://{self.host}:{self.port}").rstrip("/")
+
+
+@dataclass(frozen=True)
+class S3Config:
+    """An S3-compatible object store; empty fields fall back to the standard AWS_* variables
+    (AWS_ENDPOINT_URL, AWS_REGION, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY)."""
+
+    endpoint: str = ""  # e.g. http://minio:9000; "" = AWS (or AWS_ENDPOINT_URL)
+    # The endpoint in presigned upload URLs, when clients reach the store by another name
+    # than the origin does (http://minio:9000 inside, https://s3.example.com outside).
+    public_endpoint: str = ""
+    region: str = ""
+    path_style: bool = False  # bucket in the path (MinIO, Ceph RGW), not in the host name
+    access_key_id_file: str = ""  # secrets read from files (Kubernetes/compose secrets)
+    secret_access_key_file: str = ""
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    """Storage tiers by age (seed 000: hot 0-30 days, cold after)."""
+
+    cold_after: float = _duration(30 * 86400)
+    # Local store: the directory (another disk) blobs move to once cold; "" = no local tiers.
+    cold_dir: str = ""
+    # s3 store: the storage class the lifecycle rule moves cold blobs to.
+    cold_storage_class: str = "STANDARD_IA"
 
 
 @dataclass(frozen=True)
@@ -328,6 +363,8 @@ class Config:
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     download_signing: DownloadSigningConfig = field(default_factory=DownloadSigningConfig)
     http_limits: HTTPLimitsConfig = field(default_factory=HTTPLimitsConfig)
+    s3: S3Config = field(default_factory=S3Config)
+    storage: StorageConfig = field(default_factory=StorageConfig)
 
     def node(self, tier: str) -> NodeConfig:
         """The `NodeConfig` of ``edge`` or ``shield``."""

@@ -60,6 +60,7 @@ class Origin:
     http: httpx.Client
     config: Config
     clock: Clock
+    app: Any = None  # the Starlette app; ``app.state.origin`` is its `OriginCore`
 
     @property
     def root(self) -> Path:
@@ -118,9 +119,9 @@ def run_origin(data_dir: Path, clock: Clock | None = None, user: str = "alice", 
                                     "EDGEPROXY_PUBLIC_BASE_URL": PUBLIC,
                                     **(env or {})})  # fmt: skip
     clock = clock or Clock()
-    with serve(create_app(config, clock=clock), port) as srv, \
-            httpx.Client(base_url=srv.url, timeout=10) as http:  # fmt: skip
-        origin = Origin(srv.url, http, config, clock)
+    app = create_app(config, clock=clock)
+    with serve(app, port) as srv, httpx.Client(base_url=srv.url, timeout=10) as http:
+        origin = Origin(srv.url, http, config, clock, app)
         http.headers.update(origin.auth(user))
         yield origin
 
@@ -777,7 +778,7 @@ def test_store_once_keeps_one_copy_and_counts_the_saving(tmp_path: Path) -> None
             r = o.http.get(f"/v1/media/{ticket['media_id']}/content", headers=headers)
             assert r.status_code == 200 and sha(blob) in r.json()["signed_url"]
         assert _metric(o, "edgeproxy_origin_dedup_bytes_saved_total") == len(blob)
-        assert _metric(o, "edgeproxy_origin_stored_bytes") == len(blob)
+        assert _metric(o, 'edgeproxy_origin_stored_bytes{tier="hot"}') == len(blob)
         assert _metric(o, "edgeproxy_origin_stored_blobs") == 1
         assert _metric(o, 'edgeproxy_origin_uploads_total{result="committed"}') == 1
         assert _metric(o, 'edgeproxy_origin_uploads_total{result="deduplicated"}') == 1

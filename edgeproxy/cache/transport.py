@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Protocol
 from urllib.parse import urlsplit
 
+from ..config import S3Config
 from ..errors import (
     ConfigError,
     UpstreamError,
@@ -115,7 +116,12 @@ def upstream_error(exc: BaseException) -> UpstreamError:
     return UpstreamProtocolError(f"upstream exchange failed: {exc!r}")
 
 
-def transport_for(url: str, *, timeout: float,
-                  ssl_context: ssl.SSLContext | None = None) -> Transport:
-    """The transport for one configured upstream URL (``http://``, ``https://``)."""
+def transport_for(url: str, *, timeout: float, ssl_context: ssl.SSLContext | None = None,
+                  s3: S3Config | None = None) -> Transport:
+    """The transport for one configured upstream URL (``http://``, ``https://``, or
+    ``s3://bucket/prefix`` with the config's ``s3`` settings)."""
+    if url.startswith("s3://"):
+        from .s3transport import s3_transport  # botocore is loaded only for a bucket upstream
+
+        return s3_transport(url, s3 or S3Config(), timeout=timeout, ssl_context=ssl_context)
     return HTTPTransport(url, timeout=timeout, ssl_context=ssl_context)

@@ -20,6 +20,7 @@ from ..errors import ClientError, ConfigError, EdgeProxyError
 from ..server import ROLES
 from .admin import purge, warm
 from .options import ENV_TOKEN, chosen_config_path, config_option, load
+from .storage import storage
 
 
 def connection_problem(exc: httpx.TransportError) -> str:
@@ -286,3 +287,4 @@ def main(argv: list[str] | None = None) -> None:
 
 cli.add_command(purge)
 cli.add_command(warm)
+cli.add_command(storage)

@@ -9,7 +9,9 @@ byte range) through any CDN node and writes plaintext only once it has verified.
 Uploads survive a dropped connection: the PUT is resumed where the origin says it stands
 (``HEAD`` → ``X-Upload-Offset``, then ``PUT`` with ``X-Upload-Offset``), with bounded retries and
 exponential backoff. API calls send ``Authorization: Bearer <token>``; the upload URL itself is
-a signed capability and carries no token.
+a signed capability and carries no token. With an object-store origin the upload URL is a
+presigned PUT into the bucket (``upload_method: "direct"``), sent whole with the
+``upload_headers`` it signs.
 """
 
 from __future__ import annotations
@@ -200,7 +202,11 @@ class MediaClient:
             if conversation_id is not None:
                 request["conversation_id"] = conversation_id
             ticket = self._api("/v1/media/upload/request", request)
-            self._put(str(ticket["upload_url"]), blob, result.enc_length)
+            if ticket.get("upload_method") == "direct":
+                self._put_direct(str(ticket["upload_url"]), dict(ticket["upload_headers"]),
+                                 blob, result.enc_length)  # fmt: skip
+            else:
+                self._put(str(ticket["upload_url"]), blob, result.enc_length)
         confirm: dict[str, Any] = {"media_id": ticket["media_id"], "file_sha256": result.enc_sha256}
         if extras.get("thumb_blob") is not None:
             confirm["thumbnail_base64"] = _b64(extras["thumb_blob"])
@@ -261,6 +267,28 @@ class MediaClient:
                 offset = self._upload_offset(url)  # where the origin really stands
                 if offset == length:  # the last attempt got through; only its answer was lost
                     return
+
+    def _put_direct(self, url: str, headers: dict[str, str], blob: IO[bytes],
+                    length: int) -> None:  # fmt: skip
+        """PUT the whole blob to a presigned object-store URL with the headers it signs
+        (``x-amz-checksum-sha256``); a failed attempt is sent again whole (bounded)."""
+        failures = 0
+        while True:
+            try:
+                response = self.http.put(url, content=_file_chunks(blob), headers={
+                    **headers, "Content-Length": str(length)})  # fmt: skip
+            except httpx.TransportError as exc:
+                problem = f"PUT to the store: {exc!r}"
+            else:
+                if response.status_code < 500:
+                    _raise_for_status(response)  # 4xx: the store refused (e.g. BadDigest)
+                    return
+                problem = f"PUT to the store: {response.status_code}"
+            failures += 1
+            if failures > self.retries:
+                raise ClientError(0, "upload_failed", f"gave up after {failures} attempts; "
+                                  f"last: {problem}")  # fmt: skip
+            time.sleep(min(self.retry_backoff * 2 ** (failures - 1), MAX_BACKOFF))
 
     def _upload_offset(self, url: str) -> int:
         """How many bytes of the upload the origin has (``HEAD`` → ``X-Upload-Offset``)."""

@@ -1,6 +1,6 @@
 """What every part of the origin app shares: config, clock, stores, database, locks, keys.
 
-`OriginCore` is built once per app. Its lifespan opens the SQLite `Records`, sweeps expired
+`OriginCore` is built once per app. Its lifespan opens the `Records` database, sweeps expired
 uploads and orphaned staging files at start, and keeps sweeping in a background task every
 ``origin.cleanup_interval``.
 """
@@ -25,16 +25,24 @@ from ..config import Config
 from ..errors import HTTPError
 from ..signing import DownloadSigner, SigningKey
 from .auth import Authenticator, Principal
-from .blobstore import BlobStore, LocalBlobStore, Staging, StagingBusy
+from .blobstore import BlobStore, Staging, StagingBusy
+from .db import database_url
 from .limits import UploadAllowance
 from .metrics import OriginMetrics
 from .records import Records, Upload
+from .replication import Replica, Replicator
+from .replication import stop as stop_replication
+from .s3staging import S3Staging
+from .s3store import S3BlobStore
+from .stores import open_store
+from .tiers import TieredLocalBlobStore, check_lifecycle
 
 P = ParamSpec("P")
 T = TypeVar("T")
 
 log = logging.getLogger("edgeproxy.origin")
 
+DIRECT = "direct"  # the protocol of uploads sent straight to the bucket (presigned PUT)
 IN_PROGRESS = HTTPError(409, "upload_in_progress", "another request is using this upload")
 
 
@@ -71,9 +79,21 @@ class OriginCore:
         self.key = SigningKey.from_text(config.origin.signing_key)
         self.root = config.data_dir / "origin"
         self.staging = Staging(self.root / "staging")
-        self.store: BlobStore = LocalBlobStore(self.root / "blobs")
+        self.store: BlobStore = open_store(config.origin.store, config, self.root / "blobs")
+        # Clients upload straight into the bucket when the store is one (direct upload).
+        self.direct = self.store if isinstance(self.store, S3BlobStore) else None
+        # Where upload bytes sent through the origin are staged: the bucket's multipart
+        # uploads with the s3 store (any origin can resume them), else local disk.
+        self.upload_staging: Staging | S3Staging = (
+            S3Staging(self.direct, self._exclusive) if self.direct is not None
+            else self.staging)  # fmt: skip
+        self.replicator = Replicator(self.store, [
+            Replica(spec, open_store(spec, config, self.root / "blobs"))
+            for spec in config.origin.replicas], self.staging, lambda: self.records)
+        self.database_url = database_url(config.origin.database, self.root / "origin.sqlite3")
         self._records: Records | None = None
         self.locks = UploadLocks()
+        self._demoted_until = 0.0  # media committed before this are already cold
         self.public = config.public_base_url.rstrip("/")
         self.auth = Authenticator(config.auth)
         self.signer = DownloadSigner.from_config(config.download_signing)
@@ -88,24 +108,57 @@ class OriginCore:
         return self._records
 
     def _stats(self) -> dict[str, int] | None:
-        return self._records.stats() if self._records is not None else None
+        if self._records is None:
+            return None
+        # Tiers go by age, as the sweeper (local) or the lifecycle rule (s3) applies them.
+        tiered = self.direct is not None or isinstance(self.store, TieredLocalBlobStore)
+        cold_before = self.clock() - self.config.storage.cold_after if tiered else None
+        stats = self._records.stats(cold_before)
+        stats["replication_lag_seconds"] = int(self.replicator.lag(self.clock()))
+        return stats
 
     @asynccontextmanager
     async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
         """Open the database, sweep what expired while we were down, keep sweeping."""
-        self._records = await asyncio.to_thread(Records, self.root / "origin.sqlite3")
-        sweeper = None
+        self._records = await asyncio.to_thread(Records, self.database_url)
+        sweeper = copier = None
         try:
+            if self.direct is not None:
+                await check_lifecycle(self.direct, self.config.storage)
             await self.sweep()
             sweeper = asyncio.create_task(self._sweep_forever())
+            if self.replicator.replicas:
+                copier = asyncio.create_task(self.replicator.run_forever(
+                    self.config.origin.replication_interval))
             yield
         finally:
+            await stop_replication(copier)
             if sweeper is not None:
                 sweeper.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await sweeper
             self._records.close()
             self._records = None
+
+    @asynccontextmanager
+    async def _exclusive(self, name: str) -> AsyncIterator[None]:
+        """Hold upload ``name`` against every process sharing the database: a PostgreSQL
+        advisory lock, or (SQLite: one box) a flock in the local staging directory."""
+        db = self.records.db
+        if db.dialect == "postgresql":
+            key = f"upload:{name}"
+            conn = await asyncio.to_thread(db.try_lock, key)
+            if conn is None:
+                raise StagingBusy(name)
+            try:
+                yield
+            finally:
+                await asyncio.to_thread(db.unlock, conn, key)
+            return
+        # The lock file stays (unlinking it would let two openers lock two inodes); the
+        # orphan sweep removes it once it is older than any upload may live.
+        async with self.staging.writer(f"{name}.lock"):
+            yield
 
     async def db(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """Run a `Records` call in a worker thread (SQLite fsyncs must not block the loop)."""
@@ -151,18 +204,47 @@ class OriginCore:
                 if await self._expire(upload, now):
                     expired += 1
         await self._sweep_orphans(now)
+        if isinstance(self.store, TieredLocalBlobStore):
+            await self._demote(self.store, now - self.config.storage.cold_after)
         return expired
 
+    async def _demote(self, store: TieredLocalBlobStore, cutoff: float) -> None:
+        """Move media that aged past ``storage.cold_after`` since the last sweep to cold."""
+        aged = await self.db(self.records.media_between, self._demoted_until, cutoff)
+        names = [m.sha256 for m in aged] + [m.thumb_sha256 for m in aged if m.thumb_sha256]
+        await store.demote(names)
+        self._demoted_until = max(self._demoted_until, cutoff)
+
     async def _expire(self, upload: Upload, now: float) -> bool:
+        if upload.protocol == DIRECT:
+            return await self._expire_direct(upload, now)
         name = upload.staging_name or f"{upload.media_id}.part"
-        async with self.locks.hold(upload.media_id, wait=False), self.staging.writer(name):
+        async with (self.locks.hold(upload.media_id, wait=False),
+                    self.upload_staging.writer(name)):  # fmt: skip
             current = await self.db(self.records.get_upload, upload.media_id)
             if current is None or not current.is_expired(now):
                 return False
-            await self.staging.remove(name)
+            await self.upload_staging.remove(name)
             await self.db(self.records.mark_failed, upload.media_id, "expired")
         self.metrics.count("expired")
         return True
+
+    async def _expire_direct(self, upload: Upload, now: float) -> bool:
+        async with self.locks.hold(upload.media_id, wait=False):
+            current = await self.db(self.records.get_upload, upload.media_id)
+            if current is None or not current.is_expired(now):
+                return False
+            await self.discard_staged(current)
+            await self.db(self.records.mark_failed, upload.media_id, "expired")
+        self.metrics.count("expired")
+        return True
+
+    async def discard_staged(self, upload: Upload) -> None:
+        """Remove an upload's staged bytes, on local disk or (direct upload) in the bucket."""
+        if self.direct is not None:
+            await self.upload_staging.remove(upload.staging_name or upload.media_id)
+        elif upload.staging_name:
+            await self.staging.remove(upload.staging_name)
 
     async def _sweep_orphans(self, now: float) -> None:
         """Staging files no unfinished upload owns, older than an upload may live (left by a
@@ -179,6 +261,8 @@ class OriginCore:
                         os.unlink(entry.path)
 
         await asyncio.to_thread(sweep)
+        if self.direct is not None:
+            await self.direct.sweep_staging(live, cutoff)
 
 
 def http_date(unix: float) -> str:

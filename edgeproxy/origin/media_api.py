@@ -24,10 +24,11 @@ from starlette.responses import JSONResponse, Response
 
 from ..crypto import check_blob_layout
 from ..errors import BlobFormatError, HTTPError
-from .core import OriginCore, iso_utc
+from .core import DIRECT, OriginCore, iso_utc
 from .http import field, read_json, sha256_field
 from .limits import LimitExceeded, check_size, check_type
 from .records import Upload, UploadState
+from .s3store import StagedMismatch
 
 MEDIA_ID = re.compile(r"m_[A-Za-z0-9_-]{8,64}")
 MIME_TYPE = re.compile(r"[A-Za-z0-9][\w.+-]*/[A-Za-z0-9][\w.+-]*")
@@ -44,12 +45,30 @@ class NewUpload:
     upload_url: str
     expires_at: int  # the URL must be first used by then (origin.upload_url_ttl)
     resume_until: int  # once started, resumable until then (origin.upload_expiry)
+    # Direct upload: headers the PUT must carry (the presigned URL signs them).
+    upload_headers: dict[str, str] | None = None
 
     def json(self) -> dict[str, Any]:
         """The answer to an upload request."""
-        return {"media_id": self.media_id, "upload_url": self.upload_url,
-                "upload_expires": iso_utc(self.expires_at),
-                "resumable_until": iso_utc(self.resume_until)}  # fmt: skip
+        answer: dict[str, Any] = {"media_id": self.media_id, "upload_url": self.upload_url,
+                  "upload_expires": iso_utc(self.expires_at),
+                  "resumable_until": iso_utc(self.resume_until)}  # fmt: skip
+        if self.upload_headers is not None:
+            # A single PUT straight to the bucket: no offsets to resume from.
+            answer |= {"upload_method": "direct", "upload_headers": self.upload_headers,
+                       "resumable_until": iso_utc(self.expires_at)}  # fmt: skip
+        return answer
+
+
+def _protocol(method: str | None) -> str:
+    """``upload_method``: "direct" (the default: into the bucket when the store is one) or
+    "resumable" (through the origin, with the seed's X-Upload-Offset protocol)."""
+    if method in (None, "direct"):
+        return "signed-put"
+    if method == "resumable":
+        return "resumable"
+    raise HTTPError(422, "invalid_field", 'upload_method must be "direct" or "resumable"',
+                    field="upload_method")  # fmt: skip
 
 
 class _Rejected(Exception):
@@ -76,7 +95,8 @@ class MediaAPI:
             user, size=field(body, "file_size", int), file_type=field(body, "file_type", str),
             file_hash=field(body, "file_hash", str),
             conversation_id=field(body, "conversation_id", str, required=False),
-            file_name=field(body, "file_name", str, required=False), protocol="signed-put",
+            file_name=field(body, "file_name", str, required=False),
+            protocol=_protocol(field(body, "upload_method", str, required=False)),
         )  # fmt: skip
         return JSONResponse(new.json(), headers=NO_STORE)
 
@@ -109,12 +129,20 @@ class MediaAPI:
         # Rounded up so a URL is never valid for less than the configured TTL.
         expires = math.ceil(now + self.o.config.origin.upload_url_ttl)
         resume_until = max(expires, math.ceil(now + self.o.config.origin.upload_expiry))
-        path = f"/v1/upload/{media_id}"
+        path, staging_name = f"/v1/upload/{media_id}", f"{media_id}.part"
+        if self.o.direct is not None:
+            staging_name = media_id  # staging/<media_id> in the bucket, however it arrives
+        direct = self.o.direct if protocol == "signed-put" else None
+        if direct is not None:
+            # The record outlives the presigned URL by one more TTL: time to confirm.
+            protocol = DIRECT
+            resume_until = expires + math.ceil(self.o.config.origin.upload_url_ttl)
         sig = self.o.key.sign_request("PUT", path, expires, size)
         try:
             await self.o.db(self.o.records.create_upload, media_id, file_type=file_type.lower(),
-                            declared_size=size, declared_sha256=sha, expires_at=expires,
-                            staging_name=f"{media_id}.part", owner=user, protocol=protocol,
+                            declared_size=size, declared_sha256=sha,
+                            expires_at=resume_until if direct else expires,
+                            staging_name=staging_name, owner=user, protocol=protocol,
                             conversation_id=conversation_id, resume_until=resume_until,
                             allowance=self.o.allowance, now=now)  # fmt: skip
         except LimitExceeded as exc:
@@ -122,6 +150,11 @@ class MediaAPI:
             self.o.metrics.count(answer.error)
             raise answer from None
         self.o.metrics.count("created")
+        if direct is not None:
+            # botocore signs with the real clock, so the TTL itself, not our `expires`.
+            ttl = math.ceil(self.o.config.origin.upload_url_ttl)
+            url, headers = direct.presign_put(media_id, sha, ttl)
+            return NewUpload(media_id, url, expires, resume_until, headers)
         url = f"{self.o.config.origin.base_url}{path}?expires={expires}&size={size}&sig={sig}"
         return NewUpload(media_id, url, expires, resume_until)
 
@@ -152,15 +185,14 @@ class MediaAPI:
             if upload.state is UploadState.FAILED:
                 raise HTTPError(409, "upload_failed", "this upload failed its checks",
                                 reason=upload.failure)  # fmt: skip
-            if upload.state is UploadState.PENDING:
+            if upload.state is UploadState.PENDING and upload.protocol != DIRECT:
                 raise HTTPError(409, "upload_incomplete", "not every byte has been uploaded",
                                 declared=upload.declared_size,
                                 received=upload.received)  # fmt: skip
             try:
                 upload = await self._commit(upload, file_sha, thumb_b64)
             except _Rejected as exc:
-                if upload.staging_name:
-                    await self.o.staging.remove(upload.staging_name)
+                await self.o.discard_staged(upload)
                 await self.o.db(self.o.records.mark_failed, media_id, exc.error.error)
                 self.o.metrics.count(exc.error.error)
                 raise exc.error from None
@@ -181,11 +213,15 @@ class MediaAPI:
             raise _Rejected("hash_mismatch", "file_sha256 differs from the declared file_hash",
                             declared=sha, given=file_sha)  # fmt: skip
         staged = upload.staging_name or f"{upload.media_id}.part"
-        on_disk = await o.staging.size(staged) or 0
-        # A staging file gone while the blob is stored means an earlier confirm crashed
-        # between moving the blob and recording it: the blob was verified, finish the job.
-        resume = on_disk == 0 and await o.store.exists(sha)
-        if not resume:
+        if o.direct is not None:  # staged in the bucket: a direct PUT or completed multipart
+            resume = await self._check_direct(upload)
+            on_disk = size
+        else:
+            on_disk = await o.staging.size(staged) or 0
+            # A staging file gone while the blob is stored means an earlier confirm crashed
+            # between moving the blob and recording it: the blob was verified, finish the job.
+            resume = on_disk == 0 and await o.store.exists(sha)
+        if not resume and o.direct is None:
             if on_disk != size:
                 raise _Rejected("size_mismatch", f"received {on_disk} bytes, declared {size}",
                                 declared=size, received=on_disk)  # fmt: skip
@@ -205,12 +241,49 @@ class MediaAPI:
             thumb_file = await o.staging.write_bytes(f"{upload.media_id}.thumb", thumb)
             await o.store.commit(thumb_sha, thumb_file)
         # Store-once: commit() keeps the first copy of the bytes and drops this one.
-        fresh = resume or await o.store.commit(sha, o.staging.path(staged))
-        await o.db(o.records.commit_upload, upload.media_id, sha, size, thumb_sha)
+        if resume:
+            fresh = True
+        elif o.direct is not None:
+            fresh = await self._promote(upload)
+        else:
+            fresh = await o.store.commit(sha, o.staging.path(staged))
+        media = await o.db(o.records.commit_upload, upload.media_id, sha, size, thumb_sha,
+                           o.clock())  # fmt: skip
+        if media.thumb_sha256 is not None and o.direct is not None:
+            # Shields reading the bucket directly find /v/t1/<sha>/thumb here.
+            await o.direct.alias_thumbnail(sha, media.thumb_sha256)
         o.metrics.count("committed" if fresh else "deduplicated")
         committed = await o.db(o.records.get_upload, upload.media_id)
         assert committed is not None
         return committed
+
+    async def _check_direct(self, upload: Upload) -> bool:
+        """Size and blob header of a direct upload's staged object (HEAD, then a ranged GET
+        of the header); True if it is gone because an earlier confirm already stored it."""
+        assert self.o.direct is not None
+        sha, size = upload.declared_sha256, upload.declared_size
+        staged = await self.o.direct.staged(upload.media_id)
+        if staged is None:
+            if await self.o.store.exists(sha):
+                return True
+            raise HTTPError(409, "upload_incomplete", "nothing has been uploaded yet",
+                            declared=size, received=0)  # fmt: skip
+        if staged.size != size:
+            raise _Rejected("size_mismatch", f"received {staged.size} bytes, declared {size}",
+                            declared=size, received=staged.size)  # fmt: skip
+        try:
+            check_blob_layout(await self.o.direct.staged_head(upload.media_id, 16), size)
+        except BlobFormatError as exc:
+            raise _Rejected("bad_format", f"not a valid blob: {exc}", reason=str(exc)) from None
+        return False
+
+    async def _promote(self, upload: Upload) -> bool:
+        assert self.o.direct is not None
+        try:
+            return await self.o.direct.promote(upload.media_id, upload.declared_sha256)
+        except StagedMismatch as exc:
+            raise _Rejected("hash_mismatch", "the uploaded bytes do not hash to file_hash",
+                            declared=upload.declared_sha256, actual=exc.actual) from None
 
     def _decode_thumbnail(self, text: str) -> bytes:
         limit = self.o.config.origin.max_thumbnail_size

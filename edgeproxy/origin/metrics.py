@@ -2,7 +2,7 @@
 apps in one process never share counters).
 
 Totals about what is *stored* — bytes and blobs kept, bytes saved by store-once, unfinished
-uploads — are read from the SQLite database at scrape time, so they survive restarts and every
+uploads — are read from the metadata database at scrape time, so they survive restarts and every
 worker process reports the same numbers. Event counters (uploads by result, bytes received) are
 summed over the worker processes when there are several (`edgeproxy.workermetrics`).
 """
@@ -46,16 +46,24 @@ class _StoreCollector(Collector):
             "edgeproxy_origin_dedup_bytes_saved",
             "Bytes not stored because a confirmed blob was already kept (store-once)")
         stored = GaugeMetricFamily("edgeproxy_origin_stored_bytes",
-                                   "Bytes of committed media blobs, each stored once")
+                                   "Bytes of committed media blobs, each stored once, by "
+                                   "storage tier (hot, or cold past storage.cold_after)",
+                                   labels=["tier"])  # fmt: skip
         blobs = GaugeMetricFamily("edgeproxy_origin_stored_blobs", "Committed media blobs")
         unfinished = GaugeMetricFamily("edgeproxy_origin_unfinished_uploads",
                                        "Uploads requested but not yet confirmed or expired")
+        lag = GaugeMetricFamily("edgeproxy_replication_lag_seconds",
+                                "Age of the oldest committed blob not yet copied to every "
+                                "replica store (0: all copied, or no replicas)")  # fmt: skip
         if stats is not None:
+            lag.add_metric([], stats.get("replication_lag_seconds", 0))
             saved.add_metric([], stats["dedup_bytes_saved"])
-            stored.add_metric([], stats["media_bytes"])
+            cold = stats.get("cold_bytes", 0)
+            stored.add_metric(["hot"], stats["media_bytes"] - cold)
+            stored.add_metric(["cold"], cold)
             blobs.add_metric([], stats["media_count"])
             unfinished.add_metric([], stats["unfinished_uploads"])
-        yield from (saved, stored, blobs, unfinished)
+        yield from (saved, stored, blobs, unfinished, lag)
 
     def describe(self) -> Iterator[Metric]:
         """Names only: registering must not touch the database."""

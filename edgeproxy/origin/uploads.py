@@ -133,7 +133,7 @@ class UploadURL:
         assert upload.staging_name is not None
         try:
             async with (self.o.locks.hold(media_id, wait=False),
-                        self.o.staging.writer(upload.staging_name) as writer):  # fmt: skip
+                        self.o.upload_staging.writer(upload.staging_name) as writer):  # fmt: skip
                 current = await self.o.db(self.o.records.get_upload, media_id)
                 assert current is not None
                 check_writable(current)  # a PUT that held the lock may have finished it
@@ -171,7 +171,7 @@ class UploadURL:
         assert upload.staging_name is not None
         try:
             async with (self.o.locks.hold(media_id, wait=False),
-                        self.o.staging.writer(upload.staging_name) as writer):  # fmt: skip
+                        self.o.upload_staging.writer(upload.staging_name) as writer):  # fmt: skip
                 current = await self.o.db(self.o.records.get_upload, media_id)
                 assert current is not None
                 check_writable(current)
@@ -244,8 +244,8 @@ class UploadURL:
         name = upload.staging_name or f"{upload.media_id}.part"
         try:
             async with (self.o.locks.hold(upload.media_id, wait=False),
-                        self.o.staging.writer(name)):  # fmt: skip
-                await self.o.staging.remove(name)
+                        self.o.upload_staging.writer(name)):  # fmt: skip
+                await self.o.upload_staging.remove(name)
                 await self.o.db(self.o.records.mark_failed, upload.media_id, "terminated")
         except StagingBusy:
             raise IN_PROGRESS from None

@@ -1,0 +1,150 @@
+"""Origin metadata in a real PostgreSQL (a throwaway cluster of Debian's package): one schema
+and one code path with SQLite, and two origin processes on different ports sharing rate
+limits and quota exactly under concurrent requests."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+
+from edgeproxy.origin.auth import mint_token
+from edgeproxy.origin.db import database_url
+from edgeproxy.origin.limits import QuotaExceeded, RateLimited, UploadAllowance
+from edgeproxy.origin.records import Records, UploadState
+from tests.postgres import PostgresCluster, postgres_cluster
+from tests.servers import free_port
+
+SECRET = "postgres-test-jwt-secret-0123456789abcdef"
+
+
+@pytest.fixture(scope="module")
+def pg() -> Iterator[PostgresCluster]:
+    with postgres_cluster() as cluster:
+        yield cluster
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def records(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Records]:
+    if request.param == "sqlite":
+        url = database_url("", tmp_path / "origin.sqlite3")
+    else:
+        url = database_url(request.getfixturevalue("pg").new_database(), tmp_path)
+    db = Records(url)
+    yield db
+    db.close()
+
+
+def test_one_code_path_for_both_engines(records: Records) -> None:
+    now = time.time()
+    allowance = UploadAllowance(per_user_per_minute=2, per_conversation_per_minute=0,
+                                quota=100)  # fmt: skip
+    for i in range(2):
+        records.create_upload(f"m_upload{i:04d}", file_type="image/jpeg", declared_size=40,
+                              declared_sha256=str(i) * 64, expires_at=int(now) + 60,
+                              staging_name=f"m_upload{i:04d}.part", owner="bob",
+                              allowance=allowance, now=now + i)  # fmt: skip
+    with pytest.raises(RateLimited) as limited:
+        records.create_upload("m_upload0009", file_type="image/jpeg", declared_size=1,
+                              declared_sha256="9" * 64, expires_at=int(now) + 60,
+                              staging_name="x", owner="bob", allowance=allowance,
+                              now=now + 2)  # fmt: skip
+    assert limited.value.retry_after == 58  # the first upload leaves the window then
+    with pytest.raises(QuotaExceeded):
+        records.create_upload("m_upload0010", file_type="image/jpeg", declared_size=21,
+                              declared_sha256="9" * 64, expires_at=int(now) + 60,
+                              staging_name="x", owner="bob", allowance=allowance,
+                              now=now + 61)  # fmt: skip
+    records.record_progress("m_upload0000", 40, "0" * 64)
+    assert records.get_upload("m_upload0000").state is UploadState.UPLOADED  # type: ignore[union-attr]
+    records.commit_upload("m_upload0000", "0" * 64, 40, None)
+    # The first thumbnail wins: /thumb URLs are immutable.
+    assert records.commit_upload("m_upload0000", "0" * 64, 40, "a" * 64).thumb_sha256 == "a" * 64
+    assert records.commit_upload("m_upload0000", "0" * 64, 40, "b" * 64).thumb_sha256 == "a" * 64
+    records.set_profile_photo("user", "c" * 64, "image/png", 3)
+    records.set_profile_photo("user", "d" * 64, "image/webp", 4)
+    photo = records.get_profile_photo("user")
+    assert photo is not None and (photo.sha256, photo.size) == ("d" * 64, 4)
+    assert [u.media_id for u in records.expired_uploads(now + 61)] == ["m_upload0001"]
+    assert records.live_staging_names() == {"m_upload0001.part"}
+    assert records.stats() == {"media_bytes": 40, "media_count": 1, "dedup_bytes_saved": 0,
+                               "unfinished_uploads": 1, "cold_bytes": 0}  # fmt: skip
+    assert records.stats(cold_before=time.time() + 1)["cold_bytes"] == 40
+
+
+def _start_origin(tmp: Path, database: str, port: int) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "EDGEPROXY_DATA_DIR": str(tmp / f"var-{port}"),
+           "EDGEPROXY_ORIGIN__PORT": str(port), "EDGEPROXY_ORIGIN__DATABASE": database,
+           "EDGEPROXY_ORIGIN__STORE": str(tmp / "shared-blobs"),
+           "EDGEPROXY_AUTH__JWT_SECRET": SECRET, "EDGEPROXY_LOG_LEVEL": "warning",
+           "EDGEPROXY_LIMITS__UPLOADS_PER_MINUTE_PER_USER": "7",
+           "EDGEPROXY_LIMITS__UPLOADS_PER_MINUTE_PER_CONVERSATION": "3",
+           "EDGEPROXY_LIMITS__STORAGE_QUOTA_PER_USER": "5000"}  # fmt: skip
+    return subprocess.Popen([sys.executable, "-m", "edgeproxy", "serve", "--role", "origin"],
+                            env=env, stdout=subprocess.DEVNULL)  # fmt: skip
+
+
+@pytest.fixture
+def two_origins(tmp_path: Path, pg: PostgresCluster) -> Iterator[list[str]]:
+    database = pg.new_database()
+    ports = [free_port(), free_port()]
+    procs = [_start_origin(tmp_path, database, port) for port in ports]
+    try:
+        urls = [f"http://127.0.0.1:{port}" for port in ports]
+        deadline = time.monotonic() + 30
+        for url, proc in zip(urls, procs, strict=True):
+            while True:
+                assert proc.poll() is None, "an origin exited at start"
+                try:
+                    if httpx.get(url + "/healthz").status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                assert time.monotonic() < deadline, f"{url} did not start"
+                time.sleep(0.1)
+        yield urls
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            proc.wait(timeout=10)
+
+
+def _burst(urls: list[str], bodies: list[tuple[str, dict[str, object]]]) -> Counter[int]:
+    """Send every (user, body) request at once, alternating between the origins."""
+
+    def one(i: int) -> int:
+        user, body = bodies[i]
+        r = httpx.post(urls[i % len(urls)] + "/v1/media/upload/request", json=body,
+                       headers={"Authorization": "Bearer " + mint_token(SECRET, user)},
+                       timeout=30)  # fmt: skip
+        return r.status_code
+
+    with ThreadPoolExecutor(len(bodies)) as pool:
+        return Counter(pool.map(one, range(len(bodies))))
+
+
+def _body(size: int, conversation: str | None = None) -> dict[str, object]:
+    body: dict[str, object] = {"file_size": size, "file_type": "image/jpeg",
+                               "file_hash": "ab" * 32}  # fmt: skip
+    if conversation:
+        body["conversation_id"] = conversation
+    return body
+
+
+def test_two_origins_share_rate_limits_and_quota_exactly(two_origins: list[str]) -> None:
+    # 7 uploads per minute per user: exactly 7 of 16 concurrent requests pass, on both.
+    assert _burst(two_origins, [("carol", _body(100))] * 16) == {200: 7, 429: 9}
+    # A 5000-byte quota: exactly 5 uploads of 1000 bytes (the rate limit is not reached).
+    assert _burst(two_origins, [("dave", _body(1000))] * 12) == {200: 5, 507: 7}
+    # 3 per minute per conversation, whoever sends them.
+    users = [(f"user{i}", _body(10, "chat-1")) for i in range(10)]
+    assert _burst(two_origins, users) == {200: 3, 429: 7}

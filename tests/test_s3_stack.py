@@ -1,0 +1,231 @@
+"""The object-store deployment end to end (moto server + a throwaway PostgreSQL): upload
+straight into the bucket, download through edge → shield → origin; and a shield's upstream
+that is the bucket itself (`S3Transport`), with ranges, validators and 404s."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+from PIL import Image
+
+from edgeproxy import cache, origin
+from edgeproxy.cache.s3transport import S3Transport, object_key
+from edgeproxy.cache.transport import BeReq, transport_for
+from edgeproxy.client import MediaClient
+from edgeproxy.config import load_config
+from edgeproxy.origin.auth import mint_token
+from edgeproxy.s3 import S3Location
+from tests.objectstore import S3Endpoint, moto_s3
+from tests.postgres import PostgresCluster, postgres_cluster
+from tests.servers import free_port, serve
+from tests.test_origin import make_blob, run_origin, sha
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Endpoint]:
+    with moto_s3(tmp_path_factory.mktemp("moto")) as endpoint:
+        yield endpoint
+
+
+@pytest.fixture(scope="module")
+def pg() -> Iterator[PostgresCluster]:
+    with postgres_cluster() as cluster:
+        yield cluster
+
+
+def test_upload_download_with_s3_store_and_postgresql(tmp_path: Path, s3: S3Endpoint,
+                                                      pg: PostgresCluster) -> None:  # fmt: skip
+    bucket = s3.new_bucket()
+    ports = {role: free_port() for role in ("origin", "shield", "edge")}
+    config = load_config(None, env={
+        **s3.env(),
+        "EDGEPROXY_DATA_DIR": str(tmp_path / "var"),
+        "EDGEPROXY_PUBLIC_BASE_URL": f"http://127.0.0.1:{ports['edge']}",
+        "EDGEPROXY_ORIGIN__PORT": str(ports["origin"]),
+        "EDGEPROXY_ORIGIN__STORE": f"s3://{bucket}/media",
+        "EDGEPROXY_ORIGIN__DATABASE": pg.new_database(),
+    })  # fmt: skip
+    image = tmp_path / "photo.png"
+    Image.frombytes("RGB", (400, 300), os.urandom(400 * 300 * 3)).save(image)
+    edge_app = cache.create_app(config, "edge", upstream=f"http://127.0.0.1:{ports['shield']}")
+    token = mint_token(config.auth.jwt_secret, "alice")
+    with serve(origin.create_app(config), ports["origin"]) as o, \
+            serve(cache.create_app(config, "shield", upstream=o.url), ports["shield"]), \
+            serve(edge_app, ports["edge"]) as e, \
+            MediaClient(o.url, token=token) as client:  # fmt: skip
+        payload = client.upload(image)
+        enc = payload["file_enc_sha256"]
+        # The bytes went straight to the bucket; no origin-side staging file was written.
+        assert not list((tmp_path / "var" / "origin" / "staging").iterdir())
+        keys = s3.keys(bucket)
+        assert f"media/blobs/{enc}" in keys and f"media/thumbs/{enc}" in keys
+        assert not [k for k in keys if "/staging/" in k]
+        assert payload["media_url"] == f"{e.url}/v/t1/{enc}"
+
+        results = []
+        for name in ("first", "second"):
+            out = tmp_path / f"{name}.png"
+            results.append(client.download(payload, out).x_cache)
+            assert out.read_bytes() == image.read_bytes()
+        assert results == ["MISS from edge, MISS from shield", "HIT from edge"]
+        r = httpx.get(payload["media_url"], headers={"range": "bytes=0-15"})
+        assert r.status_code == 206 and r.content[:8] == b"WAMEDIA1"
+        thumb = httpx.get(payload["thumbnail_url"])
+        assert thumb.status_code == 200 and thumb.content
+
+
+@pytest.fixture
+def stored(s3: S3Endpoint) -> tuple[str, bytes]:
+    """A bucket holding one content-addressed blob under the prefix ``p``."""
+    bucket = s3.new_bucket()
+    blob = os.urandom(100_000)
+    s3.client().put_object(Bucket=bucket, Key=f"p/blobs/{hashlib.sha256(blob).hexdigest()}",
+                           Body=blob)  # fmt: skip
+    return bucket, blob
+
+
+async def _get(transport: S3Transport, path: str, method: str = "GET",
+               **headers: str) -> tuple[int, dict[bytes, bytes], bytes]:  # fmt: skip
+    raw = [(k.replace("_", "-").encode(), v.encode()) for k, v in headers.items()]
+    response = await transport.send(BeReq(method, path, raw, path))
+    try:
+        body = b"".join([chunk async for chunk in response.aiter_body()])
+    finally:
+        await response.aclose()
+    return response.status, dict(response.headers), body
+
+
+def test_s3_transport_maps_paths_ranges_validators_and_404(
+        s3: S3Endpoint, stored: tuple[str, bytes]) -> None:  # fmt: skip
+    bucket, blob = stored
+    sha = hashlib.sha256(blob).hexdigest()
+    transport = transport_for(f"s3://{bucket}/p", timeout=5, s3=s3.config())
+    assert isinstance(transport, S3Transport)
+
+    async def scenario() -> None:
+        try:
+            status, headers, body = await _get(transport, f"/v/t1/{sha}?exp=1&sig=x",
+                                               range="bytes=1000-1999")  # fmt: skip
+            assert (status, body) == (206, blob[1000:2000])
+            assert headers[b"content-range"] == f"bytes 1000-1999/{len(blob)}".encode()
+            etag = headers[b"etag"].decode()
+            status, headers, body = await _get(transport, f"/v/t1/{sha}", "HEAD")
+            assert (status, body, headers[b"content-length"]) == (200, b"", b"100000")
+            status, _, _ = await _get(transport, f"/v/t1/{sha}", if_none_match=etag)
+            assert status == 304
+            status, _, body = await _get(transport, f"/v/t1/{sha}", range="bytes=-10",
+                                         if_range='"another"')  # fmt: skip
+            assert (status, body) == (200, blob)  # If-Range mismatch: the whole object
+            status, _, body = await _get(transport, f"/v/t1/{sha}", range="bytes=-10",
+                                         if_range=etag)  # fmt: skip
+            assert (status, body) == (206, blob[-10:])
+            status, headers, body = await _get(transport, "/v/t1/" + "0" * 64)
+            assert status == 404 and b"not_found" in body
+            status, _, _ = await _get(transport, f"/v/t1/{sha}", "DELETE")
+            assert status == 405
+        finally:
+            await transport.aclose()
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize(("target", "key"), [
+    ("/v/t1/" + "a" * 64, "pre/blobs/" + "a" * 64),
+    ("/v/t1/" + "a" * 64 + "/thumb?exp=1", "pre/thumbs/" + "a" * 64),
+    ("/v/t1/not-a-hash", "pre/v/t1/not-a-hash"),
+    ("/static/app.js?v=3", "pre/static/app.js"),
+])  # fmt: skip
+def test_object_key_mapping(target: str, key: str) -> None:
+    assert object_key(S3Location.parse("s3://bucket/pre/"), target) == key
+
+
+def test_edge_shield_bucket_with_ranges(s3: S3Endpoint, stored: tuple[str, bytes],
+                                        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A shield whose upstream is the bucket: no origin on the download path."""
+    bucket, blob = stored
+    sha = hashlib.sha256(blob).hexdigest()
+    # The node builds its transport from the upstream URL; settings from the AWS variables.
+    settings = s3.settings()
+    assert settings.credentials is not None
+    for name, value in {"AWS_ENDPOINT_URL": s3.url, "AWS_REGION": "us-east-1",
+                        "AWS_ACCESS_KEY_ID": settings.credentials.access_key,
+                        "AWS_SECRET_ACCESS_KEY": settings.credentials.secret_key}.items():
+        monkeypatch.setenv(name, value)
+    config = load_config(None, env={"EDGEPROXY_DATA_DIR": str(tmp_path / "var")})
+    with serve(cache.create_app(config, "shield", upstream=f"s3://{bucket}/p")) as shield, \
+            serve(cache.create_app(config, "edge", upstream=shield.url)) as edge:  # fmt: skip
+        url = f"{edge.url}/v/t1/{sha}"
+        r = httpx.get(url, headers={"range": "bytes=70000-70099"})
+        assert r.status_code == 206 and r.content == blob[70000:70100]
+        assert r.headers["content-range"] == f"bytes 70000-70099/{len(blob)}"
+        assert r.headers["x-cache"] == "MISS from edge, MISS from shield"
+        r = httpx.get(url)
+        assert r.status_code == 200 and r.content == blob
+        r = httpx.get(url, headers={"range": "bytes=-100"})
+        assert r.status_code == 206 and r.content == blob[-100:]
+        assert r.headers["x-cache"].startswith("HIT from edge")
+        r = httpx.get(f"{edge.url}/v/t1/{'0' * 64}")
+        assert r.status_code == 404
+
+
+def test_replica_falls_back_to_the_primary_for_objects_not_yet_replicated(
+        s3: S3Endpoint, stored: tuple[str, bytes]) -> None:  # fmt: skip
+    primary, blob = stored
+    replica = s3.new_bucket()
+    sha = hashlib.sha256(blob).hexdigest()
+    replicated = os.urandom(1000)
+    rsha = hashlib.sha256(replicated).hexdigest()
+    s3.client().put_object(Bucket=replica, Key=f"r/blobs/{rsha}", Body=replicated)
+    transport = transport_for(f"s3://{replica}/r,s3://{primary}/p", timeout=5, s3=s3.config())
+
+    async def scenario() -> None:
+        try:
+            status, _, body = await _get(transport, f"/v/t1/{rsha}")  # from the replica
+            assert (status, body) == (200, replicated)
+            status, _, body = await _get(transport, f"/v/t1/{sha}", range="bytes=0-9")
+            assert (status, body) == (206, blob[:10])  # not replicated yet: the primary
+            status, _, _ = await _get(transport, "/v/t1/" + "1" * 64)
+            assert status == 404  # in neither
+        finally:
+            await transport.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_two_origins_never_write_one_upload_at_once(tmp_path: Path, s3: S3Endpoint,
+                                                    pg: PostgresCluster) -> None:  # fmt: skip
+    """Resumable uploads live in the bucket, so any origin may take the next request; the
+    database's advisory lock keeps two from appending to one upload together."""
+    env = {**s3.env(), "EDGEPROXY_ORIGIN__STORE": f"s3://{s3.new_bucket()}/m",
+           "EDGEPROXY_ORIGIN__DATABASE": pg.new_database()}
+    blob = make_blob(4096)
+    started, release = threading.Event(), threading.Event()
+
+    def slow_body() -> Iterator[bytes]:
+        yield blob[:1000]
+        started.set()
+        release.wait(10)
+        yield blob[1000:]
+
+    with run_origin(tmp_path / "a", env=env) as a, run_origin(tmp_path / "b", env=env) as b:
+        ticket = a.request(blob, upload_method="resumable")
+        with ThreadPoolExecutor(1) as pool:
+            first = pool.submit(a.put, ticket["upload_url"], slow_body(),
+                                headers={"Content-Length": str(len(blob))})
+            assert started.wait(10)
+            time.sleep(0.2)  # the first body's bytes are being written under the lock
+            r = b.put(ticket["upload_url"], blob)
+            assert r.status_code == 409 and r.json()["error"] == "upload_in_progress"
+            release.set()
+            assert first.result(timeout=20).json()["complete"] is True
+        assert b.confirm(ticket["media_id"], sha(blob)).status_code == 200
+        assert b.http.get(f"/v/t1/{sha(blob)}").content == blob
