@@ -197,6 +197,13 @@ class AuthConfig:
     audience: str = ""
     issuer: str = ""
     leeway: float = _duration(30)  # clock skew allowed on exp/nbf/iat
+    # Conversation access (seed 004, `edgeproxy.origin.authz`): an operator's service asked
+    # {user, action, conversation_id, media_id} -> allow/deny, and/or a claim listing the
+    # caller's conversations. Both empty: only the uploader gets a media's signed URL.
+    authorizer_url: str = ""
+    authorizer_timeout: float = _duration(2)
+    authorizer_cache_ttl: float = _duration(30)  # how long a decision is remembered
+    conversations_claim: str = ""
 
 
 # Seed 004's `supported_types`.
@@ -484,6 +491,11 @@ def _check_auth_and_signing(config: Config) -> None:
     if auth.jwt_secret and len(auth.jwt_secret.encode()) < 32:
         # RFC 7518 §3.2: an HS256 key shorter than the hash makes offline guessing cheap.
         raise ConfigError("auth.jwt_secret: must be at least 32 bytes")
+    if auth.authorizer_url and not re.match(r"https?://", auth.authorizer_url):
+        raise ConfigError(f"auth.authorizer_url: expected an http(s):// URL, "
+                          f"got {auth.authorizer_url!r}")
+    if auth.authorizer_timeout <= 0:
+        raise ConfigError("auth.authorizer_timeout: must be positive")
     signing = config.download_signing
     if not signing.keys:
         raise ConfigError("download_signing.keys: at least one key id is needed")

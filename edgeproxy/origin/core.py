@@ -25,6 +25,7 @@ from ..config import Config
 from ..errors import HTTPError
 from ..signing import DownloadSigner, SigningKey
 from .auth import Authenticator, Principal
+from .authz import ConversationAccess
 from .blobstore import BlobStore, LocalBlobStore, Staging, StagingBusy
 from .limits import UploadAllowance
 from .metrics import OriginMetrics
@@ -76,6 +77,7 @@ class OriginCore:
         self.locks = UploadLocks()
         self.public = config.public_base_url.rstrip("/")
         self.auth = Authenticator(config.auth)
+        self.access = ConversationAccess(config.auth, clock)
         self.signer = DownloadSigner.from_config(config.download_signing)
         self.allowance = UploadAllowance.from_config(config.limits)
         self.metrics = OriginMetrics(self._stats)
@@ -106,6 +108,7 @@ class OriginCore:
                     await sweeper
             self._records.close()
             self._records = None
+            await self.access.aclose()
 
     async def db(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """Run a `Records` call in a worker thread (SQLite fsyncs must not block the loop)."""
@@ -120,6 +123,14 @@ class OriginCore:
     def user(self, request: Request) -> str:
         """The authenticated caller's user id (the JWT ``sub``); 401 otherwise."""
         return self.principal(request).user
+
+    async def check_download(self, upload: Upload, who: Principal) -> None:
+        """403 (or 503) unless ``who`` may have ``upload``'s signed URL: a participant of its
+        conversation when conversation access is configured, else its uploader."""
+        if upload.conversation_id is not None and self.access.enabled:
+            await self.access.check(who, "download", upload.conversation_id, upload.media_id)
+        else:
+            self.check_owner(upload, who.user)
 
     @staticmethod
     def check_owner(upload: Upload, user: str) -> None:
