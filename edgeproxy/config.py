@@ -150,12 +150,47 @@ class OriginConfig:
 
 
 @dataclass(frozen=True)
+class UpstreamConfig:
+    """One parent of a cache node and its rendezvous-hashing weight."""
+
+    url: str
+    weight: float = 1.0
+
+
+def parse_upstreams(value: Any) -> tuple[UpstreamConfig, ...]:
+    """``[url, ...]`` or ``[{url, weight}, ...]`` (or one URL) as `UpstreamConfig` values."""
+    items = [value] if isinstance(value, str | dict) else value
+    if not isinstance(items, list):
+        raise ValueError(f"expected a list of URLs or of {{url, weight}}, got {value!r}")
+    out = []
+    for i, item in enumerate(items):
+        item = {"url": item} if isinstance(item, str) else item
+        if not isinstance(item, dict) or set(item) - {"url", "weight"} or "url" not in item:
+            raise ValueError(f"[{i}]: expected a URL or {{url, weight}}, got {item!r}")
+        url, weight = item["url"], item.get("weight", 1.0)
+        if not isinstance(url, str) or not re.match(r"https?://", url):
+            raise ValueError(f"[{i}].url: expected an http(s):// URL, got {url!r}")
+        if isinstance(weight, bool) or not isinstance(weight, int | float) or not weight > 0:
+            raise ValueError(f"[{i}].weight: expected a positive number, got {weight!r}")
+        out.append(UpstreamConfig(url.rstrip("/"), float(weight)))
+    if len({u.url for u in out}) != len(out):
+        raise ValueError("the same URL is listed twice")
+    return tuple(out)
+
+
+@dataclass(frozen=True)
 class NodeConfig:
-    """A caching node (edge or shield): where it listens and what it fronts."""
+    """A caching node (edge or shield): where it listens and what it fronts.
+
+    ``upstreams``, when given, replaces ``upstream``: the node spreads keys over them by
+    rendezvous hashing and fails over between them (`edgeproxy.cache.director`).
+    """
 
     host: str = "127.0.0.1"
     port: int = 8080
     upstream: str = ""
+    upstreams: tuple[UpstreamConfig, ...] = field(default=(),
+                                                  metadata={"parse": parse_upstreams})
     cache_size: int = _size(1024**3)
     workers: int = 1
 
@@ -163,6 +198,13 @@ class NodeConfig:
     def base_url(self) -> str:
         """The URL clients use to reach this node."""
         return f"http://{self.host}:{self.port}"
+
+    @property
+    def parents(self) -> tuple[UpstreamConfig, ...]:
+        """The upstreams this node uses: ``upstreams``, else the one ``upstream``."""
+        if self.upstreams:
+            return self.upstreams
+        return (UpstreamConfig(self.upstream.rstrip("/")),) if self.upstream else ()
 
 
 @dataclass(frozen=True)
@@ -177,6 +219,8 @@ class CacheConfig:
     stale_if_error: float = _duration(86400)  # grace to serve stale when upstream fails
     stale_while_revalidate: float = _duration(0)  # serve stale while one refresh runs
     upstream_backoff: float = _duration(2)  # after a connect failure, fail fast this long
+    # With several upstreams: how often each parent's /healthz is probed (0: passive only).
+    upstream_probe_interval: float = _duration(5)
     memory_size: int = _size(32 * 1024**2)  # per worker: small hot objects kept in memory
     memory_max_object: int = _size(256 * 1024)  # largest object the memory tier keeps
 
