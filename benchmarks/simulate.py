@@ -103,12 +103,17 @@ def make_trace(w: Workload) -> Trace:
 
 
 class Cache:
-    """A byte-bounded cache evicting LRU, or FIFO (``least-recently-stored``, edgeproxy's)."""
+    """A byte-bounded cache evicting LRU, or FIFO (``least-recently-stored``, edgeproxy's).
 
-    def __init__(self, capacity: int, policy: str = "lru") -> None:
+    ``charge`` maps an object's size to the bytes it takes from the capacity (a real store's
+    pages and index rows); by default its size.
+    """
+
+    def __init__(self, capacity: int, policy: str = "lru",
+                 charge: Callable[[int], int] | None = None) -> None:  # fmt: skip
         if policy not in ("lru", "fifo"):
             raise ValueError(f"unknown eviction policy {policy!r}")
-        self.capacity, self.lru = capacity, policy == "lru"
+        self.capacity, self.lru, self.charge = capacity, policy == "lru", charge
         self.used = 0
         self.entries: OrderedDict[int, int] = OrderedDict()
 
@@ -122,6 +127,8 @@ class Cache:
 
     def put(self, obj: int, size: int) -> None:
         """Store ``obj``, evicting the oldest until it fits; larger than the cache: skipped."""
+        if self.charge is not None:
+            size = self.charge(size)
         if size > self.capacity or obj in self.entries:
             return
         while self.used + size > self.capacity:
@@ -206,10 +213,11 @@ class Result:
 
 
 def simulate(trace: Trace, design: Design, *, edge_capacity: int, shield_capacity: int,
-             policy: str = "lru", warmup: float = 0.2) -> Result:  # fmt: skip
+             policy: str = "lru", warmup: float = 0.2,
+             charge: Callable[[int], int] | None = None) -> Result:  # fmt: skip
     """Replay ``trace`` through fresh caches laid out as ``design``."""
-    edges = [Cache(edge_capacity, policy) for _ in trace.pop_region]
-    shields = [Cache(shield_capacity * design.capacity_factor, policy)
+    edges = [Cache(edge_capacity, policy, charge) for _ in trace.pop_region]
+    shields = [Cache(shield_capacity * design.capacity_factor, policy, charge)
                for _ in range(design.shields)]
     start = int(len(trace.requests) * warmup)
     res = Result(design.name)
