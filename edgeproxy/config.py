@@ -151,30 +151,38 @@ class OriginConfig:
 
 @dataclass(frozen=True)
 class UpstreamConfig:
-    """One parent of a cache node and its rendezvous-hashing weight."""
+    """One parent of a cache node, its rendezvous-hashing weight, and whether it is a backup
+    (used only while every other upstream is down, like nginx's ``backup``)."""
 
     url: str
     weight: float = 1.0
+    backup: bool = False
 
 
 def parse_upstreams(value: Any) -> tuple[UpstreamConfig, ...]:
-    """``[url, ...]`` or ``[{url, weight}, ...]`` (or one URL) as `UpstreamConfig` values."""
+    """``[url, ...]`` or ``[{url, weight, backup}, ...]`` (or one URL) as `UpstreamConfig`s."""
     items = [value] if isinstance(value, str | dict) else value
     if not isinstance(items, list):
-        raise ValueError(f"expected a list of URLs or of {{url, weight}}, got {value!r}")
+        raise ValueError(f"expected a list of URLs or of {{url, weight, backup}}, got {value!r}")
     out = []
     for i, item in enumerate(items):
         item = {"url": item} if isinstance(item, str) else item
-        if not isinstance(item, dict) or set(item) - {"url", "weight"} or "url" not in item:
-            raise ValueError(f"[{i}]: expected a URL or {{url, weight}}, got {item!r}")
+        if (not isinstance(item, dict) or set(item) - {"url", "weight", "backup"}
+                or "url" not in item):  # fmt: skip
+            raise ValueError(f"[{i}]: expected a URL or {{url, weight, backup}}, got {item!r}")
         url, weight = item["url"], item.get("weight", 1.0)
+        backup = item.get("backup", False)
+        if not isinstance(backup, bool):
+            raise ValueError(f"[{i}].backup: expected true or false, got {backup!r}")
         if not isinstance(url, str) or not re.match(r"https?://", url):
             raise ValueError(f"[{i}].url: expected an http(s):// URL, got {url!r}")
         if isinstance(weight, bool) or not isinstance(weight, int | float) or not weight > 0:
             raise ValueError(f"[{i}].weight: expected a positive number, got {weight!r}")
-        out.append(UpstreamConfig(url.rstrip("/"), float(weight)))
+        out.append(UpstreamConfig(url.rstrip("/"), float(weight), backup))
     if len({u.url for u in out}) != len(out):
         raise ValueError("the same URL is listed twice")
+    if out and all(u.backup for u in out):
+        raise ValueError("at least one upstream must not be a backup")
     return tuple(out)
 
 

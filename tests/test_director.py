@@ -292,16 +292,41 @@ async def test_metrics_per_upstream() -> None:
     assert 'edgeproxy_director_upstream_weight{tier="edge",upstream="' in text
 
 
+async def test_backups_take_keys_only_while_every_primary_is_down() -> None:
+    # A region's edge: its own shields A and B, the other region's C and D as backups.
+    D = "http://shield-d:8081"
+    fakes = {u: FakeParent(u) for u in (A, B, C, D)}
+    director = Director([(A, 1, fakes[A]), (B, 1, fakes[B])],
+                        backups=[(C, 1, fakes[C]), (D, 1, fakes[D])])  # fmt: skip
+    assert {director.order(k)[0].url for k in KEYS[:500]} == {A, B}
+    assert all({p.url for p in director.order(k)[2:]} == {C, D} for k in KEYS[:50])
+    fakes[A].healthy = fakes[B].healthy = False
+    await director.probe_all()
+    served = Counter([(await fetch(director, k))[1].decode() for k in KEYS[:400]])
+    assert set(served) == {C, D} and min(served.values()) > 150  # HRW over the backups
+    # Every edge of the region sends a key to the same backup.
+    twin = Director([(A, 1, FakeParent(A)), (B, 1, FakeParent(B))],
+                    backups=[(C, 1, FakeParent(C)), (D, 1, FakeParent(D))])  # fmt: skip
+    assert all(director.order(k)[2].url == twin.order(k)[2].url for k in KEYS[:400])
+    fakes[B].healthy = True
+    await director.probe_all()
+    assert {(await fetch(director, k))[1].decode() for k in KEYS[:100]} == {B}
+    with pytest.raises(ConfigError, match="not a backup"):
+        Director([], backups=[(C, 1, fakes[C])])
+
+
 # --- config ---------------------------------------------------------------------------------
 
 
 async def test_transport_for_node_from_config() -> None:
-    env = {"EDGEPROXY_EDGE__UPSTREAMS": f"[{A}, {{url: '{B}/', weight: 2}}]",
+    env = {"EDGEPROXY_EDGE__UPSTREAMS": f"[{A}, {{url: '{B}/', weight: 2}}, "
+                                        f"{{url: '{C}', backup: true}}]",
            "EDGEPROXY_CACHE__UPSTREAM_PROBE_INTERVAL": "7s"}  # fmt: skip
     config = load_config(None, env=env)
     director = transport_for_node(config, "edge")
     assert isinstance(director, Director)
-    assert [(p.url, p.weight) for p in director.parents] == [(A, 1.0), (B, 2.0)]
+    assert [(p.url, p.weight, p.backup) for p in director.parents] == [
+        (A, 1.0, False), (B, 2.0, False), (C, 1.0, True)]
     assert director.probe_interval == 7 and director.backoff == config.cache.upstream_backoff
     await director.aclose()
     single = transport_for_node(config, "shield")  # upstream: one URL, as before
@@ -317,6 +342,8 @@ async def test_transport_for_node_from_config() -> None:
         ("[{url: 'http://a', weight: true}]", "weight"),
         ("[{url: 'http://a', zone: eu}]", "expected a URL"),
         ("[http://a, 'http://a/']", "twice"),
+        ("[{url: 'http://a', backup: yes please}]", "backup"),
+        ("[{url: 'http://a', backup: true}]", "not be a backup"),
         ("7", "expected a list"),
     ],
 )

@@ -14,8 +14,11 @@ a `Director` is itself a `Transport`, so a node with several upstreams sees one.
 - **Active health:** with ``probe_interval`` > 0, a background task (`start`/`aclose`) asks
   every parent's ``/healthz``; a failed probe keeps it down until a probe succeeds, and a
   successful one brings it back at once (its keys return to it: HRW order never changes).
+- **Backups:** parents marked ``backup`` (like nginx's ``backup`` servers; a region's edges list
+  the other region's shields so) get keys only while every primary is down, again by HRW.
 - **Failover:** a request that fails before any response headers came back is retried on the
-  next parent in HRW order (parents that are down come last, as a last resort). A 5xx is
+  next parent in HRW order: primaries that are up, backups that are up, then those down as a
+  last resort. A 5xx is
   returned as it is when no other parent is up. A request with a body is never retried (the
   body may be consumed). Nothing is retried after headers were returned: a failure mid-stream
   is the caller's to abort.
@@ -82,6 +85,7 @@ class Parent:
     url: str
     weight: float
     transport: Transport
+    backup: bool = False  # used only while no primary is up
     down_until: float = 0.0  # passive: down until then (monotonic clock)
     probe_failed: bool = False  # active: down until a probe succeeds
     requests: int = 0
@@ -106,10 +110,12 @@ class Director:
 
     def __init__(self, parents: Sequence[tuple[str, float, Transport]], *, backoff: float = 2.0,
                  probe_interval: float = 0.0, probe_timeout: float = 2.0,
+                 backups: Sequence[tuple[str, float, Transport]] = (),
                  clock: Callable[[], float] = time.monotonic) -> None:  # fmt: skip
         if not parents:
-            raise ConfigError("a director needs at least one upstream")
+            raise ConfigError("a director needs at least one upstream that is not a backup")
         self.parents = [Parent(url, weight, t) for url, weight, t in parents]
+        self.parents += [Parent(url, weight, t, backup=True) for url, weight, t in backups]
         if len({p.id for p in self.parents}) != len(self.parents):
             raise ConfigError("upstreams: the same URL is listed twice")
         self.backoff = backoff
@@ -122,11 +128,13 @@ class Director:
     # --- choosing ------------------------------------------------------------------------------
 
     def order(self, key: str) -> list[Parent]:
-        """Every parent in decreasing HRW score for ``key`` (health not considered)."""
-        return sorted(self.parents, key=lambda p: hrw_score(p.id, key, p.weight), reverse=True)
+        """Every parent for ``key``: primaries, then backups, each in decreasing HRW score
+        (health not considered)."""
+        return sorted(self.parents, key=lambda p: (not p.backup, hrw_score(p.id, key, p.weight)),
+                      reverse=True)  # fmt: skip
 
     def candidates(self, key: str) -> list[Parent]:
-        """The parents to try for ``key``: those up in HRW order, then those down."""
+        """The parents to try for ``key``: those up in `order`, then those down."""
         now = self.clock()
         ordered = self.order(key)
         return [p for p in ordered if p.is_up(now)] + [p for p in ordered if not p.is_up(now)]
@@ -258,7 +266,7 @@ class DirectorMetrics(Collector):
                                "1 if the upstream is taking requests, 0 while it is down",
                                labels=["tier", "upstream"])  # fmt: skip
         weight = GaugeMetricFamily("edgeproxy_director_upstream_weight",
-                                   "Configured HRW weight of the upstream",
+                                   "Configured HRW weight of the upstream (negative: a backup)",
                                    labels=["tier", "upstream"])  # fmt: skip
         requests = CounterMetricFamily("edgeproxy_director_requests",
                                        "Requests sent to the upstream (retries included)",
@@ -269,7 +277,7 @@ class DirectorMetrics(Collector):
                                      labels=["tier", "upstream", "kind"])  # fmt: skip
         for p in d.parents:
             up.add_metric([tier, p.url], 1.0 if p.is_up(now) else 0.0)
-            weight.add_metric([tier, p.url], p.weight)
+            weight.add_metric([tier, p.url], -p.weight if p.backup else p.weight)
             requests.add_metric([tier, p.url], p.requests)
             for kind, count in sorted(p.errors.items()):
                 errors.add_metric([tier, p.url, kind], count)
@@ -293,9 +301,10 @@ def transport_for_node(config: Config, tier: str, *,
     timeout = config.cache.upstream_timeout
     if len(parents) == 1:
         return transport_for(parents[0].url, timeout=timeout, ssl_context=ssl_context)
-    return Director(
-        [(p.url, p.weight, transport_for(p.url, timeout=timeout, ssl_context=ssl_context))
-         for p in parents],
-        backoff=config.cache.upstream_backoff,
-        probe_interval=config.cache.upstream_probe_interval,
-    )  # fmt: skip
+
+    def listed(backup: bool) -> list[tuple[str, float, Transport]]:
+        return [(p.url, p.weight, transport_for(p.url, timeout=timeout, ssl_context=ssl_context))
+                for p in parents if p.backup == backup]  # fmt: skip
+
+    return Director(listed(False), backups=listed(True), backoff=config.cache.upstream_backoff,
+                    probe_interval=config.cache.upstream_probe_interval)  # fmt: skip
