@@ -22,6 +22,7 @@ import bisect
 import itertools
 import math
 import random
+import textwrap
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -287,8 +288,8 @@ def plot(results: Sequence[Result], path: str, title: str) -> None:
     ax.set_xticks(list(x), names, fontsize=8)
     ax.set_ylabel("%")
     ax.set_ylim(0, 105)
-    ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.set_title(textwrap.fill(title, 110), fontsize=9)
+    ax.legend(fontsize=8, loc="upper left")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
