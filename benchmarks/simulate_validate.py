@@ -89,14 +89,20 @@ def node_config(path: Path, data: Path, role: str, port: int, upstreams: list[st
 
 def start(role: str, home: Path, name: str, upstreams: list[str], cache_size: int) -> str:
     """Start one node; its URL."""
-    port = free_port()
+    return start_node(role, home, name, upstreams, cache_size)[0]
+
+
+def start_node(role: str, home: Path, name: str, upstreams: list[str], cache_size: int,
+               port: int | None = None) -> tuple[str, Managed]:  # fmt: skip
+    """Start one node (again, on the same port and data, when ``port`` is given)."""
+    port = port or free_port()
     config = home / f"{name}.yaml"
     node_config(config, home / name, role, port, upstreams, cache_size)
     proc = Managed(name, [python(), "-m", "edgeproxy", "serve", "--config", str(config),
                           "--role", role], home / f"{name}.log", cwd=REPO)  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     wait_http(url + "/healthz", proc)
-    return url
+    return url, proc
 
 
 def tier_of(x_cache: str) -> str:
