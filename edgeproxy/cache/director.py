@@ -195,7 +195,10 @@ class Director:
 
     async def _probe_forever(self) -> None:
         while True:
-            await self.probe_all()
+            try:
+                await self.probe_all()
+            except Exception:  # a probe that broke must not end probing
+                log.exception("probing upstreams failed")
             await asyncio.sleep(self.probe_interval)
 
     async def probe_all(self) -> None:
