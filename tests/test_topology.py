@@ -17,9 +17,11 @@ import pytest
 import yaml
 
 from edgeproxy.cli.topology import describe, load_topology, node_config, plan
-from edgeproxy.config import load_config
+from edgeproxy.config import DEV_JWT_SECRET, load_config
 from edgeproxy.errors import ConfigError
+from edgeproxy.origin.auth import mint_token
 from tests.servers import free_port
+from tests.test_origin import make_blob, sha
 from tests.test_stack import alive, wait_gone
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -110,6 +112,22 @@ def test_topology_errors(tmp_path: Path, text: str, message: str) -> None:
         load_topology(write(tmp_path, text))
 
 
+def upload(origin: str) -> bytes:
+    """Upload and confirm a blob at ``origin``; its bytes."""
+    blob = make_blob()
+    auth = {"Authorization": "Bearer " + mint_token(DEV_JWT_SECRET, "alice")}
+    with httpx.Client(base_url=origin, headers=auth, timeout=10) as http:
+        ticket = http.post("/v1/media/upload/request", json={
+            "file_size": len(blob), "file_type": "image/jpeg",
+            "file_hash": "sha256:" + sha(blob)}).json()  # fmt: skip
+        put = http.put(httpx.URL(ticket["upload_url"]).raw_path.decode(), content=blob)
+        assert put.status_code == 200, put.text
+        done = http.post("/v1/media/upload/confirm",
+                         json={"media_id": ticket["media_id"], "file_sha256": sha(blob)})
+        assert done.status_code == 200, done.text
+    return blob
+
+
 def test_up_topology_serves_every_node_and_stops_them(tmp_path: Path) -> None:
     base = free_port()
     path = write(tmp_path, f"""\
@@ -138,11 +156,12 @@ regions:
                              "edge-east-1"}  # fmt: skip
         assert "edge-west-1" in text and "-> shield-west-1; backup shield-east-1" in text
         assert {p.pid for p in psutil.Process(proc.pid).children()} == set(pids.values())
+        blob = upload(f"http://127.0.0.1:{base}")
         for port in (base + 3, base + 4):  # the edges
             # A miss travels edge -> shield -> origin and back.
-            r = httpx.get(f"http://127.0.0.1:{port}/v/t1/{'ab' * 32}", timeout=10)
-            assert r.status_code == 404 and r.json()["error"] == "not_found"
-            assert r.headers["x-cache"] == "MISS from edge, MISS from shield"
+            r = httpx.get(f"http://127.0.0.1:{port}/v/t1/{sha(blob)}", timeout=10)
+            assert r.status_code == 200 and r.content == blob
+            assert r.headers["x-cache"].startswith("MISS from edge")
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0, err.read_text()
         assert wait_gone(list(pids.values()), timeout=5) == []
