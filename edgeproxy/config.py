@@ -226,12 +226,55 @@ class StorageConfig:
 
 
 @dataclass(frozen=True)
+class UpstreamConfig:
+    """One parent of a cache node, its rendezvous-hashing weight, and whether it is a backup
+    (used only while every other upstream is down, like nginx's ``backup``)."""
+
+    url: str
+    weight: float = 1.0
+    backup: bool = False
+
+
+def parse_upstreams(value: Any) -> tuple[UpstreamConfig, ...]:
+    """``[url, ...]`` or ``[{url, weight, backup}, ...]`` (or one URL) as `UpstreamConfig`s."""
+    items = [value] if isinstance(value, str | dict) else value
+    if not isinstance(items, list):
+        raise ValueError(f"expected a list of URLs or of {{url, weight, backup}}, got {value!r}")
+    out = []
+    for i, item in enumerate(items):
+        item = {"url": item} if isinstance(item, str) else item
+        if (not isinstance(item, dict) or set(item) - {"url", "weight", "backup"}
+                or "url" not in item):  # fmt: skip
+            raise ValueError(f"[{i}]: expected a URL or {{url, weight, backup}}, got {item!r}")
+        url, weight = item["url"], item.get("weight", 1.0)
+        backup = item.get("backup", False)
+        if not isinstance(backup, bool):
+            raise ValueError(f"[{i}].backup: expected true or false, got {backup!r}")
+        if not isinstance(url, str) or not re.match(r"https?://", url):
+            raise ValueError(f"[{i}].url: expected an http(s):// URL, got {url!r}")
+        if isinstance(weight, bool) or not isinstance(weight, int | float) or not weight > 0:
+            raise ValueError(f"[{i}].weight: expected a positive number, got {weight!r}")
+        out.append(UpstreamConfig(url.rstrip("/"), float(weight), backup))
+    if len({u.url for u in out}) != len(out):
+        raise ValueError("the same URL is listed twice")
+    if out and all(u.backup for u in out):
+        raise ValueError("at least one upstream must not be a backup")
+    return tuple(out)
+
+
+@dataclass(frozen=True)
 class NodeConfig:
-    """A caching node (edge or shield): where it listens and what it fronts."""
+    """A caching node (edge or shield): where it listens and what it fronts.
+
+    ``upstreams``, when given, replaces ``upstream``: the node spreads keys over them by
+    rendezvous hashing and fails over between them (`edgeproxy.cache.director`).
+    """
 
     host: str = "127.0.0.1"
     port: int = 8080
     upstream: str = ""
+    upstreams: tuple[UpstreamConfig, ...] = field(default=(),
+                                                  metadata={"parse": parse_upstreams})
     cache_size: int = _size(1024**3)
     workers: int = 1
     tls: TLSConfig = field(default_factory=TLSConfig)
@@ -243,6 +286,13 @@ class NodeConfig:
     def base_url(self) -> str:
         """The URL clients use to reach this node."""
         return f"{'https' if self.tls.enabled else 'http'}://{self.host}:{self.port}"
+
+    @property
+    def parents(self) -> tuple[UpstreamConfig, ...]:
+        """The upstreams this node uses: ``upstreams``, else the one ``upstream``."""
+        if self.upstreams:
+            return self.upstreams
+        return (UpstreamConfig(self.upstream.rstrip("/")),) if self.upstream else ()
 
 
 @dataclass(frozen=True)
@@ -257,6 +307,8 @@ class CacheConfig:
     stale_if_error: float = _duration(86400)  # grace to serve stale when upstream fails
     stale_while_revalidate: float = _duration(0)  # serve stale while one refresh runs
     upstream_backoff: float = _duration(2)  # after a connect failure, fail fast this long
+    # With several upstreams: how often each parent's /healthz is probed (0: passive only).
+    upstream_probe_interval: float = _duration(5)
     memory_size: int = _size(32 * 1024**2)  # per worker: small hot objects kept in memory
     memory_max_object: int = _size(256 * 1024)  # largest object the memory tier keeps
 
@@ -277,6 +329,13 @@ class AuthConfig:
     audience: str = ""
     issuer: str = ""
     leeway: float = _duration(30)  # clock skew allowed on exp/nbf/iat
+    # Conversation access (seed 004, `edgeproxy.origin.authz`): an operator's service asked
+    # {user, action, conversation_id, media_id} -> allow/deny, and/or a claim listing the
+    # caller's conversations. Both empty: only the uploader gets a media's signed URL.
+    authorizer_url: str = ""
+    authorizer_timeout: float = _duration(2)
+    authorizer_cache_ttl: float = _duration(30)  # how long a decision is remembered
+    conversations_claim: str = ""
 
 
 # Seed 004's `supported_types`.
@@ -634,6 +693,11 @@ def _check_auth_and_signing(config: Config) -> None:
     if auth.jwt_secret and len(auth.jwt_secret.encode()) < 32:
         # RFC 7518 §3.2: an HS256 key shorter than the hash makes offline guessing cheap.
         raise ConfigError("auth.jwt_secret: must be at least 32 bytes")
+    if auth.authorizer_url and not re.match(r"https?://", auth.authorizer_url):
+        raise ConfigError(f"auth.authorizer_url: expected an http(s):// URL, "
+                          f"got {auth.authorizer_url!r}")
+    if auth.authorizer_timeout <= 0:
+        raise ConfigError("auth.authorizer_timeout: must be positive")
     signing = config.download_signing
     if not signing.keys:
         raise ConfigError("download_signing.keys: at least one key id is needed")

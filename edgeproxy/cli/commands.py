@@ -76,8 +76,10 @@ def cli(config_path: str | None) -> None:
 
 @cli.command()
 @config_option
+@click.option("--topology", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="A regional topology file: N edges x M shields per region.")  # fmt: skip
 @click.pass_context
-def up(ctx: click.Context, config_path: str | None) -> None:
+def up(ctx: click.Context, config_path: str | None, topology: str | None) -> None:
     """Start origin, shield and edge on this machine; stop them all on Ctrl-C or SIGTERM."""
     from .stack import Stack, stop_on_signals
 
@@ -85,10 +87,16 @@ def up(ctx: click.Context, config_path: str | None) -> None:
     dead = None
     with stop_on_signals():
         try:
-            with Stack(path, echo=sys.stderr) as stack:
+            if topology is not None:
+                from .topology import TopologyStack
+
+                stack: Stack = TopologyStack(topology, config_path=path, echo=sys.stderr)
+            else:
+                stack = Stack(path, echo=sys.stderr)
+            with stack:
                 click.echo("edgeproxy: stack is up")
-                for role, url in stack.urls.items():
-                    click.echo(f"  {role:<7} {url}  (pid {stack.pids[role]})")
+                for line in stack.describe():
+                    click.echo(line)
                 click.echo("Press Ctrl-C to stop.")
                 sys.stdout.flush()
                 dead = stack.wait()

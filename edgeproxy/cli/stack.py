@@ -120,13 +120,15 @@ class Stack:
         try:
             for role in ROLES:
                 self.nodes.append(self._spawn(role))
-            deadline = time.monotonic() + self.startup_timeout
-            for node in self.nodes:
-                self._wait_healthy(node, deadline)
+            self._wait_all()
         except BaseException:
             self.stop()
             raise
         return self
+
+    def describe(self) -> list[str]:
+        """One line per running node: role, URL and PID."""
+        return [f"  {n.role:<7} {n.url}  (pid {n.pid})" for n in self.nodes]
 
     def poll(self) -> Node | None:
         """The first node that has exited, if any."""
@@ -179,11 +181,15 @@ class Stack:
 
     # --- internals --------------------------------------------------------------------------
 
-    def _command(self, role: str) -> list[str]:
+    @staticmethod
+    def _serve(role: str, config_path: str | None) -> list[str]:
+        """The command line of one node that exits with this process."""
         cmd = [sys.executable, "-m", "edgeproxy", "serve", "--role", role,
                "--parent-pid", str(os.getpid())]  # fmt: skip
-        if self.config_path is not None:
-            cmd += ["--config", self.config_path]
+        return [*cmd, "--config", config_path] if config_path is not None else cmd
+
+    def _command(self, role: str) -> list[str]:
+        cmd = self._serve(role, self.config_path)
         # An empty upstream in the file means "the next tier of this stack".
         if role == "shield" and not self.config.shield.upstream:
             cmd += ["--upstream", self.config.origin.base_url]
@@ -192,25 +198,34 @@ class Stack:
         return cmd
 
     def _spawn(self, role: str) -> Node:
+        host, port = listen_address(self.config, role)
+        url = self.config.origin.base_url if role == "origin" else _url(host, port)
+        return self._launch(role, self._command(role), url, _url(host, port) + "/healthz")
+
+    def _launch(self, name: str, command: list[str], url: str, health_url: str) -> Node:
+        """Start one node (in its own session) and the thread that reads its output."""
         env = dict(os.environ)
         env["PYTHONUNBUFFERED"] = "1"  # log lines must reach us as they happen
-        if self.config_path is None:
+        if "--config" not in command:
             env.pop(ENV_CONFIG, None)  # the child must fall back to defaults like we did
         process = subprocess.Popen(
-            self._command(role),
+            command,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             env=env,
             start_new_session=True,
         )
-        host, port = listen_address(self.config, role)
-        url = self.config.origin.base_url if role == "origin" else _url(host, port)
-        node = Node(role, url, _url(host, port) + "/healthz", process)
+        node = Node(name, url, health_url, process)
         node.reader = threading.Thread(target=self._drain, args=(node,), daemon=True,
-                                       name=f"edgeproxy-{role}-output")  # fmt: skip
+                                       name=f"edgeproxy-{name}-output")  # fmt: skip
         node.reader.start()
         return node
+
+    def _wait_all(self) -> None:
+        deadline = time.monotonic() + self.startup_timeout
+        for node in self.nodes:
+            self._wait_healthy(node, deadline)
 
     def _drain(self, node: Node) -> None:
         # Always read the pipe, even without echo: a full pipe would block the child's logging.

@@ -25,6 +25,7 @@ from ..config import Config
 from ..errors import HTTPError
 from ..signing import DownloadSigner, SigningKey
 from .auth import Authenticator, Principal
+from .authz import ConversationAccess
 from .blobstore import BlobStore, Staging, StagingBusy
 from .db import database_url
 from .limits import UploadAllowance
@@ -96,6 +97,7 @@ class OriginCore:
         self._demoted_until = 0.0  # media committed before this are already cold
         self.public = config.public_base_url.rstrip("/")
         self.auth = Authenticator(config.auth)
+        self.access = ConversationAccess(config.auth, clock)
         self.signer = DownloadSigner.from_config(config.download_signing)
         self.allowance = UploadAllowance.from_config(config.limits)
         self.metrics = OriginMetrics(self._stats)
@@ -139,6 +141,7 @@ class OriginCore:
                     await sweeper
             self._records.close()
             self._records = None
+            await self.access.aclose()
 
     @asynccontextmanager
     async def _exclusive(self, name: str) -> AsyncIterator[None]:
@@ -173,6 +176,14 @@ class OriginCore:
     def user(self, request: Request) -> str:
         """The authenticated caller's user id (the JWT ``sub``); 401 otherwise."""
         return self.principal(request).user
+
+    async def check_download(self, upload: Upload, who: Principal) -> None:
+        """403 (or 503) unless ``who`` may have ``upload``'s signed URL: a participant of its
+        conversation when conversation access is configured, else its uploader."""
+        if upload.conversation_id is not None and self.access.enabled:
+            await self.access.check(who, "download", upload.conversation_id, upload.media_id)
+        else:
+            self.check_owner(upload, who.user)
 
     @staticmethod
     def check_owner(upload: Upload, user: str) -> None:

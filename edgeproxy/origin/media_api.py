@@ -24,6 +24,7 @@ from starlette.responses import JSONResponse, Response
 
 from ..crypto import check_blob_layout
 from ..errors import BlobFormatError, HTTPError
+from .auth import Principal
 from .core import DIRECT, OriginCore, iso_utc
 from .http import field, read_json, sha256_field
 from .limits import LimitExceeded, check_size, check_type
@@ -89,7 +90,7 @@ class MediaAPI:
 
     async def request_upload(self, request: Request) -> Response:
         """``POST /v1/media/upload/request``: record an upload, hand out a signed PUT URL."""
-        user = self.o.user(request)
+        user = self.o.principal(request)
         body = await read_json(request, MAX_JSON_BODY)
         new = await self.create(
             user, size=field(body, "file_size", int), file_type=field(body, "file_type", str),
@@ -100,13 +101,14 @@ class MediaAPI:
         )  # fmt: skip
         return JSONResponse(new.json(), headers=NO_STORE)
 
-    async def create(self, user: str, *, size: int, file_type: str, file_hash: str,
+    async def create(self, user: str | Principal, *, size: int, file_type: str, file_hash: str,
                      conversation_id: str | None, file_name: str | None,
                      protocol: str) -> NewUpload:  # fmt: skip
         """Validate an upload's declared facts against the limits, then record it.
 
         Every refusal happens here, before any byte of the body can be stored: 422 for a
-        malformed field, 415 for a refused type, 413 for a size over its limit, 429 past a rate
+        malformed field, 403 for a non-participant of the conversation (503 if the authorizer
+        cannot say), 415 for a refused type, 413 for a size over its limit, 429 past a rate
         limit, 507 past the quota.
         """
         if size <= 0:
@@ -118,6 +120,10 @@ class MediaAPI:
         if conversation_id is not None and not CONVERSATION_ID.fullmatch(conversation_id):
             raise HTTPError(422, "invalid_field", "conversation_id must match "
                             "[A-Za-z0-9_.:-]{1,128}", field="conversation_id")  # fmt: skip
+        who = user if isinstance(user, Principal) else Principal(user, {})
+        user = who.user
+        if conversation_id is not None and self.o.access.enabled:
+            await self.o.access.check(who, "upload", conversation_id, None)
         limits, now = self.o.config.limits, self.o.clock()
         try:
             check_type(limits, file_type, file_name)
@@ -311,17 +317,19 @@ class MediaAPI:
         """``GET /v1/media/{media_id}/content``: a signed, expiring URL of the committed blob.
 
         Only the uploader may ask (uploads recorded before authentication have no owner: any
-        authenticated user may). The URL names the edge (``public_base_url``) and carries
-        ``exp``, ``kid`` and ``sig``; an edge checks them without asking the origin.
+        authenticated user may); for media of a conversation, with conversation access
+        configured, any participant may (`OriginCore.check_download`). The URL names the edge
+        (``public_base_url``) and carries ``exp``, ``kid`` and ``sig``; an edge checks them
+        without asking the origin.
         """
-        user = self.o.user(request)
+        who = self.o.principal(request)
         media_id = request.path_params["media_id"]
         upload = None
         if MEDIA_ID.fullmatch(media_id):
             upload = await self.o.db(self.o.records.get_upload, media_id)
         if upload is None:
             raise HTTPError(404, "not_found", f"no upload {media_id}")
-        self.o.check_owner(upload, user)
+        await self.o.check_download(upload, who)
         if upload.state is not UploadState.COMMITTED or upload.blob_sha256 is None:
             raise HTTPError(409, "not_committed", "this upload has not been confirmed",
                             state=str(upload.state))  # fmt: skip

@@ -125,7 +125,7 @@ class TusAPI:
         ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
         with_upload = ctype == OFFSET_CONTENT_TYPE
         checksum = parse_checksum(request.headers.get("upload-checksum")) if with_upload else None
-        user = self.o.user(request)
+        user = self.o.principal(request)
         if "upload-defer-length" in request.headers:
             raise HTTPError(400, "defer_length_unsupported", "the upload length must be known "
                             "at creation (the blob's hash is declared up front)")  # fmt: skip
