@@ -186,9 +186,9 @@ def _against_baseline(summary: list[dict[str, Any]],
     before = {r["cell"]: r for r in baseline.get("hit_path", {}).get("summary", [])}
     out = []
     for row in summary:
-        wording = (f"{row['label']} @{row['connections']} hit ratio at least where it was "
-                   f"(baseline {baseline['meta'].get('commit', '?')}, -{BASELINE_NOISE:.0%} "
-                   f"noise allowed)")
+        wording = (f"{row['label']} @{row['connections']} hits: edgeproxy/nginx at least where "
+                   f"it was (baseline {baseline['meta'].get('commit', '?')}, "
+                   f"{BASELINE_NOISE:.0%} noise allowed)")
         now = ratio(row, EDGE, NGINX)
         old = ratio(before[row["cell"]], EDGE, NGINX) if row["cell"] in before else None
         if now is None or old is None:
