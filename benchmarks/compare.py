@@ -224,7 +224,8 @@ def _sections(plan: Plan, sections: tuple[str, ...], results: dict[str, Any],
         origin.throttle(0)
         results["misscost"] = misscost.run_all(origin, work, requests=plan.misscost_requests,
                                                idle_seconds=plan.misscost_idle_s,
-                                               workers=plan.edge_workers, log=_log)
+                                               workers=plan.edge_workers,
+                                               our_pids=long_running, log=_log)
     _rss_checkpoint(timeline, current[0], watched)
 
 

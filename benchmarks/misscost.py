@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 
 from .deploy import Origin
-from .interference import tree_cpu
+from .interference import ForeignCpu, tree_cpu
 from .twotier import KINDS, Pair, running
 
 OBJECT_BYTES = 4 * 1024
@@ -48,7 +48,7 @@ def _fetch(client: httpx.Client, path: str) -> httpx.Response:
 
 
 def measure(pair: Pair, origin: Origin, *, requests: int, idle_seconds: float,
-            log: Callable[[str], None]) -> dict[str, Any]:
+            our_pids: list[int], log: Callable[[str], None]) -> dict[str, Any]:
     """N sequential misses through ``pair``; CPU per miss for edge, shield and origin."""
     paths = origin.small_objects([OBJECT_BYTES] * (WARMUP + requests))
     pids = {"edge": pair.tiers["edge"].pid, "shield": pair.tiers["shield"].pid,
@@ -59,13 +59,14 @@ def measure(pair: Pair, origin: Origin, *, requests: int, idle_seconds: float,
         idle_before = _idle_rate(pids, idle_seconds)
         origin_before = origin.stats(paths=False)["total_requests"]  # outside the CPU window
         latencies, hits = [], 0
-        c0, t0 = _cpu(pids), time.monotonic()
-        for path in paths[WARMUP:]:
-            started = time.perf_counter()
-            resp = _fetch(client, path)
-            latencies.append(time.perf_counter() - started)
-            hits += pair.server.is_hit(resp.headers)
-        c1, t1 = _cpu(pids), time.monotonic()
+        with ForeignCpu([*pids.values(), *our_pids]) as foreign:
+            c0, t0 = _cpu(pids), time.monotonic()
+            for path in paths[WARMUP:]:
+                started = time.perf_counter()
+                resp = _fetch(client, path)
+                latencies.append(time.perf_counter() - started)
+                hits += pair.server.is_hit(resp.headers)
+            c1, t1 = _cpu(pids), time.monotonic()
         origin_requests = origin.stats(paths=False)["total_requests"] - origin_before
         idle_after = _idle_rate(pids, idle_seconds)
     wall = t1 - t0
@@ -80,6 +81,7 @@ def measure(pair: Pair, origin: Origin, *, requests: int, idle_seconds: float,
     result = {
         "server": pair.server.name, "requests": requests, "wall_s": wall, "tiers": tiers,
         "hits": hits, "origin_requests": origin_requests,
+        "foreign_cores": round(foreign.foreign_cores, 3),
         "latency_p50_ms": statistics.median(latencies) * 1000,
         "latency_p99_ms": latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))] * 1000,
     }
@@ -87,17 +89,17 @@ def measure(pair: Pair, origin: Origin, *, requests: int, idle_seconds: float,
         f"{result['latency_p50_ms']:.2f} ms), origin requests {origin_requests}, edge hits "
         f"{hits}; CPU ms per miss: " + ", ".join(
             f"{tier} {t['cpu_ms_per_miss']:.3f} (raw {t['raw_cpu_ms_per_miss']:.3f})"
-            for tier, t in tiers.items()))
+            for tier, t in tiers.items()) + f"; other {foreign.foreign_cores:.2f} cores")
     return result
 
 
 def run_all(origin: Origin, workdir: Path, *, requests: int, idle_seconds: float,
-            workers: int, log: Callable[[str], None]) -> dict[str, Any]:
+            workers: int, our_pids: list[int], log: Callable[[str], None]) -> dict[str, Any]:
     """Every kind's pair in turn, each freshly started and alone on the machine."""
     servers = {}
     for kind in KINDS:
         with running(kind, workdir, origin.url, tag="misscost", workers=workers) as pair:
             servers[kind] = measure(pair, origin, requests=requests,
-                                    idle_seconds=idle_seconds, log=log)
+                                    idle_seconds=idle_seconds, our_pids=our_pids, log=log)
     return {"requests": requests, "object_bytes": OBJECT_BYTES, "warmup": WARMUP,
             "idle_seconds": idle_seconds, "edgeproxy_workers": workers, "servers": servers}

@@ -22,7 +22,7 @@ def zipf2_table(z2: dict[str, Any]) -> list[str]:
     for name in WINDOW_NAMES:
         head += [f"{name} req/s", f"{name} p50 / p99", f"{name} origin requests"]
     head += ["origin requests / objects fetched", "per object: requests / bytes",
-             "errors, non-2xx"]
+             "errors, non-2xx", "other work (cores)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for server, res in z2["servers"].items():
         cells = [f"{server} x2"]
@@ -37,7 +37,8 @@ def zipf2_table(z2: dict[str, Any]) -> list[str]:
         non2xx = sum(w["non_2xx"] for w in res["windows"])
         rpo, bpo = res["requests_per_object"], res["bytes_per_object_byte"]
         cells += [f"{res['origin_requests']:,} / {res['objects_fetched']:,}",
-                  "-" if rpo is None else f"{rpo:.3f} / {bpo:.3f}", f"{errors}, {non2xx}"]
+                  "-" if rpo is None else f"{rpo:.3f} / {bpo:.3f}", f"{errors}, {non2xx}",
+                  " / ".join(f"{w['foreign_cores']:.2f}" for w in res["windows"])]
         lines.append("| " + " | ".join(cells) + " |")
     ratios = []
     for name in WINDOW_NAMES:
@@ -63,7 +64,8 @@ def zipf2_section(z2: dict[str, Any]) -> list[str]:
         f"caches; the warm one follows right after. Origin requests are counted at the origin "
         f"per window; the totals add the fills that were still running after the last window. "
         f"Per object: origin requests and body bytes per object fetched (1.000 / 1.000 = each "
-        f"object crossed the origin once, whole).",
+        f"object crossed the origin once, whole). Other work: cores kept busy by processes outside "
+        f"the benchmark during each window (the machine is shared).",
         "",
         *zipf2_table(z2),
     ]
@@ -72,15 +74,16 @@ def zipf2_section(z2: dict[str, Any]) -> list[str]:
 def misscost_table(mc: dict[str, Any]) -> list[str]:
     """One row per server: CPU ms per miss per tier, latency, origin requests."""
     lines = ["| server | edge CPU ms/miss | shield CPU ms/miss | origin CPU ms/miss | "
-             "latency p50 / p99 | origin requests | edge hits |",
-             "|---|---|---|---|---|---|---|"]
+             "latency p50 / p99 | origin requests | edge hits | other work (cores) |",
+             "|---|---|---|---|---|---|---|---|"]
     for server, r in mc["servers"].items():
         t = r["tiers"]
         lines.append(
             f"| {server} x2 | {t['edge']['cpu_ms_per_miss']:.3f} | "
             f"{t['shield']['cpu_ms_per_miss']:.3f} | {t['origin']['cpu_ms_per_miss']:.3f} | "
             f"{r['latency_p50_ms']:.2f} / {r['latency_p99_ms']:.2f} ms | "
-            f"{r['origin_requests']}/{r['requests']} | {r['hits']} |")
+            f"{r['origin_requests']}/{r['requests']} | {r['hits']} | "
+            f"{r.get('foreign_cores', 0.0):.2f} |")
     return lines
 
 
@@ -96,7 +99,8 @@ def misscost_section(mc: dict[str, Any]) -> list[str]:
         f"{mc['warmup']} warm-up misses). CPU = user + system time of each tier's whole process "
         f"tree (psutil) over the run, minus its idle rate (measured for "
         f"{mc['idle_seconds']:g} s before and after) times the run's wall time, divided by the "
-        f"number of misses. The origin's column is the bench origin's own cost, for reference.",
+        f"number of misses. The origin's column is the bench origin's own cost, for reference. "
+        f"Resolution: one 10 ms accounting tick per tier over the run.",
         "",
         *misscost_table(mc),
     ]

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from .deploy import Server, start_edgeproxy, start_nginx, start_varnish
+from .deploy import Headers, Server, start_edgeproxy, start_nginx, start_varnish
 from .procs import Managed
 
 KINDS = ("edgeproxy", "nginx", "varnish")
@@ -56,8 +56,14 @@ def start_pair(kind: str, workdir: Path, origin_url: str, *, tag: str,
         shield.stop()
         raise
     # procs run shield first, edge last: Server.stop stops the edge first.
-    server = Server(name, kind, edge.url, [shield.front, edge.front], edge.is_hit, edge.front)
+    is_hit = _nginx_edge_hit if kind == "nginx" else edge.is_hit
+    server = Server(name, kind, edge.url, [shield.front, edge.front], is_hit, edge.front)
     return Pair(kind, server, {"edge": edge.front, "shield": shield.front})
+
+
+def _nginx_edge_hit(headers: Headers) -> bool:
+    # The shield's X-Cache-Status is passed through (and stored) before the edge adds its own.
+    return headers.get("x-cache-status", "").split(",")[-1].strip().upper() == "HIT"
 
 
 @contextlib.contextmanager
