@@ -7,6 +7,8 @@ from typing import Any
 from .targets import EDGE, NGINX
 from .zipf2 import WINDOW_NAMES, window
 
+VARNISH = "varnish"
+
 
 def _x(v: float | None) -> str:
     return "-" if v is None else f"{v:.2f}x"
@@ -40,12 +42,15 @@ def zipf2_table(z2: dict[str, Any]) -> list[str]:
                   "-" if rpo is None else f"{rpo:.3f} / {bpo:.3f}", f"{errors}, {non2xx}",
                   " / ".join(f"{w['foreign_cores']:.2f}" for w in res["windows"])]
         lines.append("| " + " | ".join(cells) + " |")
-    ratios = []
-    for name in WINDOW_NAMES:
-        mine, theirs = window(z2, EDGE, name), window(z2, NGINX, name)
-        value = _ratio(mine["rps"], theirs["rps"]) if mine and theirs else None
-        ratios.append(f"{name} {_x(value)}")
-    return [*lines, "", f"edgeproxy x2 / nginx x2 req/s: {', '.join(ratios)}."]
+    sentences = []
+    for other in (NGINX, VARNISH):
+        ratios = []
+        for name in WINDOW_NAMES:
+            mine, theirs = window(z2, EDGE, name), window(z2, other, name)
+            value = _ratio(mine["rps"], theirs["rps"]) if mine and theirs else None
+            ratios.append(f"{name} {_x(value)}")
+        sentences.append(f"{EDGE} x2 / {other} x2 req/s: {', '.join(ratios)}.")
+    return [*lines, "", " ".join(sentences)]
 
 
 def zipf2_section(z2: dict[str, Any]) -> list[str]:
