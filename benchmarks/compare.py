@@ -1,6 +1,7 @@
 """edgeproxy side by side with nginx and Varnish: one command, one report.
 
-    python -m benchmarks.compare [--quick] [--only hit,late,stampede,memory,zipf,profile]
+    python -m benchmarks.compare [--quick]
+        [--only hit,profile,late,stampede,memory,zipf,zipf2,misscost]
 
 Starts a bench origin, edgeproxy (edge; and edge → shield), nginx (proxy_cache; and with the
 slice module when built in) and Varnish on loopback ports, runs every section, writes
@@ -22,9 +23,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import coldpath, deploy, hitpath, hotspots, memory, procs, report, targets, zipfmix
+from . import (
+    coldpath,
+    deploy,
+    hitpath,
+    hotspots,
+    memory,
+    misscost,
+    procs,
+    report,
+    targets,
+    zipf2,
+    zipfmix,
+)
 
-SECTIONS = ("hit", "profile", "late", "stampede", "memory", "zipf")
+SECTIONS = ("hit", "profile", "late", "stampede", "memory", "zipf", "zipf2", "misscost")
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -45,12 +58,16 @@ class Plan:
     stampede_repeats: int = 3
     throttle_mibps: float = 50.0
     edge_workers: int = 2
+    zipf2_seconds: float = 20.0  # per window (cold, then warm), as the outside measurement
+    misscost_requests: int = 2000
+    misscost_idle_s: float = 2.0
 
 
 FULL = Plan("full", hit_duration=5, hit_repeats=3, late_repeats=3, zipf_seconds=30,
             zipf_objects=10_000, profile_seconds=8)
 QUICK = Plan("quick", hit_duration=2, hit_repeats=1, late_repeats=2, zipf_seconds=10,
-             zipf_objects=10_000, profile_seconds=5, stampede_repeats=1)
+             zipf_objects=10_000, profile_seconds=5, stampede_repeats=1, zipf2_seconds=5,
+             misscost_requests=300, misscost_idle_s=1.0)
 
 
 def _log(message: str) -> None:
@@ -192,6 +209,23 @@ def _sections(plan: Plan, sections: tuple[str, ...], results: dict[str, Any],
         results["zipf"] = zipfmix.run_mix(chain, origin, work, objects=plan.zipf_objects,
                                           duration=plan.zipf_seconds, connections=32,
                                           log=_log)
+    # The two-tier cells start their own pairs (one at a time) and stop them again.
+    long_running = [p.pid for s in servers for p in s.procs] + [origin.proc.pid]
+    if "zipf2" in sections:
+        step(f"Zipf mix through two tiers, every server: cold then warm "
+             f"({plan.zipf2_seconds:g} s each)")
+        origin.throttle(0)
+        results["zipf2"] = zipf2.run_all(origin, work, objects=plan.zipf_objects,
+                                         seconds=plan.zipf2_seconds, connections=32,
+                                         workers=plan.edge_workers, our_pids=long_running,
+                                         log=_log)
+    if "misscost" in sections:
+        step(f"sequential miss cost through two tiers ({plan.misscost_requests} misses)")
+        origin.throttle(0)
+        results["misscost"] = misscost.run_all(origin, work, requests=plan.misscost_requests,
+                                               idle_seconds=plan.misscost_idle_s,
+                                               workers=plan.edge_workers,
+                                               our_pids=long_running, log=_log)
     _rss_checkpoint(timeline, current[0], watched)
 
 
@@ -283,7 +317,12 @@ def main(argv: list[str] | None = None) -> int:
     plan = QUICK if args.quick else FULL
     args.out.mkdir(parents=True, exist_ok=True)
     results = run(plan, sections, args.out, args.keep_workdir)
-    verdicts = targets.judge(results)
+    baseline = targets.load_baseline()
+    if baseline is not None:
+        results["baseline"] = {"file": str(targets.BASELINE.relative_to(deploy.REPO)),
+                               **{k: baseline["meta"].get(k) for k in ("started", "commit",
+                                                                        "mode")}}
+    verdicts = targets.judge(results, baseline)
     paths = report.write(results, verdicts, args.out, args.stem)
     if plan.mode == "full" and args.out.resolve() == RESULTS and args.stem == "latest" \
             and set(sections) == set(SECTIONS):

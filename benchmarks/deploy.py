@@ -83,9 +83,10 @@ class Origin:
         """Paths of new small objects of the given lengths."""
         return list(self._post("objects", {"base": "pool", "lengths": lengths})["paths"])
 
-    def stats(self) -> dict[str, Any]:
-        """Per-path request/byte counters, totals and responses in flight."""
-        resp = self.client.get("/_admin/stats")
+    def stats(self, *, paths: bool = True) -> dict[str, Any]:
+        """Per-path request/byte counters (unless ``paths`` is false: the per-path tables grow
+        with every object ever served), totals and responses in flight."""
+        resp = self.client.get("/_admin/stats" if paths else "/_admin/totals")
         resp.raise_for_status()
         return dict(resp.json())
 
@@ -101,7 +102,7 @@ class Origin:
         """Wait until no response is in flight (e.g. a proxy still filling its cache)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self.stats()["active"] == 0:
+            if self.stats(paths=False)["active"] == 0:
                 return True
             time.sleep(0.1)
         return False
@@ -256,9 +257,11 @@ def _nginx_conf(home: Path, port: int, origin_url: str, use_slice: bool) -> str:
         """)
 
 
-def start_nginx(workdir: Path, origin_url: str, *, use_slice: bool = False) -> Server:
-    """nginx with proxy_cache (URL-only key), optionally with the slice module."""
-    name = "nginx-slice" if use_slice else "nginx"
+def start_nginx(workdir: Path, origin_url: str, *, use_slice: bool = False,
+                name: str | None = None) -> Server:
+    """nginx with proxy_cache (URL-only key), optionally with the slice module; ``origin_url``
+    may be another nginx (a two-tier pair)."""
+    name = name or ("nginx-slice" if use_slice else "nginx")
     home = workdir / name
     home.mkdir(parents=True)
     home.chmod(0o755)  # workers run as nobody and must reach their cache dirs
@@ -308,9 +311,11 @@ sub vcl_deliver {{
 """
 
 
-def start_varnish(workdir: Path, origin_url: str, *, storage: str = "malloc,2g") -> Server:
-    """varnishd in the foreground (``-F``) with its own ``-n`` work dir."""
-    home = workdir / "varnish"
+def start_varnish(workdir: Path, origin_url: str, *, storage: str = "malloc,2g",
+                  name: str = "varnish") -> Server:
+    """varnishd in the foreground (``-F``) with its own ``-n`` work dir; ``origin_url`` may be
+    another Varnish (a two-tier pair)."""
+    home = workdir / name
     home.mkdir(parents=True)
     home.chmod(0o755)
     port = free_port()
@@ -319,14 +324,14 @@ def start_varnish(workdir: Path, origin_url: str, *, storage: str = "malloc,2g")
     vcl.chmod(0o644)
     argv = ["varnishd", "-F", "-n", str(home / "work"), "-a", f"127.0.0.1:{port}",
             "-T", "none", "-f", str(vcl), "-s", storage]
-    proc = Managed("varnish", argv, home / "stdout.log")
+    proc = Managed(name, argv, home / "stdout.log")
     url = f"http://127.0.0.1:{port}"
     wait_http(url + "/", proc)
 
     def is_hit(headers: Headers) -> bool:
         return headers.get("x-cache", "").upper() == "HIT"
 
-    return Server("varnish", "varnish", url, [proc], is_hit, proc)
+    return Server(name, "varnish", url, [proc], is_hit, proc)
 
 
 # --- tools ---------------------------------------------------------------------------------

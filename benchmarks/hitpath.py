@@ -81,10 +81,10 @@ def measure(server: Server, origin: Origin, url: str, *, connections: int, durat
     the kept run, foreign cores during it, foreign cores of every attempt)."""
     attempts: list[tuple[float, WrkResult, int]] = []
     for _ in range(RETRIES + 1):
-        before = origin.stats()["total_requests"]
+        before = origin.stats(paths=False)["total_requests"]
         with ForeignCpu(our_pids) as foreign:
             res = run_wrk(url, connections=connections, duration=duration, headers=headers)
-        reached = origin.stats()["total_requests"] - before
+        reached = origin.stats(paths=False)["total_requests"] - before
         attempts.append((foreign.foreign_cores, res, reached))
         if foreign.foreign_cores <= DISTURBED_CORES:
             break

@@ -23,7 +23,8 @@ def _machine_busy() -> float:
     return float(t.user + t.nice + t.system)
 
 
-def _tree_cpu(pids: Iterable[int]) -> float:
+def tree_cpu(pids: Iterable[int]) -> float:
+    """User + system CPU seconds of the process trees rooted at ``pids`` (live processes)."""
     total = 0.0
     for pid in pids:
         try:
@@ -54,7 +55,7 @@ class ForeignCpu:
         self.foreign_cores = 0.0
 
     def _snapshot(self) -> tuple[float, float, float]:
-        return time.monotonic(), _machine_busy(), _tree_cpu(self.pids) + _own_cpu()
+        return time.monotonic(), _machine_busy(), tree_cpu(self.pids) + _own_cpu()
 
     def __enter__(self) -> ForeignCpu:
         self._start = self._snapshot()

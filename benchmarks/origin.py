@@ -14,6 +14,7 @@ Control endpoints (loopback only, for the driver):
   ``paths`` and ``lengths`` (``count`` 0 with no lengths: the base itself, unchanged).
 - ``GET /_admin/stats`` → requests and body bytes per path, totals, responses in flight, and
   when each path was first requested (``time.monotonic()``, comparable across processes).
+- ``GET /_admin/totals`` → the totals and responses in flight only (cheap to poll).
 - ``POST /_admin/reset`` → zero the counters.
 - ``POST /_admin/throttle`` ``{"mibps": 50}`` → pace every response body (0: unthrottled).
 """
@@ -224,6 +225,9 @@ class BenchOrigin:
                        "total_requests": sum(self.requests.values()),
                        "total_bytes": sum(self.sent.values()), "active": self.active,
                        "first_seen": self.first_seen}
+            elif action == "totals":
+                out = {"total_requests": sum(self.requests.values()),
+                       "total_bytes": sum(self.sent.values()), "active": self.active}
             elif action == "reset":
                 self.requests.clear()
                 self.sent.clear()

@@ -8,6 +8,7 @@ from typing import Any
 
 from .hitpath import DISTURBED_CORES, ratio
 from .targets import EDGE, NGINX, Verdict
+from .tierreport import misscost_section, misscost_table, zipf2_section, zipf2_table
 
 MIB = 1024**2
 
@@ -109,6 +110,11 @@ def markdown(results: dict[str, Any], verdicts: list[Verdict]) -> str:
     ]
     for v in verdicts:
         out.append(f"- **{v.word}** — {v.target}: {v.detail}")
+    base = results.get("baseline")
+    if base:
+        out += ["", f"\"At least where it was\" compares each hit-path ratio with "
+                f"`{base['file']}` ({base['mode']} run of {base['started']}, commit "
+                f"`{base['commit']}`)."]
     hit = results.get("hit_path")
     if hit:
         out += [
@@ -210,6 +216,10 @@ def markdown(results: dict[str, Any], verdicts: list[Verdict]) -> str:
             f"{_pct(zipf['origin_byte_offload'])} ({zipf['origin_requests']:,} origin "
             f"requests; bytes compare origin bodies with client bytes incl. headers) |",
         ]
+    if results.get("zipf2"):
+        out += zipf2_section(results["zipf2"])
+    if results.get("misscost"):
+        out += misscost_section(results["misscost"])
     memory = results.get("memory")
     if memory:
         out += [
@@ -333,6 +343,12 @@ def readme_block(results: dict[str, Any], verdicts: list[Verdict]) -> str:
                     for n in names]
             out.append(f"| {row['label']} @{row['connections']} | {unit} | " + " | ".join(vals)
                        + " | " + " | ".join(_x(ratio(row, EDGE, o)) for o in others) + " |")
+    if results.get("zipf2"):
+        out += ["", f"Zipf mix through two tiers ({results['zipf2']['window_s']:g} s cold, "
+                f"then warm):", "", *zipf2_table(results["zipf2"])]
+    if results.get("misscost"):
+        out += ["", "Sequential miss cost through two tiers:", "",
+                *misscost_table(results["misscost"])]
     out += ["", "![hit-path ratios](results/latest.png)"]
     return "\n".join(out)
 

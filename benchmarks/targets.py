@@ -1,14 +1,21 @@
-"""The issue's targets, judged on one run's results (same machine, same run).
+"""The issues' targets, judged on one run's results (same machine, same run).
 
 Hit-path ratios are judged at every connection count measured (16 and 64): a target passes
-only if it holds at each. "nginx" is the plain proxy_cache configuration (no slice module).
+only if it holds at each. "nginx" is the plain proxy_cache configuration (no slice module);
+in the two-tier cells it is nginx x2 (edge nginx → shield nginx). Every hit-path ratio is
+also compared with the baseline (`BASELINE`, the results committed when issue 8 started):
+"at least where it was", within `BASELINE_NOISE`.
 """
 
 from __future__ import annotations
 
+import json
+import statistics
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+from . import zipf2
 from .hitpath import ratio
 
 EDGE = "edgeproxy"
@@ -16,6 +23,12 @@ CHAIN = "edgeproxy-chain"
 NGINX = "nginx"
 FRESH = "edgeproxy-fresh"  # an edge started just for the memory test
 RSS_LIMIT_MIB = 150.0
+BASELINE = Path(__file__).resolve().parent / "results" / "baseline-issue8.json"
+BASELINE_NOISE = 0.05  # a ratio 5 % under the baseline's still counts as "where it was"
+ZIPF2_COLD, ZIPF2_WARM = 0.5, 0.7  # x nginx x2 req/s
+OFFLOAD_SLACK, OFFLOAD_CONSTANT = 0.05, 50  # origin requests <= nginx's x 1.05 + 50
+MISS_CPU_MS = 0.5  # CPU ms per miss per tier
+LEADER_LIMIT = 2.0  # stampede leader's first byte <= 2x nginx's
 
 
 @dataclass(frozen=True)
@@ -54,8 +67,16 @@ def _hit_target(summary: list[dict[str, Any]], label: str, minimum: float,
     return Verdict(wording, ok, f"{'; '.join(parts)} (need >= {minimum:.1f}x)")
 
 
-def judge(results: dict[str, Any]) -> list[Verdict]:
-    """Every target of the issue, in its order."""
+def load_baseline(path: Path = BASELINE) -> dict[str, Any] | None:
+    """The baseline results, or None when the file is missing."""
+    try:
+        return dict(json.loads(path.read_text()))
+    except FileNotFoundError:
+        return None
+
+
+def judge(results: dict[str, Any], baseline: dict[str, Any] | None = None) -> list[Verdict]:
+    """Every target, in the issues' order; hit-path ratios against ``baseline`` last."""
     out: list[Verdict] = []
     summary = results.get("hit_path", {}).get("summary", [])
     out.append(_hit_target(summary, "2 KiB", 0.5, "2 KiB hits >= 0.5x nginx req/s"))
@@ -66,6 +87,116 @@ def judge(results: dict[str, Any]) -> list[Verdict]:
     out.append(_late_range(results.get("late_range", {})))
     out.append(_stampede(results.get("stampede", {})))
     out.append(_memory(results.get("memory", [])))
+    out.append(_stampede_leader(results.get("stampede", {})))
+    z2 = results.get("zipf2", {})
+    out.append(_zipf2_rate(z2, "cold", ZIPF2_COLD))
+    out.append(_zipf2_rate(z2, "warm", ZIPF2_WARM))
+    out.append(_zipf2_offload(z2))
+    out.append(_misscost(results.get("misscost", {})))
+    if summary:
+        out += _against_baseline(summary, baseline)
+    return out
+
+
+def _stampede_leader(stampede: dict[str, Any]) -> Verdict:
+    wording = (f"stampede leader's first byte within {LEADER_LIMIT:g}x nginx's (median over "
+               f"repetitions of each repetition's median leader TTFB)")
+
+    def leader(name: str) -> float | None:
+        values = [r["leader_ttfb_median_s"] for r in stampede.get(name, [])
+                  if r.get("leader_ttfb_median_s") is not None]
+        return statistics.median(values) if values else None
+
+    edge, nginx = leader(EDGE), leader(NGINX)
+    if edge is None or nginx is None:
+        return Verdict(wording, None, "not measured")
+    value = edge / nginx
+    detail = (f"edgeproxy {edge * 1000:.0f} ms vs nginx {nginx * 1000:.0f} ms = {value:.2f}x "
+              f"(need <= {LEADER_LIMIT:g}x)")
+    chain = leader(CHAIN)
+    if chain is not None:
+        detail += f"; edge->shield chain {chain * 1000:.0f} ms = {chain / nginx:.2f}x (not judged)"
+    return Verdict(wording, value <= LEADER_LIMIT, detail)
+
+
+def _zipf2_rate(z2: dict[str, Any], name: str, minimum: float) -> Verdict:
+    wording = (f"two-tier Zipf mix, {name} window: edgeproxy x2 >= {minimum:g}x nginx x2 req/s")
+    mine, theirs = zipf2.window(z2, EDGE, name), zipf2.window(z2, NGINX, name)
+    if mine is None or theirs is None or not theirs["rps"]:
+        return Verdict(wording, None, "not measured")
+    value = mine["rps"] / theirs["rps"]
+    detail = (f"{value:.2f}x ({mine['rps']:,.0f} vs {theirs['rps']:,.0f} req/s; p50 "
+              f"{mine['p50_ms']:.1f} vs {theirs['p50_ms']:.1f} ms, p99 {mine['p99_ms']:.0f} vs "
+              f"{theirs['p99_ms']:.0f} ms) (need >= {minimum:g}x)")
+    clean = mine["errors"] == 0 and mine["non_2xx"] == 0
+    if not clean:
+        detail += f"; edgeproxy had {mine['errors']} errors and {mine['non_2xx']} non-2xx"
+    return Verdict(wording, value >= minimum and clean, detail)
+
+
+def _zipf2_offload(z2: dict[str, Any]) -> Verdict:
+    wording = (f"two-tier Zipf mix: same origin offload as nginx x2 (origin requests over both "
+               f"windows <= nginx's x {1 + OFFLOAD_SLACK:g} + {OFFLOAD_CONSTANT}, and origin "
+               f"requests per object fetched <= nginx's x {1 + OFFLOAD_SLACK:g})")
+    servers = z2.get("servers", {})
+    mine, theirs = servers.get(EDGE), servers.get(NGINX)
+    if not mine or not theirs or not mine["requests_per_object"] \
+            or not theirs["requests_per_object"]:
+        return Verdict(wording, None, "not measured")
+    limit = theirs["origin_requests"] * (1 + OFFLOAD_SLACK) + OFFLOAD_CONSTANT
+    per_limit = theirs["requests_per_object"] * (1 + OFFLOAD_SLACK)
+    ok = mine["origin_requests"] <= limit and mine["requests_per_object"] <= per_limit
+
+    def side(r: dict[str, Any]) -> str:
+        wins = " + ".join(f"{w['origin_requests']:,}" for w in r["windows"])
+        return (f"{r['origin_requests']:,} origin requests ({wins} + "
+                f"{r['drain_origin_requests']:,} drained) for {r['objects_fetched']:,} objects "
+                f"= {r['requests_per_object']:.3f}/object, "
+                f"{r['bytes_per_object_byte']:.3f} bytes per object byte")
+
+    return Verdict(wording, ok, f"edgeproxy {side(mine)}; nginx {side(theirs)}")
+
+
+def _misscost(mc: dict[str, Any]) -> Verdict:
+    wording = f"sequential miss through edge -> shield: <= {MISS_CPU_MS:g} ms CPU per miss per tier"
+    mine = mc.get("servers", {}).get(EDGE)
+    if not mine:
+        return Verdict(wording, None, "not measured")
+    tiers = mine["tiers"]
+    ok = all(tiers[t]["cpu_ms_per_miss"] <= MISS_CPU_MS for t in ("edge", "shield"))
+    ok = ok and mine["hits"] == 0 and mine["origin_requests"] == mine["requests"]
+    detail = (f"edgeproxy edge {tiers['edge']['cpu_ms_per_miss']:.2f} ms, shield "
+              f"{tiers['shield']['cpu_ms_per_miss']:.2f} ms ({mine['requests']} misses, "
+              f"{mine['origin_requests']} origin requests, {mine['hits']} edge hits)")
+    nginx = mc.get("servers", {}).get(NGINX)
+    if nginx:
+        nt = nginx["tiers"]
+        detail += (f"; nginx edge {nt['edge']['cpu_ms_per_miss']:.2f} ms, shield "
+                   f"{nt['shield']['cpu_ms_per_miss']:.2f} ms")
+    detail += f"; origin {tiers['origin']['cpu_ms_per_miss']:.2f} ms (need <= {MISS_CPU_MS:g})"
+    return Verdict(wording, ok, detail)
+
+
+def _against_baseline(summary: list[dict[str, Any]],
+                      baseline: dict[str, Any] | None) -> list[Verdict]:
+    """One verdict per hit cell: edgeproxy/nginx now >= the baseline's, less the noise."""
+    if baseline is None:
+        return [Verdict("hit-path ratios at least where they were", None,
+                        f"no baseline file {BASELINE.name}")]
+    before = {r["cell"]: r for r in baseline.get("hit_path", {}).get("summary", [])}
+    out = []
+    for row in summary:
+        wording = (f"{row['label']} @{row['connections']} hits: edgeproxy/nginx at least where "
+                   f"it was (baseline {baseline['meta'].get('commit', '?')}, "
+                   f"{BASELINE_NOISE:.0%} noise allowed)")
+        now = ratio(row, EDGE, NGINX)
+        old = ratio(before[row["cell"]], EDGE, NGINX) if row["cell"] in before else None
+        if now is None or old is None:
+            out.append(Verdict(wording, None, "not measured now or in the baseline"))
+            continue
+        floor = old * (1 - BASELINE_NOISE)
+        out.append(Verdict(wording, now >= floor,
+                           f"{now:.2f}x now vs {old:.2f}x then (need >= {floor:.2f}x)"))
     return out
 
 

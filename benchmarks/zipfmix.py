@@ -91,14 +91,14 @@ def run_mix(chain: Server, origin: Origin, workdir: Path, *, objects: int, durat
     """Run the mix on every edge of ``chain`` at once; hit ratios per node and tier."""
     listing = objects_file(origin, workdir / "zipf-objects.txt", objects)
     before = {node: promstats.scrape(url) for node, url in chain.metrics.items()}
-    origin_before = origin.stats()
+    origin_before = origin.stats(paths=False)
     urls = chain.edge_urls or [chain.url]
     per_edge = run_wrk_mixes(urls, listing, duration=duration, connections=connections,
                              zipf_s=zipf_s, range_fraction=range_fraction,
                              range_bytes=range_bytes)
     origin.wait_idle(timeout=30)
     after = {node: promstats.scrape(url) for node, url in chain.metrics.items()}
-    origin_after = origin.stats()
+    origin_after = origin.stats(paths=False)
     nodes = {node: _node_stats(before[node], after[node]) for node in chain.metrics}
     edge_nodes = [n for n in nodes if n.startswith("edge")]
     edge_req = sum(nodes[n]["requests"] for n in edge_nodes)
