@@ -39,6 +39,9 @@ def _parse() -> argparse.Namespace:
                         "(default: $CACHE_TESTS_DIR)")
     p.add_argument("--targets", default="chain,edge",
                    help=f"comma-separated, run in this order: {', '.join(stacks.TARGETS)}")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a key of the generated edgeproxy config, e.g. "
+                        "cache.stale_if_error=1d (repeatable)")
     p.add_argument("--id", default="", help="run one test and print what both sides saw")
     p.add_argument("--out", type=Path, default=HERE, help="where results.md/.json go")
     p.add_argument("--keep-workdir", action="store_true",
@@ -59,6 +62,7 @@ def main() -> int:
     install_cleanup()
     suite = args.suite.resolve()
     work = Path(tempfile.mkdtemp(prefix="cache-tests-"))
+    work.chmod(0o755)  # nginx workers (nobody, when run as root) must reach their cache dir
     results: dict[str, dict[str, Any]] = {}
     configs: dict[str, Any] = {}
     try:
@@ -66,7 +70,7 @@ def main() -> int:
         for target in args.targets:
             print(f"== {target}: {stacks.TARGETS[target]}", file=sys.stderr, flush=True)
             raw = work / f"raw-{target}.json"
-            with stacks.running(target, suite, work / target) as stack:
+            with stacks.running(target, suite, work / target, args.set) as stack:
                 proc = client.run(copy, stack.base, raw, args.id)
                 if stack.config:
                     configs[target] = stack.config
@@ -87,7 +91,7 @@ def main() -> int:
             "suite commit": _git(suite, "rev-parse", "--short", "HEAD"),
             "targets": "; ".join(f"{t} = {stacks.TARGETS[t]}" for t in results),
             "command": "bash benchmarks/conformance/run.sh --targets "
-                       + ",".join(args.targets),
+                       + ",".join(args.targets) + "".join(f" --set {s}" for s in args.set),
         }
         refs = summary.references(suite, work)
         detail = [t for t in results if t in ("chain", "edge")] or list(results)

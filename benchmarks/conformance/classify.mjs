@@ -16,6 +16,8 @@ const records = []
 for (const suite of suites) {
   for (const test of suite.tests) {
     const type = determineTestResult(suites, test.id, raw)
+    // What the test did on its own, ignoring dependencies: shows what a ⚪ hides.
+    const alone = determineTestResult(suites, test.id, raw, false)
     const result = raw[test.id]
     records.push({
       id: test.id,
@@ -25,6 +27,7 @@ for (const suite of suites) {
       kind: test.kind || 'required',
       depends_on: test.depends_on || [],
       outcome: names.get(type) || 'unknown',
+      outcome_alone: names.get(alone) || 'unknown',
       error: result === undefined || result === true ? null : result
     })
   }

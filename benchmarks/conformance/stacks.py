@@ -11,9 +11,10 @@ import os
 import shutil
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -58,14 +59,16 @@ http {{
 """
 
 
-def edgeproxy_config(work: Path, ports: dict[str, int], origin_url: str) -> dict[str, object]:
+def edgeproxy_config(work: Path, ports: dict[str, int], origin_url: str,
+                     overrides: Sequence[str] = ()) -> dict[str, Any]:
     """The generated edgeproxy config: a general shared cache in front of any HTTP origin.
 
     No content classes, so every path falls in the default class, which follows the origin's
-    headers; no stale-if-error grace of our own, so staleness is what the origin allows.
-    Everything else keeps edgeproxy's defaults.
+    headers. Everything else keeps edgeproxy's defaults, as a user would run it (among them
+    ``cache.stale_if_error: 1d``: stale copies are served when the upstream fails); change any
+    key with ``--set``.
     """
-    return {
+    config: dict[str, Any] = {
         "data_dir": str(work / "edgeproxy"),
         "log_level": "warning",
         "content_classes": [],
@@ -73,8 +76,22 @@ def edgeproxy_config(work: Path, ports: dict[str, int], origin_url: str) -> dict
                    "workers": 1},
         "edge": {"host": "127.0.0.1", "port": ports["edge"],
                  "upstream": f"http://127.0.0.1:{ports['shield']}", "workers": 1},
-        "cache": {"stale_if_error": 0},
     }
+    for item in overrides:
+        apply_override(config, item)
+    return config
+
+
+def apply_override(config: dict[str, Any], item: str) -> None:
+    """``cache.stale_if_error=1d``: set one (dotted) key; the value is read as YAML."""
+    key, sep, raw = item.partition("=")
+    if not sep or not key:
+        raise ValueError(f"--set wants KEY=VALUE, got {item!r}")
+    *parents, leaf = key.split(".")
+    target = config
+    for name in parents:
+        target = target.setdefault(name, {})
+    target[leaf] = yaml.safe_load(raw) if raw else ""
 
 
 @dataclass
@@ -84,7 +101,7 @@ class Stack:
     target: str
     base: str = ""
     procs: list[Managed] = field(default_factory=list)
-    config: dict[str, object] = field(default_factory=dict)
+    config: dict[str, Any] = field(default_factory=dict)
 
 
 def _clean_env() -> dict[str, str]:
@@ -122,7 +139,8 @@ def _edgeproxy(role: str, upstream: str, config_path: Path, work: Path) -> Manag
 
 
 @contextlib.contextmanager
-def running(target: str, suite: Path, work: Path) -> Iterator[Stack]:
+def running(target: str, suite: Path, work: Path,
+            overrides: Sequence[str] = ()) -> Iterator[Stack]:
     """Start the origin and ``target``'s caches; stop them all on exit."""
     work.mkdir(parents=True, exist_ok=True)
     stack = Stack(target)
@@ -133,7 +151,7 @@ def running(target: str, suite: Path, work: Path) -> Iterator[Stack]:
             stack.base = origin_url
         elif target in ("chain", "edge"):
             ports = {"edge": free_port(), "shield": free_port()}
-            stack.config = edgeproxy_config(work, ports, origin_url)
+            stack.config = edgeproxy_config(work, ports, origin_url, overrides)
             config_path = work / "edgeproxy.yaml"
             config_path.write_text(yaml.safe_dump(stack.config, sort_keys=False))
             edge_upstream = origin_url

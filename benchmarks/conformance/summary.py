@@ -155,8 +155,8 @@ def render(meta: Mapping[str, Any], results: Mapping[str, Mapping[str, Any]],
 def _failures(name: str, records: Sequence[Record]) -> list[str]:
     lines = ["", f"## Tests not passed: {name}", ""]
     failing = [r for r in scored(records) if r["outcome"] != "pass"]
-    lines.append(f"{len(failing)} scored tests did not pass. "
-                 "Kind: R = required, O = optimal.")
+    lines.append(f"{len(failing)} scored tests did not pass. Kind: R = required, O = optimal. "
+                 "\"alone\" is the test's own result when its dependencies are ignored.")
     group = None
     for r in failing:
         if r["suite"] != group:
@@ -164,6 +164,9 @@ def _failures(name: str, records: Sequence[Record]) -> list[str]:
             lines += ["", f"### {r['suite_name']} (`{group}`)", "", "| test | kind | result | "
                       "message |", "|---|---|---|---|"]
         text = message(r).replace("|", "\\|").replace("\n", " ")
-        lines.append(f"| `{r['id']}` | {r['kind'][0].upper()} | {SYMBOL[r['outcome']]} | "
-                     f"{text} |")
+        result = SYMBOL[r["outcome"]]
+        alone = r.get("outcome_alone", r["outcome"])
+        if alone != r["outcome"]:
+            result += f" (alone: {SYMBOL.get(alone, alone)})"
+        lines.append(f"| `{r['id']}` | {r['kind'][0].upper()} | {result} | {text} |")
     return lines
