@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import shutil
 import subprocess
@@ -72,8 +71,8 @@ def main() -> int:
             raw = work / f"raw-{target}.json"
             with stacks.running(target, suite, work / target, args.set) as stack:
                 proc = client.run(copy, stack.base, raw, args.id)
-                if stack.config:
-                    configs[target] = stack.config
+                if stack.config:  # as recorded: the temp dir is not worth keeping
+                    configs[target] = {**stack.config, "data_dir": "<temp dir>"}
             if args.id:
                 print(proc.stdout, proc.stderr, sep="\n")
                 continue
@@ -87,7 +86,7 @@ def main() -> int:
             return 0
         meta = {
             "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-            "edgeproxy commit": _git(ROOT, "rev-parse", "--short", "HEAD"),
+            "edgeproxy commit": _git(ROOT, "log", "-1", "--format=%h", "--", "edgeproxy"),
             "suite commit": _git(suite, "rev-parse", "--short", "HEAD"),
             "targets": "; ".join(f"{t} = {stacks.TARGETS[t]}" for t in results),
             "command": "bash benchmarks/conformance/run.sh --targets "
@@ -100,8 +99,7 @@ def main() -> int:
         doc = {"meta": meta, "edgeproxy_config": configs, "results": results,
                "references": refs,
                "gate": {t: summary.gate(r["groups"]) for t, r in results.items()}}
-        (args.out / "results.json").write_text(json.dumps(doc, indent=1, ensure_ascii=False)
-                                               + "\n")
+        (args.out / "results.json").write_text(summary.to_json(doc))
         print(f"wrote {args.out / 'results.md'} and results.json", file=sys.stderr)
         return 0
     finally:

@@ -165,8 +165,24 @@ def _failures(name: str, records: Sequence[Record]) -> list[str]:
                       "message |", "|---|---|---|---|"]
         text = message(r).replace("|", "\\|").replace("\n", " ")
         result = SYMBOL[r["outcome"]]
-        alone = r.get("outcome_alone", r["outcome"])
+        alone = str(r.get("outcome_alone", r["outcome"]))
         if alone != r["outcome"]:
             result += f" (alone: {SYMBOL.get(alone, alone)})"
         lines.append(f"| `{r['id']}` | {r['kind'][0].upper()} | {result} | {text} |")
     return lines
+
+
+def to_json(doc: Mapping[str, Any]) -> str:
+    """``doc`` as indented JSON, but with each test record on one line (diffable, compact)."""
+    placeholders: dict[str, str] = {}
+    results = {}
+    for target, result in doc["results"].items():
+        mark = f"@@tests-{target}@@"
+        placeholders[json.dumps(mark)] = "[\n" + ",\n".join(
+            json.dumps({k: v for k, v in r.items() if k not in ("name", "suite_name")},
+                       ensure_ascii=False) for r in result["tests"]) + "\n]"
+        results[target] = {**result, "tests": mark}
+    text = json.dumps({**doc, "results": results}, indent=1, ensure_ascii=False)
+    for mark, rendered in placeholders.items():
+        text = text.replace(mark, rendered)
+    return text + "\n"
