@@ -3,12 +3,13 @@
 #   bash benchmarks/conformance/run.sh                        # edge→shield chain and single edge
 #   bash benchmarks/conformance/run.sh --targets chain,edge,nginx,origin
 #   bash benchmarks/conformance/run.sh --targets chain --id freshness-max-age   # one test, verbose
-# The suite comes from $CACHE_TESTS_DIR (a checkout) or is cloned at the pinned commit into
-# benchmarks/conformance/.suite (ignored by git). Needs node >= 20 and npm (for undici).
+# The suite comes from $CACHE_TESTS_DIR (a checkout) or is cloned from $CACHE_TESTS_REPO (default:
+# GitHub) at the pinned commit into benchmarks/conformance/.suite (ignored by git).
+# Needs node >= 20 and npm (for undici).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
-SUITE_REPO=https://github.com/http-tests/cache-tests.git
+SUITE_REPO=${CACHE_TESTS_REPO:-https://github.com/http-tests/cache-tests.git}
 SUITE_COMMIT=b55b8bda3dbb8c927c04e85bd8d496a8caa3e4ba  # the commit results.md was made with
 
 if [ -z "${CACHE_TESTS_DIR:-}" ]; then
