@@ -21,7 +21,6 @@ import contextlib
 import hmac
 import mimetypes
 import os
-import re
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -35,10 +34,10 @@ import httpx
 
 from .. import crypto
 from ..errors import BlobFormatError, ClientError, EdgeProxyError, IntegrityError
+from ..http import parse_content_range
 
 UPLOAD_CHUNK = 256 * 1024
 MAX_BACKOFF = 5.0  # seconds between upload attempts, at most
-_CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
 # Transfer progress: bytes done so far (may go back when an upload resumes), and the total.
 ProgressCallback = Callable[[int, int | None], None]
 
@@ -417,9 +416,10 @@ def _check_partial(response: httpx.Response, plan: crypto.RangePlan,
                           f"got status {response.status_code} instead of 206")  # fmt: skip
     want = plan.blob_end - plan.blob_start + 1
     content_range = response.headers.get("content-range", "")
-    m = _CONTENT_RANGE.fullmatch(content_range.strip())
-    if (not m or (int(m.group(1)), int(m.group(2))) != (plan.blob_start, plan.blob_end)
-            or (blob_length is not None and m.group(3) not in ("*", str(blob_length)))):
+    parsed = parse_content_range(content_range)
+    got = parsed[0] if parsed is not None else None
+    if (got is None or parsed is None or (got.start, got.end) != (plan.blob_start, plan.blob_end)
+            or (blob_length is not None and parsed[1] not in (None, blob_length))):
         raise IntegrityError(f"Content-Range {content_range!r} does not match the request for "
                              f"bytes {plan.blob_start}-{plan.blob_end}/{blob_length}")  # fmt: skip
     length = response.headers.get("content-length")

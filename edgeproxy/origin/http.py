@@ -15,14 +15,13 @@ import hashlib
 import json
 from collections.abc import AsyncIterator
 from contextlib import aclosing
-from email.utils import formatdate, parsedate_to_datetime
 from typing import Any
 
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response, StreamingResponse
 
 from ..errors import HTTPError
-from ..http import RangeNotSatisfiable, parse_range, resolve_ranges
+from ..http import RangeNotSatisfiable, format_http_date, not_modified, parse_range, resolve_ranges
 from .blobstore import SHA256_HEX, BlobStore
 
 
@@ -119,24 +118,6 @@ async def content_digest(store: BlobStore, sha: str, start: int, length: int) ->
     return sha256_digest(hasher.digest())
 
 
-def _etag_matches(header: str | None, etag: str) -> bool:
-    """If-None-Match uses weak comparison (RFC 9110 §13.1.2): ``W/"x"`` matches ``"x"``."""
-    if header is None:
-        return False
-    tags = [t.strip().removeprefix("W/") for t in header.split(",")]
-    return "*" in tags or etag in tags
-
-
-def _not_modified_since(header: str | None, modified: float) -> bool:
-    if header is None:
-        return False
-    try:
-        since = parsedate_to_datetime(header).timestamp()
-    except (TypeError, ValueError, IndexError):
-        return False  # an unparsable date is ignored (RFC 9110 §13.1.3)
-    return int(modified) <= since
-
-
 async def serve_blob(
     request: Request, store: BlobStore, sha: str, content_type: str, cache_control: str,
     modified: float | None = None,
@@ -153,16 +134,13 @@ async def serve_blob(
     etag = f'"{sha}"'
     headers = {
         "ETag": etag,
-        "Last-Modified": formatdate(modified, usegmt=True),
+        "Last-Modified": format_http_date(modified),
         "Cache-Control": cache_control,
         "Accept-Ranges": "bytes",
         "Repr-Digest": sha256_digest(bytes.fromhex(sha)),
         "X-Content-Type-Options": "nosniff",
     }
-    inm = request.headers.get("if-none-match")
-    if _etag_matches(inm, etag) or (
-        inm is None and _not_modified_since(request.headers.get("if-modified-since"), modified)
-    ):
+    if not_modified(dict(request.headers), etag, format_http_date(int(modified))):
         return Response(status_code=304, headers=headers)
     headers["Content-Type"] = content_type
     start, length, status = 0, info.size, 200
