@@ -221,11 +221,16 @@ _RFC850 = re.compile(r"(?:Monday|Tuesday|Wednesday|Thursday|Friday|Saturday|Sund
 _ASCTIME = re.compile(rf"{_DAY} {_MON} ([ \d]\d) {_TIME} (\d{{4}})")
 
 
+_WORD = re.compile(r"[A-Za-z]+")
+
+
 def http_date(value: str | None) -> float | None:
     """An HTTP-date as epoch seconds, or None if absent or invalid (RFC 9110 §5.6.7)."""
     if not value:
         return None
-    value = value.strip(" \t")
+    # Names in another case are accepted, as deployed caches do (strictly they are invalid)
+    value = _WORD.sub(lambda m: "GMT" if m.group().upper() == "GMT" else m.group().capitalize(),
+                      value.strip(" \t"))
     if m := _IMF.fullmatch(value):
         day, mon, year, hh, mm, ss = m.groups()
     elif m := _RFC850.fullmatch(value):
@@ -293,15 +298,12 @@ _SF_MEMBER = re.compile(rf"({_SF_KEY})(?:=({_SF_ITEM}|\((?:\s*{_SF_ITEM}{_SF_PAR
 
 
 def sf_dictionary(value: str) -> dict[str, str | None] | None:
-    """A Structured Field dictionary (RFC 8941 §3.2) as ``{key: raw value or None}``; None if
+    """A Structured Field dictionary (RFC 8941 §3.2) as ``{key: value as written or None}``; None if
     the value is not a valid dictionary (a recipient then ignores the whole field)."""
     out: dict[str, str | None] = {}
     for member in split_list(value):
         m = _SF_MEMBER.fullmatch(member.strip(" \t"))
         if m is None:
             return None
-        raw = m.group(2)
-        if raw is not None and raw.startswith('"'):
-            raw = re.sub(r"\\(.)", r"\1", raw[1:-1])
-        out[m.group(1)] = raw
+        out[m.group(1)] = m.group(2)  # as written: a string keeps its quotes (its type)
     return out

@@ -16,6 +16,8 @@ T = 2544400878.0  # Thu, 18 Aug 2050 02:01:18 GMT
     ("Thursday, 18-Aug-50 02:01:18 GMT", T),  # obsolete RFC 850 form
     ("Thu Aug 18 02:01:18 2050", T),  # asctime
     ("Thu Aug  8 02:01:18 2050", T - 10 * 86400),  # asctime pads the day with a space
+    ("thu, 18 aug 2050 02:01:18 gmt", T),  # another case: accepted, as deployed caches do
+    ("THURSDAY, 18-AUG-50 02:01:18 GMT", T),
     ("Thu, 18 Aug 2050 02:01:18 UTC", None),  # only GMT
     ("18 Aug 50", None), ("Thu 18 Aug 2050 02:01:18 GMT", None),
     ("Thu, 18  Aug  2050 02:01:18 GMT", None), ("Thu, 18-Aug-2050 02:01:18 GMT", None),
@@ -35,7 +37,7 @@ def test_first_member_of_a_list_valued_age() -> None:
     ("max-age=10", {"max-age": "10"}),  # RFC 8941 §3.2
     ("no-store", {"no-store": None}),
     ("private, max-age=5;foo=bar", {"private": None, "max-age": "5"}),
-    ('a="quoted", b=?1, c=1.5, d=:AAE=:', {"a": "quoted", "b": "?1", "c": "1.5",
+    ('a="quoted", b=?1, c=1.5, d=:AAE=:', {"a": '"quoted"', "b": "?1", "c": "1.5",
                                            "d": ":AAE=:"}),
     ("Max-Age=10", None),  # keys are lower case
     ("max-age=@", None), ("max-age=1234567890123456", None),  # not an item / too long
@@ -50,6 +52,9 @@ def test_sf_dictionary(value: str, expected: dict[str, str | None] | None) -> No
     ({"cache-control": "max-age=1", "expires": "x", "cdn-cache-control": "max-age=@"},
      "max-age=1", True),  # RFC 9213 §2.1: an invalid field is ignored
     ({"cache-control": "max-age=1", "expires": "x"}, "max-age=1", True),
+    # a directive of the wrong type is ignored, the rest of the field applies
+    ({"cache-control": "max-age=1", "cdn-cache-control": 'max-age="10000", private'},
+     "private", False),
 ])
 def test_cdn_cache_control_targets_this_cache(headers: dict[str, str], cache_control: str,
                                               has_expires: bool) -> None:

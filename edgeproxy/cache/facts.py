@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -22,6 +23,12 @@ class FlightContext:
     stale: ObjectMeta | None = None  # a stored copy being revalidated
     known: ObjectMeta | None = None  # a fresh object whose missing slices are fetched
     private: bool = False  # the request carries credentials (RFC 9111 §3.5)
+
+
+def hash_values(values: tuple[str, ...] | None) -> str:
+    """A short, stable name for a request's Vary values."""
+    joined = "\0".join(values) if values is not None else "*"
+    return hashlib.blake2b(joined.encode(), digest_size=8).hexdigest()
 
 
 class Facts:
@@ -108,7 +115,10 @@ class Facts:
             ),
             freshness=self.freshness(cls, status, beresp,
                                      hmap if hmap is not None else beresp.header_map),
-            content_class=cls.name if cls else policy.DEFAULT_CLASS, version=beresp.version,
+            content_class=cls.name if cls else policy.DEFAULT_CLASS,
+            # variants of one key must never share slices, whatever their validators
+            version=beresp.version if not vary else
+            f"{beresp.version}|{hash_values(vary_values)}",
             slice_size=self.config.cache.slice_size, upstream_cache=beresp.x_cache,
             vary=vary, vary_values=vary_values,
         )

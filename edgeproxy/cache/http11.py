@@ -43,6 +43,9 @@ class _Connection(asyncio.Protocol):
 
     def _reset(self) -> None:
         self.parser = httptools.HttpResponseParser(self)
+        # RFC 9112 §6.3: a response whose Transfer-Encoding does not end in chunked is read
+        # until the connection closes (llhttp refuses it otherwise)
+        self.parser.set_dangerous_leniencies(lenient_transfer_encoding=True)
         self.status = 0
         self.headers: RawHeaders = []
         self.headers_done = asyncio.get_running_loop().create_future()
@@ -63,6 +66,11 @@ class _Connection(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
+        if self.complete and self.headers_done.done():
+            # Bytes past the end of the answer (a Content-Length shorter than what was sent):
+            # the answer stands, the connection cannot carry another one.
+            self.keep_alive = False
+            return
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -126,8 +134,9 @@ class _Connection(asyncio.Protocol):
     # --- the client's side ---
 
     def _close_delimited(self) -> bool:
-        names = {n for n, _ in self.headers}
-        return b"content-length" not in names and b"transfer-encoding" not in names
+        te = b",".join(v for n, v in self.headers if n == b"transfer-encoding")
+        chunked = te.rsplit(b",", 1)[-1].strip().lower() == b"chunked"
+        return not chunked and (bool(te) or all(n != b"content-length" for n, _ in self.headers))
 
     def _fail(self, exc: BaseException) -> None:
         if self.error is None:

@@ -311,8 +311,9 @@ class CacheNode:
     def _stored_headers(self, meta: ObjectMeta) -> list[tuple[str, str]]:
         """The stored end-to-end fields as this tier sends them (its Cache-Control, Via)."""
         headers = [(n, v) for n, v in meta.headers if n.lower() not in ("cache-control", "via")]
+        lines = [v for n, v in meta.headers if n.lower() == "cache-control"]  # all of them
         cc = policy.downstream_cache_control(self.classes.get(meta.content_class), self.tier,
-                                             meta.header("cache-control"))
+                                             ", ".join(lines) if lines else None)
         if cc:
             headers.append(("cache-control", cc))
         headers.append(("via", fields.via(meta.header("via"), self.name)))

@@ -96,9 +96,16 @@ def targeted(headers: Mapping[str, str]) -> Mapping[str, str]:
     if directives is None:
         return headers
     own = {k: v for k, v in headers.items() if k not in ("cache-control", "expires")}
-    own["cache-control"] = ", ".join(k if v is None else f"{k}={v}"
-                                     for k, v in directives.items())
+    # a directive whose value has the wrong type is ignored (RFC 9213 §2.1): the
+    # delta-seconds ones take integers, not strings
+    kept = {k: v for k, v in directives.items()
+            if k not in _INTEGER_DIRECTIVES or (v is not None and v.isdigit())}
+    own["cache-control"] = ", ".join(k if v is None else f"{k}={v}" for k, v in kept.items())
     return own
+
+
+_INTEGER_DIRECTIVES = frozenset({"max-age", "s-maxage", "stale-while-revalidate",
+                                 "stale-if-error"})
 
 
 def is_storable(status: int, request_cc: Mapping[str, str | None],
