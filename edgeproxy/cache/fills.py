@@ -9,10 +9,13 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any
 
 from ..errors import FillAborted, UpstreamTimeout
 from .beresp import BeResp
+
+if TYPE_CHECKING:
+    from .store import SliceBody
 
 # How often a waiter polls what another worker process does (there is no event across them).
 POLL_INTERVAL = 0.005
@@ -191,7 +194,7 @@ class ForeignFill:
     """
 
     def __init__(self, path: Path, is_running: Callable[[], bool],
-                 stored: Callable[[], bytes | BinaryIO | None]) -> None:
+                 stored: Callable[[], SliceBody | None]) -> None:
         self.path = path
         self._is_running = is_running
         self._stored = stored

@@ -12,6 +12,7 @@ import mmap
 import os
 import struct
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,7 +62,9 @@ class HotEntry:
 class HotTier:
     """A byte-bounded LRU of `HotEntry` by cache key."""
 
-    def __init__(self, max_bytes: int, max_object: int, epoch: PurgeEpoch) -> None:
+    def __init__(self, max_bytes: int, max_object: int, epoch: PurgeEpoch,
+                 on_clear: Callable[[], None] = lambda: None) -> None:
+        self.on_clear = on_clear  # what else this worker keeps that a purge must drop
         self.max_bytes = max_bytes
         self.max_object = max_object
         self.epoch = epoch
@@ -92,8 +95,13 @@ class HotTier:
 
     def facts(self, key: str, now: float) -> ObjectMeta | None:
         """Fresh facts of ``key`` remembered for an object too large to keep whole."""
+        epoch = self.epoch.read()
+        if epoch != self._seen_epoch:
+            self.clear()  # a purge in some worker: drop everything kept here
+            self._seen_epoch = epoch
+            return None
         remembered = self._facts.get(key)
-        if remembered is None or remembered[1] <= now or self.epoch.read() != self._seen_epoch:
+        if remembered is None or remembered[1] <= now:
             return None
         return remembered[0]
 
@@ -130,6 +138,7 @@ class HotTier:
 
     def clear(self) -> None:
         """Forget everything (here only)."""
+        self.on_clear()
         self._entries.clear()
         self._facts.clear()
         self._bytes = 0

@@ -18,9 +18,11 @@ from ..errors import ConfigError, HTTPError, UpstreamError
 from ..http import ByteRange, format_http_date
 from ..tls import client_context
 from . import admin, asgi, boundary, fields, policy, steps
+from .beresp import BeResp
 from .coalesce import Coalescer
 from .facts import Facts, FlightContext
-from .fetch import Fetcher, FlightSpec
+from .fetch import Fetcher, FlightSpec, Plan
+from .fills import Flight
 from .gate import Gate
 from .hot import HotEntry, HotTier, PurgeEpoch
 from .metrics import CONTENT_TYPE_LATEST, NodeMetrics
@@ -32,6 +34,9 @@ from .types import Receive, Scope, Send
 from .verdict import Verdict, x_cache
 
 log = logging.getLogger("edgeproxy.cache")
+
+# How long a worker trusts facts it remembered in memory (see `CacheNode.remember`).
+FACTS_TTL = 10.0
 
 # How many slices past the first a hit looks at for a missing one before its headers go out.
 MISSING_WINDOW = 16
@@ -61,7 +66,8 @@ class CacheNode:
         self.facts = Facts(config, tier, self.store)
         self.gate = Gate(config)
         self.hot = HotTier(config.cache.memory_size, config.cache.memory_max_object,
-                           PurgeEpoch(self.store.directory / "purge.epoch"))
+                           PurgeEpoch(self.store.directory / "purge.epoch"),
+                           on_clear=self.store.forget_files)
         self.metrics = NodeMetrics(tier)
         self.slice_size = config.cache.slice_size
         self.read_size = config.cache.read_chunk_size
@@ -148,7 +154,7 @@ class CacheNode:
                 self.upstream, timeout=self.config.cache.upstream_timeout,
                 ssl_context=client_context(self.config.node(self.tier).upstream_tls))
         self._fetcher = Fetcher(self.store, self.coalescer, self._transport,
-                                on_headers=self.facts.plan, on_upstream=self.metrics.upstream,
+                                on_headers=self._plan, on_upstream=self.metrics.upstream,
                                 on_integrity_failure=self.integrity_failure,
                                 backoff=self.config.cache.upstream_backoff)
 
@@ -169,6 +175,21 @@ class CacheNode:
         self.facts.classes = dict(self.classes)
         self.gate = Gate(config)
         self.hot.clear()  # its entries carry prebuilt headers (Cache-Control) of the old TTLs
+
+    def _plan(self, flight: Flight, beresp: BeResp) -> Plan:
+        plan = self.facts.plan(flight, beresp)
+        if plan.kind != "direct":
+            self.hot.pop(flight.key)  # new facts: the memory copy must not outlive them
+        return plan
+
+    def remember(self, key: str, meta: ObjectMeta, now: float) -> None:
+        """Keep a large fresh object's facts in memory, so its hits skip the index query.
+
+        Briefly: another worker that learns the object changed cannot tell this one.
+        """
+        if meta.status == 200 and not meta.vary and meta.freshness.is_fresh(now):
+            self.hot.remember_facts(key, meta, now + min(FACTS_TTL,
+                                                         meta.freshness.remaining(now)))
 
     def integrity_failure(self, key: str, why: str) -> None:
         """Bytes failed their check: count it, and drop what is stored under ``key``."""

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import os
 from collections.abc import AsyncIterator
-from typing import BinaryIO, Protocol
+from typing import Protocol
 
 from ..errors import FillAborted
 from .fills import ForeignFill, SliceFill
+from .store import SliceBody
 from .transport import UpstreamResponse
 from .types import Send
 
@@ -33,7 +34,7 @@ async def _send(send: Send, data: bytes) -> None:
 class StoredSource:
     """A committed slice: bytes from the index, or an open file."""
 
-    def __init__(self, body: bytes | BinaryIO) -> None:
+    def __init__(self, body: SliceBody) -> None:
         self.body = body
 
     async def stream(self, start: int, end: int | None, send: Send, read_size: int,

@@ -69,7 +69,11 @@ async def recv(node: CacheNode, tx: Tx) -> Step:
 async def lookup(node: CacheNode, tx: Tx) -> Step:
     """Memory first, then the index; the stored copy decides hit, stale or miss."""
     req, now = tx.req, time.time()
-    meta = node.hot.facts(req.key, now) or node.store.get_meta(req.key)
+    meta = node.hot.facts(req.key, now)
+    if meta is None:
+        meta = node.store.get_meta(req.key)
+        if meta is not None:
+            node.remember(req.key, meta, now)
     if meta is not None and meta.vary:
         values = fields.vary_values(meta.vary, req.headers)
         if values != meta.vary_values:  # another variant is the latest: ours, if stored

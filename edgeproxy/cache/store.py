@@ -15,7 +15,7 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import diskcache
 
@@ -24,7 +24,7 @@ from .policy import Freshness
 # Bodies smaller than this live inside the SQLite index: one query serves a thumbnail, no
 # open()/read()/close() of a file on the hit path.
 INLINE_MAX = 32 * 1024
-PATH_MEMO_SIZE = 65536
+FD_CACHE_SIZE = 256
 TEMP_DIR = "fills"
 
 
@@ -77,7 +77,29 @@ class _AdoptingDisk(diskcache.Disk):  # type: ignore[misc]
         return super().store(value, read, key)
 
 
-SliceBody = bytes | BinaryIO
+class SliceFile:
+    """A stored slice's file, on a descriptor the store keeps open (closing is a no-op)."""
+
+    __slots__ = ("_fd",)
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+
+    def fileno(self) -> int:
+        """The descriptor (read it with ``os.pread``)."""
+        return self._fd
+
+    def close(self) -> None:
+        """Nothing: the store owns the descriptor."""
+
+    def __enter__(self) -> SliceFile:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+SliceBody = bytes | SliceFile
 
 
 class CacheStore:
@@ -87,7 +109,7 @@ class CacheStore:
         self.directory = directory
         self.temp_dir = directory / TEMP_DIR
         self.temp_dir.mkdir(parents=True, exist_ok=True)
-        self._paths: OrderedDict[str, str] = OrderedDict()  # slice key → its file
+        self._fds: OrderedDict[str, int] = OrderedDict()  # slice key → a kept descriptor
         # least-recently-stored: a hit must not write to SQLite (LRU would, on every get).
         self._cache = diskcache.Cache(
             str(directory), size_limit=size_limit, disk=_AdoptingDisk,
@@ -123,22 +145,32 @@ class CacheStore:
     # --- slices ---
 
     def get_slice(self, key: str, version: str, index: int) -> SliceBody | None:
-        """Slice ``index`` of ``key`` at ``version``: bytes (small) or an open binary file."""
+        """Slice ``index`` of ``key`` at ``version``: bytes (small) or an open file.
+
+        Slice files are kept open (a bounded LRU of descriptors): a hit then costs one
+        ``pread`` and no ``open``. A slice's bytes never change under its key and version, so a
+        descriptor stays right even once its file is evicted; purges close them all.
+        """
         skey = _slice_key(key, version, index)
-        path = self._paths.get(skey)
-        if path is not None:
-            # A remembered file skips the index query; eviction or replacement deletes the
-            # file, so a missing one just sends us back to the index.
-            try:
-                return open(path, "rb")
-            except FileNotFoundError:
-                del self._paths[skey]
+        fd = self._fds.get(skey)
+        if fd is not None:
+            self._fds.move_to_end(skey)
+            return SliceFile(fd)
         body = self._cache.get(skey, read=True)
-        if body is not None and not isinstance(body, bytes):
-            self._paths[skey] = body.name
-            if len(self._paths) > PATH_MEMO_SIZE:
-                self._paths.popitem(last=False)
-        return body  # type: ignore[no-any-return]
+        if body is None or isinstance(body, bytes):
+            return body
+        with body:
+            fd = os.dup(body.fileno())
+        self._fds[skey] = fd
+        if len(self._fds) > FD_CACHE_SIZE:
+            os.close(self._fds.popitem(last=False)[1])
+        return SliceFile(fd)
+
+    def forget_files(self) -> None:
+        """Close every kept descriptor (after a purge here or in another worker)."""
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
 
     def has_slice(self, key: str, version: str, index: int) -> bool:
         """Whether the slice is stored (without opening it)."""
@@ -171,6 +203,7 @@ class CacheStore:
 
     def purge(self, key: str) -> int:
         """Remove ``key``'s facts and all its slices; the number of entries removed."""
+        self.forget_files()
         return int(self._cache.evict(_tag(key)))
 
     def purge_prefix(self, prefix: str) -> int:
@@ -183,6 +216,7 @@ class CacheStore:
 
     def clear(self) -> None:
         """Drop everything."""
+        self.forget_files()
         self._cache.clear()
 
     def volume(self) -> int:
@@ -191,6 +225,7 @@ class CacheStore:
 
     def close(self) -> None:
         """Close the index."""
+        self.forget_files()
         self._cache.close()
 
 
