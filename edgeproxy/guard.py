@@ -20,6 +20,7 @@ The ASGI server has buffered the head before the app sees it, so the server must
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 from collections.abc import Awaitable, Callable
@@ -38,6 +39,17 @@ ASGIApp = Callable[[Any, Any, Any], Awaitable[None]]
 FIELD_OVERHEAD = 4
 # Room for the request line's method, version and the head's final CRLF in the server-side cap.
 HEAD_SLACK = 8 * 1024
+# A request that already crossed proxies (it carries Via) may hold their hop fields too: each
+# tier forwards what its own limits admitted plus a few fields of its own, and a request one
+# tier accepted must not be refused by the next one up.
+PROXIED_FIELDS = 16
+PROXIED_BYTES = 2 * 1024
+
+
+def proxied_limits(limits: HTTPLimitsConfig) -> HTTPLimitsConfig:
+    """The limits for a request that came through other proxies (see `PROXIED_FIELDS`)."""
+    return dataclasses.replace(limits, max_header_count=limits.max_header_count + PROXIED_FIELDS,
+                               max_header_bytes=limits.max_header_bytes + PROXIED_BYTES)
 
 
 def header_bytes(headers: list[tuple[bytes, bytes]]) -> int:
@@ -48,6 +60,8 @@ def header_bytes(headers: list[tuple[bytes, bytes]]) -> int:
 def check_head(limits: HTTPLimitsConfig, headers: list[tuple[bytes, bytes]], target_length: int,
                ) -> HTTPError | None:  # fmt: skip
     """The error a request head breaking ``limits`` gets, else None."""
+    if any(name == b"via" for name, _ in headers):
+        limits = proxied_limits(limits)
     if target_length > limits.max_target_length:
         return HTTPError(414, "uri_too_long", f"the request target is longer than "
                          f"{limits.max_target_length} bytes", max_length=limits.max_target_length)

@@ -16,7 +16,7 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from .config import HTTPLimitsConfig
 from .errors import HTTPError
-from .guard import FIELD_OVERHEAD, error_bytes, head_cap
+from .guard import FIELD_OVERHEAD, PROXIED_BYTES, PROXIED_FIELDS, error_bytes, head_cap
 
 
 class _Refused(Exception):
@@ -68,14 +68,18 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         super().on_url(url)
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        """Called once per complete field: 431 once there are too many or too many bytes."""
+        """Called once per complete field: 431 once there are too many or too many bytes.
+
+        Here the bound is the one of a proxied request (whether this one carries Via is only
+        known at the end of its head): the guard applies the exact limit to the parsed head.
+        """
         self.field_count += 1
         self.field_bytes += len(name) + len(value) + FIELD_OVERHEAD
-        if self.field_count > self.limits.max_header_count:
+        if self.field_count > self.limits.max_header_count + PROXIED_FIELDS:
             self._refuse(HTTPError(431, "headers_too_large", f"the request has more than "
                                    f"{self.limits.max_header_count} header fields",
                                    max_count=self.limits.max_header_count))  # fmt: skip
-        if self.field_bytes > self.limits.max_header_bytes:
+        if self.field_bytes > self.limits.max_header_bytes + PROXIED_BYTES:
             self._refuse(HTTPError(431, "headers_too_large", f"the request header fields exceed "
                                    f"{self.limits.max_header_bytes} bytes",
                                    max_bytes=self.limits.max_header_bytes))  # fmt: skip

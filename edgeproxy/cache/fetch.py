@@ -31,6 +31,8 @@ from .types import RawHeaders
 log = logging.getLogger("edgeproxy.fetch")
 
 READ_SIZE = 256 * 1024
+# The most slices one flight claims before its answer's headers are in.
+MAX_RUN = 64
 # How long an answer handed to its leading request waits to be taken before it is dropped.
 DIRECT_TAKE_TIMEOUT = 30.0
 
@@ -88,6 +90,10 @@ class Fetcher:
         flight instead of starting its own: that is collapsed forwarding. None if another
         flight (here or in another worker) already fills the first slice.
         """
+        if spec.last is not None:
+            # a client's last-byte-pos names no slice until the length is known: one flight
+            # claims a bounded run, and the rest is joined (and fetched) as delivery gets there
+            spec.last = min(spec.last, spec.first + MAX_RUN - 1)
         flight = Flight(spec.key, spec.first, spec.last, context=context)
         if self.coalescer.claim(flight, spec.first) is None:
             return None
