@@ -151,13 +151,23 @@ class UpstreamTLSConfig:
     verify: bool = True
 
 
+def _access_mode(value: Any) -> str:
+    # YAML 1.1 reads a bare on/off as true/false: take them as meant.
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if not isinstance(value, str) or value.lower() not in ("on", "off", "json"):
+        raise ValueError(f"expected on, off or json, got {value!r}")
+    return value.lower()
+
+
 @dataclass(frozen=True)
 class LogConfig:
     """The access log: ``on`` (text, like nginx's combined format), ``json`` or ``off``;
     written to standard output, or appended to ``file`` (relative to the config file)."""
 
-    access: str = "on"
+    access: str = field(default="on", metadata={"parse": _access_mode})
     file: str = ""
+
 
 
 @dataclass(frozen=True)
@@ -621,8 +631,6 @@ _FILE_KEYS = frozenset({"cert", "key", "client_ca", "ca", "file"})
 
 def _check_files(config: Config) -> None:
     """TLS files must exist and pair up; a bad one fails at start, naming its key."""
-    if config.log.access not in ("on", "off", "json"):
-        raise ConfigError(f"log.access: expected on, off or json, got {config.log.access!r}")
     for role in ("origin", *TIERS):
         node = config.role_section(role)
         tls_sections: list[tuple[str, TLSConfig | UpstreamTLSConfig]] = [("tls", node.tls)]

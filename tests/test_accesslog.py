@@ -134,7 +134,10 @@ def test_json_lines_and_upstream_time(access_lines: Lines) -> None:
 def test_access_off_installs_nothing(tmp_path: Path,
                                      origin: tuple[TestOrigin, ServerThread]) -> None:
     assert isinstance(_edge(tmp_path, origin[1].url), AccessLog)
-    assert not isinstance(_edge(tmp_path, origin[1].url, "log: {access: 'off'}\n"), AccessLog)
+    # bare YAML off/on are booleans; they mean what they say
+    assert not isinstance(_edge(tmp_path, origin[1].url, "log: {access: off}\n"), AccessLog)
+    assert load_config(None, env={"EDGEPROXY_LOG__ACCESS": "off"}).log.access == "off"
+    assert load_config(None, env={"EDGEPROXY_LOG__ACCESS": "json"}).log.access == "json"
 
 
 def _new_lines(path: Path, offset: int, want: int, timeout: float = 5) -> tuple[list[str], int]:
