@@ -25,6 +25,7 @@ from typing import Any, Union, get_args, get_origin, get_type_hints
 import yaml
 
 from .errors import ConfigError
+from .opsettings import LogConfig, TLSConfig, UpstreamTLSConfig, check_files, resolve_files
 from .secret_files import SECRET_FILE_SUFFIX, read_secret_files
 
 ENV_PREFIX = "EDGEPROXY_"
@@ -121,53 +122,6 @@ DEFAULT_CONTENT_CLASSES = (
                  immutable=True),
     ContentClass("profile_photo", paths=("/pp/*",), ttl=TierTTL(86400, 7 * 86400)),
 )
-
-
-@dataclass(frozen=True)
-class TLSConfig:
-    """A listener's certificate (HTTPS); ``client_ca`` also requires client certificates (mTLS).
-
-    Paths are relative to the config file; empty means unset.
-    """
-
-    cert: str = ""
-    key: str = ""
-    client_ca: str = ""
-
-    @property
-    def enabled(self) -> bool:
-        """Whether the listener serves HTTPS."""
-        return bool(self.cert)
-
-
-@dataclass(frozen=True)
-class UpstreamTLSConfig:
-    """How a cache node connects to an ``https://`` upstream: which CA to trust (default: the
-    system's), and the client certificate to present where the upstream asks for one."""
-
-    ca: str = ""
-    cert: str = ""
-    key: str = ""
-    verify: bool = True
-
-
-def _access_mode(value: Any) -> str:
-    # YAML 1.1 reads a bare on/off as true/false: take them as meant.
-    if isinstance(value, bool):
-        return "on" if value else "off"
-    if not isinstance(value, str) or value.lower() not in ("on", "off", "json"):
-        raise ValueError(f"expected on, off or json, got {value!r}")
-    return value.lower()
-
-
-@dataclass(frozen=True)
-class LogConfig:
-    """The access log: ``on`` (text, like nginx's combined format), ``json`` or ``off``;
-    written to standard output, or appended to ``file`` (relative to the config file)."""
-
-    access: str = field(default="on", metadata={"parse": _access_mode})
-    file: str = ""
-
 
 
 @dataclass(frozen=True)
@@ -486,9 +440,9 @@ def load_config(path: str | os.PathLike[str] | None = None,
     config: Config = _build(Config, data, "")
     if not config.data_dir.is_absolute():
         config = config.replace(data_dir=(base / config.data_dir).resolve())
-    config = _resolve_files(config, base)
+    config = resolve_files(config, base, ("origin", *TIERS))
     _check(config)
-    _check_files(config)
+    check_files(config, ("origin", *TIERS))
     return config
 
 
@@ -606,48 +560,6 @@ def _convert_mapping(tp: Any, value: Any, key: str) -> Mapping[str, Any]:
         raise ValueError(f"expected a mapping, got {value!r}")
     return MappingProxyType({_convert(key_type, k, key): _convert(value_type, v, f"{key}.{k}")
                              for k, v in value.items()})  # fmt: skip
-
-
-def _resolve_files(config: Config, base: Path) -> Config:
-    """TLS and log file paths made absolute against the config file's folder."""
-
-    def resolve(section: Any) -> Any:
-        changes = {f.name: str(base / getattr(section, f.name))
-                   for f in dataclasses.fields(section)
-                   if f.name in _FILE_KEYS and getattr(section, f.name)}  # fmt: skip
-        return dataclasses.replace(section, **changes)
-
-    sections: dict[str, Any] = {"log": resolve(config.log)}
-    for role in ("origin", *TIERS):
-        node = config.role_section(role)
-        extra = ({"upstream_tls": resolve(node.upstream_tls)}
-                 if isinstance(node, NodeConfig) else {})  # fmt: skip
-        sections[role] = dataclasses.replace(node, tls=resolve(node.tls), **extra)
-    return config.replace(**sections)
-
-
-_FILE_KEYS = frozenset({"cert", "key", "client_ca", "ca", "file"})
-
-
-def _check_files(config: Config) -> None:
-    """TLS files must exist and pair up; a bad one fails at start, naming its key."""
-    for role in ("origin", *TIERS):
-        node = config.role_section(role)
-        tls_sections: list[tuple[str, TLSConfig | UpstreamTLSConfig]] = [("tls", node.tls)]
-        if isinstance(node, NodeConfig):
-            tls_sections.append(("upstream_tls", node.upstream_tls))
-        for name, section in tls_sections:
-            where = f"{role}.{name}"
-            if bool(section.cert) != bool(section.key):
-                raise ConfigError(f"{where}: cert and key go together (one is missing)")
-            if isinstance(section, TLSConfig) and section.client_ca and not section.cert:
-                raise ConfigError(f"{where}.client_ca: needs tls.cert and tls.key")
-            for f in dataclasses.fields(section):
-                value = getattr(section, f.name)
-                if f.name in _FILE_KEYS and value and not Path(value).is_file():
-                    raise ConfigError(f"{where}.{f.name}: no such file {value}")
-        if node.shutdown_grace > 3600:
-            raise ConfigError(f"{role}.shutdown_grace: at most 1h, got {node.shutdown_grace}")
 
 
 def _check(config: Config) -> None:

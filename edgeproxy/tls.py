@@ -11,8 +11,8 @@ from __future__ import annotations
 import ssl
 from typing import Any
 
-from .config import TLSConfig, UpstreamTLSConfig
 from .errors import ConfigError
+from .opsettings import TLSConfig, UpstreamTLSConfig
 
 __all__ = ["NO_CLIENT_CERT_HINT", "client_context", "server_options"]
 
