@@ -276,7 +276,7 @@ def _standing_notes() -> list[str]:
         "Python clients), so absolute numbers are low and noisy; compare ratios within one "
         "run. At GB/s rates wrk itself needs CPU, so a server that spends less CPU per byte "
         "leaves more for the client: large-body ratios partly measure CPU efficiency.",
-        "edgeproxy nodes run with log_level: warning (uvicorn's access log off); nginx has "
+        "edgeproxy nodes run with log_level: warning and log.access off; nginx has "
         "access_log off; Varnish logs to its shared-memory log as always.",
         "Objects are named by the SHA-256 of their bytes; cold runs use fresh objects, so "
         "every cache is cold for them and no run warms another's object.",
