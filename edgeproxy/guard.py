@@ -87,6 +87,10 @@ class RequestGuard:
         self.app = app
         self.limits = limits
 
+    def __getattr__(self, name: str) -> Any:
+        # The wrapped app's own calls (a cache node's reload on SIGHUP) stay reachable.
+        return getattr(self.app, name)
+
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Send) -> None:
         if scope["type"] == "http":
             # ASGI makes raw_path optional; without it, re-encode the decoded path.

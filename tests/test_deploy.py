@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import configparser
 import contextlib
+import dataclasses
 import hashlib
 import json
 import re
@@ -30,7 +31,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from edgeproxy.cache import create_app as create_cache_app
-from edgeproxy.config import Config, load_config, parse_duration
+from edgeproxy.config import Config, UpstreamConfig, load_config, parse_duration
 from edgeproxy.errors import ConfigError
 from edgeproxy.origin import create_app as create_origin_app
 from edgeproxy.origin.auth import mint_token
@@ -262,6 +263,15 @@ def parse_exposition(text: str) -> Exposition:
     return out
 
 
+def _two_parent_edge(config: Config, port: int) -> Any:
+    """An edge with two upstreams (one server under two names), so that the director's
+    per-upstream metrics are exported too."""
+    parents = (UpstreamConfig(f"http://127.0.0.1:{port}"),
+               UpstreamConfig(f"http://localhost:{port}"))
+    edge = dataclasses.replace(config.edge, upstream="", upstreams=parents)
+    return create_cache_app(config.replace(edge=edge), "edge")
+
+
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory: pytest.TempPathFactory) -> Exposition:
     """/metrics of a real edge and a real origin, after traffic that gives every cache
@@ -274,7 +284,7 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> Exposition:
     upstream.put(f"/v/t1/{promised}", b"some other bytes")  # fails the node's SHA-256 check
     texts = []
     with serve(upstream) as up, \
-            serve(create_cache_app(config, "edge", upstream=up.url)) as edge, \
+            serve(_two_parent_edge(config, up.port)) as edge, \
             serve(create_origin_app(config)) as origin, \
             httpx.Client(timeout=10) as client:
         assert client.get(edge.url + "/v/t1/plain").status_code == 200  # MISS

@@ -303,10 +303,12 @@ def transport_for_node(config: Config, tier: str, *,
         raise ConfigError(f"{tier}.upstream: no upstream URL configured")
     timeout = config.cache.upstream_timeout
     if len(parents) == 1:
-        return transport_for(parents[0].url, timeout=timeout, ssl_context=ssl_context)
+        return transport_for(parents[0].url, timeout=timeout, ssl_context=ssl_context,
+                             s3=config.s3)
 
     def listed(backup: bool) -> list[tuple[str, float, Transport]]:
-        return [(p.url, p.weight, transport_for(p.url, timeout=timeout, ssl_context=ssl_context))
+        return [(p.url, p.weight, transport_for(p.url, timeout=timeout, ssl_context=ssl_context,
+                                                s3=config.s3))
                 for p in parents if p.backup == backup]  # fmt: skip
 
     return Director(listed(False), backups=listed(True), backoff=config.cache.upstream_backoff,

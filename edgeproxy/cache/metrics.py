@@ -11,6 +11,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.registry import Collector
 
 from ..workermetrics import exposition
 
@@ -26,6 +27,7 @@ class NodeMetrics:
     def __init__(self, tier: str) -> None:
         self.tier = tier
         self.registry = CollectorRegistry()
+        self._extra: list[Collector] = []
         r = self.registry
         self.requests = Counter("edgeproxy_requests", "Client requests answered",
                                 ["tier", "result", "content_class"], registry=r)
@@ -76,8 +78,13 @@ class NodeMetrics:
         if nbytes:
             self.upstream_bytes.labels(self.tier).inc(nbytes)
 
+    def add_collector(self, collector: Collector) -> None:
+        """A collector computed at scrape time (per-upstream state of a director)."""
+        self.registry.register(collector)
+        self._extra.append(collector)
+
     def render(self, cache_bytes: int, cache_limit: int) -> bytes:
         """The text exposition format."""
         self.cache_size.labels(self.tier).set(cache_bytes)
         self.cache_size_limit.labels(self.tier).set(cache_limit)
-        return exposition(self.registry)
+        return exposition(self.registry, self._extra)

@@ -20,6 +20,7 @@ from ..tls import client_context
 from . import admin, asgi, boundary, fields, policy, steps
 from .beresp import BeResp
 from .coalesce import Coalescer
+from .director import Director, transport_for_node
 from .facts import Facts, FlightContext
 from .fetch import Fetcher, FlightSpec, Plan
 from .fills import Flight
@@ -58,8 +59,9 @@ class CacheNode:
         self.config = config
         self.tier = tier
         self.name = getattr(config.node(tier), "node_name", "") or tier
+        self._upstream_given = bool(upstream)
         self.upstream = (upstream or config.node(tier).upstream).rstrip("/")
-        if not self.upstream and transport is None:
+        if not upstream and not config.node(tier).parents and transport is None:
             raise ConfigError(f"{tier}.upstream: no upstream URL configured")
         self.classes: dict[str, ContentClass] = {c.name: c for c in config.content_classes}
         self.store = CacheStore(config.cache_dir(tier), config.node(tier).cache_size)
@@ -150,9 +152,17 @@ class CacheNode:
     def startup(self) -> None:
         """Open the upstream transport (needs the running loop)."""
         if self._transport is None:
-            self._transport = transport_for(
-                self.upstream, timeout=self.config.cache.upstream_timeout,
-                ssl_context=client_context(self.config.node(self.tier).upstream_tls))
+            ssl_context = client_context(self.config.node(self.tier).upstream_tls)
+            if self._upstream_given:
+                self._transport = transport_for(
+                    self.upstream, timeout=self.config.cache.upstream_timeout,
+                    ssl_context=ssl_context, s3=self.config.s3)
+            else:
+                self._transport = transport_for_node(self.config, self.tier,
+                                                     ssl_context=ssl_context)
+            if isinstance(self._transport, Director):
+                self._transport.start()
+                self.metrics.add_collector(self._transport.collector(self.tier))
         self._fetcher = Fetcher(self.store, self.coalescer, self._transport,
                                 on_headers=self._plan, on_upstream=self.metrics.upstream,
                                 on_integrity_failure=self.integrity_failure,
