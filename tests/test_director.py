@@ -13,7 +13,13 @@ from prometheus_client import CollectorRegistry, generate_latest
 from edgeproxy.cache.director import Director, hrw_score, transport_for_node
 from edgeproxy.cache.transport import BeReq, HTTPTransport, RawHeaders, UpstreamResponse
 from edgeproxy.config import load_config
-from edgeproxy.errors import ConfigError, UpstreamError, UpstreamTimeout, UpstreamUnreachable
+from edgeproxy.errors import (
+    ConfigError,
+    UpstreamError,
+    UpstreamRefused,
+    UpstreamTimeout,
+    UpstreamUnreachable,
+)
 
 A, B, C = "http://shield-a:8081", "http://shield-b:8081", "http://shield-c:8081"
 KEYS = [f"/v/t1/{i:064x}" for i in range(20_000)]
@@ -44,7 +50,8 @@ class FakeResponse:
 
 
 class FakeParent:
-    """A parent whose behaviour a test sets: "ok", "refuse", "timeout", "503", "midstream"."""
+    """A parent whose behaviour a test sets: "ok", "refuse", "reset", "timeout", "503",
+    "midstream"."""
 
     def __init__(self, name: str) -> None:
         self.name, self.mode, self.healthy = name, "ok", True
@@ -54,11 +61,13 @@ class FakeParent:
     async def send(self, bereq: BeReq) -> UpstreamResponse:
         if bereq.target == "/healthz":
             if not self.healthy:
-                raise UpstreamUnreachable("connection refused")
+                raise UpstreamRefused("connection refused")
             return FakeResponse(200, b'{"status": "ok"}')
         self.seen.append(bereq.key)
         if self.mode == "refuse":
-            raise UpstreamUnreachable("connection refused")
+            raise UpstreamRefused("connection refused")
+        if self.mode == "reset":
+            raise UpstreamUnreachable("connection reset by peer")
         if self.mode == "timeout":
             raise UpstreamTimeout("no answer")
         if self.mode == "503":
@@ -217,15 +226,24 @@ async def test_5xx_fails_over_unless_nobody_else_is_up() -> None:
     assert [len(f.seen) for f in fakes.values()] == [2, 2, 1]
 
 
+async def test_a_reset_fails_over_without_marking_the_parent_down() -> None:
+    director, fakes, clock = make()
+    fakes[A].mode = "reset"
+    assert await fetch(director, "/pp/alice") == (200, B.encode())
+    assert director.parents[0].is_up(clock()) and director.parents[0].errors == {"reset": 1}
+    fakes[A].mode = "ok"
+    assert await fetch(director, "/pp/alice") == (200, A.encode())
+
+
 async def test_a_request_with_a_body_is_not_retried() -> None:
     director, fakes, _ = make()
     fakes[A].mode = "refuse"
-    with pytest.raises(UpstreamUnreachable):
+    with pytest.raises(UpstreamRefused):
         await director.send(get("/pp/alice", body=True))
     assert fakes[B].seen == [] and fakes[C].seen == []
 
 
-async def test_mid_stream_failure_is_raised_and_marks_the_parent_down() -> None:
+async def test_mid_stream_failure_is_raised_to_the_caller() -> None:
     director, fakes, clock = make()
     fakes[A].mode = "midstream"
     response = await director.send(get("/pp/alice"))
@@ -236,7 +254,8 @@ async def test_mid_stream_failure_is_raised_and_marks_the_parent_down() -> None:
             chunks.append(chunk)
     await response.aclose()
     assert chunks == [A.encode()[:1]] and fakes[B].seen == []  # never completed elsewhere
-    assert not director.parents[0].is_up(clock())
+    # One broken connection is counted, not taken for a dead parent.
+    assert director.parents[0].is_up(clock()) and director.parents[0].errors == {"reset": 1}
 
 
 async def test_probes_take_a_parent_out_and_bring_it_back() -> None:
@@ -286,7 +305,7 @@ async def test_metrics_per_upstream() -> None:
     assert f'edgeproxy_director_upstream_up{{tier="edge",upstream="{A}"}} 0.0' in text
     assert f'edgeproxy_director_upstream_up{{tier="edge",upstream="{B}"}} 1.0' in text
     assert f'edgeproxy_director_requests_total{{tier="edge",upstream="{A}"}} 1.0' in text
-    assert ('edgeproxy_director_errors_total{kind="unreachable",tier="edge",'
+    assert ('edgeproxy_director_errors_total{kind="refused",tier="edge",'
             f'upstream="{A}"}} 1.0') in text  # fmt: skip
     assert 'edgeproxy_director_retries_total{tier="edge"} 1.0' in text
     assert 'edgeproxy_director_upstream_weight{tier="edge",upstream="' in text

@@ -142,6 +142,6 @@ async def test_kill_9_one_parent_under_load(parents: list[ParentProcess]) -> Non
             await asyncio.sleep(0.05)
         assert [(await get(director, n))[0] for n in victim_keys[:10]] == ["b"] * 10
         errors = director.parents[1].errors
-        assert errors.get("unreachable", 0) + errors.get("probe", 0) > 0
+        assert errors.get("refused", 0) + errors.get("probe", 0) > 0
     finally:
         await director.aclose()

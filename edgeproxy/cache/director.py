@@ -9,8 +9,11 @@ a `Director` is itself a `Transport`, so a node with several upstreams sees one.
   ratio is a single shield's), a parent holds a share of keys proportional to its weight, and
   removing a parent moves only its own keys. A parent's identity is its URL, so every edge
   configured with the same URLs picks the same parent for a key.
-- **Passive health:** a connection error, a timeout, a protocol error or a 5xx marks a parent
-  down for ``backoff`` seconds; so does a body that breaks off midway.
+- **Passive health:** a connection that cannot be made (refused, no route, TLS), a timeout or a
+  5xx marks a parent down for ``backoff`` seconds. A connection reset or a protocol error on an
+  exchange already under way is counted and failed over, but marks nothing down (as the node's
+  own back-off, it says one connection failed, not the parent): a parent that died refuses the
+  next connection, and probes see it.
 - **Active health:** with ``probe_interval`` > 0, a background task (`start`/`aclose`) asks
   every parent's ``/healthz``; a failed probe keeps it down until a probe succeeds, and a
   successful one brings it back at once (its keys return to it: HRW order never changes).
@@ -44,6 +47,7 @@ from ..errors import (
     ConfigError,
     UpstreamError,
     UpstreamProtocolError,
+    UpstreamRefused,
     UpstreamTimeout,
     UpstreamUnreachable,
 )
@@ -71,8 +75,10 @@ def error_kind(exc: BaseException) -> str:
     """The label of an upstream failure in the metrics."""
     if isinstance(exc, UpstreamTimeout):
         return "timeout"
+    if isinstance(exc, UpstreamRefused):
+        return "refused"
     if isinstance(exc, UpstreamUnreachable):
-        return "unreachable"
+        return "reset"
     if isinstance(exc, UpstreamProtocolError):
         return "protocol"
     return "other"
@@ -154,7 +160,7 @@ class Director:
             try:
                 response = await parent.transport.send(bereq)
             except UpstreamError as exc:
-                self._mark_down(parent, error_kind(exc), exc)
+                self._failed(parent, exc)
                 last = exc
                 continue
             if response.status >= 500:
@@ -168,6 +174,13 @@ class Director:
             return _Observed(response, self, parent)
         assert last is not None
         raise last
+
+    def _failed(self, parent: Parent, exc: UpstreamError) -> None:
+        """Count a failed exchange; mark the parent down if it says the parent is."""
+        if isinstance(exc, UpstreamRefused | UpstreamTimeout):
+            self._mark_down(parent, error_kind(exc), exc)
+        else:
+            parent.failed(error_kind(exc))
 
     def _mark_down(self, parent: Parent, kind: str, exc: BaseException | None) -> None:
         parent.failed(kind)
@@ -250,7 +263,7 @@ class _Observed:
             async for chunk in self._response.aiter_body():
                 yield chunk
         except UpstreamError as exc:
-            self._director._mark_down(self._parent, error_kind(exc), exc)
+            self._director._failed(self._parent, exc)
             raise
 
     async def aclose(self) -> None:
@@ -275,8 +288,8 @@ class DirectorMetrics(Collector):
                                        "Requests sent to the upstream (retries included)",
                                        labels=["tier", "upstream"])  # fmt: skip
         errors = CounterMetricFamily("edgeproxy_director_errors",
-                                     "Failures of the upstream by kind (timeout, unreachable, "
-                                     "protocol, status_5xx, probe)",
+                                     "Failures of the upstream by kind (refused, timeout, "
+                                     "reset, protocol, status_5xx, probe)",
                                      labels=["tier", "upstream", "kind"])  # fmt: skip
         for p in d.parents:
             up.add_metric([tier, p.url], 1.0 if p.is_up(now) else 0.0)
