@@ -165,6 +165,7 @@ def _sections(plan: Plan, sections: tuple[str, ...], results: dict[str, Any],
             "summary": hitpath.summarize(records, names),
             "interference": {
                 "threshold_cores": hitpath.DISTURBED_CORES, "retries": hitpath.RETRIES,
+                "retry_budget_share": hitpath.RETRY_BUDGET_SHARE,
                 "attempts": len(tries), "runs": len(records),
                 "disturbed_attempts": sum(c > hitpath.DISTURBED_CORES for c in tries),
                 "kept_disturbed": sum(c > hitpath.DISTURBED_CORES for c in kept),

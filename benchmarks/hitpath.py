@@ -24,6 +24,9 @@ RANGE_16M = "bytes=8388608-8454143"  # 64 KiB, 64 KiB-aligned, in the middle of 
 # RETRIES times); the least disturbed attempt is kept, and every attempt is recorded.
 DISTURBED_CORES = 0.25
 RETRIES = 2
+# Retries stop once they have taken this share of the section's planned wall time: on a machine
+# that stays busy they only triple the run (a full run took 39 min instead of ~16).
+RETRY_BUDGET_SHARE = 0.5
 
 
 @dataclass(frozen=True)
@@ -75,12 +78,19 @@ def warm(server: Server, url: str, headers: dict[str, str], tries: int = 6) -> s
 
 
 def measure(server: Server, origin: Origin, url: str, *, connections: int, duration: float,
-            headers: dict[str, str], our_pids: list[int],
-            log: Callable[[str], None]) -> tuple[WrkResult, int, float, list[float]]:  # fmt: skip
-    """One wrk run, repeated while other work disturbed it; (result, origin requests during
-    the kept run, foreign cores during it, foreign cores of every attempt)."""
+            headers: dict[str, str], our_pids: list[int], log: Callable[[str], None],
+            budget: list[float] | None = None,
+            ) -> tuple[WrkResult, int, float, list[float]]:
+    """One wrk run, repeated while other work disturbed it and ``budget`` (seconds of retries
+    left, shared between calls) lasts; (result, origin requests during the kept run, foreign
+    cores during it, foreign cores of every attempt)."""
     attempts: list[tuple[float, WrkResult, int]] = []
-    for _ in range(RETRIES + 1):
+    for attempt in range(RETRIES + 1):
+        if attempt and budget is not None:
+            if budget[0] < duration:
+                log(f"    ({server.name}: retry budget spent; keeping the disturbed run)")
+                break
+            budget[0] -= duration
         before = origin.stats(paths=False)["total_requests"]
         with ForeignCpu(our_pids) as foreign:
             res = run_wrk(url, connections=connections, duration=duration, headers=headers)
@@ -100,6 +110,8 @@ def run_hitpath(servers: list[Server], origin: Origin, *, duration: float, repea
     """Measure every cell on every server; one record per kept wrk run."""
     records: list[dict[str, Any]] = []
     pids = our_pids or [s.front.pid for s in servers] + [origin.proc.pid]
+    planned = sum(len(servers) * (repeats if c.headline else 1) for c in cells(connections))
+    budget = [planned * duration * RETRY_BUDGET_SHARE]
     paths = {blob: origin.blob(blob) for blob in {c.blob for c in cells(connections)}}
     for cell in cells(connections):
         headers = {"Range": cell.range} if cell.range else {}
@@ -111,7 +123,7 @@ def run_hitpath(servers: list[Server], origin: Origin, *, duration: float, repea
             for server in order:
                 res, reached_origin, cores, tries = measure(
                     server, origin, server.url + path, connections=cell.connections,
-                    duration=duration, headers=headers, our_pids=pids, log=log)
+                    duration=duration, headers=headers, our_pids=pids, log=log, budget=budget)
                 records.append({
                     "cell": cell.key, "label": cell.label, "connections": cell.connections,
                     "server": server.name, "rep": rep, "wrk": res.to_json(),

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # edgeproxy vs nginx vs Varnish: install what is missing, then run the comparison.
-#   bash benchmarks/run.sh            # full run (~15 min), results in benchmarks/results/
-#   bash benchmarks/run.sh --quick    # short run (~4 min)
+#   bash benchmarks/run.sh            # full run (~17 min quiet), results in benchmarks/results/
+#   bash benchmarks/run.sh --quick    # short run (~6 min)
 # Other options are passed on to `python -m benchmarks.compare` (--only, --out, --keep-workdir).
 set -euo pipefail
 cd "$(dirname "$0")/.."
