@@ -30,7 +30,7 @@ def _x(v: float | None) -> str:
 
 
 _FRAMEWORK = ("click/", "runpy", "multiprocessing/", "uvicorn/main.py", "uvicorn/server.py",
-              "uvicorn/_", "uvicorn/supervisors", "asyncio/runners.py", "edgeproxy/cli.py",
+              "uvicorn/_", "uvicorn/supervisors", "asyncio/runners.py", "edgeproxy/cli/",
               "edgeproxy/server.py", "edgeproxy/__main__.py", "<string>", "_distutils_hack")
 
 
