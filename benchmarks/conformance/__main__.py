@@ -43,6 +43,11 @@ def _parse() -> argparse.Namespace:
                         "cache.stale_if_error=1d (repeatable)")
     p.add_argument("--id", default="", help="run one test and print what both sides saw")
     p.add_argument("--out", type=Path, default=HERE, help="where results.md/.json go")
+    p.add_argument("--fail-under", type=int, default=0, metavar="N",
+                   help="exit 1 if an edgeproxy target passes fewer than N tests (for CI)")
+    p.add_argument("--gate", action="store_true",
+                   help="exit 1 if an edgeproxy target fails a required test of the partial, "
+                        "invalidation or freshness groups (issue 8's gate)")
     p.add_argument("--keep-workdir", action="store_true",
                    help="keep configs, logs, caches and raw results (path printed)")
     args = p.parse_args()
@@ -53,6 +58,24 @@ def _parse() -> argparse.Namespace:
     if unknown:
         p.error(f"unknown target(s) {', '.join(unknown)}; known: {', '.join(stacks.TARGETS)}")
     return args
+
+
+def _verdict(args: argparse.Namespace, results: dict[str, dict[str, Any]]) -> int:
+    """The exit status the --fail-under and --gate thresholds give."""
+    status = 0
+    for target, result in results.items():
+        if target not in ("chain", "edge"):
+            continue
+        passed = result["summary"]["passed"]
+        if passed < args.fail_under:
+            print(f"FAIL {target}: {passed} passed, fewer than {args.fail_under}", file=sys.stderr)
+            status = 1
+        verdict = summary.gate(result["groups"])
+        if args.gate and not verdict["pass"]:
+            groups = ", ".join(g for g, n in verdict["groups"].items() if n)
+            print(f"FAIL {target}: required tests not passed in {groups}", file=sys.stderr)
+            status = 1
+    return status
 
 
 def main() -> int:
@@ -101,7 +124,7 @@ def main() -> int:
                "gate": {t: summary.gate(r["groups"]) for t, r in results.items()}}
         (args.out / "results.json").write_text(summary.to_json(doc))
         print(f"wrote {args.out / 'results.md'} and results.json", file=sys.stderr)
-        return 0
+        return _verdict(args, results)
     finally:
         if args.keep_workdir:
             print(f"work dir kept: {work}", file=sys.stderr)
