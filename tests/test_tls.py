@@ -165,3 +165,25 @@ def test_listener_and_client_settings(tmp_path: Path, pki: PKI) -> None:
     assert client_context(loaded.shield.upstream_tls) is None  # defaults: system trust
     unverified = client_context(loaded.edge.upstream_tls)
     assert unverified is not None and unverified.verify_mode == ssl.CERT_NONE
+
+
+def test_up_serves_https_from_the_edge_with_cert_and_key_from_the_config(
+        tmp_path: Path, pki: PKI) -> None:
+    """`edgeproxy up` with `edge.tls` in the config file alone: the stack comes up (its health
+    checks speak HTTPS to the edge) and the edge answers over HTTPS, trusted by the CA."""
+    from edgeproxy.cli.stack import Stack
+    from tests.servers import write_stack_config
+
+    path, ports = write_stack_config(tmp_path)
+    d = pki.directory
+    text = path.read_text().replace(
+        f'edge: {{port: {ports["edge"]}, ',
+        f'edge: {{port: {ports["edge"]}, tls: {{cert: "{d / "server.pem"}", '
+        f'key: "{d / "server.key"}"}}, ')
+    path.write_text(text)
+    with Stack(path) as stack:
+        assert any(node.url.startswith("https://") for node in stack.nodes)
+        r = httpx.get(f"https://127.0.0.1:{ports['edge']}/healthz", verify=pki.context())
+        assert r.status_code == 200
+        with pytest.raises(httpx.ConnectError):  # a client without the private CA refuses it
+            httpx.get(f"https://127.0.0.1:{ports['edge']}/healthz")

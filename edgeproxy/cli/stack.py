@@ -63,9 +63,10 @@ def _connect_host(host: str) -> str:
     return {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(host, host)
 
 
-def _url(host: str, port: int) -> str:
+def _url(host: str, port: int, tls: bool = False) -> str:
     host = _connect_host(host)
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+    scheme = "https" if tls else "http"
+    return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
 
 
 def _port_in_use(host: str, port: int) -> bool:
@@ -194,13 +195,15 @@ class Stack:
         if role == "shield" and not self.config.shield.upstream:
             cmd += ["--upstream", self.config.origin.base_url]
         if role == "edge" and not self.config.edge.upstream:
-            cmd += ["--upstream", _url(*listen_address(self.config, "shield"))]
+            cmd += ["--upstream", _url(*listen_address(self.config, "shield"),
+                                       tls=bool(self.config.shield.tls.cert))]
         return cmd
 
     def _spawn(self, role: str) -> Node:
         host, port = listen_address(self.config, role)
-        url = self.config.origin.base_url if role == "origin" else _url(host, port)
-        return self._launch(role, self._command(role), url, _url(host, port) + "/healthz")
+        tls = bool(self.config.role_section(role).tls.cert)
+        url = self.config.origin.base_url if role == "origin" else _url(host, port, tls)
+        return self._launch(role, self._command(role), url, _url(host, port, tls) + "/healthz")
 
     def _launch(self, name: str, command: list[str], url: str, health_url: str) -> Node:
         """Start one node (in its own session) and the thread that reads its output."""
@@ -240,7 +243,9 @@ class Stack:
 
     def _wait_healthy(self, node: Node, deadline: float) -> None:
         # trust_env=False: an HTTP(S)_PROXY in the environment must not capture loopback checks.
-        with httpx.Client(timeout=1.0, trust_env=False) as client:
+        # verify=False: this only asks our own child on loopback whether it is up, and its
+        # certificate may come from a private CA this process was not given.
+        with httpx.Client(timeout=1.0, trust_env=False, verify=False) as client:
             while True:
                 code = node.process.poll()
                 if code is not None:
