@@ -22,9 +22,8 @@ def test_hot_hits_match_the_full_path(tmp_path: Path) -> None:
     small, mid = pattern(2048), pattern(100_000, seed=3)
     origin.put("/v/t1/small", small)
     origin.put("/v/t1/mid", mid)
-    app = create_app(make_config(tmp_path, slice_size=256 * 1024), "edge")
     with serve(origin) as o:
-        app.upstream = o.url
+        app = create_app(make_config(tmp_path, slice_size=256 * 1024), "edge", upstream=o.url)
         with serve(app) as e:
             for path, body in (("/v/t1/small", small), ("/v/t1/mid", mid)):
                 miss = httpx.get(e.url + path)

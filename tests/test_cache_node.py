@@ -357,15 +357,15 @@ def test_late_range_on_cold_100mib_object_pulls_at_most_two_slices_per_tier(
     origin.put("/v/t1/video", body)
     config = make_config(tmp_path, slice_size=mib)
     shield_hits: list[str] = []
-    shield_app = create_app(config, "shield", upstream="http://unset")
-
-    async def counting_shield(scope: dict, receive: object, send: object) -> None:  # type: ignore[type-arg]
-        if scope["type"] == "http":
-            shield_hits.append(dict(scope["headers"]).get(b"range", b"").decode())
-        await shield_app(scope, receive, send)  # type: ignore[arg-type]
 
     with serve(origin) as osrv:
-        shield_app.upstream = osrv.url
+        shield_app = create_app(config, "shield", upstream=osrv.url)
+
+        async def counting_shield(scope: dict, receive: object, send: object) -> None:  # type: ignore[type-arg]
+            if scope["type"] == "http":
+                shield_hits.append(dict(scope["headers"]).get(b"range", b"").decode())
+            await shield_app(scope, receive, send)  # type: ignore[arg-type]
+
         with serve(counting_shield) as shield, \
                 serve(create_app(config, "edge", upstream=shield.url)) as edge:
             start = 90 * mib + 12345
