@@ -55,6 +55,11 @@ class FillAborted(UpstreamError):
     """A fill that other requests were following broke off or failed a check midway."""
 
 
+class StorageFault(EdgeProxyError):
+    """The cache's disk or index failed (full disk, I/O error, a broken SQLite file): the
+    request goes on without storing, as a pass-through."""
+
+
 class ClientError(EdgeProxyError):
     """The media API answered a client-library call with an error."""
 

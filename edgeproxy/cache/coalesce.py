@@ -127,6 +127,7 @@ class Coalescer:
             return None
         fill = SliceFill(flight.key, index, self.claims.path(flight.key, index), flight,
                          INLINE_MAX)
+        fill.on_fault = self.store.fault
         self.fills[(flight.key, index)] = fill
         flight.fills[index] = fill
         return fill

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 from ..config import Config, ContentClass
+from ..errors import StorageFault
 from . import fields, policy
 from .beresp import BeResp, combined
 from .fetch import Plan
@@ -72,16 +74,19 @@ class Facts:
         if known is not None and known.version == meta.version and beresp.status == 206:
             return Plan("store", known, policy.expected_sha256(key.partition("?")[0], hmap),
                         store_meta="no")  # missing slices of an object we hold
-        if known is not None:
-            self.store.purge(key)  # a new representation: its old slices must never splice
         # only a 200/206 carries the representation a content address or Repr-Digest names
         digest = policy.expected_sha256(key.partition("?")[0], hmap) \
             if beresp.status in (200, 206) else None
-        if meta.length is None:
-            return Plan("store", meta, digest, store_meta="end")
-        if policy.slice_count(meta.length, meta.slice_size) == 1:
-            return Plan("store", meta, digest, store_meta="with_body")
-        self.store.set_meta(key, meta)
+        try:
+            if known is not None:
+                self.store.purge(key)  # a new representation: old slices must never splice
+            if meta.length is None:
+                return Plan("store", meta, digest, store_meta="end")
+            if policy.slice_count(meta.length, meta.slice_size) == 1:
+                return Plan("store", meta, digest, store_meta="with_body")
+            self.store.set_meta(key, meta)
+        except StorageFault:
+            return Plan("direct", meta)  # the disk is failing: pass this answer through
         return Plan("store", meta, digest, store_meta="now")
 
     def head_facts(self, key: str, beresp: BeResp,
@@ -99,7 +104,10 @@ class Facts:
                 has_explicit_freshness=policy.has_explicit_freshness(hmap),
                 has_class=cls is not None):
             return None
-        self.store.set_meta(key, meta)
+        try:
+            self.store.set_meta(key, meta)
+        except StorageFault:
+            return None
         return meta
 
     def _meta(self, key: str, beresp: BeResp, cls: ContentClass | None, vary: tuple[str, ...],
@@ -147,5 +155,6 @@ class Facts:
             stale, headers=tuple(merged), freshness=self.freshness(cls, stale.status, beresp,
                                                                    hmap),
             upstream_cache=beresp.x_cache)
-        self.store.set_meta(key, meta)
+        with contextlib.suppress(StorageFault):  # served refreshed, kept as it was
+            self.store.set_meta(key, meta)
         return meta

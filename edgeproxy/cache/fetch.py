@@ -11,6 +11,7 @@ right length (and, for content-addressed objects, when the whole body's hash mat
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import logging
@@ -19,7 +20,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from ..errors import FillAborted, UpstreamError, UpstreamProtocolError, UpstreamRefused
+from ..errors import (
+    FillAborted,
+    StorageFault,
+    UpstreamError,
+    UpstreamProtocolError,
+    UpstreamRefused,
+)
 from . import policy
 from .beresp import BeResp, from_upstream
 from .coalesce import Coalescer
@@ -285,7 +292,8 @@ class Fetcher:
             meta = flight.meta.with_length(flight.length)
             flight.meta = meta
             if not any(f.discard for f in flight.fills.values()):
-                self.store.set_meta(flight.key, meta)
+                with contextlib.suppress(StorageFault):  # its slices then go unused
+                    self.store.set_meta(flight.key, meta)
 
     def _complete(self, flight: Flight, fill: SliceFill) -> None:
         if fill.hold_last and not self._verified(flight, fill):
@@ -293,7 +301,7 @@ class Fetcher:
         fill.finish()
         # Commit and unregister in one synchronous step: a request that misses the fill in
         # the registry finds the slice in the store.
-        if flight.version is not None and not fill.discard:
+        if flight.version is not None and not fill.discard and not fill.unstorable:
             data = fill.data()
             try:
                 if flight.store_meta == "with_body" and flight.meta is not None \

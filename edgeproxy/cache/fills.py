@@ -58,6 +58,8 @@ class SliceFill:
         self.error: BaseException | None = None
         self.readers = 0
         self.released = False
+        self.unstorable = False  # the disk failed while filling: serve, do not store
+        self.on_fault: Callable[[BaseException], None] = lambda exc: None
         self._progress = asyncio.Event()
 
     @property
@@ -72,21 +74,47 @@ class SliceFill:
         self.buf = None
 
     def write(self, data: bytes | memoryview) -> None:
-        """Append bytes and wake followers."""
-        if self.buf is not None and self.written + len(data) > self.inline_max:
-            self._spill()
-        if self.buf is not None:
+        """Append bytes and wake followers.
+
+        A disk that fails (full, I/O error) moves the slice back into memory: its readers
+        still get every byte; it just will not be stored.
+        """
+        if self.buf is not None and self.written + len(data) > self.inline_max \
+                and not self.unstorable:
+            try:
+                self._spill()
+            except OSError as exc:
+                self._to_memory(exc)
+        if self.buf is None:
+            try:
+                view = memoryview(data)
+                while view:
+                    n = os.pwrite(self.fd, view, self.written)
+                    self.written += n
+                    view = view[n:]
+            except OSError as exc:
+                self._to_memory(exc)
+                assert self.buf is not None
+                self.buf += view
+                self.written += len(view)
+        else:
             self.buf += data
             self.written += len(data)
-        else:
-            view = memoryview(data)
-            while view:
-                n = os.pwrite(self.fd, view, self.written)
-                self.written += n
-                view = view[n:]
         held = self.hold_last and self.expected is not None and self.written >= self.expected
         self.visible = self.written - 1 if held else self.written
         self._notify()
+
+    def _to_memory(self, exc: OSError) -> None:
+        if self.fd >= 0:
+            if self.buf is None:  # else the spill itself failed: the bytes are still here
+                self.buf = bytearray(os.pread(self.fd, self.written, 0))
+            with contextlib.suppress(OSError):
+                os.close(self.fd)
+            self.fd = -1
+            with contextlib.suppress(OSError):
+                self.path.unlink()
+        self.unstorable = True
+        self.on_fault(exc)
 
     def read(self, position: int, size: int) -> bytes:
         """Bytes already written, from memory or the file."""

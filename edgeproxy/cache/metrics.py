@@ -43,6 +43,9 @@ class NodeMetrics:
         self.collapsed = Counter("edgeproxy_collapsed_requests",
                                  "Client requests that joined a fill already in flight",
                                  ["tier"], registry=r)
+        self.storage_faults = Counter("edgeproxy_storage_faults",
+                                      "Disk or index faults; their requests passed through",
+                                      ["tier"], registry=r)
         self.integrity_failures = Counter("edgeproxy_integrity_failures",
                                           "Fills discarded for a wrong length or hash",
                                           ["tier"], registry=r)

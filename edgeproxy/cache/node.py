@@ -71,6 +71,7 @@ class CacheNode:
                            PurgeEpoch(self.store.directory / "purge.epoch"),
                            on_clear=self.store.forget_files)
         self.metrics = NodeMetrics(tier)
+        self.store.on_fault = lambda exc: self.metrics.storage_faults.labels(tier).inc()
         self.slice_size = config.cache.slice_size
         self.read_size = config.cache.read_chunk_size
         self.wait_timeout = config.cache.fill_wait_timeout
@@ -91,7 +92,9 @@ class CacheNode:
             return
         path = scope["path"]
         if path == "/healthz":
-            await asgi.send_json(send, 200, {"status": "ok", "role": self.tier})
+            # still up when the disk fails (answers pass through), but say so
+            status = "degraded" if self.store.degraded(time.time()) else "ok"
+            await asgi.send_json(send, 200, {"status": status, "role": self.tier})
             return
         if path == "/metrics":
             body = self.metrics.render(self.store.volume(), self.config.node(self.tier).cache_size)
@@ -262,7 +265,14 @@ class CacheNode:
                 tx.flight, tx.led = flight, True
             return flight
 
-        source = await self.coalescer.join(req.key, index, meta.version, lead)
+        own = tx.flight.fills.get(index) if tx.flight is not None else None
+        if own is not None and own.done and own.error is None and own.buf is not None \
+                and own.flight.version == meta.version:
+            # a slice of the flight this request follows, finished and left unstored (a
+            # storage fault) or in memory still: read it there rather than fetch it again
+            source: Source = FillSource(own)
+        else:
+            source = await self.coalescer.join(req.key, index, meta.version, lead)
         if isinstance(source, StoredSource) and index == 0 and meta.status == 200 \
                 and meta.length <= meta.slice_size and self.hot.accepts(meta.length):
             source = self._keep_hot(req.key, meta, source)

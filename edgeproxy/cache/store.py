@@ -10,16 +10,23 @@ commit — atomic, no copy, and a fill killed midway leaves only a temp file tha
 from __future__ import annotations
 
 import dataclasses
+import functools
+import logging
 import os
+import sqlite3
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import diskcache
 
+from ..errors import StorageFault
 from .policy import Freshness
+
+log = logging.getLogger("edgeproxy.cache")
 
 # Bodies smaller than this live inside the SQLite index: one query serves a thumbnail, no
 # open()/read()/close() of a file on the hit path.
@@ -102,10 +109,50 @@ class SliceFile:
 SliceBody = bytes | SliceFile
 
 
+# How long a node reports itself degraded after a storage fault.
+DEGRADED_FOR = 30.0
+
+_T = TypeVar("_T")
+
+
+def _reading(default: Any) -> Callable[[Callable[..., _T]], Callable[..., _T]]:
+    """A read that meets a storage fault answers ``default`` (not stored): the request then
+    goes upstream, as a pass-through, instead of failing."""
+    def wrap(method: Callable[..., _T]) -> Callable[..., _T]:
+        @functools.wraps(method)
+        def guarded(self: CacheStore, *args: Any) -> _T:
+            try:
+                return method(self, *args)
+            except (sqlite3.Error, OSError) as exc:
+                self.fault(exc)
+                return default  # type: ignore[no-any-return]
+        return guarded
+    return wrap
+
+
+def _writing(method: Callable[..., _T]) -> Callable[..., _T]:
+    """A write that meets a storage fault raises `StorageFault` (the caller stores nothing)."""
+    @functools.wraps(method)
+    def guarded(self: CacheStore, *args: Any) -> _T:
+        try:
+            return method(self, *args)
+        except (sqlite3.Error, OSError) as exc:
+            self.fault(exc)
+            raise StorageFault(f"the cache could not store: {exc}") from exc
+    return guarded
+
+
 class CacheStore:
-    """Object facts and slices of one node's disk cache (process- and thread-safe)."""
+    """Object facts and slices of one node's disk cache (process- and thread-safe).
+
+    Storage faults (a full disk, an I/O error, a broken index) never fail a request: reads
+    answer "not stored", writes raise `StorageFault` for the caller to go on without storing,
+    and the node reports itself degraded for a while (`degraded`).
+    """
 
     def __init__(self, directory: Path, size_limit: int) -> None:
+        self.last_fault = 0.0
+        self.on_fault: Callable[[BaseException], None] = lambda exc: None
         self.directory = directory
         self.temp_dir = directory / TEMP_DIR
         self.temp_dir.mkdir(parents=True, exist_ok=True)
@@ -117,13 +164,25 @@ class CacheStore:
             cull_limit=16, statistics=False, tag_index=True,
         )
 
+    def fault(self, exc: BaseException) -> None:
+        """Record a storage fault (logged, counted, and reported by /healthz for a while)."""
+        self.last_fault = time.time()
+        log.error("storage fault in %s: %s", self.directory, exc)
+        self.on_fault(exc)
+
+    def degraded(self, now: float) -> bool:
+        """Whether a storage fault happened recently."""
+        return now - self.last_fault < DEGRADED_FOR
+
     # --- object facts ---
 
+    @_reading(None)
     def get_meta(self, key: str) -> ObjectMeta | None:
         """The stored facts of ``key``, or None."""
         meta = self._cache.get(_meta_key(key))
         return meta if isinstance(meta, ObjectMeta) else None
 
+    @_writing
     def set_meta(self, key: str, meta: ObjectMeta) -> None:
         """Store the facts of ``key`` (replacing any older version).
 
@@ -137,6 +196,7 @@ class CacheStore:
             return
         self._cache.set(_meta_key(key), meta, tag=_tag(key))
 
+    @_reading(None)
     def get_variant(self, key: str, values: tuple[str, ...]) -> ObjectMeta | None:
         """The stored variant of ``key`` for these Vary values, or None."""
         meta = self._cache.get(_variant_key(key, values))
@@ -144,6 +204,7 @@ class CacheStore:
 
     # --- slices ---
 
+    @_reading(None)
     def get_slice(self, key: str, version: str, index: int) -> SliceBody | None:
         """Slice ``index`` of ``key`` at ``version``: bytes (small) or an open file.
 
@@ -172,10 +233,12 @@ class CacheStore:
             os.close(fd)
         self._fds.clear()
 
+    @_reading(False)
     def has_slice(self, key: str, version: str, index: int) -> bool:
         """Whether the slice is stored (without opening it)."""
         return _slice_key(key, version, index) in self._cache
 
+    @_writing
     def commit_slice(self, key: str, version: str, index: int, path: Path, size: int,
                      data: bytes | None = None) -> None:
         """Make a finished fill file the stored slice, atomically (by rename, no copy).
@@ -192,6 +255,7 @@ class CacheStore:
         else:
             self._cache.set(skey, AdoptFile(path, size), tag=_tag(key))
 
+    @_writing
     def commit_object(self, key: str, meta: ObjectMeta, path: Path, size: int,
                       data: bytes | None) -> None:
         """Store a one-slice object's facts and body in one transaction (one write per miss)."""
@@ -201,6 +265,7 @@ class CacheStore:
 
     # --- removal and stats ---
 
+    @_reading(0)
     def purge(self, key: str) -> int:
         """Remove ``key``'s facts and all its slices; the number of entries removed."""
         self.forget_files()
