@@ -122,7 +122,7 @@ def _edgeproxy_config(path: Path, data_dir: Path, edge_port: int, shield_port: i
         # Written by benchmarks/deploy.py for one benchmark deployment.
         data_dir: {data_dir}
         log_level: warning
-        log: {access: "off"}       # as nginx's access_log off in the same run
+        log: {{access: "off"}}       # as nginx's access_log off in the same run
         origin:
           host: 127.0.0.1
           port: {free_port()}       # not started: the bench origin stands in for it

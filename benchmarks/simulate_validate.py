@@ -74,7 +74,7 @@ def node_config(path: Path, data: Path, role: str, port: int, upstreams: list[st
     path.write_text(textwrap.dedent(f"""\
         data_dir: {data}
         log_level: warning
-        log: {access: "off"}
+        log: {{access: "off"}}
         {role}:
           host: 127.0.0.1
           port: {port}
