@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import hmac
 import logging
@@ -304,19 +305,34 @@ class Fetcher:
         if flight.version is not None and not fill.discard and not fill.unstorable:
             data = fill.data()
             try:
-                if flight.store_meta == "with_body" and flight.meta is not None \
-                        and fill.index == 0 and flight.meta.length is not None:
-                    self.store.commit_object(flight.key, flight.meta, fill.path, fill.written,
-                                             data)
+                meta = flight.meta
+                if fill.hold_last and meta is not None:
+                    meta = dataclasses.replace(meta, verified=True)  # the whole hash matched
+                if flight.store_meta == "with_body" and meta is not None \
+                        and fill.index == 0 and meta.length is not None:
+                    self.store.commit_object(flight.key, meta, fill.path, fill.written, data)
                 else:
                     self.store.commit_slice(flight.key, flight.version, fill.index, fill.path,
                                             fill.written, data)
+                    self._note_verification(flight, fill, meta)
             except Exception as exc:  # a storage fault: followers still get the bytes
                 log.error("could not commit slice %s/%d: %s", flight.key, fill.index, exc)
                 self._unlink(fill)
         else:
             self._unlink(fill)
         self.coalescer.release(fill)
+
+    def _note_verification(self, flight: Flight, fill: SliceFill, meta: ObjectMeta | None) -> None:
+        """Keep the object's `verified` flag true to its slices: set once a whole fill's hash
+        matched; cleared when a slice arrives by Range, unchecked against the whole hash (a
+        whole answer of that object is then hashed as it is sent)."""
+        if meta is None or flight.digest is None:
+            return
+        if fill.hold_last and flight.store_meta == "now":
+            self.store.set_meta(flight.key, meta)
+        elif flight.hasher is None and flight.store_meta == "no" and meta.verified:
+            flight.meta = dataclasses.replace(meta, verified=False)
+            self.store.set_meta(flight.key, flight.meta)
 
     @staticmethod
     def _unlink(fill: SliceFill) -> None:

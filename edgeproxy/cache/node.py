@@ -274,7 +274,8 @@ class CacheNode:
         else:
             source = await self.coalescer.join(req.key, index, meta.version, lead)
         if isinstance(source, StoredSource) and index == 0 and meta.status == 200 \
-                and meta.length <= meta.slice_size and self.hot.accepts(meta.length):
+                and meta.length <= meta.slice_size and self.hot.accepts(meta.length) \
+                and self.whole_body_digest(req.key, meta) is None:
             source = self._keep_hot(req.key, meta, source)
         flight = tx.flight
         if tx.led and flight is not None and not flight.headers.done():
@@ -365,8 +366,8 @@ class CacheNode:
     @staticmethod
     def whole_body_digest(key: str, meta: ObjectMeta) -> str | None:
         """The SHA-256 a whole 200 body must have (content-addressed path, Repr-Digest)."""
-        if meta.status != 200:
-            return None
+        if meta.status != 200 or meta.verified:
+            return None  # verified: its slices came from fills whose whole hash matched
         headers = {n.lower(): v for n, v in meta.headers}
         return policy.expected_sha256(key.partition("?")[0], headers)
 

@@ -52,6 +52,7 @@ class ObjectMeta:
     upstream_cache: str | None = None
     vary: tuple[str, ...] = ()  # request fields this response varies on (lower-cased)
     vary_values: tuple[str, ...] | None = ()  # the storing request's values of them
+    verified: bool = False  # every stored slice came from a fill whose whole hash matched
     stored_at: float = field(default_factory=time.time)
 
     def with_length(self, length: int) -> ObjectMeta:
