@@ -94,3 +94,11 @@ def test_not_modified_fields() -> None:
 ])
 def test_x_cache(verdict: Verdict, upstream: str | None, expected: str) -> None:
     assert x_cache(verdict, "edge", upstream) == expected
+
+
+def test_via_names_the_node() -> None:
+    # RFC 9110 §7.6.3: each hop appends itself; a node_name setting names this node
+    assert fields.via(None, "edge-ams-1") == "1.1 edgeproxy-edge-ams-1"
+    assert fields.via("1.1 edgeproxy-shield-eu", "edge-ams-1") == \
+        "1.1 edgeproxy-shield-eu, 1.1 edgeproxy-edge-ams-1"
+    assert x_cache(Verdict.HIT, "edge-ams-1") == "HIT from edge-ams-1"

@@ -116,8 +116,8 @@ async def send_body(reply: Reply, meta: ObjectMeta, send: Send, join: Join, *,
     return sent
 
 
-def verifying_send(send: Send, digest: str, length: int,
-                   on_mismatch: Callable[[], None]) -> Send:
+def verifying_send(send: Send, digest: str, length: int, on_mismatch: Callable[[], None],
+                   on_match: Callable[[], None] = lambda: None) -> Send:
     """A `send` that hashes a whole body and holds its last byte back until the SHA-256
     matches ``digest`` (DESIGN "Integrity": a body assembled from slices, some of which may
     have come by Range, is never completed with a wrong byte). On a mismatch the stored
@@ -140,6 +140,7 @@ def verifying_send(send: Send, digest: str, length: int,
         if not hmac.compare_digest(hasher.hexdigest(), digest):
             on_mismatch()
             raise FillAborted("the assembled body does not match its SHA-256")
+        on_match()
         await send({**message, "body": body[-1:]})
 
     return checked

@@ -8,13 +8,15 @@ object takes a measured fast lane in front of the steps: a dict lookup and two s
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import logging
 import os
 import time
 from typing import Any
 
 from ..config import Config, ContentClass
-from ..errors import ConfigError, HTTPError, UpstreamError
+from ..errors import ConfigError, HTTPError, StorageFault, UpstreamError
 from ..http import ByteRange, format_http_date
 from ..tls import client_context
 from . import admin, asgi, boundary, fields, policy, steps
@@ -203,6 +205,17 @@ class CacheNode:
         if meta.status == 200 and not meta.vary and meta.freshness.is_fresh(now):
             self.hot.remember_facts(key, meta, now + min(FACTS_TTL,
                                                          meta.freshness.remaining(now)))
+
+    def mark_verified(self, key: str, meta: ObjectMeta) -> None:
+        """A whole answer assembled from this object's slices matched its hash: the slices
+        are good, and its hits need not hash them again (a slice stored by Range later
+        clears the mark)."""
+        stored = self.store.get_meta(key)
+        if meta.verified or stored is None or stored.version != meta.version or stored.verified:
+            return  # already marked, or the object changed meanwhile
+        with contextlib.suppress(StorageFault):
+            self.store.set_meta(key, dataclasses.replace(stored, verified=True))
+        self.hot.pop(key)
 
     def integrity_failure(self, key: str, why: str) -> None:
         """Bytes failed their check: count it, and drop what is stored under ``key``."""

@@ -8,13 +8,14 @@ The rules each step applies are pure functions in `policy`, `fields` and `delive
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from ..errors import FillAborted, HTTPError, UpstreamError, UpstreamTimeout
-from . import fields
+from . import fields, policy
 from .deliver import plan_reply, send_body, verifying_send
 from .facts import FlightContext
 from .fills import Flight
@@ -28,6 +29,9 @@ if TYPE_CHECKING:
     from .node import CacheNode
 
 Step = Callable[["CacheNode", "Tx"], Awaitable["Step | None"]]
+
+# How often a miss may lose the race for a claim and look up again before giving up.
+LOOKUP_TRIES = 3
 
 
 @dataclass(slots=True)
@@ -49,6 +53,7 @@ class Tx:
     responded: bool = False
     sent: int = 0
     upstream_time: float = 0.0
+    tries: int = 0  # lookups repeated after losing a race for a claim
 
 
 async def run(node: CacheNode, tx: Tx) -> None:
@@ -160,7 +165,7 @@ async def miss(node: CacheNode, tx: Tx) -> Step:
         if flight is None:
             flight = node.coalescer.flight_for(req.key)
             if flight is None:
-                raise FillAborted("could not lead or join the fill of this object")
+                return await _wait_then_look_again(node, tx, index)
     if not tx.led:
         node.metrics.collapsed.labels(node.tier).inc()
     tx.flight = flight
@@ -197,6 +202,21 @@ async def miss(node: CacheNode, tx: Tx) -> Step:
         return hit
     tx.verdict = Verdict.MISS
     return deliver if tx.direct is not None else hit
+
+
+async def _wait_then_look_again(node: CacheNode, tx: Tx, index: int) -> Step:
+    """The slice was claimed between our look and our claim: by another worker, or by a
+    flight of this process that is not a facts flight. Wait for its facts, look up again."""
+    tx.tries += 1
+    if tx.tries > LOOKUP_TRIES:
+        raise FillAborted("could not lead or join the fill of this object")
+    local = node.coalescer.fills.get((tx.req.key, index))
+    if local is not None:
+        with contextlib.suppress(UpstreamError, TimeoutError):
+            await asyncio.wait_for(asyncio.shield(local.flight.headers), node.wait_timeout)
+    else:
+        await node.coalescer.foreign_facts(tx.req.key, index, 0.0)
+    return lookup
 
 
 async def _learn_length(node: CacheNode, tx: Tx) -> Step:
@@ -292,9 +312,15 @@ async def deliver(node: CacheNode, tx: Tx) -> None:
         return None
     send = tx.send
     digest = node.whole_body_digest(req.key, meta) if reply.ranges is None else None
+    flight = tx.flight
+    if flight is not None and flight.hasher is not None and flight.version == meta.version \
+            and meta.length is not None and flight.first == 0 \
+            and len(flight.fills) == policy.slice_count(meta.length, meta.slice_size):
+        digest = None  # this flight fills every slice, hashes them all, holds the last byte
     if digest is not None and meta.length:
         send = verifying_send(send, digest, meta.length,
-                              on_mismatch=lambda: node.integrity_failure(req.key, "assembled"))
+                              on_mismatch=lambda: node.integrity_failure(req.key, "assembled"),
+                              on_match=lambda: node.mark_verified(req.key, meta))
 
     async def join(index: int) -> Source:
         source = ready.pop(index, None)
