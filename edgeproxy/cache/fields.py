@@ -27,6 +27,8 @@ _OWN_ON_FILL = frozenset({
     b"if-unmodified-since", b"accept-encoding", b"via", b"content-length", b"expect",
 })
 
+_HOST = frozenset({b"host"})  # the transport sends the upstream's own authority
+
 # RFC 9110 §9.2.1: the methods a cache may answer from storage without invalidating anything.
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
 
@@ -57,36 +59,33 @@ def _connection_named(raw: RawHeaders) -> frozenset[bytes]:
     return frozenset(named)
 
 
-def fill_headers(raw: RawHeaders, name: str) -> RawHeaders:
-    """``bereq`` fields of a cached fetch: the client's end-to-end fields, less hop-by-hop ones
-    and those the cache owns, plus identity encoding and ``Via`` (RFC 9110 §7.6)."""
+def _forward(raw: RawHeaders, name: str, owned: frozenset[bytes]) -> RawHeaders:
+    """The client's end-to-end fields less hop-by-hop ones, Connection-named ones and
+    ``owned``, then this hop's ``Via`` after the client's (RFC 9110 §7.6)."""
     named = _connection_named(raw)
     client_via: bytes | None = None
     out: RawHeaders = []
     for field, value in raw:
         if field == b"via":
             client_via = value if client_via is None else client_via + b", " + value
-        elif field not in _HOP_BY_HOP_RAW and field not in _OWN_ON_FILL and field not in named:
+        elif field not in _HOP_BY_HOP_RAW and field not in owned and field not in named:
             out.append((field, value))
-    out.append((b"accept-encoding", b"identity"))
     out.append((b"via", via(client_via.decode("latin-1") if client_via else None, name)
                 .encode("latin-1")))
+    return out
+
+
+def fill_headers(raw: RawHeaders, name: str) -> RawHeaders:
+    """``bereq`` fields of a cached fetch: the client's end-to-end fields, less hop-by-hop ones
+    and those the cache owns, plus identity encoding and ``Via``."""
+    out = _forward(raw, name, _OWN_ON_FILL)
+    out.insert(-1, (b"accept-encoding", b"identity"))
     return out
 
 
 def pass_headers(raw: RawHeaders, name: str) -> RawHeaders:
     """``bereq`` fields of a pass: every end-to-end field as the client sent it, plus ``Via``."""
-    named = _connection_named(raw)
-    client_via: bytes | None = None
-    out: RawHeaders = []
-    for field, value in raw:
-        if field == b"via":
-            client_via = value if client_via is None else client_via + b", " + value
-        elif field not in _HOP_BY_HOP_RAW and field != b"host" and field not in named:
-            out.append((field, value))
-    out.append((b"via", via(client_via.decode("latin-1") if client_via else None, name)
-                .encode("latin-1")))
-    return out
+    return _forward(raw, name, _HOST)
 
 
 def forwardable(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:

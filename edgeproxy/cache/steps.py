@@ -16,12 +16,14 @@ from typing import TYPE_CHECKING
 
 from ..errors import FillAborted, HTTPError, UpstreamError, UpstreamTimeout
 from . import fields, policy
+from .beresp import from_upstream
 from .deliver import plan_reply, send_body, verifying_send
 from .facts import FlightContext
 from .fills import Flight
 from .req import Req
 from .sources import DirectSource, Source, StoredSource
 from .store import ObjectMeta
+from .transport import BeReq
 from .types import Receive, Scope, Send
 from .verdict import Verdict, x_cache
 
@@ -221,9 +223,6 @@ async def _wait_then_look_again(node: CacheNode, tx: Tx, index: int) -> Step:
 
 async def _learn_length(node: CacheNode, tx: Tx) -> Step:
     """A suffix range on an object of unknown length: its facts first, by HEAD."""
-    from .beresp import from_upstream
-    from .transport import BeReq
-
     req = tx.req
     t0 = time.time()
     resp = await node.transport.send(BeReq("HEAD", req.target,
@@ -247,8 +246,6 @@ async def _learn_length(node: CacheNode, tx: Tx) -> Step:
 async def pass_(node: CacheNode, tx: Tx) -> None:
     """Relay the request and its answer, both streamed; unsafe methods that succeed
     invalidate what is stored (RFC 9111 §4.4)."""
-    from .transport import BeReq
-
     req = tx.req
     has_body = any(n in (b"content-length", b"transfer-encoding") for n, _ in req.raw_headers)
     body = _request_body(tx.receive) if has_body else None
