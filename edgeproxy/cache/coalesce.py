@@ -136,7 +136,9 @@ class Coalescer:
         """Unregister a fill (committed, failed or discarded) and drop its claim."""
         if self.fills.get((fill.key, fill.index)) is fill:
             del self.fills[(fill.key, fill.index)]
-            self.claims.drop(fill.key, fill.index)
+            key, index = fill.key, fill.index
+            # Other workers read the index once the claim is gone: it goes after the commit.
+            self.store.after_commit(lambda: self.claims.drop(key, index))
         fill.release()
 
     def forget(self, predicate: Callable[[str], bool]) -> None:

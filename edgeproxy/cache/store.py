@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 import diskcache
 
 from ..errors import StorageFault
+from .batch import GroupCommit
 from .policy import Freshness
 
 log = logging.getLogger("edgeproxy.cache")
@@ -162,8 +163,10 @@ class CacheStore:
         self._cache = diskcache.Cache(
             str(directory), size_limit=size_limit, disk=_AdoptingDisk,
             eviction_policy="least-recently-stored", disk_min_file_size=INLINE_MAX,
-            cull_limit=16, statistics=False, tag_index=True,
+            # eviction runs once per group commit (`GroupCommit.commit`), not in every set
+            cull_limit=0, statistics=False, tag_index=True,
         )
+        self._batch = GroupCommit(self._cache, self.fault)
 
     def fault(self, exc: BaseException) -> None:
         """Record a storage fault (logged, counted, and reported by /healthz for a while)."""
@@ -180,8 +183,12 @@ class CacheStore:
     @_reading(None)
     def get_meta(self, key: str) -> ObjectMeta | None:
         """The stored facts of ``key``, or None."""
-        meta = self._cache.get(_meta_key(key))
+        meta = self._get(_meta_key(key))
         return meta if isinstance(meta, ObjectMeta) else None
+
+    def _get(self, skey: str) -> Any:
+        found, value = self._batch.get(skey)
+        return value if found else self._cache.get(skey)
 
     @_writing
     def set_meta(self, key: str, meta: ObjectMeta) -> None:
@@ -191,16 +198,13 @@ class CacheStore:
         several variants live side by side (RFC 9111 §4.1); the plain entry is the latest.
         """
         if meta.vary and meta.vary_values is not None:
-            with self._cache.transact():
-                self._cache.set(_meta_key(key), meta, tag=_tag(key))
-                self._cache.set(_variant_key(key, meta.vary_values), meta, tag=_tag(key))
-            return
-        self._cache.set(_meta_key(key), meta, tag=_tag(key))
+            self._batch.put(_variant_key(key, meta.vary_values), meta, _tag(key))
+        self._batch.put(_meta_key(key), meta, _tag(key))
 
     @_reading(None)
     def get_variant(self, key: str, values: tuple[str, ...]) -> ObjectMeta | None:
         """The stored variant of ``key`` for these Vary values, or None."""
-        meta = self._cache.get(_variant_key(key, values))
+        meta = self._get(_variant_key(key, values))
         return meta if isinstance(meta, ObjectMeta) else None
 
     # --- slices ---
@@ -218,7 +222,8 @@ class CacheStore:
         if fd is not None:
             self._fds.move_to_end(skey)
             return SliceFile(fd)
-        body = self._cache.get(skey, read=True)
+        found, pending = self._batch.get(skey)
+        body = pending if found else self._cache.get(skey, read=True)
         if body is None or isinstance(body, bytes):
             return body
         with body:
@@ -237,7 +242,8 @@ class CacheStore:
     @_reading(False)
     def has_slice(self, key: str, version: str, index: int) -> bool:
         """Whether the slice is stored (without opening it)."""
-        return _slice_key(key, version, index) in self._cache
+        skey = _slice_key(key, version, index)
+        return skey in self._batch.pending or skey in self._cache
 
     @_writing
     def commit_slice(self, key: str, version: str, index: int, path: Path, size: int,
@@ -252,17 +258,27 @@ class CacheStore:
             if data is None:
                 data = path.read_bytes()
                 path.unlink(missing_ok=True)
-            self._cache.set(skey, data, tag=_tag(key))
-        else:
+            self._batch.put(skey, data, _tag(key))
+        else:  # a file is moved into place now: its fill's path is free again at once
             self._cache.set(skey, AdoptFile(path, size), tag=_tag(key))
+            if self._cache.volume() > self._cache.size_limit:
+                self._cache.cull()
 
     @_writing
     def commit_object(self, key: str, meta: ObjectMeta, path: Path, size: int,
                       data: bytes | None) -> None:
-        """Store a one-slice object's facts and body in one transaction (one write per miss)."""
-        with self._cache.transact():
-            self.commit_slice(key, meta.version, 0, path, size, data)
-            self.set_meta(key, meta)
+        """Store a one-slice object's facts and body (in the same group commit)."""
+        self.commit_slice(key, meta.version, 0, path, size, data)
+        self.set_meta(key, meta)
+
+    def after_commit(self, callback: Callable[[], None]) -> None:
+        """Run ``callback`` once every write made so far is in the index (other processes
+        see it): claims are released then."""
+        self._batch.after_commit(callback)
+
+    def commit(self) -> None:
+        """Commit pending writes now."""
+        self._batch.commit()
 
     # --- removal and stats ---
 
@@ -270,11 +286,14 @@ class CacheStore:
     def purge(self, key: str) -> int:
         """Remove ``key``'s facts and all its slices; the number of entries removed."""
         self.forget_files()
-        return int(self._cache.evict(_tag(key)))
+        tag = _tag(key)
+        dropped = self._batch.drop(lambda t: t == tag)
+        return int(self._cache.evict(tag)) + dropped
 
     def purge_prefix(self, prefix: str) -> int:
         """Remove every object whose key starts with ``prefix``; the number of objects."""
         removed = 0
+        self.commit()  # pending objects are purged like stored ones
         for entry in list(self._cache.iterkeys()):
             if isinstance(entry, str) and entry.startswith("m\0" + prefix):
                 removed += 1 if self.purge(entry[2:]) else 0
@@ -283,6 +302,7 @@ class CacheStore:
     def clear(self) -> None:
         """Drop everything."""
         self.forget_files()
+        self._batch.drop(lambda _tag: True)
         self._cache.clear()
 
     def volume(self) -> int:
@@ -290,7 +310,8 @@ class CacheStore:
         return int(self._cache.volume())
 
     def close(self) -> None:
-        """Close the index."""
+        """Commit what is pending, then close the index."""
+        self._batch.commit()
         self.forget_files()
         self._cache.close()
 

@@ -1,0 +1,99 @@
+"""Group commit for the cache index: small writes of one process, one SQLite transaction.
+
+A miss used to cost a write transaction of its own (two rows, three indexes, the WAL frames
+of every page touched, the eviction check), about a fifth of a tier's CPU per miss. Writes of
+facts and of small inline slices are now held in memory for a few milliseconds and committed
+together; reads in this process see them at once (`get`). Other worker processes learn of an
+object only when it is committed, so the claims of its fills are released only then
+(`after_commit`): a worker that waited on a claim always finds the object stored.
+
+A process that dies before a commit loses those entries, which is a cache miss later, never a
+wrong byte: nothing of a pending entry reaches the disk half-written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+from collections.abc import Callable
+from typing import Any
+
+import diskcache
+
+log = logging.getLogger("edgeproxy.cache")
+
+# How long a write may wait for company, and how many writes make a commit at once.
+COMMIT_DELAY = 0.010
+COMMIT_BATCH = 256
+
+
+class GroupCommit:
+    """Pending index writes (key → value, tag) of this process, committed together."""
+
+    def __init__(self, cache: diskcache.Cache, on_fault: Callable[[BaseException], None]) -> None:
+        self.cache = cache
+        self.on_fault = on_fault
+        self.pending: dict[str, tuple[Any, str]] = {}
+        self._after: list[Callable[[], None]] = []
+        self._timer: asyncio.TimerHandle | None = None
+
+    def put(self, key: str, value: Any, tag: str) -> None:
+        """Store ``value`` under ``key`` at the next commit (now, outside an event loop)."""
+        self.pending[key] = (value, tag)
+        if len(self.pending) >= COMMIT_BATCH:
+            self.commit()
+            return
+        if self._timer is None:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                self.commit()  # no loop (a script, a test): write through
+                return
+            self._timer = loop.call_later(COMMIT_DELAY, self.commit)
+
+    def get(self, key: str) -> tuple[bool, Any]:
+        """(True, value) for a pending write of ``key``, else (False, None)."""
+        entry = self.pending.get(key)
+        return (False, None) if entry is None else (True, entry[0])
+
+    def drop(self, predicate: Callable[[str], bool]) -> int:
+        """Forget pending writes whose tag matches (a purge); how many."""
+        gone = [k for k, (_v, tag) in self.pending.items() if predicate(tag)]
+        for key in gone:
+            del self.pending[key]
+        return len(gone)
+
+    def after_commit(self, callback: Callable[[], None]) -> None:
+        """Run ``callback`` once what is pending now is committed (at once if nothing is)."""
+        if self.pending:
+            self._after.append(callback)
+        else:
+            callback()
+
+    def commit(self) -> None:
+        """Write everything pending in one transaction, then run the waiting callbacks.
+
+        A storage fault loses the batch (those objects are fetched again later) and is
+        reported like any other; the callbacks run either way.
+        """
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        batch, self.pending = self.pending, {}
+        callbacks, self._after = self._after, []
+        try:
+            if batch:
+                with self.cache.transact():
+                    for key, (value, tag) in batch.items():
+                        self.cache.set(key, value, tag=tag)
+                if self.cache.volume() > self.cache.size_limit:
+                    self.cache.cull()
+        except (sqlite3.Error, OSError) as exc:
+            self.on_fault(exc)
+        finally:
+            for callback in callbacks:
+                try:
+                    callback()
+                except Exception:  # one failed release must not keep the others' claims
+                    log.exception("after-commit callback failed")

@@ -1,0 +1,79 @@
+"""The cache index's group commit: pending writes are read back at once, committed together,
+purged with their object, and claims wait for the commit (other workers read the index)."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from pathlib import Path
+
+import diskcache
+import pytest
+
+from edgeproxy.cache import batch
+from edgeproxy.cache.batch import GroupCommit
+
+
+@pytest.fixture
+def cache(tmp_path: Path) -> diskcache.Cache:
+    c = diskcache.Cache(str(tmp_path / "idx"), cull_limit=0, tag_index=True)
+    yield c
+    c.close()
+
+
+async def test_pending_writes_are_read_back_and_committed_in_one_go(cache: diskcache.Cache) -> None:
+    faults: list[BaseException] = []
+    group = GroupCommit(cache, faults.append)
+    group.put("a", b"1", "t1")
+    group.put("b", b"2", "t2")
+    assert group.get("a") == (True, b"1")
+    assert "a" not in cache  # not yet in the index other processes read
+    released: list[str] = []
+    group.after_commit(lambda: released.append("claim"))
+    assert released == []
+    await asyncio.sleep(batch.COMMIT_DELAY * 3)
+    assert cache.get("a") == b"1" and cache.get("b") == b"2"
+    assert released == ["claim"] and group.pending == {} and faults == []
+    group.after_commit(lambda: released.append("now"))  # nothing pending: at once
+    assert released == ["claim", "now"]
+
+
+async def test_a_purge_drops_pending_writes_of_its_object(cache: diskcache.Cache) -> None:
+    group = GroupCommit(cache, lambda exc: None)
+    group.put("m\0/a", "meta", "/a")
+    group.put("s\0/a", b"body", "/a")
+    group.put("m\0/b", "meta", "/b")
+    assert group.drop(lambda tag: tag == "/a") == 2
+    group.commit()
+    assert "m\0/a" not in cache and "s\0/a" not in cache and cache.get("m\0/b") == "meta"
+
+
+async def test_a_full_batch_commits_without_waiting(cache: diskcache.Cache) -> None:
+    group = GroupCommit(cache, lambda exc: None)
+    for i in range(batch.COMMIT_BATCH):
+        group.put(f"k{i}", i, "t")
+    assert group.pending == {} and cache.get(f"k{batch.COMMIT_BATCH - 1}") == batch.COMMIT_BATCH - 1
+
+
+def test_outside_an_event_loop_writes_go_through(cache: diskcache.Cache) -> None:
+    group = GroupCommit(cache, lambda exc: None)
+    group.put("a", b"1", "t")
+    assert cache.get("a") == b"1" and group.pending == {}
+
+
+async def test_a_storage_fault_loses_the_batch_reports_it_and_still_releases(
+        cache: diskcache.Cache, monkeypatch: pytest.MonkeyPatch) -> None:
+    faults: list[BaseException] = []
+    group = GroupCommit(cache, faults.append)
+    group.put("a", b"1", "t")
+    released: list[bool] = []
+    group.after_commit(lambda: released.append(True))
+
+    def full(*args: object, **kwargs: object) -> None:
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(cache, "set", full)
+    group.commit()
+    assert len(faults) == 1 and released == [True] and group.pending == {}
+    monkeypatch.undo()
+    assert "a" not in cache
