@@ -57,6 +57,10 @@ class HotEntry:
     body: bytes
     headers: list[tuple[bytes, bytes]]  # without Age, X-Cache and Content-Length
     fresh_until: float  # epoch seconds
+    dated: bool = False  # the stored fields carry a Date (else each answer adds the clock's)
+
+    def __post_init__(self) -> None:
+        self.dated = self.meta.header("date") is not None
 
 
 class HotTier:

@@ -1,0 +1,159 @@
+"""Plain hits answered by the server protocol as the request head is parsed (no ASGI round
+trip): same bytes, fields, access-log line and metrics as the app's path, answers in order
+on a pipelined connection, and everything that is not a plain hit still reaches the app."""
+
+from __future__ import annotations
+
+import re
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from edgeproxy.cache.node import CacheNode
+from edgeproxy.config import load_config
+from edgeproxy.guard import uvicorn_http_options
+from edgeproxy.protocol import fast_lane_of
+from edgeproxy.server import node_app
+from tests.origins import TestOrigin
+from tests.servers import ServerThread, serve
+
+BODY = bytes(range(256)) * 20  # 5,120 bytes
+
+
+@pytest.fixture
+def origin() -> Iterator[tuple[TestOrigin, ServerThread]]:
+    o = TestOrigin()
+    o.put("/v/t1/obj", BODY)
+    o.put("/v/t1/other", b"y" * 100)
+    with serve(o) as srv:
+        yield o, srv
+
+
+@pytest.fixture
+def edge(tmp_path: Path, origin: tuple[TestOrigin, ServerThread]) -> Iterator[ServerThread]:
+    config_path = tmp_path / "config.yaml"
+    config_path.write_text(f"data_dir: {tmp_path / 'var'}\n"
+                           f"edge: {{upstream: '{origin[1].url}', node_name: edge-1}}\n"
+                           f"log: {{file: {tmp_path / 'access.log'}}}\n")
+    config = load_config(config_path)
+    app = node_app(config, "edge")
+    assert fast_lane_of(app) is not None  # the chain the server runs is recognised
+    with serve(app, proxy_headers=False, **uvicorn_http_options(config.http_limits)) as srv:
+        yield srv
+
+
+def _raw(url: str, payload: bytes, until: int, timeout: float = 5) -> bytes:
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=timeout) as sock:
+        sock.sendall(payload)
+        data = b""
+        deadline = time.monotonic() + timeout
+        while data.count(b"HTTP/1.1 ") < until or not data.endswith(BODY[-50:]):
+            if time.monotonic() > deadline:
+                break
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+        return data
+
+
+def _hits(url: str) -> float:
+    text = httpx.get(url + "/metrics").text
+    found = re.findall(r'^edgeproxy_requests_total\{[^}]*result="HIT"[^}]*\} (\S+)$', text, re.M)
+    return sum(float(v) for v in found)
+
+
+def test_a_hot_hit_is_byte_exact_with_the_fields_of_the_app_path(
+        edge: ServerThread, origin: tuple[TestOrigin, ServerThread], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    served: list[str] = []
+    real = CacheNode.fast_reply
+
+    def counting(self: CacheNode, path: str, *args: Any) -> tuple[bytes, int] | None:
+        reply = real(self, path, *args)
+        if reply is not None:
+            served.append(path)
+        return reply
+
+    monkeypatch.setattr(CacheNode, "fast_reply", counting)
+    with httpx.Client(base_url=edge.url) as client:
+        miss = client.get("/v/t1/obj")
+        assert miss.headers["x-cache"].startswith("MISS")
+        client.get("/v/t1/obj")  # a hit from the store puts it in memory
+        served.clear()
+        before = _hits(edge.url)
+        hit = client.get("/v/t1/obj", headers={"user-agent": "fast-test"})
+    assert hit.status_code == 200 and hit.content == BODY
+    assert hit.headers["x-cache"] == "HIT from edge-1"
+    assert int(hit.headers["content-length"]) == len(BODY)
+    assert "age" in hit.headers and "date" in hit.headers
+    names = {n.lower() for n in hit.headers} - {"age", "x-cache"}
+    assert names == {n.lower() for n in miss.headers} - {"age", "x-cache"}
+    assert _hits(edge.url) == before + 1
+    assert served == ["/v/t1/obj"]  # answered by the protocol, not the app
+    assert origin[0].count("/v/t1/obj") == 1
+    log, deadline = tmp_path / "access.log", time.monotonic() + 5
+    while b"fast-test" not in (log.read_bytes() if log.exists() else b"") \
+            and time.monotonic() < deadline:
+        time.sleep(0.02)  # the sink writes lines out in batches
+    (line,) = [x for x in log.read_text().splitlines() if "fast-test" in x]
+    assert 'cache="HIT from edge-1"' in line and '"GET /v/t1/obj HTTP/1.1" 200 5120' in line
+
+
+def test_pipelined_requests_are_answered_in_order(edge: ServerThread) -> None:
+    for _ in range(2):  # a miss, then a hit from the store: now in memory
+        assert httpx.get(edge.url + "/v/t1/obj").status_code == 200
+    # a miss (through the app) first, then a hot hit: the hit must not overtake it
+    payload = (b"GET /v/t1/other HTTP/1.1\r\nhost: x\r\n\r\n"
+               b"GET /v/t1/obj HTTP/1.1\r\nhost: x\r\n\r\n")
+    data = _raw(edge.url, payload, until=2)
+    first = data.index(b"HTTP/1.1 200")
+    assert data[first:].index(b"y" * 100) < data.index(BODY)
+    assert data.count(b"HTTP/1.1 200 OK") == 2 and data.endswith(BODY)
+
+
+@pytest.mark.parametrize(("request_head", "expect_status", "expect_body"), [
+    # ranges, validators, a query, another spelling: the steps answer them
+    (b"GET /v/t1/obj HTTP/1.1\r\nhost: x\r\nrange: bytes=0-9\r\n\r\n", b"206", BODY[:10]),
+    (b"GET /v/t1/obj?a=1 HTTP/1.1\r\nhost: x\r\n\r\n", b"200", BODY),
+    (b"GET /v/t1/./obj HTTP/1.1\r\nhost: x\r\n\r\n", b"200", BODY),
+    (b"HEAD /v/t1/obj HTTP/1.1\r\nhost: x\r\n\r\n", b"200", b""),
+    (b"GET /v/t1/obj HTTP/1.0\r\nhost: x\r\n\r\n", b"200", BODY),
+])  # fmt: skip
+def test_what_is_not_a_plain_hit_goes_through_the_app(
+        edge: ServerThread, request_head: bytes, expect_status: bytes,
+        expect_body: bytes) -> None:
+    for _ in range(2):  # a miss, then a hit from the store: now in memory
+        assert httpx.get(edge.url + "/v/t1/obj").status_code == 200
+    host, port = edge.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=5) as sock:
+        sock.sendall(request_head)
+        data = b""
+        while b"\r\n\r\n" not in data or len(data.partition(b"\r\n\r\n")[2]) < len(expect_body):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.split(b" ")[1] == expect_status, head
+    assert body[:len(expect_body)] == expect_body
+
+
+def test_keep_alive_connections_serve_many_fast_hits(edge: ServerThread) -> None:
+    with httpx.Client(base_url=edge.url) as client:
+        client.get("/v/t1/obj")
+        answers = [client.get("/v/t1/obj") for _ in range(50)]
+    assert all(a.content == BODY and a.headers["x-cache"] == "HIT from edge-1" for a in answers)
+
+
+def test_other_chains_take_no_fast_lane() -> None:
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        raise AssertionError("not called")
+
+    assert fast_lane_of(app) is None
