@@ -212,13 +212,13 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         reply = node.fast_reply(path, headers, started, self.server_state.default_headers)
         if reply is None:
             return False
-        data, sent = reply
+        data, status, sent = reply
         self.transport.write(data)
         self.fast_served = True
         if access_log is not None:
             access_log.write({"client": self.client, "method": "GET", "raw_path": url,
                               "path": path, "http_version": "1.1", "headers": headers},
-                             200, sent, node.hit_x_cache, time.perf_counter() - started)
+                             status, sent, node.hit_x_cache, time.perf_counter() - started)
         self.on_response_complete()
         return True
 

@@ -75,7 +75,7 @@ def test_a_hot_hit_is_byte_exact_with_the_fields_of_the_app_path(
     served: list[str] = []
     real = CacheNode.fast_reply
 
-    def counting(self: CacheNode, path: str, *args: Any) -> tuple[bytes, int] | None:
+    def counting(self: CacheNode, path: str, *args: Any) -> tuple[bytes, int, int] | None:
         reply = real(self, path, *args)
         if reply is not None:
             served.append(path)
@@ -104,6 +104,44 @@ def test_a_hot_hit_is_byte_exact_with_the_fields_of_the_app_path(
         time.sleep(0.02)  # the sink writes lines out in batches
     (line,) = [x for x in log.read_text().splitlines() if "fast-test" in x]
     assert 'cache="HIT from edge-1"' in line and '"GET /v/t1/obj HTTP/1.1" 200 5120' in line
+
+
+@pytest.mark.parametrize(("range_value", "status", "body", "content_range"), [
+    ("bytes=0-9", 206, BODY[:10], "bytes 0-9/5120"),  # RFC 9110 §14.2
+    ("bytes=5000-", 206, BODY[5000:], "bytes 5000-5119/5120"),
+    ("bytes=-20", 206, BODY[-20:], "bytes 5100-5119/5120"),
+    ("bytes=100-99999", 206, BODY[100:], "bytes 100-5119/5120"),
+    ("items=0-9", 200, BODY, None),  # another unit: ignored, the whole body (§14.2)
+    ("bytes=9-0", 200, BODY, None),  # invalid: ignored
+    ("bytes=9000-", 416, None, "bytes */5120"),  # unsatisfiable: the steps answer 416
+    ("bytes=0-0,9-9", 206, None, None),  # several: multipart from the steps
+])  # fmt: skip
+def test_ranges_of_a_hot_object(edge: ServerThread, monkeypatch: pytest.MonkeyPatch,
+                                range_value: str, status: int, body: bytes | None,
+                                content_range: str | None) -> None:
+    served: list[int] = []
+    real = CacheNode.fast_reply
+
+    def counting(self: CacheNode, *args: Any) -> tuple[bytes, int, int] | None:
+        reply = real(self, *args)
+        if reply is not None:
+            served.append(reply[1])
+        return reply
+
+    monkeypatch.setattr(CacheNode, "fast_reply", counting)
+    with httpx.Client(base_url=edge.url) as client:
+        for _ in range(2):
+            client.get("/v/t1/obj")
+        served.clear()
+        answer = client.get("/v/t1/obj", headers={"range": range_value})
+    assert answer.status_code == status
+    if body is not None:
+        assert answer.content == body and int(answer.headers["content-length"]) == len(body)
+        assert answer.headers["x-cache"] == "HIT from edge-1"
+        assert served == [status]  # the protocol answered it
+    else:
+        assert served == []  # the steps answered it
+    assert answer.headers.get("content-range") == content_range
 
 
 def test_pipelined_requests_are_answered_in_order(edge: ServerThread) -> None:

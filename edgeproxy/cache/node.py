@@ -18,7 +18,13 @@ from typing import Any
 
 from ..config import Config, ContentClass
 from ..errors import ConfigError, HTTPError, StorageFault, UpstreamError
-from ..http import ByteRange, format_http_date
+from ..http import (
+    ByteRange,
+    RangeNotSatisfiable,
+    format_http_date,
+    parse_range,
+    resolve_ranges,
+)
 from ..tls import client_context
 from . import admin, asgi, boundary, fields, policy, steps
 from .beresp import BeResp
@@ -46,8 +52,9 @@ FACTS_TTL = 10.0
 MISSING_WINDOW = 16
 
 # Request fields that take a request off the fast lane (the steps answer them).
-_NOT_PLAIN = frozenset({b"range", b"if-none-match", b"if-range", b"if-modified-since",
-                        b"authorization"})
+_NOT_PLAIN = frozenset({b"if-none-match", b"if-range", b"if-modified-since", b"authorization",
+                        b"if-match", b"if-unmodified-since"})
+_STATUS_LINES = {200: b"HTTP/1.1 200 OK\r\n", 206: b"HTTP/1.1 206 Partial Content\r\n"}
 
 
 class CacheNode:
@@ -439,8 +446,9 @@ class CacheNode:
     # --- the fast lane ---
 
     def plain_hit(self, path: str, headers: Iterable[tuple[bytes, bytes]],
-                  ) -> tuple[HotEntry, list[tuple[bytes, bytes]]] | None:  # fmt: skip
-        """A plain GET of a hot object: its entry and the answer's fields, else None.
+                  ) -> tuple[HotEntry, int, list[tuple[bytes, bytes]], bytes] | None:  # fmt: skip
+        """A GET of a hot object, whole or by one byte range, with no validator or
+        credential: its entry, status, fields and body; else None (the steps answer it).
 
         ``path`` must be canonical and without a query (the callers check the raw target).
         """
@@ -448,30 +456,50 @@ class CacheNode:
         entry = self.hot.get(path, now)
         if entry is None or entry.meta.content_class in self.gate.signed_classes:
             return None
-        for name, _value in headers:
-            if name in _NOT_PLAIN:
-                return None  # ranges, validators, credentials: the steps handle them
+        range_value = None
+        for name, value in headers:
+            if name == b"range":
+                if range_value is not None:
+                    return None
+                range_value = value
+            elif name in _NOT_PLAIN:
+                return None  # validators, credentials: the steps handle them
         fields = [*entry.headers, (b"age", str(int(entry.meta.freshness.age(now))).encode()),
                   (b"x-cache", self._hit_x_cache)]
         if not entry.dated:
             fields.append((b"date", format_http_date(now).encode()))
-        return entry, fields
+        body = entry.body
+        specs = parse_range(range_value.decode("latin-1")) if range_value is not None else None
+        if specs is None or entry.meta.status != 200:  # RFC 9110 §14.2: ignored, whole
+            return entry, 200, fields, body
+        try:
+            ranges = resolve_ranges(specs, len(body))
+        except RangeNotSatisfiable:
+            return None  # 416 from the steps
+        if len(ranges) != 1:
+            return None  # multipart from the steps
+        (rng,) = ranges
+        fields = [(n, v) for n, v in fields if n != b"content-length"]
+        fields += [(b"content-range", rng.content_range(len(body)).encode()),
+                   (b"content-length", str(rng.length).encode())]
+        return entry, 206, fields, body[rng.start:rng.end + 1]
 
     def fast_reply(self, path: str, headers: Iterable[tuple[bytes, bytes]], started: float,
-                   extra: list[tuple[bytes, bytes]]) -> tuple[bytes, int] | None:
+                   extra: list[tuple[bytes, bytes]]) -> tuple[bytes, int, int] | None:
         """The whole HTTP/1.1 answer to a plain hit, for a server protocol to write as it
         reads the request head (no task, no ASGI messages); None: take the request through
-        the app. ``extra``: the server's own fields. With the answer, its body's length."""
+        the app. ``extra``: the server's own fields. With the answer, its status and its
+        body's length."""
         hit = self.plain_hit(path, headers)
         if hit is None:
             return None
-        entry, fields = hit
-        self.metrics.observe("HIT", entry.meta.content_class, len(entry.body),
+        entry, status, fields, body = hit
+        self.metrics.observe("HIT", entry.meta.content_class, len(body),
                              time.perf_counter() - started)
-        return b"".join([b"HTTP/1.1 200 OK\r\n",
+        return b"".join([_STATUS_LINES[status],
                          *[b"%s: %s\r\n" % pair for pair in fields],
                          *[b"%s: %s\r\n" % pair for pair in extra], b"\r\n",
-                         entry.body]), len(entry.body)
+                         body]), status, len(body)
 
     @property
     def hit_x_cache(self) -> str:
@@ -488,10 +516,10 @@ class CacheNode:
         hit = self.plain_hit(scope["path"], scope["headers"])
         if hit is None:
             return False
-        entry, fields = hit
-        await send({"type": "http.response.start", "status": 200, "headers": fields})
-        await send({"type": "http.response.body", "body": entry.body})
-        self.metrics.observe("HIT", entry.meta.content_class, len(entry.body),
+        entry, status, fields, body = hit
+        await send({"type": "http.response.start", "status": status, "headers": fields})
+        await send({"type": "http.response.body", "body": body})
+        self.metrics.observe("HIT", entry.meta.content_class, len(body),
                              time.perf_counter() - started)
         return True
 
