@@ -310,10 +310,11 @@ class Fetcher:
                     meta = dataclasses.replace(meta, verified=True)  # the whole hash matched
                 if flight.store_meta == "with_body" and meta is not None \
                         and fill.index == 0 and meta.length is not None:
-                    self.store.commit_object(flight.key, meta, fill.path, fill.written, data)
+                    self.store.commit_object(flight.key, meta, fill.path, fill.written, data,
+                                             checksum=fill.sum.value())
                 else:
                     self.store.commit_slice(flight.key, flight.version, fill.index, fill.path,
-                                            fill.written, data)
+                                            fill.written, data, checksum=fill.sum.value())
                     self._note_verification(flight, fill, meta)
             except Exception as exc:  # a storage fault: followers still get the bytes
                 log.error("could not commit slice %s/%d: %s", flight.key, fill.index, exc)

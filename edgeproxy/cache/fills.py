@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import FillAborted, UpstreamTimeout
 from .beresp import BeResp
+from .checksum import SliceHasher
 
 if TYPE_CHECKING:
     from .store import SliceBody
@@ -60,6 +61,7 @@ class SliceFill:
         self.released = False
         self.unstorable = False  # the disk failed while filling: serve, do not store
         self.on_fault: Callable[[BaseException], None] = lambda exc: None
+        self.sum = SliceHasher()  # the checksum stored with the slice, as the bytes pass
         self._progress = asyncio.Event()
 
     @property
@@ -79,6 +81,7 @@ class SliceFill:
         A disk that fails (full, I/O error) moves the slice back into memory: its readers
         still get every byte; it just will not be stored.
         """
+        self.sum.update(data)
         if self.buf is not None and self.written + len(data) > self.inline_max \
                 and not self.unstorable:
             try:

@@ -46,9 +46,10 @@ class NodeMetrics:
         self.storage_faults = Counter("edgeproxy_storage_faults",
                                       "Disk or index faults; their requests passed through",
                                       ["tier"], registry=r)
+        # reason: body_hash (a whole body's SHA-256), slice_checksum (a stored slice's xxh3)
         self.integrity_failures = Counter("edgeproxy_integrity_failures",
-                                          "Fills discarded for a wrong length or hash",
-                                          ["tier"], registry=r)
+                                          "Bytes discarded for a wrong length, hash or checksum",
+                                          ["tier", "reason"], registry=r)
         self.latency = Histogram("edgeproxy_request_duration_seconds",
                                  "Time to answer a client request (until the last byte)",
                                  ["tier", "result"], buckets=_LATENCY_BUCKETS,

@@ -82,6 +82,7 @@ class CacheNode:
                            on_clear=self.store.forget_files)
         self.metrics = NodeMetrics(tier)
         self.store.on_fault = lambda exc: self.metrics.storage_faults.labels(tier).inc()
+        self.store.on_corrupt = self.slice_corrupt
         self.slice_size = config.cache.slice_size
         self.read_size = config.cache.read_chunk_size
         self.wait_timeout = config.cache.fill_wait_timeout
@@ -226,11 +227,18 @@ class CacheNode:
             self.store.set_meta(key, dataclasses.replace(stored, verified=True))
         self.hot.pop(key)
 
-    def integrity_failure(self, key: str, why: str) -> None:
+    def integrity_failure(self, key: str, why: str, reason: str = "body_hash") -> None:
         """Bytes failed their check: count it, and drop what is stored under ``key``."""
         log.error("integrity failure on %s (%s): dropped", key, why)
-        self.metrics.integrity_failures.labels(self.tier).inc()
+        self.metrics.integrity_failures.labels(self.tier, reason).inc()
         self._purge_key(key)
+
+    def slice_corrupt(self, key: str, index: int, why: str) -> None:
+        """A stored slice failed its checksum and the store dropped it (it is fetched again
+        when next needed): count it, and have every worker let go of the descriptors it
+        keeps, which may be on that file (their memory tiers go too: rare, and cheap)."""
+        self.metrics.integrity_failures.labels(self.tier, "slice_checksum").inc()
+        self.hot.purged()
 
     @property
     def fetcher(self) -> Fetcher:

@@ -54,6 +54,8 @@ class StoredSource:
             data = os.pread(fd, min(stop - pos, read_size), pos)
             if not data:
                 raise FillAborted("stored slice is shorter than its index says")
+            if pos + len(data) >= stop and not body.unchanged():
+                raise FillAborted("stored slice was written to while it was sent")
             await _send(send, data)
             pos += len(data)
         return stop - start

@@ -5,18 +5,21 @@ and body slices are separate entries: a slice evicted on its own is simply fetch
 bodies are written by a fill into a temp file in the cache directory and *adopted* by rename on
 commit — atomic, no copy, and a fill killed midway leaves only a temp file that is never served
 (and is swept at start-up).
+
+Every slice carries an xxh3 checksum, computed as its fill wrote it and kept in its index
+entry; a slice whose bytes fail it is dropped, never served (see `checksum`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import logging
 import os
 import sqlite3
 import time
-from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -25,14 +28,24 @@ import diskcache
 
 from ..errors import StorageFault
 from .batch import GroupCommit
+from .checksum import (
+    FileState,
+    file_matches,
+    file_name,
+    file_state,
+    from_file_name,
+    seal,
+    settled,
+    unseal,
+)
 from .policy import Freshness
+from .slicefiles import KeptFile, SliceFile, SliceFiles
 
 log = logging.getLogger("edgeproxy.cache")
 
 # Bodies smaller than this live inside the SQLite index: one query serves a thumbnail, no
 # open()/read()/close() of a file on the hit path.
 INLINE_MAX = 32 * 1024
-FD_CACHE_SIZE = 256
 TEMP_DIR = "fills"
 
 
@@ -72,6 +85,7 @@ class AdoptFile:
 
     path: Path
     size: int
+    checksum: int
 
 
 class _AdoptingDisk(diskcache.Disk):  # type: ignore[misc]
@@ -79,36 +93,28 @@ class _AdoptingDisk(diskcache.Disk):  # type: ignore[misc]
 
     def store(self, value: Any, read: bool, key: Any = diskcache.core.UNKNOWN) -> Any:
         if isinstance(value, AdoptFile):
-            filename, full_path = self.filename(key, value)
+            # the checksum goes in the name the index records: one row holds both
+            filename = file_name(self.filename(key, value)[0], value.checksum)
+            full_path = os.path.join(self._directory, filename)
             os.makedirs(os.path.dirname(full_path), exist_ok=True)
             os.replace(value.path, full_path)
             return value.size, diskcache.core.MODE_BINARY, filename, None
         return super().store(value, read, key)
 
 
-class SliceFile:
-    """A stored slice's file, on a descriptor the store keeps open (closing is a no-op)."""
-
-    __slots__ = ("_fd",)
-
-    def __init__(self, fd: int) -> None:
-        self._fd = fd
-
-    def fileno(self) -> int:
-        """The descriptor (read it with ``os.pread``)."""
-        return self._fd
-
-    def close(self) -> None:
-        """Nothing: the store owns the descriptor."""
-
-    def __enter__(self) -> SliceFile:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        return None
-
-
 SliceBody = bytes | SliceFile
+
+
+@dataclass(frozen=True)
+class SliceCheck:
+    """One stored slice hashed by a scrub (`CacheStore.inspect`)."""
+
+    skey: str
+    stored: str | bytes  # its file's name, or its inline record
+    ok: bool
+    size: int
+    state: FileState | None  # a file's state as hashed
+    checksum: int | None
 
 
 # How long a node reports itself degraded after a storage fault.
@@ -135,9 +141,9 @@ def _reading(default: Any) -> Callable[[Callable[..., _T]], Callable[..., _T]]:
 def _writing(method: Callable[..., _T]) -> Callable[..., _T]:
     """A write that meets a storage fault raises `StorageFault` (the caller stores nothing)."""
     @functools.wraps(method)
-    def guarded(self: CacheStore, *args: Any) -> _T:
+    def guarded(self: CacheStore, *args: Any, **kwargs: Any) -> _T:
         try:
-            return method(self, *args)
+            return method(self, *args, **kwargs)
         except (sqlite3.Error, OSError) as exc:
             self.fault(exc)
             raise StorageFault(f"the cache could not store: {exc}") from exc
@@ -155,10 +161,12 @@ class CacheStore:
     def __init__(self, directory: Path, size_limit: int) -> None:
         self.last_fault = 0.0
         self.on_fault: Callable[[BaseException], None] = lambda exc: None
+        # a stored slice failed its checksum and was dropped: (key, index, why)
+        self.on_corrupt: Callable[[str, int, str], None] = lambda key, index, why: None
         self.directory = directory
         self.temp_dir = directory / TEMP_DIR
         self.temp_dir.mkdir(parents=True, exist_ok=True)
-        self._fds: OrderedDict[str, int] = OrderedDict()  # slice key → a kept descriptor
+        self.files = SliceFiles()  # slice files this worker keeps open
         # least-recently-stored: a hit must not write to SQLite (LRU would, on every get).
         self._cache = diskcache.Cache(
             str(directory), size_limit=size_limit, disk=_AdoptingDisk,
@@ -211,33 +219,99 @@ class CacheStore:
 
     @_reading(None)
     def get_slice(self, key: str, version: str, index: int) -> SliceBody | None:
-        """Slice ``index`` of ``key`` at ``version``: bytes (small) or an open file.
+        """Slice ``index`` of ``key`` at ``version``: bytes (small) or an open file; None
+        when it is not stored, or when its bytes fail their checksum (it is then dropped).
 
-        Slice files are kept open (a bounded LRU of descriptors): a hit then costs one
-        ``pread`` and no ``open``. A slice's bytes never change under its key and version, so a
-        descriptor stays right even once its file is evicted; purges close them all.
+        Files are kept open and checked as `SliceFiles` says. A slice's bytes never change
+        under its key and version, so a descriptor stays right even once its file is
+        evicted; purges let go of them all.
         """
         skey = _slice_key(key, version, index)
-        fd = self._fds.get(skey)
-        if fd is not None:
-            self._fds.move_to_end(skey)
-            return SliceFile(fd)
+        kept = self.files.get(skey)
+        if kept is not None:
+            state = self.files.check(kept)
+            if state is not None:
+                return SliceFile(kept, state)
+            self._drop(skey, kept.name, "slice file changed on disk, fails its checksum")
+            return None
         found, pending = self._batch.get(skey)
-        body = pending if found else self._cache.get(skey, read=True)
-        if body is None or isinstance(body, bytes):
-            return body
-        with body:
-            fd = os.dup(body.fileno())
-        self._fds[skey] = fd
-        if len(self._fds) > FD_CACHE_SIZE:
-            os.close(self._fds.popitem(last=False)[1])
-        return SliceFile(fd)
+        stored = pending if found else self._cache.get(skey, read=True)
+        if stored is None:
+            return None
+        if isinstance(stored, bytes):
+            data = unseal(stored)
+            if data is None:
+                self._drop(skey, stored, "inline slice fails its checksum")
+            return data
+        kept = KeptFile.adopt(stored)
+        state = self.files.check(kept)
+        if state is None:
+            kept.retire()
+            self._drop(skey, kept.name, "slice file fails its checksum")
+            return None
+        self.files.keep(skey, kept)
+        return SliceFile(kept, state)
 
     def forget_files(self) -> None:
-        """Close every kept descriptor (after a purge here or in another worker)."""
-        for fd in self._fds.values():
-            os.close(fd)
-        self._fds.clear()
+        """Let go of every kept descriptor (after a purge here or in another worker)."""
+        self.files.forget()
+
+    def _drop(self, skey: str, stored: str | bytes, why: str) -> None:
+        """Remove a slice that failed its check (unless the index has meanwhile moved on to
+        another copy of it), and say so."""
+        self.files.let_go(skey)
+        if self._batch.get(skey) == (True, stored):
+            del self._batch.pending[skey]
+        with contextlib.suppress(diskcache.Timeout), self._cache.transact():
+            current = self._cache.get(skey, read=True)
+            if current is not None and not isinstance(current, bytes):
+                with current:
+                    current = current.name
+            if current == stored:
+                self._cache.delete(skey)
+        _kind, index, _version, key = skey.split("\0", 3)
+        log.error("integrity failure on %s: stored slice %s dropped (%s)", key, index, why)
+        self.on_corrupt(key, int(index), why)
+
+    # --- scrub ---
+
+    def slice_keys(self) -> Iterator[str]:
+        """The index key of every stored slice (read in pages: slices stored or dropped
+        meanwhile may or may not be listed)."""
+        for entry in self._cache.iterkeys():
+            if isinstance(entry, str) and entry.startswith(SLICE_PREFIX):
+                yield entry
+            elif isinstance(entry, str) and entry > SLICE_PREFIX:
+                return  # keys come sorted: past the slices
+
+    @_reading(None)
+    def inspect(self, skey: str) -> SliceCheck | None:
+        """Hash one stored slice, whatever this worker remembers of it; None if it is gone.
+
+        Touches nothing of this worker's state, so it may run in a thread (it reads the
+        whole slice); `settle` then acts on the outcome.
+        """
+        stored = self._cache.get(skey, read=True)
+        if stored is None:
+            return None
+        if isinstance(stored, bytes):
+            data = unseal(stored)
+            return SliceCheck(skey, stored, data is not None, len(data or b""), None, None)
+        with stored:
+            name, expected = stored.name, from_file_name(stored.name)
+            state = file_state(os.fstat(stored.fileno()))
+            ok = expected is not None and file_matches(stored.fileno(), state[2], expected)
+        return SliceCheck(skey, name, ok, state[2], state, expected)
+
+    def settle(self, check: SliceCheck) -> None:
+        """Remember a file found good; drop a slice found bad."""
+        if check.ok and check.state is not None and check.checksum is not None:
+            if settled(check.state):
+                self.files.verified.remember(check.state, check.checksum)
+        elif not check.ok:
+            if check.state is not None:
+                self.files.verified.forget(check.state)
+            self._drop(check.skey, check.stored, "fails its checksum (scrub)")
 
     @_reading(False)
     def has_slice(self, key: str, version: str, index: int) -> bool:
@@ -247,28 +321,29 @@ class CacheStore:
 
     @_writing
     def commit_slice(self, key: str, version: str, index: int, path: Path, size: int,
-                     data: bytes | None = None) -> None:
+                     data: bytes | None = None, *, checksum: int) -> None:
         """Make a finished fill file the stored slice, atomically (by rename, no copy).
 
         ``data``: the slice's bytes when the filler kept them (small slices live inline in the
-        index, so one query serves them and the file is dropped).
+        index, so one query serves them and the file is dropped). ``checksum``: the slice's
+        xxh3, computed as the fill wrote it (`checksum.SliceHasher`).
         """
         skey = _slice_key(key, version, index)
         if data is not None or size < INLINE_MAX:
             if data is None:
                 data = path.read_bytes()
                 path.unlink(missing_ok=True)
-            self._batch.put(skey, data, _tag(key))
+            self._batch.put(skey, seal(data, checksum), _tag(key))
         else:  # a file is moved into place now: its fill's path is free again at once
-            self._cache.set(skey, AdoptFile(path, size), tag=_tag(key))
+            self._cache.set(skey, AdoptFile(path, size, checksum), tag=_tag(key))
             if self._cache.volume() > self._cache.size_limit:
                 self._cache.cull()
 
     @_writing
     def commit_object(self, key: str, meta: ObjectMeta, path: Path, size: int,
-                      data: bytes | None) -> None:
+                      data: bytes | None, *, checksum: int) -> None:
         """Store a one-slice object's facts and body (in the same group commit)."""
-        self.commit_slice(key, meta.version, 0, path, size, data)
+        self.commit_slice(key, meta.version, 0, path, size, data, checksum=checksum)
         self.set_meta(key, meta)
 
     def after_commit(self, callback: Callable[[], None]) -> None:
@@ -330,5 +405,11 @@ def _variant_key(key: str, values: tuple[str, ...]) -> str:
     return "v\0" + "\0".join(values) + "\0\0" + key
 
 
+# "c": a checksummed slice. Slices stored before checksums ("s") are never read, so they are
+# fetched again rather than served unchecked, and age out of the index.
+SLICE_PREFIX = "c\0"
+
+
 def _slice_key(key: str, version: str, index: int) -> str:
-    return f"s\0{index}\0{version}\0{key}"
+    return f"{SLICE_PREFIX}{index}\0{version}\0{key}"
+

@@ -1,0 +1,132 @@
+"""Slice checksums: an xxh3-64 of every stored slice, written at fill time, checked on read.
+
+The checksum travels with the slice's index entry, never in the slice's bytes: a small slice
+stored inline is the checksum (8 bytes, big-endian) followed by its bytes; a slice file's
+checksum is part of the file name the index records. A stored slice whose bytes no longer
+hash to its checksum (a flipped bit on the disk, a stray write) is never served.
+
+Hashing a large slice file on every hit would cost a pass over its bytes each time, so a
+file is hashed the first time a worker reads it, and the worker then remembers the file's
+state (`FileState`: device, inode, size, mtime and ctime). Any later write to the file changes
+its ctime, which only the kernel sets, so a changed file is hashed again before its next use.
+What the memo cannot see is a change that bypasses the file system (media decay under the page
+cache): the scrub re-reads every slice regardless of the memo.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+
+import xxhash
+
+# The width of a checksum as stored in front of an inline slice.
+_INLINE = struct.Struct(">Q")
+INLINE_HEADER = _INLINE.size
+# How much of a slice file is read per call while hashing it.
+HASH_CHUNK = 1024 * 1024
+# How many verified file states a worker remembers (about 250 bytes each); past that the
+# oldest is forgotten and that file is hashed again when next opened.
+MEMO_SIZE = 16384
+
+FileState = tuple[int, int, int, int, int]
+
+
+class SliceHasher:
+    """The running checksum of a slice as a fill writes it (no second pass over the bytes)."""
+
+    __slots__ = ("_hasher",)
+
+    def __init__(self) -> None:
+        self._hasher = xxhash.xxh3_64()
+
+    def update(self, data: bytes | bytearray | memoryview) -> None:
+        """Account the next bytes of the slice."""
+        self._hasher.update(data)
+
+    def value(self) -> int:
+        """The checksum of every byte so far."""
+        return int(self._hasher.intdigest())
+
+
+def of(data: bytes | bytearray | memoryview) -> int:
+    """The checksum of ``data`` in one call."""
+    return int(xxhash.xxh3_64_intdigest(data))
+
+
+def seal(data: bytes, checksum: int) -> bytes:
+    """An inline slice as the index stores it: checksum, then bytes."""
+    return _INLINE.pack(checksum) + data
+
+
+def unseal(stored: bytes) -> bytes | None:
+    """The bytes of an inline slice as stored by `seal`, or None if they fail their check."""
+    if len(stored) < INLINE_HEADER:
+        return None
+    view = memoryview(stored)
+    if of(view[INLINE_HEADER:]) != _INLINE.unpack_from(stored)[0]:
+        return None
+    return stored[INLINE_HEADER:]
+
+
+def file_name(random_name: str, checksum: int) -> str:
+    """A slice file's name, ``random_name`` carrying its checksum (``<random>-<16 hex>.val``)."""
+    stem = random_name[:-4] if random_name.endswith(".val") else random_name
+    return f"{stem}-{checksum:016x}.val"
+
+
+def from_file_name(path: str) -> int | None:
+    """The checksum a slice file's name carries, or None (not a name `file_name` made)."""
+    stem = os.path.basename(path)
+    if not stem.endswith(".val"):
+        return None
+    digits = stem[:-4].rpartition("-")[2]
+    if len(digits) != 16:
+        return None
+    try:
+        return int(digits, 16)
+    except ValueError:
+        return None
+
+
+def file_state(st: os.stat_result) -> FileState:
+    """What identifies a file's content as of ``st``: any write to it changes the ctime."""
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def file_matches(fd: int, size: int, checksum: int) -> bool:
+    """Whether the ``size`` bytes of the open file ``fd`` hash to ``checksum``."""
+    hasher = xxhash.xxh3_64()
+    pos = 0
+    while pos < size:
+        chunk = os.pread(fd, min(HASH_CHUNK, size - pos), pos)
+        if not chunk:
+            return False  # shorter than it was a moment ago: not the bytes that were stored
+        hasher.update(chunk)
+        pos += len(chunk)
+    return bool(hasher.intdigest() == checksum)
+
+
+class VerifiedFiles:
+    """The file states this worker has hashed and found matching (a bounded memo)."""
+
+    def __init__(self, size: int = MEMO_SIZE) -> None:
+        self.size = size
+        self._states: dict[FileState, int] = {}
+
+    def knows(self, state: FileState, checksum: int) -> bool:
+        """Whether a file in ``state`` was found to hash to ``checksum``."""
+        return self._states.get(state) == checksum
+
+    def remember(self, state: FileState, checksum: int) -> None:
+        """A file in ``state`` hashed to ``checksum`` (the oldest state goes past the bound)."""
+        self._states[state] = checksum
+        if len(self._states) > self.size:
+            del self._states[next(iter(self._states))]
+
+    def forget(self, state: FileState) -> None:
+        """Drop one state (its file failed a check)."""
+        self._states.pop(state, None)
+
+    def __len__(self) -> int:
+        return len(self._states)

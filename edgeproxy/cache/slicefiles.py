@@ -1,0 +1,141 @@
+"""Stored slice files as one worker reads them: descriptors kept open, and checked.
+
+A hit on a large object reads its slices from files the store keeps open (a bounded LRU of
+descriptors): one ``fstat`` and one ``pread`` each, and no ``open``. The ``fstat`` tells
+whether the file changed since its bytes were found to match their checksum; a file this
+worker has not checked in its present state is hashed first (`checksum`). A descriptor the
+store lets go of (LRU, purge, failed check) closes only after its last reader: its number is
+never reused under a request still sending from it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import OrderedDict
+from typing import IO
+
+from .checksum import FileState, VerifiedFiles, file_matches, file_state, from_file_name
+
+FD_CACHE_SIZE = 256
+
+
+class KeptFile:
+    """A slice file's descriptor kept open, and what was checked of it."""
+
+    __slots__ = ("checksum", "fd", "name", "retired", "state", "users")
+
+    def __init__(self, fd: int, name: str, expected: int | None) -> None:
+        self.fd = fd
+        self.name = name  # the file the index named when it was opened
+        self.checksum = expected
+        self.state: FileState | None = None  # as last found to match its checksum
+        self.users = 0
+        self.retired = False
+
+    @classmethod
+    def adopt(cls, opened: IO[bytes]) -> KeptFile:
+        """Keep a descriptor on a slice file the index opened (closing ``opened``)."""
+        with opened:
+            return cls(os.dup(opened.fileno()), opened.name, from_file_name(opened.name))
+
+    def retire(self) -> None:
+        """No new readers; the descriptor closes once the last one is done."""
+        self.retired = True
+        if self.users <= 0:
+            os.close(self.fd)
+
+    def release(self) -> None:
+        """One reader is done."""
+        self.users -= 1
+        if self.retired and self.users <= 0:
+            os.close(self.fd)
+
+
+class SliceFile:
+    """A stored slice's file, as one reader uses it; closing it ends that use."""
+
+    __slots__ = ("_kept", "_open")
+
+    def __init__(self, kept: KeptFile) -> None:
+        self._kept = kept
+        self._open = True
+        kept.users += 1
+
+    def fileno(self) -> int:
+        """The descriptor (read it with ``os.pread``)."""
+        return self._kept.fd
+
+    def unchanged(self) -> bool:
+        """Whether the file is as it was when its checksum was last found to match (one
+        ``fstat``): a sender asks before its last byte, so a file written to while it was
+        being sent aborts the answer rather than complete it."""
+        return file_state(os.fstat(self._kept.fd)) == self._kept.state
+
+    def close(self) -> None:
+        """This reader is done (once; later calls do nothing)."""
+        if self._open:
+            self._open = False
+            self._kept.release()
+
+    def __del__(self) -> None:
+        self.close()
+
+    def __enter__(self) -> SliceFile:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class SliceFiles:
+    """The slice files one worker keeps open, by index key, and the states it has checked."""
+
+    def __init__(self, size: int = FD_CACHE_SIZE) -> None:
+        self.size = size
+        self.verified = VerifiedFiles()
+        self._kept: OrderedDict[str, KeptFile] = OrderedDict()
+
+    def get(self, skey: str) -> KeptFile | None:
+        """The kept file of ``skey`` (most recently used now), or None."""
+        kept = self._kept.get(skey)
+        if kept is not None:
+            self._kept.move_to_end(skey)
+        return kept
+
+    def check(self, kept: KeptFile) -> bool:
+        """Whether the file holds the bytes its checksum names, now; a state of the file
+        that this worker found matching before is not hashed again."""
+        state = file_state(os.fstat(kept.fd))
+        if state == kept.state:
+            return True
+        expected = kept.checksum
+        if expected is None:
+            return False  # a file without a checksum is not one the store wrote
+        if not self.verified.knows(state, expected):
+            if not file_matches(kept.fd, state[2], expected):
+                return False
+            self.verified.remember(state, expected)
+        kept.state = state
+        return True
+
+    def keep(self, skey: str, kept: KeptFile) -> None:
+        """Keep ``kept`` open for later reads of ``skey`` (the least recent goes past the
+        bound)."""
+        old = self._kept.pop(skey, None)
+        if old is not None:
+            old.retire()
+        self._kept[skey] = kept
+        if len(self._kept) > self.size:
+            self._kept.popitem(last=False)[1].retire()
+
+    def let_go(self, skey: str) -> None:
+        """Stop keeping ``skey``'s file (it failed its check, or was dropped)."""
+        kept = self._kept.pop(skey, None)
+        if kept is not None:
+            kept.retire()
+
+    def forget(self) -> None:
+        """Let go of every kept file (after a purge here or in another worker)."""
+        for kept in self._kept.values():
+            kept.retire()
+        self._kept.clear()
