@@ -1,9 +1,13 @@
-"""Admin calls of a cache node: purge (one key or a prefix) and warm (prefetch a list).
+"""Admin calls of a cache node: purge (one key or a prefix), warm (prefetch a list) and
+scrub (re-verify every stored slice).
 
 ``POST /_admin/purge`` ``{"paths": [...]}`` or ``{"prefix": "/pp/"}`` → ``{"purged": n}``.
 ``POST /_admin/warm`` ``{"paths": [...], "concurrency": 8}`` → NDJSON, one line per path as it
 finishes (``{"path", "status", "bytes", "x_cache"}``), then ``{"done": n, "failed": m}``.
-Both need ``Authorization: Bearer <admin_token>``: missing → 401, wrong → 403, and nothing
+``POST /_admin/scrub`` → NDJSON: ``{"total": n}``, then ``{"checked", "total", "bad"}`` now and
+then and ``{"bad_slice": {"key", "index"}}`` for each slice that failed (it is dropped, and
+fetched again when next needed), then ``{"done": n, "bad": m}``.
+All need ``Authorization: Bearer <admin_token>``: missing → 401, wrong → 403, and nothing
 happens; with no token configured the admin API is off (403).
 """
 
@@ -12,6 +16,8 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
+import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from ..errors import HTTPError
@@ -19,11 +25,13 @@ from .types import Message, Receive, Scope, Send
 
 if TYPE_CHECKING:
     from .node import CacheNode
+    from .store import SliceCheck
 
 PREFIX = "/_admin/"
 MAX_BODY = 4 * 1024 * 1024
 MAX_CONCURRENCY = 64
-
+# How often a scrub reports its progress (seconds).
+SCRUB_PROGRESS_EVERY = 0.5
 
 
 def check_token(configured: str, authorization: str | None) -> None:
@@ -77,8 +85,10 @@ async def handle(node: CacheNode, scope: Scope, receive: Receive, send: Send) ->
         await _purge(node, data, send)
     elif action == "warm":
         await _warm(node, data, send)
+    elif action == "scrub":
+        await _scrub(node, send)
     else:
-        raise HTTPError(404, "not_found", f"no admin call {action!r}; try purge or warm")
+        raise HTTPError(404, "not_found", f"no admin call {action!r}; try purge, warm or scrub")
 
 
 async def _purge(node: CacheNode, data: dict[str, Any], send: Send) -> None:
@@ -147,6 +157,49 @@ async def warm(node: CacheNode, path: str) -> dict[str, Any]:
         outcome["status"] = outcome["status"] if outcome["status"] >= 400 else 502
         outcome["error"] = str(exc)
     return outcome
+
+
+async def _scrub(node: CacheNode, send: Send) -> None:
+    """Hash every stored slice again, dropping those that fail. The reads and hashes run in
+    a thread of their own (most of a cache is cold: its reads must not stall this worker's
+    requests), one slice at a time, so the scrub holds no list of the whole cache."""
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-type", b"application/x-ndjson"),
+                            (b"cache-control", b"no-store")]})
+
+    async def line(item: dict[str, Any], more: bool = True) -> None:
+        await send({"type": "http.response.body", "body": json.dumps(item).encode() + b"\n",
+                    "more_body": more})
+
+    store, loop = node.store, asyncio.get_running_loop()
+    checked = bad = 0
+    # One thread throughout: the index's key iterator is bound to its thread's connection.
+    with ThreadPoolExecutor(1, thread_name_prefix="scrub") as thread:
+        total = await loop.run_in_executor(thread, lambda: sum(1 for _ in store.slice_keys()))
+        await line({"total": total})
+        keys = store.slice_keys()
+
+        def next_check() -> tuple[bool, SliceCheck | None]:
+            skey = next(keys, None)
+            return (False, None) if skey is None else (True, store.inspect(skey))
+
+        reported = time.monotonic()
+        while True:
+            more, check = await loop.run_in_executor(thread, next_check)
+            if not more:
+                break
+            if check is None:
+                continue  # dropped or evicted meanwhile
+            checked += 1
+            store.settle(check)
+            if not check.ok:
+                bad += 1
+                _kind, index, _version, key = check.skey.split("\0", 3)
+                await line({"bad_slice": {"key": key, "index": int(index)}})
+            if time.monotonic() - reported >= SCRUB_PROGRESS_EVERY:
+                reported = time.monotonic()
+                await line({"checked": checked, "total": total, "bad": bad})
+    await line({"done": checked, "bad": bad}, more=False)
 
 
 async def _json(send: Send, status: int, payload: dict[str, Any]) -> None:

@@ -1,10 +1,10 @@
-"""``edgeproxy purge`` and ``edgeproxy warm``: the admin API for every node of a topology."""
+"""``edgeproxy purge``, ``warm`` and ``scrub``: the admin API for every node of a topology."""
 
 from __future__ import annotations
 
 import json
 import os
-from typing import TextIO
+from typing import Any, TextIO
 from urllib.parse import urlsplit
 
 import click
@@ -102,4 +102,37 @@ def warm(ctx: click.Context, paths: tuple[str, ...], list_file: TextIO | None,
                                                on_progress=progress)
     click.echo(json.dumps({"warmed": summaries}, indent=2))
     if any(s.get("failed") for s in summaries.values()):
+        ctx.exit(1)
+
+
+@click.command()
+@_node_option
+@_token_option
+@_config_option
+@click.pass_context
+def scrub(ctx: click.Context, nodes: tuple[str, ...], token: str | None,
+          config_path: str | None) -> None:
+    """Re-verify every slice stored by edge and shield against its checksum; bad ones are
+    dropped (and fetched again when next asked for). A bar when stderr is a terminal, else a
+    line per progress report; exits 1 if any slice was bad, like fsck after a repair."""
+    from .progress import Progress
+
+    targets, secret = _nodes_and_token(ctx, nodes, token, config_path, ("edge", "shield"))
+    summaries = {}
+    for node in targets:
+        with Progress(f"scrub {node}", unit="slice") as bar:
+            def progress(item: dict[str, Any], node: str = node, bar: Progress = bar) -> None:
+                if "bad_slice" in item:
+                    bad = item["bad_slice"]
+                    bar.write(f"{node} bad slice {bad['index']} of {bad['key']}: dropped")
+                elif "checked" in item:
+                    bar.update_to(item["checked"], item.get("total"))
+                    if not bar.enabled:
+                        bar.write(f"{node} {item['checked']}/{item.get('total')} slices, "
+                                  f"{item.get('bad', 0)} bad")
+
+            summaries[node] = adminclient.scrub(node, secret, on_progress=progress)
+            bar.update_to(summaries[node]["done"])
+    click.echo(json.dumps({"scrubbed": summaries}, indent=2))
+    if any(s.get("bad") for s in summaries.values()):
         ctx.exit(1)

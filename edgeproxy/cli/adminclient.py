@@ -1,4 +1,4 @@
-"""Operator side of the admin API: purge and warm across every node of a topology."""
+"""Operator side of the admin API: purge, warm and scrub across every node of a topology."""
 
 from __future__ import annotations
 
@@ -63,4 +63,29 @@ def warm(node: str, token: str, paths: list[str], *, concurrency: int = 8,
                 on_progress(item)
     if not summary:
         raise ClientError(502, "incomplete", f"{node} ended the warm stream early")
+    return summary
+
+
+def scrub(node: str, token: str, *,
+          on_progress: Callable[[dict[str, Any]], None] | None = None,
+          timeout: float = 3600.0) -> dict[str, Any]:
+    """Re-verify every slice stored on ``node`` (bad ones are dropped there), calling
+    ``on_progress`` for each progress line; returns ``{"done": n, "bad": m}``."""
+    summary: dict[str, Any] = {}
+    with httpx.Client(timeout=timeout, trust_env=False) as client, \
+            client.stream("POST", node.rstrip("/") + "/_admin/scrub", json={},
+                          headers=_headers(token)) as resp:
+        if resp.status_code >= 400:
+            resp.read()
+            _raise_for(resp)
+        for line in resp.iter_lines():
+            if not line.strip():
+                continue
+            item = json.loads(line)
+            if "done" in item:
+                summary = item
+            elif on_progress is not None:
+                on_progress(item)
+    if not summary:
+        raise ClientError(502, "incomplete", f"{node} ended the scrub stream early")
     return summary

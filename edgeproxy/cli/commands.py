@@ -18,7 +18,7 @@ from .. import __version__
 from ..config import parse_duration
 from ..errors import ClientError, ConfigError, EdgeProxyError
 from ..server import ROLES
-from .admin import purge, warm
+from .admin import purge, scrub, warm
 from .options import ENV_TOKEN, chosen_config_path, config_option, load
 from .storage import storage
 
@@ -295,4 +295,5 @@ def main(argv: list[str] | None = None) -> None:
 
 cli.add_command(purge)
 cli.add_command(warm)
+cli.add_command(scrub)
 cli.add_command(storage)
