@@ -8,7 +8,8 @@ hash to its checksum (a flipped bit on the disk, a stray write) is never served.
 Hashing a large slice file on every hit would cost a pass over its bytes each time, so a
 file is hashed the first time a worker reads it, and the worker then remembers the file's
 state (`FileState`: device, inode, size, mtime and ctime). Any later write to the file changes
-its ctime, which only the kernel sets, so a changed file is hashed again before its next use.
+its ctime, which only the kernel sets, so a changed file is hashed again before its next use
+(a file changed within the last clock ticks is not remembered: `settled`).
 What the memo cannot see is a change that bypasses the file system (media decay under the page
 cache): the scrub re-reads every slice regardless of the memo.
 """
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import os
 import struct
+import time
 
 import xxhash
 
@@ -28,6 +30,9 @@ HASH_CHUNK = 1024 * 1024
 # How many verified file states a worker remembers (about 250 bytes each); past that the
 # oldest is forgotten and that file is hashed again when next opened.
 MEMO_SIZE = 16384
+
+# A file changed less than this long ago may change again without a new ctime (`settled`).
+RACY_NS = 50_000_000
 
 FileState = tuple[int, int, int, int, int]
 
@@ -92,6 +97,17 @@ def from_file_name(path: str) -> int | None:
 def file_state(st: os.stat_result) -> FileState:
     """What identifies a file's content as of ``st``: any write to it changes the ctime."""
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def settled(state: FileState) -> bool:
+    """Whether a later write is sure to give the file another ctime.
+
+    File times come from a coarse clock (a timer tick, up to 10 ms on Linux; newer kernels
+    refine the first change after a query): a write within the tick of the last change may
+    keep the ctime. So a file changed that recently is not remembered as checked, as git
+    treats "racily clean" files: it is hashed again when next read.
+    """
+    return time.time_ns() - state[4] >= RACY_NS
 
 
 def file_matches(fd: int, size: int, checksum: int) -> bool:

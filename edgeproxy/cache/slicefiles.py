@@ -14,7 +14,14 @@ import os
 from collections import OrderedDict
 from typing import IO
 
-from .checksum import FileState, VerifiedFiles, file_matches, file_state, from_file_name
+from .checksum import (
+    FileState,
+    VerifiedFiles,
+    file_matches,
+    file_state,
+    from_file_name,
+    settled,
+)
 
 FD_CACHE_SIZE = 256
 
@@ -54,10 +61,11 @@ class KeptFile:
 class SliceFile:
     """A stored slice's file, as one reader uses it; closing it ends that use."""
 
-    __slots__ = ("_kept", "_open")
+    __slots__ = ("_kept", "_open", "_state")
 
-    def __init__(self, kept: KeptFile) -> None:
+    def __init__(self, kept: KeptFile, state: FileState) -> None:
         self._kept = kept
+        self._state = state  # as found to match, just before this reader got the file
         self._open = True
         kept.users += 1
 
@@ -66,10 +74,10 @@ class SliceFile:
         return self._kept.fd
 
     def unchanged(self) -> bool:
-        """Whether the file is as it was when its checksum was last found to match (one
+        """Whether the file is as it was when its checksum was found to match (one
         ``fstat``): a sender asks before its last byte, so a file written to while it was
         being sent aborts the answer rather than complete it."""
-        return file_state(os.fstat(self._kept.fd)) == self._kept.state
+        return file_state(os.fstat(self._kept.fd)) == self._state
 
     def close(self) -> None:
         """This reader is done (once; later calls do nothing)."""
@@ -102,21 +110,23 @@ class SliceFiles:
             self._kept.move_to_end(skey)
         return kept
 
-    def check(self, kept: KeptFile) -> bool:
-        """Whether the file holds the bytes its checksum names, now; a state of the file
-        that this worker found matching before is not hashed again."""
+    def check(self, kept: KeptFile) -> FileState | None:
+        """The file's state if it holds the bytes its checksum names now, else None. A state
+        this worker found matching before is not hashed again."""
         state = file_state(os.fstat(kept.fd))
         if state == kept.state:
-            return True
+            return state
         expected = kept.checksum
         if expected is None:
-            return False  # a file without a checksum is not one the store wrote
+            return None  # a file without a checksum is not one the store wrote
         if not self.verified.knows(state, expected):
             if not file_matches(kept.fd, state[2], expected):
-                return False
-            self.verified.remember(state, expected)
-        kept.state = state
-        return True
+                return None
+            if settled(state):
+                self.verified.remember(state, expected)
+        if settled(state):
+            kept.state = state
+        return state
 
     def keep(self, skey: str, kept: KeptFile) -> None:
         """Keep ``kept`` open for later reads of ``skey`` (the least recent goes past the
