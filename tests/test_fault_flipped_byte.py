@@ -369,7 +369,7 @@ def test_scrub_ignores_what_a_worker_remembers(store: CacheStore, tmp_path: Path
     """Decay under the file system changes no ctime: the memo cannot see it, the scrub can."""
     data = pattern(100_000)
     _commit(store, tmp_path, data, 0)
-    _commit(store, tmp_path, pattern(40_000, seed=1), 1)
+    _commit(store, tmp_path, pattern(20_000, seed=1), 1)
     [path] = [p for p in store.directory.rglob("*.val") if p.stat().st_size == len(data)]
     flip(path, 0)
     settle()
@@ -378,12 +378,12 @@ def test_scrub_ignores_what_a_worker_remembers(store: CacheStore, tmp_path: Path
     with _file(store, 0) as body:  # served: this is what the memo trades for speed
         assert os.pread(body.fileno(), 1, 0) != data[:1]
     checks = [store.inspect(skey) for skey in store.slice_keys()]
-    assert [(c.ok, c.size) for c in checks if c is not None] == [(False, 100_000), (True, 40_000)]
+    assert [(c.ok, c.size) for c in checks if c is not None] == [(False, 100_000), (True, 20_000)]
     for check in checks:
         assert check is not None
         store.settle(check)
     assert store.get_slice("/k", "v1", 0) is None and not path.exists()
-    assert store.get_slice("/k", "v1", 1) == pattern(40_000, seed=1)
+    assert store.get_slice("/k", "v1", 1) == pattern(20_000, seed=1)
 
 
 def test_store_lets_go_of_descriptors_only_after_their_readers(store: CacheStore,
