@@ -275,6 +275,10 @@ class CacheConfig:
     upstream_probe_interval: float = _duration(5)
     memory_size: int = _size(32 * 1024**2)  # per worker: small hot objects kept in memory
     memory_max_object: int = _size(256 * 1024)  # largest object the memory tier keeps
+    # Background scrub: every stored slice hashed again this often (0: off; `edgeproxy scrub`
+    # runs one on demand), reading at most scrub_rate bytes a second.
+    scrub_interval: float = _duration(0)
+    scrub_rate: int = _size(32 * 1024**2)
 
 
 DEV_JWT_SECRET = "dev-only-jwt-secret-change-me-0123456789"
@@ -581,6 +585,9 @@ def _check(config: Config) -> None:
     if not re.match(r"https?://", config.public_base_url):
         raise ConfigError(f"public_base_url: expected an http(s):// URL, "
                           f"got {config.public_base_url!r}")
+    if config.cache.scrub_interval < 0 or config.cache.scrub_rate < 1:
+        raise ConfigError("cache.scrub_interval must be 0 (off) or more, cache.scrub_rate at "
+                          "least 1 byte a second")
     size = config.cache.slice_size
     if size <= 0 or size % (64 * 1024):
         raise ConfigError(f"cache.slice_size: must be a positive multiple of 64KiB, got {size}")

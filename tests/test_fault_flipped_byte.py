@@ -27,7 +27,7 @@ import pytest
 import xxhash
 from click.testing import CliRunner
 
-from edgeproxy.cache import checksum, create_app
+from edgeproxy.cache import checksum, create_app, scrub
 from edgeproxy.cache.fills import Flight, SliceFill
 from edgeproxy.cache.slicefiles import SliceFile
 from edgeproxy.cache.store import CacheStore
@@ -409,3 +409,26 @@ async def test_a_fill_computes_the_checksum_as_it_writes(tmp_path: Path) -> None
     assert fill.on_disk and fill.sum.value() == xxhash.xxh3_64_intdigest(data)
     fill.release()
     await asyncio.sleep(0)
+
+
+def test_a_background_scrub_drops_a_flipped_slice_nobody_reads(tmp_path: Path) -> None:
+    with stack(tmp_path, scrub_interval=0.2) as st:
+        body = pattern(3 * SLICE, seed=8)
+        fill(st, "/static/d", body)
+        target = st.slice_file("shield", body[2 * SLICE:])
+        flip(target, 3)
+        deadline = time.monotonic() + 10
+        while target.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not target.exists()
+        assert st.failures("shield") == 1 and st.failures("edge") == 0
+        assert (st.config.cache_dir("shield") / "scrub.done").exists()
+
+
+async def test_a_scrub_keeps_to_its_rate(store: CacheStore, tmp_path: Path) -> None:
+    for index in range(3):
+        _commit(store, tmp_path, pattern(100_000, seed=index), index)
+    started = time.monotonic()
+    state = await scrub.run(store, rate=1_000_000)
+    assert (state.total, state.checked, state.bad, state.bytes) == (3, 3, 0, 300_000)
+    assert time.monotonic() - started >= 0.29

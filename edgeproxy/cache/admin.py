@@ -16,22 +16,18 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
-import time
-from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from ..errors import HTTPError
+from . import scrub
 from .types import Message, Receive, Scope, Send
 
 if TYPE_CHECKING:
     from .node import CacheNode
-    from .store import SliceCheck
 
 PREFIX = "/_admin/"
 MAX_BODY = 4 * 1024 * 1024
 MAX_CONCURRENCY = 64
-# How often a scrub reports its progress (seconds).
-SCRUB_PROGRESS_EVERY = 0.5
 
 
 def check_token(configured: str, authorization: str | None) -> None:
@@ -160,9 +156,7 @@ async def warm(node: CacheNode, path: str) -> dict[str, Any]:
 
 
 async def _scrub(node: CacheNode, send: Send) -> None:
-    """Hash every stored slice again, dropping those that fail. The reads and hashes run in
-    a thread of their own (most of a cache is cold: its reads must not stall this worker's
-    requests), one slice at a time, so the scrub holds no list of the whole cache."""
+    """Check every stored slice now (see `scrub`), reporting as it goes."""
     await send({"type": "http.response.start", "status": 200,
                 "headers": [(b"content-type", b"application/x-ndjson"),
                             (b"cache-control", b"no-store")]})
@@ -171,35 +165,15 @@ async def _scrub(node: CacheNode, send: Send) -> None:
         await send({"type": "http.response.body", "body": json.dumps(item).encode() + b"\n",
                     "more_body": more})
 
-    store, loop = node.store, asyncio.get_running_loop()
-    checked = bad = 0
-    # One thread throughout: the index's key iterator is bound to its thread's connection.
-    with ThreadPoolExecutor(1, thread_name_prefix="scrub") as thread:
-        total = await loop.run_in_executor(thread, lambda: sum(1 for _ in store.slice_keys()))
-        await line({"total": total})
-        keys = store.slice_keys()
+    async def bad(key: str, index: int) -> None:
+        await line({"bad_slice": {"key": key, "index": index}})
 
-        def next_check() -> tuple[bool, SliceCheck | None]:
-            skey = next(keys, None)
-            return (False, None) if skey is None else (True, store.inspect(skey))
+    async def progress(state: scrub.ScrubState) -> None:
+        await line({"checked": state.checked, "total": state.total, "bad": state.bad})
 
-        reported = time.monotonic()
-        while True:
-            more, check = await loop.run_in_executor(thread, next_check)
-            if not more:
-                break
-            if check is None:
-                continue  # dropped or evicted meanwhile
-            checked += 1
-            store.settle(check)
-            if not check.ok:
-                bad += 1
-                _kind, index, _version, key = check.skey.split("\0", 3)
-                await line({"bad_slice": {"key": key, "index": int(index)}})
-            if time.monotonic() - reported >= SCRUB_PROGRESS_EVERY:
-                reported = time.monotonic()
-                await line({"checked": checked, "total": total, "bad": bad})
-    await line({"done": checked, "bad": bad}, more=False)
+    state = await scrub.run(node.store, on_total=lambda s: line({"total": s.total}),
+                            on_bad=bad, on_progress=progress)
+    await line({"done": state.checked, "bad": state.bad}, more=False)
 
 
 async def _json(send: Send, status: int, payload: dict[str, Any]) -> None:

@@ -37,6 +37,7 @@ from .gate import Gate
 from .hot import HotEntry, HotTier, PurgeEpoch
 from .metrics import CONTENT_TYPE_LATEST, NodeMetrics
 from .req import Req, cache_key
+from .scrub import BackgroundScrub
 from .sources import FillSource, Source, StoredSource
 from .store import CacheStore, ObjectMeta
 from .transport import Transport, transport_for
@@ -90,6 +91,7 @@ class CacheNode:
         self._injected = transport
         self._transport: Transport | None = transport
         self._fetcher: Fetcher | None = None
+        self._scrub: BackgroundScrub | None = None
         self._hit_x_cache = x_cache(Verdict.HIT, self.name).encode()
         asgi.allow_any_status()
 
@@ -177,6 +179,10 @@ class CacheNode:
             if isinstance(self._transport, Director):
                 self._transport.start()
                 self.metrics.add_collector(self._transport.collector(self.tier))
+        if self.config.cache.scrub_interval > 0:
+            self._scrub = BackgroundScrub(self.store, self.config.cache.scrub_interval,
+                                          self.config.cache.scrub_rate)
+            self._scrub.start()
         self._fetcher = Fetcher(self.store, self.coalescer, self._transport,
                                 on_headers=self._plan, on_upstream=self.metrics.upstream,
                                 on_integrity_failure=self.integrity_failure,
@@ -184,6 +190,8 @@ class CacheNode:
 
     async def shutdown(self) -> None:
         """Stop flights and close the transport and the index."""
+        if self._scrub is not None:
+            await self._scrub.stop()
         if self._fetcher is not None:
             await self._fetcher.aclose()
         if self._transport is not None and self._injected is None:
