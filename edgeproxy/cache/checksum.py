@@ -19,6 +19,8 @@ from __future__ import annotations
 import os
 import struct
 import time
+from dataclasses import dataclass
+from typing import IO
 
 import xxhash
 
@@ -146,3 +148,30 @@ class VerifiedFiles:
 
     def __len__(self) -> int:
         return len(self._states)
+
+
+@dataclass(frozen=True)
+class SliceCheck:
+    """One stored slice hashed whatever a worker remembers of it (a scrub)."""
+
+    skey: str  # its index key
+    stored: str | bytes  # its file's name, or its inline record
+    ok: bool
+    size: int
+    state: FileState | None  # a file's state as hashed
+    checksum: int | None
+
+
+def check_inline(skey: str, stored: bytes) -> SliceCheck:
+    """Check an inline slice's record."""
+    data = unseal(stored)
+    return SliceCheck(skey, stored, data is not None, len(data or b""), None, None)
+
+
+def check_file(skey: str, opened: IO[bytes]) -> SliceCheck:
+    """Hash a slice file the index opened (closing it)."""
+    with opened:
+        name, expected = opened.name, from_file_name(opened.name)
+        state = file_state(os.fstat(opened.fileno()))
+        ok = expected is not None and file_matches(opened.fileno(), state[2], expected)
+    return SliceCheck(skey, name, ok, state[2], state, expected)

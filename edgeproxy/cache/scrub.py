@@ -21,7 +21,8 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from .store import CacheStore, SliceCheck
+from .checksum import SliceCheck
+from .store import CacheStore
 
 log = logging.getLogger("edgeproxy.cache")
 

@@ -28,16 +28,7 @@ import diskcache
 
 from ..errors import StorageFault
 from .batch import GroupCommit
-from .checksum import (
-    FileState,
-    file_matches,
-    file_name,
-    file_state,
-    from_file_name,
-    seal,
-    settled,
-    unseal,
-)
+from .checksum import SliceCheck, check_file, check_inline, file_name, seal, settled, unseal
 from .policy import Freshness
 from .slicefiles import KeptFile, SliceFile, SliceFiles
 
@@ -103,18 +94,6 @@ class _AdoptingDisk(diskcache.Disk):  # type: ignore[misc]
 
 
 SliceBody = bytes | SliceFile
-
-
-@dataclass(frozen=True)
-class SliceCheck:
-    """One stored slice hashed by a scrub (`CacheStore.inspect`)."""
-
-    skey: str
-    stored: str | bytes  # its file's name, or its inline record
-    ok: bool
-    size: int
-    state: FileState | None  # a file's state as hashed
-    checksum: int | None
 
 
 # How long a node reports itself degraded after a storage fault.
@@ -294,14 +273,8 @@ class CacheStore:
         stored = self._cache.get(skey, read=True)
         if stored is None:
             return None
-        if isinstance(stored, bytes):
-            data = unseal(stored)
-            return SliceCheck(skey, stored, data is not None, len(data or b""), None, None)
-        with stored:
-            name, expected = stored.name, from_file_name(stored.name)
-            state = file_state(os.fstat(stored.fileno()))
-            ok = expected is not None and file_matches(stored.fileno(), state[2], expected)
-        return SliceCheck(skey, name, ok, state[2], state, expected)
+        return check_inline(skey, stored) if isinstance(stored, bytes) \
+            else check_file(skey, stored)
 
     def settle(self, check: SliceCheck) -> None:
         """Remember a file found good; drop a slice found bad."""
