@@ -32,9 +32,10 @@ from edgeproxy.cache.fills import Flight, SliceFill
 from edgeproxy.cache.slicefiles import SliceFile
 from edgeproxy.cache.store import CacheStore
 from edgeproxy.cli import cli
-from edgeproxy.config import Config
+from edgeproxy.config import Config, load_config
+from tests.nodes import NodeProcess
 from tests.origins import TestOrigin, pattern
-from tests.servers import serve
+from tests.servers import free_port, serve
 from tests.test_cache_node import _metric, make_config
 
 SLICE = 64 * 1024
@@ -432,3 +433,33 @@ async def test_a_scrub_keeps_to_its_rate(store: CacheStore, tmp_path: Path) -> N
     state = await scrub.run(store, rate=1_000_000)
     assert (state.total, state.checked, state.bad, state.bytes) == (3, 3, 0, 300_000)
     assert time.monotonic() - started >= 0.29
+
+
+def test_every_worker_of_a_node_finds_the_flip(tmp_path: Path) -> None:
+    """Two workers keep the slice files open, each remembering them as checked: after one
+    byte flips, no answer from either worker carries it."""
+    origin = TestOrigin()
+    body = pattern(4 * SLICE, seed=11)
+    origin.put("/static/w", body, headers=CACHED)
+    port = free_port()
+    path = tmp_path / "config.yaml"
+    path.write_text(f"data_dir: {tmp_path / 'var'}\nlog_level: warning\nlog: {{access: 'off'}}\n"
+                    f"cache: {{slice_size: {SLICE}}}\nedge: {{port: {port}, workers: 2}}\n")
+    cache_dir = load_config(path).cache_dir("edge")
+    fresh = httpx.Limits(max_keepalive_connections=0)  # connections spread over both workers
+    with serve(origin) as o, \
+            NodeProcess(path, "edge", f"http://127.0.0.1:{port}", upstream=o.url) as edge, \
+            httpx.Client(base_url=edge.url, limits=fresh) as client:
+        assert client.get("/static/w").content == body
+        settle()
+        for _ in range(20):
+            assert client.get("/static/w").content == body
+        [target] = [p for p in cache_dir.rglob("*.val")
+                    if p.read_bytes() == body[2 * SLICE:3 * SLICE]]
+        flip(target, 4321)
+        for _ in range(20):
+            r = client.get("/static/w")
+            assert r.status_code == 200 and r.content == body
+        metrics = client.get("/metrics").text
+        assert _metric(metrics, "edgeproxy_integrity_failures_total",
+                       reason="slice_checksum") >= 1
