@@ -8,6 +8,7 @@ a valid header with no satisfiable range raises `RangeNotSatisfiable` (416, §15
 
 from __future__ import annotations
 
+import base64
 import datetime
 import re
 import time
@@ -307,3 +308,24 @@ def sf_dictionary(value: str) -> dict[str, str | None] | None:
             return None
         out[m.group(1)] = m.group(2)  # as written: a string keeps its quotes (its type)
     return out
+
+
+def digest_sha256(value: str | None) -> str | None:
+    """The ``sha-256`` member of an RFC 9530 Integrity field (``Content-Digest`` §2,
+    ``Repr-Digest`` §3) as lowercase hex; None when there is none, or when the field or the
+    member is malformed (§2: a recipient then has no digest of that algorithm to check)."""
+    members = sf_dictionary(value) if value else None
+    raw = members.get("sha-256") if members else None
+    if raw is None or len(raw) < 2 or not (raw[0] == raw[-1] == ":"):
+        return None
+    try:
+        digest = base64.b64decode(raw[1:-1], validate=True)
+    except ValueError:
+        return None
+    return digest.hex() if len(digest) == 32 else None
+
+
+def digest_field(hexdigest: str) -> str:
+    """An RFC 9530 Integrity field value with one ``sha-256`` member (a byte sequence, RFC 8941
+    §3.3.5)."""
+    return f"sha-256=:{base64.b64encode(bytes.fromhex(hexdigest)).decode()}:"

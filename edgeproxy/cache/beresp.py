@@ -51,6 +51,15 @@ class BeResp:
         return self._version
 
     @property
+    def content_digest(self) -> fields.MessageDigest | None:
+        """The ``Content-Digest`` of a 200 or 206 of known extent, with the span of the
+        representation its content is (RFC 9530 §2: it covers this message's bytes only)."""
+        value = self.header_map.get("content-digest")
+        if value is None or self.status not in (200, 206) or self.body_length is None:
+            return None
+        return self.body_start, self.body_start + self.body_length - 1, value
+
+    @property
     def if_range(self) -> str | None:
         """A validator fit for ``If-Range`` (RFC 9110 §13.1.5: strong only)."""
         if self.etag and not self.etag.startswith("W/"):

@@ -7,6 +7,7 @@ only: it never decides where bytes come from, and nothing holds a whole body in 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import hmac
 import uuid
@@ -70,6 +71,28 @@ def plan_reply(meta: ObjectMeta, req_headers: dict[str, str], method: str,
                        ("content-length", str(multipart.content_length))], ranges, multipart)
 
 
+def with_content_digest(reply: Reply, meta: ObjectMeta, key: str, method: str,
+                        upstream: fields.MessageDigest | None) -> Reply:
+    """``reply`` with the ``Content-Digest`` its content may carry (`fields.content_digest`):
+    ``upstream`` is the digest of the answer of the fill this request led or followed."""
+    content: tuple[int, int] | None = None
+    if method != "HEAD" and reply.status in (200, 206) and reply.multipart is None \
+            and meta.length is not None:
+        if reply.ranges is None:
+            content = (0, meta.length - 1)
+        elif len(reply.ranges) == 1:
+            content = (reply.ranges[0].start, reply.ranges[0].end)
+    if content is None:
+        return reply
+    representation = policy.expected_sha256(
+        key.partition("?")[0], {n.lower(): v for n, v in meta.headers}) \
+        if meta.status == 200 and content[0] == 0 else None
+    value = fields.content_digest(content, meta.length, representation, upstream)
+    if value is None:
+        return reply
+    return dataclasses.replace(reply, headers=[*reply.headers, ("content-digest", value)])
+
+
 async def send_body(reply: Reply, meta: ObjectMeta, send: Send, join: Join, *,
                     direct: DirectSource | None, read_size: int, timeout: float) -> int:
     """Send the body of ``reply``; an error past the first byte aborts the connection, so
@@ -94,6 +117,10 @@ async def send_body(reply: Reply, meta: ObjectMeta, send: Send, join: Join, *,
             if n < meta.slice_size:
                 return sent
             index += 1
+    # Fills whose bytes were sent before their answer's digest was checked: the body's last
+    # byte (a multipart body's closing delimiter) waits until they all settle, so an answer
+    # with a bad byte is cut short, never complete (DESIGN "Integrity").
+    unsettled: list[Source] = []
     for i, rng in enumerate(ranges):
         if reply.multipart is not None:
             await send({"type": "http.response.body",
@@ -102,15 +129,27 @@ async def send_body(reply: Reply, meta: ObjectMeta, send: Send, join: Join, *,
             sent += await direct.stream(rng.start, rng.end, send, read_size, timeout)
             continue
         assert meta.length is not None
-        for index in policy.slice_span(rng.start, rng.end, meta.slice_size):
+        span = policy.slice_span(rng.start, rng.end, meta.slice_size)
+        for index in span:
             lo, hi = policy.slice_bounds(index, meta.slice_size, meta.length)
+            first, last = max(rng.start, lo) - lo, min(rng.end, hi) - lo
             source = await join(index)
             try:
-                sent += await source.stream(max(rng.start, lo) - lo, min(rng.end, hi) - lo,
-                                            send, read_size, timeout)
+                if reply.multipart is None and i == len(ranges) - 1 and index == span[-1] \
+                        and (unsettled or source.pending):
+                    if last > first:
+                        sent += await source.stream(first, last - 1, send, read_size, timeout)
+                    for earlier in (*unsettled, source):
+                        await earlier.settled(timeout)
+                    first = last
+                sent += await source.stream(first, last, send, read_size, timeout)
+                if source.pending:
+                    unsettled.append(source)
             finally:
                 source.close()
     if reply.multipart is not None:
+        for earlier in unsettled:
+            await earlier.settled(timeout)
         await send({"type": "http.response.body", "body": reply.multipart.closing,
                     "more_body": True})
     return sent

@@ -5,7 +5,9 @@ Once the answer's headers are in, the node's facts decide what becomes of it (`P
 as slices, handed whole to the one request that led it (``direct``: not shareable), or a 304
 that refreshes a stored copy. Stored bodies are written into claimed slice files that any
 number of requests follow as they grow; a slice is committed only when complete and of the
-right length (and, for content-addressed objects, when the whole body's hash matched).
+right length, and, when the answer's bytes have a known SHA-256 (its RFC 9530
+``Content-Digest``, or a content address or ``Repr-Digest`` for a whole body), only once the
+answer's whole body matched it.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from ..errors import (
     UpstreamProtocolError,
     UpstreamRefused,
 )
+from ..http import digest_sha256
 from . import policy
 from .beresp import BeResp, from_upstream
 from .coalesce import Coalescer
@@ -145,6 +148,7 @@ class Fetcher:
             beresp = from_upstream(resp, t0)
             plan = self.on_headers(flight, beresp)
             flight.meta = plan.meta
+            flight.content_digest = beresp.content_digest
             if plan.kind != "store":
                 self._drop_fills(flight, None)
                 flight.shareable = plan.kind == "not_modified"
@@ -214,10 +218,10 @@ class Fetcher:
         """Fix each claimed slice's expected length now that the body's extent is known."""
         flight.store_meta = plan.store_meta
         length = beresp.length
-        whole = beresp.body_start == 0 and length is not None and (
-            flight.last is None or flight.last >= policy.slice_count(length, size) - 1)
-        if plan.digest is not None and whole:
-            flight.hasher = hashlib.sha256()
+        self._plan_checks(flight, beresp, plan)
+        # the slice holding the answer's last byte: that byte waits for the checks
+        last = (beresp.body_start + max(0, beresp.body_length - 1)) // size \
+            if beresp.body_length is not None else None
         count = policy.slice_count(length, size) if length is not None else None
         for index, fill in list(flight.fills.items()):
             if count is not None and index >= count:
@@ -227,9 +231,30 @@ class Fetcher:
             if length is not None:
                 lo, hi = policy.slice_bounds(index, size, length)
                 fill.expected = hi - lo + 1
-                fill.hold_last = flight.hasher is not None and index == count - 1  # type: ignore[operator]
+                fill.hold_last = flight.hasher is not None and index == last
                 if fill.expected == 0:
                     self._complete(flight, fill)  # an empty body: nothing will arrive
+
+    @staticmethod
+    def _plan_checks(flight: Flight, beresp: BeResp, plan: Plan) -> None:
+        """The SHA-256s this answer's bytes must have: its own ``Content-Digest`` (RFC 9530
+        §2, over this message's content: the partial bytes of a 206), and the representation's
+        (content address, ``Repr-Digest``) when the body is all of it. A body of unknown
+        extent is not checked here: a whole answer of it is hashed as it is delivered."""
+        if beresp.body_length is None or beresp.length is None:
+            return
+        checks = []
+        if flight.content_digest is not None:
+            content = digest_sha256(flight.content_digest[2])
+            if content is not None:
+                checks.append(content)
+        if plan.digest is not None and beresp.body_start == 0 \
+                and beresp.body_length == beresp.length:
+            checks.append(plan.digest)
+            flight.whole = True
+        if checks:
+            flight.checks = tuple(checks)
+            flight.hasher = hashlib.sha256()
 
     async def _pump(self, flight: Flight, resp: UpstreamResponse, beresp: BeResp, plan: Plan,
                     size: int) -> int:
@@ -241,6 +266,8 @@ class Fetcher:
                 break  # everything we claimed is in; don't pull bytes nobody needs
         if beresp.length is None:
             self._end_unknown(flight, beresp, received, size)
+        if flight.hasher is not None and received == beresp.body_length:
+            self._vouch(flight, size)
         unfinished = [f for f in flight.fills.values() if not f.done and f.error is None]
         if unfinished:
             raise FillAborted(f"upstream body ended early at byte {received}")
@@ -297,8 +324,16 @@ class Fetcher:
                     self.store.set_meta(flight.key, meta)
 
     def _complete(self, flight: Flight, fill: SliceFill) -> None:
-        if fill.hold_last and not self._verified(flight, fill):
+        if flight.hasher is not None:
+            # Commits wait for the answer's digest (`_vouch`), the earlier slices too: a slice
+            # committed first would be served by hits as verified, and a range within it by a
+            # fill's followers, before the bytes are known to be right; and it would have to
+            # be taken back on a mismatch. Followers read the bytes meanwhile, but no answer's
+            # last byte goes out until its fills are settled (`deliver.send_body`).
             return
+        self._commit(flight, fill)
+
+    def _commit(self, flight: Flight, fill: SliceFill) -> None:
         fill.finish()
         # Commit and unregister in one synchronous step: a request that misses the fill in
         # the registry finds the slice in the store.
@@ -306,7 +341,7 @@ class Fetcher:
             data = fill.data()
             try:
                 meta = flight.meta
-                if fill.hold_last and meta is not None:
+                if flight.whole and meta is not None:
                     meta = dataclasses.replace(meta, verified=True)  # the whole hash matched
                 if flight.store_meta == "with_body" and meta is not None \
                         and fill.index == 0 and meta.length is not None:
@@ -315,7 +350,7 @@ class Fetcher:
                 else:
                     self.store.commit_slice(flight.key, flight.version, fill.index, fill.path,
                                             fill.written, data, checksum=fill.sum.value())
-                    self._note_verification(flight, fill, meta)
+                    self._unverify(flight, meta)
             except Exception as exc:  # a storage fault: followers still get the bytes
                 log.error("could not commit slice %s/%d: %s", flight.key, fill.index, exc)
                 self._unlink(fill)
@@ -323,15 +358,11 @@ class Fetcher:
             self._unlink(fill)
         self.coalescer.release(fill)
 
-    def _note_verification(self, flight: Flight, fill: SliceFill, meta: ObjectMeta | None) -> None:
-        """Keep the object's `verified` flag true to its slices: set once a whole fill's hash
-        matched; cleared when a slice arrives by Range, unchecked against the whole hash (a
-        whole answer of that object is then hashed as it is sent)."""
-        if meta is None or flight.digest is None:
-            return
-        if fill.hold_last and flight.store_meta == "now":
-            self.store.set_meta(flight.key, meta)
-        elif flight.hasher is None and flight.store_meta == "no" and meta.verified:
+    def _unverify(self, flight: Flight, meta: ObjectMeta | None) -> None:
+        """A slice stored by Range was not checked against the whole hash: clear the object's
+        `verified` flag (a whole answer of it is then hashed as it is sent)."""
+        if meta is not None and flight.digest is not None and not flight.whole \
+                and flight.store_meta == "no" and meta.verified:
             flight.meta = dataclasses.replace(meta, verified=False)
             self.store.set_meta(flight.key, flight.meta)
 
@@ -340,23 +371,39 @@ class Fetcher:
         if fill.on_disk:
             fill.path.unlink(missing_ok=True)
 
-    def _verified(self, flight: Flight, fill: SliceFill) -> bool:
-        """Check the whole body's SHA-256 before its last byte reaches anyone.
+    def _vouch(self, flight: Flight, size: int) -> None:
+        """The answer's body is all in: check it against every SHA-256 it must have, then
+        release its held bytes and commit its slices.
 
-        On a mismatch nothing of the object stays stored (earlier slices included), the fill
-        fails so followers abort short of the end, and the failure is counted.
+        On a mismatch nothing of the object stays stored, every fill of the answer fails so
+        its followers abort short of their end, and the failure is counted.
         """
         got = flight.hasher.hexdigest()
-        if hmac.compare_digest(got, flight.digest or ""):
-            return True
-        why = f"body SHA-256 {got[:16]}… does not match the expected {(flight.digest or '')[:16]}…"
-        log.error("integrity failure on %s: %s", flight.key, why)
-        self.store.purge(flight.key)
-        for other in flight.fills.values():
-            other.discard = True
-        self._discard(fill, FillAborted(f"integrity check failed: {why}"))
-        self.on_integrity_failure(flight.key, why)
-        return False
+        wrong = [want for want in flight.checks if not hmac.compare_digest(got, want)]
+        if wrong:
+            why = f"body SHA-256 {got[:16]}… does not match the expected {wrong[0][:16]}…"
+            log.error("integrity failure on %s: %s", flight.key, why)
+            self.store.purge(flight.key)
+            err = FillAborted(f"integrity check failed: {why}")
+            for fill in flight.fills.values():
+                fill.discard = True
+                if not fill.done:
+                    self._discard(fill, err)
+            self.on_integrity_failure(flight.key, why)
+            return
+        for index in sorted(flight.fills):
+            fill = flight.fills[index]
+            if not fill.done and fill.error is None and fill.expected is not None \
+                    and fill.written >= fill.expected:
+                self._commit(flight, fill)
+        meta = flight.meta
+        if flight.whole and flight.store_meta == "now" and meta is not None \
+                and meta.length is not None and all(
+                    i in flight.fills and not flight.fills[i].discard
+                    for i in range(policy.slice_count(meta.length, size))):
+            # every slice of the object came from this body, which matched its hash
+            with contextlib.suppress(StorageFault):
+                self.store.set_meta(flight.key, dataclasses.replace(meta, verified=True))
 
     def _discard(self, fill: SliceFill, err: BaseException) -> None:
         fill.fail(err)
@@ -364,10 +411,7 @@ class Fetcher:
         self.coalescer.release(fill)
 
     def _drop_fills(self, flight: Flight, err: UpstreamError | None) -> None:
+        # (a flight whose digest never came committed nothing: see `_complete`)
         for fill in flight.fills.values():
             if not fill.done:
                 self._discard(fill, err or FillAborted("no body to fill"))
-        if err is not None and flight.hasher is not None:
-            # The slices this flight already committed were to be vouched for by the digest
-            # at the end, which never came: drop them rather than keep unverified bytes.
-            self.store.purge(flight.key)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from urllib.parse import urlsplit
 
-from ..http import split_list
+from ..http import digest_field, split_list
 from .types import RawHeaders
 
 # RFC 9110 §7.6.1: hop-by-hop fields a proxy must not forward.
@@ -145,3 +145,32 @@ def invalidated_paths(request_path: str, host: str | None,
 def not_modified_headers(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
     """The fields of a 304 built from a full response's (RFC 9110 §15.4.5)."""
     return [(n, v) for n, v in headers if n.lower() not in NOT_IN_304]
+
+
+
+# The first and last byte (inclusive) of the representation that a message's content carries,
+# and that message's Content-Digest value as received.
+MessageDigest = tuple[int, int, str]
+
+
+def content_digest(content: tuple[int, int] | None, length: int | None,
+                   representation_sha256: str | None,
+                   upstream: MessageDigest | None) -> str | None:
+    """The ``Content-Digest`` an answer may carry (RFC 9530 §2), or None to send none.
+
+    ``content``: the bytes (first, last) of the representation of ``length`` bytes that the
+    answer's content is; None when it has no content (HEAD, 304) or is not one span of it
+    (multipart/byteranges). Content-Digest covers the content of one message, so the digest of
+    one range is never replayed on another: the upstream's value goes on unchanged only with
+    exactly the bytes it came with (``upstream``: a fill of that very range); an answer that
+    carries the whole representation states its SHA-256 when that is known (a content address,
+    ``Repr-Digest``), its content being the representation data; anything else, a range
+    assembled from stored slices, carries none rather than a stale one.
+    """
+    if content is None:
+        return None
+    if upstream is not None and upstream[:2] == content:
+        return upstream[2]
+    if representation_sha256 is not None and length is not None and content == (0, length - 1):
+        return digest_field(representation_sha256)
+    return None

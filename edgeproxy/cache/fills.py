@@ -52,7 +52,7 @@ class SliceFill:
         self.buf: bytearray | None = bytearray()
         self.written = 0
         self.visible = 0  # bytes followers may send; lags `written` while a digest is pending
-        self.hold_last = False  # the object's last byte waits for its digest check
+        self.hold_last = False  # the answer's last byte waits for its digest check
         self.expected: int | None = None  # None: an unknown-length body, until its end
         self.done = False
         self.discard = False  # purged while filling: serve followers, store nothing
@@ -154,6 +154,15 @@ class SliceFill:
         except TimeoutError:
             raise UpstreamTimeout(f"no progress from upstream for {timeout:.0f}s") from None
 
+    async def settled(self) -> None:
+        """Wait until the fill is finished (its bytes vouched for) or failed.
+
+        No timeout of its own: every flight ends by finishing or failing each of its fills,
+        and it ends within the transport's timeouts.
+        """
+        while not self.done and self.error is None:
+            await self._progress.wait()
+
     def attach(self) -> None:
         """A reader starts following this fill."""
         self.readers += 1
@@ -192,7 +201,10 @@ class Flight:
     direct: Any = None  # an UpstreamResponse handed to the leader (answers not stored)
     store_meta: str = "now"  # when the facts are stored: now, with the body, or not at all
     digest: str | None = None  # expected SHA-256 (hex) of the whole representation
-    hasher: Any = None  # running SHA-256 when this flight carries the whole body from byte 0
+    content_digest: Any = None  # the answer's Content-Digest and its span (fields.MessageDigest)
+    checks: tuple[str, ...] = ()  # SHA-256s (hex) the answer's body must have, all of them
+    hasher: Any = None  # running SHA-256 of the answer's body while `checks` are pending
+    whole: bool = False  # the body is the whole representation, checked against `digest`
     length: int | None = None  # learnt at the end for a body without Content-Length
     ended: asyncio.Future[None] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future())
@@ -266,6 +278,11 @@ class ForeignFill:
         """Poll until more than ``position`` bytes may be sent, or the fill ended."""
         await poll(lambda: self._refresh() and (self.visible > position or self.done
                                                 or self.error is not None),
+                   timeout, "the worker filling this slice")
+
+    async def wait_done(self, timeout: float) -> None:
+        """Poll until the slice is committed, or the fill failed."""
+        await poll(lambda: self._refresh() and (self.done or self.error is not None),
                    timeout, "the worker filling this slice")
 
     def release(self) -> None:

@@ -385,12 +385,18 @@ class CacheNode:
         headers = [(n.encode("latin-1"), v.encode("latin-1"))
                    for n, v in self._stored_headers(meta)]
         headers.append((b"content-length", str(len(body)).encode()))
+        digest = fields.content_digest((0, len(body) - 1), meta.length, policy.expected_sha256(
+            key.partition("?")[0], {n.lower(): v for n, v in meta.headers}), None)
+        if digest is not None:  # as `deliver.with_content_digest` sends it on a whole answer
+            headers.append((b"content-digest", digest.encode()))
         self.hot.put(key, HotEntry(meta, body, headers, now + meta.freshness.remaining(now)))
         return StoredSource(body)
 
     def _stored_headers(self, meta: ObjectMeta) -> list[tuple[str, str]]:
         """The stored end-to-end fields as this tier sends them (its Cache-Control, Via)."""
-        headers = [(n, v) for n, v in meta.headers if n.lower() not in ("cache-control", "via")]
+        # (a Content-Digest stored by an older version is never replayed: see `fields`)
+        headers = [(n, v) for n, v in meta.headers
+                   if n.lower() not in ("cache-control", "via", "content-digest")]
         lines = [v for n, v in meta.headers if n.lower() == "cache-control"]  # all of them
         cc = policy.downstream_cache_control(self.classes.get(meta.content_class), self.tier,
                                              ", ".join(lines) if lines else None)

@@ -7,21 +7,23 @@ so nothing here reads a clock.
 
 from __future__ import annotations
 
-import base64
 import fnmatch
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from ..config import ContentClass
-from ..http import first_member, http_date, int_header, sf_dictionary, split_list
+from ..http import digest_sha256, first_member, http_date, int_header, sf_dictionary, split_list
 
 DEFAULT_CLASS = "default"
 
 # Fields the cache computes itself for every response it delivers; upstream values are dropped.
 # Date stays (RFC 9110 §6.6.1: the cache did not generate the response), and so does a
 # Content-Range on anything but a 206 (RFC 9111 §3.1: every end-to-end field is stored).
-REGENERATED = frozenset({"content-length", "age", "x-cache", "server", "accept-ranges"})
+# Content-Digest describes one message's content (RFC 9530 §2), not the stored representation:
+# replayed on another range it would be wrong, so each answer gets its own (`fields`).
+REGENERATED = frozenset({"content-length", "age", "x-cache", "server", "accept-ranges",
+                         "content-digest"})
 
 # Status codes cacheable by default (RFC 9110 §15.1): a cache may store them without
 # explicit freshness, using a heuristic — we only use heuristics for 200.
@@ -283,7 +285,6 @@ def downstream_cache_control(content_class: ContentClass | None, tier: str,
 # --- integrity ---
 
 _SHA256_PATH = re.compile(r"/v/t1/([0-9a-f]{64})")
-_REPR_DIGEST = re.compile(r"(?:^|,)\s*sha-256\s*=\s*:([A-Za-z0-9+/=]+):")
 
 
 def expected_sha256(path: str, headers: Mapping[str, str]) -> str | None:
@@ -291,13 +292,7 @@ def expected_sha256(path: str, headers: Mapping[str, str]) -> str | None:
     (``/v/t1/<sha256>``, DESIGN "Integrity"), else from ``Repr-Digest`` (RFC 9530 §3)."""
     if m := _SHA256_PATH.fullmatch(path):
         return m.group(1)
-    if m := _REPR_DIGEST.search(headers.get("repr-digest", "")):
-        try:
-            raw = base64.b64decode(m.group(1), validate=True)
-        except ValueError:
-            return None
-        return raw.hex() if len(raw) == 32 else None
-    return None
+    return digest_sha256(headers.get("repr-digest"))
 
 
 # --- slices ----------------------------------------------------------------------------------

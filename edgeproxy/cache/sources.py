@@ -22,6 +22,16 @@ class Source(Protocol):
         """Send the bytes as body messages; returns how many were sent."""
         ...
 
+    @property
+    def pending(self) -> bool:
+        """Whether the bytes read may yet turn out wrong (their fill's digest is unchecked)."""
+        ...
+
+    async def settled(self, timeout: float) -> None:
+        """Return once the bytes read are vouched for (the fill they came from finished, its
+        digest checked); raise `FillAborted` if they never will be."""
+        ...
+
     def close(self) -> None:
         """Release descriptors."""
         ...
@@ -59,6 +69,11 @@ class StoredSource:
             await _send(send, data)
             pos += len(data)
         return stop - start
+
+    pending = False  # committed bytes
+
+    async def settled(self, timeout: float) -> None:
+        """Committed bytes are settled."""
 
     def close(self) -> None:
         if not isinstance(self.body, bytes):
@@ -100,6 +115,20 @@ class FillSource(_Following):
         fill.attach()
         self._closed = False
 
+    @property
+    def pending(self) -> bool:
+        """A fill whose answer is being checked is pending until finished; any other fill's
+        bytes are as good as they will get once read."""
+        return self.fill.flight.hasher is not None and not self.fill.done
+
+    async def settled(self, timeout: float) -> None:
+        fill = self.fill
+        if fill.flight.hasher is None:
+            return
+        await fill.settled()
+        if fill.error is not None:
+            raise FillAborted(f"fill failed: {fill.error}")
+
     def close(self) -> None:
         if not self._closed:
             self._closed = True
@@ -111,6 +140,20 @@ class ForeignSource(_Following):
 
     def __init__(self, fill: ForeignFill) -> None:
         self.fill: ForeignFill = fill
+
+    @property
+    def pending(self) -> bool:
+        """Whether that worker checks a digest cannot be told from here: pending until it
+        has committed the slice."""
+        return not self.fill.done
+
+    async def settled(self, timeout: float) -> None:
+        fill = self.fill
+        if not fill.done:
+            await fill.wait_done(timeout)
+            fill.release()
+        if fill.error is not None:
+            raise FillAborted(f"fill failed: {fill.error}")
 
     def close(self) -> None:
         self.fill.release()
@@ -154,6 +197,11 @@ class DirectSource:
             await _send(send, chunk[cut_lo:cut_hi])
             sent += cut_hi - cut_lo
         return sent
+
+    pending = False  # an unstored body is not checked here (its digest fields go along)
+
+    async def settled(self, timeout: float) -> None:
+        """Nothing to wait for."""
 
     def close(self) -> None:
         """The response is closed by `aclose`; nothing to do synchronously."""

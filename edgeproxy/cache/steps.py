@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from ..errors import FillAborted, HTTPError, UpstreamError, UpstreamTimeout
 from . import fields, policy
 from .beresp import from_upstream
-from .deliver import plan_reply, send_body, verifying_send
+from .deliver import plan_reply, send_body, verifying_send, with_content_digest
 from .facts import FlightContext
 from .fills import Flight
 from .req import Req
@@ -290,6 +290,10 @@ async def deliver(node: CacheNode, tx: Tx) -> None:
     except HTTPError:
         await node.drop_direct(tx)
         raise
+    flight = tx.flight
+    reply = with_content_digest(reply, meta, req.key, req.method, flight.content_digest if
+                                flight is not None and flight.meta is not None
+                                and flight.meta.version == meta.version else None)
     # Readers on every fill in flight are taken before any await: a fill that fails and
     # leaves the registry meanwhile must fail this answer, not be fetched again.
     bodiless = req.method == "HEAD" or reply.status == 304
@@ -309,7 +313,6 @@ async def deliver(node: CacheNode, tx: Tx) -> None:
         return None
     send = tx.send
     digest = node.whole_body_digest(req.key, meta) if reply.ranges is None else None
-    flight = tx.flight
     if flight is not None and flight.hasher is not None and flight.version == meta.version \
             and meta.length is not None and flight.first == 0 \
             and len(flight.fills) == policy.slice_count(meta.length, meta.slice_size):

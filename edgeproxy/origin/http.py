@@ -10,7 +10,6 @@ request bodies and fields into values, or into `HTTPError`s that name the offend
 from __future__ import annotations
 
 import asyncio
-import base64
 import hashlib
 import json
 from collections.abc import AsyncIterator
@@ -21,7 +20,14 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response, StreamingResponse
 
 from ..errors import HTTPError
-from ..http import RangeNotSatisfiable, format_http_date, not_modified, parse_range, resolve_ranges
+from ..http import (
+    RangeNotSatisfiable,
+    digest_field,
+    format_http_date,
+    not_modified,
+    parse_range,
+    resolve_ranges,
+)
 from .blobstore import SHA256_HEX, BlobStore
 
 
@@ -103,7 +109,7 @@ async def read_json(request: Request, limit: int) -> dict[str, Any]:
 
 def sha256_digest(digest: bytes) -> str:
     """An RFC 9530 ``sha-256`` Digest field value (``Repr-Digest``, ``Content-Digest``)."""
-    return f"sha-256=:{base64.b64encode(digest).decode()}:"
+    return digest_field(digest.hex())
 
 
 async def content_digest(store: BlobStore, sha: str, start: int, length: int) -> str:
