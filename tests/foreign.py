@@ -4,12 +4,15 @@ Each route says how its answer is framed (``Content-Length``, chunked, or delimi
 the connection), which status it carries (any three digits, 100-999, with 1xx interim answers
 before it), which caching headers, and whether it echoes the request's headers back as JSON.
 Every request is recorded, so a test can count what reached the origin and read what it carried.
+A route can also lie: garble the bytes of ranges, or state a wrong RFC 9530 ``Content-Digest``.
 Nothing here uses the project's own HTTP code: the point is an origin written by someone else.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import json
 import re
 import threading
@@ -20,6 +23,10 @@ from http import HTTPStatus
 from typing import Literal
 
 Framing = Literal["length", "chunked", "close"]
+# "right": the digest of the bytes the representation has there (even when garbled on the way);
+# "wrong": a digest of other bytes on each 206 not starting at byte 0 (those `corrupt_ranges`
+# garbles), the right one elsewhere.
+Digest = Literal["none", "right", "wrong"]
 
 _RANGE = re.compile(r"bytes=(\d*)-(\d*)")
 _MAX_HEAD = 64 * 1024
@@ -39,6 +46,7 @@ class Route:
     echo: bool = False  # body: the request's headers as a JSON object (names lower-cased)
     ranges: bool = True  # answer a single byte range with 206
     corrupt_ranges: bool = False  # garble every 206 body that does not start at byte 0
+    content_digest: Digest = "none"  # an RFC 9530 Content-Digest on every 200 and 206
     conditional: bool = True  # 304 on a matching If-None-Match / If-Modified-Since
     interim: list[int] = field(default_factory=list)  # 1xx answers sent before the final one
     chunk: int = 16 * 1024  # chunk size when framing is "chunked"
@@ -217,6 +225,8 @@ def _answer(req: Request, route: Route, keep: bool) -> bytes:
         elif route.ranges:
             status, body, extra = _range(req, route, body)
             headers += extra
+    if status == 200 and route.content_digest != "none":
+        headers.append(("Content-Digest", _digest(body)))
     headers += route.headers
     bodiless = status in (204, 304) or status < 200
     if not bodiless:
@@ -288,6 +298,15 @@ def _range(req: Request, route: Route,
     if start >= size or start > end:
         return 416, b"", [("Content-Range", f"bytes */{size}")]
     part = body[start : end + 1]
+    extra = [("Content-Range", f"bytes {start}-{end}/{size}")]
+    if route.content_digest != "none":
+        wrong = route.content_digest == "wrong" and start > 0
+        extra.append(("Content-Digest", _digest(part + b"!" if wrong else part)))
     if route.corrupt_ranges and start > 0:
         part = bytes(b ^ 0x5A for b in part)
-    return 206, part, [("Content-Range", f"bytes {start}-{end}/{size}")]
+    return 206, part, extra
+
+
+def _digest(content: bytes) -> str:
+    """An RFC 9530 §2 ``Content-Digest`` value of ``content``."""
+    return f"sha-256=:{base64.b64encode(hashlib.sha256(content).digest()).decode()}:"

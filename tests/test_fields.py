@@ -102,3 +102,36 @@ def test_via_names_the_node() -> None:
     assert fields.via("1.1 edgeproxy-shield-eu", "edge-ams-1") == \
         "1.1 edgeproxy-shield-eu, 1.1 edgeproxy-edge-ams-1"
     assert x_cache(Verdict.HIT, "edge-ams-1") == "HIT from edge-ams-1"
+
+
+_SHA_A = "a" * 64  # the representation's SHA-256 (a content address, or Repr-Digest)
+_UP = "sha-256=:upstream-value:"  # an upstream Content-Digest, passed on as received
+
+
+@pytest.mark.parametrize(("content", "length", "representation", "upstream", "expected"), [
+    # §2: the digest covers this message's content; the upstream's value goes on only with the
+    # very bytes it came with (a 206 served from the fill of exactly that range)
+    ((100, 199), 1000, None, (100, 199, _UP), _UP),
+    ((0, 999), 1000, None, (0, 999, _UP), _UP),  # a 200 from the fill of the whole body
+    # another range of the same representation has other content: never replayed
+    ((100, 149), 1000, None, (100, 199, _UP), None),
+    ((150, 199), 1000, _SHA_A, (100, 199, _UP), None),
+    ((0, 999), 1000, None, (0, 499, _UP), None),
+    # a range assembled from stored slices: no upstream message to vouch for it, and the
+    # representation's digest is not the range's (§2 vs §3), so none rather than a stale one
+    ((100, 199), 1000, _SHA_A, None, None),
+    ((0, 998), 1000, _SHA_A, None, None),
+    # the whole representation in one message: its content digest is the representation's
+    ((0, 999), 1000, _SHA_A, None, "sha-256=:qqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqo=:"),
+    ((0, -1), 0, _SHA_A, None, "sha-256=:qqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqo=:"),
+    ((0, 999), 1000, None, None, None),  # nothing known: nothing said
+    ((0, 999), None, _SHA_A, None, None),  # length unknown: cannot tell it is whole
+    # no content (HEAD, 304) or not one span (multipart/byteranges): none
+    (None, 1000, _SHA_A, (0, 999, _UP), None),
+])
+def test_content_digest_never_replayed_on_other_content(
+        content: tuple[int, int] | None, length: int | None, representation: str | None,
+        upstream: tuple[int, int, str] | None, expected: str | None) -> None:
+    """RFC 9530 §2: Content-Digest is computed over the content of one message (for a 206,
+    the partial content), so a cache sends one only when it vouches for exactly that."""
+    assert fields.content_digest(content, length, representation, upstream) == expected

@@ -1,7 +1,10 @@
-"""Range parsing (RFC 9110 §14) by table and by property against a reference model."""
+"""Range parsing (RFC 9110 §14) by table and by property against a reference model; RFC 9530
+Integrity fields by table."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import itertools
 
 import pytest
@@ -14,6 +17,8 @@ from edgeproxy.http import (
     MAX_RANGES,
     ByteRange,
     RangeNotSatisfiable,
+    digest_field,
+    digest_sha256,
     parse_content_range,
     parse_range,
     resolve_ranges,
@@ -171,3 +176,30 @@ def test_never_raises(header: str) -> None:
         assert 1 <= len(specs) <= MAX_RANGES
         for s in specs:
             assert all(v is None or 0 <= v <= MAX_POSITION for v in (s.first, s.last))
+
+
+_HEX = hashlib.sha256(b"abc").hexdigest()
+_B64 = base64.b64encode(hashlib.sha256(b"abc").digest()).decode()
+
+
+@pytest.mark.parametrize(("value", "expected"), [
+    (f"sha-256=:{_B64}:", _HEX),
+    (f"sha-512=:{base64.b64encode(bytes(64)).decode()}:, sha-256=:{_B64}:", _HEX),  # §2: any
+    (f"sha-256=:{_B64}:;p=1", _HEX),  # parameters on a member are allowed (RFC 8941 §3.2)
+    ("sha-512=:AAAA:", None),  # no sha-256 member: nothing for us to check
+    (f"sha-256={_HEX}", None),  # not a byte sequence
+    ("sha-256=:AAAA:", None),  # not 32 bytes
+    ("sha-256=:!!!!:", None),  # not base64
+    (f"SHA-256=:{_B64}:", None),  # keys are lowercase (RFC 8941 §3.2): not a dictionary
+    ("", None),
+    (None, None),
+])
+def test_digest_sha256(value: str | None, expected: str | None) -> None:
+    """RFC 9530 §2-§3: the sha-256 member of Content-Digest / Repr-Digest, a Structured Field
+    dictionary of byte sequences; a field that does not parse is ignored."""
+    assert digest_sha256(value) == expected
+
+
+def test_digest_field_round_trips() -> None:
+    assert digest_field(_HEX) == f"sha-256=:{_B64}:"
+    assert digest_sha256(digest_field(_HEX)) == _HEX
