@@ -47,6 +47,8 @@ class Route:
     ranges: bool = True  # answer a single byte range with 206
     corrupt_ranges: bool = False  # garble every 206 body that does not start at byte 0
     content_digest: Digest = "none"  # an RFC 9530 Content-Digest on every 200 and 206
+    delay: float = 0.0  # seconds before the answer
+    pause: float = 0.0  # seconds of silence before the answer's last 64 KiB
     conditional: bool = True  # 304 on a matching If-None-Match / If-Modified-Since
     interim: list[int] = field(default_factory=list)  # 1xx answers sent before the final one
     chunk: int = 16 * 1024  # chunk size when framing is "chunked"
@@ -184,7 +186,15 @@ class ForeignOrigin:
         route = route or Route(b"no route\n", 404, [("content-type", "text/plain")])
         keep = version == "HTTP/1.1" and "close" not in (req.header("connection") or "").lower()
         keep = keep and route.framing != "close"
-        writer.write(_answer(req, route, keep))
+        if route.delay:
+            await asyncio.sleep(route.delay)
+        answer = _answer(req, route, keep)
+        if route.pause:  # all but the last 64 KiB, then a pause, then the rest
+            writer.write(answer[:-65536])
+            await writer.drain()
+            await asyncio.sleep(route.pause)
+            answer = answer[-65536:]
+        writer.write(answer)
         await writer.drain()
         return keep
 

@@ -17,6 +17,7 @@ import hashlib
 import os
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -193,6 +194,45 @@ def test_bad_range_is_refetched_not_served_from_store(nodes: Nodes,
         assert foreign.count(target) >= attempt
     assert _integrity_failures(nodes) >= foreign.count(target)
     _assert_stored_right(nodes, target, body)
+
+
+def test_followers_of_a_bad_fill_are_cut_short(nodes: Nodes, foreign: ForeignOrigin) -> None:
+    """Requests that join a fill before its answer's headers are in (the object is known, its
+    slice 2 is not) follow its bytes as they come, and are cut short with it: their ranges
+    are all in by the time the origin pauses, but the answer's digest is checked at its end."""
+    body = pattern(SIZE, seed=45)
+    target = _put(foreign, body, corrupt=True, digest="right")
+    first = _get(nodes.url + target, "bytes=0-99")  # slice 0: from byte 0, never garbled
+    assert first is not None and first.content == body[:100]
+    foreign.route(target, body=body, etag=foreign.routes[("GET", target)].etag,
+                  corrupt_ranges=True, content_digest="right", headers=[IMMUTABLE], delay=0.3,
+                  pause=0.3)
+    with ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(lambda rng: _get(nodes.url + target, rng),
+                                [LATE["within"], LATE["within"], LATE["within"],
+                                 f"bytes={2 * MiB + 500}-{2 * MiB + 599}"]))
+    # each one cut short; none refused either (a follower waits for the headers of the fill
+    # it joins, rather than lead a flight of its own that finds the slice claimed)
+    assert answers == [None] * 4
+    assert _integrity_failures(nodes) >= 1
+    _assert_stored_right(nodes, target, body)
+
+
+def test_followers_of_a_good_fill_complete(nodes: Nodes, foreign: ForeignOrigin) -> None:
+    """The same with an honest origin: every follower gets its range, from one upstream
+    request per tier, once the digest matched."""
+    body = pattern(SIZE, seed=46)
+    target = _put(foreign, body, corrupt=False, digest="right")
+    assert _get(nodes.url + target, "bytes=0-99") is not None
+    foreign.route(target, body=body, etag=foreign.routes[("GET", target)].etag,
+                  content_digest="right", headers=[IMMUTABLE], delay=0.3, pause=0.3)
+    ranges = [LATE["within"], f"bytes={2 * MiB + 500}-{2 * MiB + 599}", LATE["within"]]
+    with ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(lambda rng: _get(nodes.url + target, rng), ranges))
+    assert all(r is not None and _right(r, body, rng) for r, rng in zip(answers, ranges,
+                                                                         strict=True))
+    assert foreign.count(target) == 2
+    assert _integrity_failures(nodes) == 0
 
 
 def test_ranges_checked_by_content_digest_are_stored_and_hit(

@@ -13,6 +13,7 @@ anyone, and no index write is needed to announce a fill: claiming costs one syst
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import fcntl
 import hashlib
@@ -20,7 +21,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from ..errors import FillAborted
+from ..errors import FillAborted, UpstreamError
 from .fills import Flight, ForeignFill, SliceFill, poll
 from .sources import FillSource, ForeignSource, Source, StoredSource
 from .store import INLINE_MAX, CacheStore, ObjectMeta
@@ -171,6 +172,13 @@ class Coalescer:
             if fill is not None and fill.error is None and \
                     (version is None or fill.flight.version == version):
                 return FillSource(fill)
+            if fill is not None and fill.error is None and not fill.flight.headers.done():
+                # its version is known once its answer's headers are: wait, then look again
+                # (leading a flight of our own would find the slice claimed, and give up)
+                with contextlib.suppress(UpstreamError, TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(fill.flight.headers),
+                                           self.wait_timeout)
+                continue
             if version is not None:
                 body = self.store.get_slice(key, version, index)
                 if body is not None:

@@ -117,9 +117,11 @@ class FillSource(_Following):
 
     @property
     def pending(self) -> bool:
-        """A fill whose answer is being checked is pending until finished; any other fill's
-        bytes are as good as they will get once read."""
-        return self.fill.flight.hasher is not None and not self.fill.done
+        """A fill whose answer is being checked is pending until finished, and so is one
+        whose answer is not in yet (it may be checked); any other fill's bytes are as good as
+        they will get once read."""
+        flight = self.fill.flight
+        return not self.fill.done and (flight.hasher is not None or not flight.headers.done())
 
     async def settled(self, timeout: float) -> None:
         fill = self.fill
