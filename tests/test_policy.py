@@ -188,3 +188,28 @@ def test_slices() -> None:
     assert list(policy.slice_span(mib - 1, mib, mib)) == [0, 1]
     assert policy.slice_bounds(99, mib, 100 * mib - 10) == (99 * mib, 100 * mib - 11)
     assert policy.slice_count(0, mib) == 1 and policy.slice_count(mib + 1, mib) == 2
+
+
+_A, _B = "a" * 64, "b" * 64
+_CD_A = "sha-256=:qqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqo=:"  # Content-Digest of _A
+
+
+@pytest.mark.parametrize(("content_digest", "representation", "start", "body", "length",
+                          "expected"), [
+    # RFC 9530 §2: a 206's Content-Digest covers its partial content: checked on its own
+    (_CD_A, _B, 100, 50, 1000, ((_A,), False)),
+    (_CD_A, None, 100, 50, 1000, ((_A,), False)),
+    # the whole representation in one message: its content address / Repr-Digest (§3) as well
+    (_CD_A, _B, 0, 1000, 1000, ((_A, _B), True)),
+    (None, _B, 0, 1000, 1000, ((_B,), True)),
+    (None, _B, 0, 999, 1000, ((), False)),  # a part starting at 0 is not the whole
+    (None, None, 0, 1000, 1000, ((), False)),  # nothing known: nothing to check
+    ("sha-512=:AAAA:", None, 100, 50, 1000, ((), False)),  # no sha-256 member
+    ("sha-256=:AAAA:", None, 100, 50, 1000, ((), False)),  # malformed: ignored
+    (_CD_A, _B, 0, None, None, ((), False)),  # extent unknown (no Content-Length)
+])
+def test_body_checks(content_digest: str | None, representation: str | None, start: int,
+                     body: int | None, length: int | None,
+                     expected: tuple[tuple[str, ...], bool]) -> None:
+    """What a fill hashes its answer's body against before the last byte goes out."""
+    assert policy.body_checks(content_digest, representation, start, body, length) == expected

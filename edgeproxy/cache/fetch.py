@@ -30,7 +30,6 @@ from ..errors import (
     UpstreamProtocolError,
     UpstreamRefused,
 )
-from ..http import digest_sha256
 from . import policy
 from .beresp import BeResp, from_upstream
 from .coalesce import Coalescer
@@ -218,7 +217,11 @@ class Fetcher:
         """Fix each claimed slice's expected length now that the body's extent is known."""
         flight.store_meta = plan.store_meta
         length = beresp.length
-        self._plan_checks(flight, beresp, plan)
+        value = flight.content_digest[2] if flight.content_digest is not None else None
+        flight.checks, flight.whole = policy.body_checks(
+            value, plan.digest, beresp.body_start, beresp.body_length, length)
+        if flight.checks:
+            flight.hasher = hashlib.sha256()
         # the slice holding the answer's last byte: that byte waits for the checks
         last = (beresp.body_start + max(0, beresp.body_length - 1)) // size \
             if beresp.body_length is not None else None
@@ -234,27 +237,6 @@ class Fetcher:
                 fill.hold_last = flight.hasher is not None and index == last
                 if fill.expected == 0:
                     self._complete(flight, fill)  # an empty body: nothing will arrive
-
-    @staticmethod
-    def _plan_checks(flight: Flight, beresp: BeResp, plan: Plan) -> None:
-        """The SHA-256s this answer's bytes must have: its own ``Content-Digest`` (RFC 9530
-        §2, over this message's content: the partial bytes of a 206), and the representation's
-        (content address, ``Repr-Digest``) when the body is all of it. A body of unknown
-        extent is not checked here: a whole answer of it is hashed as it is delivered."""
-        if beresp.body_length is None or beresp.length is None:
-            return
-        checks = []
-        if flight.content_digest is not None:
-            content = digest_sha256(flight.content_digest[2])
-            if content is not None:
-                checks.append(content)
-        if plan.digest is not None and beresp.body_start == 0 \
-                and beresp.body_length == beresp.length:
-            checks.append(plan.digest)
-            flight.whole = True
-        if checks:
-            flight.checks = tuple(checks)
-            flight.hasher = hashlib.sha256()
 
     async def _pump(self, flight: Flight, resp: UpstreamResponse, beresp: BeResp, plan: Plan,
                     size: int) -> int:

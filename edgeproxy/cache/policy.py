@@ -295,6 +295,25 @@ def expected_sha256(path: str, headers: Mapping[str, str]) -> str | None:
     return digest_sha256(headers.get("repr-digest"))
 
 
+def body_checks(content_digest: str | None, representation: str | None, body_start: int,
+                body_length: int | None, length: int | None) -> tuple[tuple[str, ...], bool]:
+    """The SHA-256s (hex) an answer's body must have before a cache lets its last byte go,
+    and whether the representation's is among them (DESIGN "Integrity").
+
+    ``content_digest``: the answer's ``Content-Digest`` field, which covers this message's
+    content, the partial bytes of a 206 (RFC 9530 §2); ``representation``: the SHA-256 of the
+    whole representation (content address, ``Repr-Digest`` §3), which applies only when the
+    body is all of it. A body of unknown extent is not checked as it is filled.
+    """
+    if body_length is None or length is None:
+        return (), False
+    checks = [] if content_digest is None else [digest_sha256(content_digest)]
+    whole = representation is not None and body_start == 0 and body_length == length
+    if whole:
+        checks.append(representation)
+    return tuple(c for c in checks if c is not None), whole
+
+
 # --- slices ----------------------------------------------------------------------------------
 
 
