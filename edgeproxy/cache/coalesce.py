@@ -172,13 +172,6 @@ class Coalescer:
             if fill is not None and fill.error is None and \
                     (version is None or fill.flight.version == version):
                 return FillSource(fill)
-            if fill is not None and fill.error is None and not fill.flight.headers.done():
-                # its version is known once its answer's headers are: wait, then look again
-                # (leading a flight of our own would find the slice claimed, and give up)
-                with contextlib.suppress(UpstreamError, TimeoutError):
-                    await asyncio.wait_for(asyncio.shield(fill.flight.headers),
-                                           self.wait_timeout)
-                continue
             if version is not None:
                 body = self.store.get_slice(key, version, index)
                 if body is not None:
@@ -188,6 +181,16 @@ class Coalescer:
                         self.claims.path(key, index),
                         is_running=lambda: self.claims.held_elsewhere(key, index),
                         stored=lambda: self.store.get_slice(key, version, index)))
+            if fill is not None and fill.error is None and not fill.flight.headers.done():
+                # a fill whose version is known once its answer's headers are: wait for them,
+                # then look again (a flight of our own would find the slice claimed); if it
+                # failed meanwhile, so does this answer, as its followers' do
+                with contextlib.suppress(UpstreamError, TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(fill.flight.headers),
+                                           self.wait_timeout)
+                if fill.error is not None:
+                    raise FillAborted(f"fill failed: {fill.error}")
+                continue
             flight = lead(index)
             if flight is not None and index in flight.fills:
                 return FillSource(flight.fills[index])

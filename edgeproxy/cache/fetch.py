@@ -222,9 +222,8 @@ class Fetcher:
             value, plan.digest, beresp.body_start, beresp.body_length, length)
         if flight.checks:
             flight.hasher = hashlib.sha256()
-        # the slice holding the answer's last byte: that byte waits for the checks
         last = (beresp.body_start + max(0, beresp.body_length - 1)) // size \
-            if beresp.body_length is not None else None
+            if beresp.body_length is not None else None  # the slice of the answer's last byte
         count = policy.slice_count(length, size) if length is not None else None
         for index, fill in list(flight.fills.items()):
             if count is not None and index >= count:
@@ -393,7 +392,10 @@ class Fetcher:
         self.coalescer.release(fill)
 
     def _drop_fills(self, flight: Flight, err: UpstreamError | None) -> None:
-        # (a flight whose digest never came committed nothing: see `_complete`)
         for fill in flight.fills.values():
             if not fill.done:
                 self._discard(fill, err or FillAborted("no body to fill"))
+        if err is not None and flight.whole:
+            # nothing was committed (`_complete`) but the facts: drop them, so the next
+            # request fetches the object whole again, hashed whole, not slice by slice
+            self.store.purge(flight.key)
