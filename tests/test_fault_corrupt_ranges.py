@@ -261,3 +261,20 @@ def test_ranges_checked_by_content_digest_are_stored_and_hit(
     r = _get(nodes.url + target)
     assert r is not None and r.content == body and r.headers["x-cache"].startswith("HIT")
     assert foreign.count(target) == upstream
+
+
+def test_hot_object_ranges_never_carry_the_whole_digest(nodes: Nodes,
+                                                        foreign: ForeignOrigin) -> None:
+    """A small object answered from memory: whole, with its digest; by range, without it
+    (RFC 9530 §2: the whole body's digest is not a range's)."""
+    body = pattern(5000, seed=47)
+    target = _put(foreign, body, corrupt=False, digest="right")
+    for _ in range(3):  # a miss, a hit that keeps it in memory, a hit from memory
+        r = _get(nodes.url + target)
+        assert r is not None and r.content == body
+    assert "content-digest" in r.headers and r.headers["x-cache"].startswith("HIT")
+    for rng, want in (("bytes=10-19", body[10:20]), ("bytes=-100", body[-100:]),
+                      ("bytes=0-4999", body)):
+        r = _get(nodes.url + target, rng)  # (checks any Content-Digest against the content)
+        assert r is not None and r.status_code == 206 and r.content == want
+        assert r.headers["x-cache"].startswith("HIT")

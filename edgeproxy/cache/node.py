@@ -501,7 +501,8 @@ class CacheNode:
         if len(ranges) != 1:
             return None  # multipart from the steps
         (rng,) = ranges
-        fields = [(n, v) for n, v in fields if n != b"content-length"]
+        # the whole body's Content-Digest is not this range's (RFC 9530 §2)
+        fields = [(n, v) for n, v in fields if n not in (b"content-length", b"content-digest")]
         fields += [(b"content-range", rng.content_range(len(body)).encode()),
                    (b"content-length", str(rng.length).encode())]
         return entry, 206, fields, body[rng.start:rng.end + 1]
