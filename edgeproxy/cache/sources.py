@@ -142,6 +142,7 @@ class ForeignSource(_Following):
 
     def __init__(self, fill: ForeignFill) -> None:
         self.fill: ForeignFill = fill
+        self._closed = False
 
     @property
     def pending(self) -> bool:
@@ -152,12 +153,14 @@ class ForeignSource(_Following):
     async def settled(self, timeout: float) -> None:
         fill = self.fill
         if not fill.done:
-            await fill.wait_done(timeout)
-            fill.release()
+            await fill.wait_done(timeout)  # (this may open the committed slice again)
+            if self._closed:
+                fill.release()
         if fill.error is not None:
             raise FillAborted(f"fill failed: {fill.error}")
 
     def close(self) -> None:
+        self._closed = True
         self.fill.release()
 
 
