@@ -148,8 +148,8 @@ def _stored_right(nodes: Nodes, target: str, body: bytes) -> int:
     return stored
 
 
-def _integrity_failures(nodes: Nodes) -> float:
-    return sum(_metric(httpx.get(url + "/metrics").text, INTEGRITY, tier=tier)
+def _integrity_failures(nodes: Nodes, **labels: str) -> float:
+    return sum(_metric(httpx.get(url + "/metrics").text, INTEGRITY, tier=tier, **labels)
                for tier, url in nodes.tiers.items())
 
 
@@ -163,7 +163,7 @@ def test_bad_ranges_never_complete_nor_stay_stored(
     rng = LATE[late]
     # the late range: its fill's digest does not match, so the answer is cut before its end
     assert _get(nodes.url + target, rng) is None
-    assert _integrity_failures(nodes) >= 1
+    assert _integrity_failures(nodes, reason="content_digest") >= 1
     _assert_stored_right(nodes, target, body)
     # the full GET: the origin's 200 is right, and so is the answer
     r = _get(nodes.url + target)

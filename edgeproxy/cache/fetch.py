@@ -79,7 +79,8 @@ class Fetcher:
 
     def __init__(self, store: CacheStore, coalescer: Coalescer, transport: Transport, *,
                  on_headers: OnHeaders, on_upstream: Callable[[int, int], None],
-                 on_integrity_failure: Callable[[str, str], None], backoff: float) -> None:
+                 on_integrity_failure: Callable[[str, str, str], None],
+                 backoff: float) -> None:
         self.store = store
         self.coalescer = coalescer
         self.transport = transport
@@ -306,11 +307,10 @@ class Fetcher:
 
     def _complete(self, flight: Flight, fill: SliceFill) -> None:
         if flight.hasher is not None:
-            # Commits wait for the answer's digest (`_vouch`), the earlier slices too: a slice
-            # committed first would be served by hits as verified, and a range within it by a
-            # fill's followers, before the bytes are known to be right; and it would have to
-            # be taken back on a mismatch. Followers read the bytes meanwhile, but no answer's
-            # last byte goes out until its fills are settled (`deliver.send_body`).
+            # Commits wait for the answer's digest (`_vouch`), the earlier slices too: one
+            # committed first would be served by hits before its bytes are known to be right,
+            # and would have to be taken back on a mismatch. Followers read the bytes meanwhile,
+            # but no answer's last byte goes out until its fills settle (`deliver.send_body`).
             return
         self._commit(flight, fill)
 
@@ -356,21 +356,21 @@ class Fetcher:
         """The answer's body is all in: check it against every SHA-256 it must have, then
         release its held bytes and commit its slices.
 
-        On a mismatch nothing of the object stays stored, every fill of the answer fails so
-        its followers abort short of their end, and the failure is counted.
+        On a mismatch nothing of the object stays stored, every fill of the answer fails (its
+        followers abort short of their end), and the failure is counted.
         """
         got = flight.hasher.hexdigest()
         wrong = [want for want in flight.checks if not hmac.compare_digest(got, want)]
         if wrong:
             why = f"body SHA-256 {got[:16]}… does not match the expected {wrong[0][:16]}…"
-            log.error("integrity failure on %s: %s", flight.key, why)
-            self.store.purge(flight.key)
+            self.store.purge(flight.key)  # (logged and counted by `on_integrity_failure`)
             err = FillAborted(f"integrity check failed: {why}")
             for fill in flight.fills.values():
                 fill.discard = True
                 if not fill.done:
                     self._discard(fill, err)
-            self.on_integrity_failure(flight.key, why)
+            whole = flight.whole and flight.digest in wrong
+            self.on_integrity_failure(flight.key, why, "body_hash" if whole else "content_digest")
             return
         for index in sorted(flight.fills):
             fill = flight.fills[index]

@@ -46,7 +46,8 @@ class NodeMetrics:
         self.storage_faults = Counter("edgeproxy_storage_faults",
                                       "Disk or index faults; their requests passed through",
                                       ["tier"], registry=r)
-        # reason: body_hash (a whole body's SHA-256), slice_checksum (a stored slice's xxh3)
+        # reason: body_hash (a whole body's SHA-256), content_digest (an answer's RFC 9530
+        # Content-Digest, a range's), slice_checksum (a stored slice's xxh3)
         self.integrity_failures = Counter("edgeproxy_integrity_failures",
                                           "Bytes discarded for a wrong length, hash or checksum",
                                           ["tier", "reason"], registry=r)
