@@ -30,6 +30,7 @@ from .store import INLINE_MAX, CacheStore, ObjectMeta
 # many times before giving up.
 JOIN_ATTEMPTS = 3
 STRIPES = 1 << 22  # enough that two live fills rarely share a stripe
+_LOOK_AGAIN = object()  # what waiters on another's look get when it left before the end
 
 
 class Claims:
@@ -119,6 +120,9 @@ class Coalescer:
         self.wait_timeout = wait_timeout
         self.flights: dict[str, Flight] = {}  # key → the flight whose facts are awaited
         self.fills: dict[tuple[str, int], SliceFill] = {}
+        # slices other workers fill, followed here: key, index, version → one follower
+        self.foreign: dict[tuple[str, int, str], ForeignFill] = {}
+        self._facts_waits: dict[tuple[str, int, float], asyncio.Future[object]] = {}
 
     # --- the filler's side ---
 
@@ -176,11 +180,11 @@ class Coalescer:
                 body = self.store.get_slice(key, version, index)
                 if body is not None:
                     return StoredSource(body)
+                foreign = self.foreign.get((key, index, version))
+                if foreign is not None and foreign.error is None:
+                    return ForeignSource(foreign)
                 if self.claims.held_elsewhere(key, index):
-                    return ForeignSource(ForeignFill(
-                        self.claims.path(key, index),
-                        is_running=lambda: self.claims.held_elsewhere(key, index),
-                        stored=lambda: self.store.get_slice(key, version, index)))
+                    return ForeignSource(self._follow(key, index, version))
             if fill is not None and fill.error is None and not fill.flight.headers.done():
                 # a fill whose version is known once its answer's headers are: wait for them,
                 # then look again (a flight of our own would find the slice claimed); if it
@@ -198,12 +202,32 @@ class Coalescer:
                 await flight.headers  # the flight answered without this slice (304, direct)
         raise FillAborted(f"slice {index} of {key} could not be joined")
 
+    def _follow(self, key: str, index: int, version: str) -> ForeignFill:
+        """The one `ForeignFill` of this process for a slice another worker fills."""
+        def forget(fill: ForeignFill) -> None:
+            if self.foreign.get((key, index, version)) is fill:
+                del self.foreign[(key, index, version)]
+
+        fill = ForeignFill(self.claims.path(key, index),
+                           is_running=lambda: self.claims.held_elsewhere(key, index),
+                           stored=lambda: self.store.get_slice(key, version, index),
+                           on_last=forget)
+        self.foreign[(key, index, version)] = fill
+        return fill
+
     async def foreign_facts(self, key: str, index: int, since: float) -> ObjectMeta | None:
         """Wait for the facts another worker's fill of ``key`` stores (newer than ``since``).
 
         None when that worker stopped without storing any (uncacheable, failed): then the
         caller fetches itself.
         """
+        while (waiting := self._facts_waits.get((key, index, since))) is not None:
+            # one poll per object and process, however many wait
+            result = await asyncio.shield(waiting)
+            if result is not _LOOK_AGAIN:
+                return result  # type: ignore[return-value]
+        waiting = asyncio.get_running_loop().create_future()
+        self._facts_waits[(key, index, since)] = waiting
         found: list[ObjectMeta] = []
 
         def ready() -> bool:
@@ -213,7 +237,20 @@ class Coalescer:
                 return True
             return not self.claims.held_elsewhere(key, index)
 
-        await poll(ready, self.wait_timeout, "the worker filling this object")
+        try:
+            await poll(ready, self.wait_timeout, "the worker filling this object")
+        except BaseException as exc:
+            if isinstance(exc, Exception):
+                waiting.set_exception(exc)
+            else:
+                waiting.set_result(_LOOK_AGAIN)  # this waiter left: another one looks
+            raise
+        else:
+            waiting.set_result(found[0] if found else None)
+        finally:
+            del self._facts_waits[(key, index, since)]
+            if waiting.done():
+                waiting.exception()  # retrieved: nobody else may be waiting
         return found[0] if found else None
 
     def close(self) -> None:

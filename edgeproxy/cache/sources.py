@@ -142,6 +142,7 @@ class ForeignSource(_Following):
 
     def __init__(self, fill: ForeignFill) -> None:
         self.fill: ForeignFill = fill
+        fill.attach()
         self._closed = False
 
     @property
@@ -153,15 +154,14 @@ class ForeignSource(_Following):
     async def settled(self, timeout: float) -> None:
         fill = self.fill
         if not fill.done:
-            await fill.wait_done(timeout)  # (this may open the committed slice again)
-            if self._closed:
-                fill.release()
+            await fill.wait_done(timeout)
         if fill.error is not None:
             raise FillAborted(f"fill failed: {fill.error}")
 
     def close(self) -> None:
-        self._closed = True
-        self.fill.release()
+        if not self._closed:
+            self._closed = True
+            self.fill.detach()
 
 
 class DirectSource:
