@@ -4,6 +4,7 @@ on a pipelined connection, and everything that is not a plain hit still reaches 
 
 from __future__ import annotations
 
+import hashlib
 import re
 import socket
 import time
@@ -23,6 +24,8 @@ from tests.origins import TestOrigin
 from tests.servers import ServerThread, serve
 
 BODY = bytes(range(256)) * 20  # 5,120 bytes
+MIB = 1024 * 1024
+LARGE = hashlib.shake_256(b"large").digest(2 * MIB + 12345)  # three 1 MiB slices, not in memory
 
 
 @pytest.fixture
@@ -30,6 +33,7 @@ def origin() -> Iterator[tuple[TestOrigin, ServerThread]]:
     o = TestOrigin()
     o.put("/v/t1/obj", BODY)
     o.put("/v/t1/other", b"y" * 100)
+    o.put("/static/large.bin", LARGE, headers={"cache-control": "max-age=600"})
     with serve(o) as srv:
         yield o, srv
 
@@ -195,3 +199,62 @@ def test_other_chains_take_no_fast_lane() -> None:
         raise AssertionError("not called")
 
     assert fast_lane_of(app) is None
+
+
+def _counting(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    served: list[int] = []
+    real = CacheNode.fast_reply
+
+    def counting(self: CacheNode, *args: Any) -> tuple[bytes, int, int] | None:
+        reply = real(self, *args)
+        if reply is not None:
+            served.append(reply[1])
+        return reply
+
+    monkeypatch.setattr(CacheNode, "fast_reply", counting)
+    return served
+
+
+def test_a_range_inside_one_stored_slice_is_read_by_the_fast_lane(
+        edge: ServerThread, monkeypatch: pytest.MonkeyPatch) -> None:
+    served = _counting(monkeypatch)
+    inside = (MIB + 100, MIB + 65_635)  # 64 KiB inside slice 1
+    across = (MIB - 10, MIB + 10)  # two slices: the steps
+    inside_range = f"bytes={inside[0]}-{inside[1]}"
+    with httpx.Client(base_url=edge.url) as client:
+        assert client.get("/static/large.bin").content == LARGE  # stored, 3 slices
+        first = client.get("/static/large.bin", headers={"range": inside_range})
+        served.clear()
+        again = client.get("/static/large.bin", headers={"range": inside_range})
+        assert served == [206]
+        assert again.content == first.content == LARGE[inside[0]:inside[1] + 1]
+        assert again.headers["content-range"] == f"bytes {inside[0]}-{inside[1]}/{len(LARGE)}"
+        assert again.headers["x-cache"] == "HIT from edge-1"
+        assert {n.lower() for n in again.headers} - {"age"} == \
+            {n.lower() for n in first.headers} - {"age"}
+        served.clear()
+        two = client.get("/static/large.bin", headers={"range": f"bytes={across[0]}-{across[1]}"})
+        assert served == [] and two.content == LARGE[across[0]:across[1] + 1]
+
+
+def test_a_flipped_stored_slice_is_not_read_by_the_fast_lane(
+        edge: ServerThread, monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+        origin: tuple[TestOrigin, ServerThread]) -> None:
+    served = _counting(monkeypatch)
+    inside = f"bytes={MIB + 100}-{MIB + 199}"
+    with httpx.Client(base_url=edge.url) as client:
+        client.get("/static/large.bin")
+        client.get("/static/large.bin", headers={"range": inside})  # facts remembered
+        slice1 = LARGE[MIB:2 * MIB]
+        (path,) = [p for p in (tmp_path / "var").rglob("*.val")
+                   if p.stat().st_size == MIB and p.read_bytes() == slice1]
+        with path.open("r+b") as f:  # one bit of byte 150 of slice 1
+            f.seek(150)
+            byte = f.read(1)[0]
+            f.seek(150)
+            f.write(bytes([byte ^ 1]))
+        served.clear()
+        answer = client.get("/static/large.bin", headers={"range": inside})
+    assert answer.status_code == 206 and answer.content == LARGE[MIB + 100:MIB + 200]
+    assert served == []  # the steps fetched the slice again
+    assert origin[0].count("/static/large.bin") >= 2

@@ -18,19 +18,14 @@ from typing import Any
 
 from ..config import Config, ContentClass
 from ..errors import ConfigError, HTTPError, StorageFault, UpstreamError
-from ..http import (
-    ByteRange,
-    RangeNotSatisfiable,
-    format_http_date,
-    parse_range,
-    resolve_ranges,
-)
+from ..http import ByteRange, format_http_date
 from ..tls import client_context
 from . import admin, asgi, boundary, fields, policy, steps
 from .beresp import BeResp
 from .coalesce import Coalescer
 from .director import Director, transport_for_node
 from .facts import Facts, FlightContext
+from .fastlane import FastLane
 from .fetch import Fetcher, FlightSpec, Plan
 from .fills import Flight
 from .gate import Gate
@@ -52,10 +47,6 @@ FACTS_TTL = 10.0
 # How many slices past the first a hit looks at for a missing one before its headers go out.
 MISSING_WINDOW = 16
 
-# Request fields that take a request off the fast lane (the steps answer them).
-_NOT_PLAIN = frozenset({b"if-none-match", b"if-range", b"if-modified-since", b"authorization",
-                        b"if-match", b"if-unmodified-since"})
-_STATUS_LINES = {200: b"HTTP/1.1 200 OK\r\n", 206: b"HTTP/1.1 206 Partial Content\r\n"}
 
 
 class CacheNode:
@@ -92,7 +83,7 @@ class CacheNode:
         self._transport: Transport | None = transport
         self._fetcher: Fetcher | None = None
         self._scrub: BackgroundScrub | None = None
-        self._hit_x_cache = x_cache(Verdict.HIT, self.name).encode()
+        self.fast = FastLane(self)
         asgi.allow_any_status()
 
     # --- ASGI plumbing ---
@@ -120,7 +111,7 @@ class CacheNode:
                 await asgi.send_json(send, exc.status, exc.body(), exc.headers)
             return
         started = time.perf_counter()
-        if await self._fast_lane(scope, send, started):
+        if await self.fast.serve(scope, send, started):
             return
         await self._serve(scope, receive, send, started)
 
@@ -383,7 +374,7 @@ class CacheNode:
             return StoredSource(body)
         now = time.time()
         headers = [(n.encode("latin-1"), v.encode("latin-1"))
-                   for n, v in self._stored_headers(meta)]
+                   for n, v in self.stored_headers(meta)]
         headers.append((b"content-length", str(len(body)).encode()))
         digest = fields.content_digest((0, len(body) - 1), meta.length, policy.expected_sha256(
             key.partition("?")[0], {n.lower(): v for n, v in meta.headers}), None)
@@ -392,7 +383,7 @@ class CacheNode:
         self.hot.put(key, HotEntry(meta, body, headers, now + meta.freshness.remaining(now)))
         return StoredSource(body)
 
-    def _stored_headers(self, meta: ObjectMeta) -> list[tuple[str, str]]:
+    def stored_headers(self, meta: ObjectMeta) -> list[tuple[str, str]]:
         """The stored end-to-end fields as this tier sends them (its Cache-Control, Via)."""
         # (a Content-Digest stored by an older version is never replayed: see `fields`)
         headers = [(n, v) for n, v in meta.headers
@@ -417,7 +408,7 @@ class CacheNode:
 
     def response_headers(self, meta: ObjectMeta, tx: steps.Tx) -> list[tuple[str, str]]:
         """Every field of an answer from ``meta`` but its length and range fields."""
-        headers = self._stored_headers(meta)
+        headers = self.stored_headers(meta)
         now = time.time()
         if meta.header("date") is None:  # RFC 9110 §6.6.1: a recipient with a clock adds one
             headers.append(("date", format_http_date(now)))
@@ -465,84 +456,14 @@ class CacheNode:
         self.hot.purged()
         return self.store.purge_prefix(prefix)
 
-    # --- the fast lane ---
-
-    def plain_hit(self, path: str, headers: Iterable[tuple[bytes, bytes]],
-                  ) -> tuple[HotEntry, int, list[tuple[bytes, bytes]], bytes] | None:  # fmt: skip
-        """A GET of a hot object, whole or by one byte range, with no validator or
-        credential: its entry, status, fields and body; else None (the steps answer it).
-
-        ``path`` must be canonical and without a query (the callers check the raw target).
-        """
-        now = time.time()
-        entry = self.hot.get(path, now)
-        if entry is None or entry.meta.content_class in self.gate.signed_classes:
-            return None
-        range_value = None
-        for name, value in headers:
-            if name == b"range":
-                if range_value is not None:
-                    return None
-                range_value = value
-            elif name in _NOT_PLAIN:
-                return None  # validators, credentials: the steps handle them
-        fields = [*entry.headers, (b"age", str(int(entry.meta.freshness.age(now))).encode()),
-                  (b"x-cache", self._hit_x_cache)]
-        if not entry.dated:
-            fields.append((b"date", format_http_date(now).encode()))
-        body = entry.body
-        specs = parse_range(range_value.decode("latin-1")) if range_value is not None else None
-        if specs is None or entry.meta.status != 200:  # RFC 9110 §14.2: ignored, whole
-            return entry, 200, fields, body
-        try:
-            ranges = resolve_ranges(specs, len(body))
-        except RangeNotSatisfiable:
-            return None  # 416 from the steps
-        if len(ranges) != 1:
-            return None  # multipart from the steps
-        (rng,) = ranges
-        # the whole body's Content-Digest is not this range's (RFC 9530 §2)
-        fields = [(n, v) for n, v in fields if n not in (b"content-length", b"content-digest")]
-        fields += [(b"content-range", rng.content_range(len(body)).encode()),
-                   (b"content-length", str(rng.length).encode())]
-        return entry, 206, fields, body[rng.start:rng.end + 1]
+    # --- the fast lane (`fastlane`) ---
 
     def fast_reply(self, path: str, headers: Iterable[tuple[bytes, bytes]], started: float,
                    extra: list[tuple[bytes, bytes]]) -> tuple[bytes, int, int] | None:
-        """The whole HTTP/1.1 answer to a plain hit, for a server protocol to write as it
-        reads the request head (no task, no ASGI messages); None: take the request through
-        the app. ``extra``: the server's own fields. With the answer, its status and its
-        body's length."""
-        hit = self.plain_hit(path, headers)
-        if hit is None:
-            return None
-        entry, status, fields, body = hit
-        self.metrics.observe("HIT", entry.meta.content_class, len(body),
-                             time.perf_counter() - started)
-        return b"".join([_STATUS_LINES[status],
-                         *[b"%s: %s\r\n" % pair for pair in fields],
-                         *[b"%s: %s\r\n" % pair for pair in extra], b"\r\n",
-                         body]), status, len(body)
+        """A plain hit's whole HTTP/1.1 answer for the server protocol, or None."""
+        return self.fast.reply(path, headers, started, extra)
 
     @property
     def hit_x_cache(self) -> str:
         """The X-Cache value of a hit here."""
-        return self._hit_x_cache.decode()
-
-    async def _fast_lane(self, scope: Scope, send: Send, started: float) -> bool:
-        """The hit path for hot objects under any ASGI server: a dict lookup and two sends."""
-        if scope["method"] != "GET" or scope["query_string"]:
-            return False
-        raw = scope.get("raw_path")
-        if raw is not None and (b"%" in raw or b"/." in raw):
-            return False  # not obviously canonical: recv canonicalises it first
-        hit = self.plain_hit(scope["path"], scope["headers"])
-        if hit is None:
-            return False
-        entry, status, fields, body = hit
-        await send({"type": "http.response.start", "status": status, "headers": fields})
-        await send({"type": "http.response.body", "body": body})
-        self.metrics.observe("HIT", entry.meta.content_class, len(body),
-                             time.perf_counter() - started)
-        return True
-
+        return self.fast.hit_x_cache.decode()
