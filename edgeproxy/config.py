@@ -75,6 +75,49 @@ def parse_size(value: Any) -> int:
     return size
 
 
+@dataclass(frozen=True)
+class FreeSpace:
+    """Space to keep free on a volume: ``percent`` of its size and/or ``size`` bytes; with
+    both, the smaller (a percentage suits small volumes, a fixed size large ones)."""
+
+    percent: float | None = None
+    size: int | None = None
+
+    def of(self, total: int) -> int:
+        """The bytes to keep free on a volume of ``total`` bytes."""
+        terms = [int(total * self.percent / 100)] if self.percent is not None else []
+        terms += [self.size] if self.size is not None else []
+        return min(terms, default=0)
+
+    def __str__(self) -> str:
+        terms = [f"{self.percent:g}%"] if self.percent is not None else []
+        terms += [str(self.size)] if self.size is not None else []
+        return ", ".join(terms)
+
+
+def parse_free_space(value: Any) -> FreeSpace:
+    """A `FreeSpace` from ``"5%"``, ``"256MiB"``, ``268435456`` or ``"5%, 256MiB"``."""
+    terms = value if isinstance(value, list) else \
+        str(value).split(",") if isinstance(value, str) else [value]
+    percent: float | None = None
+    size: int | None = None
+    for term in terms:
+        text = str(term).strip()
+        if text.endswith("%"):
+            m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*%", text)
+            if not m or percent is not None or float(m.group(1)) >= 100:
+                raise ValueError(f"expected a percentage below 100% and/or a size, e.g. "
+                                 f"'5%, 256MiB'; got {value!r}")
+            percent = float(m.group(1))
+        elif size is None:
+            size = parse_size(term)
+        else:
+            raise ValueError(f"at most one percentage and one size, got {value!r}")
+    if percent is None and size is None:
+        raise ValueError(f"expected a percentage and/or a size, e.g. '5%, 256MiB'; got {value!r}")
+    return FreeSpace(percent, size)
+
+
 def _duration(default: float) -> Any:
     return field(default=default, metadata={"parse": parse_duration})
 
@@ -279,6 +322,10 @@ class CacheConfig:
     # runs one on demand), reading at most scrub_rate bytes a second.
     scrub_interval: float = _duration(0)
     scrub_rate: int = _size(32 * 1024**2)
+    # Kept free on the cache's volume, besides the cache_size bound: the least recently
+    # stored slices are evicted before it is reached, and what cannot fit passes through.
+    min_free: FreeSpace = field(default=FreeSpace(5.0, 256 * 1024**2),
+                                metadata={"parse": parse_free_space})
 
 
 DEV_JWT_SECRET = "dev-only-jwt-secret-change-me-0123456789"

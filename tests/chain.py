@@ -20,7 +20,7 @@ import httpx
 import yaml
 
 from edgeproxy.cache import create_app
-from edgeproxy.config import CacheConfig, Config, load_config
+from edgeproxy.config import CacheConfig, Config, FreeSpace, load_config
 from tests.servers import ServerThread, free_port
 from tests.static_origins import stop_process, wait_listening
 
@@ -80,7 +80,7 @@ class Chain:
         settings = {
             "data_dir": str(self.config.data_dir), "log_level": "warning",
             "content_classes": [],
-            "cache": {f.name: getattr(self.config.cache, f.name)
+            "cache": {f.name: _yaml_value(getattr(self.config.cache, f.name))
                       for f in dataclasses.fields(CacheConfig)},
             "shield": {"port": ports["shield"], "upstream": self.origin_url},
             "edge": {"port": ports["edge"], "upstream": self.shield_url},
@@ -117,3 +117,8 @@ class Chain:
     def get(self, target: str, **kwargs: Any) -> httpx.Response:
         """GET ``target`` from the edge."""
         return self.request("GET", target, **kwargs)
+
+
+def _yaml_value(value: Any) -> Any:
+    """A setting as the config file spells it (a `FreeSpace` as ``"5%, 256MiB"``)."""
+    return str(value) if isinstance(value, FreeSpace) else value

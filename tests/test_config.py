@@ -8,7 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from edgeproxy.config import Config, load_config, parse_duration, parse_size
+from edgeproxy.config import (
+    Config,
+    FreeSpace,
+    load_config,
+    parse_duration,
+    parse_free_space,
+    parse_size,
+)
 from edgeproxy.errors import ConfigError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -107,6 +114,33 @@ def test_bad_sizes(bad: object) -> None:
         parse_size(bad)
 
 
+# cache.min_free: a percentage of the volume, a size, or both (the smaller); reserve of a
+# 32 MiB and of a 1 TiB volume.
+@pytest.mark.parametrize(
+    ("text", "small", "large"),
+    [("5%, 256MiB", 1677721, 256 * 1024**2), ("256MiB, 5%", 1677721, 256 * 1024**2),
+     (["5%", "256MiB"], 1677721, 256 * 1024**2), ("10%", 3355443, 1024**4 // 10),
+     ("1GiB", 1024**3, 1024**3), (1048576, 1048576, 1048576), ("0", 0, 0), ("0%", 0, 0),
+     ("0.5%", 167772, 5497558138)],
+)  # fmt: skip
+def test_free_space_reserves(text: object, small: int, large: int) -> None:
+    reserve = parse_free_space(text)
+    assert (reserve.of(32 * 1024**2), reserve.of(1024**4)) == (small, large)
+    assert parse_free_space(str(reserve)) == reserve  # a round trip through YAML
+
+
+@pytest.mark.parametrize("bad", ["", "lots", "100%", "5%, 6%", "1MiB, 2MiB", "-5%", True])
+def test_bad_free_space(bad: object) -> None:
+    with pytest.raises(ValueError):
+        parse_free_space(bad)
+
+
+def test_free_space_default_and_env_override() -> None:
+    assert load_config(None, env={}).cache.min_free == FreeSpace(5.0, 256 * 1024**2)
+    config = load_config(None, env={"EDGEPROXY_CACHE__MIN_FREE": "2%"})
+    assert config.cache.min_free == FreeSpace(2.0, None)
+
+
 @pytest.mark.parametrize(
     ("text", "key"),
     [
@@ -120,6 +154,7 @@ def test_bad_sizes(bad: object) -> None:
         ("public_base_url: cdn.example.com\n", "public_base_url"),
         ("cache:\n  slice_size: 1000\n", "cache.slice_size"),
         ("cache:\n  negative_ttl: soon\n", "cache.negative_ttl"),
+        ("cache:\n  min_free: plenty\n", "cache.min_free"),
         ("origin:\n  workers: 0\n", "origin.workers"),
         ("log_level: loud\n", "log_level"),
         ("origin:\n  max_upload_size: [1]\n", "origin.max_upload_size"),

@@ -26,6 +26,7 @@ log = logging.getLogger("edgeproxy.cache")
 # How long a write may wait for company, and how many writes make a commit at once.
 COMMIT_DELAY = 0.010
 COMMIT_BATCH = 256
+JOURNAL_ROOM = 256 * 1024  # besides the values: room for the index pages a batch rewrites
 
 
 class GroupCommit:
@@ -34,6 +35,10 @@ class GroupCommit:
     def __init__(self, cache: diskcache.Cache, on_fault: Callable[[BaseException], None]) -> None:
         self.cache = cache
         self.on_fault = on_fault
+        # a transaction went through, with these keys
+        self.on_commit: Callable[[list[str]], None] = lambda keys: None
+        # a transaction failed with this error: True if room was made for ~n bytes (retry)
+        self.on_full: Callable[[BaseException, int], bool] = lambda exc, nbytes: False
         self.pending: dict[str, tuple[Any, str]] = {}
         self._after: list[Callable[[], None]] = []
         self._timer: asyncio.TimerHandle | None = None
@@ -84,11 +89,7 @@ class GroupCommit:
         callbacks, self._after = self._after, []
         try:
             if batch:
-                with self.cache.transact():
-                    for key, (value, tag) in batch.items():
-                        self.cache.set(key, value, tag=tag)
-                if self.cache.volume() > self.cache.size_limit:
-                    self.cache.cull()
+                self._write(batch)
         except (sqlite3.Error, OSError) as exc:
             self.on_fault(exc)
         finally:
@@ -97,3 +98,20 @@ class GroupCommit:
                     callback()
                 except Exception:  # one failed release must not keep the others' claims
                     log.exception("after-commit callback failed")
+
+    def _write(self, batch: dict[str, tuple[Any, str]]) -> None:
+        try:
+            self._transaction(batch)
+        except (sqlite3.Error, OSError) as exc:
+            nbytes = sum(len(v) for v, _tag in batch.values() if isinstance(v, bytes))
+            if not self.on_full(exc, nbytes + JOURNAL_ROOM):
+                raise
+            self._transaction(batch)  # the volume was full: once more, now there is room
+        self.on_commit(list(batch))
+        if self.cache.volume() > self.cache.size_limit:
+            self.cache.cull()
+
+    def _transaction(self, batch: dict[str, tuple[Any, str]]) -> None:
+        with self.cache.transact():
+            for key, (value, tag) in batch.items():
+                self.cache.set(key, value, tag=tag)

@@ -80,6 +80,8 @@ class Facts:
         try:
             if known is not None:
                 self.store.purge(key)  # a new representation: old slices must never splice
+            if meta.length is not None and not self.store.admits(key, meta.length):
+                return Plan("direct", meta)  # larger than the cache can ever hold: pass it
             if meta.length is None:
                 return Plan("store", meta, digest, store_meta="end")
             if policy.slice_count(meta.length, meta.slice_size) == 1:

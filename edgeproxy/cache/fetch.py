@@ -334,7 +334,7 @@ class Fetcher:
                     self._unverify(flight, meta)
             except Exception as exc:  # a storage fault: followers still get the bytes
                 log.error("could not commit slice %s/%d: %s", flight.key, fill.index, exc)
-                self._unlink(fill)
+                fill.keep_in_memory()  # the leader reads it there rather than fetch it again
         else:
             self._unlink(fill)
         self.coalescer.release(fill)

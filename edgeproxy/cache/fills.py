@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import FillAborted, UpstreamTimeout
 from .beresp import BeResp
 from .checksum import SliceHasher
+from .space import NoRoom
 
 if TYPE_CHECKING:
     from .store import SliceBody
@@ -62,6 +63,8 @@ class SliceFill:
         self.unstorable = False  # the disk failed while filling: serve, do not store
         self.on_fault: Callable[[BaseException], None] = lambda exc: None
         self.sum = SliceHasher()  # the checksum stored with the slice, as the bytes pass
+        # whether the volume has room for a file of this many bytes (evicting if need be)
+        self.make_room: Callable[[int], bool] = lambda nbytes: True
         self._progress = asyncio.Event()
 
     @property
@@ -69,7 +72,10 @@ class SliceFill:
         """Whether the bytes are in the slice's file (else in memory)."""
         return self.fd >= 0
 
-    def _spill(self) -> None:
+    def _spill(self, nbytes: int) -> None:
+        if not self.make_room(nbytes):
+            raise NoRoom(f"no room above the reserve on the cache's volume for a slice of "
+                         f"{nbytes} bytes")
         self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
         if self.buf:
             os.pwrite(self.fd, self.buf, 0)
@@ -85,7 +91,7 @@ class SliceFill:
         if self.buf is not None and self.written + len(data) > self.inline_max \
                 and not self.unstorable:
             try:
-                self._spill()
+                self._spill(max(self.expected or 0, self.written + len(data)))
             except OSError as exc:
                 self._to_memory(exc)
         if self.buf is None:
@@ -108,6 +114,12 @@ class SliceFill:
         self._notify()
 
     def _to_memory(self, exc: OSError) -> None:
+        self.keep_in_memory()
+        self.on_fault(exc)
+
+    def keep_in_memory(self) -> None:
+        """The slice will not be stored: its bytes move from its file to memory, where the
+        requests of its flight still read them (the file goes)."""
         if self.fd >= 0:
             if self.buf is None:  # else the spill itself failed: the bytes are still here
                 self.buf = bytearray(os.pread(self.fd, self.written, 0))
@@ -117,7 +129,6 @@ class SliceFill:
             with contextlib.suppress(OSError):
                 self.path.unlink()
         self.unstorable = True
-        self.on_fault(exc)
 
     def read(self, position: int, size: int) -> bytes:
         """Bytes already written, from memory or the file."""

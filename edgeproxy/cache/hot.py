@@ -30,7 +30,9 @@ class PurgeEpoch:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             if os.fstat(fd).st_size < _EPOCH.size:
-                os.ftruncate(fd, _EPOCH.size)
+                # written, not a hole: a write through the map can then never meet a full
+                # volume (SIGBUS)
+                os.pwrite(fd, bytes(_EPOCH.size), 0)
             self._map = mmap.mmap(fd, _EPOCH.size)
         finally:
             os.close(fd)

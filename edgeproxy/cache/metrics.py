@@ -45,7 +45,7 @@ class NodeMetrics:
                                  ["tier"], registry=r)
         self.storage_faults = Counter("edgeproxy_storage_faults",
                                       "Disk or index faults; their requests passed through",
-                                      ["tier"], registry=r)
+                                      ["tier", "reason"], registry=r)
         # reason: body_hash (a whole body's SHA-256), content_digest (an answer's RFC 9530
         # Content-Digest, a range's), slice_checksum (a stored slice's xxh3)
         self.integrity_failures = Counter("edgeproxy_integrity_failures",
@@ -76,6 +76,10 @@ class NodeMetrics:
         if nbytes:
             response_bytes.inc(nbytes)
         latency.observe(seconds)
+
+    def storage_fault(self, reason: str) -> None:
+        """Account one storage fault (``no_space``, ``corrupt_index``, ``index``, ``io``)."""
+        self.storage_faults.labels(self.tier, reason).inc()
 
     def upstream(self, status: int, nbytes: int) -> None:
         """Account one upstream response."""

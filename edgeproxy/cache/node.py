@@ -66,14 +66,15 @@ class CacheNode:
         if not upstream and not config.node(tier).parents and transport is None:
             raise ConfigError(f"{tier}.upstream: no upstream URL configured")
         self.classes: dict[str, ContentClass] = {c.name: c for c in config.content_classes}
-        self.store = CacheStore(config.cache_dir(tier), config.node(tier).cache_size)
+        self.store = CacheStore(config.cache_dir(tier), config.node(tier).cache_size,
+                                config.cache.min_free)
         self.facts = Facts(config, tier, self.store)
         self.gate = Gate(config)
         self.hot = HotTier(config.cache.memory_size, config.cache.memory_max_object,
                            PurgeEpoch(self.store.directory / "purge.epoch"),
                            on_clear=self.store.forget_files)
         self.metrics = NodeMetrics(tier)
-        self.store.on_fault = lambda exc: self.metrics.storage_faults.labels(tier).inc()
+        self.store.on_fault = self.metrics.storage_fault
         self.store.on_corrupt = self.slice_corrupt
         self.slice_size = config.cache.slice_size
         self.read_size = config.cache.read_chunk_size

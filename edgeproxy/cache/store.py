@@ -8,6 +8,13 @@ commit — atomic, no copy, and a fill killed midway leaves only a temp file tha
 
 Every slice carries an xxh3 checksum, computed as its fill wrote it and kept in its index
 entry; a slice whose bytes fail it is dropped, never served (see `checksum`).
+
+Besides ``cache_size``, the store keeps a free-space reserve on its volume (`space.Volume`):
+before a slice file is written, the least recently stored slices are evicted until it fits
+above the reserve, and what cannot fit passes through unstored. Evictions and purges delete
+slice files before index rows, so a full volume gets room before SQLite has to write. An index
+that cannot be used at start is set aside (`index.open_checked`); one that cannot be opened at
+all (a full volume) leaves the node passing requests through until it can.
 """
 
 from __future__ import annotations
@@ -26,11 +33,15 @@ from typing import Any, TypeVar
 
 import diskcache
 
+from ..config import FreeSpace
 from ..errors import StorageFault
+from . import index
 from .batch import GroupCommit
 from .checksum import SliceCheck, check_file, check_inline, file_name, seal, settled, unseal
+from .evict import Evictor
 from .policy import Freshness
 from .slicefiles import KeptFile, SliceFile, SliceFiles
+from .space import NoRoom, Volume
 
 log = logging.getLogger("edgeproxy.cache")
 
@@ -96,8 +107,11 @@ class _AdoptingDisk(diskcache.Disk):  # type: ignore[misc]
 SliceBody = bytes | SliceFile
 
 
-# How long a node reports itself degraded after a storage fault.
+# How long a node reports itself degraded after a storage fault (a successful write to the
+# index ends it sooner).
 DEGRADED_FOR = 30.0
+_FAULTS = index.FAULTS
+DEFAULT_MIN_FREE = FreeSpace(5.0, 256 * 1024**2)
 
 _T = TypeVar("_T")
 
@@ -110,7 +124,7 @@ def _reading(default: Any) -> Callable[[Callable[..., _T]], Callable[..., _T]]:
         def guarded(self: CacheStore, *args: Any) -> _T:
             try:
                 return method(self, *args)
-            except (sqlite3.Error, OSError) as exc:
+            except _FAULTS as exc:
                 self.fault(exc)
                 return default  # type: ignore[no-any-return]
         return guarded
@@ -123,7 +137,7 @@ def _writing(method: Callable[..., _T]) -> Callable[..., _T]:
     def guarded(self: CacheStore, *args: Any, **kwargs: Any) -> _T:
         try:
             return method(self, *args, **kwargs)
-        except (sqlite3.Error, OSError) as exc:
+        except _FAULTS as exc:
             self.fault(exc)
             raise StorageFault(f"the cache could not store: {exc}") from exc
     return guarded
@@ -137,33 +151,72 @@ class CacheStore:
     and the node reports itself degraded for a while (`degraded`).
     """
 
-    def __init__(self, directory: Path, size_limit: int) -> None:
+    def __init__(self, directory: Path, size_limit: int,
+                 min_free: FreeSpace = DEFAULT_MIN_FREE) -> None:
         self.last_fault = 0.0
-        self.on_fault: Callable[[BaseException], None] = lambda exc: None
+        self.faults = 0  # how many so far
+        self.last_write = 0.0  # when a slice was last stored
+        self.on_fault: Callable[[str], None] = lambda reason: None  # with `fault_reason`
         # a stored slice failed its checksum and was dropped: (key, index, why)
         self.on_corrupt: Callable[[str, int, str], None] = lambda key, index, why: None
         self.directory = directory
+        self.size_limit = size_limit
         self.temp_dir = directory / TEMP_DIR
-        self.temp_dir.mkdir(parents=True, exist_ok=True)
         self.files = SliceFiles()  # slice files this worker keeps open
-        # least-recently-stored: a hit must not write to SQLite (LRU would, on every get).
-        self._cache = diskcache.Cache(
-            str(directory), size_limit=size_limit, disk=_AdoptingDisk,
-            eviction_policy="least-recently-stored", disk_min_file_size=INLINE_MAX,
-            # eviction runs once per group commit (`GroupCommit.commit`), not in every set
-            cull_limit=0, statistics=False, tag_index=True,
-        )
+        index.prepare_directory(directory)
+        self.space = Volume(directory, min_free)
+        self._room = Evictor(self.space, lambda: self._cache, self.forget_files,
+                             SLICE_PREFIX)
+        self._evictions = self.space.evictions()
+        try:
+            cache: Any = self._open()
+        except (sqlite3.Error, OSError) as exc:
+            log.error("the cache index in %s cannot be opened (%s): requests pass through "
+                      "until it can", directory, exc)
+            self.fault(exc)
+            cache = index.Unavailable(self._open, self._reopened, exc)
+        self._cache = cache
         self._batch = GroupCommit(self._cache, self.fault)
+        self._batch.on_commit = self._committed
+        self._batch.on_full = lambda exc, nbytes: index.is_full(exc) and self.make_room(nbytes)
+        with contextlib.suppress(OSError):
+            self.space.free(fresh=True)  # a first reading: makes the ballast if there is room
+
+    def _open(self) -> diskcache.Cache:
+        """The index, checked (an unusable one set aside); on a full volume the ballast
+        goes first."""
+        self.temp_dir.mkdir(exist_ok=True)
+        return self._room.retry_full(lambda: index.open_checked(
+            self.directory, lambda: index.new_cache(self.directory, self.size_limit,
+                                                    _AdoptingDisk, INLINE_MAX)))
+
+    def _reopened(self, cache: diskcache.Cache) -> None:
+        self._cache = self._batch.cache = cache
 
     def fault(self, exc: BaseException) -> None:
-        """Record a storage fault (logged, counted, and reported by /healthz for a while)."""
+        """Record a storage fault (logged, counted by reason, and reported by /healthz until
+        a write succeeds again, or for a while)."""
         self.last_fault = time.time()
-        log.error("storage fault in %s: %s", self.directory, exc)
-        self.on_fault(exc)
+        self.faults += 1
+        reason = index.fault_reason(exc)
+        log.error("storage fault (%s) in %s: %s", reason, self.directory, exc)
+        if reason == "no_space":
+            self.forget_files()  # kept descriptors of evicted files hold their space
+        self.on_fault(reason)
+
+    def _written(self) -> None:
+        self.last_write = time.time()
+
+    def _committed(self, keys: list[str]) -> None:
+        if any(k.startswith(SLICE_PREFIX) for k in keys):
+            self._written()
 
     def degraded(self, now: float) -> bool:
-        """Whether a storage fault happened recently."""
-        return now - self.last_fault < DEGRADED_FOR
+        """Whether the cache cannot store right now: its index is unavailable, or a storage
+        fault happened recently and no slice has been stored since."""
+        if isinstance(self._cache, index.Unavailable):
+            return True
+        return now - self.last_fault < DEGRADED_FOR and self.last_fault >= self.last_write
 
     # --- object facts ---
 
@@ -183,10 +236,17 @@ class CacheStore:
 
         A response that varies is also stored as the variant for its request's values, so
         several variants live side by side (RFC 9111 §4.1); the plain entry is the latest.
+        While the store is degraded the write goes through at once: if the index still
+        fails, the caller learns it now (`StorageFault`) and passes its answer through.
         """
         if meta.vary and meta.vary_values is not None:
             self._batch.put(_variant_key(key, meta.vary_values), meta, _tag(key))
         self._batch.put(_meta_key(key), meta, _tag(key))
+        if self.degraded(time.time()):
+            before = self.faults
+            self._batch.commit()
+            if self.faults != before:
+                raise StorageFault("the cache index still fails: not stored")
 
     @_reading(None)
     def get_variant(self, key: str, values: tuple[str, ...]) -> ObjectMeta | None:
@@ -206,6 +266,8 @@ class CacheStore:
         evicted; purges let go of them all.
         """
         skey = _slice_key(key, version, index)
+        if self._evictions != self.space.evictions():
+            self.forget_files()  # another worker evicted: release the space our files hold
         kept = self.files.get(skey)
         if kept is not None:
             state = self.files.check(kept)
@@ -232,8 +294,10 @@ class CacheStore:
         return SliceFile(kept, state)
 
     def forget_files(self) -> None:
-        """Let go of every kept descriptor (after a purge here or in another worker)."""
+        """Let go of every kept descriptor (after a purge or an eviction here or in another
+        worker)."""
         self.files.forget()
+        self._evictions = self.space.evictions()
 
     def _drop(self, skey: str, stored: str | bytes, why: str) -> None:
         """Remove a slice that failed its check (unless the index has meanwhile moved on to
@@ -306,9 +370,12 @@ class CacheStore:
             if data is None:
                 data = path.read_bytes()
                 path.unlink(missing_ok=True)
+            if not self.make_room(len(data)):
+                raise self.no_room(len(data))
             self._batch.put(skey, seal(data, checksum), _tag(key))
         else:  # a file is moved into place now: its fill's path is free again at once
             self._cache.set(skey, AdoptFile(path, size, checksum), tag=_tag(key))
+            self._written()
             if self._cache.volume() > self._cache.size_limit:
                 self._cache.cull()
 
@@ -336,8 +403,10 @@ class CacheStore:
         self.forget_files()
         tag = _tag(key)
         dropped = self._batch.drop(lambda t: t == tag)
-        return int(self._cache.evict(tag)) + dropped
+        self._room.unlink_files("tag = ?", (tag,))  # room first: a full volume can then journal
+        return int(self._room.retry_full(lambda: self._cache.evict(tag))) + dropped
 
+    @_reading(0)
     def purge_prefix(self, prefix: str) -> int:
         """Remove every object whose key starts with ``prefix``; the number of objects."""
         removed = 0
@@ -347,12 +416,15 @@ class CacheStore:
                 removed += 1 if self.purge(entry[2:]) else 0
         return removed
 
+    @_reading(None)
     def clear(self) -> None:
         """Drop everything."""
         self.forget_files()
         self._batch.drop(lambda _tag: True)
-        self._cache.clear()
+        self._room.unlink_files("1", ())
+        self._room.retry_full(self._cache.clear)
 
+    @_reading(0)
     def volume(self) -> int:
         """Bytes on disk (index and bodies)."""
         return int(self._cache.volume())
@@ -361,7 +433,42 @@ class CacheStore:
         """Commit what is pending, then close the index."""
         self._batch.commit()
         self.forget_files()
-        self._cache.close()
+        if not isinstance(self._cache, index.Unavailable):
+            self._cache.close()
+        self.space.close()
+
+    # --- space ---
+
+    def admits(self, key: str, length: int) -> bool:
+        """Whether an object of ``length`` bytes can be stored whole: within ``cache_size``,
+        and above the volume's reserve once everything else is evicted. One larger than the
+        volume allows is a storage fault (``no_space``); either passes through unstored."""
+        if length > self.size_limit:
+            log.info("%s (%d bytes) is larger than cache_size: passed through", key, length)
+            return False
+        try:
+            if length <= self.space.free() - self.space.reserve():
+                return True  # fits as things are (the common case: no index query)
+            usable = self.space.usable(self.volume())
+        except OSError as exc:
+            self.fault(exc)
+            return False
+        if length <= usable:
+            return True
+        self.fault(NoRoom(f"{key} ({length} bytes) does not fit on the cache's volume (at "
+                          f"most {usable} bytes usable): passed through, not stored"))
+        return False
+
+    def make_room(self, nbytes: int) -> bool:
+        """Whether ``nbytes`` more may be written to the volume above its reserve, evicting
+        the least recently stored slices first if need be (never raises)."""
+        return self._room.make_room(nbytes)
+
+    def no_room(self, nbytes: int) -> NoRoom:
+        """The error of a write that `make_room` refused."""
+        return NoRoom(f"no room for {nbytes} bytes above the reserve of "
+                      f"{self.space.reserve()} bytes on the cache's volume "
+                      f"({self.space.free()} free)")
 
 
 def _tag(key: str) -> str:

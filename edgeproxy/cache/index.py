@@ -1,0 +1,239 @@
+"""Opening the disk cache's SQLite index: under a lock, checked, and set aside when unusable.
+
+An unusable index (garbage bytes, a truncated file, a directory in its place, a file the node
+may not open) must neither stop a node from starting nor make it crash at every start. It is
+renamed ``cache.db.corrupt-<time>`` (the latest such copy is kept, for a look; older ones are
+deleted), its slice files are removed (nothing refers to them any more), and an empty index is
+made. A volume too full to open the index is no corruption: that error goes to the caller,
+which frees space or runs without a disk cache for a while.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import logging
+import os
+import pickle
+import re
+import shutil
+import sqlite3
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import diskcache
+
+log = logging.getLogger("edgeproxy.cache")
+
+DBNAME: str = diskcache.core.DBNAME
+LOCK = "index.lock"
+CORRUPT_SUFFIX = ".corrupt-"
+_SLICE_DIR = re.compile(r"[0-9a-f]{2}")  # where diskcache keeps value files
+# SQLite's primary result codes that mean "this file cannot be our index": a damaged image,
+# no database at all, or a file that may not be opened or written. An I/O error is not among
+# them: the disk may come back, and the cache with it.
+_UNUSABLE = frozenset({
+    3,  # SQLITE_PERM
+    8,  # SQLITE_READONLY
+    11,  # SQLITE_CORRUPT
+    14,  # SQLITE_CANTOPEN
+    26,  # SQLITE_NOTADB
+})
+SQLITE_FULL = 13
+REOPEN_INTERVAL = 5.0  # how often an index that could not be opened is tried again
+# Errors of a read or write of the cache: the disk, the index, or an entry that no longer
+# unpickles (damaged inside an intact index).
+FAULTS = (sqlite3.Error, OSError, pickle.UnpicklingError, EOFError)
+
+_C = TypeVar("_C")
+
+
+def primary_code(exc: BaseException) -> int | None:
+    """SQLite's primary result code of an error (None if it carries none)."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    return code & 0xFF if isinstance(code, int) else None
+
+
+def is_full(exc: BaseException) -> bool:
+    """Whether an error means the volume is full."""
+    if isinstance(exc, OSError):
+        return exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    return primary_code(exc) == SQLITE_FULL or "disk is full" in str(exc)
+
+
+def is_unusable(exc: BaseException) -> bool:
+    """Whether an error opening or checking the index means it must be set aside."""
+    if isinstance(exc, sqlite3.DatabaseError):
+        code = primary_code(exc)
+        return code in _UNUSABLE or (code is None and not isinstance(exc, sqlite3.OperationalError))
+    return isinstance(exc, IsADirectoryError | NotADirectoryError | PermissionError)
+
+
+def fault_reason(exc: BaseException) -> str:
+    """The ``reason`` label of a storage fault: ``no_space``, ``corrupt_index``, ``index``
+    (another SQLite error) or ``io``."""
+    if is_full(exc):
+        return "no_space"
+    if isinstance(exc, pickle.UnpicklingError | EOFError) or \
+            (isinstance(exc, sqlite3.DatabaseError) and is_unusable(exc)):
+        return "corrupt_index"
+    return "index" if isinstance(exc, sqlite3.Error) else "io"
+
+
+class Unavailable:
+    """Stands in for an index that could not be opened: a use tries ``open()`` again (at
+    most every `REOPEN_INTERVAL`; ``opened(index)`` then puts the real one in place), and
+    otherwise raises a storage fault, so the request passes through."""
+
+    def __init__(self, open: Callable[[], Any], opened: Callable[[Any], None],
+                 why: BaseException) -> None:
+        self._open = open
+        self._opened = opened
+        self._why = why
+        self._next = time.monotonic() + REOPEN_INTERVAL
+
+    def _index(self) -> Any:
+        if time.monotonic() >= self._next:
+            self._next = time.monotonic() + REOPEN_INTERVAL
+            try:
+                cache = self._open()
+            except (sqlite3.Error, OSError) as exc:
+                self._why = exc
+            else:
+                self._opened(cache)
+                log.warning("the cache index is open again: caching resumes")
+                return cache
+        code = errno.ENOSPC if is_full(self._why) else errno.EIO
+        raise OSError(code, f"the cache index is unavailable: {self._why}")
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._index(), name)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._index()
+
+
+def new_cache(directory: Path, size_limit: int, disk: type[diskcache.Disk],
+              inline_max: int) -> diskcache.Cache:
+    """The diskcache index of a node's cache, as the store uses it."""
+    return diskcache.Cache(
+        str(directory), size_limit=size_limit, disk=disk,
+        # least-recently-stored: a hit must not write to SQLite (LRU would, on every get)
+        eviction_policy="least-recently-stored", disk_min_file_size=inline_max,
+        # eviction runs once per group commit (`GroupCommit.commit`), not in every set
+        cull_limit=0, statistics=False, tag_index=True,
+    )
+
+
+@contextlib.contextmanager
+def _locked(directory: Path) -> Iterator[None]:
+    """One worker process at a time checks, and perhaps sets aside, the index."""
+    fd = os.open(directory / LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def open_checked(directory: Path, make: Callable[[], _C]) -> _C:
+    """``make()`` the index in ``directory`` and check it (``PRAGMA quick_check``); an
+    unusable one is set aside and made anew. Errors that are not the index's fault (a full
+    volume, a locked database) are raised."""
+    prepare_directory(directory)
+    with _locked(directory):
+        try:
+            return _checked(make())
+        except (sqlite3.Error, OSError) as exc:
+            if not is_unusable(exc):
+                raise
+            set_aside(directory, exc)
+        return _checked(make())
+
+
+def prepare_directory(directory: Path) -> None:
+    """Make the cache directory; a file in its place is set aside first."""
+    if directory.exists() and not directory.is_dir():
+        aside = _aside_name(directory)
+        try:
+            directory.rename(aside)
+        except FileNotFoundError:
+            pass  # another worker moved it first
+        else:
+            log.error("%s was a file, not a directory: moved to %s, starting an empty cache",
+                      directory, aside)
+    directory.mkdir(parents=True, exist_ok=True)
+
+
+def _checked(cache: _C) -> _C:
+    try:
+        rows = sql(cache)("PRAGMA quick_check").fetchall()
+    except BaseException:
+        cache.close()  # type: ignore[attr-defined]
+        raise
+    if rows != [("ok",)]:
+        cache.close()  # type: ignore[attr-defined]
+        detail = "; ".join(str(r[0]) for r in rows[:3])
+        raise sqlite3.DatabaseError(f"quick_check failed: {detail}")
+    return cache
+
+
+def _aside_name(path: Path) -> Path:
+    return path.with_name(path.name + CORRUPT_SUFFIX + time.strftime("%Y%m%dT%H%M%S"))
+
+
+def set_aside(directory: Path, why: BaseException) -> None:
+    """Rename the index out of the way and remove the slice files it referred to."""
+    for old in directory.glob(f"{DBNAME}*{CORRUPT_SUFFIX}*"):
+        _remove(old)  # one set-aside copy is enough to look at; the volume is the cache's
+    index = directory / DBNAME
+    aside = _aside_name(index)
+    for suffix in ("", "-wal"):
+        path = directory / (DBNAME + suffix)
+        if path.exists() or path.is_symlink():
+            path.rename(aside.with_name(aside.name.replace(DBNAME, DBNAME + suffix, 1)))
+    _remove(directory / (DBNAME + "-shm"))
+    for child in directory.iterdir():
+        if _SLICE_DIR.fullmatch(child.name) and child.is_dir():
+            shutil.rmtree(child, ignore_errors=True)
+    log.error("the cache index %s was unusable (%s): set aside as %s, starting an empty cache",
+              index, why, aside.name)
+
+
+def _remove(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+
+
+def sql(cache: Any) -> Callable[..., sqlite3.Cursor]:
+    """The statement executor of a diskcache index (for the queries it has no call for)."""
+    execute: Callable[..., sqlite3.Cursor] = cache._sql
+    return execute
+
+
+# Entries whose keys start with a prefix, least recently stored first: the eviction policy's
+# own order (its index on store_time).
+_OLDEST = ("SELECT rowid, filename, COALESCE(length(value), 0) FROM Cache"
+           " WHERE key >= ? AND key < ? ORDER BY store_time LIMIT ?")
+
+
+def oldest(cache: Any, prefix: str, limit: int = 64) -> list[tuple[int, str | None, int]]:
+    """(rowid, file name or None, inline bytes) of the least recently stored entries whose
+    keys start with ``prefix`` (its last character is not the largest there is)."""
+    upper = prefix[:-1] + chr(ord(prefix[-1]) + 1)
+    return list(sql(cache)(_OLDEST, (prefix, upper, limit)).fetchall())
+
+
+def delete_rows(cache: Any, rows: list[tuple[int, str | None, int]]) -> None:
+    """Delete these rows in one transaction, each only if it still names the same file (a
+    row stored anew meanwhile keeps its new file)."""
+    with cache.transact():
+        execute = sql(cache)
+        for rowid, filename, _inline in rows:
+            execute("DELETE FROM Cache WHERE rowid = ? AND filename IS ?", (rowid, filename))
