@@ -22,7 +22,7 @@ from typing import Any, Protocol
 import httpx
 import pytest
 
-from edgeproxy.cache import CacheStore, ObjectMeta, create_app, index
+from edgeproxy.cache import CacheStore, ObjectMeta, checksum, create_app, index
 from edgeproxy.cache.policy import Freshness
 from edgeproxy.cache.space import BALLAST
 from edgeproxy.config import load_config
@@ -357,7 +357,8 @@ def test_a_purge_on_a_volume_full_to_the_last_byte_releases_the_ballast(
         assert (directory / BALLAST).exists()
         meta = ObjectMeta(200, len(TINY), None, None, None, (), Freshness(0.0, 0.0, 60.0), "x",
                           "v1", MiB)
-        store.commit_object("/tiny", meta, directory / "unused", len(TINY), TINY)
+        store.commit_object("/tiny", meta, directory / "unused", len(TINY), TINY,
+                            checksum=checksum.of(TINY))
         store.close()
         store = CacheStore(directory, 1024**3)  # a fresh start: the journal is empty
         volume.fill_up()
@@ -390,9 +391,11 @@ def test_a_store_opened_on_a_full_volume_passes_through_until_its_index_opens(
         meta = ObjectMeta(200, len(TINY), None, None, None, (), Freshness(0.0, 0.0, 60.0), "x",
                           "v1", MiB)
         with pytest.raises(StorageFault):
-            store.commit_object("/tiny", meta, directory / "unused", len(TINY), TINY)
+            store.commit_object("/tiny", meta, directory / "unused", len(TINY), TINY,
+                            checksum=checksum.of(TINY))
         volume.drain()
-        store.commit_object("/tiny", meta, directory / "unused", len(TINY), TINY)
+        store.commit_object("/tiny", meta, directory / "unused", len(TINY), TINY,
+                            checksum=checksum.of(TINY))
         assert store.get_meta("/tiny") == meta
         assert not store.degraded(time.time())
         store.close()
