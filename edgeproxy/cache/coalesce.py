@@ -133,7 +133,7 @@ class Coalescer:
         fill = SliceFill(flight.key, index, self.claims.path(flight.key, index), flight,
                          INLINE_MAX)
         fill.on_fault = self.store.fault
-        fill.make_room = self.store.make_room
+        fill.make_room = self.store.room.make_room
         self.fills[(flight.key, index)] = fill
         flight.fills[index] = fill
         return fill

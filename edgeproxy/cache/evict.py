@@ -1,6 +1,7 @@
-"""Eviction for room on the cache's volume: the least recently stored slices go first, and
-a slice's file goes before its index row, so a full volume gets room before SQLite has to
-write (a reader that finds the row but no file has a miss, never a wrong byte)."""
+"""Room on the cache's volume: whether an object can be stored at all, and eviction. The
+least recently stored slices go first, and a slice's file goes before its index row, so a full
+volume gets room before SQLite has to write (a reader that finds the row but no file has a
+miss, never a wrong byte)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from . import index
-from .space import Volume
+from .space import NoRoom, Volume
 
 log = logging.getLogger("edgeproxy.cache")
 
@@ -21,15 +22,44 @@ _T = TypeVar("_T")
 class Evictor:
     """Makes room on ``volume`` in the index ``cache()`` returns (it changes on a reopen)
     by evicting slices (index keys starting with ``prefix``); ``forget_files`` closes this
-    process's kept descriptors of evicted files."""
+    process's kept descriptors of evicted files, ``on_fault`` records a storage fault."""
 
-    def __init__(self, volume: Volume, cache: Callable[[], Any],
-                 forget_files: Callable[[], None], prefix: str) -> None:
+    def __init__(self, volume: Volume, cache: Callable[[], Any], *, prefix: str,
+                 size_limit: int, forget_files: Callable[[], None],
+                 on_fault: Callable[[BaseException], None]) -> None:
         self.volume = volume
         self.directory = volume.directory
+        self.prefix = prefix
+        self.size_limit = size_limit
         self._cache = cache
         self._forget_files = forget_files
-        self.prefix = prefix  # of the index keys of slices: what is evicted
+        self._on_fault = on_fault
+
+    def admits(self, key: str, length: int) -> bool:
+        """Whether an object of ``length`` bytes can be stored whole: within ``cache_size``,
+        and above the volume's reserve once everything else is evicted. One larger than the
+        volume allows is a storage fault (``no_space``); either passes through unstored."""
+        if length > self.size_limit:
+            log.info("%s (%d bytes) is larger than cache_size: passed through", key, length)
+            return False
+        try:
+            if length <= self.volume.free() - self.volume.reserve():
+                return True  # fits as things are (the common case: no index query)
+            usable = self.volume.usable(int(self._cache().volume()))
+        except index.FAULTS as exc:
+            self._on_fault(exc)
+            return False
+        if length <= usable:
+            return True
+        self._on_fault(NoRoom(f"{key} ({length} bytes) does not fit on the cache's volume "
+                              f"(at most {usable} bytes usable): passed through, not stored"))
+        return False
+
+    def no_room(self, nbytes: int) -> NoRoom:
+        """The error of a write that `make_room` refused."""
+        return NoRoom(f"no room for {nbytes} bytes above the reserve of "
+                      f"{self.volume.reserve()} bytes on the cache's volume "
+                      f"({self.volume.free()} free)")
 
     def make_room(self, nbytes: int) -> bool:
         """Whether ``nbytes`` more may be written above the volume's reserve, evicting if

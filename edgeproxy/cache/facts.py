@@ -80,7 +80,7 @@ class Facts:
         try:
             if known is not None:
                 self.store.purge(key)  # a new representation: old slices must never splice
-            if meta.length is not None and not self.store.admits(key, meta.length):
+            if meta.length is not None and not self.store.room.admits(key, meta.length):
                 return Plan("direct", meta)  # larger than the cache can ever hold: pass it
             if meta.length is None:
                 return Plan("store", meta, digest, store_meta="end")

@@ -41,7 +41,7 @@ from .checksum import SliceCheck, check_file, check_inline, file_name, seal, set
 from .evict import Evictor
 from .policy import Freshness
 from .slicefiles import KeptFile, SliceFile, SliceFiles
-from .space import NoRoom, Volume
+from .space import Volume
 
 log = logging.getLogger("edgeproxy.cache")
 
@@ -165,8 +165,10 @@ class CacheStore:
         self.files = SliceFiles()  # slice files this worker keeps open
         index.prepare_directory(directory)
         self.space = Volume(directory, min_free)
-        self._room = Evictor(self.space, lambda: self._cache, self.forget_files,
-                             SLICE_PREFIX)
+        # room on the volume: eviction, and whether an object can be stored at all
+        self.room = Evictor(self.space, lambda: self._cache, prefix=SLICE_PREFIX,
+                            size_limit=size_limit, forget_files=self.forget_files,
+                            on_fault=self.fault)
         self._evictions = self.space.evictions()
         try:
             cache: Any = self._open()
@@ -178,7 +180,7 @@ class CacheStore:
         self._cache = cache
         self._batch = GroupCommit(self._cache, self.fault)
         self._batch.on_commit = self._committed
-        self._batch.on_full = lambda exc, nbytes: index.is_full(exc) and self.make_room(nbytes)
+        self._batch.on_full = lambda exc, nbytes: index.is_full(exc) and self.room.make_room(nbytes)
         with contextlib.suppress(OSError):
             self.space.free(fresh=True)  # a first reading: makes the ballast if there is room
 
@@ -186,7 +188,7 @@ class CacheStore:
         """The index, checked (an unusable one set aside); on a full volume the ballast
         goes first."""
         self.temp_dir.mkdir(exist_ok=True)
-        return self._room.retry_full(lambda: index.open_checked(
+        return self.room.retry_full(lambda: index.open_checked(
             self.directory, lambda: index.new_cache(self.directory, self.size_limit,
                                                     _AdoptingDisk, INLINE_MAX)))
 
@@ -370,8 +372,8 @@ class CacheStore:
             if data is None:
                 data = path.read_bytes()
                 path.unlink(missing_ok=True)
-            if not self.make_room(len(data)):
-                raise self.no_room(len(data))
+            if not self.room.make_room(len(data)):
+                raise self.room.no_room(len(data))
             self._batch.put(skey, seal(data, checksum), _tag(key))
         else:  # a file is moved into place now: its fill's path is free again at once
             self._cache.set(skey, AdoptFile(path, size, checksum), tag=_tag(key))
@@ -403,8 +405,8 @@ class CacheStore:
         self.forget_files()
         tag = _tag(key)
         dropped = self._batch.drop(lambda t: t == tag)
-        self._room.unlink_files("tag = ?", (tag,))  # room first: a full volume can then journal
-        return int(self._room.retry_full(lambda: self._cache.evict(tag))) + dropped
+        self.room.unlink_files("tag = ?", (tag,))  # room first: a full volume can then journal
+        return int(self.room.retry_full(lambda: self._cache.evict(tag))) + dropped
 
     @_reading(0)
     def purge_prefix(self, prefix: str) -> int:
@@ -421,8 +423,8 @@ class CacheStore:
         """Drop everything."""
         self.forget_files()
         self._batch.drop(lambda _tag: True)
-        self._room.unlink_files("1", ())
-        self._room.retry_full(self._cache.clear)
+        self.room.unlink_files("1", ())
+        self.room.retry_full(self._cache.clear)
 
     @_reading(0)
     def volume(self) -> int:
@@ -436,39 +438,6 @@ class CacheStore:
         if not isinstance(self._cache, index.Unavailable):
             self._cache.close()
         self.space.close()
-
-    # --- space ---
-
-    def admits(self, key: str, length: int) -> bool:
-        """Whether an object of ``length`` bytes can be stored whole: within ``cache_size``,
-        and above the volume's reserve once everything else is evicted. One larger than the
-        volume allows is a storage fault (``no_space``); either passes through unstored."""
-        if length > self.size_limit:
-            log.info("%s (%d bytes) is larger than cache_size: passed through", key, length)
-            return False
-        try:
-            if length <= self.space.free() - self.space.reserve():
-                return True  # fits as things are (the common case: no index query)
-            usable = self.space.usable(self.volume())
-        except OSError as exc:
-            self.fault(exc)
-            return False
-        if length <= usable:
-            return True
-        self.fault(NoRoom(f"{key} ({length} bytes) does not fit on the cache's volume (at "
-                          f"most {usable} bytes usable): passed through, not stored"))
-        return False
-
-    def make_room(self, nbytes: int) -> bool:
-        """Whether ``nbytes`` more may be written to the volume above its reserve, evicting
-        the least recently stored slices first if need be (never raises)."""
-        return self._room.make_room(nbytes)
-
-    def no_room(self, nbytes: int) -> NoRoom:
-        """The error of a write that `make_room` refused."""
-        return NoRoom(f"no room for {nbytes} bytes above the reserve of "
-                      f"{self.space.reserve()} bytes on the cache's volume "
-                      f"({self.space.free()} free)")
 
 
 def _tag(key: str) -> str:
