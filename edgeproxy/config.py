@@ -414,6 +414,10 @@ class HTTPLimitsConfig:
     max_header_bytes: int = _size(16 * 1024)  # all fields, as on the wire: 431 beyond
     max_header_count: int = 100  # 431 beyond
     max_target_length: int = _size(8 * 1024)  # path and query: 414 beyond
+    # A request head must arrive whole within this time of the connection opening or of the
+    # previous answer ending (Apache's RequestReadTimeout header=20): 408 and close beyond,
+    # so a slowloris client trickling its head cannot hold a connection forever.
+    header_timeout: float = _duration(20)
 
 
 @dataclass(frozen=True)
@@ -652,6 +656,8 @@ def _check(config: Config) -> None:
     for name in ("max_header_bytes", "max_header_count", "max_target_length"):
         if getattr(config.http_limits, name) < 1:
             raise ConfigError(f"http_limits.{name}: must be at least 1")
+    if config.http_limits.header_timeout <= 0:
+        raise ConfigError("http_limits.header_timeout: must be positive")
     names = [c.name for c in config.content_classes]
     for i, cc in enumerate(config.content_classes):
         if names.count(cc.name) > 1:

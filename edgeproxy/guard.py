@@ -125,15 +125,24 @@ def uvicorn_http_options(limits: HTTPLimitsConfig) -> dict[str, Any]:
 
     httptools (llhttp) has no head limit of its own: a 1 MB header or 10,000 fields reach the
     app, having been buffered whole. `edgeproxy.protocol.GuardedHttpToolsProtocol` counts them
-    as they arrive and answers 431/414 as soon as a limit is crossed. Without httptools, h11's
-    receive buffer is capped instead (uvicorn answers 400 beyond the cap; the guard gives 431
-    or 414 below it).
+    as they arrive and answers 431/414 as soon as a limit is crossed. Without httptools,
+    `h11_http_options`. Both give each head ``header_timeout`` to arrive (408 beyond).
     """
     if importlib.util.find_spec("httptools") is not None:
         from .protocol import GuardedHttpToolsProtocol
 
         return {"http": partial(GuardedHttpToolsProtocol, limits=limits)}
-    return {"http": "h11", "h11_max_incomplete_event_size": head_cap(limits)}
+    return h11_http_options(limits)
+
+
+def h11_http_options(limits: HTTPLimitsConfig) -> dict[str, Any]:
+    """uvicorn settings for the pure-Python h11 parser: its receive buffer capped (uvicorn
+    answers 400 beyond the cap; the guard gives 431 or 414 below it) and the head deadline of
+    `edgeproxy.headtimeout`."""
+    from .headtimeout import GuardedH11Protocol
+
+    return {"http": partial(GuardedH11Protocol, limits=limits),
+            "h11_max_incomplete_event_size": head_cap(limits)}
 
 
 def head_cap(limits: HTTPLimitsConfig) -> int:

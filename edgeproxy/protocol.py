@@ -1,10 +1,11 @@
-"""uvicorn's httptools protocol with the request guard's head limits enforced while reading.
+"""uvicorn's HTTP/1.1 protocols with the request guard's head limits enforced while reading.
 
 llhttp parses as bytes arrive but sets no bound of its own, so a stock server buffers a 1 MB
-header field (or 10,000 of them) before the app can refuse it. This protocol counts the target
-and each header field from the parser callbacks and answers 414 or 431 (JSON, then close) the
-moment a limit is crossed. httptools holds a field being received in its own buffer until the
-field ends, so the bytes of an unfinished head are also counted per read, as a backstop.
+header field (or 10,000 of them) before the app can refuse it. The httptools protocol counts
+the target and each header field from the parser callbacks and answers 414 or 431 (JSON, then
+close) the moment a limit is crossed. httptools holds a field being received in its own buffer
+until the field ends, so the bytes of an unfinished head are also counted per read, as a
+backstop. Each head must also arrive within ``header_timeout`` (`edgeproxy.headtimeout`).
 
 It also writes a response's head together with its first body bytes (`HeadHolder`): a small
 answer then leaves in one send instead of two, which on loopback is most of what a socket
@@ -19,11 +20,12 @@ import asyncio
 import time
 from typing import Any
 
-from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from .config import HTTPLimitsConfig
 from .errors import HTTPError
-from .guard import FIELD_OVERHEAD, PROXIED_BYTES, PROXIED_FIELDS, error_bytes, head_cap
+from .guard import FIELD_OVERHEAD, PROXIED_BYTES, PROXIED_FIELDS, head_cap
+from .headtimeout import HeadDeadline, send_refusal, timeout_error
 
 # A head and a body up to this size are joined into one buffer; larger bodies go by writev.
 JOIN_MAX = 64 * 1024
@@ -113,7 +115,35 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self.refusal: HTTPError | None = None
         self.fast = fast_lane_of(self.app)
         self.fast_served = False
+        self.deadline = HeadDeadline(self.loop, limits.header_timeout, self._head_timed_out)
         self._reset_head()
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        """A new connection: its first head must arrive within ``header_timeout``."""
+        super().connection_made(transport)
+        self.deadline.arm()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """The connection is gone: no head to wait for."""
+        self.deadline.cancel()
+        super().connection_lost(exc)
+
+    def on_response_complete(self) -> None:
+        """An answer ended: the next head, if any, must arrive within ``header_timeout``."""
+        super().on_response_complete()
+        if not self.transport.is_closing():
+            self.deadline.arm()
+
+    def _head_timed_out(self) -> None:
+        if not self.in_head or self.transport.is_closing():
+            return
+        if self.cycle is not None and not self.cycle.response_complete:
+            return  # a pipelined answer is under way; the deadline is armed again when it ends
+        if self.head_bytes == 0:
+            self.transport.close()  # nothing of a request arrived: nothing to answer
+            return
+        self.refusal = timeout_error(self.limits)
+        send_refusal(self.transport, self.refusal)
 
     def _reset_head(self) -> None:
         self.in_head = True
@@ -136,9 +166,10 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self.send_400_response("")
 
     def on_message_begin(self) -> None:
-        """A new request: its head is counted from zero."""
+        """A new request: its target and fields are counted from zero (its bytes are counted
+        from the end of the previous request, as they arrive)."""
         super().on_message_begin()
-        self._reset_head()
+        self.target_bytes = self.field_bytes = self.field_count = 0
 
     def on_url(self, url: bytes) -> None:
         """Called for each piece of the target: 414 once it is too long."""
@@ -170,6 +201,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         """The head is complete; from here on bytes are body, not head."""
         self.in_head = False
+        self.deadline.cancel()
         if self._serve_fast():
             return
         before = self.cycle
@@ -227,14 +259,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if self.refusal is None:
             super().send_400_response(msg)
             return
-        transport: asyncio.Transport = self.transport
         if self.cycle is not None and not self.cycle.response_complete:
-            transport.close()  # a pipelined response is under way: no room for ours
+            self.transport.close()  # a pipelined response is under way: no room for ours
             return
-        body = error_bytes(self.refusal)
-        transport.write(b"".join([
-            STATUS_LINE[self.refusal.status],
-            b"content-type: application/json\r\ncache-control: no-store\r\n",
-            b"content-length: %d\r\nconnection: close\r\n\r\n" % len(body), body,
-        ]))  # fmt: skip
-        transport.close()
+        send_refusal(self.transport, self.refusal)

@@ -7,10 +7,14 @@ import ssl
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
 
 import httpx
+
+from tests.servers import write_stack_config
 
 
 class NodeProcess:
@@ -33,12 +37,21 @@ class NodeProcess:
 
     def start(self, timeout: float = 20) -> NodeProcess:
         """Start the node and wait until ``/healthz`` answers 200."""
+        return self.launch().ready(timeout)
+
+    def launch(self) -> NodeProcess:
+        """Start the node's process without waiting for it (see `ready`)."""
         command = [sys.executable, "-m", "edgeproxy", "--config", str(self.config), "serve",
                    "--role", self.role]
         if self.upstream:
             command += ["--upstream", self.upstream]
         with self.out.open("ab") as out, self.err.open("ab") as err:
             self.process = subprocess.Popen(command, stdout=out, stderr=err)
+        return self
+
+    def ready(self, timeout: float = 20) -> NodeProcess:
+        """Wait until the launched node's ``/healthz`` answers 200."""
+        assert self.process is not None
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -87,3 +100,23 @@ class NodeProcess:
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:  # fmt: skip
         self.stop()
+
+
+@contextmanager
+def process_stack(directory: Path, extra: str = "",
+                  roles: tuple[str, ...] = ("origin", "shield", "edge"),
+                  ) -> Iterator[dict[str, NodeProcess]]:  # fmt: skip
+    """origin, shield and edge (or ``roles`` of them) as ``edgeproxy serve`` processes, from
+    one config on free ports (`write_stack_config`, ``extra`` YAML appended), started at once
+    and stopped at the end; yields the nodes by role."""
+    path, ports = write_stack_config(directory, extra)
+    nodes = {role: NodeProcess(path, role, f"http://127.0.0.1:{ports[role]}") for role in roles}
+    try:
+        for node in nodes.values():
+            node.launch()
+        for node in nodes.values():
+            node.ready()
+        yield nodes
+    finally:
+        for node in nodes.values():
+            node.stop()

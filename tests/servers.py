@@ -89,9 +89,9 @@ def serve(app: Any, port: int | None = None, **options: Any) -> Iterator[ServerT
         server.stop()
 
 
-def write_stack_config(directory: Path) -> tuple[Path, dict[str, int]]:
+def write_stack_config(directory: Path, extra: str = "") -> tuple[Path, dict[str, int]]:
     """A config for a loopback origin/shield/edge stack on free ports, data under
-    ``directory``; returns its path and the ports by role."""
+    ``directory`` (``extra``: more top-level YAML); returns its path and the ports by role."""
     ports = {role: free_port() for role in ("origin", "shield", "edge")}
     path = directory / "config.yaml"
     path.write_text(f"""\
@@ -101,5 +101,5 @@ log_level: warning
 origin: {{port: {ports["origin"]}}}
 shield: {{port: {ports["shield"]}, upstream: "http://127.0.0.1:{ports["origin"]}"}}
 edge: {{port: {ports["edge"]}, upstream: "http://127.0.0.1:{ports["shield"]}"}}
-""")
+{extra}""")
     return path, ports

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from edgeproxy.config import HTTPLimitsConfig, load_config
-from edgeproxy.guard import RequestGuard, head_cap, uvicorn_http_options
+from edgeproxy.guard import RequestGuard, h11_http_options, head_cap, uvicorn_http_options
 from edgeproxy.server import create_node_app
 from tests.rawhttp import get, raw_request
 from tests.servers import ServerThread, free_port, serve
@@ -36,7 +36,7 @@ PARSERS = {
     # what `edgeproxy run` uses: httptools with the limits enforced while reading
     "httptools": uvicorn_http_options(LIMITS),
     # the pure-Python fallback: h11 with its receive buffer capped
-    "h11": {"http": "h11", "h11_max_incomplete_event_size": head_cap(LIMITS)},
+    "h11": h11_http_options(LIMITS),
 }
 
 

@@ -1,0 +1,109 @@
+"""A deadline for each request head, so a slow client cannot hold a connection forever.
+
+uvicorn bounds only the idle time between requests (``timeout_keep_alive``): once one byte of a
+head has arrived, or on a connection that never sent one, it waits forever, so a client
+trickling its head a byte at a time (slowloris) holds the connection as long as it likes. With
+the protocols of edgeproxy (`edgeproxy.protocol` for httptools, `GuardedH11Protocol` for the
+pure-Python fallback) each head must arrive whole within ``http_limits.header_timeout`` of the
+connection opening or of the previous answer ending; past that the client gets 408 (RFC 9110
+§15.5.9) with a JSON body, or a bare close when nothing of a request arrived.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from http import HTTPStatus
+from typing import Any
+
+import h11
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from .config import HTTPLimitsConfig
+from .errors import HTTPError
+from .guard import error_bytes
+
+
+class GuardedH11Protocol(H11Protocol):
+    """`H11Protocol` with the head deadline (the pure-Python fallback's head size is bounded by
+    ``h11_max_incomplete_event_size`` instead: see `edgeproxy.guard.uvicorn_http_options`)."""
+
+    def __init__(self, *args: Any, limits: HTTPLimitsConfig, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.limits = limits
+        self.deadline = HeadDeadline(self.loop, limits.header_timeout, self._head_timed_out)
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        """A new connection: its first head must arrive within ``header_timeout``."""
+        super().connection_made(transport)
+        self.deadline.arm()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """The connection is gone: no head to wait for."""
+        self.deadline.cancel()
+        super().connection_lost(exc)
+
+    def handle_events(self) -> None:
+        """Parse what arrived; once a request's head is in, its deadline is off."""
+        super().handle_events()
+        if self.conn.their_state is not h11.IDLE:
+            self.deadline.cancel()
+
+    def on_response_complete(self) -> None:
+        """An answer ended: the next head, if any, must arrive within ``header_timeout``
+        (armed first: a pipelined request already received cancels it again)."""
+        if not self.transport.is_closing():
+            self.deadline.arm()
+        super().on_response_complete()
+
+    def _head_timed_out(self) -> None:
+        if self.conn.their_state is not h11.IDLE or self.transport.is_closing():
+            return
+        if self.cycle is not None and not self.cycle.response_complete:
+            return
+        received, _closed = self.conn.trailing_data
+        if received:
+            send_refusal(self.transport, timeout_error(self.limits))
+        else:
+            self.transport.close()
+
+
+class HeadDeadline:
+    """The time by which a connection's next request head must have arrived."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, seconds: float,
+                 on_expiry: Callable[[], None]) -> None:  # fmt: skip
+        self.loop, self.seconds, self.on_expiry = loop, seconds, on_expiry
+        self.timer: asyncio.TimerHandle | None = None
+
+    def arm(self) -> None:
+        """Start the clock again, from now."""
+        self.cancel()
+        self.timer = self.loop.call_later(self.seconds, self._expired)
+
+    def cancel(self) -> None:
+        """No head is awaited (one arrived, or the connection is gone)."""
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    def _expired(self) -> None:
+        self.timer = None
+        self.on_expiry()
+
+
+def timeout_error(limits: HTTPLimitsConfig) -> HTTPError:
+    """The 408 of a head that did not arrive within ``header_timeout``."""
+    return HTTPError(408, "request_timeout", f"the request head did not arrive within "
+                     f"{limits.header_timeout:g} seconds")
+
+
+def send_refusal(transport: asyncio.Transport, error: HTTPError) -> None:
+    """Answer ``error`` as JSON outside any request cycle, and close the connection."""
+    body = error_bytes(error)
+    transport.write(b"".join([
+        b"HTTP/1.1 %d %s\r\n" % (error.status, HTTPStatus(error.status).phrase.encode()),
+        b"content-type: application/json\r\ncache-control: no-store\r\n",
+        b"content-length: %d\r\nconnection: close\r\n\r\n" % len(body), body,
+    ]))  # fmt: skip
+    transport.close()
