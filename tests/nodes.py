@@ -1,4 +1,5 @@
-"""Nodes as real `edgeproxy serve` subprocesses, for tests of signals, workers, TLS and logs."""
+"""Nodes as real `edgeproxy serve` subprocesses, for tests of signals, workers, TLS, logs and
+crashes, and the scriptable test origin as a process of its own (`OriginProcess`)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ from types import TracebackType
 
 import httpx
 
-from tests.servers import write_stack_config
+from tests.servers import free_port, write_stack_config
+from tests.static_origins import stop_process, wait_listening
 
 
 class NodeProcess:
@@ -120,3 +122,51 @@ def process_stack(directory: Path, extra: str = "",
     finally:
         for node in nodes.values():
             node.stop()
+
+
+class OriginProcess:
+    """`python -m tests.origins`: a `TestOrigin` in its own process on a fixed port, so a test
+    can SIGKILL it and start it again; ``objects`` maps paths to `pattern` (size, seed)."""
+
+    def __init__(self, directory: Path, objects: dict[str, tuple[int, int]],
+                 chunk_delay: float = 0.0) -> None:  # fmt: skip
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.objects, self.chunk_delay = objects, chunk_delay
+        self.log = directory / "test-origin.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> OriginProcess:
+        """Start the process and wait until it listens."""
+        return self.launch().ready()
+
+    def launch(self) -> OriginProcess:
+        """Start the process without waiting for it (see `ready`)."""
+        specs = [f"{path}={size}:{seed}" for path, (size, seed) in self.objects.items()]
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "tests.origins", str(self.port), str(self.chunk_delay),
+                 *specs], stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+        return self
+
+    def ready(self) -> OriginProcess:
+        """Wait until the launched process listens."""
+        assert self.process is not None
+        wait_listening(self.port, self.process, "test origin")
+        return self
+
+    def set_chunk_delay(self, seconds: float) -> None:
+        """Seconds between 64 KiB body chunks from now on (and after a restart)."""
+        self.chunk_delay = seconds
+        httpx.put(self.url + "/_test/chunk_delay", content=str(seconds).encode(), timeout=5)
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL after a grace period."""
+        if self.process is not None:
+            stop_process(self.process)
