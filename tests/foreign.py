@@ -52,6 +52,9 @@ class Route:
     conditional: bool = True  # 304 on a matching If-None-Match / If-Modified-Since
     interim: list[int] = field(default_factory=list)  # 1xx answers sent before the final one
     chunk: int = 16 * 1024  # chunk size when framing is "chunked"
+    # Die once the body reaches this byte of the representation: the connection closes, a
+    # Content-Length answer short of its length, a chunked one without its last chunk.
+    cut_at: int | None = None
 
 
 @dataclass
@@ -196,7 +199,7 @@ class ForeignOrigin:
             answer = answer[-65536:]
         writer.write(answer)
         await writer.drain()
-        return keep
+        return keep and route.cut_at is None
 
 
 async def _read_body(reader: asyncio.StreamReader, req: Request) -> bytes:
@@ -229,12 +232,15 @@ def _answer(req: Request, route: Route, keep: bool) -> bytes:
         headers.append(("ETag", route.etag))
     if route.last_modified is not None:
         headers.append(("Last-Modified", formatdate(route.last_modified, usegmt=True)))
+    offset = 0  # of the body in the representation
     if status == 200 and req.method in ("GET", "HEAD"):
         if route.conditional and _not_modified(req, route):
             status, body = 304, b""
         elif route.ranges:
             status, body, extra = _range(req, route, body)
             headers += extra
+            offset = next((int(v.split()[1].partition("-")[0]) for n, v in extra
+                           if n == "Content-Range" and status == 206), 0)  # fmt: skip
     if status == 200 and route.content_digest != "none":
         headers.append(("Content-Digest", _digest(body)))
     headers += route.headers
@@ -250,13 +256,15 @@ def _answer(req: Request, route: Route, keep: bool) -> bytes:
     out += "".join(f"{n}: {v}\r\n" for n, v in headers).encode("latin-1") + b"\r\n"
     if bodiless or req.method == "HEAD":
         return bytes(out)
+    sent = body if route.cut_at is None else body[: max(0, route.cut_at - offset)]
     if route.framing == "chunked":
-        for i in range(0, len(body), route.chunk):
-            piece = body[i : i + route.chunk]
+        for i in range(0, len(sent), route.chunk):
+            piece = sent[i : i + route.chunk]
             out += f"{len(piece):x}\r\n".encode() + piece + b"\r\n"
-        out += b"0\r\n\r\n"
+        if route.cut_at is None:
+            out += b"0\r\n\r\n"
     else:
-        out += body
+        out += sent
     return bytes(out)
 
 

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
 
+from tests.answers import assert_never_wrong, read_answer
 from tests.nodes import NodeProcess, OriginProcess
 from tests.origins import pattern
 from tests.servers import free_port
@@ -86,23 +87,13 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         origin.stop()
 
 
-def stream_and_kill(url: str, victim: OriginProcess | NodeProcess, after: int) -> tuple[
-        int, bytes]:  # fmt: skip
-    """GET ``url``, SIGKILL ``victim`` once ``after`` bytes arrived, read on until the answer
-    ends; the Content-Length it promised and the bytes it delivered."""
-    got = bytearray()
-    with httpx.stream("GET", url, timeout=30) as r:
-        assert r.status_code == 200, r.status_code
-        promised = int(r.headers["content-length"])
-        try:
-            for chunk in r.iter_raw():
-                got += chunk
-                if len(got) >= after and victim.process is not None \
-                        and victim.process.poll() is None:
-                    victim.kill()
-        except httpx.HTTPError:
-            pass  # the answer was cut: what the client must see
-    return promised, bytes(got)
+def killer(victim: OriginProcess | NodeProcess, after: int) -> Callable[[int], None]:
+    """An ``on_bytes`` hook that SIGKILLs ``victim`` once ``after`` bytes have arrived."""
+    def on_bytes(count: int) -> None:
+        if count >= after and victim.process is not None and victim.process.poll() is None:
+            victim.kill()
+
+    return on_bytes
 
 
 def get_when_back(url: str, **kwargs: object) -> httpx.Response:
@@ -127,11 +118,10 @@ def test_kill_9_mid_stream_then_restart(stack: Stack, victim: str) -> None:
                                       (objects.big, objects.cached, objects.fresh))  # fmt: skip
     assert httpx.get(cached_url, timeout=30).content == cached
     stack.origin.set_chunk_delay(SLOW)
-    promised, got = stream_and_kill(big_url, stack.node(victim), after=2 * MIB)
+    answer = read_answer(big_url, on_bytes=killer(stack.node(victim), after=2 * MIB))
     # cut short, never completed: fewer bytes than promised, and every one of them right
-    assert promised == len(big)
-    assert len(got) < promised, f"the answer completed although the {victim} died"
-    assert got == big[: len(got)], "a wrong byte was delivered before the cut"
+    assert answer.promised == len(big)
+    assert_never_wrong(answer, big, must_cut=True)
 
     if victim == "origin":
         stack.origin.chunk_delay = 0  # what the restarted origin starts with

@@ -198,7 +198,8 @@ class Coalescer:
                 continue
             flight = lead(index)
             if flight is not None and index in flight.fills:
-                return FillSource(flight.fills[index])
+                # its answer is not in yet: the reader checks it is of ``version`` on delivery
+                return FillSource(flight.fills[index], version)
             if flight is not None:
                 await flight.headers  # the flight answered without this slice (304, direct)
         raise FillAborted(f"slice {index} of {key} could not be joined")

@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from ..config import Config, ContentClass
-from ..errors import ConfigError, HTTPError, StorageFault, UpstreamError
+from ..errors import ConfigError, FillAborted, HTTPError, StorageFault, UpstreamError
 from ..http import ByteRange, format_http_date
 from ..tls import client_context
 from . import admin, asgi, boundary, fields, policy, steps
@@ -352,7 +352,8 @@ class CacheNode:
 
     async def _join_growing(self, tx: steps.Tx, meta: ObjectMeta, index: int) -> Source:
         """A slice of a body whose length is not known yet: wait until it exists or the
-        flight has ended without it (past the end)."""
+        flight has ended. Past the end the body learnt it is empty; a flight that ended
+        without learning its end broke off, and the answer must be cut, not completed."""
         flight = tx.flight
         while True:
             fill = self.coalescer.fills.get((tx.req.key, index))
@@ -362,7 +363,11 @@ class CacheNode:
             if body is not None:
                 return StoredSource(body)
             if flight is None or flight.ended.done():
-                return StoredSource(b"")
+                if flight is not None and flight.length is not None \
+                        and index * meta.slice_size >= flight.length:
+                    return StoredSource(b"")
+                raise FillAborted(f"slice {index} of {tx.req.key}: the upstream body broke "
+                                  "off before it")
             await flight.wait_growth(self.wait_timeout)
 
     def _keep_hot(self, key: str, meta: ObjectMeta, source: StoredSource) -> StoredSource:

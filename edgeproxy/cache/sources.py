@@ -93,6 +93,7 @@ class _Following:
                 raise FillAborted(f"fill failed: {fill.error}")
             limit = fill.visible if end is None else min(fill.visible, end + 1)
             if limit > pos:
+                self._check()
                 data = fill.read(pos, min(limit - pos, read_size))
                 if not data:
                     raise FillAborted("fill shorter than reported")
@@ -106,12 +107,21 @@ class _Following:
                 await fill.wait_beyond(pos, timeout)
         return pos - start
 
+    def _check(self) -> None:
+        """Before bytes go out: raise if they are not the ones this reader may send."""
+
 
 class FillSource(_Following):
-    """A slice this process is filling; the reader is counted in at once (synchronously)."""
+    """A slice this process is filling; the reader is counted in at once (synchronously).
 
-    def __init__(self, fill: SliceFill) -> None:
+    ``version``: the representation the answer announced. A fill joined before its flight's
+    answer was in may turn out to carry another one (the object changed, or an error came
+    back): its bytes then abort the answer instead of being spliced into it.
+    """
+
+    def __init__(self, fill: SliceFill, version: str | None = None) -> None:
         self.fill: SliceFill = fill
+        self.version = version
         fill.attach()
         self._closed = False
 
@@ -130,6 +140,11 @@ class FillSource(_Following):
         await fill.settled()
         if fill.error is not None:
             raise FillAborted(f"fill failed: {fill.error}")
+
+    def _check(self) -> None:
+        if self.version is not None and self.fill.flight.version != self.version:
+            raise FillAborted(f"slice {self.fill.index}: upstream answered with another "
+                              "representation")
 
     def close(self) -> None:
         if not self._closed:

@@ -119,6 +119,13 @@ async def hit(node: CacheNode, tx: Tx) -> Step:
                 other.close()
             tx.ready.clear()
             tx.meta, tx.verdict = flight.meta, Verdict.MISS
+            if flight.direct is not None:
+                # an answer that is not stored (an upstream error): relay its own body, never
+                # slices fetched anew under its facts
+                tx.direct = DirectSource(flight.direct, flight.headers.result().body_start)
+                if not flight.taken.done():
+                    flight.taken.set_result(None)
+                return deliver
             return hit
         if not isinstance(source, StoredSource) and tx.verdict is Verdict.HIT:
             tx.verdict = Verdict.MISS  # bytes come from upstream
