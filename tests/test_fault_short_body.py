@@ -13,6 +13,7 @@ import hashlib
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
+from typing import Any
 
 import httpx
 import pytest
@@ -72,7 +73,8 @@ def test_a_short_body_is_cut_and_not_stored(edge: str, foreign: ForeignOrigin, f
     body = pattern(128 * SLICE + 123, seed=len(framing + kind))
     path = "/v/t1/" + hashlib.sha256(body).hexdigest() if kind == "content-addressed" \
         else f"/static/cut-{framing}.bin"
-    fields = {"body": body, "framing": framing, "headers": [CACHEABLE], "etag": '"v1"'}
+    fields: dict[str, Any] = {"body": body, "framing": framing, "headers": [CACHEABLE],
+                              "etag": '"v1"'}
     foreign.route(path, **fields, cut_at=64 * SLICE + 500)
     for on_bytes in (late_reader(), None):
         before = foreign.count(path)
