@@ -1,12 +1,15 @@
-"""The request fuzz of `tests.fuzz` against an edge → shield → origin chain, over real sockets:
-every node runs as `edgeproxy serve` builds it (request guard, httptools head limits). No answer
-is a 5xx, and every served byte is the blob's byte the Range reference model selects; requests
-under other query strings are cold misses, so misses, slices and coalescing are fuzzed too."""
+"""The request fuzz of `tests.fuzz` against an edge alone in front of the origin and an edge →
+shield → origin chain, over real sockets: every node runs as `edgeproxy serve` builds it
+(request guard, httptools head limits). No answer is a 5xx, and every served byte is the
+blob's byte the Range reference model selects; requests under other query strings are cold
+misses, so misses, slices and coalescing are fuzzed too. (The origin alone:
+`tests/test_origin_fuzz.py`.)"""
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterator
+from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
@@ -28,23 +31,34 @@ class Edge:
 
 
 @pytest.fixture(scope="module")
-def edge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Edge]:
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     # 65,600 bytes in 16 KiB slices: ranges land in several slices, before and past the end
-    blob = make_blob(4096)
-    with guarded_origin(tmp_path_factory.mktemp("origin"), blob) as served:
-        data = Path(tmp_path_factory.mktemp("chain"))
-        config = load_config(None, env={"EDGEPROXY_DATA_DIR": str(data)})
-        config = config.replace(cache=dataclasses.replace(CacheConfig(), slice_size=16 * 1024))
-        options = uvicorn_http_options(config.http_limits)
-        with serve(create_node_app(config, "shield", upstream=served.url), **options) as shield, \
-                serve(create_node_app(config, "edge", upstream=shield.url), **options) as e:
-            yield Edge(e.url, served)
+    with guarded_origin(tmp_path_factory.mktemp("origin"), make_blob(4096)) as s:
+        yield s
 
 
-def test_fuzz_through_edge_and_shield(edge: Edge) -> None:
+@pytest.fixture(scope="module", params=["edge", "edge+shield"])
+def edge(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
+         served: Served) -> Iterator[Edge]:  # fmt: skip
+    """An edge in front of the origin: alone, or through a shield."""
+    data = Path(tmp_path_factory.mktemp("chain"))
+    config = load_config(None, env={"EDGEPROXY_DATA_DIR": str(data)})
+    config = config.replace(cache=dataclasses.replace(CacheConfig(), slice_size=16 * 1024))
+    options = uvicorn_http_options(config.http_limits)
+    with ExitStack() as nodes:
+        upstream = served.url
+        if request.param == "edge+shield":
+            shield = create_node_app(config, "shield", upstream=upstream)
+            upstream = nodes.enter_context(serve(shield, **options)).url
+        e = nodes.enter_context(serve(create_node_app(config, "edge", upstream=upstream),
+                                      **options))  # fmt: skip
+        yield Edge(e.url, served)
+
+
+def test_fuzz_through_the_edge(edge: Edge) -> None:
     served = edge.served
 
-    @settings(max_examples=250, deadline=None, database=None,
+    @settings(max_examples=200, deadline=None, database=None,
               suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
     @given(request=fuzz.requests(served.path))
     def run(request: fuzz.FuzzRequest) -> None:
