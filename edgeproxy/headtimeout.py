@@ -24,7 +24,24 @@ from .errors import HTTPError
 from .guard import error_bytes
 
 
-class GuardedH11Protocol(H11Protocol):
+class DeadlineHooks:
+    """For a uvicorn protocol class (listed before it): a new connection arms ``deadline``
+    for its first head, a lost one cancels it."""
+
+    deadline: HeadDeadline
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """A new connection: its first head must arrive within ``header_timeout``."""
+        super().connection_made(transport)  # type: ignore[misc]
+        self.deadline.arm()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """The connection is gone: no head to wait for."""
+        self.deadline.cancel()
+        super().connection_lost(exc)  # type: ignore[misc]
+
+
+class GuardedH11Protocol(DeadlineHooks, H11Protocol):
     """`H11Protocol` with the head deadline (the pure-Python fallback's head size is bounded by
     ``h11_max_incomplete_event_size`` instead: see `edgeproxy.guard.uvicorn_http_options`)."""
 
@@ -32,16 +49,6 @@ class GuardedH11Protocol(H11Protocol):
         super().__init__(*args, **kwargs)
         self.limits = limits
         self.deadline = HeadDeadline(self.loop, limits.header_timeout, self._head_timed_out)
-
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        """A new connection: its first head must arrive within ``header_timeout``."""
-        super().connection_made(transport)
-        self.deadline.arm()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        """The connection is gone: no head to wait for."""
-        self.deadline.cancel()
-        super().connection_lost(exc)
 
     def handle_events(self) -> None:
         """Parse what arrived; once a request's head is in, its deadline is off."""

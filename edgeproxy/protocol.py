@@ -25,7 +25,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from .config import HTTPLimitsConfig
 from .errors import HTTPError
 from .guard import FIELD_OVERHEAD, PROXIED_BYTES, PROXIED_FIELDS, head_cap
-from .headtimeout import HeadDeadline, send_refusal, timeout_error
+from .headtimeout import DeadlineHooks, HeadDeadline, send_refusal, timeout_error
 
 # A head and a body up to this size are joined into one buffer; larger bodies go by writev.
 JOIN_MAX = 64 * 1024
@@ -105,7 +105,7 @@ class _Refused(Exception):
     """Raised from a parser callback to stop parsing a head that broke a limit."""
 
 
-class GuardedHttpToolsProtocol(HttpToolsProtocol):
+class GuardedHttpToolsProtocol(DeadlineHooks, HttpToolsProtocol):
     """`HttpToolsProtocol` answering 431/414 as soon as a request head breaks ``limits``."""
 
     def __init__(self, *args: Any, limits: HTTPLimitsConfig, **kwargs: Any) -> None:
@@ -117,16 +117,6 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self.fast_served = False
         self.deadline = HeadDeadline(self.loop, limits.header_timeout, self._head_timed_out)
         self._reset_head()
-
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        """A new connection: its first head must arrive within ``header_timeout``."""
-        super().connection_made(transport)
-        self.deadline.arm()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        """The connection is gone: no head to wait for."""
-        self.deadline.cancel()
-        super().connection_lost(exc)
 
     def on_response_complete(self) -> None:
         """An answer ended: the next head, if any, must arrive within ``header_timeout``."""

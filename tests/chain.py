@@ -13,6 +13,8 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
@@ -21,7 +23,9 @@ import yaml
 
 from edgeproxy.cache import create_app
 from edgeproxy.config import CacheConfig, Config, FreeSpace, load_config
-from tests.servers import ServerThread, free_port
+from edgeproxy.guard import uvicorn_http_options
+from edgeproxy.server import create_node_app
+from tests.servers import ServerThread, free_port, serve
 from tests.static_origins import stop_process, wait_listening
 
 Mode = Literal["thread", "process"]
@@ -122,3 +126,20 @@ class Chain:
 def _yaml_value(value: Any) -> Any:
     """A setting as the config file spells it (a `FreeSpace` as ``"5%, 256MiB"``)."""
     return str(value) if isinstance(value, FreeSpace) else value
+
+
+@contextmanager
+def guarded_nodes(config: Config, upstream: str, *,
+                  shield: bool) -> Iterator[tuple[str, str | None]]:  # fmt: skip
+    """An edge in front of ``upstream``, through a shield when ``shield``, each node as
+    `edgeproxy serve` builds it (request guard, head limits) in a uvicorn thread; yields the
+    edge's URL and the shield's (None without one)."""
+    options = uvicorn_http_options(config.http_limits)
+    with ExitStack() as nodes:
+        shield_url = None
+        if shield:
+            app = create_node_app(config, "shield", upstream=upstream)
+            upstream = shield_url = nodes.enter_context(serve(app, **options)).url
+        edge = nodes.enter_context(serve(create_node_app(config, "edge", upstream=upstream),
+                                         **options))  # fmt: skip
+        yield edge.url, shield_url

@@ -9,17 +9,14 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterator
-from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, note, settings
 
 from edgeproxy.config import CacheConfig, load_config
-from edgeproxy.guard import uvicorn_http_options
-from edgeproxy.server import create_node_app
 from tests import fuzz
-from tests.servers import serve
+from tests.chain import guarded_nodes
 from tests.test_origin import make_blob
 from tests.test_origin_integrity import Served, guarded_origin
 
@@ -44,15 +41,8 @@ def edge(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
     data = Path(tmp_path_factory.mktemp("chain"))
     config = load_config(None, env={"EDGEPROXY_DATA_DIR": str(data)})
     config = config.replace(cache=dataclasses.replace(CacheConfig(), slice_size=16 * 1024))
-    options = uvicorn_http_options(config.http_limits)
-    with ExitStack() as nodes:
-        upstream = served.url
-        if request.param == "edge+shield":
-            shield = create_node_app(config, "shield", upstream=upstream)
-            upstream = nodes.enter_context(serve(shield, **options)).url
-        e = nodes.enter_context(serve(create_node_app(config, "edge", upstream=upstream),
-                                      **options))  # fmt: skip
-        yield Edge(e.url, served)
+    with guarded_nodes(config, served.url, shield=request.param == "edge+shield") as (url, _):
+        yield Edge(url, served)
 
 
 def test_fuzz_through_the_edge(edge: Edge) -> None:

@@ -11,15 +11,13 @@ from __future__ import annotations
 import socket
 import threading
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack
 from dataclasses import dataclass
 
 import httpx
 import pytest
 
-from edgeproxy.guard import uvicorn_http_options
-from edgeproxy.server import create_node_app
 from tests.answers import Answer, read_answer
+from tests.chain import guarded_nodes
 from tests.origins import TestOrigin, pattern
 from tests.servers import serve
 from tests.test_cache_node import SLICE, make_config
@@ -48,15 +46,8 @@ def nodes(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
           origin: tuple[TestOrigin, str]) -> Iterator[Nodes]:  # fmt: skip
     test_origin, url = origin
     config = make_config(tmp_path_factory.mktemp("nodes"))  # 64 KiB slices
-    options = uvicorn_http_options(config.http_limits)
-    with ExitStack() as stack:
-        shield = None
-        if request.param == "edge+shield":
-            app = create_node_app(config, "shield", upstream=url)
-            url = shield = stack.enter_context(serve(app, **options)).url
-        edge = stack.enter_context(serve(create_node_app(config, "edge", upstream=url),
-                                         **options))  # fmt: skip
-        yield Nodes(test_origin, edge.url, shield)
+    with guarded_nodes(config, url, shield=request.param == "edge+shield") as (edge, shield):
+        yield Nodes(test_origin, edge, shield)
 
 
 def leave_after(url: str, count: int, got: threading.Event, on_leave: Callable[[], None],

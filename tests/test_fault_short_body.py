@@ -12,18 +12,15 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack
 from typing import Any
 
 import httpx
 import pytest
 
-from edgeproxy.guard import uvicorn_http_options
-from edgeproxy.server import create_node_app
 from tests.answers import assert_never_wrong, read_answer
+from tests.chain import guarded_nodes
 from tests.foreign import ForeignOrigin
 from tests.origins import pattern
-from tests.servers import serve
 from tests.test_cache_node import SLICE, make_config
 
 CACHEABLE = ("Cache-Control", "public, max-age=600")
@@ -41,14 +38,8 @@ def edge(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
          foreign: ForeignOrigin) -> Iterator[str]:  # fmt: skip
     """The URL of an edge in front of ``foreign``, directly or through a shield."""
     config = make_config(tmp_path_factory.mktemp("nodes"))  # default classes; 64 KiB slices
-    options = uvicorn_http_options(config.http_limits)
-    with ExitStack() as nodes:
-        upstream = foreign.url
-        if request.param == "edge+shield":
-            shield = create_node_app(config, "shield", upstream=upstream)
-            upstream = nodes.enter_context(serve(shield, **options)).url
-        app = create_node_app(config, "edge", upstream=upstream)
-        yield nodes.enter_context(serve(app, **options)).url
+    with guarded_nodes(config, foreign.url, shield=request.param == "edge+shield") as (url, _):
+        yield url
 
 
 def late_reader() -> Callable[[int], None]:
