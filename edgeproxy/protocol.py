@@ -235,7 +235,7 @@ class GuardedHttpToolsProtocol(DeadlineHooks, HttpToolsProtocol):
         if reply is None:
             return False
         data, status, sent = reply
-        self.transport.write(data)
+        self.transport.writelines(data)
         self.fast_served = True
         if access_log is not None:
             access_log.write({"client": self.client, "method": "GET", "raw_path": url,

@@ -4,6 +4,7 @@ on a pipelined connection, and everything that is not a plain hit still reaches 
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import re
 import socket
@@ -26,6 +27,9 @@ from tests.servers import ServerThread, serve
 BODY = bytes(range(256)) * 20  # 5,120 bytes
 MIB = 1024 * 1024
 LARGE = hashlib.shake_256(b"large").digest(2 * MIB + 12345)  # three 1 MiB slices, not in memory
+ONE_SLICE = hashlib.shake_256(b"one").digest(MIB - 7)  # one slice, too large for memory
+CA_BODY = hashlib.shake_256(b"ca").digest(300_000)  # content-addressed, one slice
+CA_PATH = "/v/t1/" + hashlib.sha256(CA_BODY).hexdigest()
 
 
 @pytest.fixture
@@ -34,6 +38,8 @@ def origin() -> Iterator[tuple[TestOrigin, ServerThread]]:
     o.put("/v/t1/obj", BODY)
     o.put("/v/t1/other", b"y" * 100)
     o.put("/static/large.bin", LARGE, headers={"cache-control": "max-age=600"})
+    o.put("/static/one.bin", ONE_SLICE, headers={"cache-control": "max-age=600"})
+    o.put(CA_PATH, CA_BODY)
     with serve(o) as srv:
         yield o, srv
 
@@ -187,7 +193,7 @@ def _counting(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     served: list[int] = []
     real = CacheNode.fast_reply
 
-    def counting(self: CacheNode, *args: Any) -> tuple[bytes, int, int] | None:
+    def counting(self: CacheNode, *args: Any) -> tuple[list[bytes], int, int] | None:
         reply = real(self, *args)
         if reply is not None:
             served.append(reply[1])
@@ -240,3 +246,46 @@ def test_a_flipped_stored_slice_is_not_read_by_the_fast_lane(
     assert answer.status_code == 206 and answer.content == LARGE[MIB + 100:MIB + 200]
     assert served == []  # the steps fetched the slice again
     assert origin[0].count("/static/large.bin") >= 2
+
+
+@pytest.mark.parametrize("range_value", [None, "items=0-9", "bytes=9-0"])  # §14.2: whole
+def test_a_whole_object_of_one_stored_slice_is_read_by_the_fast_lane(
+        edge: ServerThread, monkeypatch: pytest.MonkeyPatch, range_value: str | None) -> None:
+    served = _counting(monkeypatch)
+    asked = {"range": range_value} if range_value else {}
+    with httpx.Client(base_url=edge.url) as client:
+        assert client.get("/static/one.bin").headers["x-cache"].startswith("MISS")
+        steps = client.get("/static/one.bin")  # a hit by the steps: facts remembered
+        served.clear()
+        fast = client.get("/static/one.bin", headers=asked)
+    assert served == [200]
+    assert fast.status_code == 200 and fast.content == ONE_SLICE
+    assert fast.headers["x-cache"] == "HIT from edge-1"
+    assert int(fast.headers["content-length"]) == len(ONE_SLICE)
+    same = {n.lower(): v for n, v in steps.headers.items() if n.lower() not in ("age", "date")}
+    assert {n.lower(): v for n, v in fast.headers.items()
+            if n.lower() not in ("age", "date")} == same
+    assert "date" in fast.headers and "age" in fast.headers
+
+
+def test_a_whole_content_addressed_object_from_its_stored_slice(
+        edge: ServerThread, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    served = _counting(monkeypatch)
+    digest = "sha-256=:" + base64.b64encode(hashlib.sha256(CA_BODY).digest()).decode() + ":"
+    with httpx.Client(base_url=edge.url) as client:
+        # slice 0 is the whole object: its fill was hashed whole, so it is verified
+        assert client.get(CA_PATH, headers={"range": "bytes=0-99"}).status_code == 206
+        client.get(CA_PATH, headers={"range": "bytes=100-199"})  # facts remembered
+        served.clear()
+        whole = client.get(CA_PATH)
+        assert served == [200] and whole.content == CA_BODY
+        assert whole.headers["content-digest"] == digest  # as the steps send it
+        (path,) = [p for p in (tmp_path / "var").rglob("*.val") if p.read_bytes() == CA_BODY]
+        with path.open("r+b") as f:  # one bit of byte 7
+            f.seek(7)
+            byte = f.read(1)[0]
+            f.seek(7)
+            f.write(bytes([byte ^ 1]))
+        served.clear()
+        again = client.get(CA_PATH)
+    assert again.content == CA_BODY and served == []  # the steps fetched it again

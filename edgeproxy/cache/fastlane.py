@@ -14,9 +14,12 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
-from ..http import RangeNotSatisfiable, format_http_date, parse_range, resolve_ranges
+from ..http import ByteRange, RangeNotSatisfiable, format_http_date, parse_range, resolve_ranges
+from .fields import content_digest
+from .hot import field_lines
+from .policy import expected_sha256
 from .store import ObjectMeta
 from .types import Scope, Send
 from .verdict import Verdict, x_cache
@@ -28,8 +31,35 @@ if TYPE_CHECKING:
 _NOT_PLAIN = frozenset({b"if-none-match", b"if-range", b"if-modified-since", b"authorization",
                         b"if-match", b"if-unmodified-since"})
 _STATUS_LINES = {200: b"HTTP/1.1 200 OK\r\n", 206: b"HTTP/1.1 206 Partial Content\r\n"}
+_MEMO_SIZE = 4096  # Range values and stored-field blocks remembered per worker
+_GATHER = 16384  # bodies from this size on are written beside the head, not copied after it
+_WHOLE = True  # a Range to ignore (RFC 9110 §14.2): the whole answer
+_STEPS = False  # 416 or several ranges: the steps answer them
 
-Hit = tuple[ObjectMeta, int, list[tuple[bytes, bytes]], bytes]
+Fields = list[tuple[bytes, bytes]]
+
+
+class Hit(NamedTuple):
+    """A fast answer: fixed fields (as pairs and as encoded lines), the ones of this moment,
+    and the body."""
+
+    meta: ObjectMeta
+    status: int
+    fixed: Fields
+    fixed_lines: bytes
+    more: Fields
+    body: bytes
+
+
+class _Stored(NamedTuple):
+    """The stored fields of one object's facts, encoded once."""
+
+    meta: ObjectMeta
+    fields: Fields
+    lines: bytes
+    dated: bool
+    whole_fields: Fields | None  # None: no whole answer from here (several slices, a hash)
+    whole_lines: bytes  # what a whole answer adds: its length and digest
 
 
 class FastLane:
@@ -38,11 +68,50 @@ class FastLane:
     def __init__(self, node: CacheNode) -> None:
         self.node = node
         self.hit_x_cache = x_cache(Verdict.HIT, node.name).encode()
+        # pure functions of their keys: a video player repeats the same few Range values
+        self._ranges: dict[tuple[bytes, int], tuple[ByteRange, bytes, bytes] | bool] = {}
+        self._stored: dict[str, _Stored] = {}
+        self._second = -1
+        self._date = b""
+
+    def forget(self) -> None:
+        """Drop the encoded fields (new TTLs after a reload change them)."""
+        self._stored.clear()
+
+    def _now_date(self, now: float) -> bytes:
+        second = int(now)
+        if second != self._second:
+            self._date, self._second = format_http_date(now).encode(), second
+        return self._date
+
+    def _one_range(self, value: bytes, length: int) -> tuple[ByteRange, bytes, bytes] | bool:
+        """The one range ``value`` asks of ``length`` bytes with its Content-Range and
+        Content-Length values; `_WHOLE` or `_STEPS` else."""
+        memo = self._ranges.get((value, length))
+        if memo is not None:
+            return memo
+        specs = parse_range(value.decode("latin-1"))
+        found: tuple[ByteRange, bytes, bytes] | bool
+        if specs is None:
+            found = _WHOLE
+        else:
+            try:
+                ranges = resolve_ranges(specs, length)
+            except RangeNotSatisfiable:
+                ranges = []
+            if len(ranges) != 1:
+                found = _STEPS
+            else:
+                rng = ranges[0]
+                found = (rng, rng.content_range(length).encode(), str(rng.length).encode())
+        if len(self._ranges) >= _MEMO_SIZE:
+            self._ranges.clear()
+        self._ranges[(value, length)] = found
+        return found
 
     def hit(self, path: str, headers: Iterable[tuple[bytes, bytes]]) -> Hit | None:
         """A GET of a fresh object, whole from memory or by one byte range from memory or
-        one stored slice, with no validator or credential: its facts, status, fields and
-        body; else None (the steps answer it).
+        one stored slice, with no validator or credential; else None (the steps answer it).
 
         ``path`` must be canonical and without a query (the callers check the raw target).
         """
@@ -57,89 +126,115 @@ class FastLane:
         now = time.time()
         entry = self.node.hot.get(path, now)
         if entry is None:
-            return None if range_value is None else self._stored_range(path, range_value, now)
+            return self._stored_range(path, range_value, now)
         meta = entry.meta
         if meta.content_class in self.node.gate.signed_classes:
             return None
-        fields = [*entry.headers, (b"age", str(int(meta.freshness.age(now))).encode()),
-                  (b"x-cache", self.hit_x_cache)]
+        more = [(b"age", str(int(meta.freshness.age(now))).encode()),
+                (b"x-cache", self.hit_x_cache)]
         if not entry.dated:
-            fields.append((b"date", format_http_date(now).encode()))
+            more.append((b"date", self._now_date(now)))
         body = entry.body
-        specs = parse_range(range_value.decode("latin-1")) if range_value is not None else None
-        if specs is None or meta.status != 200:  # RFC 9110 §14.2: ignored, whole
-            return meta, 200, fields, body
-        try:
-            ranges = resolve_ranges(specs, len(body))
-        except RangeNotSatisfiable:
-            return None  # 416 from the steps
-        if len(ranges) != 1:
-            return None  # multipart from the steps
-        (rng,) = ranges
+        if range_value is None or meta.status != 200:  # RFC 9110 §14.2: ignored, whole
+            return Hit(meta, 200, entry.headers, entry.lines, more, body)
+        found = self._one_range(range_value, len(body))
+        if found is _WHOLE:
+            return Hit(meta, 200, entry.headers, entry.lines, more, body)
+        if found is _STEPS:
+            return None  # 416 or multipart from the steps
+        assert not isinstance(found, bool)
+        rng, content_range, content_length = found
         # the whole body's Content-Digest is not this range's (RFC 9530 §2)
-        fields = [(n, v) for n, v in fields if n not in (b"content-length", b"content-digest")]
-        fields += [(b"content-range", rng.content_range(len(body)).encode()),
-                   (b"content-length", str(rng.length).encode())]
-        return meta, 206, fields, body[rng.start:rng.end + 1]
+        more += [(b"content-range", content_range), (b"content-length", content_length)]
+        return Hit(meta, 206, entry.range_headers, entry.range_lines, more,
+                   body[rng.start:rng.end + 1])
 
-    def _stored_range(self, key: str, range_value: bytes, now: float) -> Hit | None:
-        """One range within one stored slice of an object whose facts are remembered (a
-        video seek, a late range of a large blob), read and checked like the steps read it."""
+    def _fields(self, key: str, meta: ObjectMeta) -> _Stored:
+        stored = self._stored.get(key)
+        if stored is None or stored.meta is not meta:
+            fields = [(n.encode("latin-1"), v.encode("latin-1"))
+                      for n, v in self.node.stored_headers(meta)]
+            whole: Fields = []
+            if meta.length is not None and meta.length <= meta.slice_size \
+                    and self.node.whole_body_digest(key, meta) is None:
+                whole.append((b"content-length", str(meta.length).encode()))
+                # as `deliver.with_content_digest` sends it on a whole answer
+                digest = content_digest((0, meta.length - 1), meta.length, expected_sha256(
+                    key.partition("?")[0], {n.lower(): v for n, v in meta.headers}), None)
+                if digest is not None:
+                    whole.append((b"content-digest", digest.encode()))
+            stored = _Stored(meta, fields, field_lines(fields), meta.header("date") is not None,
+                             [*fields, *whole] if whole else None, field_lines(whole))
+            if len(self._stored) >= _MEMO_SIZE:
+                self._stored.clear()
+            self._stored[key] = stored
+        return stored
+
+    def _stored_range(self, key: str, range_value: bytes | None, now: float) -> Hit | None:
+        """An object whose facts are remembered, from one stored slice, read and checked
+        like the steps read it: one range within one slice (a video seek, a late range of a
+        large blob), or the whole of an object of one slice whose bytes need no hashing."""
         meta = self.node.hot.facts(key, now)
-        if meta is None or meta.length is None or meta.status != 200 \
+        if meta is None or meta.length is None or meta.status != 200 or meta.length == 0 \
                 or meta.content_class in self.node.gate.signed_classes:
             return None
-        specs = parse_range(range_value.decode("latin-1"))
-        if specs is None:
-            return None
-        try:
-            ranges = resolve_ranges(specs, meta.length)
-        except RangeNotSatisfiable:
-            return None
-        if len(ranges) != 1 or ranges[0].start // meta.slice_size \
-                != ranges[0].end // meta.slice_size:
-            return None  # several ranges or slices: the steps
-        (rng,) = ranges
-        index = rng.start // meta.slice_size
+        found = _WHOLE if range_value is None else self._one_range(range_value, meta.length)
+        if found is _STEPS:
+            return None  # 416 or multipart: the steps
+        fixed = self._fields(key, meta)
+        if isinstance(found, bool):
+            if fixed.whole_fields is None:
+                return None  # several slices, or a hash to check: the steps
+            start, length, index, status = 0, meta.length, 0, 200
+            more: Fields = []
+        else:
+            rng, content_range, content_length = found
+            start, length, index, status = rng.start, rng.length, rng.start // meta.slice_size, 206
+            if index != rng.end // meta.slice_size:
+                return None  # several slices: the steps
+            more = [(b"content-range", content_range), (b"content-length", content_length)]
         stored = self.node.store.get_slice(key, meta.version, index)
         if stored is None:
             return None  # missing: the steps fetch it
-        offset = rng.start - index * meta.slice_size
+        offset = start - index * meta.slice_size
         if isinstance(stored, bytes):
-            data = stored[offset:offset + rng.length]
+            data = stored[offset:offset + length]
         else:
             with stored:
-                data = os.pread(stored.fileno(), rng.length, offset)
+                data = os.pread(stored.fileno(), length, offset)
                 if not stored.unchanged():
                     return None  # written to while read: the steps check it again
-        if len(data) != rng.length:
+        if len(data) != length:
             return None
-        fields = [(n.encode("latin-1"), v.encode("latin-1"))
-                  for n, v in self.node.stored_headers(meta)]
-        if meta.header("date") is None:
-            fields.append((b"date", format_http_date(now).encode()))
-        fields += [(b"age", str(int(meta.freshness.age(now))).encode()),
-                   (b"x-cache", self.hit_x_cache),
-                   (b"content-range", rng.content_range(meta.length).encode()),
-                   (b"content-length", str(rng.length).encode())]
-        return meta, 206, fields, data
+        more += [(b"age", str(int(meta.freshness.age(now))).encode()),
+                 (b"x-cache", self.hit_x_cache)]
+        if not fixed.dated:
+            more.append((b"date", self._now_date(now)))
+        if status == 200:
+            assert fixed.whole_fields is not None
+            return Hit(meta, 200, fixed.whole_fields, fixed.lines + fixed.whole_lines, more,
+                       data)
+        return Hit(meta, 206, fixed.fields, fixed.lines, more, data)
 
     def reply(self, path: str, headers: Iterable[tuple[bytes, bytes]], started: float,
-              extra: list[tuple[bytes, bytes]]) -> tuple[bytes, int, int] | None:
+              extra: Fields) -> tuple[list[bytes], int, int] | None:
         """The whole HTTP/1.1 answer to a plain hit, for a server protocol to write as it
         reads the request head (no task, no ASGI messages); None: take the request through
-        the app. ``extra``: the server's own fields. With the answer, its status and its
-        body's length."""
+        the app. ``extra``: the server's own fields. With the answer (buffers for one
+        gathered write), its status and its body's length."""
         hit = self.hit(path, headers)
         if hit is None:
             return None
-        meta, status, fields, body = hit
-        self.node.metrics.observe("HIT", meta.content_class, len(body),
+        body = hit.body
+        self.node.metrics.observe("HIT", hit.meta.content_class, len(body),
                                   time.perf_counter() - started)
-        return b"".join([_STATUS_LINES[status],
-                         *[b"%s: %s\r\n" % pair for pair in fields],
-                         *[b"%s: %s\r\n" % pair for pair in extra], b"\r\n",
-                         body]), status, len(body)
+        parts = [_STATUS_LINES[hit.status], hit.fixed_lines,
+                 *[b"%s: %s\r\n" % pair for pair in hit.more],
+                 *[b"%s: %s\r\n" % pair for pair in extra], b"\r\n"]
+        if len(body) < _GATHER:
+            parts.append(body)
+            return [b"".join(parts)], hit.status, len(body)
+        return [b"".join(parts), body], hit.status, len(body)  # no copy of a large body
 
     async def serve(self, scope: Scope, send: Send, started: float) -> bool:
         """The hit path for hot objects under any ASGI server: a dict lookup and two sends."""
@@ -151,10 +246,9 @@ class FastLane:
         hit = self.hit(scope["path"], scope["headers"])
         if hit is None:
             return False
-        meta, status, fields, body = hit
-        await send({"type": "http.response.start", "status": status, "headers": fields})
-        await send({"type": "http.response.body", "body": body})
-        self.node.metrics.observe("HIT", meta.content_class, len(body),
+        await send({"type": "http.response.start", "status": hit.status,
+                    "headers": [*hit.fixed, *hit.more]})
+        await send({"type": "http.response.body", "body": hit.body})
+        self.node.metrics.observe("HIT", hit.meta.content_class, len(hit.body),
                                   time.perf_counter() - started)
         return True
-

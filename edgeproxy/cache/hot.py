@@ -13,7 +13,7 @@ import os
 import struct
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .store import ObjectMeta
@@ -51,6 +51,11 @@ class PurgeEpoch:
         self._map.close()
 
 
+def field_lines(fields: list[tuple[bytes, bytes]]) -> bytes:
+    """``name: value`` lines of a field block, as HTTP/1.1 sends them."""
+    return b"".join([b"%s: %s\r\n" % pair for pair in fields])
+
+
 @dataclass(slots=True)
 class HotEntry:
     """One object ready to send: facts, body, and the headers that do not change."""
@@ -60,9 +65,18 @@ class HotEntry:
     headers: list[tuple[bytes, bytes]]  # without Age, X-Cache and Content-Length
     fresh_until: float  # epoch seconds
     dated: bool = False  # the stored fields carry a Date (else each answer adds the clock's)
+    # encoded once: the whole answer's field lines, and a range's fields and lines (without
+    # Content-Length and Content-Digest, which are the whole body's: RFC 9530 §2)
+    lines: bytes = b""
+    range_headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+    range_lines: bytes = b""
 
     def __post_init__(self) -> None:
         self.dated = self.meta.header("date") is not None
+        self.lines = field_lines(self.headers)
+        self.range_headers = [(n, v) for n, v in self.headers
+                              if n not in (b"content-length", b"content-digest")]
+        self.range_lines = field_lines(self.range_headers)
 
 
 class HotTier:

@@ -200,6 +200,7 @@ class CacheNode:
         self.facts.classes = dict(self.classes)
         self.gate = Gate(config)
         self.hot.clear()  # its entries carry prebuilt headers (Cache-Control) of the old TTLs
+        self.fast.forget()
 
     def _plan(self, flight: Flight, beresp: BeResp) -> Plan:
         plan = self.facts.plan(flight, beresp)
@@ -465,8 +466,9 @@ class CacheNode:
     # --- the fast lane (`fastlane`) ---
 
     def fast_reply(self, path: str, headers: Iterable[tuple[bytes, bytes]], started: float,
-                   extra: list[tuple[bytes, bytes]]) -> tuple[bytes, int, int] | None:
-        """A plain hit's whole HTTP/1.1 answer for the server protocol, or None."""
+                   extra: list[tuple[bytes, bytes]]) -> tuple[list[bytes], int, int] | None:
+        """A plain hit's whole HTTP/1.1 answer (buffers for one gathered write) for the
+        server protocol, or None."""
         return self.fast.reply(path, headers, started, extra)
 
     @property
