@@ -32,6 +32,7 @@ _NOT_PLAIN = frozenset({b"if-none-match", b"if-range", b"if-modified-since", b"a
                         b"if-match", b"if-unmodified-since"})
 _STATUS_LINES = {200: b"HTTP/1.1 200 OK\r\n", 206: b"HTTP/1.1 206 Partial Content\r\n"}
 _MEMO_SIZE = 4096  # Range values and stored-field blocks remembered per worker
+WHOLE_MAX = 1024 * 1024  # larger whole answers stream from the steps, paced by the client
 _GATHER = 16384  # bodies from this size on are written beside the head, not copied after it
 _WHOLE = True  # a Range to ignore (RFC 9110 §14.2): the whole answer
 _STEPS = False  # 416 or several ranges: the steps answer them
@@ -155,7 +156,7 @@ class FastLane:
             fields = [(n.encode("latin-1"), v.encode("latin-1"))
                       for n, v in self.node.stored_headers(meta)]
             whole: Fields = []
-            if meta.length is not None and meta.length <= meta.slice_size \
+            if meta.length is not None and meta.length <= min(meta.slice_size, WHOLE_MAX) \
                     and self.node.whole_body_digest(key, meta) is None:
                 whole.append((b"content-length", str(meta.length).encode()))
                 # as `deliver.with_content_digest` sends it on a whole answer
