@@ -227,6 +227,7 @@ class FastLane:
         if hit is None:
             return None
         body = hit.body
+        self.node.answered += 1
         self.node.metrics.observe("HIT", hit.meta.content_class, len(body),
                                   time.perf_counter() - started)
         parts = [_STATUS_LINES[hit.status], hit.fixed_lines,
@@ -250,6 +251,7 @@ class FastLane:
         await send({"type": "http.response.start", "status": hit.status,
                     "headers": [*hit.fixed, *hit.more]})
         await send({"type": "http.response.body", "body": hit.body})
+        self.node.answered += 1
         self.node.metrics.observe("HIT", hit.meta.content_class, len(hit.body),
                                   time.perf_counter() - started)
         return True

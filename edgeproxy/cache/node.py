@@ -18,6 +18,7 @@ from typing import Any
 
 from ..config import Config, ContentClass
 from ..errors import ConfigError, FillAborted, HTTPError, StorageFault, UpstreamError
+from ..heaptrim import HeapTrim
 from ..http import ByteRange, format_http_date
 from ..tls import client_context
 from . import admin, asgi, boundary, fields, policy, steps
@@ -43,6 +44,7 @@ log = logging.getLogger("edgeproxy.cache")
 
 # How long a worker trusts facts it remembered in memory (see `CacheNode.remember`).
 FACTS_TTL = 10.0
+HEAP_TRIM_INTERVAL = 2.0  # quiet seconds before freed heap pages go back (`heaptrim`)
 
 # How many slices past the first a hit looks at for a missing one before its headers go out.
 MISSING_WINDOW = 16
@@ -84,6 +86,8 @@ class CacheNode:
         self._transport: Transport | None = transport
         self._fetcher: Fetcher | None = None
         self._scrub: BackgroundScrub | None = None
+        self.answered = 0  # requests answered by this worker (the fast lane's too)
+        self._heap_trim = HeapTrim(HEAP_TRIM_INTERVAL, lambda: self.answered)
         self.fast = FastLane(self)
         asgi.allow_any_status()
 
@@ -126,6 +130,7 @@ class CacheNode:
         except HTTPError as exc:
             await self._error(tx, send, exc)
         finally:
+            self.answered += 1
             verdict = tx.verdict if tx is not None else Verdict.ERROR
             cls = tx.meta.content_class if tx is not None and tx.meta else policy.DEFAULT_CLASS
             self.metrics.observe(verdict.value, cls, tx.sent if tx else 0,
@@ -171,6 +176,7 @@ class CacheNode:
             if isinstance(self._transport, Director):
                 self._transport.start()
                 self.metrics.add_collector(self._transport.collector(self.tier))
+        self._heap_trim.start()
         if self.config.cache.scrub_interval > 0:
             self._scrub = BackgroundScrub(self.store, self.config.cache.scrub_interval,
                                           self.config.cache.scrub_rate)
@@ -182,6 +188,7 @@ class CacheNode:
 
     async def shutdown(self) -> None:
         """Stop flights and close the transport and the index."""
+        self._heap_trim.stop()
         if self._scrub is not None:
             await self._scrub.stop()
         if self._fetcher is not None:
