@@ -1,12 +1,14 @@
 """Admin calls of a cache node: purge (one key or a prefix), warm (prefetch a list) and
-scrub (re-verify every stored slice).
+scrub (re-verify every stored slice, and hash whole the objects filled by ranges).
 
 ``POST /_admin/purge`` ``{"paths": [...]}`` or ``{"prefix": "/pp/"}`` → ``{"purged": n}``.
 ``POST /_admin/warm`` ``{"paths": [...], "concurrency": 8}`` → NDJSON, one line per path as it
 finishes (``{"path", "status", "bytes", "x_cache"}``), then ``{"done": n, "failed": m}``.
 ``POST /_admin/scrub`` → NDJSON: ``{"total": n}``, then ``{"checked", "total", "bad"}`` now and
 then and ``{"bad_slice": {"key", "index"}}`` for each slice that failed (it is dropped, and
-fetched again when next needed), then ``{"done": n, "bad": m}``.
+fetched again when next needed), ``{"bad_object": {"key"}}`` for each object whose slices
+together fail its SHA-256 (dropped whole), then ``{"done": n, "bad": m, "objects_verified",
+"objects_bad", "objects_incomplete"}``.
 All need ``Authorization: Bearer <admin_token>``: missing → 401, wrong → 403, and nothing
 happens; with no token configured the admin API is off (403).
 """
@@ -171,9 +173,15 @@ async def _scrub(node: CacheNode, send: Send) -> None:
     async def progress(state: scrub.ScrubState) -> None:
         await line({"checked": state.checked, "total": state.total, "bad": state.bad})
 
+    async def bad_object(key: str) -> None:
+        await line({"bad_object": {"key": key}})
+
     state = await scrub.run(node.store, on_total=lambda s: line({"total": s.total}),
-                            on_bad=bad, on_progress=progress)
-    await line({"done": state.checked, "bad": state.bad}, more=False)
+                            on_bad=bad, on_progress=progress, objects=node.object_pass(),
+                            on_bad_object=bad_object)
+    await line({"done": state.checked, "bad": state.bad,
+                "objects_verified": state.objects_verified, "objects_bad": state.objects_bad,
+                "objects_incomplete": state.objects_incomplete}, more=False)
 
 
 async def _json(send: Send, status: int, payload: dict[str, Any]) -> None:

@@ -20,7 +20,7 @@ import os
 import struct
 import time
 from dataclasses import dataclass
-from typing import IO
+from typing import IO, Any
 
 import xxhash
 
@@ -112,8 +112,9 @@ def settled(state: FileState) -> bool:
     return time.time_ns() - state[4] >= RACY_NS
 
 
-def file_matches(fd: int, size: int, checksum: int) -> bool:
-    """Whether the ``size`` bytes of the open file ``fd`` hash to ``checksum``."""
+def file_matches(fd: int, size: int, checksum: int, also: Any = None) -> bool:
+    """Whether the ``size`` bytes of the open file ``fd`` hash to ``checksum``; ``also``:
+    another hasher (``update``) fed the same bytes."""
     hasher = xxhash.xxh3_64()
     pos = 0
     while pos < size:
@@ -121,8 +122,28 @@ def file_matches(fd: int, size: int, checksum: int) -> bool:
         if not chunk:
             return False  # shorter than it was a moment ago: not the bytes that were stored
         hasher.update(chunk)
+        if also is not None:
+            also.update(chunk)
         pos += len(chunk)
     return bool(hasher.intdigest() == checksum)
+
+
+def feed(stored: bytes | IO[bytes], hasher: Any) -> int | None:
+    """Feed a stored slice (a sealed record, or an opened file: closed here) to ``hasher``
+    as its own checksum is checked: its size, or None if it fails that check (``hasher``
+    has then seen bytes that are not the slice's)."""
+    if isinstance(stored, bytes):
+        data = unseal(stored)
+        if data is None:
+            return None
+        hasher.update(data)
+        return len(data)
+    with stored:
+        expected = from_file_name(stored.name)
+        size = os.fstat(stored.fileno()).st_size
+        if expected is None or not file_matches(stored.fileno(), size, expected, hasher):
+            return None
+        return size
 
 
 class VerifiedFiles:

@@ -33,7 +33,7 @@ from .gate import Gate
 from .hot import HotEntry, HotTier, PurgeEpoch
 from .metrics import CONTENT_TYPE_LATEST, NodeMetrics
 from .req import Req, cache_key
-from .scrub import BackgroundScrub
+from .scrub import BackgroundScrub, ObjectPass
 from .sources import FillSource, Source, StoredSource
 from .store import CacheStore, ObjectMeta
 from .transport import Transport, transport_for
@@ -179,7 +179,7 @@ class CacheNode:
         self._heap_trim.start()
         if self.config.cache.scrub_interval > 0:
             self._scrub = BackgroundScrub(self.store, self.config.cache.scrub_interval,
-                                          self.config.cache.scrub_rate)
+                                          self.config.cache.scrub_rate, self.object_pass())
             self._scrub.start()
         self._fetcher = Fetcher(self.store, self.coalescer, self._transport,
                                 on_headers=self._plan, on_upstream=self.metrics.upstream,
@@ -240,6 +240,11 @@ class CacheNode:
         log.error("integrity failure on %s (%s): dropped", key, why)
         self.metrics.integrity_failures.labels(self.tier, reason).inc()
         self._purge_key(key)
+
+    def object_pass(self) -> ObjectPass:
+        """What a scrub's object pass needs of this node (`scrub`)."""
+        return ObjectPass(self.whole_body_digest, self.mark_verified,
+                          lambda key, why: self.integrity_failure(key, why, "body_hash"))
 
     def slice_corrupt(self, key: str, index: int, why: str) -> None:
         """A stored slice failed its checksum and the store dropped it (it is fetched again

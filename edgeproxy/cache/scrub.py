@@ -1,4 +1,5 @@
-"""The scrub: hash every stored slice again, whatever the workers remember, and drop bad ones.
+"""The scrub: hash every stored slice again, whatever the workers remember, and drop bad ones;
+then hash whole the objects whose SHA-256 is known but whose slices came by ranges.
 
 A worker trusts a slice file it has checked until the file's state changes (`checksum`);
 decay the file system does not see leaves the state alone, so a scrub re-reads everything.
@@ -7,6 +8,12 @@ It runs on demand (``POST /_admin/scrub``, ``edgeproxy scrub``) or, with
 one worker of a node at a time. Reads and hashes run in a thread of their own (most of a cache
 is cold: its reads must not stall the worker's requests), one slice at a time, so a scrub
 holds no list of the whole cache; what it finds is acted on in the event loop.
+
+Slices filled by ranges pass their own checksum and, where the origin sent one, their range's
+Content-Digest; the object's SHA-256 (its content address, or Repr-Digest) is first checked
+when a whole answer is assembled from them. The object pass checks it before any reader asks:
+an object whose slices are all stored is hashed across them in order, then marked verified
+(later passes and whole answers skip it) or, on a mismatch, dropped whole and fetched anew.
 """
 
 from __future__ import annotations
@@ -14,15 +21,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import hashlib
+import hmac
 import logging
 import os
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
-from .checksum import SliceCheck
-from .store import CacheStore
+from . import policy
+from .checksum import SliceCheck, feed
+from .store import CacheStore, ObjectMeta
 
 log = logging.getLogger("edgeproxy.cache")
 
@@ -37,15 +48,30 @@ class ScrubState:
     total: int = 0  # slices stored when it started
     checked: int = 0
     bad: int = 0
-    bytes: int = 0
+    bytes: int = 0  # read by both passes
+    objects_verified: int = 0  # hashed whole and found right (marked verified)
+    objects_bad: int = 0  # hashed whole and found wrong (dropped)
+    objects_incomplete: int = 0  # to verify, but a slice is missing (skipped)
+
+
+@dataclass
+class ObjectPass:
+    """What the object pass needs of its node: the SHA-256 an object must have (None: none,
+    or already verified), and what to do with one found right or wrong."""
+
+    expected: Callable[[str, ObjectMeta], str | None]
+    verified: Callable[[str, ObjectMeta], None]
+    failed: Callable[[str, str], None]  # key, why
 
 
 async def run(store: CacheStore, *, rate: int = 0,
               on_total: Callable[[ScrubState], Awaitable[None]] | None = None,
               on_bad: Callable[[str, int], Awaitable[None]] | None = None,
-              on_progress: Callable[[ScrubState], Awaitable[None]] | None = None) -> ScrubState:
-    """Check every stored slice, dropping those that fail; ``rate``: bytes a second at most
-    (0: as fast as the disk goes)."""
+              on_progress: Callable[[ScrubState], Awaitable[None]] | None = None,
+              objects: ObjectPass | None = None,
+              on_bad_object: Callable[[str], Awaitable[None]] | None = None) -> ScrubState:
+    """Check every stored slice, dropping those that fail, then (with ``objects``) every
+    object to verify whole; ``rate``: bytes a second at most (0: as fast as the disk goes)."""
     loop = asyncio.get_running_loop()
     state = ScrubState()
     # One thread throughout: the index's key iterator is bound to its thread's connection.
@@ -78,11 +104,65 @@ async def run(store: CacheStore, *, rate: int = 0,
             if on_progress is not None and time.monotonic() - reported >= PROGRESS_EVERY:
                 reported = time.monotonic()
                 await on_progress(state)
-            if rate > 0:
-                ahead = state.bytes / rate - (time.monotonic() - started)
-                if ahead > 0:
-                    await asyncio.sleep(ahead)
+            await _pace(state, rate, started)
+        if objects is not None:
+            await _objects(store, thread, state, objects, rate, started, on_bad_object)
     return state
+
+
+async def _pace(state: ScrubState, rate: int, started: float) -> None:
+    if rate > 0:
+        ahead = state.bytes / rate - (time.monotonic() - started)
+        if ahead > 0:
+            await asyncio.sleep(ahead)
+
+
+async def _objects(store: CacheStore, thread: ThreadPoolExecutor, state: ScrubState,
+                   objects: ObjectPass, rate: int, started: float,
+                   on_bad_object: Callable[[str], Awaitable[None]] | None) -> None:
+    """The object pass: facts are read in the event loop (where this worker's pending
+    writes are), keys listed and bytes hashed in the scrub's thread."""
+    loop = asyncio.get_running_loop()
+    keys = await loop.run_in_executor(thread, store.meta_keys)
+    while (key := await loop.run_in_executor(thread, next, keys, None)) is not None:
+        meta = store.get_meta(key)
+        if meta is None or meta.length is None or meta.length == 0 or meta.vary:
+            continue
+        digest = objects.expected(key, meta)
+        if digest is None:
+            continue  # nothing to check it against, or verified already
+        count = policy.slice_count(meta.length, meta.slice_size)
+        if not all(store.has_slice(key, meta.version, i) for i in range(count)):
+            state.objects_incomplete += 1  # checked when a whole answer assembles it
+            continue
+        got, size = await loop.run_in_executor(thread, _sha256, store, key, meta, count)
+        state.bytes += size
+        if got is None:
+            state.objects_incomplete += 1  # a slice went, or went bad, meanwhile
+        elif hmac.compare_digest(got, digest):
+            state.objects_verified += 1
+            objects.verified(key, meta)
+        else:
+            state.objects_bad += 1
+            objects.failed(key, f"body SHA-256 {got[:16]}… across its stored slices does "
+                                f"not match the expected {digest[:16]}… (scrub)")
+            if on_bad_object is not None:
+                await on_bad_object(key)
+        await _pace(state, rate, started)
+
+
+def _sha256(store: CacheStore, key: str, meta: ObjectMeta, count: int) -> tuple[str | None, int]:
+    """The SHA-256 of an object across its stored slices, each checked against its own
+    checksum on the way (None if one is gone or fails), and the bytes read."""
+    hasher: Any = hashlib.sha256()
+    total = 0
+    for index in range(count):
+        stored = store.raw_slice(key, meta.version, index)
+        size = None if stored is None else feed(stored, hasher)
+        if size is None:
+            return None, total
+        total += size
+    return (hasher.hexdigest() if total == meta.length else None), total
 
 
 class BackgroundScrub:
@@ -93,8 +173,10 @@ class BackgroundScrub:
     A node restarted often may so never get to a pass: ``edgeproxy scrub`` runs one now.
     """
 
-    def __init__(self, store: CacheStore, interval: float, rate: int) -> None:
+    def __init__(self, store: CacheStore, interval: float, rate: int,
+                 objects: ObjectPass | None = None) -> None:
         self.store = store
+        self.objects = objects
         self.interval = interval
         self.rate = rate
         self.lock_path = store.directory / "scrub.lock"
@@ -133,10 +215,12 @@ class BackgroundScrub:
             with contextlib.suppress(FileNotFoundError):
                 if time.time() - self.done_path.stat().st_mtime < self.interval:
                     return  # another worker has just scrubbed
-            state = await run(self.store, rate=self.rate)
+            state = await run(self.store, rate=self.rate, objects=self.objects)
             self.done_path.touch()
             self.passes += 1
-            log.info("background scrub of %s: %d slices checked, %d bad (dropped)",
-                     self.store.directory, state.checked, state.bad)
+            log.info("background scrub of %s: %d slices checked, %d bad (dropped); objects: "
+                     "%d verified, %d bad (dropped), %d incomplete", self.store.directory,
+                     state.checked, state.bad, state.objects_verified, state.objects_bad,
+                     state.objects_incomplete)
         finally:
             os.close(fd)  # and with it the lock

@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import IO, Any, TypeVar
 
 import diskcache
 
@@ -342,6 +342,22 @@ class CacheStore:
         return check_inline(skey, stored) if isinstance(stored, bytes) \
             else check_file(skey, stored)
 
+    def meta_keys(self) -> Iterator[str]:
+        """The cache key of every stored object (read in pages, as `slice_keys`)."""
+        for entry in self._cache.iterkeys():
+            if isinstance(entry, str) and entry.startswith(_META_PREFIX):
+                yield entry[len(_META_PREFIX):]
+            elif isinstance(entry, str) and entry > _META_PREFIX:
+                return  # keys come sorted: past the objects
+
+    @_reading(None)
+    def raw_slice(self, key: str, version: str, index: int) -> bytes | IO[bytes] | None:
+        """A stored slice as the index holds it (a sealed record or an opened file, to
+        close), whatever this worker remembers: for a thread that checks it."""
+        stored: bytes | IO[bytes] | None = self._cache.get(_slice_key(key, version, index),
+                                                            read=True)
+        return stored
+
     def settle(self, check: SliceCheck) -> None:
         """Remember a file found good; drop a slice found bad."""
         if check.ok and check.state is not None and check.checksum is not None:
@@ -446,8 +462,11 @@ def _tag(key: str) -> str:
 
 # Index keys are plain strings: diskcache stores them as they are, where a tuple key would be
 # pickled (and pickle-optimised) on every lookup — the largest cost of a hit, once measured.
+_META_PREFIX = "m\0"
+
+
 def _meta_key(key: str) -> str:
-    return "m\0" + key
+    return _META_PREFIX + key
 
 
 def _variant_key(key: str, values: tuple[str, ...]) -> str:

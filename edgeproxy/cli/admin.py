@@ -112,9 +112,10 @@ def warm(ctx: click.Context, paths: tuple[str, ...], list_file: TextIO | None,
 @click.pass_context
 def scrub(ctx: click.Context, nodes: tuple[str, ...], token: str | None,
           config_path: str | None) -> None:
-    """Re-verify every slice stored by edge and shield against its checksum; bad ones are
-    dropped (and fetched again when next asked for). A bar when stderr is a terminal, else a
-    line per progress report; exits 1 if any slice was bad, like fsck after a repair."""
+    """Re-verify every slice stored by edge and shield against its checksum, and every
+    object filled by ranges against its SHA-256; bad ones are dropped (and fetched again when
+    next asked for). A bar when stderr is a terminal, else a line per progress report; exits 1
+    if anything was bad, like fsck after a repair."""
     from .progress import Progress
 
     targets, secret = _nodes_and_token(ctx, nodes, token, config_path, ("edge", "shield"))
@@ -125,6 +126,8 @@ def scrub(ctx: click.Context, nodes: tuple[str, ...], token: str | None,
                 if "bad_slice" in item:
                     bad = item["bad_slice"]
                     bar.write(f"{node} bad slice {bad['index']} of {bad['key']}: dropped")
+                elif "bad_object" in item:
+                    bar.write(f"{node} {item['bad_object']['key']} fails its SHA-256: dropped")
                 elif "checked" in item:
                     bar.update_to(item["checked"], item.get("total"))
                     if not bar.enabled:
@@ -134,5 +137,5 @@ def scrub(ctx: click.Context, nodes: tuple[str, ...], token: str | None,
             summaries[node] = adminclient.scrub(node, secret, on_progress=progress)
             bar.update_to(summaries[node]["done"])
     click.echo(json.dumps({"scrubbed": summaries}, indent=2))
-    if any(s.get("bad") for s in summaries.values()):
+    if any(s.get("bad") or s.get("objects_bad") for s in summaries.values()):
         ctx.exit(1)

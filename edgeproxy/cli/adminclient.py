@@ -70,7 +70,8 @@ def scrub(node: str, token: str, *,
           on_progress: Callable[[dict[str, Any]], None] | None = None,
           timeout: float = 3600.0) -> dict[str, Any]:
     """Re-verify every slice stored on ``node`` (bad ones are dropped there), calling
-    ``on_progress`` for each progress line; returns ``{"done": n, "bad": m}``."""
+    ``on_progress`` for each progress line; returns ``{"done": n, "bad": m, ...}`` with the
+    object pass's counts."""
     summary: dict[str, Any] = {}
     with httpx.Client(timeout=timeout, trust_env=False) as client, \
             client.stream("POST", node.rstrip("/") + "/_admin/scrub", json={},
