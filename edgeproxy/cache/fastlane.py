@@ -1,10 +1,12 @@
 """The fast lane: fresh hits answered before the steps, from memory or one stored slice.
 
-A GET with no validator or credential for an object in the memory tier (whole, or one byte
-range of it), or for one range inside one stored slice of an object whose facts are
-remembered, needs none of the pipeline's decisions: its answer is the stored fields, the
-clock's Age and Date, and bytes already at hand (a stored slice is read and checked as the
-steps read it). The server protocol asks `reply` as it parses a request head and writes the
+A GET with no validator or credential for a fresh object in the memory tier (whole, or one
+byte range of it), for one range inside one stored slice, or for the whole of an object stored
+as one slice (up to 1 MiB, its SHA-256 checked already), needs none of the pipeline's
+decisions: its answer is the stored fields, the clock's Age and Date, and bytes at hand (a
+stored slice is read and checked as the steps read it; facts the worker does not remember are
+read from the index and remembered, as `steps.lookup` does; a small object read whole is kept
+in memory, as the steps keep it). The server protocol asks `reply` as it parses a request head and writes the
 answer in one go; under any other ASGI server `serve` sends it. Anything else returns None
 and goes through the steps.
 """
@@ -18,7 +20,7 @@ from typing import TYPE_CHECKING, NamedTuple
 
 from ..http import ByteRange, RangeNotSatisfiable, format_http_date, parse_range, resolve_ranges
 from .fields import content_digest
-from .hot import field_lines
+from .hot import HotEntry, field_lines
 from .policy import expected_sha256
 from .store import ObjectMeta
 from .types import Scope, Send
@@ -176,7 +178,12 @@ class FastLane:
         like the steps read it: one range within one slice (a video seek, a late range of a
         large blob), or the whole of an object of one slice whose bytes need no hashing."""
         meta = self.node.hot.facts(key, now)
-        if meta is None or meta.length is None or meta.status != 200 or meta.length == 0 \
+        if meta is None:
+            meta = self.node.store.get_meta(key)  # as `steps.lookup` looks, and remembers
+            if meta is None or meta.vary or not meta.freshness.is_fresh(now):
+                return None  # a miss, a variant, stale: the steps
+            self.node.remember(key, meta, now)
+        if meta.length is None or meta.status != 200 or meta.length == 0 \
                 or meta.content_class in self.node.gate.signed_classes:
             return None
         found = _WHOLE if range_value is None else self._one_range(range_value, meta.length)
@@ -213,6 +220,9 @@ class FastLane:
             more.append((b"date", self._now_date(now)))
         if status == 200:
             assert fixed.whole_fields is not None
+            if self.node.hot.accepts(length):  # as the steps keep a small object in memory
+                self.node.hot.put(key, HotEntry(meta, data, fixed.whole_fields,
+                                                now + meta.freshness.remaining(now)))
             return Hit(meta, 200, fixed.whole_fields, fixed.lines + fixed.whole_lines, more,
                        data)
         return Hit(meta, 206, fixed.fields, fixed.lines, more, data)
