@@ -292,3 +292,22 @@ def test_a_whole_content_addressed_object_from_its_stored_slice(
         served.clear()
         again = client.get(CA_PATH)
     assert again.content == CA_BODY and served == []  # the steps fetched it again
+
+
+def test_a_slice_ranges_ask_for_again_is_kept_in_memory(
+        edge: ServerThread, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    served = _counting(monkeypatch)
+    inside = f"bytes={MIB + 100}-{MIB + 65_635}"
+    with httpx.Client(base_url=edge.url) as client:
+        assert client.get("/static/large.bin").content == LARGE  # stored, 3 slices
+        for _ in range(2):  # read from disk twice: the second read keeps the slice
+            r = client.get("/static/large.bin", headers={"range": inside})
+            assert r.content == LARGE[MIB + 100:MIB + 65_636]
+        (path,) = [p for p in (tmp_path / "var").rglob("*.val")
+                   if p.read_bytes() == LARGE[MIB:2 * MIB]]
+        with path.open("r+b") as f:  # decay on disk after the checked copy was kept
+            f.seek(5000)
+            f.write(bytes([LARGE[MIB + 5000] ^ 1]))
+        served.clear()
+        again = client.get("/static/large.bin", headers={"range": f"bytes={MIB}-{MIB + 9999}"})
+    assert served == [206] and again.content == LARGE[MIB:MIB + 10_000]  # the checked copy

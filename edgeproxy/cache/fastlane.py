@@ -6,9 +6,10 @@ as one slice (up to 1 MiB, its SHA-256 checked already), needs none of the pipel
 decisions: its answer is the stored fields, the clock's Age and Date, and bytes at hand (a
 stored slice is read and checked as the steps read it; facts the worker does not remember are
 read from the index and remembered, as `steps.lookup` does; a small object read whole is kept
-in memory, as the steps keep it). The server protocol asks `reply` as it parses a request head and writes the
-answer in one go; under any other ASGI server `serve` sends it. Anything else returns None
-and goes through the steps.
+in memory, as the steps keep it; a slice ranges ask for again is kept in memory too). The
+server protocol asks `reply` as it parses a request head and writes the answer in one go;
+under any other ASGI server `serve` sends it. Anything else returns None and goes through the
+steps.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ class Hit(NamedTuple):
     fixed: Fields
     fixed_lines: bytes
     more: Fields
-    body: bytes
+    body: bytes | memoryview
 
 
 class _Stored(NamedTuple):
@@ -201,18 +202,9 @@ class FastLane:
             if index != rng.end // meta.slice_size:
                 return None  # several slices: the steps
             more = [(b"content-range", content_range), (b"content-length", content_length)]
-        stored = self.node.store.get_slice(key, meta.version, index)
-        if stored is None:
-            return None  # missing: the steps fetch it
         offset = start - index * meta.slice_size
-        if isinstance(stored, bytes):
-            data = stored[offset:offset + length]
-        else:
-            with stored:
-                data = os.pread(stored.fileno(), length, offset)
-                if not stored.unchanged():
-                    return None  # written to while read: the steps check it again
-        if len(data) != length:
+        data = self._read(key, meta, index, offset, length)
+        if data is None:
             return None
         more += [(b"age", str(int(meta.freshness.age(now))).encode()),
                  (b"x-cache", self.hit_x_cache)]
@@ -220,6 +212,7 @@ class FastLane:
             more.append((b"date", self._now_date(now)))
         if status == 200:
             assert fixed.whole_fields is not None
+            data = bytes(data)  # (a copy only when it came from a slice kept in memory)
             if self.node.hot.accepts(length):  # as the steps keep a small object in memory
                 self.node.hot.put(key, HotEntry(meta, data, fixed.whole_fields,
                                                 now + meta.freshness.remaining(now)))
@@ -227,8 +220,36 @@ class FastLane:
                        data)
         return Hit(meta, 206, fixed.fields, fixed.lines, more, data)
 
+    def _read(self, key: str, meta: ObjectMeta, index: int, offset: int,
+              length: int) -> bytes | memoryview | None:
+        """``length`` bytes at ``offset`` of a slice: from memory, or read and checked from
+        the store (a file slice asked for twice lately is then kept in memory); None when it
+        is not stored or not as it should be (the steps then fetch or check it again)."""
+        hot, sid = self.node.hot, (key, meta.version, index)
+        kept = hot.slice(sid)
+        if kept is not None:
+            view = memoryview(kept)[offset:offset + length]  # no copy of a large range
+            return view if len(view) == length else None
+        stored = self.node.store.get_slice(key, meta.version, index)
+        if stored is None:
+            return None  # missing: the steps fetch it
+        if isinstance(stored, bytes):
+            data = stored[offset:offset + length]
+        else:
+            with stored:
+                fd = stored.fileno()
+                size = os.fstat(fd).st_size
+                whole = length < (meta.length or 0) and hot.wants_slice(sid, size)
+                data = os.pread(fd, size if whole else length, 0 if whole else offset)
+                if not stored.unchanged():
+                    return None  # written to while read: the steps check it again
+            if whole:
+                hot.put_slice(sid, data)
+                data = data[offset:offset + length]
+        return data if len(data) == length else None
+
     def reply(self, path: str, headers: Iterable[tuple[bytes, bytes]], started: float,
-              extra: Fields) -> tuple[list[bytes], int, int] | None:
+              extra: Fields) -> tuple[list[bytes | memoryview], int, int] | None:
         """The whole HTTP/1.1 answer to a plain hit, for a server protocol to write as it
         reads the request head (no task, no ASGI messages); None: take the request through
         the app. ``extra``: the server's own fields. With the answer (buffers for one
@@ -240,7 +261,7 @@ class FastLane:
         self.node.answered += 1
         self.node.metrics.observe("HIT", hit.meta.content_class, len(body),
                                   time.perf_counter() - started)
-        parts = [_STATUS_LINES[hit.status], hit.fixed_lines,
+        parts: list[bytes | memoryview] = [_STATUS_LINES[hit.status], hit.fixed_lines,
                  *[b"%s: %s\r\n" % pair for pair in hit.more],
                  *[b"%s: %s\r\n" % pair for pair in extra], b"\r\n"]
         if len(body) < _GATHER:
@@ -260,7 +281,7 @@ class FastLane:
             return False
         await send({"type": "http.response.start", "status": hit.status,
                     "headers": [*hit.fixed, *hit.more]})
-        await send({"type": "http.response.body", "body": hit.body})
+        await send({"type": "http.response.body", "body": bytes(hit.body)})
         self.node.answered += 1
         self.node.metrics.observe("HIT", hit.meta.content_class, len(hit.body),
                                   time.perf_counter() - started)

@@ -20,6 +20,10 @@ from .store import ObjectMeta
 
 _EPOCH = struct.Struct("=Q")
 FACTS_SIZE = 65536  # facts of large objects remembered per worker
+SLICE_SHARE = 4  # slices of large objects may take this fraction (1/n) of the memory tier
+SLICES_ASKED = 4096  # slices read once from disk remembered, to keep one asked for again
+
+SliceId = tuple[str, str, int]  # key, version, index
 
 
 class PurgeEpoch:
@@ -92,6 +96,11 @@ class HotTier:
         self._entries: OrderedDict[str, HotEntry] = OrderedDict()
         self._facts: OrderedDict[str, tuple[ObjectMeta, float]] = OrderedDict()
         self._bytes = 0
+        # Slices of large objects that ranges keep asking for (a player's seeks, a hot
+        # segment), in a share of the tier of their own: small objects keep the rest.
+        self._slices: OrderedDict[SliceId, bytes] = OrderedDict()
+        self._slice_bytes = 0
+        self._asked: OrderedDict[SliceId, None] = OrderedDict()  # read once from disk lately
 
     def accepts(self, length: int | None) -> bool:
         """Whether an object of ``length`` bytes may live here."""
@@ -132,6 +141,36 @@ class HotTier:
         if len(self._facts) > FACTS_SIZE:
             self._facts.popitem(last=False)
 
+    def slice(self, sid: SliceId) -> bytes | None:
+        """A slice kept in memory (the caller has looked at the facts, and so the epoch)."""
+        data = self._slices.get(sid)
+        if data is not None:
+            self._slices.move_to_end(sid)
+        return data
+
+    def wants_slice(self, sid: SliceId, size: int) -> bool:
+        """Whether a slice just read from disk should be kept: the second read of it
+        lately, when it fits the slices' share. A scan of many slices, each read once,
+        keeps none of them and evicts nothing."""
+        if size > self.max_bytes // SLICE_SHARE:
+            return False
+        if sid in self._asked:
+            del self._asked[sid]
+            return True
+        self._asked[sid] = None
+        if len(self._asked) > SLICES_ASKED:
+            self._asked.popitem(last=False)
+        return False
+
+    def put_slice(self, sid: SliceId, data: bytes) -> None:
+        """Keep a slice (checked as read), evicting the least recently used ones."""
+        old = self._slices.pop(sid, None)
+        self._slice_bytes += len(data) - (len(old) if old is not None else 0)
+        self._slices[sid] = data
+        while self._slice_bytes > self.max_bytes // SLICE_SHARE and self._slices:
+            _sid, gone = self._slices.popitem(last=False)
+            self._slice_bytes -= len(gone)
+
     def put(self, key: str, entry: HotEntry) -> None:
         """Keep ``entry``, evicting the least recently used ones beyond the byte bound."""
         if not self.accepts(len(entry.body)):
@@ -162,6 +201,9 @@ class HotTier:
         self._entries.clear()
         self._facts.clear()
         self._bytes = 0
+        self._slices.clear()
+        self._asked.clear()
+        self._slice_bytes = 0
 
     def __len__(self) -> int:
         return len(self._entries)

@@ -478,7 +478,8 @@ class CacheNode:
     # --- the fast lane (`fastlane`) ---
 
     def fast_reply(self, path: str, headers: Iterable[tuple[bytes, bytes]], started: float,
-                   extra: list[tuple[bytes, bytes]]) -> tuple[list[bytes], int, int] | None:
+                   extra: list[tuple[bytes, bytes]],
+                   ) -> tuple[list[bytes | memoryview], int, int] | None:
         """A plain hit's whole HTTP/1.1 answer (buffers for one gathered write) for the
         server protocol, or None."""
         return self.fast.reply(path, headers, started, extra)
