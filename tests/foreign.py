@@ -22,7 +22,8 @@ from email.utils import formatdate, parsedate_to_datetime
 from http import HTTPStatus
 from typing import Literal
 
-Framing = Literal["length", "chunked", "close"]
+# "declared": no framing field of its own (the route's headers say), connection kept open
+Framing = Literal["length", "chunked", "close", "declared"]
 # "right": the digest of the bytes the representation has there (even when garbled on the way);
 # "wrong": a digest of other bytes on each 206 not starting at byte 0 (those `corrupt_ranges`
 # garbles), the right one elsewhere.

@@ -119,6 +119,23 @@ def test_body_without_content_length_is_delivered_and_cached(
     assert foreign.count("/dyn") == fetched
 
 
+def test_bytes_past_a_short_content_length_leave_the_answer_whole(
+        foreign: ForeignOrigin, foreign_chain: Chain) -> None:
+    """RFC 9112 §6.3: ``Content-Length`` delimits the message; bytes after it (here, the rest
+    of a longer body) are not a broken answer but make the connection unusable. The answer
+    is stored with all its fields and hit (cache-tests ``headers-store-Content-Length``)."""
+    body = pattern(36, seed=3)
+    foreign.route("/short", body=body, framing="declared", ranges=False,
+                  headers=[CACHEABLE, ("Content-Length", "10"), ("X-Kept", "yes")])
+    r = foreign_chain.get("/short")
+    assert r.status_code == 200 and r.content == body[:10]
+    assert r.headers["x-kept"] == "yes" and r.headers["content-length"] == "10"
+    r = foreign_chain.get("/short")
+    assert r.content == body[:10] and r.headers["x-cache"] == "HIT from edge"
+    assert r.headers["x-kept"] == "yes"
+    assert foreign.count("/short") == 1
+
+
 STATUSES = [203, 299, 418, 422, 599, 999]
 
 

@@ -58,6 +58,7 @@ class _Connection(asyncio.Protocol):
         self.paused = False
         self.error: BaseException | None = None
         self.wakeup: asyncio.Future[None] | None = None
+        self.ended = False  # the final answer's message is complete (what follows is surplus)
 
     # --- asyncio.Protocol ---
 
@@ -76,6 +77,9 @@ class _Connection(asyncio.Protocol):
         except httptools.HttpParserUpgrade:
             self._fail(UpstreamProtocolError("upstream switched protocols"))
         except httptools.HttpParserError as exc:
+            if self.ended:
+                self.keep_alive = False  # surplus bytes in the answer's last read: as above
+                return
             self._fail(UpstreamProtocolError(f"invalid HTTP from upstream: {exc}"))
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -95,13 +99,19 @@ class _Connection(asyncio.Protocol):
     # --- httptools callbacks ---
 
     def on_message_begin(self) -> None:
+        if self.ended:
+            self.keep_alive = False  # surplus bytes parsed as another message: the answer's
+            return  # fields stand, the connection cannot carry another one
         self.headers = []
         self.interim = False
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers.append((name.lower(), value))
+        if not self.ended:
+            self.headers.append((name.lower(), value))
 
     def on_headers_complete(self) -> None:
+        if self.ended:
+            return
         status = self.parser.get_status_code()
         if 100 <= status < 200 and status != 101:
             self.interim = True  # RFC 9110 §15.2: informational; the final answer follows
@@ -124,9 +134,12 @@ class _Connection(asyncio.Protocol):
         self._wake()
 
     def on_message_complete(self) -> None:
+        if self.ended:
+            return
         if self.interim:
             self.interim = False
             return
+        self.ended = True
         self.keep_alive = self.keep_alive and bool(self.parser.should_keep_alive())
         self.complete = True
         self._wake()
