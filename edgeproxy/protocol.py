@@ -22,6 +22,7 @@ from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from .cache.types import FAST_DECLINED
 from .config import HTTPLimitsConfig
 from .errors import HTTPError
 from .guard import FIELD_OVERHEAD, PROXIED_BYTES, PROXIED_FIELDS, head_cap
@@ -115,6 +116,7 @@ class GuardedHttpToolsProtocol(DeadlineHooks, HttpToolsProtocol):
         self.refusal: HTTPError | None = None
         self.fast = fast_lane_of(self.app)
         self.fast_served = False
+        self.fast_declined = False  # the fast lane was asked for this request and said no
         self.deadline = HeadDeadline(self.loop, limits.header_timeout, self._head_timed_out)
         self._reset_head()
 
@@ -199,6 +201,8 @@ class GuardedHttpToolsProtocol(DeadlineHooks, HttpToolsProtocol):
         cycle = self.cycle
         if cycle is not None and cycle is not before:  # its task has not run yet
             cycle.transport = HeadHolder(self.transport, self.loop)  # type: ignore[assignment]
+            if self.fast_declined:
+                cycle.scope[FAST_DECLINED] = True  # type: ignore[literal-required]  # the app need not ask again
 
     def on_message_complete(self) -> None:
         """The request is complete; what follows is the next request's head."""
@@ -210,6 +214,7 @@ class GuardedHttpToolsProtocol(DeadlineHooks, HttpToolsProtocol):
 
     def _serve_fast(self) -> bool:
         """Answer a plain GET of a hot object now; False: the app answers it."""
+        self.fast_declined = False
         cycle = self.cycle
         if self.fast is None or (cycle is not None and not cycle.response_complete) \
                 or self.pipeline:
@@ -233,6 +238,7 @@ class GuardedHttpToolsProtocol(DeadlineHooks, HttpToolsProtocol):
         path = url.decode("latin-1")
         reply = node.fast_reply(path, headers, started, self.server_state.default_headers)
         if reply is None:
+            self.fast_declined = True
             return False
         data, status, sent = reply
         self.transport.writelines(data)

@@ -17,6 +17,7 @@ import httpx
 import pytest
 
 from edgeproxy.cache.node import CacheNode
+from edgeproxy.cache.store import CacheStore
 from edgeproxy.config import load_config
 from edgeproxy.guard import uvicorn_http_options
 from edgeproxy.protocol import fast_lane_of
@@ -311,3 +312,20 @@ def test_a_slice_ranges_ask_for_again_is_kept_in_memory(
         served.clear()
         again = client.get("/static/large.bin", headers={"range": f"bytes={MIB}-{MIB + 9999}"})
     assert served == [206] and again.content == LARGE[MIB:MIB + 10_000]  # the checked copy
+
+
+def test_a_miss_looks_in_the_index_once(edge: ServerThread,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fast lane looks first; the steps then take its "not stored" rather than look
+    again (a miss costs one index query, not two)."""
+    looks: list[str] = []
+    real = CacheStore.get_meta
+
+    def counting(self: CacheStore, key: str) -> Any:
+        looks.append(key)
+        return real(self, key)
+
+    monkeypatch.setattr(CacheStore, "get_meta", counting)
+    r = httpx.get(edge.url + "/v/t1/other")
+    assert r.status_code == 200 and r.headers["x-cache"].startswith("MISS")
+    assert looks.count("/v/t1/other") == 1

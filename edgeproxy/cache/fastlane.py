@@ -24,7 +24,7 @@ from .fields import content_digest
 from .hot import HotEntry, field_lines
 from .policy import expected_sha256
 from .store import ObjectMeta
-from .types import Scope, Send
+from .types import FAST_DECLINED, Scope, Send
 from .verdict import Verdict, x_cache
 
 if TYPE_CHECKING:
@@ -36,6 +36,7 @@ _NOT_PLAIN = frozenset({b"if-none-match", b"if-range", b"if-modified-since", b"a
 _STATUS_LINES = {200: b"HTTP/1.1 200 OK\r\n", 206: b"HTTP/1.1 206 Partial Content\r\n"}
 _MEMO_SIZE = 4096  # Range values and stored-field blocks remembered per worker
 WHOLE_MAX = 1024 * 1024  # larger whole answers stream from the steps, paced by the client
+ABSENT_FOR = 0.02  # seconds a "not stored" the lane found stands for the steps' lookup
 _GATHER = 16384  # bodies from this size on are written beside the head, not copied after it
 _WHOLE = True  # a Range to ignore (RFC 9110 §14.2): the whole answer
 _STEPS = False  # 416 or several ranges: the steps answer them
@@ -77,6 +78,16 @@ class FastLane:
         self._stored: dict[str, _Stored] = {}
         self._second = -1
         self._date = b""
+        # The key the lane last found nowhere in the index, and when: the request goes on to
+        # the steps at once, and their lookup need not look again (`not_stored`).
+        self._absent: tuple[str, float] | None = None
+
+    def not_stored(self, key: str) -> bool:
+        """Whether the lane has just found ``key`` nowhere in the index (once: the answer is
+        taken). A fill committed in between costs one more upstream request, never a byte."""
+        absent, self._absent = self._absent, None
+        return absent is not None and absent[0] == key \
+            and time.monotonic() - absent[1] < ABSENT_FOR
 
     def forget(self) -> None:
         """Drop the encoded fields (new TTLs after a reload change them)."""
@@ -181,8 +192,11 @@ class FastLane:
         meta = self.node.hot.facts(key, now)
         if meta is None:
             meta = self.node.store.get_meta(key)  # as `steps.lookup` looks, and remembers
-            if meta is None or meta.vary or not meta.freshness.is_fresh(now):
-                return None  # a miss, a variant, stale: the steps
+            if meta is None:
+                self._absent = (key, time.monotonic())  # the steps need not look again
+                return None
+            if meta.vary or not meta.freshness.is_fresh(now):
+                return None  # a variant, stale: the steps
             self.node.remember(key, meta, now)
         if meta.length is None or meta.status != 200 or meta.length == 0 \
                 or meta.content_class in self.node.gate.signed_classes:
@@ -271,8 +285,8 @@ class FastLane:
 
     async def serve(self, scope: Scope, send: Send, started: float) -> bool:
         """The hit path for hot objects under any ASGI server: a dict lookup and two sends."""
-        if scope["method"] != "GET" or scope["query_string"]:
-            return False
+        if scope["method"] != "GET" or scope["query_string"] or scope.get(FAST_DECLINED):
+            return False  # (declined: the server asked `reply` already)
         raw = scope.get("raw_path")
         if raw is not None and (b"%" in raw or b"/." in raw):
             return False  # not obviously canonical: recv canonicalises it first

@@ -10,3 +10,7 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 RawHeaders = list[tuple[bytes, bytes]]
+
+# A scope key a server sets when its own fast lane has looked at the request already
+# (`edgeproxy.protocol`): the node's ASGI fast lane need not look again.
+FAST_DECLINED = "edgeproxy.fast_declined"
