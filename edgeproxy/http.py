@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import datetime
+import functools
 import re
 import time
 from dataclasses import dataclass
@@ -227,8 +228,11 @@ _WORD = re.compile(r"[A-Za-z]+")
 
 def http_date(value: str | None) -> float | None:
     """An HTTP-date as epoch seconds, or None if absent or invalid (RFC 9110 §5.6.7)."""
-    if not value:
-        return None
+    return _http_date(value) if value else None
+
+
+@functools.lru_cache(maxsize=1024)  # Date and Last-Modified repeat within a second
+def _http_date(value: str) -> float | None:
     # Names in another case are accepted, as deployed caches do (strictly they are invalid)
     value = _WORD.sub(lambda m: "GMT" if m.group().upper() == "GMT" else m.group().capitalize(),
                       value.strip(" \t"))

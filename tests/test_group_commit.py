@@ -72,8 +72,27 @@ async def test_a_storage_fault_loses_the_batch_reports_it_and_still_releases(
     def full(*args: object, **kwargs: object) -> None:
         raise sqlite3.OperationalError("database or disk is full")
 
-    monkeypatch.setattr(cache, "set", full)
+    monkeypatch.setattr(cache.disk, "store", full)  # under every index write
     group.commit()
     assert len(faults) == 1 and released == [True] and group.pending == {}
     monkeypatch.undo()
     assert "a" not in cache
+
+
+def test_new_and_stored_keys_in_one_batch_read_back_as_diskcache_wrote_them(
+        cache: diskcache.Cache) -> None:
+    """New keys go in with one statement, stored ones through ``set`` (which removes the file
+    of the value it replaces); both read back with their tags, and sizes add up."""
+    big = b"x" * (cache.disk.min_file_size + 1)  # kept in a file of its own
+    group = GroupCommit(cache, lambda exc: None)
+    group.pending.update({"a": (big, "ta"), "b": ({"facts": 1}, "tb")})
+    group.commit()
+    old_files = {p for p in Path(cache.directory).rglob("*.val")}
+    assert len(old_files) == 1
+    group.pending.update({"a": (b"2", "ta"), "c": (big, "tc"), "d": (b"4", "td")})
+    group.commit()
+    assert cache.get("a") == b"2" and cache.get("b") == {"facts": 1}
+    assert cache.get("c") == big and cache.get("d") == b"4"
+    assert not any(p.exists() for p in old_files)  # the replaced value's file is gone
+    assert cache.evict("tc") == 1 and "c" not in cache and "a" in cache
+    assert cache.volume() >= len(b"2") + len(b"4") and len(cache) == 3

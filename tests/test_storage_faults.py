@@ -28,19 +28,19 @@ class Faults:
     def __init__(self, monkeypatch: pytest.MonkeyPatch, cache: Any) -> None:
         self.index = False
         self.disk = False
-        real_set, real_pwrite = cache.set, os.pwrite
+        real_store, real_pwrite = cache.disk.store, os.pwrite
 
-        def failing_set(*args: Any, **kwargs: Any) -> Any:
+        def failing_store(*args: Any, **kwargs: Any) -> Any:  # under every index write
             if self.index:
                 raise sqlite3.OperationalError("database or disk is full")
-            return real_set(*args, **kwargs)
+            return real_store(*args, **kwargs)
 
         def failing_pwrite(fd: int, data: Any, offset: int) -> int:
             if self.disk and offset >= 0:
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
             return real_pwrite(fd, data, offset)
 
-        monkeypatch.setattr(cache, "set", failing_set)
+        monkeypatch.setattr(cache.disk, "store", failing_store)
         monkeypatch.setattr("edgeproxy.cache.fills.os.pwrite", failing_pwrite)
 
 

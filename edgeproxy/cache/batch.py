@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -27,6 +28,9 @@ log = logging.getLogger("edgeproxy.cache")
 COMMIT_DELAY = 0.010
 COMMIT_BATCH = 256
 JOURNAL_ROOM = 256 * 1024  # besides the values: room for the index pages a batch rewrites
+_IN_MAX = 500  # keys per "IN (...)" (SQLite's limit on parameters is 999 in old builds)
+_INSERT = ("INSERT INTO Cache(key, raw, store_time, expire_time, access_time, access_count,"
+           " tag, size, mode, filename, value) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
 
 
 class GroupCommit:
@@ -112,6 +116,26 @@ class GroupCommit:
             self.cache.cull()
 
     def _transaction(self, batch: dict[str, tuple[Any, str]]) -> None:
+        """One transaction: keys new to the index go in with one statement (most of a batch:
+        misses), keys stored before through diskcache's own ``set``, which removes the file
+        of the value they replace."""
         with self.cache.transact():
+            cache = self.cache  # (the index opened just now, if it was unavailable till then)
+            execute = cache._sql
+            keys = list(batch)
+            present: set[str] = set()
+            for at in range(0, len(keys), _IN_MAX):
+                part = keys[at:at + _IN_MAX]
+                marks = ",".join("?" * len(part))
+                present.update(row[0] for row in execute(
+                    f"SELECT key FROM Cache WHERE raw = 1 AND key IN ({marks})", part))
+            rows = []
+            now = time.time()
             for key, (value, tag) in batch.items():
-                self.cache.set(key, value, tag=tag)
+                if key in present:
+                    cache.set(key, value, tag=tag)
+                    continue
+                size, mode, filename, db_value = cache.disk.store(value, False, key=key)
+                # the columns and values diskcache's `Cache._row_insert` writes
+                rows.append((key, 1, now, None, now, 0, tag, size, mode, filename, db_value))
+            cache._con.executemany(_INSERT, rows)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import functools
 import hashlib
 import os
 from collections.abc import Callable
@@ -48,6 +49,7 @@ class Claims:
         self._held: dict[int, int] = {}
 
     @staticmethod
+    @functools.lru_cache(maxsize=4096)  # a miss asks for its slice's stripe three times
     def _stripe_and_name(key: str, index: int) -> tuple[int, str]:
         digest = hashlib.blake2b(f"{index}\0{key}".encode(), digest_size=16).digest()
         stripe = int.from_bytes(digest[:8], "big") % STRIPES

@@ -8,6 +8,7 @@ so nothing here reads a clock.
 from __future__ import annotations
 
 import fnmatch
+import functools
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -43,11 +44,17 @@ HEURISTIC_MAX = 86400.0
 _DIRECTIVE = re.compile(r'\s*([!#$%&\'*+\-.^_`|~0-9A-Za-z]+)\s*(?:=\s*("(?:[^"\\]|\\.)*"|[^,]*))?')
 
 
-def parse_cache_control(value: str | None) -> dict[str, str | None]:
+def parse_cache_control(value: str | None) -> Mapping[str, str | None]:
     """Directives of a ``Cache-Control`` value (RFC 9111 §5.2), names lower-cased."""
+    return _parse_cache_control(value) if value else _NO_DIRECTIVES
+
+
+_NO_DIRECTIVES: Mapping[str, str | None] = {}
+
+
+@functools.lru_cache(maxsize=1024)  # a few distinct values answer most misses
+def _parse_cache_control(value: str) -> Mapping[str, str | None]:
     directives: dict[str, str | None] = {}
-    if not value:
-        return directives
     for part in split_list(value):
         m = _DIRECTIVE.fullmatch(part)
         if not m:
