@@ -7,34 +7,30 @@ object takes a measured fast lane in front of the steps: a dict lookup and two s
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import dataclasses
 import logging
-import os
 import time
 from collections.abc import Iterable
-from typing import Any
 
 from ..config import Config, ContentClass
-from ..errors import ConfigError, FillAborted, HTTPError, StorageFault, UpstreamError
+from ..errors import ConfigError, HTTPError, StorageFault, UpstreamError
 from ..heaptrim import HeapTrim
-from ..http import ByteRange, format_http_date
+from ..http import format_http_date
 from ..tls import client_context
 from . import admin, asgi, boundary, fields, policy, steps
 from .beresp import BeResp
 from .coalesce import Coalescer
 from .director import Director, transport_for_node
-from .facts import Facts, FlightContext
+from .facts import Facts
 from .fastlane import FastLane
 from .fetch import Fetcher, FlightSpec, Plan
 from .fills import Flight
 from .gate import Gate
-from .hot import HotEntry, HotTier, PurgeEpoch
+from .hot import HotTier, PurgeEpoch
 from .metrics import CONTENT_TYPE_LATEST, NodeMetrics
 from .req import Req, cache_key
 from .scrub import BackgroundScrub, ObjectPass
-from .sources import FillSource, Source, StoredSource
 from .store import CacheStore, ObjectMeta
 from .transport import Transport, transport_for
 from .types import Receive, Scope, Send
@@ -45,10 +41,6 @@ log = logging.getLogger("edgeproxy.cache")
 # How long a worker trusts facts it remembered in memory (see `CacheNode.remember`).
 FACTS_TTL = 10.0
 HEAP_TRIM_INTERVAL = 2.0  # quiet seconds before freed heap pages go back (`heaptrim`)
-
-# How many slices past the first a hit looks at for a missing one before its headers go out.
-MISSING_WINDOW = 16
-
 
 
 class CacheNode:
@@ -283,124 +275,6 @@ class CacheNode:
                 validators.append((b"if-range", if_range.encode("latin-1")))
         return FlightSpec(req.key, req.target, fields.fill_headers(req.raw_headers, self.name),
                           first, last, self.slice_size, validators, whole)
-
-    async def join(self, tx: steps.Tx, meta: ObjectMeta, index: int) -> Source:
-        """The source of slice ``index`` of ``meta``'s object for ``tx`` (see `Coalescer.join`).
-
-        A slice missing from a known object is fetched with ``If-Range``: one request, and a
-        changed object is detected by its answer.
-        """
-        req = tx.req
-        if meta.length is None:
-            return await self._join_growing(tx, meta, index)
-
-        def lead(i: int) -> Any:
-            assert meta.length is not None
-            end = meta.length - 1
-            if req.ranges and all(s.first is not None and s.last is not None
-                                  for s in req.ranges):
-                end = min(end, max(s.last for s in req.ranges if s.last is not None))
-            last = max(i, end // meta.slice_size)
-            spec = self.spec(req, first=i, last=last, whole=False, known=meta)
-            flight = self.fetcher.start(spec, facts=False,
-                                        context=FlightContext(req.headers, known=meta))
-            if flight is not None and tx.flight is None:
-                tx.flight, tx.led = flight, True
-            return flight
-
-        own = tx.flight.fills.get(index) if tx.flight is not None else None
-        if own is not None and own.done and own.error is None and own.buf is not None \
-                and own.flight.version == meta.version:
-            # a slice of the flight this request follows, finished and left unstored (a
-            # storage fault) or in memory still: read it there rather than fetch it again
-            source: Source = FillSource(own)
-        else:
-            source = await self.coalescer.join(req.key, index, meta.version, lead)
-        if isinstance(source, StoredSource) and index == 0 and meta.status == 200 \
-                and meta.length <= meta.slice_size and self.hot.accepts(meta.length) \
-                and self.whole_body_digest(req.key, meta) is None:
-            source = self._keep_hot(req.key, meta, source)
-        flight = tx.flight
-        if tx.led and flight is not None and not flight.headers.done():
-            started = time.perf_counter()
-            try:
-                beresp = await asyncio.wait_for(asyncio.shield(flight.headers),
-                                                self.wait_timeout)
-                tx.upstream_cache = beresp.x_cache
-            finally:
-                tx.upstream_time += time.perf_counter() - started
-        return source
-
-    def first_missing(self, tx: steps.Tx, meta: ObjectMeta, first: int) -> list[int]:
-        """The first slice after ``first`` that the answer needs and that is neither stored
-        nor filling (a look at a bounded window: one changed object is caught before its
-        headers; past the window a change aborts the answer midway instead)."""
-        assert meta.length is not None
-        end = meta.length - 1
-        if tx.req.ranges and meta.status == 200:
-            ends = [s.last if s.first is not None else end for s in tx.req.ranges]
-            end = min(end, max(e if e is not None else end for e in ends))
-        last = min(end // meta.slice_size, first + MISSING_WINDOW)
-        for index in range(first + 1, last + 1):
-            if (tx.req.key, index) not in self.coalescer.fills and \
-                    not self.store.has_slice(tx.req.key, meta.version, index):
-                return [index]
-        return []
-
-    def attach(self, tx: steps.Tx, meta: ObjectMeta,
-               ranges: list[ByteRange] | None) -> dict[int, Source]:
-        """Readers on the fills now in flight for the slices an answer will send."""
-        if meta.length is None or tx.direct is not None:
-            return {}
-        spans = [policy.slice_span(r.start, r.end, meta.slice_size) for r in ranges] \
-            if ranges else [range(policy.slice_count(meta.length, meta.slice_size))]
-        ready: dict[int, Source] = {}
-        for span in spans:
-            for index in span:
-                fill = self.coalescer.fills.get((tx.req.key, index))
-                if fill is not None and fill.error is None and \
-                        fill.flight.version == meta.version and index not in ready:
-                    ready[index] = FillSource(fill)
-        return ready
-
-    async def _join_growing(self, tx: steps.Tx, meta: ObjectMeta, index: int) -> Source:
-        """A slice of a body whose length is not known yet: wait until it exists or the
-        flight has ended. Past the end the body learnt it is empty; a flight that ended
-        without learning its end broke off, and the answer must be cut, not completed."""
-        flight = tx.flight
-        while True:
-            fill = self.coalescer.fills.get((tx.req.key, index))
-            if fill is not None and fill.error is None and fill.flight.version == meta.version:
-                return FillSource(fill)
-            body = self.store.get_slice(tx.req.key, meta.version, index)
-            if body is not None:
-                return StoredSource(body)
-            if flight is None or flight.ended.done():
-                if flight is not None and flight.length is not None \
-                        and index * meta.slice_size >= flight.length:
-                    return StoredSource(b"")
-                raise FillAborted(f"slice {index} of {tx.req.key}: the upstream body broke "
-                                  "off before it")
-            await flight.wait_growth(self.wait_timeout)
-
-    def _keep_hot(self, key: str, meta: ObjectMeta, source: StoredSource) -> StoredSource:
-        """Copy a small, complete object into the memory tier; returns the source to send."""
-        body = source.body
-        if not isinstance(body, bytes):
-            with body:
-                body = os.pread(body.fileno(), meta.length or 0, 0)
-        if len(body) != meta.length or meta.vary:
-            return StoredSource(body)
-        now = time.time()
-        headers = [(n.encode("latin-1"), v.encode("latin-1"))
-                   for n, v in self.stored_headers(meta)]
-        headers.append((b"content-length", str(len(body)).encode()))
-        digest = fields.content_digest((0, len(body) - 1), meta.length, policy.expected_sha256(
-            key.partition("?")[0], {n.lower(): v for n, v in meta.headers}), None)
-        if digest is not None:  # as `deliver.with_content_digest` sends it on a whole answer
-            headers.append((b"content-digest", digest.encode()))
-        self.hot.put(key, HotEntry(meta, body, headers, now + meta.freshness.remaining(now)))
-        return StoredSource(body)
 
     def stored_headers(self, meta: ObjectMeta) -> list[tuple[str, str]]:
         """The stored end-to-end fields as this tier sends them (its Cache-Control, Via)."""

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from ..errors import FillAborted, HTTPError, UpstreamError, UpstreamTimeout
-from . import fields, policy
+from . import fields, joins, policy
 from .beresp import from_upstream
 from .deliver import plan_reply, send_body, verifying_send, with_content_digest
 from .facts import FlightContext
@@ -109,8 +109,8 @@ async def hit(node: CacheNode, tx: Tx) -> Step:
     if first is None or first >= meta.length:
         return deliver  # 416, or a ranged request answered whole
     start = first // meta.slice_size
-    for index in [start, *node.first_missing(tx, meta, start)]:
-        source = await node.join(tx, meta, index)
+    for index in [start, *joins.first_missing(node, tx, meta, start)]:
+        source = await joins.join(node, tx, meta, index)
         flight = tx.flight
         if tx.led and flight is not None and flight.meta is not None and \
                 flight.meta.version != meta.version:
@@ -304,7 +304,7 @@ async def deliver(node: CacheNode, tx: Tx) -> None:
     # Readers on every fill in flight are taken before any await: a fill that fails and
     # leaves the registry meanwhile must fail this answer, not be fetched again.
     bodiless = req.method == "HEAD" or reply.status == 304
-    ready = {} if bodiless else node.attach(tx, meta, reply.ranges)
+    ready = {} if bodiless else joins.attach(node, tx, meta, reply.ranges)
     for index, source in tx.ready.items():
         replaced = ready.pop(index, None)
         if replaced is not None:
@@ -331,7 +331,7 @@ async def deliver(node: CacheNode, tx: Tx) -> None:
 
     async def join(index: int) -> Source:
         source = ready.pop(index, None)
-        return source if source is not None else await node.join(tx, meta, index)
+        return source if source is not None else await joins.join(node, tx, meta, index)
 
     try:
         tx.sent = await send_body(reply, meta, send, join, direct=tx.direct,

@@ -1,0 +1,150 @@
+"""Where the slices of an answer come from: joined (stored, filling here or in another
+worker, or fetched anew with ``If-Range``) for the steps, which never start fetches themselves.
+
+Functions over the node, as the steps are; the coalescer (`coalesce`) decides each slice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from typing import TYPE_CHECKING, Any
+
+from ..errors import FillAborted
+from ..http import ByteRange
+from . import fields, policy
+from .facts import FlightContext
+from .hot import HotEntry
+from .sources import FillSource, Source, StoredSource
+from .store import ObjectMeta
+
+if TYPE_CHECKING:
+    from .node import CacheNode
+    from .steps import Tx
+
+# How many slices past the first a hit looks at for a missing one before its headers go out.
+MISSING_WINDOW = 16
+
+
+async def join(node: CacheNode, tx: Tx, meta: ObjectMeta, index: int) -> Source:
+    """The source of slice ``index`` of ``meta``'s object for ``tx`` (see `Coalescer.join`).
+
+    A slice missing from a known object is fetched with ``If-Range``: one request, and a
+    changed object is detected by its answer.
+    """
+    req = tx.req
+    if meta.length is None:
+        return await _join_growing(node, tx, meta, index)
+
+    def lead(i: int) -> Any:
+        assert meta.length is not None
+        end = meta.length - 1
+        if req.ranges and all(s.first is not None and s.last is not None
+                              for s in req.ranges):
+            end = min(end, max(s.last for s in req.ranges if s.last is not None))
+        last = max(i, end // meta.slice_size)
+        spec = node.spec(req, first=i, last=last, whole=False, known=meta)
+        flight = node.fetcher.start(spec, facts=False,
+                                    context=FlightContext(req.headers, known=meta))
+        if flight is not None and tx.flight is None:
+            tx.flight, tx.led = flight, True
+        return flight
+
+    own = tx.flight.fills.get(index) if tx.flight is not None else None
+    if own is not None and own.done and own.error is None and own.buf is not None \
+            and own.flight.version == meta.version:
+        # a slice of the flight this request follows, finished and left unstored (a
+        # storage fault) or in memory still: read it there rather than fetch it again
+        source: Source = FillSource(own)
+    else:
+        source = await node.coalescer.join(req.key, index, meta.version, lead)
+    if isinstance(source, StoredSource) and index == 0 and meta.status == 200 \
+            and meta.length <= meta.slice_size and node.hot.accepts(meta.length) \
+            and node.whole_body_digest(req.key, meta) is None:
+        source = _keep_hot(node, req.key, meta, source)
+    flight = tx.flight
+    if tx.led and flight is not None and not flight.headers.done():
+        started = time.perf_counter()
+        try:
+            beresp = await asyncio.wait_for(asyncio.shield(flight.headers),
+                                            node.wait_timeout)
+            tx.upstream_cache = beresp.x_cache
+        finally:
+            tx.upstream_time += time.perf_counter() - started
+    return source
+
+
+def first_missing(node: CacheNode, tx: Tx, meta: ObjectMeta, first: int) -> list[int]:
+    """The first slice after ``first`` that the answer needs and that is neither stored
+    nor filling (a look at a bounded window: one changed object is caught before its
+    headers; past the window a change aborts the answer midway instead)."""
+    assert meta.length is not None
+    end = meta.length - 1
+    if tx.req.ranges and meta.status == 200:
+        ends = [s.last if s.first is not None else end for s in tx.req.ranges]
+        end = min(end, max(e if e is not None else end for e in ends))
+    last = min(end // meta.slice_size, first + MISSING_WINDOW)
+    for index in range(first + 1, last + 1):
+        if (tx.req.key, index) not in node.coalescer.fills and \
+                not node.store.has_slice(tx.req.key, meta.version, index):
+            return [index]
+    return []
+
+
+def attach(node: CacheNode, tx: Tx, meta: ObjectMeta,
+           ranges: list[ByteRange] | None) -> dict[int, Source]:
+    """Readers on the fills now in flight for the slices an answer will send."""
+    if meta.length is None or tx.direct is not None:
+        return {}
+    spans = [policy.slice_span(r.start, r.end, meta.slice_size) for r in ranges] \
+        if ranges else [range(policy.slice_count(meta.length, meta.slice_size))]
+    ready: dict[int, Source] = {}
+    for span in spans:
+        for index in span:
+            fill = node.coalescer.fills.get((tx.req.key, index))
+            if fill is not None and fill.error is None and \
+                    fill.flight.version == meta.version and index not in ready:
+                ready[index] = FillSource(fill)
+    return ready
+
+
+async def _join_growing(node: CacheNode, tx: Tx, meta: ObjectMeta, index: int) -> Source:
+    """A slice of a body whose length is not known yet: wait until it exists or the
+    flight has ended. Past the end the body learnt it is empty; a flight that ended
+    without learning its end broke off, and the answer must be cut, not completed."""
+    flight = tx.flight
+    while True:
+        fill = node.coalescer.fills.get((tx.req.key, index))
+        if fill is not None and fill.error is None and fill.flight.version == meta.version:
+            return FillSource(fill)
+        body = node.store.get_slice(tx.req.key, meta.version, index)
+        if body is not None:
+            return StoredSource(body)
+        if flight is None or flight.ended.done():
+            if flight is not None and flight.length is not None \
+                    and index * meta.slice_size >= flight.length:
+                return StoredSource(b"")
+            raise FillAborted(f"slice {index} of {tx.req.key}: the upstream body broke "
+                              "off before it")
+        await flight.wait_growth(node.wait_timeout)
+
+
+def _keep_hot(node: CacheNode, key: str, meta: ObjectMeta, source: StoredSource) -> StoredSource:
+    """Copy a small, complete object into the memory tier; returns the source to send."""
+    body = source.body
+    if not isinstance(body, bytes):
+        with body:
+            body = os.pread(body.fileno(), meta.length or 0, 0)
+    if len(body) != meta.length or meta.vary:
+        return StoredSource(body)
+    now = time.time()
+    headers = [(n.encode("latin-1"), v.encode("latin-1"))
+               for n, v in node.stored_headers(meta)]
+    headers.append((b"content-length", str(len(body)).encode()))
+    digest = fields.content_digest((0, len(body) - 1), meta.length, policy.expected_sha256(
+        key.partition("?")[0], {n.lower(): v for n, v in meta.headers}), None)
+    if digest is not None:  # as `deliver.with_content_digest` sends it on a whole answer
+        headers.append((b"content-digest", digest.encode()))
+    node.hot.put(key, HotEntry(meta, body, headers, now + meta.freshness.remaining(now)))
+    return StoredSource(body)
