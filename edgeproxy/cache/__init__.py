@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from ..config import Config
+from .meta import ObjectMeta
 from .node import CacheNode
-from .store import CacheStore, ObjectMeta
+from .store import CacheStore
 from .transport import BeReq, Transport, UpstreamResponse
 
 __all__ = ["BeReq", "CacheNode", "CacheStore", "ObjectMeta", "Transport", "UpstreamResponse",

@@ -24,8 +24,9 @@ from pathlib import Path
 
 from ..errors import FillAborted, UpstreamError
 from .fills import Flight, ForeignFill, SliceFill, poll
+from .meta import ObjectMeta
 from .sources import FillSource, ForeignSource, Source, StoredSource
-from .store import INLINE_MAX, CacheStore, ObjectMeta
+from .store import INLINE_MAX, CacheStore
 
 # A slice can be claimed by another worker between our look and our claim; look again this
 # many times before giving up.

@@ -24,8 +24,8 @@ from ..http import (
     resolve_ranges,
 )
 from . import fields, policy
+from .meta import ObjectMeta
 from .sources import DirectSource, Source
-from .store import ObjectMeta
 from .types import Message, Send
 
 Join = Callable[[int], Awaitable[Source]]

@@ -14,7 +14,8 @@ from . import fields, policy
 from .beresp import BeResp, combined
 from .fetch import Plan
 from .fills import Flight
-from .store import CacheStore, ObjectMeta
+from .meta import ObjectMeta
+from .store import CacheStore
 
 
 @dataclass(frozen=True)

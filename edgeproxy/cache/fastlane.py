@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING, NamedTuple
 from ..http import ByteRange, RangeNotSatisfiable, format_http_date, parse_range, resolve_ranges
 from .fields import content_digest
 from .hot import HotEntry, field_lines
+from .meta import ObjectMeta
 from .policy import expected_sha256
-from .store import ObjectMeta
 from .types import FAST_DECLINED, Scope, Send
 from .verdict import Verdict, x_cache
 

@@ -34,7 +34,8 @@ from . import policy
 from .beresp import BeResp, from_upstream
 from .coalesce import Coalescer
 from .fills import Flight, SliceFill
-from .store import CacheStore, ObjectMeta
+from .meta import ObjectMeta
+from .store import CacheStore
 from .transport import BeReq, Transport, UpstreamResponse, upstream_error
 from .types import RawHeaders
 

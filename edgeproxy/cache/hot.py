@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .store import ObjectMeta
+from .meta import ObjectMeta
 
 _EPOCH = struct.Struct("=Q")
 FACTS_SIZE = 65536  # facts of large objects remembered per worker

@@ -1,4 +1,5 @@
-"""Opening the disk cache's SQLite index: under a lock, checked, and set aside when unusable.
+"""The disk cache's SQLite index: opened under a lock, checked, set aside when unusable; and
+how it keeps values (`AdoptingDisk`: a finished slice file is renamed into place, not copied).
 
 An unusable index (garbage bytes, a truncated file, a directory in its place, a file the node
 may not open) must neither stop a node from starting nor make it crash at every start. It is
@@ -21,10 +22,13 @@ import shutil
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 import diskcache
+
+from .checksum import file_name
 
 log = logging.getLogger("edgeproxy.cache")
 
@@ -114,6 +118,29 @@ class Unavailable:
 
     def __contains__(self, key: object) -> bool:
         return key in self._index()
+
+
+@dataclass(frozen=True)
+class AdoptFile:
+    """A finished temp file handed to the store, moved (not copied) into place."""
+
+    path: Path
+    size: int
+    checksum: int
+
+
+class AdoptingDisk(diskcache.Disk):  # type: ignore[misc]
+    """diskcache storage that takes ownership of a finished temp file by renaming it."""
+
+    def store(self, value: Any, read: bool, key: Any = diskcache.core.UNKNOWN) -> Any:
+        if isinstance(value, AdoptFile):
+            # the checksum goes in the name the index records: one row holds both
+            filename = file_name(self.filename(key, value)[0], value.checksum)
+            full_path = os.path.join(self._directory, filename)
+            os.makedirs(os.path.dirname(full_path), exist_ok=True)
+            os.replace(value.path, full_path)
+            return value.size, diskcache.core.MODE_BINARY, filename, None
+        return super().store(value, read, key)
 
 
 def new_cache(directory: Path, size_limit: int, disk: type[diskcache.Disk],

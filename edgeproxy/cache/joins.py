@@ -16,8 +16,8 @@ from ..http import ByteRange
 from . import fields, policy
 from .facts import FlightContext
 from .hot import HotEntry
+from .meta import ObjectMeta
 from .sources import FillSource, Source, StoredSource
-from .store import ObjectMeta
 
 if TYPE_CHECKING:
     from .node import CacheNode

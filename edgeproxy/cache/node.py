@@ -28,10 +28,11 @@ from .fetch import Fetcher, FlightSpec, Plan
 from .fills import Flight
 from .gate import Gate
 from .hot import HotTier, PurgeEpoch
+from .meta import ObjectMeta
 from .metrics import CONTENT_TYPE_LATEST, NodeMetrics
 from .req import Req, cache_key
 from .scrub import BackgroundScrub, ObjectPass
-from .store import CacheStore, ObjectMeta
+from .store import CacheStore
 from .transport import Transport, transport_for
 from .types import Receive, Scope, Send
 from .verdict import Verdict, x_cache

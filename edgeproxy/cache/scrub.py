@@ -33,7 +33,8 @@ from typing import Any
 
 from . import policy
 from .checksum import SliceCheck, feed
-from .store import CacheStore, ObjectMeta
+from .meta import ObjectMeta
+from .store import CacheStore
 
 log = logging.getLogger("edgeproxy.cache")
 

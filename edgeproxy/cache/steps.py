@@ -20,9 +20,9 @@ from .beresp import from_upstream
 from .deliver import plan_reply, send_body, verifying_send, with_content_digest
 from .facts import FlightContext
 from .fills import Flight
+from .meta import ObjectMeta
 from .req import Req
 from .sources import DirectSource, Source, StoredSource
-from .store import ObjectMeta
 from .transport import BeReq
 from .types import Receive, Scope, Send
 from .verdict import Verdict, x_cache

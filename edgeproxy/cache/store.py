@@ -20,14 +20,11 @@ all (a full volume) leaves the node passing requests through until it can.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import functools
 import logging
-import os
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
@@ -37,9 +34,10 @@ from ..config import FreeSpace
 from ..errors import StorageFault
 from . import index
 from .batch import GroupCommit
-from .checksum import SliceCheck, check_file, check_inline, file_name, seal, settled, unseal
+from .checksum import SliceCheck, check_file, check_inline, seal, settled, unseal
 from .evict import Evictor
-from .policy import Freshness
+from .index import AdoptFile
+from .meta import ObjectMeta
 from .slicefiles import KeptFile, SliceFile, SliceFiles
 from .space import Volume
 
@@ -49,59 +47,6 @@ log = logging.getLogger("edgeproxy.cache")
 # open()/read()/close() of a file on the hit path.
 INLINE_MAX = 32 * 1024
 TEMP_DIR = "fills"
-
-
-@dataclass(frozen=True)
-class ObjectMeta:
-    """What a node knows of one cached representation, apart from its body."""
-
-    status: int
-    length: int | None
-    etag: str | None
-    last_modified: str | None
-    content_type: str | None
-    headers: tuple[tuple[str, str], ...]
-    freshness: Freshness
-    content_class: str
-    version: str
-    slice_size: int
-    upstream_cache: str | None = None
-    vary: tuple[str, ...] = ()  # request fields this response varies on (lower-cased)
-    vary_values: tuple[str, ...] | None = ()  # the storing request's values of them
-    verified: bool = False  # every stored slice came from a fill whose whole hash matched
-    stored_at: float = field(default_factory=time.time)
-
-    def with_length(self, length: int) -> ObjectMeta:
-        """These facts, for a body whose length became known at its end."""
-        return dataclasses.replace(self, length=length)
-
-    def header(self, name: str) -> str | None:
-        """The first stored end-to-end header ``name`` (case-insensitive)."""
-        lname = name.lower()
-        return next((v for n, v in self.headers if n.lower() == lname), None)
-
-
-@dataclass(frozen=True)
-class AdoptFile:
-    """A finished temp file handed to the store, moved (not copied) into place."""
-
-    path: Path
-    size: int
-    checksum: int
-
-
-class _AdoptingDisk(diskcache.Disk):  # type: ignore[misc]
-    """diskcache storage that takes ownership of a finished temp file by renaming it."""
-
-    def store(self, value: Any, read: bool, key: Any = diskcache.core.UNKNOWN) -> Any:
-        if isinstance(value, AdoptFile):
-            # the checksum goes in the name the index records: one row holds both
-            filename = file_name(self.filename(key, value)[0], value.checksum)
-            full_path = os.path.join(self._directory, filename)
-            os.makedirs(os.path.dirname(full_path), exist_ok=True)
-            os.replace(value.path, full_path)
-            return value.size, diskcache.core.MODE_BINARY, filename, None
-        return super().store(value, read, key)
 
 
 SliceBody = bytes | SliceFile
@@ -190,7 +135,7 @@ class CacheStore:
         self.temp_dir.mkdir(exist_ok=True)
         return self.room.retry_full(lambda: index.open_checked(
             self.directory, lambda: index.new_cache(self.directory, self.size_limit,
-                                                    _AdoptingDisk, INLINE_MAX)))
+                                                    index.AdoptingDisk, INLINE_MAX)))
 
     def _reopened(self, cache: diskcache.Cache) -> None:
         self._cache = self._batch.cache = cache
