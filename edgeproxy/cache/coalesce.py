@@ -160,6 +160,14 @@ class Coalescer:
 
     # --- the reader's side ---
 
+    def filling(self, key: str, version: str) -> bool:
+        """Whether a flight, here or in another worker, is filling the first slice of
+        ``version`` of ``key`` now (a flight that stated facts and died states nothing)."""
+        fill = self.fills.get((key, 0))
+        if fill is not None:
+            return fill.error is None and fill.flight.version == version
+        return self.claims.held_elsewhere(key, 0)
+
     def flight_for(self, key: str) -> Flight | None:
         """The flight in progress whose facts a miss on ``key`` can wait for."""
         flight = self.flights.get(key)

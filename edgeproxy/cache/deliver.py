@@ -185,6 +185,32 @@ def verifying_send(send: Send, digest: str, length: int, on_mismatch: Callable[[
     return checked
 
 
+def vouched_send(send: Send, length: int, vouched: Callable[[], bool]) -> Send:
+    """A `send` for a body whose slices a flight is filling from one whole body it hashes
+    (`ObjectMeta.vouching`): nothing is hashed here, and the last byte goes out only once the
+    object's stored facts say that hash matched (``vouched()``); the answer is aborted if they
+    do not. Slices are stored only after that flight's hash matched, and the last byte waits
+    for every slice sent to be stored (`send_body`): a body of such slices is the hashed one."""
+    sent = 0
+
+    async def held(message: Message) -> None:
+        nonlocal sent
+        body = message.get("body", b"")
+        if message.get("type") != "http.response.body" or not body:
+            await send(message)
+            return
+        sent += len(body)
+        if sent < length:
+            await send(message)
+            return
+        await send({**message, "body": body[:-1]})
+        if not vouched():
+            raise FillAborted("the object's slices were not vouched for by a whole-body hash")
+        await send({**message, "body": body[-1:]})
+
+    return held
+
+
 # --- multipart/byteranges (RFC 9110 §14.6) ---------------------------------------------------
 
 

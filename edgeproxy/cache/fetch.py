@@ -166,6 +166,7 @@ class Fetcher:
             flight.digest = plan.digest
             self._claim_body(flight, beresp, spec.slice_size)
             self._plan_fills(flight, beresp, plan, spec.slice_size)
+            self._vouching(flight, spec.slice_size)
             flight.headers.set_result(beresp)
             received = await self._pump(flight, resp, beresp, plan, spec.slice_size)
             self.on_upstream(beresp.status, received)
@@ -238,6 +239,18 @@ class Fetcher:
                 fill.hold_last = flight.hasher is not None and index == last
                 if fill.expected == 0:
                     self._complete(flight, fill)  # an empty body: nothing will arrive
+
+    def _vouching(self, flight: Flight, size: int) -> None:
+        """This flight fills every slice and stores none before its hash matches: say so in
+        the stored facts, so that readers here and in other workers need not hash again."""
+        meta = flight.meta
+        if flight.hasher is not None and flight.whole and flight.store_meta == "now" \
+                and meta is not None \
+                and meta.length is not None and flight.first == 0 \
+                and len(flight.fills) == policy.slice_count(meta.length, size):
+            flight.meta = dataclasses.replace(meta, vouching=True)
+            with contextlib.suppress(StorageFault):  # readers then hash for themselves
+                self.store.set_meta(flight.key, flight.meta)
 
     async def _pump(self, flight: Flight, resp: UpstreamResponse, beresp: BeResp, plan: Plan,
                     size: int) -> int:
@@ -345,7 +358,7 @@ class Fetcher:
         `verified` flag (a whole answer of it is then hashed as it is sent)."""
         if meta is not None and flight.digest is not None and not flight.whole \
                 and flight.store_meta == "no" and meta.verified:
-            flight.meta = dataclasses.replace(meta, verified=False)
+            flight.meta = dataclasses.replace(meta, verified=False, vouching=False)
             self.store.set_meta(flight.key, flight.meta)
 
     @staticmethod

@@ -27,6 +27,10 @@ class ObjectMeta:
     vary: tuple[str, ...] = ()  # request fields this response varies on (lower-cased)
     vary_values: tuple[str, ...] | None = ()  # the storing request's values of them
     verified: bool = False  # every stored slice came from a fill whose whole hash matched
+    # One flight is filling every slice from one whole body that it hashes, and stores none
+    # unless the hash matches: readers of these facts leave the hashing to it while it runs
+    # (`vouched_send`; a flight that died leaves the flag behind, and readers hash again).
+    vouching: bool = False
     stored_at: float = field(default_factory=time.time)
 
     def with_length(self, length: int) -> ObjectMeta:

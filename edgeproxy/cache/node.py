@@ -228,6 +228,12 @@ class CacheNode:
             self.store.set_meta(key, dataclasses.replace(stored, verified=True))
         self.hot.pop(key)
 
+    def vouched(self, key: str, meta: ObjectMeta) -> bool:
+        """Whether the object stored under ``key`` is ``meta``'s representation, and its
+        slices all came from one body whose whole hash matched (`deliver.vouched_send`)."""
+        stored = self.store.get_meta(key)
+        return stored is not None and stored.version == meta.version and stored.verified
+
     def integrity_failure(self, key: str, why: str, reason: str = "body_hash") -> None:
         """Bytes failed their check: count it, and drop what is stored under ``key``."""
         log.error("integrity failure on %s (%s): dropped", key, why)

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from ..errors import FillAborted, HTTPError, UpstreamError, UpstreamTimeout
 from . import fields, joins, policy
 from .beresp import from_upstream
-from .deliver import plan_reply, send_body, verifying_send, with_content_digest
+from .deliver import plan_reply, send_body, verifying_send, vouched_send, with_content_digest
 from .facts import FlightContext
 from .fills import Flight
 from .meta import ObjectMeta
@@ -324,6 +324,12 @@ async def deliver(node: CacheNode, tx: Tx) -> None:
             and meta.length is not None and flight.first == 0 \
             and len(flight.fills) == policy.slice_count(meta.length, meta.slice_size):
         digest = None  # this flight fills every slice, hashes them all, holds the last byte
+    if digest is not None and meta.length and meta.vouching:
+        if node.coalescer.filling(req.key, meta.version):
+            send = vouched_send(send, meta.length, lambda: node.vouched(req.key, meta))
+            digest = None
+        elif node.vouched(req.key, meta):
+            digest = None  # its flight has matched the hash since these facts were read
     if digest is not None and meta.length:
         send = verifying_send(send, digest, meta.length,
                               on_mismatch=lambda: node.integrity_failure(req.key, "assembled"),

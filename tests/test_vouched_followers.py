@@ -1,0 +1,157 @@
+"""Readers of an object that one flight is filling whole, and hashing, do not hash it again.
+
+A flight that fills every slice of a content-addressed object from one whole upstream body
+hashes that body and stores no slice before the hash matches (issue "Never a wrong byte").
+It says so in the facts it stores (``vouching``), so that the requests that read those facts
+while it runs (here, or in another worker) send its bytes without hashing them too, and hold
+their last byte until the facts say the hash matched. A body that does not match its address
+leaves every such reader aborted, and nothing stored.
+
+Over real sockets: an edge alone and edge → shield in front of a raw-socket origin
+(`tests.foreign.ForeignOrigin`) that pauses before the last 64 KiB of its answer, so that a
+second request arrives while the first one's flight is still running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from edgeproxy.cache import create_app, steps
+from edgeproxy.cache.deliver import vouched_send
+from edgeproxy.errors import FillAborted
+from tests.chain import chain_config
+from tests.foreign import ForeignOrigin
+from tests.origins import pattern
+from tests.servers import ServerThread
+
+SLICE = 256 * 1024
+BODY = pattern(3 * SLICE + 1000, seed=41)  # four slices
+SHA = hashlib.sha256(BODY).hexdigest()
+TARGET = f"/v/t1/{SHA}"
+IMMUTABLE = ("Cache-Control", "public, max-age=31536000, immutable")
+
+
+# --- the held last byte ------------------------------------------------------------------
+
+
+def _collect(length: int, vouched: Callable[[], bool]) -> tuple[list[bytes], Any]:
+    out: list[bytes] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        out.append(message.get("body", b""))
+
+    return out, vouched_send(send, length, vouched)
+
+
+def test_the_last_byte_waits_for_the_facts_to_say_the_hash_matched() -> None:
+    asked: list[bool] = []
+    out, send = _collect(6, lambda: asked.append(True) or True)
+    body = {"type": "http.response.body", "more_body": True}
+    asyncio.run(send({**body, "body": b"abc"}))
+    assert out == [b"abc"] and asked == []
+    asyncio.run(send({**body, "body": b"def"}))
+    assert out == [b"abc", b"de", b"f"] and asked == [True]
+
+
+def test_an_object_the_facts_do_not_vouch_for_is_cut_short() -> None:
+    out, send = _collect(4, lambda: False)
+    with pytest.raises(FillAborted):
+        asyncio.run(send({"type": "http.response.body", "body": b"abcd", "more_body": True}))
+    assert b"".join(out) == b"abc"  # never complete-looking
+
+
+# --- over real sockets ---------------------------------------------------------------------
+
+
+@pytest.fixture(params=["edge", "edge-shield"])
+def edge(request: pytest.FixtureRequest, foreign: ForeignOrigin,
+         tmp_path: Path) -> Iterator[str]:
+    config = chain_config(tmp_path, slice_size=SLICE)
+    threads: list[ServerThread] = []
+    try:
+        upstream = foreign.url
+        for tier in (["shield"] if request.param == "edge-shield" else []) + ["edge"]:
+            thread = ServerThread(create_app(config, tier, upstream=upstream)).start()
+            threads.append(thread)
+            upstream = thread.url
+        yield upstream
+    finally:
+        for thread in reversed(threads):
+            thread.stop()
+
+
+@pytest.fixture
+def hashing(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Which kind of checked send each whole answer of an unverified object got."""
+    kinds: list[str] = []
+    verifying, vouched = steps.verifying_send, steps.vouched_send
+
+    def spy_verifying(*args: Any, **kwargs: Any) -> Any:
+        kinds.append("hashed")
+        return verifying(*args, **kwargs)
+
+    def spy_vouched(*args: Any, **kwargs: Any) -> Any:
+        kinds.append("vouched")
+        return vouched(*args, **kwargs)
+
+    monkeypatch.setattr(steps, "verifying_send", spy_verifying)
+    monkeypatch.setattr(steps, "vouched_send", spy_vouched)
+    return kinds
+
+
+def _leader_and_follower(url: str, foreign: ForeignOrigin) -> tuple[Any, Any]:
+    """The first request leads the fill; the second comes while the origin pauses."""
+    results: dict[str, Any] = {}
+
+    def get(name: str) -> None:
+        try:
+            results[name] = httpx.get(url + TARGET, timeout=30)
+        except httpx.HTTPError as exc:
+            results[name] = exc
+
+    leader = threading.Thread(target=get, args=("leader",))
+    leader.start()
+    deadline = time.monotonic() + 10
+    while foreign.count(TARGET) == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.3)  # the leader's facts are stored; its body waits on the origin's pause
+    get("follower")
+    leader.join()
+    return results["leader"], results["follower"]
+
+
+def test_a_reader_of_a_hashing_flight_sends_its_bytes_unhashed(
+        edge: str, foreign: ForeignOrigin, hashing: list[str]) -> None:
+    foreign.route(TARGET, body=BODY, etag=f'"{SHA}"', headers=[IMMUTABLE], pause=1.0)
+    leader, follower = _leader_and_follower(edge, foreign)
+    assert isinstance(leader, httpx.Response) and leader.content == BODY
+    assert isinstance(follower, httpx.Response) and follower.content == BODY
+    # the leader's own flight checks it; the follower, which found the stored facts, trusted it
+    assert hashing == ["vouched"]
+    assert foreign.count(TARGET) == 1
+    hashing.clear()
+    again = httpx.get(edge + TARGET)
+    assert again.content == BODY and "hashed" not in hashing  # verified since: no hashing
+
+
+def test_a_body_that_fails_its_address_aborts_every_reader_and_stores_nothing(
+        edge: str, foreign: ForeignOrigin, hashing: list[str]) -> None:
+    wrong = bytearray(BODY)
+    wrong[2 * SLICE + 7] ^= 0x01
+    foreign.route(TARGET, body=bytes(wrong), etag=f'"{SHA}"', headers=[IMMUTABLE], pause=1.0)
+    leader, follower = _leader_and_follower(edge, foreign)
+    for answer in (leader, follower):
+        assert isinstance(answer, httpx.HTTPError), "a wrong body was completed"
+    assert "vouched" in hashing
+    foreign.route(TARGET, body=BODY, etag=f'"{SHA}"', headers=[IMMUTABLE])
+    fresh = httpx.get(edge + TARGET)
+    assert fresh.content == BODY and fresh.headers["x-cache"].startswith("MISS")
