@@ -155,42 +155,10 @@ async def send_body(reply: Reply, meta: ObjectMeta, send: Send, join: Join, *,
     return sent
 
 
-def verifying_send(send: Send, digest: str, length: int, on_mismatch: Callable[[], None],
-                   on_match: Callable[[], None] = lambda: None) -> Send:
-    """A `send` that hashes a whole body and holds its last byte back until the SHA-256
-    matches ``digest`` (DESIGN "Integrity": a body assembled from slices, some of which may
-    have come by Range, is never completed with a wrong byte). On a mismatch the stored
-    object is dropped and the answer aborted."""
-    hasher = hashlib.sha256()
-    sent = 0
-
-    async def checked(message: Message) -> None:
-        nonlocal sent
-        body = message.get("body", b"")
-        if message.get("type") != "http.response.body" or not body:
-            await send(message)
-            return
-        hasher.update(body)
-        sent += len(body)
-        if sent < length:
-            await send(message)
-            return
-        await send({**message, "body": body[:-1]})
-        if not hmac.compare_digest(hasher.hexdigest(), digest):
-            on_mismatch()
-            raise FillAborted("the assembled body does not match its SHA-256")
-        on_match()
-        await send({**message, "body": body[-1:]})
-
-    return checked
-
-
-def vouched_send(send: Send, length: int, vouched: Callable[[], bool]) -> Send:
-    """A `send` for a body whose slices a flight is filling from one whole body it hashes
-    (`ObjectMeta.vouching`): nothing is hashed here, and the last byte goes out only once the
-    object's stored facts say that hash matched (``vouched()``); the answer is aborted if they
-    do not. Slices are stored only after that flight's hash matched, and the last byte waits
-    for every slice sent to be stored (`send_body`): a body of such slices is the hashed one."""
+def _last_byte_held(send: Send, length: int, see: Callable[[bytes], None],
+                    release: Callable[[], None]) -> Send:
+    """A `send` that shows every body byte to ``see`` and holds a ``length``-byte body's last
+    byte until ``release()`` returns (it raises `FillAborted` to cut the answer short)."""
     sent = 0
 
     async def held(message: Message) -> None:
@@ -199,16 +167,46 @@ def vouched_send(send: Send, length: int, vouched: Callable[[], bool]) -> Send:
         if message.get("type") != "http.response.body" or not body:
             await send(message)
             return
+        see(body)
         sent += len(body)
         if sent < length:
             await send(message)
             return
         await send({**message, "body": body[:-1]})
-        if not vouched():
-            raise FillAborted("the object's slices were not vouched for by a whole-body hash")
+        release()
         await send({**message, "body": body[-1:]})
 
     return held
+
+
+def verifying_send(send: Send, digest: str, length: int, on_mismatch: Callable[[], None],
+                   on_match: Callable[[], None] = lambda: None) -> Send:
+    """A `send` that hashes a whole body and holds its last byte back until the SHA-256
+    matches ``digest`` (DESIGN "Integrity": a body assembled from slices, some of which may
+    have come by Range, is never completed with a wrong byte). On a mismatch the stored
+    object is dropped and the answer aborted."""
+    hasher = hashlib.sha256()
+
+    def release() -> None:
+        if not hmac.compare_digest(hasher.hexdigest(), digest):
+            on_mismatch()
+            raise FillAborted("the assembled body does not match its SHA-256")
+        on_match()
+
+    return _last_byte_held(send, length, hasher.update, release)
+
+
+def vouched_send(send: Send, length: int, vouched: Callable[[], bool]) -> Send:
+    """A `send` for a body whose slices a flight is filling from one whole body it hashes
+    (`ObjectMeta.vouching`): nothing is hashed here, and the last byte goes out only once the
+    object's stored facts say that hash matched (``vouched()``); the answer is aborted if they
+    do not. Slices are stored only after that flight's hash matched, and the last byte waits
+    for every slice sent to be stored (`send_body`): a body of such slices is the hashed one."""
+    def release() -> None:
+        if not vouched():
+            raise FillAborted("the object's slices were not vouched for by a whole-body hash")
+
+    return _last_byte_held(send, length, lambda body: None, release)
 
 
 # --- multipart/byteranges (RFC 9110 §14.6) ---------------------------------------------------

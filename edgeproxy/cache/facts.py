@@ -7,12 +7,12 @@ import dataclasses
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Literal
 
 from ..config import Config, ContentClass
 from ..errors import StorageFault
 from . import fields, policy
 from .beresp import BeResp, combined
-from .fetch import Plan
 from .fills import Flight
 from .meta import ObjectMeta
 from .store import CacheStore
@@ -32,6 +32,16 @@ def hash_values(values: tuple[str, ...] | None) -> str:
     """A short, stable name for a request's Vary values."""
     joined = "\0".join(values) if values is not None else "*"
     return hashlib.blake2b(joined.encode(), digest_size=8).hexdigest()
+
+
+@dataclass
+class Plan:
+    """What the node's facts decided for an answer (see `Facts.plan`)."""
+
+    kind: Literal["store", "direct", "not_modified"]
+    meta: ObjectMeta  # the facts to deliver with (stored or fleeting)
+    digest: str | None = None  # the SHA-256 (hex) the whole body must have
+    store_meta: Literal["now", "with_body", "end", "no"] = "now"
 
 
 class Facts:

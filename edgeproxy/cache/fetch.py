@@ -20,8 +20,7 @@ import hmac
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 from ..errors import (
     FillAborted,
@@ -33,11 +32,11 @@ from ..errors import (
 from . import policy
 from .beresp import BeResp, from_upstream
 from .coalesce import Coalescer
-from .fills import Flight, SliceFill
+from .facts import Plan
+from .fills import Flight, FlightSpec, SliceFill
 from .meta import ObjectMeta
 from .store import CacheStore
 from .transport import BeReq, Transport, UpstreamResponse, upstream_error
-from .types import RawHeaders
 
 log = logging.getLogger("edgeproxy.fetch")
 
@@ -46,30 +45,6 @@ READ_SIZE = 256 * 1024
 MAX_RUN = 64
 # How long an answer handed to its leading request waits to be taken before it is dropped.
 DIRECT_TAKE_TIMEOUT = 30.0
-
-
-@dataclass
-class Plan:
-    """What the node's facts decided for an answer (see `Facts.plan`)."""
-
-    kind: Literal["store", "direct", "not_modified"]
-    meta: ObjectMeta  # the facts to deliver with (stored or fleeting)
-    digest: str | None = None  # the SHA-256 (hex) the whole body must have
-    store_meta: Literal["now", "with_body", "end", "no"] = "now"
-
-
-@dataclass
-class FlightSpec:
-    """What a flight asks for, and for whom (the leading request's view)."""
-
-    key: str
-    target: str
-    headers: RawHeaders  # the leader's fill headers (client fields less the cache's own)
-    first: int
-    last: int | None
-    slice_size: int
-    validators: RawHeaders = field(default_factory=list)  # If-None-Match / If-Range ...
-    whole: bool = False  # ask without Range: the plain GET of an unknown object
 
 
 OnHeaders = Callable[[Flight, BeResp], Plan]

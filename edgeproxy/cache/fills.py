@@ -15,6 +15,7 @@ from ..errors import FillAborted, UpstreamTimeout
 from .beresp import BeResp
 from .checksum import SliceHasher
 from .space import NoRoom
+from .types import RawHeaders
 
 if TYPE_CHECKING:
     from .store import SliceBody
@@ -193,6 +194,20 @@ class SliceFill:
             with contextlib.suppress(OSError):
                 os.close(self.fd)
             self.fd = -1
+
+
+@dataclass
+class FlightSpec:
+    """What a flight asks for, and for whom (the leading request's view)."""
+
+    key: str
+    target: str
+    headers: RawHeaders  # the leader's fill headers (client fields less the cache's own)
+    first: int
+    last: int | None
+    slice_size: int
+    validators: RawHeaders = field(default_factory=list)  # If-None-Match / If-Range ...
+    whole: bool = False  # ask without Range: the plain GET of an unknown object
 
 
 @dataclass(eq=False)

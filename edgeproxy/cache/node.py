@@ -22,10 +22,10 @@ from . import admin, asgi, boundary, fields, policy, steps
 from .beresp import BeResp
 from .coalesce import Coalescer
 from .director import Director, transport_for_node
-from .facts import Facts
+from .facts import Facts, Plan
 from .fastlane import FastLane
-from .fetch import Fetcher, FlightSpec, Plan
-from .fills import Flight
+from .fetch import Fetcher
+from .fills import Flight, FlightSpec
 from .gate import Gate
 from .hot import HotTier, PurgeEpoch
 from .meta import ObjectMeta
