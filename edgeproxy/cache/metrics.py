@@ -3,10 +3,18 @@
 With several workers the scrape sums every worker's counters (`edgeproxy.workermetrics`); the
 cache-size gauges are set from the shared disk index at each scrape, so the most recent value
 is the right one whichever worker set it.
+
+An answered request is tallied in plain integers and the tallies go to the shared counters once
+per turn of the event loop (`NodeMetrics.flush`): with several workers each increment of a
+shared counter is a locked write to a memory-mapped file, four per request, which cost about
+8 % of a worker's CPU on a hit-heavy load. A scrape sees a request once the worker that
+answered it has finished that turn, microseconds later.
 """
 
 from __future__ import annotations
 
+import asyncio
+import bisect
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -59,23 +67,51 @@ class NodeMetrics:
                                       "Configured size bound of the disk cache", ["tier"],
                                       registry=r, multiprocess_mode="mostrecent")
         self._children: dict[tuple[str, str], tuple[Any, Any, Any]] = {}
+        # (result, class) → [requests, bytes, seconds, count per latency bucket]
+        self._tallies: dict[tuple[str, str], list[Any]] = {}
+        self._bounds = [*_LATENCY_BUCKETS, float("inf")]
+        self._flush_due = False
         self.cache_size = Gauge("edgeproxy_cache_size_bytes", "Bytes in the disk cache",
                                 ["tier"], registry=r, multiprocess_mode="mostrecent")
 
     def observe(self, result: str, content_class: str, nbytes: int, seconds: float) -> None:
-        """Account one answered client request."""
-        children = self._children.get((result, content_class))
-        if children is None:
-            # labels() hashes and validates on every call: resolve each series once
-            children = (self.requests.labels(self.tier, result, content_class),
-                        self.response_bytes.labels(self.tier, result, content_class),
-                        self.latency.labels(self.tier, result))
-            self._children[(result, content_class)] = children
-        requests, response_bytes, latency = children
-        requests.inc()
-        if nbytes:
-            response_bytes.inc(nbytes)
-        latency.observe(seconds)
+        """Account one answered client request (shared with the scrape at `flush`)."""
+        tally = self._tallies.get((result, content_class))
+        if tally is None:
+            tally = self._tallies[(result, content_class)] = [0, 0, 0.0, [0] * len(self._bounds)]
+        tally[0] += 1
+        tally[1] += nbytes
+        tally[2] += seconds
+        tally[3][bisect.bisect_left(self._bounds, seconds)] += 1  # as Histogram.observe
+        if not self._flush_due:
+            try:
+                asyncio.get_running_loop().call_soon(self.flush)
+            except RuntimeError:  # no loop (a script, a test): at once
+                self.flush()
+                return
+            self._flush_due = True
+
+    def flush(self) -> None:
+        """Add the tallies of the requests answered since the last flush to the counters."""
+        self._flush_due = False
+        tallies, self._tallies = self._tallies, {}
+        for (result, content_class), (count, nbytes, seconds, buckets) in tallies.items():
+            children = self._children.get((result, content_class))
+            if children is None:
+                # labels() hashes and validates on every call: resolve each series once
+                children = (self.requests.labels(self.tier, result, content_class),
+                            self.response_bytes.labels(self.tier, result, content_class),
+                            self.latency.labels(self.tier, result))
+                self._children[(result, content_class)] = children
+            requests, response_bytes, latency = children
+            requests.inc(count)
+            if nbytes:
+                response_bytes.inc(nbytes)
+            # Histogram.observe, n at a time: its sum and the count of each bucket
+            latency._sum.inc(seconds)
+            for index, n in enumerate(buckets):
+                if n:
+                    latency._buckets[index].inc(n)
 
     def storage_fault(self, reason: str) -> None:
         """Account one storage fault (``no_space``, ``corrupt_index``, ``index``, ``io``)."""
@@ -94,6 +130,7 @@ class NodeMetrics:
 
     def render(self, cache_bytes: int, cache_limit: int) -> bytes:
         """The text exposition format."""
+        self.flush()
         self.cache_size.labels(self.tier).set(cache_bytes)
         self.cache_size_limit.labels(self.tier).set(cache_limit)
         return exposition(self.registry, self._extra)

@@ -188,6 +188,7 @@ class CacheNode:
             await self._fetcher.aclose()
         if self._transport is not None and self._injected is None:
             await self._transport.aclose()
+        self.metrics.flush()
         self.store.commit()  # releases the claims of committed fills, before the lock file closes
         self.coalescer.close()
         self.store.close()
