@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 
 import diskcache
 
-from .checksum import file_name
+from .checksum import INLINE_HEADER, file_name
 
 log = logging.getLogger("edgeproxy.cache")
 
@@ -145,11 +145,16 @@ class AdoptingDisk(diskcache.Disk):  # type: ignore[misc]
 
 def new_cache(directory: Path, size_limit: int, disk: type[diskcache.Disk],
               inline_max: int) -> diskcache.Cache:
-    """The diskcache index of a node's cache, as the store uses it."""
+    """The diskcache index of a node's cache, as the store uses it: slices of fewer than
+    ``inline_max`` bytes (and a fill's kept buffer of up to ``inline_max``) stay in their row."""
     return diskcache.Cache(
         str(directory), size_limit=size_limit, disk=disk,
         # least-recently-stored: a hit must not write to SQLite (LRU would, on every get)
-        eviction_policy="least-recently-stored", disk_min_file_size=inline_max,
+        eviction_policy="least-recently-stored",
+        # diskcache decides by the stored value, which is the sealed slice: its checksum
+        # comes in front, and a slice near the bound must not spill to a file of sealed
+        # bytes (read back as a slice file, it fails its check every time)
+        disk_min_file_size=inline_max + INLINE_HEADER + 1,
         # eviction runs once per group commit (`GroupCommit.commit`), not in every set
         cull_limit=0, statistics=False, tag_index=True,
     )
