@@ -31,6 +31,7 @@ from . import (
     memory,
     misscost,
     procs,
+    promstats,
     report,
     targets,
     zipf2,
@@ -228,6 +229,8 @@ def _sections(plan: Plan, sections: tuple[str, ...], results: dict[str, Any],
                                                workers=plan.edge_workers,
                                                our_pids=long_running, log=_log)
     _rss_checkpoint(timeline, current[0], watched)
+    # the long-running servers, after every section: what their nodes counted going wrong
+    results["trouble"] = {s.name: promstats.trouble(s.metrics) for s in servers if s.metrics}
 
 
 def _rss_checkpoint(timeline: list[dict[str, Any]], after: str,

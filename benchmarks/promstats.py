@@ -32,3 +32,15 @@ def total(samples: Samples, name: str, **labels: str) -> float:
 def delta(after: Samples, before: Samples, name: str, **labels: str) -> float:
     """How much ``name`` (filtered by ``labels``) grew between two scrapes."""
     return total(after, name, **labels) - total(before, name, **labels)
+
+
+# What a benchmark run must never see on a node: bytes that failed a check, storage errors.
+TROUBLE = ("edgeproxy_integrity_failures_total", "edgeproxy_storage_faults_total")
+
+
+def trouble(metrics: dict[str, str]) -> dict[str, dict[str, float]]:
+    """Integrity failures and storage faults each node of an edgeproxy deployment counted
+    (``metrics``: node -> /metrics URL), by node."""
+    return {node: {name.removeprefix("edgeproxy_").removesuffix("_total"):
+                   total(scrape(url), name) for name in TROUBLE}
+            for node, url in metrics.items()}

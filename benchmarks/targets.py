@@ -93,6 +93,7 @@ def judge(results: dict[str, Any], baseline: dict[str, Any] | None = None) -> li
     out.append(_zipf2_rate(z2, "warm", ZIPF2_WARM))
     out.append(_zipf2_offload(z2))
     out.append(_misscost(results.get("misscost", {})))
+    out.append(_trouble(results))
     if summary:
         out += _against_baseline(summary, baseline)
     return out
@@ -257,6 +258,21 @@ def _memory(memory: list[dict[str, Any]]) -> Verdict:
         f"({m['baseline_worker_mib']:.0f} before), {m['complete']}/{m['clients']} complete"
         for m in mine)
     return Verdict(wording, ok, detail)
+
+
+def _trouble(results: dict[str, Any]) -> Verdict:
+    wording = ("no integrity failure or storage fault on any edgeproxy node in the whole run "
+               "(long-running servers and the two-tier pairs)")
+    seen: dict[str, dict[str, dict[str, float]]] = dict(results.get("trouble", {}))
+    for name, server in results.get("zipf2", {}).get("servers", {}).items():
+        if "trouble" in server:
+            seen[f"zipf2 {name}"] = server["trouble"]
+    if not seen:
+        return Verdict(wording, None, "not measured")
+    bad = [f"{server} {node} {what} {n:g}" for server, nodes in seen.items()
+           for node, counts in nodes.items() for what, n in counts.items() if n]
+    return Verdict(wording, not bad, "; ".join(bad) if bad else
+                   f"none on {sum(len(nodes) for nodes in seen.values())} nodes")
 
 
 def _x(v: float | None) -> str:

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from . import promstats
 from .deploy import Origin
 from .interference import ForeignCpu
 from .twotier import KINDS, Pair, running
@@ -84,6 +85,7 @@ def run_server(pair: Pair, origin: Origin, listing: Path, sizes: dict[str, int],
         "origin_bytes": total_bytes, "objects_fetched": len(objects),
         "requests_per_object": total_requests / len(objects) if objects else None,
         "bytes_per_object_byte": total_bytes / object_bytes if object_bytes else None,
+        "trouble": promstats.trouble(pair.server.metrics),
     }
     log(f"  zipf2 {pair.kind:<10} origin in all: {total_requests:,} requests for "
         f"{len(objects):,} objects ({_f(result['requests_per_object'])} requests, "
