@@ -42,10 +42,12 @@ def chain_config(directory: Path, **cache: Any) -> Config:
 class Chain:
     """Client → edge → shield → origin; ``get``/``request`` talk to the edge."""
 
-    def __init__(self, origin_url: str, directory: Path, mode: Mode = "thread",
-                 **cache: Any) -> None:
+    def __init__(self, origin_url: str, directory: Path, mode: Mode = "thread", *,
+                 workers: int = 1, admin_token: str = "", **cache: Any) -> None:
         self.origin_url = origin_url.rstrip("/")
         self.mode = mode
+        self.workers = workers  # per node, in "process" mode
+        self.admin_token = admin_token  # in "process" mode
         self.config = chain_config(directory, **cache)
         self.directory = directory
         directory.mkdir(parents=True, exist_ok=True)
@@ -86,8 +88,11 @@ class Chain:
             "content_classes": [],
             "cache": {f.name: _yaml_value(getattr(self.config.cache, f.name))
                       for f in dataclasses.fields(CacheConfig)},
-            "shield": {"port": ports["shield"], "upstream": self.origin_url},
-            "edge": {"port": ports["edge"], "upstream": self.shield_url},
+            "shield": {"port": ports["shield"], "upstream": self.origin_url,
+                       "workers": self.workers},
+            "edge": {"port": ports["edge"], "upstream": self.shield_url,
+                     "workers": self.workers},
+            "admin_token": self.admin_token,
         }
         path = self.directory / "chain.yaml"
         path.write_text(yaml.safe_dump(settings))
