@@ -27,6 +27,7 @@ from .fills import Flight, ForeignFill, SliceFill, poll
 from .meta import ObjectMeta
 from .sources import FillSource, ForeignSource, Source, StoredSource
 from .store import INLINE_MAX, CacheStore
+from .waits import shared
 
 # A slice can be claimed by another worker between our look and our claim; look again this
 # many times before giving up.
@@ -202,8 +203,7 @@ class Coalescer:
                 # then look again (a flight of our own would find the slice claimed); if it
                 # failed meanwhile, so does this answer, as its followers' do
                 with contextlib.suppress(UpstreamError, TimeoutError):
-                    await asyncio.wait_for(asyncio.shield(fill.flight.headers),
-                                           self.wait_timeout)
+                    await shared(fill.flight.headers, self.wait_timeout)
                 if fill.error is not None:
                     raise FillAborted(f"fill failed: {fill.error}")
                 continue

@@ -37,6 +37,7 @@ from .fills import Flight, FlightSpec, SliceFill
 from .meta import ObjectMeta
 from .store import CacheStore
 from .transport import BeReq, Transport, UpstreamResponse, upstream_error
+from .waits import shared
 
 log = logging.getLogger("edgeproxy.fetch")
 
@@ -133,7 +134,7 @@ class Fetcher:
                     handed = True
                 flight.headers.set_result(beresp)
                 if handed:
-                    await asyncio.wait_for(asyncio.shield(flight.taken), DIRECT_TAKE_TIMEOUT)
+                    await shared(flight.taken, DIRECT_TAKE_TIMEOUT)
                 else:
                     self.on_upstream(beresp.status, 0)
                 return

@@ -16,6 +16,7 @@ from .beresp import BeResp
 from .checksum import SliceHasher
 from .space import NoRoom
 from .types import RawHeaders
+from .waits import within
 
 if TYPE_CHECKING:
     from .store import SliceBody
@@ -162,7 +163,7 @@ class SliceFill:
         if self.visible > position or self.done or self.error is not None:
             return
         try:
-            await asyncio.wait_for(self._progress.wait(), timeout)
+            await within(self._progress.wait(), timeout)
         except TimeoutError:
             raise UpstreamTimeout(f"no progress from upstream for {timeout:.0f}s") from None
 
@@ -248,7 +249,7 @@ class Flight:
         if self.ended.done():
             return
         try:
-            await asyncio.wait_for(self._progress.wait(), timeout)
+            await within(self._progress.wait(), timeout)
         except TimeoutError:
             raise UpstreamTimeout(f"no progress from upstream for {timeout:.0f}s") from None
 

@@ -25,6 +25,7 @@ from ..errors import (
     UpstreamUnreachable,
 )
 from ..tls import NO_CLIENT_CERT_HINT
+from .waits import within
 
 RawHeaders = list[tuple[bytes, bytes]]
 
@@ -174,7 +175,7 @@ class _Connection(asyncio.Protocol):
                 return None
             self.wakeup = asyncio.get_running_loop().create_future()
             try:
-                await asyncio.wait_for(self.wakeup, timeout)
+                await within(self.wakeup, timeout)
             except TimeoutError:
                 raise UpstreamTimeout(f"no body bytes from upstream for {timeout:.0f}s") from None
         chunk = self.chunks.popleft()
@@ -261,7 +262,7 @@ class Pool:
     async def _connect(self) -> _Connection:
         loop = asyncio.get_running_loop()
         try:
-            _transport, conn = await asyncio.wait_for(loop.create_connection(
+            _transport, conn = await within(loop.create_connection(
                 _Connection, self.host, self.port, ssl=self.ssl_context,
                 server_hostname=self.server_hostname if self.ssl_context else None),
                 self.connect_timeout)
@@ -290,7 +291,7 @@ class Pool:
             conn.head = method == "HEAD"
             try:
                 await self._send(conn, method, target, headers, body)
-                await asyncio.wait_for(asyncio.shield(conn.headers_done), self.timeout)
+                await within(conn.headers_done, self.timeout)
             except TimeoutError:
                 if conn.transport is not None:
                     conn.transport.close()

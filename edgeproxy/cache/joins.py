@@ -6,7 +6,6 @@ Functions over the node, as the steps are; the coalescer (`coalesce`) decides ea
 
 from __future__ import annotations
 
-import asyncio
 import os
 import time
 from typing import TYPE_CHECKING, Any
@@ -18,6 +17,7 @@ from .facts import FlightContext
 from .hot import HotEntry
 from .meta import ObjectMeta
 from .sources import FillSource, Source, StoredSource
+from .waits import shared
 
 if TYPE_CHECKING:
     from .node import CacheNode
@@ -67,8 +67,7 @@ async def join(node: CacheNode, tx: Tx, meta: ObjectMeta, index: int) -> Source:
     if tx.led and flight is not None and not flight.headers.done():
         started = time.perf_counter()
         try:
-            beresp = await asyncio.wait_for(asyncio.shield(flight.headers),
-                                            node.wait_timeout)
+            beresp = await shared(flight.headers, node.wait_timeout)
             tx.upstream_cache = beresp.x_cache
         finally:
             tx.upstream_time += time.perf_counter() - started

@@ -7,7 +7,6 @@ The rules each step applies are pure functions in `policy`, `fields` and `delive
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -26,6 +25,7 @@ from .sources import DirectSource, Source, StoredSource
 from .transport import BeReq
 from .types import Receive, Scope, Send
 from .verdict import Verdict, x_cache
+from .waits import shared
 
 if TYPE_CHECKING:
     from .node import CacheNode
@@ -180,7 +180,7 @@ async def miss(node: CacheNode, tx: Tx) -> Step:
     tx.flight = flight
     started = time.perf_counter()
     try:
-        beresp = await asyncio.wait_for(asyncio.shield(flight.headers), node.wait_timeout)
+        beresp = await shared(flight.headers, node.wait_timeout)
     except TimeoutError:
         raise UpstreamTimeout(f"no answer from upstream in {node.wait_timeout:.0f}s") from None
     except UpstreamError:
@@ -222,7 +222,7 @@ async def _wait_then_look_again(node: CacheNode, tx: Tx, index: int) -> Step:
     local = node.coalescer.fills.get((tx.req.key, index))
     if local is not None:
         with contextlib.suppress(UpstreamError, TimeoutError):
-            await asyncio.wait_for(asyncio.shield(local.flight.headers), node.wait_timeout)
+            await shared(local.flight.headers, node.wait_timeout)
     else:
         await node.coalescer.foreign_facts(tx.req.key, index, 0.0)
     return lookup
