@@ -38,8 +38,10 @@ class Lifecycle:
     """Readiness and signal handling around one node's ASGI app."""
 
     def __init__(self, app: ASGIApp, *, role: str, reload: Callable[[], None] | None = None,
-                 on_shutdown: Callable[[], None] | None = None) -> None:  # fmt: skip
+                 on_shutdown: Callable[[], None] | None = None,
+                 on_started: Callable[[], None] | None = None) -> None:  # fmt: skip
         self.app = app
+        self._on_started = on_started
         self.role = role
         self._reload = reload
         self._on_shutdown = on_shutdown
@@ -67,6 +69,8 @@ class Lifecycle:
         async def watch(message: Message) -> None:
             if message["type"] == "lifespan.startup.complete":
                 self._install_signals()
+                if self._on_started is not None:
+                    self._on_started()
                 self.started = True
             elif message["type"] == "lifespan.shutdown.complete" and self._on_shutdown:
                 self._on_shutdown()
