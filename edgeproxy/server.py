@@ -25,7 +25,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from . import workermetrics
+from . import gcsettle, workermetrics
 from .accesslog import AccessLog, Sink
 from .config import Config, load_config
 from .errors import ConfigError
@@ -87,8 +87,10 @@ def create_node_app(config: Config, role: str, *, upstream: str | None = None) -
 
 
 def node_app(config: Config, role: str, *, upstream: str | None = None,
-             config_path: str | None = None) -> Any:  # fmt: skip
+             config_path: str | None = None, dedicated: bool = False) -> Any:  # fmt: skip
     """The app of ``role`` as a server runs it: with ``/readyz``, signals and the access log.
+    ``dedicated``: the process is this server alone (its garbage collector is settled once
+    started: `gcsettle`).
 
     SIGHUP re-reads ``config_path`` (or the defaults, when None) plus the environment and hands
     the result to a cache app's ``reload``; the origin has nothing to reload.
@@ -98,7 +100,8 @@ def node_app(config: Config, role: str, *, upstream: str | None = None,
     if role != "origin":
         def reload() -> None:
             app.reload(load_config(config_path, env=config_env()))
-    wrapped: Any = Lifecycle(app, role=role, reload=reload, on_shutdown=workermetrics.mark_dead)
+    wrapped: Any = Lifecycle(app, role=role, reload=reload, on_shutdown=workermetrics.mark_dead,
+                             on_started=gcsettle.settle if dedicated else None)
     if config.log.access != "off":
         wrapped = AccessLog(wrapped, node=config.node_name(role), fmt=config.log.access,
                             sink=Sink(config.log.file or None))
@@ -111,7 +114,7 @@ def app_from_env() -> Any:
     path = os.environ.get(ENV_CONFIG) or None
     upstream = os.environ.get(ENV_UPSTREAM) or None
     config = load_config(path, env=config_env())
-    return node_app(config, role, upstream=upstream, config_path=path)
+    return node_app(config, role, upstream=upstream, config_path=path, dedicated=True)
 
 
 def log_config(config: Config) -> dict[str, Any]:
@@ -173,8 +176,8 @@ def run_node(config: Config, role: str, *, upstream: str | None = None,
     options = _uvicorn_options(config, role)
     workers = workers_for(config, role)
     if workers <= 1:
-        uvicorn.run(node_app(config, role, upstream=upstream, config_path=config_path),
-                    **options)
+        uvicorn.run(node_app(config, role, upstream=upstream, config_path=config_path,
+                             dedicated=True), **options)
         return
     workermetrics.prepare(config.data_dir / role / "metrics")
     if config_path is not None:
@@ -191,8 +194,11 @@ def run_node(config: Config, role: str, *, upstream: str | None = None,
 
 
 def _run_workers(config: Any) -> None:
-    """uvicorn's multi-worker supervisor, except that SIGHUP reloads the workers in place."""
-    from uvicorn.supervisors import Multiprocess
+    """uvicorn's multi-worker supervisor, except that SIGHUP reloads the workers in place and
+    each worker listens on a socket of its own (`workers.reuse_port_socket`)."""
+    from uvicorn.supervisors import Multiprocess, multiprocess
+
+    from .workers import OwnSocketWorker, reuse_port_socket
 
     class Supervisor(Multiprocess):
         def handle_hup(self) -> None:
@@ -201,7 +207,14 @@ def _run_workers(config: Any) -> None:
                 if process.pid is not None:
                     os.kill(process.pid, signal.SIGHUP)
 
-    sock = config.bind_socket()
+    sock = reuse_port_socket(config.host, config.port)
+    if sock is None:
+        sock = config.bind_socket()  # no SO_REUSEPORT here: the workers share one socket
+    else:
+        log.info("listening on %s:%d, %d workers with a socket each", config.host,
+                 sock.getsockname()[1], config.workers)
+        # uvicorn makes its workers by this name (start and restarts alike)
+        multiprocess.Process = OwnSocketWorker  # type: ignore[misc]
     try:
         Supervisor(config, sockets=[sock]).run()
     finally:

@@ -1,0 +1,107 @@
+"""A node's workers each accept on a socket of their own (`edgeproxy.workers`): the kernel
+spreads a burst of new connections over them, where one shared socket let one worker take
+nearly all of them."""
+
+from __future__ import annotations
+
+import errno
+import socket
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from edgeproxy.workers import reuse_port_socket
+from tests.nodes import NodeProcess
+from tests.origins import TestOrigin
+from tests.servers import free_port, serve
+
+CONNECTIONS = 64
+
+
+def test_reuse_port_sockets_share_an_address_a_plain_one_cannot_take() -> None:
+    first = reuse_port_socket("127.0.0.1", 0)
+    assert first is not None
+    port = first.getsockname()[1]
+    second = reuse_port_socket("127.0.0.1", port)
+    assert second is not None and second.getsockname()[1] == port
+    plain = socket.socket()
+    with pytest.raises(OSError) as taken:
+        plain.bind(("127.0.0.1", port))
+    assert taken.value.errno == errno.EADDRINUSE
+    for sock in (first, second, plain):
+        sock.close()
+
+
+def test_a_port_in_use_is_refused_at_start() -> None:
+    plain = socket.socket()
+    plain.bind(("127.0.0.1", 0))
+    plain.listen()
+    with pytest.raises(OSError) as taken:
+        reuse_port_socket("127.0.0.1", plain.getsockname()[1])
+    assert taken.value.errno == errno.EADDRINUSE
+    plain.close()
+
+
+def _on_port(pid: int, port: int, status: str) -> int:
+    return sum(1 for c in psutil.Process(pid).net_connections(kind="tcp")
+               if c.status == status and c.laddr and c.laddr.port == port)
+
+
+def _listening_workers(supervisor: int, port: int, want: int) -> list[int]:
+    """The worker processes listening on ``port``, once ``want`` of them are."""
+    deadline = time.monotonic() + 20
+    while True:
+        found = [c.pid for c in psutil.Process(supervisor).children()
+                 if _on_port(c.pid, port, psutil.CONN_LISTEN)]
+        if len(found) >= want or time.monotonic() > deadline:
+            return found
+        time.sleep(0.05)
+
+
+def test_a_burst_of_connections_reaches_both_workers(tmp_path: Path) -> None:
+    origin = TestOrigin()
+    origin.put("/v/t1/obj", b"x" * 1000)
+    port = free_port()
+    config = tmp_path / "config.yaml"
+    config.write_text(f"data_dir: var\nlog_level: warning\nlog: {{access: 'off'}}\n"
+                      f"edge: {{port: {port}, workers: 2}}\n")
+    with serve(origin) as osrv, \
+            NodeProcess(config, "edge", f"http://127.0.0.1:{port}", upstream=osrv.url) as edge:
+        workers = _listening_workers(edge.pid, port, 2)
+        assert len(workers) == 2, workers
+        assert _on_port(edge.pid, port, psutil.CONN_LISTEN) == 0  # the supervisor only binds
+        socks = []
+        answered = []
+        lock = threading.Lock()
+
+        def one() -> None:
+            sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+            sock.sendall(b"GET /v/t1/obj HTTP/1.1\r\nHost: x\r\n\r\n")
+            data = b""
+            while b"\r\n\r\n" not in data or len(data.split(b"\r\n\r\n", 1)[1]) < 1000:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+            with lock:
+                socks.append(sock)  # kept open: its worker still holds the connection
+                answered.append(data.startswith(b"HTTP/1.1 200"))
+
+        threads = [threading.Thread(target=one) for _ in range(CONNECTIONS)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=30)
+        try:
+            assert answered.count(True) == CONNECTIONS
+            per_worker = [_on_port(pid, port, psutil.CONN_ESTABLISHED) for pid in workers]
+            assert sum(per_worker) == CONNECTIONS, per_worker
+            # spread by a hash of each connection's address: 64 over two sockets, each gets
+            # fewer than 8 about once in ten billion
+            assert min(per_worker) >= 8, per_worker
+        finally:
+            for sock in socks:
+                sock.close()
