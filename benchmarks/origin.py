@@ -181,7 +181,7 @@ class BenchOrigin:
             headers = {"content-range": f"bytes */{entry.length}"}
             await _simple(send, 416, b"", "application/octet-stream", headers)
             return
-        if rng is not None:
+        if isinstance(rng, tuple):
             start, end = rng
             status = 206
             headers["content-range"] = f"bytes {start}-{end}/{entry.length}"

@@ -8,6 +8,7 @@ and hashed) or opened again in a state already checked. Hashing speed is printed
 
 from __future__ import annotations
 
+import functools
 import os
 import tempfile
 import time
@@ -45,7 +46,7 @@ def main() -> None:
                              (1, "64 KiB file, kept and checked"),
                              (2, "30 KB inline slice")]:
             read(index)
-            print(f"get_slice {label:36s} {_best(lambda i=index: read(i), 20000):8.2f} us")
+            print(f"get_slice {label:36s} {_best(functools.partial(read, index), 20000):8.2f} us")
 
         def first_read() -> None:
             store.files.forget()
