@@ -53,7 +53,7 @@ RANGE_BYTES = int(os.environ.get("EPBENCH_RANGE_BYTES", str(64 * 1024)))
 SEED = os.environ.get("EPBENCH_SEED")
 
 
-class MediaReader(FastHttpUser):
+class MediaReader(FastHttpUser):  # type: ignore[misc,unused-ignore]  # Any without locust
     """A receiver fetching popular media, whole or by ranges."""
 
     wait_time = constant(float(os.environ.get("EPBENCH_WAIT", "0")))
