@@ -10,6 +10,7 @@ import threading
 import time
 from pathlib import Path
 
+import httpx
 import psutil
 import pytest
 
@@ -105,3 +106,35 @@ def test_a_burst_of_connections_reaches_both_workers(tmp_path: Path) -> None:
         finally:
             for sock in socks:
                 sock.close()
+
+
+def test_a_worker_killed_is_replaced_on_a_socket_of_its_own(tmp_path: Path) -> None:
+    """kill -9 of one worker: the others keep answering, the supervisor starts a new one,
+    and it listens on a socket of its own at the same address."""
+    origin = TestOrigin()
+    origin.put("/v/t1/obj", b"y" * 500)
+    port = free_port()
+    config = tmp_path / "config.yaml"
+    config.write_text(f"data_dir: var\nlog_level: warning\nlog: {{access: 'off'}}\n"
+                      f"edge: {{port: {port}, workers: 2}}\n")
+    with serve(origin) as osrv, \
+            NodeProcess(config, "edge", f"http://127.0.0.1:{port}", upstream=osrv.url) as edge:
+        before = _listening_workers(edge.pid, port, 2)
+        assert len(before) == 2
+        psutil.Process(before[0]).kill()
+        fresh = httpx.Limits(max_keepalive_connections=0)
+        with httpx.Client(limits=fresh, timeout=10) as client:
+            for _ in range(20):  # new connections while one worker is gone
+                r = client.get(f"{edge.url}/v/t1/obj")
+                assert r.status_code == 200 and r.content == b"y" * 500
+        deadline = time.monotonic() + 30
+        after: list[int] = []
+        while time.monotonic() < deadline:
+            after = _listening_workers(edge.pid, port, 2)
+            if len(after) == 2 and before[0] not in after:
+                break
+            time.sleep(0.2)
+        assert len(after) == 2 and before[1] in after and before[0] not in after, (before, after)
+        with httpx.Client(limits=fresh, timeout=10) as client:
+            for _ in range(20):
+                assert client.get(f"{edge.url}/v/t1/obj").status_code == 200
