@@ -362,19 +362,25 @@ class Fetcher:
             whole = flight.whole and flight.digest in wrong
             self.on_integrity_failure(flight.key, why, "body_hash" if whole else "content_digest")
             return
-        for index in sorted(flight.fills):
-            fill = flight.fills[index]
-            if not fill.done and fill.error is None and fill.expected is not None \
-                    and fill.written >= fill.expected:
-                self._commit(flight, fill)
         meta = flight.meta
         if flight.whole and flight.store_meta == "now" and meta is not None \
                 and meta.length is not None and all(
                     i in flight.fills and not flight.fills[i].discard
                     for i in range(policy.slice_count(meta.length, size))):
-            # every slice of the object came from this body, which matched its hash
+            # Every slice of the object came from this body, which matched its hash. Say so
+            # in the index before any slice is stored, where other workers read it at once:
+            # a slice file is in the index as soon as it is stored, and a reader in another
+            # worker that found its slices stored and these facts still pending in the
+            # group commit cut its answer short before the last byte (`vouched_send`).
+            flight.meta = dataclasses.replace(meta, verified=True)
             with contextlib.suppress(StorageFault):
-                self.store.set_meta(flight.key, dataclasses.replace(meta, verified=True))
+                self.store.set_meta(flight.key, flight.meta)
+                self.store.commit()
+        for index in sorted(flight.fills):
+            fill = flight.fills[index]
+            if not fill.done and fill.error is None and fill.expected is not None \
+                    and fill.written >= fill.expected:
+                self._commit(flight, fill)
 
     def _discard(self, fill: SliceFill, err: BaseException) -> None:
         fill.fail(err)
