@@ -4,10 +4,12 @@ nearly all of them."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import socket
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -20,6 +22,7 @@ from tests.origins import TestOrigin
 from tests.servers import free_port, serve
 
 CONNECTIONS = 64
+OBJ = "/v/t1/obj"
 
 
 def test_reuse_port_sockets_share_an_address_a_plain_one_cannot_take() -> None:
@@ -62,15 +65,22 @@ def _listening_workers(supervisor: int, port: int, want: int) -> list[int]:
         time.sleep(0.05)
 
 
-def test_a_burst_of_connections_reaches_both_workers(tmp_path: Path) -> None:
+@contextlib.contextmanager
+def _two_worker_edge(tmp_path: Path, body: bytes) -> Iterator[tuple[NodeProcess, int]]:
+    """An edge process of two workers in front of an origin serving ``body`` at OBJ."""
     origin = TestOrigin()
-    origin.put("/v/t1/obj", b"x" * 1000)
+    origin.put(OBJ, body)
     port = free_port()
     config = tmp_path / "config.yaml"
     config.write_text(f"data_dir: var\nlog_level: warning\nlog: {{access: 'off'}}\n"
                       f"edge: {{port: {port}, workers: 2}}\n")
     with serve(origin) as osrv, \
             NodeProcess(config, "edge", f"http://127.0.0.1:{port}", upstream=osrv.url) as edge:
+        yield edge, port
+
+
+def test_a_burst_of_connections_reaches_both_workers(tmp_path: Path) -> None:
+    with _two_worker_edge(tmp_path, b"x" * 1000) as (edge, port):
         workers = _listening_workers(edge.pid, port, 2)
         assert len(workers) == 2, workers
         assert _on_port(edge.pid, port, psutil.CONN_LISTEN) == 0  # the supervisor only binds
@@ -80,7 +90,7 @@ def test_a_burst_of_connections_reaches_both_workers(tmp_path: Path) -> None:
 
         def one() -> None:
             sock = socket.create_connection(("127.0.0.1", port), timeout=10)
-            sock.sendall(b"GET /v/t1/obj HTTP/1.1\r\nHost: x\r\n\r\n")
+            sock.sendall(b"GET %s HTTP/1.1\r\nHost: x\r\n\r\n" % OBJ.encode())
             data = b""
             while b"\r\n\r\n" not in data or len(data.split(b"\r\n\r\n", 1)[1]) < 1000:
                 chunk = sock.recv(65536)
@@ -111,21 +121,14 @@ def test_a_burst_of_connections_reaches_both_workers(tmp_path: Path) -> None:
 def test_a_worker_killed_is_replaced_on_a_socket_of_its_own(tmp_path: Path) -> None:
     """kill -9 of one worker: the others keep answering, the supervisor starts a new one,
     and it listens on a socket of its own at the same address."""
-    origin = TestOrigin()
-    origin.put("/v/t1/obj", b"y" * 500)
-    port = free_port()
-    config = tmp_path / "config.yaml"
-    config.write_text(f"data_dir: var\nlog_level: warning\nlog: {{access: 'off'}}\n"
-                      f"edge: {{port: {port}, workers: 2}}\n")
-    with serve(origin) as osrv, \
-            NodeProcess(config, "edge", f"http://127.0.0.1:{port}", upstream=osrv.url) as edge:
+    with _two_worker_edge(tmp_path, b"y" * 500) as (edge, port):
         before = _listening_workers(edge.pid, port, 2)
         assert len(before) == 2
         psutil.Process(before[0]).kill()
         fresh = httpx.Limits(max_keepalive_connections=0)
         with httpx.Client(limits=fresh, timeout=10) as client:
             for _ in range(20):  # new connections while one worker is gone
-                r = client.get(f"{edge.url}/v/t1/obj")
+                r = client.get(edge.url + OBJ)
                 assert r.status_code == 200 and r.content == b"y" * 500
         deadline = time.monotonic() + 30
         after: list[int] = []
@@ -137,4 +140,4 @@ def test_a_worker_killed_is_replaced_on_a_socket_of_its_own(tmp_path: Path) -> N
         assert len(after) == 2 and before[1] in after and before[0] not in after, (before, after)
         with httpx.Client(limits=fresh, timeout=10) as client:
             for _ in range(20):
-                assert client.get(f"{edge.url}/v/t1/obj").status_code == 200
+                assert client.get(edge.url + OBJ).status_code == 200
