@@ -96,3 +96,59 @@ def test_new_and_stored_keys_in_one_batch_read_back_as_diskcache_wrote_them(
     assert not any(p.exists() for p in old_files)  # the replaced value's file is gone
     assert cache.evict("tc") == 1 and "c" not in cache and "a" in cache
     assert cache.volume() >= len(b"2") + len(b"4") and len(cache) == 3
+
+
+async def test_other_workers_see_a_process_s_writes_in_the_order_made(tmp_path: Path) -> None:
+    """A slice file enters the index at once; what this process wrote before it (the facts
+    that vouch for it) must not stay pending behind it, or a reader in another worker finds
+    the slice without those facts (it cut answers one byte short)."""
+    from edgeproxy.cache import checksum
+    from edgeproxy.cache.meta import Freshness, ObjectMeta
+    from edgeproxy.cache.store import INLINE_MAX, CacheStore
+
+    writer = CacheStore(tmp_path / "cache", 1 << 30)
+    reader = CacheStore(tmp_path / "cache", 1 << 30)  # another worker's view of the index
+    try:
+        data = b"x" * (INLINE_MAX + 1)  # stored as a file
+        meta = ObjectMeta(200, len(data), None, None, None, (), Freshness(0.0, 0.0, 60.0), "x",
+                          "v1", len(data), verified=True)
+        writer.set_meta("/k", meta)
+        assert reader.get_meta("/k") is None  # pending in the writer's group commit
+        path = tmp_path / "fill"
+        path.write_bytes(data)
+        writer.commit_slice("/k", "v1", 0, path, len(data), checksum=checksum.of(data))
+        assert reader.has_slice("/k", "v1", 0)
+        stored = reader.get_meta("/k")
+        assert stored is not None and stored.verified
+    finally:
+        writer.close()
+        reader.close()
+
+
+def test_the_index_volume_is_read_at_most_once_a_period_unless_writes_may_pass_the_limit(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from edgeproxy.cache import evict
+
+    clock = [100.0]
+    monkeypatch.setattr(evict.time, "monotonic", lambda: clock[0])
+
+    class Index:
+        reads = 0
+        size = 4000
+
+        def volume(self) -> int:
+            self.reads += 1
+            return self.size
+
+    idx = Index()
+    watch = evict.SizeWatch(lambda: idx, size_limit=10_000)
+    assert not watch.over(100) and idx.reads == 1  # the first write reads it
+    assert not watch.over(100) and not watch.over(5000) and idx.reads == 1  # estimated
+    idx.size = 11_000  # another worker wrote too
+    assert watch.over(1000) and idx.reads == 2  # the estimate passed the limit: read
+    assert watch.over(10) and idx.reads == 3  # still over (not culled yet): read each time
+    idx.size = 9000
+    assert not watch.over(10) and idx.reads == 4
+    assert not watch.over(10) and idx.reads == 4
+    clock[0] += evict.VOLUME_PERIOD
+    assert not watch.over(10) and idx.reads == 5  # a period later: read again

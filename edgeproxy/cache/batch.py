@@ -28,6 +28,7 @@ log = logging.getLogger("edgeproxy.cache")
 COMMIT_DELAY = 0.010
 COMMIT_BATCH = 256
 JOURNAL_ROOM = 256 * 1024  # besides the values: room for the index pages a batch rewrites
+ROW_BYTES = 512  # what a row of facts (a pickled `ObjectMeta`) adds to the index, about
 _IN_MAX = 500  # keys per "IN (...)" (SQLite's limit on parameters is 999 in old builds)
 _INSERT = ("INSERT INTO Cache(key, raw, store_time, expire_time, access_time, access_count,"
            " tag, size, mode, filename, value) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
@@ -43,6 +44,9 @@ class GroupCommit:
         self.on_commit: Callable[[list[str]], None] = lambda keys: None
         # a transaction failed with this error: True if room was made for ~n bytes (retry)
         self.on_full: Callable[[BaseException, int], bool] = lambda exc, nbytes: False
+        # after a transaction of about n bytes: whether the index is over its size limit
+        self.over_limit: Callable[[int], bool] = \
+            lambda nbytes: bool(self.cache.volume() > self.cache.size_limit)
         self.pending: dict[str, tuple[Any, str]] = {}
         self._after: list[Callable[[], None]] = []
         self._timer: asyncio.TimerHandle | None = None
@@ -104,15 +108,15 @@ class GroupCommit:
                     log.exception("after-commit callback failed")
 
     def _write(self, batch: dict[str, tuple[Any, str]]) -> None:
+        nbytes = sum(len(v) if isinstance(v, bytes) else ROW_BYTES for v, _tag in batch.values())
         try:
             self._transaction(batch)
         except (sqlite3.Error, OSError) as exc:
-            nbytes = sum(len(v) for v, _tag in batch.values() if isinstance(v, bytes))
             if not self.on_full(exc, nbytes + JOURNAL_ROOM):
                 raise
             self._transaction(batch)  # the volume was full: once more, now there is room
         self.on_commit(list(batch))
-        if self.cache.volume() > self.cache.size_limit:
+        if self.over_limit(nbytes):
             self.cache.cull()
 
     def _transaction(self, batch: dict[str, tuple[Any, str]]) -> None:

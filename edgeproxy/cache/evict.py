@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import os
 import sqlite3
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -17,6 +18,34 @@ from .space import NoRoom, Volume
 log = logging.getLogger("edgeproxy.cache")
 
 _T = TypeVar("_T")
+
+# How stale the reading of the index's volume may be before a write reads it again.
+VOLUME_PERIOD = 1.0
+
+
+class SizeWatch:
+    """Whether the index may have grown past ``cache_size`` (then it is culled).
+
+    Reading the volume is a query of its own, once per group commit a few percent of a miss.
+    It is read at most every `VOLUME_PERIOD` seconds, and in between estimated from the bytes
+    this process wrote since. Other workers' writes are seen at the next reading: the index
+    is over its limit by at most what the node stores in that time."""
+
+    def __init__(self, cache: Callable[[], Any], size_limit: int) -> None:
+        self._cache = cache
+        self.size_limit = size_limit
+        self.estimate = 0
+        self.read_at = -VOLUME_PERIOD
+
+    def over(self, added: int) -> bool:
+        """After ``added`` more bytes were written: whether the index is over its limit."""
+        self.estimate += added
+        now = time.monotonic()
+        if now - self.read_at < VOLUME_PERIOD and self.estimate <= self.size_limit:
+            return False
+        self.read_at = now
+        self.estimate = int(self._cache().volume())
+        return self.estimate > self.size_limit
 
 
 class Evictor:

@@ -368,14 +368,13 @@ class Fetcher:
                     i in flight.fills and not flight.fills[i].discard
                     for i in range(policy.slice_count(meta.length, size))):
             # Every slice of the object came from this body, which matched its hash. Say so
-            # in the index before any slice is stored, where other workers read it at once:
-            # a slice file is in the index as soon as it is stored, and a reader in another
-            # worker that found its slices stored and these facts still pending in the
-            # group commit cut its answer short before the last byte (`vouched_send`).
+            # before any slice is stored: a reader in another worker that found its slices
+            # stored and these facts not yet would cut its answer short before the last byte
+            # (`vouched_send`). The store makes this process's writes visible in order: a
+            # slice file commits what is pending first, inline slices share the transaction.
             flight.meta = dataclasses.replace(meta, verified=True)
             with contextlib.suppress(StorageFault):
                 self.store.set_meta(flight.key, flight.meta)
-                self.store.commit()
         for index in sorted(flight.fills):
             fill = flight.fills[index]
             if not fill.done and fill.error is None and fill.expected is not None \

@@ -35,7 +35,7 @@ from ..errors import StorageFault
 from . import index
 from .batch import GroupCommit
 from .checksum import SliceCheck, check_file, check_inline, seal, settled, unseal
-from .evict import Evictor
+from .evict import Evictor, SizeWatch
 from .index import AdoptFile
 from .meta import ObjectMeta
 from .slicefiles import KeptFile, SliceFile, SliceFiles
@@ -126,6 +126,8 @@ class CacheStore:
         self._batch = GroupCommit(self._cache, self.fault)
         self._batch.on_commit = self._committed
         self._batch.on_full = lambda exc, nbytes: index.is_full(exc) and self.room.make_room(nbytes)
+        self._size = SizeWatch(lambda: self._cache, size_limit)
+        self._batch.over_limit = self._size.over
         with contextlib.suppress(OSError):
             self.space.free(fresh=True)  # a first reading: makes the ballast if there is room
 
@@ -337,9 +339,12 @@ class CacheStore:
                 raise self.room.no_room(len(data))
             self._batch.put(skey, seal(data, checksum), _tag(key))
         else:  # a file is moved into place now: its fill's path is free again at once
+            # Other workers see this process's writes in the order made: what is pending
+            # (such as the facts that vouch for this slice) goes in first.
+            self._batch.commit()
             self._cache.set(skey, AdoptFile(path, size, checksum), tag=_tag(key))
             self._written()
-            if self._cache.volume() > self._cache.size_limit:
+            if self._size.over(size):
                 self._cache.cull()
 
     @_writing
