@@ -37,7 +37,7 @@ from .batch import GroupCommit
 from .checksum import SliceCheck, check_file, check_inline, seal, settled, unseal
 from .evict import Evictor, SizeWatch
 from .index import AdoptFile
-from .meta import ObjectMeta
+from .meta import ObjectMeta, decode, encode
 from .slicefiles import KeptFile, SliceFile, SliceFiles
 from .space import Volume
 
@@ -172,8 +172,7 @@ class CacheStore:
     @_reading(None)
     def get_meta(self, key: str) -> ObjectMeta | None:
         """The stored facts of ``key``, or None."""
-        meta = self._get(_meta_key(key))
-        return meta if isinstance(meta, ObjectMeta) else None
+        return _facts(self._get(_meta_key(key)))
 
     def _get(self, skey: str) -> Any:
         found, value = self._batch.get(skey)
@@ -189,8 +188,8 @@ class CacheStore:
         fails, the caller learns it now (`StorageFault`) and passes its answer through.
         """
         if meta.vary and meta.vary_values is not None:
-            self._batch.put(_variant_key(key, meta.vary_values), meta, _tag(key))
-        self._batch.put(_meta_key(key), meta, _tag(key))
+            self._batch.put(_variant_key(key, meta.vary_values), encode(meta), _tag(key))
+        self._batch.put(_meta_key(key), encode(meta), _tag(key))
         if self.degraded(time.time()):
             before = self.faults
             self._batch.commit()
@@ -200,8 +199,7 @@ class CacheStore:
     @_reading(None)
     def get_variant(self, key: str, values: tuple[str, ...]) -> ObjectMeta | None:
         """The stored variant of ``key`` for these Vary values, or None."""
-        meta = self._get(_variant_key(key, values))
-        return meta if isinstance(meta, ObjectMeta) else None
+        return _facts(self._get(_variant_key(key, values)))
 
     # --- slices ---
 
@@ -404,6 +402,10 @@ class CacheStore:
         if not isinstance(self._cache, index.Unavailable):
             self._cache.close()
         self.space.close()
+
+
+def _facts(stored: Any) -> ObjectMeta | None:
+    return decode(stored) if isinstance(stored, bytes) else None
 
 
 def _tag(key: str) -> str:
