@@ -4,6 +4,7 @@ purged with their object, and claims wait for the commit (other workers read the
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
 from pathlib import Path
 
@@ -99,9 +100,10 @@ def test_new_and_stored_keys_in_one_batch_read_back_as_diskcache_wrote_them(
 
 
 async def test_other_workers_see_a_process_s_writes_in_the_order_made(tmp_path: Path) -> None:
-    """A slice file enters the index at once; what this process wrote before it (the facts
-    that vouch for it) must not stay pending behind it, or a reader in another worker finds
-    the slice without those facts (it cut answers one byte short)."""
+    """A slice file enters the index with what this process wrote before it (the facts that
+    vouch for it), in one transaction: a reader in another worker that finds the slice
+    without those facts cut answers one byte short. Until then the file is still the fill's
+    temp file, which a crash leaves for the start-up sweep."""
     from edgeproxy.cache import checksum
     from edgeproxy.cache.meta import Freshness, ObjectMeta
     from edgeproxy.cache.store import INLINE_MAX, CacheStore
@@ -117,12 +119,77 @@ async def test_other_workers_see_a_process_s_writes_in_the_order_made(tmp_path: 
         path = tmp_path / "fill"
         path.write_bytes(data)
         writer.commit_slice("/k", "v1", 0, path, len(data), checksum=checksum.of(data))
+        assert not reader.has_slice("/k", "v1", 0) and path.exists()  # pending too
+        assert writer.has_slice("/k", "v1", 0)  # this process sees its own writes
+        writer.commit()
+        assert not path.exists()  # moved into place
         assert reader.has_slice("/k", "v1", 0)
         stored = reader.get_meta("/k")
         assert stored is not None and stored.verified
+        body = reader.get_slice("/k", "v1", 0)
+        assert body is not None and not isinstance(body, bytes)
+        with body:
+            assert os.pread(body.fileno(), len(data) + 1, 0) == data
     finally:
         writer.close()
         reader.close()
+
+
+async def test_a_pending_slice_file_is_readable_here_and_a_purge_removes_it(
+        tmp_path: Path) -> None:
+    from edgeproxy.cache import checksum
+    from edgeproxy.cache.store import INLINE_MAX, CacheStore
+
+    store = CacheStore(tmp_path / "cache", 1 << 30)
+    try:
+        data = bytes(range(256)) * (INLINE_MAX // 256 + 1)
+        path = tmp_path / "fill"
+        path.write_bytes(data)
+        store.commit_slice("/k", "v1", 0, path, len(data), checksum=checksum.of(data))
+        body = store.get_slice("/k", "v1", 0)  # read where it is: the commit can wait
+        assert body is not None and not isinstance(body, bytes) and path.exists()
+        store.commit()  # the move keeps the reader's descriptor right
+        assert not path.exists()
+        with body:
+            assert os.pread(body.fileno(), len(data) + 1, 0) == data
+        path.write_bytes(data)  # a pending file whose bytes fail its checksum is never served
+        store.commit_slice("/k", "v2", 0, path, len(data), checksum=checksum.of(data[1:]))
+        assert store.get_slice("/k", "v2", 0) is None and not path.exists()
+        store.commit()
+        assert not store.has_slice("/k", "v2", 0)
+        other = tmp_path / "fill2"
+        other.write_bytes(data)
+        store.commit_slice("/j", "v1", 0, other, len(data), checksum=checksum.of(data))
+        assert store.purge("/j") == 1
+        assert not other.exists()  # its row will never be written: nor will its file stay
+        store.commit()
+        assert not store.has_slice("/j", "v1", 0)
+    finally:
+        store.close()
+
+
+async def test_a_batch_lost_to_a_storage_fault_leaves_no_slice_file_behind(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The commit moves the file into place, then the transaction fails: no row names that
+    file, so it goes (a full volume must not fill up with files nothing refers to)."""
+    from edgeproxy.cache import batch, checksum
+    from edgeproxy.cache.store import INLINE_MAX, CacheStore
+
+    store = CacheStore(tmp_path / "cache", 1 << 30)
+    try:
+        data = b"y" * (INLINE_MAX + 1)
+        path = tmp_path / "fill"
+        path.write_bytes(data)
+        store.commit_slice("/k", "v1", 0, path, len(data), checksum=checksum.of(data))
+        # the insert fails after the file was moved (as a full or failing disk makes it)
+        monkeypatch.setattr(batch, "_INSERT", "INSERT INTO NoSuchTable VALUES (?)")
+        store.commit()
+        assert store.faults == 1 and not path.exists()
+        assert list((tmp_path / "cache").rglob("*.val")) == []
+        monkeypatch.undo()
+        assert not store.has_slice("/k", "v1", 0)
+    finally:
+        store.close()
 
 
 def test_the_index_volume_is_read_at_most_once_a_period_unless_writes_may_pass_the_limit(

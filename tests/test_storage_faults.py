@@ -7,6 +7,7 @@ from __future__ import annotations
 import errno
 import os
 import sqlite3
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -69,10 +70,18 @@ def test_an_index_that_cannot_write_passes_requests_through(
     body = pattern(size)
     origin.put("/static/a.bin", body, headers={"cache-control": "max-age=600"})
     faults.index = True
+    # The first fault may strike a group commit after its answer was sent: slices pending
+    # then are lost and fetched again. From then on the node knows, and writes at once.
+    r = httpx.get(url + "/static/a.bin")
+    assert r.status_code == 200 and r.content == body
+    deadline = time.monotonic() + 5
+    while _fault_count(url) < 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    before = origin.count("/static/a.bin")
     for _ in range(2):
         r = httpx.get(url + "/static/a.bin")
         assert r.status_code == 200 and r.content == body  # correct bytes from upstream
-    assert origin.count("/static/a.bin") == 2  # nothing was stored, nothing half-stored
+    assert origin.count("/static/a.bin") == before + 2  # nothing was stored, nor half-stored
     assert httpx.get(url + "/healthz").json()["status"] == "degraded"
     assert _fault_count(url) >= 2
     r = httpx.get(url + "/static/a.bin", headers={"range": "bytes=10-19"})

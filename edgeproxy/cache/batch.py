@@ -2,13 +2,16 @@
 
 A miss used to cost a write transaction of its own (two rows, three indexes, the WAL frames
 of every page touched, the eviction check), about a fifth of a tier's CPU per miss. Writes of
-facts and of small inline slices are now held in memory for a few milliseconds and committed
-together; reads in this process see them at once (`get`). Other worker processes learn of an
+facts and of slices (inline bytes, or a finished fill file that the commit moves into place)
+are now held in memory for a few milliseconds and committed together; reads in this process
+see them at once (`get`). Other worker processes learn of an
 object only when it is committed, so the claims of its fills are released only then
 (`after_commit`): a worker that waited on a claim always finds the object stored.
 
 A process that dies before a commit loses those entries, which is a cache miss later, never a
-wrong byte: nothing of a pending entry reaches the disk half-written.
+wrong byte: nothing of a pending entry reaches the disk half-written, and a pending slice file
+is still a fill's temp file (swept at start-up). A batch lost to a storage fault, or dropped by
+a purge, removes its files.
 """
 
 from __future__ import annotations
@@ -22,13 +25,15 @@ from typing import Any
 
 import diskcache
 
+from .index import AdoptFile
+
 log = logging.getLogger("edgeproxy.cache")
 
 # How long a write may wait for company, and how many writes make a commit at once.
 COMMIT_DELAY = 0.010
 COMMIT_BATCH = 256
 JOURNAL_ROOM = 256 * 1024  # besides the values: room for the index pages a batch rewrites
-ROW_BYTES = 512  # what a row of facts (a pickled `ObjectMeta`) adds to the index, about
+ROW_BYTES = 512  # what a row of facts (an encoded `ObjectMeta`) adds to the index, about
 _IN_MAX = 500  # keys per "IN (...)" (SQLite's limit on parameters is 999 in old builds)
 _INSERT = ("INSERT INTO Cache(key, raw, store_time, expire_time, access_time, access_count,"
            " tag, size, mode, filename, value) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
@@ -53,6 +58,10 @@ class GroupCommit:
 
     def put(self, key: str, value: Any, tag: str) -> None:
         """Store ``value`` under ``key`` at the next commit (now, outside an event loop)."""
+        old = self.pending.get(key)
+        if old is not None and isinstance(old[0], AdoptFile) and \
+                (not isinstance(value, AdoptFile) or old[0].path != value.path):
+            old[0].discard()  # replaced before its row was written
         self.pending[key] = (value, tag)
         if len(self.pending) >= COMMIT_BATCH:
             self.commit()
@@ -73,8 +82,7 @@ class GroupCommit:
     def drop(self, predicate: Callable[[str], bool]) -> int:
         """Forget pending writes whose tag matches (a purge); how many."""
         gone = [k for k, (_v, tag) in self.pending.items() if predicate(tag)]
-        for key in gone:
-            del self.pending[key]
+        _discard([self.pending.pop(key)[0] for key in gone])
         return len(gone)
 
     def after_commit(self, callback: Callable[[], None]) -> None:
@@ -99,6 +107,7 @@ class GroupCommit:
             if batch:
                 self._write(batch)
         except (sqlite3.Error, OSError) as exc:
+            _discard([value for value, _tag in batch.values()])
             self.on_fault(exc)
         finally:
             for callback in callbacks:
@@ -108,7 +117,7 @@ class GroupCommit:
                     log.exception("after-commit callback failed")
 
     def _write(self, batch: dict[str, tuple[Any, str]]) -> None:
-        nbytes = sum(len(v) if isinstance(v, bytes) else ROW_BYTES for v, _tag in batch.values())
+        nbytes = sum(_size(v) for v, _tag in batch.values())
         try:
             self._transaction(batch)
         except (sqlite3.Error, OSError) as exc:
@@ -143,3 +152,16 @@ class GroupCommit:
                 # the columns and values diskcache's `Cache._row_insert` writes
                 rows.append((key, 1, now, None, now, 0, tag, size, mode, filename, db_value))
             cache._con.executemany(_INSERT, rows)
+
+
+def _size(value: Any) -> int:
+    if isinstance(value, bytes):
+        return len(value)
+    return value.size if isinstance(value, AdoptFile) else ROW_BYTES
+
+
+def _discard(values: list[Any]) -> None:
+    """Remove the files of slices whose rows will never be written."""
+    for value in values:
+        if isinstance(value, AdoptFile):
+            value.discard()

@@ -120,13 +120,22 @@ class Unavailable:
         return key in self._index()
 
 
-@dataclass(frozen=True)
+@dataclass
 class AdoptFile:
-    """A finished temp file handed to the store, moved (not copied) into place."""
+    """A finished temp file handed to the store, moved (not copied) into place when its index
+    row is written (`AdoptingDisk.store`): until then it is a fill's temp file, which a crash
+    leaves for the start-up sweep rather than as a slice file no row names."""
 
     path: Path
     size: int
     checksum: int
+    placed: str | None = None  # its file name in the cache, once moved
+    where: str | None = None  # and its whole path
+
+    def discard(self) -> None:
+        """Remove the file wherever it is (its index row was never written)."""
+        with contextlib.suppress(OSError):
+            os.unlink(self.path if self.where is None else self.where)
 
 
 class AdoptingDisk(diskcache.Disk):  # type: ignore[misc]
@@ -134,13 +143,28 @@ class AdoptingDisk(diskcache.Disk):  # type: ignore[misc]
 
     def store(self, value: Any, read: bool, key: Any = diskcache.core.UNKNOWN) -> Any:
         if isinstance(value, AdoptFile):
-            # the checksum goes in the name the index records: one row holds both
-            filename = file_name(self.filename(key, value)[0], value.checksum)
-            full_path = os.path.join(self._directory, filename)
-            os.makedirs(os.path.dirname(full_path), exist_ok=True)
-            os.replace(value.path, full_path)
-            return value.size, diskcache.core.MODE_BINARY, filename, None
+            if value.placed is None:  # (a transaction tried again places it once)
+                # the checksum goes in the name the index records: one row holds both
+                filename = file_name(self.filename(key, value)[0], value.checksum)
+                where = os.path.join(self._directory, filename)
+                _move(value.path, where)
+                value.placed, value.where = filename, where
+            return value.size, diskcache.core.MODE_BINARY, value.placed, None
         return super().store(value, read, key)
+
+
+def _move(source: Path, target: str) -> None:
+    """Rename ``source`` to ``target``, making its directory only when it is missing (diskcache
+    removes emptied ones, maybe in another worker between our two calls: a few tries)."""
+    for _attempt in range(3):
+        try:
+            os.replace(source, target)
+            return
+        except FileNotFoundError:
+            if not os.path.exists(source):
+                raise
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+    os.replace(source, target)
 
 
 def new_cache(directory: Path, size_limit: int, disk: type[diskcache.Disk],

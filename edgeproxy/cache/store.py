@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import os
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
@@ -189,7 +190,12 @@ class CacheStore:
         """
         if meta.vary and meta.vary_values is not None:
             self._batch.put(_variant_key(key, meta.vary_values), encode(meta), _tag(key))
-        self._batch.put(_meta_key(key), encode(meta), _tag(key))
+        self._put(_meta_key(key), encode(meta), _tag(key))
+
+    def _put(self, skey: str, value: Any, tag: str) -> None:
+        """A write for the next group commit; while the store is degraded it goes through at
+        once, and if the index still fails the caller learns it now (`StorageFault`)."""
+        self._batch.put(skey, value, tag)
         if self.degraded(time.time()):
             before = self.faults
             self._batch.commit()
@@ -223,6 +229,8 @@ class CacheStore:
             self._drop(skey, kept.name, "slice file changed on disk, fails its checksum")
             return None
         found, pending = self._batch.get(skey)
+        if isinstance(pending, AdoptFile):
+            return self._pending_file(skey, pending)
         stored = pending if found else self._cache.get(skey, read=True)
         if stored is None:
             return None
@@ -240,13 +248,32 @@ class CacheStore:
         self.files.keep(skey, kept)
         return SliceFile(kept, state)
 
+    def _pending_file(self, skey: str, pending: AdoptFile) -> SliceFile | None:
+        """A slice file the next commit moves into place, read where it is now: the move
+        keeps its descriptor right, and waiting commits keep together. Not kept: the index
+        names no file for it yet."""
+        try:
+            fd = os.open(pending.where or pending.path, os.O_RDONLY)
+        except FileNotFoundError:
+            return None  # its batch was lost meanwhile
+        kept = KeptFile(fd, str(pending.path), pending.checksum)
+        state = self.files.check(kept)
+        if state is None:
+            kept.retire()
+            self._drop(skey, pending, "slice file fails its checksum before it was stored")
+            pending.discard()
+            return None
+        body = SliceFile(kept, state)
+        kept.retire()  # closes once this reader is done
+        return body
+
     def forget_files(self) -> None:
         """Let go of every kept descriptor (after a purge or an eviction here or in another
         worker)."""
         self.files.forget()
         self._evictions = self.space.evictions()
 
-    def _drop(self, skey: str, stored: str | bytes, why: str) -> None:
+    def _drop(self, skey: str, stored: str | bytes | AdoptFile, why: str) -> None:
         """Remove a slice that failed its check (unless the index has meanwhile moved on to
         another copy of it), and say so."""
         self.files.let_go(skey)
@@ -268,6 +295,7 @@ class CacheStore:
     def slice_keys(self) -> Iterator[str]:
         """The index key of every stored slice (read in pages: slices stored or dropped
         meanwhile may or may not be listed)."""
+        self._batch.commit()  # this process's pending slices are stored ones too
         for entry in self._cache.iterkeys():
             if isinstance(entry, str) and entry.startswith(SLICE_PREFIX):
                 yield entry
@@ -289,6 +317,7 @@ class CacheStore:
 
     def meta_keys(self) -> Iterator[str]:
         """The cache key of every stored object (read in pages, as `slice_keys`)."""
+        self._batch.commit()
         for entry in self._cache.iterkeys():
             if isinstance(entry, str) and entry.startswith(_META_PREFIX):
                 yield entry[len(_META_PREFIX):]
@@ -335,15 +364,9 @@ class CacheStore:
                 path.unlink(missing_ok=True)
             if not self.room.make_room(len(data)):
                 raise self.room.no_room(len(data))
-            self._batch.put(skey, seal(data, checksum), _tag(key))
-        else:  # a file is moved into place now: its fill's path is free again at once
-            # Other workers see this process's writes in the order made: what is pending
-            # (such as the facts that vouch for this slice) goes in first.
-            self._batch.commit()
-            self._cache.set(skey, AdoptFile(path, size, checksum), tag=_tag(key))
-            self._written()
-            if self._size.over(size):
-                self._cache.cull()
+            self._put(skey, seal(data, checksum), _tag(key))
+        else:  # the file is moved into place by the commit that writes its row
+            self._put(skey, AdoptFile(path, size, checksum), _tag(key))
 
     @_writing
     def commit_object(self, key: str, meta: ObjectMeta, path: Path, size: int,
