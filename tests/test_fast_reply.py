@@ -80,6 +80,19 @@ def _hits(url: str) -> float:
     return sum(float(v) for v in found)
 
 
+
+def _stored_file(tmp_path: Path, data: bytes) -> Path:
+    """The one slice file holding ``data``, once the node's group commit has moved it into
+    place (until then it is the fill's temp file, a few milliseconds)."""
+    deadline = time.monotonic() + 5
+    while True:
+        found = [p for p in (tmp_path / "var").rglob("*.val")
+                 if p.stat().st_size == len(data) and p.read_bytes() == data]
+        if found or time.monotonic() > deadline:
+            (path,) = found
+            return path
+        time.sleep(0.01)
+
 def test_a_hot_hit_is_byte_exact_with_the_fields_of_the_app_path(
         edge: ServerThread, origin: tuple[TestOrigin, ServerThread], tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:
@@ -235,8 +248,7 @@ def test_a_flipped_stored_slice_is_not_read_by_the_fast_lane(
         client.get("/static/large.bin")
         client.get("/static/large.bin", headers={"range": inside})  # facts remembered
         slice1 = LARGE[MIB:2 * MIB]
-        (path,) = [p for p in (tmp_path / "var").rglob("*.val")
-                   if p.stat().st_size == MIB and p.read_bytes() == slice1]
+        path = _stored_file(tmp_path, slice1)
         with path.open("r+b") as f:  # one bit of byte 150 of slice 1
             f.seek(150)
             byte = f.read(1)[0]
@@ -284,7 +296,7 @@ def test_a_whole_content_addressed_object_from_its_stored_slice(
         whole = client.get(CA_PATH)
         assert served == [200] and whole.content == CA_BODY
         assert whole.headers["content-digest"] == digest  # as the steps send it
-        (path,) = [p for p in (tmp_path / "var").rglob("*.val") if p.read_bytes() == CA_BODY]
+        path = _stored_file(tmp_path, CA_BODY)
         with path.open("r+b") as f:  # one bit of byte 7
             f.seek(7)
             byte = f.read(1)[0]
@@ -304,8 +316,7 @@ def test_a_slice_ranges_ask_for_again_is_kept_in_memory(
         for _ in range(2):  # read from disk twice: the second read keeps the slice
             r = client.get("/static/large.bin", headers={"range": inside})
             assert r.content == LARGE[MIB + 100:MIB + 65_636]
-        (path,) = [p for p in (tmp_path / "var").rglob("*.val")
-                   if p.read_bytes() == LARGE[MIB:2 * MIB]]
+        path = _stored_file(tmp_path, LARGE[MIB:2 * MIB])
         with path.open("r+b") as f:  # decay on disk after the checked copy was kept
             f.seek(5000)
             f.write(bytes([LARGE[MIB + 5000] ^ 1]))
