@@ -8,9 +8,10 @@ from pathlib import Path
 from hypothesis import given
 from hypothesis import strategies as st
 
+from edgeproxy.cache.keys import meta_key
 from edgeproxy.cache.meta import ObjectMeta, decode, encode
 from edgeproxy.cache.policy import Freshness
-from edgeproxy.cache.store import CacheStore, _meta_key
+from edgeproxy.cache.store import CacheStore
 
 text = st.text(max_size=40)
 maybe_text = st.none() | text
@@ -47,13 +48,13 @@ def test_facts_pickled_by_an_older_version_are_fetched_again(tmp_path: Path) -> 
     meta = ObjectMeta(200, 3, None, None, None, (), Freshness(0.0, 0.0, 60.0), "x", "v1", 1024)
     store = CacheStore(tmp_path / "cache", 1 << 30)
     try:
-        store._cache.set(_meta_key("/old"), meta)  # as diskcache pickled facts before
-        store._cache.set(_meta_key("/cut"), encode(meta)[:-3])
+        store._cache.set(meta_key("/old"), meta)  # as diskcache pickled facts before
+        store._cache.set(meta_key("/cut"), encode(meta)[:-3])
         assert store.get_meta("/old") is None and store.get_meta("/cut") is None
         store.set_meta("/new", meta)
         assert store.get_meta("/new") == meta  # pending in the group commit
         store.commit()
-        assert store._cache.get(_meta_key("/new")) == encode(meta)
+        assert store._cache.get(meta_key("/new")) == encode(meta)
         assert store.get_meta("/new") == meta
     finally:
         store.close()

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import functools
 import logging
 import os
 import pickle
@@ -24,10 +25,11 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import diskcache
 
+from ..errors import StorageFault
 from .checksum import INLINE_HEADER, file_name
 
 log = logging.getLogger("edgeproxy.cache")
@@ -85,6 +87,42 @@ def fault_reason(exc: BaseException) -> str:
             (isinstance(exc, sqlite3.DatabaseError) and is_unusable(exc)):
         return "corrupt_index"
     return "index" if isinstance(exc, sqlite3.Error) else "io"
+
+
+class Faulting(Protocol):
+    """What the guards below report a storage fault to."""
+
+    def fault(self, exc: BaseException) -> None: ...
+
+
+_T = TypeVar("_T")
+
+
+def reading(default: Any) -> Callable[[Callable[..., _T]], Callable[..., _T]]:
+    """A read that meets a storage fault answers ``default`` (not stored): the request then
+    goes upstream, as a pass-through, instead of failing."""
+    def wrap(method: Callable[..., _T]) -> Callable[..., _T]:
+        @functools.wraps(method)
+        def guarded(self: Faulting, *args: Any) -> _T:
+            try:
+                return method(self, *args)
+            except FAULTS as exc:
+                self.fault(exc)
+                return default  # type: ignore[no-any-return]
+        return guarded
+    return wrap
+
+
+def writing(method: Callable[..., _T]) -> Callable[..., _T]:
+    """A write that meets a storage fault raises `StorageFault` (the caller stores nothing)."""
+    @functools.wraps(method)
+    def guarded(self: Faulting, *args: Any, **kwargs: Any) -> _T:
+        try:
+            return method(self, *args, **kwargs)
+        except FAULTS as exc:
+            self.fault(exc)
+            raise StorageFault(f"the cache could not store: {exc}") from exc
+    return guarded
 
 
 class Unavailable:

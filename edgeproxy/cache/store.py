@@ -20,14 +20,12 @@ all (a full volume) leaves the node passing requests through until it can.
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
-import os
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO, Any, TypeVar
+from typing import IO, Any
 
 import diskcache
 
@@ -37,7 +35,8 @@ from . import index
 from .batch import GroupCommit
 from .checksum import SliceCheck, check_file, check_inline, seal, settled, unseal
 from .evict import Evictor, SizeWatch
-from .index import AdoptFile
+from .index import AdoptFile, reading, writing
+from .keys import META_PREFIX, SLICE_PREFIX, meta_key, slice_key, slice_of, tag_of, variant_key
 from .meta import ObjectMeta, decode, encode
 from .slicefiles import KeptFile, SliceFile, SliceFiles
 from .space import Volume
@@ -56,38 +55,7 @@ SliceBody = bytes | SliceFile
 # How long a node reports itself degraded after a storage fault (a successful write to the
 # index ends it sooner).
 DEGRADED_FOR = 30.0
-_FAULTS = index.FAULTS
 DEFAULT_MIN_FREE = FreeSpace(5.0, 256 * 1024**2)
-
-_T = TypeVar("_T")
-
-
-def _reading(default: Any) -> Callable[[Callable[..., _T]], Callable[..., _T]]:
-    """A read that meets a storage fault answers ``default`` (not stored): the request then
-    goes upstream, as a pass-through, instead of failing."""
-    def wrap(method: Callable[..., _T]) -> Callable[..., _T]:
-        @functools.wraps(method)
-        def guarded(self: CacheStore, *args: Any) -> _T:
-            try:
-                return method(self, *args)
-            except _FAULTS as exc:
-                self.fault(exc)
-                return default  # type: ignore[no-any-return]
-        return guarded
-    return wrap
-
-
-def _writing(method: Callable[..., _T]) -> Callable[..., _T]:
-    """A write that meets a storage fault raises `StorageFault` (the caller stores nothing)."""
-    @functools.wraps(method)
-    def guarded(self: CacheStore, *args: Any, **kwargs: Any) -> _T:
-        try:
-            return method(self, *args, **kwargs)
-        except _FAULTS as exc:
-            self.fault(exc)
-            raise StorageFault(f"the cache could not store: {exc}") from exc
-    return guarded
-
 
 class CacheStore:
     """Object facts and slices of one node's disk cache (process- and thread-safe).
@@ -170,16 +138,16 @@ class CacheStore:
 
     # --- object facts ---
 
-    @_reading(None)
+    @reading(None)
     def get_meta(self, key: str) -> ObjectMeta | None:
         """The stored facts of ``key``, or None."""
-        return _facts(self._get(_meta_key(key)))
+        return _facts(self._get(meta_key(key)))
 
     def _get(self, skey: str) -> Any:
         found, value = self._batch.get(skey)
         return value if found else self._cache.get(skey)
 
-    @_writing
+    @writing
     def set_meta(self, key: str, meta: ObjectMeta) -> None:
         """Store the facts of ``key`` (replacing any older version).
 
@@ -189,8 +157,8 @@ class CacheStore:
         fails, the caller learns it now (`StorageFault`) and passes its answer through.
         """
         if meta.vary and meta.vary_values is not None:
-            self._batch.put(_variant_key(key, meta.vary_values), encode(meta), _tag(key))
-        self._put(_meta_key(key), encode(meta), _tag(key))
+            self._batch.put(variant_key(key, meta.vary_values), encode(meta), tag_of(key))
+        self._put(meta_key(key), encode(meta), tag_of(key))
 
     def _put(self, skey: str, value: Any, tag: str) -> None:
         """A write for the next group commit; while the store is degraded it goes through at
@@ -202,14 +170,14 @@ class CacheStore:
             if self.faults != before:
                 raise StorageFault("the cache index still fails: not stored")
 
-    @_reading(None)
+    @reading(None)
     def get_variant(self, key: str, values: tuple[str, ...]) -> ObjectMeta | None:
         """The stored variant of ``key`` for these Vary values, or None."""
-        return _facts(self._get(_variant_key(key, values)))
+        return _facts(self._get(variant_key(key, values)))
 
     # --- slices ---
 
-    @_reading(None)
+    @reading(None)
     def get_slice(self, key: str, version: str, index: int) -> SliceBody | None:
         """Slice ``index`` of ``key`` at ``version``: bytes (small) or an open file; None
         when it is not stored, or when its bytes fail their checksum (it is then dropped).
@@ -218,7 +186,7 @@ class CacheStore:
         under its key and version, so a descriptor stays right even once its file is
         evicted; purges let go of them all.
         """
-        skey = _slice_key(key, version, index)
+        skey = slice_key(key, version, index)
         if self._evictions != self.space.evictions():
             self.forget_files()  # another worker evicted: release the space our files hold
         kept = self.files.get(skey)
@@ -230,7 +198,11 @@ class CacheStore:
             return None
         found, pending = self._batch.get(skey)
         if isinstance(pending, AdoptFile):
-            return self._pending_file(skey, pending)
+            # The commit moves a pending file into place, and a move changes the file's
+            # ctime, which a reader's check takes for a write (answers were cut short):
+            # commit now, and read the file where it stays.
+            self._batch.commit()
+            found = False
         stored = pending if found else self._cache.get(skey, read=True)
         if stored is None:
             return None
@@ -248,32 +220,13 @@ class CacheStore:
         self.files.keep(skey, kept)
         return SliceFile(kept, state)
 
-    def _pending_file(self, skey: str, pending: AdoptFile) -> SliceFile | None:
-        """A slice file the next commit moves into place, read where it is now: the move
-        keeps its descriptor right, and waiting commits keep together. Not kept: the index
-        names no file for it yet."""
-        try:
-            fd = os.open(pending.where or pending.path, os.O_RDONLY)
-        except FileNotFoundError:
-            return None  # its batch was lost meanwhile
-        kept = KeptFile(fd, str(pending.path), pending.checksum)
-        state = self.files.check(kept)
-        if state is None:
-            kept.retire()
-            self._drop(skey, pending, "slice file fails its checksum before it was stored")
-            pending.discard()
-            return None
-        body = SliceFile(kept, state)
-        kept.retire()  # closes once this reader is done
-        return body
-
     def forget_files(self) -> None:
         """Let go of every kept descriptor (after a purge or an eviction here or in another
         worker)."""
         self.files.forget()
         self._evictions = self.space.evictions()
 
-    def _drop(self, skey: str, stored: str | bytes | AdoptFile, why: str) -> None:
+    def _drop(self, skey: str, stored: str | bytes, why: str) -> None:
         """Remove a slice that failed its check (unless the index has meanwhile moved on to
         another copy of it), and say so."""
         self.files.let_go(skey)
@@ -286,9 +239,9 @@ class CacheStore:
                     current = current.name
             if current == stored:
                 self._cache.delete(skey)
-        _kind, index, _version, key = skey.split("\0", 3)
+        key, index = slice_of(skey)
         log.error("integrity failure on %s: stored slice %s dropped (%s)", key, index, why)
-        self.on_corrupt(key, int(index), why)
+        self.on_corrupt(key, index, why)
 
     # --- scrub ---
 
@@ -302,7 +255,7 @@ class CacheStore:
             elif isinstance(entry, str) and entry > SLICE_PREFIX:
                 return  # keys come sorted: past the slices
 
-    @_reading(None)
+    @reading(None)
     def inspect(self, skey: str) -> SliceCheck | None:
         """Hash one stored slice, whatever this worker remembers of it; None if it is gone.
 
@@ -319,16 +272,16 @@ class CacheStore:
         """The cache key of every stored object (read in pages, as `slice_keys`)."""
         self._batch.commit()
         for entry in self._cache.iterkeys():
-            if isinstance(entry, str) and entry.startswith(_META_PREFIX):
-                yield entry[len(_META_PREFIX):]
-            elif isinstance(entry, str) and entry > _META_PREFIX:
+            if isinstance(entry, str) and entry.startswith(META_PREFIX):
+                yield entry[len(META_PREFIX):]
+            elif isinstance(entry, str) and entry > META_PREFIX:
                 return  # keys come sorted: past the objects
 
-    @_reading(None)
+    @reading(None)
     def raw_slice(self, key: str, version: str, index: int) -> bytes | IO[bytes] | None:
         """A stored slice as the index holds it (a sealed record or an opened file, to
         close), whatever this worker remembers: for a thread that checks it."""
-        stored: bytes | IO[bytes] | None = self._cache.get(_slice_key(key, version, index),
+        stored: bytes | IO[bytes] | None = self._cache.get(slice_key(key, version, index),
                                                             read=True)
         return stored
 
@@ -342,13 +295,13 @@ class CacheStore:
                 self.files.verified.forget(check.state)
             self._drop(check.skey, check.stored, "fails its checksum (scrub)")
 
-    @_reading(False)
+    @reading(False)
     def has_slice(self, key: str, version: str, index: int) -> bool:
         """Whether the slice is stored (without opening it)."""
-        skey = _slice_key(key, version, index)
+        skey = slice_key(key, version, index)
         return skey in self._batch.pending or skey in self._cache
 
-    @_writing
+    @writing
     def commit_slice(self, key: str, version: str, index: int, path: Path, size: int,
                      data: bytes | None = None, *, checksum: int) -> None:
         """Make a finished fill file the stored slice, atomically (by rename, no copy).
@@ -357,18 +310,18 @@ class CacheStore:
         index, so one query serves them and the file is dropped). ``checksum``: the slice's
         xxh3, computed as the fill wrote it (`checksum.SliceHasher`).
         """
-        skey = _slice_key(key, version, index)
+        skey = slice_key(key, version, index)
         if data is not None or size < INLINE_MAX:
             if data is None:
                 data = path.read_bytes()
                 path.unlink(missing_ok=True)
             if not self.room.make_room(len(data)):
                 raise self.room.no_room(len(data))
-            self._put(skey, seal(data, checksum), _tag(key))
+            self._put(skey, seal(data, checksum), tag_of(key))
         else:  # the file is moved into place by the commit that writes its row
-            self._put(skey, AdoptFile(path, size, checksum), _tag(key))
+            self._put(skey, AdoptFile(path, size, checksum), tag_of(key))
 
-    @_writing
+    @writing
     def commit_object(self, key: str, meta: ObjectMeta, path: Path, size: int,
                       data: bytes | None, *, checksum: int) -> None:
         """Store a one-slice object's facts and body (in the same group commit)."""
@@ -386,16 +339,16 @@ class CacheStore:
 
     # --- removal and stats ---
 
-    @_reading(0)
+    @reading(0)
     def purge(self, key: str) -> int:
         """Remove ``key``'s facts and all its slices; the number of entries removed."""
         self.forget_files()
-        tag = _tag(key)
+        tag = tag_of(key)
         dropped = self._batch.drop(lambda t: t == tag)
         self.room.unlink_files("tag = ?", (tag,))  # room first: a full volume can then journal
         return int(self.room.retry_full(lambda: self._cache.evict(tag))) + dropped
 
-    @_reading(0)
+    @reading(0)
     def purge_prefix(self, prefix: str) -> int:
         """Remove every object whose key starts with ``prefix``; the number of objects."""
         removed = 0
@@ -405,7 +358,7 @@ class CacheStore:
                 removed += 1 if self.purge(entry[2:]) else 0
         return removed
 
-    @_reading(None)
+    @reading(None)
     def clear(self) -> None:
         """Drop everything."""
         self.forget_files()
@@ -413,7 +366,7 @@ class CacheStore:
         self.room.unlink_files("1", ())
         self.room.retry_full(self._cache.clear)
 
-    @_reading(0)
+    @reading(0)
     def volume(self) -> int:
         """Bytes on disk (index and bodies)."""
         return int(self._cache.volume())
@@ -429,30 +382,3 @@ class CacheStore:
 
 def _facts(stored: Any) -> ObjectMeta | None:
     return decode(stored) if isinstance(stored, bytes) else None
-
-
-def _tag(key: str) -> str:
-    return key
-
-
-# Index keys are plain strings: diskcache stores them as they are, where a tuple key would be
-# pickled (and pickle-optimised) on every lookup — the largest cost of a hit, once measured.
-_META_PREFIX = "m\0"
-
-
-def _meta_key(key: str) -> str:
-    return _META_PREFIX + key
-
-
-def _variant_key(key: str, values: tuple[str, ...]) -> str:
-    return "v\0" + "\0".join(values) + "\0\0" + key
-
-
-# "c": a checksummed slice. Slices stored before checksums ("s") are never read, so they are
-# fetched again rather than served unchecked, and age out of the index.
-SLICE_PREFIX = "c\0"
-
-
-def _slice_key(key: str, version: str, index: int) -> str:
-    return f"{SLICE_PREFIX}{index}\0{version}\0{key}"
-
