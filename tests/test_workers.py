@@ -50,8 +50,11 @@ def test_a_port_in_use_is_refused_at_start() -> None:
 
 
 def _on_port(pid: int, port: int, status: str) -> int:
-    return sum(1 for c in psutil.Process(pid).net_connections(kind="tcp")
-               if c.status == status and c.laddr and c.laddr.port == port)
+    try:
+        connections = psutil.Process(pid).net_connections(kind="tcp")
+    except psutil.NoSuchProcess:  # a worker killed between the listing and this look
+        return 0
+    return sum(1 for c in connections if c.status == status and c.laddr and c.laddr.port == port)
 
 
 def _listening_workers(supervisor: int, port: int, want: int) -> list[int]:

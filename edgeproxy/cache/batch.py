@@ -4,7 +4,8 @@ A miss used to cost a write transaction of its own (two rows, three indexes, the
 of every page touched, the eviction check), about a fifth of a tier's CPU per miss. Writes of
 facts and of slices (inline bytes, or a finished fill file that the commit moves into place)
 are now held in memory for a few milliseconds and committed together; reads in this process
-see them at once (`get`). Other worker processes learn of an
+see them at once (`get`; a slice file read before its commit is committed first, as the move
+changes its ctime). Other worker processes learn of an
 object only when it is committed, so the claims of its fills are released only then
 (`after_commit`): a worker that waited on a claim always finds the object stored.
 
