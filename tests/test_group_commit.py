@@ -119,10 +119,13 @@ async def test_other_workers_see_a_process_s_writes_in_the_order_made(tmp_path: 
         path = tmp_path / "fill"
         path.write_bytes(data)
         writer.commit_slice("/k", "v1", 0, path, len(data), checksum=checksum.of(data))
-        assert not reader.has_slice("/k", "v1", 0) and path.exists()  # pending too
+        assert not reader.has_slice("/k", "v1", 0)  # pending too
+        # waiting for the commit under a name of its own, beside the fill's path
+        (waiting,) = path.parent.glob("fill.*")
+        assert not path.exists() and waiting.read_bytes() == data
         assert writer.has_slice("/k", "v1", 0)  # this process sees its own writes
         writer.commit()
-        assert not path.exists()  # moved into place
+        assert not waiting.exists()  # moved into place
         assert reader.has_slice("/k", "v1", 0)
         stored = reader.get_meta("/k")
         assert stored is not None and stored.verified
@@ -158,7 +161,8 @@ async def test_a_pending_slice_file_is_read_in_place_and_a_purge_removes_it(
             assert body.unchanged()  # nothing moved it under its reader
         path.write_bytes(data)  # a pending file whose bytes fail its checksum is never served
         store.commit_slice("/k", "v2", 0, path, len(data), checksum=checksum.of(data[1:]))
-        assert store.get_slice("/k", "v2", 0) is None and not path.exists()
+        assert store.get_slice("/k", "v2", 0) is None
+        assert list(tmp_path.glob("fill*")) == []
         store.commit()
         assert not store.has_slice("/k", "v2", 0)
         assert [p.read_bytes() for p in (tmp_path / "cache").rglob("*.val")] == [data]
@@ -166,7 +170,9 @@ async def test_a_pending_slice_file_is_read_in_place_and_a_purge_removes_it(
         other.write_bytes(data)
         store.commit_slice("/j", "v1", 0, other, len(data), checksum=checksum.of(data))
         assert store.purge("/j") == 1
-        assert not other.exists()  # its row will never be written: nor will its file stay
+        assert store._batch.pending == {}
+        # its row will never be written: nor will its file stay, under any name
+        assert list(tmp_path.glob("fill*")) == []
         store.commit()
         assert not store.has_slice("/j", "v1", 0)
     finally:
@@ -189,7 +195,7 @@ async def test_a_batch_lost_to_a_storage_fault_leaves_no_slice_file_behind(
         # the insert fails after the file was moved (as a full or failing disk makes it)
         monkeypatch.setattr(batch, "_INSERT", "INSERT INTO NoSuchTable VALUES (?)")
         store.commit()
-        assert store.faults == 1 and not path.exists()
+        assert store.faults == 1 and list(tmp_path.glob("fill*")) == []
         assert list((tmp_path / "cache").rglob("*.val")) == []
         monkeypatch.undo()
         assert not store.has_slice("/k", "v1", 0)

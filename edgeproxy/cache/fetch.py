@@ -371,7 +371,8 @@ class Fetcher:
             # before any slice is stored: a reader in another worker that found its slices
             # stored and these facts not yet would cut its answer short before the last byte
             # (`vouched_send`). The store makes this process's writes visible in order: a
-            # slice file commits what is pending first, inline slices share the transaction.
+            # slice, inline or a file, enters the index in one transaction with what was
+            # written before it.
             flight.meta = dataclasses.replace(meta, verified=True)
             with contextlib.suppress(StorageFault):
                 self.store.set_meta(flight.key, flight.meta)

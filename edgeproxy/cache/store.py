@@ -20,7 +20,9 @@ all (a full volume) leaves the node passing requests through until it can.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
+import os
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
@@ -77,6 +79,7 @@ class CacheStore:
         self.size_limit = size_limit
         self.temp_dir = directory / TEMP_DIR
         self.files = SliceFiles()  # slice files this worker keeps open
+        self._waiting = itertools.count()  # names of finished fill files awaiting a commit
         index.prepare_directory(directory)
         self.space = Volume(directory, min_free)
         # room on the volume: eviction, and whether an object can be stored at all
@@ -319,7 +322,11 @@ class CacheStore:
                 raise self.room.no_room(len(data))
             self._put(skey, seal(data, checksum), tag_of(key))
         else:  # the file is moved into place by the commit that writes its row
-            self._put(skey, AdoptFile(path, size, checksum), tag_of(key))
+            # Until then it waits under a name of its own: the next fill of this slice (another
+            # variant, a refetch) writes to the fill's path at once.
+            waiting = path.with_name(f"{path.name}.{os.getpid()}.{next(self._waiting)}")
+            os.replace(path, waiting)
+            self._put(skey, AdoptFile(waiting, size, checksum), tag_of(key))
 
     @writing
     def commit_object(self, key: str, meta: ObjectMeta, path: Path, size: int,
