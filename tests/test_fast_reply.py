@@ -80,10 +80,9 @@ def _hits(url: str) -> float:
     return sum(float(v) for v in found)
 
 
-
 def _stored_file(tmp_path: Path, data: bytes) -> Path:
     """The one slice file holding ``data``, once the node's group commit has moved it into
-    place (until then it is the fill's temp file, a few milliseconds)."""
+    place (until then it waits in the fills folder, a few milliseconds)."""
     deadline = time.monotonic() + 5
     while True:
         found = [p for p in (tmp_path / "var").rglob("*.val")
@@ -92,6 +91,7 @@ def _stored_file(tmp_path: Path, data: bytes) -> Path:
             (path,) = found
             return path
         time.sleep(0.01)
+
 
 def test_a_hot_hit_is_byte_exact_with_the_fields_of_the_app_path(
         edge: ServerThread, origin: tuple[TestOrigin, ServerThread], tmp_path: Path,
