@@ -37,7 +37,7 @@ class DeadlineHooks:
 
     def connection_lost(self, exc: Exception | None) -> None:
         """The connection is gone: no head to wait for."""
-        self.deadline.cancel()
+        self.deadline.close()
         super().connection_lost(exc)  # type: ignore[misc]
 
 
@@ -76,26 +76,46 @@ class GuardedH11Protocol(DeadlineHooks, H11Protocol):
 
 
 class HeadDeadline:
-    """The time by which a connection's next request head must have arrived."""
+    """The time by which a connection's next request head must have arrived.
+
+    Armed at every answer's end and cancelled at every head's, so it is lazy, like the
+    idle timers of nginx and Netty: arming and cancelling set a time, and the one timer of
+    the connection, when it fires early, sleeps again until that time. A keep-alive request
+    then costs no timer of its own (creating and cancelling one was ~2 % of a hit's CPU).
+    """
 
     def __init__(self, loop: asyncio.AbstractEventLoop, seconds: float,
                  on_expiry: Callable[[], None]) -> None:  # fmt: skip
         self.loop, self.seconds, self.on_expiry = loop, seconds, on_expiry
         self.timer: asyncio.TimerHandle | None = None
+        self.due: float | None = None  # loop time; None: no head is awaited
 
     def arm(self) -> None:
         """Start the clock again, from now."""
-        self.cancel()
-        self.timer = self.loop.call_later(self.seconds, self._expired)
+        self.due = self.loop.time() + self.seconds
+        if self.timer is None:
+            self.timer = self.loop.call_at(self.due, self._fired)
 
     def cancel(self) -> None:
-        """No head is awaited (one arrived, or the connection is gone)."""
+        """No head is awaited (one arrived)."""
+        self.due = None
+
+    def close(self) -> None:
+        """The connection is gone: drop the timer too."""
+        self.due = None
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
 
-    def _expired(self) -> None:
+    def _fired(self) -> None:
         self.timer = None
+        due = self.due
+        if due is None:
+            return
+        if self.loop.time() < due:
+            self.timer = self.loop.call_at(due, self._fired)  # re-armed since: sleep on
+            return
+        self.due = None
         self.on_expiry()
 
 

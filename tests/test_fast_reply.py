@@ -340,3 +340,37 @@ def test_a_miss_looks_in_the_index_once(edge: ServerThread,
     r = httpx.get(edge.url + "/v/t1/other")
     assert r.status_code == 200 and r.headers["x-cache"].startswith("MISS")
     assert looks.count("/v/t1/other") == 1
+
+
+def test_a_popular_object_keeps_its_encoded_fields_while_many_others_pass(
+        edge: ServerThread, origin: tuple[TestOrigin, ServerThread],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fields memo drops the least recently used entry when full, not everything: a
+    Zipf tail of objects asked for once must not make the popular ones be encoded again."""
+    from edgeproxy.cache import fastlane
+
+    monkeypatch.setattr(fastlane, "_MEMO_SIZE", 3)
+    others = [f"/static/p{i}.bin" for i in range(6)]
+    for i, path in enumerate(others):  # one slice each, too large for the memory tier
+        origin[0].put(path, bytes([i]) * 300_000, headers={"cache-control": "max-age=600"})
+    encoded: list[int] = []
+    real = CacheNode.stored_headers
+
+    def counting(self: CacheNode, meta: Any) -> Any:
+        encoded.append(meta.length)
+        return real(self, meta)
+
+    served = _counting(monkeypatch)
+    with httpx.Client(base_url=edge.url) as client:
+        for path in ["/static/one.bin", *others]:
+            assert client.get(path).status_code == 200  # stored
+        assert client.get("/static/one.bin").content == ONE_SLICE  # encoded once here
+        monkeypatch.setattr(CacheNode, "stored_headers", counting)
+        served.clear()
+        for pair in (others[0:2], others[2:4], others[4:6]):
+            assert client.get("/static/one.bin").content == ONE_SLICE
+            for path in pair:
+                assert client.get(path).status_code == 200
+    assert served == [200] * 9  # every one from the fast lane
+    assert len(ONE_SLICE) not in encoded  # the popular one was never encoded again
+    assert encoded.count(300_000) == 6  # (each other one was: the memo holds three)

@@ -14,8 +14,10 @@ steps.
 
 from __future__ import annotations
 
+import functools
 import os
 import time
+from collections import OrderedDict
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -34,7 +36,10 @@ if TYPE_CHECKING:
 _NOT_PLAIN = frozenset({b"if-none-match", b"if-range", b"if-modified-since", b"authorization",
                         b"if-match", b"if-unmodified-since"})
 _STATUS_LINES = {200: b"HTTP/1.1 200 OK\r\n", 206: b"HTTP/1.1 206 Partial Content\r\n"}
-_MEMO_SIZE = 4096  # Range values and stored-field blocks remembered per worker
+# Range values and stored-field blocks remembered per worker, the least recently used
+# dropped first: a Zipf tail of objects each asked for once in a while must not wipe out
+# the popular ones' (it did when the memo was emptied whenever full).
+_MEMO_SIZE = 4096
 WHOLE_MAX = 1024 * 1024  # larger whole answers stream from the steps, paced by the client
 ABSENT_FOR = 0.02  # seconds a "not stored" the lane found stands for the steps' lookup
 _GATHER = 16384  # bodies from this size on are written beside the head, not copied after it
@@ -42,6 +47,23 @@ _WHOLE = True  # a Range to ignore (RFC 9110 §14.2): the whole answer
 _STEPS = False  # 416 or several ranges: the steps answer them
 
 Fields = list[tuple[bytes, bytes]]
+
+
+@functools.lru_cache(maxsize=_MEMO_SIZE)  # pure: a video player repeats a few Range values
+def _one_range(value: bytes, length: int) -> tuple[ByteRange, bytes, bytes] | bool:
+    """The one range ``value`` asks of ``length`` bytes with its Content-Range and
+    Content-Length values; `_WHOLE` or `_STEPS` else."""
+    specs = parse_range(value.decode("latin-1"))
+    if specs is None:
+        return _WHOLE
+    try:
+        ranges = resolve_ranges(specs, length)
+    except RangeNotSatisfiable:
+        ranges = []
+    if len(ranges) != 1:
+        return _STEPS
+    rng = ranges[0]
+    return rng, rng.content_range(length).encode(), str(rng.length).encode()
 
 
 class Hit(NamedTuple):
@@ -73,9 +95,7 @@ class FastLane:
     def __init__(self, node: CacheNode) -> None:
         self.node = node
         self.hit_x_cache = x_cache(Verdict.HIT, node.name).encode()
-        # pure functions of their keys: a video player repeats the same few Range values
-        self._ranges: dict[tuple[bytes, int], tuple[ByteRange, bytes, bytes] | bool] = {}
-        self._stored: dict[str, _Stored] = {}
+        self._stored: OrderedDict[str, _Stored] = OrderedDict()
         self._second = -1
         self._date = b""
         # The key the lane last found nowhere in the index, and when: the request goes on to
@@ -98,31 +118,6 @@ class FastLane:
         if second != self._second:
             self._date, self._second = format_http_date(now).encode(), second
         return self._date
-
-    def _one_range(self, value: bytes, length: int) -> tuple[ByteRange, bytes, bytes] | bool:
-        """The one range ``value`` asks of ``length`` bytes with its Content-Range and
-        Content-Length values; `_WHOLE` or `_STEPS` else."""
-        memo = self._ranges.get((value, length))
-        if memo is not None:
-            return memo
-        specs = parse_range(value.decode("latin-1"))
-        found: tuple[ByteRange, bytes, bytes] | bool
-        if specs is None:
-            found = _WHOLE
-        else:
-            try:
-                ranges = resolve_ranges(specs, length)
-            except RangeNotSatisfiable:
-                ranges = []
-            if len(ranges) != 1:
-                found = _STEPS
-            else:
-                rng = ranges[0]
-                found = (rng, rng.content_range(length).encode(), str(rng.length).encode())
-        if len(self._ranges) >= _MEMO_SIZE:
-            self._ranges.clear()
-        self._ranges[(value, length)] = found
-        return found
 
     def hit(self, path: str, headers: Iterable[tuple[bytes, bytes]]) -> Hit | None:
         """A GET of a fresh object, whole from memory or by one byte range from memory or
@@ -152,7 +147,7 @@ class FastLane:
         body = entry.body
         if range_value is None or meta.status != 200:  # RFC 9110 §14.2: ignored, whole
             return Hit(meta, 200, entry.headers, entry.lines, more, body)
-        found = self._one_range(range_value, len(body))
+        found = _one_range(range_value, len(body))
         if found is _WHOLE:
             return Hit(meta, 200, entry.headers, entry.lines, more, body)
         if found is _STEPS:
@@ -166,7 +161,10 @@ class FastLane:
 
     def _fields(self, key: str, meta: ObjectMeta) -> _Stored:
         stored = self._stored.get(key)
-        if stored is None or stored.meta is not meta:
+        # (facts read anew from the index are equal, not the same: the fields are)
+        if stored is not None and (stored.meta is meta or stored.meta == meta):
+            self._stored.move_to_end(key)
+        else:
             fields = [(n.encode("latin-1"), v.encode("latin-1"))
                       for n, v in self.node.stored_headers(meta)]
             whole: Fields = []
@@ -180,9 +178,10 @@ class FastLane:
                     whole.append((b"content-digest", digest.encode()))
             stored = _Stored(meta, fields, field_lines(fields), meta.header("date") is not None,
                              [*fields, *whole] if whole else None, field_lines(whole))
-            if len(self._stored) >= _MEMO_SIZE:
-                self._stored.clear()
             self._stored[key] = stored
+            self._stored.move_to_end(key)
+            if len(self._stored) > _MEMO_SIZE:
+                self._stored.popitem(last=False)
         return stored
 
     def _stored_range(self, key: str, range_value: bytes | None, now: float) -> Hit | None:
@@ -201,7 +200,7 @@ class FastLane:
         if meta.length is None or meta.status != 200 or meta.length == 0 \
                 or meta.content_class in self.node.gate.signed_classes:
             return None
-        found = _WHOLE if range_value is None else self._one_range(range_value, meta.length)
+        found = _WHOLE if range_value is None else _one_range(range_value, meta.length)
         if found is _STEPS:
             return None  # 416 or multipart: the steps
         fixed = self._fields(key, meta)
