@@ -42,6 +42,8 @@ from .waits import shared
 log = logging.getLogger("edgeproxy.fetch")
 
 READ_SIZE = 256 * 1024
+# A fill lets the other ready requests run after this many body bytes (see `_pump`).
+YIELD_BYTES = 256 * 1024
 # The most slices one flight claims before its answer's headers are in.
 MAX_RUN = 64
 # How long an answer handed to its leading request waits to be taken before it is dropped.
@@ -231,9 +233,18 @@ class Fetcher:
     async def _pump(self, flight: Flight, resp: UpstreamResponse, beresp: BeResp, plan: Plan,
                     size: int) -> int:
         received = 0
+        unyielded = 0
         async for chunk in resp.aiter_body():
             self._write(flight, beresp.body_start + received, chunk, size, beresp.length)
             received += len(chunk)
+            unyielded += len(chunk)
+            if unyielded >= YIELD_BYTES:
+                # Bytes already buffered come without a pause; hashing and writing a backlog
+                # of them in one go made a turn of the loop last tens of milliseconds while
+                # many fills ran (a stampede), and every request waiting for its turn, the
+                # leaders' first bytes included, waited that long.
+                unyielded = 0
+                await asyncio.sleep(0)
             if beresp.length is not None and not any(not f.done for f in flight.fills.values()):
                 break  # everything we claimed is in; don't pull bytes nobody needs
         if beresp.length is None:
