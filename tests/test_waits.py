@@ -9,14 +9,13 @@ from typing import Any
 
 import pytest
 
-from edgeproxy.cache.waits import SharedFuture, shared, within
+from edgeproxy.cache.waits import shared, within
 
 
-async def _turns_until_resumed(wait: Callable[[asyncio.Future[int]], Awaitable[Any]],
-                               kind: str) -> int:
+async def _turns_until_resumed(wait: Callable[[asyncio.Future[int]], Awaitable[Any]]) -> int:
     """Resolve a future and count the loop's turns until the waiter on it runs again."""
     loop = asyncio.get_running_loop()
-    future: asyncio.Future[int] = SharedFuture() if kind == "shared" else loop.create_future()
+    future: asyncio.Future[int] = loop.create_future()
     turns = 0
     resumed = asyncio.Event()
 
@@ -38,48 +37,37 @@ async def _turns_until_resumed(wait: Callable[[asyncio.Future[int]], Awaitable[A
     return turns
 
 
-@pytest.mark.parametrize(("name", "kind", "wait", "turns_taken"), [
-    ("wait_for(shield(f))", "plain", lambda f: asyncio.wait_for(asyncio.shield(f), 5), 3),
-    ("shared(f)", "plain", lambda f: shared(f, 5), 2),
-    ("shared(SharedFuture)", "shared", lambda f: shared(f, 5), 1),  # a flight's headers
-    ("within(f)", "plain", lambda f: within(f, 5), 1),
+@pytest.mark.parametrize(("name", "wait", "turns_taken"), [
+    ("wait_for(shield(f))", lambda f: asyncio.wait_for(asyncio.shield(f), 5), 3),
+    ("shared(f)", lambda f: shared(f, 5), 2),
+    ("within(f)", lambda f: within(f, 5), 1),
 ])
-def test_turns_to_resume(name: str, kind: str,
-                         wait: Callable[[asyncio.Future[int]], Awaitable[Any]],
+def test_turns_to_resume(name: str, wait: Callable[[asyncio.Future[int]], Awaitable[Any]],
                          turns_taken: int) -> None:
     """The cost being cut: each turn runs every other ready request once in a burst."""
-    turns = asyncio.run(_turns_until_resumed(wait, kind))
+    turns = asyncio.run(_turns_until_resumed(wait))
     # the old way, for comparison, takes three: shield's future, wait_for's, the task
     assert turns == turns_taken, (name, turns)
 
 
-def _future(kind: str) -> asyncio.Future[Any]:
-    return SharedFuture() if kind == "shared" else asyncio.get_running_loop().create_future()
-
-
-@pytest.mark.parametrize("kind", ["plain", "shared"])
-def test_shared_gives_the_result_or_the_exception(kind: str) -> None:
+def test_shared_gives_the_result_or_the_exception() -> None:
     async def main() -> None:
         loop = asyncio.get_running_loop()
-        done = _future(kind)
+        done: asyncio.Future[str] = loop.create_future()
         done.set_result("now")
         assert await shared(done, 1) == "now"
-        failing = _future(kind)
+        failing: asyncio.Future[str] = loop.create_future()
         loop.call_later(0.01, failing.set_exception, ValueError("upstream"))
         with pytest.raises(ValueError, match="upstream"):
             await shared(failing, 1)
-        cancelled = _future(kind)
-        loop.call_later(0.01, cancelled.cancel)
-        with pytest.raises(asyncio.CancelledError):
-            await shared(cancelled, 1)
 
     asyncio.run(main())
 
 
-@pytest.mark.parametrize("kind", ["plain", "shared"])
-def test_shared_timeout_and_cancellation_leave_the_future_to_the_others(kind: str) -> None:
+def test_shared_timeout_and_cancellation_leave_the_future_to_the_others() -> None:
     async def main() -> None:
-        future = _future(kind)
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[int] = loop.create_future()
         other = asyncio.ensure_future(shared(future, 5))  # another request waiting on it
         with pytest.raises(TimeoutError):
             await shared(future, 0.01)
@@ -91,8 +79,6 @@ def test_shared_timeout_and_cancellation_leave_the_future_to_the_others(kind: st
         assert not future.done()
         future.set_result(3)
         assert await other == 3
-        if isinstance(future, SharedFuture):
-            assert future.waiters == set()  # nothing left behind by those that left
 
     asyncio.run(main())
 

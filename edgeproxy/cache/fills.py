@@ -16,7 +16,7 @@ from .beresp import BeResp
 from .checksum import SliceHasher
 from .space import NoRoom
 from .types import RawHeaders
-from .waits import SharedFuture, within
+from .waits import within
 
 if TYPE_CHECKING:
     from .store import SliceBody
@@ -218,7 +218,8 @@ class Flight:
     key: str
     first: int
     last: int | None
-    headers: SharedFuture[BeResp] = field(default_factory=SharedFuture)
+    headers: asyncio.Future[BeResp] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future())
     fills: dict[int, SliceFill] = field(default_factory=dict)
     context: Any = None  # the leading request's view (stale copy, Vary values...)
     meta: Any = None  # the ObjectMeta to deliver with, once the headers are in
@@ -234,7 +235,8 @@ class Flight:
     length: int | None = None  # learnt at the end for a body without Content-Length
     ended: asyncio.Future[None] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future())
-    taken: SharedFuture[None] = field(default_factory=SharedFuture)
+    taken: asyncio.Future[None] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future())
     _progress: asyncio.Event = field(default_factory=asyncio.Event)
 
     def grew(self) -> None:
