@@ -1,56 +1,92 @@
-"""`HeadDeadline`: one lazy timer per connection, firing only at the latest armed time."""
+"""`HeadDeadline`: one lazy timer per connection, firing only at the latest armed time.
+
+On a loop with a clock of its own (no real sleeps, so a loaded machine cannot make it flaky);
+the protocols' behaviour on real sockets is in `test_fault_slowloris` and `test_guard`."""
 
 from __future__ import annotations
 
-import asyncio
+from collections.abc import Callable
+from typing import Any
 
 from edgeproxy.headtimeout import HeadDeadline
 
 
-def _run(body: object) -> None:
-    asyncio.run(body)  # type: ignore[arg-type]
+class _Handle:
+    def __init__(self, when: float, callback: Callable[[], None]) -> None:
+        self.when, self.callback, self.cancelled = when, callback, False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class _Clock:
+    """The loop's clock and timers, as `HeadDeadline` uses them, with time moved by hand."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.handles: list[_Handle] = []
+
+    def time(self) -> float:
+        return self.now
+
+    def call_at(self, when: float, callback: Callable[[], None]) -> _Handle:
+        handle = _Handle(when, callback)
+        self.handles.append(handle)
+        return handle
+
+    def call_later(self, delay: float, callback: Callable[[], None]) -> _Handle:
+        return self.call_at(self.now + delay, callback)
+
+    def live(self) -> list[_Handle]:
+        return [h for h in self.handles if not h.cancelled and h.callback is not None]
+
+    def advance(self, seconds: float) -> None:
+        """Move the clock, running each timer that comes due, in order."""
+        end = self.now + seconds
+        while True:
+            due = sorted((h for h in self.live() if h.when <= end), key=lambda h: h.when)
+            if not due:
+                break
+            handle = due[0]
+            self.now = max(self.now, handle.when)
+            callback, handle.callback = handle.callback, None  # type: ignore[assignment]
+            callback()
+        self.now = end
+
+
+def _deadline(clock: _Clock, fired: list[float]) -> HeadDeadline:
+    loop: Any = clock
+    return HeadDeadline(loop, 10.0, lambda: fired.append(clock.now))
 
 
 def test_rearming_moves_the_deadline_without_a_new_timer() -> None:
-    async def body() -> None:
-        loop = asyncio.get_running_loop()
-        fired: list[float] = []
-        deadline = HeadDeadline(loop, 0.2, lambda: fired.append(loop.time()))
-        start = loop.time()
-        deadline.arm()
-        first = deadline.timer
-        await asyncio.sleep(0.1)
-        deadline.cancel()  # a head arrived
-        deadline.arm()  # its answer ended: the next head is due 0.2 s from now
-        assert deadline.timer is first
-        rearmed = loop.time()
-        await asyncio.sleep(0.15)
-        assert fired == []  # the first timer woke at start + 0.2 and slept on
-        await asyncio.sleep(0.2)
-        assert len(fired) == 1
-        assert fired[0] >= rearmed + 0.2 > start + 0.2
-        await asyncio.sleep(0.3)
-        assert len(fired) == 1  # once
-
-    _run(body())
+    clock, fired = _Clock(), []
+    deadline = _deadline(clock, fired)
+    deadline.arm()  # t=0: the first head is due at 10
+    clock.advance(4)
+    deadline.cancel()  # a head arrived
+    deadline.arm()  # its answer ended at 4: the next head is due at 14
+    assert len(clock.handles) == 1  # no timer made per request
+    clock.advance(7)  # t=11: the timer woke at 10 and slept on
+    assert fired == [] and len(clock.live()) == 1
+    clock.advance(4)  # t=15
+    assert fired == [14.0]  # once, at the latest armed time
+    clock.advance(30)
+    assert fired == [14.0] and clock.live() == []
 
 
 def test_a_cancelled_deadline_never_fires_and_close_drops_the_timer() -> None:
-    async def body() -> None:
-        loop = asyncio.get_running_loop()
-        fired: list[str] = []
-        deadline = HeadDeadline(loop, 0.05, lambda: fired.append("x"))
-        deadline.arm()
-        deadline.cancel()
-        await asyncio.sleep(0.15)
-        assert fired == [] and deadline.timer is None
-        deadline.arm()
-        deadline.close()
-        assert deadline.timer is None
-        await asyncio.sleep(0.15)
-        assert fired == []
-        deadline.arm()  # armed again after a firing-less wake: a timer of its own
-        await asyncio.sleep(0.15)
-        assert fired == ["x"]
-
-    _run(body())
+    clock, fired = _Clock(), []
+    deadline = _deadline(clock, fired)
+    deadline.arm()
+    deadline.cancel()
+    clock.advance(30)
+    assert fired == [] and deadline.timer is None  # woke, found nothing awaited
+    deadline.arm()  # t=30: a timer of its own again, due at 40
+    deadline.close()  # the connection is gone
+    assert deadline.timer is None and clock.live() == []
+    clock.advance(30)
+    assert fired == []
+    deadline.arm()  # t=60: due at 70
+    clock.advance(10)
+    assert fired == [70.0]
