@@ -76,44 +76,66 @@ class GuardedH11Protocol(DeadlineHooks, H11Protocol):
 
 
 class HeadDeadline:
-    """The time by which a connection's next request head must have arrived.
+    """The time by which a connection's next request head must have arrived, and, between
+    requests, the idle time by which its first byte must have (uvicorn's keep-alive timeout).
 
     Armed at every answer's end and cancelled at every head's, so it is lazy, like the
     idle timers of nginx and Netty: arming and cancelling set a time, and the one timer of
     the connection, when it fires early, sleeps again until that time. A keep-alive request
-    then costs no timer of its own (creating and cancelling one was ~2 % of a hit's CPU).
+    then costs no timer of its own (creating and cancelling one was ~2 % of a hit's CPU, and
+    uvicorn's keep-alive timer as much again).
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop, seconds: float,
-                 on_expiry: Callable[[], None]) -> None:  # fmt: skip
-        self.loop, self.seconds, self.on_expiry = loop, seconds, on_expiry
+                 on_expiry: Callable[[], None],
+                 on_idle: Callable[[], bool] | None = None) -> None:  # fmt: skip
+        self.loop, self.seconds, self.on_expiry, self.on_idle = loop, seconds, on_expiry, on_idle
         self.timer: asyncio.TimerHandle | None = None
+        self.timer_at = 0.0  # when `timer` fires
         self.due: float | None = None  # loop time; None: no head is awaited
+        self.idle_due: float | None = None  # loop time; None: no idle bound
 
-    def arm(self) -> None:
-        """Start the clock again, from now."""
-        self.due = self.loop.time() + self.seconds
+    def arm(self, idle: float | None = None) -> None:
+        """Start the clock again, from now; with ``idle``, ``on_idle`` is asked at that
+        many seconds from now whether it closed the connection (nothing of a head came)."""
+        now = self.loop.time()
+        due = self.due = now + self.seconds
+        if idle is not None and idle < self.seconds:
+            due = self.idle_due = now + idle
+        else:
+            self.idle_due = None
+        if self.timer is not None and self.timer_at > due:
+            self.timer.cancel()  # (only when a shorter bound follows a longer one)
+            self.timer = None
         if self.timer is None:
-            self.timer = self.loop.call_at(self.due, self._fired)
+            self.timer, self.timer_at = self.loop.call_at(due, self._fired), due
 
     def cancel(self) -> None:
         """No head is awaited (one arrived)."""
-        self.due = None
+        self.due = self.idle_due = None
 
     def close(self) -> None:
         """The connection is gone: drop the timer too."""
-        self.due = None
+        self.due = self.idle_due = None
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
 
     def _fired(self) -> None:
         self.timer = None
+        now = self.loop.time()
+        idle_due = self.idle_due
+        if idle_due is not None and now >= idle_due:
+            self.idle_due = None
+            if self.on_idle is not None and self.on_idle():
+                self.due = None
+                return
         due = self.due
         if due is None:
             return
-        if self.loop.time() < due:
-            self.timer = self.loop.call_at(due, self._fired)  # re-armed since: sleep on
+        if now < due:  # re-armed since: sleep on
+            wake = due if self.idle_due is None else min(due, self.idle_due)
+            self.timer, self.timer_at = self.loop.call_at(wake, self._fired), wake
             return
         self.due = None
         self.on_expiry()

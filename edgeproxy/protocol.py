@@ -22,6 +22,7 @@ from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from .cache.fastlane import plain_target
 from .cache.types import FAST_DECLINED
 from .config import HTTPLimitsConfig
 from .errors import HTTPError
@@ -117,14 +118,34 @@ class GuardedHttpToolsProtocol(DeadlineHooks, HttpToolsProtocol):
         self.fast = fast_lane_of(self.app)
         self.fast_served = False
         self.fast_declined = False  # the fast lane was asked for this request and said no
-        self.deadline = HeadDeadline(self.loop, limits.header_timeout, self._head_timed_out)
+        self.deadline = HeadDeadline(self.loop, limits.header_timeout, self._head_timed_out,
+                                     self._idle_timed_out)
         self._reset_head()
 
     def on_response_complete(self) -> None:
-        """An answer ended: the next head, if any, must arrive within ``header_timeout``."""
-        super().on_response_complete()
-        if not self.transport.is_closing():
+        """An answer ended: the next head, if any, must arrive within ``header_timeout``,
+        and its first byte within ``timeout_keep_alive``. uvicorn's own version, but the
+        keep-alive bound rides on the lazy head deadline instead of a timer per answer."""
+        self.server_state.total_requests += 1
+        if self.transport.is_closing():
+            return
+        if self.flow.read_paused:
+            self.flow.resume_reading()
+        if self.pipeline:
+            cycle, app = self.pipeline.pop()
+            self._start_asgi_task(cycle, app)
             self.deadline.arm()
+        else:
+            self.deadline.arm(self.timeout_keep_alive)
+
+    def _idle_timed_out(self) -> bool:
+        """The keep-alive bound passed: close, unless a head has begun (then it has until
+        the head deadline) or an answer is under way."""
+        if not self.in_head or self.head_bytes or self.transport.is_closing() \
+                or (self.cycle is not None and not self.cycle.response_complete):
+            return False
+        self.timeout_keep_alive_handler()
+        return True
 
     def _head_timed_out(self) -> None:
         if not self.in_head or self.transport.is_closing():
@@ -159,9 +180,20 @@ class GuardedHttpToolsProtocol(DeadlineHooks, HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         """A new request: its target and fields are counted from zero (its bytes are counted
-        from the end of the previous request, as they arrive)."""
-        super().on_message_begin()
+        from the end of the previous request, as they arrive). The ASGI scope uvicorn makes
+        here waits for `on_headers_complete`: a fast-lane answer needs none."""
+        self.url = b""
+        self.expect_100_continue = False
+        self.headers = []
         self.target_bytes = self.field_bytes = self.field_count = 0
+
+    def _begin_scope(self) -> None:
+        """uvicorn's scope for the request whose head was just parsed (its own
+        `on_message_begin`, the parsed target and fields kept)."""
+        url, headers, expect = self.url, self.headers, self.expect_100_continue
+        super().on_message_begin()
+        self.url, self.headers, self.expect_100_continue = url, headers, expect
+        self.scope["headers"] = headers
 
     def on_url(self, url: bytes) -> None:
         """Called for each piece of the target: 414 once it is too long."""
@@ -170,7 +202,7 @@ class GuardedHttpToolsProtocol(DeadlineHooks, HttpToolsProtocol):
             self._refuse(HTTPError(414, "uri_too_long", f"the request target is longer than "
                                    f"{self.limits.max_target_length} bytes",
                                    max_length=self.limits.max_target_length))  # fmt: skip
-        super().on_url(url)
+        self.url += url  # (uvicorn's `on_url`, inline: a frame less per request)
 
     def on_header(self, name: bytes, value: bytes) -> None:
         """Called once per complete field: 431 once there are too many or too many bytes.
@@ -196,6 +228,7 @@ class GuardedHttpToolsProtocol(DeadlineHooks, HttpToolsProtocol):
         self.deadline.cancel()
         if self._serve_fast():
             return
+        self._begin_scope()
         before = self.cycle
         super().on_headers_complete()
         cycle = self.cycle
@@ -221,7 +254,7 @@ class GuardedHttpToolsProtocol(DeadlineHooks, HttpToolsProtocol):
             return False  # an earlier answer is still going out: answers keep their order
         url: bytes = self.url
         parser = self.parser
-        if url[:1] != b"/" or b"?" in url or b"%" in url or b"/." in url or b"#" in url \
+        if not plain_target(url) \
                 or parser.get_method() != b"GET" or parser.get_http_version() != "1.1" \
                 or not parser.should_keep_alive() \
                 or self.field_count > self.limits.max_header_count \

@@ -374,3 +374,52 @@ def test_a_popular_object_keeps_its_encoded_fields_while_many_others_pass(
     assert served == [200] * 9  # every one from the fast lane
     assert len(ONE_SLICE) not in encoded  # the popular one was never encoded again
     assert encoded.count(300_000) == 6  # (each other one was: the memo holds three)
+
+
+def test_a_range_asked_again_is_answered_from_its_kept_fields_until_a_purge(
+        tmp_path: Path, origin: tuple[TestOrigin, ServerThread],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A range answered from a slice kept in memory is answered again without resolving the
+    range or encoding the fields anew (a player's repeated seek); the bytes and fields are
+    the same, and a purge of the changed object ends it."""
+    from edgeproxy.cache import fastlane
+
+    resolved: list[bytes] = []
+    real = fastlane._one_range
+
+    def counting(value: bytes, length: int) -> Any:
+        resolved.append(value)
+        return real(value, length)
+
+    monkeypatch.setattr(fastlane, "_one_range", counting)
+    served = _counting(monkeypatch)
+    config_path = tmp_path / "config.yaml"
+    config_path.write_text(f"data_dir: {tmp_path / 'var'}\nadmin_token: t0ken-for-tests\n"
+                           f"edge: {{upstream: '{origin[1].url}', node_name: edge-1}}\n")
+    config = load_config(config_path)
+    start, end = MIB + 100, MIB + 65_635
+    ask = {"range": f"bytes={start}-{end}"}
+    with serve(node_app(config, "edge"), proxy_headers=False,
+               **uvicorn_http_options(config.http_limits)) as srv, \
+            httpx.Client(base_url=srv.url) as client:
+        assert client.get("/static/large.bin").content == LARGE  # stored, 3 slices
+        first = [client.get("/static/large.bin", headers=ask) for _ in range(2)]  # kept
+        resolved.clear()
+        served.clear()
+        again = [client.get("/static/large.bin", headers=ask) for _ in range(3)]
+        assert served == [206] * 3 and resolved == []  # from the kept fields
+        for r in [*first, *again]:
+            assert r.status_code == 206 and r.content == LARGE[start:end + 1]
+            assert r.headers["content-range"] == f"bytes {start}-{end}/{len(LARGE)}"
+            assert r.headers["content-length"] == str(end - start + 1)
+            assert r.headers["x-cache"] == "HIT from edge-1"
+            assert sorted(n.lower() for n in r.headers) == \
+                sorted(n.lower() for n in first[0].headers)
+        changed = bytes(reversed(LARGE))
+        origin[0].put("/static/large.bin", changed, headers={"cache-control": "max-age=600"})
+        purged = client.post("/_admin/purge", json={"paths": ["/static/large.bin"]},
+                             headers={"authorization": "Bearer t0ken-for-tests"})
+        assert purged.json() == {"purged": 1}
+        after = client.get("/static/large.bin", headers=ask)
+    assert after.status_code == 206 and after.content == changed[start:end + 1]
+    assert after.headers["x-cache"].startswith("MISS")

@@ -206,3 +206,33 @@ def test_both_parsers_time_out_a_slow_head(parser: str) -> None:
         assert time.monotonic() - started < 0.5
         assert answer.startswith(b"HTTP/1.1 408 "), answer
         assert json.loads(answer.partition(b"\r\n\r\n")[2])["error"] == "request_timeout"
+
+
+def test_keep_alive_bound_closes_an_idle_connection_but_not_a_started_head() -> None:
+    """uvicorn's ``timeout_keep_alive`` rides on the lazy head deadline: a connection silent
+    after its answer is closed at the keep-alive bound; one whose next head has begun gets
+    the (longer) head deadline and its 408."""
+    limits = HTTPLimitsConfig(header_timeout=1.2)
+    with serve(RequestGuard(echo, limits), lifespan="off", timeout_keep_alive=0.3,
+               **uvicorn_http_options(limits)) as srv:
+        host, port = srv.url.removeprefix("http://").split(":")
+        results = {}
+        for kind in ("idle", "started"):
+            with socket.create_connection((host, int(port)), timeout=5) as s:
+                s.sendall(b"GET /a HTTP/1.1\r\nHost: t\r\n\r\n")
+                first = b""
+                while not first.endswith(b"}"):
+                    first += s.recv(65536)
+                assert first.startswith(b"HTTP/1.1 200"), first
+                answered = time.monotonic()
+                if kind == "started":
+                    s.sendall(HALF_HEAD)
+                answer = b""
+                with contextlib.suppress(ConnectionResetError):
+                    while chunk := s.recv(65536):
+                        answer += chunk
+                results[kind] = (time.monotonic() - answered, answer)
+    idle_after, idle_answer = results["idle"]
+    assert idle_answer == b"" and 0.25 < idle_after < 1.0, results
+    started_after, started_answer = results["started"]
+    assert started_answer.startswith(b"HTTP/1.1 408 ") and started_after > 1.0, results

@@ -60,7 +60,7 @@ def _deadline(clock: _Clock, fired: list[float]) -> HeadDeadline:
 
 
 def test_rearming_moves_the_deadline_without_a_new_timer() -> None:
-    clock, fired = _Clock(), []
+    clock, fired = _Clock(), list[float]()
     deadline = _deadline(clock, fired)
     deadline.arm()  # t=0: the first head is due at 10
     clock.advance(4)
@@ -76,7 +76,7 @@ def test_rearming_moves_the_deadline_without_a_new_timer() -> None:
 
 
 def test_a_cancelled_deadline_never_fires_and_close_drops_the_timer() -> None:
-    clock, fired = _Clock(), []
+    clock, fired = _Clock(), list[float]()
     deadline = _deadline(clock, fired)
     deadline.arm()
     deadline.cancel()
@@ -90,3 +90,49 @@ def test_a_cancelled_deadline_never_fires_and_close_drops_the_timer() -> None:
     deadline.arm()  # t=60: due at 70
     clock.advance(10)
     assert fired == [70.0]
+
+
+def test_idle_bound_asks_first_and_the_head_deadline_still_holds() -> None:
+    """Between requests the keep-alive bound comes first: ``on_idle`` closes an idle
+    connection (and nothing else fires); one whose next head has begun is left to the head
+    deadline."""
+    clock, fired, asked = _Clock(), list[float](), list[float]()
+
+    def idle(closes: bool) -> Any:
+        def on_idle() -> bool:
+            asked.append(clock.now)
+            return closes
+        return on_idle
+
+    deadline = HeadDeadline(clock, 10.0, lambda: fired.append(clock.now), idle(True))  # type: ignore[arg-type]
+    deadline.arm(idle=3.0)  # an answer ended at 0
+    clock.advance(20)
+    assert asked == [3.0] and fired == [] and clock.live() == []
+
+    deadline = HeadDeadline(clock, 10.0, lambda: fired.append(clock.now), idle(False))  # type: ignore[arg-type]
+    deadline.arm(idle=3.0)  # t=20: bytes of a head will have come by 23
+    clock.advance(20)
+    assert asked == [3.0, 23.0] and fired == [30.0]
+
+
+def test_a_shorter_bound_after_a_longer_one_takes_a_timer_that_fires_in_time() -> None:
+    clock, fired, asked = _Clock(), list[float](), list[float]()
+
+    def closes() -> bool:
+        asked.append(clock.now)
+        return True
+
+    deadline = HeadDeadline(clock, 10.0, lambda: fired.append(clock.now), closes)  # type: ignore[arg-type]
+    deadline.arm()  # connection opened at 0: head due at 10, a timer at 10
+    clock.advance(1)
+    deadline.cancel()
+    deadline.arm(idle=3.0)  # t=1: the idle bound is at 4, before the timer's 10
+    clock.advance(5)
+    assert asked == [4.0] and fired == []
+    deadline.arm(idle=3.0)  # t=6
+    deadline.arm(idle=3.0)  # re-armed at once: still one timer
+    assert len(clock.live()) == 1
+    clock.advance(1)
+    deadline.arm(idle=3.0)  # t=7: the timer at 9 wakes, sleeps on to 10
+    clock.advance(10)
+    assert asked == [4.0, 10.0] and fired == []
