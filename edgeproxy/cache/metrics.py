@@ -104,9 +104,11 @@ class NodeMetrics:
                             self.latency.labels(self.tier, result))
                 self._children[(result, content_class)] = children
             requests, response_bytes, latency = children
-            requests.inc(count)
+            # the children's values directly, as Counter.inc and Histogram.observe do after
+            # their checks (of a label set resolved above, with amounts that are never < 0)
+            requests._value.inc(count)
             if nbytes:
-                response_bytes.inc(nbytes)
+                response_bytes._value.inc(nbytes)
             # Histogram.observe, n at a time: its sum and the count of each bucket
             latency._sum.inc(seconds)
             for index, n in enumerate(buckets):
