@@ -158,3 +158,24 @@ def test_a_volume_error_is_no_corruption() -> None:
     assert index.fault_reason(OSError(errno.ENOSPC, "full")) == "no_space"
     assert index.fault_reason(OSError(errno.EIO, "i/o")) == "io"
     assert not index.is_unusable(OSError(errno.EIO, "i/o"))
+
+
+def test_what_a_machine_crash_leaves_of_an_index_without_fsync_costs_fetches_only(
+        tmp_path: Path, origin: str) -> None:
+    """The index does not fsync (`index.new_cache`: it is a cache's). A crash of the machine
+    may then leave it without its latest commits, and slice files without the bytes that had
+    not reached the disk: the node starts and serves the origin's exact bytes."""
+    data_dir = tmp_path / "var"
+    files = _fill_cache(data_dir, origin)
+    cache_dir = data_dir / "edge" / "cache"
+    with contextlib.closing(sqlite3.connect(cache_dir / "cache.db")) as db:
+        setting = db.execute("SELECT value FROM Settings WHERE key = 'sqlite_synchronous'")
+        assert setting.fetchone() == (0,)  # no fsync at commit or checkpoint
+        with db:
+            db.execute("DELETE FROM Cache WHERE rowid % 2 = 0")  # commits lost
+    for path in files:  # bytes lost: what had reached the disk is a prefix
+        with path.open("r+b") as f:
+            f.truncate(path.stat().st_size // 2)
+    with _edge(tmp_path, origin) as edge:
+        _serves_exact_bytes(edge.url)
+        _serves_exact_bytes(edge.url)  # (stored again)

@@ -219,6 +219,13 @@ def new_cache(directory: Path, size_limit: int, disk: type[diskcache.Disk],
         disk_min_file_size=inline_max + INLINE_HEADER + 1,
         # eviction runs once per group commit (`GroupCommit.commit`), not in every set
         cull_limit=0, statistics=False, tag_index=True,
+        # No fsync: the index is a cache's. WAL keeps it whole through a crash of the
+        # process; after a crash of the machine it may lose its latest commits (those
+        # objects are fetched again) or fail its check at the next start (it is then set
+        # aside), and a slice whose bytes did not reach the disk fails its checksum when
+        # read. With fsync, each WAL checkpoint stopped the event loop for ~5 ms (up to
+        # 14): 130 ms per 1,000 sequential misses.
+        sqlite_synchronous=0,
     )
 
 
