@@ -53,6 +53,7 @@ _STATUS_LINES = {200: b"HTTP/1.1 200 OK\r\n", 206: b"HTTP/1.1 206 Partial Conten
 # dropped first: a Zipf tail of objects each asked for once in a while must not wipe out
 # the popular ones' (it did when the memo was emptied whenever full).
 _MEMO_SIZE = 4096
+_RANGES_SIZE = 1024  # kept ranges (~1 KB each)
 WHOLE_MAX = 1024 * 1024  # larger whole answers stream from the steps, paced by the client
 ABSENT_FOR = 0.02  # seconds a "not stored" the lane found stands for the steps' lookup
 _GATHER = 16384  # bodies from this size on are written beside the head, not copied after it
@@ -259,9 +260,10 @@ class FastLane:
             kept = _KeptRange(meta, (key, meta.version, index), offset, offset + length,
                               [*fixed.fields, *ranged], fixed.lines + field_lines(ranged),
                               fixed.dated)
-            self._ranges[(key, range_value)] = kept
-            if len(self._ranges) > _MEMO_SIZE:
-                self._ranges.popitem(last=False)
+            if self.node.hot.slice(kept.sid) is not None:  # (else it could not be used)
+                self._ranges[(key, range_value)] = kept
+                if len(self._ranges) > _RANGES_SIZE:
+                    self._ranges.popitem(last=False)
             return self._range_hit(kept, data, now)
         assert fixed.whole_fields is not None
         data = bytes(data)  # (a copy only when it came from a slice kept in memory)

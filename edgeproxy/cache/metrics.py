@@ -67,6 +67,8 @@ class NodeMetrics:
                                       "Configured size bound of the disk cache", ["tier"],
                                       registry=r, multiprocess_mode="mostrecent")
         self._children: dict[tuple[str, str], tuple[Any, Any, Any]] = {}
+        self._upstream: dict[int, Any] = {}
+        self._upstream_bytes: Any = None  # (made at the first bytes, as before)
         # (result, class) → [requests, bytes, seconds, count per latency bucket]
         self._tallies: dict[tuple[str, str], list[Any]] = {}
         self._bounds = [*_LATENCY_BUCKETS, float("inf")]
@@ -121,9 +123,15 @@ class NodeMetrics:
 
     def upstream(self, status: int, nbytes: int) -> None:
         """Account one upstream response."""
-        self.upstream_requests.labels(self.tier, str(status)).inc()
+        child = self._upstream.get(status)
+        if child is None:  # (labels() hashes and validates: once per status)
+            child = self._upstream[status] = self.upstream_requests.labels(self.tier,
+                                                                           str(status))
+        child.inc()
         if nbytes:
-            self.upstream_bytes.labels(self.tier).inc(nbytes)
+            if self._upstream_bytes is None:
+                self._upstream_bytes = self.upstream_bytes.labels(self.tier)
+            self._upstream_bytes.inc(nbytes)
 
     def add_collector(self, collector: Collector) -> None:
         """A collector computed at scrape time (per-upstream state of a director)."""
