@@ -423,3 +423,32 @@ def test_a_range_asked_again_is_answered_from_its_kept_fields_until_a_purge(
         after = client.get("/static/large.bin", headers=ask)
     assert after.status_code == 206 and after.content == changed[start:end + 1]
     assert after.headers["x-cache"].startswith("MISS")
+
+
+@pytest.mark.parametrize("framing", [b"content-length: 37\r\n\r\n%s",
+                                     b"transfer-encoding: chunked\r\n\r\n25\r\n%s\r\n0\r\n\r\n"])
+def test_a_get_with_a_body_is_left_to_the_app_and_its_body_stays_a_body(
+        edge: ServerThread, monkeypatch: pytest.MonkeyPatch, framing: bytes) -> None:
+    """A body (or an upgrade, or Expect) takes a hot GET off the fast lane; a body that
+    looks like a request is read as the body, never answered as a second request."""
+    for _ in range(2):  # a miss, then a hit from the store: now in memory
+        assert httpx.get(edge.url + "/v/t1/obj").status_code == 200
+    served = _counting(monkeypatch)
+    inner = b"GET /v/t1/other HTTP/1.1\r\nhost: x\r\n\r\n"
+    assert len(inner) == 37
+    payload = b"GET /v/t1/obj HTTP/1.1\r\nhost: x\r\n" + framing % inner
+    host, port = edge.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=5) as sock:
+        sock.sendall(payload)
+        data = b""
+        while not data.endswith(BODY):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+        sock.settimeout(0.5)
+        with pytest.raises(TimeoutError):
+            data += sock.recv(65536)  # nothing more: no second answer
+    assert data.count(b"HTTP/1.1 ") == 1 and data.startswith(b"HTTP/1.1 200 ")
+    assert data.endswith(BODY) and b"y" * 100 not in data
+    assert served == []  # the app answered it
