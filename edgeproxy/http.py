@@ -195,6 +195,8 @@ def int_header(value: str | None) -> int | None:
 
 def split_list(value: str) -> list[str]:
     """The elements of a comma-separated field value (RFC 9110 §5.6.1), quotes respected."""
+    if '"' not in value:  # most values (Cache-Control, Vary): no quoted string to respect
+        return [p for p in (part.strip() for part in value.split(",")) if p]
     parts: list[str] = []
     buf: list[str] = []
     quoted = False

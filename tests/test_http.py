@@ -22,6 +22,7 @@ from edgeproxy.http import (
     parse_content_range,
     parse_range,
     resolve_ranges,
+    split_list,
 )
 
 
@@ -203,3 +204,25 @@ def test_digest_sha256(value: str | None, expected: str | None) -> None:
 def test_digest_field_round_trips() -> None:
     assert digest_field(_HEX) == f"sha-256=:{_B64}:"
     assert digest_sha256(digest_field(_HEX)) == _HEX
+
+
+@pytest.mark.parametrize(("value", "expected"), [
+    # RFC 9110 §5.6.1: empty elements and the whitespace around elements are dropped
+    ("public, max-age=600, immutable", ["public", "max-age=600", "immutable"]),
+    (" ,a,, b ,", ["a", "b"]),
+    ("", []),
+    (",,", []),
+    # §5.6.4: a comma inside a quoted string separates nothing
+    ('no-cache="a, b", max-age=1', ['no-cache="a, b"', "max-age=1"]),
+    ('"x,y"', ['"x,y"']),
+])
+def test_split_list(value: str, expected: list[str]) -> None:
+    assert split_list(value) == expected
+
+
+@given(st.text(alphabet=' ,ab"=\t', max_size=30))
+def test_split_list_without_quotes_matches_the_quote_aware_reading(value: str) -> None:
+    """The fast path (no quote in the value) and the character walk agree: a quoted empty
+    element after the value takes the walk, and adds just itself."""
+    plain = value.replace('"', "")
+    assert split_list(plain) == split_list(plain + ',""')[:-1]

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import pickle
 from pathlib import Path
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -59,3 +61,15 @@ def test_facts_pickled_by_an_older_version_are_fetched_again(tmp_path: Path) -> 
     finally:
         store.close()
     assert pickle.loads(pickle.dumps(meta)) == meta  # still picklable (admin, tests)
+
+
+def test_evolve_is_dataclasses_replace() -> None:
+    meta = ObjectMeta(200, 3, None, None, None, (), Freshness(0.0, 0.0, 60.0), "x", "v1", 1024)
+    for changes in ({"verified": True}, {"verified": False, "vouching": False},
+                    {"length": 7}, {}):
+        evolved = meta.evolve(**changes)
+        assert evolved == dataclasses.replace(meta, **changes)
+        assert evolved.stored_at == meta.stored_at and evolved is not meta
+    assert meta.verified is False  # the original is untouched
+    with pytest.raises(TypeError, match="no field"):
+        meta.evolve(verifed=True)

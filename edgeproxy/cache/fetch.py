@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import hashlib
 import hmac
 import logging
@@ -226,7 +225,7 @@ class Fetcher:
                 and meta is not None \
                 and meta.length is not None and flight.first == 0 \
                 and len(flight.fills) == policy.slice_count(meta.length, size):
-            flight.meta = dataclasses.replace(meta, vouching=True)
+            flight.meta = meta.evolve(vouching=True)
             with contextlib.suppress(StorageFault):  # readers then hash for themselves
                 self.store.set_meta(flight.key, flight.meta)
 
@@ -324,7 +323,7 @@ class Fetcher:
             try:
                 meta = flight.meta
                 if flight.whole and meta is not None:
-                    meta = dataclasses.replace(meta, verified=True)  # the whole hash matched
+                    meta = meta.evolve(verified=True)  # the whole hash matched
                 if flight.store_meta == "with_body" and meta is not None \
                         and fill.index == 0 and meta.length is not None:
                     self.store.commit_object(flight.key, meta, fill.path, fill.written, data,
@@ -345,7 +344,7 @@ class Fetcher:
         `verified` flag (a whole answer of it is then hashed as it is sent)."""
         if meta is not None and flight.digest is not None and not flight.whole \
                 and flight.store_meta == "no" and meta.verified:
-            flight.meta = dataclasses.replace(meta, verified=False, vouching=False)
+            flight.meta = meta.evolve(verified=False, vouching=False)
             self.store.set_meta(flight.key, flight.meta)
 
     @staticmethod
@@ -384,7 +383,7 @@ class Fetcher:
             # (`vouched_send`). The store makes this process's writes visible in order: a
             # slice, inline or a file, enters the index in one transaction with what was
             # written before it.
-            flight.meta = dataclasses.replace(meta, verified=True)
+            flight.meta = meta.evolve(verified=True)
             with contextlib.suppress(StorageFault):
                 self.store.set_meta(flight.key, flight.meta)
         for index in sorted(flight.fills):
