@@ -230,3 +230,19 @@ def test_the_index_volume_is_read_at_most_once_a_period_unless_writes_may_pass_t
     assert not watch.over(10) and idx.reads == 4
     clock[0] += evict.VOLUME_PERIOD
     assert not watch.over(10) and idx.reads == 5  # a period later: read again
+
+
+def test_bytes_and_none_bind_as_they_are_through_the_index_adapters() -> None:
+    """`edgeproxy.cache.index` gives bytes and None an adapter that hands them on (Python
+    3.11's sqlite3 otherwise formats an AttributeError for each one bound); what is stored
+    and read back is unchanged."""
+    from edgeproxy.cache import index
+
+    assert sqlite3.adapters[(bytes, sqlite3.PrepareProtocol)] is bytes
+    assert sqlite3.adapters[(type(None), sqlite3.PrepareProtocol)] is index._same
+    con = sqlite3.connect(":memory:")
+    con.execute("CREATE TABLE t (a BLOB, b, c TEXT)")
+    con.execute("INSERT INTO t VALUES (?, ?, ?)", (b"\x00\xffsealed", None, "k"))
+    assert con.execute("SELECT a, b, c, typeof(a), typeof(b) FROM t").fetchone() == \
+        (b"\x00\xffsealed", None, "k", "blob", "null")
+    con.close()
