@@ -207,7 +207,7 @@ def _counting(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     served: list[int] = []
     real = CacheNode.fast_reply
 
-    def counting(self: CacheNode, *args: Any) -> tuple[list[bytes], int, int] | None:
+    def counting(self: CacheNode, *args: Any) -> tuple[list[bytes | memoryview], int, int] | None:
         reply = real(self, *args)
         if reply is not None:
             served.append(reply[1])
@@ -215,6 +215,20 @@ def _counting(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 
     monkeypatch.setattr(CacheNode, "fast_reply", counting)
     return served
+
+
+def _spy(monkeypatch: pytest.MonkeyPatch, owner: Any, name: str, arg: int) -> list[Any]:
+    """Positional argument ``arg`` of every call of ``owner.name`` from now on (a method's
+    ``self`` is argument 0); the calls go through unchanged."""
+    seen: list[Any] = []
+    real = getattr(owner, name)
+
+    def spying(*args: Any) -> Any:
+        seen.append(args[arg])
+        return real(*args)
+
+    monkeypatch.setattr(owner, name, spying)
+    return seen
 
 
 def test_a_range_inside_one_stored_slice_is_read_by_the_fast_lane(
@@ -329,14 +343,7 @@ def test_a_miss_looks_in_the_index_once(edge: ServerThread,
                                          monkeypatch: pytest.MonkeyPatch) -> None:
     """The fast lane looks first; the steps then take its "not stored" rather than look
     again (a miss costs one index query, not two)."""
-    looks: list[str] = []
-    real = CacheStore.get_meta
-
-    def counting(self: CacheStore, key: str) -> Any:
-        looks.append(key)
-        return real(self, key)
-
-    monkeypatch.setattr(CacheStore, "get_meta", counting)
+    looks = _spy(monkeypatch, CacheStore, "get_meta", arg=1)
     r = httpx.get(edge.url + "/v/t1/other")
     assert r.status_code == 200 and r.headers["x-cache"].startswith("MISS")
     assert looks.count("/v/t1/other") == 1
@@ -353,27 +360,21 @@ def test_a_popular_object_keeps_its_encoded_fields_while_many_others_pass(
     others = [f"/static/p{i}.bin" for i in range(6)]
     for i, path in enumerate(others):  # one slice each, too large for the memory tier
         origin[0].put(path, bytes([i]) * 300_000, headers={"cache-control": "max-age=600"})
-    encoded: list[int] = []
-    real = CacheNode.stored_headers
-
-    def counting(self: CacheNode, meta: Any) -> Any:
-        encoded.append(meta.length)
-        return real(self, meta)
-
     served = _counting(monkeypatch)
     with httpx.Client(base_url=edge.url) as client:
         for path in ["/static/one.bin", *others]:
             assert client.get(path).status_code == 200  # stored
         assert client.get("/static/one.bin").content == ONE_SLICE  # encoded once here
-        monkeypatch.setattr(CacheNode, "stored_headers", counting)
+        encoded = _spy(monkeypatch, CacheNode, "stored_headers", arg=1)
         served.clear()
         for pair in (others[0:2], others[2:4], others[4:6]):
             assert client.get("/static/one.bin").content == ONE_SLICE
             for path in pair:
                 assert client.get(path).status_code == 200
     assert served == [200] * 9  # every one from the fast lane
-    assert len(ONE_SLICE) not in encoded  # the popular one was never encoded again
-    assert encoded.count(300_000) == 6  # (each other one was: the memo holds three)
+    lengths = [meta.length for meta in encoded]
+    assert len(ONE_SLICE) not in lengths  # the popular one was never encoded again
+    assert lengths.count(300_000) == 6  # (each other one was: the memo holds three)
 
 
 def test_a_range_asked_again_is_answered_from_its_kept_fields_until_a_purge(
@@ -384,14 +385,7 @@ def test_a_range_asked_again_is_answered_from_its_kept_fields_until_a_purge(
     the same, and a purge of the changed object ends it."""
     from edgeproxy.cache import fastlane
 
-    resolved: list[bytes] = []
-    real = fastlane._one_range
-
-    def counting(value: bytes, length: int) -> Any:
-        resolved.append(value)
-        return real(value, length)
-
-    monkeypatch.setattr(fastlane, "_one_range", counting)
+    resolved = _spy(monkeypatch, fastlane, "_one_range", arg=0)
     served = _counting(monkeypatch)
     config_path = tmp_path / "config.yaml"
     config_path.write_text(f"data_dir: {tmp_path / 'var'}\nadmin_token: t0ken-for-tests\n"
