@@ -28,6 +28,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 from urllib.parse import unquote
 
+from .cache.types import ZEROCOPY
 from .signing import signature_params
 
 __all__ = ["FORMATS", "LOGGER", "AccessLog", "Sink", "loggable_path"]
@@ -161,6 +162,8 @@ class AccessLog:
             nonlocal status, sent, x_cache
             if message["type"] == "http.response.body":
                 sent += len(message.get("body", b""))
+            elif message["type"] == ZEROCOPY:
+                sent += message.get("count") or 0
             elif message["type"] == "http.response.start":
                 status = message["status"]
                 for name, value in message.get("headers", ()):

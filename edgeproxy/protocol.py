@@ -23,11 +23,13 @@ from typing import Any
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from .cache.fastlane import plain_target
+from .cache.slicefiles import FilePiece
 from .cache.types import FAST_DECLINED
 from .config import HTTPLimitsConfig
 from .errors import HTTPError
 from .guard import FIELD_OVERHEAD, PROXIED_BYTES, PROXIED_FIELDS, head_cap
 from .headtimeout import DeadlineHooks, HeadDeadline, send_refusal, timeout_error
+from .zerocopy import ZEROCOPY, ZeroCopySend, socket_fd, write_piece
 
 # A head and a body up to this size are joined into one buffer; larger bodies go by writev.
 JOIN_MAX = 64 * 1024
@@ -116,6 +118,7 @@ class GuardedHttpToolsProtocol(DeadlineHooks, HttpToolsProtocol):
         self.fast_declined = False  # the fast lane was asked for this request and said no
         self.deadline = HeadDeadline(self.loop, limits.header_timeout, self._head_timed_out,
                                      self._idle_timed_out)
+        self.zerocopy: bool | None = None  # whether bytes may bypass the transport (plain TCP)
         self._reset_head()
 
     def on_response_complete(self) -> None:
@@ -230,6 +233,11 @@ class GuardedHttpToolsProtocol(DeadlineHooks, HttpToolsProtocol):
         cycle = self.cycle
         if cycle is not None and cycle is not before:  # its task has not run yet
             cycle.transport = HeadHolder(self.transport, self.loop)  # type: ignore[assignment]
+            if self.zerocopy is None:
+                self.zerocopy = socket_fd(self.transport) is not None
+            if self.zerocopy:  # ASGI's zero-copy send extension: large hits by sendfile(2)
+                cycle.scope.setdefault("extensions", {})[ZEROCOPY] = {}
+                cycle.send = ZeroCopySend(cycle, cycle.send)  # type: ignore[assignment]
             if self.fast_declined:
                 cycle.scope[FAST_DECLINED] = True  # type: ignore[literal-required]  # the app need not ask again
 
@@ -260,12 +268,19 @@ class GuardedHttpToolsProtocol(DeadlineHooks, HttpToolsProtocol):
         node, access_log = self.fast
         started = time.perf_counter()
         path = url.decode("latin-1")
-        reply = node.fast_reply(path, headers, started, self.server_state.default_headers)
+        if self.zerocopy is None:
+            self.zerocopy = socket_fd(self.transport) is not None
+        reply = node.fast_reply(path, headers, started, self.server_state.default_headers,
+                                self.zerocopy)
         if reply is None:
             self.fast_declined = True
             return False
         data, status, sent = reply
-        self.transport.writelines(data)
+        body = data[-1]
+        if isinstance(body, FilePiece):  # a large body: from its file, by sendfile
+            write_piece(self.transport, data[0], body)
+        else:
+            self.transport.writelines(data)
         self.fast_served = True
         if access_log is not None:
             access_log.write({"client": self.client, "method": "GET", "raw_path": url,

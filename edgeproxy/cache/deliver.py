@@ -25,7 +25,7 @@ from ..http import (
 )
 from . import fields, policy
 from .meta import ObjectMeta
-from .sources import DirectSource, Source
+from .sources import DirectSource, Source, StoredSource
 from .types import Message, Send
 
 Join = Callable[[int], Awaitable[Source]]
@@ -94,9 +94,17 @@ def with_content_digest(reply: Reply, meta: ObjectMeta, key: str, method: str,
 
 
 async def send_body(reply: Reply, meta: ObjectMeta, send: Send, join: Join, *,
-                    direct: DirectSource | None, read_size: int, timeout: float) -> int:
+                    direct: DirectSource | None, read_size: int, timeout: float,
+                    zerocopy: bool = False) -> int:
     """Send the body of ``reply``; an error past the first byte aborts the connection, so
-    the client sees a short body, never a complete-looking wrong one."""
+    the client sees a short body, never a complete-looking wrong one. ``zerocopy``: ``send``
+    takes the server's zero-copy messages (stored slice files then go by ``sendfile``)."""
+
+    async def out(source: Source, first: int, last: int, final: bool = False) -> int:
+        if zerocopy and isinstance(source, StoredSource):
+            return await source.send_file(first, last, send, read_size, timeout, last=final)
+        return await source.stream(first, last, send, read_size, timeout)
+
     sent = 0
     ranges = reply.ranges
     if ranges is None:
@@ -133,16 +141,16 @@ async def send_body(reply: Reply, meta: ObjectMeta, send: Send, join: Join, *,
         for index in span:
             lo, hi = policy.slice_bounds(index, meta.slice_size, meta.length)
             first, last = max(rng.start, lo) - lo, min(rng.end, hi) - lo
+            final = reply.multipart is None and i == len(ranges) - 1 and index == span[-1]
             source = await join(index)
             try:
-                if reply.multipart is None and i == len(ranges) - 1 and index == span[-1] \
-                        and (unsettled or source.pending):
+                if final and (unsettled or source.pending):
                     if last > first:
-                        sent += await source.stream(first, last - 1, send, read_size, timeout)
+                        sent += await out(source, first, last - 1)
                     for earlier in (*unsettled, source):
                         await earlier.settled(timeout)
                     first = last
-                sent += await source.stream(first, last, send, read_size, timeout)
+                sent += await out(source, first, last, final)
                 if source.pending:
                     unsettled.append(source)
             finally:

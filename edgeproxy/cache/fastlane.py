@@ -26,6 +26,8 @@ from .fields import content_digest
 from .hot import HotEntry, SliceId, field_lines
 from .meta import ObjectMeta
 from .policy import expected_sha256
+from .slicefiles import FilePiece
+from .sources import ZEROCOPY_MIN
 from .types import FAST_DECLINED, Scope, Send
 from .verdict import Verdict, x_cache
 
@@ -89,7 +91,7 @@ class Hit(NamedTuple):
     fixed: Fields
     fixed_lines: bytes
     more: Fields
-    body: bytes | memoryview
+    body: bytes | memoryview | FilePiece  # a piece only where the caller may send files
 
 
 class _Stored(NamedTuple):
@@ -149,11 +151,13 @@ class FastLane:
             self._date, self._second = format_http_date(now).encode(), second
         return self._date
 
-    def hit(self, path: str, headers: Iterable[tuple[bytes, bytes]]) -> Hit | None:
+    def hit(self, path: str, headers: Iterable[tuple[bytes, bytes]],
+            files: bool = False) -> Hit | None:
         """A GET of a fresh object, whole from memory or by one byte range from memory or
         one stored slice, with no validator or credential; else None (the steps answer it).
 
         ``path`` must be canonical and without a query (the callers check the raw target).
+        ``files``: the caller sends a `FilePiece` itself (a large whole body is one).
         """
         range_value = None
         for name, value in headers:
@@ -173,7 +177,7 @@ class FastLane:
                     if data is not None:
                         self._ranges.move_to_end((path, range_value))
                         return self._range_hit(kept, memoryview(data)[kept.start:kept.end], now)
-            return self._stored_range(path, range_value, now)
+            return self._stored_range(path, range_value, now, files)
         meta = entry.meta
         if meta.content_class in self.node.gate.signed_classes:
             return None
@@ -221,7 +225,8 @@ class FastLane:
                 self._stored.popitem(last=False)
         return stored
 
-    def _stored_range(self, key: str, range_value: bytes | None, now: float) -> Hit | None:
+    def _stored_range(self, key: str, range_value: bytes | None, now: float,
+                      files: bool = False) -> Hit | None:
         """An object whose facts are remembered, from one stored slice, read and checked
         like the steps read it: one range within one slice (a video seek, a late range of a
         large blob), or the whole of an object of one slice whose bytes need no hashing."""
@@ -253,9 +258,16 @@ class FastLane:
                 return None  # several slices: the steps
             ranged = [(b"content-range", content_range), (b"content-length", content_length)]
         offset = start - index * meta.slice_size
-        data = self._read(key, meta, index, offset, length)
+        # a large whole body that memory will not keep goes from its file to the socket
+        piece = files and status == 200 and length >= ZEROCOPY_MIN \
+            and not self.node.hot.accepts(length)
+        data = self._read(key, meta, index, offset, length, piece)
         if data is None:
             return None
+        if isinstance(data, FilePiece):
+            assert fixed.whole_fields is not None
+            return Hit(meta, 200, fixed.whole_fields, fixed.lines + fixed.whole_lines,
+                       self._moment(meta, fixed.dated, now), data)
         if range_value is not None and status == 206:
             kept = _KeptRange(meta, (key, meta.version, index), offset, offset + length,
                               [*fixed.fields, *ranged], fixed.lines + field_lines(ranged),
@@ -285,11 +297,12 @@ class FastLane:
         return Hit(kept.meta, 206, kept.fields, kept.lines,
                    self._moment(kept.meta, kept.dated, now), data)
 
-    def _read(self, key: str, meta: ObjectMeta, index: int, offset: int,
-              length: int) -> bytes | memoryview | None:
+    def _read(self, key: str, meta: ObjectMeta, index: int, offset: int, length: int,
+              piece: bool = False) -> bytes | memoryview | FilePiece | None:
         """``length`` bytes at ``offset`` of a slice: from memory, or read and checked from
-        the store (a file slice asked for twice lately is then kept in memory); None when it
-        is not stored or not as it should be (the steps then fetch or check it again)."""
+        the store (a file slice asked for twice lately is then kept in memory; ``piece``: a
+        checked file is handed over unread); None when it is not stored or not as it should
+        be (the steps then fetch or check it again)."""
         hot, sid = self.node.hot, (key, meta.version, index)
         kept = hot.slice(sid)
         if kept is not None:
@@ -300,6 +313,11 @@ class FastLane:
             return None  # missing: the steps fetch it
         if isinstance(stored, bytes):
             data = stored[offset:offset + length]
+        elif piece:
+            if os.fstat(stored.fileno()).st_size >= offset + length:
+                return FilePiece(stored, offset, length)
+            stored.close()
+            return None
         else:
             with stored:
                 fd = stored.fileno()
@@ -314,12 +332,14 @@ class FastLane:
         return data if len(data) == length else None
 
     def reply(self, path: str, headers: Iterable[tuple[bytes, bytes]], started: float,
-              extra: Fields) -> tuple[list[bytes | memoryview], int, int] | None:
+              extra: Fields, files: bool = False,
+              ) -> tuple[list[bytes | memoryview | FilePiece], int, int] | None:
         """The whole HTTP/1.1 answer to a plain hit, for a server protocol to write as it
         reads the request head (no task, no ASGI messages); None: take the request through
-        the app. ``extra``: the server's own fields. With the answer (buffers for one
-        gathered write), its status and its body's length."""
-        hit = self.hit(path, headers)
+        the app. ``extra``: the server's own fields; ``files``: the server sends a body that
+        is a `FilePiece` from its file. With the answer (buffers for one gathered write, the
+        last one perhaps a piece), its status and its body's length."""
+        hit = self.hit(path, headers, files)
         if hit is None:
             return None
         body = hit.body
@@ -329,7 +349,7 @@ class FastLane:
         parts: list[bytes | memoryview] = [_STATUS_LINES[hit.status], hit.fixed_lines,
                  *[b"%s: %s\r\n" % pair for pair in hit.more],
                  *[b"%s: %s\r\n" % pair for pair in extra], b"\r\n"]
-        if len(body) < _GATHER:
+        if len(body) < _GATHER and not isinstance(body, FilePiece):
             parts.append(body)
             return [b"".join(parts)], hit.status, len(body)
         return [b"".join(parts), body], hit.status, len(body)  # no copy of a large body
@@ -346,6 +366,7 @@ class FastLane:
             return False
         await send({"type": "http.response.start", "status": hit.status,
                     "headers": [*hit.fixed, *hit.more]})
+        assert not isinstance(hit.body, FilePiece)  # (none was asked for)
         await send({"type": "http.response.body", "body": bytes(hit.body)})
         self.node.answered += 1
         self.node.metrics.observe("HIT", hit.meta.content_class, len(hit.body),

@@ -32,6 +32,7 @@ from .meta import ObjectMeta
 from .metrics import CONTENT_TYPE_LATEST, NodeMetrics
 from .req import Req, cache_key
 from .scrub import BackgroundScrub, ObjectPass
+from .slicefiles import FilePiece
 from .store import CacheStore
 from .transport import Transport, transport_for
 from .types import Receive, Scope, Send
@@ -360,11 +361,11 @@ class CacheNode:
     # --- the fast lane (`fastlane`) ---
 
     def fast_reply(self, path: str, headers: Iterable[tuple[bytes, bytes]], started: float,
-                   extra: list[tuple[bytes, bytes]],
-                   ) -> tuple[list[bytes | memoryview], int, int] | None:
-        """A plain hit's whole HTTP/1.1 answer (buffers for one gathered write) for the
-        server protocol, or None."""
-        return self.fast.reply(path, headers, started, extra)
+                   extra: list[tuple[bytes, bytes]], files: bool = False,
+                   ) -> tuple[list[bytes | memoryview | FilePiece], int, int] | None:
+        """A plain hit's whole HTTP/1.1 answer (buffers for one gathered write, the last
+        perhaps a `FilePiece` when ``files``) for the server protocol, or None."""
+        return self.fast.reply(path, headers, started, extra, files)
 
     @property
     def hit_x_cache(self) -> str:

@@ -95,6 +95,33 @@ class SliceFile:
         self.close()
 
 
+class FilePiece:
+    """Bytes of an open slice file for a server to send itself (``sendfile``), not read
+    into memory: the file, where they start, how many; it is closed once they are sent."""
+
+    __slots__ = ("file", "length", "offset")
+
+    def __init__(self, file: SliceFile, offset: int, length: int) -> None:
+        self.file = file
+        self.offset = offset
+        self.length = length
+
+    def __len__(self) -> int:
+        return self.length
+
+    def fileno(self) -> int:
+        """The descriptor (the file's, shared with other readers: use ``os.pread``)."""
+        return self.file.fileno()
+
+    def unchanged(self) -> bool:
+        """Whether the file is still as it was checked (`SliceFile.unchanged`)."""
+        return self.file.unchanged()
+
+    def close(self) -> None:
+        """This piece is done with."""
+        self.file.close()
+
+
 class SliceFiles:
     """The slice files one worker keeps open, by index key, and the states it has checked."""
 

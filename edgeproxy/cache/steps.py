@@ -23,7 +23,7 @@ from .meta import ObjectMeta
 from .req import Req
 from .sources import DirectSource, Source, StoredSource
 from .transport import BeReq
-from .types import Receive, Scope, Send
+from .types import ZEROCOPY, Receive, Scope, Send
 from .verdict import Verdict, x_cache
 from .waits import shared
 
@@ -341,7 +341,9 @@ async def deliver(node: CacheNode, tx: Tx) -> None:
 
     try:
         tx.sent = await send_body(reply, meta, send, join, direct=tx.direct,
-                                  read_size=node.read_size, timeout=node.wait_timeout)
+                                  read_size=node.read_size, timeout=node.wait_timeout,
+                                  zerocopy=send is tx.send and ZEROCOPY in (
+                                      tx.scope.get("extensions") or ()))
     finally:
         for source in ready.values():
             source.close()

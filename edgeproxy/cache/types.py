@@ -14,3 +14,8 @@ RawHeaders = list[tuple[bytes, bytes]]
 # A scope key a server sets when its own fast lane has looked at the request already
 # (`edgeproxy.protocol`): the node's ASGI fast lane need not look again.
 FAST_DECLINED = "edgeproxy.fast_declined"
+
+# ASGI's zero-copy send extension (a server offers it in ``scope["extensions"]``): a message
+# of this type carries ``file``, ``offset``, ``count`` and ``more_body``, and the server sends
+# those file bytes itself (`edgeproxy.zerocopy`).
+ZEROCOPY = "http.response.zerocopysend"

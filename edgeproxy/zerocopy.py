@@ -1,0 +1,170 @@
+"""Zero-copy sends: file bytes go from the page cache to the socket with ``sendfile(2)``.
+
+A large hit used to be read into a bytes object (one copy) and written to the socket (a
+second copy), 256 KiB per ASGI message. The server protocol offers ASGI's zero-copy send
+extension (``http.response.zerocopysend``: a file, an offset and a count) on plain TCP
+connections; the kernel then moves the bytes itself, as nginx's ``sendfile on`` does.
+
+uvloop's transports have no sendfile of their own, and a transport's descriptor may not be
+watched by anyone else: the bytes go out on a duplicate of the socket's descriptor, and only
+once the transport has nothing buffered, so the bytes stay in order. Waiting for room in the
+socket is a writer callback on that duplicate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from typing import Any
+
+from .cache.slicefiles import FilePiece
+from .cache.types import ZEROCOPY, Message
+
+__all__ = ["ZEROCOPY", "ZeroCopySend", "send_file", "send_now", "socket_fd", "write_piece"]
+
+
+def socket_fd(transport: Any) -> int | None:
+    """The descriptor of a plain TCP transport's socket; None when bytes may not bypass it
+    (TLS, no socket, closing)."""
+    if transport.is_closing() or transport.get_extra_info("sslcontext") is not None:
+        return None
+    sock = transport.get_extra_info("socket")
+    fd = sock.fileno() if sock is not None else -1
+    return fd if fd >= 0 else None
+
+
+def send_now(transport: Any, fd: int, offset: int, count: int) -> int:
+    """Send what the socket takes at once of ``count`` bytes of file ``fd`` from ``offset``
+    (none while the transport still buffers earlier bytes); how many were sent."""
+    sock = socket_fd(transport)
+    if sock is None or transport.get_write_buffer_size():
+        return 0
+    try:
+        return os.sendfile(sock, fd, offset, count)
+    except OSError:  # full (EAGAIN) or gone: the caller writes the rest the usual way
+        return 0
+
+
+def write_piece(transport: Any, head: bytes, piece: FilePiece) -> None:
+    """Write ``head``, then ``piece`` of its file: by ``sendfile`` as far as the socket takes
+    it at once, the rest read and written (no waiting: a fast-lane answer is written whole as
+    the request is read). The last byte goes once the file is found unchanged; a changed
+    file aborts the answer short."""
+    try:
+        transport.write(head)
+        fd, offset, count = piece.fileno(), piece.offset, piece.length - 1
+        sent = send_now(transport, fd, offset, count)
+        if sent < count:
+            transport.write(os.pread(fd, count - sent, offset + sent))
+        if piece.unchanged():
+            transport.write(os.pread(fd, 1, offset + count))
+        else:
+            transport.abort()
+    finally:
+        piece.close()
+
+
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
+async def _writable(loop: asyncio.AbstractEventLoop, fd: int) -> None:
+    waiter = loop.create_future()
+    loop.add_writer(fd, _wake, waiter)
+    try:
+        await waiter
+    finally:
+        loop.remove_writer(fd)
+
+
+async def send_file(transport: Any, fd: int, offset: int, count: int) -> bool:
+    """Send ``count`` bytes of file ``fd`` from ``offset`` on ``transport``'s socket, after
+    what it buffers; False if the connection went away (it is then aborted). A file shorter
+    than ``count`` raises EOFError (the answer must not look complete)."""
+    loop = asyncio.get_running_loop()
+    while transport.get_write_buffer_size():  # earlier bytes first
+        sock = socket_fd(transport)
+        if sock is None:
+            return False
+        dup = os.dup(sock)
+        try:
+            await _writable(loop, dup)
+        finally:
+            os.close(dup)
+        await asyncio.sleep(0)  # the transport writes its buffer in its own callback
+    sock = socket_fd(transport)
+    if sock is None:
+        return False
+    # a duplicate: the transport may close its own descriptor meanwhile, and a number
+    # closed there must not be reused under this send
+    dup = os.dup(sock)
+    try:
+        while count > 0:
+            try:
+                sent = os.sendfile(dup, fd, offset, count)
+            except BlockingIOError:
+                await _writable(loop, dup)
+                if transport.is_closing():
+                    return False
+                continue
+            except OSError:  # reset, broken pipe: the client is gone
+                transport.abort()
+                return False
+            if sent == 0:
+                raise EOFError(f"the file ended {count} bytes short")
+            offset += sent
+            count -= sent
+    finally:
+        os.close(dup)
+    return True
+
+
+class ZeroCopySend:
+    """An ASGI ``send`` for uvicorn's HTTP/1.1 cycle that also takes zero-copy messages
+    (``file`` with a ``fileno()`` or a descriptor, ``offset``, ``count``, ``more_body``)."""
+
+    __slots__ = ("cycle", "send")
+
+    def __init__(self, cycle: Any, send: Any) -> None:
+        self.cycle = cycle
+        self.send = send
+
+    async def __call__(self, message: Message) -> None:
+        if message["type"] != ZEROCOPY:
+            await self.send(message)
+            return
+        cycle = self.cycle
+        if cycle.disconnected:
+            return
+        if not cycle.response_started or cycle.response_complete:
+            raise RuntimeError(f"unexpected ASGI message {ZEROCOPY!r}")
+        file = message["file"]
+        fd = file if isinstance(file, int) else file.fileno()
+        offset = message.get("offset")
+        if offset is None:
+            offset = os.lseek(fd, 0, os.SEEK_CUR)
+        count = message.get("count")
+        if count is None:
+            count = os.fstat(fd).st_size - offset
+        more = bool(message.get("more_body", False))
+        if cycle.scope["method"] == "HEAD" or count <= 0:
+            await self.send({"type": "http.response.body", "body": b"", "more_body": more})
+            return
+        transport = cycle.transport
+        flush = getattr(transport, "flush", None)
+        if flush is not None:
+            flush()  # a head held for the first body bytes goes now
+        real = getattr(transport, "real", transport)
+        if cycle.chunked_encoding:
+            real.write(b"%x\r\n" % count)
+        elif count > cycle.expected_content_length:
+            raise RuntimeError("Response content longer than Content-Length")
+        else:
+            cycle.expected_content_length -= count
+        if not await send_file(real, fd, offset, count):
+            return
+        if cycle.chunked_encoding:
+            real.write(b"\r\n")
+        if not more:
+            await self.send({"type": "http.response.body", "body": b"", "more_body": False})

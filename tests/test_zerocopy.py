@@ -1,0 +1,235 @@
+"""Large stored bodies go out by the server's zero-copy send (``sendfile(2)``): the same
+bytes and fields as a read-and-write send, with a slow reader, ranges across slices, HEAD,
+a client that leaves midway, and a slice file changed on disk (the answer is cut short)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from edgeproxy.config import load_config
+from edgeproxy.guard import uvicorn_http_options
+from edgeproxy.server import node_app
+from tests.origins import TestOrigin
+from tests.servers import ServerThread, serve
+
+MIB = 1024 * 1024
+LARGE = hashlib.shake_256(b"zerocopy").digest(3 * MIB + 4321)  # four 1 MiB slices
+HUGE = hashlib.shake_256(b"huge").digest(12 * MIB)  # more than a loopback socket buffers
+
+
+@pytest.fixture
+def origin() -> Iterator[ServerThread]:
+    o = TestOrigin()
+    o.put("/static/large.bin", LARGE, headers={"cache-control": "max-age=600"})
+    o.put("/static/huge.bin", HUGE, headers={"cache-control": "max-age=600"})
+    with serve(o) as srv:
+        yield srv
+
+
+def _edge(tmp_path: Path, origin: ServerThread, loop: str) -> Any:
+    config_path = tmp_path / "config.yaml"
+    config_path.write_text(f"data_dir: {tmp_path / 'var'}\n"
+                           f"edge: {{upstream: '{origin.url}', node_name: edge-1}}\n"
+                           f"log: {{file: {tmp_path / 'access.log'}}}\n")
+    config = load_config(config_path)
+    return serve(node_app(config, "edge"), proxy_headers=False, loop=loop,
+                 **uvicorn_http_options(config.http_limits))
+
+
+@pytest.fixture(params=["asyncio", "uvloop"])
+def edge(request: pytest.FixtureRequest, tmp_path: Path,
+         origin: ServerThread) -> Iterator[ServerThread]:
+    with _edge(tmp_path, origin, request.param) as srv:
+        yield srv
+
+
+@pytest.fixture
+def sendfiles(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The byte counts ``os.sendfile`` was asked for, in this process."""
+    calls: list[int] = []
+    real = os.sendfile
+
+    def counting(out_fd: int, in_fd: int, offset: int | None, count: int) -> int:
+        calls.append(count)
+        return real(out_fd, in_fd, offset, count)
+
+    monkeypatch.setattr(os, "sendfile", counting)
+    return calls
+
+
+def _stored(client: httpx.Client) -> None:
+    first = client.get("/static/large.bin")
+    assert first.status_code == 200 and first.content == LARGE
+    assert first.headers["x-cache"].startswith("MISS")
+    time.sleep(0.2)  # the group commit moves the slice files into place
+
+
+def test_a_stored_large_body_goes_out_by_sendfile_byte_exact(
+        edge: ServerThread, sendfiles: list[int], tmp_path: Path) -> None:
+    with httpx.Client(base_url=edge.url) as client:
+        _stored(client)
+        sendfiles.clear()
+        hit = client.get("/static/large.bin")
+        assert hit.status_code == 200 and hit.headers["x-cache"].startswith("HIT")
+        assert hit.content == LARGE
+        assert int(hit.headers["content-length"]) == len(LARGE)
+        # every slice but its last byte went by sendfile
+        assert sum(sendfiles) >= len(LARGE) - 4 - 64 * 1024
+        part = client.get("/static/large.bin", headers={"range": f"bytes={MIB - 10}-{3 * MIB}"})
+        assert part.status_code == 206 and part.content == LARGE[MIB - 10:3 * MIB + 1]
+        head = client.head("/static/large.bin")
+        assert head.status_code == 200 and head.content == b""
+        assert head.headers["content-length"] == str(len(LARGE))
+        again = client.get("/static/large.bin", headers={"user-agent": "zc-test"})
+        assert again.content == LARGE  # the connection is still in step
+    # the access log counts the bytes sent by sendfile
+    log, deadline = tmp_path / "access.log", time.monotonic() + 5
+    while b"zc-test" not in (log.read_bytes() if log.exists() else b"") \
+            and time.monotonic() < deadline:
+        time.sleep(0.02)  # the sink writes lines out in batches
+    (line,) = [x for x in log.read_text().splitlines() if "zc-test" in x]
+    assert f'"GET /static/large.bin HTTP/1.1" 200 {len(LARGE)} ' in line
+
+
+def _connect(url: str) -> socket.socket:
+    host, port = url.removeprefix("http://").split(":")
+    sock = socket.create_connection((host, int(port)), timeout=10)
+    return sock
+
+
+def test_a_slow_reader_gets_every_byte_in_order(edge: ServerThread,
+                                                sendfiles: list[int]) -> None:
+    with httpx.Client(base_url=edge.url) as client:
+        assert client.get("/static/huge.bin").content == HUGE
+        time.sleep(0.2)
+    sendfiles.clear()
+    sock = _connect(edge.url)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+    with sock:
+        sock.sendall(b"GET /static/huge.bin HTTP/1.1\r\nhost: x\r\n\r\n"
+                     b"GET /static/huge.bin HTTP/1.1\r\nhost: x\r\n\r\n")
+        time.sleep(0.3)  # the socket fills: the server waits for room
+        data = b""
+        while data.count(HUGE) < 2:
+            chunk = sock.recv(1 << 20)
+            assert chunk
+            data += chunk
+    head, _, rest = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200") and rest.startswith(HUGE)
+    assert rest[len(HUGE):].startswith(b"HTTP/1.1 200")
+    # the socket was full at times: some calls sent less than they were asked for
+    assert len(sendfiles) > 2 * 12
+
+
+def test_a_client_that_leaves_midway_does_not_hurt_the_next(edge: ServerThread) -> None:
+    with httpx.Client(base_url=edge.url) as client:
+        _stored(client)
+    for _ in range(5):
+        sock = _connect(edge.url)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.sendall(b"GET /static/large.bin HTTP/1.1\r\nhost: x\r\n\r\n")
+        assert sock.recv(4096).startswith(b"HTTP/1.1 200")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        sock.close()  # a reset, mid-body
+    with httpx.Client(base_url=edge.url) as client:
+        assert client.get("/static/large.bin").content == LARGE
+        assert client.get("/healthz").status_code == 200
+
+
+def test_a_slice_changed_on_disk_is_never_sent_complete(edge: ServerThread,
+                                                        tmp_path: Path) -> None:
+    with httpx.Client(base_url=edge.url) as client:
+        _stored(client)
+        files = sorted((tmp_path / "var").rglob("*.val"), key=lambda p: p.stat().st_size)
+        second = next(p for p in files if p.read_bytes() == LARGE[MIB:2 * MIB])
+        data = bytearray(second.read_bytes())
+        data[1000] ^= 0xFF
+        second.write_bytes(bytes(data))
+        try:
+            got = client.get("/static/large.bin").content
+        except httpx.HTTPError:
+            got = b""
+        assert got != LARGE[:1000 + MIB] + bytes([data[1000]]) + LARGE[MIB + 1001:]
+        assert client.get("/static/large.bin").content == LARGE  # fetched again, right
+
+
+ONE = hashlib.shake_256(b"one slice").digest(MIB - 99)  # one slice, too large for memory
+
+
+def test_a_large_one_slice_hit_in_the_fast_lane_goes_by_sendfile(
+        tmp_path: Path, sendfiles: list[int]) -> None:
+    o = TestOrigin()
+    o.put("/static/one.bin", ONE, headers={"cache-control": "max-age=600"})
+    with serve(o) as origin, _edge(tmp_path, origin, "uvloop") as edge, \
+            httpx.Client(base_url=edge.url) as client:
+        assert client.get("/static/one.bin").content == ONE
+        time.sleep(0.2)
+        sendfiles.clear()
+        for _ in range(3):
+            hit = client.get("/static/one.bin")
+            assert hit.status_code == 200 and hit.content == ONE
+            assert hit.headers["x-cache"].startswith("HIT")
+            assert hit.headers["content-length"] == str(len(ONE))
+        assert sendfiles == [len(ONE) - 1] * 3  # all but the last byte, once each
+        # a range of it is read as before (and a small object stays in memory)
+        part = client.get("/static/one.bin", headers={"range": "bytes=10-20"})
+        assert part.status_code == 206 and part.content == ONE[10:21]
+        assert sendfiles == [len(ONE) - 1] * 3
+
+
+def test_a_fast_lane_file_changed_after_its_check_cuts_the_answer_short(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from edgeproxy.cache.slicefiles import SliceFile
+
+    o = TestOrigin()
+    o.put("/static/one.bin", ONE, headers={"cache-control": "max-age=600"})
+    with serve(o) as origin, _edge(tmp_path, origin, "uvloop") as edge:
+        with httpx.Client(base_url=edge.url) as client:
+            assert client.get("/static/one.bin").content == ONE
+        time.sleep(0.2)
+        monkeypatch.setattr(SliceFile, "unchanged", lambda self: False)
+        sock = _connect(edge.url)
+        with sock:
+            sock.sendall(b"GET /static/one.bin HTTP/1.1\r\nhost: x\r\n\r\n")
+            data = b""
+            while chunk := sock.recv(1 << 20):
+                data += chunk
+        head, _, body = data.partition(b"\r\n\r\n")
+        assert f"content-length: {len(ONE)}".encode() in head.lower()
+        assert len(body) < len(ONE)  # cut short: never complete-looking
+
+
+def test_a_slice_file_changed_after_its_check_cuts_the_steps_answer_short(
+        edge: ServerThread, monkeypatch: pytest.MonkeyPatch) -> None:
+    from edgeproxy.cache.slicefiles import SliceFile
+
+    with httpx.Client(base_url=edge.url) as client:
+        _stored(client)
+    checks: list[int] = []
+
+    def unchanged(self: SliceFile) -> bool:
+        checks.append(1)
+        return len(checks) < 2  # the first piece is found as it was, the second changed
+
+    monkeypatch.setattr(SliceFile, "unchanged", unchanged)
+    first, last = MIB - 70_000, MIB + 500_000  # two pieces, both sent by sendfile
+    sock = _connect(edge.url)
+    with sock:
+        sock.sendall(f"GET /static/large.bin HTTP/1.1\r\nhost: x\r\n"
+                     f"range: bytes={first}-{last}\r\n\r\n".encode())
+        data = b""
+        while chunk := sock.recv(1 << 20):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 206") and len(checks) == 2
+    assert len(body) < last - first + 1  # the last byte was held: cut short
+    assert body == LARGE[first:first + len(body)]
