@@ -24,6 +24,7 @@ from tests.servers import ServerThread, serve
 MIB = 1024 * 1024
 LARGE = hashlib.shake_256(b"zerocopy").digest(3 * MIB + 4321)  # four 1 MiB slices
 HUGE = hashlib.shake_256(b"huge").digest(12 * MIB)  # more than a loopback socket buffers
+ONE = hashlib.shake_256(b"one slice").digest(MIB - 99)  # one slice, too large for memory
 
 
 @pytest.fixture
@@ -31,18 +32,19 @@ def origin() -> Iterator[ServerThread]:
     o = TestOrigin()
     o.put("/static/large.bin", LARGE, headers={"cache-control": "max-age=600"})
     o.put("/static/huge.bin", HUGE, headers={"cache-control": "max-age=600"})
+    o.put("/static/one.bin", ONE, headers={"cache-control": "max-age=600"})
     with serve(o) as srv:
         yield srv
 
 
-def _edge(tmp_path: Path, origin: ServerThread, loop: str) -> Any:
+def _edge(tmp_path: Path, origin: ServerThread, loop: str, **options: Any) -> Any:
     config_path = tmp_path / "config.yaml"
     config_path.write_text(f"data_dir: {tmp_path / 'var'}\n"
                            f"edge: {{upstream: '{origin.url}', node_name: edge-1}}\n"
                            f"log: {{file: {tmp_path / 'access.log'}}}\n")
     config = load_config(config_path)
     return serve(node_app(config, "edge"), proxy_headers=False, loop=loop,
-                 **uvicorn_http_options(config.http_limits))
+                 **uvicorn_http_options(config.http_limits), **options)
 
 
 @pytest.fixture(params=["asyncio", "uvloop"])
@@ -162,9 +164,6 @@ def test_a_slice_changed_on_disk_is_never_sent_complete(edge: ServerThread,
         assert client.get("/static/large.bin").content == LARGE  # fetched again, right
 
 
-ONE = hashlib.shake_256(b"one slice").digest(MIB - 99)  # one slice, too large for memory
-
-
 def test_a_large_one_slice_hit_in_the_fast_lane_goes_by_sendfile(
         tmp_path: Path, sendfiles: list[int]) -> None:
     o = TestOrigin()
@@ -233,3 +232,27 @@ def test_a_slice_file_changed_after_its_check_cuts_the_steps_answer_short(
     assert head.startswith(b"HTTP/1.1 206") and len(checks) == 2
     assert len(body) < last - first + 1  # the last byte was held: cut short
     assert body == LARGE[first:first + len(body)]
+
+
+def test_over_tls_nothing_bypasses_the_encryption(tmp_path: Path, origin: ServerThread,
+                                                 sendfiles: list[int]) -> None:
+    import ssl
+
+    import trustme
+
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    cert.cert_chain_pems[0].write_to_path(str(tmp_path / "server.pem"))
+    cert.private_key_pem.write_to_path(str(tmp_path / "server.key"))
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    trust = ssl.create_default_context(cafile=str(tmp_path / "ca.pem"))
+    with _edge(tmp_path, origin, "uvloop", ssl_certfile=str(tmp_path / "server.pem"),
+               ssl_keyfile=str(tmp_path / "server.key")) as edge, \
+            httpx.Client(base_url=edge.url, verify=trust) as client:
+        for path, body in (("/static/large.bin", LARGE), ("/static/one.bin", ONE)):
+            assert client.get(path).content == body
+            time.sleep(0.2)
+            for _ in range(2):  # (one slice: the fast lane's answer)
+                hit = client.get(path)
+                assert hit.headers["x-cache"].startswith("HIT") and hit.content == body
+    assert sendfiles == []
