@@ -256,3 +256,28 @@ def test_over_tls_nothing_bypasses_the_encryption(tmp_path: Path, origin: Server
                 hit = client.get(path)
                 assert hit.headers["x-cache"].startswith("HIT") and hit.content == body
     assert sendfiles == []
+
+
+def test_followers_of_a_fill_get_its_bytes_by_sendfile(tmp_path: Path,
+                                                       sendfiles: list[int]) -> None:
+    """A cold object asked for by many clients at once: the fill's bytes go to each of them
+    from its file as they arrive, byte-exact, the last byte after the whole hash matched."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    o = TestOrigin()
+    o.chunk_delay = 0.01  # 64 KiB every 10 ms: the followers wait for the fill
+    body = hashlib.shake_256(b"cold").digest(2 * MIB + 777)
+    path = "/v/t1/" + hashlib.sha256(body).hexdigest()  # content-addressed: hashed whole
+    o.put(path, body)
+    o.put("/static/cold.bin", LARGE, headers={"cache-control": "max-age=600"})
+    with serve(o) as origin, _edge(tmp_path, origin, "uvloop") as edge:
+        def get(target: str) -> tuple[bytes, str]:
+            with httpx.Client(base_url=edge.url, timeout=30) as client:
+                resp = client.get(target)
+                return resp.content, resp.headers.get("x-cache", "")
+
+        with ThreadPoolExecutor(8) as pool:
+            results = list(pool.map(get, [path] * 4 + ["/static/cold.bin"] * 4))
+    assert [r[0] for r in results] == [body] * 4 + [LARGE] * 4
+    assert o.count(path) == 1 and o.count("/static/cold.bin") == 1
+    assert sum(sendfiles) > 4 * MIB  # followed by sendfile, not read and copied

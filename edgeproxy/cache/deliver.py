@@ -25,7 +25,7 @@ from ..http import (
 )
 from . import fields, policy
 from .meta import ObjectMeta
-from .sources import DirectSource, Source, StoredSource
+from .sources import DirectSource, Following, Source, StoredSource
 from .types import Message, Send
 
 Join = Callable[[int], Awaitable[Source]]
@@ -103,6 +103,8 @@ async def send_body(reply: Reply, meta: ObjectMeta, send: Send, join: Join, *,
     async def out(source: Source, first: int, last: int, final: bool = False) -> int:
         if zerocopy and isinstance(source, StoredSource):
             return await source.send_file(first, last, send, read_size, timeout, last=final)
+        if zerocopy and isinstance(source, Following):  # (a fill holds its own last byte)
+            return await source.stream(first, last, send, read_size, timeout, zerocopy=True)
         return await source.stream(first, last, send, read_size, timeout)
 
     sent = 0

@@ -138,6 +138,10 @@ class SliceFill:
             return bytes(self.buf[position:position + size])
         return os.pread(self.fd, size, position)
 
+    def descriptor(self) -> int:
+        """The file the written bytes may be sent from, or -1 while they are in memory."""
+        return self.fd if self.buf is None else -1
+
     def data(self) -> bytes | None:
         """The whole slice if it is in memory."""
         return bytes(self.buf) if self.buf is not None else None
@@ -298,6 +302,10 @@ class ForeignFill:
         if self.body is not None:
             return self.body[position:position + size]
         return os.pread(self.fd, size, position)
+
+    def descriptor(self) -> int:
+        """The file the visible bytes may be sent from, or -1 when they are in memory."""
+        return self.fd if self.body is None else -1
 
     def _refresh(self) -> None:
         if self.done or self.error is not None:

@@ -13,9 +13,9 @@ from .store import SliceBody
 from .transport import UpstreamResponse
 from .types import ZEROCOPY, Send
 
-# Pieces of a stored slice file from this size on go by zero-copy send when the server
-# offers it; smaller ones are read, as a sendfile saves little on them.
-ZEROCOPY_MIN = 64 * 1024
+# Pieces of a slice file (stored, or a fill's) from this size on go by zero-copy send when
+# the server offers it; smaller ones are read, as a sendfile saves little on them.
+ZEROCOPY_MIN = 16 * 1024
 
 
 class Source(Protocol):
@@ -104,13 +104,15 @@ class StoredSource:
             self.body.close()
 
 
-class _Following:
+class Following:
     """Shared follow loop over a growing slice (a local or a foreign fill)."""
 
     fill: SliceFill | ForeignFill
 
     async def stream(self, start: int, end: int | None, send: Send, read_size: int,
-                     timeout: float) -> int:
+                     timeout: float, *, zerocopy: bool = False) -> int:
+        """`Source.stream`; ``zerocopy``: ``send`` takes the server's zero-copy messages
+        (bytes the fill has in its file then go by ``sendfile``)."""
         fill, pos = self.fill, start
         while end is None or pos <= end:
             if fill.error is not None:
@@ -118,6 +120,18 @@ class _Following:
             limit = fill.visible if end is None else min(fill.visible, end + 1)
             if limit > pos:
                 self._check()
+                fd = fill.descriptor() if zerocopy and limit - pos >= ZEROCOPY_MIN else -1
+                if fd >= 0:
+                    # a duplicate: the fill may close its own while this send waits (a disk
+                    # fault moves it to memory), and a number closed must not be reused here
+                    fd = os.dup(fd)
+                    try:
+                        await send({"type": ZEROCOPY, "file": fd, "offset": pos,
+                                    "count": limit - pos, "more_body": True})
+                    finally:
+                        os.close(fd)
+                    pos = limit
+                    continue
                 data = fill.read(pos, min(limit - pos, read_size))
                 if not data:
                     raise FillAborted("fill shorter than reported")
@@ -135,7 +149,7 @@ class _Following:
         """Before bytes go out: raise if they are not the ones this reader may send."""
 
 
-class FillSource(_Following):
+class FillSource(Following):
     """A slice this process is filling; the reader is counted in at once (synchronously).
 
     ``version``: the representation the answer announced. A fill joined before its flight's
@@ -176,7 +190,7 @@ class FillSource(_Following):
             self.fill.detach()
 
 
-class ForeignSource(_Following):
+class ForeignSource(Following):
     """A slice another worker process is filling."""
 
     def __init__(self, fill: ForeignFill) -> None:
