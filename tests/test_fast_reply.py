@@ -446,3 +446,15 @@ def test_a_get_with_a_body_is_left_to_the_app_and_its_body_stays_a_body(
     assert data.count(b"HTTP/1.1 ") == 1 and data.startswith(b"HTTP/1.1 200 ")
     assert data.endswith(BODY) and b"y" * 100 not in data
     assert served == []  # the app answered it
+
+
+@pytest.mark.parametrize("fields", [
+    [],
+    [(b"content-type", b"video/mp4"), (b"etag", b'"abc"')],
+    [(b"link", b"<a>; rel=x: y"), (b"x-empty", b""), (b"x-space", b" lead")],  # ": " inside
+])
+def test_field_pairs_undo_field_lines(fields: list[tuple[bytes, bytes]]) -> None:
+    from edgeproxy.cache.fastlane import field_pairs
+    from edgeproxy.cache.hot import field_lines
+
+    assert field_pairs(field_lines(fields)) == fields

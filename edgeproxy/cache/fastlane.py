@@ -82,26 +82,35 @@ def _one_range(value: bytes, length: int) -> tuple[ByteRange, bytes, bytes] | bo
     return rng, rng.content_range(length).encode(), str(rng.length).encode()
 
 
+def field_pairs(lines: bytes) -> Fields:
+    """The (name, value) pairs of encoded ``name: value`` lines (`field_lines` undone)."""
+    return [(name, value) for name, _, value in
+            (line.partition(b": ") for line in lines.split(b"\r\n") if line)]
+
+
 class Hit(NamedTuple):
-    """A fast answer: fixed fields (as pairs and as encoded lines), the ones of this moment,
-    and the body."""
+    """A fast answer: fixed fields (encoded lines), the ones of this moment, and the body."""
 
     meta: ObjectMeta
     status: int
-    fixed: Fields
     fixed_lines: bytes
     more: Fields
     body: bytes | memoryview | FilePiece  # a piece only where the caller may send files
 
+    @property
+    def fixed(self) -> Fields:
+        """The fixed fields as pairs (for an ASGI ``send``)."""
+        return field_pairs(self.fixed_lines)
+
 
 class _Stored(NamedTuple):
-    """The stored fields of one object's facts, encoded once."""
+    """The stored fields of one object's facts, encoded once (only as lines: a few thousand
+    objects' are kept, and pairs too cost a worker ~10 MiB more)."""
 
     meta: ObjectMeta
-    fields: Fields
     lines: bytes
     dated: bool
-    whole_fields: Fields | None  # None: no whole answer from here (several slices, a hash)
+    whole: bool  # False: no whole answer from here (several slices, a hash to check)
     whole_lines: bytes  # what a whole answer adds: its length and digest
 
 
@@ -114,8 +123,7 @@ class _KeptRange(NamedTuple):
     sid: SliceId
     start: int  # within the slice
     end: int
-    fields: Fields  # the stored fields, Content-Range and Content-Length
-    lines: bytes
+    lines: bytes  # the stored fields, Content-Range and Content-Length
     dated: bool
 
 
@@ -187,18 +195,17 @@ class FastLane:
             more.append((b"date", self._now_date(now)))
         body = entry.body
         if range_value is None or meta.status != 200:  # RFC 9110 §14.2: ignored, whole
-            return Hit(meta, 200, entry.headers, entry.lines, more, body)
+            return Hit(meta, 200, entry.lines, more, body)
         found = _one_range(range_value, len(body))
         if found is _WHOLE:
-            return Hit(meta, 200, entry.headers, entry.lines, more, body)
+            return Hit(meta, 200, entry.lines, more, body)
         if found is _STEPS:
             return None  # 416 or multipart from the steps
         assert not isinstance(found, bool)
         rng, content_range, content_length = found
         # the whole body's Content-Digest is not this range's (RFC 9530 §2)
         more += [(b"content-range", content_range), (b"content-length", content_length)]
-        return Hit(meta, 206, entry.range_headers, entry.range_lines, more,
-                   body[rng.start:rng.end + 1])
+        return Hit(meta, 206, entry.range_lines, more, body[rng.start:rng.end + 1])
 
     def _fields(self, key: str, meta: ObjectMeta) -> _Stored:
         stored = self._stored.get(key)
@@ -209,16 +216,18 @@ class FastLane:
             fields = [(n.encode("latin-1"), v.encode("latin-1"))
                       for n, v in self.node.stored_headers(meta)]
             whole: Fields = []
+            complete = False
             if meta.length is not None and meta.length <= min(meta.slice_size, WHOLE_MAX) \
                     and self.node.whole_body_digest(key, meta) is None:
+                complete = True
                 whole.append((b"content-length", str(meta.length).encode()))
                 # as `deliver.with_content_digest` sends it on a whole answer
                 digest = content_digest((0, meta.length - 1), meta.length, expected_sha256(
                     key.partition("?")[0], {n.lower(): v for n, v in meta.headers}), None)
                 if digest is not None:
                     whole.append((b"content-digest", digest.encode()))
-            stored = _Stored(meta, fields, field_lines(fields), meta.header("date") is not None,
-                             [*fields, *whole] if whole else None, field_lines(whole))
+            stored = _Stored(meta, field_lines(fields), meta.header("date") is not None,
+                             complete, field_lines(whole))
             self._stored[key] = stored
             self._stored.move_to_end(key)
             if len(self._stored) > _MEMO_SIZE:
@@ -247,7 +256,7 @@ class FastLane:
             return None  # 416 or multipart: the steps
         fixed = self._fields(key, meta)
         if isinstance(found, bool):
-            if fixed.whole_fields is None:
+            if not fixed.whole:
                 return None  # several slices, or a hash to check: the steps
             start, length, index, status = 0, meta.length, 0, 200
             ranged: Fields = []
@@ -265,25 +274,22 @@ class FastLane:
         if data is None:
             return None
         if isinstance(data, FilePiece):
-            assert fixed.whole_fields is not None
-            return Hit(meta, 200, fixed.whole_fields, fixed.lines + fixed.whole_lines,
+            return Hit(meta, 200, fixed.lines + fixed.whole_lines,
                        self._moment(meta, fixed.dated, now), data)
         if range_value is not None and status == 206:
             kept = _KeptRange(meta, (key, meta.version, index), offset, offset + length,
-                              [*fixed.fields, *ranged], fixed.lines + field_lines(ranged),
-                              fixed.dated)
+                              fixed.lines + field_lines(ranged), fixed.dated)
             if self.node.hot.slice(kept.sid) is not None:  # (else it could not be used)
                 self._ranges[(key, range_value)] = kept
                 if len(self._ranges) > _RANGES_SIZE:
                     self._ranges.popitem(last=False)
             return self._range_hit(kept, data, now)
-        assert fixed.whole_fields is not None
         data = bytes(data)  # (a copy only when it came from a slice kept in memory)
+        lines = fixed.lines + fixed.whole_lines
         if self.node.hot.accepts(length):  # as the steps keep a small object in memory
-            self.node.hot.put(key, HotEntry(meta, data, fixed.whole_fields,
+            self.node.hot.put(key, HotEntry(meta, data, field_pairs(lines),
                                             now + meta.freshness.remaining(now)))
-        return Hit(meta, 200, fixed.whole_fields, fixed.lines + fixed.whole_lines,
-                   self._moment(meta, fixed.dated, now), data)
+        return Hit(meta, 200, lines, self._moment(meta, fixed.dated, now), data)
 
     def _moment(self, meta: ObjectMeta, dated: bool, now: float) -> Fields:
         """The fields of this moment: Age, X-Cache, and Date unless the stored ones have it."""
@@ -294,7 +300,7 @@ class FastLane:
         return more
 
     def _range_hit(self, kept: _KeptRange, data: bytes | memoryview, now: float) -> Hit:
-        return Hit(kept.meta, 206, kept.fields, kept.lines,
+        return Hit(kept.meta, 206, kept.lines,
                    self._moment(kept.meta, kept.dated, now), data)
 
     def _read(self, key: str, meta: ObjectMeta, index: int, offset: int, length: int,
