@@ -147,7 +147,8 @@ def _uvicorn_options(config: Config, role: str) -> dict[str, Any]:
         "host": host,
         "port": port,
         "log_level": config.log_level.lower(),
-        "loop": "uvloop" if has_uvloop else "asyncio",
+        # uvloop's, accepting every waiting connection per turn (`edgeproxy.accept`)
+        "loop": "edgeproxy.accept:new_loop" if has_uvloop else "asyncio",
         **uvicorn_http_options(config.http_limits),  # httptools, or h11 without it
         # On SIGTERM: stop accepting, then give requests in flight this long to finish.
         "timeout_graceful_shutdown": section.shutdown_grace,
@@ -176,8 +177,10 @@ def run_node(config: Config, role: str, *, upstream: str | None = None,
     options = _uvicorn_options(config, role)
     workers = workers_for(config, role)
     if workers <= 1:
-        uvicorn.run(node_app(config, role, upstream=upstream, config_path=config_path,
-                             dedicated=True), **options)
+        single = uvicorn.Config(node_app(config, role, upstream=upstream,
+                                         config_path=config_path, dedicated=True), **options)
+        # a bound socket of our own: the loop accepts on it in batches (`edgeproxy.accept`)
+        uvicorn.Server(single).run(sockets=[single.bind_socket()])
         return
     workermetrics.prepare(config.data_dir / role / "metrics")
     if config_path is not None:
