@@ -17,6 +17,7 @@ import httpx
 import pytest
 
 from edgeproxy.cache.node import CacheNode
+from edgeproxy.cache.slicefiles import FilePiece
 from edgeproxy.cache.store import CacheStore
 from edgeproxy.config import load_config
 from edgeproxy.guard import uvicorn_http_options
@@ -207,7 +208,8 @@ def _counting(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     served: list[int] = []
     real = CacheNode.fast_reply
 
-    def counting(self: CacheNode, *args: Any) -> tuple[list[bytes | memoryview], int, int] | None:
+    def counting(self: CacheNode, *args: Any,
+                 ) -> tuple[list[bytes | memoryview | FilePiece], int, int] | None:
         reply = real(self, *args)
         if reply is not None:
             served.append(reply[1])
