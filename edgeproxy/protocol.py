@@ -118,8 +118,13 @@ class GuardedHttpToolsProtocol(DeadlineHooks, HttpToolsProtocol):
         self.fast_declined = False  # the fast lane was asked for this request and said no
         self.deadline = HeadDeadline(self.loop, limits.header_timeout, self._head_timed_out,
                                      self._idle_timed_out)
-        self.zerocopy: bool | None = None  # whether bytes may bypass the transport (plain TCP)
+        self.zerocopy = False  # whether bytes may bypass the transport (plain TCP)
         self._reset_head()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """A new connection: whether its answers may use sendfile is known from here on."""
+        super().connection_made(transport)
+        self.zerocopy = socket_fd(transport) is not None
 
     def on_response_complete(self) -> None:
         """An answer ended: the next head, if any, must arrive within ``header_timeout``,
@@ -233,8 +238,6 @@ class GuardedHttpToolsProtocol(DeadlineHooks, HttpToolsProtocol):
         cycle = self.cycle
         if cycle is not None and cycle is not before:  # its task has not run yet
             cycle.transport = HeadHolder(self.transport, self.loop)  # type: ignore[assignment]
-            if self.zerocopy is None:
-                self.zerocopy = socket_fd(self.transport) is not None
             if self.zerocopy:  # ASGI's zero-copy send extension: large hits by sendfile(2)
                 cycle.scope.setdefault("extensions", {})[ZEROCOPY] = {}
                 cycle.send = ZeroCopySend(cycle, cycle.send)  # type: ignore[assignment]
@@ -268,8 +271,6 @@ class GuardedHttpToolsProtocol(DeadlineHooks, HttpToolsProtocol):
         node, access_log = self.fast
         started = time.perf_counter()
         path = url.decode("latin-1")
-        if self.zerocopy is None:
-            self.zerocopy = socket_fd(self.transport) is not None
         reply = node.fast_reply(path, headers, started, self.server_state.default_headers,
                                 self.zerocopy)
         if reply is None:
