@@ -246,3 +246,51 @@ def test_bytes_and_none_bind_as_they_are_through_the_index_adapters() -> None:
     assert con.execute("SELECT a, b, c, typeof(a), typeof(b) FROM t").fetchone() == \
         (b"\x00\xffsealed", None, "k", "blob", "null")
     con.close()
+
+
+async def test_stored_slices_answers_like_has_slice_in_one_query(tmp_path: Path) -> None:
+    """`CacheStore.stored_slices` (a fill's claims ask it once for a run of slices) says what
+    `has_slice` says of each: pending in this process, committed for every process, another
+    version not; beyond SQLite's parameter limit too; and nothing on a storage fault."""
+    from edgeproxy.cache import checksum, index
+    from edgeproxy.cache.store import CacheStore
+
+    writer = CacheStore(tmp_path / "cache", 1 << 30)
+    reader = CacheStore(tmp_path / "cache", 1 << 30)
+    try:
+        def put(i: int, version: str = "v1") -> None:
+            data = b"%d" % i
+            path = tmp_path / f"fill{i}{version}"
+            path.write_bytes(data)
+            writer.commit_slice("/k", version, i, path, len(data), checksum=checksum.of(data))
+
+        for i in (0, 3, index.IN_MAX + 7):
+            put(i)
+        put(5, "v2")
+        run = range(0, index.IN_MAX + 20)
+        expected = frozenset({0, 3, index.IN_MAX + 7})
+        assert writer.stored_slices("/k", "v1", run) == expected  # pending here
+        assert reader.stored_slices("/k", "v1", run) == frozenset()  # not yet committed
+        writer.commit()
+        for store in (writer, reader):
+            got = store.stored_slices("/k", "v1", run)
+            assert got == expected
+            assert got == {i for i in run if store.has_slice("/k", "v1", i)}
+        assert reader.stored_slices("/k", "v2", range(4, 6)) == {5}
+        assert reader.stored_slices("/j", "v1", run) == frozenset()
+
+        class Broken:
+            def _sql(self, *args: object) -> None:
+                raise sqlite3.OperationalError("disk I/O error")
+
+        faults: list[BaseException] = []
+        real, reader._cache = reader._cache, Broken()
+        reader.fault = faults.append  # type: ignore[method-assign]
+        try:
+            assert reader.stored_slices("/k", "v1", run) == frozenset()  # "not stored"
+        finally:
+            reader._cache = real
+        assert len(faults) == 1 and isinstance(faults[0], sqlite3.OperationalError)
+    finally:
+        writer.close()
+        reader.close()

@@ -26,6 +26,7 @@ from typing import Any
 
 import diskcache
 
+from . import index
 from .index import AdoptFile
 
 log = logging.getLogger("edgeproxy.cache")
@@ -35,7 +36,6 @@ COMMIT_DELAY = 0.010
 COMMIT_BATCH = 256
 JOURNAL_ROOM = 256 * 1024  # besides the values: room for the index pages a batch rewrites
 ROW_BYTES = 512  # what a row of facts (an encoded `ObjectMeta`) adds to the index, about
-_IN_MAX = 500  # keys per "IN (...)" (SQLite's limit on parameters is 999 in old builds)
 _INSERT = ("INSERT INTO Cache(key, raw, store_time, expire_time, access_time, access_count,"
            " tag, size, mode, filename, value) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
 
@@ -136,13 +136,7 @@ class GroupCommit:
         with self.cache.transact():
             cache = self.cache  # (the index opened just now, if it was unavailable till then)
             execute = cache._sql
-            keys = list(batch)
-            present: set[str] = set()
-            for at in range(0, len(keys), _IN_MAX):
-                part = keys[at:at + _IN_MAX]
-                marks = ",".join("?" * len(part))
-                present.update(row[0] for row in execute(
-                    f"SELECT key FROM Cache WHERE raw = 1 AND key IN ({marks})", part))
+            present = index.present(execute, list(batch))
             rows = []
             now = time.time()
             for key, (value, tag) in batch.items():

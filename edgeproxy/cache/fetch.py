@@ -182,15 +182,20 @@ class Fetcher:
                 raise UpstreamProtocolError("upstream answered a different range than asked")
         elif flight.first > 0:
             # A whole body for a range request: take the slices before ours as well.
-            for i in range(0, flight.first):
-                if not self.store.has_slice(flight.key, version, i):
+            before = range(0, flight.first)
+            stored = self.store.stored_slices(flight.key, version, before)
+            for i in before:
+                if i not in stored:
                     self.coalescer.claim(flight, i)
         if beresp.length is None or (flight.last is not None and beresp.status == 206):
             return
         count = policy.slice_count(beresp.length, size)
-        for i in range(max(flight.first, max(flight.fills, default=0)) + 1, count):
-            if self.store.has_slice(flight.key, version, i) \
-                    or self.coalescer.claim(flight, i) is None:
+        after = range(max(flight.first, max(flight.fills, default=0)) + 1, count)
+        if not after:
+            return
+        stored = self.store.stored_slices(flight.key, version, after)
+        for i in after:
+            if i in stored or self.coalescer.claim(flight, i) is None:
                 break
 
     def _plan_fills(self, flight: Flight, beresp: BeResp, plan: Plan, size: int) -> None:

@@ -330,6 +330,20 @@ def sql(cache: Any) -> Callable[..., sqlite3.Cursor]:
     return execute
 
 
+IN_MAX = 500  # keys per "IN (...)" (SQLite's limit on parameters is 999 in old builds)
+
+
+def present(execute: Callable[..., sqlite3.Cursor], keys: list[str]) -> set[str]:
+    """Which of these (string) keys have a row in the index."""
+    found: set[str] = set()
+    for at in range(0, len(keys), IN_MAX):
+        part = keys[at:at + IN_MAX]
+        marks = ",".join("?" * len(part))
+        found.update(row[0] for row in execute(
+            f"SELECT key FROM Cache WHERE raw = 1 AND key IN ({marks})", part))
+    return found
+
+
 # Entries whose keys start with a prefix, least recently stored first: the eviction policy's
 # own order (its index on store_time).
 _OLDEST = ("SELECT rowid, filename, COALESCE(length(value), 0) FROM Cache"

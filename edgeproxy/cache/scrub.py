@@ -133,7 +133,7 @@ async def _objects(store: CacheStore, thread: ThreadPoolExecutor, state: ScrubSt
         if digest is None:
             continue  # nothing to check it against, or verified already
         count = policy.slice_count(meta.length, meta.slice_size)
-        if not all(store.has_slice(key, meta.version, i) for i in range(count)):
+        if len(store.stored_slices(key, meta.version, range(count))) < count:
             state.objects_incomplete += 1  # checked when a whole answer assembles it
             continue
         got, size = await loop.run_in_executor(thread, _sha256, store, key, meta, count)

@@ -304,6 +304,16 @@ class CacheStore:
         skey = slice_key(key, version, index)
         return skey in self._batch.pending or skey in self._cache
 
+    @reading(frozenset())
+    def stored_slices(self, key: str, version: str, indexes: range) -> frozenset[int]:
+        """Which of ``indexes`` are stored (or about to be) at ``version``, in one query: a
+        fill that claims the slices its answer carries asked once per slice before, ~15 us
+        each, between the upstream's head and the client's first byte."""
+        wanted = {slice_key(key, version, i): i for i in indexes}
+        found = {i for skey, i in wanted.items() if skey in self._batch.pending}
+        found.update(wanted[k] for k in index.present(index.sql(self._cache), list(wanted)))
+        return frozenset(found)
+
     @writing
     def commit_slice(self, key: str, version: str, index: int, path: Path, size: int,
                      data: bytes | None = None, *, checksum: int) -> None:
