@@ -13,6 +13,7 @@ from edgeproxy.lifecycle import Lifecycle
 
 CHECK = """
 import gc
+import edgeproxy.cache.node  # what a cache worker has imported when it settles
 from edgeproxy.gcsettle import settle
 before = gc.get_freeze_count()
 settle()
