@@ -9,13 +9,14 @@ from typing import Any
 
 import pytest
 
-from edgeproxy.cache.waits import shared, within
+from edgeproxy.cache.waits import Broadcast, broadcast, shared, within
 
 
-async def _turns_until_resumed(wait: Callable[[asyncio.Future[int]], Awaitable[Any]]) -> int:
+async def _turns_until_resumed(wait: Callable[[asyncio.Future[int]], Awaitable[Any]],
+                               kind: str = "future") -> int:
     """Resolve a future and count the loop's turns until the waiter on it runs again."""
     loop = asyncio.get_running_loop()
-    future: asyncio.Future[int] = loop.create_future()
+    future: asyncio.Future[int] = broadcast() if kind == "broadcast" else loop.create_future()
     turns = 0
     resumed = asyncio.Event()
 
@@ -37,15 +38,17 @@ async def _turns_until_resumed(wait: Callable[[asyncio.Future[int]], Awaitable[A
     return turns
 
 
-@pytest.mark.parametrize(("name", "wait", "turns_taken"), [
-    ("wait_for(shield(f))", lambda f: asyncio.wait_for(asyncio.shield(f), 5), 3),
-    ("shared(f)", lambda f: shared(f, 5), 2),
-    ("within(f)", lambda f: within(f, 5), 1),
+@pytest.mark.parametrize(("name", "wait", "kind", "turns_taken"), [
+    ("wait_for(shield(f))", lambda f: asyncio.wait_for(asyncio.shield(f), 5), "future", 3),
+    ("shared(f)", lambda f: shared(f, 5), "future", 2),
+    # a flight's headers: the leader and its followers wait on them (`fills.Flight`)
+    ("shared(broadcast)", lambda f: shared(f, 5), "broadcast", 1),
+    ("within(f)", lambda f: within(f, 5), "future", 1),
 ])
 def test_turns_to_resume(name: str, wait: Callable[[asyncio.Future[int]], Awaitable[Any]],
-                         turns_taken: int) -> None:
+                         kind: str, turns_taken: int) -> None:
     """The cost being cut: each turn runs every other ready request once in a burst."""
-    turns = asyncio.run(_turns_until_resumed(wait))
+    turns = asyncio.run(_turns_until_resumed(wait, kind))
     # the old way, for comparison, takes three: shield's future, wait_for's, the task
     assert turns == turns_taken, (name, turns)
 
@@ -93,5 +96,40 @@ def test_within_times_out_and_cancels_what_it_awaited() -> None:
         event = asyncio.Event()
         loop.call_later(0.01, event.set)
         assert await within(event.wait(), 1) is True
+
+    asyncio.run(main())
+
+
+def test_a_broadcast_wakes_every_waiter_and_forgets_those_that_left() -> None:
+    """Many requests on one flight's headers: each gets the result or the exception; one
+    that times out or is cancelled leaves the others waiting and is not kept."""
+    async def main() -> None:
+        future: Broadcast[int] = broadcast()
+        waiting = [asyncio.ensure_future(shared(future, 5)) for _ in range(3)]
+        with pytest.raises(TimeoutError):
+            await shared(future, 0.01)
+        leaving = asyncio.ensure_future(shared(future, 5))
+        await asyncio.sleep(0.01)
+        leaving.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await leaving
+        assert not future.done() and len(future._waiters) == 3
+        future.set_result(5)
+        assert await asyncio.gather(*waiting) == [5, 5, 5]
+        assert future._waiters == {}
+
+        failing: Broadcast[int] = broadcast()
+        waiter = asyncio.ensure_future(shared(failing, 5))
+        await asyncio.sleep(0)
+        failing.set_exception(ValueError("upstream"))
+        with pytest.raises(ValueError, match="upstream"):
+            await waiter
+
+        cancelled: Broadcast[int] = broadcast()
+        waiter = asyncio.ensure_future(shared(cancelled, 5))
+        await asyncio.sleep(0)
+        assert cancelled.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiter
 
     asyncio.run(main())

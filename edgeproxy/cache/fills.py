@@ -16,7 +16,7 @@ from .beresp import BeResp
 from .checksum import SliceHasher
 from .space import NoRoom
 from .types import RawHeaders
-from .waits import within
+from .waits import broadcast, within
 
 if TYPE_CHECKING:
     from .store import SliceBody
@@ -222,8 +222,8 @@ class Flight:
     key: str
     first: int
     last: int | None
-    headers: asyncio.Future[BeResp] = field(
-        default_factory=lambda: asyncio.get_running_loop().create_future())
+    # a `Broadcast`: the leader and every follower wake in the turn the headers come in
+    headers: asyncio.Future[BeResp] = field(default_factory=broadcast)
     fills: dict[int, SliceFill] = field(default_factory=dict)
     context: Any = None  # the leading request's view (stale copy, Vary values...)
     meta: Any = None  # the ObjectMeta to deliver with, once the headers are in

@@ -4,15 +4,15 @@
 result and the waiter running again (shield's outer future, wait_for's waiter, the task), and
 ``wait_for`` on a coroutine starts a task of its own. Under a burst each turn runs every other
 ready request once, so a stampede's leader paid for every hop on its way to the upstream and
-back (`benchmarks/README.md`, stampede). These waits take one turn, or two for a future that
-other requests share.
+back (`benchmarks/README.md`, stampede). These waits take one turn: a `Broadcast` wakes the
+requests waiting on it as its result is set, and any other shared future in two.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
@@ -22,6 +22,53 @@ async def within(awaitable: Awaitable[T], timeout: float) -> T:
     awaitable is then cancelled: only for what no one else waits on)."""
     async with asyncio.timeout(timeout):
         return await awaitable
+
+
+class Broadcast(asyncio.Future[T]):
+    """A future many requests wait on (`shared`), each through a future of its own.
+
+    Its result wakes every waiter in the same call: a done callback would run one turn of
+    the loop later, and only then wake the waiter, whose task runs a turn after that. In a
+    stampede a turn lasts as long as every fill's and every answer's share of it (10-20 ms
+    measured), so the callback cost the leaders their first byte's worth of a turn.
+    """
+
+    def __init__(self, *, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        super().__init__(loop=loop)
+        self._waiters: dict[asyncio.Future[None], None] = {}
+
+    def join(self, waiter: asyncio.Future[None]) -> None:
+        """Wake ``waiter`` when this future is done."""
+        self._waiters[waiter] = None
+
+    def leave(self, waiter: asyncio.Future[None]) -> None:
+        """Stop waking ``waiter`` (its request gave up)."""
+        self._waiters.pop(waiter, None)
+
+    def set_result(self, result: T) -> None:
+        super().set_result(result)
+        self._wake()
+
+    def set_exception(self, exception: Any) -> None:
+        super().set_exception(exception)
+        self._wake()
+
+    def cancel(self, msg: Any = None) -> bool:
+        cancelled = super().cancel(msg)
+        if cancelled:
+            self._wake()
+        return cancelled
+
+    def _wake(self) -> None:
+        waiters, self._waiters = self._waiters, {}
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+
+def broadcast() -> Broadcast[Any]:
+    """A new `Broadcast` of the running loop."""
+    return Broadcast(loop=asyncio.get_running_loop())
 
 
 async def shared(future: asyncio.Future[T], timeout: float) -> T:
@@ -35,10 +82,17 @@ async def shared(future: asyncio.Future[T], timeout: float) -> T:
         if not waiter.done():
             waiter.set_result(None)
 
-    future.add_done_callback(wake)
+    broadcast = future if isinstance(future, Broadcast) else None
+    if broadcast is not None:
+        broadcast.join(waiter)
+    else:
+        future.add_done_callback(wake)
     try:
         async with asyncio.timeout(timeout):
             await waiter
     finally:
-        future.remove_done_callback(wake)
+        if broadcast is not None:
+            broadcast.leave(waiter)
+        else:
+            future.remove_done_callback(wake)
     return future.result()
