@@ -72,6 +72,36 @@ def test_range_on_cold_object_fetches_only_covering_slices(chain: Chain) -> None
     assert chain.origin.bytes_sent("/v/t1/big") <= 2 * SLICE
 
 
+def test_a_whole_hit_asks_the_index_once_which_slices_are_stored(tmp_path: Path) -> None:
+    """Before the first byte of a multi-slice answer, the node looks a window of slices ahead
+    for one it would have to fetch: one index query for the window, not one per slice (a
+    16 MiB hit made 15)."""
+    origin = TestOrigin()
+    body = pattern(12 * SLICE + 5)
+    origin.put("/v/t1/many", body)
+    with serve(origin) as osrv:
+        edge = create_app(make_config(tmp_path), "edge", upstream=osrv.url)
+        asked: list[str] = []
+        has_slice, stored_slices = edge.store.has_slice, edge.store.stored_slices
+
+        def one(key: str, version: str, index: int) -> bool:
+            asked.append("one slice")
+            return has_slice(key, version, index)
+
+        def window(key: str, version: str, indexes: range) -> frozenset[int]:
+            asked.append(f"{len(indexes)} slices")
+            return stored_slices(key, version, indexes)
+
+        edge.store.has_slice = one  # type: ignore[method-assign]
+        edge.store.stored_slices = window  # type: ignore[method-assign]
+        with serve(edge) as esrv:
+            assert httpx.get(esrv.url + "/v/t1/many").content == body  # the miss stores it
+            asked.clear()
+            hit = httpx.get(esrv.url + "/v/t1/many")
+    assert hit.content == body and hit.headers["x-cache"] == "HIT from edge"
+    assert asked == ["12 slices"]  # slices 1-12 after the first, in one query
+
+
 def test_suffix_and_416(chain: Chain) -> None:
     body = pattern(5000)
     chain.origin.put("/v/t1/s", body)
