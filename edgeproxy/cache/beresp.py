@@ -28,11 +28,15 @@ class BeResp:
     body_start: int = 0  # offset in the representation of the first body byte
     x_cache: str | None = None
     _version: str | None = None
+    _header_map: dict[str, str] | None = None
 
     @property
     def header_map(self) -> dict[str, str]:
-        """Each field's value, repeated lines joined (RFC 9110 §5.3), names lower-cased."""
-        return combined(self.headers)
+        """Each field's value, repeated lines joined (RFC 9110 §5.3), names lower-cased
+        (made once: a miss asked three times; the fields of a `BeResp` are not changed)."""
+        if self._header_map is None:
+            self._header_map = combined(self.headers)
+        return self._header_map
 
     @property
     def version(self) -> str:
