@@ -33,6 +33,7 @@ from .beresp import BeResp, from_upstream
 from .coalesce import Coalescer
 from .facts import Plan
 from .fills import Flight, FlightSpec, SliceFill
+from .landing import Landing
 from .meta import ObjectMeta
 from .store import CacheStore
 from .transport import BeReq, Transport, UpstreamResponse, upstream_error
@@ -71,6 +72,7 @@ class Fetcher:
         self.down_until = 0.0
         self.down_reason = ""
         self._tasks: set[asyncio.Task[None]] = set()
+        self.landing = Landing(self._grow, self._complete)
 
     def start(self, spec: FlightSpec, *, facts: bool, context: Any = None) -> Flight | None:
         """Start one flight for ``spec``'s slices not already stored or in flight.
@@ -103,6 +105,7 @@ class Fetcher:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        self.landing.close()
 
     # --- one flight ---
 
@@ -239,9 +242,10 @@ class Fetcher:
         received = 0
         unyielded = 0
         async for chunk in resp.aiter_body():
-            self._write(flight, beresp.body_start + received, chunk, size, beresp.length)
+            offloaded = await self.landing.write(flight, beresp.body_start + received, chunk,
+                                                 size, beresp.length)
             received += len(chunk)
-            unyielded += len(chunk)
+            unyielded = 0 if offloaded else unyielded + len(chunk)
             if unyielded >= YIELD_BYTES:
                 # Bytes already buffered come without a pause; hashing and writing a backlog
                 # of them in one go made a turn of the loop last tens of milliseconds while
@@ -259,30 +263,6 @@ class Fetcher:
         if unfinished:
             raise FillAborted(f"upstream body ended early at byte {received}")
         return received
-
-    def _write(self, flight: Flight, offset: int, chunk: bytes, size: int,
-               length: int | None) -> None:
-        if flight.hasher is not None:
-            flight.hasher.update(chunk)
-        view = memoryview(chunk)
-        while view:
-            index, within = divmod(offset, size)
-            take = min(len(view), size - within)
-            fill = flight.fills.get(index)
-            if fill is None and length is None and within == 0:
-                fill = self._grow(flight, index, size)
-            if fill is not None and not fill.done and fill.error is None:
-                limit = fill.expected if fill.expected is not None else size
-                if within != fill.written:
-                    raise UpstreamProtocolError(f"slice {index}: bytes out of order")
-                fill.write(view[: min(take, limit - within)])
-                if fill.expected is not None and fill.written >= fill.expected:
-                    self._complete(flight, fill)
-                elif fill.expected is None and fill.written >= size:
-                    fill.expected = size
-                    self._complete(flight, fill)
-            view = view[take:]
-            offset += take
 
     def _grow(self, flight: Flight, index: int, size: int) -> SliceFill | None:
         """The next slice of a body of unknown length, claimed as its first byte arrives."""

@@ -84,33 +84,50 @@ class SliceFill:
         self.buf = None
 
     def write(self, data: bytes | memoryview) -> None:
-        """Append bytes and wake followers.
+        """Append bytes and wake followers: `prepare`, `land` and `landed` in one go.
 
         A disk that fails (full, I/O error) moves the slice back into memory: its readers
         still get every byte; it just will not be stored.
         """
-        self.sum.update(data)
-        if self.buf is not None and self.written + len(data) > self.inline_max \
+        self.prepare(len(data))
+        self.landed(data, *self.land(data, self.written))
+
+    def prepare(self, nbytes: int) -> None:
+        """Before ``nbytes`` more bytes: a slice growing past ``inline_max`` moves to its file.
+        On the event loop (making room may evict)."""
+        if self.buf is not None and self.written + nbytes > self.inline_max \
                 and not self.unstorable:
             try:
-                self._spill(max(self.expected or 0, self.written + len(data)))
+                self._spill(max(self.expected or 0, self.written + nbytes))
             except OSError as exc:
                 self._to_memory(exc)
-        if self.buf is None:
-            try:
-                view = memoryview(data)
-                while view:
-                    n = os.pwrite(self.fd, view, self.written)
-                    self.written += n
-                    view = view[n:]
-            except OSError as exc:
-                self._to_memory(exc)
-                assert self.buf is not None
-                self.buf += view
-                self.written += len(view)
-        else:
-            self.buf += data
-            self.written += len(data)
+
+    def land(self, data: bytes | memoryview, position: int) -> tuple[int, OSError | None]:
+        """The part of a write that may run in another thread: the checksum, and the file
+        write at ``position``. How many bytes reached the file, and the error that stopped
+        the rest; the fill's state is `landed`'s to change, on the event loop."""
+        self.sum.update(data)
+        if self.buf is not None:
+            return 0, None  # the slice is in memory
+        view = memoryview(data)
+        done = 0
+        try:
+            while done < len(view):
+                done += os.pwrite(self.fd, view[done:], position + done)
+        except OSError as exc:
+            return done, exc
+        return done, None
+
+    def landed(self, data: bytes | memoryview, done: int, error: OSError | None) -> None:
+        """Account bytes `land` took care of (``done`` of them in the file, the rest go to
+        memory), and wake followers."""
+        self.written += done
+        if error is not None:
+            self._to_memory(error)
+        if done < len(data):
+            assert self.buf is not None
+            self.buf += memoryview(data)[done:]
+            self.written += len(data) - done
         held = self.hold_last and self.expected is not None and self.written >= self.expected
         self.visible = self.written - 1 if held else self.written
         self._notify()

@@ -1,0 +1,141 @@
+"""Where a flight's body bytes land (`edgeproxy.cache.landing`): large writes are hashed and
+written to the slice files in a thread, small ones on the event loop; either way the fills
+hold exactly the body's bytes, in order, and their state changes only on the loop."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import hashlib
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from edgeproxy.cache import checksum
+from edgeproxy.cache.fills import Flight, SliceFill
+from edgeproxy.cache.landing import OFFLOAD_MIN, Landing
+
+SIZE = 1024 * 1024  # slice size
+INLINE = 32 * 1024
+BODY = hashlib.shake_256(b"landing").digest(2 * SIZE)
+
+
+def _flight(tmp_path: Path, slices: int) -> Flight:
+    flight = Flight("/k", 0, slices - 1)
+    for i in range(slices):
+        fill = SliceFill("/k", i, tmp_path / f"slice{i}", flight, INLINE)
+        fill.expected = SIZE
+        flight.fills[i] = fill
+    flight.hasher = hashlib.sha256()
+    return flight
+
+
+def _landing(completed: list[int]) -> Landing:
+    return Landing(lambda flight, index, size: None,
+                   lambda flight, fill: completed.append(fill.index))
+
+
+async def test_large_writes_go_to_a_thread_small_ones_stay_on_the_loop(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    threads: list[int] = []
+    real = SliceFill.land
+
+    def land(self: SliceFill, data: Any, position: int) -> Any:
+        threads.append(threading.get_ident())
+        return real(self, data, position)
+
+    monkeypatch.setattr(SliceFill, "land", land)
+    flight, completed = _flight(tmp_path, 1), []
+    landing = _landing(completed)
+    small = OFFLOAD_MIN - 1
+    assert await landing.write(flight, 0, BODY[:small], SIZE, 2 * SIZE) is False
+    assert await landing.write(flight, small, BODY[small:SIZE], SIZE, 2 * SIZE) is True
+    loop_thread = threading.get_ident()
+    assert threads[0] == loop_thread and threads[1] != loop_thread
+    fill = flight.fills[0]
+    assert (fill.written, fill.visible) == (SIZE, SIZE)
+    assert Path(fill.path).read_bytes() == BODY[:SIZE]
+    assert fill.sum.value() == checksum.of(BODY[:SIZE])
+    assert completed == [0]
+    landing.close()
+
+
+async def test_a_body_across_slices_lands_in_order(tmp_path: Path) -> None:
+    flight, completed = _flight(tmp_path, 2), []
+    landing = _landing(completed)
+    pieces = [BODY[at:at + 300_000] for at in range(0, len(BODY), 300_000)]  # across the seam
+    offset = 0
+    for piece in pieces:
+        await landing.write(flight, offset, piece, SIZE, 2 * SIZE)
+        offset += len(piece)
+    assert completed == [0, 1]
+    assert flight.hasher.hexdigest() == hashlib.sha256(BODY).hexdigest()
+    for i in (0, 1):
+        assert Path(flight.fills[i].path).read_bytes() == BODY[i * SIZE:(i + 1) * SIZE]
+    landing.close()
+
+
+async def test_bytes_out_of_order_are_refused(tmp_path: Path) -> None:
+    from edgeproxy.errors import UpstreamProtocolError
+
+    flight = _flight(tmp_path, 1)
+    landing = _landing([])
+    with pytest.raises(UpstreamProtocolError, match="out of order"):
+        await landing.write(flight, 1000, BODY[1000:2000], SIZE, 2 * SIZE)
+    landing.close()
+
+
+async def test_a_disk_error_in_the_thread_keeps_every_byte_in_memory(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real = os.pwrite
+
+    def pwrite(fd: int, data: Any, offset: int) -> int:
+        if offset >= 200_000:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(fd, data[:50_000], offset)  # short writes too
+
+    flight = _flight(tmp_path, 1)
+    fill = flight.fills[0]
+    faults: list[BaseException] = []
+    fill.on_fault = faults.append
+    landing = _landing([])
+    monkeypatch.setattr(os, "pwrite", pwrite)
+    await landing.write(flight, 0, BODY[:SIZE // 2], SIZE, 2 * SIZE)
+    await landing.write(flight, SIZE // 2, BODY[SIZE // 2:SIZE], SIZE, 2 * SIZE)
+    monkeypatch.setattr(os, "pwrite", real)
+    assert fill.unstorable and not fill.on_disk
+    assert fill.data() == BODY[:SIZE] and fill.written == SIZE
+    assert [getattr(exc, "errno", None) for exc in faults] == [errno.ENOSPC]
+    assert not fill.path.exists()
+    landing.close()
+
+
+async def test_a_cancelled_write_returns_only_once_its_thread_is_done(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    finished: list[float] = []
+    real = SliceFill.land
+
+    def slow(self: SliceFill, data: Any, position: int) -> Any:
+        time.sleep(0.3)
+        result = real(self, data, position)
+        finished.append(time.monotonic())
+        return result
+
+    monkeypatch.setattr(SliceFill, "land", slow)
+    flight = _flight(tmp_path, 1)
+    landing = _landing([])
+    task = asyncio.ensure_future(landing.write(flight, 0, BODY[:SIZE], SIZE, 2 * SIZE))
+    await asyncio.sleep(0.05)
+    task.cancel()
+    await asyncio.sleep(0.01)
+    task.cancel()  # cancelled again while it waits: it still waits
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    # the fill's file may be closed from here on: the thread no longer writes into it
+    assert finished
+    assert Path(flight.fills[0].path).read_bytes() == BODY[:SIZE]
+    landing.close()
