@@ -105,6 +105,27 @@ def test_changed_object_is_detected_and_never_spliced(foreign: ForeignOrigin,
     assert hashlib.sha256(r.content).digest() == hashlib.sha256(v2).digest()
 
 
+def test_a_changed_object_waits_for_the_old_versions_fill_of_a_slice(
+        foreign: ForeignOrigin, foreign_chain: Chain) -> None:
+    """The object changes while its first slice is still being filled at the old version
+    (the origin pauses before that answer's last 64 KiB): a range across that slice and the
+    next is answered whole with the new version, once the old fill has let go of the slice,
+    instead of failing to join it (was 502)."""
+    v1, v2 = pattern(SIZE, seed=23), pattern(SIZE, seed=24)
+    foreign.route("/slow", body=v1, etag='"v1"', pause=1.0,
+                  headers=[("Cache-Control", "max-age=3600")])
+    r = foreign_chain.get("/slow", headers={"Range": "bytes=0-99"})
+    assert r.content == v1[:100]  # before the pause: slice 0 of v1 is still filling
+    foreign.route("/slow", body=v2, etag='"v2"', headers=[("Cache-Control", "max-age=3600")])
+    start, end = MiB - 50, MiB + 49
+    r = foreign_chain.get("/slow", headers={"Range": f"bytes={start}-{end}"})
+    assert r.status_code == 206, r.text
+    assert r.content == v2[start : end + 1] and r.headers["etag"] == '"v2"'
+    r = foreign_chain.get("/slow")
+    assert r.status_code == 200 and r.headers["etag"] == '"v2"'
+    assert hashlib.sha256(r.content).digest() == hashlib.sha256(v2).digest()
+
+
 def test_unverified_range_never_completes_a_content_addressed_object(
         foreign: ForeignOrigin, foreign_chain: Chain) -> None:
     """A node never serves a wrong byte as part of a complete response (integrity of

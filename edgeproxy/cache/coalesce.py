@@ -27,7 +27,7 @@ from .fills import Flight, ForeignFill, SliceFill, poll
 from .meta import ObjectMeta
 from .sources import FillSource, ForeignSource, Source, StoredSource
 from .store import INLINE_MAX, CacheStore
-from .waits import shared
+from .waits import shared, within
 
 # A slice can be claimed by another worker between our look and our claim; look again this
 # many times before giving up.
@@ -206,6 +206,12 @@ class Coalescer:
                     await shared(fill.flight.headers, self.wait_timeout)
                 if fill.error is not None:
                     raise FillAborted(f"fill failed: {fill.error}")
+                continue
+            if fill is not None and fill.error is None and not fill.done:
+                # the slice of another version (the object changed) is still being filled:
+                # its claim is free once that fill ends, and a flight of our own waits till then
+                with contextlib.suppress(TimeoutError):
+                    await within(fill.settled(), self.wait_timeout)
                 continue
             flight = lead(index)
             if flight is not None and index in flight.fills:
