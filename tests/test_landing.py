@@ -17,11 +17,12 @@ import pytest
 
 from edgeproxy.cache import checksum
 from edgeproxy.cache.fills import Flight, SliceFill
-from edgeproxy.cache.landing import OFFLOAD_MIN, Landing
+from edgeproxy.cache.landing import INLINE_FIRST, OFFLOAD_MIN, Landing
 
 SIZE = 1024 * 1024  # slice size
 INLINE = 32 * 1024
 BODY = hashlib.shake_256(b"landing").digest(2 * SIZE)
+LATE = INLINE_FIRST  # bytes of the answer before: past its first ones, which stay on the loop
 
 
 def _flight(tmp_path: Path, slices: int) -> Flight:
@@ -52,8 +53,8 @@ async def test_large_writes_go_to_a_thread_small_ones_stay_on_the_loop(
     flight, completed = _flight(tmp_path, 1), []
     landing = _landing(completed)
     small = OFFLOAD_MIN - 1
-    assert await landing.write(flight, 0, BODY[:small], SIZE, 2 * SIZE) is False
-    assert await landing.write(flight, small, BODY[small:SIZE], SIZE, 2 * SIZE) is True
+    assert await landing.write(flight, 0, BODY[:small], SIZE, 2 * SIZE, LATE) is False
+    assert await landing.write(flight, small, BODY[small:SIZE], SIZE, 2 * SIZE, LATE) is True
     loop_thread = threading.get_ident()
     assert threads[0] == loop_thread and threads[1] != loop_thread
     fill = flight.fills[0]
@@ -64,13 +65,25 @@ async def test_large_writes_go_to_a_thread_small_ones_stay_on_the_loop(
     landing.close()
 
 
+async def test_an_answers_first_bytes_land_on_the_loop_however_large(tmp_path: Path) -> None:
+    flight = _flight(tmp_path, 1)
+    landing = _landing([])
+    first = BODY[:INLINE_FIRST]
+    assert await landing.write(flight, 0, first, SIZE, 2 * SIZE, 0) is False
+    assert flight.fills[0].visible == len(first)  # readers may send them at once
+    assert await landing.write(flight, len(first), BODY[len(first):SIZE], SIZE, 2 * SIZE,
+                               len(first)) is True
+    assert Path(flight.fills[0].path).read_bytes() == BODY[:SIZE]
+    landing.close()
+
+
 async def test_a_body_across_slices_lands_in_order(tmp_path: Path) -> None:
     flight, completed = _flight(tmp_path, 2), []
     landing = _landing(completed)
     pieces = [BODY[at:at + 300_000] for at in range(0, len(BODY), 300_000)]  # across the seam
     offset = 0
     for piece in pieces:
-        await landing.write(flight, offset, piece, SIZE, 2 * SIZE)
+        await landing.write(flight, offset, piece, SIZE, 2 * SIZE, offset)  # first: loop
         offset += len(piece)
     assert completed == [0, 1]
     assert flight.hasher.hexdigest() == hashlib.sha256(BODY).hexdigest()
@@ -85,7 +98,7 @@ async def test_bytes_out_of_order_are_refused(tmp_path: Path) -> None:
     flight = _flight(tmp_path, 1)
     landing = _landing([])
     with pytest.raises(UpstreamProtocolError, match="out of order"):
-        await landing.write(flight, 1000, BODY[1000:2000], SIZE, 2 * SIZE)
+        await landing.write(flight, 1000, BODY[1000:2000], SIZE, 2 * SIZE, LATE)
     landing.close()
 
 
@@ -104,8 +117,8 @@ async def test_a_disk_error_in_the_thread_keeps_every_byte_in_memory(
     fill.on_fault = faults.append
     landing = _landing([])
     monkeypatch.setattr(os, "pwrite", pwrite)
-    await landing.write(flight, 0, BODY[:SIZE // 2], SIZE, 2 * SIZE)
-    await landing.write(flight, SIZE // 2, BODY[SIZE // 2:SIZE], SIZE, 2 * SIZE)
+    await landing.write(flight, 0, BODY[:SIZE // 2], SIZE, 2 * SIZE, LATE)
+    await landing.write(flight, SIZE // 2, BODY[SIZE // 2:SIZE], SIZE, 2 * SIZE, LATE)
     monkeypatch.setattr(os, "pwrite", real)
     assert fill.unstorable and not fill.on_disk
     assert fill.data() == BODY[:SIZE] and fill.written == SIZE
@@ -128,7 +141,7 @@ async def test_a_cancelled_write_returns_only_once_its_thread_is_done(
     monkeypatch.setattr(SliceFill, "land", slow)
     flight = _flight(tmp_path, 1)
     landing = _landing([])
-    task = asyncio.ensure_future(landing.write(flight, 0, BODY[:SIZE], SIZE, 2 * SIZE))
+    task = asyncio.ensure_future(landing.write(flight, 0, BODY[:SIZE], SIZE, 2 * SIZE, LATE))
     await asyncio.sleep(0.05)
     task.cancel()
     await asyncio.sleep(0.01)

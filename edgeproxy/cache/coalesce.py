@@ -27,7 +27,7 @@ from .fills import Flight, ForeignFill, SliceFill, poll
 from .meta import ObjectMeta
 from .sources import FillSource, ForeignSource, Source, StoredSource
 from .store import INLINE_MAX, CacheStore
-from .waits import shared, within
+from .waits import broadcast, shared, within
 
 # A slice can be claimed by another worker between our look and our claim; look again this
 # many times before giving up.
@@ -241,11 +241,11 @@ class Coalescer:
         caller fetches itself.
         """
         while (waiting := self._facts_waits.get((key, index, since))) is not None:
-            # one poll per object and process, however many wait
-            result = await asyncio.shield(waiting)
+            # one poll per object and process, however many wait (and wake as it ends)
+            result = await shared(waiting, None)
             if result is not _LOOK_AGAIN:
                 return result  # type: ignore[return-value]
-        waiting = asyncio.get_running_loop().create_future()
+        waiting = broadcast()
         self._facts_waits[(key, index, since)] = waiting
         found: list[ObjectMeta] = []
 

@@ -243,7 +243,7 @@ class Fetcher:
         unyielded = 0
         async for chunk in resp.aiter_body():
             offloaded = await self.landing.write(flight, beresp.body_start + received, chunk,
-                                                 size, beresp.length)
+                                                 size, beresp.length, received)
             received += len(chunk)
             unyielded = 0 if offloaded else unyielded + len(chunk)
             if unyielded >= YIELD_BYTES:

@@ -16,7 +16,7 @@ from .beresp import BeResp
 from .checksum import SliceHasher
 from .space import NoRoom
 from .types import RawHeaders
-from .waits import broadcast, within
+from .waits import broadcast, shared, within
 
 if TYPE_CHECKING:
     from .store import SliceBody
@@ -359,9 +359,9 @@ class ForeignFill:
                                       f"{timeout:.0f}s")
             tick = self._tick
             if tick is not None:
-                await asyncio.shield(tick)  # a waiter that leaves must not cancel the look
+                await shared(tick, None)  # (the look ends within its interval)
                 continue
-            tick = self._tick = loop.create_future()
+            tick = self._tick = broadcast()
             try:
                 await asyncio.sleep(POLL_INTERVAL)
                 self._refresh()

@@ -25,6 +25,8 @@ from .fills import Flight, SliceFill
 
 # Below this many bytes a write is done on the loop: a thread's hand-off costs more.
 OFFLOAD_MIN = 64 * 1024
+# A flight's first bytes up to this many land on the loop (see `Landing.write`).
+INLINE_FIRST = 256 * 1024
 # Threads per worker process writing fills (the copies are CPU-bound: a few suffice).
 THREADS = 4
 
@@ -51,11 +53,14 @@ class Landing:
         self._threads: ThreadPoolExecutor | None = None  # made on first use, in the worker
 
     async def write(self, flight: Flight, offset: int, chunk: bytes, size: int,
-                    length: int | None) -> bool:
-        """Write ``chunk``, the body's bytes from ``offset``; whether a thread did it (the
-        event loop ran other callbacks meanwhile)."""
+                    length: int | None, received: int) -> bool:
+        """Write ``chunk``, the body's bytes from ``offset`` (``received`` bytes of the
+        answer's body before it); whether a thread did it (the loop ran others meanwhile)."""
         pieces = self.place(flight, offset, chunk, size, length)
-        offload = len(chunk) >= OFFLOAD_MIN
+        # A flight's first bytes land on the loop: its readers wait for them, and a thread
+        # takes a while to get the GIL back from a busy loop (up to the switch interval, 5 ms,
+        # per call that released it; 100 ms for a first chunk, traced in a stampede).
+        offload = len(chunk) >= OFFLOAD_MIN and received >= INLINE_FIRST
         landed = await self._offload(flight, chunk, pieces) if offload else \
             land(flight.hasher, chunk, pieces)
         for (fill, piece, _), (done, error) in zip(pieces, landed, strict=True):

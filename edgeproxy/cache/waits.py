@@ -71,9 +71,10 @@ def broadcast() -> Broadcast[Any]:
     return Broadcast(loop=asyncio.get_running_loop())
 
 
-async def shared(future: asyncio.Future[T], timeout: float) -> T:
+async def shared(future: asyncio.Future[T], timeout: float | None) -> T:
     """The result of a ``future`` other requests wait on too, or `TimeoutError` after
-    ``timeout`` seconds; a timeout (or this task's cancellation) leaves ``future`` alone."""
+    ``timeout`` seconds (None: no limit; whoever sets ``future`` has one); a timeout (or this
+    task's cancellation) leaves ``future`` alone."""
     if future.done():
         return future.result()
     waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
