@@ -29,8 +29,9 @@ class Broadcast(asyncio.Future[T]):
 
     Its result wakes every waiter in the same call: a done callback would run one turn of
     the loop later, and only then wake the waiter, whose task runs a turn after that. In a
-    stampede a turn lasts as long as every fill's and every answer's share of it (10-20 ms
-    measured), so the callback cost the leaders their first byte's worth of a turn.
+    stampede a turn lasts as long as every fill's and every answer's share of it (10-40 ms
+    measured; 25-150 ms in a worker sending to a hundred readers), so the callback cost the
+    waiters a turn's worth of their first byte.
     """
 
     def __init__(self, *, loop: asyncio.AbstractEventLoop | None = None) -> None:
