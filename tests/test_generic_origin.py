@@ -119,6 +119,39 @@ def test_body_without_content_length_is_delivered_and_cached(
     assert foreign.count("/dyn") == fetched
 
 
+def test_a_large_chunked_body_lands_through_the_fill_threads_exactly(
+        foreign: ForeignOrigin, foreign_chain: Chain, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Large chunks of a body of unknown length are hashed and written in the fill threads
+    (`edgeproxy.cache.landing`), its slices claimed as they begin; the bytes are exact at
+    both tiers, then served from the stored whole, ranges included."""
+    import threading
+
+    from edgeproxy.cache import landing
+
+    threaded: list[int] = []
+    real = landing.land
+
+    def spy(hasher: object, chunk: bytes, pieces: list[landing.Piece]) -> landing.Landed:
+        if threading.current_thread().name.startswith("edgeproxy-fill"):  # not a loop's
+            threaded.append(len(chunk))
+        return real(hasher, chunk, pieces)
+
+    monkeypatch.setattr(landing, "land", spy)
+    size = 5 * MiB + 777
+    body = pattern(size, seed=77)
+    foreign.route("/big-dyn", body=body, framing="chunked", chunk=256 * 1024, ranges=False,
+                  etag='"bd1"', headers=[CACHEABLE])
+    r = foreign_chain.get("/big-dyn")
+    assert r.status_code == 200 and r.content == body
+    r = foreign_chain.get("/big-dyn")
+    assert r.content == body and r.headers["x-cache"] == "HIT from edge"
+    start = 4 * MiB - 10  # across a slice seam
+    r = foreign_chain.get("/big-dyn", headers={"Range": f"bytes={start}-{start + 99}"})
+    assert r.status_code == 206 and r.content == body[start : start + 100]
+    assert foreign.count("/big-dyn") == 1
+    assert threaded, "no write went through a fill thread"
+
+
 def test_bytes_past_a_short_content_length_leave_the_answer_whole(
         foreign: ForeignOrigin, foreign_chain: Chain) -> None:
     """RFC 9112 §6.3: ``Content-Length`` delimits the message; bytes after it (here, the rest
