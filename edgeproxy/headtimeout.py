@@ -26,7 +26,8 @@ from .guard import error_bytes
 
 class DeadlineHooks:
     """For a uvicorn protocol class (listed before it): a new connection arms ``deadline``
-    for its first head, a lost one cancels it."""
+    for its first head, a lost one cancels it; a client that half-closes still gets its
+    answers (`eof_received`)."""
 
     deadline: HeadDeadline
 
@@ -40,8 +41,22 @@ class DeadlineHooks:
         self.deadline.close()
         super().connection_lost(exc)  # type: ignore[misc]
 
+    def eof_received(self) -> bool | None:
+        """The client shut its sending side after its requests (``nc -N``, HTTP/1.0-era
+        tools; RFC 9112 §9.6 lets a client close once it has sent its last request). Its
+        answers still go out, then the connection closes: uvicorn closed at once, and a miss
+        in progress was dropped unanswered. A request whose body is incomplete can never
+        be answered, and nothing pending means nothing to wait for: close now."""
+        pipeline = getattr(self, "pipeline", None)  # (httptools' queued requests, newest first)
+        last = pipeline[0][0] if pipeline else getattr(self, "cycle", None)
+        if last is None or last.response_complete or last.more_body:
+            return None
+        last.keep_alive = False  # this one's answer ends the connection
+        return True
 
-class GuardedH11Protocol(DeadlineHooks, H11Protocol):
+
+# (uvicorn types `eof_received` as returning None; asyncio's protocol may return True)
+class GuardedH11Protocol(DeadlineHooks, H11Protocol):  # type: ignore[misc]
     """`H11Protocol` with the head deadline (the pure-Python fallback's head size is bounded by
     ``h11_max_incomplete_event_size`` instead: see `edgeproxy.guard.uvicorn_http_options`)."""
 

@@ -105,7 +105,8 @@ class _Refused(Exception):
     """Raised from a parser callback to stop parsing a head that broke a limit."""
 
 
-class GuardedHttpToolsProtocol(DeadlineHooks, HttpToolsProtocol):
+# (uvicorn types `eof_received` as returning None; asyncio's protocol may return True)
+class GuardedHttpToolsProtocol(DeadlineHooks, HttpToolsProtocol):  # type: ignore[misc]
     """`HttpToolsProtocol` answering 431/414 as soon as a request head breaks ``limits``."""
 
     def __init__(self, *args: Any, limits: HTTPLimitsConfig, **kwargs: Any) -> None:

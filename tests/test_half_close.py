@@ -1,0 +1,127 @@
+"""A client that shuts its sending side after its request still gets the answer.
+
+`nc -N`, HTTP/1.0-era tools and some health checkers send a request and then half-close
+(RFC 9112 §9.6 lets a client close once its last request is sent). nginx and Varnish answer
+them; uvicorn closed the connection on the EOF, so a miss still waiting for its upstream was
+dropped unanswered. Over real sockets, at an edge process in front of a slow origin: a miss,
+a hit, a range, two pipelined requests, each followed by a half-close, get their exact
+answers and then the close; a request whose body never came whole is closed at once. The
+pure-Python h11 protocol behaves the same.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Iterator
+from functools import partial
+from pathlib import Path
+
+import pytest
+
+from edgeproxy.config import HTTPLimitsConfig
+from edgeproxy.headtimeout import GuardedH11Protocol
+from tests.nodes import NodeProcess
+from tests.origins import TestOrigin, pattern
+from tests.servers import free_port, serve
+
+SMALL = pattern(5000, seed=1)
+LARGE = pattern(3 * 1024**2 + 11, seed=2)
+
+
+@pytest.fixture(scope="module")
+def edge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[NodeProcess, TestOrigin]]:
+    origin = TestOrigin()
+    origin.delay_headers = 0.3  # the EOF arrives while the miss waits for its upstream
+    port = free_port()
+    config: Path = tmp_path_factory.mktemp("half-close") / "config.yaml"
+    config.write_text(f"data_dir: var\nlog_level: warning\nlog: {{access: 'off'}}\n"
+                      f"edge: {{port: {port}, workers: 1}}\n")
+    with serve(origin) as osrv, \
+            NodeProcess(config, "edge", f"http://127.0.0.1:{port}", upstream=osrv.url) as node:
+        yield node, origin
+
+
+def _half_closed(url: str, request: bytes) -> bytes:
+    """Send ``request``, shut the sending side, read until the server closes."""
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=20) as sock:
+        sock.sendall(request)
+        sock.shutdown(socket.SHUT_WR)
+        data = b""
+        while chunk := sock.recv(1 << 20):
+            data += chunk
+    return data
+
+
+def _answers(data: bytes) -> list[tuple[bytes, dict[bytes, bytes], bytes]]:
+    """Content-Length framed answers: (status line, lower-cased fields, body) each."""
+    found = []
+    while data:
+        head, sep, data = data.partition(b"\r\n\r\n")
+        assert sep, f"an unfinished head: {head[:200]!r}"
+        status, *lines = head.split(b"\r\n")
+        fields = {n.strip().lower(): v.strip() for n, _, v in (x.partition(b":") for x in lines)}
+        length = int(fields[b"content-length"])
+        assert len(data) >= length, f"{len(data)} of {length} body bytes, then the close"
+        found.append((status, fields, data[:length]))
+        data = data[length:]
+    return found
+
+
+def _get(path: str, more: bytes = b"") -> bytes:
+    return f"GET {path} HTTP/1.1\r\nhost: edge\r\n".encode() + more + b"\r\n"
+
+
+def test_a_miss_still_waiting_for_its_upstream_is_answered(
+        edge: tuple[NodeProcess, TestOrigin]) -> None:
+    node, origin = edge
+    origin.put("/v/t1/hc-miss", SMALL)
+    [(status, fields, body)] = _answers(_half_closed(node.url, _get("/v/t1/hc-miss")))
+    assert status == b"HTTP/1.1 200 OK" and body == SMALL
+    assert fields[b"x-cache"].startswith(b"MISS")
+    assert fields[b"connection"] == b"close"
+
+
+def test_a_hit_and_a_range_are_answered(edge: tuple[NodeProcess, TestOrigin]) -> None:
+    node, origin = edge
+    origin.put("/v/t1/hc-large", LARGE)
+    [(status, _f, body)] = _answers(_half_closed(node.url, _get("/v/t1/hc-large")))
+    assert status == b"HTTP/1.1 200 OK" and body == LARGE
+    [(status, fields, body)] = _answers(_half_closed(node.url, _get("/v/t1/hc-large")))
+    assert status == b"HTTP/1.1 200 OK" and body == LARGE
+    assert fields[b"x-cache"].startswith(b"HIT")
+    first, last = 1024**2 - 5, 2 * 1024**2 + 5  # across two slice seams
+    [(status, fields, body)] = _answers(_half_closed(
+        node.url, _get("/v/t1/hc-large", f"range: bytes={first}-{last}\r\n".encode())))
+    assert status == b"HTTP/1.1 206 Partial Content" and body == LARGE[first:last + 1]
+    assert fields[b"content-range"] == f"bytes {first}-{last}/{len(LARGE)}".encode()
+
+
+def test_pipelined_requests_are_all_answered_in_order(
+        edge: tuple[NodeProcess, TestOrigin]) -> None:
+    node, origin = edge
+    origin.put("/v/t1/hc-p1", SMALL)
+    origin.put("/v/t1/hc-p2", SMALL[::-1])
+    answers = _answers(_half_closed(node.url, _get("/v/t1/hc-p1") + _get("/v/t1/hc-p2")))
+    assert [(s, b) for s, _f, b in answers] == [(b"HTTP/1.1 200 OK", SMALL),
+                                                 (b"HTTP/1.1 200 OK", SMALL[::-1])]
+
+
+def test_a_request_whose_body_never_came_whole_is_closed_at_once(
+        edge: tuple[NodeProcess, TestOrigin]) -> None:
+    node, _origin = edge
+    started = time.monotonic()
+    data = _half_closed(node.url, b"POST /hc/post HTTP/1.1\r\nhost: edge\r\n"
+                                  b"content-length: 10\r\n\r\nabc")
+    assert data == b""  # nothing can be answered: the body ended three bytes in
+    assert time.monotonic() - started < 3
+
+
+def test_the_h11_protocol_answers_a_half_closed_request_too() -> None:
+    origin = TestOrigin()
+    origin.delay_headers = 0.3
+    origin.put("/v/t1/hc-h11", SMALL)
+    with serve(origin, http=partial(GuardedH11Protocol, limits=HTTPLimitsConfig())) as srv:
+        [(status, _f, body)] = _answers(_half_closed(srv.url, _get("/v/t1/hc-h11")))
+    assert status == b"HTTP/1.1 200 OK" and body == SMALL

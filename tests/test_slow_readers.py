@@ -1,0 +1,106 @@
+"""Clients that stop reading do not make an edge hold their answers in memory.
+
+Each client sends three pipelined GETs of a large hit (one slice, answered by the fast lane
+from its file by sendfile(2)) and reads nothing: the first answer fills its socket, the next
+ones must wait without the edge reading them into memory for that connection. Measured from
+outside: the edge's resident memory, in a process of its own, with many such clients at
+once; then every client reads its answers, in order, each the object's exact bytes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import psutil
+
+from tests.nodes import NodeProcess
+from tests.origins import TestOrigin, pattern
+from tests.servers import free_port, serve
+
+OBJ = "/v/t1/slow-readers"
+BODY = pattern(1024**2 - 4096, seed=7)  # one slice, too large for the memory tier
+READERS = 48
+PIPELINED = 3  # requests each reader sends at once: the first fills its socket
+# What the readers may add to the edge's memory, with room for the sockets' own costs: 48
+# answers kept whole would be ~48 MiB.
+MAX_GROWTH = 16 * 1024**2
+
+
+@contextlib.contextmanager
+def _edge(tmp_path: Path) -> Iterator[NodeProcess]:
+    origin = TestOrigin()
+    origin.put(OBJ, BODY)
+    port = free_port()
+    config = tmp_path / "config.yaml"
+    config.write_text(f"data_dir: var\nlog_level: warning\nlog: {{access: 'off'}}\n"
+                      f"edge: {{port: {port}, workers: 1}}\n")
+    with serve(origin) as osrv, \
+            NodeProcess(config, "edge", f"http://127.0.0.1:{port}", upstream=osrv.url) as edge:
+        yield edge
+
+
+def _rss(pid: int) -> int:
+    proc = psutil.Process(pid)
+    return int(sum(p.memory_info().rss for p in [proc, *proc.children(recursive=True)]))
+
+
+def _stalled_reader(port: int) -> socket.socket:
+    """A connection that asks for the object and reads nothing yet (a small receive
+    window, so the edge's socket fills at once)."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", port))
+    sock.sendall(f"GET {OBJ} HTTP/1.1\r\nhost: edge\r\n\r\n".encode() * PIPELINED)
+    return sock
+
+
+def _read_answers(sock: socket.socket, count: int) -> list[tuple[bytes, bytes]]:
+    """``count`` answers of Content-Length framing, in order: (head, body) each."""
+    sock.settimeout(30)
+    data = b""
+    answers: list[tuple[bytes, bytes]] = []
+    while len(answers) < count:
+        while b"\r\n\r\n" not in data:
+            chunk = sock.recv(1024**2)
+            assert chunk, f"connection closed before head {len(answers) + 1}"
+            data += chunk
+        head, _, data = data.partition(b"\r\n\r\n")
+        length = next(int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
+                      if line.lower().startswith(b"content-length:"))
+        while len(data) < length:
+            chunk = sock.recv(1024**2)
+            assert chunk, f"connection closed after {len(data)} of {length} body bytes"
+            data += chunk
+        answers.append((head, data[:length]))
+        data = data[length:]
+    return answers
+
+
+def test_stalled_readers_of_a_large_hit_cost_the_edge_no_copy_of_it(tmp_path: Path) -> None:
+    with _edge(tmp_path) as edge:
+        port = int(edge.url.rsplit(":", 1)[1])
+        for _ in range(3):  # stored, then hits (the fast lane answers those)
+            r = httpx.get(edge.url + OBJ, timeout=30)
+            assert r.status_code == 200 and r.content == BODY
+        assert r.headers["x-cache"].startswith("HIT")
+        time.sleep(0.5)
+        before = _rss(edge.pid)
+        readers = [_stalled_reader(port) for _ in range(READERS)]
+        try:
+            time.sleep(1.5)  # every request read and answered as far as its socket lets
+            growth = _rss(edge.pid) - before
+            assert growth < MAX_GROWTH, (
+                f"{READERS} stalled readers grew the edge by {growth / 1024**2:.1f} MiB")
+            for sock in readers:
+                for head, body in _read_answers(sock, PIPELINED):
+                    assert head.startswith(b"HTTP/1.1 200"), head
+                    assert b"x-cache: hit" in head.lower(), head
+                    assert body == BODY
+        finally:
+            for sock in readers:
+                sock.close()
