@@ -53,6 +53,7 @@ class Route:
     conditional: bool = True  # 304 on a matching If-None-Match / If-Modified-Since
     interim: list[int] = field(default_factory=list)  # 1xx answers sent before the final one
     chunk: int = 16 * 1024  # chunk size when framing is "chunked"
+    bare_lf: bool = False  # the head's lines end in a bare LF (old CGI scripts do)
     # Die once the body reaches this byte of the representation: the connection closes, a
     # Content-Length answer short of its length, a chunked one without its last chunk.
     cut_at: int | None = None
@@ -253,8 +254,9 @@ def _answer(req: Request, route: Route, keep: bool) -> bytes:
             headers.append(("Transfer-Encoding", "chunked"))
     if not keep:
         headers.append(("Connection", "close"))
-    out += f"HTTP/1.1 {status} {_reason(status)}\r\n".encode()
-    out += "".join(f"{n}: {v}\r\n" for n, v in headers).encode("latin-1") + b"\r\n"
+    eol = "\n" if route.bare_lf else "\r\n"
+    out += f"HTTP/1.1 {status} {_reason(status)}{eol}".encode()
+    out += "".join(f"{n}: {v}{eol}" for n, v in headers).encode("latin-1") + eol.encode()
     if bodiless or req.method == "HEAD":
         return bytes(out)
     sent = body if route.cut_at is None else body[: max(0, route.cut_at - offset)]

@@ -169,6 +169,23 @@ def test_bytes_past_a_short_content_length_leave_the_answer_whole(
     assert foreign.count("/short") == 1
 
 
+def test_an_answer_whose_lines_end_in_a_bare_lf_is_served_and_stored(
+        foreign: ForeignOrigin, foreign_chain: Chain) -> None:
+    """RFC 9112 §2.2: a recipient may take a bare LF for a line's end; old CGI scripts send
+    them, and nginx serves their answers (llhttp refused them: a 502 at the shield)."""
+    body = pattern(3000, seed=4)
+    foreign.route("/lf", body=body, bare_lf=True, headers=[CACHEABLE, ("X-Old", "cgi")])
+    r = foreign_chain.get("/lf")
+    assert (r.status_code, r.content, r.headers["x-old"]) == (200, body, "cgi")
+    r = foreign_chain.get("/lf")
+    assert r.content == body and r.headers["x-cache"] == "HIT from edge"
+    assert foreign.count("/lf") == 1
+    chunked = pattern(70_000, seed=5)
+    foreign.route("/lf-chunked", body=chunked, bare_lf=True, framing="chunked")
+    r = foreign_chain.get("/lf-chunked")
+    assert (r.status_code, r.content) == (200, chunked)
+
+
 STATUSES = [203, 299, 418, 422, 599, 999]
 
 

@@ -45,8 +45,10 @@ class _Connection(asyncio.Protocol):
     def _reset(self) -> None:
         self.parser = httptools.HttpResponseParser(self)
         # RFC 9112 §6.3: a response whose Transfer-Encoding does not end in chunked is read
-        # until the connection closes (llhttp refuses it otherwise)
-        self.parser.set_dangerous_leniencies(lenient_transfer_encoding=True)
+        # until the connection closes (llhttp refuses it otherwise); §2.2: a line may end in
+        # a bare LF (old CGI scripts; nginx takes them too)
+        self.parser.set_dangerous_leniencies(lenient_transfer_encoding=True,
+                                             lenient_optional_cr_before_lf=True)
         self.status = 0
         self.headers: RawHeaders = []
         self.headers_done = asyncio.get_running_loop().create_future()
