@@ -9,6 +9,8 @@ for a few seconds.
 from __future__ import annotations
 
 import hashlib
+import json
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -167,3 +169,49 @@ def test_bundled_origin_404_is_cached_briefly(bundled_origin: Origin,
     r = chain.get(target)
     assert r.status_code == 404
     assert "HIT" not in r.headers["x-cache"] and "shield" in r.headers["x-cache"]
+
+
+def test_a_range_past_the_end_of_a_cold_object_is_416_framed_as_sent(
+        immutable: Immutable, make_chain: MakeChain) -> None:
+    """RFC 9110 §15.5.17: a first byte past the end, in a slice that starts past the end,
+    reaches the origin as that slice's range and comes back 416 with the length. The answer
+    is edgeproxy's 416 with ``Content-Range: bytes */length`` and a body of its declared
+    length: relayed, the upstream's 416 went out with the object's Content-Length (1 MiB and
+    more) over an empty body, and the next answer on the connection was lost in it."""
+    chain = make_chain(immutable.url)
+    body, target = immutable.body, immutable.target
+    start = 4 * MiB + 10  # slice 4 starts past the end of a 3 MiB + 5000 object
+    host, port = chain.edge_url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=20) as sock:
+        sock.sendall(f"GET {target} HTTP/1.1\r\nhost: edge\r\n"
+                     f"range: bytes={start}-{start + 99}\r\n\r\n"
+                     f"GET {target} HTTP/1.1\r\nhost: edge\r\nrange: bytes=0-99\r\n\r\n".encode())
+        answers = _read_answers(sock, 2)
+    (status, fields, content), (status2, fields2, content2) = answers
+    assert status == 416, (fields, content)
+    assert fields["content-range"] == f"bytes */{len(body)}"
+    assert json.loads(content)["error"] == "range_not_satisfiable"
+    assert status2 == 206 and content2 == body[:100]
+    assert fields2["content-range"] == f"bytes 0-99/{len(body)}"
+
+
+def _read_answers(sock: socket.socket, count: int) -> list[tuple[int, dict[str, str], bytes]]:
+    """``count`` answers framed by Content-Length: (status, fields, body) each."""
+    data = b""
+    answers: list[tuple[int, dict[str, str], bytes]] = []
+    while len(answers) < count:
+        while b"\r\n\r\n" not in data:
+            chunk = sock.recv(65536)
+            assert chunk, f"closed before answer {len(answers) + 1}"
+            data += chunk
+        head, _, data = data.partition(b"\r\n\r\n")
+        status_line, *lines = head.decode("latin-1").split("\r\n")
+        fields = {n.strip().lower(): v.strip() for n, _, v in (x.partition(":") for x in lines)}
+        length = int(fields["content-length"])
+        while len(data) < length:
+            chunk = sock.recv(65536)
+            assert chunk, f"closed after {len(data)} of {length} bytes of answer {len(answers) + 1}"
+            data += chunk
+        answers.append((int(status_line.split()[1]), fields, data[:length]))
+        data = data[length:]
+    return answers

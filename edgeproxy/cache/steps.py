@@ -202,8 +202,13 @@ async def miss(node: CacheNode, tx: Tx) -> Step:
         await node.drop_direct(tx)
         tx.meta, tx.verdict = tx.stale, Verdict.STALE
         return hit
-    if beresp.status == 416 and beresp.length is not None and tx.direct is None:
-        raise HTTPError(416, "range_not_satisfiable", "no satisfiable range",
+    if beresp.status == 416 and beresp.length is not None:
+        # The slice asked for starts past the end, and so does the client's first range:
+        # our own 416. The upstream's body is not relayed, as its fields would describe the
+        # representation (a Content-Length of the whole object over an empty body).
+        await node.drop_direct(tx)
+        raise HTTPError(416, "range_not_satisfiable",
+                        f"no satisfiable range for {beresp.length} bytes",
                         headers={"content-range": f"bytes */{beresp.length}"})
     tx.meta = flight.meta
     if beresp.status == 304:

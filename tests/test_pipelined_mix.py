@@ -1,0 +1,119 @@
+"""Pipelined mixes of requests, checked against a model of the objects.
+
+Each round opens one connection to an edge process (two workers, in front of a shield
+process and an origin) and sends at once a random mix of GET and HEAD, whole and ranged
+(past the end too), of objects of every size around the slice boundaries, and of a missing
+one. The answers must come back in order, framed exactly (Content-Length), each with the
+status and the bytes a model of the objects gives: hits from the fast lane, misses and
+ranges from the steps, 404 and 416 from the tiers, all on one connection.
+"""
+
+from __future__ import annotations
+
+import random
+import socket
+from collections.abc import Iterator
+
+import pytest
+
+from tests.nodes import NodeProcess
+from tests.origins import TestOrigin, pattern
+from tests.servers import free_port, serve
+
+MiB = 1024**2
+SIZES = [0, 1, 100, 5000, 70_000, MiB - 1, MiB, MiB + 1, 2_500_000]
+ROUNDS = 30
+
+Answer = tuple[int, dict[bytes, bytes], bytes]
+
+
+@pytest.fixture(scope="module")
+def tiers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, dict[str, bytes]]]:
+    objects = {f"/v/t1/mix{i}": pattern(size, seed=i) for i, size in enumerate(SIZES)}
+    origin = TestOrigin()
+    for path, body in objects.items():
+        origin.put(path, body)
+    directory = tmp_path_factory.mktemp("pipelined")
+
+    def node(role: str, upstream: str) -> NodeProcess:
+        port = free_port()
+        (directory / role).mkdir()
+        config = directory / role / "config.yaml"
+        config.write_text(f"data_dir: var\nlog_level: warning\nlog: {{access: 'off'}}\n"
+                          f"{role}: {{port: {port}, workers: 2}}\n")
+        return NodeProcess(config, role, f"http://127.0.0.1:{port}", upstream=upstream)
+
+    with serve(origin) as osrv, node("shield", osrv.url) as shield, \
+            node("edge", shield.url) as edge:
+        yield edge.url, objects
+
+
+def _expected(objects: dict[str, bytes], method: str, path: str,
+              span: tuple[int, int] | None) -> tuple[int, bytes | None]:
+    """RFC 9110 §14 and §15.5.17: status and body (None: not compared) of one request."""
+    body = objects.get(path)
+    if body is None:
+        return 404, None
+    if span is None:
+        return 200, b"" if method == "HEAD" else body
+    first, last = span
+    if first >= len(body):
+        return 416, None
+    return 206, b"" if method == "HEAD" else body[first:min(last, len(body) - 1) + 1]
+
+
+def _read(sock: socket.socket, methods: list[str]) -> list[Answer]:
+    data = b""
+    answers: list[Answer] = []
+    for method in methods:
+        while b"\r\n\r\n" not in data:
+            chunk = sock.recv(MiB)
+            assert chunk, f"closed before answer {len(answers) + 1} of {len(methods)}"
+            data += chunk
+        head, _, data = data.partition(b"\r\n\r\n")
+        status_line, *lines = head.split(b"\r\n")
+        fields = {n.strip().lower(): v.strip() for n, _, v in (x.partition(b":") for x in lines)}
+        assert b"transfer-encoding" not in fields, head
+        length = 0 if method == "HEAD" else int(fields[b"content-length"])
+        while len(data) < length:
+            chunk = sock.recv(MiB)
+            assert chunk, f"closed in answer {len(answers) + 1}: {len(data)} of {length}"
+            data += chunk
+        answers.append((int(status_line.split()[1]), fields, data[:length]))
+        data = data[length:]
+    return answers
+
+
+def test_pipelined_mixes_are_answered_in_order_and_exactly(
+        tiers: tuple[str, dict[str, bytes]]) -> None:
+    url, objects = tiers
+    port = int(url.rsplit(":", 1)[1])
+    rng = random.Random(8)
+    paths = [*objects, "/v/t1/missing"]
+    for _round in range(ROUNDS):
+        requests: list[tuple[str, str, tuple[int, int] | None]] = []
+        for _ in range(rng.randint(1, 12)):
+            span = None
+            if rng.random() < 0.4:
+                first = rng.randint(0, 2_600_000)
+                span = (first, first + rng.randint(0, 200_000))
+            requests.append((rng.choice(["GET", "GET", "GET", "HEAD"]), rng.choice(paths), span))
+        raw = b"".join(
+            f"{method} {path} HTTP/1.1\r\nhost: edge\r\n".encode()
+            + (f"range: bytes={span[0]}-{span[1]}\r\n".encode() if span else b"") + b"\r\n"
+            for method, path, span in requests)
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+            sock.sendall(raw)
+            answers = _read(sock, [method for method, _p, _s in requests])
+        for (method, path, span), (status, fields, body) in zip(requests, answers, strict=True):
+            want_status, want_body = _expected(objects, method, path, span)
+            assert status == want_status, (method, path, span, fields)
+            if want_body is not None:
+                assert body == want_body, (method, path, span, len(body), len(want_body))
+            if status == 206 and span is not None:
+                first, last = span
+                size = len(objects[path])
+                assert fields[b"content-range"] == \
+                    f"bytes {first}-{min(last, size - 1)}/{size}".encode()
+            if status == 416:
+                assert fields[b"content-range"] == f"bytes */{len(objects[path])}".encode()
