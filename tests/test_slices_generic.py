@@ -195,6 +195,26 @@ def test_a_range_past_the_end_of_a_cold_object_is_416_framed_as_sent(
     assert fields2["content-range"] == f"bytes 0-99/{len(body)}"
 
 
+
+def test_preconditions_come_before_a_range_past_the_end(
+        immutable: Immutable, make_chain: MakeChain) -> None:
+    """RFC 9110 §13.2.2 and §13.1.5: on a cold object, a range past the end with an If-Range
+    that does not match is answered whole (200), with one that matches 416, and with a
+    matching If-None-Match 304: the object's facts decide, not the 416 of the slice."""
+    chain = make_chain(immutable.url)
+    body, target = immutable.body, immutable.target
+    past = {"Range": f"bytes={4 * MiB + 10}-{4 * MiB + 99}"}
+    r = chain.get(target, headers={**past, "If-Range": '"not-this-one"'})
+    assert r.status_code == 200 and r.content == body
+    etag = r.headers["etag"]
+    fresh = make_chain(immutable.url)  # cold again: the 416 of the slice comes first
+    r = fresh.get(target, headers={**past, "If-None-Match": etag})
+    assert r.status_code == 304 and r.content == b""
+    r = fresh.get(target, headers={**past, "If-Range": etag})
+    assert r.status_code == 416
+    assert r.headers["content-range"] == f"bytes */{len(body)}"
+
+
 def _read_answers(sock: socket.socket, count: int) -> list[tuple[int, dict[str, str], bytes]]:
     """``count`` answers framed by Content-Length: (status, fields, body) each."""
     data = b""

@@ -34,6 +34,8 @@ Step = Callable[["CacheNode", "Tx"], Awaitable["Step | None"]]
 
 # How often a miss may lose the race for a claim and look up again before giving up.
 LOOKUP_TRIES = 3
+# Request preconditions evaluated before Range (RFC 9110 §13.2.2).
+CONDITIONALS = ("if-range", "if-none-match", "if-modified-since")
 
 
 @dataclass(slots=True)
@@ -207,6 +209,11 @@ async def miss(node: CacheNode, tx: Tx) -> Step:
         # our own 416. The upstream's body is not relayed, as its fields would describe the
         # representation (a Content-Length of the whole object over an empty body).
         await node.drop_direct(tx)
+        if any(name in req.headers for name in CONDITIONALS):
+            # RFC 9110 §13.2.2: preconditions come before Range (an If-Range that fails
+            # means the whole, a matching If-None-Match a 304): the object's own facts decide
+            tx.flight, tx.led = None, False
+            return await _learn_length(node, tx)
         raise HTTPError(416, "range_not_satisfiable",
                         f"no satisfiable range for {beresp.length} bytes",
                         headers={"content-range": f"bytes */{beresp.length}"})
@@ -234,7 +241,8 @@ async def _wait_then_look_again(node: CacheNode, tx: Tx, index: int) -> Step:
 
 
 async def _learn_length(node: CacheNode, tx: Tx) -> Step:
-    """A suffix range on an object of unknown length: its facts first, by HEAD."""
+    """The object's facts first, by HEAD: for a suffix range on an object of unknown
+    length, and for a conditional range that turned out to start past the end."""
     req = tx.req
     t0 = time.time()
     resp = await node.transport.send(BeReq("HEAD", req.target,
