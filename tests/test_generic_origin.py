@@ -7,6 +7,7 @@ close-delimited bodies, unusual statuses) and records what it receives; nginx an
 
 from __future__ import annotations
 
+import threading
 import time
 
 import httpx
@@ -306,3 +307,34 @@ def test_nginx_if_none_match_gets_304(nginx: Nginx, make_chain: MakeChain) -> No
         assert r.headers["etag"] == etag
     r = chain.get("/inm.bin", headers={"If-None-Match": '"other"'})
     assert r.status_code == 200 and len(r.content) == 5000
+
+
+def test_an_object_never_fresh_under_concurrent_requests_is_always_answered(
+        foreign: ForeignOrigin, make_chain: MakeChain) -> None:
+    """An answer that is stale at once (``max-age=0``, as ``python -m http.server``'s files
+    are by heuristic) is revalidated by every request; with two workers per node, requests
+    kept losing the race for the claim of its fill and failed with 502 ('could not lead or
+    join the fill') after three looks. They now relay their own answer instead: every
+    request gets the exact bytes, whole or ranged."""
+    body = pattern(300_000, seed=9)
+    foreign.route("/stale", body=body, etag='"s1"', delay=0.01,
+                  headers=[("Cache-Control", "max-age=0")])
+    chain = make_chain(foreign.url, mode="process", workers=2)
+    failures: list[str] = []
+
+    def client(seed: int) -> None:
+        with httpx.Client(base_url=chain.edge_url, timeout=30) as http:
+            for i in range(25):
+                first = (seed * 7919 + i * 104729) % len(body)
+                ranged = i % 2 == 1
+                r = http.get("/stale", headers={"Range": f"bytes={first}-"} if ranged else {})
+                want = (206, body[first:]) if ranged else (200, body)
+                if (r.status_code, r.content) != want:
+                    failures.append(f"{r.status_code} {r.headers.get('x-cache')} {r.text[:100]}")
+
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not failures, failures[:5]

@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from ..errors import FillAborted, HTTPError, UpstreamError, UpstreamTimeout
+from ..errors import HTTPError, UpstreamError, UpstreamTimeout
 from . import fields, joins, policy
 from .beresp import from_upstream
 from .deliver import plan_reply, send_body, verifying_send, vouched_send, with_content_digest
@@ -230,7 +230,9 @@ async def _wait_then_look_again(node: CacheNode, tx: Tx, index: int) -> Step:
     flight of this process that is not a facts flight. Wait for its facts, look up again."""
     tx.tries += 1
     if tx.tries > LOOKUP_TRIES:
-        raise FillAborted("could not lead or join the fill of this object")
+        # Others keep winning the claim (an object never fresh, revalidated by every
+        # request): relay this request's own answer, unstored, rather than fail it.
+        return pass_
     local = node.coalescer.fills.get((tx.req.key, index))
     if local is not None:
         with contextlib.suppress(UpstreamError, TimeoutError):
