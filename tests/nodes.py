@@ -104,6 +104,17 @@ class NodeProcess:
         self.stop()
 
 
+def node_process(directory: Path, role: str, upstream: str, *, workers: int = 1) -> NodeProcess:
+    """A `NodeProcess` of ``role`` in front of ``upstream`` on a free loopback port, with a
+    config of its own in ``directory`` (access log off)."""
+    port = free_port()
+    directory.mkdir(parents=True, exist_ok=True)
+    config = directory / "config.yaml"
+    config.write_text(f"data_dir: var\nlog_level: warning\nlog: {{access: 'off'}}\n"
+                      f"{role}: {{port: {port}, workers: {workers}}}\n")
+    return NodeProcess(config, role, f"http://127.0.0.1:{port}", upstream=upstream)
+
+
 @contextmanager
 def process_stack(directory: Path, extra: str = "",
                   roles: tuple[str, ...] = ("origin", "shield", "edge"),

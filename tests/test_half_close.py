@@ -15,15 +15,14 @@ import socket
 import time
 from collections.abc import Iterator
 from functools import partial
-from pathlib import Path
 
 import pytest
 
 from edgeproxy.config import HTTPLimitsConfig
 from edgeproxy.headtimeout import GuardedH11Protocol
-from tests.nodes import NodeProcess
+from tests.nodes import NodeProcess, node_process
 from tests.origins import TestOrigin, pattern
-from tests.servers import free_port, serve
+from tests.servers import serve
 
 SMALL = pattern(5000, seed=1)
 LARGE = pattern(3 * 1024**2 + 11, seed=2)
@@ -33,12 +32,8 @@ LARGE = pattern(3 * 1024**2 + 11, seed=2)
 def edge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[NodeProcess, TestOrigin]]:
     origin = TestOrigin()
     origin.delay_headers = 0.3  # the EOF arrives while the miss waits for its upstream
-    port = free_port()
-    config: Path = tmp_path_factory.mktemp("half-close") / "config.yaml"
-    config.write_text(f"data_dir: var\nlog_level: warning\nlog: {{access: 'off'}}\n"
-                      f"edge: {{port: {port}, workers: 1}}\n")
     with serve(origin) as osrv, \
-            NodeProcess(config, "edge", f"http://127.0.0.1:{port}", upstream=osrv.url) as node:
+            node_process(tmp_path_factory.mktemp("half-close"), "edge", osrv.url) as node:
         yield node, origin
 
 

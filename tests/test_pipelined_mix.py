@@ -16,9 +16,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.nodes import NodeProcess
+from tests.nodes import node_process
 from tests.origins import TestOrigin, pattern
-from tests.servers import free_port, serve
+from tests.servers import serve
 
 MiB = 1024**2
 SIZES = [0, 1, 100, 5000, 70_000, MiB - 1, MiB, MiB + 1, 2_500_000]
@@ -34,17 +34,9 @@ def tiers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, dict[
     for path, body in objects.items():
         origin.put(path, body)
     directory = tmp_path_factory.mktemp("pipelined")
-
-    def node(role: str, upstream: str) -> NodeProcess:
-        port = free_port()
-        (directory / role).mkdir()
-        config = directory / role / "config.yaml"
-        config.write_text(f"data_dir: var\nlog_level: warning\nlog: {{access: 'off'}}\n"
-                          f"{role}: {{port: {port}, workers: 2}}\n")
-        return NodeProcess(config, role, f"http://127.0.0.1:{port}", upstream=upstream)
-
-    with serve(origin) as osrv, node("shield", osrv.url) as shield, \
-            node("edge", shield.url) as edge:
+    with serve(origin) as osrv, \
+            node_process(directory / "shield", "shield", osrv.url, workers=2) as shield, \
+            node_process(directory / "edge", "edge", shield.url, workers=2) as edge:
         yield edge.url, objects
 
 

@@ -18,9 +18,9 @@ from pathlib import Path
 import httpx
 import psutil
 
-from tests.nodes import NodeProcess
+from tests.nodes import NodeProcess, node_process
 from tests.origins import TestOrigin, pattern
-from tests.servers import free_port, serve
+from tests.servers import serve
 
 OBJ = "/v/t1/slow-readers"
 BODY = pattern(1024**2 - 4096, seed=7)  # one slice, too large for the memory tier
@@ -35,12 +35,7 @@ MAX_GROWTH = 16 * 1024**2
 def _edge(tmp_path: Path) -> Iterator[NodeProcess]:
     origin = TestOrigin()
     origin.put(OBJ, BODY)
-    port = free_port()
-    config = tmp_path / "config.yaml"
-    config.write_text(f"data_dir: var\nlog_level: warning\nlog: {{access: 'off'}}\n"
-                      f"edge: {{port: {port}, workers: 1}}\n")
-    with serve(origin) as osrv, \
-            NodeProcess(config, "edge", f"http://127.0.0.1:{port}", upstream=osrv.url) as edge:
+    with serve(origin) as osrv, node_process(tmp_path, "edge", osrv.url) as edge:
         yield edge
 
 

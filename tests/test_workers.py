@@ -17,9 +17,9 @@ import psutil
 import pytest
 
 from edgeproxy.workers import reuse_port_socket
-from tests.nodes import NodeProcess
+from tests.nodes import NodeProcess, node_process
 from tests.origins import TestOrigin
-from tests.servers import free_port, serve
+from tests.servers import serve
 
 CONNECTIONS = 64
 OBJ = "/v/t1/obj"
@@ -73,13 +73,8 @@ def _two_worker_edge(tmp_path: Path, body: bytes) -> Iterator[tuple[NodeProcess,
     """An edge process of two workers in front of an origin serving ``body`` at OBJ."""
     origin = TestOrigin()
     origin.put(OBJ, body)
-    port = free_port()
-    config = tmp_path / "config.yaml"
-    config.write_text(f"data_dir: var\nlog_level: warning\nlog: {{access: 'off'}}\n"
-                      f"edge: {{port: {port}, workers: 2}}\n")
-    with serve(origin) as osrv, \
-            NodeProcess(config, "edge", f"http://127.0.0.1:{port}", upstream=osrv.url) as edge:
-        yield edge, port
+    with serve(origin) as osrv, node_process(tmp_path, "edge", osrv.url, workers=2) as edge:
+        yield edge, int(edge.url.rsplit(":", 1)[1])
 
 
 def test_a_burst_of_connections_reaches_both_workers(tmp_path: Path) -> None:
