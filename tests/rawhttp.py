@@ -69,3 +69,51 @@ def get(path: bytes, *headers: bytes, method: bytes = b"GET") -> bytes:
     """A request head (no body) for ``path`` with extra header lines, asking to close after."""
     lines = [method + b" " + path + b" HTTP/1.1", b"Host: test", *headers, b"Connection: close"]
     return b"\r\n".join(lines) + b"\r\n\r\n"
+
+
+def read_to_close(sock: socket.socket) -> bytes:
+    """Everything the server sends until it closes the connection."""
+    data = b""
+    while chunk := sock.recv(1 << 20):
+        data += chunk
+    return data
+
+
+def split_answers(data: bytes, methods: list[str]) -> list[RawResponse]:
+    """The answers, in order, to pipelined requests of these ``methods``, framed by
+    ``Content-Length`` (none for HEAD, 204 and 304): all of ``data``, which ends where the
+    server closed. An answer cut short, a chunked one, or bytes left over fail the test."""
+    split = _split(data, methods)
+    assert split is not None, f"the connection closed before all {len(methods)} answers"
+    answers, rest = split
+    assert not rest, f"bytes after the last answer: {rest[:200]!r}"
+    return answers
+
+
+def read_answers(sock: socket.socket, methods: list[str]) -> list[RawResponse]:
+    """`split_answers` on a connection that stays open: read until every answer is in."""
+    data = b""
+    while (split := _split(data, methods)) is None:
+        chunk = sock.recv(1 << 20)
+        assert chunk, f"the connection closed before all {len(methods)} answers"
+        data += chunk
+    return split[0]
+
+
+def _split(data: bytes, methods: list[str]) -> tuple[list[RawResponse], bytes] | None:
+    """The answers and what follows them; None while ``data`` holds only part of them."""
+    answers = []
+    for method in methods:
+        head, sep, data = data.partition(b"\r\n\r\n")
+        if not sep:
+            return None
+        status = int(head.split(b" ", 2)[1])
+        headers = _headers(head)
+        assert "transfer-encoding" not in headers, head
+        length = 0 if method == "HEAD" or status in (204, 304) \
+            else int(headers["content-length"])
+        if len(data) < length:
+            return None
+        answers.append(RawResponse(status, headers, data[:length]))
+        data = data[length:]
+    return answers, data

@@ -22,6 +22,7 @@ from edgeproxy.config import HTTPLimitsConfig
 from edgeproxy.headtimeout import GuardedH11Protocol
 from tests.nodes import NodeProcess, node_process
 from tests.origins import TestOrigin, pattern
+from tests.rawhttp import read_to_close, split_answers
 from tests.servers import serve
 
 SMALL = pattern(5000, seed=1)
@@ -43,25 +44,7 @@ def _half_closed(url: str, request: bytes) -> bytes:
     with socket.create_connection((host, int(port)), timeout=20) as sock:
         sock.sendall(request)
         sock.shutdown(socket.SHUT_WR)
-        data = b""
-        while chunk := sock.recv(1 << 20):
-            data += chunk
-    return data
-
-
-def _answers(data: bytes) -> list[tuple[bytes, dict[bytes, bytes], bytes]]:
-    """Content-Length framed answers: (status line, lower-cased fields, body) each."""
-    found = []
-    while data:
-        head, sep, data = data.partition(b"\r\n\r\n")
-        assert sep, f"an unfinished head: {head[:200]!r}"
-        status, *lines = head.split(b"\r\n")
-        fields = {n.strip().lower(): v.strip() for n, _, v in (x.partition(b":") for x in lines)}
-        length = int(fields[b"content-length"])
-        assert len(data) >= length, f"{len(data)} of {length} body bytes, then the close"
-        found.append((status, fields, data[:length]))
-        data = data[length:]
-    return found
+        return read_to_close(sock)
 
 
 def _get(path: str, more: bytes = b"") -> bytes:
@@ -72,25 +55,25 @@ def test_a_miss_still_waiting_for_its_upstream_is_answered(
         edge: tuple[NodeProcess, TestOrigin]) -> None:
     node, origin = edge
     origin.put("/v/t1/hc-miss", SMALL)
-    [(status, fields, body)] = _answers(_half_closed(node.url, _get("/v/t1/hc-miss")))
-    assert status == b"HTTP/1.1 200 OK" and body == SMALL
-    assert fields[b"x-cache"].startswith(b"MISS")
-    assert fields[b"connection"] == b"close"
+    [r] = split_answers(_half_closed(node.url, _get("/v/t1/hc-miss")), ["GET"])
+    assert r.status == 200 and r.body == SMALL
+    assert r.headers["x-cache"].startswith("MISS")
+    assert r.headers["connection"] == "close"
 
 
 def test_a_hit_and_a_range_are_answered(edge: tuple[NodeProcess, TestOrigin]) -> None:
     node, origin = edge
     origin.put("/v/t1/hc-large", LARGE)
-    [(status, _f, body)] = _answers(_half_closed(node.url, _get("/v/t1/hc-large")))
-    assert status == b"HTTP/1.1 200 OK" and body == LARGE
-    [(status, fields, body)] = _answers(_half_closed(node.url, _get("/v/t1/hc-large")))
-    assert status == b"HTTP/1.1 200 OK" and body == LARGE
-    assert fields[b"x-cache"].startswith(b"HIT")
+    [r] = split_answers(_half_closed(node.url, _get("/v/t1/hc-large")), ["GET"])
+    assert r.status == 200 and r.body == LARGE
+    [r] = split_answers(_half_closed(node.url, _get("/v/t1/hc-large")), ["GET"])
+    assert r.status == 200 and r.body == LARGE
+    assert r.headers["x-cache"].startswith("HIT")
     first, last = 1024**2 - 5, 2 * 1024**2 + 5  # across two slice seams
-    [(status, fields, body)] = _answers(_half_closed(
-        node.url, _get("/v/t1/hc-large", f"range: bytes={first}-{last}\r\n".encode())))
-    assert status == b"HTTP/1.1 206 Partial Content" and body == LARGE[first:last + 1]
-    assert fields[b"content-range"] == f"bytes {first}-{last}/{len(LARGE)}".encode()
+    [r] = split_answers(_half_closed(
+        node.url, _get("/v/t1/hc-large", f"range: bytes={first}-{last}\r\n".encode())), ["GET"])
+    assert r.status == 206 and r.body == LARGE[first:last + 1]
+    assert r.headers["content-range"] == f"bytes {first}-{last}/{len(LARGE)}"
 
 
 def test_pipelined_requests_are_all_answered_in_order(
@@ -98,9 +81,9 @@ def test_pipelined_requests_are_all_answered_in_order(
     node, origin = edge
     origin.put("/v/t1/hc-p1", SMALL)
     origin.put("/v/t1/hc-p2", SMALL[::-1])
-    answers = _answers(_half_closed(node.url, _get("/v/t1/hc-p1") + _get("/v/t1/hc-p2")))
-    assert [(s, b) for s, _f, b in answers] == [(b"HTTP/1.1 200 OK", SMALL),
-                                                 (b"HTTP/1.1 200 OK", SMALL[::-1])]
+    answers = split_answers(_half_closed(node.url, _get("/v/t1/hc-p1") + _get("/v/t1/hc-p2")),
+                            ["GET", "GET"])
+    assert [(r.status, r.body) for r in answers] == [(200, SMALL), (200, SMALL[::-1])]
 
 
 def test_a_request_whose_body_never_came_whole_is_closed_at_once(
@@ -118,5 +101,5 @@ def test_the_h11_protocol_answers_a_half_closed_request_too() -> None:
     origin.delay_headers = 0.3
     origin.put("/v/t1/hc-h11", SMALL)
     with serve(origin, http=partial(GuardedH11Protocol, limits=HTTPLimitsConfig())) as srv:
-        [(status, _f, body)] = _answers(_half_closed(srv.url, _get("/v/t1/hc-h11")))
-    assert status == b"HTTP/1.1 200 OK" and body == SMALL
+        [r] = split_answers(_half_closed(srv.url, _get("/v/t1/hc-h11")), ["GET"])
+    assert r.status == 200 and r.body == SMALL

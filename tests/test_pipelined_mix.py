@@ -18,14 +18,12 @@ import pytest
 
 from tests.nodes import node_process
 from tests.origins import TestOrigin, pattern
+from tests.rawhttp import read_to_close, split_answers
 from tests.servers import serve
 
 MiB = 1024**2
 SIZES = [0, 1, 100, 5000, 70_000, MiB - 1, MiB, MiB + 1, 2_500_000]
 ROUNDS = 30
-
-Answer = tuple[int, dict[bytes, bytes], bytes]
-
 
 @pytest.fixture(scope="module")
 def tiers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, dict[str, bytes]]]:
@@ -54,28 +52,6 @@ def _expected(objects: dict[str, bytes], method: str, path: str,
     return 206, b"" if method == "HEAD" else body[first:min(last, len(body) - 1) + 1]
 
 
-def _read(sock: socket.socket, methods: list[str]) -> list[Answer]:
-    data = b""
-    answers: list[Answer] = []
-    for method in methods:
-        while b"\r\n\r\n" not in data:
-            chunk = sock.recv(MiB)
-            assert chunk, f"closed before answer {len(answers) + 1} of {len(methods)}"
-            data += chunk
-        head, _, data = data.partition(b"\r\n\r\n")
-        status_line, *lines = head.split(b"\r\n")
-        fields = {n.strip().lower(): v.strip() for n, _, v in (x.partition(b":") for x in lines)}
-        assert b"transfer-encoding" not in fields, head
-        length = 0 if method == "HEAD" else int(fields[b"content-length"])
-        while len(data) < length:
-            chunk = sock.recv(MiB)
-            assert chunk, f"closed in answer {len(answers) + 1}: {len(data)} of {length}"
-            data += chunk
-        answers.append((int(status_line.split()[1]), fields, data[:length]))
-        data = data[length:]
-    return answers
-
-
 def test_pipelined_mixes_are_answered_in_order_and_exactly(
         tiers: tuple[str, dict[str, bytes]]) -> None:
     url, objects = tiers
@@ -92,12 +68,14 @@ def test_pipelined_mixes_are_answered_in_order_and_exactly(
             requests.append((rng.choice(["GET", "GET", "GET", "HEAD"]), rng.choice(paths), span))
         raw = b"".join(
             f"{method} {path} HTTP/1.1\r\nhost: edge\r\n".encode()
-            + (f"range: bytes={span[0]}-{span[1]}\r\n".encode() if span else b"") + b"\r\n"
-            for method, path, span in requests)
+            + (f"range: bytes={span[0]}-{span[1]}\r\n".encode() if span else b"")
+            + (b"connection: close\r\n" if n == len(requests) - 1 else b"") + b"\r\n"
+            for n, (method, path, span) in enumerate(requests))
         with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
             sock.sendall(raw)
-            answers = _read(sock, [method for method, _p, _s in requests])
-        for (method, path, span), (status, fields, body) in zip(requests, answers, strict=True):
+            answers = split_answers(read_to_close(sock), [method for method, _p, _s in requests])
+        for (method, path, span), answer in zip(requests, answers, strict=True):
+            status, fields, body = answer.status, answer.headers, answer.body
             want_status, want_body = _expected(objects, method, path, span)
             assert status == want_status, (method, path, span, fields)
             if want_body is not None:
@@ -105,7 +83,6 @@ def test_pipelined_mixes_are_answered_in_order_and_exactly(
             if status == 206 and span is not None:
                 first, last = span
                 size = len(objects[path])
-                assert fields[b"content-range"] == \
-                    f"bytes {first}-{min(last, size - 1)}/{size}".encode()
+                assert fields["content-range"] == f"bytes {first}-{min(last, size - 1)}/{size}"
             if status == 416:
-                assert fields[b"content-range"] == f"bytes */{len(objects[path])}".encode()
+                assert fields["content-range"] == f"bytes */{len(objects[path])}"
