@@ -78,7 +78,7 @@ def _fill_cache(data_dir: Path, upstream: str) -> list[Path]:
     cache_dir = data_dir / "edge" / "cache"
     with contextlib.closing(sqlite3.connect(cache_dir / "cache.db")) as db:
         db.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # every page in the file now
-    files = list(cache_dir.glob("[0-9a-f][0-9a-f]/*/*.val"))
+    files = list(cache_dir.glob("[0-9a-f][0-9a-f]/*.val"))
     assert files
     return files
 

@@ -294,3 +294,51 @@ async def test_stored_slices_answers_like_has_slice_in_one_query(tmp_path: Path)
     finally:
         writer.close()
         reader.close()
+
+
+async def test_slice_files_go_to_256_folders_made_at_open_and_old_names_still_read(
+        tmp_path: Path) -> None:
+    """A slice file is placed one folder deep in folders made when the index opens (no
+    ``mkdir`` on the event loop while filling), a purge leaves the folder in place, and a row
+    written under diskcache's two-level names still reads."""
+    from edgeproxy.cache import checksum
+    from edgeproxy.cache.index import sql
+    from edgeproxy.cache.store import INLINE_MAX, CacheStore
+
+    root = tmp_path / "cache"
+    store = CacheStore(root, 1 << 30)
+    try:
+        folders = sorted(p.name for p in root.iterdir() if p.is_dir() and p.name != "fills")
+        assert folders == [f"{i:02x}" for i in range(256)]
+        data = bytes(range(256)) * (INLINE_MAX // 256 + 1)
+        for key in ("/a", "/b"):
+            (tmp_path / "fill").write_bytes(data)
+            store.commit_slice(key, "v1", 0, tmp_path / "fill", len(data),
+                               checksum=checksum.of(data))
+        store.commit()
+        files = sorted(root.rglob("*.val"))
+        assert len(files) == 2 and all(p.parent.parent == root for p in files)
+        assert store.purge("/a") == 1
+        store.commit()
+        assert len(list(root.rglob("*.val"))) == 1
+        assert sorted(p.name for p in root.iterdir() if p.is_dir() and p.name != "fills") \
+            == folders
+        # a row of the old layout: its file two folders deep, under the name the row records
+        [(rowid, name)] = sql(store._cache)(
+            "SELECT rowid, filename FROM Cache WHERE filename IS NOT NULL").fetchall()
+        old = os.path.join("ab", "cd", os.path.basename(name))
+        (root / "ab" / "cd").mkdir(parents=True)
+        os.replace(root / name, root / old)
+        sql(store._cache)("UPDATE Cache SET filename = ? WHERE rowid = ?", (old, rowid))
+        body = store.get_slice("/b", "v1", 0)
+        assert body is not None and not isinstance(body, bytes)
+        with body:
+            assert os.pread(body.fileno(), len(data) + 1, 0) == data
+    finally:
+        store.close()
+    reopened = CacheStore(root, 1 << 30)  # the folders stay as they are; a reopen adds none
+    try:
+        now = sorted(p.name for p in root.iterdir() if p.is_dir() and p.name != "fills")
+        assert now == folders
+    finally:
+        reopened.close()

@@ -152,3 +152,115 @@ async def test_a_cancelled_write_returns_only_once_its_thread_is_done(
     assert finished
     assert Path(flight.fills[0].path).read_bytes() == BODY[:SIZE]
     landing.close()
+
+
+def _loop_and_file_threads(monkeypatch: pytest.MonkeyPatch, fills: str) -> list[int]:
+    """The threads that create files under ``fills`` (recorded as they do)."""
+    makers: list[int] = []
+    real = os.open
+
+    def open_(path: Any, flags: int, *args: Any) -> int:
+        if str(path).startswith(fills) and flags & os.O_CREAT:
+            makers.append(threading.get_ident())
+        return real(path, flags, *args)
+
+    monkeypatch.setattr(os, "open", open_)
+    return makers
+
+
+async def test_a_slice_s_file_is_made_in_the_thread_that_writes_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Creating a file waits on the file system's journal under heavy writes: not on the loop.
+    makers = _loop_and_file_threads(monkeypatch, str(tmp_path))
+    flight = _flight(tmp_path, 1)
+    fill = flight.fills[0]
+    landing = _landing([])
+    small = INLINE // 2
+    assert await landing.write(flight, 0, BODY[:small], SIZE, 2 * SIZE, LATE) is False
+    assert not fill.path.exists() and not fill.on_disk  # still in memory
+    pieces = landing.place(flight, small, BODY[small:SIZE], SIZE, 2 * SIZE)
+    assert fill.spilling and not fill.path.exists()  # room made; no file yet
+    assert fill.read(0, small) == BODY[:small]
+    landed = await landing._offload(flight, BODY[small:SIZE], pieces)
+    assert makers and makers[0] != threading.get_ident()
+    assert fill.read(0, small) == BODY[:small] and not fill.on_disk  # until `landed`
+    for (each, piece, _), (done, error) in zip(pieces, landed, strict=True):
+        each.landed(piece, done, error)
+    assert fill.on_disk and fill.written == SIZE and not fill.spilling
+    assert fill.path.read_bytes() == BODY[:SIZE] and fill.read(0, SIZE) == BODY[:SIZE]
+    landing.close()
+
+
+async def test_a_file_made_for_a_flight_that_ended_before_its_bytes_landed_is_removed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    made: list[int] = []
+    real_create, real_land = SliceFill._create, SliceFill.land
+
+    def create(self: SliceFill) -> int:
+        made.append(real_create(self))
+        return made[-1]
+
+    def slow(self: SliceFill, data: Any, position: int) -> Any:
+        time.sleep(0.2)
+        return real_land(self, data, position)
+
+    monkeypatch.setattr(SliceFill, "_create", create)
+    monkeypatch.setattr(SliceFill, "land", slow)
+    flight = _flight(tmp_path, 1)
+    fill = flight.fills[0]
+    landing = _landing([])
+    task = asyncio.ensure_future(landing.write(flight, 0, BODY[:SIZE], SIZE, 2 * SIZE, LATE))
+    await asyncio.sleep(0.05)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert made and fill.path.exists() and not fill.on_disk
+    fill.release()  # the flight's end
+    assert not fill.path.exists()
+    with pytest.raises(OSError) as closed:
+        os.fstat(made[0])
+    assert closed.value.errno == errno.EBADF
+    landing.close()
+
+
+async def test_a_fill_dropped_from_the_store_while_its_file_is_made_stays_in_memory(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real = SliceFill.land
+
+    def slow(self: SliceFill, data: Any, position: int) -> Any:
+        time.sleep(0.2)
+        return real(self, data, position)
+
+    monkeypatch.setattr(SliceFill, "land", slow)
+    flight = _flight(tmp_path, 1)
+    fill = flight.fills[0]
+    landing = _landing([])
+    task = asyncio.ensure_future(landing.write(flight, 0, BODY[:SIZE], SIZE, 2 * SIZE, LATE))
+    await asyncio.sleep(0.05)
+    fill.keep_in_memory()  # e.g. a purge, on the loop, while the thread makes the file
+    await task
+    assert fill.unstorable and not fill.on_disk and not fill.path.exists()
+    assert fill.data() == BODY[:SIZE] and fill.written == SIZE
+    landing.close()
+
+
+async def test_a_file_that_cannot_be_made_keeps_the_slice_in_memory(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real = os.open
+
+    def full(path: Any, flags: int, *args: Any) -> int:
+        if flags & os.O_CREAT and str(path).startswith(str(tmp_path)):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(path, flags, *args)
+
+    flight = _flight(tmp_path, 1)
+    fill = flight.fills[0]
+    faults: list[BaseException] = []
+    fill.on_fault = faults.append
+    landing = _landing([])
+    monkeypatch.setattr(os, "open", full)
+    await landing.write(flight, 0, BODY[:SIZE], SIZE, 2 * SIZE, LATE)
+    assert fill.unstorable and not fill.on_disk and not fill.path.exists()
+    assert fill.data() == BODY[:SIZE] and fill.written == SIZE
+    assert [getattr(exc, "errno", None) for exc in faults] == [errno.ENOSPC]
+    landing.close()
