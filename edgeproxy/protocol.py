@@ -29,7 +29,7 @@ from .config import HTTPLimitsConfig
 from .errors import HTTPError
 from .guard import FIELD_OVERHEAD, PROXIED_BYTES, PROXIED_FIELDS, head_cap
 from .headtimeout import DeadlineHooks, HeadDeadline, send_refusal, timeout_error
-from .zerocopy import ZEROCOPY, ZeroCopySend, socket_fd, write_piece
+from .zerocopy import ZEROCOPY, ZeroCopySend, send_rest, socket_fd, write_piece
 
 # A head and a body up to this size are joined into one buffer; larger bodies go by writev.
 JOIN_MAX = 64 * 1024
@@ -99,6 +99,25 @@ def fast_lane_of(app: Any) -> tuple[Any, Any] | None:
             return (app, log) if callable(getattr(type(app), "fast_reply", None)) else None
         app = vars(app).get("app")
     return None
+
+
+class _Sending:
+    """A fast-lane answer whose file bytes the socket did not take at once, while the rest
+    goes out as the socket drains. It stands in for uvicorn's cycle of the connection (the
+    fields the protocol reads of one), so pipelined requests queue behind it and reading
+    pauses, as behind any answer under way."""
+
+    __slots__ = ("body", "disconnected", "keep_alive", "message_event", "more_body",
+                 "response_complete", "task")
+
+    def __init__(self) -> None:
+        self.response_complete = False
+        self.disconnected = False
+        self.keep_alive = True  # False: the connection closes after it (shutdown, half-close)
+        self.more_body = False
+        self.body = b""
+        self.message_event = asyncio.Event()
+        self.task: asyncio.Task[None] | None = None
 
 
 class _Refused(Exception):
@@ -279,8 +298,9 @@ class GuardedHttpToolsProtocol(DeadlineHooks, HttpToolsProtocol):  # type: ignor
             return False
         data, status, sent = reply
         body = data[-1]
+        rest = 0
         if isinstance(body, FilePiece):  # a large body: from its file, by sendfile
-            write_piece(self.transport, data[0], body)
+            rest = write_piece(self.transport, data[0], body)
         else:
             self.transport.writelines(data)
         self.fast_served = True
@@ -288,8 +308,28 @@ class GuardedHttpToolsProtocol(DeadlineHooks, HttpToolsProtocol):  # type: ignor
             access_log.write({"client": self.client, "method": "GET", "raw_path": url,
                               "path": path, "http_version": "1.1", "headers": headers},
                              status, sent, node.hit_x_cache, time.perf_counter() - started)
-        self.on_response_complete()
+        if rest:
+            answer = _Sending()
+            self.cycle = answer  # type: ignore[assignment]
+            answer.task = self.loop.create_task(self._send_rest(answer, body, rest))
+        else:
+            self.on_response_complete()
         return True
+
+    async def _send_rest(self, answer: _Sending, piece: FilePiece, rest: int) -> None:
+        """The rest of a fast-lane answer; then the next pipelined request, if any."""
+        try:
+            done = await send_rest(self.transport, piece, rest)
+        except Exception:  # the file ended short or failed: the answer must not look whole
+            self.transport.abort()
+            done = False
+        answer.response_complete = True
+        if not done:
+            return
+        if not answer.keep_alive:
+            self.transport.close()
+            return
+        self.on_response_complete()
 
     def send_400_response(self, msg: str) -> None:
         """uvicorn's answer to a parser error, ours when the error is a refused head."""

@@ -86,6 +86,32 @@ def test_pipelined_requests_are_all_answered_in_order(
     assert [(r.status, r.body) for r in answers] == [(200, SMALL), (200, SMALL[::-1])]
 
 
+@pytest.mark.parametrize("requests", [3, 5])
+def test_a_fast_lane_answer_that_meets_a_full_socket_goes_out_whole_then_closes(
+        edge: tuple[NodeProcess, TestOrigin], requests: int) -> None:
+    """The fast lane sends a one-slice file hit by sendfile; what the socket does not take
+    at once goes as it drains, and a half-close meanwhile still gets every answer."""
+    node, origin = edge
+    path, body = f"/v/t1/hc-full-{requests}", pattern(1024**2 - 4096, seed=requests)
+    origin.put(path, body)
+    for _ in range(3):  # stored, then hits the fast lane answers from the file
+        [r] = split_answers(_half_closed(node.url, _get(path)), ["GET"])
+        assert r.body == body
+    assert r.headers["x-cache"].startswith("HIT")
+    host, port = node.url.removeprefix("http://").split(":")
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # its socket fills at once
+        sock.settimeout(20)
+        sock.connect((host, int(port)))
+        sock.sendall(_get(path) * requests)
+        sock.shutdown(socket.SHUT_WR)
+        time.sleep(0.5)  # the edge has sent what the socket takes and waits for room
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1024**2)
+        answers = split_answers(read_to_close(sock), ["GET"] * requests)
+    assert [(r.status, r.body) for r in answers] == [(200, body)] * requests
+    assert all(r.headers["x-cache"].startswith("HIT") for r in answers)
+
+
 def test_a_request_whose_body_never_came_whole_is_closed_at_once(
         edge: tuple[NodeProcess, TestOrigin]) -> None:
     node, _origin = edge

@@ -267,9 +267,13 @@ class FastLane:
                 return None  # several slices: the steps
             ranged = [(b"content-range", content_range), (b"content-length", content_length)]
         offset = start - index * meta.slice_size
-        # a large whole body that memory will not keep goes from its file to the socket
-        piece = files and status == 200 and length >= ZEROCOPY_MIN \
-            and not self.node.hot.accepts(length)
+        # A large whole body that memory will not keep goes from its file to the socket, or
+        # through the steps, which send it as the client takes it: read whole into the
+        # answer, it waited in memory for a client that reads slowly (1 MiB per stalled
+        # connection, traced with pipelined requests).
+        piece = status == 200 and length >= ZEROCOPY_MIN and not self.node.hot.accepts(length)
+        if piece and not files:
+            return None
         data = self._read(key, meta, index, offset, length, piece)
         if data is None:
             return None
