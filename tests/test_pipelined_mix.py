@@ -5,13 +5,15 @@ process and an origin) and sends at once a random mix of GET and HEAD, whole and
 (past the end too), of objects of every size around the slice boundaries, and of a missing
 one. The answers must come back in order, framed exactly (Content-Length), each with the
 status and the bytes a model of the objects gives: hits from the fast lane, misses and
-ranges from the steps, 404 and 416 from the tiers, all on one connection.
+ranges from the steps, 404 and 416 from the tiers, all on one connection. Half the rounds
+read through a small receive window filled before reading starts.
 """
 
 from __future__ import annotations
 
 import random
 import socket
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -52,14 +54,34 @@ def _expected(objects: dict[str, bytes], method: str, path: str,
     return 206, b"" if method == "HEAD" else body[first:min(last, len(body) - 1) + 1]
 
 
+def _exchange(port: int, raw: bytes, stalled: bool) -> bytes:
+    """Send ``raw`` at once and read every answer to the close; ``stalled``: through a
+    small receive window, read only once the edge has filled it (its answers then wait for
+    room, a fast-lane one by sendfile as the socket drains)."""
+    with socket.socket() as sock:
+        if stalled:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.settimeout(30)
+        sock.connect(("127.0.0.1", port))
+        sock.sendall(raw)
+        if stalled:
+            time.sleep(0.1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, MiB)
+        return read_to_close(sock)
+
+
+@pytest.mark.parametrize("stalled", [False, True], ids=["reading", "stalled"])
 def test_pipelined_mixes_are_answered_in_order_and_exactly(
-        tiers: tuple[str, dict[str, bytes]]) -> None:
+        tiers: tuple[str, dict[str, bytes]], stalled: bool) -> None:
     url, objects = tiers
     port = int(url.rsplit(":", 1)[1])
-    rng = random.Random(8)
+    rng = random.Random(8 + stalled)
     paths = [*objects, "/v/t1/missing"]
+    large = [p for p, body in objects.items() if MiB - 1 <= len(body) <= MiB]
     for _round in range(ROUNDS):
         requests: list[tuple[str, str, tuple[int, int] | None]] = []
+        if stalled:  # one-slice file hits first: the fast lane's sendfile fills the socket
+            requests += [("GET", rng.choice(large), None) for _ in range(4)]
         for _ in range(rng.randint(1, 12)):
             span = None
             if rng.random() < 0.4:
@@ -71,9 +93,8 @@ def test_pipelined_mixes_are_answered_in_order_and_exactly(
             + (f"range: bytes={span[0]}-{span[1]}\r\n".encode() if span else b"")
             + (b"connection: close\r\n" if n == len(requests) - 1 else b"") + b"\r\n"
             for n, (method, path, span) in enumerate(requests))
-        with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
-            sock.sendall(raw)
-            answers = split_answers(read_to_close(sock), [method for method, _p, _s in requests])
+        answers = split_answers(_exchange(port, raw, stalled),
+                                [method for method, _p, _s in requests])
         for (method, path, span), answer in zip(requests, answers, strict=True):
             status, fields, body = answer.status, answer.headers, answer.body
             want_status, want_body = _expected(objects, method, path, span)
