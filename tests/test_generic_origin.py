@@ -338,3 +338,26 @@ def test_an_object_never_fresh_under_concurrent_requests_is_always_answered(
     for thread in threads:
         thread.join()
     assert not failures, failures[:5]
+
+
+def test_whitespace_between_a_field_name_and_its_colon_is_removed(
+        foreign: ForeignOrigin, foreign_chain: Chain) -> None:
+    """RFC 9112 §5.1: a proxy MUST remove whitespace between a response field's name and
+    its colon before forwarding (it got a 502). The field reaches the client under its name;
+    the answer is stored and hit like any other."""
+    body = pattern(2000, seed=8)
+    foreign.route("/ws", body=body, headers=[CACHEABLE, ("X-Spaced \t", "yes"),
+                                            ("Content-Type ", "text/plain")])
+    r = foreign_chain.get("/ws")
+    assert (r.status_code, r.content) == (200, body)
+    assert r.headers["x-spaced"] == "yes" and r.headers["content-type"] == "text/plain"
+    assert all(name == name.strip() for name in r.headers)
+    r = foreign_chain.get("/ws")
+    assert r.content == body and r.headers["x-cache"] == "HIT from edge"
+    assert r.headers["x-spaced"] == "yes"
+    assert foreign.count("/ws") == 1
+    chunked = pattern(70_000, seed=9)
+    foreign.route("/ws-chunked", body=chunked, framing="chunked",
+                  headers=[("X-Spaced ", "chunked")])
+    r = foreign_chain.get("/ws-chunked")
+    assert (r.status_code, r.content, r.headers["x-spaced"]) == (200, chunked, "chunked")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import re
 import ssl
 import time
 from collections.abc import AsyncIterable, AsyncIterator
@@ -31,6 +32,28 @@ RawHeaders = list[tuple[bytes, bytes]]
 
 # Body bytes buffered per connection before reading from the socket pauses (back-pressure).
 HIGH_WATER = 1024 * 1024
+# The most bytes of an answer's head held back to repair it (`_Connection._repair`).
+REPAIR_MAX = 64 * 1024
+# A field name followed by whitespace before its colon (RFC 9112 §5.1: a proxy removes it).
+_SPACED_NAME = re.compile(rb"(?m)^([!#$%&'*+.^_`|~0-9A-Za-z-]+)[ \t]+:")
+_HEAD_END = re.compile(rb"\r?\n\r?\n")
+_INTERIM = re.compile(rb"HTTP/\d\.\d 1(?!01)\d\d")  # (a 101 ends the answers we read)
+
+
+def _repaired(raw: bytes) -> bytes | None:
+    """``raw`` (an answer's bytes from its start) with the whitespace between field names
+    and colons removed from its heads, interim ones and the final one, and not from its
+    body; None while the final head is not all in."""
+    heads, at = [], 0
+    while True:
+        end = _HEAD_END.search(raw, at)
+        if end is None:
+            return None
+        head = raw[at:end.end()]
+        heads.append(_SPACED_NAME.sub(rb"\1:", head))
+        at = end.end()
+        if not _INTERIM.match(head):
+            return b"".join(heads) + raw[at:]
 
 
 class _Connection(asyncio.Protocol):
@@ -43,12 +66,11 @@ class _Connection(asyncio.Protocol):
         self._reset()
 
     def _reset(self) -> None:
-        self.parser = httptools.HttpResponseParser(self)
-        # RFC 9112 §6.3: a response whose Transfer-Encoding does not end in chunked is read
-        # until the connection closes (llhttp refuses it otherwise); §2.2: a line may end in
-        # a bare LF (old CGI scripts; nginx takes them too)
-        self.parser.set_dangerous_leniencies(lenient_transfer_encoding=True,
-                                             lenient_optional_cr_before_lf=True)
+        self._new_parser()
+        # the bytes of the answer until its head is parsed, kept (not copied) for a repair
+        self.seen: list[bytes] | None = []
+        self.held: list[bytes] | None = None  # a head held back until it can be repaired
+        self.error_text = ""  # what the parser said of the head held back
         self.status = 0
         self.headers: RawHeaders = []
         self.headers_done = asyncio.get_running_loop().create_future()
@@ -63,6 +85,14 @@ class _Connection(asyncio.Protocol):
         self.wakeup: asyncio.Future[None] | None = None
         self.ended = False  # the final answer's message is complete (what follows is surplus)
 
+    def _new_parser(self) -> None:
+        self.parser = httptools.HttpResponseParser(self)
+        # RFC 9112 §6.3: a response whose Transfer-Encoding does not end in chunked is read
+        # until the connection closes (llhttp refuses it otherwise); §2.2: a line may end in
+        # a bare LF (old CGI scripts; nginx takes them too)
+        self.parser.set_dangerous_leniencies(lenient_transfer_encoding=True,
+                                             lenient_optional_cr_before_lf=True)
+
     # --- asyncio.Protocol ---
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -75,6 +105,15 @@ class _Connection(asyncio.Protocol):
             # the answer stands, the connection cannot carry another one.
             self.keep_alive = False
             return
+        if self.held is not None:
+            self.held.append(data)
+            self._repair()
+            return
+        if self.seen is not None:
+            self.seen.append(data)
+        self._feed(data)
+
+    def _feed(self, data: bytes) -> None:
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -83,7 +122,31 @@ class _Connection(asyncio.Protocol):
             if self.ended:
                 self.keep_alive = False  # surplus bytes in the answer's last read: as above
                 return
+            if self.seen is not None and not self.headers_done.done():
+                # RFC 9112 §5.1: whitespace between a field name and its colon, which llhttp
+                # refuses, is removed and the answer parsed again (once)
+                self.held, self.seen = self.seen, None
+                self.error_text = str(exc)
+                self._repair()
+                return
             self._fail(UpstreamProtocolError(f"invalid HTTP from upstream: {exc}"))
+
+    def _repair(self) -> None:
+        assert self.held is not None
+        raw = b"".join(self.held)
+        fixed = _repaired(raw)
+        if fixed is None:  # the head is not all in: wait for the rest
+            if len(raw) > REPAIR_MAX:
+                self.held = None
+                self._fail(UpstreamProtocolError(
+                    f"invalid HTTP from upstream: {self.error_text}"))
+            return
+        self.held = None
+        if fixed == raw:  # nothing to repair: the answer is broken
+            self._fail(UpstreamProtocolError(f"invalid HTTP from upstream: {self.error_text}"))
+            return
+        self._new_parser()
+        self._feed(fixed)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
@@ -121,6 +184,7 @@ class _Connection(asyncio.Protocol):
             return
         self.status = status
         self.keep_alive = bool(self.parser.should_keep_alive())
+        self.seen = None  # the head is in: nothing left to repair
         if not self.headers_done.done():
             self.headers_done.set_result(None)
         if self.head or self.status in (204, 304):

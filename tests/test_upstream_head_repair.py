@@ -1,0 +1,98 @@
+"""The upstream client removes whitespace between a field name and its colon (RFC 9112 §5.1:
+a proxy MUST remove it before forwarding), wherever the head's reads split; an answer broken
+otherwise is still refused. Over a real socket, from a raw server that writes what it is
+told, in the pieces it is told."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+import pytest
+
+from edgeproxy.cache.http11 import REPAIR_MAX, Pool
+from edgeproxy.errors import UpstreamProtocolError
+
+Pieces = list[bytes]
+
+
+async def _raw_server(pieces: Callable[[], Pieces]) -> tuple[asyncio.Server, int]:
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            head = await reader.readuntil(b"\r\n\r\n") if not reader.at_eof() else b""
+            if not head:
+                break
+            for piece in pieces():
+                writer.write(piece)
+                await writer.drain()
+                await asyncio.sleep(0.02)  # each piece in a read of its own
+        writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    return server, server.sockets[0].getsockname()[1]
+
+
+async def _get(port: int) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    pool = Pool("127.0.0.1", port, ssl_context=None, server_hostname=None,
+                connect_timeout=5, timeout=5)
+    try:
+        resp = await pool.request("GET", b"/x", [(b"host", b"o")])
+        body = b"".join([chunk async for chunk in resp.aiter_body()])
+        await resp.aclose()
+        return resp.status, resp.headers, body
+    finally:
+        await pool.aclose()
+
+
+async def _run(pieces: Pieces) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    server, port = await _raw_server(lambda: pieces)
+    async with server:
+        return await _get(port)
+
+
+@pytest.mark.parametrize("split", [None, 20, 30, 43])
+async def test_whitespace_before_a_colon_is_removed_however_the_head_is_split(
+        split: int | None) -> None:
+    head = (b"HTTP/1.1 200 OK\r\nX-A : 1\r\nContent-Type\t \t: text/plain\r\n"
+            b"Content-Length : 5\r\n\r\n")
+    raw = head + b"hello"
+    pieces = [raw] if split is None else [raw[:split], raw[split:]]
+    status, headers, body = await _run(pieces)
+    assert (status, body) == (200, b"hello")
+    assert (b"x-a", b"1") in headers and (b"content-type", b"text/plain") in headers
+    assert (b"content-length", b"5") in headers
+
+
+async def test_a_repaired_head_after_an_interim_answer_and_a_chunked_body() -> None:
+    raw = (b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 203 Odd\r\nX-B  : 2\r\n"
+           b"Transfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n")
+    status, headers, body = await _run([raw[:40], raw[40:]])
+    assert (status, body) == (203, b"abcde") and (b"x-b", b"2") in headers
+
+
+async def test_an_answer_broken_otherwise_is_still_refused() -> None:
+    with pytest.raises(UpstreamProtocolError, match="invalid HTTP"):
+        await _run([b"HTTP/1.1 200 OK\r\nX A: 1\r\nContent-Length: 0\r\n\r\n"])
+    with pytest.raises(UpstreamProtocolError, match="invalid HTTP"):
+        await _run([b"HTTP/1.1 200 OK\r\nX-A : 1\r\n" + b"X-Long: " + b"v" * REPAIR_MAX])
+
+
+async def test_a_connection_reused_after_a_repaired_answer_parses_the_next_one() -> None:
+    answers = iter([
+        [b"HTTP/1.1 200 OK\r\nX-A : 1\r\nContent-Length: 2\r\n\r\nok"],
+        [b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nyes"],
+    ])
+    server, port = await _raw_server(lambda: next(answers))
+    async with server:
+        pool = Pool("127.0.0.1", port, ssl_context=None, server_hostname=None,
+                    connect_timeout=5, timeout=5)
+        try:
+            bodies = []
+            for _ in range(2):
+                resp = await pool.request("GET", b"/x", [(b"host", b"o")])
+                bodies.append(b"".join([c async for c in resp.aiter_body()]))
+                await resp.aclose()
+            assert bodies == [b"ok", b"yes"]
+            assert len(pool._idle) == 1  # the same connection carried both
+        finally:
+            await pool.aclose()
