@@ -361,3 +361,20 @@ def test_whitespace_between_a_field_name_and_its_colon_is_removed(
                   headers=[("X-Spaced ", "chunked")])
     r = foreign_chain.get("/ws-chunked")
     assert (r.status_code, r.content, r.headers["x-spaced"]) == (200, chunked, "chunked")
+
+
+def test_repeated_equal_content_lengths_are_one_and_a_huge_head_is_refused(
+        foreign: ForeignOrigin, foreign_chain: Chain) -> None:
+    """RFC 9112 §6.3 item 5: Content-Length fields that all say the same are read as one
+    (they got a 502); a head past 64 KiB is refused with a 502 and a JSON reason instead
+    of being buffered and relayed whole."""
+    body = pattern(3000, seed=10)
+    foreign.route("/dup-cl", body=body, framing="declared",
+                  headers=[CACHEABLE, ("Content-Length", "3000"), ("Content-Length", "3000")])
+    r = foreign_chain.get("/dup-cl")
+    assert (r.status_code, r.content, r.headers["content-length"]) == (200, body, "3000")
+    r = foreign_chain.get("/dup-cl")
+    assert r.content == body and r.headers["x-cache"] == "HIT from edge"
+    foreign.route("/huge-head", body=body, headers=[("X-Huge", "v" * 200_000)])
+    r = foreign_chain.get("/huge-head")
+    assert r.status_code == 502 and r.json()["error"] == "bad_upstream_answer"

@@ -10,7 +10,8 @@ from collections.abc import Callable
 
 import pytest
 
-from edgeproxy.cache.http11 import REPAIR_MAX, Pool
+from edgeproxy.cache.headrepair import HEAD_MAX
+from edgeproxy.cache.http11 import Pool
 from edgeproxy.errors import UpstreamProtocolError
 
 Pieces = list[bytes]
@@ -74,7 +75,7 @@ async def test_an_answer_broken_otherwise_is_still_refused() -> None:
     with pytest.raises(UpstreamProtocolError, match="invalid HTTP"):
         await _run([b"HTTP/1.1 200 OK\r\nX A: 1\r\nContent-Length: 0\r\n\r\n"])
     with pytest.raises(UpstreamProtocolError, match="invalid HTTP"):
-        await _run([b"HTTP/1.1 200 OK\r\nX-A : 1\r\n" + b"X-Long: " + b"v" * REPAIR_MAX])
+        await _run([b"HTTP/1.1 200 OK\r\nX-A : 1\r\n" + b"X-Long: " + b"v" * HEAD_MAX])
 
 
 async def test_a_connection_reused_after_a_repaired_answer_parses_the_next_one() -> None:
@@ -96,3 +97,39 @@ async def test_a_connection_reused_after_a_repaired_answer_parses_the_next_one()
             assert len(pool._idle) == 1  # the same connection carried both
         finally:
             await pool.aclose()
+
+
+@pytest.mark.parametrize("lengths", [
+    [b"Content-Length: 5", b"Content-Length: 5"],
+    [b"Content-Length: 5, 5"],
+    [b"content-length:5", b"CONTENT-LENGTH : 5 , 5"],
+])
+async def test_content_lengths_that_all_say_the_same_are_one(lengths: list[bytes]) -> None:
+    """RFC 9112 §6.3 item 5: the answer is read with that single value."""
+    raw = b"HTTP/1.1 200 OK\r\n" + b"\r\n".join(lengths) + b"\r\nX-C: 3\r\n\r\nhelloEXTRA"
+    status, headers, body = await _run([raw])
+    assert (status, body) == (200, b"hello")
+    assert [v for n, v in headers if n == b"content-length"] == [b"5"]
+    assert (b"x-c", b"3") in headers
+
+
+@pytest.mark.parametrize("head", [
+    b"Content-Length: 5\r\nContent-Length: 6",  # values that differ
+    b"Content-Length: 5, x",
+    b"Content-Length: 5\r\nContent-Length: 5\r\nTransfer-Encoding: chunked",  # smuggling-shaped
+])
+async def test_content_lengths_that_disagree_are_refused(head: bytes) -> None:
+    with pytest.raises(UpstreamProtocolError, match="invalid HTTP"):
+        await _run([b"HTTP/1.1 200 OK\r\n" + head + b"\r\n\r\nhello"])
+
+
+async def test_a_head_past_the_bound_is_refused_not_buffered() -> None:
+    with pytest.raises(UpstreamProtocolError, match="exceeds 64 KiB"):
+        await _run([b"HTTP/1.1 200 OK\r\nX-Huge: " + b"v" * 200_000 + b"\r\n\r\n"])
+    endless = [b"HTTP/1.1 100 Continue\r\nX-Pad: " + b"p" * 1000 + b"\r\n\r\n"] * 100
+    with pytest.raises(UpstreamProtocolError, match="exceeds 64 KiB"):
+        await _run(endless)
+    # a head just under the bound, with a large body in the same reads, is fine
+    big = b"HTTP/1.1 200 OK\r\nX-Big: " + b"b" * 60_000 + b"\r\nContent-Length: 300000\r\n\r\n"
+    status, _headers, body = await _run([big + b"z" * 300_000])
+    assert (status, len(body)) == (200, 300_000)

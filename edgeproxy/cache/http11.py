@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import re
 import ssl
 import time
 from collections.abc import AsyncIterable, AsyncIterator
@@ -26,34 +25,13 @@ from ..errors import (
     UpstreamUnreachable,
 )
 from ..tls import NO_CLIENT_CERT_HINT
+from .headrepair import HEAD_MAX, repaired
 from .waits import within
 
 RawHeaders = list[tuple[bytes, bytes]]
 
 # Body bytes buffered per connection before reading from the socket pauses (back-pressure).
 HIGH_WATER = 1024 * 1024
-# The most bytes of an answer's head held back to repair it (`_Connection._repair`).
-REPAIR_MAX = 64 * 1024
-# A field name followed by whitespace before its colon (RFC 9112 §5.1: a proxy removes it).
-_SPACED_NAME = re.compile(rb"(?m)^([!#$%&'*+.^_`|~0-9A-Za-z-]+)[ \t]+:")
-_HEAD_END = re.compile(rb"\r?\n\r?\n")
-_INTERIM = re.compile(rb"HTTP/\d\.\d 1(?!01)\d\d")  # (a 101 ends the answers we read)
-
-
-def _repaired(raw: bytes) -> bytes | None:
-    """``raw`` (an answer's bytes from its start) with the whitespace between field names
-    and colons removed from its heads, interim ones and the final one, and not from its
-    body; None while the final head is not all in."""
-    heads, at = [], 0
-    while True:
-        end = _HEAD_END.search(raw, at)
-        if end is None:
-            return None
-        head = raw[at:end.end()]
-        heads.append(_SPACED_NAME.sub(rb"\1:", head))
-        at = end.end()
-        if not _INTERIM.match(head):
-            return b"".join(heads) + raw[at:]
 
 
 class _Connection(asyncio.Protocol):
@@ -69,6 +47,7 @@ class _Connection(asyncio.Protocol):
         self._new_parser()
         # the bytes of the answer until its head is parsed, kept (not copied) for a repair
         self.seen: list[bytes] | None = []
+        self.head_bytes = 0  # the answer's bytes until its head is parsed
         self.held: list[bytes] | None = None  # a head held back until it can be repaired
         self.error_text = ""  # what the parser said of the head held back
         self.status = 0
@@ -111,7 +90,12 @@ class _Connection(asyncio.Protocol):
             return
         if self.seen is not None:
             self.seen.append(data)
+            self.head_bytes += len(data)
         self._feed(data)
+        if self.seen is not None and self.head_bytes > HEAD_MAX and self.error is None:
+            # a head this large, or interim answers without end: refused, not buffered
+            self._fail(UpstreamProtocolError(
+                f"the upstream's answer head exceeds {HEAD_MAX // 1024} KiB"))
 
     def _feed(self, data: bytes) -> None:
         try:
@@ -134,9 +118,9 @@ class _Connection(asyncio.Protocol):
     def _repair(self) -> None:
         assert self.held is not None
         raw = b"".join(self.held)
-        fixed = _repaired(raw)
+        fixed = repaired(raw)
         if fixed is None:  # the head is not all in: wait for the rest
-            if len(raw) > REPAIR_MAX:
+            if len(raw) > HEAD_MAX:
                 self.held = None
                 self._fail(UpstreamProtocolError(
                     f"invalid HTTP from upstream: {self.error_text}"))

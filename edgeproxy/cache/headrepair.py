@@ -1,0 +1,60 @@
+"""Upstream answer heads that llhttp refuses but a proxy can mend (RFC 9112).
+
+- Whitespace between a field name and its colon: "A proxy MUST remove any such whitespace
+  from a response message before forwarding the message downstream" (§5.1).
+- Several Content-Length fields, or a list in one, whose values are all the same: "the
+  message is processed with that single value used as the Content-Length field value"
+  (§6.3, item 5). Values that differ stay an error, as does Content-Length beside
+  Transfer-Encoding (item 3: "ought to be handled as an error").
+
+Only heads are rewritten (interim ones and the final one), never a body.
+"""
+
+from __future__ import annotations
+
+import re
+
+# The most bytes of an answer held back to mend its head, and the most an answer's heads
+# may take in all (a larger head, or an endless run of interim answers, is refused).
+HEAD_MAX = 64 * 1024
+
+_SPACED_NAME = re.compile(rb"(?m)^([!#$%&'*+.^_`|~0-9A-Za-z-]+)[ \t]+:")
+_HEAD_END = re.compile(rb"\r?\n\r?\n")
+_INTERIM = re.compile(rb"HTTP/\d\.\d 1(?!01)\d\d")  # (a 101 ends the answers we read)
+_LENGTH = re.compile(rb"(?mi)^content-length:[ \t]*([^\r\n]*?)[ \t]*\r?\n")
+_CODING = re.compile(rb"(?mi)^transfer-encoding:")
+
+
+def _one_length(head: bytes) -> bytes:
+    """``head`` with its Content-Length fields made one, when they all say the same."""
+    fields = list(_LENGTH.finditer(head))
+    if len(fields) < 2 and not any(b"," in f.group(1) for f in fields):
+        return head
+    values = {v.strip() for f in fields for v in f.group(1).split(b",")}
+    if len(values) != 1 or not next(iter(values)).isdigit() or _CODING.search(head):
+        return head  # different values, or beside Transfer-Encoding: still an error
+    first = fields[0]
+    eol = b"\r\n" if first.group(0).endswith(b"\r\n") else b"\n"
+    kept = b"Content-Length: " + values.pop() + eol
+    out, at = [head[:first.start()], kept], first.end()
+    for f in fields[1:]:
+        out.append(head[at:f.start()])
+        at = f.end()
+    out.append(head[at:])
+    return b"".join(out)
+
+
+def repaired(raw: bytes) -> bytes | None:
+    """``raw`` (an answer's bytes from its start) with its heads mended; None while the
+    final head is not all in."""
+    heads, at = [], 0
+    while True:
+        end = _HEAD_END.search(raw, at)
+        if end is None:
+            return None
+        head = _SPACED_NAME.sub(rb"\1:", raw[at:end.end()])
+        at = end.end()
+        if not _INTERIM.match(head):
+            heads.append(_one_length(head))
+            return b"".join(heads) + raw[at:]
+        heads.append(head)
