@@ -28,7 +28,7 @@ from typing import Any
 from . import gcsettle, workermetrics
 from .accesslog import AccessLog, Sink
 from .config import Config, load_config
-from .errors import ConfigError
+from .errors import ConfigError, HTTPError
 from .guard import RequestGuard, uvicorn_http_options
 from .lifecycle import Lifecycle
 from .tls import server_options
@@ -117,6 +117,20 @@ def app_from_env() -> Any:
     return node_app(config, role, upstream=upstream, config_path=path, dedicated=True)
 
 
+class AnsweredFailures(logging.Filter):
+    """Drops uvicorn's traceback of an answer cut short by a failure the app already logged.
+
+    Past the status line, an upstream failure can only abort the connection, and the way an
+    ASGI app asks for that is to raise; the cache's boundary logs it as one warning line
+    first (`edgeproxy.cache.boundary`), and a traceback for every truncated upstream transfer
+    would bury the log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return not (isinstance(exc, HTTPError) and record.getMessage().startswith(
+            "Exception in ASGI application"))
+
+
 def log_config(config: Config) -> dict[str, Any]:
     """`logging.config.dictConfig` settings: app and server lines with time and level on
     stderr. (Access lines do not go through `logging`: see `edgeproxy.accesslog.Sink`.)"""
@@ -125,12 +139,15 @@ def log_config(config: Config) -> dict[str, Any]:
         "version": 1,
         "disable_existing_loggers": False,
         "formatters": {"default": {"format": LOG_FORMAT, "datefmt": LOG_DATE_FORMAT}},
+        "filters": {"answered": {"()": AnsweredFailures}},
         "handlers": {
             "default": {"class": "logging.StreamHandler", "stream": "ext://sys.stderr",
                         "formatter": "default"},
         },
         "loggers": {
             "uvicorn": {"handlers": ["default"], "level": level, "propagate": False},
+            "uvicorn.error": {"handlers": ["default"], "level": level, "propagate": False,
+                              "filters": ["answered"]},
             "uvicorn.access": {"handlers": [], "level": "WARNING", "propagate": False},
         },
         "root": {"handlers": ["default"], "level": level},

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -20,6 +21,7 @@ import pytest
 from tests.answers import assert_never_wrong, read_answer
 from tests.chain import guarded_nodes
 from tests.foreign import ForeignOrigin
+from tests.nodes import node_process
 from tests.origins import pattern
 from tests.test_cache_node import SLICE, make_config
 
@@ -90,3 +92,20 @@ def test_a_short_body_does_not_stop_the_node(edge: str, foreign: ForeignOrigin) 
         assert_never_wrong(read_answer(edge + "/static/broken"), broken, must_cut=True)
         r = httpx.get(edge + "/static/fine", timeout=10)
         assert r.status_code == 200 and r.content == fine
+
+
+def test_a_cut_answer_is_one_warning_in_the_log_not_a_traceback(
+        foreign: ForeignOrigin, tmp_path: Path) -> None:
+    """Past the status line the node can only abort the connection, which an ASGI app asks
+    for by raising: its boundary logs the failure as one warning, and uvicorn's traceback of
+    the same failure is dropped (an origin that keeps breaking off must not bury the log)."""
+    body = pattern(300_000, seed=21)
+    foreign.route("/log/cut", body=body, headers=[CACHEABLE], cut_at=100_000)
+    with node_process(tmp_path, "edge", foreign.url) as edge:
+        for _ in range(3):
+            with pytest.raises(httpx.RemoteProtocolError):
+                httpx.get(edge.url + "/log/cut", timeout=10)
+        time.sleep(0.3)
+        log = edge.err.read_text()
+    assert log.count("the upstream transfer broke off") == 3, log
+    assert "Traceback" not in log and "Exception in ASGI application" not in log, log
