@@ -1,7 +1,8 @@
-"""The upstream client removes whitespace between a field name and its colon (RFC 9112 §5.1:
-a proxy MUST remove it before forwarding), wherever the head's reads split; an answer broken
-otherwise is still refused. Over a real socket, from a raw server that writes what it is
-told, in the pieces it is told."""
+"""The upstream client mends the heads a proxy may mend and refuses the rest (RFC 9112):
+whitespace between a field name and its colon is removed (§5.1), wherever the head's reads
+split; Content-Length fields that all say the same are one (§6.3); heads past 64 KiB, lengths
+that differ, transfer codings other than chunked and answers broken otherwise are refused.
+Over a real socket, from a raw server that writes what it is told, in the pieces it is told."""
 
 from __future__ import annotations
 
@@ -133,3 +134,17 @@ async def test_a_head_past_the_bound_is_refused_not_buffered() -> None:
     big = b"HTTP/1.1 200 OK\r\nX-Big: " + b"b" * 60_000 + b"\r\nContent-Length: 300000\r\n\r\n"
     status, _headers, body = await _run([big + b"z" * 300_000])
     assert (status, len(body)) == (200, 300_000)
+
+
+@pytest.mark.parametrize("coding", [b"gzip, chunked", b"gzip", b"chunked, br"])
+async def test_a_transfer_coding_other_than_chunked_is_refused(coding: bytes) -> None:
+    """Read as it comes, a gzip transfer-coded body would be passed on as the content."""
+    body = b"5\r\nhello\r\n0\r\n\r\n" if coding.endswith(b"chunked") else b"hello"
+    with pytest.raises(UpstreamProtocolError, match="transfer coding"):
+        await _run([b"HTTP/1.1 200 OK\r\nTransfer-Encoding: " + coding + b"\r\n\r\n" + body])
+
+
+async def test_chunked_and_identity_codings_are_read() -> None:
+    raw = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: identity, Chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+    status, _headers, body = await _run([raw])
+    assert (status, body) == (200, b"hello")

@@ -7,7 +7,9 @@
   (§6.3, item 5). Values that differ stay an error, as does Content-Length beside
   Transfer-Encoding (item 3: "ought to be handled as an error").
 
-Only heads are rewritten (interim ones and the final one), never a body.
+Only heads are rewritten (interim ones and the final one), never a body. And one that cannot
+be mended: a transfer coding other than chunked (gzip, say) is a property of the message, not
+of the content; read as it comes, the body would be passed on as content it is not.
 """
 
 from __future__ import annotations
@@ -58,3 +60,15 @@ def repaired(raw: bytes) -> bytes | None:
             heads.append(_one_length(head))
             return b"".join(heads) + raw[at:]
         heads.append(head)
+
+
+def unknown_coding(headers: list[tuple[bytes, bytes]]) -> str | None:
+    """The first transfer coding of an answer that the client does not decode (only chunked
+    is), or None."""
+    for name, value in headers:
+        if name == b"transfer-encoding":
+            for coding in value.split(b","):
+                coding = coding.strip().lower()
+                if coding and coding not in (b"chunked", b"identity"):
+                    return coding.decode("latin-1")
+    return None

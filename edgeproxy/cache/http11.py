@@ -25,7 +25,7 @@ from ..errors import (
     UpstreamUnreachable,
 )
 from ..tls import NO_CLIENT_CERT_HINT
-from .headrepair import HEAD_MAX, repaired
+from .headrepair import HEAD_MAX, repaired, unknown_coding
 from .waits import within
 
 RawHeaders = list[tuple[bytes, bytes]]
@@ -351,6 +351,11 @@ class Pool:
                 if fresh or body is not None:
                     raise
                 continue  # a stale keep-alive connection: once more, on a new one
+            coding = unknown_coding(conn.headers)
+            if coding is not None:
+                if conn.transport is not None:
+                    conn.transport.close()
+                raise UpstreamProtocolError(f"upstream used the transfer coding {coding!r}")
             return Response(conn, self, self.timeout)
         raise AssertionError("unreachable")
 
