@@ -89,7 +89,9 @@ class SliceFill:
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
             if self.buf:
-                view = memoryview(self.buf)
+                # a copy (at most the inline limit and a read): no view of the buffer may
+                # outlive this call, in an error's traceback say, as it grows again after it
+                view = memoryview(bytes(self.buf))
                 done = 0
                 while done < len(view):
                     done += os.pwrite(fd, view[done:], done)
