@@ -264,3 +264,30 @@ async def test_a_file_that_cannot_be_made_keeps_the_slice_in_memory(
     assert fill.data() == BODY[:SIZE] and fill.written == SIZE
     assert [getattr(exc, "errno", None) for exc in faults] == [errno.ENOSPC]
     landing.close()
+
+
+async def test_a_write_error_making_the_file_leaves_the_buffer_free_to_grow(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A failed write's traceback keeps its arguments alive: none of them may be a view of
+    the fill's buffer, which grows with the next bytes (BufferError cut the answer short)."""
+    kept: list[BaseException] = []
+    real = os.pwrite
+
+    def full(fd: int, data: Any, offset: int) -> int:
+        exc = OSError(errno.ENOSPC, "No space left on device")
+        kept.append(exc)  # (with its traceback, as a caller's log record may keep it)
+        raise exc
+
+    flight = _flight(tmp_path, 1)
+    fill = flight.fills[0]
+    landing = _landing([])
+    small = INLINE // 2
+    await landing.write(flight, 0, BODY[:small], SIZE, 2 * SIZE, 0)
+    monkeypatch.setattr(os, "pwrite", full)
+    for at in range(small, SIZE, 100_000):  # on the loop and in the thread, across the spill
+        end = min(SIZE, at + 100_000)
+        await landing.write(flight, at, BODY[at:end], SIZE, 2 * SIZE, at)
+    monkeypatch.setattr(os, "pwrite", real)
+    assert kept and fill.unstorable and not fill.on_disk and not fill.path.exists()
+    assert fill.data() == BODY[:SIZE]
+    landing.close()
