@@ -24,7 +24,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from .cache.fastlane import plain_target
 from .cache.slicefiles import FilePiece
-from .cache.types import FAST_DECLINED
+from .cache.types import FAST_DECLINED, INFORMATIONAL
 from .config import HTTPLimitsConfig
 from .errors import HTTPError
 from .guard import FIELD_OVERHEAD, PROXIED_BYTES, PROXIED_FIELDS, head_cap
@@ -258,9 +258,12 @@ class GuardedHttpToolsProtocol(DeadlineHooks, HttpToolsProtocol):  # type: ignor
         cycle = self.cycle
         if cycle is not None and cycle is not before:  # its task has not run yet
             cycle.transport = HeadHolder(self.transport, self.loop)  # type: ignore[assignment]
+            extensions = cycle.scope.setdefault("extensions", {})
             if self.zerocopy:  # ASGI's zero-copy send extension: large hits by sendfile(2)
-                cycle.scope.setdefault("extensions", {})[ZEROCOPY] = {}
-                cycle.send = ZeroCopySend(cycle, cycle.send)  # type: ignore[assignment]
+                extensions[ZEROCOPY] = {}
+            if cycle.scope["http_version"] == "1.1":  # (no 1xx to an HTTP/1.0 client)
+                extensions[INFORMATIONAL] = {}
+            cycle.send = ZeroCopySend(cycle, cycle.send)  # type: ignore[assignment]
             if self.fast_declined:
                 cycle.scope[FAST_DECLINED] = True  # type: ignore[literal-required]  # the app need not ask again
 

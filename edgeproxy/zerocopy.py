@@ -18,7 +18,9 @@ import os
 from typing import Any
 
 from .cache.slicefiles import FilePiece
-from .cache.types import ZEROCOPY, Message
+from .cache.types import INFORMATIONAL, ZEROCOPY, Message
+
+_REASONS = {100: b"Continue", 102: b"Processing", 103: b"Early Hints"}
 
 __all__ = ["ZEROCOPY", "ZeroCopySend", "send_file", "send_now", "send_rest", "socket_fd",
            "write_piece"]
@@ -148,7 +150,8 @@ async def send_file(transport: Any, fd: int, offset: int, count: int) -> bool:
 
 class ZeroCopySend:
     """An ASGI ``send`` for uvicorn's HTTP/1.1 cycle that also takes zero-copy messages
-    (``file`` with a ``fileno()`` or a descriptor, ``offset``, ``count``, ``more_body``)."""
+    (``file`` with a ``fileno()`` or a descriptor, ``offset``, ``count``, ``more_body``) and
+    interim answers (``status``, ``headers``: `INFORMATIONAL`)."""
 
     __slots__ = ("cycle", "send")
 
@@ -157,8 +160,12 @@ class ZeroCopySend:
         self.send = send
 
     async def __call__(self, message: Message) -> None:
-        if message["type"] != ZEROCOPY:
-            await self.send(message)
+        kind = message["type"]
+        if kind != ZEROCOPY:
+            if kind == INFORMATIONAL:
+                self._informational(message)
+            else:
+                await self.send(message)
             return
         cycle = self.cycle
         if cycle.disconnected:
@@ -194,3 +201,14 @@ class ZeroCopySend:
             real.write(b"\r\n")
         if not more:
             await self.send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    def _informational(self, message: Message) -> None:
+        """An interim answer, written ahead of the final one (not once that has begun)."""
+        cycle = self.cycle
+        status = int(message["status"])
+        if cycle.disconnected or cycle.response_started or not 100 <= status < 200 \
+                or status == 101:
+            return
+        lines = [b"HTTP/1.1 %d %s\r\n" % (status, _REASONS.get(status, b"Informational"))]
+        lines += [b"%s: %s\r\n" % (name, value) for name, value in message.get("headers", ())]
+        getattr(cycle.transport, "real", cycle.transport).write(b"".join(lines) + b"\r\n")

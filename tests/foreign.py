@@ -52,6 +52,7 @@ class Route:
     pause: float = 0.0  # seconds of silence before the answer's last 64 KiB
     conditional: bool = True  # 304 on a matching If-None-Match / If-Modified-Since
     interim: list[int] = field(default_factory=list)  # 1xx answers sent before the final one
+    hints: list[tuple[str, str]] = field(default_factory=list)  # fields of each 1xx answer
     chunk: int = 16 * 1024  # chunk size when framing is "chunked"
     bare_lf: bool = False  # the head's lines end in a bare LF (old CGI scripts do)
     # Die once the body reaches this byte of the representation: the connection closes, a
@@ -223,7 +224,8 @@ def _answer(req: Request, route: Route, keep: bool) -> bytes:
     """The whole answer to ``req``: interim 1xx answers, status line, headers, framed body."""
     out = bytearray()
     for code in route.interim:
-        out += f"HTTP/1.1 {code} {_reason(code)}\r\n\r\n".encode()
+        out += f"HTTP/1.1 {code} {_reason(code)}\r\n".encode()
+        out += "".join(f"{n}: {v}\r\n" for n, v in route.hints).encode("latin-1") + b"\r\n"
     status = route.status
     body = json.dumps({n: req.header(n) for n in req.names()}).encode() if route.echo \
         else route.body

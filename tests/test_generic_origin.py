@@ -7,6 +7,7 @@ close-delimited bodies, unusual statuses) and records what it receives; nginx an
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 
@@ -17,6 +18,7 @@ from tests.chain import Chain
 from tests.conftest import MakeChain
 from tests.foreign import ForeignOrigin, Request
 from tests.origins import pattern
+from tests.rawhttp import read_to_close, split_answers
 from tests.static_origins import HttpServer, Nginx, StaticOrigin
 
 MiB = 1024 * 1024
@@ -378,3 +380,44 @@ def test_repeated_equal_content_lengths_are_one_and_a_huge_head_is_refused(
     foreign.route("/huge-head", body=body, headers=[("X-Huge", "v" * 200_000)])
     r = foreign_chain.get("/huge-head")
     assert r.status_code == 502 and r.json()["error"] == "bad_upstream_answer"
+
+
+def _interims(data: bytes) -> tuple[list[bytes], bytes]:
+    """The interim heads at the start of ``data``, and the rest."""
+    heads = []
+    while data.startswith(b"HTTP/1.1 1"):
+        head, _, data = data.partition(b"\r\n\r\n")
+        heads.append(head)
+    return heads, data
+
+
+def test_interim_answers_are_passed_on_through_both_tiers_and_not_stored(
+        foreign: ForeignOrigin, make_chain: MakeChain) -> None:
+    """RFC 9110 §15.2: a proxy forwards the 1xx answers it did not ask for (103 Early Hints
+    with their Link fields, 102), ahead of the final answer, to HTTP/1.1 clients only; they
+    are not stored (a hit has none: cache-tests ``interim-not-cached``), and their fields
+    are not the final answer's (``interim-no-header-reuse``)."""
+    chain = make_chain(foreign.url, mode="process")
+    body = pattern(20_000, seed=11)
+    hints = [("Link", "</style.css>; rel=preload; as=style"), ("X-Hint", "early")]
+    foreign.route("/early", body=body, interim=[103, 102], hints=hints, headers=[CACHEABLE])
+    foreign.route("/early10", body=body, interim=[103], hints=hints, headers=[CACHEABLE])
+    port = int(chain.edge_url.rsplit(":", 1)[1])
+
+    def exchange(target: str, version: str = "1.1") -> tuple[list[bytes], bytes]:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(f"GET {target} HTTP/{version}\r\nHost: e\r\nConnection: close\r\n\r\n"
+                         .encode())
+            return _interims(read_to_close(sock))
+
+    heads, rest = exchange("/early")
+    assert [h.split(b"\r\n")[0] for h in heads] == [b"HTTP/1.1 103 Early Hints",
+                                                    b"HTTP/1.1 102 Processing"]
+    assert b"\r\nlink: </style.css>; rel=preload; as=style" in heads[0].lower()
+    [final] = split_answers(rest, ["GET"])
+    assert final.status == 200 and final.body == body and "x-hint" not in final.headers
+    heads, rest = exchange("/early")  # a hit: no interim answer
+    [final] = split_answers(rest, ["GET"])
+    assert heads == [] and final.headers["x-cache"] == "HIT from edge" and final.body == body
+    heads, rest = exchange("/early10", "1.0")  # RFC 9110 §15.2: none to an HTTP/1.0 client
+    assert heads == [] and rest.startswith(b"HTTP/1.1 200 ")

@@ -10,6 +10,7 @@ from ..errors import UpstreamProtocolError
 from ..http import int_header, parse_content_range
 from . import fields
 from .transport import UpstreamResponse
+from .types import RawHeaders
 
 
 @dataclass(slots=True)
@@ -27,6 +28,8 @@ class BeResp:
     response_time: float
     body_start: int = 0  # offset in the representation of the first body byte
     x_cache: str | None = None
+    # interim (1xx) answers that came first, for the request that led the exchange
+    interims: tuple[tuple[int, RawHeaders], ...] = ()
     _version: str | None = None
     _header_map: dict[str, str] | None = None
 
@@ -107,4 +110,5 @@ def from_upstream(resp: UpstreamResponse, request_time: float) -> BeResp:
         etag=first.get("etag"), last_modified=first.get("last-modified"),
         content_type=first.get("content-type"), request_time=request_time,
         response_time=time.time(), body_start=body_start, x_cache=first.get("x-cache"),
+        interims=tuple(getattr(resp, "interims", ())),
     )

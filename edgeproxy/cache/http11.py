@@ -32,6 +32,7 @@ RawHeaders = list[tuple[bytes, bytes]]
 
 # Body bytes buffered per connection before reading from the socket pauses (back-pressure).
 HIGH_WATER = 1024 * 1024
+MAX_INTERIMS = 8  # interim answers kept to pass on (their bytes count in `HEAD_MAX`)
 
 
 class _Connection(asyncio.Protocol):
@@ -55,6 +56,7 @@ class _Connection(asyncio.Protocol):
         self.headers_done = asyncio.get_running_loop().create_future()
         self.complete = False
         self.interim = False
+        self.interims: list[tuple[int, RawHeaders]] = []  # 1xx answers before the final one
         self.keep_alive = False  # read from the parser while it still knows (at the end)
         self.head = False
         self.chunks: collections.deque[bytes] = collections.deque()
@@ -165,6 +167,8 @@ class _Connection(asyncio.Protocol):
         status = self.parser.get_status_code()
         if 100 <= status < 200 and status != 101:
             self.interim = True  # RFC 9110 §15.2: informational; the final answer follows
+            if status != 100 and len(self.interims) < MAX_INTERIMS:
+                self.interims.append((status, self.headers))  # (a 100 answers our request)
             return
         self.status = status
         self.keep_alive = bool(self.parser.should_keep_alive())
@@ -245,7 +249,7 @@ class _Connection(asyncio.Protocol):
 class Response:
     """An upstream response whose headers are in (the `UpstreamResponse` of the cache)."""
 
-    __slots__ = ("_conn", "_done", "_pool", "_timeout", "headers", "status")
+    __slots__ = ("_conn", "_done", "_pool", "_timeout", "headers", "interims", "status")
 
     def __init__(self, conn: _Connection, pool: Pool, timeout: float) -> None:
         self._conn = conn
@@ -254,6 +258,7 @@ class Response:
         self._done = False
         self.status = conn.status
         self.headers = conn.headers
+        self.interims = conn.interims
 
     async def aiter_body(self) -> AsyncIterator[bytes]:
         """The de-chunked body, as it arrives."""

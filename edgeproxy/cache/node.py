@@ -35,7 +35,7 @@ from .scrub import BackgroundScrub, ObjectPass
 from .slicefiles import FilePiece
 from .store import CacheStore
 from .transport import Transport, transport_for
-from .types import Receive, Scope, Send
+from .types import INFORMATIONAL, Receive, Scope, Send
 from .verdict import Verdict, x_cache
 
 log = logging.getLogger("edgeproxy.cache")
@@ -320,8 +320,12 @@ class CacheNode:
 
     async def start_response(self, tx: steps.Tx, status: int,
                              headers: list[tuple[str, str]]) -> None:
-        """Send the status line and fields (after which errors abort the connection)."""
+        """Send the status line and fields (after which errors abort the connection), after
+        the interim answers of the upstream exchange, where the server can send them."""
         tx.responded = True
+        if tx.interims and INFORMATIONAL in (tx.scope.get("extensions") or ()):
+            for code, fields in tx.interims:
+                await tx.send({"type": INFORMATIONAL, "status": code, "headers": fields})
         await asgi.start(tx.send, status, headers)
 
     async def drop_direct(self, tx: steps.Tx) -> None:

@@ -23,7 +23,7 @@ from .meta import ObjectMeta
 from .req import Req
 from .sources import DirectSource, Source, StoredSource
 from .transport import BeReq
-from .types import ZEROCOPY, Receive, Scope, Send
+from .types import ZEROCOPY, RawHeaders, Receive, Scope, Send
 from .verdict import Verdict, x_cache
 from .waits import shared
 
@@ -58,6 +58,7 @@ class Tx:
     sent: int = 0
     upstream_time: float = 0.0
     tries: int = 0  # lookups repeated after losing a race for a claim
+    interims: tuple[tuple[int, RawHeaders], ...] = ()  # 1xx answers to pass on first
 
 
 async def run(node: CacheNode, tx: Tx) -> None:
@@ -193,6 +194,8 @@ async def miss(node: CacheNode, tx: Tx) -> Step:
     finally:
         tx.upstream_time += time.perf_counter() - started
     tx.upstream_cache = beresp.x_cache
+    if tx.led:
+        tx.interims = beresp.interims  # (the exchange was this request's: not stored)
     if not flight.shareable and not tx.led:
         return pass_  # not ours to share (private, Vary: *): ask for ourselves
     if flight.direct is not None and tx.led:
@@ -291,6 +294,7 @@ async def pass_(node: CacheNode, tx: Tx) -> None:
         if "content-length" in hmap and "transfer-encoding" not in hmap:
             out.append(("content-length", hmap["content-length"]))
         tx.verdict = Verdict.PASS
+        tx.interims = tuple(getattr(resp, "interims", ()))
         await node.start_response(tx, resp.status, out)
         async for chunk in resp.aiter_body():
             tx.sent += len(chunk)

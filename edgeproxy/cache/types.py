@@ -19,3 +19,6 @@ FAST_DECLINED = "edgeproxy.fast_declined"
 # of this type carries ``file``, ``offset``, ``count`` and ``more_body``, and the server sends
 # those file bytes itself (`edgeproxy.zerocopy`).
 ZEROCOPY = "http.response.zerocopysend"
+# An interim (1xx) answer before the final one, for servers that offer it: RFC 9110 §15.2
+# (a proxy forwards the 1xx answers it did not ask for; HTTP/1.0 clients get none).
+INFORMATIONAL = "http.response.informational"
