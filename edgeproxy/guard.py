@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import json
+import re
 from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any
@@ -75,6 +76,31 @@ def check_head(limits: HTTPLimitsConfig, headers: list[tuple[bytes, bytes]], tar
     return None
 
 
+# RFC 9110 §7.2 and RFC 3986 §3.2.2: uri-host [ ":" port ], an IP literal in brackets.
+_HOST = re.compile(rb"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~!$&'()*+,;=%-]*)(?::[0-9]*)?")
+
+
+def check_host(http_version: str, headers: list[tuple[bytes, bytes]]) -> HTTPError | None:
+    """RFC 9112 §3.2: a server MUST answer 400 to an HTTP/1.1 request without Host, and to
+    any request with more than one Host field or an invalid one (a cache between clients and
+    an origin that read them differently is how responses get poisoned)."""
+    hosts = [value for name, value in headers if name == b"host"]
+    if len(hosts) > 1:
+        return HTTPError(400, "bad_host", "the request has more than one Host field")
+    if not hosts:
+        if http_version == "1.1":
+            return HTTPError(400, "bad_host", "an HTTP/1.1 request must carry Host")
+        return None
+    if not valid_host(hosts[0]):
+        return HTTPError(400, "bad_host", "the request's Host field is not a host")
+    return None
+
+
+def valid_host(value: bytes) -> bool:
+    """Whether a Host field's value is a host, with or without a port (or empty)."""
+    return _HOST.fullmatch(value.strip(b" \t")) is not None
+
+
 def error_bytes(error: HTTPError) -> bytes:
     """The JSON body of ``error``."""
     return json.dumps(error.body()).encode()
@@ -97,7 +123,8 @@ class RequestGuard:
             raw_path: bytes = scope.get("raw_path") or quote(scope["path"]).encode()
             query: bytes = scope.get("query_string", b"")
             target_length = len(raw_path) + (len(query) + 1 if query else 0)
-            error = check_head(self.limits, scope["headers"], target_length)
+            error = check_head(self.limits, scope["headers"], target_length) \
+                or check_host(scope["http_version"], scope["headers"])
             if error is None:
                 try:
                     path = canonical_path(raw_path)

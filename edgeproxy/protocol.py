@@ -27,7 +27,7 @@ from .cache.slicefiles import FilePiece
 from .cache.types import FAST_DECLINED, INFORMATIONAL
 from .config import HTTPLimitsConfig
 from .errors import HTTPError
-from .guard import FIELD_OVERHEAD, PROXIED_BYTES, PROXIED_FIELDS, head_cap
+from .guard import FIELD_OVERHEAD, PROXIED_BYTES, PROXIED_FIELDS, head_cap, valid_host
 from .headtimeout import DeadlineHooks, HeadDeadline, send_refusal, timeout_error
 from .zerocopy import ZEROCOPY, ZeroCopySend, send_rest, socket_fd, write_piece
 
@@ -185,6 +185,7 @@ class GuardedHttpToolsProtocol(DeadlineHooks, HttpToolsProtocol):  # type: ignor
     def _reset_head(self) -> None:
         self.in_head = True
         self.head_bytes = self.target_bytes = self.field_bytes = self.field_count = 0
+        self.hosts = 0
 
     def _refuse(self, error: HTTPError) -> None:
         self.refusal = error
@@ -209,7 +210,7 @@ class GuardedHttpToolsProtocol(DeadlineHooks, HttpToolsProtocol):  # type: ignor
         self.url = b""
         self.expect_100_continue = False
         self.headers = []
-        self.target_bytes = self.field_bytes = self.field_count = 0
+        self.target_bytes = self.field_bytes = self.field_count = self.hosts = 0
 
     def _begin_scope(self) -> None:
         """uvicorn's scope for the request whose head was just parsed (its own
@@ -245,6 +246,9 @@ class GuardedHttpToolsProtocol(DeadlineHooks, HttpToolsProtocol):  # type: ignor
                                    f"{self.limits.max_header_bytes} bytes",
                                    max_bytes=self.limits.max_header_bytes))  # fmt: skip
         super().on_header(name, value)
+        if self.headers[-1][0] == b"host":  # (uvicorn's lower-cased name)
+            # the lane takes one valid Host only; the guard answers the rest (RFC 9112 §3.2)
+            self.hosts += 1 if valid_host(value) else 2
 
     def on_headers_complete(self) -> None:
         """The head is complete; from here on bytes are body, not head."""
@@ -288,7 +292,7 @@ class GuardedHttpToolsProtocol(DeadlineHooks, HttpToolsProtocol):  # type: ignor
                 or parser.get_method() != b"GET" or parser.get_http_version() != "1.1" \
                 or not parser.should_keep_alive() \
                 or self.field_count > self.limits.max_header_count \
-                or self.field_bytes > self.limits.max_header_bytes:
+                or self.field_bytes > self.limits.max_header_bytes or self.hosts != 1:
             return False  # not obviously canonical, a body, near a limit: the app decides
         headers: list[tuple[bytes, bytes]] = self.headers  # (the lane declines a body, an upgrade)
         node, access_log = self.fast

@@ -7,6 +7,7 @@ close-delimited bodies, unusual statuses) and records what it receives; nginx an
 
 from __future__ import annotations
 
+import json
 import socket
 import threading
 import time
@@ -18,7 +19,7 @@ from tests.chain import Chain
 from tests.conftest import MakeChain
 from tests.foreign import ForeignOrigin, Request
 from tests.origins import pattern
-from tests.rawhttp import read_to_close, split_answers
+from tests.rawhttp import RawResponse, read_to_close, split_answers
 from tests.static_origins import HttpServer, Nginx, StaticOrigin
 
 MiB = 1024 * 1024
@@ -421,3 +422,34 @@ def test_interim_answers_are_passed_on_through_both_tiers_and_not_stored(
     assert heads == [] and final.headers["x-cache"] == "HIT from edge" and final.body == body
     heads, rest = exchange("/early10", "1.0")  # RFC 9110 §15.2: none to an HTTP/1.0 client
     assert heads == [] and rest.startswith(b"HTTP/1.1 200 ")
+
+
+def test_only_if_cached_and_host_fields_are_checked_at_every_door(
+        foreign: ForeignOrigin, make_chain: MakeChain) -> None:
+    """RFC 9111 §5.2.1.7: ``only-if-cached`` gets a stored answer or a 504, never a fetch.
+    RFC 9112 §3.2: two Host fields get a 400, on the fast lane's hits too."""
+    chain = make_chain(foreign.url, mode="process")
+    body = pattern(3000, seed=12)
+    foreign.route("/oic", body=body, headers=[CACHEABLE])
+    port = int(chain.edge_url.rsplit(":", 1)[1])
+
+    def exchange(*lines: str) -> RawResponse:
+        head = "\r\n".join(["GET /oic HTTP/1.1", *lines, "Connection: close"]) + "\r\n\r\n"
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(head.encode())
+            [answer] = split_answers(read_to_close(sock), ["GET"])
+        return answer
+
+    r = exchange("Host: e", "Cache-Control: only-if-cached")
+    assert r.status == 504 and json.loads(r.body)["error"] == "not_cached"
+    assert foreign.count("/oic") == 0
+    for verdict in ("MISS", "HIT"):
+        r = exchange("Host: e")
+        assert r.status == 200 and r.body == body and r.headers["x-cache"].startswith(verdict)
+    r = exchange("Host: e", "Cache-Control: max-age=60, only-if-cached")
+    assert (r.status, r.body, r.headers["x-cache"]) == (200, body, "HIT from edge")
+    r = exchange("Host: e", "Host: f")  # a hot hit the fast lane would answer
+    assert r.status == 400 and json.loads(r.body)["error"] == "bad_host"
+    r = exchange()
+    assert r.status == 400 and json.loads(r.body)["error"] == "bad_host"
+    assert foreign.count("/oic") == 1

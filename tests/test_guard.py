@@ -94,11 +94,29 @@ def test_the_app_sees_the_canonical_target(server: tuple[str, str], target: byte
     ("encoded slash", get(b"/v/t1%2Fabc"), {400}, "bad_target"),
     ("bad escape", get(b"/a%zz"), {400}, "bad_target"),
     ("asterisk", get(b"*", method=b"OPTIONS"), {400}, "bad_target"),
+    # RFC 9112 §3.2: no Host in HTTP/1.1, two Host fields, a Host that is not a host
+    ("no Host", b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n", {400}, "bad_host"),
+    ("two Hosts", get(b"/", b"Host: other"), {400}, "bad_host"),
+    ("Host with a path", b"GET / HTTP/1.1\r\nHost: a/b\r\nConnection: close\r\n\r\n",
+     {400}, "bad_host"),
+    ("Host with a space", b"GET / HTTP/1.1\r\nHost: a b\r\nConnection: close\r\n\r\n",
+     {400}, "bad_host"),
 ])  # fmt: skip
 def test_refusals(server: tuple[str, str], name: str, data: bytes, statuses: set[int],
                   error: str) -> None:  # fmt: skip
     _, url = server
     assert_error(data, url, statuses, error)
+
+
+@pytest.mark.parametrize("data", [
+    b"GET / HTTP/1.0\r\n\r\n",  # HTTP/1.0 may go without Host
+    b"GET / HTTP/1.1\r\nHost: \r\nConnection: close\r\n\r\n",  # empty: no authority
+    b"GET / HTTP/1.1\r\nHost: [::1]:8080\r\nConnection: close\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: cdn.example-1.com:443\r\nConnection: close\r\n\r\n",
+])
+def test_hosts_that_pass(server: tuple[str, str], data: bytes) -> None:
+    _, url = server
+    assert raw_request(url, data).status == 200
 
 
 @pytest.mark.parametrize(("name", "data"), [

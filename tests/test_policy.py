@@ -213,3 +213,15 @@ def test_body_checks(content_digest: str | None, representation: str | None, sta
                      expected: tuple[tuple[str, ...], bool]) -> None:
     """What a fill hashes its answer's body against before the last byte goes out."""
     assert policy.body_checks(content_digest, representation, start, body, length) == expected
+
+
+@pytest.mark.parametrize(("value", "expected"), [
+    ("only-if-cached", True),  # RFC 9111 §5.2.1.7
+    ("max-age=60, only-if-cached", True),
+    ("Only-If-Cached", True),  # §5.2: directive names are case-insensitive
+    ('foo="only-if-cached"', False),  # an argument, not the directive
+    ("no-cache", False),
+    (None, False),
+])
+def test_only_if_cached(value: str | None, expected: bool) -> None:
+    assert policy.only_if_cached(value) is expected

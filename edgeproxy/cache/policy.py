@@ -52,6 +52,11 @@ def parse_cache_control(value: str | None) -> Mapping[str, str | None]:
 _NO_DIRECTIVES: Mapping[str, str | None] = {}
 
 
+def only_if_cached(request_cache_control: str | None) -> bool:
+    """RFC 9111 §5.2.1.7: the client wants a stored response or a 504, never a fetch."""
+    return "only-if-cached" in parse_cache_control(request_cache_control)
+
+
 @functools.lru_cache(maxsize=1024)  # a few distinct values answer most misses
 def _parse_cache_control(value: str) -> Mapping[str, str | None]:
     directives: dict[str, str | None] = {}

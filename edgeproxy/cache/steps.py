@@ -88,14 +88,14 @@ async def lookup(node: CacheNode, tx: Tx) -> Step:
         values = fields.vary_values(meta.vary, req.headers)
         if values != meta.vary_values:  # another variant is the latest: ours, if stored
             meta = node.store.get_variant(req.key, values) if values is not None else None
-    if meta is None:
-        return miss
-    if meta.freshness.is_fresh(now):
+    if meta is not None and meta.freshness.is_fresh(now):
         tx.meta, tx.verdict = meta, Verdict.HIT
         return hit
-    if meta.freshness.may_serve_stale_while_revalidating(now):
+    if meta is not None and meta.freshness.may_serve_stale_while_revalidating(now):
         tx.meta, tx.verdict = meta, Verdict.STALE
         return stale
+    if policy.only_if_cached(req.headers.get("cache-control")):
+        raise HTTPError(504, "not_cached", "only-if-cached: nothing stored can answer this")
     tx.stale = meta
     return miss
 
