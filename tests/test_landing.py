@@ -191,25 +191,33 @@ async def test_a_slice_s_file_is_made_in_the_thread_that_writes_it(
     landing.close()
 
 
+def _slow_landing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                  ) -> tuple[SliceFill, Landing, asyncio.Future[bool]]:  # fmt: skip
+    """A fill, and a write of its slice whose thread takes 0.2 s, under way."""
+    real = SliceFill.land
+
+    def slow(self: SliceFill, data: Any, position: int) -> Any:
+        time.sleep(0.2)
+        return real(self, data, position)
+
+    monkeypatch.setattr(SliceFill, "land", slow)
+    flight = _flight(tmp_path, 1)
+    landing = _landing([])
+    task = asyncio.ensure_future(landing.write(flight, 0, BODY[:SIZE], SIZE, 2 * SIZE, LATE))
+    return flight.fills[0], landing, task
+
+
 async def test_a_file_made_for_a_flight_that_ended_before_its_bytes_landed_is_removed(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     made: list[int] = []
-    real_create, real_land = SliceFill._create, SliceFill.land
+    real_create = SliceFill._create
 
     def create(self: SliceFill) -> int:
         made.append(real_create(self))
         return made[-1]
 
-    def slow(self: SliceFill, data: Any, position: int) -> Any:
-        time.sleep(0.2)
-        return real_land(self, data, position)
-
     monkeypatch.setattr(SliceFill, "_create", create)
-    monkeypatch.setattr(SliceFill, "land", slow)
-    flight = _flight(tmp_path, 1)
-    fill = flight.fills[0]
-    landing = _landing([])
-    task = asyncio.ensure_future(landing.write(flight, 0, BODY[:SIZE], SIZE, 2 * SIZE, LATE))
+    fill, landing, task = _slow_landing(tmp_path, monkeypatch)
     await asyncio.sleep(0.05)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
@@ -225,17 +233,7 @@ async def test_a_file_made_for_a_flight_that_ended_before_its_bytes_landed_is_re
 
 async def test_a_fill_dropped_from_the_store_while_its_file_is_made_stays_in_memory(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    real = SliceFill.land
-
-    def slow(self: SliceFill, data: Any, position: int) -> Any:
-        time.sleep(0.2)
-        return real(self, data, position)
-
-    monkeypatch.setattr(SliceFill, "land", slow)
-    flight = _flight(tmp_path, 1)
-    fill = flight.fills[0]
-    landing = _landing([])
-    task = asyncio.ensure_future(landing.write(flight, 0, BODY[:SIZE], SIZE, 2 * SIZE, LATE))
+    fill, landing, task = _slow_landing(tmp_path, monkeypatch)
     await asyncio.sleep(0.05)
     fill.keep_in_memory()  # e.g. a purge, on the loop, while the thread makes the file
     await task
