@@ -395,12 +395,14 @@ def _interims(data: bytes) -> tuple[list[bytes], bytes]:
 def test_interim_answers_are_passed_on_through_both_tiers_and_not_stored(
         foreign: ForeignOrigin, make_chain: MakeChain) -> None:
     """RFC 9110 §15.2: a proxy forwards the 1xx answers it did not ask for (103 Early Hints
-    with their Link fields, 102), ahead of the final answer, to HTTP/1.1 clients only; they
-    are not stored (a hit has none: cache-tests ``interim-not-cached``), and their fields
-    are not the final answer's (``interim-no-header-reuse``)."""
+    with their Link fields, 102; not their hop-by-hop ones), ahead of the final answer, to
+    HTTP/1.1 clients only; they are not stored (a hit has none: cache-tests
+    ``interim-not-cached``), and their fields are not the final answer's
+    (``interim-no-header-reuse``)."""
     chain = make_chain(foreign.url, mode="process")
     body = pattern(20_000, seed=11)
-    hints = [("Link", "</style.css>; rel=preload; as=style"), ("X-Hint", "early")]
+    hints = [("Link", "</style.css>; rel=preload; as=style"), ("X-Hint", "early"),
+             ("Connection", "X-Hop"), ("X-Hop", "1"), ("Keep-Alive", "timeout=5")]
     foreign.route("/early", body=body, interim=[103, 102], hints=hints, headers=[CACHEABLE])
     foreign.route("/early10", body=body, interim=[103], hints=hints, headers=[CACHEABLE])
     port = int(chain.edge_url.rsplit(":", 1)[1])
@@ -415,6 +417,8 @@ def test_interim_answers_are_passed_on_through_both_tiers_and_not_stored(
     assert [h.split(b"\r\n")[0] for h in heads] == [b"HTTP/1.1 103 Early Hints",
                                                     b"HTTP/1.1 102 Processing"]
     assert b"\r\nlink: </style.css>; rel=preload; as=style" in heads[0].lower()
+    # hop-by-hop fields stay with their hop (RFC 9110 §7.6.1)
+    assert not any(f in heads[0].lower() for f in (b"connection:", b"x-hop", b"keep-alive"))
     [final] = split_answers(rest, ["GET"])
     assert final.status == 200 and final.body == body and "x-hint" not in final.headers
     heads, rest = exchange("/early")  # a hit: no interim answer

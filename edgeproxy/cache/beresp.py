@@ -110,5 +110,14 @@ def from_upstream(resp: UpstreamResponse, request_time: float) -> BeResp:
         etag=first.get("etag"), last_modified=first.get("last-modified"),
         content_type=first.get("content-type"), request_time=request_time,
         response_time=time.time(), body_start=body_start, x_cache=first.get("x-cache"),
-        interims=tuple(getattr(resp, "interims", ())),
+        interims=interims_of(resp),
     )
+
+
+def interims_of(resp: UpstreamResponse) -> tuple[tuple[int, RawHeaders], ...]:
+    """The interim (1xx) answers that came before ``resp``, their hop-by-hop fields removed
+    (RFC 9110 §7.6.1), as a proxy passes them on; none from a transport that keeps none."""
+    return tuple(
+        (status, [(n.encode("latin-1"), v.encode("latin-1")) for n, v in fields.forwardable(
+            (n.decode("latin-1"), v.decode("latin-1")) for n, v in headers)])
+        for status, headers in getattr(resp, "interims", ()))

@@ -242,6 +242,7 @@ class SliceFill:
         if self._opened >= 0:  # made by a `land` whose flight ended before `landed`
             with contextlib.suppress(OSError):
                 os.close(self._opened)
+            with contextlib.suppress(OSError):
                 self.path.unlink()
             self._opened = -1
         self._maybe_close()

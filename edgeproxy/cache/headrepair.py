@@ -70,7 +70,7 @@ _TRANSFORMING = frozenset({b"gzip", b"x-gzip", b"deflate", b"compress", b"x-comp
                            b"zstd"})
 
 
-def unknown_coding(headers: list[tuple[bytes, bytes]]) -> str | None:
+def transforming_coding(headers: list[tuple[bytes, bytes]]) -> str | None:
     """The first transfer coding of an answer that transforms its bytes and that the client
     does not decode (it decodes chunked only), or None."""
     for name, value in headers:

@@ -25,7 +25,7 @@ from ..errors import (
     UpstreamUnreachable,
 )
 from ..tls import NO_CLIENT_CERT_HINT
-from .headrepair import HEAD_MAX, repaired, unknown_coding
+from .headrepair import HEAD_MAX, repaired, transforming_coding
 from .waits import within
 
 RawHeaders = list[tuple[bytes, bytes]]
@@ -109,8 +109,8 @@ class _Connection(asyncio.Protocol):
                 self.keep_alive = False  # surplus bytes in the answer's last read: as above
                 return
             if self.seen is not None and not self.headers_done.done():
-                # RFC 9112 §5.1: whitespace between a field name and its colon, which llhttp
-                # refuses, is removed and the answer parsed again (once)
+                # a head a proxy may mend (`headrepair`: whitespace before a colon, repeated
+                # equal lengths) is mended and the answer parsed again, once
                 self.held, self.seen = self.seen, None
                 self.error_text = str(exc)
                 self._repair()
@@ -356,7 +356,7 @@ class Pool:
                 if fresh or body is not None:
                     raise
                 continue  # a stale keep-alive connection: once more, on a new one
-            coding = unknown_coding(conn.headers)
+            coding = transforming_coding(conn.headers)  # (never passed on as the content)
             if coding is not None:
                 if conn.transport is not None:
                     conn.transport.close()

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from ..errors import HTTPError, UpstreamError, UpstreamTimeout
 from . import fields, joins, policy
-from .beresp import from_upstream
+from .beresp import from_upstream, interims_of
 from .deliver import plan_reply, send_body, verifying_send, vouched_send, with_content_digest
 from .facts import FlightContext
 from .fills import Flight
@@ -294,7 +294,7 @@ async def pass_(node: CacheNode, tx: Tx) -> None:
         if "content-length" in hmap and "transfer-encoding" not in hmap:
             out.append(("content-length", hmap["content-length"]))
         tx.verdict = Verdict.PASS
-        tx.interims = tuple(getattr(resp, "interims", ()))
+        tx.interims = interims_of(resp)
         await node.start_response(tx, resp.status, out)
         async for chunk in resp.aiter_body():
             tx.sent += len(chunk)
