@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -25,9 +26,12 @@ from typing import Any
 import httpx
 import pytest
 
+from edgeproxy import zerocopy
 from edgeproxy.cache import create_app, steps
 from edgeproxy.cache.deliver import vouched_send
+from edgeproxy.cache.types import ZEROCOPY
 from edgeproxy.errors import FillAborted
+from edgeproxy.guard import uvicorn_http_options
 from tests.chain import chain_config
 from tests.foreign import ForeignOrigin
 from tests.origins import pattern
@@ -69,6 +73,57 @@ def test_an_object_the_facts_do_not_vouch_for_is_cut_short() -> None:
     assert b"".join(out) == b"abc"  # never complete-looking
 
 
+def _file_of(tmp_path: Path, data: bytes) -> int:
+    path = tmp_path / "slice"
+    path.write_bytes(data)
+    return os.open(path, os.O_RDONLY)
+
+
+def test_file_bytes_pass_by_zero_copy_and_only_the_last_byte_is_held(tmp_path: Path) -> None:
+    """A vouched send looks at no byte, so it keeps the server's zero-copy sends: bytes
+    before the last go on as they came; the message that ends the body goes one byte short,
+    and that byte, read from the file, follows once the facts vouch for the hash."""
+    fd = _file_of(tmp_path, b"abcdefgh")
+    asked: list[bool] = []
+    out: list[dict[str, Any]] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        out.append(message)
+
+    held = vouched_send(send, 8, lambda: asked.append(True) or True)
+    try:
+        asyncio.run(held({"type": ZEROCOPY, "file": fd, "offset": 0, "count": 5,
+                          "more_body": True}))
+        assert out == [{"type": ZEROCOPY, "file": fd, "offset": 0, "count": 5,
+                        "more_body": True}] and asked == []
+        asyncio.run(held({"type": ZEROCOPY, "file": fd, "offset": 5, "count": 3,
+                          "more_body": True}))
+    finally:
+        os.close(fd)
+    assert out[1] == {"type": ZEROCOPY, "file": fd, "offset": 5, "count": 2, "more_body": True}
+    assert out[2] == {"type": "http.response.body", "body": b"h", "more_body": True}
+    assert asked == [True]
+
+
+def test_a_zero_copy_body_the_facts_do_not_vouch_for_never_gets_its_last_byte(
+        tmp_path: Path) -> None:
+    fd = _file_of(tmp_path, b"abcd")
+    out: list[dict[str, Any]] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        out.append(message)
+
+    held = vouched_send(send, 4, lambda: False)
+    try:
+        with pytest.raises(FillAborted):
+            asyncio.run(held({"type": ZEROCOPY, "file": fd, "offset": 0, "count": 4,
+                              "more_body": True}))
+    finally:
+        os.close(fd)
+    assert [m.get("count") for m in out] == [3]  # three bytes by sendfile, never the fourth
+    assert not any(m["type"] == "http.response.body" for m in out)
+
+
 # --- over real sockets ---------------------------------------------------------------------
 
 
@@ -80,7 +135,9 @@ def edge(request: pytest.FixtureRequest, foreign: ForeignOrigin,
     try:
         upstream = foreign.url
         for tier in (["shield"] if request.param == "edge-shield" else []) + ["edge"]:
-            thread = ServerThread(create_app(config, tier, upstream=upstream)).start()
+            # the edge's own server protocol, which offers zero-copy sends
+            thread = ServerThread(create_app(config, tier, upstream=upstream),
+                                  **uvicorn_http_options(config.http_limits)).start()
             threads.append(thread)
             upstream = thread.url
         yield upstream
@@ -130,13 +187,25 @@ def _leader_and_follower(url: str, foreign: ForeignOrigin) -> tuple[Any, Any]:
 
 
 def test_a_reader_of_a_hashing_flight_sends_its_bytes_unhashed(
-        edge: str, foreign: ForeignOrigin, hashing: list[str]) -> None:
+        edge: str, foreign: ForeignOrigin, hashing: list[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    sendfiles: list[int] = []
+    real_send_file = zerocopy.send_file
+
+    async def counted(transport: Any, fd: int, offset: int, count: int) -> bool:
+        sendfiles.append(count)
+        return await real_send_file(transport, fd, offset, count)
+
+    monkeypatch.setattr(zerocopy, "send_file", counted)
     foreign.route(TARGET, body=BODY, etag=f'"{SHA}"', headers=[IMMUTABLE], pause=1.0)
     leader, follower = _leader_and_follower(edge, foreign)
     assert isinstance(leader, httpx.Response) and leader.content == BODY
     assert isinstance(follower, httpx.Response) and follower.content == BODY
     # the leader's own flight checks it; the follower, which found the stored facts, trusted it
     assert hashing == ["vouched"]
+    # and, looking at no byte, sent the three slices before the origin's pause by sendfile,
+    # as the leader did (it used to read them into memory: 3 slices by sendfile in all)
+    assert sum(sendfiles) >= 2 * 3 * SLICE, sendfiles
     assert foreign.count(TARGET) == 1
     hashing.clear()
     again = httpx.get(edge + TARGET)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import hmac
+import os
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -26,7 +27,7 @@ from ..http import (
 from . import fields, policy
 from .meta import ObjectMeta
 from .sources import DirectSource, Following, Source, StoredSource
-from .types import Message, Send
+from .types import ZEROCOPY, Message, Send
 
 Join = Callable[[int], Awaitable[Source]]
 
@@ -165,19 +166,27 @@ async def send_body(reply: Reply, meta: ObjectMeta, send: Send, join: Join, *,
     return sent
 
 
-def _last_byte_held(send: Send, length: int, see: Callable[[bytes], None],
+def _last_byte_held(send: Send, length: int, see: Callable[[bytes], None] | None,
                     release: Callable[[], None]) -> Send:
     """A `send` that shows every body byte to ``see`` and holds a ``length``-byte body's last
-    byte until ``release()`` returns (it raises `FillAborted` to cut the answer short)."""
+    byte until ``release()`` returns (it raises `FillAborted` to cut the answer short).
+
+    Without ``see`` it also passes zero-copy messages on (`ZEROCOPY`: bytes no one needs to
+    look at stay in the kernel), holding back the last byte of the one that ends the body."""
     sent = 0
 
     async def held(message: Message) -> None:
         nonlocal sent
+        kind = message.get("type")
+        if kind == ZEROCOPY and see is None:
+            await _held_file(message)
+            return
         body = message.get("body", b"")
-        if message.get("type") != "http.response.body" or not body:
+        if kind != "http.response.body" or not body:
             await send(message)
             return
-        see(body)
+        if see is not None:
+            see(body)
         sent += len(body)
         if sent < length:
             await send(message)
@@ -185,6 +194,24 @@ def _last_byte_held(send: Send, length: int, see: Callable[[bytes], None],
         await send({**message, "body": body[:-1]})
         release()
         await send({**message, "body": body[-1:]})
+
+    async def _held_file(message: Message) -> None:
+        nonlocal sent
+        count: int = message["count"]
+        sent += count
+        if sent < length or count <= 0:
+            await send(message)
+            return
+        if count > 1:
+            await send({**message, "count": count - 1})
+        release()
+        file = message["file"]
+        fd = file if isinstance(file, int) else file.fileno()
+        last = os.pread(fd, 1, message["offset"] + count - 1)
+        if len(last) != 1:
+            raise FillAborted("the file ended before the body's last byte")
+        await send({"type": "http.response.body", "body": last,
+                    "more_body": message.get("more_body", False)})
 
     return held
 
@@ -216,7 +243,7 @@ def vouched_send(send: Send, length: int, vouched: Callable[[], bool]) -> Send:
         if not vouched():
             raise FillAborted("the object's slices were not vouched for by a whole-body hash")
 
-    return _last_byte_held(send, length, lambda body: None, release)
+    return _last_byte_held(send, length, None, release)
 
 
 # --- multipart/byteranges (RFC 9110 §14.6) ---------------------------------------------------

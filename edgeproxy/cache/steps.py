@@ -338,6 +338,7 @@ async def deliver(node: CacheNode, tx: Tx) -> None:
         await tx.send({"type": "http.response.body", "body": b"", "more_body": False})
         return None
     send = tx.send
+    zerocopy = ZEROCOPY in (tx.scope.get("extensions") or ())
     digest = node.whole_body_digest(req.key, meta) if reply.ranges is None else None
     if flight is not None and flight.hasher is not None and flight.version == meta.version \
             and meta.length is not None and flight.first == 0 \
@@ -345,11 +346,13 @@ async def deliver(node: CacheNode, tx: Tx) -> None:
         digest = None  # this flight fills every slice, hashes them all, holds the last byte
     if digest is not None and meta.length and meta.vouching:
         if node.coalescer.filling(req.key, meta.version):
+            # (zero-copy stays: nothing looks at the bytes, only the last one is held)
             send = vouched_send(send, meta.length, lambda: node.vouched(req.key, meta))
             digest = None
         elif node.vouched(req.key, meta):
             digest = None  # its flight has matched the hash since these facts were read
     if digest is not None and meta.length:
+        zerocopy = False  # every byte is hashed here, so it must pass through memory
         send = verifying_send(send, digest, meta.length,
                               on_mismatch=lambda: node.integrity_failure(req.key, "assembled"),
                               on_match=lambda: node.mark_verified(req.key, meta))
@@ -361,8 +364,7 @@ async def deliver(node: CacheNode, tx: Tx) -> None:
     try:
         tx.sent = await send_body(reply, meta, send, join, direct=tx.direct,
                                   read_size=node.read_size, timeout=node.wait_timeout,
-                                  zerocopy=send is tx.send and ZEROCOPY in (
-                                      tx.scope.get("extensions") or ()))
+                                  zerocopy=zerocopy)
     finally:
         for source in ready.values():
             source.close()
