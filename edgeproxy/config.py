@@ -418,6 +418,10 @@ class HTTPLimitsConfig:
     # previous answer ending (Apache's RequestReadTimeout header=20): 408 and close beyond,
     # so a slowloris client trickling its head cannot hold a connection forever.
     header_timeout: float = _duration(20)
+    # An answer whose client takes no byte of it for this long is cut off (nginx's
+    # send_timeout): a client that stops reading cannot hold a connection, its descriptors
+    # and its buffered bytes forever.
+    send_timeout: float = _duration(60)
 
 
 @dataclass(frozen=True)
@@ -656,8 +660,9 @@ def _check(config: Config) -> None:
     for name in ("max_header_bytes", "max_header_count", "max_target_length"):
         if getattr(config.http_limits, name) < 1:
             raise ConfigError(f"http_limits.{name}: must be at least 1")
-    if config.http_limits.header_timeout <= 0:
-        raise ConfigError("http_limits.header_timeout: must be positive")
+    for name in ("header_timeout", "send_timeout"):
+        if getattr(config.http_limits, name) <= 0:
+            raise ConfigError(f"http_limits.{name}: must be positive")
     names = [c.name for c in config.content_classes]
     for i, cc in enumerate(config.content_classes):
         if names.count(cc.name) > 1:

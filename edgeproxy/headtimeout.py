@@ -27,9 +27,14 @@ from .guard import error_bytes
 class DeadlineHooks:
     """For a uvicorn protocol class (listed before it): a new connection arms ``deadline``
     for its first head, a lost one cancels it; a client that half-closes still gets its
-    answers (`eof_received`)."""
+    answers (`eof_received`); one that stops taking the bytes of an answer is cut off after
+    ``send_timeout`` (`pause_writing`)."""
 
     deadline: HeadDeadline
+    limits: HTTPLimitsConfig
+    loop: asyncio.AbstractEventLoop
+    transport: asyncio.Transport
+    _stalled: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         """A new connection: its first head must arrive within ``header_timeout``."""
@@ -37,9 +42,28 @@ class DeadlineHooks:
         self.deadline.arm()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        """The connection is gone: no head to wait for."""
+        """The connection is gone: no head to wait for, no bytes to push."""
         self.deadline.close()
+        self._unstall()
         super().connection_lost(exc)  # type: ignore[misc]
+
+    def pause_writing(self) -> None:
+        """The transport's buffer is full: the client must take some of it within
+        ``send_timeout``, or the connection is aborted (a timer only while paused, which a
+        client as fast as the server never is)."""
+        super().pause_writing()  # type: ignore[misc]
+        self._unstall()
+        self._stalled = self.loop.call_later(self.limits.send_timeout, self.transport.abort)
+
+    def resume_writing(self) -> None:
+        """The client took bytes again."""
+        self._unstall()
+        super().resume_writing()  # type: ignore[misc]
+
+    def _unstall(self) -> None:
+        if self._stalled is not None:
+            self._stalled.cancel()
+            self._stalled = None
 
     def eof_received(self) -> bool | None:
         """The client shut its sending side after its requests (``nc -N``, HTTP/1.0-era

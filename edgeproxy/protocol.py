@@ -267,7 +267,8 @@ class GuardedHttpToolsProtocol(DeadlineHooks, HttpToolsProtocol):  # type: ignor
                 extensions[ZEROCOPY] = {}
             if cycle.scope["http_version"] == "1.1":  # (no 1xx to an HTTP/1.0 client)
                 extensions[INFORMATIONAL] = {}
-            cycle.send = ZeroCopySend(cycle, cycle.send)  # type: ignore[assignment]
+            cycle.send = ZeroCopySend(  # type: ignore[assignment]
+                cycle, cycle.send, self.limits.send_timeout)
             if self.fast_declined:
                 cycle.scope[FAST_DECLINED] = True  # type: ignore[literal-required]  # the app need not ask again
 
@@ -326,7 +327,7 @@ class GuardedHttpToolsProtocol(DeadlineHooks, HttpToolsProtocol):  # type: ignor
     async def _send_rest(self, answer: _Sending, piece: FilePiece, rest: int) -> None:
         """The rest of a fast-lane answer; then the next pipelined request, if any."""
         try:
-            done = await send_rest(self.transport, piece, rest)
+            done = await send_rest(self.transport, piece, rest, self.limits.send_timeout)
         except Exception:  # the file ended short or failed: the answer must not look whole
             self.transport.abort()
             done = False

@@ -71,12 +71,14 @@ def write_piece(transport: Any, head: bytes, piece: FilePiece) -> int:
     return 0
 
 
-async def send_rest(transport: Any, piece: FilePiece, rest: int) -> bool:
+async def send_rest(transport: Any, piece: FilePiece, rest: int, timeout: float) -> bool:
     """Send the last ``rest`` bytes but one of a piece `write_piece` began, as the socket
-    drains, then its last byte; False if the connection went away. The piece is closed."""
+    drains, then its last byte; False if the connection went away (or took no byte for
+    ``timeout`` seconds). The piece is closed."""
     try:
         count = piece.length - 1
-        if not await send_file(transport, piece.fileno(), piece.offset + count - rest, rest):
+        if not await send_file(transport, piece.fileno(), piece.offset + count - rest, rest,
+                               timeout):
             return False
         return _last_byte(transport, piece)
     finally:
@@ -97,19 +99,28 @@ def _wake(waiter: asyncio.Future[None]) -> None:
         waiter.set_result(None)
 
 
-async def _writable(loop: asyncio.AbstractEventLoop, fd: int) -> None:
+def _expire(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_exception(TimeoutError())
+
+
+async def _writable(loop: asyncio.AbstractEventLoop, fd: int, timeout: float) -> None:
+    """Wait until the socket takes bytes again; TimeoutError after ``timeout`` seconds."""
     waiter = loop.create_future()
     loop.add_writer(fd, _wake, waiter)
+    expiry = loop.call_later(timeout, _expire, waiter)
     try:
         await waiter
     finally:
+        expiry.cancel()
         loop.remove_writer(fd)
 
 
-async def send_file(transport: Any, fd: int, offset: int, count: int) -> bool:
+async def send_file(transport: Any, fd: int, offset: int, count: int, timeout: float) -> bool:
     """Send ``count`` bytes of file ``fd`` from ``offset`` on ``transport``'s socket, after
-    what it buffers; False if the connection went away (it is then aborted). A file shorter
-    than ``count`` raises EOFError (the answer must not look complete)."""
+    what it buffers; False if the connection went away, or took no byte for ``timeout``
+    seconds (it is then aborted: nginx's ``send_timeout``). A file shorter than ``count``
+    raises EOFError (the answer must not look complete)."""
     loop = asyncio.get_running_loop()
     while transport.get_write_buffer_size():  # earlier bytes first
         sock = socket_fd(transport)
@@ -117,7 +128,10 @@ async def send_file(transport: Any, fd: int, offset: int, count: int) -> bool:
             return False
         dup = os.dup(sock)
         try:
-            await _writable(loop, dup)
+            await _writable(loop, dup, timeout)
+        except TimeoutError:
+            transport.abort()
+            return False
         finally:
             os.close(dup)
         await asyncio.sleep(0)  # the transport writes its buffer in its own callback
@@ -132,7 +146,11 @@ async def send_file(transport: Any, fd: int, offset: int, count: int) -> bool:
             try:
                 sent = os.sendfile(dup, fd, offset, count)
             except BlockingIOError:
-                await _writable(loop, dup)
+                try:
+                    await _writable(loop, dup, timeout)
+                except TimeoutError:
+                    transport.abort()
+                    return False
                 if transport.is_closing():
                     return False
                 continue
@@ -151,13 +169,15 @@ async def send_file(transport: Any, fd: int, offset: int, count: int) -> bool:
 class ZeroCopySend:
     """An ASGI ``send`` for uvicorn's HTTP/1.1 cycle that also takes zero-copy messages
     (``file`` with a ``fileno()`` or a descriptor, ``offset``, ``count``, ``more_body``) and
-    interim answers (``status``, ``headers``: `INFORMATIONAL`)."""
+    interim answers (``status``, ``headers``: `INFORMATIONAL`). A client that takes no byte
+    for ``timeout`` seconds is cut off."""
 
-    __slots__ = ("cycle", "send")
+    __slots__ = ("cycle", "send", "timeout")
 
-    def __init__(self, cycle: Any, send: Any) -> None:
+    def __init__(self, cycle: Any, send: Any, timeout: float) -> None:
         self.cycle = cycle
         self.send = send
+        self.timeout = timeout
 
     async def __call__(self, message: Message) -> None:
         kind = message["type"]
@@ -195,7 +215,7 @@ class ZeroCopySend:
             raise RuntimeError("Response content longer than Content-Length")
         else:
             cycle.expected_content_length -= count
-        if not await send_file(real, fd, offset, count):
+        if not await send_file(real, fd, offset, count, self.timeout):
             return
         if cycle.chunked_encoding:
             real.write(b"\r\n")
