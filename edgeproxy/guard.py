@@ -96,6 +96,17 @@ def check_host(http_version: str, headers: list[tuple[bytes, bytes]]) -> HTTPErr
     return None
 
 
+def check_version(http_version: str) -> HTTPError | None:
+    """RFC 9110 §15.6.6: a request line naming another major version than HTTP/1 (``HTTP/2.0``
+    on a cleartext HTTP/1 connection, say) gets 505. A later minor version of HTTP/1 is
+    served as HTTP/1.1 (§2.5)."""
+    if http_version.startswith("1."):
+        return None
+    return HTTPError(505, "http_version_not_supported",
+                     f"HTTP/{http_version} is not supported here: use HTTP/1.1",
+                     supported=["HTTP/1.0", "HTTP/1.1"])
+
+
 def valid_host(value: bytes) -> bool:
     """Whether a Host field's value is a host, with or without a port (or empty)."""
     return _HOST.fullmatch(value.strip(b" \t")) is not None
@@ -123,7 +134,8 @@ class RequestGuard:
             raw_path: bytes = scope.get("raw_path") or quote(scope["path"]).encode()
             query: bytes = scope.get("query_string", b"")
             target_length = len(raw_path) + (len(query) + 1 if query else 0)
-            error = check_head(self.limits, scope["headers"], target_length) \
+            error = check_version(scope["http_version"]) \
+                or check_head(self.limits, scope["headers"], target_length) \
                 or check_host(scope["http_version"], scope["headers"])
             if error is None:
                 try:

@@ -65,6 +65,12 @@ class DeadlineHooks:
             self._stalled.cancel()
             self._stalled = None
 
+    def send_400_response(self, msg: str) -> None:
+        """A request that cannot be parsed: 400 with a JSON body saying why, like every other
+        refusal (uvicorn's own is plain text), and close."""
+        send_refusal(self.transport, HTTPError(
+            400, "bad_request", f"the request cannot be parsed as HTTP/1.1: {msg}"))
+
     def eof_received(self) -> bool | None:
         """The client shut its sending side after its requests (``nc -N``, HTTP/1.0-era
         tools; RFC 9112 §9.6 lets a client close once it has sent its last request). Its

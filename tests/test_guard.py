@@ -104,7 +104,9 @@ def test_the_app_sees_the_canonical_target(server: tuple[str, str], target: byte
 ])  # fmt: skip
 def test_refusals(server: tuple[str, str], name: str, data: bytes, statuses: set[int],
                   error: str) -> None:  # fmt: skip
-    _, url = server
+    parser, url = server
+    if parser == "h11" and name in ("no Host", "two Hosts"):
+        error = "bad_request"  # h11 refuses these itself, as requests it cannot read
     assert_error(data, url, statuses, error)
 
 
@@ -204,3 +206,33 @@ def test_edgeproxy_serve_with_workers_refuses_hostile_heads(tmp_path: Path) -> N
     finally:
         edge.terminate()
         edge.wait(10)
+
+
+@pytest.mark.parametrize("version", [b"2.0", b"0.9", b"3.0"])
+def test_another_major_version_gets_505(server: tuple[str, str], version: bytes) -> None:
+    """RFC 9110 §15.6.6: a request line naming a version other than HTTP/1.x is not served
+    (it was answered, and relayed upstream, as if it were HTTP/1.1). h11 refuses such a
+    line while parsing it, as a request it cannot read (400)."""
+    parser, url = server
+    r = raw_request(url, b"GET / HTTP/" + version + b"\r\nHost: a\r\nConnection: close\r\n\r\n")
+    body = json.loads(r.body)
+    if parser == "httptools" and version != b"3.0":  # (llhttp reads 0.9 and 2.0, not 3.0)
+        assert (r.status, body["error"]) == (505, "http_version_not_supported")
+        assert body["supported"] == ["HTTP/1.0", "HTTP/1.1"]
+    else:
+        assert (r.status, body["error"]) in {(505, "http_version_not_supported"),
+                                             (400, "bad_request")}
+
+
+@pytest.mark.parametrize("data", [
+    b"NOT A REQUEST\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: a\r\nNo colon here\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: x\r\n\r\n",
+])  # fmt: skip
+def test_an_unreadable_request_gets_a_json_400(server: tuple[str, str], data: bytes) -> None:
+    """Every refusal has a JSON body saying what was wrong (uvicorn's own was plain text)."""
+    _, url = server
+    r = raw_request(url, data)
+    assert r.status == 400 and r.headers["content-type"] == "application/json", r.body[:200]
+    body = json.loads(r.body)
+    assert body["error"] == "bad_request" and body["message"]
