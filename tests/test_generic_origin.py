@@ -457,3 +457,67 @@ def test_only_if_cached_and_host_fields_are_checked_at_every_door(
     r = exchange()
     assert r.status == 400 and json.loads(r.body)["error"] == "bad_host"
     assert foreign.count("/oic") == 1
+
+
+def test_only_if_cached_on_a_partly_stored_object_gets_504_not_a_fetch(
+        foreign: ForeignOrigin, make_chain: MakeChain) -> None:
+    """RFC 9111 §5.2.1.7 for an object of which only some slices are stored: the bytes that
+    are stored are served; a request needing any other slice gets 504 (it used to fetch the
+    missing slices)."""
+    slice_size = 256 * 1024
+    chain = make_chain(foreign.url, slice_size=slice_size)
+    body = pattern(3 * slice_size, seed=13)
+    foreign.route("/part", body=body, headers=[CACHEABLE])
+    first = chain.get("/part", headers={"Range": "bytes=0-99"})  # stores slice 0 only
+    assert first.status_code == 206 and first.content == body[:100]
+    deadline = time.monotonic() + 5  # (its flight may still be filling slice 0)
+    while not chain.get("/part", headers={"Range": "bytes=0-99"}).headers["x-cache"] \
+            .startswith("HIT") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    asked = foreign.count("/part")
+    only = {"Cache-Control": "only-if-cached"}
+    stored = chain.get("/part", headers={**only, "Range": "bytes=1000-1999"})
+    assert stored.status_code == 206 and stored.content == body[1000:2000]
+    assert stored.headers["x-cache"].startswith("HIT")
+    for rng in ("bytes=600000-600099", "bytes=0-99,600000-600099", None):
+        headers = {**only, "Range": rng} if rng else only
+        r = chain.get("/part", headers=headers)
+        assert r.status_code == 504 and r.json()["error"] == "not_cached", (rng, r.text[:200])
+    assert foreign.count("/part") == asked  # no request for the missing slices
+    whole = chain.get("/part")  # without the directive, they are fetched
+    assert whole.status_code == 200 and whole.content == body
+    assert chain.get("/part", headers=only).content == body
+
+
+
+@pytest.mark.parametrize("changed", [False, True], ids=["same", "changed"])
+@pytest.mark.parametrize("then", ["whole", "late range", "two ranges"])
+def test_a_partly_stored_object_without_validators_is_completed_from_one_answer(
+        foreign: ForeignOrigin, make_chain: MakeChain, then: str, changed: bool) -> None:
+    """An object with no strong ETag and no Last-Modified of which a range stored one slice:
+    its other slices cannot be fetched by Range and spliced on (nothing says they are of the
+    same representation); the answer comes whole from one answer, never cut short. A whole
+    GET or a request of two ranges used to break off after its head. ``changed``: the
+    origin's object changes after the first range (no validator can tell)."""
+    slice_size = 256 * 1024
+    chain = make_chain(foreign.url, slice_size=slice_size)
+    old = pattern(3 * slice_size, seed=14)
+    foreign.route("/unvalidated", body=old, headers=[CACHEABLE])
+    deadline = time.monotonic() + 5
+    while not chain.get("/unvalidated", headers={"Range": "bytes=0-99"}).headers["x-cache"] \
+            .startswith("HIT") and time.monotonic() < deadline:
+        time.sleep(0.05)  # slice 0 stored, the others not
+    body = pattern(3 * slice_size, seed=15) if changed else old
+    foreign.route("/unvalidated", body=body, headers=[CACHEABLE])
+    if then == "whole":
+        r = chain.get("/unvalidated")
+        assert r.status_code == 200 and r.content == body
+    elif then == "late range":
+        r = chain.get("/unvalidated", headers={"Range": "bytes=600000-600099"})
+        assert r.status_code == 206 and r.content == body[600000:600100]
+    else:
+        r = chain.get("/unvalidated", headers={"Range": "bytes=0-99,600000-600099"})
+        assert r.status_code == 206
+        assert body[:100] in r.content and body[600000:600100] in r.content  # one answer's
+    again = chain.get("/unvalidated")
+    assert again.status_code == 200 and again.content == body

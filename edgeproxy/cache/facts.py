@@ -111,7 +111,7 @@ class Facts:
         vary = fields.vary_fields(hmap.get("vary"))
         vary_values = fields.vary_values(vary, req_headers)
         meta = self._meta(key, beresp, cls, vary, vary_values, hmap)
-        if vary_values is None or meta.version.startswith("u") or not policy.is_storable(
+        if vary_values is None or meta.unvalidated or not policy.is_storable(
                 200, policy.parse_cache_control(req_headers.get("cache-control")),
                 policy.parse_cache_control(hmap.get("cache-control")), has_authorization=False,
                 has_explicit_freshness=policy.has_explicit_freshness(hmap),

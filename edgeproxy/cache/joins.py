@@ -11,7 +11,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from ..errors import FillAborted
-from ..http import ByteRange
+from ..http import ByteRange, RangeNotSatisfiable, resolve_ranges
 from . import fields, policy
 from .facts import FlightContext
 from .hot import HotEntry
@@ -93,6 +93,23 @@ def first_missing(node: CacheNode, tx: Tx, meta: ObjectMeta, first: int) -> list
         if index not in stored and (tx.req.key, index) not in fills:
             return [index]
     return []
+
+
+def all_there(node: CacheNode, tx: Tx, meta: ObjectMeta) -> bool:
+    """Whether every slice the answer needs is stored, or filling here already: what a
+    request with ``only-if-cached`` may be answered from without an upstream request of its
+    own (RFC 9111 §5.2.1.7)."""
+    assert meta.length is not None
+    whole = [ByteRange(0, meta.length - 1)]
+    try:
+        ranges = resolve_ranges(tx.req.ranges, meta.length) \
+            if tx.req.ranges and meta.status == 200 else whole
+    except RangeNotSatisfiable:
+        return True  # a 416 needs no byte
+    needed = sorted({i for r in ranges
+                     for i in policy.slice_span(r.start, r.end, meta.slice_size)})
+    stored = node.store.stored_slices(tx.req.key, meta.version, needed)
+    return all(i in stored or (tx.req.key, i) in node.coalescer.fills for i in needed)
 
 
 def attach(node: CacheNode, tx: Tx, meta: ObjectMeta,

@@ -51,6 +51,12 @@ class ObjectMeta:
         vars(new).update(vars(self), **changes)
         return new
 
+    @property
+    def unvalidated(self) -> bool:
+        """Whether the version is a token of one answer (no strong ETag, no length with
+        Last-Modified: `BeResp.version`), so no other answer's bytes may join its slices."""
+        return self.version.startswith("u")
+
     def header(self, name: str) -> str | None:
         """The first stored end-to-end header ``name`` (case-insensitive)."""
         lname = name.lower()

@@ -277,7 +277,7 @@ class CacheNode:
                 validators.append((b"if-none-match", stale.etag.encode("latin-1")))
             elif stale.last_modified:
                 validators.append((b"if-modified-since", stale.last_modified.encode("latin-1")))
-        if known is not None and not known.version.startswith("u"):
+        if known is not None and not known.unvalidated:
             if_range = known.etag if known.etag and not known.etag.startswith("W/") \
                 else known.last_modified
             if if_range:

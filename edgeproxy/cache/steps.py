@@ -111,6 +111,29 @@ async def hit(node: CacheNode, tx: Tx) -> Step:
     first = req.first_byte(meta.length) if meta.status == 200 else 0
     if first is None or first >= meta.length:
         return deliver  # 416, or a ranged request answered whole
+    only_cached = policy.only_if_cached(req.headers.get("cache-control"))
+    # (once a flight is joined, its facts are its answer's own: no second look)
+    if (only_cached or (meta.unvalidated and tx.flight is None)) \
+            and not joins.all_there(node, tx, meta):
+        if only_cached:
+            raise HTTPError(504, "not_cached",
+                            "only-if-cached: the bytes asked for are not all stored")
+        # Without a validator, the bytes of two answers can never be told to be of one
+        # representation: the answer's bytes all come anew, from one answer of our own (its
+        # facts replace the partial object's), once any answer under way is in.
+        running = node.coalescer.flight_for(req.key)
+        if running is None:
+            tx.meta, tx.stale = None, meta
+            return miss
+        tx.tries += 1
+        if tx.tries > LOOKUP_TRIES:
+            return pass_
+        try:
+            await shared(running.ended, node.wait_timeout)
+        except TimeoutError:
+            raise UpstreamTimeout(f"no answer from upstream in {node.wait_timeout:.0f}s") \
+                from None
+        return lookup
     start = first // meta.slice_size
     for index in [start, *joins.first_missing(node, tx, meta, start)]:
         source = await joins.join(node, tx, meta, index)
