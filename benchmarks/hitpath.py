@@ -9,6 +9,7 @@ was not a pure hit run, and is flagged.
 from __future__ import annotations
 
 import statistics
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -62,10 +63,14 @@ def cells(connections: tuple[int, ...] = (16, 64)) -> list[Cell]:
 
 
 def warm(server: Server, url: str, headers: dict[str, str], tries: int = 6) -> str:
-    """Request ``url`` until the server says HIT; the cache header seen last."""
+    """Request ``url`` until the server says HIT; the cache header seen last. A range of a
+    large object is answered before the rest of its slice is in: the tries are spaced, so
+    that a fill still under way after the answer is not read as a cache that never hits."""
     seen = ""
     with httpx.Client(timeout=120) as client:
-        for _ in range(tries):
+        for attempt in range(tries):
+            if attempt:
+                time.sleep(0.1)
             with client.stream("GET", url, headers=headers) as resp:
                 for _chunk in resp.iter_raw(1024**2):
                     pass
