@@ -98,7 +98,7 @@ def first_missing(node: CacheNode, tx: Tx, meta: ObjectMeta, first: int) -> list
 def all_there(node: CacheNode, tx: Tx, meta: ObjectMeta) -> bool:
     """Whether every slice the answer needs is stored, or filling here already: what a
     request with ``only-if-cached`` may be answered from without an upstream request of its
-    own (RFC 9111 §5.2.1.7)."""
+    own (RFC 9111 §5.2.1.7), and an object without validators without joining two answers."""
     assert meta.length is not None
     whole = [ByteRange(0, meta.length - 1)]
     try:

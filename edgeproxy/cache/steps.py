@@ -48,6 +48,8 @@ class Tx:
     send: Send
     meta: ObjectMeta | None = None  # the object being answered with
     stale: ObjectMeta | None = None  # a stored copy that needs revalidation
+    # a fresh copy missing slices that cannot be fetched alone (no validator): replaced
+    known: ObjectMeta | None = None
     flight: Flight | None = None  # the flight this request leads or follows
     led: bool = False
     ready: dict[int, Source] = field(default_factory=dict)  # joined before the headers
@@ -119,11 +121,12 @@ async def hit(node: CacheNode, tx: Tx) -> Step:
             raise HTTPError(504, "not_cached",
                             "only-if-cached: the bytes asked for are not all stored")
         # Without a validator, the bytes of two answers can never be told to be of one
-        # representation: the answer's bytes all come anew, from one answer of our own (its
-        # facts replace the partial object's), once any answer under way is in.
+        # representation: the answer's bytes all come anew, from one unconditional answer of
+        # our own (a weak ETag's 304 would say nothing of the bytes; the new facts replace
+        # the partial object's), once any answer under way is in.
         running = node.coalescer.flight_for(req.key)
         if running is None:
-            tx.meta, tx.stale = None, meta
+            tx.meta, tx.known = None, meta
             return miss
         tx.tries += 1
         if tx.tries > LOOKUP_TRIES:
@@ -172,7 +175,8 @@ async def stale(node: CacheNode, tx: Tx) -> Step:
 async def miss(node: CacheNode, tx: Tx) -> Step:
     """Lead or join the flight that brings the object's facts, then deliver as bytes come."""
     req = tx.req
-    length = tx.stale.length if tx.stale is not None else None
+    stored = tx.stale or tx.known
+    length = stored.length if stored is not None else None
     first = req.first_byte(length)
     if first is None:
         return await _learn_length(node, tx)
@@ -182,7 +186,7 @@ async def miss(node: CacheNode, tx: Tx) -> Step:
     # it leads its own flight, whose answer others may use only if it is storable.
     flight = None if private else node.coalescer.flight_for(req.key)
     if flight is None:
-        if tx.stale is None and not private and \
+        if tx.stale is None and tx.known is None and not private and \
                 node.coalescer.claims.held_elsewhere(req.key, index):
             node.metrics.collapsed.labels(node.tier).inc()
             meta = await node.coalescer.foreign_facts(req.key, index, 0.0)
@@ -190,10 +194,11 @@ async def miss(node: CacheNode, tx: Tx) -> Step:
                 tx.meta = meta
                 return hit
         last = _last_slice(req, node.slice_size)
-        spec = node.spec(req, first=index, last=last, whole=not req.ranges, stale=tx.stale)
+        spec = node.spec(req, first=index, last=last, whole=not req.ranges, stale=tx.stale,
+                         known=tx.known)
         flight = node.fetcher.start(spec, facts=not private,
                                     context=FlightContext(req.headers, stale=tx.stale,
-                                                          private=private))
+                                                          known=tx.known, private=private))
         tx.led = flight is not None
         if flight is None and private:
             return pass_
