@@ -17,7 +17,7 @@ import pytest
 
 from edgeproxy.cache import checksum
 from edgeproxy.cache.fills import Flight, SliceFill
-from edgeproxy.cache.landing import INLINE_FIRST, OFFLOAD_MIN, Landing
+from edgeproxy.cache.landing import INLINE_FIRST, OFFLOAD_MIN, THREAD_NICE, Landing
 
 SIZE = 1024 * 1024  # slice size
 INLINE = 32 * 1024
@@ -62,6 +62,29 @@ async def test_large_writes_go_to_a_thread_small_ones_stay_on_the_loop(
     assert Path(fill.path).read_bytes() == BODY[:SIZE]
     assert fill.sum.value() == checksum.of(BODY[:SIZE])
     assert completed == [0]
+    landing.close()
+
+
+async def test_the_fill_threads_run_below_the_event_loop(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    nice: list[tuple[int, int]] = []  # (thread, its nice value) as it lands bytes
+    real = SliceFill.land
+
+    def land(self: SliceFill, data: Any, position: int) -> Any:
+        tid = threading.get_native_id()
+        nice.append((tid, os.getpriority(os.PRIO_PROCESS, tid)))
+        return real(self, data, position)
+
+    monkeypatch.setattr(SliceFill, "land", land)
+    own = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    flight, landing = _flight(tmp_path, 2), _landing([])
+    assert await landing.write(flight, 0, BODY[:SIZE], SIZE, 2 * SIZE, LATE) is True
+    assert await landing.write(flight, SIZE, BODY[SIZE:], SIZE, 2 * SIZE, LATE + SIZE) is True
+    assert len(nice) == 2
+    assert all(tid != threading.get_native_id() and value == min(19, own + THREAD_NICE)
+               for tid, value in nice)
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == own  # the loop's
+    assert b"".join(Path(f.path).read_bytes() for f in flight.fills.values()) == BODY
     landing.close()
 
 
