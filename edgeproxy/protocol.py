@@ -18,10 +18,12 @@ from __future__ import annotations
 
 import asyncio
 import time
+from functools import partial
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from .admission import admission_for
 from .cache.fastlane import plain_target
 from .cache.slicefiles import FilePiece
 from .cache.types import FAST_DECLINED, INFORMATIONAL
@@ -139,12 +141,17 @@ class GuardedHttpToolsProtocol(DeadlineHooks, HttpToolsProtocol):  # type: ignor
         self.deadline = HeadDeadline(self.loop, limits.header_timeout, self._head_timed_out,
                                      self._idle_timed_out)
         self.zerocopy = False  # whether bytes may bypass the transport (plain TCP)
+        self.admission = admission_for(self.loop)
         self._reset_head()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         """A new connection: whether its answers may use sendfile is known from here on."""
         super().connection_made(transport)
         self.zerocopy = socket_fd(transport) is not None
+
+    def _start_asgi_task(self, cycle: Any, app: Any) -> None:
+        """Start the request's task when `edgeproxy.admission` gives it its turn."""
+        self.admission.start(partial(HttpToolsProtocol._start_asgi_task, self, cycle, app))
 
     def on_response_complete(self) -> None:
         """An answer ended: the next head, if any, must arrive within ``header_timeout``,
