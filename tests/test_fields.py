@@ -67,6 +67,17 @@ def test_invalidation_after_unsafe_methods(method: str, status: int, invalidates
     assert fields.invalidates(method, status) is invalidates
 
 
+@pytest.mark.parametrize(("method", "way"), [
+    ("GET", "lookup"), ("HEAD", "lookup"),  # RFC 9111 §3: the methods whose answers are stored
+    ("POST", "pass"), ("PUT", "pass"), ("DELETE", "pass"), ("PATCH", "pass"),
+    ("OPTIONS", "pass"), ("PROPFIND", "pass"),  # RFC 9110 §9.1: any other method is relayed
+    ("TRACE", "refuse"),  # never relayed: it echoes credentials back (nginx: 405)
+    ("CONNECT", "refuse"),  # RFC 9110 §9.3.6: a tunnel, which a cache node is not
+])
+def test_route_by_method(method: str, way: str) -> None:
+    assert fields.route(method) == way
+
+
 def test_invalidated_paths_same_origin_only() -> None:
     # §4.4: Location and Content-Location too, but only on the same origin (DoS otherwise)
     got = fields.invalidated_paths("/a?x=1", "edge:80", {

@@ -19,7 +19,7 @@ from tests.chain import Chain
 from tests.conftest import MakeChain
 from tests.foreign import ForeignOrigin, Request
 from tests.origins import pattern
-from tests.rawhttp import RawResponse, read_to_close, split_answers
+from tests.rawhttp import RawResponse, raw_request, read_to_close, split_answers
 from tests.static_origins import HttpServer, Nginx, StaticOrigin
 
 MiB = 1024 * 1024
@@ -88,6 +88,26 @@ def test_request_headers_reach_origin_on_pass(foreign: ForeignOrigin,
     sent = foreign.requests("/private")[0]
     assert sent.header("authorization") == "Bearer t0k"
     assert sent.header("x-foo") == "bar, baz"
+
+
+@pytest.mark.parametrize("method", ["TRACE", "CONNECT"])
+def test_trace_and_connect_are_refused_not_relayed(foreign: ForeignOrigin, foreign_chain: Chain,
+                                                   method: str) -> None:
+    """TRACE would echo the client's credentials back (cross-site tracing), CONNECT asks for
+    a tunnel: 405 with Allow (RFC 9110 §15.5.6) and a JSON error, at every tier, and the
+    origin never sees them."""
+    foreign.route("/t", method=method, body=b"echoed")
+    for url in (foreign_chain.edge_url, foreign_chain.shield_url):
+        r = raw_request(url, f"{method} /t HTTP/1.1\r\nHost: h\r\nCookie: s=1\r\n"
+                             "Authorization: Bearer t0k\r\n\r\n".encode())
+        assert r.status == 405, (r.status, r.body[:200])
+        assert "GET" in r.headers["allow"] and method not in r.headers["allow"]
+        body = json.loads(r.body)
+        assert body["error"] == "method_not_allowed" and method in body["message"]
+        assert b"t0k" not in r.body and b"s=1" not in r.body
+    assert foreign.count("/t", method) == 0
+    r = foreign_chain.get("/t")  # the path itself is served as ever
+    assert r.status_code == 404
 
 
 def test_echoed_request_headers_come_back_to_the_client(foreign: ForeignOrigin,

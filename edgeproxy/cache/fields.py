@@ -120,6 +120,25 @@ def vary_values(fields: tuple[str, ...], headers: Mapping[str, str]) -> tuple[st
     return tuple(" ".join(headers.get(f, "").split()) for f in fields)
 
 
+# Methods a cache node does not relay. TRACE echoes the request back, its credentials and
+# cookies included, to whoever made it (cross-site tracing); nginx answers it with 405 too.
+# CONNECT asks for a tunnel (RFC 9110 §9.3.6), which a cache node is not (its authority-form
+# target is refused by the guard already; this is one with a path).
+REFUSED_METHODS = frozenset({"TRACE", "CONNECT"})
+# What a refused request's 405 names in Allow (RFC 9110 §15.5.6): the methods that are relayed
+# or answered.
+ALLOWED_METHODS = "GET, HEAD, OPTIONS, POST, PUT, PATCH, DELETE"
+
+
+def route(method: str) -> str:
+    """What `steps.recv` does with a request: ``"lookup"`` for GET and HEAD, the methods whose
+    answers a cache stores (RFC 9111 §3, §4); ``"refuse"`` for `REFUSED_METHODS`; ``"pass"``
+    upstream for every other method (RFC 9111 §4.4 invalidates after an unsafe one)."""
+    if method in ("GET", "HEAD"):
+        return "lookup"
+    return "refuse" if method in REFUSED_METHODS else "pass"
+
+
 def invalidates(method: str, status: int) -> bool:
     """RFC 9111 §4.4: an unsafe method answered with a non-error status invalidates."""
     return method not in SAFE_METHODS and 200 <= status < 400

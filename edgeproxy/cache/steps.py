@@ -73,9 +73,11 @@ async def run(node: CacheNode, tx: Tx) -> None:
 async def recv(node: CacheNode, tx: Tx) -> Step:
     """Check the signature (before any lookup or upstream traffic), then route."""
     node.gate.check(tx.req)
-    if tx.req.method not in ("GET", "HEAD"):
-        return pass_
-    return lookup
+    way = fields.route(tx.req.method)
+    if way == "refuse":
+        raise HTTPError(405, "method_not_allowed", f"{tx.req.method} is not relayed by this "
+                        "cache", headers={"Allow": fields.ALLOWED_METHODS})
+    return lookup if way == "lookup" else pass_
 
 
 async def lookup(node: CacheNode, tx: Tx) -> Step:
