@@ -21,7 +21,7 @@ from .waits import shared
 
 if TYPE_CHECKING:
     from .node import CacheNode
-    from .steps import Tx
+    from .tx import Tx
 
 # How many slices past the first a hit looks at for a missing one before its headers go out.
 MISSING_WINDOW = 16

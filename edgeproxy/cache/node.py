@@ -35,6 +35,7 @@ from .scrub import BackgroundScrub, ObjectPass
 from .slicefiles import FilePiece
 from .store import CacheStore
 from .transport import Transport, transport_for
+from .tx import Tx
 from .types import INFORMATIONAL, Receive, Scope, Send
 from .verdict import Verdict, x_cache
 
@@ -115,9 +116,9 @@ class CacheNode:
         await self._serve(scope, receive, send, started)
 
     async def _serve(self, scope: Scope, receive: Receive, send: Send, started: float) -> None:
-        tx: steps.Tx | None = None
+        tx: Tx | None = None
         try:
-            tx = steps.Tx(Req.from_scope(scope), scope, receive, send)
+            tx = Tx(Req.from_scope(scope), scope, receive, send)
             await steps.run(self, tx)
         except UpstreamError as exc:
             await self._error(tx, send, boundary.http_error(exc, self.name))
@@ -135,7 +136,7 @@ class CacheNode:
                     source.close()
                 await self.drop_direct(tx)
 
-    async def _error(self, tx: steps.Tx | None, send: Send, exc: HTTPError) -> None:
+    async def _error(self, tx: Tx | None, send: Send, exc: HTTPError) -> None:
         if tx is not None and tx.responded:
             # Past the status line nothing can be taken back: aborting the connection is
             # how the client learns the body is short, never complete-looking.
@@ -308,7 +309,7 @@ class CacheNode:
         headers = {n.lower(): v for n, v in meta.headers}
         return policy.expected_sha256(key.partition("?")[0], headers)
 
-    def response_headers(self, meta: ObjectMeta, tx: steps.Tx) -> list[tuple[str, str]]:
+    def response_headers(self, meta: ObjectMeta, tx: Tx) -> list[tuple[str, str]]:
         """Every field of an answer from ``meta`` but its length and range fields."""
         headers = self.stored_headers(meta)
         now = time.time()
@@ -318,7 +319,7 @@ class CacheNode:
         headers.append(("x-cache", x_cache(tx.verdict, self.name, tx.upstream_cache)))
         return headers
 
-    async def start_response(self, tx: steps.Tx, status: int,
+    async def start_response(self, tx: Tx, status: int,
                              headers: list[tuple[str, str]]) -> None:
         """Send the status line and fields (after which errors abort the connection), after
         the interim answers of the upstream exchange, where the server can send them."""
@@ -328,7 +329,7 @@ class CacheNode:
                 await tx.send({"type": INFORMATIONAL, "status": code, "headers": fields})
         await asgi.start(tx.send, status, headers)
 
-    async def drop_direct(self, tx: steps.Tx) -> None:
+    async def drop_direct(self, tx: Tx) -> None:
         """Release an unstored upstream body this request did not (fully) read."""
         direct, tx.direct = tx.direct, None
         if direct is not None:

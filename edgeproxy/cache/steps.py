@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from ..errors import HTTPError, UpstreamError, UpstreamTimeout
@@ -18,12 +17,11 @@ from . import fields, joins, policy
 from .beresp import from_upstream, interims_of
 from .deliver import plan_reply, send_body, verifying_send, vouched_send, with_content_digest
 from .facts import FlightContext
-from .fills import Flight
-from .meta import ObjectMeta
 from .req import Req
 from .sources import DirectSource, Source, StoredSource
 from .transport import BeReq
-from .types import ZEROCOPY, RawHeaders, Receive, Scope, Send
+from .tx import Tx
+from .types import ZEROCOPY, Receive
 from .verdict import Verdict, x_cache
 from .waits import shared
 
@@ -36,31 +34,6 @@ Step = Callable[["CacheNode", "Tx"], Awaitable["Step | None"]]
 LOOKUP_TRIES = 3
 # Request preconditions evaluated before Range (RFC 9110 §13.2.2).
 CONDITIONALS = ("if-range", "if-none-match", "if-modified-since")
-
-
-@dataclass(slots=True)
-class Tx:
-    """One client request's way through the steps."""
-
-    req: Req
-    scope: Scope
-    receive: Receive
-    send: Send
-    meta: ObjectMeta | None = None  # the object being answered with
-    stale: ObjectMeta | None = None  # a stored copy that needs revalidation
-    # a fresh copy missing slices that cannot be fetched alone (no validator): replaced
-    known: ObjectMeta | None = None
-    flight: Flight | None = None  # the flight this request leads or follows
-    led: bool = False
-    ready: dict[int, Source] = field(default_factory=dict)  # joined before the headers
-    direct: DirectSource | None = None  # an unstored body handed to this request
-    verdict: Verdict = Verdict.MISS
-    upstream_cache: str | None = None
-    responded: bool = False
-    sent: int = 0
-    upstream_time: float = 0.0
-    tries: int = 0  # lookups repeated after losing a race for a claim
-    interims: tuple[tuple[int, RawHeaders], ...] = ()  # 1xx answers to pass on first
 
 
 async def run(node: CacheNode, tx: Tx) -> None:

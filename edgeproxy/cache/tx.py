@@ -1,0 +1,40 @@
+"""The transaction (``tx``): one client request's way through the steps of `steps`, and what
+the steps learn on the way (the object, the flight, the verdict)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .fills import Flight
+from .meta import ObjectMeta
+from .req import Req
+from .sources import DirectSource, Source
+from .types import RawHeaders, Receive, Scope, Send
+from .verdict import Verdict
+
+__all__ = ["Tx"]
+
+
+@dataclass(slots=True)
+class Tx:
+    """One client request's way through the steps."""
+
+    req: Req
+    scope: Scope
+    receive: Receive
+    send: Send
+    meta: ObjectMeta | None = None  # the object being answered with
+    stale: ObjectMeta | None = None  # a stored copy that needs revalidation
+    # a fresh copy missing slices that cannot be fetched alone (no validator): replaced
+    known: ObjectMeta | None = None
+    flight: Flight | None = None  # the flight this request leads or follows
+    led: bool = False
+    ready: dict[int, Source] = field(default_factory=dict)  # joined before the headers
+    direct: DirectSource | None = None  # an unstored body handed to this request
+    verdict: Verdict = Verdict.MISS
+    upstream_cache: str | None = None
+    responded: bool = False
+    sent: int = 0
+    upstream_time: float = 0.0
+    tries: int = 0  # lookups repeated after losing a race for a claim
+    interims: tuple[tuple[int, RawHeaders], ...] = ()  # 1xx answers to pass on first
