@@ -15,6 +15,8 @@ from typing import Any
 import httpx
 import pytest
 
+from edgeproxy.cache.node import CacheNode
+from edgeproxy.cache.slicefiles import FilePiece
 from edgeproxy.config import load_config
 from edgeproxy.guard import uvicorn_http_options
 from edgeproxy.server import node_app
@@ -100,6 +102,44 @@ def test_a_stored_large_body_goes_out_by_sendfile_byte_exact(
         time.sleep(0.02)  # the sink writes lines out in batches
     (line,) = [x for x in log.read_text().splitlines() if "zc-test" in x]
     assert f'"GET /static/large.bin HTTP/1.1" 200 {len(LARGE)} ' in line
+
+
+def test_a_large_range_of_a_stored_slice_goes_out_by_sendfile_from_the_fast_lane(
+        edge: ServerThread, sendfiles: list[int], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A range too large for memory, inside one stored slice: the server's fast lane sends it
+    from the slice's file, not read into memory first; the same bytes and fields as the
+    steps' answer."""
+    lane: list[Any] = []  # the fast lane's answers: (status, the body it hands over)
+    real = CacheNode.fast_reply
+
+    def spying(self: CacheNode, *args: Any) -> Any:
+        reply = real(self, *args)
+        if reply is not None:
+            lane.append((reply[1], reply[0][-1]))
+        return reply
+
+    monkeypatch.setattr(CacheNode, "fast_reply", spying)
+    start, end = MIB + 1000, MIB + 1000 + 512 * 1024 - 1  # 512 KiB inside slice 1
+    asked = {"range": f"bytes={start}-{end}"}
+    with httpx.Client(base_url=edge.url) as client:
+        _stored(client)
+        client.get("/static/large.bin", headers=asked)  # the object's facts are remembered
+        sendfiles.clear()
+        lane.clear()
+        fast = client.get("/static/large.bin", headers=asked)
+        assert [status for status, _ in lane] == [206]
+        assert isinstance(lane[0][1], FilePiece)  # handed over unread
+        assert sum(sendfiles) >= end - start  # all but the last byte, by sendfile
+        # a validator takes a request through the steps: their answer is the reference
+        steps = client.get("/static/large.bin", headers={
+            **asked, "if-modified-since": "Thu, 01 Jan 1970 00:00:00 GMT"})
+    for answer in (fast, steps):
+        assert answer.status_code == 206 and answer.content == LARGE[start:end + 1]
+        assert answer.headers["content-range"] == f"bytes {start}-{end}/{len(LARGE)}"
+        assert answer.headers["x-cache"].startswith("HIT")
+    skip = ("age", "date")
+    assert {n: v for n, v in fast.headers.items() if n not in skip} == \
+        {n: v for n, v in steps.headers.items() if n not in skip}
 
 
 def _connect(url: str) -> socket.socket:

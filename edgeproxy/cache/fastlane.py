@@ -267,19 +267,19 @@ class FastLane:
                 return None  # several slices: the steps
             ranged = [(b"content-range", content_range), (b"content-length", content_length)]
         offset = start - index * meta.slice_size
-        # A large whole body that memory will not keep goes from its file to the socket, or
-        # through the steps, which send it as the client takes it: read whole into the
-        # answer, it waited in memory for a client that reads slowly (1 MiB per stalled
-        # connection, traced with pipelined requests).
-        piece = status == 200 and length >= ZEROCOPY_MIN and not self.node.hot.accepts(length)
+        # A large body (whole, or a range) that memory will not keep goes from its file to
+        # the socket, or through the steps, which send it as the client takes it: read whole
+        # into the answer, it waited in memory for a client that reads slowly (1 MiB per
+        # stalled connection, traced with pipelined requests).
+        piece = length >= ZEROCOPY_MIN and not self.node.hot.accepts(length)
         if piece and not files:
             return None
         data = self._read(key, meta, index, offset, length, piece)
         if data is None:
             return None
         if isinstance(data, FilePiece):
-            return Hit(meta, 200, fixed.lines + fixed.whole_lines,
-                       self._moment(meta, fixed.dated, now), data)
+            lines = fixed.lines + (fixed.whole_lines if status == 200 else field_lines(ranged))
+            return Hit(meta, status, lines, self._moment(meta, fixed.dated, now), data)
         if range_value is not None and status == 206:
             kept = _KeptRange(meta, (key, meta.version, index), offset, offset + length,
                               fixed.lines + field_lines(ranged), fixed.dated)
