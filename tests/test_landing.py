@@ -50,7 +50,7 @@ async def test_large_writes_go_to_a_thread_small_ones_stay_on_the_loop(
         return real(self, data, position)
 
     monkeypatch.setattr(SliceFill, "land", land)
-    flight, completed = _flight(tmp_path, 1), []
+    flight, completed = _flight(tmp_path, 1), list[int]()
     landing = _landing(completed)
     small = OFFLOAD_MIN - 1
     assert await landing.write(flight, 0, BODY[:small], SIZE, 2 * SIZE, LATE) is False
@@ -101,7 +101,7 @@ async def test_an_answers_first_bytes_land_on_the_loop_however_large(tmp_path: P
 
 
 async def test_a_body_across_slices_lands_in_order(tmp_path: Path) -> None:
-    flight, completed = _flight(tmp_path, 2), []
+    flight, completed = _flight(tmp_path, 2), list[int]()
     landing = _landing(completed)
     pieces = [BODY[at:at + 300_000] for at in range(0, len(BODY), 300_000)]  # across the seam
     offset = 0
