@@ -50,12 +50,28 @@ def test_vary_fields(vary: str | None, expected: tuple[str, ...]) -> None:
     assert fields.vary_fields(vary) == expected
 
 
-def test_vary_values_normalise_whitespace_and_star_matches_nothing() -> None:
-    # RFC 9111 §4.1: values compared after normalising whitespace
-    assert fields.vary_values(("accept-language",), {"accept-language": "fr,  en"}) == \
-        ("fr, en",)
-    assert fields.vary_values(("x-a",), {}) == ("",)
-    assert fields.vary_values(("*",), {"x": "1"}) is None
+@pytest.mark.parametrize(("name", "first", "second", "same"), [
+    # RFC 9111 §4.1: whitespace where the syntax allows it, lines combined (the server joins
+    # repeated lines with ", ")
+    ("foo", "1,2", " 1, 2 ", True), ("foo", "1, 2", "1,  2", True), ("foo", "1, 2", "2, 1", False),
+    ("foo", "a  b", "a b", True), ("foo", "a b", "ab", False), ("foo", "A", "a", False),
+    ("foo", '"x, y"', '"x,y"', False),  # a quoted string is one member, kept as it is
+    ("foo", "1,,2", "1, 2", True),  # RFC 9110 §5.6.1: empty members do not count
+    # RFC 9110 §12.5.4: Accept-Language without case or order (its q-values weigh)
+    ("accept-language", "en, de", "de, en", True), ("accept-language", "en, de", "eN, De", True),
+    ("accept-language", "en, de", " en ,   de", True),
+    ("accept-language", "en;q=0.5, de", "de, EN ; Q=0.5", True),
+    ("accept-language", "en;q=0.5, de", "en, de;q=0.5", False),
+    ("accept-language", "en", "en, de", False),
+    ("x-a", "", "", True),  # absent
+])
+def test_vary_values_normalised(name: str, first: str, second: str, same: bool) -> None:
+    values = [fields.vary_values((name,), {name: v} if v else {}) for v in (first, second)]
+    assert (values[0] == values[1]) is same, values
+
+
+def test_vary_star_matches_nothing() -> None:
+    assert fields.vary_values(("*",), {"x": "1"}) is None  # RFC 9110 §12.5.5
 
 
 @pytest.mark.parametrize(("method", "status", "invalidates"), [

@@ -110,6 +110,22 @@ def test_trace_and_connect_are_refused_not_relayed(foreign: ForeignOrigin, forei
     assert r.status_code == 404
 
 
+def test_variants_of_equivalent_request_values_are_one(foreign: ForeignOrigin,
+                                                      foreign_chain: Chain) -> None:
+    """RFC 9111 §4.1: selecting values that differ only in whitespace (any field) or in case
+    and order (Accept-Language) select the stored variant; another value does not."""
+    foreign.route("/v", body=b"negotiated", headers=[
+        ("Cache-Control", "max-age=600"), ("Vary", "Accept-Language, X-Foo")])
+    first = foreign_chain.get("/v", headers={"Accept-Language": "en, de;q=0.5", "X-Foo": "1,2"})
+    assert first.status_code == 200 and first.headers["x-cache"].startswith("MISS")
+    same = foreign_chain.get("/v", headers={"Accept-Language": "DE ; q=0.5 ,EN",
+                                            "X-Foo": "1 ,  2"})
+    assert same.content == b"negotiated" and same.headers["x-cache"].startswith("HIT")
+    other = foreign_chain.get("/v", headers={"Accept-Language": "fr", "X-Foo": "1,2"})
+    assert other.headers["x-cache"].startswith("MISS")
+    assert foreign.count("/v") == 2
+
+
 def test_echoed_request_headers_come_back_to_the_client(foreign: ForeignOrigin,
                                                         foreign_chain: Chain) -> None:
     """RFC 9110 §7.6.1: what the origin saw, as the client reads it in the body."""

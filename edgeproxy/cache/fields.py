@@ -112,12 +112,29 @@ def vary_fields(vary: str | None) -> tuple[str, ...]:
     return ("*",) if "*" in fields else tuple(sorted(fields))
 
 
+# RFC 9110 §12.5.4: language ranges are case-insensitive and weighed by their q-values, not by
+# where they stand in the list.
+_UNORDERED_CASELESS = frozenset({"accept-language"})
+
+
 def vary_values(fields: tuple[str, ...], headers: Mapping[str, str]) -> tuple[str, ...] | None:
-    """The request's values of ``fields``, normalised (RFC 9111 §4.1); None for ``Vary: *``,
-    which no request matches."""
+    """The request's values of ``fields``, normalised as RFC 9111 §4.1 allows; None for
+    ``Vary: *``, which no request matches.
+
+    Lines of one field are combined (the server joins them), list members lose the
+    whitespace around them and runs of it within them become one space, quoted strings kept
+    whole; `_UNORDERED_CASELESS` fields are compared without case, whitespace or order.
+    """
     if "*" in fields:
         return None
-    return tuple(" ".join(headers.get(f, "").split()) for f in fields)
+    return tuple(_normalised(f, headers.get(f, "")) for f in fields)
+
+
+def _normalised(name: str, value: str) -> str:
+    members = [" ".join(m.split()) for m in split_list(value)]
+    if name in _UNORDERED_CASELESS:
+        return ",".join(sorted("".join(m.split()).lower() for m in members))
+    return ",".join(members)
 
 
 # Methods a cache node does not relay. TRACE echoes the request back, its credentials and
