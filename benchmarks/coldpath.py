@@ -97,7 +97,7 @@ def stampede(server: Server, origin: Origin, *, clients: int = 200, objects: int
     per_object = []
     for path in paths:
         mine = [f for f in fetches if f.path == path]
-        ttfbs = sorted(f.ttfb for f in mine if f.ttfb is not None)
+        ttfbs = sorted(f.ttfb for f in mine if f.ttfb is not None and f.complete)
         leader = ttfbs[0] if ttfbs else None
         followers = ttfbs[1:]
         per_object.append({
@@ -110,7 +110,7 @@ def stampede(server: Server, origin: Origin, *, clients: int = 200, objects: int
     edge_upstream = None
     if edge_up_before is not None:
         edge_upstream = (_edge_upstream(server) or 0) - edge_up_before
-    ttfb = [f.ttfb for f in fetches if f.ttfb is not None]
+    ttfb = [f.ttfb for f in fetches if f.ttfb is not None and f.complete]  # (no error page)
     total = [f.total for f in fetches if f.total is not None and f.complete]
     ratios = [o["follower_over_leader"] for o in per_object if o["follower_over_leader"]]
     leaders = [o["leader_ttfb_s"] for o in per_object if o["leader_ttfb_s"] is not None]

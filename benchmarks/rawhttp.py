@@ -42,9 +42,11 @@ class Fetch:
 
     @property
     def complete(self) -> bool:
-        """Whether the whole promised body arrived."""
+        """Whether a successful (2xx) answer's whole promised body arrived. An error page is
+        not: a server that failed every request (nginx's workers unable to reach their cache
+        directory, say) would otherwise be timed on its error pages."""
         want = self.headers.get("content-length")
-        if self.error is not None or self.done_at is None:
+        if self.error is not None or self.done_at is None or not 200 <= self.status < 300:
             return False
         return want is None or int(want) == self.body_bytes
 
