@@ -82,7 +82,7 @@ def _token(**claims: Any) -> str:
         ("Bearer " + _token(sub=None), "invalid_token"),
         ("Bearer " + _token(exp=None), "invalid_token"),
         ("Bearer " + _token(sub=""), "invalid_token"),
-        ("Bearer " + jwt.encode({"sub": "alice", "exp": int(time.time()) + 60}, None,
+        ("Bearer " + jwt.encode({"sub": "alice", "exp": int(time.time()) + 60}, "",
                                 algorithm="none"), "invalid_token"),
     ],
     ids=["missing", "basic", "empty", "not-jwt", "expired", "wrong-secret", "no-sub", "no-exp",

@@ -6,6 +6,7 @@ import dataclasses
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -29,7 +30,7 @@ class Chain:
 
 def make_config(tmp_path: Path, **cache: object) -> Config:
     config = load_config(None, env={"EDGEPROXY_DATA_DIR": str(tmp_path)})
-    settings: dict[str, object] = {"slice_size": SLICE, **cache}
+    settings: dict[str, Any] = {"slice_size": SLICE, **cache}
     return config.replace(cache=dataclasses.replace(CacheConfig(), **settings))
 
 

@@ -72,7 +72,7 @@ def run(*args: str, cwd: Path, tty: bool = False,
     # 24 rows, 100 columns: a new pseudo-terminal is 0x0, and a bar fits in no columns.
     fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
     with subprocess.Popen(argv, cwd=cwd, env=env(), stdin=subprocess.DEVNULL,
-                          stdout=subprocess.PIPE, stderr=follower) as proc:  # fmt: skip
+                          stdout=subprocess.PIPE, stderr=follower) as child:  # fmt: skip
         os.close(follower)
         screen = bytearray()
         deadline = time.monotonic() + timeout
@@ -86,12 +86,12 @@ def run(*args: str, cwd: Path, tty: bool = False,
                 if not data:
                     break
                 screen += data
-            elif proc.poll() is not None:
+            elif child.poll() is not None:
                 break
         os.close(leader)
-        assert proc.stdout is not None
-        out = proc.stdout.read().decode()
-        code = proc.wait(timeout=10)
+        assert child.stdout is not None
+        out = child.stdout.read().decode()
+        code = child.wait(timeout=10)
     return code, out, screen.decode("utf-8", "replace")
 
 

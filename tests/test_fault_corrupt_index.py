@@ -149,7 +149,7 @@ def test_two_workers_set_the_index_aside_once_and_a_restart_keeps_the_new_one(
 def test_which_errors_set_an_index_aside(error: type[sqlite3.Error], code: int, unusable: bool,
                                          reason: str) -> None:
     exc = error("…")
-    exc.sqlite_errorcode = code  # type: ignore[attr-defined]
+    exc.sqlite_errorcode = code
     assert index.is_unusable(exc) is unusable
     assert index.fault_reason(exc) == reason
 

@@ -272,7 +272,8 @@ def test_hot_object_ranges_never_carry_the_whole_digest(nodes: Nodes,
     for _ in range(3):  # a miss, a hit that keeps it in memory, a hit from memory
         r = _get(nodes.url + target)
         assert r is not None and r.content == body
-    assert "content-digest" in r.headers and r.headers["x-cache"].startswith("HIT")
+    assert r is not None and "content-digest" in r.headers
+    assert r.headers["x-cache"].startswith("HIT")
     for rng, want in (("bytes=10-19", body[10:20]), ("bytes=-100", body[-100:]),
                       ("bytes=0-4999", body)):
         r = _get(nodes.url + target, rng)  # (checks any Content-Digest against the content)

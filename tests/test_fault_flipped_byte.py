@@ -345,8 +345,11 @@ def test_store_hashes_a_file_once_until_it_changes(store: CacheStore, tmp_path: 
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     hashed: list[int] = []
     real = checksum.file_matches
-    monkeypatch.setattr("edgeproxy.cache.slicefiles.file_matches",
-                        lambda fd, size, value: hashed.append(size) or real(fd, size, value))
+    def counting(fd: int, size: int, value: int) -> bool:
+        hashed.append(size)
+        return real(fd, size, value)
+
+    monkeypatch.setattr("edgeproxy.cache.slicefiles.file_matches", counting)
     dropped: list[int] = []
     store.on_corrupt = lambda key, index, why: dropped.append(index)
     data = pattern(200_000)

@@ -119,7 +119,8 @@ async def test_requests_waiting_for_another_workers_facts_wake_in_one_turn(
     """Many misses on an object another worker fills share one poll of the index for its
     facts (`Coalescer.foreign_facts`); the others run in the turn after it finds them."""
     from edgeproxy.cache.coalesce import Coalescer
-    from edgeproxy.cache.meta import Freshness, ObjectMeta
+    from edgeproxy.cache.meta import ObjectMeta
+    from edgeproxy.cache.policy import Freshness
     from edgeproxy.cache.store import CacheStore
 
     loop = asyncio.get_running_loop()

@@ -105,7 +105,8 @@ async def test_other_workers_see_a_process_s_writes_in_the_order_made(tmp_path: 
     without those facts cut answers one byte short. Until then the file is still the fill's
     temp file, which a crash leaves for the start-up sweep."""
     from edgeproxy.cache import checksum
-    from edgeproxy.cache.meta import Freshness, ObjectMeta
+    from edgeproxy.cache.meta import ObjectMeta
+    from edgeproxy.cache.policy import Freshness
     from edgeproxy.cache.store import INLINE_MAX, CacheStore
 
     writer = CacheStore(tmp_path / "cache", 1 << 30)
@@ -208,7 +209,7 @@ def test_the_index_volume_is_read_at_most_once_a_period_unless_writes_may_pass_t
     from edgeproxy.cache import evict
 
     clock = [100.0]
-    monkeypatch.setattr(evict.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr("edgeproxy.cache.evict.time.monotonic", lambda: clock[0])
 
     class Index:
         reads = 0
@@ -285,7 +286,7 @@ async def test_stored_slices_answers_like_has_slice_in_one_query(tmp_path: Path)
 
         faults: list[BaseException] = []
         real, reader._cache = reader._cache, Broken()
-        reader.fault = faults.append  # type: ignore[method-assign]
+        reader.fault = faults.append  # type: ignore[method-assign, assignment]
         try:
             assert reader.stored_slices("/k", "v1", run) == frozenset()  # "not stored"
         finally:

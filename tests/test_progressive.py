@@ -110,7 +110,7 @@ def metric(url: str, name: str, **labels: str) -> float:
 
 
 def blob_file(stack: Stack, video: Video) -> Path:
-    sha = video.payload["file_enc_sha256"]
+    sha = str(video.payload["file_enc_sha256"])
     return stack.config.data_dir / "origin" / "blobs" / sha[:2] / sha[2:4] / sha
 
 

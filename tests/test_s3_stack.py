@@ -19,7 +19,7 @@ from PIL import Image
 
 from edgeproxy import cache, origin
 from edgeproxy.cache.s3transport import S3Transport, object_key
-from edgeproxy.cache.transport import BeReq, transport_for
+from edgeproxy.cache.transport import BeReq, Transport, transport_for
 from edgeproxy.client import MediaClient
 from edgeproxy.config import load_config
 from edgeproxy.origin.auth import mint_token
@@ -93,7 +93,7 @@ def stored(s3: S3Endpoint) -> tuple[str, bytes]:
     return bucket, blob
 
 
-async def _get(transport: S3Transport, path: str, method: str = "GET",
+async def _get(transport: Transport, path: str, method: str = "GET",
                **headers: str) -> tuple[int, dict[bytes, bytes], bytes]:  # fmt: skip
     raw = [(k.replace("_", "-").encode(), v.encode()) for k, v in headers.items()]
     response = await transport.send(BeReq(method, path, raw, path))

@@ -52,7 +52,12 @@ def edge_energy(image: Image.Image) -> float:
     w, h = grey.size
     px = grey.load()
     assert px is not None
-    total = sum(abs(int(px[x + 1, y]) - int(px[x, y])) for y in range(h) for x in range(w - 1))
+    total = 0
+    for y in range(h):
+        for x in range(w - 1):
+            right, left = px[x + 1, y], px[x, y]
+            assert isinstance(right, int) and isinstance(left, int)  # one band: "L"
+            total += abs(right - left)
     return total / ((w - 1) * h)
 
 

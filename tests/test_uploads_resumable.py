@@ -440,6 +440,7 @@ def test_tuspy_resumes_after_dropped_connections(proxied: tuple[Origin, CuttingP
                                upload_checksum=True, retries=5, retry_delay=0)  # fmt: skip
     uploader.upload()
     assert proxy.cut == 2  # two PATCHes really were cut off
+    assert uploader.url is not None
     media_id = httpx.URL(uploader.url).path.rsplit("/", 1)[1]
     assert o.confirm(media_id, sha(blob)).status_code == 200
     assert o.http.get(f"/v/t1/{sha(blob)}").content == blob
@@ -460,6 +461,7 @@ def test_tuspy_resumes_after_an_origin_restart(tmp_path: Path) -> None:
             file_stream=io.BytesIO(blob), url=url, chunk_size=100_000)
         assert second.offset == 200_000
         second.upload()
+        assert url is not None
         media_id = httpx.URL(url).path.rsplit("/", 1)[1]
         assert o.confirm(media_id, sha(blob)).status_code == 200
         assert o.http.get(f"/v/t1/{sha(blob)}").content == blob

@@ -19,7 +19,7 @@ import hashlib
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, MutableMapping
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,7 @@ import httpx
 import pytest
 
 from edgeproxy import zerocopy
-from edgeproxy.cache import create_app, steps
+from edgeproxy.cache import create_app, deliver
 from edgeproxy.cache.deliver import vouched_send
 from edgeproxy.cache.types import ZEROCOPY
 from edgeproxy.errors import FillAborted
@@ -47,10 +47,24 @@ IMMUTABLE = ("Cache-Control", "public, max-age=31536000, immutable")
 # --- the held last byte ------------------------------------------------------------------
 
 
+def _asking(asked: list[bool]) -> Callable[[], bool]:
+    """A vouch that says yes, and records that it was asked."""
+    def vouch() -> bool:
+        asked.append(True)
+        return True
+    return vouch
+
+
+def _run(sent: Awaitable[None]) -> None:
+    async def wait() -> None:
+        await sent
+    asyncio.run(wait())
+
+
 def _collect(length: int, vouched: Callable[[], bool]) -> tuple[list[bytes], Any]:
     out: list[bytes] = []
 
-    async def send(message: dict[str, Any]) -> None:
+    async def send(message: MutableMapping[str, Any]) -> None:
         out.append(message.get("body", b""))
 
     return out, vouched_send(send, length, vouched)
@@ -58,7 +72,7 @@ def _collect(length: int, vouched: Callable[[], bool]) -> tuple[list[bytes], Any
 
 def test_the_last_byte_waits_for_the_facts_to_say_the_hash_matched() -> None:
     asked: list[bool] = []
-    out, send = _collect(6, lambda: asked.append(True) or True)
+    out, send = _collect(6, _asking(asked))
     body = {"type": "http.response.body", "more_body": True}
     asyncio.run(send({**body, "body": b"abc"}))
     assert out == [b"abc"] and asked == []
@@ -85,18 +99,18 @@ def test_file_bytes_pass_by_zero_copy_and_only_the_last_byte_is_held(tmp_path: P
     and that byte, read from the file, follows once the facts vouch for the hash."""
     fd = _file_of(tmp_path, b"abcdefgh")
     asked: list[bool] = []
-    out: list[dict[str, Any]] = []
+    out: list[MutableMapping[str, Any]] = []
 
-    async def send(message: dict[str, Any]) -> None:
+    async def send(message: MutableMapping[str, Any]) -> None:
         out.append(message)
 
-    held = vouched_send(send, 8, lambda: asked.append(True) or True)
+    held = vouched_send(send, 8, _asking(asked))
     try:
-        asyncio.run(held({"type": ZEROCOPY, "file": fd, "offset": 0, "count": 5,
+        _run(held({"type": ZEROCOPY, "file": fd, "offset": 0, "count": 5,
                           "more_body": True}))
         assert out == [{"type": ZEROCOPY, "file": fd, "offset": 0, "count": 5,
                         "more_body": True}] and asked == []
-        asyncio.run(held({"type": ZEROCOPY, "file": fd, "offset": 5, "count": 3,
+        _run(held({"type": ZEROCOPY, "file": fd, "offset": 5, "count": 3,
                           "more_body": True}))
     finally:
         os.close(fd)
@@ -108,15 +122,15 @@ def test_file_bytes_pass_by_zero_copy_and_only_the_last_byte_is_held(tmp_path: P
 def test_a_zero_copy_body_the_facts_do_not_vouch_for_never_gets_its_last_byte(
         tmp_path: Path) -> None:
     fd = _file_of(tmp_path, b"abcd")
-    out: list[dict[str, Any]] = []
+    out: list[MutableMapping[str, Any]] = []
 
-    async def send(message: dict[str, Any]) -> None:
+    async def send(message: MutableMapping[str, Any]) -> None:
         out.append(message)
 
     held = vouched_send(send, 4, lambda: False)
     try:
         with pytest.raises(FillAborted):
-            asyncio.run(held({"type": ZEROCOPY, "file": fd, "offset": 0, "count": 4,
+            _run(held({"type": ZEROCOPY, "file": fd, "offset": 0, "count": 4,
                               "more_body": True}))
     finally:
         os.close(fd)
@@ -150,7 +164,7 @@ def edge(request: pytest.FixtureRequest, foreign: ForeignOrigin,
 def hashing(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """Which kind of checked send each whole answer of an unverified object got."""
     kinds: list[str] = []
-    verifying, vouched = steps.verifying_send, steps.vouched_send
+    verifying, vouched = deliver.verifying_send, deliver.vouched_send
 
     def spy_verifying(*args: Any, **kwargs: Any) -> Any:
         kinds.append("hashed")
@@ -160,8 +174,9 @@ def hashing(monkeypatch: pytest.MonkeyPatch) -> list[str]:
         kinds.append("vouched")
         return vouched(*args, **kwargs)
 
-    monkeypatch.setattr(steps, "verifying_send", spy_verifying)
-    monkeypatch.setattr(steps, "vouched_send", spy_vouched)
+    # (the names the steps call them by)
+    monkeypatch.setattr("edgeproxy.cache.steps.verifying_send", spy_verifying)
+    monkeypatch.setattr("edgeproxy.cache.steps.vouched_send", spy_vouched)
     return kinds
 
 
