@@ -7,6 +7,7 @@ the ``resp`` fields from a stored object's. `tests/test_fields.py` checks them b
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from typing import Literal
 from urllib.parse import urlsplit
 
 from ..http import digest_field, split_list
@@ -142,12 +143,14 @@ def _normalised(name: str, value: str) -> str:
 # CONNECT asks for a tunnel (RFC 9110 §9.3.6), which a cache node is not (its authority-form
 # target is refused by the guard already; this is one with a path).
 REFUSED_METHODS = frozenset({"TRACE", "CONNECT"})
-# What a refused request's 405 names in Allow (RFC 9110 §15.5.6): the methods that are relayed
-# or answered.
+# What a refused request's 405 names in Allow (RFC 9110 §15.5.6): the standard methods that are
+# looked up or relayed (an extension method, PROPFIND say, is relayed too).
 ALLOWED_METHODS = "GET, HEAD, OPTIONS, POST, PUT, PATCH, DELETE"
 
+Route = Literal["lookup", "pass", "refuse"]
 
-def route(method: str) -> str:
+
+def route(method: str) -> Route:
     """What `steps.recv` does with a request: ``"lookup"`` for GET and HEAD, the methods whose
     answers a cache stores (RFC 9111 §3, §4); ``"refuse"`` for `REFUSED_METHODS`; ``"pass"``
     upstream for every other method (RFC 9111 §4.4 invalidates after an unsafe one)."""
