@@ -207,9 +207,10 @@ def test_a_reader_of_a_hashing_flight_sends_its_bytes_unhashed(
     sendfiles: list[int] = []
     real_send_file = zerocopy.send_file
 
-    async def counted(transport: Any, fd: int, offset: int, count: int, timeout: float) -> bool:
+    async def counted(transport: Any, fd: int, offset: int, count: int, timeout: float,
+                      unchanged: Callable[[], bool] | None = None) -> bool:
         sendfiles.append(count)
-        return await real_send_file(transport, fd, offset, count, timeout)
+        return await real_send_file(transport, fd, offset, count, timeout, unchanged)
 
     monkeypatch.setattr(zerocopy, "send_file", counted)
     foreign.route(TARGET, body=BODY, etag=f'"{SHA}"', headers=[IMMUTABLE], pause=1.0)

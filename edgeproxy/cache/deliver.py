@@ -101,9 +101,9 @@ async def send_body(reply: Reply, meta: ObjectMeta, send: Send, join: Join, *,
     the client sees a short body, never a complete-looking wrong one. ``zerocopy``: ``send``
     takes the server's zero-copy messages (stored slice files then go by ``sendfile``)."""
 
-    async def out(source: Source, first: int, last: int, final: bool = False) -> int:
+    async def out(source: Source, first: int, last: int) -> int:
         if zerocopy and isinstance(source, StoredSource):
-            return await source.send_file(first, last, send, read_size, timeout, last=final)
+            return await source.send_file(first, last, send, read_size, timeout)
         if zerocopy and isinstance(source, Following):  # (a fill holds its own last byte)
             return await source.stream(first, last, send, read_size, timeout, zerocopy=True)
         return await source.stream(first, last, send, read_size, timeout)
@@ -153,7 +153,7 @@ async def send_body(reply: Reply, meta: ObjectMeta, send: Send, join: Join, *,
                     for earlier in (*unsettled, source):
                         await earlier.settled(timeout)
                     first = last
-                sent += await out(source, first, last, final)
+                sent += await out(source, first, last)
                 if source.pending:
                     unsettled.append(source)
             finally:

@@ -75,23 +75,18 @@ class StoredSource:
         return stop - start
 
     async def send_file(self, start: int, end: int, send: Send, read_size: int,
-                        timeout: float, *, last: bool) -> int:
+                        timeout: float) -> int:
         """`stream` by the server's zero-copy send (bytes ``start..end`` of a slice file).
-        A file found changed once its bytes went out aborts the answer; when they end it
-        (``last``), their last byte waits for that check, so it never looks complete."""
+        The server checks the file before each ``sendfile`` (the message's ``unchanged``):
+        one found changed aborts the answer before its next byte."""
         body = self.body
         if isinstance(body, bytes) or end - start + 1 < ZEROCOPY_MIN:
             return await self.stream(start, end, send, read_size, timeout)
         fd = body.fileno()
         if end >= os.fstat(fd).st_size:
             raise FillAborted("stored slice is shorter than its index says")
-        stop = end if last else end + 1
-        await send({"type": ZEROCOPY, "file": fd, "offset": start, "count": stop - start,
-                    "more_body": True})
-        if not body.unchanged():
-            raise FillAborted("stored slice was written to while it was sent")
-        if last:
-            await _send(send, os.pread(fd, 1, end))
+        await send({"type": ZEROCOPY, "file": fd, "offset": start, "count": end + 1 - start,
+                    "more_body": True, "unchanged": body.unchanged})
         return end - start + 1
 
     pending = False  # committed bytes
