@@ -249,12 +249,26 @@ def test_a_fast_lane_file_changed_after_its_check_cuts_the_answer_short(
         assert len(body) < len(ONE)  # cut short: never complete-looking
 
 
-def test_a_fast_lane_file_changed_while_a_slow_reader_takes_it_stops_its_sends(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("lane", ["fast", "steps"])
+def test_a_file_changed_while_a_slow_reader_takes_it_stops_its_sends(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, lane: str) -> None:
     """No byte is held back to go after a check; instead the file is checked before every
     ``sendfile`` call, so a file found written to while a reader drains the socket sends
-    nothing more: the answer is cut short, its bytes so far right."""
+    nothing more: the answer is cut short, its bytes so far right. A large range inside the
+    slice is the fast lane's (`send_rest`), the whole body the steps' (`ZeroCopySend`)."""
     from edgeproxy.cache.slicefiles import SliceFile
+
+    first, last = (1000, 11 * MIB) if lane == "fast" else (0, len(HUGE) - 1)
+    asked = f"range: bytes={first}-{last}\r\n" if lane == "fast" else ""
+    answered: list[bool] = []  # whether the fast lane answered, per request
+    real = CacheNode.fast_reply
+
+    def spying(self: CacheNode, *args: Any) -> Any:
+        reply = real(self, *args)
+        answered.append(reply is not None)
+        return reply
+
+    monkeypatch.setattr(CacheNode, "fast_reply", spying)
 
     o = TestOrigin()
     o.put("/static/huge.bin", HUGE, headers={"cache-control": "max-age=600"})
@@ -262,7 +276,9 @@ def test_a_fast_lane_file_changed_while_a_slow_reader_takes_it_stops_its_sends(
     with serve(o) as origin, _edge(tmp_path, origin, "uvloop", one_slice) as edge:
         with httpx.Client(base_url=edge.url) as client:
             assert client.get("/static/huge.bin").content == HUGE
-        time.sleep(0.2)
+            time.sleep(0.2)
+            client.get("/static/huge.bin", headers={"range": f"bytes={first}-{last}"})
+        answered.clear()
         checks: list[int] = []
 
         def unchanged(self: SliceFile) -> bool:
@@ -275,14 +291,15 @@ def test_a_fast_lane_file_changed_while_a_slow_reader_takes_it_stops_its_sends(
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)  # (a slow reader)
             sock.settimeout(10)
             sock.connect((host, int(port)))
-            sock.sendall(b"GET /static/huge.bin HTTP/1.1\r\nhost: x\r\n\r\n")
+            sock.sendall(f"GET /static/huge.bin HTTP/1.1\r\nhost: x\r\n{asked}\r\n".encode())
             data = sock.recv(4096)
             time.sleep(0.3)  # the socket is full: the rest waits for room
             while chunk := sock.recv(1 << 20):
                 data += chunk
     head, _, body = data.partition(b"\r\n\r\n")
-    assert head.startswith(b"HTTP/1.1 200") and len(checks) >= 2
-    assert len(body) < len(HUGE) and body == HUGE[:len(body)]
+    assert head.startswith(b"HTTP/1.1 206" if asked else b"HTTP/1.1 200")
+    assert answered == [lane == "fast"] and len(checks) >= 2
+    assert len(body) < last - first + 1 and body == HUGE[first:first + len(body)]
 
 
 def test_a_slice_file_changed_after_its_check_cuts_the_steps_answer_short(
