@@ -64,6 +64,12 @@ def test_vary_fields(vary: str | None, expected: tuple[str, ...]) -> None:
     ("accept-language", "en;q=0.5, de", "en, de;q=0.5", False),
     ("accept-language", "en", "en, de", False),
     ("x-a", "", "", True),  # absent
+    # a single-valued field's comma is text: the value is compared as sent (RFC 9110 §5.5)
+    ("user-agent", "a/1 (X11, Linux)", "a/1 (X11,Linux)", False),
+    ("user-agent", "a/1 (X11, Linux)", " a/1 (X11, Linux) ", True),
+    ("user-agent", "a/1  b", "a/1 b", False),
+    ("if-modified-since", "Thu, 01 Jan 1970 00:00:00 GMT", "Thu,01 Jan 1970 00:00:00 GMT", False),
+    ("cookie", "a=1; b=2", "a=1;b=2", False),
 ])
 def test_vary_values_normalised(name: str, first: str, second: str, same: bool) -> None:
     values = [fields.vary_values((name,), {name: v} if v else {}) for v in (first, second)]

@@ -126,6 +126,22 @@ def test_variants_of_equivalent_request_values_are_one(foreign: ForeignOrigin,
     assert foreign.count("/v") == 2
 
 
+def test_a_single_valued_field_selects_as_sent(foreign: ForeignOrigin,
+                                               foreign_chain: Chain) -> None:
+    """A comma in User-Agent is text, not a list's separator: two values that differ around
+    it are two variants (RFC 9111 §4.1 allows only normalisations known to keep the
+    meaning); the same value, sent again, is the stored one."""
+    foreign.route("/ua", body=b"for this agent", headers=[
+        ("Cache-Control", "max-age=600"), ("Vary", "User-Agent")])
+    agents = ["rig/1.0 (X11, Linux)", "rig/1.0 (X11,Linux)"]
+    for agent in agents:
+        r = foreign_chain.get("/ua", headers={"User-Agent": agent})
+        assert r.status_code == 200 and r.headers["x-cache"].startswith("MISS")
+    again = foreign_chain.get("/ua", headers={"User-Agent": agents[0]})
+    assert again.headers["x-cache"].startswith("HIT")
+    assert foreign.count("/ua") == 2
+
+
 def test_echoed_request_headers_come_back_to_the_client(foreign: ForeignOrigin,
                                                         foreign_chain: Chain) -> None:
     """RFC 9110 §7.6.1: what the origin saw, as the client reads it in the body."""

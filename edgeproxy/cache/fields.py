@@ -116,6 +116,14 @@ def vary_fields(vary: str | None) -> tuple[str, ...]:
 # RFC 9110 §12.5.4: language ranges are case-insensitive and weighed by their q-values, not by
 # where they stand in the list.
 _UNORDERED_CASELESS = frozenset({"accept-language"})
+# Request fields whose value is one item, not a list (RFC 9110, RFC 6265, RFC 6454): a comma
+# in them is text ("Mozilla/5.0 (X11, Linux)", "Thu, 01 Jan 1970"), so the spaces around it
+# are part of the value and selecting compares the value as sent. A field not named here may
+# come as several lines (which only a list may, RFC 9110 §5.3): it is compared as a list.
+_SINGLE_VALUED = frozenset({
+    "authorization", "content-length", "content-location", "content-type", "cookie", "date",
+    "from", "host", "if-modified-since", "if-range", "if-unmodified-since", "max-forwards",
+    "origin", "proxy-authorization", "range", "referer", "user-agent"})
 
 
 def vary_values(fields: tuple[str, ...], headers: Mapping[str, str]) -> tuple[str, ...] | None:
@@ -124,7 +132,8 @@ def vary_values(fields: tuple[str, ...], headers: Mapping[str, str]) -> tuple[st
 
     Lines of one field are combined (the server joins them), list members lose the
     whitespace around them and runs of it within them become one space, quoted strings kept
-    whole; `_UNORDERED_CASELESS` fields are compared without case, whitespace or order.
+    whole; `_UNORDERED_CASELESS` fields are compared without case, whitespace or order, and
+    `_SINGLE_VALUED` ones as sent.
     """
     if "*" in fields:
         return None
@@ -132,6 +141,8 @@ def vary_values(fields: tuple[str, ...], headers: Mapping[str, str]) -> tuple[st
 
 
 def _normalised(name: str, value: str) -> str:
+    if name in _SINGLE_VALUED:
+        return value.strip(" \t")  # (a field value has no whitespace at its ends, §5.5)
     members = [" ".join(m.split()) for m in split_list(value)]
     if name in _UNORDERED_CASELESS:
         return ",".join(sorted("".join(m.split()).lower() for m in members))
