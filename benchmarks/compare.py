@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from . import (
+    baseline,
     coldpath,
     deploy,
     hitpath,
@@ -98,6 +99,7 @@ def run(plan: Plan, sections: tuple[str, ...], out_dir: Path, keep: bool) -> dic
         "sections": list(sections), "plan": plan.__dict__,
     }}
     servers: list[deploy.Server] = []
+    before: deploy.Server | None = None  # the baseline commit's edge (hit path only)
     origin: deploy.Origin | None = None
     try:
         _log(f"workdir {work}; generating blobs and starting the origin ...")
@@ -117,12 +119,17 @@ def run(plan: Plan, sections: tuple[str, ...], out_dir: Path, keep: bool) -> dic
             notes.append("this nginx has no slice module: nginx-slice was not measured")
         servers.append(deploy.start_varnish(work, origin.url))
         hit_servers = [s for s in servers if s is not chain]
-        for s in servers:
-            _log(f"  {s.name:<16} {s.url}  (pid {s.front.pid})")
+        if "hit" in sections:
+            before = _start_baseline(work, origin, plan, notes)
+            hit_servers += [before] if before is not None else []
+        for s in [*hit_servers, chain]:
+            _log(f"  {s.name:<18} {s.url}  (pid {s.front.pid})")
         _sections(plan, sections, results, origin, servers, hit_servers, chain, out_dir, work)
     finally:
-        for s in reversed(servers):
+        for s in reversed([*servers, *([before] if before is not None else [])]):
             s.stop()
+        if (work / "baseline-src").exists():
+            baseline.remove(work / "baseline-src")
         if origin is not None:
             origin.stop()
         procs.stop_all()
@@ -133,6 +140,24 @@ def run(plan: Plan, sections: tuple[str, ...], out_dir: Path, keep: bool) -> dic
     results["meta"]["elapsed_s"] = time.monotonic() - started
     results["notes"] = notes + _standing_notes()
     return results
+
+
+def _start_baseline(work: Path, origin: deploy.Origin, plan: Plan,
+                    notes: list[str]) -> deploy.Server | None:
+    """The baseline commit's edge for the hit path (`baseline`), or None with a note."""
+    stored = targets.load_baseline()
+    commit = (stored or {}).get("meta", {}).get("commit")
+    if not commit:
+        notes.append("no baseline commit: hit-path ratios compared with nothing")
+        return None
+    why = baseline.checkout(commit, work / "baseline-src")
+    if why is not None:
+        notes.append(f"the baseline commit {commit} could not be checked out ({why}): "
+                     f"\"where it was\" uses the ratios stored in {targets.BASELINE.name}")
+        return None
+    _log(f"starting the baseline commit {commit}'s edge ...")
+    return deploy.start_edgeproxy(work, origin.url, name=baseline.SERVER,
+                                  workers=plan.edge_workers, repo=work / "baseline-src")
 
 
 def _sections(plan: Plan, sections: tuple[str, ...], results: dict[str, Any],
@@ -154,9 +179,13 @@ def _sections(plan: Plan, sections: tuple[str, ...], results: dict[str, Any],
     if "hit" in sections:
         step("hit path")
         origin.throttle(0)
-        our_pids = [p.pid for s in servers for p in s.procs] + [origin.proc.pid]
+        our_pids = [*{p.pid for s in [*servers, *hit_servers] for p in s.procs},
+                    origin.proc.pid]
         records = hitpath.run_hitpath(hit_servers, origin, duration=plan.hit_duration,
                                       repeats=plan.hit_repeats, log=_log, our_pids=our_pids)
+        for s in hit_servers:
+            if s.name == baseline.SERVER:
+                s.stop()  # only the hit path compares with it
         names = [s.name for s in hit_servers]
         kept = [r["foreign_cores"] for r in records]
         tries = [c for r in records for c in r["attempts_foreign_cores"]]

@@ -116,6 +116,20 @@ class Origin:
 # --- edgeproxy -----------------------------------------------------------------------------
 
 
+def _config_of(repo: Path, path: Path, data_dir: Path, edge_port: int, shield_port: int,
+               origin_url: str, workers: int) -> None:
+    """The node's config as ``repo``'s own benchmarks write it (another commit's keys may
+    differ from this one's)."""
+    if repo == REPO:
+        _edgeproxy_config(path, data_dir, edge_port, shield_port, origin_url, workers)
+        return
+    script = ("import sys; from pathlib import Path; from benchmarks.deploy import "
+              "_edgeproxy_config as c; c(Path(sys.argv[1]), Path(sys.argv[2]), "
+              "int(sys.argv[3]), int(sys.argv[4]), sys.argv[5], int(sys.argv[6]))")
+    subprocess.run([python(), "-c", script, str(path), str(data_dir), str(edge_port),
+                    str(shield_port), origin_url, str(workers)], cwd=repo, check=True)
+
+
 def _edgeproxy_config(path: Path, data_dir: Path, edge_port: int, shield_port: int,
                       origin_url: str, workers: int) -> None:
     path.write_text(textwrap.dedent(f"""\
@@ -151,8 +165,12 @@ def _edgeproxy_hit(headers: Headers) -> bool:
 
 
 def start_edgeproxy(workdir: Path, origin_url: str, *, name: str = "edgeproxy",
-                    chain: bool = False, workers: int = 2, edges: int = 1) -> Server:
+                    chain: bool = False, workers: int = 2, edges: int = 1,
+                    repo: Path = REPO) -> Server:
     """edgeproxy edge in front of the origin, or ``edges`` edges → one shield → origin.
+
+    ``repo`` is the checkout whose ``edgeproxy`` package runs (another commit's worktree, for
+    a baseline measured in the same run).
 
     Each edge has its own config file (port, data dir); the first is the one clients of
     single-URL tests use, all are in `Server.edge_urls`.
@@ -166,12 +184,12 @@ def start_edgeproxy(workdir: Path, origin_url: str, *, name: str = "edgeproxy",
     if chain:
         shield_url = f"http://127.0.0.1:{shield_port}"
         config = home / "config-shield.yaml"
-        _edgeproxy_config(config, home / "data-shield", free_port(), shield_port, origin_url,
-                          workers)
+        _config_of(repo, config, home / "data-shield", free_port(), shield_port, origin_url,
+                   workers)
         shield = Managed(f"{name}-shield",
                          [python(), "-m", "edgeproxy", "serve", "--config", str(config),
                           "--role", "shield", "--upstream", origin_url],
-                         home / "shield.log", cwd=REPO)  # fmt: skip
+                         home / "shield.log", cwd=repo)  # fmt: skip
         procs.append(shield)
         wait_http(shield_url + "/healthz", shield)
         metrics["shield"] = shield_url + "/metrics"
@@ -181,12 +199,12 @@ def start_edgeproxy(workdir: Path, origin_url: str, *, name: str = "edgeproxy",
         suffix = "" if i == 0 else f"-{i + 1}"
         port = free_port()
         config = home / f"config-edge{suffix}.yaml"
-        _edgeproxy_config(config, home / f"data-edge{suffix}", port, shield_port, origin_url,
-                          workers)
+        _config_of(repo, config, home / f"data-edge{suffix}", port, shield_port, origin_url,
+                   workers)
         edge = Managed(f"{name}-edge{suffix}",
                        [python(), "-m", "edgeproxy", "serve", "--config", str(config),
                         "--role", "edge", "--upstream", upstream],
-                       home / f"edge{suffix}.log", cwd=REPO)  # fmt: skip
+                       home / f"edge{suffix}.log", cwd=repo)  # fmt: skip
         procs.append(edge)
         url = f"http://127.0.0.1:{port}"
         wait_http(url + "/healthz", edge)

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from .hitpath import DISTURBED_CORES, ratio
-from .targets import EDGE, NGINX, Verdict
+from .targets import BASELINE_RUN, EDGE, NGINX, Verdict
 from .tierreport import misscost_section, misscost_table, zipf2_section, zipf2_table
 
 MIB = 1024**2
@@ -114,9 +114,14 @@ def markdown(results: dict[str, Any], verdicts: list[Verdict]) -> str:
         out.append(f"- **{v.word}** — {v.target}: {v.detail}")
     base = results.get("baseline")
     if base:
-        out += ["", f"\"At least where it was\" compares each hit-path ratio with "
-                f"`{base['file']}` ({base['mode']} run of {base['started']}, commit "
-                f"`{base['commit']}`)."]
+        hit_names = results.get("hit_path", {}).get("servers", [])
+        out += ["", "\"At least where it was\" compares each hit-path ratio with "
+                + (f"the ratio of commit `{base['commit']}`'s edge in this same run (column "
+                   f"`{BASELINE_RUN}`; the ratios stored in `{base['file']}`, from its "
+                   f"{base['mode']} run of {base['started']}, are quoted for reference)."
+                   if BASELINE_RUN in hit_names else
+                   f"`{base['file']}` ({base['mode']} run of {base['started']}, commit "
+                   f"`{base['commit']}`).")]
     hit = results.get("hit_path")
     if hit:
         out += [
