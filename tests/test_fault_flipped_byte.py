@@ -28,7 +28,8 @@ import xxhash
 from click.testing import CliRunner
 
 from edgeproxy.cache import checksum, create_app, scrub
-from edgeproxy.cache.fills import Flight, SliceFill
+from edgeproxy.cache.fills import SliceFill
+from edgeproxy.cache.flight import Flight
 from edgeproxy.cache.slicefiles import SliceFile
 from edgeproxy.cache.store import CacheStore
 from edgeproxy.cli import cli

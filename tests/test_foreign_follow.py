@@ -7,7 +7,7 @@ import asyncio
 import os
 from pathlib import Path
 
-from edgeproxy.cache.fills import POLL_INTERVAL, ForeignFill
+from edgeproxy.cache.foreign import POLL_INTERVAL, ForeignFill
 
 
 async def test_many_followers_share_one_look_per_interval(tmp_path: Path) -> None:

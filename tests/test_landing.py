@@ -16,7 +16,8 @@ from typing import Any
 import pytest
 
 from edgeproxy.cache import checksum
-from edgeproxy.cache.fills import Flight, SliceFill
+from edgeproxy.cache.fills import SliceFill
+from edgeproxy.cache.flight import Flight
 from edgeproxy.cache.landing import INLINE_FIRST, OFFLOAD_MIN, THREAD_NICE, Landing
 
 SIZE = 1024 * 1024  # slice size

@@ -41,7 +41,7 @@ async def _turns_until_resumed(wait: Callable[[asyncio.Future[int]], Awaitable[A
 @pytest.mark.parametrize(("name", "wait", "kind", "turns_taken"), [
     ("wait_for(shield(f))", lambda f: asyncio.wait_for(asyncio.shield(f), 5), "future", 3),
     ("shared(f)", lambda f: shared(f, 5), "future", 2),
-    # a flight's headers: the leader and its followers wait on them (`fills.Flight`)
+    # a flight's headers: the leader and its followers wait on them (`flight.Flight`)
     ("shared(broadcast)", lambda f: shared(f, 5), "broadcast", 1),
     ("within(f)", lambda f: within(f, 5), "future", 1),
 ])

@@ -23,7 +23,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import FillAborted, UpstreamError
-from .fills import Flight, ForeignFill, SliceFill, poll
+from .fills import SliceFill
+from .flight import Flight
+from .foreign import ForeignFill, poll
 from .meta import ObjectMeta
 from .sources import FillSource, ForeignSource, Source, StoredSource
 from .store import INLINE_MAX, CacheStore

@@ -13,7 +13,7 @@ from ..config import Config, ContentClass
 from ..errors import StorageFault
 from . import fields, policy
 from .beresp import BeResp, combined
-from .fills import Flight
+from .flight import Flight
 from .meta import ObjectMeta
 from .store import CacheStore
 

@@ -32,7 +32,8 @@ from . import policy
 from .beresp import BeResp, from_upstream
 from .coalesce import Coalescer
 from .facts import Plan
-from .fills import Flight, FlightSpec, SliceFill
+from .fills import SliceFill
+from .flight import Flight, FlightSpec
 from .landing import Landing
 from .meta import ObjectMeta
 from .store import CacheStore

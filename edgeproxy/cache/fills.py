@@ -1,5 +1,5 @@
-"""Fills in flight: `SliceFill` (one slice's file, followed as it grows), `Flight` (one
-upstream request and the slices it fills) and `ForeignFill` (a slice another worker fills)."""
+"""`SliceFill`: one slice being written from upstream, followed as it grows by the readers
+of this process (a flight fills its slices: `flight`; other workers follow them: `foreign`)."""
 
 from __future__ import annotations
 
@@ -7,32 +7,16 @@ import asyncio
 import contextlib
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from ..errors import FillAborted, UpstreamTimeout
-from .beresp import BeResp
+from ..errors import UpstreamTimeout
 from .checksum import SliceHasher
 from .space import NoRoom
-from .types import RawHeaders
-from .waits import broadcast, shared, within
+from .waits import within
 
 if TYPE_CHECKING:
-    from .store import SliceBody
-
-# How often a waiter polls what another worker process does (there is no event across them).
-POLL_INTERVAL = 0.005
-
-
-async def poll(ready: Callable[[], bool], timeout: float, what: str) -> None:
-    """Wait until ``ready()`` holds; the one poll loop of the cache (cross-process waits)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not ready():
-        if loop.time() > deadline:
-            raise UpstreamTimeout(f"{what}: nothing for {timeout:.0f}s")
-        await asyncio.sleep(POLL_INTERVAL)
+    from .flight import Flight
 
 
 class SliceFill:
@@ -252,173 +236,3 @@ class SliceFill:
             with contextlib.suppress(OSError):
                 os.close(self.fd)
             self.fd = -1
-
-
-@dataclass
-class FlightSpec:
-    """What a flight asks for, and for whom (the leading request's view)."""
-
-    key: str
-    target: str
-    headers: RawHeaders  # the leader's fill headers (client fields less the cache's own)
-    first: int
-    last: int | None
-    slice_size: int
-    validators: RawHeaders = field(default_factory=list)  # If-None-Match / If-Range ...
-    whole: bool = False  # ask without Range: the plain GET of an unknown object
-
-
-@dataclass(eq=False)
-class Flight:
-    """One upstream request (``bereq``) covering slices ``first..last`` (None: to the end)."""
-
-    key: str
-    first: int
-    last: int | None
-    # a `Broadcast`: the leader and every follower wake in the turn the headers come in
-    headers: asyncio.Future[BeResp] = field(default_factory=broadcast)
-    fills: dict[int, SliceFill] = field(default_factory=dict)
-    context: Any = None  # the leading request's view (stale copy, Vary values...)
-    meta: Any = None  # the ObjectMeta to deliver with, once the headers are in
-    version: str | None = None  # slices are committed under it; None: not stored
-    shareable: bool = True  # False: only the leading request may use this answer
-    direct: Any = None  # an UpstreamResponse handed to the leader (answers not stored)
-    store_meta: str = "now"  # when the facts are stored: now, with the body, or not at all
-    digest: str | None = None  # expected SHA-256 (hex) of the whole representation
-    content_digest: Any = None  # the answer's Content-Digest and its span (fields.MessageDigest)
-    checks: tuple[str, ...] = ()  # SHA-256s (hex) the answer's body must have, all of them
-    hasher: Any = None  # running SHA-256 of the answer's body while `checks` are pending
-    whole: bool = False  # the body is the whole representation, checked against `digest`
-    length: int | None = None  # learnt at the end for a body without Content-Length
-    ended: asyncio.Future[None] = field(
-        default_factory=lambda: asyncio.get_running_loop().create_future())
-    taken: asyncio.Future[None] = field(
-        default_factory=lambda: asyncio.get_running_loop().create_future())
-    _progress: asyncio.Event = field(default_factory=asyncio.Event)
-
-    def grew(self) -> None:
-        """A fill was added, or the flight ended: wake those waiting for the next slice."""
-        self._progress.set()
-        self._progress = asyncio.Event()
-
-    async def wait_growth(self, timeout: float) -> None:
-        """Wait for the next `grew` (a body of unknown length being cut into slices)."""
-        if self.ended.done():
-            return
-        try:
-            await within(self._progress.wait(), timeout)
-        except TimeoutError:
-            raise UpstreamTimeout(f"no progress from upstream for {timeout:.0f}s") from None
-
-
-class ForeignFill:
-    """A slice another worker process is filling, as this process follows it.
-
-    A large slice is followed through its file as it grows; a small one lives in the other
-    worker's memory, so it is read from the store once committed. The last byte is held back
-    until the leader has committed the slice (its claim released and the slice stored): the
-    leader may still discard the body on a failed digest.
-
-    One per slice and process, however many requests follow it (`attach`/`detach`): in a
-    stampede a hundred followers cost one look at the other worker per poll interval, not a
-    hundred, and they wake together on its result.
-    """
-
-    def __init__(self, path: Path, is_running: Callable[[], bool],
-                 stored: Callable[[], SliceBody | None],
-                 on_last: Callable[[ForeignFill], None] = lambda fill: None) -> None:
-        self.path = path
-        self._is_running = is_running
-        self._stored = stored
-        self._on_last = on_last
-        self.fd = -1
-        self.body: bytes | None = None  # the committed slice, once it is read from the store
-        self.visible = 0
-        self.done = False
-        self.error: BaseException | None = None
-        self.users = 0
-        self._tick: asyncio.Future[None] | None = None  # the look in progress, if any
-
-    def attach(self) -> None:
-        """One more request follows this slice."""
-        self.users += 1
-
-    def detach(self) -> None:
-        """A request stopped following; the last one closes the descriptor."""
-        self.users -= 1
-        if self.users <= 0:
-            self._close_fd()
-            self._on_last(self)
-
-    def read(self, position: int, size: int) -> bytes:
-        """Bytes already visible."""
-        if self.body is not None:
-            return self.body[position:position + size]
-        return os.pread(self.fd, size, position)
-
-    def descriptor(self) -> int:
-        """The file the visible bytes may be sent from, or -1 when they are in memory."""
-        return self.fd if self.body is None else -1
-
-    def _refresh(self) -> None:
-        if self.done or self.error is not None:
-            return
-        if self.fd < 0:
-            with contextlib.suppress(FileNotFoundError):
-                self.fd = os.open(self.path, os.O_RDONLY)
-        if self._is_running():
-            if self.fd >= 0:
-                self.visible = max(self.visible, os.fstat(self.fd).st_size - 1)
-            return
-        body = self._stored()
-        if body is None:
-            self.error = FillAborted("the worker filling this slice gave up")
-        elif isinstance(body, bytes):
-            self._close_fd()
-            self.body, self.visible, self.done = body, len(body), True
-        else:
-            with body:  # the committed file: read from it (our own open may be a stale one)
-                self._close_fd()
-                self.fd = os.dup(body.fileno())
-            self.visible, self.done = os.fstat(self.fd).st_size, True
-
-    async def _wait(self, settled: Callable[[], bool], timeout: float) -> None:
-        """Until ``settled()``: one waiter looks at the other worker each poll interval,
-        the others wait for its look."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        if self._tick is None:
-            self._refresh()  # a first look at once, unless one is under way
-        while not settled():
-            if loop.time() > deadline:
-                raise UpstreamTimeout(f"the worker filling this slice: nothing for "
-                                      f"{timeout:.0f}s")
-            tick = self._tick
-            if tick is not None:
-                await shared(tick, None)  # (the look ends within its interval)
-                continue
-            tick = self._tick = broadcast()
-            try:
-                await asyncio.sleep(POLL_INTERVAL)
-                self._refresh()
-            finally:
-                self._tick = None
-                if not tick.done():
-                    tick.set_result(None)
-
-    async def wait_beyond(self, position: int, timeout: float) -> None:
-        """Until more than ``position`` bytes may be sent, or the fill ended."""
-        await self._wait(lambda: self.visible > position or self.done
-                         or self.error is not None, timeout)
-
-    async def wait_done(self, timeout: float) -> None:
-        """Until the slice is committed, or the fill failed."""
-        await self._wait(lambda: self.done or self.error is not None, timeout)
-
-    def _close_fd(self) -> None:
-        if self.fd >= 0:
-            with contextlib.suppress(OSError):
-                os.close(self.fd)
-            self.fd = -1
-
-

@@ -24,7 +24,8 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from ..errors import UpstreamProtocolError
-from .fills import Flight, SliceFill
+from .fills import SliceFill
+from .flight import Flight
 
 # Below this many bytes a write is done on the loop: a thread's hand-off costs more.
 OFFLOAD_MIN = 64 * 1024

@@ -25,7 +25,7 @@ from .director import Director, transport_for_node
 from .facts import Facts, Plan
 from .fastlane import FastLane
 from .fetch import Fetcher
-from .fills import Flight, FlightSpec
+from .flight import Flight, FlightSpec
 from .gate import Gate
 from .hot import HotTier, PurgeEpoch
 from .meta import ObjectMeta

@@ -8,7 +8,8 @@ from collections.abc import AsyncIterator
 from typing import Protocol
 
 from ..errors import FillAborted
-from .fills import ForeignFill, SliceFill
+from .fills import SliceFill
+from .foreign import ForeignFill
 from .store import SliceBody
 from .transport import UpstreamResponse
 from .types import ZEROCOPY, Send

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .fills import Flight
+from .flight import Flight
 from .meta import ObjectMeta
 from .req import Req
 from .sources import DirectSource, Source
