@@ -226,22 +226,3 @@ def test_cli_reads_config_from_env_and_from_cwd(tmp_path: Path) -> None:
     assert proc.returncode == 2 and "shield.port" in proc.stderr
     assert "Traceback" not in proc.stderr
 
-
-def test_the_config_package_exports_every_public_name_of_its_modules() -> None:
-    """Callers import settings from `edgeproxy.config` alone: each public name of its modules
-    is exported there, and each exported name resolves."""
-    import inspect
-
-    import edgeproxy.config as package
-    from edgeproxy.config import loading, sections, units
-
-    exported = set(package.__all__)
-    for module in (units, sections, loading):
-        public = {name for name, value in vars(module).items()
-                  if not name.startswith("_") and getattr(value, "__module__", module.__name__)
-                  == module.__name__ and (inspect.isclass(value) or inspect.isfunction(value))}
-        source = inspect.getsource(module)  # constants defined here, not imported
-        public |= {name for name in vars(module) if name.isupper() and not name.startswith("_")
-                   and f"\n{name} = " in source}
-        assert public <= exported, f"{module.__name__}: not exported {public - exported}"
-    assert all(getattr(package, name) is not None for name in exported)

@@ -33,7 +33,6 @@ from edgeproxy.crypto import (
     BlobHeader,
     MediaKeys,
     RangePlan,
-    _ChunkMacWriter,
     check_blob_layout,
     compute_chunk_macs,
     decrypt_bytes,
@@ -48,6 +47,7 @@ from edgeproxy.crypto import (
     plan_range,
     verify_blob,
 )
+from edgeproxy.crypto.stream import _ChunkMacWriter
 from edgeproxy.errors import BlobFormatError, IntegrityError
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "blob-format.md"
