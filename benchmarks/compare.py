@@ -156,8 +156,14 @@ def _start_baseline(work: Path, origin: deploy.Origin, plan: Plan,
                      f"\"where it was\" uses the ratios stored in {targets.BASELINE.name}")
         return None
     _log(f"starting the baseline commit {commit}'s edge ...")
-    return deploy.start_edgeproxy(work, origin.url, name=baseline.SERVER,
-                                  workers=plan.edge_workers, repo=work / "baseline-src")
+    try:
+        return deploy.start_edgeproxy(work, origin.url, name=baseline.SERVER,
+                                      workers=plan.edge_workers, repo=work / "baseline-src")
+    except (RuntimeError, subprocess.CalledProcessError) as exc:  # its code no longer runs here
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        notes.append(f"the baseline commit {commit}'s edge did not start ({first}): \"where "
+                     f"it was\" uses the ratios stored in {targets.BASELINE.name}")
+        return None
 
 
 def _sections(plan: Plan, sections: tuple[str, ...], results: dict[str, Any],

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -97,3 +98,25 @@ def test_another_commit_writes_its_config_with_its_own_code(tmp_path: Path) -> N
 
     deploy._config_of(deploy.REPO, config, tmp_path / "data", 1, 2, "http://o", 3)
     assert "old-format" not in config.read_text()  # today's own writer for this checkout
+
+
+@pytest.mark.parametrize("failure", ["checkout", "start"])
+def test_a_baseline_that_cannot_run_leaves_a_note_not_a_failed_run(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failure: str) -> None:
+    """The hit path then runs without it, and the stored ratios decide (said in the notes)."""
+    from benchmarks import compare
+
+    def checkout(commit: str, dest: Path, repo: Path = deploy.REPO) -> str | None:
+        return "fatal: reference is not a tree" if failure == "checkout" else None
+
+    def start(*args: Any, **kwargs: Any) -> deploy.Server:
+        raise RuntimeError("edgeproxy-baseline-edge exited with 2:\nconfig error")
+
+    monkeypatch.setattr(baseline, "checkout", checkout)
+    monkeypatch.setattr(deploy, "start_edgeproxy", start)
+    notes: list[str] = []
+    origin = SimpleNamespace(url="http://127.0.0.1:9")
+    assert compare._start_baseline(tmp_path, origin, compare.QUICK, notes) is None  # type: ignore[arg-type]
+    [note] = notes
+    assert "baseline-issue8.json" in note
+    assert ("could not be checked out" if failure == "checkout" else "did not start") in note
