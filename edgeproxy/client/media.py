@@ -34,7 +34,7 @@ import httpx
 
 from .. import crypto
 from ..errors import BlobFormatError, ClientError, EdgeProxyError, IntegrityError
-from ..http import parse_content_range
+from .responses import check_partial, content_length, error_code, raise_for_status
 
 UPLOAD_CHUNK = 256 * 1024
 MAX_BACKOFF = 5.0  # seconds between upload attempts, at most
@@ -79,21 +79,6 @@ def _field(payload: Mapping[str, Any], key: str) -> Any:
     return payload[key]
 
 
-def _raise_for_status(response: httpx.Response) -> None:
-    """`ClientError` built from the API's JSON error body (or the raw text if it has none)."""
-    if response.is_success:
-        return
-    response.read()
-    status = response.status_code
-    body: Any = None
-    with contextlib.suppress(ValueError):
-        body = response.json()
-    if isinstance(body, dict) and body.get("error"):
-        raise ClientError(status, str(body["error"]), str(body.get("message", "")))
-    text = response.text.strip()[:200] or response.reason_phrase
-    raise ClientError(status, f"http_{status}", text)
-
-
 def _file_chunks(fh: IO[bytes], start: int = 0, total: int | None = None,
                  progress: ProgressCallback | None = None) -> Iterator[bytes]:  # fmt: skip
     fh.seek(start)
@@ -103,14 +88,6 @@ def _file_chunks(fh: IO[bytes], start: int = 0, total: int | None = None,
         done += len(piece)
         if progress is not None:
             progress(done, total)
-
-
-def _error_code(response: httpx.Response) -> str | None:
-    with contextlib.suppress(ValueError):
-        body = response.json()
-        if isinstance(body, dict) and isinstance(body.get("error"), str):
-            return str(body["error"])
-    return None
 
 
 def _unlink(path: Path) -> None:
@@ -159,7 +136,7 @@ class MediaClient:
                                          json=dict(body) if body is not None else None)
         except httpx.HTTPError as exc:
             raise ClientError(0, "connection_failed", f"{method} {url}: {exc}") from exc
-        _raise_for_status(response)
+        raise_for_status(response)
         try:
             data = response.json()
         except ValueError as exc:
@@ -242,7 +219,7 @@ class MediaClient:
             except httpx.TransportError as exc:
                 problem = f"PUT {url} from offset {offset}: {exc!r}"
             else:
-                code = _error_code(response)
+                code = error_code(response)
                 if response.status_code == 409 and code == "offset_mismatch":
                     offset = int(response.headers["x-upload-offset"])  # the origin's, not ours
                     problem = f"origin is at offset {offset}"
@@ -250,7 +227,7 @@ class MediaClient:
                     # An earlier attempt delivered every byte but its answer was lost.
                     return
                 elif not (response.status_code >= 500 or code == "upload_in_progress"):
-                    _raise_for_status(response)
+                    raise_for_status(response)
                     body = response.json()
                     if body.get("complete") is True:
                         return
@@ -280,7 +257,7 @@ class MediaClient:
                 problem = f"PUT to the store: {exc!r}"
             else:
                 if response.status_code < 500:
-                    _raise_for_status(response)  # 4xx: the store refused (e.g. BadDigest)
+                    raise_for_status(response)  # 4xx: the store refused (e.g. BadDigest)
                     return
                 problem = f"PUT to the store: {response.status_code}"
             failures += 1
@@ -292,7 +269,7 @@ class MediaClient:
     def _upload_offset(self, url: str) -> int:
         """How many bytes of the upload the origin has (``HEAD`` → ``X-Upload-Offset``)."""
         response = self.http.head(url)
-        _raise_for_status(response)  # e.g. 410 upload_expired: resuming is pointless
+        raise_for_status(response)  # e.g. 410 upload_expired: resuming is pointless
         try:
             return int(response.headers["x-upload-offset"])
         except (KeyError, ValueError):
@@ -380,15 +357,15 @@ class MediaClient:
             headers["Range"] = f"bytes={plan.blob_start}-{plan.blob_end}"
         try:
             with self.http.stream("GET", url, headers=headers) as response:
-                _raise_for_status(response)
+                raise_for_status(response)
                 want = None
                 if plan is not None:
-                    want = _check_partial(response, plan, blob_length)
+                    want = check_partial(response, plan, blob_length)
                 elif response.status_code != 200:
                     raise ClientError(response.status_code, "unexpected_status",
                                       f"GET {url} answered {response.status_code}, not 200")
                 received = 0
-                total = want if want is not None else _content_length(response)
+                total = want if want is not None else content_length(response)
                 for piece in response.iter_bytes():
                     received += len(piece)
                     if want is not None and received > want:
@@ -400,32 +377,6 @@ class MediaClient:
                 return response.status_code, response.headers.get("x-cache"), received
         except httpx.HTTPError as exc:
             raise ClientError(0, "connection_failed", f"GET {url}: {exc}") from exc
-
-
-def _content_length(response: httpx.Response) -> int | None:
-    value = response.headers.get("content-length", "")
-    return int(value) if value.isdigit() else None
-
-
-def _check_partial(response: httpx.Response, plan: crypto.RangePlan,
-                   blob_length: int | None) -> int:  # fmt: skip
-    """The body length a 206 for ``plan`` must have; IntegrityError if the headers disagree."""
-    if response.status_code != 206:
-        raise ClientError(response.status_code, "range_not_honoured",
-                          f"asked for bytes {plan.blob_start}-{plan.blob_end}, "
-                          f"got status {response.status_code} instead of 206")  # fmt: skip
-    want = plan.blob_end - plan.blob_start + 1
-    content_range = response.headers.get("content-range", "")
-    parsed = parse_content_range(content_range)
-    got = parsed[0] if parsed is not None else None
-    if (got is None or parsed is None or (got.start, got.end) != (plan.blob_start, plan.blob_end)
-            or (blob_length is not None and parsed[1] not in (None, blob_length))):
-        raise IntegrityError(f"Content-Range {content_range!r} does not match the request for "
-                             f"bytes {plan.blob_start}-{plan.blob_end}/{blob_length}")  # fmt: skip
-    length = response.headers.get("content-length")
-    if length is not None and int(length) != want:
-        raise IntegrityError(f"Content-Length {length} does not match the {want} bytes asked")
-    return want
 
 
 def _image_extras(path: Path, media_key: bytes) -> dict[str, Any]:

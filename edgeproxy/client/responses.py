@@ -1,0 +1,64 @@
+"""What the client checks in an answer: an API error (the JSON body's code), and that a ranged
+blob fetch got exactly the bytes it asked for."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import httpx
+
+from .. import crypto
+from ..errors import ClientError, IntegrityError
+from ..http import parse_content_range
+
+
+def raise_for_status(response: httpx.Response) -> None:
+    """`ClientError` built from the API's JSON error body (or the raw text if it has none)."""
+    if response.is_success:
+        return
+    response.read()
+    status = response.status_code
+    body: Any = None
+    with contextlib.suppress(ValueError):
+        body = response.json()
+    if isinstance(body, dict) and body.get("error"):
+        raise ClientError(status, str(body["error"]), str(body.get("message", "")))
+    text = response.text.strip()[:200] or response.reason_phrase
+    raise ClientError(status, f"http_{status}", text)
+
+
+def error_code(response: httpx.Response) -> str | None:
+    """The ``error`` code of the API's JSON error body, if it has one."""
+    with contextlib.suppress(ValueError):
+        body = response.json()
+        if isinstance(body, dict) and isinstance(body.get("error"), str):
+            return str(body["error"])
+    return None
+
+
+def content_length(response: httpx.Response) -> int | None:
+    """The announced body length, if the answer gave a plain one."""
+    value = response.headers.get("content-length", "")
+    return int(value) if value.isdigit() else None
+
+
+def check_partial(response: httpx.Response, plan: crypto.RangePlan,
+                   blob_length: int | None) -> int:  # fmt: skip
+    """The body length a 206 for ``plan`` must have; IntegrityError if the headers disagree."""
+    if response.status_code != 206:
+        raise ClientError(response.status_code, "range_not_honoured",
+                          f"asked for bytes {plan.blob_start}-{plan.blob_end}, "
+                          f"got status {response.status_code} instead of 206")  # fmt: skip
+    want = plan.blob_end - plan.blob_start + 1
+    content_range = response.headers.get("content-range", "")
+    parsed = parse_content_range(content_range)
+    got = parsed[0] if parsed is not None else None
+    if (got is None or parsed is None or (got.start, got.end) != (plan.blob_start, plan.blob_end)
+            or (blob_length is not None and parsed[1] not in (None, blob_length))):
+        raise IntegrityError(f"Content-Range {content_range!r} does not match the request for "
+                             f"bytes {plan.blob_start}-{plan.blob_end}/{blob_length}")  # fmt: skip
+    length = response.headers.get("content-length")
+    if length is not None and int(length) != want:
+        raise IntegrityError(f"Content-Length {length} does not match the {want} bytes asked")
+    return want
