@@ -189,10 +189,10 @@ def _sections(plan: Plan, sections: tuple[str, ...], results: dict[str, Any],
                     origin.proc.pid]
         records = hitpath.run_hitpath(hit_servers, origin, duration=plan.hit_duration,
                                       repeats=plan.hit_repeats, log=_log, our_pids=our_pids)
-        for s in hit_servers:
-            if s.name == baseline.SERVER:
-                s.stop()  # only the hit path compares with it
         names = [s.name for s in hit_servers]
+        for s in [s for s in hit_servers if s.name == baseline.SERVER]:
+            s.stop()  # only the hit path compares with it: later sections go without it
+            hit_servers.remove(s)
         kept = [r["foreign_cores"] for r in records]
         tries = [c for r in records for c in r["attempts_foreign_cores"]]
         results["hit_path"] = {
