@@ -2,12 +2,24 @@
 
 Thumbnails and other small objects dominate request counts; serving them from a dict, with
 their response headers already encoded, keeps SQLite and the filesystem off the hit path.
-The tier is bounded in bytes (LRU), and holds only what the disk cache holds: an entry dies
-with its freshness, on purge, or when a purge in *any* worker bumps the shared purge epoch.
+The tier holds only what the disk cache holds: an entry dies with its freshness, on purge,
+or when a purge in *any* worker bumps the shared purge epoch.
+
+It is bounded in bytes, and what it evicts first is chosen by Greedy-Dual-Size-Frequency
+(Cherkasova 1998; Squid's ``heap GDSF``): an entry's worth is its hits per byte, plus the
+worth of the last entry evicted (the clock), so that entries nobody asks for any more age
+out. The tier exists to save work per *request*, and a hit on a 2 KiB thumbnail saves as
+much as one on a 200 KiB image: by worth per byte, 32 MiB keep many more of the objects that
+are asked for. On the benchmarks' Zipf mix (10,000 objects of 1-128 KiB) one worker's
+32 MiB answer 82 % of requests, against 70 % under LRU (`benchmarks/simulate_memory.py`).
+A hit costs one increment: an entry's place in the heap is brought up to date only when it
+reaches the top (then pushed again at the clock of that moment, not of its last hit).
 """
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import mmap
 import os
 import struct
@@ -74,6 +86,8 @@ class HotEntry:
     lines: bytes = b""
     range_headers: list[tuple[bytes, bytes]] = field(default_factory=list)
     range_lines: bytes = b""
+    hits: int = 1  # requests it answered or was stored for, while in the tier
+    ranked: int = 0  # `hits` when its place in the eviction heap was last set
 
     def __post_init__(self) -> None:
         self.dated = self.meta.header("date") is not None
@@ -83,8 +97,12 @@ class HotEntry:
         self.range_lines = field_lines(self.range_headers)
 
 
+# (worth, sequence, key, entry): the sequence keeps the comparison off keys and entries
+_Ranked = tuple[float, int, str, HotEntry]
+
+
 class HotTier:
-    """A byte-bounded LRU of `HotEntry` by cache key."""
+    """A byte-bounded set of `HotEntry` by cache key, evicting the least worth per byte."""
 
     def __init__(self, max_bytes: int, max_object: int, epoch: PurgeEpoch,
                  on_clear: Callable[[], None] = lambda: None) -> None:
@@ -93,7 +111,10 @@ class HotTier:
         self.max_object = max_object
         self.epoch = epoch
         self._seen_epoch = epoch.read()
-        self._entries: OrderedDict[str, HotEntry] = OrderedDict()
+        self._entries: dict[str, HotEntry] = {}
+        self._heap: list[_Ranked] = []  # lazily ordered: see the module's doc
+        self._clock = 0.0  # worth of the last entry evicted
+        self._sequence = itertools.count()
         self._facts: OrderedDict[str, tuple[ObjectMeta, float]] = OrderedDict()
         self._bytes = 0
         # Slices of large objects that ranges keep asking for (a player's seeks, a hot
@@ -119,7 +140,7 @@ class HotTier:
         if now >= entry.fresh_until:
             self.pop(key)  # stale: the full path revalidates it
             return None
-        self._entries.move_to_end(key)
+        entry.hits += 1
         return entry
 
     def facts(self, key: str, now: float) -> ObjectMeta | None:
@@ -172,15 +193,45 @@ class HotTier:
             self._slice_bytes -= len(gone)
 
     def put(self, key: str, entry: HotEntry) -> None:
-        """Keep ``entry``, evicting the least recently used ones beyond the byte bound."""
+        """Keep ``entry``, evicting the entries of least worth beyond the byte bound (perhaps
+        ``entry`` itself, when everything kept is worth more)."""
         if not self.accepts(len(entry.body)):
             return
-        self.pop(key)
+        old = self._entries.pop(key, None)
+        if old is not None:
+            self._bytes -= len(old.body)
+            entry.hits += old.hits  # a newer copy of the same object: as often asked for
         self._entries[key] = entry
         self._bytes += len(entry.body)
+        self._rank(key, entry)
         while self._bytes > self.max_bytes and self._entries:
-            _key, old = self._entries.popitem(last=False)
-            self._bytes -= len(old.body)
+            self._evict_one()
+        if len(self._heap) > 2 * len(self._entries) + 64:
+            # places of entries gone (stale, purged, replaced): drop them rather than let
+            # them pile up (each live entry has exactly one)
+            self._heap = [item for item in self._heap if self._entries.get(item[2]) is item[3]]
+            heapq.heapify(self._heap)
+
+    def _rank(self, key: str, entry: HotEntry) -> None:
+        entry.ranked = entry.hits
+        worth = self._clock + entry.hits / max(1, len(entry.body))
+        heapq.heappush(self._heap, (worth, next(self._sequence), key, entry))
+
+    def _evict_one(self) -> None:
+        """Evict the entry of least worth (an entry hit since it was ranked is ranked anew
+        at the present clock instead)."""
+        while self._heap:
+            worth, _seq, key, entry = heapq.heappop(self._heap)
+            if self._entries.get(key) is not entry:
+                continue  # gone already (stale, purged, replaced)
+            if entry.ranked != entry.hits:
+                self._rank(key, entry)
+                continue
+            self._clock = worth
+            del self._entries[key]
+            self._bytes -= len(entry.body)
+            return
+        raise AssertionError("bytes counted for entries the heap does not hold")
 
     def pop(self, key: str) -> None:
         """Forget ``key`` (here only)."""
@@ -199,6 +250,8 @@ class HotTier:
         """Forget everything (here only)."""
         self.on_clear()
         self._entries.clear()
+        self._heap.clear()
+        self._clock = 0.0
         self._facts.clear()
         self._bytes = 0
         self._slices.clear()
