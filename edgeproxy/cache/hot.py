@@ -217,21 +217,32 @@ class HotTier:
         worth = self._clock + entry.hits / max(1, len(entry.body))
         heapq.heappush(self._heap, (worth, next(self._sequence), key, entry))
 
-    def _evict_one(self) -> None:
-        """Evict the entry of least worth (an entry hit since it was ranked is ranked anew
-        at the present clock instead)."""
-        while self._heap:
-            worth, _seq, key, entry = heapq.heappop(self._heap)
+    def _least(self) -> _Ranked | None:
+        """The entry of least worth, its place brought up to date: places of entries gone
+        are dropped, and an entry hit since it was ranked is ranked anew at the present
+        clock."""
+        heap = self._heap
+        while heap:
+            top = heap[0]
+            _worth, _seq, key, entry = top
             if self._entries.get(key) is not entry:
-                continue  # gone already (stale, purged, replaced)
-            if entry.ranked != entry.hits:
+                heapq.heappop(heap)  # gone already (stale, purged, replaced)
+            elif entry.ranked != entry.hits:
+                heapq.heappop(heap)
                 self._rank(key, entry)
-                continue
-            self._clock = worth
-            del self._entries[key]
-            self._bytes -= len(entry.body)
-            return
-        raise AssertionError("bytes counted for entries the heap does not hold")
+            else:
+                return top
+        return None
+
+    def _evict_one(self) -> None:
+        """Evict the entry of least worth; the clock moves up to its worth."""
+        least = self._least()
+        if least is None:
+            raise AssertionError("bytes counted for entries the heap does not hold")
+        worth, _seq, key, entry = heapq.heappop(self._heap)
+        self._clock = worth
+        del self._entries[key]
+        self._bytes -= len(entry.body)
 
     def pop(self, key: str) -> None:
         """Forget ``key`` (here only)."""
