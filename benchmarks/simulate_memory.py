@@ -70,7 +70,7 @@ def tier_hit_ratio(trace: Sequence[int], lengths: Sequence[int], capacity: int,
         if tier.get(key, 0.0) is not None:
             hits += 1
             continue
-        tier.put(key, HotEntry(meta, bodies[lengths[obj]], [], FOREVER))
+        tier.put(key, HotEntry.of(meta, bodies[lengths[obj]], [], FOREVER))
     return hits / len(trace)
 
 

@@ -24,7 +24,7 @@ def _tier(tmp_path: Path, max_bytes: int) -> HotTier:
 
 
 def _entry(length: int, fresh_until: float = 1e9) -> HotEntry:
-    return HotEntry(META, bytes(length), [], fresh_until)
+    return HotEntry.of(META, bytes(length), [], fresh_until)
 
 
 def _held(tier: HotTier, keys: list[str]) -> set[str]:

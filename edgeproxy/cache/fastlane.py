@@ -291,8 +291,9 @@ class FastLane:
         data = bytes(data)  # (a copy only when it came from a slice kept in memory)
         lines = fixed.lines + fixed.whole_lines
         if self.node.hot.accepts(length):  # as the steps keep a small object in memory
-            self.node.hot.put(key, HotEntry(meta, data, field_pairs(lines),
-                                            now + meta.freshness.remaining(now)))
+            # (the stored fields hold no Content-Length or Content-Digest: a range's lines)
+            self.node.hot.put(key, HotEntry(meta, data, lines, fixed.lines,
+                                            now + meta.freshness.remaining(now), fixed.dated))
         return Hit(meta, 200, lines, self._moment(meta, fixed.dated, now), data)
 
     def _moment(self, meta: ObjectMeta, dated: bool, now: float) -> Fields:

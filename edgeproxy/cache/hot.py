@@ -25,7 +25,7 @@ import os
 import struct
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from .meta import ObjectMeta
@@ -74,27 +74,25 @@ def field_lines(fields: list[tuple[bytes, bytes]]) -> bytes:
 
 @dataclass(slots=True)
 class HotEntry:
-    """One object ready to send: facts, body, and the headers that do not change."""
+    """One object ready to send: facts, body, and its stored fields encoded once."""
 
     meta: ObjectMeta
     body: bytes
-    headers: list[tuple[bytes, bytes]]  # without Age, X-Cache and Content-Length
+    lines: bytes  # the whole answer's fields but Age, X-Cache and Date, as HTTP/1.1 sends them
+    # a range's: less Content-Length and Content-Digest, the whole body's (RFC 9530 §2)
+    range_lines: bytes
     fresh_until: float  # epoch seconds
-    dated: bool = False  # the stored fields carry a Date (else each answer adds the clock's)
-    # encoded once: the whole answer's field lines, and a range's fields and lines (without
-    # Content-Length and Content-Digest, which are the whole body's: RFC 9530 §2)
-    lines: bytes = b""
-    range_headers: list[tuple[bytes, bytes]] = field(default_factory=list)
-    range_lines: bytes = b""
+    dated: bool  # the stored fields carry a Date (else each answer adds the clock's)
     hits: int = 1  # requests it answered or was stored for, while in the tier
     ranked: int = 0  # `hits` when its place in the eviction heap was last set
 
-    def __post_init__(self) -> None:
-        self.dated = self.meta.header("date") is not None
-        self.lines = field_lines(self.headers)
-        self.range_headers = [(n, v) for n, v in self.headers
-                              if n not in (b"content-length", b"content-digest")]
-        self.range_lines = field_lines(self.range_headers)
+    @classmethod
+    def of(cls, meta: ObjectMeta, body: bytes, fields: list[tuple[bytes, bytes]],
+           fresh_until: float) -> HotEntry:
+        """An entry from the whole answer's fields (Content-Length included) as pairs."""
+        ranged = [(n, v) for n, v in fields if n not in (b"content-length", b"content-digest")]
+        return cls(meta, body, field_lines(fields), field_lines(ranged), fresh_until,
+                   meta.header("date") is not None)
 
 
 # (worth, sequence, key, entry): the sequence keeps the comparison off keys and entries

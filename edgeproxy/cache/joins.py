@@ -166,5 +166,5 @@ def _keep_hot(node: CacheNode, key: str, meta: ObjectMeta, source: StoredSource)
         key.partition("?")[0], {n.lower(): v for n, v in meta.headers}), None)
     if digest is not None:  # as `deliver.with_content_digest` sends it on a whole answer
         headers.append((b"content-digest", digest.encode()))
-    node.hot.put(key, HotEntry(meta, body, headers, now + meta.freshness.remaining(now)))
+    node.hot.put(key, HotEntry.of(meta, body, headers, now + meta.freshness.remaining(now)))
     return StoredSource(body)
