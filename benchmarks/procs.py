@@ -45,6 +45,7 @@ class Managed:
             self.argv, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             env=env, cwd=cwd, start_new_session=True,
         )
+        self.stopped = False
         _RUNNING.append(self)
 
     @property
@@ -65,7 +66,11 @@ class Managed:
         return data[-limit:].decode("utf-8", "replace")
 
     def stop(self, grace: float = 8.0) -> None:
-        """SIGTERM the group, wait up to ``grace`` seconds, then SIGKILL it."""
+        """SIGTERM the group, wait up to ``grace`` seconds, then SIGKILL it. Once only: a
+        group gone since may have had its number reused by another process's."""
+        if self.stopped:
+            return
+        self.stopped = True
         if self in _RUNNING:
             _RUNNING.remove(self)
         pgid = self.process.pid
