@@ -48,7 +48,7 @@ def test_worth_counts_hits_not_only_size(tmp_path: Path) -> None:
     tier.put("/popular", _entry(32 * KIB))
     for _ in range(200):
         assert tier.get("/popular", 0.0) is not None
-    for i in range(20):  # a stream of small objects, each asked for once
+    for i in range(6):  # small objects, each asked for once: an LRU drops /popular at the 5th
         tier.put(f"/once{i}", _entry(8 * KIB))
     assert tier.get("/popular", 0.0) is not None
 
@@ -66,6 +66,21 @@ def test_what_nobody_asks_for_any_more_ages_out(tmp_path: Path) -> None:
                 tier.put(key, _entry(8 * KIB))
     assert tier.get("/old", 0.0) is None
     assert _held(tier, keys) == set(keys)
+
+
+def test_yesterdays_favourite_does_not_outstay_todays(tmp_path: Path) -> None:
+    """Hits count up to `HITS_CAP` in an entry's worth: a million hits long ago buy no more
+    time than a few dozen."""
+    tier = _tier(tmp_path, 56 * KIB)
+    tier.put("/old", _entry(1 * KIB))
+    for _ in range(1_000_000):
+        tier.get("/old", 0.0)
+    keys = [f"/new{i}" for i in range(7)]
+    for _round in range(600):  # today's objects, each asked for again and again
+        for key in keys:
+            if tier.get(key, 0.0) is None:
+                tier.put(key, _entry(8 * KIB))
+    assert tier.get("/old", 0.0) is None
 
 
 def test_bytes_stay_bounded_and_every_entry_stays_evictable(tmp_path: Path) -> None:
