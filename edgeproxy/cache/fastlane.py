@@ -205,7 +205,7 @@ class FastLane:
         rng, content_range, content_length = found
         # the whole body's Content-Digest is not this range's (RFC 9530 §2)
         more += [(b"content-range", content_range), (b"content-length", content_length)]
-        return Hit(meta, 206, entry.range_lines, more, body[rng.start:rng.end + 1])
+        return Hit(meta, 206, entry.range_lines, more, memoryview(body)[rng.start:rng.end + 1])
 
     def _fields(self, key: str, meta: ObjectMeta) -> _Stored:
         stored = self._stored.get(key)
