@@ -8,12 +8,13 @@ or when a purge in *any* worker bumps the shared purge epoch.
 It is bounded in bytes, and what it evicts first is chosen by Greedy-Dual-Size-Frequency
 (Cherkasova 1998; Squid's ``heap GDSF``): an entry's worth is its hits (up to `HITS_CAP`)
 per byte, plus the worth of the last entry evicted (the clock), so that entries nobody asks
-for any more age out. The tier exists to save work per *request*, and a hit on a 2 KiB thumbnail saves as
-much as one on a 200 KiB image: by worth per byte, 32 MiB keep many more of the objects that
-are asked for. On the benchmarks' Zipf mix (10,000 objects of 1-128 KiB) one worker's
-32 MiB answer 82 % of requests, against 70 % under LRU (`benchmarks/simulate_memory.py`).
-A hit costs one increment: an entry's place in the heap is brought up to date only when it
-reaches the top (then pushed again at the clock of that moment, not of its last hit).
+for any more age out. The tier exists to save work per *request*, and a hit on a 2 KiB
+thumbnail saves as much as one on a 200 KiB image: by worth per byte, 32 MiB keep many more
+of the objects that are asked for. On the benchmarks' Zipf mix (10,000 objects of 1-128 KiB)
+one worker's 32 MiB answer 82 % of requests, against 70 % under LRU
+(`benchmarks/simulate_memory.py`). A hit costs one increment: an entry's place in the heap
+is brought up to date only when it reaches the top (then pushed again at the clock of that
+moment, not of its last hit).
 """
 
 from __future__ import annotations
