@@ -15,10 +15,12 @@ from collections import OrderedDict
 from typing import IO
 
 from .checksum import (
+    RACY_NS,
     FileState,
     VerifiedFiles,
     file_matches,
     file_state,
+    fine_ctime,
     from_file_name,
     settled,
 )
@@ -125,10 +127,21 @@ class FilePiece:
 class SliceFiles:
     """The slice files one worker keeps open, by index key, and the states it has checked."""
 
-    def __init__(self, size: int = FD_CACHE_SIZE) -> None:
+    def __init__(self, size: int = FD_CACHE_SIZE, racy_ns: int = RACY_NS) -> None:
         self.size = size
+        self.racy_ns = racy_ns  # (see `checksum.settled`)
         self.verified = VerifiedFiles()
         self._kept: OrderedDict[str, KeptFile] = OrderedDict()
+
+    @classmethod
+    def on_volume(cls, directory: str | os.PathLike[str]) -> SliceFiles:
+        """For the slice files of ``directory``: where its volume gives every change a new
+        ctime (`checksum.fine_ctime`), a file found good is remembered at once."""
+        return cls(racy_ns=0 if fine_ctime(directory) else RACY_NS)
+
+    def settled(self, state: FileState) -> bool:
+        """Whether a file in ``state`` may be remembered as checked (`checksum.settled`)."""
+        return settled(state, self.racy_ns)
 
     def get(self, skey: str) -> KeptFile | None:
         """The kept file of ``skey`` (most recently used now), or None."""
@@ -149,9 +162,9 @@ class SliceFiles:
         if not self.verified.knows(state, expected):
             if not file_matches(kept.fd, state[2], expected):
                 return None
-            if settled(state):
+            if self.settled(state):
                 self.verified.remember(state, expected)
-        if settled(state):
+        if self.settled(state):
             kept.state = state
         return state
 

@@ -35,7 +35,7 @@ from ..config import FreeSpace
 from ..errors import StorageFault
 from . import index
 from .batch import GroupCommit
-from .checksum import SliceCheck, check_file, check_inline, seal, settled, unseal
+from .checksum import SliceCheck, check_file, check_inline, seal, unseal
 from .evict import Evictor, SizeWatch
 from .index import AdoptFile, reading, writing
 from .keys import META_PREFIX, SLICE_PREFIX, meta_key, slice_key, slice_of, tag_of, variant_key
@@ -78,9 +78,9 @@ class CacheStore:
         self.directory = directory
         self.size_limit = size_limit
         self.temp_dir = directory / TEMP_DIR
-        self.files = SliceFiles()  # slice files this worker keeps open
         self._waiting = itertools.count()  # names of finished fill files awaiting a commit
         index.prepare_directory(directory)
+        self.files = SliceFiles.on_volume(directory)  # slice files this worker keeps open
         self.space = Volume(directory, min_free)
         # room on the volume: eviction, and whether an object can be stored at all
         self.room = Evictor(self.space, lambda: self._cache, prefix=SLICE_PREFIX,
@@ -291,7 +291,7 @@ class CacheStore:
     def settle(self, check: SliceCheck) -> None:
         """Remember a file found good; drop a slice found bad."""
         if check.ok and check.state is not None and check.checksum is not None:
-            if settled(check.state):
+            if self.files.settled(check.state):
                 self.files.verified.remember(check.state, check.checksum)
         elif not check.ok:
             if check.state is not None:
