@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
+from edgeproxy.cache import joins
 from edgeproxy.cache.node import CacheNode
 from edgeproxy.cache.slicefiles import FilePiece
 from edgeproxy.cache.store import CacheStore
@@ -460,3 +461,28 @@ def test_field_pairs_undo_field_lines(fields: list[tuple[bytes, bytes]]) -> None
     from edgeproxy.cache.hot import field_lines
 
     assert field_pairs(field_lines(fields)) == fields
+
+
+@pytest.mark.parametrize("how", ["query", "validator", "head"])
+def test_hits_the_lane_leaves_to_the_steps_come_from_memory_too(
+        edge: ServerThread, origin: tuple[TestOrigin, ServerThread],
+        monkeypatch: pytest.MonkeyPatch, how: str) -> None:
+    """A query string, a validator that does not match, HEAD: the steps answer these hits.
+    A small object in memory is read there, not from the index (and not put back)."""
+    target, headers = "/v/t1/obj", {}
+    if how == "query":
+        target = "/v/t1/obj?v=2"
+        origin[0].put(target, BODY)
+    elif how == "validator":
+        headers = {"if-none-match": '"not-this-one"'}
+    with httpx.Client(base_url=edge.url) as client:
+        for _ in range(2):  # a miss, then a hit from the store that puts it in memory
+            assert client.get(target).content == BODY
+        reads = _spy(monkeypatch, CacheStore, "get_slice", arg=1)
+        kept = _spy(monkeypatch, joins, "_keep_hot", arg=1)
+        answers = [client.request("HEAD" if how == "head" else "GET", target, headers=headers)
+                   for _ in range(3)]
+    assert all(a.status_code == 200 and a.headers["x-cache"] == "HIT from edge-1"
+               for a in answers)
+    assert all(a.content == (b"" if how == "head" else BODY) for a in answers)
+    assert reads == [] and kept == []
