@@ -7,12 +7,13 @@ import os
 from collections.abc import AsyncIterator
 from typing import Protocol
 
-from ..errors import FillAborted
+from ..errors import FillAborted, UpstreamTimeout
 from .fills import SliceFill
 from .foreign import ForeignFill
 from .store import SliceBody
 from .transport import UpstreamResponse
 from .types import ZEROCOPY, Send
+from .waits import shared
 
 # Pieces of a slice file (stored, or a fill's) from this size on go by zero-copy send when
 # the server offers it; smaller ones are read, as a sendfile saves little on them.
@@ -175,6 +176,20 @@ class FillSource(Following):
         if fill.error is not None:
             raise FillAborted(f"fill failed: {fill.error}")
 
+    @property
+    def small(self) -> bool:
+        """Whether the whole slice is one its fill keeps in memory (of a known length)."""
+        fill = self.fill
+        return fill.buf is not None and fill.expected is not None \
+            and fill.expected <= fill.inline_max
+
+    async def ended(self) -> None:
+        """Return once the fill has ended with every byte in (and checked, where its answer
+        is checked); raise `FillAborted` if it failed. No timeout of its own, as `settled`."""
+        await self.fill.settled()
+        if self.fill.error is not None:
+            raise FillAborted(f"fill failed: {self.fill.error}")
+
     def _check(self) -> None:
         if self.version is not None and self.fill.flight.version != self.version:
             raise FillAborted(f"slice {self.fill.index}: upstream answered with another "
@@ -263,3 +278,36 @@ class DirectSource:
     async def aclose(self) -> None:
         """Release the upstream connection."""
         await self.resp.aclose()
+
+
+async def small_body_ended(ready: dict[int, Source], length: int | None,
+                           timeout: float) -> None:
+    """Wait for the fill of a small body (``length`` bytes) kept in memory to end, before
+    its answer's head goes out; on a failure (of any fill in ``ready``: one that failed
+    already is not worth a head either), close every source in ``ready`` and raise.
+
+    Such a body then goes whole, in one write with the head: no last byte held back for its
+    check (a second write, and one more wake-up of the request per miss), and a fill that
+    fails is answered with an error status instead of a body cut short. Its first byte comes
+    with its last: for at most the inline limit, a few milliseconds from a streaming origin.
+    """
+    try:
+        for source in ready.values():
+            if not isinstance(source, FillSource):
+                continue
+            fill = source.fill
+            if length is not None and length <= fill.inline_max \
+                    and not fill.flight.headers.done():  # (a slice fetched anew, If-Range)
+                try:
+                    await shared(fill.flight.headers, timeout)
+                except TimeoutError:
+                    raise UpstreamTimeout(f"no answer from upstream in {timeout:.0f}s") \
+                        from None
+            if fill.error is not None:  # failed already: no head to cut short
+                raise FillAborted(f"fill failed: {fill.error}")
+            if source.small and fill.expected == length:  # (not a small last slice)
+                await source.ended()
+    except BaseException:
+        for source in ready.values():
+            source.close()
+        raise

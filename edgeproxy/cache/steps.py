@@ -18,7 +18,7 @@ from .beresp import from_upstream, interims_of
 from .deliver import plan_reply, send_body, verifying_send, vouched_send, with_content_digest
 from .facts import FlightContext
 from .req import Req
-from .sources import DirectSource, Source, StoredSource
+from .sources import DirectSource, Source, StoredSource, small_body_ended
 from .transport import BeReq
 from .tx import Tx
 from .types import ZEROCOPY, Receive
@@ -333,6 +333,8 @@ async def deliver(node: CacheNode, tx: Tx) -> None:
             replaced.close()
         ready[index] = source
     tx.ready = {}
+    if not bodiless:
+        await small_body_ended(ready, meta.length, node.wait_timeout)
     await node.start_response(tx, reply.status, reply.headers)
     if bodiless:
         for source in ready.values():
