@@ -576,3 +576,29 @@ def test_a_partly_stored_object_without_validators_is_completed_from_one_answer(
         assert body[:100] in r.content and body[600000:600100] in r.content  # one answer's
     again = chain.get("/unvalidated")
     assert again.status_code == 200 and again.content == body
+
+
+@pytest.mark.parametrize("framing", ["length", "chunked", "close"])
+def test_a_range_far_past_the_end_of_an_origin_ignoring_range_is_416_at_once(
+        foreign: ForeignOrigin, foreign_chain: Chain, framing: str) -> None:
+    """RFC 9110 §14.2, §15.5.17: an origin may ignore Range (``python -m http.server`` does)
+    and answer 200 whole. A client's range starting far past the end then asked for a slice
+    number near 2**63 / slice size: the tier claimed every slice before it, one by one, and
+    the node stopped answering while its memory grew without bound (found from outside).
+    Now: an answer at once, the node answering all along: 416 with the length; for a
+    close-delimited body, whose length is learnt only at its end, the whole body (§14.2: a
+    server may ignore Range) is as right."""
+    body = pattern(5000, seed=3)
+    foreign.route("/small.bin", body=body, headers=[CACHEABLE], ranges=False, framing=framing)
+    started = time.monotonic()
+    for start in ("99999999999999999999999", str(2**62), str(300 * 1024**3)):
+        r = foreign_chain.get("/small.bin?k=" + start, headers={"Range": f"bytes={start}-"})
+        if framing == "close" and r.status_code == 200:
+            assert r.content == body
+        else:
+            assert r.status_code == 416, (start, r.status_code, r.text[:200])
+            assert r.headers["content-range"] == f"bytes */{len(body)}"
+            assert r.json()["error"] == "range_not_satisfiable"
+        assert foreign_chain.get("/small.bin?k=" + start).content == body
+        assert foreign_chain.get("/healthz").status_code == 200
+    assert time.monotonic() - started < 10

@@ -184,9 +184,11 @@ class Fetcher:
         if beresp.status == 206:
             if beresp.body_start != flight.first * size:
                 raise UpstreamProtocolError("upstream answered a different range than asked")
-        elif flight.first > 0:
-            # A whole body for a range request: take the slices before ours as well.
-            before = range(0, flight.first)
+        elif flight.first > 0 and beresp.length is not None:
+            # A whole body for a range request: take the slices before ours as well, as far
+            # as the body goes: the range may start far past its end (ours was asked for a
+            # client's range; a body of unknown length claims its slices as they come).
+            before = range(0, min(flight.first, policy.slice_count(beresp.length, size)))
             stored = self.store.stored_slices(flight.key, version, before)
             for i in before:
                 if i not in stored:
