@@ -166,12 +166,17 @@ def uvicorn_http_options(limits: HTTPLimitsConfig) -> dict[str, Any]:
     app, having been buffered whole. `edgeproxy.protocol.GuardedHttpToolsProtocol` counts them
     as they arrive and answers 431/414 as soon as a limit is crossed. Without httptools,
     `h11_http_options`. Both give each head ``header_timeout`` to arrive (408 beyond).
+
+    No WebSocket: the nodes serve none, and with a WebSocket library installed uvicorn
+    handed an ``Upgrade: websocket`` GET to the app as a handshake, which it never completes
+    (a 500 in plain text, found from outside). Without, such a GET is a plain GET (its
+    Upgrade and Connection fields are hop-by-hop: RFC 9110 §7.8).
     """
     if importlib.util.find_spec("httptools") is not None:
         from .protocol import GuardedHttpToolsProtocol
 
-        return {"http": partial(GuardedHttpToolsProtocol, limits=limits)}
-    return h11_http_options(limits)
+        return {"http": partial(GuardedHttpToolsProtocol, limits=limits), "ws": "none"}
+    return {**h11_http_options(limits), "ws": "none"}
 
 
 def h11_http_options(limits: HTTPLimitsConfig) -> dict[str, Any]:

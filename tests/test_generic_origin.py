@@ -602,3 +602,23 @@ def test_a_range_far_past_the_end_of_an_origin_ignoring_range_is_416_at_once(
         assert foreign_chain.get("/small.bin?k=" + start).content == body
         assert foreign_chain.get("/healthz").status_code == 200
     assert time.monotonic() - started < 10
+
+
+@pytest.mark.parametrize("key", ["dGhlIHNhbXBsZSBub25jZQ==", "not-a-key"])
+def test_a_websocket_upgrade_is_answered_as_a_plain_get(foreign: ForeignOrigin,
+                                                        make_chain: MakeChain, key: str) -> None:
+    """RFC 9110 §7.8: a server that does not switch protocols ignores Upgrade; the nodes
+    serve no WebSocket. (With a WebSocket library installed, uvicorn handed the handshake to
+    the app, which never completed it: a 500 in plain text, or a 400 in plain text for a bad
+    key, on every path. Found from outside.)"""
+    foreign_chain = make_chain(foreign.url, mode="process")  # as `edgeproxy serve` runs
+    foreign.route("/ws.bin", body=b"plain bytes", headers=[CACHEABLE])
+    for target, status in (("/ws.bin", 200), ("/healthz", 200)):
+        answer = raw_request(foreign_chain.edge_url, (
+            f"GET {target} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+            "Sec-WebSocket-Version: 13\r\n\r\n").encode())
+        assert answer.status == status, (target, answer)
+        if target == "/ws.bin":
+            assert answer.body == b"plain bytes"
+    assert "upgrade" not in foreign.requests("/ws.bin")[0].names()
