@@ -158,3 +158,18 @@ async def test_a_coding_no_registry_knows_is_read_as_it_comes() -> None:
     status, _headers, body = await _run([b"HTTP/1.1 200 OK\r\nTransfer-Encoding: xyz-value\r\n"
                                          b"Connection: close\r\n\r\nhello"])
     assert (status, body) == (200, b"hello")
+
+
+@pytest.mark.parametrize("answer", [
+    b"HTTP/1.1 1000 Whatever\r\nContent-Length: 5\r\n\r\nhello",  # four digits: no status
+    b"HTTP/1.1 100 Continue\r\nContent-Length: 5\r\n\r\nhello",  # a body after an interim
+])
+async def test_an_answer_that_never_becomes_a_head_is_refused_at_once(answer: bytes) -> None:
+    """Found from outside: both were taken for an interim answer and a final head still to
+    come, on a connection the origin keeps open: the request waited for the whole upstream
+    timeout (a 504 after 30 s) instead of a 502 now."""
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    with pytest.raises(UpstreamProtocolError, match="invalid HTTP"):
+        await _run([answer])
+    assert loop.time() - started < 2  # (the pool's timeout is 5 s)

@@ -24,7 +24,9 @@ HEAD_MAX = 64 * 1024
 
 _SPACED_NAME = re.compile(rb"(?m)^([!#$%&'*+.^_`|~0-9A-Za-z-]+)[ \t]+:")
 _HEAD_END = re.compile(rb"\r?\n\r?\n")
-_INTERIM = re.compile(rb"HTTP/\d\.\d 1(?!01)\d\d")  # (a 101 ends the answers we read)
+# (a 101 ends the answers we read; "1000" is no status code, and no interim answer)
+_INTERIM = re.compile(rb"HTTP/\d\.\d 1(?!01)\d\d(?:[ \t]|\r?\n)")
+_ANSWER_START = b"HTTP/"
 _LENGTH = re.compile(rb"(?mi)^content-length:[ \t]*([^\r\n]*?)[ \t]*\r?\n")
 _CODING = re.compile(rb"(?mi)^transfer-encoding:")
 
@@ -50,7 +52,8 @@ def _one_length(head: bytes) -> bytes:
 
 def repaired(raw: bytes) -> bytes | None:
     """``raw`` (an answer's bytes from its start) with its heads mended; None while the
-    final head is not all in."""
+    final head is not all in; ``raw`` itself when it cannot be mended (a body after an
+    interim answer, say: waiting for a head that never comes ran into the timeout)."""
     heads, at = [], 0
     while True:
         end = _HEAD_END.search(raw, at)
@@ -62,6 +65,9 @@ def repaired(raw: bytes) -> bytes | None:
             heads.append(_one_length(head))
             return b"".join(heads) + raw[at:]
         heads.append(head)
+        after = raw[at:at + len(_ANSWER_START)]
+        if not (after.startswith(_ANSWER_START) or _ANSWER_START.startswith(after)):
+            return raw  # bytes after an interim answer that start no answer: broken
 
 
 # The registered transfer codings that transform the bytes (IANA's HTTP Transfer Coding
