@@ -262,11 +262,12 @@ def format_http_date(timestamp: float) -> str:
 
 
 def etag_matches(if_none_match: str, etag: str | None) -> bool:
-    """Weak comparison for ``If-None-Match`` (RFC 9110 §13.1.2)."""
-    if etag is None:
-        return False
+    """Weak comparison for ``If-None-Match`` (RFC 9110 §13.1.2); ``*`` matches whatever
+    representation there is, one without an ETag too (the caller has one)."""
     if if_none_match.strip() == "*":
         return True
+    if etag is None:
+        return False
     weak = etag.removeprefix("W/")
     return any(tag.removeprefix("W/") == weak for tag in split_list(if_none_match))
 

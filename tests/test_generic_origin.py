@@ -316,6 +316,19 @@ def test_static_plain_get_then_hit(static: StaticOrigin, make_chain: MakeChain) 
     assert static.count("/plain.bin") == 1
 
 
+def test_if_none_match_star_on_a_stored_file_is_304(static: StaticOrigin,
+                                                     make_chain: MakeChain) -> None:
+    """RFC 9110 §13.1.2: ``*`` matches any current representation, one without an ETag
+    (python -m http.server sends none) too. (It got the whole body: found from outside.)"""
+    body = pattern(3000, seed=11)
+    static.put("star.bin", body, mtime=TEN_DAYS_AGO)
+    chain = make_chain(static.url)
+    assert chain.get("/star.bin").content == body
+    r = chain.get("/star.bin", headers={"If-None-Match": "*"})
+    assert r.status_code == 304 and r.content == b""
+    assert static.count("/star.bin") == 1
+
+
 def test_static_range_get(static: StaticOrigin, make_chain: MakeChain) -> None:
     """RFC 9110 §14.2: a single range, whether or not the origin itself supports ranges."""
     body = pattern(200_000, seed=8)

@@ -167,7 +167,7 @@ def test_hop_by_hop_removed() -> None:
 
 @pytest.mark.parametrize(("inm", "etag", "match"), [
     ('"a"', '"a"', True), ('W/"a"', '"a"', True), ('"b", "a"', '"a"', True),
-    ("*", '"a"', True), ('"b"', '"a"', False), ('"a"', None, False),
+    ("*", '"a"', True), ("*", None, True), ('"b"', '"a"', False), ('"a"', None, False),
 ])
 def test_if_none_match_weak_comparison(inm: str, etag: str | None, match: bool) -> None:
     assert etag_matches(inm, etag) is match  # RFC 9110 §13.1.2
