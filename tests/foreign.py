@@ -47,6 +47,8 @@ class Route:
     echo: bool = False  # body: the request's headers as a JSON object (names lower-cased)
     ranges: bool = True  # answer a single byte range with 206
     corrupt_ranges: bool = False  # garble every 206 body that does not start at byte 0
+    range_cap: int | None = None  # a 206 carries at most this many bytes (its Content-Range
+    # says which): a part of the range asked for, as a few origins send
     content_digest: Digest = "none"  # an RFC 9530 Content-Digest on every 200 and 206
     delay: float = 0.0  # seconds before the answer
     pause: float = 0.0  # seconds of silence before the answer's last 64 KiB
@@ -320,6 +322,8 @@ def _range(req: Request, route: Route,
         end = min(size - 1, int(m.group(2))) if m.group(2) else size - 1
     if start >= size or start > end:
         return 416, b"", [("Content-Range", f"bytes */{size}")]
+    if route.range_cap is not None:
+        end = min(end, start + route.range_cap - 1)
     part = body[start : end + 1]
     extra = [("Content-Range", f"bytes {start}-{end}/{size}")]
     if route.content_digest != "none":

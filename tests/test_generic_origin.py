@@ -635,3 +635,21 @@ def test_a_websocket_upgrade_is_answered_as_a_plain_get(foreign: ForeignOrigin,
         if target == "/ws.bin":
             assert answer.body == b"plain bytes"
     assert "upgrade" not in foreign.requests("/ws.bin")[0].names()
+
+
+def test_an_origin_sending_part_of_a_range_gets_502_not_answers_cut_short(
+        foreign: ForeignOrigin, foreign_chain: Chain) -> None:
+    """RFC 9110 §14.2: a 206 says with Content-Range what it carries. An origin that sends at
+    most 300,000 bytes per range left the slices it fell short of unfilled: every answer
+    reading them was cut mid-body after its head had promised the length, on every later
+    request too (found from outside). A part of a slice is now refused at its head: a 502
+    with a JSON body, before any byte; whole GETs (the origin's 200) still work."""
+    body = pattern(3 * MiB, seed=12)
+    foreign.route("/cap", body=body, headers=[CACHEABLE], range_cap=300_000, etag='"c1"')
+    r = foreign_chain.get("/cap", headers={"Range": "bytes=0-10"})
+    assert r.status_code == 502 and r.json()["error"] == "bad_upstream_answer", r.text[:300]
+    for asked in ("bytes=1048576-2097151", "bytes=1500000-1500010", "bytes=-100"):
+        r = foreign_chain.get("/cap", headers={"Range": asked})
+        assert r.status_code == 502 and r.headers["content-type"] == "application/json", asked
+    r = foreign_chain.get("/cap?whole=1")
+    assert r.status_code == 200 and r.content == body

@@ -184,6 +184,11 @@ class Fetcher:
         if beresp.status == 206:
             if beresp.body_start != flight.first * size:
                 raise UpstreamProtocolError("upstream answered a different range than asked")
+            if beresp.length is not None and beresp.body_length is not None:
+                asked = beresp.length if flight.last is None else \
+                    min(beresp.length, (flight.last + 1) * size)
+                if beresp.body_start + beresp.body_length < asked:  # (slices left short)
+                    raise UpstreamProtocolError("upstream answered a shorter range than asked")
         elif flight.first > 0 and beresp.length is not None:
             # A whole body for a range request: take the slices before ours as well, as far
             # as the body goes: the range may start far past its end (ours was asked for a
