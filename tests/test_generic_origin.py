@@ -179,6 +179,29 @@ def test_body_without_content_length_is_delivered_and_cached(
     assert foreign.count("/dyn") == fetched
 
 
+@pytest.mark.parametrize("framing", ["length", "chunked", "close"])
+def test_a_cold_range_of_an_origin_ignoring_range_stores_the_whole(
+        foreign: ForeignOrigin, foreign_chain: Chain, framing: str) -> None:
+    """RFC 9110 §14.2: an origin may answer a range request 200 whole. A range in a later
+    slice of such an object gets its bytes (206, or the whole 200 while the length is not
+    known), and the whole body is stored from that one answer: the slices before the asked
+    one are claimed as far as the body goes, or as they come when its length is unknown."""
+    size = 3 * MiB + 12345
+    body = pattern(size, seed=9)
+    foreign.route("/dyn", body=body, framing=framing, ranges=False, etag='"d1"',
+                  headers=[CACHEABLE])
+    start = 2 * MiB + 100
+    r = foreign_chain.get("/dyn", headers={"Range": f"bytes={start}-{start + 99}"})
+    if r.status_code == 206:
+        assert r.content == body[start : start + 100]
+        assert r.headers["content-range"] == f"bytes {start}-{start + 99}/{size}"
+    else:
+        assert framing != "length" and r.status_code == 200 and r.content == body
+    r = foreign_chain.get("/dyn")
+    assert r.status_code == 200 and r.content == body and "HIT" in r.headers["x-cache"]
+    assert foreign.count("/dyn") == 1
+
+
 def test_a_large_chunked_body_lands_through_the_fill_threads_exactly(
         foreign: ForeignOrigin, foreign_chain: Chain, monkeypatch: pytest.MonkeyPatch) -> None:
     """Large chunks of a body of unknown length are hashed and written in the fill threads
