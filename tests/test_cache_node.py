@@ -204,6 +204,26 @@ def test_head_conditional_and_multipart(chain: Chain) -> None:
     assert r.status_code == 206 and r.headers["content-length"] == "10"
 
 
+def test_range_field_lines_are_one_value(chain: Chain) -> None:
+    """RFC 9110 §5.3: several Range lines are one comma-joined value, so two ``bytes=`` lines
+    are an invalid Range, ignored (§14.2): the whole body, cold and stored, never the first."""
+    body = pattern(150_000)
+    chain.origin.put("/v/t1/twice", body)
+    twice = [("range", "bytes=0-9"), ("range", "bytes=20-29")]
+    for verdict in ("MISS from edge, MISS from shield", "HIT from edge"):
+        r = httpx.get(chain.edge.url + "/v/t1/twice", headers=twice)
+        assert (r.status_code, r.headers["x-cache"]) == (200, verdict)
+        assert r.content == body
+    r = httpx.head(chain.edge.url + "/v/t1/twice", headers=twice)
+    assert r.status_code == 200 and r.headers["content-length"] == str(len(body))
+    # a second line that continues the first one's list is two ranges of one field
+    r = httpx.get(chain.edge.url + "/v/t1/twice", headers=[("range", "bytes=0-9"),
+                                                          ("range", "20-29")])
+    assert r.status_code == 206
+    assert r.headers["content-type"].startswith("multipart/byteranges; boundary=")
+    assert body[0:10] in r.content and body[20:30] in r.content
+
+
 def test_negative_answer_cached_briefly(chain: Chain) -> None:
     for _ in range(3):
         assert httpx.get(chain.edge.url + "/v/t1/nope").status_code == 404

@@ -37,7 +37,8 @@ class Req:
             headers.setdefault(name.decode("latin-1"), value.decode("latin-1"))
         method = scope["method"]
         # HEAD mirrors the GET it stands for (RFC 9110 §9.3.2), ranges included
-        ranges = parse_range(headers.get("range")) if method in ("GET", "HEAD") else None
+        ranges = parse_range(_range_field(raw_headers, headers.get("range"))) \
+            if method in ("GET", "HEAD") else None
         return cls(method, path, query, raw_headers, headers, cache_key(path, query), ranges)
 
     @property
@@ -58,6 +59,18 @@ class Req:
             else:
                 starts.append(max(0, length - (spec.last or 0)))
         return min(starts)
+
+
+def _range_field(raw_headers: RawHeaders, first: str | None) -> str | None:
+    """The Range field's value: several field lines are one value joined by commas (RFC 9110
+    §5.3), so that two lines of ``bytes=`` make an invalid Range, ignored (§14.2), rather
+    than the first line winning."""
+    if first is None:
+        return None
+    values = [value for name, value in raw_headers if name == b"range"]
+    if len(values) == 1:
+        return first
+    return ", ".join(value.decode("latin-1") for value in values)
 
 
 def cache_key(path: str, query: str) -> str:
