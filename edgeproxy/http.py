@@ -13,6 +13,7 @@ import datetime
 import functools
 import re
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from email.utils import formatdate
 
@@ -132,7 +133,9 @@ def parse_range(value: str | None) -> list[RangeSpec] | None:
 
 
 def resolve_ranges(specs: list[RangeSpec], length: int) -> list[ByteRange]:
-    """Satisfiable ranges of ``length`` bytes, overlaps and neighbours coalesced, in order.
+    """Satisfiable ranges of ``length`` bytes, overlaps and neighbours coalesced, in the
+    order they were asked for (RFC 9110 §14.6); a coalesced range takes the place of its
+    first member.
 
     Coalescing is what RFC 9110 §14.2 recommends against overlapping-range abuse; a request
     whose ranges collapse into one is answered as a single-part 206.
@@ -140,15 +143,18 @@ def resolve_ranges(specs: list[RangeSpec], length: int) -> list[ByteRange]:
     ranges = [r for spec in specs if (r := spec.resolve(length)) is not None]
     if not ranges:
         raise RangeNotSatisfiable(length)
-    ranges.sort(key=lambda r: r.start)
-    merged = [ranges[0]]
-    for r in ranges[1:]:
-        last = merged[-1]
-        if r.start <= last.end + 1:
+    merged: list[ByteRange] = []
+    asked: list[int] = []  # where each merged range's first member was in the request
+    for at in sorted(range(len(ranges)), key=lambda i: ranges[i].start):
+        r = ranges[at]
+        if merged and r.start <= merged[-1].end + 1:
+            last = merged[-1]
             merged[-1] = ByteRange(last.start, max(last.end, r.end))
+            asked[-1] = min(asked[-1], at)
         else:
             merged.append(r)
-    return merged
+            asked.append(at)
+    return [merged[i] for i in sorted(range(len(merged)), key=asked.__getitem__)]
 
 
 def parse_content_range(value: str | None) -> tuple[ByteRange | None, int | None] | None:
@@ -176,6 +182,19 @@ def parse_content_range(value: str | None) -> tuple[ByteRange | None, int | None
 # A decimal header value longer than this is refused rather than parsed: no representation is
 # that large, and int() of thousands of digits is a denial of service (and raises past 4300).
 MAX_DIGITS = 18
+
+
+def combine_fields(lines: Iterable[tuple[str, str]]) -> dict[str, str]:
+    """Field values by lower-cased name, the lines of one field joined into one value (RFC
+    9110 §5.3: with commas; RFC 6265 §5.4: with ``; `` for Cookie). A second Cache-Control
+    line counts as much as the first, and two ``bytes=`` Range lines are one invalid Range."""
+    out: dict[str, str] = {}
+    for name, value in lines:
+        field = name.lower()
+        before = out.get(field)
+        out[field] = value if before is None else \
+            f"{before}{'; ' if field == 'cookie' else ', '}{value}"
+    return out
 
 
 def first_member(value: str | None) -> str | None:

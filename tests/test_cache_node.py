@@ -224,6 +224,47 @@ def test_range_field_lines_are_one_value(chain: Chain) -> None:
     assert body[0:10] in r.content and body[20:30] in r.content
 
 
+def test_multipart_parts_in_the_order_asked(chain: Chain) -> None:
+    """RFC 9110 §14.6: the parts come in the order of the Range's specs, cold and stored; a
+    range coalesced from overlapping specs stands where its first member was."""
+    body = pattern(150_000)
+    chain.origin.put("/v/t1/order", body)
+    asked = "bytes=140000-140009,0-9,100000-100009,5-12"
+    want = [(140000, 140009), (0, 12), (100000, 100009)]
+    for verdict in ("MISS from edge, MISS from shield", "HIT from edge"):
+        r = httpx.get(chain.edge.url + "/v/t1/order", headers={"range": asked})
+        assert (r.status_code, r.headers["x-cache"]) == (206, verdict)
+        boundary = r.headers["content-type"].split("boundary=")[1].encode()
+        parts = r.content.split(b"--" + boundary)[1:-1]
+        got = []
+        for part in parts:
+            head, _, data = part.partition(b"\r\n\r\n")
+            first, last = map(int, head.split(b"bytes ")[1].split(b"/")[0].split(b"-"))
+            assert data.removesuffix(b"\r\n") == body[first:last + 1]
+            got.append((first, last))
+        assert got == want
+
+
+def test_other_field_lines_are_one_value(chain: Chain) -> None:
+    """RFC 9110 §5.3 for every request field the cache reads: ``only-if-cached`` on a second
+    Cache-Control line is obeyed (504 with nothing stored), and a Vary field sent on two
+    lines is matched as its joined value."""
+    chain.origin.put("/api/lines", b"x")
+    r = httpx.get(chain.edge.url + "/api/lines",
+                  headers=[("cache-control", "max-stale"), ("cache-control", "only-if-cached")])
+    assert r.status_code == 504 and r.json()["error"] == "not_cached"
+    assert chain.origin.count("/api/lines") == 0
+    chain.origin.put("/api/lang", b"de-fr", headers={"vary": "accept-language",
+                                                     "cache-control": "max-age=60"})
+    two = [("accept-language", "de"), ("accept-language", "fr")]
+    assert httpx.get(chain.edge.url + "/api/lang", headers=two).content == b"de-fr"
+    r = httpx.get(chain.edge.url + "/api/lang", headers=[("accept-language", "de, fr")])
+    assert r.headers["x-cache"].startswith("HIT") and r.content == b"de-fr"
+    r = httpx.get(chain.edge.url + "/api/lang", headers=[("accept-language", "de")])
+    assert r.headers["x-cache"].startswith("MISS")
+    assert chain.origin.count("/api/lang") == 2
+
+
 def test_negative_answer_cached_briefly(chain: Chain) -> None:
     for _ in range(3):
         assert httpx.get(chain.edge.url + "/v/t1/nope").status_code == 404

@@ -17,6 +17,7 @@ from edgeproxy.http import (
     MAX_RANGES,
     ByteRange,
     RangeNotSatisfiable,
+    combine_fields,
     digest_field,
     digest_sha256,
     parse_content_range,
@@ -34,8 +35,13 @@ from edgeproxy.http import (
     ("bytes=95-200", 100, [(95, 99)]),      # last-pos beyond the end is clipped
     ("bytes=0-9,5-20", 100, [(0, 20)]),     # overlapping ranges coalesced
     ("bytes=0-9, 10-19", 100, [(0, 19)]),   # adjacent ones too
-    ("bytes=50-59,0-9", 100, [(0, 9), (50, 59)]),
+    # §14.6: parts in the order asked for; a coalesced range where its first member was
+    ("bytes=50-59,0-9", 100, [(50, 59), (0, 9)]),
     ("bytes=0-0,-1", 100, [(0, 0), (99, 99)]),
+    ("bytes=-1,0-0", 100, [(99, 99), (0, 0)]),
+    ("bytes=80-89,0-9,85-95", 100, [(80, 95), (0, 9)]),
+    ("bytes=80-89,0-9,5-20", 100, [(80, 89), (0, 20)]),
+    ("bytes=200-300,50-59,0-9", 100, [(50, 59), (0, 9)]),  # an unsatisfiable one left out
     ("Bytes=0-0", 100, [(0, 0)]),           # the unit is case-insensitive
 ])
 def test_resolve(header: str, length: int, expected: list[tuple[int, int]]) -> None:
@@ -122,8 +128,14 @@ def test_matches_reference(specs: list[str], length: int) -> None:
     for r in ranges:
         got |= set(range(r.start, r.end + 1))
     assert got == expected
-    # coalesced: sorted, disjoint, non-adjacent
-    assert all(a.end + 1 < b.start for a, b in itertools.pairwise(ranges))
+    # coalesced: disjoint, non-adjacent
+    in_order = sorted(ranges, key=lambda r: r.start)
+    assert all(a.end + 1 < b.start for a, b in itertools.pairwise(in_order))
+    # RFC 9110 §14.6: in the order asked for, each where its first satisfiable member was
+    members = [(one, i) for i, s in enumerate(parsed) if (one := s.resolve(length)) is not None]
+    firsts = [min(i for one, i in members if m.start <= one.start and one.end <= m.end)
+              for m in ranges]
+    assert firsts == sorted(firsts)
 
 
 HUGE = "9" * 4301  # more digits than Python's int() converts (ValueError)
@@ -226,3 +238,19 @@ def test_split_list_without_quotes_matches_the_quote_aware_reading(value: str) -
     element after the value takes the walk, and adds just itself."""
     plain = value.replace('"', "")
     assert split_list(plain) == split_list(plain + ',""')[:-1]
+
+
+@pytest.mark.parametrize(("lines", "expected"), [
+    # RFC 9110 §5.3: the lines of one field are one comma-joined value, in order
+    ([("Cache-Control", "max-age=5"), ("cache-control", "only-if-cached")],
+     {"cache-control": "max-age=5, only-if-cached"}),
+    ([("range", "bytes=0-9"), ("range", "bytes=20-29")], {"range": "bytes=0-9, bytes=20-29"}),
+    ([("Accept-Language", "de"), ("Host", "a"), ("accept-language", "fr")],
+     {"accept-language": "de, fr", "host": "a"}),
+    # RFC 6265 §5.4: cookie-pairs are joined with "; "
+    ([("cookie", "a=1"), ("cookie", "b=2")], {"cookie": "a=1; b=2"}),
+    ([("x-one", "")], {"x-one": ""}),
+    ([], {}),
+])
+def test_combine_fields(lines: list[tuple[str, str]], expected: dict[str, str]) -> None:
+    assert combine_fields(lines) == expected

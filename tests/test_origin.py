@@ -224,6 +224,11 @@ def test_request_put_confirm_get(origin: Origin) -> None:
     assert r.status_code == 200 and r.content == blob
     r = origin.http.get(path, headers={"Range": "bytes=9-2"})  # invalid: ignored
     assert r.status_code == 200 and r.content == blob
+    # two Range lines are one value (RFC 9110 §5.3): two `bytes=` lines are invalid, ignored
+    r = origin.http.get(path, headers=[("Range", "bytes=0-9"), ("Range", "bytes=20-29")])
+    assert r.status_code == 200 and r.content == blob
+    r = origin.http.get(path, headers=[("Range", "bytes=0-9"), ("Range", "5-19")])
+    assert r.status_code == 206 and r.content == blob[0:20]
     r = origin.http.get(path, headers={"Range": f"bytes={len(blob)}-"})
     assert r.status_code == 416 and error_of(r) == "range_not_satisfiable"
     assert r.headers["content-range"] == f"bytes */{len(blob)}"

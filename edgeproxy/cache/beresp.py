@@ -7,7 +7,7 @@ import uuid
 from dataclasses import dataclass
 
 from ..errors import UpstreamProtocolError
-from ..http import int_header, parse_content_range
+from ..http import combine_fields, int_header, parse_content_range
 from . import fields
 from .transport import UpstreamResponse
 from .types import RawHeaders
@@ -38,7 +38,7 @@ class BeResp:
         """Each field's value, repeated lines joined (RFC 9110 §5.3), names lower-cased
         (made once: a miss asked three times; the fields of a `BeResp` are not changed)."""
         if self._header_map is None:
-            self._header_map = combined(self.headers)
+            self._header_map = combine_fields(self.headers)
         return self._header_map
 
     @property
@@ -74,20 +74,11 @@ class BeResp:
         return self.last_modified
 
 
-def combined(headers: list[tuple[str, str]]) -> dict[str, str]:
-    """Field values by lower-cased name, repeated lines joined with ", " (RFC 9110 §5.3)."""
-    out: dict[str, str] = {}
-    for name, value in headers:
-        lname = name.lower()
-        out[lname] = f"{out[lname]}, {value}" if lname in out else value
-    return out
-
-
 def from_upstream(resp: UpstreamResponse, request_time: float) -> BeResp:
     """The `BeResp` of an upstream response whose headers have arrived."""
     raw = [(n.decode("latin-1"), v.decode("latin-1")) for n, v in resp.headers]
     headers = fields.forwardable(raw)
-    first = combined(raw)
+    first = combine_fields(raw)
     status = resp.status
     content_length = int_header(first.get("content-length"))
     if "transfer-encoding" in first:

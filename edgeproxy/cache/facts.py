@@ -11,8 +11,9 @@ from typing import Literal
 
 from ..config import Config, ContentClass
 from ..errors import StorageFault
+from ..http import combine_fields
 from . import fields, policy
-from .beresp import BeResp, combined
+from .beresp import BeResp
 from .flight import Flight
 from .meta import ObjectMeta
 from .store import CacheStore
@@ -163,7 +164,7 @@ class Facts:
         merged = [(n, fresh_headers.pop(n.lower(), v)) for n, v in stale.headers]
         merged += list(fresh_headers.items())
         cls = self.classes.get(stale.content_class)
-        hmap = policy.targeted(combined(merged))
+        hmap = policy.targeted(combine_fields(merged))
         meta = dataclasses.replace(
             stale, headers=tuple(merged), freshness=self.freshness(cls, stale.status, beresp,
                                                                    hmap),

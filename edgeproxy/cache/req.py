@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..http import RangeSpec, parse_range
+from ..http import RangeSpec, combine_fields, parse_range
 from ..signing import signature_params
 from ..target import canonical_path
 from .types import RawHeaders, Scope
@@ -21,7 +21,7 @@ class Req:
     path: str  # canonical, percent-encoded (content class, signature, key, upstream all use it)
     query: str  # exactly as sent
     raw_headers: RawHeaders
-    headers: dict[str, str]  # first value of each field, names lower-cased
+    headers: dict[str, str]  # each field's lines as one value (`combine_fields`), names lower-cased
     key: str
     ranges: list[RangeSpec] | None  # GET with a valid bytes Range; None: the whole body
 
@@ -32,13 +32,10 @@ class Req:
         path = canonical_path(raw_path)
         query = scope.get("query_string", b"").decode("latin-1")
         raw_headers: RawHeaders = scope["headers"]
-        headers: dict[str, str] = {}
-        for name, value in raw_headers:
-            headers.setdefault(name.decode("latin-1"), value.decode("latin-1"))
+        headers = combine_fields((n.decode("latin-1"), v.decode("latin-1")) for n, v in raw_headers)
         method = scope["method"]
         # HEAD mirrors the GET it stands for (RFC 9110 §9.3.2), ranges included
-        ranges = parse_range(_range_field(raw_headers, headers.get("range"))) \
-            if method in ("GET", "HEAD") else None
+        ranges = parse_range(headers.get("range")) if method in ("GET", "HEAD") else None
         return cls(method, path, query, raw_headers, headers, cache_key(path, query), ranges)
 
     @property
@@ -59,18 +56,6 @@ class Req:
             else:
                 starts.append(max(0, length - (spec.last or 0)))
         return min(starts)
-
-
-def _range_field(raw_headers: RawHeaders, first: str | None) -> str | None:
-    """The Range field's value: several field lines are one value joined by commas (RFC 9110
-    §5.3), so that two lines of ``bytes=`` make an invalid Range, ignored (§14.2), rather
-    than the first line winning."""
-    if first is None:
-        return None
-    values = [value for name, value in raw_headers if name == b"range"]
-    if len(values) == 1:
-        return first
-    return ", ".join(value.decode("latin-1") for value in values)
 
 
 def cache_key(path: str, query: str) -> str:
