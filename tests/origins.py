@@ -8,7 +8,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
-from edgeproxy.http import RangeNotSatisfiable, parse_range, resolve_ranges
+from edgeproxy.http import ByteRange, RangeNotSatisfiable, parse_range, resolve_ranges
 
 
 def pattern(length: int, seed: int = 0) -> bytes:
@@ -26,6 +26,7 @@ class Obj:
     status: int = 200
     etag: str | None = None
     ranges: bool = True  # honour Range requests
+    range_cap: int | None = None  # answer at most this many bytes of a range (a 206 cut short)
 
 
 @dataclass
@@ -106,6 +107,8 @@ class TestOrigin:
                 await self._send(send, 416, out, b"", hit, scope)
                 return
             r = rngs[0]
+            if obj.range_cap is not None:
+                r = ByteRange(r.start, min(r.end, r.start + obj.range_cap - 1))
             body, status = obj.body[r.start : r.end + 1], 206
             out["content-range"] = r.content_range(len(obj.body))
         await self._send(send, status, out, body, hit, scope)

@@ -533,3 +533,25 @@ def test_object_changing_upstream_is_never_spliced(chain: Chain) -> None:
     # and the next request is all v2
     r = httpx.get(chain.edge.url + "/static/video.bin")
     assert r.status_code == 200 and r.content == v2
+
+
+def test_a_range_answered_short_is_completed(chain: Chain) -> None:
+    """An upstream may answer a range with fewer bytes than asked (RFC 9110 §15.3.7: the 206's
+    Content-Range says which): the slices it covers are stored, and the rest is asked for
+    again, so the client gets every byte it asked for, not a 502."""
+    body = pattern(10 * SLICE + 123)
+    chain.origin.put("/v/t1/short", body, range_cap=SLICE + SLICE // 2)
+    for verdict in ("MISS", "HIT"):
+        r = httpx.get(chain.edge.url + "/v/t1/short",
+                      headers={"range": f"bytes=100-{6 * SLICE}"})
+        assert r.status_code == 206, r.text
+        assert r.headers["x-cache"].startswith(verdict)
+        assert r.headers["content-range"] == f"bytes 100-{6 * SLICE}/{len(body)}"
+        assert r.content == body[100:6 * SLICE + 1]
+    r = httpx.get(chain.edge.url + "/v/t1/short", headers={"range": f"bytes={5 * SLICE}-"})
+    assert r.status_code == 206 and r.content == body[5 * SLICE:]
+    assert httpx.get(chain.edge.url + "/v/t1/short").content == body
+    # an answer that holds not even one slice whole cannot be stored by slices: a clear 502
+    chain.origin.put("/v/t1/tiny", body, range_cap=SLICE // 2)
+    r = httpx.get(chain.edge.url + "/v/t1/tiny", headers={"range": "bytes=0-99"})
+    assert r.status_code == 502 and r.json()["error"] == "bad_upstream_answer"

@@ -225,3 +225,16 @@ def test_body_checks(content_digest: str | None, representation: str | None, sta
 ])
 def test_only_if_cached(value: str | None, expected: bool) -> None:
     assert policy.only_if_cached(value) is expected
+
+
+@pytest.mark.parametrize(("start", "end", "length", "expected"), [
+    # RFC 9110 §15.3.7: a 206 may carry fewer bytes than asked; slices of 100 bytes
+    (0, 250, 1000, 1),      # slices 0 and 1 whole, slice 2 in part: kept only whole ones
+    (200, 500, 1000, 4),
+    (0, 1000, 1000, 9),     # all of it
+    (900, 950, 950, 9),     # to the end: the last, short slice is whole
+    (0, 99, 1000, None),    # not one slice whole
+    (300, 350, 1000, None),
+])
+def test_last_whole_slice(start: int, end: int, length: int, expected: int | None) -> None:
+    assert policy.last_whole_slice(start, end, length, 100) == expected

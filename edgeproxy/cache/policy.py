@@ -343,3 +343,12 @@ def slice_bounds(index: int, slice_size: int, length: int) -> tuple[int, int]:
 def slice_count(length: int, slice_size: int) -> int:
     """How many slices an object of ``length`` bytes has (an empty object has one, empty)."""
     return max(1, -(-length // slice_size))
+
+
+def last_whole_slice(start: int, end: int, length: int, slice_size: int) -> int | None:
+    """The last slice an answer of bytes ``start..end - 1`` (``start`` aligned) holds whole,
+    of an object of ``length`` bytes; None if it holds none. An answer may carry fewer bytes
+    than asked for (RFC 9110 §15.3.7: its Content-Range says which); one that reaches the
+    end holds the object's last, short slice whole."""
+    covered = end if end == length else end - end % slice_size
+    return (covered - 1) // slice_size if covered > start else None
