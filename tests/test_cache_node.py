@@ -12,6 +12,7 @@ import httpx
 import pytest
 
 from edgeproxy.cache import create_app
+from edgeproxy.cache.meta import ObjectMeta
 from edgeproxy.config import CacheConfig, Config, load_config
 from tests.origins import TestOrigin, pattern
 from tests.servers import ServerThread, serve
@@ -315,6 +316,42 @@ async def test_collapsed_forwarding_and_streaming_miss(tmp_path: Path) -> None:
     # No client can have its last byte before the fill is done, so this says every client
     # had bytes while the fill was still running.
     assert max(first_byte) < min(last_byte)
+
+
+async def test_followers_of_a_cold_fill_do_not_ask_the_index(tmp_path: Path) -> None:
+    """Requests for an object whose fetch is under way with nothing stored (a stampede's
+    followers) join the flight without an index read each: the index is asked about the
+    object by its leader, not once more per request."""
+    import asyncio
+
+    origin = TestOrigin()
+    body = pattern(3 * SLICE)
+    origin.put("/v/t1/cold", body)
+    origin.delay_headers = 0.6
+    config = make_config(tmp_path)
+    with serve(origin) as osrv:
+        app = create_app(config, "edge", upstream=osrv.url)
+        reads: list[str] = []
+        read = app.store.get_meta
+
+        def counted(key: str) -> ObjectMeta | None:
+            reads.append(key)
+            return read(key)
+
+        app.store.get_meta = counted  # type: ignore[method-assign]
+        with serve(app) as edge:
+            limits = httpx.Limits(max_connections=64)
+            async with httpx.AsyncClient(limits=limits, timeout=30) as client:
+                leader = asyncio.ensure_future(client.get(edge.url + "/v/t1/cold"))
+                await asyncio.sleep(0.15)  # its flight is under way, no answer yet
+                followers = [asyncio.ensure_future(client.get(edge.url + "/v/t1/cold"))
+                             for _ in range(40)]
+                await asyncio.sleep(0.3)  # all of them asked, and the answer still to come
+                before_answer = reads.count("/v/t1/cold")
+                answers = await asyncio.gather(leader, *followers)
+    assert [r.content == body for r in answers] == [True] * 41
+    assert origin.count("/v/t1/cold") == 1
+    assert before_answer <= 2, reads
 
 
 def test_leader_dies_midway_nothing_truncated_is_delivered_or_stored(tmp_path: Path) -> None:

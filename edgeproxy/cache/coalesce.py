@@ -179,6 +179,15 @@ class Coalescer:
             return None
         return flight
 
+    def cold(self, key: str) -> bool:
+        """Whether a flight here fetches ``key`` with no stored copy known to its leader and
+        no answer yet: then nothing of it is stored to look up, and a request for it (a
+        stampede's follower) joins the flight without asking the index."""
+        flight = self.flights.get(key)
+        context = flight.context if flight is not None else None
+        return flight is not None and not flight.headers.done() and context is not None \
+            and context.stale is None and context.known is None
+
     async def join(self, key: str, index: int, version: str | None,
                    lead: Callable[[int], Flight | None]) -> Source:
         """Where slice ``index`` of ``key`` (at ``version``) is read from.

@@ -241,6 +241,8 @@ class FastLane:
         large blob), or the whole of an object of one slice whose bytes need no hashing."""
         meta = self.node.hot.facts(key, now)
         if meta is None:
+            if self.node.coalescer.cold(key):
+                return None  # being fetched, nothing stored: the steps join the flight
             meta = self.node.store.get_meta(key)  # as `steps.lookup` looks, and remembers
             if meta is None:
                 self._absent = (key, time.monotonic())  # the steps need not look again

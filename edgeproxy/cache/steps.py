@@ -57,7 +57,7 @@ async def lookup(node: CacheNode, tx: Tx) -> Step:
     """Memory first, then the index; the stored copy decides hit, stale or miss."""
     req, now = tx.req, time.time()
     meta = node.hot.facts(req.key, now)
-    if meta is None and not node.fast.not_stored(req.key):
+    if meta is None and not node.fast.not_stored(req.key) and not node.coalescer.cold(req.key):
         meta = node.store.get_meta(req.key)
         if meta is not None:
             node.remember(req.key, meta, now)
