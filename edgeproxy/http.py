@@ -291,6 +291,22 @@ def etag_matches(if_none_match: str, etag: str | None) -> bool:
     return any(tag.removeprefix("W/") == weak for tag in split_list(if_none_match))
 
 
+def precondition_failed(headers: dict[str, str], etag: str | None,
+                        last_modified: str | None) -> bool:
+    """Whether ``If-Match``, or else ``If-Unmodified-Since``, is false for this representation
+    (RFC 9110 §13.2.2 steps 1-2: a 412). If-Match compares strongly (§13.1.1: a weak ETag
+    never matches); If-Unmodified-Since is false only when the representation was modified
+    after its date (§13.1.4; without a Last-Modified, or with an invalid date, it says
+    nothing)."""
+    if_match = headers.get("if-match")
+    if if_match is not None:
+        if if_match.strip() == "*":
+            return False
+        return etag is None or etag.startswith("W/") or etag not in split_list(if_match)
+    since, modified = http_date(headers.get("if-unmodified-since")), http_date(last_modified)
+    return since is not None and modified is not None and modified > since
+
+
 def if_range_matches(if_range: str, etag: str | None, last_modified: str | None) -> bool:
     """RFC 9110 §13.1.5: strong ETag comparison, or an exact Last-Modified date match."""
     value = if_range.strip()

@@ -266,6 +266,30 @@ def test_other_field_lines_are_one_value(chain: Chain) -> None:
     assert chain.origin.count("/api/lang") == 2
 
 
+def test_if_match_and_if_unmodified_since_on_a_stored_object(chain: Chain) -> None:
+    """The fill does not forward If-Match or If-Unmodified-Since, so the cache evaluates them
+    on what it serves (RFC 9110 §13.2.2 steps 1-2): 412 with a JSON body when false."""
+    body = pattern(150_000)
+    obj = chain.origin.put("/v/t1/ifm", body, headers={
+        "last-modified": "Tue, 01 Dec 2026 10:00:00 GMT"})
+    url = chain.edge.url + "/v/t1/ifm"
+    r = httpx.get(url, headers={"if-match": '"other"'})  # cold: evaluated on the new copy
+    assert r.status_code == 412 and r.json()["error"] == "precondition_failed"
+    assert httpx.get(url).headers["x-cache"].startswith("HIT")
+    r = httpx.get(url, headers={"if-match": '"other"'})
+    assert r.status_code == 412 and r.json()["error"] == "precondition_failed"
+    assert httpx.head(url, headers={"if-match": '"other"'}).status_code == 412
+    assert obj.etag is not None
+    r = httpx.get(url, headers={"if-match": obj.etag, "range": "bytes=10-19"})
+    assert r.status_code == 206 and r.content == body[10:20]
+    assert httpx.get(url, headers={"if-match": "*"}).content == body
+    old = {"if-unmodified-since": "Mon, 30 Nov 2026 10:00:00 GMT"}
+    assert httpx.get(url, headers=old).status_code == 412
+    new = {"if-unmodified-since": "Wed, 02 Dec 2026 10:00:00 GMT"}
+    assert httpx.get(url, headers=new).content == body
+    assert chain.origin.count("/v/t1/ifm") == 1
+
+
 def test_negative_answer_cached_briefly(chain: Chain) -> None:
     for _ in range(3):
         assert httpx.get(chain.edge.url + "/v/t1/nope").status_code == 404

@@ -22,6 +22,7 @@ from edgeproxy.http import (
     digest_sha256,
     parse_content_range,
     parse_range,
+    precondition_failed,
     resolve_ranges,
     split_list,
 )
@@ -254,3 +255,32 @@ def test_split_list_without_quotes_matches_the_quote_aware_reading(value: str) -
 ])
 def test_combine_fields(lines: list[tuple[str, str]], expected: dict[str, str]) -> None:
     assert combine_fields(lines) == expected
+
+
+LM = "Tue, 01 Dec 2026 10:00:00 GMT"
+
+
+@pytest.mark.parametrize(("fields", "etag", "expected"), [
+    # RFC 9110 §13.1.1: If-Match compares strongly; "*" holds for any representation
+    ({"if-match": '"a"'}, '"a"', False),
+    ({"if-match": '"b", "a"'}, '"a"', False),
+    ({"if-match": '"b"'}, '"a"', True),
+    ({"if-match": 'W/"a"'}, '"a"', True),
+    ({"if-match": '"a"'}, 'W/"a"', True),
+    ({"if-match": '"a"'}, None, True),
+    ({"if-match": "*"}, None, False),
+    # §13.2.2: If-Unmodified-Since only without If-Match
+    ({"if-match": '"a"', "if-unmodified-since": "Mon, 30 Nov 2026 10:00:00 GMT"}, '"a"', False),
+    # §13.1.4: false when modified after the date; an invalid date is ignored
+    ({"if-unmodified-since": "Mon, 30 Nov 2026 10:00:00 GMT"}, None, True),
+    ({"if-unmodified-since": LM}, None, False),
+    ({"if-unmodified-since": "Wed, 02 Dec 2026 10:00:00 GMT"}, None, False),
+    ({"if-unmodified-since": "yesterday"}, None, False),
+    ({}, '"a"', False),
+])
+def test_precondition_failed(fields: dict[str, str], etag: str | None, expected: bool) -> None:
+    assert precondition_failed(fields, etag, LM) is expected
+
+
+def test_if_unmodified_since_without_last_modified_says_nothing() -> None:
+    assert not precondition_failed({"if-unmodified-since": LM}, '"a"', None)

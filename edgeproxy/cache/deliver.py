@@ -22,6 +22,7 @@ from ..http import (
     RangeSpec,
     if_range_matches,
     not_modified,
+    precondition_failed,
     resolve_ranges,
 )
 from . import fields, policy
@@ -44,7 +45,13 @@ class Reply:
 
 def plan_reply(meta: ObjectMeta, req_headers: dict[str, str], method: str,
                headers: list[tuple[str, str]], specs: list[RangeSpec] | None) -> Reply:
-    """Choose 200, 206 (one range or multipart), 304 or 416 for a stored object (pure)."""
+    """Choose 200, 206 (one range or multipart), 304, 412 or 416 for a stored object (pure).
+
+    The preconditions the fill does not forward are the cache's to evaluate, in RFC 9110
+    §13.2.2's order; they apply to a 2xx only (§13.2.1)."""
+    if meta.status == 200 and precondition_failed(req_headers, meta.etag, meta.last_modified):
+        raise HTTPError(412, "precondition_failed", "If-Match or If-Unmodified-Since does not "
+                        "hold for the stored representation")
     if meta.status == 200 and method in ("GET", "HEAD") and \
             not_modified(req_headers, meta.etag, meta.last_modified, meta.header("date")):
         return Reply(304, fields.not_modified_headers(headers), [])
