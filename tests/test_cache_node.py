@@ -378,6 +378,28 @@ async def test_followers_of_a_cold_fill_do_not_ask_the_index(tmp_path: Path) -> 
     assert before_answer <= 2, reads
 
 
+async def test_a_stored_variant_is_looked_up_while_another_is_fetched(tmp_path: Path) -> None:
+    """The index is skipped only for a key under which nothing was stored: while one variant
+    is fetched, a request for a stored variant is a HIT, not a follower of that fetch."""
+    import asyncio
+
+    origin = TestOrigin()
+    origin.put("/api/v", b"any", headers={"vary": "accept-language", "cache-control": "max-age=60"})
+    config = make_config(tmp_path)
+    with serve(origin) as osrv, serve(create_app(config, "edge", upstream=osrv.url)) as edge:
+        async with httpx.AsyncClient(timeout=30) as client:
+            de = {"accept-language": "de"}
+            assert (await client.get(edge.url + "/api/v", headers=de)).status_code == 200
+            origin.delay_headers = 0.6
+            fetching = asyncio.ensure_future(
+                client.get(edge.url + "/api/v", headers={"accept-language": "fr"}))
+            await asyncio.sleep(0.15)  # the fr variant's fetch is under way
+            r = await client.get(edge.url + "/api/v", headers=de)
+            assert r.headers["x-cache"].startswith("HIT"), r.headers["x-cache"]
+            assert (await fetching).headers["x-cache"].startswith("MISS")
+    assert origin.count("/api/v") == 2
+
+
 def test_leader_dies_midway_nothing_truncated_is_delivered_or_stored(tmp_path: Path) -> None:
     origin = TestOrigin()
     body = pattern(6 * SLICE)

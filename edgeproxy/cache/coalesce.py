@@ -180,13 +180,12 @@ class Coalescer:
         return flight
 
     def cold(self, key: str) -> bool:
-        """Whether a flight here fetches ``key`` with no stored copy known to its leader and
-        no answer yet: then nothing of it is stored to look up, and a request for it (a
-        stampede's follower) joins the flight without asking the index."""
+        """Whether a flight here fetches ``key``, under which its leader found nothing stored
+        (no variant either), with no answer yet: then there is nothing to look up, and a
+        request for it (a stampede's follower) joins the flight without asking the index."""
         flight = self.flights.get(key)
-        context = flight.context if flight is not None else None
-        return flight is not None and not flight.headers.done() and context is not None \
-            and context.stale is None and context.known is None
+        return flight is not None and not flight.headers.done() \
+            and getattr(flight.context, "absent", False)
 
     async def join(self, key: str, index: int, version: str | None,
                    lead: Callable[[int], Flight | None]) -> Source:

@@ -27,6 +27,7 @@ class FlightContext:
     stale: ObjectMeta | None = None  # a stored copy being revalidated
     known: ObjectMeta | None = None  # a fresh object whose missing slices are fetched
     private: bool = False  # the request carries credentials (RFC 9111 §3.5)
+    absent: bool = False  # nothing at all was stored under the key, no other variant either
 
 
 def hash_values(values: tuple[str, ...] | None) -> str:

@@ -61,6 +61,7 @@ async def lookup(node: CacheNode, tx: Tx) -> Step:
         meta = node.store.get_meta(req.key)
         if meta is not None:
             node.remember(req.key, meta, now)
+    tx.absent = meta is None
     if meta is not None and meta.vary:
         values = fields.vary_values(meta.vary, req.headers)
         if values != meta.vary_values:  # another variant is the latest: ours, if stored
@@ -173,7 +174,8 @@ async def miss(node: CacheNode, tx: Tx) -> Step:
                          known=tx.known)
         flight = node.fetcher.start(spec, facts=not private,
                                     context=FlightContext(req.headers, stale=tx.stale,
-                                                          known=tx.known, private=private))
+                                                          known=tx.known, private=private,
+                                                          absent=tx.absent))
         tx.led = flight is not None
         if flight is None and private:
             return pass_

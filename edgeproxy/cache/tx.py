@@ -27,6 +27,7 @@ class Tx:
     stale: ObjectMeta | None = None  # a stored copy that needs revalidation
     # a fresh copy missing slices that cannot be fetched alone (no validator): replaced
     known: ObjectMeta | None = None
+    absent: bool = False  # the lookup found nothing stored under the key, no variant either
     flight: Flight | None = None  # the flight this request leads or follows
     led: bool = False
     ready: dict[int, Source] = field(default_factory=dict)  # joined before the headers
