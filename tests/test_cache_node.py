@@ -638,3 +638,36 @@ def test_a_range_answered_short_is_completed(chain: Chain) -> None:
     chain.origin.put("/v/t1/tiny", body, range_cap=SLICE // 2)
     r = httpx.get(chain.edge.url + "/v/t1/tiny", headers={"range": "bytes=0-99"})
     assert r.status_code == 502 and r.json()["error"] == "bad_upstream_answer"
+
+
+async def test_a_follower_of_another_variant_gets_its_own(tmp_path: Path) -> None:
+    """RFC 9111 §4.1: a request whose Vary'd fields differ from those of the fetch it joined
+    cannot use that answer; it is answered with one of its own."""
+    import asyncio
+
+    origin = _LanguageOrigin()
+    config = make_config(tmp_path)
+    with serve(origin) as osrv, serve(create_app(config, "edge", upstream=osrv.url)) as edge:
+        async with httpx.AsyncClient(timeout=30) as client:
+            de = asyncio.ensure_future(
+                client.get(edge.url + "/api/lang", headers={"accept-language": "de"}))
+            await asyncio.sleep(0.1)  # the de answer's fetch is under way
+            fr = await client.get(edge.url + "/api/lang", headers={"accept-language": "fr"})
+            assert fr.content == b"fr"
+            assert (await de).content == b"de"
+
+
+class _LanguageOrigin:
+    """An origin whose answer is the request's Accept-Language, after a pause."""
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        import asyncio
+
+        if scope["type"] != "http":
+            return
+        language = dict(scope["headers"]).get(b"accept-language", b"")
+        await asyncio.sleep(0.4)
+        await send({"type": "http.response.start", "status": 200, "headers": [
+            (b"vary", b"accept-language"), (b"cache-control", b"max-age=60"),
+            (b"content-length", str(len(language)).encode())]})
+        await send({"type": "http.response.body", "body": language})

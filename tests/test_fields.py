@@ -168,3 +168,17 @@ def test_content_digest_never_replayed_on_other_content(
     """RFC 9530 §2: Content-Digest is computed over the content of one message (for a 206,
     the partial content), so a cache sends one only when it vouches for exactly that."""
     assert fields.content_digest(content, length, representation, upstream) == expected
+
+
+@pytest.mark.parametrize(("vary", "stored", "headers", "expected"), [
+    # RFC 9111 §4.1: a response that varies is used only for requests whose fields match
+    ((), (), {"accept-language": "fr"}, True),
+    (("accept-language",), ("de",), {"accept-language": "de"}, True),
+    (("accept-language",), ("de",), {"accept-language": "fr"}, False),
+    (("accept-language",), ("",), {}, True),  # both without the field
+    (("accept-language",), ("de",), {}, False),
+    (("*",), None, {}, False),  # Vary: * matches no request
+])
+def test_selects(vary: tuple[str, ...], stored: tuple[str, ...] | None,
+                 headers: dict[str, str], expected: bool) -> None:
+    assert fields.selects(vary, stored, headers) is expected

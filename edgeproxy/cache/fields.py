@@ -140,6 +140,16 @@ def vary_values(fields: tuple[str, ...], headers: Mapping[str, str]) -> tuple[st
     return tuple(_normalised(f, headers.get(f, "")) for f in fields)
 
 
+def selects(vary: tuple[str, ...], stored_values: tuple[str, ...] | None,
+            headers: Mapping[str, str]) -> bool:
+    """Whether a request with these fields may be answered with a response that varies on
+    ``vary`` and was selected by ``stored_values`` (RFC 9111 §4.1)."""
+    if not vary:
+        return True
+    values = vary_values(vary, headers)
+    return values is not None and values == stored_values  # (Vary: * selects no request)
+
+
 def _normalised(name: str, value: str) -> str:
     if name in _SINGLE_VALUED:
         return value.strip(" \t")  # (a field value has no whitespace at its ends, §5.5)

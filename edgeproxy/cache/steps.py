@@ -166,9 +166,10 @@ async def miss(node: CacheNode, tx: Tx) -> Step:
                 node.coalescer.claims.held_elsewhere(req.key, index):
             node.metrics.collapsed.labels(node.tier).inc()
             meta = await node.coalescer.foreign_facts(req.key, index, 0.0)
-            if meta is not None:
+            if meta is not None:  # (another variant's facts: an answer of our own)
                 tx.meta = meta
-                return hit
+                return hit if fields.selects(meta.vary, meta.vary_values, req.headers) \
+                    else pass_
         last = _last_slice(req, node.slice_size)
         spec = node.spec(req, first=index, last=last, whole=not req.ranges, stale=tx.stale,
                          known=tx.known)
@@ -201,8 +202,9 @@ async def miss(node: CacheNode, tx: Tx) -> Step:
     tx.upstream_cache = beresp.x_cache
     if tx.led:
         tx.interims = beresp.interims  # (the exchange was this request's: not stored)
-    if not flight.shareable and not tx.led:
-        return pass_  # not ours to share (private, Vary: *): ask for ourselves
+    if not tx.led and (not flight.shareable or (flight.meta is not None and not fields.selects(
+            flight.meta.vary, flight.meta.vary_values, req.headers))):
+        return pass_  # not ours to share (private, another variant, Vary: *): our own
     if flight.direct is not None and tx.led:
         tx.direct = DirectSource(flight.direct, beresp.body_start)
         if not flight.taken.done():
