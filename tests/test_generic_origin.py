@@ -404,6 +404,35 @@ def test_nginx_if_none_match_gets_304(nginx: Nginx, make_chain: MakeChain) -> No
     assert r.status_code == 200 and len(r.content) == 5000
 
 
+def test_nginx_preconditions_answer_as_nginx_does(nginx: Nginx, make_chain: MakeChain) -> None:
+    """RFC 9110 §13.2.2 steps 1-2, with nginx as the reference model: for each If-Match /
+    If-Unmodified-Since, the chain (cold, then stored) answers with nginx's own status."""
+    nginx.put("pre.bin", pattern(5000), mtime=TEN_DAYS_AGO)
+    chain = make_chain(nginx.url)
+    own = httpx.get(nginx.url + "/pre.bin").headers
+    etag, modified = own["etag"], own["last-modified"]
+    older = time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(TEN_DAYS_AGO - 86400))
+    cases = [{"If-Match": etag}, {"If-Match": '"other"'}, {"If-Match": f'"x", {etag}'},
+             {"If-Match": "W/" + etag}, {"If-Match": "*"}, {"If-Unmodified-Since": modified},
+             {"If-Unmodified-Since": older}]
+    for n, fields in enumerate(cases):
+        want = httpx.get(nginx.url + "/pre.bin", headers=fields).status_code
+        cold = chain.get(f"/pre.bin?n={n}", headers=fields)
+        warm = chain.get(f"/pre.bin?n={n}", headers=fields)
+        assert (cold.status_code, warm.status_code) == (want, want), fields
+        if want == 412:
+            assert warm.json()["error"] == "precondition_failed"
+        assert nginx.count(f"/pre.bin?n={n}") == 1, fields  # the second came from the cache
+    assert {412, 200} <= {httpx.get(nginx.url + "/pre.bin", headers=f).status_code
+                          for f in cases}  # (the reference says both, so both were checked)
+    # Here nginx is not the reference: it answers 412 to both, where §13.1.4 says an invalid
+    # date is ignored, and so is If-Unmodified-Since next to an If-Match
+    for fields in ({"If-Unmodified-Since": "not a date"},
+                   {"If-Match": etag, "If-Unmodified-Since": older}):
+        r = chain.get("/pre.bin", headers=fields)
+        assert r.status_code == 200 and len(r.content) == 5000, fields
+
+
 def test_an_object_never_fresh_under_concurrent_requests_is_always_answered(
         foreign: ForeignOrigin, make_chain: MakeChain) -> None:
     """An answer that is stale at once (``max-age=0``, as ``python -m http.server``'s files

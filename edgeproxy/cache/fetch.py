@@ -184,16 +184,17 @@ class Fetcher:
         if beresp.status == 206:
             if beresp.body_start != flight.first * size:
                 raise UpstreamProtocolError("upstream answered a different range than asked")
-            end = beresp.body_start + (beresp.body_length or 0)
-            asked = (flight.last + 1) * size if flight.last is not None else beresp.length
-            if beresp.length is not None and beresp.body_length is not None and \
-                    end < min(beresp.length, asked or beresp.length):
-                # cut short (RFC 9110 §15.3.7): the rest is joined anew (`joins.join`)
-                flight.last = policy.last_whole_slice(beresp.body_start, end, beresp.length, size)
-                if flight.last is None:
-                    raise UpstreamProtocolError("upstream answered less than a slice")
-                for index in [i for i in flight.fills if i > flight.last]:
-                    self._discard(flight.fills.pop(index), FillAborted("not answered"))
+            if beresp.length is not None and beresp.body_length is not None:
+                end = beresp.body_start + beresp.body_length
+                asked = beresp.length if flight.last is None else \
+                    min(beresp.length, (flight.last + 1) * size)
+                if end < asked:  # cut short (RFC 9110 §15.3.7): the rest is joined anew
+                    last = policy.last_whole_slice(beresp.body_start, end, beresp.length, size)
+                    if last is None:
+                        raise UpstreamProtocolError("upstream answered less than a slice")
+                    flight.last = last
+                    for index in [i for i in flight.fills if i > last]:
+                        self._discard(flight.fills.pop(index), FillAborted("not answered"))
         elif flight.first > 0 and beresp.length is not None:
             # A whole body for a range request: take the slices before ours as well, as far
             # as the body goes: the range may start far past its end (ours was asked for a

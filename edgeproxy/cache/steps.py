@@ -166,10 +166,11 @@ async def miss(node: CacheNode, tx: Tx) -> Step:
                 node.coalescer.claims.held_elsewhere(req.key, index):
             node.metrics.collapsed.labels(node.tier).inc()
             meta = await node.coalescer.foreign_facts(req.key, index, 0.0)
-            if meta is not None:  # (another variant's facts: an answer of our own)
+            if meta is not None:
+                if not fields.selects(meta.vary, meta.vary_values, req.headers):
+                    return pass_  # another variant's facts: an answer of our own
                 tx.meta = meta
-                return hit if fields.selects(meta.vary, meta.vary_values, req.headers) \
-                    else pass_
+                return hit
         last = _last_slice(req, node.slice_size)
         spec = node.spec(req, first=index, last=last, whole=not req.ranges, stale=tx.stale,
                          known=tx.known)
