@@ -303,8 +303,11 @@ def precondition_failed(headers: dict[str, str], etag: str | None,
         if if_match.strip() == "*":
             return False
         return etag is None or etag.startswith("W/") or etag not in split_list(if_match)
-    since, modified = http_date(headers.get("if-unmodified-since")), http_date(last_modified)
-    return since is not None and modified is not None and modified > since
+    since = headers.get("if-unmodified-since")
+    if since is None:
+        return False
+    date, modified = http_date(since), http_date(last_modified)
+    return date is not None and modified is not None and modified > date
 
 
 def if_range_matches(if_range: str, etag: str | None, last_modified: str | None) -> bool:
