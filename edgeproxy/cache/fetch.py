@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import hmac
 import logging
 import time
 from collections.abc import Callable
@@ -24,18 +23,17 @@ from typing import Any
 from ..errors import (
     FillAborted,
     StorageFault,
-    UpstreamError,
     UpstreamProtocolError,
     UpstreamRefused,
 )
-from . import policy
+from . import policy, resume
 from .beresp import BeResp, from_upstream
 from .coalesce import Coalescer
+from .commits import Commits
 from .facts import Plan
 from .fills import SliceFill
 from .flight import Flight, FlightSpec
 from .landing import Landing
-from .meta import ObjectMeta
 from .store import CacheStore
 from .transport import BeReq, Transport, UpstreamResponse, upstream_error
 from .waits import shared
@@ -73,7 +71,8 @@ class Fetcher:
         self.down_until = 0.0
         self.down_reason = ""
         self._tasks: set[asyncio.Task[None]] = set()
-        self.landing = Landing(self._grow, self._complete)
+        self.commits = Commits(store, coalescer, on_integrity_failure)
+        self.landing = Landing(self._grow, self.commits.complete)
 
     def start(self, spec: FlightSpec, *, facts: bool, context: Any = None) -> Flight | None:
         """Start one flight for ``spec``'s slices not already stored or in flight.
@@ -132,7 +131,7 @@ class Fetcher:
             flight.meta = plan.meta
             flight.content_digest = beresp.content_digest
             if plan.kind != "store":
-                self._drop_fills(flight, None)
+                self.commits.drop_fills(flight, None)
                 flight.shareable = plan.kind == "not_modified"
                 if plan.kind == "direct":
                     flight.direct = resp
@@ -147,10 +146,26 @@ class Fetcher:
             flight.digest = plan.digest
             self._claim_body(flight, beresp, spec.slice_size)
             self._plan_fills(flight, beresp, plan, spec.slice_size)
-            self._vouching(flight, spec.slice_size)
+            self.commits.vouching(flight, spec.slice_size)
             flight.headers.set_result(beresp)
-            received = await self._pump(flight, resp, beresp, plan, spec.slice_size)
+            received = await self._pump(flight, resp, beresp, spec.slice_size)
             self.on_upstream(beresp.status, received)
+            for _ in range(resume.MAX_CONTINUATIONS):
+                span = resume.rest(flight, beresp, received, spec.slice_size)
+                if span is None:
+                    break
+                await resp.aclose()
+                resp, before = None, beresp
+                assert before.if_range is not None
+                resp = await self.transport.send(resume.bereq(spec, span, before.if_range))
+                beresp = from_upstream(resp, time.time())
+                resume.check(beresp, span, before)
+                resume.checks_for(flight, beresp, spec.slice_size)
+                received = await self._pump(flight, resp, beresp, spec.slice_size)
+                self.on_upstream(beresp.status, received)
+            if any(not f.done and f.error is None for f in flight.fills.values()):
+                raise FillAborted("upstream body ended early at byte "
+                                  f"{beresp.body_start + received}")
         except BaseException as exc:  # incl. cancellation: followers must hear of it
             err = upstream_error(exc)
             if isinstance(err, UpstreamRefused) and not flight.headers.done() \
@@ -160,7 +175,7 @@ class Fetcher:
             if not flight.headers.done():
                 flight.headers.set_exception(err)
                 flight.headers.exception()  # retrieved: every waiter may be gone
-            self._drop_fills(flight, err)
+            self.commits.drop_fills(flight, err)
             if isinstance(exc, asyncio.CancelledError):
                 raise
             if not isinstance(exc, TimeoutError):
@@ -190,11 +205,14 @@ class Fetcher:
                     min(beresp.length, (flight.last + 1) * size)
                 if end < asked:  # cut short (RFC 9110 §15.3.7): the rest is joined anew
                     last = policy.last_whole_slice(beresp.body_start, end, beresp.length, size)
+                    if last is None and beresp.if_range is None:
+                        raise UpstreamProtocolError("upstream answered less than a slice, "
+                                                    "with no validator to ask for the rest")
                     if last is None:
-                        raise UpstreamProtocolError("upstream answered less than a slice")
+                        last = flight.first  # finished by this flight (`resume`)
                     flight.last = last
                     for index in [i for i in flight.fills if i > last]:
-                        self._discard(flight.fills.pop(index), FillAborted("not answered"))
+                        self.commits.discard(flight.fills.pop(index), FillAborted("not answered"))
         elif flight.first > 0 and beresp.length is not None:
             # A whole body for a range request: take the slices before ours as well, as far
             # as the body goes: the range may start far past its end (ours was asked for a
@@ -231,7 +249,7 @@ class Fetcher:
         count = policy.slice_count(length, size) if length is not None else None
         for index, fill in list(flight.fills.items()):
             if count is not None and index >= count:
-                self._discard(fill, FillAborted("slice beyond the end of the object"))
+                self.commits.discard(fill, FillAborted("slice beyond the end of the object"))
                 del flight.fills[index]
                 continue
             if length is not None:
@@ -239,21 +257,9 @@ class Fetcher:
                 fill.expected = hi - lo + 1
                 fill.hold_last = flight.hasher is not None and index == last
                 if fill.expected == 0:
-                    self._complete(flight, fill)  # an empty body: nothing will arrive
+                    self.commits.complete(flight, fill)  # an empty body: nothing will arrive
 
-    def _vouching(self, flight: Flight, size: int) -> None:
-        """This flight fills every slice and stores none before its hash matches: say so in
-        the stored facts, so that readers here and in other workers need not hash again."""
-        meta = flight.meta
-        if flight.hasher is not None and flight.whole and flight.store_meta == "now" \
-                and meta is not None \
-                and meta.length is not None and flight.first == 0 \
-                and len(flight.fills) == policy.slice_count(meta.length, size):
-            flight.meta = meta.evolve(vouching=True)
-            with contextlib.suppress(StorageFault):  # readers then hash for themselves
-                self.store.set_meta(flight.key, flight.meta)
-
-    async def _pump(self, flight: Flight, resp: UpstreamResponse, beresp: BeResp, plan: Plan,
+    async def _pump(self, flight: Flight, resp: UpstreamResponse, beresp: BeResp,
                     size: int) -> int:
         received = 0
         unyielded = 0
@@ -274,10 +280,7 @@ class Fetcher:
         if beresp.length is None:
             self._end_unknown(flight, beresp, received, size)
         if flight.hasher is not None and received == beresp.body_length:
-            self._vouch(flight, size)
-        unfinished = [f for f in flight.fills.values() if not f.done and f.error is None]
-        if unfinished:
-            raise FillAborted(f"upstream body ended early at byte {received}")
+            self.commits.vouch(flight, size)
         return received
 
     def _grow(self, flight: Flight, index: int, size: int) -> SliceFill | None:
@@ -298,111 +301,10 @@ class Fetcher:
             last = self._grow(flight, 0, size)
         if last is not None and not last.done and last.error is None:
             last.expected = last.written
-            self._complete(flight, last)
+            self.commits.complete(flight, last)
         if flight.store_meta != "no" and flight.meta is not None and flight.version:
             meta = flight.meta.with_length(flight.length)
             flight.meta = meta
             if not any(f.discard for f in flight.fills.values()):
                 with contextlib.suppress(StorageFault):  # its slices then go unused
                     self.store.set_meta(flight.key, meta)
-
-    def _complete(self, flight: Flight, fill: SliceFill) -> None:
-        if flight.hasher is not None:
-            # Commits wait for the answer's digest (`_vouch`), the earlier slices too: one
-            # committed first would be served by hits before its bytes are known to be right,
-            # and would have to be taken back on a mismatch. Followers read the bytes meanwhile,
-            # but no answer's last byte goes out until its fills settle (`deliver.send_body`).
-            return
-        self._commit(flight, fill)
-
-    def _commit(self, flight: Flight, fill: SliceFill) -> None:
-        fill.finish()
-        # Commit and unregister in one synchronous step: a request that misses the fill in
-        # the registry finds the slice in the store.
-        if flight.version is not None and not fill.discard and not fill.unstorable:
-            data = fill.data()
-            try:
-                meta = flight.meta
-                if flight.whole and meta is not None:
-                    meta = meta.evolve(verified=True)  # the whole hash matched
-                if flight.store_meta == "with_body" and meta is not None \
-                        and fill.index == 0 and meta.length is not None:
-                    self.store.commit_object(flight.key, meta, fill.path, fill.written, data,
-                                             checksum=fill.sum.value())
-                else:
-                    self.store.commit_slice(flight.key, flight.version, fill.index, fill.path,
-                                            fill.written, data, checksum=fill.sum.value())
-                    self._unverify(flight, meta)
-            except Exception as exc:  # a storage fault: followers still get the bytes
-                log.error("could not commit slice %s/%d: %s", flight.key, fill.index, exc)
-                fill.keep_in_memory()  # the leader reads it there rather than fetch it again
-        else:
-            self._unlink(fill)
-        self.coalescer.release(fill)
-
-    def _unverify(self, flight: Flight, meta: ObjectMeta | None) -> None:
-        """A slice stored by Range was not checked against the whole hash: clear the object's
-        `verified` flag (a whole answer of it is then hashed as it is sent)."""
-        if meta is not None and flight.digest is not None and not flight.whole \
-                and flight.store_meta == "no" and meta.verified:
-            flight.meta = meta.evolve(verified=False, vouching=False)
-            self.store.set_meta(flight.key, flight.meta)
-
-    @staticmethod
-    def _unlink(fill: SliceFill) -> None:
-        if fill.on_disk:
-            fill.path.unlink(missing_ok=True)
-
-    def _vouch(self, flight: Flight, size: int) -> None:
-        """The answer's body is all in: check it against every SHA-256 it must have, then
-        release its held bytes and commit its slices.
-
-        On a mismatch nothing of the object stays stored, every fill of the answer fails (its
-        followers abort short of their end), and the failure is counted.
-        """
-        got = flight.hasher.hexdigest()
-        wrong = [want for want in flight.checks if not hmac.compare_digest(got, want)]
-        if wrong:
-            why = f"body SHA-256 {got[:16]}… does not match the expected {wrong[0][:16]}…"
-            self.store.purge(flight.key)  # (logged and counted by `on_integrity_failure`)
-            err = FillAborted(f"integrity check failed: {why}")
-            for fill in flight.fills.values():
-                fill.discard = True
-                if not fill.done:
-                    self._discard(fill, err)
-            whole = flight.whole and flight.digest in wrong
-            self.on_integrity_failure(flight.key, why, "body_hash" if whole else "content_digest")
-            return
-        meta = flight.meta
-        if flight.whole and flight.store_meta == "now" and meta is not None \
-                and meta.length is not None and all(
-                    i in flight.fills and not flight.fills[i].discard
-                    for i in range(policy.slice_count(meta.length, size))):
-            # Every slice of the object came from this body, which matched its hash. Say so
-            # before any slice is stored: a reader in another worker that found its slices
-            # stored and these facts not yet would cut its answer short before the last byte
-            # (`vouched_send`). The store makes this process's writes visible in order: a
-            # slice, inline or a file, enters the index in one transaction with what was
-            # written before it.
-            flight.meta = meta.evolve(verified=True)
-            with contextlib.suppress(StorageFault):
-                self.store.set_meta(flight.key, flight.meta)
-        for index in sorted(flight.fills):
-            fill = flight.fills[index]
-            if not fill.done and fill.error is None and fill.expected is not None \
-                    and fill.written >= fill.expected:
-                self._commit(flight, fill)
-
-    def _discard(self, fill: SliceFill, err: BaseException) -> None:
-        fill.fail(err)
-        self._unlink(fill)
-        self.coalescer.release(fill)
-
-    def _drop_fills(self, flight: Flight, err: UpstreamError | None) -> None:
-        for fill in flight.fills.values():
-            if not fill.done:
-                self._discard(fill, err or FillAborted("no body to fill"))
-        if err is not None and flight.whole:
-            # nothing was committed (`_complete`) but the facts: drop them, so the next
-            # request fetches the object whole again, hashed whole, not slice by slice
-            self.store.purge(flight.key)

@@ -1,0 +1,99 @@
+"""`resume`: what a flight asks for after a 206 that carried part of what it asked (RFC 9110
+§15.3.7), and which answers to that request it takes (§13.1.5 If-Range)."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from edgeproxy.cache import resume
+from edgeproxy.cache.beresp import BeResp
+from edgeproxy.cache.flight import Flight, FlightSpec
+from edgeproxy.errors import UpstreamProtocolError
+
+SIZE = 1000  # slice size
+LENGTH = 3500  # object length
+
+
+def beresp(status: int = 206, start: int = 0, body: int | None = 300, length: int | None = LENGTH,
+           etag: str | None = '"a"', last_modified: str | None = None) -> BeResp:
+    return BeResp(status=status, headers=[], length=length, body_length=body, etag=etag,
+                  last_modified=last_modified, content_type=None, request_time=0.0,
+                  response_time=0.0, body_start=start)
+
+
+def fill(done: bool = False, error: Exception | None = None) -> Any:
+    return SimpleNamespace(done=done, error=error, hold_last=False)
+
+
+async def flight(fills: dict[int, Any], version: str | None = '"a"') -> Flight:
+    f = Flight("/k", 0, 0)
+    f.fills = fills
+    f.version = version
+    return f
+
+
+@pytest.mark.parametrize(("answer", "received", "fills", "version", "want"), [
+    # a 206 of bytes 0-299 for slice 0 (0-999): the rest of the slice
+    (beresp(), 300, {0: fill()}, '"a"', (300, 999)),
+    # the open fill is the last, short slice: up to the object's end
+    (beresp(start=3000, body=200), 200, {3: fill()}, '"a"', (3200, 3499)),
+    # through the last open fill of the run
+    (beresp(), 300, {0: fill(), 1: fill()}, '"a"', (300, 1999)),
+    # every fill finished or failed: nothing to ask for
+    (beresp(), 300, {0: fill(done=True)}, '"a"', None),
+    (beresp(), 300, {0: fill(error=OSError())}, '"a"', None),
+    # the body ended short of what the 206 said: a broken answer, not a partial one
+    (beresp(), 200, {0: fill()}, '"a"', None),
+    # not a 206, or no length: nothing to continue
+    (beresp(status=200, body=LENGTH), 300, {0: fill()}, '"a"', None),
+    (beresp(length=None), 300, {0: fill()}, '"a"', None),
+    # no validator for If-Range (a weak ETag only), or another representation's flight
+    (beresp(etag='W/"a"'), 300, {0: fill()}, 'W/"a"', None),
+    (beresp(), 300, {0: fill()}, '"b"', None),
+    # Last-Modified with a known length is a validator too
+    (beresp(etag=None, last_modified="Tue, 01 Dec 2026 00:00:00 GMT"), 300, {0: fill()},
+     "3500|Tue, 01 Dec 2026 00:00:00 GMT", (300, 999)),
+])
+async def test_rest(answer: BeResp, received: int, fills: dict[int, Any], version: str,
+                    want: tuple[int, int] | None) -> None:
+    assert resume.rest(await flight(fills, version), answer, received, SIZE) == want
+
+
+def test_bereq_asks_for_the_span_if_the_representation_is_the_same() -> None:
+    spec = FlightSpec("/k", "/k?x=1", [(b"accept", b"*/*")], 0, 0, SIZE)
+    req = resume.bereq(spec, (300, 999), '"a"')
+    assert req.method == "GET" and req.target == "/k?x=1"
+    assert req.headers == [(b"accept", b"*/*"), (b"range", b"bytes=300-999"),
+                           (b"if-range", b'"a"')]
+
+
+@pytest.mark.parametrize(("answer", "ok"), [
+    (beresp(start=300, body=300), True),
+    # §13.1.5: a failed If-Range is answered 200, the whole of another version
+    (beresp(status=200, start=0, body=LENGTH, etag='"b"'), False),
+    (beresp(start=200, body=300), False),  # other bytes than asked
+    (beresp(start=300, body=300, length=4000), False),  # another length
+    (beresp(start=300, body=300, etag='"b"'), False),  # another representation
+    (beresp(start=300, body=0), False),  # nothing: no progress
+])
+def test_check(answer: BeResp, ok: bool) -> None:
+    if ok:
+        resume.check(answer, (300, 999), beresp())
+    else:
+        with pytest.raises(UpstreamProtocolError):
+            resume.check(answer, (300, 999), beresp())
+
+
+async def test_checks_for_hashes_each_answer_by_its_own_digest() -> None:
+    f = await flight({0: fill(), 1: fill()})
+    digest = "sha-256=:" + "A" * 43 + "=:"
+    answer = beresp(start=300, body=900)
+    answer.headers = [("content-digest", digest)]
+    resume.checks_for(f, answer, SIZE)
+    assert f.checks and f.hasher is not None and not f.whole
+    assert not f.fills[0].hold_last and f.fills[1].hold_last  # byte 1199 is in slice 1
+    resume.checks_for(f, beresp(start=300, body=900), SIZE)  # no digest: nothing to hold
+    assert f.checks == () and f.hasher is None and not f.fills[1].hold_last
