@@ -153,6 +153,14 @@ def selection(header: str | None, length: int) -> set[int] | None:
     return reference("bytes=" + ",".join(parts), length)
 
 
+def _asked(header: str | None, length: int) -> list[set[int]]:
+    """The offsets each range of a valid ``header`` selects, in the order asked."""
+    assert header is not None
+    rest = header.partition("=")[2]
+    parts = [p for p in (p.strip(" \t") for p in rest.split(",")) if p]
+    return [reference("bytes=" + p, length) or set() for p in parts]
+
+
 def _contiguous(offsets: set[int]) -> bool:
     return max(offsets) - min(offsets) + 1 == len(offsets)
 
@@ -201,10 +209,17 @@ def _check_blob(r: RawResponse, blob: bytes, request: FuzzRequest, head: bool) -
     assert r.status == 206 and chosen, (r.status, request.range)
     if r.headers["content-type"].startswith("multipart/byteranges"):
         got: set[int] = set()
+        asked = _asked(request.range, length)
+        places = []
         for (start, end), part in _parts(r):
             assert part == blob[start : end + 1]
             got |= set(range(start, end + 1))
+            # RFC 9110 §14.6: parts come in the order asked; a part that merges several
+            # ranges stands where the first of them was
+            places.append(min(i for i, offsets in enumerate(asked)
+                              if offsets & set(range(start, end + 1))))
         assert got == chosen or head
+        assert places == sorted(set(places)), (request.range, places)
         return
     m = re.fullmatch(r"bytes (\d+)-(\d+)/(\d+)", r.headers["content-range"])
     assert m and int(m.group(3)) == length, r.headers["content-range"]

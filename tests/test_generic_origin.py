@@ -464,6 +464,35 @@ def test_an_object_never_fresh_under_concurrent_requests_is_always_answered(
     assert not failures, failures[:5]
 
 
+def test_followers_in_other_workers_of_another_variant_get_their_own(
+        foreign: ForeignOrigin, make_chain: MakeChain) -> None:
+    """RFC 9111 §4.1, across workers: a request that finds a cold object being fetched by
+    another worker process waits for that fetch's facts, and must not take its answer when
+    the Vary'd field differs (`foreign_facts` then `fields.selects`). Two workers per node and
+    concurrent requests in both languages on each new object: every answer is its own."""
+    foreign.route("/lang", echo=True, delay=0.3,
+                  headers=[CACHEABLE, ("Vary", "Accept-Language")])
+    chain = make_chain(foreign.url, mode="process", workers=2)
+    failures: list[str] = []
+
+    def client(n: int, round_: int) -> None:
+        lang = ("de", "fr")[n % 2]
+        with httpx.Client(timeout=30) as http:
+            r = http.get(f"{chain.edge_url}/lang?round={round_}",
+                         headers={"Accept-Language": lang})
+            got = r.json().get("accept-language") if r.status_code == 200 else r.status_code
+            if got != lang:
+                failures.append(f"{lang}: {got} ({r.headers.get('x-cache')})")
+
+    for round_ in range(4):
+        threads = [threading.Thread(target=client, args=(n, round_)) for n in range(12)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    assert not failures, failures[:5]
+
+
 def test_whitespace_between_a_field_name_and_its_colon_is_removed(
         foreign: ForeignOrigin, foreign_chain: Chain) -> None:
     """RFC 9112 §5.1: a proxy MUST remove whitespace between a response field's name and
