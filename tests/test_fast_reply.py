@@ -486,3 +486,27 @@ def test_hits_the_lane_leaves_to_the_steps_come_from_memory_too(
                for a in answers)
     assert all(a.content == (b"" if how == "head" else BODY) for a in answers)
     assert reads == [] and kept == []
+
+
+def test_requests_taken_in_together_for_a_cold_key_read_the_index_once(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stampede's requests are taken in (their heads parsed, the lane asked) before any of
+    them starts the fill: each read the index twice, once in the lane and once in the steps'
+    lookup. The lane remembers a key it found absent for a moment: one read for all, and the
+    steps take that answer once (after which they lead or join the fill)."""
+    config = load_config(None, env={"EDGEPROXY_DATA_DIR": str(tmp_path / "var"),
+                                    "EDGEPROXY_EDGE__UPSTREAM": "http://127.0.0.1:9"})
+    found = fast_lane_of(node_app(config, "edge"))
+    assert found is not None
+    node: CacheNode = found[0]
+    reads: list[str] = []
+    get_meta = node.store.get_meta
+    monkeypatch.setattr(node.store, "get_meta", lambda key: reads.append(key) or get_meta(key))
+    for _ in range(10):
+        assert node.fast.hit("/v/t1/cold", [(b"host", b"x")]) is None
+        assert node.fast.hit("/v/t1/other-cold", []) is None
+    assert reads == ["/v/t1/cold", "/v/t1/other-cold"]
+    assert node.fast.not_stored("/v/t1/cold") and not node.fast.not_stored("/v/t1/cold")
+    assert node.fast.not_stored("/v/t1/other-cold")
+    node.fast.hit("/v/t1/cold", [])  # (the steps took the answer: the lane looks again)
+    assert reads == ["/v/t1/cold", "/v/t1/other-cold", "/v/t1/cold"]
