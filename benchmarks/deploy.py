@@ -8,6 +8,7 @@ anything but 127.0.0.1.
 from __future__ import annotations
 
 import os
+import platform
 import shutil
 import subprocess
 import textwrap
@@ -376,4 +377,23 @@ def tool_versions() -> dict[str, str]:
         "varnish": first_line(["varnishd", "-V"]),
         "wrk": first_line(["wrk", "-v"]),
         "cpus": str(os.cpu_count()),
+        "python": python_build(),
+        "cpu_speed": f"{cpu_calibration():.2f} s",
     }
+
+
+def python_build() -> str:
+    """The interpreter edgeproxy runs on (its speed: `cpu_calibration`)."""
+    return f"{platform.python_implementation()} {platform.python_version()}"
+
+
+def cpu_calibration() -> float:
+    """Seconds this interpreter takes for ten million additions in a loop: a yardstick for
+    the absolute figures (the sequential miss cost) across machines and interpreter builds
+    (the ratios need none). A plain source build of CPython 3.11, as pyenv makes by default,
+    took 0.72-0.80 s where the distribution's build of 3.11 took 0.48 s, on one machine."""
+    started = time.perf_counter()
+    total = 0
+    for i in range(10_000_000):
+        total += i
+    return time.perf_counter() - started

@@ -101,7 +101,8 @@ def markdown(results: dict[str, Any], verdicts: list[Verdict]) -> str:
         f"Run {meta['started']} · mode **{meta['mode']}** · commit `{meta['commit']}` · "
         f"{meta['versions']['cpus']} CPUs · {meta['versions']['nginx']} · "
         f"{meta['versions']['varnish']} · {meta['versions']['wrk']} · "
-        f"took {meta['elapsed_s'] / 60:.1f} min",
+        f"{meta['versions'].get('python', '?')}, 10M-addition loop "
+        f"{meta['versions'].get('cpu_speed', '?')} · took {meta['elapsed_s'] / 60:.1f} min",
         "",
         f"Everything on one machine over loopback, clients included. edgeproxy edge: "
         f"{meta['edge_workers']} uvicorn workers; nginx: 2 workers; Varnish: default thread "
