@@ -501,7 +501,12 @@ def test_requests_taken_in_together_for_a_cold_key_read_the_index_once(
     node: CacheNode = found[0]
     reads: list[str] = []
     get_meta = node.store.get_meta
-    monkeypatch.setattr(node.store, "get_meta", lambda key: reads.append(key) or get_meta(key))
+
+    def counted(key: str) -> Any:
+        reads.append(key)
+        return get_meta(key)
+
+    monkeypatch.setattr(node.store, "get_meta", counted)
     for _ in range(10):
         assert node.fast.hit("/v/t1/cold", [(b"host", b"x")]) is None
         assert node.fast.hit("/v/t1/other-cold", []) is None
