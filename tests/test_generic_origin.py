@@ -784,12 +784,16 @@ def test_an_object_changed_between_parts_of_a_slice_is_not_spliced(
         done.set()
 
     threading.Thread(target=fetch, daemon=True).start()
-    time.sleep(0.25)  # the first part is paused before its last 64 KiB
+    deadline = time.monotonic() + 10
+    while foreign.count("/moving") < 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.1)  # the first part is paused (0.5 s) before its last 64 KiB
     foreign.route("/moving", body=v2, headers=[CACHEABLE], range_cap=400_000, etag='"m2"')
     assert done.wait(30)
     r = got.get("r")
-    if r is not None:  # answered before any byte went out: an error, never the bytes
-        assert isinstance(r, httpx.Response) and r.status_code >= 500
+    if r is not None:  # whole: of one version only (or an error before any byte went out)
+        assert isinstance(r, httpx.Response)
+        assert r.status_code >= 500 or r.content in (v1[:1_000_000], v2[:1_000_000])
     else:
         assert isinstance(got["error"], httpx.RemoteProtocolError)  # cut short, not completed
     r = foreign_chain.get("/moving", headers={"Range": "bytes=0-999999"})
