@@ -765,6 +765,28 @@ def test_an_origin_sending_part_of_a_range_is_asked_for_the_rest(
     assert r.status_code == 200 and r.content == body
 
 
+def test_a_part_of_a_slice_that_dies_mid_body_stores_nothing_half_written(
+        foreign: ForeignOrigin, foreign_chain: Chain) -> None:
+    """The origin dies in the middle of the second part of a slice: the answer under way is
+    cut short (never completed), no part of the slice is stored, and once the origin is well
+    the same range is fetched again, whole and right."""
+    body = pattern(2 * MiB, seed=23)
+    foreign.route("/dies", body=body, headers=[CACHEABLE], range_cap=300_000, etag='"d1"',
+                  cut_at=450_000)
+    try:
+        r = foreign_chain.get("/dies", headers={"Range": "bytes=0-999999"})
+        assert r.status_code >= 500, r.status_code  # no byte went out yet: an error
+    except httpx.RemoteProtocolError:
+        pass  # cut short after its head
+    dead = foreign.count("/dies")
+    foreign.route("/dies", body=body, headers=[CACHEABLE], range_cap=300_000, etag='"d1"')
+    for verdict in ("MISS", "HIT"):
+        r = foreign_chain.get("/dies", headers={"Range": "bytes=0-999999"})
+        assert r.status_code == 206 and r.content == body[:1_000_000]
+        assert r.headers["x-cache"].startswith(verdict), r.headers["x-cache"]
+    assert foreign.count("/dies") - dead >= 4  # slice 0 asked for anew, in 300,000-byte parts
+
+
 def test_an_object_changed_between_parts_of_a_slice_is_not_spliced(
         foreign: ForeignOrigin, foreign_chain: Chain) -> None:
     """The rest of a slice is asked for with If-Range: an object changed meanwhile answers

@@ -64,10 +64,15 @@ async def test_rest(answer: BeResp, received: int, fills: dict[int, Any], versio
 
 def test_bereq_asks_for_the_span_if_the_representation_is_the_same() -> None:
     spec = FlightSpec("/k", "/k?x=1", [(b"accept", b"*/*")], 0, 0, SIZE)
-    req = resume.bereq(spec, (300, 999), '"a"')
+    req = resume.bereq(spec, (300, 999), beresp())
     assert req.method == "GET" and req.target == "/k?x=1"
     assert req.headers == [(b"accept", b"*/*"), (b"range", b"bytes=300-999"),
                            (b"if-range", b'"a"')]
+    dated = resume.bereq(spec, (300, 999), beresp(etag='W/"a"', last_modified="Tue, 01 Dec "
+                                                  "2026 00:00:00 GMT"))
+    assert dated.headers[-1] == (b"if-range", b"Tue, 01 Dec 2026 00:00:00 GMT")
+    with pytest.raises(UpstreamProtocolError):  # nothing ties a next answer to this one
+        resume.bereq(spec, (300, 999), beresp(etag='W/"a"'))
 
 
 @pytest.mark.parametrize(("answer", "ok"), [

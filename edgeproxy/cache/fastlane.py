@@ -148,8 +148,9 @@ class FastLane:
         """Whether the lane has just found ``key`` nowhere in the index (once: the steps
         take the answer, and lead or join the fill from then on). A fill committed in
         between costs one more upstream request, never a byte."""
-        seen = self._absent.pop(key, None)
-        return seen is not None and time.monotonic() - seen < ABSENT_FOR
+        absent = self._known_absent(key)
+        self._absent.pop(key, None)
+        return absent
 
     def _known_absent(self, key: str) -> bool:
         seen = self._absent.get(key)

@@ -156,8 +156,7 @@ class Fetcher:
                     break
                 await resp.aclose()
                 resp, before = None, beresp
-                assert before.if_range is not None
-                resp = await self.transport.send(resume.bereq(spec, span, before.if_range))
+                resp = await self.transport.send(resume.bereq(spec, span, before))
                 beresp = from_upstream(resp, time.time())
                 resume.check(beresp, span, before)
                 resume.checks_for(flight, beresp, spec.slice_size)

@@ -39,8 +39,12 @@ def rest(flight: Flight, beresp: BeResp, received: int, size: int) -> tuple[int,
     return (first, last) if first <= last else None
 
 
-def bereq(spec: FlightSpec, span: tuple[int, int], validator: str) -> BeReq:
-    """The request for the bytes of ``span``, if the representation is still ``validator``'s."""
+def bereq(spec: FlightSpec, span: tuple[int, int], before: BeResp) -> BeReq:
+    """The request for the bytes of ``span``, if the representation is still ``before``'s
+    (a ``span`` from `rest`, which asks for none without a validator)."""
+    validator = before.if_range
+    if validator is None:
+        raise UpstreamProtocolError("no validator to ask for the rest of a range with")
     headers = [*spec.headers, (b"range", f"bytes={span[0]}-{span[1]}".encode()),
                (b"if-range", validator.encode("latin-1"))]
     return BeReq("GET", spec.target, headers, spec.key)
