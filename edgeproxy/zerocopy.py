@@ -15,17 +15,21 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from .cache.slicefiles import FilePiece
 from .cache.types import INFORMATIONAL, ZEROCOPY, Message
 from .errors import FillAborted
 
+# Bytes of one file to send: its descriptor, where they start, how many, and the check that
+# the file is still as it was found (asked before each ``sendfile``), if any.
+Segment = tuple[int, int, int, "Callable[[], bool] | None"]
+
 _REASONS = {100: b"Continue", 102: b"Processing", 103: b"Early Hints"}
 
-__all__ = ["ZEROCOPY", "ZeroCopySend", "send_file", "send_now", "send_rest", "socket_fd",
-           "write_piece"]
+__all__ = ["ZEROCOPY", "Segment", "ZeroCopySend", "send_file", "send_files", "send_now",
+           "send_rest", "socket_fd", "write_piece"]
 
 
 def socket_fd(transport: Any) -> int | None:
@@ -51,21 +55,29 @@ def send_now(transport: Any, fd: int, offset: int, count: int) -> int:
 
 
 def write_piece(transport: Any, head: bytes, piece: FilePiece) -> int:
-    """Write ``head``, then ``piece`` of its file by ``sendfile`` as far as the socket takes it
-    at once, once the file is found unchanged (else the answer is aborted short); the bytes
-    still to send (by `send_rest`). When none are left, the piece is closed.
+    """Write ``head``, then ``piece`` of its file (and the pieces that follow it) by
+    ``sendfile`` as far as the socket takes them at once, each once its file is found
+    unchanged (else the answer is aborted short); the bytes still to send (by `send_rest`).
+    When none are left, the pieces are closed.
 
     The rest is not read into memory to go out with the rest of the answer: a client that
     reads slowly, with pipelined requests, then held a slice's worth of the edge's memory
     per answer (48 stalled readers grew an edge by 54 MiB)."""
+    rest = len(piece)
     try:
         transport.write(head)
-        if not piece.unchanged():
-            transport.abort()
-        else:
-            sent = send_now(transport, piece.fileno(), piece.offset, piece.length)
-            if sent < piece.length:
-                return piece.length - sent
+        for part in (piece, *piece.then):
+            if isinstance(part, bytes):
+                transport.write(part)  # (in order: a sendfile waits for the buffer to drain)
+                rest -= len(part)
+                continue
+            if not part.unchanged():
+                transport.abort()
+                break
+            sent = send_now(transport, part.fileno(), part.offset, part.length)
+            rest -= sent
+            if sent < part.length:
+                return rest
     except BaseException:
         piece.close()
         raise
@@ -74,12 +86,28 @@ def write_piece(transport: Any, head: bytes, piece: FilePiece) -> int:
 
 
 async def send_rest(transport: Any, piece: FilePiece, rest: int, timeout: float) -> bool:
-    """Send the last ``rest`` bytes of a piece `write_piece` began, as the socket drains;
+    """Send the last ``rest`` bytes of the pieces `write_piece` began, as the socket drains;
     False if the connection went away (or took no byte for ``timeout`` seconds). A file
-    found changed raises `FillAborted` (`send_file`). The piece is closed."""
+    found changed raises `FillAborted` (`send_file`). The pieces are closed."""
     try:
-        return await send_file(transport, piece.fileno(), piece.offset + piece.length - rest,
-                               rest, timeout, piece.unchanged)
+        skip = len(piece) - rest  # bytes gone already
+        files: list[Segment] = []  # file pieces in a row go out in one `send_files`
+        for part in (piece, *piece.then):
+            size = len(part) if isinstance(part, bytes) else part.length  # (its own bytes)
+            if skip >= size:
+                skip -= size
+                continue
+            if not isinstance(part, bytes):
+                files.append((part.fileno(), part.offset + skip, size - skip, part.unchanged))
+            else:
+                if files and not await send_files(transport, files, timeout):
+                    return False
+                files = []
+                if transport.is_closing():
+                    return False
+                transport.write(part[skip:])
+            skip = 0
+        return not files or await send_files(transport, files, timeout)
     finally:
         piece.close()
 
@@ -120,6 +148,12 @@ async def send_file(transport: Any, fd: int, offset: int, count: int, timeout: f
     socket page-cache pages, read when the peer takes them, so a write after the last call
     reaches the wire either way. Stored files are never written in place; such a write is
     a fault the next reader's check and the scrubber find.)"""
+    return await send_files(transport, ((fd, offset, count, unchanged),), timeout)
+
+
+async def send_files(transport: Any, segments: Iterable[Segment], timeout: float) -> bool:
+    """`send_file` for several files' bytes in a row (the slices of one answer), on one
+    duplicate of the socket's descriptor."""
     loop = asyncio.get_running_loop()
     while transport.get_write_buffer_size():  # earlier bytes first
         sock = socket_fd(transport)
@@ -141,27 +175,28 @@ async def send_file(transport: Any, fd: int, offset: int, count: int, timeout: f
     # closed there must not be reused under this send
     dup = os.dup(sock)
     try:
-        while count > 0:
-            if unchanged is not None and not unchanged():
-                raise FillAborted("a stored file was written to while it was sent")
-            try:
-                sent = os.sendfile(dup, fd, offset, count)
-            except BlockingIOError:
+        for fd, offset, count, unchanged in segments:
+            while count > 0:
+                if unchanged is not None and not unchanged():
+                    raise FillAborted("a stored file was written to while it was sent")
                 try:
-                    await _writable(loop, dup, timeout)
-                except TimeoutError:
+                    sent = os.sendfile(dup, fd, offset, count)
+                except BlockingIOError:
+                    try:
+                        await _writable(loop, dup, timeout)
+                    except TimeoutError:
+                        transport.abort()
+                        return False
+                    if transport.is_closing():
+                        return False
+                    continue
+                except OSError:  # reset, broken pipe: the client is gone
                     transport.abort()
                     return False
-                if transport.is_closing():
-                    return False
-                continue
-            except OSError:  # reset, broken pipe: the client is gone
-                transport.abort()
-                return False
-            if sent == 0:
-                raise EOFError(f"the file ended {count} bytes short")
-            offset += sent
-            count -= sent
+                if sent == 0:
+                    raise EOFError(f"the file ended {count} bytes short")
+                offset += sent
+                count -= sent
     finally:
         os.close(dup)
     return True

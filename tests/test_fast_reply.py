@@ -515,3 +515,70 @@ def test_requests_taken_in_together_for_a_cold_key_read_the_index_once(
     assert node.fast.not_stored("/v/t1/other-cold")
     node.fast.hit("/v/t1/cold", [])  # (the steps took the answer: the lane looks again)
     assert reads == ["/v/t1/cold", "/v/t1/other-cold", "/v/t1/cold"]
+
+
+def _slow_read(url: str, payload: bytes, want: int, timeout: float = 20) -> bytes:
+    """Send ``payload`` on a connection with a small receive buffer and read ``want`` bytes
+    in small steps with pauses, so the server's socket fills and its sends must wait."""
+    host, port = url.removeprefix("http://").split(":")
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+    sock.settimeout(timeout)
+    with sock:
+        sock.connect((host, int(port)))
+        sock.sendall(payload)
+        data = bytearray()
+        while len(data) < want:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+            if len(data) < 256 * 1024:
+                time.sleep(0.002)  # slow at first: the answer's rest waits for room
+        return bytes(data)
+
+
+def test_a_whole_object_of_several_stored_slices_goes_from_their_files(
+        edge: ServerThread, monkeypatch: pytest.MonkeyPatch) -> None:
+    served = _counting(monkeypatch)
+    with httpx.Client(base_url=edge.url) as client:
+        assert client.get("/static/large.bin").headers["x-cache"].startswith("MISS")
+        served.clear()
+        fast = client.get("/static/large.bin")
+        assert served == [200]  # three slices, from their files
+        steps = client.get("/static/large.bin",
+                           headers={"if-modified-since": "Thu, 01 Jan 1970 00:00:00 GMT"})
+    assert served == [200] and steps.status_code == 200 and steps.content == LARGE
+    assert fast.status_code == 200 and fast.content == LARGE
+    assert int(fast.headers["content-length"]) == len(LARGE)
+    same = {n.lower(): v for n, v in steps.headers.items() if n.lower() not in ("age", "date")}
+    assert {n.lower(): v for n, v in fast.headers.items()
+            if n.lower() not in ("age", "date")} == same
+    # pipelined, read slowly: each answer's slices go out in order as the socket drains
+    head = b"GET /static/large.bin HTTP/1.1\r\nhost: x\r\n\r\n"
+    served.clear()
+    data = _slow_read(edge.url, head * 2, 2 * len(LARGE) + 2 * 1024)
+    assert served == [200, 200]
+    answers = data.split(b"HTTP/1.1 200 OK\r\n")[1:]
+    assert len(answers) == 2
+    for answer in answers:
+        assert answer.partition(b"\r\n\r\n")[2] == LARGE
+
+
+def test_a_flipped_later_slice_keeps_a_whole_object_off_the_fast_lane(
+        edge: ServerThread, monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+        origin: tuple[TestOrigin, ServerThread]) -> None:
+    served = _counting(monkeypatch)
+    with httpx.Client(base_url=edge.url) as client:
+        assert client.get("/static/large.bin").content == LARGE
+        path = _stored_file(tmp_path, LARGE[MIB:2 * MIB])  # slice 1 (slice 2 is inline)
+        with path.open("r+b") as f:  # one bit of its byte 1000
+            f.seek(1000)
+            byte = f.read(1)[0]
+            f.seek(1000)
+            f.write(bytes([byte ^ 1]))
+        served.clear()
+        again = client.get("/static/large.bin")
+    assert again.status_code == 200 and again.content == LARGE
+    assert served == []  # the steps fetched the flipped slice again
+    assert origin[0].count("/static/large.bin") >= 2

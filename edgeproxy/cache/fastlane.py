@@ -1,21 +1,20 @@
-"""The fast lane: fresh hits answered before the steps, from memory or one stored slice.
+"""The fast lane: fresh hits answered before the steps, from memory or stored slices.
 
 A GET with no validator or credential for a fresh object in the memory tier (whole, or one
-byte range of it), for one range inside one stored slice, or for the whole of an object stored
-as one slice (up to 1 MiB, its SHA-256 checked already), needs none of the pipeline's
-decisions: its answer is the stored fields, the clock's Age and Date, and bytes at hand (a
-stored slice is read and checked as the steps read it; facts the worker does not remember are
-read from the index and remembered, as `steps.lookup` does; a small object read whole is kept
-in memory, as the steps keep it; a slice ranges ask for again is kept in memory too). The
-server protocol asks `reply` as it parses a request head and writes the answer in one go;
-under any other ASGI server `serve` sends it. Anything else returns None and goes through the
-steps.
+byte range of it), for one range inside one stored slice, or for the whole of a stored object
+(one slice up to 1 MiB, or up to `lanebodies.PIECES_MAX` slices sent from their files; its
+SHA-256 checked already), needs none of the pipeline's decisions: its answer is the stored
+fields, the clock's Age and Date, and bytes at hand (a stored slice is read and checked as the
+steps read it; facts the worker does not remember are read from the index and remembered, as
+`steps.lookup` does; a small object read whole is kept in memory, as the steps keep it; a
+slice ranges ask for again is kept in memory too). The server protocol asks `reply` as it
+parses a request head and writes the answer in one go; under any other ASGI server `serve`
+sends it. Anything else returns None and goes through the steps.
 """
 
 from __future__ import annotations
 
 import functools
-import os
 import time
 from collections import OrderedDict
 from collections.abc import Iterable
@@ -24,6 +23,7 @@ from typing import TYPE_CHECKING, NamedTuple
 from ..http import ByteRange, RangeNotSatisfiable, format_http_date, parse_range, resolve_ranges
 from .fields import content_digest
 from .hot import HotEntry, SliceId, field_lines
+from .lanebodies import read_slice, whole_pieces
 from .meta import ObjectMeta
 from .policy import expected_sha256
 from .slicefiles import FilePiece
@@ -56,7 +56,7 @@ _STATUS_LINES = {200: b"HTTP/1.1 200 OK\r\n", 206: b"HTTP/1.1 206 Partial Conten
 # the popular ones' (it did when the memo was emptied whenever full).
 _MEMO_SIZE = 4096
 _RANGES_SIZE = 1024  # kept ranges (~1 KB each)
-WHOLE_MAX = 1024 * 1024  # larger whole answers stream from the steps, paced by the client
+WHOLE_MAX = 1024 * 1024  # a larger one-slice answer streams from the steps
 ABSENT_FOR = 0.02  # seconds a "not stored" the lane found stands for the steps' lookup
 _ABSENT_SIZE = 1024  # keys found absent remembered at most (the oldest go first)
 _GATHER = 16384  # bodies from this size on are written beside the head, not copied after it
@@ -225,7 +225,8 @@ class FastLane:
                       for n, v in self.node.stored_headers(meta)]
             whole: Fields = []
             complete = False
-            if meta.length is not None and meta.length <= min(meta.slice_size, WHOLE_MAX) \
+            if meta.length is not None and (meta.length <= min(meta.slice_size, WHOLE_MAX)
+                                            or meta.length > meta.slice_size) \
                     and self.node.whole_body_digest(key, meta) is None:
                 complete = True
                 whole.append((b"content-length", str(meta.length).encode()))
@@ -269,7 +270,13 @@ class FastLane:
         fixed = self._fields(key, meta)
         if isinstance(found, bool):
             if not fixed.whole:
-                return None  # several slices, or a hash to check: the steps
+                return None  # a hash to check: the steps
+            if meta.length > meta.slice_size:  # several slices: each from its file
+                pieces = whole_pieces(self.node, key, meta) if files else None
+                if pieces is None:
+                    return None
+                return Hit(meta, 200, fixed.lines + fixed.whole_lines,
+                           self._moment(meta, fixed.dated, now), pieces)
             start, length, index, status = 0, meta.length, 0, 200
             ranged: Fields = []
         else:
@@ -286,7 +293,7 @@ class FastLane:
         piece = length >= ZEROCOPY_MIN and not self.node.hot.accepts(length)
         if piece and not files:
             return None
-        data = self._read(key, meta, index, offset, length, piece)
+        data = read_slice(self.node, key, meta, index, offset, length, piece)
         if data is None:
             return None
         if isinstance(data, FilePiece):
@@ -319,40 +326,6 @@ class FastLane:
     def _range_hit(self, kept: _KeptRange, data: bytes | memoryview, now: float) -> Hit:
         return Hit(kept.meta, 206, kept.lines,
                    self._moment(kept.meta, kept.dated, now), data)
-
-    def _read(self, key: str, meta: ObjectMeta, index: int, offset: int, length: int,
-              piece: bool = False) -> bytes | memoryview | FilePiece | None:
-        """``length`` bytes at ``offset`` of a slice: from memory, or read and checked from
-        the store (a file slice asked for twice lately is then kept in memory; ``piece``: a
-        checked file is handed over unread); None when it is not stored or not as it should
-        be (the steps then fetch or check it again)."""
-        hot, sid = self.node.hot, (key, meta.version, index)
-        kept = hot.slice(sid)
-        if kept is not None:
-            view = memoryview(kept)[offset:offset + length]  # no copy of a large range
-            return view if len(view) == length else None
-        stored = self.node.store.get_slice(key, meta.version, index)
-        if stored is None:
-            return None  # missing: the steps fetch it
-        if isinstance(stored, bytes):
-            data = stored[offset:offset + length]
-        elif piece:
-            if os.fstat(stored.fileno()).st_size >= offset + length:
-                return FilePiece(stored, offset, length)
-            stored.close()
-            return None
-        else:
-            with stored:
-                fd = stored.fileno()
-                size = os.fstat(fd).st_size
-                whole = length < (meta.length or 0) and hot.wants_slice(sid, size)
-                data = os.pread(fd, size if whole else length, 0 if whole else offset)
-                if not stored.unchanged():
-                    return None  # written to while read: the steps check it again
-            if whole:
-                hot.put_slice(sid, data)
-                data = data[offset:offset + length]
-        return data if len(data) == length else None
 
     def reply(self, path: str, headers: Iterable[tuple[bytes, bytes]], started: float,
               extra: Fields, files: bool = False,

@@ -75,6 +75,11 @@ class SliceFile:
         """The descriptor (read it with ``os.pread``)."""
         return self._kept.fd
 
+    @property
+    def size(self) -> int:
+        """The file's size when its checksum was found to match (no system call)."""
+        return self._state[2]
+
     def unchanged(self) -> bool:
         """Whether the file is as it was when its checksum was found to match (one
         ``fstat``): a sender asks before its last byte, so a file written to while it was
@@ -99,17 +104,23 @@ class SliceFile:
 
 class FilePiece:
     """Bytes of an open slice file for a server to send itself (``sendfile``), not read
-    into memory: the file, where they start, how many; it is closed once they are sent."""
+    into memory: the file, where they start, how many, and what follows them in the same
+    answer (the other slices of a whole object: pieces of files, or a small slice's bytes);
+    all are closed once sent."""
 
-    __slots__ = ("file", "length", "offset")
+    __slots__ = ("_total", "file", "length", "offset", "then")
 
-    def __init__(self, file: SliceFile, offset: int, length: int) -> None:
+    def __init__(self, file: SliceFile, offset: int, length: int,
+                 then: tuple[FilePiece | bytes, ...] = ()) -> None:
         self.file = file
         self.offset = offset
-        self.length = length
+        self.length = length  # this piece's own bytes
+        self.then = then
+        self._total = length + sum(len(part) for part in then)
 
     def __len__(self) -> int:
-        return self.length
+        """The bytes of this piece and of those that follow it."""
+        return self._total
 
     def fileno(self) -> int:
         """The descriptor (the file's, shared with other readers: use ``os.pread``)."""
@@ -120,8 +131,11 @@ class FilePiece:
         return self.file.unchanged()
 
     def close(self) -> None:
-        """This piece is done with."""
+        """This piece, and those that follow it, are done with."""
         self.file.close()
+        for part in self.then:
+            if isinstance(part, FilePiece):
+                part.file.close()
 
 
 class SliceFiles:

@@ -1,0 +1,84 @@
+"""The bodies of fast-lane answers read from stored slices: a range of one slice (from
+memory, or read and checked from its file), or the whole of an object as pieces of its
+slices' files for the server to send itself."""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING
+
+from .meta import ObjectMeta
+from .slicefiles import FilePiece
+
+if TYPE_CHECKING:
+    from .node import CacheNode
+
+# Whole answers of up to this many slices go from their files in one go (opened and checked
+# before the head goes out); larger objects stream from the steps, slice after slice.
+PIECES_MAX = 32
+
+
+def read_slice(node: CacheNode, key: str, meta: ObjectMeta, index: int, offset: int,
+               length: int, piece: bool = False) -> bytes | memoryview | FilePiece | None:
+    """``length`` bytes at ``offset`` of a slice: from memory, or read and checked from
+    the store (a file slice asked for twice lately is then kept in memory; ``piece``: a
+    checked file is handed over unread); None when it is not stored or not as it should
+    be (the steps then fetch or check it again)."""
+    hot, sid = node.hot, (key, meta.version, index)
+    kept = hot.slice(sid)
+    if kept is not None:
+        view = memoryview(kept)[offset:offset + length]  # no copy of a large range
+        return view if len(view) == length else None
+    stored = node.store.get_slice(key, meta.version, index)
+    if stored is None:
+        return None  # missing: the steps fetch it
+    if isinstance(stored, bytes):
+        data = stored[offset:offset + length]
+    elif piece:
+        if stored.size >= offset + length:  # (as its check found it: no system call)
+            return FilePiece(stored, offset, length)
+        stored.close()
+        return None
+    else:
+        with stored:
+            fd = stored.fileno()
+            size = stored.size
+            whole = length < (meta.length or 0) and hot.wants_slice(sid, size)
+            data = os.pread(fd, size if whole else length, 0 if whole else offset)
+            if not stored.unchanged():
+                return None  # written to while read: the steps check it again
+        if whole:
+            hot.put_slice(sid, data)
+            data = data[offset:offset + length]
+    return data if len(data) == length else None
+
+def whole_pieces(node: CacheNode, key: str, meta: ObjectMeta) -> FilePiece | None:
+    """Every slice of a whole object, as pieces of their files (a small one as its
+    bytes), each checked as the steps check a stored slice (`Store.get_slice`); None
+    when one is not stored whole (being fetched, evicted), or there are too many to
+    open at once (the steps then send them one after another)."""
+    assert meta.length is not None
+    size = meta.slice_size
+    if meta.length > size * PIECES_MAX:
+        return None
+    parts: list[FilePiece | bytes] = []
+    for index in range(-(-meta.length // size)):
+        length = min(size, meta.length - index * size)
+        stored = node.store.get_slice(key, meta.version, index)
+        part: FilePiece | bytes | None = None
+        if isinstance(stored, bytes):
+            part = stored if len(stored) == length else None
+        elif stored is not None:
+            part = FilePiece(stored, 0, length)
+            if stored.size < length:
+                part.close()
+                part = None
+        if part is None or (index == 0 and isinstance(part, bytes)):
+            for done in parts:  # (a large object's first slice is never inline)
+                if isinstance(done, FilePiece):
+                    done.close()
+            return None
+        parts.append(part)
+    first = parts[0]
+    assert isinstance(first, FilePiece)
+    return FilePiece(first.file, 0, first.length, tuple(parts[1:]))
