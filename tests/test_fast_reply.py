@@ -582,3 +582,25 @@ def test_a_flipped_later_slice_keeps_a_whole_object_off_the_fast_lane(
     assert again.status_code == 200 and again.content == LARGE
     assert served == []  # the steps fetched the flipped slice again
     assert origin[0].count("/static/large.bin") >= 2
+
+
+@pytest.mark.parametrize("first,last", [(0, None), (1000, 2_100_000), (MIB - 5, 2 * MIB + 5)])
+def test_a_large_range_across_stored_slices_goes_from_their_files(
+        edge: ServerThread, monkeypatch: pytest.MonkeyPatch, first: int,
+        last: int | None) -> None:
+    served = _counting(monkeypatch)
+    asked = {"range": f"bytes={first}-{'' if last is None else last}"}  # "bytes=0-": a player's
+    end = len(LARGE) - 1 if last is None else last
+    with httpx.Client(base_url=edge.url) as client:
+        assert client.get("/static/large.bin").content == LARGE  # stored: 2 files, 1 inline
+        served.clear()
+        fast = client.get("/static/large.bin", headers=asked)
+        assert served == [206]
+        steps = client.get("/static/large.bin", headers={
+            **asked, "if-modified-since": "Thu, 01 Jan 1970 00:00:00 GMT"})
+    assert served == [206] and steps.status_code == 206
+    assert fast.status_code == 206 and fast.content == steps.content == LARGE[first:end + 1]
+    assert fast.headers["content-range"] == f"bytes {first}-{end}/{len(LARGE)}"
+    same = {n.lower(): v for n, v in steps.headers.items() if n.lower() not in ("age", "date")}
+    assert {n.lower(): v for n, v in fast.headers.items()
+            if n.lower() not in ("age", "date")} == same

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, NamedTuple
 from ..http import ByteRange, RangeNotSatisfiable, format_http_date, parse_range, resolve_ranges
 from .fields import content_digest
 from .hot import HotEntry, SliceId, field_lines
-from .lanebodies import read_slice, whole_pieces
+from .lanebodies import file_pieces, read_slice
 from .meta import ObjectMeta
 from .policy import expected_sha256
 from .slicefiles import FilePiece
@@ -245,9 +245,10 @@ class FastLane:
 
     def _stored_range(self, key: str, range_value: bytes | None, now: float,
                       files: bool = False) -> Hit | None:
-        """An object whose facts are remembered, from one stored slice, read and checked
-        like the steps read it: one range within one slice (a video seek, a late range of a
-        large blob), or the whole of an object of one slice whose bytes need no hashing."""
+        """An object whose facts are remembered, from its stored slices, read and checked
+        like the steps read them: one range within one slice (a video seek, a late range of
+        a large blob), a large range or the whole object from the slices' files, or the whole
+        of an object of one slice; a whole answer only where its bytes need no hashing."""
         meta = self.node.hot.facts(key, now)
         if meta is None:
             if self.node.coalescer.cold(key) or self._known_absent(key):
@@ -272,7 +273,8 @@ class FastLane:
             if not fixed.whole:
                 return None  # a hash to check: the steps
             if meta.length > meta.slice_size:  # several slices: each from its file
-                pieces = whole_pieces(self.node, key, meta) if files else None
+                pieces = file_pieces(self.node, key, meta, 0, meta.length - 1) \
+                    if files else None
                 if pieces is None:
                     return None
                 return Hit(meta, 200, fixed.lines + fixed.whole_lines,
@@ -282,9 +284,15 @@ class FastLane:
         else:
             rng, content_range, content_length = found
             start, length, index, status = rng.start, rng.length, rng.start // meta.slice_size, 206
-            if index != rng.end // meta.slice_size:
-                return None  # several slices: the steps
             ranged = [(b"content-range", content_range), (b"content-length", content_length)]
+            if index != rng.end // meta.slice_size:  # several slices (a player's "bytes=0-")
+                # a large range from their files; a small one through the steps
+                pieces = file_pieces(self.node, key, meta, rng.start, rng.end) \
+                    if files and length >= ZEROCOPY_MIN else None
+                if pieces is None:
+                    return None
+                return Hit(meta, 206, fixed.lines + field_lines(ranged),
+                           self._moment(meta, fixed.dated, now), pieces)
         offset = start - index * meta.slice_size
         # A large body (whole, or a range) that memory will not keep goes from its file to
         # the socket, or through the steps, which send it as the client takes it: read whole

@@ -52,33 +52,36 @@ def read_slice(node: CacheNode, key: str, meta: ObjectMeta, index: int, offset: 
             data = data[offset:offset + length]
     return data if len(data) == length else None
 
-def whole_pieces(node: CacheNode, key: str, meta: ObjectMeta) -> FilePiece | None:
-    """Every slice of a whole object, as pieces of their files (a small one as its
-    bytes), each checked as the steps check a stored slice (`Store.get_slice`); None
-    when one is not stored whole (being fetched, evicted), or there are too many to
+def file_pieces(node: CacheNode, key: str, meta: ObjectMeta, first: int, last: int,
+                ) -> FilePiece | None:
+    """Bytes ``first..last`` of a stored object as pieces of its slices' files (a small
+    slice's as its bytes), each slice checked as the steps check one (`Store.get_slice`);
+    None when one is not stored whole (being fetched, evicted), or there are too many to
     open at once (the steps then send them one after another)."""
     assert meta.length is not None
     size = meta.slice_size
-    if meta.length > size * PIECES_MAX:
+    low, high = first // size, last // size
+    if high - low >= PIECES_MAX:
         return None
     parts: list[FilePiece | bytes] = []
-    for index in range(-(-meta.length // size)):
-        length = min(size, meta.length - index * size)
+    for index in range(low, high + 1):
+        start = first - index * size if index == low else 0
+        end = last - index * size if index == high else size - 1
         stored = node.store.get_slice(key, meta.version, index)
         part: FilePiece | bytes | None = None
         if isinstance(stored, bytes):
-            part = stored if len(stored) == length else None
+            part = stored[start:end + 1] if len(stored) > end else None
         elif stored is not None:
-            part = FilePiece(stored, 0, length)
-            if stored.size < length:
+            part = FilePiece(stored, start, end + 1 - start)
+            if stored.size <= end:
                 part.close()
                 part = None
-        if part is None or (index == 0 and isinstance(part, bytes)):
-            for done in parts:  # (a large object's first slice is never inline)
+        if part is None or (index == low and isinstance(part, bytes)):
+            for done in parts:  # (a large range's first slice is never inline)
                 if isinstance(done, FilePiece):
                     done.close()
             return None
         parts.append(part)
-    first = parts[0]
-    assert isinstance(first, FilePiece)
-    return FilePiece(first.file, 0, first.length, tuple(parts[1:]))
+    head = parts[0]
+    assert isinstance(head, FilePiece)
+    return FilePiece(head.file, head.offset, head.length, tuple(parts[1:]))
