@@ -584,13 +584,19 @@ def test_a_flipped_later_slice_keeps_a_whole_object_off_the_fast_lane(
     assert origin[0].count("/static/large.bin") >= 2
 
 
-@pytest.mark.parametrize("first,last", [(0, None), (1000, 2_100_000), (MIB - 5, 2 * MIB + 5)])
+@pytest.mark.parametrize(("value", "first", "end"), [
+    ("bytes=0-", 0, len(LARGE) - 1),  # a player's first request
+    ("bytes=1000-2100000", 1000, 2_100_000),  # into the inline last slice
+    (f"bytes={MIB - 5}-{2 * MIB + 5}", MIB - 5, 2 * MIB + 5),
+    (f"bytes={MIB}-", MIB, len(LARGE) - 1),  # from a slice's first byte
+    ("bytes=-1500000", len(LARGE) - 1_500_000, len(LARGE) - 1),  # a suffix (§14.1.2)
+    ("bytes=100-99999999", 100, len(LARGE) - 1),  # past the end: up to it
+])
 def test_a_large_range_across_stored_slices_goes_from_their_files(
-        edge: ServerThread, monkeypatch: pytest.MonkeyPatch, first: int,
-        last: int | None) -> None:
+        edge: ServerThread, monkeypatch: pytest.MonkeyPatch, value: str, first: int,
+        end: int) -> None:
     served = _counting(monkeypatch)
-    asked = {"range": f"bytes={first}-{'' if last is None else last}"}  # "bytes=0-": a player's
-    end = len(LARGE) - 1 if last is None else last
+    asked = {"range": value}
     with httpx.Client(base_url=edge.url) as client:
         assert client.get("/static/large.bin").content == LARGE  # stored: 2 files, 1 inline
         served.clear()
