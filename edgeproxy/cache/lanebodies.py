@@ -52,6 +52,7 @@ def read_slice(node: CacheNode, key: str, meta: ObjectMeta, index: int, offset: 
             data = data[offset:offset + length]
     return data if len(data) == length else None
 
+
 def file_pieces(node: CacheNode, key: str, meta: ObjectMeta, first: int, last: int,
                 ) -> FilePiece | None:
     """Bytes ``first..last`` of a stored object as pieces of its slices' files (a small
