@@ -15,6 +15,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 import socket
 import time
 from collections.abc import Callable, Iterator
@@ -179,23 +180,28 @@ def test_a_verified_content_addressed_object_is_checked_too(chain: Stack) -> Non
 # --- a flip while an answer is being sent ---------------------------------------------------
 
 
-def stalled_get(url: str, path: str, during: Callable[[], None]) -> tuple[int, bytes]:
+def stalled_get(url: str, path: str, during: Callable[[], None],
+                keep_alive: bool = False) -> tuple[int, bytes]:
     """GET ``path`` on a socket with a small receive buffer: read the head and the first
     64 KiB, stop reading a while (the server blocks a few MiB in), call ``during``, then read
-    on until the server closes. Returns the Content-Length and the body received."""
+    on until the server closes (or, ``keep_alive``: until the whole body came). Returns the
+    Content-Length and the body received."""
     host, _, port = url.removeprefix("http://").partition(":")
+    close = "" if keep_alive else "Connection: close\r\n"
     with socket.socket() as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
         s.settimeout(20)
         s.connect((host, int(port)))
-        s.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+        s.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n{close}\r\n".encode())
         received = b""
         while len(received.partition(b"\r\n\r\n")[2]) < 65536:
             received += s.recv(16384)
         time.sleep(0.3)
         during()
+        want = int(re.search(rb"(?i)content-length: (\d+)", received).group(1))  # type: ignore[union-attr]
         try:
-            while chunk := s.recv(65536):
+            while len(received.partition(b"\r\n\r\n")[2]) < want \
+                    and (chunk := s.recv(65536)):
                 received += chunk
         except ConnectionResetError:
             pass
@@ -215,6 +221,39 @@ def test_a_later_slice_flipped_while_streaming_is_fetched_again(tmp_path: Path) 
         assert length == len(body)
         assert got == body  # the flipped slice never went out: it was fetched again
         assert st.failures("edge") == 1
+
+
+def test_a_later_slice_flipped_while_the_fast_lane_sends_cuts_the_answer_short(
+        tmp_path: Path) -> None:
+    """A kept-alive whole hit of up to 32 slices leaves from the fast lane, every slice
+    checked before the head: a slice written to after that is found changed before its first
+    byte would go out, and the answer is cut short (the steps, taking one slice at a time,
+    fetch such a slice again instead). The next request finds it and fetches it again."""
+    size = 1024 * 1024
+    body = pattern(12 * size, seed=7)  # 12 slices: the lane's
+    origin = TestOrigin()
+    origin.put("/static/lane", body, headers=CACHED)
+    port = free_port()
+    path = tmp_path / "config.yaml"
+    path.write_text(f"data_dir: {tmp_path / 'var'}\nlog_level: warning\nlog: {{access: 'off'}}\n"
+                    f"cache: {{slice_size: {size}}}\nedge: {{port: {port}, workers: 1}}\n")
+    cache_dir = load_config(path).cache_dir("edge")
+    with serve(origin) as o, \
+            NodeProcess(path, "edge", f"http://127.0.0.1:{port}", upstream=o.url) as edge:
+        assert httpx.get(edge.url + "/static/lane").content == body  # stored
+        assert httpx.get(edge.url + "/static/lane").headers["x-cache"] == "HIT from edge"
+        [target] = [p for p in cache_dir.rglob("*.val")
+                    if p.read_bytes() == body[10 * size:11 * size]]
+        length, got = stalled_get(edge.url, "/static/lane", lambda: flip(target, 4321),
+                                  keep_alive=True)
+        assert length == len(body)
+        assert len(got) < length and got == body[:len(got)]  # short, every byte right
+        r = httpx.get(edge.url + "/static/lane")
+        assert r.status_code == 200 and r.content == body
+        metrics = httpx.get(edge.url + "/metrics").text
+        assert _metric(metrics, "edgeproxy_integrity_failures_total",
+                       reason="slice_checksum") == 1
+        assert origin.count("/static/lane") == 2  # that slice, fetched again
 
 
 def test_a_slice_flipped_while_it_is_sent_cuts_the_answer_short(tmp_path: Path) -> None:
