@@ -85,6 +85,21 @@ def chain(tmp_path: Path) -> Iterator[Stack]:
         yield st
 
 
+@contextmanager
+def edge_process(tmp_path: Path, origin: TestOrigin, slice_size: int,
+                 workers: int) -> Iterator[tuple[NodeProcess, Path]]:
+    """An ``edgeproxy serve`` edge (the server protocol, fast lane and all) in front of
+    ``origin``, and its cache directory."""
+    port = free_port()
+    path = tmp_path / "config.yaml"
+    path.write_text(f"data_dir: {tmp_path / 'var'}\nlog_level: warning\nlog: {{access: 'off'}}\n"
+                    f"cache: {{slice_size: {slice_size}}}\n"
+                    f"edge: {{port: {port}, workers: {workers}}}\n")
+    with serve(origin) as o, \
+            NodeProcess(path, "edge", f"http://127.0.0.1:{port}", upstream=o.url) as edge:
+        yield edge, load_config(path).cache_dir("edge")
+
+
 def flip(path: Path, offset: int) -> None:
     """Flip one bit of the byte at ``offset``, in place (as a stray write would)."""
     with path.open("r+b") as f:
@@ -233,13 +248,7 @@ def test_a_later_slice_flipped_while_the_fast_lane_sends_cuts_the_answer_short(
     body = pattern(12 * size, seed=7)  # 12 slices: the lane's
     origin = TestOrigin()
     origin.put("/static/lane", body, headers=CACHED)
-    port = free_port()
-    path = tmp_path / "config.yaml"
-    path.write_text(f"data_dir: {tmp_path / 'var'}\nlog_level: warning\nlog: {{access: 'off'}}\n"
-                    f"cache: {{slice_size: {size}}}\nedge: {{port: {port}, workers: 1}}\n")
-    cache_dir = load_config(path).cache_dir("edge")
-    with serve(origin) as o, \
-            NodeProcess(path, "edge", f"http://127.0.0.1:{port}", upstream=o.url) as edge:
+    with edge_process(tmp_path, origin, size, workers=1) as (edge, cache_dir):
         assert httpx.get(edge.url + "/static/lane").content == body  # stored
         assert httpx.get(edge.url + "/static/lane").headers["x-cache"] == "HIT from edge"
         [target] = [p for p in cache_dir.rglob("*.val")
@@ -489,14 +498,8 @@ def test_every_worker_of_a_node_finds_the_flip(tmp_path: Path) -> None:
     origin = TestOrigin()
     body = pattern(4 * SLICE, seed=11)
     origin.put("/static/w", body, headers=CACHED)
-    port = free_port()
-    path = tmp_path / "config.yaml"
-    path.write_text(f"data_dir: {tmp_path / 'var'}\nlog_level: warning\nlog: {{access: 'off'}}\n"
-                    f"cache: {{slice_size: {SLICE}}}\nedge: {{port: {port}, workers: 2}}\n")
-    cache_dir = load_config(path).cache_dir("edge")
     fresh = httpx.Limits(max_keepalive_connections=0)  # connections spread over both workers
-    with serve(origin) as o, \
-            NodeProcess(path, "edge", f"http://127.0.0.1:{port}", upstream=o.url) as edge, \
+    with edge_process(tmp_path, origin, SLICE, workers=2) as (edge, cache_dir), \
             httpx.Client(base_url=edge.url, limits=fresh) as client:
         assert client.get("/static/w").content == body
         settle()
