@@ -23,7 +23,8 @@ from .cache.types import INFORMATIONAL, ZEROCOPY, Message
 from .errors import FillAborted
 
 # Bytes of one file to send: its descriptor, where they start, how many, and the check that
-# the file is still as it was found (asked before each ``sendfile``), if any.
+# the file is still as it was found (asked before its first ``sendfile`` and after each wait
+# for room), if any.
 Segment = tuple[int, int, int, "Callable[[], bool] | None"]
 
 _REASONS = {100: b"Continue", 102: b"Processing", 103: b"Early Hints"}
@@ -141,8 +142,9 @@ async def send_file(transport: Any, fd: int, offset: int, count: int, timeout: f
     seconds (it is then aborted: nginx's ``send_timeout``). A file shorter than ``count``
     raises EOFError (the answer must not look complete).
 
-    ``unchanged`` is asked before every ``sendfile`` call: a file found written to since it
-    was checked raises `FillAborted`, and no later byte of it goes out. (No byte is held
+    ``unchanged`` is asked before the file's first ``sendfile`` and after every wait for
+    room (`_FileRun`): a file found written to since it was checked raises `FillAborted`,
+    and no later byte of it goes out. (No byte is held
     back for a check after the last call: a held byte went out as a segment of its own,
     40 % more edge CPU per 1 MiB hit. Nor would it cover more: ``sendfile`` hands the
     socket page-cache pages, read when the peer takes them, so a write after the last call
@@ -173,33 +175,109 @@ async def send_files(transport: Any, segments: Iterable[Segment], timeout: float
         return False
     # a duplicate: the transport may close its own descriptor meanwhile, and a number
     # closed there must not be reused under this send
-    dup = os.dup(sock)
+    run = _FileRun(loop, transport, os.dup(sock), list(segments), timeout)
     try:
-        for fd, offset, count, unchanged in segments:
-            while count > 0:
+        run.step()
+        return await run.done
+    finally:
+        run.release()  # (also when the awaiting task is cancelled)
+
+
+class _FileRun:
+    """Segments going out on a socket duplicate, driven by its writer callback as nginx's
+    event loop drives ``sendfile``: a short send means the socket is full, so the run waits
+    for room rather than ask again at once (a 16 MiB answer made ~90 ``sendfile`` calls, 8
+    per wait, and a file check and an await per call); the writer stays registered for the
+    whole run. Each segment's file is checked before its first ``sendfile`` and again after
+    every wait for room: a file found written to sends no byte more (`FillAborted`)."""
+
+    __slots__ = ("check", "done", "dup", "expiry", "loop", "moved", "segments", "timeout",
+                 "transport", "watching")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, transport: Any, dup: int,
+                 segments: list[Segment], timeout: float) -> None:
+        self.loop = loop
+        self.transport = transport
+        self.dup = dup
+        self.segments = segments[::-1]  # (the next one last: popped when sent)
+        self.timeout = timeout
+        self.done: asyncio.Future[bool] = loop.create_future()
+        self.check = True
+        self.watching = False
+        self.moved = loop.time()  # when the socket last took bytes
+        self.expiry: asyncio.TimerHandle | None = None
+
+    def step(self) -> None:
+        """Send what the socket takes now; the writer callback."""
+        if self.done.done():
+            return
+        if self.watching and self.transport.is_closing():
+            self._finish(False)
+            return
+        try:
+            if self._send():
+                self._finish(True)
+            elif not self.watching:
+                self.watching = True
+                self.loop.add_writer(self.dup, self.step)
+                self.expiry = self.loop.call_later(self.timeout, self._expire)
+        except OSError:  # reset, broken pipe: the client is gone
+            self.transport.abort()
+            self._finish(False)
+        except Exception as exc:  # a changed file (FillAborted), one ended short (EOFError)
+            self._finish(exc)
+
+    def _send(self) -> bool:
+        """Whether every segment went; False: the socket is full."""
+        segments = self.segments
+        while segments:
+            fd, offset, count, unchanged = segments[-1]
+            if self.check:
                 if unchanged is not None and not unchanged():
                     raise FillAborted("a stored file was written to while it was sent")
-                try:
-                    sent = os.sendfile(dup, fd, offset, count)
-                except BlockingIOError:
-                    try:
-                        await _writable(loop, dup, timeout)
-                    except TimeoutError:
-                        transport.abort()
-                        return False
-                    if transport.is_closing():
-                        return False
-                    continue
-                except OSError:  # reset, broken pipe: the client is gone
-                    transport.abort()
-                    return False
-                if sent == 0:
-                    raise EOFError(f"the file ended {count} bytes short")
-                offset += sent
-                count -= sent
-    finally:
-        os.close(dup)
-    return True
+                self.check = False
+            try:
+                sent = os.sendfile(self.dup, fd, offset, count)
+            except BlockingIOError:
+                self.check = True
+                return False
+            if sent == 0:
+                raise EOFError(f"the file ended {count} bytes short")
+            self.moved = self.loop.time()
+            if sent < count:
+                segments[-1] = (fd, offset + sent, count - sent, unchanged)
+                self.check = True
+                return False
+            segments.pop()
+            self.check = True  # (the next file: checked before its first byte)
+        return True
+
+    def _expire(self) -> None:
+        idle = self.loop.time() - self.moved
+        if idle < self.timeout:
+            self.expiry = self.loop.call_later(self.timeout - idle, self._expire)
+            return
+        self.transport.abort()  # took no byte for the whole time: nginx's send_timeout
+        self._finish(False)
+
+    def _finish(self, outcome: bool | BaseException) -> None:
+        self.release()
+        if isinstance(outcome, BaseException):
+            self.done.set_exception(outcome)
+        else:
+            self.done.set_result(outcome)
+
+    def release(self) -> None:
+        """Stop watching the socket and close the duplicate (once)."""
+        if self.watching:
+            self.watching = False
+            self.loop.remove_writer(self.dup)
+        if self.expiry is not None:
+            self.expiry.cancel()
+            self.expiry = None
+        if self.dup >= 0:
+            os.close(self.dup)
+            self.dup = -1
 
 
 class ZeroCopySend:

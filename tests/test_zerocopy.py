@@ -252,8 +252,9 @@ def test_a_fast_lane_file_changed_after_its_check_cuts_the_answer_short(
 @pytest.mark.parametrize("lane", ["fast", "steps"])
 def test_a_file_changed_while_a_slow_reader_takes_it_stops_its_sends(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, lane: str) -> None:
-    """No byte is held back to go after a check; instead the file is checked before every
-    ``sendfile`` call, so a file found written to while a reader drains the socket sends
+    """No byte is held back to go after a check; instead the file is checked before its
+    first ``sendfile`` and after every wait for room, so a file found written to while a
+    reader drains the socket sends
     nothing more: the answer is cut short, its bytes so far right. A large range inside the
     slice is the fast lane's (`send_rest`), the whole body the steps' (`ZeroCopySend`)."""
     from edgeproxy.cache.slicefiles import SliceFile

@@ -79,7 +79,7 @@ class StoredSource:
     async def send_file(self, start: int, end: int, send: Send, read_size: int,
                         timeout: float) -> int:
         """`stream` by the server's zero-copy send (bytes ``start..end`` of a slice file).
-        The server checks the file before each ``sendfile`` (the message's ``unchanged``):
+        The server checks the file as it sends (the message's ``unchanged``):
         one found changed aborts the answer before its next byte."""
         body = self.body
         if isinstance(body, bytes) or end - start + 1 < ZEROCOPY_MIN:
