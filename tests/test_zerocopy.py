@@ -255,8 +255,8 @@ def test_a_file_changed_while_a_slow_reader_takes_it_stops_its_sends(
     """No byte is held back to go after a check; instead the file is checked before its
     first ``sendfile`` and after every wait for room, so a file found written to while a
     reader drains the socket sends nothing more: the answer is cut short, its bytes so far
-    right. A large range inside the
-    slice is the fast lane's (`send_rest`), the whole body the steps' (`ZeroCopySend`)."""
+    right. A large range inside the slice is the fast lane's (`send_rest`), the whole body
+    the steps' (`ZeroCopySend`)."""
     from edgeproxy.cache.slicefiles import SliceFile
 
     first, last = (1000, 11 * MIB) if lane == "fast" else (0, len(HUGE) - 1)
