@@ -89,11 +89,16 @@ def first_missing(node: CacheNode, tx: Tx, meta: ObjectMeta, first: int) -> list
     window = range(first + 1, min(end // meta.slice_size, first + MISSING_WINDOW) + 1)
     if not window:
         return []
-    fills = node.coalescer.fills
+    key, fills = tx.req.key, node.coalescer.fills
+    # Slices filling here need no look at the index: the followers of a flight that fills
+    # them all (a stampede) asked it, ~0.3 ms each, before their first byte.
+    unfilled = [index for index in window if (key, index) not in fills]
+    if not unfilled:
+        return []
     # one query for the window (a whole 16 MiB hit asked 15 times, once per slice)
-    stored = node.store.stored_slices(tx.req.key, meta.version, window)
-    for index in window:
-        if index not in stored and (tx.req.key, index) not in fills:
+    stored = node.store.stored_slices(key, meta.version, unfilled)
+    for index in unfilled:
+        if index not in stored:
             return [index]
     return []
 
@@ -111,8 +116,10 @@ def all_there(node: CacheNode, tx: Tx, meta: ObjectMeta) -> bool:
         return True  # a 416 needs no byte
     needed = sorted({i for r in ranges
                      for i in policy.slice_span(r.start, r.end, meta.slice_size)})
-    stored = node.store.stored_slices(tx.req.key, meta.version, needed)
-    return all(i in stored or (tx.req.key, i) in node.coalescer.fills for i in needed)
+    fills = node.coalescer.fills
+    unfilled = [i for i in needed if (tx.req.key, i) not in fills]
+    return not unfilled or \
+        len(node.store.stored_slices(tx.req.key, meta.version, unfilled)) == len(unfilled)
 
 
 def attach(node: CacheNode, tx: Tx, meta: ObjectMeta,

@@ -25,7 +25,7 @@ import logging
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -305,7 +305,7 @@ class CacheStore:
         return skey in self._batch.pending or skey in self._cache
 
     @reading(frozenset())
-    def stored_slices(self, key: str, version: str, indexes: range) -> frozenset[int]:
+    def stored_slices(self, key: str, version: str, indexes: Iterable[int]) -> frozenset[int]:
         """Which of ``indexes`` are stored (or about to be) at ``version``, in one query: a
         fill that claims the slices its answer carries asked once per slice before, ~15 us
         each, between the upstream's head and the client's first byte."""
