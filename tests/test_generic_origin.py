@@ -765,6 +765,26 @@ def test_an_origin_sending_part_of_a_range_is_asked_for_the_rest(
     assert r.status_code == 200 and r.content == body
 
 
+def test_an_origin_that_caps_ranges_and_sends_no_validator_is_asked_for_the_whole(
+        foreign: ForeignOrigin, foreign_chain: Chain) -> None:
+    """The same capped origin without ETag or Last-Modified: the part it sends of a slice can
+    never be joined to another answer (RFC 9111 §3.4), and every range was a 502. The flight
+    asks for the object whole instead, once: every range gets its bytes, later ones are hits."""
+    body = pattern(3 * MiB, seed=13)
+    foreign.route("/capnv", body=body, headers=[CACHEABLE], range_cap=300_000)
+    asked = {"bytes=0-10": body[:11], "bytes=1048576-2097151": body[MiB:2 * MiB],
+             "bytes=1500000-1500010": body[1_500_000:1_500_011], "bytes=-100": body[-100:]}
+    for value, want in asked.items():
+        r = foreign_chain.get("/capnv", headers={"Range": value})
+        assert r.status_code == 206 and r.content == want, (value, r.status_code, r.text[:200])
+        assert r.headers["content-range"].endswith(f"/{len(body)}")
+    assert [req.header("range") for req in foreign.requests("/capnv")] == ["bytes=0-1048575",
+                                                                           None]
+    r = foreign_chain.get("/capnv")
+    assert r.status_code == 200 and r.content == body
+    assert foreign.count("/capnv") == 2  # the whole one answered everything since
+
+
 def test_a_part_of_a_slice_that_dies_mid_body_stores_nothing_half_written(
         foreign: ForeignOrigin, foreign_chain: Chain) -> None:
     """The origin dies in the middle of the second part of a slice: the answer under way is

@@ -102,3 +102,26 @@ async def test_checks_for_hashes_each_answer_by_its_own_digest() -> None:
     assert not f.fills[0].hold_last and f.fills[1].hold_last  # byte 1199 is in slice 1
     resume.checks_for(f, beresp(start=300, body=900), SIZE)  # no digest: nothing to hold
     assert f.checks == () and f.hasher is None and not f.fills[1].hold_last
+
+
+@pytest.mark.parametrize(("answer", "first", "last", "want"), [
+    # less than slice 0 and no validator: the object whole instead (RFC 9111 §3.4: no way to
+    # tell that a next part is of the same representation)
+    (beresp(etag=None), 0, 0, True),
+    (beresp(etag='W/"a"'), 0, 0, True),  # a weak ETag is no If-Range validator (§13.1.5)
+    (beresp(start=1000, etag=None), 1, None, True),
+    # a strong validator: the rest of the slice is asked for with If-Range (`rest`)
+    (beresp(), 0, 0, False),
+    (beresp(etag=None, last_modified="Tue, 01 Dec 2026 00:00:00 GMT"), 0, 0, False),
+    # a slice whole, or the object's short last slice: those are kept, the rest joined anew
+    (beresp(body=1300, etag=None), 0, 2, False),
+    (beresp(start=3000, body=500, etag=None), 3, None, False),
+    # all asked for, a 200, a 206 elsewhere than asked, no length: nothing to replace
+    (beresp(body=1000, etag=None), 0, 0, False),
+    (beresp(status=200, body=LENGTH, etag=None), 0, 0, False),
+    (beresp(start=500, etag=None), 0, 0, False),
+    (beresp(length=None, etag=None), 0, 0, False),
+])
+async def test_whole_instead(answer: BeResp, first: int, last: int | None, want: bool) -> None:
+    f = Flight("/k", first, last)
+    assert resume.whole_instead(f, answer, SIZE) is want

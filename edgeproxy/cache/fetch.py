@@ -109,9 +109,9 @@ class Fetcher:
 
     # --- one flight ---
 
-    def _bereq(self, flight: Flight, spec: FlightSpec) -> BeReq:
+    def _bereq(self, flight: Flight, spec: FlightSpec, whole: bool = False) -> BeReq:
         headers = list(spec.headers)
-        if not spec.whole:
+        if not (spec.whole or whole):
             size = spec.slice_size
             end = "" if flight.last is None else str((flight.last + 1) * size - 1)
             headers.append((b"range", f"bytes={flight.first * size}-{end}".encode()))
@@ -127,6 +127,12 @@ class Fetcher:
                 raise UpstreamRefused(f"backing off after: {self.down_reason}")
             resp = await self.transport.send(self._bereq(flight, spec))
             beresp = from_upstream(resp, t0)
+            if not spec.whole and resume.whole_instead(flight, beresp, spec.slice_size):
+                self.on_upstream(beresp.status, 0)
+                await resp.aclose()
+                resp = None
+                resp = await self.transport.send(self._bereq(flight, spec, whole=True))
+                beresp = from_upstream(resp, t0)
             plan = self.on_headers(flight, beresp)
             flight.meta = plan.meta
             flight.content_digest = beresp.content_digest
