@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -783,6 +784,30 @@ def test_an_origin_that_caps_ranges_and_sends_no_validator_is_asked_for_the_whol
     r = foreign_chain.get("/capnv")
     assert r.status_code == 200 and r.content == body
     assert foreign.count("/capnv") == 2  # the whole one answered everything since
+
+
+# (origin requests: the edge's HEAD, which the shield answers from a GET of its own, then
+# the edge's GET, a hit at the shield where that stored the object)
+@pytest.mark.parametrize(("route", "gets"), [
+    ({"headers": [CACHEABLE]}, 1),  # no validator: a HEAD's facts say nothing of a GET's bytes
+    ({"headers": [CACHEABLE], "ranges": False}, 1),  # and an origin that ignores Range
+    ({"headers": [("Cache-Control", "no-store")], "etag": '"n1"'}, 2),  # not stored: relayed
+    ({"headers": [("Cache-Control", "private")], "etag": '"p1"'}, 2),
+])
+def test_a_suffix_range_of_an_unknown_object_is_a_206_whatever_its_facts(
+        foreign: ForeignOrigin, foreign_chain: Chain, route: dict[str, Any], gets: int) -> None:
+    """A suffix range (a player's ``bytes=-N``) of an object not stored needs its length
+    first (a HEAD). Where the HEAD's facts could not be kept, the whole object was relayed
+    as a 200 (3 MiB for 100 bytes asked); now the object is fetched whole, once, and the
+    range is answered from that one answer (RFC 9110 §14.2), stored or not."""
+    body = pattern(3 * MiB, seed=14)
+    foreign.route("/suffix", body=body, **route)
+    r = foreign_chain.get("/suffix", headers={"Range": "bytes=-100"})
+    assert r.status_code == 206, (r.status_code, r.headers)
+    assert r.headers["content-range"] == f"bytes {len(body) - 100}-{len(body) - 1}/{len(body)}"
+    assert r.content == body[-100:]
+    asked = [(q.method, q.header("range")) for q in foreign.requests("/suffix")]
+    assert asked == [("GET", None)] * gets, asked  # whole fetches only
 
 
 def test_a_part_of_a_slice_that_dies_mid_body_stores_nothing_half_written(

@@ -43,6 +43,12 @@ class Req:
         """Path and query as sent upstream."""
         return f"{self.path}?{self.query}" if self.query else self.path
 
+    def last_slice(self, slice_size: int) -> int | None:
+        """The slice of the last byte asked for (None: the whole, a suffix or an open end)."""
+        if not self.ranges or any(s.first is None or s.last is None for s in self.ranges):
+            return None
+        return max(s.last for s in self.ranges if s.last is not None) // slice_size
+
     def first_byte(self, length: int | None) -> int | None:
         """Where the first requested byte is (None: a suffix range on an unknown length)."""
         if not self.ranges:

@@ -8,6 +8,7 @@ The rules each step applies are pure functions in `policy`, `fields` and `delive
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING
@@ -17,7 +18,6 @@ from . import fields, joins, policy
 from .beresp import from_upstream, interims_of
 from .deliver import plan_reply, send_body, verifying_send, vouched_send, with_content_digest
 from .facts import FlightContext
-from .req import Req
 from .sources import DirectSource, Source, StoredSource, small_body_ended
 from .transport import BeReq
 from .tx import Tx
@@ -155,7 +155,9 @@ async def miss(node: CacheNode, tx: Tx) -> Step:
     length = stored.length if stored is not None else None
     first = req.first_byte(length)
     if first is None:
-        return await _learn_length(node, tx)
+        if not tx.whole:
+            return await _learn_length(node, tx)
+        first = 0
     index = first // node.slice_size
     private = "authorization" in req.headers
     # RFC 9111 §3.5: a request with credentials never waits for, nor shares, another's answer;
@@ -171,8 +173,9 @@ async def miss(node: CacheNode, tx: Tx) -> Step:
                     return pass_  # another variant's facts: an answer of our own
                 tx.meta = meta
                 return hit
-        last = _last_slice(req, node.slice_size)
-        spec = node.spec(req, first=index, last=last, whole=not req.ranges, stale=tx.stale,
+        last = req.last_slice(node.slice_size)
+        spec = node.spec(req, first=index, last=last, whole=not req.ranges or tx.whole,
+                         stale=tx.stale,
                          known=tx.known)
         flight = node.fetcher.start(spec, facts=not private,
                                     context=FlightContext(req.headers, stale=tx.stale,
@@ -264,14 +267,12 @@ async def _learn_length(node: CacheNode, tx: Tx) -> Step:
     await resp.aclose()
     beresp = from_upstream(resp, t0)
     if beresp.status != 200 or beresp.length is None:
-        tx.req = Req(req.method, req.path, req.query, req.raw_headers, req.headers, req.key,
-                     None)
+        tx.req = dataclasses.replace(req, ranges=None)
         return miss  # not rangeable: answer whole
     meta = node.facts.head_facts(req.key, beresp, req.headers)
-    if meta is None:
-        tx.req = Req(req.method, req.path, req.query, req.raw_headers, req.headers, req.key,
-                     None)
-        return miss  # facts we may not keep: answer whole
+    if meta is None:  # facts we may not keep (no validator ties them to a GET's bytes):
+        tx.whole = True  # the range comes from the object fetched whole, one answer
+        return miss
     tx.meta, tx.verdict, tx.upstream_cache = meta, Verdict.MISS, beresp.x_cache
     return hit
 
@@ -381,12 +382,6 @@ async def deliver(node: CacheNode, tx: Tx) -> None:
         await node.drop_direct(tx)
     await tx.send({"type": "http.response.body", "body": b"", "more_body": False})
     return None
-
-
-def _last_slice(req: Req, slice_size: int) -> int | None:
-    if not req.ranges or any(s.first is None or s.last is None for s in req.ranges):
-        return None
-    return max(s.last for s in req.ranges if s.last is not None) // slice_size
 
 
 async def _request_body(receive: Receive) -> AsyncIterator[bytes]:

@@ -39,3 +39,4 @@ class Tx:
     upstream_time: float = 0.0
     tries: int = 0  # lookups repeated after losing a race for a claim
     interims: tuple[tuple[int, RawHeaders], ...] = ()  # 1xx answers to pass on first
+    whole: bool = False  # fetch the object whole: its length is learnt from that answer
