@@ -147,8 +147,9 @@ async def send_file(transport: Any, fd: int, offset: int, count: int, timeout: f
     and no later byte of it goes out. (No byte is held back for a check after the last
     call: a held byte went out as a segment of its own, 40 % more edge CPU per 1 MiB hit.
     Nor would it cover more: ``sendfile`` hands the socket page-cache pages, read when the
-    peer takes them, so a write after the last call reaches the wire either way. Stored files are never written in place; such a write is
-    a fault the next reader's check and the scrubber find.)"""
+    peer takes them, so a write after the last call reaches the wire either way. Stored
+    files are never written in place; such a write is a fault the next reader's check and
+    the scrubber find.)"""
     return await send_files(transport, ((fd, offset, count, unchanged),), timeout)
 
 
@@ -187,8 +188,9 @@ class _FileRun:
     event loop drives ``sendfile``: a short send means the socket is full, so the run waits
     for room rather than ask again at once, and the writer stays registered for the whole
     run (a 16 MiB hit awaited a new future, timer and writer per wait, ~10 of them, and
-    checked its file before each of ~21 calls: 88 ms of user CPU per GiB sent, now 63). Each segment's file is checked before its first ``sendfile`` and again after
-    every wait for room: a file found written to sends no byte more (`FillAborted`)."""
+    checked its file before each of ~21 calls: 88 ms of user CPU per GiB sent, now 63).
+    Each segment's file is checked before its first ``sendfile`` and again after every
+    wait for room: a file found written to sends no byte more (`FillAborted`)."""
 
     __slots__ = ("check", "done", "dup", "expiry", "loop", "moved", "segments", "timeout",
                  "transport", "watching")
