@@ -832,6 +832,31 @@ def test_a_part_of_a_slice_that_dies_mid_body_stores_nothing_half_written(
     assert foreign.count("/dies") - dead >= 4  # slice 0 asked for anew, in 300,000-byte parts
 
 
+def test_a_whole_fetch_instead_of_a_capped_range_that_dies_stores_nothing(
+        foreign: ForeignOrigin, foreign_chain: Chain) -> None:
+    """The capped origin without a validator dies in the middle of the whole answer asked
+    for instead: the range under way fails (an error, or cut short), nothing of it is stored,
+    and once the origin is well the range is fetched again, whole and right."""
+    body = pattern(2 * MiB, seed=24)
+    foreign.route("/capdies", body=body, headers=[CACHEABLE], range_cap=300_000,
+                  cut_at=1_200_000)
+    try:
+        r = foreign_chain.get("/capdies", headers={"Range": "bytes=1048576-1999999"})
+        assert r.status_code >= 500, r.status_code
+    except httpx.RemoteProtocolError:
+        pass  # cut short after its head
+    dead = foreign.count("/capdies")
+    asked = ["bytes=1048576-2097151", None]  # a capped 206, then the whole instead
+    assert [q.header("range") for q in foreign.requests("/capdies")] == asked
+    foreign.route("/capdies", body=body, headers=[CACHEABLE], range_cap=300_000)
+    for verdict in ("MISS", "HIT"):
+        r = foreign_chain.get("/capdies", headers={"Range": "bytes=1048576-1999999"})
+        assert r.status_code == 206 and r.content == body[MiB:2_000_000], r.status_code
+        assert r.headers["x-cache"].startswith(verdict), r.headers["x-cache"]
+    # the same two again: nothing of the dead answer was kept
+    assert [q.header("range") for q in foreign.requests("/capdies")[dead:]] == asked
+
+
 def test_an_object_changed_between_parts_of_a_slice_is_not_spliced(
         foreign: ForeignOrigin, foreign_chain: Chain) -> None:
     """The rest of a slice is asked for with If-Range: an object changed meanwhile answers

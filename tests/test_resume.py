@@ -125,3 +125,16 @@ async def test_checks_for_hashes_each_answer_by_its_own_digest() -> None:
 async def test_whole_instead(answer: BeResp, first: int, last: int | None, want: bool) -> None:
     f = Flight("/k", first, last)
     assert resume.whole_instead(f, answer, SIZE) is want
+
+
+@pytest.mark.parametrize(("answer", "first", "last", "want"), [
+    (beresp(), 0, 0, 300),  # bytes 0-299 of slice 0 asked for: ends at 300
+    (beresp(body=1000), 0, 0, None),  # all asked for
+    (beresp(body=1300), 0, None, 1300),  # an open run: short of the object's end
+    (beresp(start=3000, body=500), 3, None, None),  # up to the end: whole
+    (beresp(start=500), 0, 0, None),  # not where asked: no part of this flight's run
+    (beresp(status=200, body=LENGTH), 0, 0, None),
+    (beresp(length=None), 0, 0, None),
+])
+async def test_cut_short(answer: BeResp, first: int, last: int | None, want: int | None) -> None:
+    assert resume.cut_short(Flight("/k", first, last), answer, SIZE) == want

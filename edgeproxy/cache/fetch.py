@@ -130,7 +130,8 @@ class Fetcher:
             if not spec.whole and resume.whole_instead(flight, beresp, spec.slice_size):
                 self.on_upstream(beresp.status, 0)
                 await resp.aclose()
-                resp = None
+                resp = None  # (closed: a failed send below must not close it again)
+                t0 = time.time()
                 resp = await self.transport.send(self._bereq(flight, spec, whole=True))
                 beresp = from_upstream(resp, t0)
             plan = self.on_headers(flight, beresp)
@@ -204,20 +205,17 @@ class Fetcher:
         if beresp.status == 206:
             if beresp.body_start != flight.first * size:
                 raise UpstreamProtocolError("upstream answered a different range than asked")
-            if beresp.length is not None and beresp.body_length is not None:
-                end = beresp.body_start + beresp.body_length
-                asked = beresp.length if flight.last is None else \
-                    min(beresp.length, (flight.last + 1) * size)
-                if end < asked:  # cut short (RFC 9110 §15.3.7): the rest is joined anew
-                    last = policy.last_whole_slice(beresp.body_start, end, beresp.length, size)
-                    if last is None and beresp.if_range is None:
-                        raise UpstreamProtocolError("upstream answered less than a slice, "
-                                                    "with no validator to ask for the rest")
-                    if last is None:
-                        last = flight.first  # finished by this flight (`resume`)
-                    flight.last = last
-                    for index in [i for i in flight.fills if i > last]:
-                        self.commits.discard(flight.fills.pop(index), FillAborted("not answered"))
+            end = resume.cut_short(flight, beresp, size)
+            if end is not None and beresp.length is not None:  # the rest is joined anew
+                last = policy.last_whole_slice(beresp.body_start, end, beresp.length, size)
+                if last is None and beresp.if_range is None:  # (`resume.whole_instead`)
+                    raise UpstreamProtocolError("upstream answered less than a slice, "
+                                                "with no validator to ask for the rest")
+                if last is None:
+                    last = flight.first  # finished by this flight (`resume`)
+                flight.last = last
+                for index in [i for i in flight.fills if i > last]:
+                    self.commits.discard(flight.fills.pop(index), FillAborted("not answered"))
         elif flight.first > 0 and beresp.length is not None:
             # A whole body for a range request: take the slices before ours as well, as far
             # as the body goes: the range may start far past its end (ours was asked for a

@@ -39,20 +39,27 @@ def rest(flight: Flight, beresp: BeResp, received: int, size: int) -> tuple[int,
     return (first, last) if first <= last else None
 
 
+def cut_short(flight: Flight, beresp: BeResp, size: int) -> int | None:
+    """Where a 206 from the first byte the flight asked for ends, when that is short of what
+    it asked for (RFC 9110 §15.3.7: its Content-Range says which); None otherwise."""
+    if beresp.status != 206 or beresp.length is None or beresp.body_length is None \
+            or beresp.body_start != flight.first * size:
+        return None
+    end = beresp.body_start + beresp.body_length
+    asked = beresp.length if flight.last is None else \
+        min(beresp.length, (flight.last + 1) * size)
+    return end if end < asked else None
+
+
 def whole_instead(flight: Flight, beresp: BeResp, size: int) -> bool:
     """Whether ``beresp`` is a 206 that holds not even the first slice asked for whole, with
     no validator to ask for the rest of it with: its bytes can never be joined to another
     answer's (RFC 9111 §3.4), so the flight asks for the object whole instead, in one
     unconditional request (an origin that caps ranges and sends no ETag or Last-Modified
     was answered 502)."""
-    if beresp.status != 206 or beresp.if_range is not None or beresp.length is None \
-            or beresp.body_length is None or beresp.body_start != flight.first * size:
-        return False
-    end = beresp.body_start + beresp.body_length
-    asked = beresp.length if flight.last is None else \
-        min(beresp.length, (flight.last + 1) * size)
-    return end < asked and \
-        policy.last_whole_slice(beresp.body_start, end, beresp.length, size) is None
+    end = cut_short(flight, beresp, size)
+    return end is not None and beresp.if_range is None and beresp.length is not None \
+        and policy.last_whole_slice(beresp.body_start, end, beresp.length, size) is None
 
 
 def bereq(spec: FlightSpec, span: tuple[int, int], before: BeResp) -> BeReq:

@@ -175,8 +175,7 @@ async def miss(node: CacheNode, tx: Tx) -> Step:
                 return hit
         last = req.last_slice(node.slice_size)
         spec = node.spec(req, first=index, last=last, whole=not req.ranges or tx.whole,
-                         stale=tx.stale,
-                         known=tx.known)
+                         stale=tx.stale, known=tx.known)
         flight = node.fetcher.start(spec, facts=not private,
                                     context=FlightContext(req.headers, stale=tx.stale,
                                                           known=tx.known, private=private,
