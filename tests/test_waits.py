@@ -105,6 +105,47 @@ def test_within_times_out_and_cancels_what_it_awaited() -> None:
     asyncio.run(main())
 
 
+def test_a_cancelled_task_stays_cancelled_when_its_deadline_passes_in_the_same_turn() -> None:
+    """The timer of `within` cancels the future it waits on, as the task's own cancellation
+    does: a task asked to stop must not see a TimeoutError it could swallow instead."""
+    async def main() -> None:
+        tasks: list[asyncio.Task[int]] = []
+
+        class StopsItsWaiter(asyncio.Future[int]):
+            """A future whose cancellation (by the deadline) also stops the task waiting."""
+
+            def cancel(self, msg: Any = None) -> bool:
+                cancelled = super().cancel(msg)
+                tasks[0].cancel()  # in the same turn, before the task runs again
+                return cancelled
+
+        future = StopsItsWaiter()
+        tasks.append(asyncio.ensure_future(within(future, 0.01)))
+        with pytest.raises(asyncio.CancelledError):
+            await tasks[0]
+        assert future.cancelled()
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("wait", ["within", "shared"])
+def test_a_wait_that_ends_in_time_leaves_no_deadline_behind(wait: str) -> None:
+    """After the result, the deadline neither cancels the future nor fails a later wait."""
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[int] = loop.create_future()
+        loop.call_later(0.005, future.set_result, 5)
+        waited = within(future, 0.02) if wait == "within" else shared(future, 0.02)
+        assert await waited == 5
+        await asyncio.sleep(0.04)  # past the deadline
+        assert future.result() == 5
+        again: asyncio.Future[int] = loop.create_future()
+        loop.call_later(0.005, again.set_result, 6)
+        assert await (within(again, 1) if wait == "within" else shared(again, 1)) == 6
+
+    asyncio.run(main())
+
+
 def test_a_broadcast_wakes_every_waiter_with_the_result_exception_or_cancellation() -> None:
     """Many requests on one flight's headers: each gets what the flight got."""
     async def main() -> None:

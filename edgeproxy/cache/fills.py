@@ -3,7 +3,6 @@ of this process (a flight fills its slices: `flight`; other workers follow them:
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 from collections.abc import Callable
@@ -13,7 +12,7 @@ from typing import TYPE_CHECKING
 from ..errors import UpstreamTimeout
 from .checksum import SliceHasher
 from .space import NoRoom
-from .waits import within
+from .waits import Signal
 
 if TYPE_CHECKING:
     from .flight import Flight
@@ -53,7 +52,7 @@ class SliceFill:
         self.sum = SliceHasher()  # the checksum stored with the slice, as the bytes pass
         # whether the volume has room for a file of this many bytes (evicting if need be)
         self.make_room: Callable[[int], bool] = lambda nbytes: True
-        self._progress = asyncio.Event()
+        self._progress = Signal()
 
     @property
     def on_disk(self) -> bool:
@@ -190,15 +189,14 @@ class SliceFill:
             self._notify()
 
     def _notify(self) -> None:
-        self._progress.set()
-        self._progress = asyncio.Event()
+        self._progress.fire()
 
     async def wait_beyond(self, position: int, timeout: float) -> None:
         """Wait until more than ``position`` bytes are visible, or the fill ended."""
         if self.visible > position or self.done or self.error is not None:
             return
         try:
-            await within(self._progress.wait(), timeout)
+            await self._progress.wait(timeout)
         except TimeoutError:
             raise UpstreamTimeout(f"no progress from upstream for {timeout:.0f}s") from None
 
@@ -209,7 +207,7 @@ class SliceFill:
         and it ends within the transport's timeouts.
         """
         while not self.done and self.error is None:
-            await self._progress.wait()
+            await self._progress.wait(None)
 
     def attach(self) -> None:
         """A reader starts following this fill."""

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import UpstreamTimeout
 from .beresp import BeResp
 from .types import RawHeaders
-from .waits import broadcast, within
+from .waits import Signal, broadcast
 
 if TYPE_CHECKING:
     from .fills import SliceFill
@@ -56,18 +56,17 @@ class Flight:
         default_factory=lambda: asyncio.get_running_loop().create_future())
     taken: asyncio.Future[None] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future())
-    _progress: asyncio.Event = field(default_factory=asyncio.Event)
+    _progress: Signal = field(default_factory=Signal)
 
     def grew(self) -> None:
         """A fill was added, or the flight ended: wake those waiting for the next slice."""
-        self._progress.set()
-        self._progress = asyncio.Event()
+        self._progress.fire()
 
     async def wait_growth(self, timeout: float) -> None:
         """Wait for the next `grew` (a body of unknown length being cut into slices)."""
         if self.ended.done():
             return
         try:
-            await within(self._progress.wait(), timeout)
+            await self._progress.wait(timeout)
         except TimeoutError:
             raise UpstreamTimeout(f"no progress from upstream for {timeout:.0f}s") from None
