@@ -265,8 +265,9 @@ def new_cache(directory: Path, size_limit: int, disk: type[diskcache.Disk],
 
 
 @contextlib.contextmanager
-def _locked(directory: Path) -> Iterator[None]:
-    """One worker process at a time checks, and perhaps sets aside, the index."""
+def locked(directory: Path) -> Iterator[None]:
+    """One worker process at a time checks, and perhaps sets aside, the index (and builds
+    the key filter, `presence`)."""
     fd = os.open(directory / LOCK, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
@@ -280,7 +281,7 @@ def open_checked(directory: Path, make: Callable[[], _C]) -> _C:
     unusable one is set aside and made anew. Errors that are not the index's fault (a full
     volume, a locked database) are raised."""
     prepare_directory(directory)
-    with _locked(directory):
+    with locked(directory):
         try:
             return _checked(make())
         except (sqlite3.Error, OSError) as exc:
@@ -365,6 +366,17 @@ def present(execute: Callable[..., sqlite3.Cursor], keys: list[str]) -> set[str]
         found.update(row[0] for row in execute(
             f"SELECT key FROM Cache WHERE raw = 1 AND key IN ({marks})", part))
     return found
+
+
+def keys_with(execute: Callable[..., sqlite3.Cursor], prefix: str,
+              page: int = 1000) -> Iterator[str]:
+    """The (string) keys that start with ``prefix``, in order, read a page at a time (keys
+    stored or removed meanwhile may or may not be listed)."""
+    low, op, upper = prefix, ">=", prefix[:-1] + chr(ord(prefix[-1]) + 1)
+    while rows := execute(f"SELECT key FROM Cache WHERE key {op} ? AND key < ? ORDER BY key"
+                          " LIMIT ?", (low, upper, page)).fetchall():
+        yield from (row[0] for row in rows)
+        low, op = rows[-1][0], ">"
 
 
 # Entries whose keys start with a prefix, least recently stored first: the eviction policy's

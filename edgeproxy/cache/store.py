@@ -40,6 +40,7 @@ from .evict import Evictor, SizeWatch
 from .index import AdoptFile, reading, writing
 from .keys import META_PREFIX, SLICE_PREFIX, meta_key, slice_key, slice_of, tag_of, variant_key
 from .meta import ObjectMeta, decode, encode
+from .presence import presence_of, slots_for
 from .slicefiles import KeptFile, SliceFile, SliceFiles
 from .space import Volume
 
@@ -95,6 +96,8 @@ class CacheStore:
             self.fault(exc)
             cache = index.Unavailable(self._open, self._reopened, exc)
         self._cache = cache
+        self.presence = None if isinstance(cache, index.Unavailable) else presence_of(
+            directory, index.sql(cache), slots_for(size_limit))
         self._batch = GroupCommit(self._cache, self.fault)
         self._batch.on_commit = self._committed
         self._batch.on_full = lambda exc, nbytes: index.is_full(exc) and self.room.make_room(nbytes)
@@ -113,6 +116,7 @@ class CacheStore:
 
     def _reopened(self, cache: diskcache.Cache) -> None:
         self._cache = self._batch.cache = cache
+        self.presence = presence_of(self.directory, index.sql(cache), slots_for(self.size_limit))
 
     def fault(self, exc: BaseException) -> None:
         """Record a storage fault (logged, counted by reason, and reported by /healthz until
@@ -143,8 +147,15 @@ class CacheStore:
 
     @reading(None)
     def get_meta(self, key: str) -> ObjectMeta | None:
-        """The stored facts of ``key``, or None."""
-        return _facts(self._get(meta_key(key)))
+        """The stored facts of ``key``, or None (the key filter knows most misses)."""
+        skey = meta_key(key)
+        found, value = self._batch.get(skey)
+        if not found:
+            presence = self.presence
+            if presence is not None and not presence.may_hold(skey):
+                return None
+            value = self._cache.get(skey)
+        return _facts(value)
 
     def _get(self, skey: str) -> Any:
         found, value = self._batch.get(skey)
@@ -161,7 +172,10 @@ class CacheStore:
         """
         if meta.vary and meta.vary_values is not None:
             self._batch.put(variant_key(key, meta.vary_values), encode(meta), tag_of(key))
-        self._put(meta_key(key), encode(meta), tag_of(key))
+        skey = meta_key(key)
+        if self.presence is not None:
+            self.presence.add(skey)  # before the index row: other workers then ask for it
+        self._put(skey, encode(meta), tag_of(key))
 
     def _put(self, skey: str, value: Any, tag: str) -> None:
         """A write for the next group commit; while the store is degraded it goes through at
@@ -252,11 +266,7 @@ class CacheStore:
         """The index key of every stored slice (read in pages: slices stored or dropped
         meanwhile may or may not be listed)."""
         self._batch.commit()  # this process's pending slices are stored ones too
-        for entry in self._cache.iterkeys():
-            if isinstance(entry, str) and entry.startswith(SLICE_PREFIX):
-                yield entry
-            elif isinstance(entry, str) and entry > SLICE_PREFIX:
-                return  # keys come sorted: past the slices
+        yield from index.keys_with(index.sql(self._cache), SLICE_PREFIX)
 
     @reading(None)
     def inspect(self, skey: str) -> SliceCheck | None:
@@ -274,11 +284,8 @@ class CacheStore:
     def meta_keys(self) -> Iterator[str]:
         """The cache key of every stored object (read in pages, as `slice_keys`)."""
         self._batch.commit()
-        for entry in self._cache.iterkeys():
-            if isinstance(entry, str) and entry.startswith(META_PREFIX):
-                yield entry[len(META_PREFIX):]
-            elif isinstance(entry, str) and entry > META_PREFIX:
-                return  # keys come sorted: past the objects
+        for skey in index.keys_with(index.sql(self._cache), META_PREFIX):
+            yield skey[len(META_PREFIX):]
 
     @reading(None)
     def raw_slice(self, key: str, version: str, index: int) -> bytes | IO[bytes] | None:
@@ -394,6 +401,8 @@ class CacheStore:
         self.forget_files()
         if not isinstance(self._cache, index.Unavailable):
             self._cache.close()
+        if self.presence is not None:
+            self.presence.close()
         self.space.close()
 
 
