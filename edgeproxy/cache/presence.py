@@ -62,10 +62,11 @@ class Presence:
         self._map = mapping
         self.slots = len(mapping)
 
-    def _positions(self, key: str) -> tuple[int, ...]:
+    def _positions(self, key: str) -> tuple[int, int, int]:
+        # `PROBES` slots from three 42-bit parts of one 128-bit hash
         digest = xxhash.xxh3_128_intdigest(key.encode("utf-8", "surrogatepass"))
         slots = self.slots
-        return tuple((digest >> (42 * i)) % slots for i in range(PROBES))
+        return digest % slots, (digest >> 42) % slots, (digest >> 84) % slots
 
     def add(self, key: str) -> None:
         """Note that ``key`` may be in the index from now on (before it is written there)."""
@@ -77,7 +78,8 @@ class Presence:
     def may_hold(self, key: str) -> bool:
         """False when ``key`` was never written to the index (then it is not there)."""
         mapping = self._map
-        return all(mapping[position] for position in self._positions(key))
+        first, second, third = self._positions(key)
+        return bool(mapping[first] and mapping[second] and mapping[third])
 
     def close(self) -> None:
         """Unmap the file."""
