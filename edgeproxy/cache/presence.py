@@ -17,7 +17,9 @@ A slot missing for a key the index holds (the file was lost in a machine crash, 
 while workers ran) makes that object a miss once: fetched again and stored again, never a
 wrong byte. The file is built from the index when it is missing, under the index's lock; its
 blocks are allocated at once, so a full volume fails its creation (then every lookup asks the
-index), never a write into the mapping (which would kill the worker with SIGBUS).
+index), never a write into the mapping (which would kill the worker with SIGBUS). A worker
+without the filter (it could not be made or mapped) writes no slots: what it stores is a miss
+once for the workers that have it.
 """
 
 from __future__ import annotations
