@@ -30,6 +30,40 @@ def test_classify_by_content_type() -> None:
     assert cls is not None and cls.name == "video"
 
 
+def _classify_reference(path: str, ctype: str | None,
+                        classes: tuple[ContentClass, ...]) -> ContentClass | None:
+    """The rule as seed 000 states it, one glob at a time (`fnmatch.fnmatchcase`)."""
+    import fnmatch
+    media = (ctype or "").split(";")[0].strip().lower()
+    for cc in classes:
+        if any(fnmatch.fnmatchcase(path, p) for p in cc.paths):
+            return cc
+        if media and any(fnmatch.fnmatchcase(media, p) for p in cc.content_types):
+            return cc
+    return None
+
+
+GLOB_CLASSES = (
+    ContentClass("a", paths=("/v/t1/*/thumb", "/x/?.jpg"), content_types=("image/*",)),
+    ContentClass("b", paths=("/v/[0-9]*", "/lit.(x)+", "/v/[!a-c]z", "*.m3u8")),
+    ContentClass("c", content_types=("video/mp4", "audio/*")),
+)
+
+
+@pytest.mark.parametrize("path", [
+    "/v/t1/abc/thumb", "/v/t1/a/b/thumb", "/v/t1/thumb", "/x/1.jpg", "/x/12.jpg", "/v/9",
+    "/v/t1/abc", "/lit.(x)+", "/litx", "/v/dz", "/v/az", "/a/b.m3u8", "/a/b.m3u8?x",
+    "/v/t1/a\nb/thumb", "", "/V/T1/A/THUMB", "/x/\n.jpg",
+])
+@pytest.mark.parametrize("ctype", [None, "image/png", "Video/MP4; codecs=x", "audio/ogg",
+                                   "video/mp4x", "text/html"])
+def test_classify_matches_the_globs_one_by_one(path: str, ctype: str | None) -> None:
+    """The globs of a class are matched as one compiled pattern: the same answers as
+    `fnmatch.fnmatchcase` glob by glob (the reference), first class first."""
+    assert policy.classify(path, ctype, GLOB_CLASSES) is \
+        _classify_reference(path, ctype, GLOB_CLASSES)
+
+
 @pytest.mark.parametrize(("tier", "path", "ttl"), [
     ("edge", "/v/t1/a", 7 * DAY), ("shield", "/v/t1/a", 30 * DAY),          # seed 000 table
     ("edge", "/v/t1/a/thumb", 7 * DAY), ("shield", "/v/t1/a/thumb", 30 * DAY),

@@ -10,7 +10,7 @@ from __future__ import annotations
 import fnmatch
 import functools
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from ..config import ContentClass
@@ -85,16 +85,41 @@ def _seconds(directives: Mapping[str, str | None], name: str) -> float | None:
 
 
 def classify(path: str, content_type: str | None,
-             classes: Iterable[ContentClass]) -> ContentClass | None:
+             classes: tuple[ContentClass, ...]) -> ContentClass | None:
     """The first configured class whose path glob or content-type pattern matches (seed 000,
     "Cache Rules"); None means the default class, which follows the upstream's headers."""
     media_type = (content_type or "").split(";")[0].strip().lower()
-    for cc in classes:
-        if any(fnmatch.fnmatchcase(path, pattern) for pattern in cc.paths):
+    for cc, paths, types in _rules(classes):
+        if paths is not None and paths.match(path):
             return cc
-        if media_type and any(fnmatch.fnmatchcase(media_type, p) for p in cc.content_types):
+        if media_type and types is not None and types.match(media_type):
             return cc
     return None
+
+
+_Rules = list[tuple[ContentClass, "re.Pattern[str] | None", "re.Pattern[str] | None"]]
+# The classes' globs, each class's compiled into one pattern, by the (long-lived) tuple of
+# classes they came in: a miss matched every glob with `fnmatchcase` (a cache lookup and a
+# match each).
+_COMPILED: dict[int, tuple[tuple[ContentClass, ...], _Rules]] = {}
+
+
+def _rules(classes: tuple[ContentClass, ...]) -> _Rules:
+    entry = _COMPILED.get(id(classes))
+    if entry is not None and entry[0] is classes:
+        return entry[1]
+    rules = [(cc, _globs(cc.paths), _globs(cc.content_types)) for cc in classes]
+    if len(_COMPILED) >= 64:
+        _COMPILED.clear()
+    _COMPILED[id(classes)] = (classes, rules)  # (the tuple kept: its id is not reused)
+    return rules
+
+
+def _globs(patterns: tuple[str, ...]) -> re.Pattern[str] | None:
+    """One pattern matching what any of ``patterns`` matches (as `fnmatch.fnmatchcase`)."""
+    if not patterns:
+        return None
+    return re.compile("|".join(f"(?:{fnmatch.translate(p)})" for p in patterns))
 
 
 # --- storability and freshness ---------------------------------------------------------------
