@@ -4,6 +4,7 @@ alone, and how many turns of the event loop a waiter takes to run again."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -134,14 +135,30 @@ def test_a_wait_that_ends_in_time_leaves_no_deadline_behind(wait: str) -> None:
     async def main() -> None:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[int] = loop.create_future()
-        loop.call_later(0.005, future.set_result, 5)
+        loop.call_soon(future.set_result, 5)
         waited = within(future, 0.02) if wait == "within" else shared(future, 0.02)
         assert await waited == 5
-        await asyncio.sleep(0.04)  # past the deadline
+        await asyncio.sleep(0.05)  # past the deadline
         assert future.result() == 5
         again: asyncio.Future[int] = loop.create_future()
-        loop.call_later(0.005, again.set_result, 6)
+        loop.call_soon(again.set_result, 6)
         assert await (within(again, 1) if wait == "within" else shared(again, 1)) == 6
+
+    asyncio.run(main())
+
+
+def test_a_result_in_time_wins_over_a_deadline_that_fires_before_the_waiter_runs() -> None:
+    """A shared future's result wakes its waiters by a callback, one turn later; a deadline
+    due in that turn must not turn a result that came in time into a timeout."""
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[int] = loop.create_future()
+        waiting = asyncio.ensure_future(shared(future, 0.01))
+        await asyncio.sleep(0)  # parked on its waiter, the deadline armed
+        loop.call_later(0.005, future.set_result, 8)  # in time
+        time.sleep(0.02)  # a late loop: the result and the deadline are due in one turn,
+        # and the result's wake-up callback is queued behind the deadline
+        assert await waiting == 8
 
     asyncio.run(main())
 

@@ -60,8 +60,9 @@ class _Deadline:
             future.cancel()
 
 
-def _time_out(waiter: asyncio.Future[None]) -> None:
-    if not waiter.done():
+def _time_out(waiter: asyncio.Future[None], future: asyncio.Future[Any]) -> None:
+    # a result set in time wins, though its wake-up may still be on its way to the waiter
+    if not waiter.done() and not future.done():
         waiter.set_exception(TimeoutError())
 
 
@@ -157,7 +158,8 @@ async def shared(future: asyncio.Future[T], timeout: float | None) -> T:
     else:
         future.add_done_callback(wake)
     # the waiter is this request's own: the timer ends the wait by failing it
-    timer = None if timeout is None else waiter.get_loop().call_later(timeout, _time_out, waiter)
+    timer = None if timeout is None else \
+        waiter.get_loop().call_later(timeout, _time_out, waiter, future)
     try:
         await waiter
     finally:
