@@ -402,3 +402,34 @@ def test_a_store_opened_on_a_full_volume_passes_through_until_its_index_opens(
         store.close()
     finally:
         volume.close()
+
+
+def test_facts_written_as_the_index_reopens_are_in_the_key_filter(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The write that finds room again reopens the index, and with it makes the key filter
+    (`presence`): the facts it writes must be in the filter, or every worker would take the
+    object for a miss without asking the index."""
+    if not _as_root():
+        pytest.skip("needs root for a tmpfs: SQLite's own writes are not simulated")
+    monkeypatch.setattr(index, "REOPEN_INTERVAL", 0.0)
+    directory = tmp_path / "cache"
+    volume = Tmpfs(directory)
+    try:
+        volume.fill_up()
+        store = CacheStore(directory, 1024**3)
+        assert store.presence is None  # no index, no filter
+        meta = ObjectMeta(200, len(TINY), None, None, None, (), Freshness(0.0, 0.0, 60.0), "x",
+                          "v1", MiB)
+        volume.drain()
+        store.set_meta("/tiny", meta)  # this write reopens the index and makes the filter
+        assert store.presence is not None
+        store.commit()
+        other = CacheStore(directory, 1024**3)  # another worker, the filter made already
+        try:
+            assert other.get_meta("/tiny") == meta
+            assert store.get_meta("/tiny") == meta
+        finally:
+            other.close()
+        store.close()
+    finally:
+        volume.close()

@@ -39,7 +39,8 @@ from .keys import META_PREFIX
 
 log = logging.getLogger("edgeproxy.cache")
 
-__all__ = ["NAME", "PROBES", "Presence", "open_presence", "presence_of", "slots_for"]
+__all__ = ["NAME", "PROBES", "UNFILTERED_MAX", "Presence", "open_presence", "presence_of",
+           "slots_for"]
 
 NAME = "presence"
 PROBES = 3
@@ -48,6 +49,9 @@ PROBES = 3
 BYTES_PER_SLOT = 8 * 1024
 MIN_SLOTS = 64 * 1024
 MAX_SLOTS = 8 * 1024 * 1024
+# Keys a store remembers while it has no filter, for the filter once it has one (beyond these,
+# the objects it stored meanwhile are misses once for the workers with the filter).
+UNFILTERED_MAX = 100_000
 
 
 def slots_for(size_limit: int) -> int:
@@ -89,13 +93,20 @@ class Presence:
             self._map.close()
 
 
-def presence_of(directory: Path, execute: Callable[..., sqlite3.Cursor],
-                slots: int) -> Presence | None:
+def presence_of(directory: Path, execute: Callable[..., sqlite3.Cursor], slots: int,
+                unfiltered: set[str] | None = None) -> Presence | None:
     """The filter of the index in ``directory`` (``execute``: its queries), built from its
-    keys by the first worker that finds none; None when it cannot be had."""
+    keys by the first worker that finds none, with the keys this store wrote while it had no
+    filter (``unfiltered``: emptied once they are in); None when it cannot be had."""
     try:
         with index.locked(directory):
-            return open_presence(directory, slots, lambda: index.keys_with(execute, META_PREFIX))
+            presence = open_presence(directory, slots,
+                                     lambda: index.keys_with(execute, META_PREFIX))
+        if presence is not None and unfiltered:
+            for key in unfiltered:
+                presence.add(key)
+            unfiltered.clear()
+        return presence
     except OSError as exc:  # the lock's file (a full volume, a read-only one)
         log.warning("the key filter in %s cannot be had (%s): lookups ask the index",
                     directory, exc)

@@ -40,7 +40,7 @@ from .evict import Evictor, SizeWatch
 from .index import AdoptFile, reading, writing
 from .keys import META_PREFIX, SLICE_PREFIX, meta_key, slice_key, slice_of, tag_of, variant_key
 from .meta import ObjectMeta, decode, encode
-from .presence import presence_of, slots_for
+from .presence import UNFILTERED_MAX, presence_of, slots_for
 from .slicefiles import KeptFile, SliceFile, SliceFiles
 from .space import Volume
 
@@ -98,6 +98,7 @@ class CacheStore:
         self._cache = cache
         self.presence = None if isinstance(cache, index.Unavailable) else presence_of(
             directory, index.sql(cache), slots_for(size_limit))
+        self._unfiltered: set[str] = set()  # keys written while the filter was not to be had
         self._batch = GroupCommit(self._cache, self.fault)
         self._batch.on_commit = self._committed
         self._batch.on_full = lambda exc, nbytes: index.is_full(exc) and self.room.make_room(nbytes)
@@ -116,7 +117,9 @@ class CacheStore:
 
     def _reopened(self, cache: diskcache.Cache) -> None:
         self._cache = self._batch.cache = cache
-        self.presence = presence_of(self.directory, index.sql(cache), slots_for(self.size_limit))
+        # (the transaction reopening it may be writing the keys written without a filter)
+        self.presence = presence_of(self.directory, index.sql(cache),
+                                    slots_for(self.size_limit), self._unfiltered)
 
     def fault(self, exc: BaseException) -> None:
         """Record a storage fault (logged, counted by reason, and reported by /healthz until
@@ -175,6 +178,8 @@ class CacheStore:
         skey = meta_key(key)
         if self.presence is not None:
             self.presence.add(skey)  # before the index row: other workers then ask for it
+        elif len(self._unfiltered) < UNFILTERED_MAX:
+            self._unfiltered.add(skey)  # for the filter, if it comes (the index reopens)
         self._put(skey, encode(meta), tag_of(key))
 
     def _put(self, skey: str, value: Any, tag: str) -> None:
