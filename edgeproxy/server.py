@@ -215,10 +215,10 @@ def run_node(config: Config, role: str, *, upstream: str | None = None,
 
 def _run_workers(config: Any) -> None:
     """uvicorn's multi-worker supervisor, except that SIGHUP reloads the workers in place and
-    each worker listens on a socket of its own (`workers.reuse_port_socket`)."""
+    each worker listens on a socket of its own (`workers.claim_port`)."""
     from uvicorn.supervisors import Multiprocess, multiprocess
 
-    from .workers import OwnSocketWorker, reuse_port_socket
+    from .workers import OwnSocketWorker, claim_port
 
     class Supervisor(Multiprocess):
         def handle_hup(self) -> None:
@@ -227,7 +227,7 @@ def _run_workers(config: Any) -> None:
                 if process.pid is not None:
                     os.kill(process.pid, signal.SIGHUP)
 
-    sock = reuse_port_socket(config.host, config.port)
+    sock = claim_port(config.host, config.port)
     if sock is None:
         sock = config.bind_socket()  # no SO_REUSEPORT here: the workers share one socket
     else:

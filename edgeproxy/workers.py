@@ -7,9 +7,14 @@ other worker idled. With ``SO_REUSEPORT`` each worker listens on its own socket 
 same address and the kernel spreads new connections over them by their addresses.
 
 The supervisor binds the address first, with ``SO_REUSEPORT``, and never listens on it: it
-reserves the port (a port taken fails at start, as before) and tells workers where to bind;
-a socket that does not listen gets no connections. A worker that dies takes the connections
-queued on its socket with it, as it does those it accepted.
+reserves the port and tells workers where to bind; a socket that does not listen gets no
+connections. ``SO_REUSEPORT`` lets any process of the same user bind the address too, so a
+second node configured on the same port (or any server that also sets it) would silently get
+half of the connections; `claim_port` first binds without it, which fails if anything holds
+the address, so a port taken fails at start as it does without workers.
+
+A worker that dies takes the connections queued on its socket with it, as it does those it
+accepted.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from typing import Any
 
 from uvicorn.supervisors.multiprocess import Process
 
-__all__ = ["OwnSocketWorker", "reuse_port_socket"]
+__all__ = ["OwnSocketWorker", "claim_port", "reuse_port_socket"]
 
 
 def reuse_port_socket(host: str, port: int) -> socket.socket | None:
@@ -42,6 +47,18 @@ def reuse_port_socket(host: str, port: int) -> socket.socket | None:
         raise
     sock.set_inheritable(True)
     return sock
+
+
+def claim_port(host: str, port: int) -> socket.socket | None:
+    """`reuse_port_socket` for a supervisor: raises ``OSError`` (``EADDRINUSE``) if any socket,
+    with ``SO_REUSEPORT`` or not, is bound to the address now (port 0: a free port)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP) as probe:
+        # SO_REUSEADDR only: a port in TIME_WAIT is free, one bound by anyone is not
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind((host, port))
+        port = int(probe.getsockname()[1])
+    return reuse_port_socket(host, port)
 
 
 class OwnSocketWorker(Process):

@@ -80,6 +80,20 @@ class Chain:
             time.sleep(0.01)
 
     def _start_processes(self) -> None:
+        for attempt in range(3):
+            try:
+                self._launch_processes()
+                return
+            except RuntimeError:
+                # another test took a port between free_port and the node's bind: the node
+                # refuses to share it and exits (`workers.claim_port`); try other ports
+                for proc in self._procs:
+                    stop_process(proc)
+                self._procs = []
+                if attempt == 2:
+                    raise
+
+    def _launch_processes(self) -> None:
         ports = {"shield": free_port(), "edge": free_port()}
         self.shield_url = f"http://127.0.0.1:{ports['shield']}"
         self.edge_url = f"http://127.0.0.1:{ports['edge']}"

@@ -15,7 +15,7 @@ from types import TracebackType
 
 import httpx
 
-from tests.servers import free_port, write_stack_config
+from tests.servers import free_port, listens, write_stack_config
 from tests.static_origins import stop_process, wait_listening
 
 
@@ -31,6 +31,11 @@ class NodeProcess:
         self.out = config.parent / f"{role}.out"
         self.err = config.parent / f"{role}.err"
         self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def port(self) -> int:
+        """The port of ``url``."""
+        return int(self.url.rsplit(":", 1)[1].split("/", 1)[0])
 
     @property
     def pid(self) -> int:
@@ -60,7 +65,7 @@ class NodeProcess:
                 break
             try:
                 r = httpx.get(self.url + "/healthz", timeout=1, verify=self.verify)
-                if r.status_code == 200:
+                if r.status_code == 200 and listens(self.process.pid, self.port):
                     return self
             except httpx.HTTPError:
                 pass

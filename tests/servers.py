@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import psutil
 import uvicorn
 
 
@@ -31,6 +32,29 @@ def free_port() -> int:
                 continue
             return port
     raise RuntimeError("no free port below the ephemeral range")
+
+
+def listens(pid: int, port: int) -> bool:
+    """Whether process ``pid`` or one of its descendants listens on TCP ``port``.
+
+    A connection that succeeds proves only that *something* listens: between `free_port` and
+    a server's bind, another test's server may take the port, and a test that waited for a
+    connection then talks to the wrong server (it happened: 404s from another test's origin).
+    """
+    try:
+        root = psutil.Process(pid)
+        family = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return False
+    for process in family:
+        try:
+            connections = process.net_connections(kind="tcp")
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+        if any(c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port
+               for c in connections):
+            return True
+    return False
 
 
 def _ephemeral_range() -> tuple[int, int]:

@@ -10,14 +10,13 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from tests.servers import free_port
+from tests.servers import free_port, listens
 
 # nginx's access log as one JSON object a line: what a cache sent it and what it answered.
 _LOG_FORMAT = (
@@ -66,16 +65,14 @@ def nginx_binary() -> str:
 
 
 def wait_listening(port: int, proc: subprocess.Popen[bytes], what: str) -> None:
-    """Block until ``port`` accepts connections; fail if ``proc`` exits first."""
+    """Block until ``proc`` (or a child of it) listens on ``port``; fail if it exits first."""
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"{what} exited with {proc.returncode} before listening")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.02)
+        if listens(proc.pid, port):
+            return
+        time.sleep(0.02)
     raise RuntimeError(f"{what} did not listen on {port}")
 
 

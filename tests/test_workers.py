@@ -16,7 +16,7 @@ import httpx
 import psutil
 import pytest
 
-from edgeproxy.workers import reuse_port_socket
+from edgeproxy.workers import claim_port, reuse_port_socket
 from tests.nodes import NodeProcess, node_process
 from tests.origins import TestOrigin
 from tests.servers import serve
@@ -47,6 +47,47 @@ def test_a_port_in_use_is_refused_at_start() -> None:
         reuse_port_socket("127.0.0.1", plain.getsockname()[1])
     assert taken.value.errno == errno.EADDRINUSE
     plain.close()
+
+
+def test_a_supervisor_does_not_share_a_port_another_reuse_port_socket_holds() -> None:
+    """`reuse_port_socket` alone would join another process's group on the port (as a second
+    node configured on the same port would, taking half of its connections); `claim_port`
+    refuses, and takes a port nobody holds, or a free one for port 0."""
+    other = reuse_port_socket("127.0.0.1", 0)
+    assert other is not None
+    other.listen()
+    port = other.getsockname()[1]
+    with pytest.raises(OSError) as taken:
+        claim_port("127.0.0.1", port)
+    assert taken.value.errno == errno.EADDRINUSE
+    other.close()
+    mine = claim_port("127.0.0.1", port)
+    assert mine is not None and mine.getsockname()[1] == port
+    joined = reuse_port_socket("127.0.0.1", port)  # the workers join the supervisor's
+    assert joined is not None
+    fresh = claim_port("127.0.0.1", 0)
+    assert fresh is not None and fresh.getsockname()[1] not in (0, port)
+    for sock in (mine, joined, fresh):
+        sock.close()
+
+
+def test_a_second_node_with_workers_on_a_taken_port_exits(tmp_path: Path) -> None:
+    """Two edges of two workers each, configured on one port: the second exits at start with
+    the address in use, and the first keeps every connection."""
+    with _two_worker_edge(tmp_path / "a", b"z" * 300) as (first, port):
+        assert len(_listening_workers(first.pid, port, 2)) == 2
+        config = tmp_path / "b" / "config.yaml"
+        config.parent.mkdir()
+        config.write_text(first.config.read_text())
+        second = NodeProcess(config, "edge", first.url, upstream=first.upstream)
+        second.launch()
+        assert second.wait(20) != 0
+        assert "address already in use" in second.err.read_text().lower()
+        fresh = httpx.Limits(max_keepalive_connections=0)
+        with httpx.Client(limits=fresh, timeout=10) as client:
+            for _ in range(20):
+                r = client.get(first.url + OBJ)
+                assert r.status_code == 200 and r.content == b"z" * 300
 
 
 def _on_port(pid: int, port: int, status: str) -> int:
