@@ -81,7 +81,10 @@ def test_a_second_node_with_workers_on_a_taken_port_exits(tmp_path: Path) -> Non
         config.write_text(first.config.read_text())
         second = NodeProcess(config, "edge", first.url, upstream=first.upstream)
         second.launch()
-        assert second.wait(20) != 0
+        try:
+            assert second.wait(20) != 0
+        finally:
+            second.stop()  # (when it did not exit: it shared the port)
         assert "address already in use" in second.err.read_text().lower()
         fresh = httpx.Limits(max_keepalive_connections=0)
         with httpx.Client(limits=fresh, timeout=10) as client:
