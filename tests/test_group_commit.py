@@ -11,7 +11,7 @@ from pathlib import Path
 import diskcache
 import pytest
 
-from edgeproxy.cache import batch
+from edgeproxy.cache import batch, queries
 from edgeproxy.cache.batch import GroupCommit
 
 
@@ -253,7 +253,7 @@ async def test_stored_slices_answers_like_has_slice_in_one_query(tmp_path: Path)
     """`CacheStore.stored_slices` (a fill's claims ask it once for a run of slices) says what
     `has_slice` says of each: pending in this process, committed for every process, another
     version not; beyond SQLite's parameter limit too; and nothing on a storage fault."""
-    from edgeproxy.cache import checksum, index
+    from edgeproxy.cache import checksum
     from edgeproxy.cache.store import CacheStore
 
     writer = CacheStore(tmp_path / "cache", 1 << 30)
@@ -265,11 +265,11 @@ async def test_stored_slices_answers_like_has_slice_in_one_query(tmp_path: Path)
             path.write_bytes(data)
             writer.commit_slice("/k", version, i, path, len(data), checksum=checksum.of(data))
 
-        for i in (0, 3, index.IN_MAX + 7):
+        for i in (0, 3, queries.IN_MAX + 7):
             put(i)
         put(5, "v2")
-        run = range(0, index.IN_MAX + 20)
-        expected = frozenset({0, 3, index.IN_MAX + 7})
+        run = range(0, queries.IN_MAX + 20)
+        expected = frozenset({0, 3, queries.IN_MAX + 7})
         assert writer.stored_slices("/k", "v1", run) == expected  # pending here
         assert reader.stored_slices("/k", "v1", run) == frozenset()  # not yet committed
         writer.commit()
@@ -303,7 +303,7 @@ async def test_slice_files_go_to_256_folders_made_at_open_and_old_names_still_re
     ``mkdir`` on the event loop while filling), a purge leaves the folder in place, and a row
     written under diskcache's two-level names still reads."""
     from edgeproxy.cache import checksum
-    from edgeproxy.cache.index import sql
+    from edgeproxy.cache.queries import sql
     from edgeproxy.cache.store import INLINE_MAX, CacheStore
 
     root = tmp_path / "cache"

@@ -26,7 +26,7 @@ from typing import Any
 
 import diskcache
 
-from . import index
+from . import queries
 from .index import AdoptFile
 
 log = logging.getLogger("edgeproxy.cache")
@@ -136,7 +136,7 @@ class GroupCommit:
         with self.cache.transact():
             cache = self.cache  # (the index opened just now, if it was unavailable till then)
             execute = cache._sql
-            present = index.present(execute, list(batch))
+            present = queries.present(execute, list(batch))
             rows = []
             now = time.time()
             for key, (value, tag) in batch.items():

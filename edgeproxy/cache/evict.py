@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from . import index
+from . import index, queries
 from .space import NoRoom, Volume
 
 log = logging.getLogger("edgeproxy.cache")
@@ -112,7 +112,7 @@ class Evictor:
         cache = self._cache()
         freed = 0
         while freed < nbytes:
-            rows = index.oldest(cache, self.prefix)
+            rows = queries.oldest(cache, self.prefix)
             if not rows:
                 break
             evicted = []
@@ -121,7 +121,7 @@ class Evictor:
                     break
                 freed += self.unlink(row[1]) if row[1] else row[2]
                 evicted.append(row)
-            self.retry_full(lambda: index.delete_rows(cache, evicted))  # noqa: B023
+            self.retry_full(lambda: queries.delete_rows(cache, evicted))  # noqa: B023
         self._forget_files()
         self.volume.evicted()
         log.debug("evicted %d bytes of slices from %s to keep %d bytes free", freed,
@@ -130,7 +130,7 @@ class Evictor:
 
     def unlink_files(self, where: str, args: tuple[Any, ...]) -> None:
         """Delete the value files of the rows matching ``where`` (ahead of the rows)."""
-        for (filename,) in index.sql(self._cache())(
+        for (filename,) in queries.sql(self._cache())(
                 f"SELECT filename FROM Cache WHERE {where} AND filename IS NOT NULL", args):
             self.unlink(filename)
 

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import xxhash
 
-from . import index
+from . import index, queries
 from .keys import META_PREFIX
 
 log = logging.getLogger("edgeproxy.cache")
@@ -101,7 +101,7 @@ def presence_of(directory: Path, execute: Callable[..., sqlite3.Cursor], slots: 
     try:
         with index.locked(directory):
             presence = open_presence(directory, slots,
-                                     lambda: index.keys_with(execute, META_PREFIX))
+                                     lambda: queries.keys_with(execute, META_PREFIX))
         if presence is not None and unfiltered:
             for key in unfiltered:
                 presence.add(key)

@@ -33,7 +33,7 @@ import diskcache
 
 from ..config import FreeSpace
 from ..errors import StorageFault
-from . import index
+from . import index, queries
 from .batch import GroupCommit
 from .checksum import SliceCheck, check_file, check_inline, seal, unseal
 from .evict import Evictor, SizeWatch
@@ -97,7 +97,7 @@ class CacheStore:
             cache = index.Unavailable(self._open, self._reopened, exc)
         self._cache = cache
         self.presence = None if isinstance(cache, index.Unavailable) else presence_of(
-            directory, index.sql(cache), slots_for(size_limit))
+            directory, queries.sql(cache), slots_for(size_limit))
         self._unfiltered: set[str] = set()  # keys written while the filter was not to be had
         self._batch = GroupCommit(self._cache, self.fault)
         self._batch.on_commit = self._committed
@@ -118,7 +118,7 @@ class CacheStore:
     def _reopened(self, cache: diskcache.Cache) -> None:
         self._cache = self._batch.cache = cache
         # (the transaction reopening it may be writing the keys written without a filter)
-        self.presence = presence_of(self.directory, index.sql(cache),
+        self.presence = presence_of(self.directory, queries.sql(cache),
                                     slots_for(self.size_limit), self._unfiltered)
 
     def fault(self, exc: BaseException) -> None:
@@ -271,7 +271,7 @@ class CacheStore:
         """The index key of every stored slice (read in pages: slices stored or dropped
         meanwhile may or may not be listed)."""
         self._batch.commit()  # this process's pending slices are stored ones too
-        yield from index.keys_with(index.sql(self._cache), SLICE_PREFIX)
+        yield from queries.keys_with(queries.sql(self._cache), SLICE_PREFIX)
 
     @reading(None)
     def inspect(self, skey: str) -> SliceCheck | None:
@@ -289,7 +289,7 @@ class CacheStore:
     def meta_keys(self) -> Iterator[str]:
         """The cache key of every stored object (read in pages, as `slice_keys`)."""
         self._batch.commit()
-        for skey in index.keys_with(index.sql(self._cache), META_PREFIX):
+        for skey in queries.keys_with(queries.sql(self._cache), META_PREFIX):
             yield skey[len(META_PREFIX):]
 
     @reading(None)
@@ -323,7 +323,7 @@ class CacheStore:
         each, between the upstream's head and the client's first byte."""
         wanted = {slice_key(key, version, i): i for i in indexes}
         found = {i for skey, i in wanted.items() if skey in self._batch.pending}
-        found.update(wanted[k] for k in index.present(index.sql(self._cache), list(wanted)))
+        found.update(wanted[k] for k in queries.present(queries.sql(self._cache), list(wanted)))
         return frozenset(found)
 
     @writing
