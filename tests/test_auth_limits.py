@@ -171,6 +171,16 @@ def test_confirming_or_fetching_someone_elses_upload_is_403(origin: Origin) -> N
 # --- types and sizes -------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("name", ["x.exe\x00.png", "a\tb.png", "x\n.png", "x" * 1025 + ".png"])
+def test_a_file_name_with_control_characters_is_422(origin: Origin, name: str) -> None:
+    """A NUL ends a name for C code ("x.exe\\0.png" is x.exe): such names are refused whole."""
+    r = origin.http.post("/v1/media/upload/request",
+                         json=request_body(file_type="image/png", file_name=name))
+    assert r.status_code == 422 and error_of(r) == "invalid_field", r.text
+    assert r.json()["field"] == "file_name"
+    assert origin.staging() == [] and no_uploads_recorded(origin)
+
+
 @pytest.mark.parametrize(
     ("body", "reason"),
     [
@@ -181,6 +191,12 @@ def test_confirming_or_fetching_someone_elses_upload_is_403(origin: Origin) -> N
         (request_body(file_type="application/vnd.microsoft.portable-executable"), "executable"),
         (request_body(file_type="image/png", file_name="cat.png.exe"), "executable_extension"),
         (request_body(file_type="application/zip", file_name="C:\\dl\\SETUP.BAT"),
+         "executable_extension"),
+        # as Windows writes them: trailing dots and spaces dropped, an NTFS stream's file
+        (request_body(file_type="application/zip", file_name="x.exe."), "executable_extension"),
+        (request_body(file_type="application/zip", file_name="x.exe. "), "executable_extension"),
+        (request_body(file_type="application/zip", file_name="x.bat.."), "executable_extension"),
+        (request_body(file_type="application/zip", file_name="x.exe::$DATA"),
          "executable_extension"),
     ],
 )  # fmt: skip

@@ -293,6 +293,9 @@ def test_tus_patch_checksum_offset_and_termination(origin: Origin) -> None:
 
     r = patch(origin, url, 90_000, b"x", **{"Upload-Checksum": "crc32 AAAA"})
     assert r.status_code == 400 and error_of(r) == "unsupported_checksum"
+    for no_digest in ("sha1", "sha1 AAAA", "sha256 " + sha1(b"x")[5:]):
+        r = patch(origin, url, 90_000, b"x", **{"Upload-Checksum": no_digest})
+        assert r.status_code == 400 and error_of(r) == "bad_checksum", (no_digest, r.text)
     r = patch(origin, url, 12, blob[12:])
     assert r.status_code == 409 and r.headers["upload-offset"] == "90000"
     r = patch(origin, url, 90_000, blob[90_000:], **{"Content-Type": "application/octet-stream"})

@@ -52,7 +52,18 @@ def max_blob_size(media_size: int) -> int:
 def _extension(file_name: str) -> str:
     # Either separator: a name from a Windows client is "C:\\x\\setup.exe".
     name = PureWindowsPath(PurePosixPath(file_name).name).name
+    # As Windows would write the file: "x.exe::$DATA" (an NTFS stream) is x.exe, and
+    # trailing dots and spaces are dropped ("x.exe. " is x.exe).
+    name = name.split(":", 1)[0].rstrip(". \t\r\n\f\v")
     return name.rsplit(".", 1)[1].lower().strip() if "." in name else ""
+
+
+def check_file_name(file_name: str) -> None:
+    """422 for a ``file_name`` a file system would not take as written: control characters
+    (a NUL ends the name for C code: "x.exe\\0.png" is x.exe), or longer than 1024."""
+    if len(file_name) > 1024 or any(ord(c) < 32 or ord(c) == 127 for c in file_name):
+        raise HTTPError(422, "invalid_field", "file_name must be at most 1024 characters, "
+                        "without control characters", field="file_name")  # fmt: skip
 
 
 def check_type(limits: LimitsConfig, mimetype: str, file_name: str | None = None) -> None:

@@ -27,7 +27,7 @@ from ..errors import BlobFormatError, HTTPError
 from .auth import Principal
 from .core import DIRECT, OriginCore, iso_utc
 from .http import field, read_json, sha256_field
-from .limits import LimitExceeded, check_size, check_type
+from .limits import LimitExceeded, check_file_name, check_size, check_type
 from .records import Upload, UploadState
 from .s3store import StagedMismatch
 
@@ -117,6 +117,8 @@ class MediaAPI:
             raise HTTPError(422, "invalid_field", "file_type must be a MIME type such as "
                             "image/jpeg", field="file_type")  # fmt: skip
         sha = sha256_field(file_hash, "file_hash")
+        if file_name is not None:
+            check_file_name(file_name)
         if conversation_id is not None and not CONVERSATION_ID.fullmatch(conversation_id):
             raise HTTPError(422, "invalid_field", "conversation_id must match "
                             "[A-Za-z0-9_.:-]{1,128}", field="conversation_id")  # fmt: skip
@@ -195,8 +197,14 @@ class MediaAPI:
                 raise HTTPError(409, "upload_incomplete", "not every byte has been uploaded",
                                 declared=upload.declared_size,
                                 received=upload.received)  # fmt: skip
+            # The thumbnail is optional and the client's: a bad one is refused and the upload
+            # stays as it was (its verified bytes are not failed for it).
             try:
-                upload = await self._commit(upload, file_sha, thumb_b64)
+                thumb = self._decode_thumbnail(thumb_b64) if thumb_b64 is not None else None
+            except _Rejected as exc:
+                raise exc.error from None
+            try:
+                upload = await self._commit(upload, file_sha, thumb)
             except _Rejected as exc:
                 await self.o.discard_staged(upload)
                 await self.o.db(self.o.records.mark_failed, media_id, exc.error.error)
@@ -212,7 +220,7 @@ class MediaAPI:
                              "thumbnail_url": f"{media_url}/thumb" if upload.thumb_sha256
                              else None})  # fmt: skip
 
-    async def _commit(self, upload: Upload, file_sha: str, thumb_b64: str | None) -> Upload:
+    async def _commit(self, upload: Upload, file_sha: str, thumb: bytes | None) -> Upload:
         """Check the staged blob and thumbnail, then commit both; `_Rejected` on a mismatch."""
         o, sha, size = self.o, upload.declared_sha256, upload.declared_size
         if file_sha != sha:
@@ -240,7 +248,6 @@ class MediaAPI:
                 check_blob_layout(await o.staging.head(staged, 16), size)
             except BlobFormatError as exc:
                 raise _Rejected("bad_format", f"not a valid blob: {exc}", reason=str(exc)) from None
-        thumb = self._decode_thumbnail(thumb_b64) if thumb_b64 is not None else None
         thumb_sha = None
         if thumb is not None:
             thumb_sha = hashlib.sha256(thumb).hexdigest()
@@ -292,6 +299,7 @@ class MediaAPI:
                             declared=upload.declared_sha256, actual=exc.actual) from None
 
     def _decode_thumbnail(self, text: str) -> bytes:
+        """The thumbnail's bytes, checked as a blob of at most ``max_thumbnail_size``."""
         limit = self.o.config.origin.max_thumbnail_size
         if len(text) > (limit + 2) // 3 * 4:  # refuse before decoding an oversized string
             raise _Rejected("bad_thumbnail", f"thumbnail exceeds {limit} bytes",

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 from typing import TYPE_CHECKING
 
 from starlette.requests import Request
@@ -90,6 +91,10 @@ def parse_checksum(header: str | None) -> tuple[str, bytes] | None:
         digest = base64.b64decode(encoded.strip(), validate=True)
     except (binascii.Error, ValueError):
         raise HTTPError(400, "bad_checksum", "Upload-Checksum digest is not base64") from None
+    size = hashlib.new(algorithm).digest_size
+    if len(digest) != size:  # (no digest at all, or a truncated one: not a checksum to compare)
+        raise HTTPError(400, "bad_checksum", f"Upload-Checksum digest is not a {name.lower()} "
+                        f"digest ({size} bytes)")  # fmt: skip
     return algorithm, digest
 
 
