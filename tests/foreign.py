@@ -50,6 +50,7 @@ class Route:
     range_cap: int | None = None  # a 206 carries at most this many bytes (its Content-Range
     # says which): a part of the range asked for, as a few origins send
     content_digest: Digest = "none"  # an RFC 9530 Content-Digest on every 200 and 206
+    total_offset: int = 0  # a 206's Content-Range states the complete length off by this
     delay: float = 0.0  # seconds before the answer
     pause: float = 0.0  # seconds of silence before the answer's last 64 KiB
     conditional: bool = True  # 304 on a matching If-None-Match / If-Modified-Since
@@ -325,7 +326,7 @@ def _range(req: Request, route: Route,
     if route.range_cap is not None:
         end = min(end, start + route.range_cap - 1)
     part = body[start : end + 1]
-    extra = [("Content-Range", f"bytes {start}-{end}/{size}")]
+    extra = [("Content-Range", f"bytes {start}-{end}/{size + route.total_offset}")]
     if route.content_digest != "none":
         wrong = route.content_digest == "wrong" and start > 0
         extra.append(("Content-Digest", _digest(part + b"!" if wrong else part)))

@@ -196,6 +196,39 @@ def test_bad_range_is_refetched_not_served_from_store(nodes: Nodes,
     _assert_stored_right(nodes, target, body)
 
 
+@pytest.mark.parametrize("offset", [1000, -1000], ids=["total-too-large", "total-too-small"])
+@pytest.mark.parametrize("named", [True, False], ids=["content-addressed", "plain"])
+def test_a_wrong_complete_length_is_dropped_when_the_origin_contradicts_it(
+        nodes: Nodes, foreign: ForeignOrigin, offset: int, named: bool) -> None:
+    """One 206 states a wrong complete length (``Content-Range: bytes 0-…/N±1000``), every
+    later one the right length under the same strong ETag. The facts the wrong length made
+    are dropped as soon as an answer contradicts them: no answer is ever complete with
+    other bytes than the object's (a plain path's was, 1000 bytes short, on every request
+    for the object's lifetime), and the next answers are whole and right, then hits."""
+    body = pattern(SIZE, seed=47)
+    sha = hashlib.sha256(body).hexdigest()
+    target = f"/v/t1/{sha}" if named else f"/plain/{sha[:12]}"
+    route = foreign.route(target, body=body, etag='"s1"', headers=[IMMUTABLE],
+                          total_offset=offset)
+    _get(nodes.url + target, "bytes=0-99")  # the one lie: its length is the stored one
+    route.total_offset = 0
+    answers = []
+    for _ in range(4):
+        r = _get(nodes.url + target)
+        answers.append(None if r is None else (r.status_code, len(r.content)))
+        assert r is None or r.status_code >= 500 or \
+            (r.status_code == 200 and r.content == body), answers
+        if r is not None and r.status_code == 200:
+            break
+    assert answers[-1] == (200, len(body)), answers
+    r = _get(nodes.url + target)
+    assert r is not None and r.status_code == 200 and r.content == body
+    assert r.headers["x-cache"].startswith("HIT from edge")
+    r = _get(nodes.url + target, "bytes=-10")
+    assert r is not None and r.status_code == 206 and r.content == body[-10:]
+    assert r.headers["content-range"] == f"bytes {len(body) - 10}-{len(body) - 1}/{len(body)}"
+
+
 def test_followers_of_a_bad_fill_are_cut_short(nodes: Nodes, foreign: ForeignOrigin) -> None:
     """Requests that join a fill before its answer's headers are in (the object is known, its
     slice 2 is not) follow its bytes as they come, and are cut short with it: their ranges

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from ..config import Config, ContentClass
-from ..errors import StorageFault
+from ..errors import StorageFault, UpstreamProtocolError
 from ..http import combine_fields
 from . import fields, policy
 from .beresp import BeResp
@@ -34,6 +34,11 @@ def hash_values(values: tuple[str, ...] | None) -> str:
     """A short, stable name for a request's Vary values."""
     joined = "\0".join(values) if values is not None else "*"
     return hashlib.blake2b(joined.encode(), digest_size=8).hexdigest()
+
+
+class FactsContradicted(UpstreamProtocolError):
+    """An answer contradicts the stored facts of its own representation (same validator,
+    another complete length): the node drops the object, and the next request fetches it."""
 
 
 @dataclass
@@ -85,6 +90,13 @@ class Facts:
             return Plan("direct", meta)
         known = ctx.known or ctx.stale
         if known is not None and known.version == meta.version and beresp.status == 206:
+            if known.length is not None and known.length != meta.length:
+                # The same representation (validator) with another complete length: one of
+                # the two answers was wrong, and the stored facts must not stand (a length too
+                # short served the object cut, as complete, for its whole lifetime).
+                raise FactsContradicted(
+                    f"upstream states {meta.length} bytes for {key} at {meta.version}, whose "
+                    f"stored facts say {known.length}: dropped, fetched anew next time")
             return Plan("store", known, policy.expected_sha256(key.partition("?")[0], hmap),
                         store_meta="no")  # missing slices of an object we hold
         # only a 200/206 carries the representation a content address or Repr-Digest names

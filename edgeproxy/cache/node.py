@@ -22,7 +22,7 @@ from . import admin, asgi, boundary, fields, policy, steps
 from .beresp import BeResp
 from .coalesce import Coalescer
 from .director import Director, transport_for_node
-from .facts import Facts, Plan
+from .facts import Facts, FactsContradicted, Plan
 from .fastlane import FastLane
 from .fetch import Fetcher
 from .flight import Flight, FlightSpec
@@ -206,7 +206,12 @@ class CacheNode:
         self.fast.forget()
 
     def _plan(self, flight: Flight, beresp: BeResp) -> Plan:
-        plan = self.facts.plan(flight, beresp)
+        try:
+            plan = self.facts.plan(flight, beresp)
+        except FactsContradicted:
+            with contextlib.suppress(StorageFault):  # (memory tiers and flights go at least)
+                self._purge_key(flight.key)
+            raise
         if plan.kind != "direct":
             self.hot.pop(flight.key)  # new facts: the memory copy must not outlive them
         return plan
