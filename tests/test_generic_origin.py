@@ -236,6 +236,38 @@ def test_a_large_chunked_body_lands_through_the_fill_threads_exactly(
     assert threaded, "no write went through a fill thread"
 
 
+@pytest.mark.parametrize("slices", [1, 2])
+@pytest.mark.parametrize("rng", ["from-end", "past-end", "from-slice-1"])
+@pytest.mark.parametrize("etag", [None, '"w1"'], ids=["unvalidated", "etag"])
+def test_a_chunked_body_of_whole_slices_ends_whole_under_any_range(
+        foreign: ForeignOrigin, foreign_chain: Chain, slices: int, rng: str,
+        etag: str | None) -> None:
+    """A body of unknown length that is exactly N slices long, asked for with a range from
+    its end or past it: the slice claimed for the range gets no byte, and is not missing
+    one. Without a validator, the answer ended without its last chunk ("upstream body ended
+    early") each time the object was cold (RFC 9112 §7.1: a chunked message ends with its
+    last chunk)."""
+    size = slices * MiB
+    body = pattern(size, seed=80 + slices)
+    target = f"/whole-slices-{slices}-{rng}-{etag is None}?q=1"
+    foreign.route(target, body=body, framing="chunked", chunk=16 * 1024, ranges=False,
+                  etag=etag, headers=[CACHEABLE])
+    value = {"from-end": f"bytes={size}-", "past-end": "bytes=0-99999999",
+             "from-slice-1": f"bytes={MiB}-"}[rng]
+    for _ in range(2):  # cold, then from the store
+        r = foreign_chain.get(target, headers={"Range": value})  # raises if cut short
+        if r.status_code == 416:
+            assert value.startswith(f"bytes={size}-"), r.headers
+            assert r.headers["content-range"] == f"bytes */{size}"
+            continue
+        first = int(value.removeprefix("bytes=").split("-")[0])
+        assert (r.status_code, r.content) in ((200, body), (206, body[first:])), \
+            (r.status_code, len(r.content))
+    r = foreign_chain.get(target)
+    assert r.status_code == 200 and r.content == body and "HIT" in r.headers["x-cache"]
+    assert foreign.count(target) == 1
+
+
 def test_bytes_past_a_short_content_length_leave_the_answer_whole(
         foreign: ForeignOrigin, foreign_chain: Chain) -> None:
     """RFC 9112 §6.3: ``Content-Length`` delimits the message; bytes after it (here, the rest

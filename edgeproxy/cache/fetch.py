@@ -298,8 +298,16 @@ class Fetcher:
     def _end_unknown(self, flight: Flight, beresp: BeResp, received: int, size: int) -> None:
         """A body without Content-Length has ended: now its length, and last slice, are known."""
         flight.length = beresp.body_start + received
-        last = flight.fills.get(flight.length // size if flight.length % size else
-                                max(0, flight.length // size - 1))
+        end = flight.length // size if flight.length % size else max(0, flight.length // size - 1)
+        for index in [i for i in flight.fills if i > end]:
+            # Claimed for a range past the end (a body of exactly N slices, a client's range
+            # from its end on): no byte will come, and none is missing. It ends empty, stored
+            # nowhere; a reader of it (the slice after the last, to a body of unknown length)
+            # reads the end of the body there.
+            beyond = flight.fills.pop(index)
+            beyond.discard = True
+            self.commits.commit(flight, beyond)
+        last = flight.fills.get(end)
         if received == 0 and 0 not in flight.fills:
             last = self._grow(flight, 0, size)
         if last is not None and not last.done and last.error is None:
