@@ -109,7 +109,7 @@ def parse_range(value: str | None) -> list[RangeSpec] | None:
     if not value or len(value) > MAX_RANGE_HEADER:
         return None
     unit, sep, rest = value.partition("=")
-    if not sep or unit.strip().lower() != "bytes":
+    if not sep or unit.lower() != "bytes":  # RFC 9110 §14.1: no whitespace around "="
         return None
     specs: list[RangeSpec] = []
     for raw in rest.split(","):

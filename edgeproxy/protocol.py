@@ -140,6 +140,8 @@ class GuardedHttpToolsProtocol(DeadlineHooks, HttpToolsProtocol):  # type: ignor
         self.fast_declined = False  # the fast lane was asked for this request and said no
         self.deadline = HeadDeadline(self.loop, limits.header_timeout, self._head_timed_out,
                                      self._idle_timed_out)
+        # (lazy as the head's: a chunk of body moves a time, not a timer)
+        self.body_deadline = HeadDeadline(self.loop, limits.body_timeout, self._body_timed_out)
         self.zerocopy = False  # whether bytes may bypass the transport (plain TCP)
         self.admission = admission_for(self.loop)
         self._reset_head()
@@ -276,11 +278,46 @@ class GuardedHttpToolsProtocol(DeadlineHooks, HttpToolsProtocol):  # type: ignor
                 extensions[INFORMATIONAL] = {}
             cycle.send = ZeroCopySend(  # type: ignore[assignment]
                 cycle, cycle.send, self.limits.send_timeout)
+            if any(name in (b"content-length", b"transfer-encoding")
+                   for name, _ in self.headers):
+                self.body_deadline.arm()  # a body may follow: its first byte within the bound
             if self.fast_declined:
                 cycle.scope[FAST_DECLINED] = True  # type: ignore[literal-required]  # the app need not ask again
 
+    def on_body(self, body: bytes) -> None:
+        """Body bytes: the next must come within ``body_timeout``."""
+        self.body_deadline.arm()
+        super().on_body(body)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """The connection is gone: no body to wait for."""
+        self.body_deadline.close()
+        super().connection_lost(exc)
+
+    def _body_timed_out(self) -> None:
+        """No byte of the request body for ``body_timeout`` (nginx's client_body_timeout):
+        the app sees the client gone (an upload keeps what arrived), the client gets 408 if
+        no answer began, and the connection closes. Not while reading is paused because the
+        app has not taken the bytes already here: then the wait is ours, not the client's."""
+        cycle = self.cycle
+        if cycle is None or not cycle.more_body or cycle.response_complete \
+                or self.transport.is_closing():
+            return
+        if self.flow.read_paused:
+            self.body_deadline.arm()
+            return
+        cycle.disconnected = True
+        cycle.message_event.set()
+        if cycle.response_started:
+            self.transport.close()
+            return
+        self.refusal = HTTPError(408, "request_timeout", "no byte of the request body arrived "
+                                 f"for {self.limits.body_timeout:g} seconds")
+        send_refusal(self.transport, self.refusal)
+
     def on_message_complete(self) -> None:
         """The request is complete; what follows is the next request's head."""
+        self.body_deadline.cancel()
         if self.fast_served:
             self.fast_served = False  # answered already, with no cycle of its own
         else:

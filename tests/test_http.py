@@ -54,6 +54,7 @@ def test_resolve(header: str, length: int, expected: list[tuple[int, int]]) -> N
 @pytest.mark.parametrize("header", [
     None, "", "bytes", "bytes=", "items=0-9", "bytes=9-1", "bytes=a-b", "bytes=--1",
     "bytes=1-2-3", "bytes=" + ",".join(["0-0"] * (MAX_RANGES + 1)),
+    "bytes =0-1", "bytes\t=0-1",  # §14.1: ranges-specifier = range-unit "=" range-set
 ])
 def test_invalid_headers_are_ignored(header: str | None) -> None:
     assert parse_range(header) is None  # §14.2: ignore, answer 200

@@ -322,6 +322,10 @@ class HTTPLimitsConfig:
     # send_timeout): a client that stops reading cannot hold a connection, its descriptors
     # and its buffered bytes forever.
     send_timeout: float = _duration(60)
+    # A request body whose client sends no byte of it for this long (nginx's
+    # client_body_timeout): 408 and close, and the app sees the client gone (an upload keeps
+    # what arrived and can resume), so a stalled body cannot hold a connection, nor an upload.
+    body_timeout: float = _duration(60)
 
 
 @dataclass(frozen=True)
