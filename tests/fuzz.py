@@ -145,7 +145,7 @@ def selection(header: str | None, length: int) -> set[int] | None:
     if header is None or len(header) > MAX_RANGE_HEADER:
         return None
     unit, sep, rest = header.partition("=")
-    if not sep or unit.strip(" \t").lower() != "bytes":
+    if not sep or unit.lower() != "bytes":  # §14.1: range-unit "=" range-set, no OWS around
         return None
     parts = [p for p in (p.strip(" \t") for p in rest.split(",")) if p]
     if not parts or len(parts) > MAX_RANGES:
