@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -298,6 +299,72 @@ def test_cli_errors_are_one_line(nodes: Nodes, uploaded: dict[str, Any], tmp_pat
                cwd=tmp_path)  # fmt: skip
     assert proc.returncode == 1 and "401 unauthorized" in proc.stderr
     assert "edgeproxy token --user" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_download_writes_a_file_of_its_own_before_moving_it_into_place(
+        uploaded: dict[str, Any], nodes: Nodes, tmp_path: Path) -> None:
+    """A fixed ``<out>.part`` was truncated by a second download to the same place (one of two
+    concurrent downloads reported success over mixed plaintext, found from outside), and a
+    user's own file of that name was deleted by a failed download."""
+    out = tmp_path / "movie"
+    mine = tmp_path / "movie.part"
+    mine.write_bytes(b"the user's own")
+    wrong_key = {**uploaded, "media_key": base64.b64encode(bytes(32)).decode()}
+    other_file = tmp_path / "other.pdf"
+    other_file.write_bytes(b"%PDF-1.4\n" + os.urandom(300_000))
+    with MediaClient(nodes.origin, token=nodes.token, cdn_url=nodes.origin) as client:
+        with pytest.raises(IntegrityError):
+            client.download(wrong_key, out)
+        with pytest.raises(IntegrityError):
+            client.download(wrong_key, out, byte_range=(0, 10))
+        assert mine.read_bytes() == b"the user's own" and not out.exists()
+        other = client.upload(other_file, mimetype="application/pdf")
+    plains = {uploaded["file_sha256"], other["file_sha256"]}
+    errors: list[BaseException] = []
+
+    def fetch(payload: dict[str, Any]) -> None:
+        try:
+            with MediaClient(nodes.origin, cdn_url=nodes.origin) as c:
+                c.download(payload, out)
+        except BaseException as exc:
+            errors.append(exc)
+
+    for _ in range(4):  # two downloads of different media to one place, at once
+        threads = [threading.Thread(target=fetch, args=(p,)) for p in (uploaded, other)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert errors == []
+        assert hashlib.sha256(out.read_bytes()).hexdigest() in plains
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["movie", "movie.part", "other.pdf"]
+
+
+@pytest.mark.parametrize(("change", "complaint"), [
+    ({"file_enc_sha256": 123}, "'file_enc_sha256' is not a hex SHA-256"),
+    ({"file_sha256": "é" * 64}, "'file_sha256' is not a hex SHA-256"),
+    ({"type": None, "mimetype": None}, "neither 'type' nor 'mimetype'"),
+])  # fmt: skip
+def test_a_malformed_payload_field_is_one_line_not_a_traceback(
+        uploaded: dict[str, Any], tmp_path: Path, change: dict[str, Any],
+        complaint: str) -> None:  # fmt: skip
+    payload = {k: v for k, v in {**uploaded, **change}.items() if v is not None}
+    (tmp_path / "p.json").write_text(json.dumps(payload))
+    proc = cli("download", "p.json", "--out", "x.png", cwd=tmp_path)
+    assert proc.returncode == 1 and complaint in proc.stderr, proc.stderr
+    assert proc.stderr.startswith("edgeproxy: error: ") and "Traceback" not in proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p.json"]
+
+
+def test_upload_out_into_a_missing_directory_fails_before_uploading(image: Path,
+                                                                   tmp_path: Path) -> None:
+    """The payload holds the only copy of the media key: an upload whose --out could not be
+    written printed nothing (the blob stored, never to be decrypted). The directory is checked
+    first (here no origin listens at all: the check comes before any request)."""
+    proc = cli("upload", str(image), "--api", f"http://127.0.0.1:{free_port()}",
+               "--token", "x", "--out", str(tmp_path / "missing" / "payload.json"),
+               cwd=tmp_path)  # fmt: skip
+    assert proc.returncode == 2 and "no directory" in proc.stderr, proc.stderr
 
 
 # --- client-side media facts -----------------------------------------------------------------

@@ -7,7 +7,9 @@ Every error edgeproxy raises on purpose ends as one line on stderr: ``edgeproxy:
 from __future__ import annotations
 
 import json
+import os
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -170,17 +172,20 @@ def upload(ctx: click.Context, file: Path, mimetype: str | None, api: str | None
     from ..client import MediaClient
     from .progress import Progress
 
+    if out is not None and not out.parent.is_dir():  # before the upload: the payload holds
+        raise click.BadParameter(f"no directory {out.parent}", param_hint="--out")  # the key
     if api is None:
         api = load(ctx, config_path)[0].origin.base_url
     with Progress(f"upload {file.name}") as bar, \
             MediaClient(api, token=token, retries=retries, progress=bar.update_to) as client:
         payload = client.upload(file, mimetype=mimetype, conversation_id=conversation_id)
     text = json.dumps(payload, indent=2)
+    click.echo(text)  # first: the media key must not depend on writing --out
     if out is not None:
-        part = out.with_name(out.name + ".part")
-        part.write_text(text + "\n")
-        part.replace(out)
-    click.echo(text)
+        fd, name = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".part")
+        with os.fdopen(fd, "w") as part:
+            part.write(text + "\n")
+        os.replace(name, out)
 
 
 def _parse_ttl(ctx: click.Context, param: click.Parameter, value: str) -> float:

@@ -34,6 +34,7 @@ import httpx
 
 from .. import crypto
 from ..errors import BlobFormatError, ClientError, EdgeProxyError, IntegrityError
+from . import payloads
 from .responses import check_partial, content_length, error_code, raise_for_status
 
 UPLOAD_CHUNK = 256 * 1024
@@ -65,18 +66,12 @@ def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
-def _unb64(payload: Mapping[str, Any], key: str) -> bytes:
-    value = _field(payload, key)
-    try:
-        return base64.b64decode(str(value), validate=True)
-    except (ValueError, TypeError) as exc:
-        raise ValueError(f"payload field {key!r} is not valid base64") from exc
-
-
-def _field(payload: Mapping[str, Any], key: str) -> Any:
-    if payload.get(key) is None:
-        raise ValueError(f"payload is missing {key!r}")
-    return payload[key]
+def _part_beside(out: Path) -> tuple[int, Path]:
+    """A new file of our own next to ``out`` to write into, then move over it: a fixed
+    ``<out>.part`` was truncated by a second download to the same place (mixed plaintext
+    left behind by one that reported success), and clobbered a user's own file."""
+    fd, name = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".part")
+    return fd, Path(name)
 
 
 def _file_chunks(fh: IO[bytes], start: int = 0, total: int | None = None,
@@ -285,9 +280,9 @@ class MediaClient:
         ``byte_range`` is an inclusive plaintext range; an end past the file is clamped. Nothing
         is left at ``out`` unless every check passed (`IntegrityError` otherwise).
         """
-        url = cdn_rewrite(str(_field(payload, "media_url")), self.cdn_url)
-        media_key = _unb64(payload, "media_key")
-        media_type = str(payload.get("type") or crypto.media_type_for(str(payload["mimetype"])))
+        url = cdn_rewrite(str(payloads.field(payload, "media_url")), self.cdn_url)
+        media_key = payloads.unb64(payload, "media_key")
+        media_type = payloads.media_type(payload)
         out = Path(out)
         if byte_range is None:
             return self._download_whole(payload, url, media_key, media_type, out)
@@ -295,17 +290,19 @@ class MediaClient:
 
     def _download_whole(self, payload: Mapping[str, Any], url: str, media_key: bytes,
                         media_type: str, out: Path) -> DownloadResult:  # fmt: skip
-        expected_plain = str(_field(payload, "file_sha256")).lower()
+        expected_plain = payloads.sha256_field(payload, "file_sha256")
+        expected_enc = payloads.sha256_field(payload, "file_enc_sha256", required=False)
+        assert expected_plain is not None
         fd, enc_name = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".enc")
-        enc_path, part = Path(enc_name), Path(f"{out}.part")
+        enc_path = Path(enc_name)
+        part_fd, part = _part_beside(out)
         try:
             with os.fdopen(fd, "w+b") as enc:
                 status, x_cache, fetched = self._fetch(url, enc, None)
-                with part.open("wb") as dst:
+                with os.fdopen(part_fd, "wb") as dst:
                     # decrypt_stream checks the blob hash and MAC before writing any plaintext.
                     result = crypto.decrypt_stream(enc, dst, media_key, media_type,
-                                                   expected_enc_sha256=payload.get(
-                                                       "file_enc_sha256"))  # fmt: skip
+                                                   expected_enc_sha256=expected_enc)
             if not hmac.compare_digest(result.plain_sha256, expected_plain):
                 raise IntegrityError(f"plaintext SHA-256 is {result.plain_sha256}, "
                                      f"the payload promised {expected_plain}")  # fmt: skip
@@ -324,21 +321,22 @@ class MediaClient:
     def _download_range(self, payload: Mapping[str, Any], url: str, media_key: bytes,
                         media_type: str, out: Path,
                         byte_range: tuple[int, int]) -> DownloadResult:  # fmt: skip
-        plain_length = int(_field(payload, "file_length"))
+        plain_length = int(payloads.field(payload, "file_length"))
         start, end = byte_range
         if start < 0 or end < start or start >= plain_length:
             raise ValueError(f"range {start}-{end} is outside the file (0-{plain_length - 1})")
         plan = crypto.plan_range(start, min(end, plain_length - 1), plain_length)
-        chunk_macs = _unb64(payload, "chunk_macs")
+        chunk_macs = payloads.unb64(payload, "chunk_macs")
         with tempfile.SpooledTemporaryFile(max_size=8 * 1024**2) as buf:
             status, x_cache, fetched = self._fetch(url, buf, plan, crypto.enc_length(plain_length))
             buf.seek(0)
             data = buf.read()
         keys = crypto.MediaKeys.derive(media_key, media_type)
         plain = crypto.decrypt_range(data, plan, keys, chunk_macs, plain_length)
-        part = Path(f"{out}.part")
+        part_fd, part = _part_beside(out)
         try:
-            part.write_bytes(plain)
+            with os.fdopen(part_fd, "wb") as dst:
+                dst.write(plain)
             os.replace(part, out)
         except BaseException:
             _unlink(part)
