@@ -43,6 +43,14 @@ def records(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Records]
     db.close()
 
 
+@pytest.mark.parametrize("media_id", ["m_\x00abc", "\ud800", "m_" + "a" * 65, "x", ""])
+def test_an_id_no_upload_can_have_is_no_upload_on_either_engine(records: Records,
+                                                                media_id: str) -> None:
+    """A client's id with a NUL or a lone surrogate made PostgreSQL raise (a 500 at confirm,
+    found from outside); an id of no media id's shape is no upload, on both engines."""
+    assert records.get_upload(media_id) is None
+
+
 def test_one_code_path_for_both_engines(records: Records) -> None:
     now = time.time()
     allowance = UploadAllowance(per_user_per_minute=2, per_conversation_per_minute=0,

@@ -21,6 +21,7 @@ an unfinished upload expires (tus ``Upload-Expires``). Schema 2 added the last t
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -35,6 +36,8 @@ from .limits import RATE_WINDOW, QuotaExceeded, RateLimited, UploadAllowance
 
 LIVE_STATES = ("pending", "uploaded", "committed")  # uploads that count against a quota
 UNFINISHED = ("pending", "uploaded")
+# What a media id can look like ("m_" and secrets.token_urlsafe: ASCII letters, digits, - _).
+MEDIA_ID = re.compile(r"m_[A-Za-z0-9_-]{1,64}")
 
 
 class UploadState(StrEnum):
@@ -187,7 +190,10 @@ class Records:
                 raise QuotaExceeded(allowance.quota, used, size)
 
     def get_upload(self, media_id: str) -> Upload | None:
-        """The upload ``media_id``, or None."""
+        """The upload ``media_id``, or None (also for a string no media id has the shape of:
+        PostgreSQL refused a NUL or a lone surrogate in a client's id with an error, a 500)."""
+        if not MEDIA_ID.fullmatch(media_id):
+            return None
         with self.db.read() as conn:
             row = conn.execute(select(uploads).where(uploads.c.media_id == media_id)).first()
         return None if row is None else _upload(row._mapping)
