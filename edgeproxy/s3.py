@@ -51,6 +51,10 @@ class S3Location:
         return f"s3://{self.bucket}/{self.prefix}"
 
 
+S3_CONNECT_TIMEOUT = 5.0  # seconds to connect to the store, per attempt
+S3_READ_TIMEOUT = 15.0  # seconds of silence from the store, per attempt
+
+
 def is_s3_url(url: str) -> bool:
     """Whether ``url`` names a bucket (``s3://``)."""
     return url.startswith("s3://")
@@ -107,6 +111,10 @@ class S3Settings:
             s3={"addressing_style": "path" if self.path_style else "auto"},
             max_pool_connections=max_pool,
             retries={"mode": "standard", "max_attempts": 3},
+            # botocore waits 60 s per attempt by default: a stalled store held a confirm for
+            # minutes (found from outside); three attempts now end within about a minute,
+            # answered 504 (`origin.responses`)
+            connect_timeout=S3_CONNECT_TIMEOUT, read_timeout=S3_READ_TIMEOUT,
             # Checksums only where we ask for them (the declared SHA-256): botocore's default
             # CRC32 on every PUT would bind presigned URLs to a checksum the client can't know.
             request_checksum_calculation="when_required",

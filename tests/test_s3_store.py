@@ -239,3 +239,86 @@ def test_abandoned_multipart_upload_is_aborted(origin: Origin, s3: S3Endpoint,
     origin.clock.now += origin.config.origin.upload_expiry + 1
     assert asyncio.run(origin.app.state.origin.sweep()) == 1
     assert multipart_uploads(s3, bucket) == [] and s3.keys(bucket) == []
+
+
+class _Relay:
+    """A TCP relay to ``target`` on a loopback port that can stall (accept connections and
+    relay nothing) or go down (refuse them), as a store that hangs or dies."""
+
+    def __init__(self, target: str) -> None:
+        import socket
+        import threading
+
+        self.target = httpx.URL(target)
+        self.mode = "relay"
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.server.getsockname()[1]}"
+        self.held: list[Any] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        import socket
+        import threading
+
+        while True:
+            try:
+                client, _ = self.server.accept()
+            except OSError:
+                return
+            if self.mode != "relay":
+                self.held.append(client)  # accepted, never answered
+                continue
+            upstream = socket.create_connection((self.target.host, self.target.port))
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    def _pipe(self, src: Any, dst: Any) -> None:
+        try:
+            while self.mode == "relay" and (data := src.recv(65536)):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (src, dst):
+                sock.close()
+
+    def close(self) -> None:
+        self.server.close()
+        for sock in self.held:
+            sock.close()
+
+
+def test_a_store_that_stalls_is_504_and_one_that_is_down_502_never_500(
+        tmp_path: Path, s3: S3Endpoint, bucket: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """botocore waits 60 s per attempt by default, and its errors fell through to a 500: a
+    stalled store held a confirm for minutes, a dead one answered 500 (found from outside).
+    The store's calls are bounded (shortened here), and its failures are the gateway's."""
+    import time
+
+    from edgeproxy import s3 as s3_settings
+    from tests.test_origin import error_of
+
+    monkeypatch.setattr(s3_settings, "S3_CONNECT_TIMEOUT", 0.5)
+    monkeypatch.setattr(s3_settings, "S3_READ_TIMEOUT", 0.5)
+    relay = _Relay(s3.url)
+    env = {**s3.env(), "EDGEPROXY_S3__ENDPOINT": relay.url,
+           "EDGEPROXY_ORIGIN__STORE": f"s3://{bucket}/edge"}
+    try:
+        with run_origin(tmp_path, env=env) as origin:
+            blob = make_blob(8)
+            ticket = origin.request(blob)
+            assert direct_put(ticket, blob).status_code == 200
+            assert origin.confirm(ticket["media_id"], sha(blob)).status_code == 200
+            assert origin.http.get(f"/v/t1/{sha(blob)}").content == blob
+            for mode, status, error in [("stall", 504, "gateway_timeout"),
+                                        ("down", 502, "bad_gateway")]:
+                relay.mode = mode
+                if mode == "down":
+                    relay.server.close()  # (nothing listens on the port any more)
+                started = time.monotonic()
+                r = origin.http.get(f"/v/t1/{sha(blob)}")
+                assert (r.status_code, error_of(r)) == (status, error), (mode, r.text)
+                assert r.headers["cache-control"] == "no-store"
+                assert time.monotonic() - started < 8, mode
+    finally:
+        relay.close()

@@ -11,6 +11,8 @@ import logging
 from typing import Any
 
 import httpx
+from botocore.exceptions import BotoCoreError, ConnectTimeoutError, ReadTimeoutError
+from botocore.exceptions import ClientError as BotoClientError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -62,7 +64,8 @@ async def _on_upstream_error(request: Request, exc: Exception) -> Response:
     # The detail (TLS alerts, host names, backend messages) goes to the log only.
     log.warning("%s %s: upstream failure: %s: %s", request.method, request.url.path,
                 type(exc).__name__, exc)  # fmt: skip
-    slow = isinstance(exc, UpstreamTimeout | httpx.TimeoutException)
+    slow = isinstance(exc, UpstreamTimeout | httpx.TimeoutException | ConnectTimeoutError
+                      | ReadTimeoutError)
     return error_response(GATEWAY_TIMEOUT if slow else BAD_GATEWAY, head=request.method == "HEAD")
 
 
@@ -102,3 +105,6 @@ def install_error_handlers(app: Starlette) -> None:
     app.add_exception_handler(HTTPException, _on_starlette_http_exception)
     app.add_exception_handler(UpstreamError, _on_upstream_error)
     app.add_exception_handler(httpx.HTTPError, _on_upstream_error)
+    # the object store (botocore): unreachable, timed out, or an error answer (a 500 before)
+    app.add_exception_handler(BotoCoreError, _on_upstream_error)
+    app.add_exception_handler(BotoClientError, _on_upstream_error)
