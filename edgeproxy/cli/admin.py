@@ -38,7 +38,8 @@ def _nodes_and_token(ctx: click.Context, nodes: tuple[str, ...], token: str | No
 
 
 _node_option = click.option("--node", "nodes", metavar="URL", multiple=True,
-                            help="A node to address (repeatable); default: this config's nodes.")
+                            help="A node to address (repeatable); default: this config's "
+                                 "edge and shield (name every node of a larger topology).")
 _token_option = click.option("--token", metavar="TOKEN", default=None,
                              help=f"Admin token (default: ${ENV_ADMIN_TOKEN}, else the config's "
                                   "admin_token).")
