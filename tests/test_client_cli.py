@@ -356,6 +356,17 @@ def test_a_malformed_payload_field_is_one_line_not_a_traceback(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["p.json"]
 
 
+def test_a_token_with_a_line_break_is_refused_without_echoing_it(image: Path,
+                                                                  tmp_path: Path) -> None:
+    """httpx refused such a token as an illegal header, which printed the whole token and
+    blamed the connection (found from outside)."""
+    secret = "eyJhbGciOiJIUzI1NiJ9.c2VjcmV0.c2lnbmF0dXJl"
+    proc = cli("upload", str(image), "--api", f"http://127.0.0.1:{free_port()}",
+               cwd=tmp_path, EDGEPROXY_TOKEN=secret[:20] + "\n" + secret[20:])
+    assert proc.returncode == 1 and "control character" in proc.stderr, proc.stderr
+    assert secret[:20] not in proc.stderr and "Traceback" not in proc.stderr
+
+
 def test_upload_out_into_a_missing_directory_fails_before_uploading(image: Path,
                                                                    tmp_path: Path) -> None:
     """The payload holds the only copy of the media key: an upload whose --out could not be

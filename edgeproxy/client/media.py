@@ -100,8 +100,13 @@ class MediaClient:
         upload is resumed after a failure, waiting ``retry_backoff`` seconds, doubling (at most
         5 s), between attempts. ``progress(done, total)`` is called as blob bytes are sent or
         received."""
+        if token is not None and any(ord(c) < 32 or ord(c) == 127 for c in token.strip()):
+            # (httpx refused it later as an illegal header, echoing the whole token, and it
+            # was reported as a connection failure)
+            raise ValueError("the token holds a control character (a line break?): it cannot "
+                             "be sent in a header")
         self.api_url = api_url.rstrip("/")
-        self.token = token
+        self.token = token.strip() if token is not None else None
         self.cdn_url = cdn_url
         self.retries = retries
         self.retry_backoff = retry_backoff
