@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import socket
 import threading
@@ -20,18 +21,40 @@ def free_port() -> int:
     """A TCP port on 127.0.0.1 that is free right now.
 
     Chosen below the kernel's ephemeral range: a port from that range can be taken by any
-    outgoing connection between this call and the server's bind, which made tests flaky.
+    outgoing connection between this call and the server's bind, which made tests flaky. Each
+    pytest-xdist worker picks from a share of its own, and a port is not handed out again
+    within `REISSUE_AFTER` seconds: between this call and its server's bind, another test
+    picked the same port now and then, and one of the two servers failed to start (seen in CI).
     """
     low, _high = _ephemeral_range()
+    first, last = _share(10000, max(10001, low))
+    now = time.monotonic()
     for _ in range(200):
-        port = random.randrange(10000, max(10001, low))
+        port = random.randrange(first, last)
+        if now - _ISSUED.get(port, -REISSUE_AFTER) < REISSUE_AFTER:
+            continue
         with socket.socket() as s:
             try:
                 s.bind(("127.0.0.1", port))
             except OSError:
                 continue
+            _ISSUED[port] = now
             return port
     raise RuntimeError("no free port below the ephemeral range")
+
+
+REISSUE_AFTER = 300.0
+_ISSUED: dict[int, float] = {}  # port -> when this process handed it out
+
+
+def _share(low: int, high: int) -> tuple[int, int]:
+    """This pytest-xdist worker's part of [low, high) (all of it outside xdist)."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
+    if not worker.startswith("gw") or not worker[2:].isdigit() or count <= 1:
+        return low, high
+    index, span = int(worker[2:]) % count, (high - low) // count
+    return low + index * span, low + (index + 1) * span
 
 
 def listens(pid: int, port: int) -> bool:
