@@ -12,6 +12,8 @@ from __future__ import annotations
 import contextlib
 import json
 import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -133,9 +135,6 @@ def test_a_stalled_upload_is_released_and_resumes(tmp_path: Path) -> None:
 
 
 def _token(config: Path) -> str:
-    import subprocess
-    import sys
-
     out = subprocess.run([sys.executable, "-m", "edgeproxy", "--config", str(config), "token",
                           "--user", "alice"], capture_output=True, text=True, check=True)
     return out.stdout.strip()

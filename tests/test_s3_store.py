@@ -7,6 +7,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import socket
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,10 +17,11 @@ from typing import Any
 import httpx
 import pytest
 
+from edgeproxy import s3 as s3_settings
 from edgeproxy.client import MediaClient
 from edgeproxy.origin.auth import mint_token
 from tests.objectstore import S3Endpoint, moto_s3
-from tests.test_origin import Origin, make_blob, run_origin, sha
+from tests.test_origin import Origin, error_of, make_blob, run_origin, sha
 
 
 @pytest.fixture(scope="module")
@@ -246,9 +250,6 @@ class _Relay:
     relay nothing) or go down (refuse them), as a store that hangs or dies."""
 
     def __init__(self, target: str) -> None:
-        import socket
-        import threading
-
         self.target = httpx.URL(target)
         self.mode = "relay"
         self.server = socket.create_server(("127.0.0.1", 0))
@@ -257,9 +258,6 @@ class _Relay:
         threading.Thread(target=self._accept, daemon=True).start()
 
     def _accept(self) -> None:
-        import socket
-        import threading
-
         while True:
             try:
                 client, _ = self.server.accept()
@@ -293,10 +291,6 @@ def test_a_store_that_stalls_is_504_and_one_that_is_down_502_never_500(
     """botocore waits 60 s per attempt by default, and its errors fell through to a 500: a
     stalled store held a confirm for minutes, a dead one answered 500 (found from outside).
     The store's calls are bounded (shortened here), and its failures are the gateway's."""
-    import time
-
-    from edgeproxy import s3 as s3_settings
-    from tests.test_origin import error_of
 
     monkeypatch.setattr(s3_settings, "S3_CONNECT_TIMEOUT", 0.5)
     monkeypatch.setattr(s3_settings, "S3_READ_TIMEOUT", 0.5)
