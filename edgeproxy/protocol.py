@@ -138,6 +138,8 @@ class GuardedHttpToolsProtocol(DeadlineHooks, HttpToolsProtocol):  # type: ignor
         self.fast = fast_lane_of(self.app)
         self.fast_served = False
         self.fast_declined = False  # the fast lane was asked for this request and said no
+        self.begun = 0  # requests begun in the chunk being parsed
+        self.lane_answered = 0  # ... and whether the lane answered one
         self.deadline = HeadDeadline(self.loop, limits.header_timeout, self._head_timed_out,
                                      self._idle_timed_out)
         # (lazy as the head's: a chunk of body moves a time, not a timer)
@@ -201,21 +203,54 @@ class GuardedHttpToolsProtocol(DeadlineHooks, HttpToolsProtocol):  # type: ignor
         raise _Refused(error.message)
 
     def data_received(self, data: bytes) -> None:
-        """Feed the parser; refuse a head that grows past the cap without finishing a field."""
+        """Feed the parser; refuse a head that grows past the cap without finishing a field.
+
+        A chunk that starts at a request boundary, while no answer is under way, may be a
+        head the fast lane answered before, byte for byte: it is answered again without
+        parsing (`edgeproxy.cache.replays`). A chunk that was exactly one request the lane
+        answered from memory is kept for that."""
         if self.refusal is not None:
+            return
+        boundary = self.in_head and not self.head_bytes and self.fast is not None \
+            and not self.pipeline and (self.cycle is None or self.cycle.response_complete)
+        if boundary and self._replay(data):
             return
         if self.in_head:
             self.head_bytes += len(data)
+        self.begun = self.lane_answered = 0
         super().data_received(data)
         if self.refusal is None and self.in_head and self.head_bytes > self.cap:
             self.refusal = HTTPError(431, "headers_too_large",
                                      f"the request head exceeds {self.cap} bytes")
             self.send_400_response("")
+        elif boundary and self.begun == 1 and self.lane_answered and self.in_head \
+                and not self.head_bytes and self.refusal is None \
+                and not self.transport.is_closing() \
+                and (self.cycle is None or self.cycle.response_complete):
+            self.fast[0].keep_fast_reply(data)  # type: ignore[index]  # (one request, answered whole, nothing after)
+
+    def _replay(self, data: bytes) -> bool:
+        """Answer ``data`` as the lane answered the same head before; False: parse it."""
+        node, access_log = self.fast  # type: ignore[misc]
+        started = time.perf_counter()
+        replayed = node.fast_replay(data, started, self.server_state.default_headers)
+        if replayed is None:
+            return False
+        buffers, record, sent = replayed
+        self.transport.writelines(buffers)
+        if access_log is not None:
+            access_log.write({"client": self.client, "method": "GET", "raw_path": record.url,
+                              "path": record.path, "http_version": "1.1",
+                              "headers": record.headers},
+                             record.status, sent, node.hit_x_cache, time.perf_counter() - started)
+        self.on_response_complete()
+        return True
 
     def on_message_begin(self) -> None:
         """A new request: its target and fields are counted from zero (its bytes are counted
         from the end of the previous request, as they arrive). The ASGI scope uvicorn makes
         here waits for `on_headers_complete`: a fast-lane answer needs none."""
+        self.begun += 1
         self.url = b""
         self.expect_100_continue = False
         self.headers = []
@@ -356,6 +391,7 @@ class GuardedHttpToolsProtocol(DeadlineHooks, HttpToolsProtocol):  # type: ignor
         else:
             self.transport.writelines(data)
         self.fast_served = True
+        self.lane_answered = 1
         if access_log is not None:
             access_log.write({"client": self.client, "method": "GET", "raw_path": url,
                               "path": path, "http_version": "1.1", "headers": headers},

@@ -217,6 +217,15 @@ def _counting(monkeypatch: pytest.MonkeyPatch) -> list[int]:
         return reply
 
     monkeypatch.setattr(CacheNode, "fast_reply", counting)
+    real_replay = CacheNode.fast_replay
+
+    def replaying(self: CacheNode, *args: Any) -> Any:  # a head seen before, answered again
+        replayed = real_replay(self, *args)
+        if replayed is not None:
+            served.append(replayed[1].status)
+        return replayed
+
+    monkeypatch.setattr(CacheNode, "fast_replay", replaying)
     return served
 
 

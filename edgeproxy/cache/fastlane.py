@@ -26,6 +26,7 @@ from .hot import HotEntry, SliceId, field_lines
 from .lanebodies import file_pieces, read_slice
 from .meta import ObjectMeta
 from .policy import expected_sha256
+from .replays import GATHER, HEAD_MAX, Replay, Replays
 from .slicefiles import FilePiece
 from .sources import ZEROCOPY_MIN
 from .types import FAST_DECLINED, Scope, Send
@@ -59,7 +60,6 @@ _RANGES_SIZE = 1024  # kept ranges (~1 KB each)
 WHOLE_MAX = 1024 * 1024  # a larger one-slice answer streams from the steps
 ABSENT_FOR = 0.02  # seconds a "not stored" the lane found stands for the steps' lookup
 _ABSENT_SIZE = 1024  # keys found absent remembered at most (the oldest go first)
-_GATHER = 16384  # bodies from this size on are written beside the head, not copied after it
 _WHOLE = True  # a Range to ignore (RFC 9110 §14.2): the whole answer
 _STEPS = False  # 416 or several ranges: the steps answer them
 
@@ -143,6 +143,12 @@ class FastLane:
         # key that came with it look again (a stampede's hundred requests, taken in before
         # any of them starts a fill, read the index twice each: ~13 ms of a 30 ms turn).
         self._absent: OrderedDict[str, float] = OrderedDict()
+        self.replays = Replays()
+        self.last: tuple[str, Iterable[tuple[bytes, bytes]], Hit,
+                         tuple[SliceId | None, int, int | None] | None] | None = None
+        # where the last hit's body came from, for its replay record: (kept slice or None,
+        # start, stop); None: nowhere a replay may find it again
+        self.source: tuple[SliceId | None, int, int | None] | None = None
 
     def not_stored(self, key: str) -> bool:
         """Whether the lane has just found ``key`` nowhere in the index (once: the steps
@@ -160,6 +166,7 @@ class FastLane:
         """Drop the encoded fields (new TTLs after a reload change them)."""
         self._stored.clear()
         self._ranges.clear()
+        self.replays.clear()
 
     def _now_date(self, now: float) -> bytes:
         second = int(now)
@@ -175,6 +182,7 @@ class FastLane:
         ``path`` must be canonical and without a query (the callers check the raw target).
         ``files``: the caller sends a `FilePiece` itself (a large whole body is one).
         """
+        self.source = None
         range_value = None
         for name, value in headers:
             if name == b"range":
@@ -192,6 +200,7 @@ class FastLane:
                     data = self.node.hot.slice(kept.sid)
                     if data is not None:
                         self._ranges.move_to_end((path, range_value))
+                        self.source = (kept.sid, kept.start, kept.end)
                         return self._range_hit(kept, memoryview(data)[kept.start:kept.end], now)
             return self._stored_range(path, range_value, now, files)
         meta = entry.meta
@@ -203,9 +212,11 @@ class FastLane:
             more.append((b"date", self._now_date(now)))
         body = entry.body
         if range_value is None or meta.status != 200:  # RFC 9110 §14.2: ignored, whole
+            self.source = (None, 0, None)
             return Hit(meta, 200, entry.lines, more, body)
         found = _one_range(range_value, len(body))
         if found is _WHOLE:
+            self.source = (None, 0, None)
             return Hit(meta, 200, entry.lines, more, body)
         if found is _STEPS:
             return None  # 416 or multipart from the steps
@@ -213,6 +224,7 @@ class FastLane:
         rng, content_range, content_length = found
         # the whole body's Content-Digest is not this range's (RFC 9530 §2)
         more += [(b"content-range", content_range), (b"content-length", content_length)]
+        self.source = (None, rng.start, rng.end + 1)
         return Hit(meta, 206, entry.range_lines, more, memoryview(body)[rng.start:rng.end + 1])
 
     def _fields(self, key: str, meta: ObjectMeta) -> _Stored:
@@ -278,7 +290,7 @@ class FastLane:
                 if pieces is None:
                     return None
                 return Hit(meta, 200, fixed.lines + fixed.whole_lines,
-                           self._moment(meta, fixed.dated, now), pieces)
+                           self.moment(meta, fixed.dated, now), pieces)
             start, length, index, status = 0, meta.length, 0, 200
             ranged: Fields = []
         else:
@@ -292,7 +304,7 @@ class FastLane:
                 if pieces is None:
                     return None
                 return Hit(meta, 206, fixed.lines + field_lines(ranged),
-                           self._moment(meta, fixed.dated, now), pieces)
+                           self.moment(meta, fixed.dated, now), pieces)
         offset = start - index * meta.slice_size
         # A large body (whole, or a range) that memory will not keep goes from its file to
         # the socket, or through the steps, which send it as the client takes it: read whole
@@ -306,7 +318,7 @@ class FastLane:
             return None
         if isinstance(data, FilePiece):
             lines = fixed.lines + (fixed.whole_lines if status == 200 else field_lines(ranged))
-            return Hit(meta, status, lines, self._moment(meta, fixed.dated, now), data)
+            return Hit(meta, status, lines, self.moment(meta, fixed.dated, now), data)
         if range_value is not None and status == 206:
             kept = _KeptRange(meta, (key, meta.version, index), offset, offset + length,
                               fixed.lines + field_lines(ranged), fixed.dated)
@@ -314,6 +326,7 @@ class FastLane:
                 self._ranges[(key, range_value)] = kept
                 if len(self._ranges) > _RANGES_SIZE:
                     self._ranges.popitem(last=False)
+                self.source = (kept.sid, kept.start, kept.end)
             return self._range_hit(kept, data, now)
         data = bytes(data)  # (a copy only when it came from a slice kept in memory)
         lines = fixed.lines + fixed.whole_lines
@@ -321,9 +334,9 @@ class FastLane:
             # (the stored fields hold no Content-Length or Content-Digest: a range's lines)
             self.node.hot.put(key, HotEntry(meta, data, lines, fixed.lines,
                                             now + meta.freshness.remaining(now), fixed.dated))
-        return Hit(meta, 200, lines, self._moment(meta, fixed.dated, now), data)
+        return Hit(meta, 200, lines, self.moment(meta, fixed.dated, now), data)
 
-    def _moment(self, meta: ObjectMeta, dated: bool, now: float) -> Fields:
+    def moment(self, meta: ObjectMeta, dated: bool, now: float) -> Fields:
         """The fields of this moment: Age, X-Cache, and Date unless the stored ones have it."""
         more = [(b"age", str(int(meta.freshness.age(now))).encode()),
                 (b"x-cache", self.hit_x_cache)]
@@ -333,7 +346,7 @@ class FastLane:
 
     def _range_hit(self, kept: _KeptRange, data: bytes | memoryview, now: float) -> Hit:
         return Hit(kept.meta, 206, kept.lines,
-                   self._moment(kept.meta, kept.dated, now), data)
+                   self.moment(kept.meta, kept.dated, now), data)
 
     def reply(self, path: str, headers: Iterable[tuple[bytes, bytes]], started: float,
               extra: Fields, files: bool = False,
@@ -345,18 +358,38 @@ class FastLane:
         last one perhaps a piece), its status and its body's length."""
         hit = self.hit(path, headers, files)
         if hit is None:
+            self.last = None
             return None
         body = hit.body
+        # (its replay record is made only if the server asks to keep one: `keep_replay`)
+        self.last = (path, headers, hit, self.source)
         self.node.answered += 1
         self.node.metrics.observe("HIT", hit.meta.content_class, len(body),
                                   time.perf_counter() - started)
         parts: list[bytes | memoryview] = [_STATUS_LINES[hit.status], hit.fixed_lines,
                  *[b"%s: %s\r\n" % pair for pair in hit.more],
                  *[b"%s: %s\r\n" % pair for pair in extra], b"\r\n"]
-        if len(body) < _GATHER and not isinstance(body, FilePiece):
+        if len(body) < GATHER and not isinstance(body, FilePiece):
             parts.append(body)
             return [b"".join(parts)], hit.status, len(body)
         return [b"".join(parts), body], hit.status, len(body)  # no copy of a large body
+
+    def keep_replay(self, head: bytes) -> None:
+        """Keep the answer `reply` just gave for requests of exactly ``head`` (the whole
+        request, as received), if it came from memory (`edgeproxy.cache.replays`)."""
+        last, self.last = self.last, None
+        if last is None or len(head) > HEAD_MAX:
+            return
+        path, headers, hit, source = last
+        if source is None:
+            return  # (a body from a file)
+        sid, start, stop = source
+        more = hit.more
+        dated = not (len(more) > 2 and more[2][0] == b"date")  # (as `moment` made them)
+        self.replays.keep(head, Replay(
+            path, path.encode("latin-1"), list(headers), hit.meta, sid, start, stop, hit.status,
+            _STATUS_LINES[hit.status] + hit.fixed_lines,
+            b"".join([b"%s: %s\r\n" % pair for pair in more[2 if dated else 3:]]), dated))
 
     async def serve(self, scope: Scope, send: Send, started: float) -> bool:
         """The hit path for hot objects under any ASGI server: a dict lookup and two sends."""

@@ -18,7 +18,7 @@ from ..errors import ConfigError, HTTPError, StorageFault, UpstreamError
 from ..heaptrim import HeapTrim
 from ..http import format_http_date
 from ..tls import client_context
-from . import admin, asgi, boundary, fields, policy, steps
+from . import admin, asgi, boundary, fields, policy, replays, steps
 from .beresp import BeResp
 from .coalesce import Coalescer
 from .director import Director, transport_for_node
@@ -30,6 +30,7 @@ from .gate import Gate
 from .hot import HotTier, PurgeEpoch
 from .meta import ObjectMeta
 from .metrics import CONTENT_TYPE_LATEST, NodeMetrics
+from .replays import Replay
 from .req import Req, cache_key
 from .scrub import BackgroundScrub, ObjectPass
 from .slicefiles import FilePiece
@@ -376,6 +377,23 @@ class CacheNode:
         """A plain hit's whole HTTP/1.1 answer (buffers for one gathered write, the last
         perhaps a `FilePiece` when ``files``) for the server protocol, or None."""
         return self.fast.reply(path, headers, started, extra, files)
+
+    def fast_replay(self, head: bytes, started: float, extra: list[tuple[bytes, bytes]],
+                    ) -> tuple[list[bytes | memoryview], Replay, int] | None:
+        """The answer kept for a request of exactly ``head`` bytes, given again now (with its
+        record and its body's length), or None: then the request goes the usual way (`replays`)."""
+        record = self.fast.replays.get(head)
+        if record is None:
+            return None
+        answer = replays.answer(self.fast, record, started, extra)
+        if answer is None:
+            self.fast.replays.drop(head)  # its object changed: the usual way answers
+            return None
+        return answer[0], record, answer[1]
+
+    def keep_fast_reply(self, head: bytes) -> None:
+        """Keep the answer `fast_reply` just gave for requests of exactly ``head``."""
+        self.fast.keep_replay(head)
 
     @property
     def hit_x_cache(self) -> str:

@@ -1,0 +1,330 @@
+"""Replays: a request head the fast lane answered from memory, sent again byte for byte, is
+answered again from its record without parsing, over real sockets: byte-exact with the
+lane's own answer, Age and Date renewed, on any connection, logged and counted; never once
+its object is purged, stale, or gone from memory; never for heads in pieces or pipelined."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from edgeproxy.accesslog import AccessLog
+from edgeproxy.cache.node import CacheNode
+from edgeproxy.cache.replays import Replay, Replays
+from edgeproxy.config import load_config
+from edgeproxy.guard import uvicorn_http_options
+from edgeproxy.protocol import fast_lane_of
+from edgeproxy.server import node_app
+from tests.origins import TestOrigin
+from tests.servers import ServerThread, serve
+
+BODY = bytes(range(256)) * 20  # 5,120 bytes: kept in memory whole
+MIB = 1024 * 1024
+LARGE = hashlib.shake_256(b"replays").digest(2 * MIB + 999)  # slices, not in memory whole
+TOKEN = "t0ken-for-replay-tests"
+
+
+@pytest.fixture
+def origin() -> Iterator[tuple[TestOrigin, ServerThread]]:
+    o = TestOrigin()
+    o.put("/v/t1/obj", BODY)
+    o.put("/static/short.bin", BODY, headers={"cache-control": "max-age=1"})
+    o.put("/static/large.bin", LARGE, headers={"cache-control": "max-age=600"})
+    with serve(o) as srv:
+        yield o, srv
+
+
+@pytest.fixture
+def edge(tmp_path: Path, origin: tuple[TestOrigin, ServerThread],
+         ) -> Iterator[tuple[ServerThread, CacheNode]]:
+    config_path = tmp_path / "config.yaml"
+    config_path.write_text(f"data_dir: {tmp_path / 'var'}\nadmin_token: {TOKEN}\n"
+                           f"edge: {{upstream: '{origin[1].url}', node_name: edge-1}}\n")
+    config = load_config(config_path)
+    app = node_app(config, "edge")
+    found = fast_lane_of(app)
+    assert found is not None
+    with serve(app, proxy_headers=False, **uvicorn_http_options(config.http_limits)) as srv:
+        yield srv, found[0]
+
+
+@pytest.fixture
+def replayed(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The status of every answer given from a record."""
+    served: list[int] = []
+    real = CacheNode.fast_replay
+
+    def counting(self: CacheNode, *args: Any) -> Any:
+        answer = real(self, *args)
+        if answer is not None:
+            served.append(answer[1].status)
+        return answer
+
+    monkeypatch.setattr(CacheNode, "fast_replay", counting)
+    return served
+
+
+def _head(path: str, port: int, rng: str | None = None) -> bytes:
+    lines = [f"GET {path} HTTP/1.1", f"Host: 127.0.0.1:{port}", "User-Agent: replay-test"]
+    if rng:
+        lines.append(f"Range: {rng}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+class Conn:
+    """One keep-alive connection that sends raw bytes and reads whole answers."""
+
+    def __init__(self, srv: ServerThread) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", srv.port), timeout=5)
+        self.buf = b""
+
+    def ask(self, payload: bytes, answers: int = 1) -> list[tuple[bytes, bytes]]:
+        self.sock.sendall(payload)
+        return [self.answer() for _ in range(answers)]
+
+    def answer(self) -> tuple[bytes, bytes]:
+        while b"\r\n\r\n" not in self.buf:
+            self._more()
+        head, _, self.buf = self.buf.partition(b"\r\n\r\n")
+        length = int(re.search(rb"(?im)^content-length: *(\d+)", head).group(1))  # type: ignore[union-attr]
+        while len(self.buf) < length:
+            self._more()
+        body, self.buf = self.buf[:length], self.buf[length:]
+        return head, body
+
+    def _more(self) -> None:
+        chunk = self.sock.recv(1 << 20)
+        assert chunk, "connection closed"
+        self.buf += chunk
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def _field(head: bytes, name: bytes) -> bytes | None:
+    found = re.search(rb"(?im)^" + name + rb": *([^\r\n]*)", head)
+    return found.group(1) if found else None
+
+
+def _last(head: bytes, name: bytes) -> bytes:
+    return bytes(re.findall(rb"(?im)^" + name + rb": *([^\r\n]*)", head)[-1])
+
+
+def _without_moment(head: bytes) -> bytes:
+    return re.sub(rb"(?im)^(age|date): [^\r\n]*\r\n", b"", head + b"\r\n")
+
+
+def test_a_head_sent_again_is_answered_again_byte_exact_on_any_connection(
+        edge: tuple[ServerThread, CacheNode], origin: tuple[TestOrigin, ServerThread],
+        replayed: list[int], monkeypatch: pytest.MonkeyPatch) -> None:
+    srv, _node = edge
+    logged: list[tuple[int, str]] = []
+    real = AccessLog.write
+
+    def logging(self: AccessLog, scope: Any, status: int, sent: int, x_cache: str,
+                *rest: Any) -> None:
+        logged.append((status, x_cache))
+        real(self, scope, status, sent, x_cache, *rest)
+
+    monkeypatch.setattr(AccessLog, "write", logging)
+    for path, rng, expected in [("/v/t1/obj", None, BODY),
+                                ("/v/t1/obj", "bytes=100-2099", BODY[100:2100]),
+                                ("/static/large.bin", f"bytes={MIB + 5}-{MIB + 70_004}",
+                                 LARGE[MIB + 5:MIB + 70_005])]:
+        head = _head(path, srv.port, rng)
+        one = Conn(srv)
+        answers = one.ask(head) + one.ask(head) + one.ask(head)  # miss; lane (kept); ...
+        replayed.clear()
+        answers += one.ask(head) + one.ask(head)
+        other = Conn(srv)
+        answers += other.ask(head)
+        assert replayed == [206 if rng else 200] * 3  # every later one from its record
+        lane = answers[2]
+        for head_bytes, body in answers:
+            assert body == expected
+            assert _field(head_bytes, b"content-length") == str(len(expected)).encode()
+        for head_bytes, _ in answers[3:]:  # the same answer as the lane's, but the moment
+            assert _without_moment(head_bytes) == _without_moment(lane[0])
+            assert _field(head_bytes, b"x-cache") == b"HIT from edge-1"
+        one.close()
+        other.close()
+    assert origin[0].count("/v/t1/obj") == 1
+    assert logged.count((200, "HIT from edge-1")) >= 4  # replays are logged as hits
+    assert logged.count((206, "HIT from edge-1")) >= 8
+    metrics = httpx.get(srv.url + "/metrics").text
+    hits = re.findall(r'^edgeproxy_requests_total\{[^}]*result="HIT"[^}]*\} (\S+)$',
+                      metrics, re.M)
+    assert sum(float(v) for v in hits) >= 12  # and counted
+
+
+def test_age_and_date_are_renewed_as_the_seconds_pass(
+        edge: tuple[ServerThread, CacheNode], replayed: list[int]) -> None:
+    srv, _node = edge
+    head = _head("/v/t1/obj", srv.port)
+    conn = Conn(srv)
+    conn.ask(head * 1)
+    conn.ask(head)
+    conn.ask(head)
+    first, _ = conn.ask(head)[0]
+    time.sleep(2.1)
+    later, _ = conn.ask(head)[0]
+    assert len(replayed) == 2
+    age_first, age_later = int(_field(first, b"age") or b"-1"), int(_field(later, b"age") or b"-1")
+    assert age_later - age_first in (2, 3)
+    assert _last(first, b"date") != _last(later, b"date")
+    conn.close()
+
+
+def test_a_purge_ends_a_record(edge: tuple[ServerThread, CacheNode],
+                               origin: tuple[TestOrigin, ServerThread],
+                               replayed: list[int]) -> None:
+    srv, _node = edge
+    rng = f"bytes={MIB + 10}-{MIB + 20_009}"
+    head = _head("/static/large.bin", srv.port, rng)
+    conn = Conn(srv)
+    assert httpx.get(srv.url + "/static/large.bin").content == LARGE  # stored whole
+    for _ in range(4):
+        assert conn.ask(head)[0][1] == LARGE[MIB + 10:MIB + 20_010]
+    assert replayed and set(replayed) == {206}  # its record answered
+    changed = bytes(reversed(LARGE))
+    origin[0].put("/static/large.bin", changed, headers={"cache-control": "max-age=600"})
+    purged = httpx.post(srv.url + "/_admin/purge", json={"paths": ["/static/large.bin"]},
+                        headers={"authorization": f"Bearer {TOKEN}"})
+    assert purged.json() == {"purged": 1}
+    replayed.clear()
+    head_bytes, body = conn.ask(head)[0]
+    assert body == changed[MIB + 10:MIB + 20_010]  # the new object, fetched
+    assert replayed == [] and _field(head_bytes, b"x-cache") != b"HIT from edge-1"
+    for _ in range(3):
+        assert conn.ask(head)[0][1] == changed[MIB + 10:MIB + 20_010]
+    conn.close()
+
+
+def test_a_stale_object_is_not_replayed(edge: tuple[ServerThread, CacheNode],
+                                        origin: tuple[TestOrigin, ServerThread],
+                                        replayed: list[int]) -> None:
+    srv, _node = edge
+    head = _head("/static/short.bin", srv.port)
+    conn = Conn(srv)
+    for _ in range(3):
+        conn.ask(head)
+    assert origin[0].count("/static/short.bin") == 1
+    time.sleep(1.3)  # max-age=1 has passed
+    replayed.clear()
+    head_bytes, body = conn.ask(head)[0]
+    assert body == BODY and replayed == []
+    assert _field(head_bytes, b"x-cache") != b"HIT from edge-1"  # the steps revalidated
+    assert origin[0].count("/static/short.bin") == 2
+    conn.close()
+
+
+def test_an_object_gone_from_memory_is_answered_the_usual_way(
+        edge: tuple[ServerThread, CacheNode], replayed: list[int]) -> None:
+    srv, node = edge
+    head = _head("/v/t1/obj", srv.port)
+    conn = Conn(srv)
+    for _ in range(3):
+        conn.ask(head)
+    assert len(node.fast.replays) == 1
+    node.hot.clear()  # (as an eviction would)
+    replayed.clear()
+    head_bytes, body = conn.ask(head)[0]
+    assert body == BODY and replayed == []  # its record held no bytes to send
+    assert _field(head_bytes, b"x-cache") == b"HIT from edge-1"
+    conn.close()
+
+
+def test_pipelined_or_split_heads_are_parsed_and_answered_in_order(
+        edge: tuple[ServerThread, CacheNode], replayed: list[int]) -> None:
+    srv, _node = edge
+    head = _head("/v/t1/obj", srv.port)
+    ranged = _head("/v/t1/obj", srv.port, "bytes=0-9")
+    conn = Conn(srv)
+    for _ in range(3):
+        conn.ask(head)
+    replayed.clear()
+    answers = conn.ask(head + ranged + head, answers=3)  # one chunk, three requests
+    assert [body for _, body in answers] == [BODY, BODY[:10], BODY]
+    conn.sock.sendall(head[:20])
+    time.sleep(0.05)
+    answers = conn.ask(head[20:])
+    assert answers[0][1] == BODY
+    assert replayed == []  # neither was one whole head: both were parsed
+    assert conn.ask(head)[0][1] == BODY and replayed == [200]
+    conn.close()
+
+
+def test_other_heads_do_not_share_a_record(
+        edge: tuple[ServerThread, CacheNode], replayed: list[int]) -> None:
+    srv, node = edge
+    head = _head("/v/t1/obj", srv.port)
+    conn = Conn(srv)
+    for _ in range(3):
+        conn.ask(head)
+    with_validator = head.replace(b"\r\n\r\n", b"\r\nIf-None-Match: \"nope\"\r\n\r\n")
+    close = head.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n")
+    replayed.clear()
+    head_bytes, body = conn.ask(with_validator)[0]
+    assert replayed == [] and body == BODY  # a validator goes through the steps
+    assert head_bytes.startswith(b"HTTP/1.1 200 ")
+    assert len(node.fast.replays) == 1
+    conn.ask(close)
+    assert replayed == [] and len(node.fast.replays) == 1
+    conn.close()
+
+
+@pytest.mark.parametrize(("age", "now", "until"), [
+    (10.25, 100.5, 101.0),  # Date turns first
+    (10.75, 100.125, 100.375),  # Age turns first
+    (0.0, 50.0, 51.0),
+])
+def test_a_head_holds_until_age_or_date_would_read_differently(
+        age: float, now: float, until: float) -> None:
+    class Fresh:
+        def age(self, at: float) -> float:
+            return age + (at - now)
+
+    class Meta:
+        content_class = "media"
+        freshness = Fresh()
+
+    record = Replay("/x", b"/x", [], Meta(), None, 0, None, 200,  # type: ignore[arg-type]
+                    b"HTTP/1.1 200 OK\r\n", b"", dated=False)
+    calls: list[float] = []
+    extra = [(b"server", b"edgeproxy")]
+
+    def moment() -> list[tuple[bytes, bytes]]:
+        calls.append(now)
+        return [(b"age", b"%d" % int(age))]
+
+    head = record.head_at(now, extra, moment)
+    assert head == b"HTTP/1.1 200 OK\r\nage: %d\r\nserver: edgeproxy\r\n\r\n" % int(age)
+    assert record.until == pytest.approx(until)
+    assert record.head_at(until - 0.001, extra, moment) is head and len(calls) == 1
+    record.head_at(until, extra, moment)
+    assert len(calls) == 2
+    record.head_at(until, list(extra), moment)  # the server's fields were renewed
+    assert len(calls) == 3
+
+
+def test_records_are_bounded_and_long_heads_are_not_kept() -> None:
+    replays = Replays(size=3)
+    record: Replay = object()  # type: ignore[assignment]  # (kept, never looked into)
+    for i in range(5):
+        replays.keep(b"GET /%d" % i, record)
+    assert len(replays) == 3 and replays.get(b"GET /0") is None
+    assert replays.get(b"GET /4") is record
+    replays.keep(b"GET /" + b"x" * 4096, record)
+    assert replays.get(b"GET /" + b"x" * 4096) is None
+    replays.drop(b"GET /4")
+    assert replays.get(b"GET /4") is None
+    replays.clear()
+    assert len(replays) == 0
