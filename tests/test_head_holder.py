@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from edgeproxy.protocol import JOIN_MAX, HeadHolder
+from edgeproxy.headholder import JOIN_MAX, HeadHolder
 
 
 class Recorder:
