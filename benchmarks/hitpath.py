@@ -41,6 +41,7 @@ class Cell:
     connections: int
     headline: bool  # a target is judged on it: repeated, spread reported
     metric: str  # "rps" or "mibps": what the ratio compares
+    new_heads: bool = False  # each request's head differs (an X-Request-Id that counts up)
 
     @property
     def key(self) -> str:
@@ -49,16 +50,19 @@ class Cell:
 
 
 def cells(connections: tuple[int, ...] = (16, 64)) -> list[Cell]:
-    """The hit-path matrix: every blob size plus a 64 KiB range of the 16 MiB blob."""
+    """The hit-path matrix: every blob size plus a 64 KiB range of the 16 MiB blob, the
+    range also with a new head per request (edgeproxy's replays of a repeated head then
+    never apply: its cost for heads that differ per request, tracing ids or cookies)."""
     kinds = [
         ("2 KiB", "b2k", None, 2 * 1024, True, "rps"),
         ("64 KiB", "b64k", None, 64 * 1024, False, "rps"),
         ("64 KiB range", "b16m", RANGE_16M, 64 * 1024, True, "rps"),
+        ("64 KiB range, new heads", "b16m", RANGE_16M, 64 * 1024, False, "rps"),
         ("1 MiB", "b1m", None, 1024**2, True, "mibps"),
         ("16 MiB", "b16m", None, 16 * 1024**2, True, "mibps"),
         ("100 MiB", "b100m", None, 100 * 1024**2, False, "mibps"),
     ]
-    return [Cell(label, blob, rng, size, c, headline, metric)
+    return [Cell(label, blob, rng, size, c, headline, metric, label.endswith("new heads"))
             for label, blob, rng, size, headline, metric in kinds for c in connections]
 
 
@@ -84,7 +88,7 @@ def warm(server: Server, url: str, headers: dict[str, str], tries: int = 6) -> s
 
 def measure(server: Server, origin: Origin, url: str, *, connections: int, duration: float,
             headers: dict[str, str], our_pids: list[int], log: Callable[[str], None],
-            budget: list[float] | None = None,
+            budget: list[float] | None = None, new_heads: bool = False,
             ) -> tuple[WrkResult, int, float, list[float]]:
     """One wrk run, repeated while other work disturbed it and ``budget`` (seconds of retries
     left, shared between calls) lasts; (result, origin requests during the kept run, foreign
@@ -98,7 +102,8 @@ def measure(server: Server, origin: Origin, url: str, *, connections: int, durat
             budget[0] -= duration
         before = origin.stats(paths=False)["total_requests"]
         with ForeignCpu(our_pids) as foreign:
-            res = run_wrk(url, connections=connections, duration=duration, headers=headers)
+            res = run_wrk(url, connections=connections, duration=duration, headers=headers,
+                          new_heads=new_heads)
         reached = origin.stats(paths=False)["total_requests"] - before
         attempts.append((foreign.foreign_cores, res, reached))
         if foreign.foreign_cores <= DISTURBED_CORES:
@@ -128,7 +133,8 @@ def run_hitpath(servers: list[Server], origin: Origin, *, duration: float, repea
             for server in order:
                 res, reached_origin, cores, tries = measure(
                     server, origin, server.url + path, connections=cell.connections,
-                    duration=duration, headers=headers, our_pids=pids, log=log, budget=budget)
+                    duration=duration, headers=headers, our_pids=pids, log=log, budget=budget,
+                    new_heads=cell.new_heads)
                 records.append({
                     "cell": cell.key, "label": cell.label, "connections": cell.connections,
                     "server": server.name, "rep": rep, "wrk": res.to_json(),

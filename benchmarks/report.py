@@ -136,7 +136,11 @@ def markdown(results: dict[str, Any], verdicts: list[Verdict]) -> str:
             f"Ratios compare medians: req/s for small bodies, MiB/s (read off "
             f"the wire) for ≥ 1 MiB. Every run was preceded by a verified HIT, and the origin "
             f"counter was read around it (⚠ marks a run that reached the origin or had "
-            f"errors). The 64 KiB range is `{hit['range']}` of the 16 MiB blob.",
+            f"errors). The 64 KiB range is `{hit['range']}` of the 16 MiB blob. wrk sends "
+            f"the same request head again and again, and edgeproxy answers a head it "
+            f"answered from memory before from a record, without parsing it (its replays); "
+            f"the *new heads* cell sends the same range with an `X-Request-Id` that counts "
+            f"up, so that no head repeats: what a hit costs when every head differs.",
             "",
             _interference_text(hit.get("interference")),
             "",

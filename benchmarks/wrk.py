@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 LUA = Path(__file__).resolve().parent / "wrk_report.lua"
+NEW_HEADS_LUA = LUA.with_name("wrk_new_heads.lua")  # the same totals, a new head per request
 MIB = 1024**2
 
 
@@ -51,10 +52,13 @@ class WrkResult:
 
 
 def run_wrk(url: str, *, connections: int, duration: float, threads: int = 2,
-            headers: dict[str, str] | None = None, timeout: float = 30.0) -> WrkResult:
-    """``wrk -t threads -c connections -d duration --latency`` against ``url``."""
+            headers: dict[str, str] | None = None, timeout: float = 30.0,
+            new_heads: bool = False) -> WrkResult:
+    """``wrk -t threads -c connections -d duration --latency`` against ``url``;
+    ``new_heads``: every request's head differs from every other's (`NEW_HEADS_LUA`)."""
     argv = ["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{duration:g}s",
-            "--latency", "--timeout", f"{timeout:g}s", "-s", str(LUA)]
+            "--latency", "--timeout", f"{timeout:g}s",
+            "-s", str(NEW_HEADS_LUA if new_heads else LUA)]
     for name, value in (headers or {}).items():
         argv += ["-H", f"{name}: {value}"]
     argv.append(url)
