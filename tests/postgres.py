@@ -13,7 +13,7 @@ import secrets
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +42,7 @@ class PostgresCluster:
 
     port: int
     user: str
+    stop: Callable[[], None]  # stops the server at once (a database gone)
 
     def url(self, database: str = "postgres") -> str:
         return f"postgresql://{self.user}@127.0.0.1:{self.port}/{database}"
@@ -72,9 +73,12 @@ def postgres_cluster() -> Iterator[PostgresCluster]:
     subprocess.run(_as_owner([str(bindir / "pg_ctl"), "-D", str(data), "-o", options,
                               "-l", str(root / "log"), "-w", "-t", "30", "start"]),
                    check=True, capture_output=True)  # fmt: skip
-    try:
-        yield PostgresCluster(port, user)
-    finally:
+    def stop() -> None:
         subprocess.run(_as_owner([str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate",
                                   "-w", "stop"]), capture_output=True)  # fmt: skip
+
+    try:
+        yield PostgresCluster(port, user, stop)
+    finally:
+        stop()
         shutil.rmtree(root, ignore_errors=True)

@@ -156,3 +156,52 @@ def test_two_origins_share_rate_limits_and_quota_exactly(two_origins: list[str])
     # 3 per minute per conversation, whoever sends them.
     users = [(f"user{i}", _body(10, "chat-1")) for i in range(10)]
     assert _burst(two_origins, users) == {200: 3, 429: 7}
+
+
+def _wait_up(url: str, proc: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 30
+    while True:
+        assert proc.poll() is None, "the origin exited at start"
+        try:
+            if httpx.get(url + "/healthz").status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline, f"{url} did not start"
+        time.sleep(0.1)
+
+
+def test_a_database_gone_answers_503_with_retry_after_not_500(tmp_path: Path) -> None:
+    """PostgreSQL stopped under a running origin: every call that needs it is a 503 JSON
+    with Retry-After (a dependency down, not a bug; it was a 500), quickly."""
+    port = free_port()
+    with postgres_cluster() as cluster:
+        proc = _start_origin(tmp_path, cluster.new_database(), port)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            _wait_up(url, proc)
+            auth = {"Authorization": "Bearer " + mint_token(SECRET, "erin")}
+            ok = httpx.post(url + "/v1/media/upload/request", json=_body(100), headers=auth,
+                            timeout=30)
+            assert ok.status_code == 200
+            cluster.stop()
+            for attempt in range(3):
+                started = time.monotonic()
+                r = httpx.post(url + "/v1/media/upload/request", json=_body(100),
+                               headers=auth, timeout=30)
+                assert r.status_code == 503, (attempt, r.status_code, r.text)
+                assert r.json()["error"] == "database_unavailable"
+                assert r.headers["retry-after"] == "5"
+                assert r.headers["cache-control"] == "no-store"
+                assert time.monotonic() - started < 10
+            media_id = ok.json()["media_id"]
+            head = httpx.head(ok.json()["upload_url"], timeout=30)  # the upload's offset
+            assert head.status_code == 503 and head.headers["retry-after"] == "5"
+            confirm = httpx.post(url + "/v1/media/upload/confirm", headers=auth, timeout=30,
+                                 json={"media_id": media_id, "file_size": 100,
+                                       "file_sha256": "ab" * 32})
+            assert confirm.status_code == 503, confirm.text
+            assert confirm.json()["error"] == "database_unavailable"
+        finally:
+            proc.terminate()
+            proc.wait(timeout=10)

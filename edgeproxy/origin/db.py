@@ -127,7 +127,10 @@ class Database:
             event.listen(self.engine, "connect", _sqlite_connect)
             event.listen(self.engine, "begin", _sqlite_begin)
         elif self.dialect == "postgresql":
-            self.engine = create_engine(url, pool_size=8, max_overflow=8, pool_pre_ping=True)
+            # a server that does not answer fails a connection in 5 s (libpq waits forever),
+            # and a request waits 10 s at most for a pooled connection: then 503
+            self.engine = create_engine(url, pool_size=8, max_overflow=8, pool_pre_ping=True,
+                                        pool_timeout=10, connect_args={"connect_timeout": 5})
         else:
             raise ConfigError(f"origin.database: unsupported database {self.dialect!r}")
         self._create()

@@ -11,6 +11,7 @@ import logging
 from typing import Any
 
 import httpx
+import sqlalchemy.exc
 from botocore.exceptions import BotoCoreError, ConnectTimeoutError, ReadTimeoutError
 from botocore.exceptions import ClientError as BotoClientError
 from starlette.applications import Starlette
@@ -28,6 +29,9 @@ BAD_GATEWAY = HTTPError(502, "bad_gateway", "the storage backend could not be re
 GATEWAY_TIMEOUT = HTTPError(504, "gateway_timeout", "the storage backend did not answer in "
                             "time; try again later")  # fmt: skip
 INTERNAL = HTTPError(500, "internal_error", "the server failed to answer this request")
+DATABASE_UNAVAILABLE = HTTPError(503, "database_unavailable", "the metadata database could "
+                                 "not be reached; try again later",
+                                 headers={"Retry-After": "5"})  # fmt: skip
 
 
 def error_response(exc: HTTPError, *, head: bool = False) -> Response:
@@ -69,6 +73,13 @@ async def _on_upstream_error(request: Request, exc: Exception) -> Response:
     return error_response(GATEWAY_TIMEOUT if slow else BAD_GATEWAY, head=request.method == "HEAD")
 
 
+async def _on_database_error(request: Request, exc: Exception) -> Response:
+    # A database that refuses connections, drops them or stays locked is a dependency down
+    # (503, as a load balancer and a client's retry expect), not a bug of ours (500).
+    log.warning("%s %s: database failure: %s", request.method, request.url.path, exc)
+    return error_response(DATABASE_UNAVAILABLE, head=request.method == "HEAD")
+
+
 class CatchAll:
     """ASGI middleware: a bug answers a generic JSON 500 and its traceback goes to the log
     (once: starlette's own 500 handler would re-raise it to the server to log again)."""
@@ -99,8 +110,9 @@ class CatchAll:
 
 
 def install_error_handlers(app: Starlette) -> None:
-    """Translate `HTTPError` and starlette's own 404/405 into JSON error bodies, and upstream
-    failures into a generic 502 (details to the log); bugs are `CatchAll`'s."""
+    """Translate `HTTPError` and starlette's own 404/405 into JSON error bodies, upstream
+    failures into a generic 502 or 504 and a database down into 503 (details to the log);
+    bugs are `CatchAll`'s."""
     app.add_exception_handler(HTTPError, _on_http_error)
     app.add_exception_handler(HTTPException, _on_starlette_http_exception)
     app.add_exception_handler(UpstreamError, _on_upstream_error)
@@ -108,3 +120,8 @@ def install_error_handlers(app: Starlette) -> None:
     # the object store (botocore): unreachable, timed out, or an error answer (a 500 before)
     app.add_exception_handler(BotoCoreError, _on_upstream_error)
     app.add_exception_handler(BotoClientError, _on_upstream_error)
+    # the metadata database: unreachable, gone mid-transaction, locked past its wait, or no
+    # pooled connection free in time
+    app.add_exception_handler(sqlalchemy.exc.OperationalError, _on_database_error)
+    app.add_exception_handler(sqlalchemy.exc.InterfaceError, _on_database_error)
+    app.add_exception_handler(sqlalchemy.exc.TimeoutError, _on_database_error)
