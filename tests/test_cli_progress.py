@@ -156,7 +156,8 @@ def test_parse_range(value: str | None, expected: tuple[int, int] | None) -> Non
     assert parse_range(value, 1000) == expected
 
 
-@pytest.mark.parametrize("value", ["", "-", "9-1", "-0", "1000-", "a-b", "1-2-3", "1", "+1-"])
+@pytest.mark.parametrize("value", ["", "-", "9-1", "-0", "1000-", "a-b", "1-2-3", "1", "+1-",
+                                   "\u00b2-3", "1-\u0663", "-\u00b9"])  # (digits int() refuses)
 def test_parse_range_refusals(value: str) -> None:
     with pytest.raises(click.BadParameter):
         parse_range(value, 1000)

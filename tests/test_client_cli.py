@@ -285,6 +285,12 @@ def test_cli_errors_are_one_line(nodes: Nodes, uploaded: dict[str, Any], tmp_pat
 
     proc = cli("download", "p.json", "--out", "x.png", "--range", "9-1", cwd=tmp_path)
     assert proc.returncode == 2 and "START-END" in proc.stderr
+    proc = cli("download", "p.json", "--out", "x.png", "--range", "\u00b2-3", cwd=tmp_path)
+    assert proc.returncode == 2 and "START-END" in proc.stderr and "Traceback" not in proc.stderr
+    for out, said in (("", "needs a file name"), (".", "is a directory")):
+        proc = cli("download", "p.json", "--out", out, cwd=tmp_path)
+        assert proc.returncode == 2 and said in proc.stderr, proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p.json"]
 
     (tmp_path / "bad.json").write_text("{not json")
     proc = cli("download", "bad.json", "--out", "x.png", cwd=tmp_path)

@@ -1,7 +1,8 @@
 """The ``edgeproxy`` command: run nodes or a whole stack, upload and download media, a demo.
 
 Every error edgeproxy raises on purpose ends as one line on stderr: ``edgeproxy: config error:
-...`` with exit status 2 for a bad configuration, ``edgeproxy: error: ...`` with 1 otherwise.
+...`` with exit status 2 for a bad configuration (click's usage errors, such as a bad option
+value, exit with 2 too), ``edgeproxy: error: ...`` with 1 otherwise.
 """
 
 from __future__ import annotations
@@ -172,8 +173,9 @@ def upload(ctx: click.Context, file: Path, mimetype: str | None, api: str | None
     from ..client import MediaClient
     from .progress import Progress
 
-    if out is not None and not out.parent.is_dir():  # before the upload: the payload holds
-        raise click.BadParameter(f"no directory {out.parent}", param_hint="--out")  # the key
+    # before the upload: the payload holds the key
+    if out is not None and not _file_name(out).parent.is_dir():
+        raise click.BadParameter(f"no directory {out.parent}", param_hint="--out")
     if api is None:
         api = load(ctx, config_path)[0].origin.base_url
     with Progress(f"upload {file.name}") as bar, \
@@ -219,6 +221,17 @@ def token(ctx: click.Context, user: str, ttl: float, config_path: str | None) ->
     click.echo(mint_token(config.auth.jwt_secret, user, ttl=ttl))
 
 
+def _digits(text: str) -> bool:
+    # ASCII only: str.isdigit() also takes "²" and "٣", which int() then refuses or reads
+    return text.isascii() and text.isdigit()
+
+
+def _file_name(out: Path) -> Path:
+    if not out.name or out.name in (".", ".."):  # ("" is "."): nothing to write to
+        raise click.BadParameter("needs a file name", param_hint="--out")
+    return out
+
+
 def parse_range(value: str | None, length: int) -> tuple[int, int] | None:
     """``--range`` as inclusive plaintext offsets into a file of ``length`` bytes, with the
     forms of an HTTP byte range (RFC 9110 §14.1.2): ``START-END``, ``START-`` (to the end) and
@@ -227,8 +240,8 @@ def parse_range(value: str | None, length: int) -> tuple[int, int] | None:
         return None
     start, sep, end = value.strip().partition("-")
     problem = None
-    if not sep or not (start.isdigit() or end.isdigit()) or \
-            (start and not start.isdigit()) or (end and not end.isdigit()):
+    if not sep or not (_digits(start) or _digits(end)) or \
+            (start and not _digits(start)) or (end and not _digits(end)):
         problem = "not a byte range"
     elif not start:
         if int(end) == 0:
@@ -259,6 +272,7 @@ def download(payload_file: Any, out: Path, range_: str | None, cdn: str | None) 
     from ..client import MediaClient
     from .progress import Progress
 
+    _file_name(out)
     try:
         payload = json.load(payload_file)
     except json.JSONDecodeError as exc:

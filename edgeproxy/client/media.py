@@ -35,7 +35,7 @@ import httpx
 from .. import crypto
 from ..errors import BlobFormatError, ClientError, EdgeProxyError, IntegrityError
 from . import payloads
-from .responses import check_partial, content_length, error_code, raise_for_status
+from .responses import check_partial, content_length, error_code, raise_for_status, unsigned
 
 UPLOAD_CHUNK = 256 * 1024
 MAX_BACKOFF = 5.0  # seconds between upload attempts, at most
@@ -217,7 +217,7 @@ class MediaClient:
                 response = self.http.put(url, headers=headers, content=_file_chunks(
                     blob, offset, length, self.progress))  # fmt: skip
             except httpx.TransportError as exc:
-                problem = f"PUT {url} from offset {offset}: {exc!r}"
+                problem = f"PUT {unsigned(url)} from offset {offset}: {exc!r}"
             else:
                 code = error_code(response)
                 if response.status_code == 409 and code == "offset_mismatch":
@@ -231,9 +231,9 @@ class MediaClient:
                     body = response.json()
                     if body.get("complete") is True:
                         return
-                    problem = f"PUT {url} stored {body.get('received')} of {length} bytes"
+                    problem = f"PUT {unsigned(url)} stored {body.get('received')} of {length} bytes"
                 else:
-                    problem = f"PUT {url}: {response.status_code} {code}"
+                    problem = f"PUT {unsigned(url)}: {response.status_code} {code}"
             failures += 1
             if failures > self.retries:
                 raise ClientError(0, "upload_failed", f"gave up after {failures} attempts; "

@@ -13,6 +13,12 @@ from ..errors import ClientError, IntegrityError
 from ..http import parse_content_range
 
 
+def unsigned(url: str) -> str:
+    """``url`` as an error message may show it: without its query, where a signed upload
+    URL carries the signature that lets anyone who reads it write the upload."""
+    return url.partition("?")[0]
+
+
 def raise_for_status(response: httpx.Response) -> None:
     """`ClientError` built from the API's JSON error body (or the raw text if it has none)."""
     if response.is_success:
