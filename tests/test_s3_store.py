@@ -316,3 +316,30 @@ def test_a_store_that_stalls_is_504_and_one_that_is_down_502_never_500(
                 assert time.monotonic() - started < 8, mode
     finally:
         relay.close()
+
+
+def test_an_origin_starts_while_its_store_stalls(
+        tmp_path: Path, s3: S3Endpoint, bucket: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The start swept expired uploads and read the bucket's tier rules before serving: a
+    store that stalled held the start for minutes (3 attempts of 20 s per call), then the
+    sweep's error failed it (found from outside). Both now run beside the requests."""
+    monkeypatch.setattr(s3_settings, "S3_CONNECT_TIMEOUT", 0.5)
+    monkeypatch.setattr(s3_settings, "S3_READ_TIMEOUT", 0.5)
+    relay = _Relay(s3.url)
+    relay.mode = "stall"
+    env = {**s3.env(), "EDGEPROXY_S3__ENDPOINT": relay.url,
+           "EDGEPROXY_ORIGIN__STORE": f"s3://{bucket}/edge"}
+    started = time.monotonic()
+    try:
+        with run_origin(tmp_path, env=env) as origin:
+            assert time.monotonic() - started < 5
+            assert origin.http.get("/healthz").status_code == 200
+            r = origin.http.get("/v/t1/" + "ab" * 32)  # (the database answers this one)
+            assert (r.status_code, error_of(r)) == (404, "not_found")
+            relay.mode = "relay"  # the store is back: uploads go through
+            blob = make_blob(8)
+            ticket = origin.request(blob)
+            assert direct_put(ticket, blob).status_code == 200
+            assert origin.confirm(ticket["media_id"], sha(blob)).status_code == 200
+    finally:
+        relay.close()

@@ -1,7 +1,7 @@
 """What every part of the origin app shares: config, clock, stores, database, locks, keys.
 
-`OriginCore` is built once per app. Its lifespan opens the `Records` database, sweeps expired
-uploads and orphaned staging files at start, and keeps sweeping in a background task every
+`OriginCore` is built once per app. Its lifespan opens the `Records` database, and a
+background task sweeps expired uploads and orphaned staging files from the start and every
 ``origin.cleanup_interval``.
 """
 
@@ -121,14 +121,16 @@ class OriginCore:
 
     @asynccontextmanager
     async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
-        """Open the database, sweep what expired while we were down, keep sweeping."""
+        """Open the database; sweep what expired while we were down, and keep sweeping, in
+        the background."""
         self._records = await asyncio.to_thread(Records, self.database_url)
         sweeper = copier = None
         try:
-            if self.direct is not None:
-                await check_lifecycle(self.direct, self.config.storage)
-            await self.sweep()
-            sweeper = asyncio.create_task(self._sweep_forever())
+            # The first sweep (what expired while we were down) and the check of the bucket's
+            # tier rules run beside the requests, as every later sweep does: an object store
+            # that stalled held the start for minutes and then failed it. Expired uploads are
+            # refused by their own checks meanwhile.
+            sweeper = asyncio.create_task(self._maintain())
             if self.replicator.replicas:
                 copier = asyncio.create_task(self.replicator.run_forever(
                     self.config.origin.replication_interval))
@@ -193,14 +195,19 @@ class OriginCore:
 
     # --- cleanup -------------------------------------------------------------------------------
 
+    async def _maintain(self) -> None:
+        if self.direct is not None:
+            await check_lifecycle(self.direct, self.config.storage)  # (warns, never raises)
+        await self._sweep_forever()
+
     async def _sweep_forever(self) -> None:
         interval = max(self.config.origin.cleanup_interval, 1.0)
         while True:
-            await asyncio.sleep(interval)
             try:
                 await self.sweep()
             except Exception:  # a failed sweep must not end the loop; the next one retries
                 log.exception("sweeping expired uploads failed")
+            await asyncio.sleep(interval)
 
     async def sweep(self) -> int:
         """Expire unfinished uploads past their time and drop orphaned staging files.
