@@ -26,7 +26,7 @@ from ..errors import HTTPError
 from ..signing import DownloadSigner, SigningKey
 from .auth import Authenticator, Principal
 from .authz import ConversationAccess
-from .blobstore import BlobStore, Staging, StagingBusy
+from .blobstore import BlobStore
 from .db import database_url
 from .limits import UploadAllowance
 from .metrics import OriginMetrics
@@ -35,6 +35,7 @@ from .replication import Replica, Replicator
 from .replication import stop as stop_replication
 from .s3staging import S3Staging
 from .s3store import S3BlobStore
+from .staging import Staging, StagingBusy
 from .stores import open_store
 from .tiers import TieredLocalBlobStore, check_lifecycle
 
@@ -267,8 +268,12 @@ class OriginCore:
     async def _sweep_orphans(self, now: float) -> None:
         """Staging files no unfinished upload owns, older than an upload may live (left by a
         crash mid-confirm or mid-profile-photo)."""
-        live = await self.db(self.records.live_staging_names)
         cutoff = now - self.config.origin.upload_expiry
+
+        async def live_names() -> set[str]:
+            return await self.db(self.records.live_staging_names)
+
+        live = await live_names()
 
         def sweep() -> None:
             for entry in os.scandir(self.staging.root):
@@ -280,7 +285,7 @@ class OriginCore:
 
         await asyncio.to_thread(sweep)
         if self.direct is not None:
-            await self.direct.sweep_staging(live, cutoff)
+            await self.direct.sweep_staging(live_names, cutoff)
 
 
 def http_date(unix: float) -> str:

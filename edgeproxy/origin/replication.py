@@ -25,10 +25,11 @@ from dataclasses import dataclass
 
 from sqlalchemy import and_, func, insert, select
 
-from .blobstore import BlobStore, Staging
+from .blobstore import BlobStore
 from .db import media, replication
 from .records import Records
 from .s3store import S3BlobStore
+from .staging import Staging
 
 log = logging.getLogger("edgeproxy.origin")
 BATCH = 100

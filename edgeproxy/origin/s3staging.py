@@ -26,8 +26,8 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from .blobstore import ChecksumMismatch, StagingShort, TooLarge
 from .s3store import S3BlobStore, _missing
+from .staging import ChecksumMismatch, Progress, StagingShort, TooLarge
 
 PART_SIZE = 5 * 1024 * 1024  # S3's smallest part but the last
 SPOOL_IN_MEMORY = 1024 * 1024
@@ -47,10 +47,12 @@ class S3StagingWriter:
         return await self.append(chunks, 0, limit)
 
     async def append(self, chunks: AsyncIterable[bytes], offset: int, limit: int,
-                     checksum: tuple[str, bytes] | None = None) -> tuple[int, str]:  # fmt: skip
+                     checksum: tuple[str, bytes] | None = None,
+                     progress: Progress | None = None) -> tuple[int, str]:  # fmt: skip
         """Append ``chunks`` at ``offset``; ``limit`` is what the upload still expects, so the
         request that brings exactly that many bytes completes it. Same contract as
-        `edgeproxy.origin.blobstore.StagingWriter.append`."""
+        `edgeproxy.origin.staging.StagingWriter.append`; ``progress`` is told the offset
+        at each part stored (a resume may start there), not with a ``checksum``."""
         boundary = offset - offset % PART_SIZE
         buf = bytearray(await self._resume_point(offset, boundary))
         if checksum is not None:
@@ -69,6 +71,8 @@ class S3StagingWriter:
                                   PartNumber=number, Body=bytes(buf[:PART_SIZE]))  # fmt: skip
                 number, boundary = number + 1, boundary + PART_SIZE
                 del buf[:PART_SIZE]
+                if progress is not None and checksum is None and boundary < offset + limit:
+                    await progress(boundary)
         if received == limit:
             await self._complete(upload_id, number, bytes(buf))
         elif buf:

@@ -15,9 +15,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from ..errors import HTTPError
-from .blobstore import SHA256_HEX, TooLarge
+from .blobstore import SHA256_HEX
 from .core import OriginCore
 from .http import Body, int_or_none, serve_blob
+from .staging import TooLarge
 
 USER = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 PROFILE_TYPES = ("image/jpeg", "image/png", "image/webp")

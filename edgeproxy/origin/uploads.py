@@ -14,7 +14,9 @@ until ``origin.upload_expiry`` after its creation (``Upload-Expires``).
 
 An offset other than the server's → 409 with the current offset in the body and the headers,
 nothing changed. A body cut off mid-way keeps every byte that arrived (fsynced before the offset
-is recorded), so the client resumes from there.
+is recorded), so the client resumes from there. A long body's offset is also recorded as it
+arrives (`staging.CHECKPOINT`, or each part stored in S3): a crash of the origin mid-body
+loses only what came after the last one, and HEAD shows the upload moving meanwhile.
 """
 
 from __future__ import annotations
@@ -24,11 +26,11 @@ from starlette.responses import JSONResponse, Response
 
 from ..errors import HTTPError
 from ..signing import BadSignature, SignatureExpired
-from .blobstore import ChecksumMismatch, StagingBusy, StagingShort, TooLarge
 from .core import IN_PROGRESS, OriginCore, http_date
 from .http import Body, int_or_none
 from .media_api import MEDIA_ID
 from .records import Upload, UploadState
+from .staging import ChecksumMismatch, StagingBusy, StagingShort, TooLarge
 from .tus import (
     CHECKSUM_MISMATCH,
     OFFSET_CONTENT_TYPE,
@@ -177,7 +179,11 @@ class UploadURL:
                 check_writable(current)
                 if offset != current.received:  # another request moved it meanwhile
                     raise offset_mismatch(current, offset)
-                received, digest = await writer.append(Body(request), offset, room, checksum)
+                async def progress(total: int) -> None:  # (a checkpoint of a long body)
+                    await self.o.db(self.o.records.record_progress, media_id, total, None)
+
+                received, digest = await writer.append(Body(request), offset, room, checksum,
+                                                       progress)
                 total = offset + received
                 # The digest covers only this body: it is the blob's hash only from offset 0.
                 whole = digest if offset == 0 and total == upload.declared_size else None
