@@ -100,6 +100,19 @@ def _start_origin(tmp: Path, database: str, port: int) -> subprocess.Popen[bytes
                             env=env, stdout=subprocess.DEVNULL)  # fmt: skip
 
 
+def _wait_up(url: str, proc: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 30
+    while True:
+        assert proc.poll() is None, "the origin exited at start"
+        try:
+            if httpx.get(url + "/healthz").status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline, f"{url} did not start"
+        time.sleep(0.1)
+
+
 @pytest.fixture
 def two_origins(tmp_path: Path, pg: PostgresCluster) -> Iterator[list[str]]:
     database = pg.new_database()
@@ -107,17 +120,8 @@ def two_origins(tmp_path: Path, pg: PostgresCluster) -> Iterator[list[str]]:
     procs = [_start_origin(tmp_path, database, port) for port in ports]
     try:
         urls = [f"http://127.0.0.1:{port}" for port in ports]
-        deadline = time.monotonic() + 30
         for url, proc in zip(urls, procs, strict=True):
-            while True:
-                assert proc.poll() is None, "an origin exited at start"
-                try:
-                    if httpx.get(url + "/healthz").status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                assert time.monotonic() < deadline, f"{url} did not start"
-                time.sleep(0.1)
+            _wait_up(url, proc)
         yield urls
     finally:
         for proc in procs:
@@ -156,19 +160,6 @@ def test_two_origins_share_rate_limits_and_quota_exactly(two_origins: list[str])
     # 3 per minute per conversation, whoever sends them.
     users = [(f"user{i}", _body(10, "chat-1")) for i in range(10)]
     assert _burst(two_origins, users) == {200: 3, 429: 7}
-
-
-def _wait_up(url: str, proc: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 30
-    while True:
-        assert proc.poll() is None, "the origin exited at start"
-        try:
-            if httpx.get(url + "/healthz").status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        assert time.monotonic() < deadline, f"{url} did not start"
-        time.sleep(0.1)
 
 
 def test_a_database_gone_answers_503_with_retry_after_not_500(tmp_path: Path) -> None:

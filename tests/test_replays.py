@@ -119,6 +119,14 @@ class Conn:
         self.sock.close()
 
 
+def _warmed(srv: ServerThread, node: CacheNode) -> tuple[Conn, bytes]:
+    """A connection on which the head of a plain GET of the hot object has its record."""
+    head = _head("/v/t1/obj", srv.port)
+    conn = Conn(srv)
+    conn.warm(node, head)
+    return conn, head
+
+
 def _field(head: bytes, name: bytes) -> bytes | None:
     found = re.search(rb"(?im)^" + name + rb": *([^\r\n]*)", head)
     return found.group(1) if found else None
@@ -178,9 +186,7 @@ def test_a_head_sent_again_is_answered_again_byte_exact_on_any_connection(
 def test_age_and_date_are_renewed_as_the_seconds_pass(
         edge: tuple[ServerThread, CacheNode], replayed: list[int]) -> None:
     srv, node = edge
-    head = _head("/v/t1/obj", srv.port)
-    conn = Conn(srv)
-    conn.warm(node, head)
+    conn, head = _warmed(srv, node)
     replayed.clear()
     first, _ = conn.ask(head)[0]
     time.sleep(2.1)
@@ -237,9 +243,7 @@ def test_a_stale_object_is_not_replayed(edge: tuple[ServerThread, CacheNode],
 def test_an_object_gone_from_memory_is_answered_the_usual_way(
         edge: tuple[ServerThread, CacheNode], replayed: list[int]) -> None:
     srv, node = edge
-    head = _head("/v/t1/obj", srv.port)
-    conn = Conn(srv)
-    conn.warm(node, head)
+    conn, head = _warmed(srv, node)
     node.hot.clear()  # (as an eviction would)
     replayed.clear()
     head_bytes, body = conn.ask(head)[0]
@@ -251,10 +255,8 @@ def test_an_object_gone_from_memory_is_answered_the_usual_way(
 def test_pipelined_or_split_heads_are_parsed_and_answered_in_order(
         edge: tuple[ServerThread, CacheNode], replayed: list[int]) -> None:
     srv, node = edge
-    head = _head("/v/t1/obj", srv.port)
+    conn, head = _warmed(srv, node)
     ranged = _head("/v/t1/obj", srv.port, "bytes=0-9")
-    conn = Conn(srv)
-    conn.warm(node, head)
     replayed.clear()
     answers = conn.ask(head + ranged + head, answers=3)  # one chunk, three requests
     assert [body for _, body in answers] == [BODY, BODY[:10], BODY]
@@ -270,9 +272,7 @@ def test_pipelined_or_split_heads_are_parsed_and_answered_in_order(
 def test_other_heads_do_not_share_a_record(
         edge: tuple[ServerThread, CacheNode], replayed: list[int]) -> None:
     srv, node = edge
-    head = _head("/v/t1/obj", srv.port)
-    conn = Conn(srv)
-    conn.warm(node, head)
+    conn, head = _warmed(srv, node)
     with_validator = head.replace(b"\r\n\r\n", b"\r\nIf-None-Match: \"nope\"\r\n\r\n")
     close = head.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n")
     replayed.clear()
