@@ -1,7 +1,8 @@
 """Replays: a request head the fast lane answered from memory, sent again byte for byte, is
 answered again from its record without parsing, over real sockets: byte-exact with the
 lane's own answer, Age and Date renewed, on any connection, logged and counted; never once
-its object is purged, stale, or gone from memory; never for heads in pieces or pipelined."""
+its object is purged (in any worker), stale, or gone from memory; never for heads in pieces or
+pipelined; and every answer equals the parsed one (a reference model over random heads)."""
 
 from __future__ import annotations
 
@@ -23,8 +24,9 @@ from edgeproxy.config import load_config
 from edgeproxy.guard import uvicorn_http_options
 from edgeproxy.protocol import fast_lane_of
 from edgeproxy.server import node_app
+from tests.nodes import NodeProcess
 from tests.origins import TestOrigin
-from tests.servers import ServerThread, serve
+from tests.servers import ServerThread, free_port, serve
 
 BODY = bytes(range(256)) * 20  # 5,120 bytes: kept in memory whole
 MIB = 1024 * 1024
@@ -82,7 +84,7 @@ def _head(path: str, port: int, rng: str | None = None) -> bytes:
 class Conn:
     """One keep-alive connection that sends raw bytes and reads whole answers."""
 
-    def __init__(self, srv: ServerThread) -> None:
+    def __init__(self, srv: ServerThread | NodeProcess) -> None:
         self.sock = socket.create_connection(("127.0.0.1", srv.port), timeout=5)
         self.buf = b""
 
@@ -407,3 +409,34 @@ def test_any_head_sent_again_is_answered_as_it_was_answered_parsed(
     assert replayed  # (some of them were answered from records)
     if conn is not None:
         conn.close()
+
+
+def test_a_purge_in_one_worker_ends_the_records_of_every_worker(tmp_path: Path) -> None:
+    """A two-worker edge process: keep-alive connections spread over both workers, each
+    sending one head until its worker answers it from a record; a purge (answered by one
+    worker) with the object changed at the origin: every connection gets the new bytes."""
+    app = TestOrigin()
+    app.put("/static/p.bin", BODY, headers={"cache-control": "max-age=600"})
+    changed = bytes(reversed(BODY))
+    port = free_port()
+    config = tmp_path / "edge.yaml"
+    config.write_text(f"data_dir: {tmp_path / 'var'}\nlog_level: warning\n"
+                      f"admin_token: {TOKEN}\nedge: {{port: {port}, workers: 2}}\n")
+    with serve(app) as origin, \
+            NodeProcess(config, "edge", f"http://127.0.0.1:{port}", upstream=origin.url) as edge:
+        head = b"GET /static/p.bin HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n\r\n" % port
+        conns = []
+        for _ in range(8):  # (the kernel spreads new connections over the workers)
+            conn = Conn(edge)
+            for _ in range(5):
+                assert conn.ask(head)[0][1] == BODY
+            conns.append(conn)
+        app.put("/static/p.bin", changed, headers={"cache-control": "max-age=600"})
+        purged = httpx.post(edge.url + "/_admin/purge", json={"paths": ["/static/p.bin"]},
+                            headers={"authorization": f"Bearer {TOKEN}"})
+        assert purged.status_code == 200
+        for conn in conns:
+            for _ in range(3):
+                assert conn.ask(head)[0][1] == changed
+            conn.close()
+        assert app.count("/static/p.bin") <= 4  # once per worker and version at most
