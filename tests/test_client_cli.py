@@ -468,3 +468,11 @@ def test_media_facts_ride_in_the_payload_only(nodes: Nodes, tmp_path: Path) -> N
     assert request["conversation_id"] == "conv_42" and request["file_type"] == "application/pdf"
     assert set(request) == {"file_size", "file_type", "file_hash", "conversation_id"}
     assert not any(b"page_count" in body or b"report.pdf" in body for body in sent)
+
+
+def test_a_signed_url_is_shown_without_its_signature() -> None:
+    from edgeproxy.client.responses import unsigned
+
+    url = "https://cdn.example/v1/upload/m_abc?expires=1&size=2&sig=deadbeef"
+    assert unsigned(url) == "https://cdn.example/v1/upload/m_abc"
+    assert unsigned("https://cdn.example/v1/upload/m_abc") == "https://cdn.example/v1/upload/m_abc"

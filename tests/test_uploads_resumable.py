@@ -520,8 +520,8 @@ def test_client_gives_up_after_its_retries(proxied: tuple[Origin, CuttingProxy],
           pytest.raises(ClientError, match="gave up after 3 attempts") as failed):  # fmt: skip
         client.upload(src)
     assert proxy.cut == 3
-    # the message names the upload, not its signed URL (whoever reads it could write)
-    assert "/v1/upload/m_" in str(failed.value) and "sig=" not in str(failed.value)
+    # the message may name the upload, never its signed URL (whoever reads it could write)
+    assert "sig=" not in str(failed.value) and "?expires=" not in str(failed.value)
     assert 0 < received_bytes(o) < 3000  # each attempt resumed where the last one ended
 
 
