@@ -27,6 +27,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from .admission import admission_for
 from .cache.fastlane import plain_target
+from .cache.replays import HEAD_MAX
 from .cache.slicefiles import FilePiece
 from .cache.types import FAST_DECLINED, INFORMATIONAL
 from .config import HTTPLimitsConfig
@@ -164,7 +165,7 @@ class GuardedHttpToolsProtocol(DeadlineHooks, HttpToolsProtocol):  # type: ignor
             return
         boundary = self.in_head and not self.head_bytes and self.fast is not None \
             and not self.pipeline and (self.cycle is None or self.cycle.response_complete)
-        if boundary and self._replay(data):
+        if boundary and len(data) <= HEAD_MAX and self._replay(data):
             return
         if self.in_head:
             self.head_bytes += len(data)
@@ -178,23 +179,26 @@ class GuardedHttpToolsProtocol(DeadlineHooks, HttpToolsProtocol):  # type: ignor
                 and not self.head_bytes and self.refusal is None \
                 and not self.transport.is_closing() \
                 and (self.cycle is None or self.cycle.response_complete):
-            self.fast[0].keep_fast_reply(data)  # type: ignore[index]  # (one request, answered whole, nothing after)
+            # (one request, answered whole, nothing after it in the chunk)
+            node, _log = self.fast  # type: ignore[misc]
+            node.keep_fast_reply(data)
 
     def _replay(self, data: bytes) -> bool:
         """Answer ``data`` as the lane answered the same head before; False: parse it."""
         node, access_log = self.fast  # type: ignore[misc]
         started = time.perf_counter()
-        replayed = node.fast_replay(data, started, self.server_state.default_headers)
+        replayed = node.fast_replay(data, started, self.server_state.default_headers,
+                                    self.zerocopy)
         if replayed is None:
             return False
         buffers, record, sent = replayed
-        self.transport.writelines(buffers)
+        rest = self._write_answer(buffers)
         if access_log is not None:
             access_log.write({"client": self.client, "method": "GET", "raw_path": record.url,
                               "path": record.path, "http_version": "1.1",
                               "headers": record.headers},
                              record.status, sent, node.hit_x_cache, time.perf_counter() - started)
-        self.on_response_complete()
+        self._answered(buffers[-1], rest)
         return True
 
     def on_message_begin(self) -> None:
@@ -335,25 +339,37 @@ class GuardedHttpToolsProtocol(DeadlineHooks, HttpToolsProtocol):  # type: ignor
             self.fast_declined = True
             return False
         data, status, sent = reply
-        body = data[-1]
-        rest = 0
-        if isinstance(body, FilePiece):  # a large body: from its file, by sendfile
-            rest = write_piece(self.transport, data[0], body)
-        else:
-            self.transport.writelines(data)
+        rest = self._write_answer(data)
         self.fast_served = True
         self.lane_answered = 1
         if access_log is not None:
             access_log.write({"client": self.client, "method": "GET", "raw_path": url,
                               "path": path, "http_version": "1.1", "headers": headers},
                              status, sent, node.hit_x_cache, time.perf_counter() - started)
+        self._answered(data[-1], rest)
+        return True
+
+    def _write_answer(self, data: list[bytes | memoryview | FilePiece]) -> int:
+        """Write a lane answer (its head, and its body: buffers, or a large one from its
+        files by sendfile); the bytes still to send."""
+        body = data[-1]
+        if isinstance(body, FilePiece):
+            head = data[0]
+            assert not isinstance(head, FilePiece)
+            return write_piece(self.transport, bytes(head), body)
+        self.transport.writelines(data)  # type: ignore[arg-type]  # (no piece among them)
+        return 0
+
+    def _answered(self, body: bytes | memoryview | FilePiece, rest: int) -> None:
+        """A lane answer is written: the next request may come, or the rest of its body
+        goes out first, as the socket takes it."""
         if rest:
+            assert isinstance(body, FilePiece)
             answer = _Sending()
             self.cycle = answer  # type: ignore[assignment]
             answer.task = self.loop.create_task(self._send_rest(answer, body, rest))
         else:
             self.on_response_complete()
-        return True
 
     async def _send_rest(self, answer: _Sending, piece: FilePiece, rest: int) -> None:
         """The rest of a fast-lane answer; then the next pipelined request, if any."""

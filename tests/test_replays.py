@@ -1,8 +1,9 @@
-"""Replays: a request head the fast lane answered from memory, sent again byte for byte, is
-answered again from its record without parsing, over real sockets: byte-exact with the
-lane's own answer, Age and Date renewed, on any connection, logged and counted; never once
-its object is purged (in any worker), stale, or gone from memory; never for heads in pieces or
-pipelined; and every answer equals the parsed one (a reference model over random heads)."""
+"""Replays: a request head the fast lane answered from memory or from stored slice files,
+sent again byte for byte, is answered again from its record without parsing, over real
+sockets: byte-exact with the lane's own answer, Age and Date renewed, on any connection,
+logged and counted; never once its object is purged (in any worker), stale, gone from memory
+or its file changed on disk; never for heads in pieces or pipelined; and every answer equals
+the parsed one (a reference model over random heads)."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ import pytest
 
 from edgeproxy.accesslog import AccessLog
 from edgeproxy.cache.node import CacheNode
-from edgeproxy.cache.replays import Replay, Replays
+from edgeproxy.cache.replays import BodyAt, Replay, Replays
 from edgeproxy.config import load_config
 from edgeproxy.guard import uvicorn_http_options
 from edgeproxy.protocol import fast_lane_of
@@ -201,6 +202,53 @@ def test_a_head_sent_again_is_answered_again_byte_exact_on_any_connection(
     assert sum(float(v) for v in hits) >= 12  # and counted
 
 
+@pytest.mark.parametrize(("rng", "expected"), [
+    (None, LARGE),  # three slices: two files and an inline last one
+    (f"bytes={MIB - 5}-{2 * MIB + 5}", LARGE[MIB - 5:2 * MIB + 6]),  # across slices
+])
+def test_an_answer_sent_from_slice_files_is_replayed_from_them(
+        edge: tuple[ServerThread, CacheNode], origin: tuple[TestOrigin, ServerThread],
+        replayed: list[int], rng: str | None, expected: bytes) -> None:
+    srv, node = edge
+    assert httpx.get(srv.url + "/static/large.bin").content == LARGE  # stored whole
+    head = _head("/static/large.bin", srv.port, rng)
+    conn = Conn(srv)
+    lane = conn.warm(node, head)[-1]
+    record = node.fast.replays.get(head)
+    assert record is not None and record.at.files
+    replayed.clear()
+    answers = conn.ask(head) + conn.ask(head) + Conn(srv).ask(head)
+    assert replayed == [206 if rng else 200] * 3
+    for head_bytes, body in answers:
+        assert body == expected
+        assert _without_moment(head_bytes) == _without_moment(lane[0])
+    assert origin[0].count("/static/large.bin") == 1
+    conn.close()
+
+
+def test_a_slice_file_changed_on_disk_ends_its_replay(
+        edge: tuple[ServerThread, CacheNode], origin: tuple[TestOrigin, ServerThread],
+        replayed: list[int], tmp_path: Path) -> None:
+    srv, node = edge
+    assert httpx.get(srv.url + "/static/large.bin").content == LARGE
+    head = _head("/static/large.bin", srv.port)
+    conn = Conn(srv)
+    conn.warm(node, head)
+    assert conn.ask(head)[0][1] == LARGE and replayed == [200]
+    stored = [p for p in (tmp_path / "var").rglob("*.val") if p.read_bytes() == LARGE[MIB:2 * MIB]]
+    assert len(stored) == 1
+    with stored[0].open("r+b") as f:  # one bit of slice 1's byte 77, as a stray write would
+        f.seek(77)
+        byte = f.read(1)[0]
+        f.seek(77)
+        f.write(bytes([byte ^ 1]))
+    replayed.clear()
+    _, body = conn.ask(head)[0]
+    assert body == LARGE and replayed == []  # the record's file failed its check
+    assert origin[0].count("/static/large.bin") == 2  # the slice was fetched again
+    conn.close()
+
+
 def test_age_and_date_are_renewed_as_the_seconds_pass(
         edge: tuple[ServerThread, CacheNode], replayed: list[int]) -> None:
     srv, node = edge
@@ -318,7 +366,7 @@ def test_a_head_holds_until_age_or_date_would_read_differently(
         content_class = "media"
         freshness = Fresh()
 
-    record = Replay("/x", b"/x", [], Meta(), None, 0, None, 200,  # type: ignore[arg-type]
+    record = Replay("/x", b"/x", [], Meta(), BodyAt(None, 0, None), 200,  # type: ignore[arg-type]
                     b"HTTP/1.1 200 OK\r\n", b"", dated=False)
     calls: list[float] = []
     extra = [(b"server", b"edgeproxy")]

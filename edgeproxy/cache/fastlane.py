@@ -26,7 +26,7 @@ from .hot import HotEntry, SliceId, field_lines
 from .lanebodies import file_pieces, read_slice
 from .meta import ObjectMeta
 from .policy import expected_sha256
-from .replays import GATHER, HEAD_MAX, Replay, Replays
+from .replays import GATHER, HEAD_MAX, BodyAt, Replay, Replays
 from .slicefiles import FilePiece
 from .sources import ZEROCOPY_MIN
 from .types import FAST_DECLINED, Scope, Send
@@ -144,11 +144,10 @@ class FastLane:
         # any of them starts a fill, read the index twice each: ~13 ms of a 30 ms turn).
         self._absent: OrderedDict[str, float] = OrderedDict()
         self.replays = Replays()
-        self.last: tuple[str, Iterable[tuple[bytes, bytes]], Hit,
-                         tuple[SliceId | None, int, int | None] | None] | None = None
-        # where the last hit's body came from, for its replay record: (kept slice or None,
-        # start, stop); None: nowhere a replay may find it again
-        self.source: tuple[SliceId | None, int, int | None] | None = None
+        self.last: tuple[str, Iterable[tuple[bytes, bytes]], Hit, BodyAt] | None = None
+        # where the last hit's body came from, for its replay record; None: nowhere a
+        # replay may find it again
+        self.source: BodyAt | None = None
 
     def not_stored(self, key: str) -> bool:
         """Whether the lane has just found ``key`` nowhere in the index (once: the steps
@@ -200,7 +199,7 @@ class FastLane:
                     data = self.node.hot.slice(kept.sid)
                     if data is not None:
                         self._ranges.move_to_end((path, range_value))
-                        self.source = (kept.sid, kept.start, kept.end)
+                        self.source = BodyAt(kept.sid, kept.start, kept.end)
                         return self._range_hit(kept, memoryview(data)[kept.start:kept.end], now)
             return self._stored_range(path, range_value, now, files)
         meta = entry.meta
@@ -212,11 +211,11 @@ class FastLane:
             more.append((b"date", self._now_date(now)))
         body = entry.body
         if range_value is None or meta.status != 200:  # RFC 9110 §14.2: ignored, whole
-            self.source = (None, 0, None)
+            self.source = BodyAt(None, 0, None)
             return Hit(meta, 200, entry.lines, more, body)
         found = _one_range(range_value, len(body))
         if found is _WHOLE:
-            self.source = (None, 0, None)
+            self.source = BodyAt(None, 0, None)
             return Hit(meta, 200, entry.lines, more, body)
         if found is _STEPS:
             return None  # 416 or multipart from the steps
@@ -224,7 +223,7 @@ class FastLane:
         rng, content_range, content_length = found
         # the whole body's Content-Digest is not this range's (RFC 9530 §2)
         more += [(b"content-range", content_range), (b"content-length", content_length)]
-        self.source = (None, rng.start, rng.end + 1)
+        self.source = BodyAt(None, rng.start, rng.end + 1)
         return Hit(meta, 206, entry.range_lines, more, memoryview(body)[rng.start:rng.end + 1])
 
     def _fields(self, key: str, meta: ObjectMeta) -> _Stored:
@@ -289,6 +288,7 @@ class FastLane:
                     if files else None
                 if pieces is None:
                     return None
+                self.source = BodyAt(None, 0, meta.length, files=True)
                 return Hit(meta, 200, fixed.lines + fixed.whole_lines,
                            self.moment(meta, fixed.dated, now), pieces)
             start, length, index, status = 0, meta.length, 0, 200
@@ -303,6 +303,7 @@ class FastLane:
                     if files and length >= ZEROCOPY_MIN else None
                 if pieces is None:
                     return None
+                self.source = BodyAt(None, rng.start, rng.end + 1, files=True)
                 return Hit(meta, 206, fixed.lines + field_lines(ranged),
                            self.moment(meta, fixed.dated, now), pieces)
         offset = start - index * meta.slice_size
@@ -317,6 +318,7 @@ class FastLane:
         if data is None:
             return None
         if isinstance(data, FilePiece):
+            self.source = BodyAt(None, start, start + length, files=True)
             lines = fixed.lines + (fixed.whole_lines if status == 200 else field_lines(ranged))
             return Hit(meta, status, lines, self.moment(meta, fixed.dated, now), data)
         if range_value is not None and status == 206:
@@ -326,7 +328,7 @@ class FastLane:
                 self._ranges[(key, range_value)] = kept
                 if len(self._ranges) > _RANGES_SIZE:
                     self._ranges.popitem(last=False)
-                self.source = (kept.sid, kept.start, kept.end)
+                self.source = BodyAt(kept.sid, kept.start, kept.end)
             return self._range_hit(kept, data, now)
         data = bytes(data)  # (a copy only when it came from a slice kept in memory)
         lines = fixed.lines + fixed.whole_lines
@@ -362,7 +364,7 @@ class FastLane:
             return None
         body = hit.body
         # (its replay record is made only if the server asks to keep one: `keep_replay`)
-        self.last = (path, headers, hit, self.source)
+        self.last = None if self.source is None else (path, headers, hit, self.source)
         self.node.answered += 1
         self.node.metrics.observe("HIT", hit.meta.content_class, len(body),
                                   time.perf_counter() - started)
@@ -376,18 +378,16 @@ class FastLane:
 
     def keep_replay(self, head: bytes) -> None:
         """Keep the answer `reply` just gave for requests of exactly ``head`` (the whole
-        request, as received), if it came from memory (`edgeproxy.cache.replays`)."""
+        request, as received), if its body came from memory or stored slice files
+        (`edgeproxy.cache.replays`)."""
         last, self.last = self.last, None
         if last is None or len(head) > HEAD_MAX:
             return
         path, headers, hit, source = last
-        if source is None:
-            return  # (a body from a file)
-        sid, start, stop = source
         more = hit.more
         dated = not (len(more) > 2 and more[2][0] == b"date")  # (as `moment` made them)
         self.replays.keep(head, Replay(
-            path, path.encode("latin-1"), list(headers), hit.meta, sid, start, stop, hit.status,
+            path, path.encode("latin-1"), list(headers), hit.meta, source, hit.status,
             _STATUS_LINES[hit.status] + hit.fixed_lines,
             b"".join([b"%s: %s\r\n" % pair for pair in more[2 if dated else 3:]]), dated))
 

@@ -379,13 +379,15 @@ class CacheNode:
         return self.fast.reply(path, headers, started, extra, files)
 
     def fast_replay(self, head: bytes, started: float, extra: list[tuple[bytes, bytes]],
-                    ) -> tuple[list[bytes | memoryview], Replay, int] | None:
+                    files: bool = False,
+                    ) -> tuple[list[bytes | memoryview | FilePiece], Replay, int] | None:
         """The answer kept for a request of exactly ``head`` bytes, given again now (with its
-        record and its body's length), or None: then the request goes the usual way (`replays`)."""
+        record and its body's length; ``files``: the server sends a `FilePiece` itself), or
+        None: then the request goes the usual way (`replays`)."""
         record = self.fast.replays.get(head)
         if record is None:
             return None
-        answer = replays.answer(self.fast, record, started, extra)
+        answer = replays.answer(self.fast, record, started, extra, files)
         if answer is None:
             self.fast.replays.drop(head)  # its object changed: the usual way answers
             return None

@@ -6,8 +6,10 @@ and the lane looked the object up and encoded the same fields. The server protoc
 `Replays` a received chunk that is one whole request head at a request boundary; a head the
 lane answered before from memory (a hot object, or a range of a slice kept in memory) is
 answered again from its record, once the lane finds its object still the one it answered
-from (`FastLane.current`: the same facts, fresh, no purge since, the bytes still in memory).
-Only Age and Date are set anew, once a second at most.
+from (the same facts, fresh, no purge since, the bytes still in memory). A head the lane
+answered from stored slice files (a large object whole, a large range) is answered again
+from those files, each found and checked as the lane finds them (`lanebodies.file_pieces`),
+where the server sends files. Only Age and Date are set anew, once a second at most.
 
 A record holds the facts, encoded fields and where its bytes are, never the bytes: memory
 given back by the hot tier is not held here. Anything else (a head not seen, several heads
@@ -20,9 +22,12 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
+from .hot import SliceId
+from .lanebodies import file_pieces
 from .meta import ObjectMeta
+from .slicefiles import FilePiece
 
 if TYPE_CHECKING:
     from .fastlane import FastLane
@@ -34,20 +39,28 @@ HEAD_MAX = 2048  # longer heads are not kept (a key of their bytes would cost mo
 RECORDS_MAX = 1024  # per worker; the oldest goes first
 
 
+class BodyAt(NamedTuple):
+    """Where a lane answer's body is: bytes ``start:stop`` (``stop`` None: to the end) of
+    the hot entry (``sid`` None), of a slice kept in memory (``sid``), or, with ``files``,
+    of the stored object's slice files (``start``, ``stop``: offsets in the object)."""
+
+    sid: SliceId | None
+    start: int
+    stop: int | None
+    files: bool = False
+
+
 class Replay:
     """One answer of the lane, to give again for the same head."""
 
-    __slots__ = ("content_class", "dated", "extra", "head", "headers", "meta", "path",
-                 "prefix", "sid", "start", "status", "stop", "tail", "until", "url")
+    __slots__ = ("at", "content_class", "dated", "extra", "head", "headers", "meta", "path",
+                 "prefix", "status", "tail", "until", "url")
 
     def __init__(self, path: str, url: bytes, headers: Fields, meta: ObjectMeta,
-                 sid: tuple[str, str, int] | None, start: int, stop: int | None,
-                 status: int, prefix: bytes, tail: bytes, dated: bool) -> None:
+                 at: BodyAt, status: int, prefix: bytes, tail: bytes, dated: bool) -> None:
         self.path, self.url, self.headers, self.meta = path, url, headers, meta
         self.content_class = meta.content_class
-        # where the body is: a kept slice (``sid``) or the hot entry of ``path`` (None);
-        # ``start:stop`` of it (``stop`` None: all of it)
-        self.sid, self.start, self.stop = sid, start, stop
+        self.at = at
         self.status, self.prefix, self.tail, self.dated = status, prefix, tail, dated
         self.head = b""  # the encoded head, valid before ``until`` with ``extra``
         self.until = 0.0
@@ -100,31 +113,41 @@ class Replays:
         return len(self._records)
 
 
-def answer(lane: FastLane, record: Replay, started: float, extra: Fields,
-           ) -> tuple[list[bytes | memoryview], int] | None:
-    """The answer of ``record`` now, as buffers for one gathered write, and its body's
-    length (accounted as the lane accounts a hit); None when its object is no longer the
-    one it was made from."""
+def answer(lane: FastLane, record: Replay, started: float, extra: Fields, files: bool = False,
+           ) -> tuple[list[bytes | memoryview | FilePiece], int] | None:
+    """The answer of ``record`` now, as buffers for one gathered write (the last one a
+    `FilePiece` for the server to send from its files, if ``files``), and its body's length
+    (accounted as the lane accounts a hit); None when its object is no longer the one it
+    was made from."""
     now = time.time()
-    hot = lane.node.hot
-    sid, path = record.sid, record.path
-    if sid is None:  # the hot entry: the same facts (its bytes are those of its version)
+    node = lane.node
+    hot = node.hot
+    at, path = record.at, record.path
+    body: bytes | memoryview | FilePiece
+    if at.sid is None and not at.files:  # the hot entry: the same facts (and so bytes)
         entry = hot.get(path, now)
         if entry is None or entry.meta is not record.meta:
             return None
-        body: bytes | memoryview = entry.body if record.stop is None \
-            else memoryview(entry.body)[record.start:record.stop]
-    else:  # a slice kept in memory, of the same facts, the object not in memory whole
+        body = entry.body if at.stop is None else memoryview(entry.body)[at.start:at.stop]
+    else:  # stored slices, of the same facts, the object not in memory whole
         if hot.get(path, now) is not None or hot.facts(path, now) is not record.meta:
             return None
-        data = hot.slice(sid)
-        if data is None:
-            return None
-        body = memoryview(data)[record.start:record.stop]
+        if at.files:
+            assert at.stop is not None
+            pieces = file_pieces(node, path, record.meta, at.start, at.stop - 1) \
+                if files else None
+            if pieces is None:
+                return None
+            body = pieces
+        else:
+            assert at.sid is not None
+            data = hot.slice(at.sid)
+            if data is None:
+                return None
+            body = memoryview(data)[at.start:at.stop]
     head = record.head_at(now, extra, lambda: lane.moment(record.meta, record.dated, now))
-    node = lane.node
     node.answered += 1
     node.metrics.observe("HIT", record.content_class, len(body), time.perf_counter() - started)
-    if len(body) < GATHER:
+    if len(body) < GATHER and not isinstance(body, FilePiece):
         return [head + body], len(body)
     return [head, body], len(body)
