@@ -177,9 +177,9 @@ class GuardedHttpToolsProtocol(DeadlineHooks, HttpToolsProtocol):  # type: ignor
             self.send_400_response("")
         elif boundary and self.begun == 1 and self.lane_answered and self.in_head \
                 and not self.head_bytes and self.refusal is None \
-                and not self.transport.is_closing() \
-                and (self.cycle is None or self.cycle.response_complete):
-            # (one request, answered whole, nothing after it in the chunk)
+                and not self.transport.is_closing():
+            # (one request, answered by the lane, nothing after it in the chunk; its body
+            # may still be going out from its files)
             node, _log = self.fast  # type: ignore[misc]
             node.keep_fast_reply(data)
 

@@ -23,7 +23,7 @@ from edgeproxy.cache.node import CacheNode
 from edgeproxy.cache.replays import BodyAt, Replay, Replays
 from edgeproxy.config import load_config
 from edgeproxy.guard import uvicorn_http_options
-from edgeproxy.protocol import fast_lane_of
+from edgeproxy.protocol import GuardedHttpToolsProtocol, fast_lane_of
 from edgeproxy.server import node_app
 from tests.nodes import NodeProcess
 from tests.origins import TestOrigin
@@ -32,6 +32,7 @@ from tests.servers import ServerThread, free_port, serve
 BODY = bytes(range(256)) * 20  # 5,120 bytes: kept in memory whole
 MIB = 1024 * 1024
 LARGE = hashlib.shake_256(b"replays").digest(2 * MIB + 999)  # slices, not in memory whole
+HUGE = hashlib.shake_256(b"replays, huge").digest(12 * MIB + 5)  # > a socket's send buffer
 TOKEN = "t0ken-for-replay-tests"
 
 
@@ -41,6 +42,7 @@ def origin() -> Iterator[tuple[TestOrigin, ServerThread]]:
     o.put("/v/t1/obj", BODY)
     o.put("/static/short.bin", BODY, headers={"cache-control": "max-age=1"})
     o.put("/static/large.bin", LARGE, headers={"cache-control": "max-age=600"})
+    o.put("/static/huge.bin", HUGE, headers={"cache-control": "max-age=600"})
     with serve(o) as srv:
         yield o, srv
 
@@ -223,6 +225,34 @@ def test_an_answer_sent_from_slice_files_is_replayed_from_them(
         assert body == expected
         assert _without_moment(head_bytes) == _without_moment(lane[0])
     assert origin[0].count("/static/large.bin") == 1
+    conn.close()
+
+
+def test_an_answer_whose_body_is_still_going_out_is_kept_and_replayed(
+        edge: tuple[ServerThread, CacheNode], origin: tuple[TestOrigin, ServerThread],
+        replayed: list[int], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A body larger than a socket's send buffer (Linux: 4 MiB at most): the lane's answer
+    goes on after its head was handled (the rest as the client reads), and its record is
+    kept and replayed all the same, the rest again going out as the client reads."""
+    rests: list[int] = []
+    real = GuardedHttpToolsProtocol._send_rest
+
+    async def counting(self: Any, answer: Any, piece: Any, rest: int) -> None:
+        rests.append(rest)
+        await real(self, answer, piece, rest)
+
+    monkeypatch.setattr(GuardedHttpToolsProtocol, "_send_rest", counting)
+    srv, node = edge
+    assert httpx.get(srv.url + "/static/huge.bin").content == HUGE
+    head = _head("/static/huge.bin", srv.port)
+    conn = Conn(srv)
+    conn.warm(node, head)
+    rests.clear()
+    replayed.clear()
+    answers = conn.ask(head) + conn.ask(head)
+    assert replayed == [200, 200] and len(rests) == 2 and all(rests)
+    assert all(body == HUGE for _, body in answers)
+    assert origin[0].count("/static/huge.bin") == 1
     conn.close()
 
 
