@@ -3,9 +3,10 @@
 A cache miss is mostly the cost of its upstream exchange, and a general client (httpx over
 httpcore, h11 and anyio) spends more on models, parsing and task plumbing than the cache
 spends on everything else. This one does what a proxy needs and nothing more: keep-alive
-connections, one request at a time per connection, bodies by Content-Length, chunked or
-close-delimited (httptools decodes them), back-pressure on slow readers, and the error kinds
-of `edgeproxy.errors`. uvicorn runs on the same parser.
+connections, one request at a time per connection, bodies by Content-Length (read as they
+come once the head is parsed), chunked or close-delimited (httptools decodes them),
+back-pressure on slow readers, and the error kinds of `edgeproxy.errors`. uvicorn runs on the
+same parser.
 """
 
 from __future__ import annotations
@@ -65,6 +66,9 @@ class _Connection(asyncio.Protocol):
         self.error: BaseException | None = None
         self.wakeup: asyncio.Future[None] | None = None
         self.ended = False  # the final answer's message is complete (what follows is surplus)
+        # body bytes still to come of an answer framed by Content-Length: read here, past
+        # the parser (None: the parser frames the body)
+        self.rest: int | None = None
 
     def _new_parser(self) -> None:
         self.parser = httptools.HttpResponseParser(self)
@@ -89,6 +93,9 @@ class _Connection(asyncio.Protocol):
         if self.held is not None:
             self.held.append(data)
             self._repair()
+            return
+        if self.rest is not None:
+            self._take(data)
             return
         if self.seen is not None:
             self.seen.append(data)
@@ -177,10 +184,32 @@ class _Connection(asyncio.Protocol):
             self.headers_done.set_result(None)
         if self.head or self.status in (204, 304):
             self.complete = True
+            return
+        self.rest = _declared_length(self.headers)
+
+    def _take(self, data: bytes) -> None:
+        """Body bytes of an answer framed by Content-Length, taken as they came: llhttp only
+        counts such bytes, but httptools copies each read into a new object for `on_body`
+        (a sixth of the event loop's time during a fill, traced)."""
+        rest = self.rest
+        assert rest is not None
+        if len(data) > rest:
+            data = data[:rest]
+            self.keep_alive = False  # bytes past the end: the connection cannot carry more
+        self.rest = rest - len(data)
+        if data:
+            self._body(data)
+        if not self.rest:
+            self._ended()
 
     def on_body(self, body: bytes) -> None:
         if self.complete:
             return
+        if self.rest is not None:
+            self.rest -= len(body)  # (the parser's part of the body: the rest is `_take`n)
+        self._body(body)
+
+    def _body(self, body: bytes) -> None:
         self.chunks.append(body)
         self.buffered += len(body)
         if self.buffered > HIGH_WATER and not self.paused and self.transport is not None:
@@ -194,8 +223,12 @@ class _Connection(asyncio.Protocol):
         if self.interim:
             self.interim = False
             return
-        self.ended = True
         self.keep_alive = self.keep_alive and bool(self.parser.should_keep_alive())
+        self._ended()
+
+    def _ended(self) -> None:
+        self.rest = None
+        self.ended = True
         self.complete = True
         self._wake()
 
@@ -244,6 +277,22 @@ class _Connection(asyncio.Protocol):
         return (self.complete and not self.lost and self.error is None
                 and self.transport is not None and not self.transport.is_closing()
                 and self.keep_alive)
+
+
+def _declared_length(headers: RawHeaders) -> int | None:
+    """The body length a final answer's fields declare, if it is framed by Content-Length
+    alone (no Transfer-Encoding; llhttp has refused or the repair has mended differing
+    lengths)."""
+    length = None
+    for name, value in headers:
+        if name == b"transfer-encoding":
+            return None
+        if name == b"content-length":
+            length = value
+    if length is None:
+        return None
+    length = length.strip()
+    return int(length) if length.isdigit() else None
 
 
 class Response:
