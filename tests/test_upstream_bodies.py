@@ -14,7 +14,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from edgeproxy.cache.http11 import Pool
+from edgeproxy.cache.pool import Pool
 from edgeproxy.errors import UpstreamUnreachable
 
 BODY = bytes(range(256)) * 40  # 10,240 bytes

@@ -12,7 +12,7 @@ from collections.abc import Callable
 import pytest
 
 from edgeproxy.cache.headrepair import HEAD_MAX
-from edgeproxy.cache.http11 import Pool
+from edgeproxy.cache.pool import Pool
 from edgeproxy.errors import UpstreamProtocolError
 
 Pieces = list[bytes]

@@ -24,7 +24,7 @@ from ..errors import (
     UpstreamTimeout,
     UpstreamUnreachable,
 )
-from .http11 import Pool
+from .pool import Pool
 
 RawHeaders = list[tuple[bytes, bytes]]
 
