@@ -18,9 +18,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import queue
 import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from ..errors import UpstreamProtocolError
@@ -52,11 +52,60 @@ def land(hasher: Any, chunk: bytes, pieces: list[Piece]) -> Landed:
 
 
 def _lower_priority() -> None:
-    """A fill thread's initializer: run below the event loop (`THREAD_NICE`). Linux sets a
-    nice value per thread; where that is refused, the thread keeps the process's."""
+    """Run this thread below the event loop (`THREAD_NICE`). Linux sets a nice value per
+    thread; where that is refused, the thread keeps the process's."""
     with contextlib.suppress(OSError, AttributeError):
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(),
                        os.getpriority(os.PRIO_PROCESS, 0) + THREAD_NICE)
+
+
+Job = tuple[asyncio.AbstractEventLoop, "asyncio.Future[Landed]", Any, bytes, list[Piece]]
+
+
+class FillThreads:
+    """A few threads that `land` writes handed over from an event loop, each answered on the
+    loop's future. Not a `ThreadPoolExecutor`: its hand-off (a concurrent future with its
+    condition, chained to an asyncio one) was a quarter of the loop's time during a fill,
+    traced; here it is a queue put and one ``call_soon_threadsafe``."""
+
+    def __init__(self, count: int = THREADS) -> None:
+        self._jobs: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
+        self._threads = [threading.Thread(target=self._work, name=f"edgeproxy-fill-{i}",
+                                          daemon=True) for i in range(count)]
+        for thread in self._threads:
+            thread.start()
+
+    def land(self, hasher: Any, chunk: bytes, pieces: list[Piece]) -> asyncio.Future[Landed]:
+        """`land` these pieces in a thread; the loop's future of its outcome."""
+        loop = asyncio.get_running_loop()
+        job: asyncio.Future[Landed] = loop.create_future()
+        self._jobs.put((loop, job, hasher, chunk, pieces))
+        return job
+
+    def _work(self) -> None:
+        _lower_priority()
+        while (item := self._jobs.get()) is not None:
+            loop, job, hasher, chunk, pieces = item
+            try:
+                outcome: Landed | BaseException = land(hasher, chunk, pieces)
+            except BaseException as exc:  # (handed to the loop, raised there)
+                outcome = exc
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile (shutdown)
+                loop.call_soon_threadsafe(_settle, job, outcome)
+
+    def close(self) -> None:
+        """Let the threads go once the writes queued are done (shutdown)."""
+        for _ in self._threads:
+            self._jobs.put(None)
+
+
+def _settle(job: asyncio.Future[Landed], outcome: Landed | BaseException) -> None:
+    if job.done():
+        return
+    if isinstance(outcome, BaseException):
+        job.set_exception(outcome)
+    else:
+        job.set_result(outcome)
 
 
 class Landing:
@@ -67,7 +116,7 @@ class Landing:
                  complete: Callable[[Flight, SliceFill], None]) -> None:
         self.grow = grow
         self.complete = complete
-        self._threads: ThreadPoolExecutor | None = None  # made on first use, in the worker
+        self._threads: FillThreads | None = None  # made on first use, in the worker
 
     async def write(self, flight: Flight, offset: int, chunk: bytes, size: int,
                     length: int | None, received: int) -> bool:
@@ -114,10 +163,8 @@ class Landing:
 
     async def _offload(self, flight: Flight, chunk: bytes, pieces: list[Piece]) -> Landed:
         if self._threads is None:
-            self._threads = ThreadPoolExecutor(THREADS, thread_name_prefix="edgeproxy-fill",
-                                               initializer=_lower_priority)
-        job = asyncio.get_running_loop().run_in_executor(
-            self._threads, land, flight.hasher, chunk, pieces)
+            self._threads = FillThreads()
+        job = self._threads.land(flight.hasher, chunk, pieces)
         try:
             return await asyncio.shield(job)
         except asyncio.CancelledError:
@@ -135,5 +182,5 @@ class Landing:
     def close(self) -> None:
         """Let the threads go (shutdown; writes under way finish)."""
         if self._threads is not None:
-            self._threads.shutdown(wait=False)
+            self._threads.close()
             self._threads = None
