@@ -368,7 +368,7 @@ def test_a_popular_object_keeps_its_encoded_fields_while_many_others_pass(
     Zipf tail of objects asked for once must not make the popular ones be encoded again."""
     from edgeproxy.cache import fastlane
 
-    monkeypatch.setattr(fastlane, "_MEMO_SIZE", 3)
+    monkeypatch.setattr(fastlane, "MEMO_SIZE", 3)
     others = [f"/static/p{i}.bin" for i in range(6)]
     for i, path in enumerate(others):  # one slice each, too large for the memory tier
         origin[0].put(path, bytes([i]) * 300_000, headers={"cache-control": "max-age=600"})
@@ -397,7 +397,7 @@ def test_a_range_asked_again_is_answered_from_its_kept_fields_until_a_purge(
     the same, and a purge of the changed object ends it."""
     from edgeproxy.cache import fastlane
 
-    resolved = _spy(monkeypatch, fastlane, "_one_range", arg=0)
+    resolved = _spy(monkeypatch, fastlane, "one_range", arg=0)
     served = _counting(monkeypatch)
     config_path = tmp_path / "config.yaml"
     config_path.write_text(f"data_dir: {tmp_path / 'var'}\nadmin_token: t0ken-for-tests\n"
@@ -466,8 +466,8 @@ def test_a_get_with_a_body_is_left_to_the_app_and_its_body_stays_a_body(
     [(b"link", b"<a>; rel=x: y"), (b"x-empty", b""), (b"x-space", b" lead")],  # ": " inside
 ])
 def test_field_pairs_undo_field_lines(fields: list[tuple[bytes, bytes]]) -> None:
-    from edgeproxy.cache.fastlane import field_pairs
     from edgeproxy.cache.hot import field_lines
+    from edgeproxy.cache.lanehit import field_pairs
 
     assert field_pairs(field_lines(fields)) == fields
 

@@ -14,16 +14,16 @@ sends it. Anything else returns None and goes through the steps.
 
 from __future__ import annotations
 
-import functools
 import time
 from collections import OrderedDict
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING
 
-from ..http import ByteRange, RangeNotSatisfiable, format_http_date, parse_range, resolve_ranges
+from ..http import format_http_date
 from .fields import content_digest
-from .hot import HotEntry, SliceId, field_lines
+from .hot import HotEntry, field_lines
 from .lanebodies import file_pieces, read_slice
+from .lanehit import MEMO_SIZE, STEPS, WHOLE, Fields, Hit, KeptRange, StoredFields, one_range
 from .meta import ObjectMeta
 from .policy import expected_sha256
 from .replays import GATHER, HEAD_MAX, BodyAt, Replay, Replays
@@ -52,80 +52,13 @@ def plain_target(target: bytes) -> bool:
 
 
 _STATUS_LINES = {200: b"HTTP/1.1 200 OK\r\n", 206: b"HTTP/1.1 206 Partial Content\r\n"}
-# Range values and stored-field blocks remembered per worker, the least recently used
+# Stored-field blocks remembered per worker (`lanehit.MEMO_SIZE`), the least recently used
 # dropped first: a Zipf tail of objects each asked for once in a while must not wipe out
 # the popular ones' (it did when the memo was emptied whenever full).
-_MEMO_SIZE = 4096
 _RANGES_SIZE = 1024  # kept ranges (~1 KB each)
 WHOLE_MAX = 1024 * 1024  # a larger one-slice answer streams from the steps
 ABSENT_FOR = 0.02  # seconds a "not stored" the lane found stands for the steps' lookup
 _ABSENT_SIZE = 1024  # keys found absent remembered at most (the oldest go first)
-_WHOLE = True  # a Range to ignore (RFC 9110 §14.2): the whole answer
-_STEPS = False  # 416 or several ranges: the steps answer them
-
-Fields = list[tuple[bytes, bytes]]
-
-
-@functools.lru_cache(maxsize=_MEMO_SIZE)  # pure: a video player repeats a few Range values
-def _one_range(value: bytes, length: int) -> tuple[ByteRange, bytes, bytes] | bool:
-    """The one range ``value`` asks of ``length`` bytes with its Content-Range and
-    Content-Length values; `_WHOLE` or `_STEPS` else."""
-    specs = parse_range(value.decode("latin-1"))
-    if specs is None:
-        return _WHOLE
-    try:
-        ranges = resolve_ranges(specs, length)
-    except RangeNotSatisfiable:
-        ranges = []
-    if len(ranges) != 1:
-        return _STEPS
-    rng = ranges[0]
-    return rng, rng.content_range(length).encode(), str(rng.length).encode()
-
-
-def field_pairs(lines: bytes) -> Fields:
-    """The (name, value) pairs of encoded ``name: value`` lines (`field_lines` undone)."""
-    return [(name, value) for name, _, value in
-            (line.partition(b": ") for line in lines.split(b"\r\n") if line)]
-
-
-class Hit(NamedTuple):
-    """A fast answer: fixed fields (encoded lines), the ones of this moment, and the body."""
-
-    meta: ObjectMeta
-    status: int
-    fixed_lines: bytes
-    more: Fields
-    body: bytes | memoryview | FilePiece  # a piece only where the caller may send files
-
-    @property
-    def fixed(self) -> Fields:
-        """The fixed fields as pairs (for an ASGI ``send``)."""
-        return field_pairs(self.fixed_lines)
-
-
-class _Stored(NamedTuple):
-    """The stored fields of one object's facts, encoded once (only as lines: a few thousand
-    objects' are kept, and pairs too cost a worker ~10 MiB more)."""
-
-    meta: ObjectMeta
-    lines: bytes
-    dated: bool
-    whole: bool  # False: no whole answer from here (several slices, a hash to check)
-    whole_lines: bytes  # what a whole answer adds: its length and digest
-
-
-class _KeptRange(NamedTuple):
-    """A range answered from one slice, its fields encoded: asked for again while the facts
-    and the slice stay in memory, it is answered from here (a seek to a popular spot, a
-    player's repeated range) without resolving the range or the fields again."""
-
-    meta: ObjectMeta
-    sid: SliceId
-    start: int  # within the slice
-    end: int
-    lines: bytes  # the stored fields, Content-Range and Content-Length
-    dated: bool
 
 
 class FastLane:
@@ -134,8 +67,8 @@ class FastLane:
     def __init__(self, node: CacheNode) -> None:
         self.node = node
         self.hit_x_cache = x_cache(Verdict.HIT, node.name).encode()
-        self._stored: OrderedDict[str, _Stored] = OrderedDict()
-        self._ranges: OrderedDict[tuple[str, bytes], _KeptRange] = OrderedDict()
+        self._stored: OrderedDict[str, StoredFields] = OrderedDict()
+        self._ranges: OrderedDict[tuple[str, bytes], KeptRange] = OrderedDict()
         self._second = -1
         self._date = b""
         # Keys the lane just found nowhere in the index, and when: the request goes on to the
@@ -213,11 +146,11 @@ class FastLane:
         if range_value is None or meta.status != 200:  # RFC 9110 §14.2: ignored, whole
             self.source = BodyAt(None, 0, None)
             return Hit(meta, 200, entry.lines, more, body)
-        found = _one_range(range_value, len(body))
-        if found is _WHOLE:
+        found = one_range(range_value, len(body))
+        if found is WHOLE:
             self.source = BodyAt(None, 0, None)
             return Hit(meta, 200, entry.lines, more, body)
-        if found is _STEPS:
+        if found is STEPS:
             return None  # 416 or multipart from the steps
         assert not isinstance(found, bool)
         rng, content_range, content_length = found
@@ -226,7 +159,7 @@ class FastLane:
         self.source = BodyAt(None, rng.start, rng.end + 1)
         return Hit(meta, 206, entry.range_lines, more, memoryview(body)[rng.start:rng.end + 1])
 
-    def _fields(self, key: str, meta: ObjectMeta) -> _Stored:
+    def _fields(self, key: str, meta: ObjectMeta) -> StoredFields:
         stored = self._stored.get(key)
         # (facts read anew from the index are equal, not the same: the fields are)
         if stored is not None and (stored.meta is meta or stored.meta == meta):
@@ -246,11 +179,11 @@ class FastLane:
                     key.partition("?")[0], {n.lower(): v for n, v in meta.headers}), None)
                 if digest is not None:
                     whole.append((b"content-digest", digest.encode()))
-            stored = _Stored(meta, field_lines(fields), meta.header("date") is not None,
+            stored = StoredFields(meta, field_lines(fields), meta.header("date") is not None,
                              complete, field_lines(whole))
             self._stored[key] = stored
             self._stored.move_to_end(key)
-            if len(self._stored) > _MEMO_SIZE:
+            if len(self._stored) > MEMO_SIZE:
                 self._stored.popitem(last=False)
         return stored
 
@@ -276,8 +209,8 @@ class FastLane:
         if meta.length is None or meta.status != 200 or meta.length == 0 \
                 or meta.content_class in self.node.gate.signed_classes:
             return None
-        found = _WHOLE if range_value is None else _one_range(range_value, meta.length)
-        if found is _STEPS:
+        found = WHOLE if range_value is None else one_range(range_value, meta.length)
+        if found is STEPS:
             return None  # 416 or multipart: the steps
         fixed = self._fields(key, meta)
         if isinstance(found, bool):
@@ -322,7 +255,7 @@ class FastLane:
             lines = fixed.lines + (fixed.whole_lines if status == 200 else field_lines(ranged))
             return Hit(meta, status, lines, self.moment(meta, fixed.dated, now), data)
         if range_value is not None and status == 206:
-            kept = _KeptRange(meta, (key, meta.version, index), offset, offset + length,
+            kept = KeptRange(meta, (key, meta.version, index), offset, offset + length,
                               fixed.lines + field_lines(ranged), fixed.dated)
             if self.node.hot.slice(kept.sid) is not None:  # (else it could not be used)
                 self._ranges[(key, range_value)] = kept
@@ -346,7 +279,7 @@ class FastLane:
             more.append((b"date", self._now_date(now)))
         return more
 
-    def _range_hit(self, kept: _KeptRange, data: bytes | memoryview, now: float) -> Hit:
+    def _range_hit(self, kept: KeptRange, data: bytes | memoryview, now: float) -> Hit:
         return Hit(kept.meta, 206, kept.lines,
                    self.moment(kept.meta, kept.dated, now), data)
 
