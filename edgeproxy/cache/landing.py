@@ -94,7 +94,9 @@ class FillThreads:
                 loop.call_soon_threadsafe(_settle, job, outcome)
 
     def close(self) -> None:
-        """Let the threads go once the writes queued are done (shutdown)."""
+        """Let the threads go once the writes queued are done (shutdown). They are daemon
+        threads: a process that exits before then cuts a write short, into a fill's file
+        that nothing committed (the loop commits after a write lands), swept at start-up."""
         for _ in self._threads:
             self._jobs.put(None)
 
@@ -180,7 +182,7 @@ class Landing:
             raise
 
     def close(self) -> None:
-        """Let the threads go (shutdown; writes under way finish)."""
+        """Let the threads go (shutdown; writes queued finish, `FillThreads.close`)."""
         if self._threads is not None:
             self._threads.close()
             self._threads = None
