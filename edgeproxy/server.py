@@ -182,6 +182,27 @@ def _uvicorn_options(config: Config, role: str) -> dict[str, Any]:
     }
 
 
+def raise_open_files_limit() -> int:
+    """Raise this process's soft limit of open descriptors to its hard limit (workers
+    inherit it), as nginx's ``worker_rlimit_nofile`` and Go's runtime do; the limit now.
+
+    A connection costs one descriptor, and a large hit answered from its slice files holds
+    one per slice until it is sent (`cache.lanebodies`): the common soft default of 1024
+    would refuse connections long before the machine runs short."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    # (Linux caps descriptors at fs.nr_open, 1 << 20 by default, even under no hard limit)
+    want = 1 << 20 if hard == resource.RLIM_INFINITY else hard
+    if soft == resource.RLIM_INFINITY or soft >= want:
+        return soft
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+    except (ValueError, OSError):  # (a sandbox may refuse it: keep the soft limit)
+        return soft
+    return want
+
+
 def run_node(config: Config, role: str, *, upstream: str | None = None,
              config_path: str | None = None) -> None:  # fmt: skip
     """Serve ``role`` until SIGINT/SIGTERM.
@@ -190,6 +211,8 @@ def run_node(config: Config, role: str, *, upstream: str | None = None,
     (plus the same environment), so in that mode ``config`` must be what that file yields.
     """
     import uvicorn
+
+    raise_open_files_limit()
 
     options = _uvicorn_options(config, role)
     workers = workers_for(config, role)

@@ -1,0 +1,165 @@
+"""Large whole objects from their slice files: an object of up to `lanebodies.PIECES_MAX`
+slices is answered by the fast lane from the files themselves (by ``sendfile``, byte-exact,
+the same fields as the steps' answer), a larger one by the steps; and a node raises its
+open-files limit, since such answers hold a descriptor per slice while they go out."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import resource
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from edgeproxy.cache.lanebodies import PIECES_MAX
+from edgeproxy.cache.node import CacheNode
+from edgeproxy.cache.slicefiles import FilePiece
+from edgeproxy.config import load_config
+from edgeproxy.guard import uvicorn_http_options
+from edgeproxy.server import node_app
+from tests.nodes import node_process
+from tests.origins import TestOrigin
+from tests.servers import ServerThread, serve
+
+SLICE = 64 * 1024
+MANY = hashlib.shake_256(b"many slices").digest(100 * SLICE - 77)  # 100 slices
+TOO_MANY = hashlib.shake_256(b"too many").digest((PIECES_MAX + 3) * SLICE)
+
+
+@pytest.fixture
+def edge(tmp_path: Path) -> Iterator[ServerThread]:
+    o = TestOrigin()
+    o.put("/static/many.bin", MANY, headers={"cache-control": "max-age=600"})
+    o.put("/static/too-many.bin", TOO_MANY, headers={"cache-control": "max-age=600"})
+    config_path = tmp_path / "config.yaml"
+    with serve(o) as origin:
+        config_path.write_text(f"data_dir: {tmp_path / 'var'}\ncache: {{slice_size: 64KiB}}\n"
+                               f"edge: {{upstream: '{origin.url}', node_name: edge-1}}\n")
+        config = load_config(config_path)
+        with serve(node_app(config, "edge"), proxy_headers=False,
+                   **uvicorn_http_options(config.http_limits)) as srv:
+            yield srv
+
+
+@pytest.fixture
+def lane(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, Any]]:
+    """The fast lane's answers: (status, the body it handed over)."""
+    answers: list[tuple[int, Any]] = []
+    real = CacheNode.fast_reply
+
+    def spying(self: CacheNode, *args: Any) -> Any:
+        reply = real(self, *args)
+        if reply is not None:
+            answers.append((reply[1], reply[0][-1]))
+        return reply
+
+    monkeypatch.setattr(CacheNode, "fast_reply", spying)
+    return answers
+
+
+@pytest.fixture
+def sendfiles(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The byte counts ``os.sendfile`` was asked for, in this process."""
+    calls: list[int] = []
+    real = os.sendfile
+
+    def counting(out_fd: int, in_fd: int, offset: int | None, count: int) -> int:
+        calls.append(count)
+        return real(out_fd, in_fd, offset, count)
+
+    monkeypatch.setattr(os, "sendfile", counting)
+    return calls
+
+
+def _store(client: httpx.Client, path: str, body: bytes) -> None:
+    first = client.get(path)
+    assert first.content == body and first.headers["x-cache"].startswith("MISS")
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:  # the group commit moves the slice files into place
+        if client.get(path, headers={"range": "bytes=0-0"}).headers["x-cache"] \
+                .startswith("HIT"):
+            return
+        time.sleep(0.05)
+    raise AssertionError("never stored")
+
+
+@pytest.mark.parametrize(("rng", "first", "last"), [
+    (None, 0, len(MANY) - 1),  # the whole object: 100 slices
+    (f"bytes={SLICE - 3}-{90 * SLICE + 4}", SLICE - 3, 90 * SLICE + 4),  # across 90 seams
+])
+def test_an_object_of_many_slices_goes_from_its_files_by_the_lane(
+        edge: ServerThread, lane: list[tuple[int, Any]], sendfiles: list[int],
+        rng: str | None, first: int, last: int) -> None:
+    asked = {"range": rng} if rng else {}
+    with httpx.Client(base_url=edge.url, timeout=10) as client:
+        _store(client, "/static/many.bin", MANY)
+        lane.clear()
+        sendfiles.clear()
+        fast = client.get("/static/many.bin", headers=asked)
+        assert [status for status, _ in lane] == [206 if rng else 200]
+        body = lane[0][1]
+        assert isinstance(body, FilePiece) and len(body.then) >= 89  # a piece per slice
+        assert sum(sendfiles) >= last - first + 1 - SLICE  # (a last short slice is inline)
+        # a validator takes a request through the steps: their answer is the reference
+        steps = client.get("/static/many.bin", headers={
+            **asked, "if-modified-since": "Thu, 01 Jan 1970 00:00:00 GMT"})
+    for answer in (fast, steps):
+        assert answer.content == MANY[first:last + 1]
+        assert answer.headers["x-cache"].startswith("HIT")
+    skip = ("age", "date")
+    assert {n: v for n, v in fast.headers.items() if n not in skip} == \
+        {n: v for n, v in steps.headers.items() if n not in skip}
+
+
+def test_an_object_of_more_slices_than_the_lane_takes_goes_by_the_steps(
+        edge: ServerThread, lane: list[tuple[int, Any]]) -> None:
+    with httpx.Client(base_url=edge.url, timeout=10) as client:
+        _store(client, "/static/too-many.bin", TOO_MANY)
+        lane.clear()
+        whole = client.get("/static/too-many.bin")
+        assert lane == []  # declined: too many slices to find and check before the head
+        assert whole.content == TOO_MANY and whole.headers["x-cache"].startswith("HIT")
+
+
+def _limits(pid: int) -> tuple[int, int]:
+    """The soft and hard open-files limits of process ``pid``."""
+    for line in Path(f"/proc/{pid}/limits").read_text().splitlines():
+        if line.startswith("Max open files"):
+            soft, hard = line.split()[3:5]
+            return int(soft), int(hard)
+    raise AssertionError("no open-files limit")
+
+
+def test_a_node_raises_its_open_files_limit_to_the_hard_one(tmp_path: Path) -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    low = 256
+    assert hard == resource.RLIM_INFINITY or hard > low  # (else nothing to show here)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (low, hard))  # the node inherits it
+    try:
+        node = node_process(tmp_path / "edge", "edge", "http://127.0.0.1:9").launch()
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    try:
+        node.ready()
+        assert _limits(node.pid)[0] == (hard if hard != resource.RLIM_INFINITY else 1 << 20)
+    finally:
+        node.stop()
+
+
+def test_the_soft_limit_goes_to_the_hard_one_and_no_further() -> None:
+    code = ("import resource\n"
+            "from edgeproxy.server import raise_open_files_limit\n"
+            "resource.setrlimit(resource.RLIMIT_NOFILE, (200, 300))\n"
+            "print(raise_open_files_limit(), resource.getrlimit(resource.RLIMIT_NOFILE))\n"
+            "resource.setrlimit(resource.RLIMIT_NOFILE, (300, 300))\n"
+            "print(raise_open_files_limit(), resource.getrlimit(resource.RLIMIT_NOFILE))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.splitlines()
+    assert out == ["300 (300, 300)", "300 (300, 300)"]
