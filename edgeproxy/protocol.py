@@ -19,63 +19,25 @@ app.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import time
 from functools import partial
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from .admission import admission_for
+from .admission import admission_for, lead_key
 from .cache.fastlane import plain_target
 from .cache.replays import HEAD_MAX
 from .cache.slicefiles import FilePiece
 from .cache.types import FAST_DECLINED, INFORMATIONAL
 from .config import HTTPLimitsConfig
 from .errors import HTTPError
+from .fastanswer import LANE, Sending, fast_lane_of
 from .guard import FIELD_OVERHEAD, PROXIED_BYTES, PROXIED_FIELDS, head_cap, valid_host
 from .headholder import HeadHolder
 from .headtimeout import DeadlineHooks, HeadDeadline, send_refusal, timeout_error
 from .zerocopy import ZEROCOPY, ZeroCopySend, send_rest, socket_fd, write_piece
-
-
-def fast_lane_of(app: Any) -> tuple[Any, Any] | None:
-    """The cache node behind ``app`` and the access log in front of it (or None), when only
-    edgeproxy's pass-through wrappers stand between: then a hit may skip them."""
-    from .accesslog import AccessLog
-    from .guard import RequestGuard
-    from .lifecycle import Lifecycle
-
-    log = None
-    for _depth in range(8):
-        if isinstance(app, AccessLog):
-            log = app
-        elif not isinstance(app, (Lifecycle, RequestGuard)):
-            return (app, log) if callable(getattr(type(app), "fast_reply", None)) else None
-        app = vars(app).get("app")
-    return None
-
-
-# The app the last connection was made for, and its `fast_lane_of` (~10 us per connection)
-_LANE: list[Any] = [None, None]
-
-
-class _Sending:
-    """A fast-lane answer whose file bytes the socket did not take at once, while the rest
-    goes out as the socket drains. It stands in for uvicorn's cycle of the connection (the
-    fields the protocol reads of one), so pipelined requests queue behind it and reading
-    pauses, as behind any answer under way."""
-
-    __slots__ = ("body", "disconnected", "keep_alive", "message_event", "more_body",
-                 "response_complete", "task")
-
-    def __init__(self) -> None:
-        self.response_complete = False
-        self.disconnected = False
-        self.keep_alive = True  # False: the connection closes after it (shutdown, half-close)
-        self.more_body = False
-        self.body = b""
-        self.message_event = asyncio.Event()
-        self.task: asyncio.Task[None] | None = None
 
 
 class _Refused(Exception):
@@ -91,7 +53,7 @@ class GuardedHttpToolsProtocol(DeadlineHooks, HttpToolsProtocol):  # type: ignor
         self.limits = limits
         self.cap = head_cap(limits)
         self.refusal: HTTPError | None = None
-        lane = _LANE
+        lane = LANE
         if lane[0] is not self.app:  # (one app per worker: looked for once, not per connection)
             lane[:] = [self.app, fast_lane_of(self.app)]
         self.fast: tuple[Any, Any] | None = lane[1]
@@ -113,8 +75,28 @@ class GuardedHttpToolsProtocol(DeadlineHooks, HttpToolsProtocol):  # type: ignor
         self.zerocopy = socket_fd(transport) is not None
 
     def _start_asgi_task(self, cycle: Any, app: Any) -> None:
-        """Start the request's task when `edgeproxy.admission` gives it its turn."""
-        self.admission.start(partial(HttpToolsProtocol._start_asgi_task, self, cycle, app))
+        """Start the request's task when `edgeproxy.admission` gives it its turn (behind
+        the request it follows, if any: `lead_key`)."""
+        key = lead_key(cycle.scope)
+        self.admission.start(partial(self._begin_task, cycle, app, key), key, cycle)
+
+    def _begin_task(self, cycle: Any, app: Any, key: Any) -> None:
+        """uvicorn's task start; the task's end lets the requests behind it start, if its
+        answer did not begin first."""
+        if self.config.reset_contextvars:  # (uvicorn's opt-in, kept)
+            task = self.loop.create_task(cycle.run_asgi(app), context=contextvars.Context())
+        else:
+            task = self.loop.create_task(cycle.run_asgi(app))
+        task.add_done_callback(self.tasks.discard)
+        self.tasks.add(task)
+        if key is not None:
+            admission = self.admission
+            task.add_done_callback(lambda _: admission.led(key, cycle))
+
+    def _lead_began(self, cycle: Any) -> None:
+        key = lead_key(cycle.scope)
+        if key is not None:
+            self.admission.led(key, cycle)
 
     def on_response_complete(self) -> None:
         """An answer ended: the next head, if any, must arrive within ``header_timeout``,
@@ -274,7 +256,7 @@ class GuardedHttpToolsProtocol(DeadlineHooks, HttpToolsProtocol):  # type: ignor
             if cycle.scope["http_version"] == "1.1":  # (no 1xx to an HTTP/1.0 client)
                 extensions[INFORMATIONAL] = {}
             cycle.send = ZeroCopySend(  # type: ignore[assignment]
-                cycle, cycle.send, self.limits.send_timeout)
+                cycle, cycle.send, self.limits.send_timeout, partial(self._lead_began, cycle))
             if any(name in (b"content-length", b"transfer-encoding")
                    for name, _ in self.headers):
                 self.body_deadline.arm()  # a body may follow: its first byte within the bound
@@ -372,13 +354,13 @@ class GuardedHttpToolsProtocol(DeadlineHooks, HttpToolsProtocol):  # type: ignor
         goes out first, as the socket takes it."""
         if rest:
             assert isinstance(body, FilePiece)
-            answer = _Sending()
+            answer = Sending()
             self.cycle = answer  # type: ignore[assignment]
             answer.task = self.loop.create_task(self._send_rest(answer, body, rest))
         else:
             self.on_response_complete()
 
-    async def _send_rest(self, answer: _Sending, piece: FilePiece, rest: int) -> None:
+    async def _send_rest(self, answer: Sending, piece: FilePiece, rest: int) -> None:
         """The rest of a fast-lane answer; then the next pipelined request, if any."""
         try:
             done = await send_rest(self.transport, piece, rest, self.limits.send_timeout)

@@ -286,22 +286,29 @@ class ZeroCopySend:
     """An ASGI ``send`` for uvicorn's HTTP/1.1 cycle that also takes zero-copy messages
     (``file`` with a ``fileno()`` or a descriptor, ``offset``, ``count``, ``more_body``) and
     interim answers (``status``, ``headers``: `INFORMATIONAL`). A client that takes no byte
-    for ``timeout`` seconds is cut off."""
+    for ``timeout`` seconds is cut off. ``on_start`` is called as the answer's head goes to
+    the server (once)."""
 
-    __slots__ = ("cycle", "send", "timeout")
+    __slots__ = ("cycle", "on_start", "send", "timeout")
 
-    def __init__(self, cycle: Any, send: Any, timeout: float) -> None:
+    def __init__(self, cycle: Any, send: Any, timeout: float,
+                 on_start: Callable[[], None] | None = None) -> None:
         self.cycle = cycle
         self.send = send
         self.timeout = timeout
+        self.on_start = on_start
 
     async def __call__(self, message: Message) -> None:
         kind = message["type"]
         if kind != ZEROCOPY:
             if kind == INFORMATIONAL:
                 self._informational(message)
-            else:
-                await self.send(message)
+                return
+            on_start = self.on_start
+            if on_start is not None and kind == "http.response.start":
+                self.on_start = None
+                on_start()
+            await self.send(message)
             return
         cycle = self.cycle
         if cycle.disconnected:

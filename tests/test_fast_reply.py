@@ -21,8 +21,8 @@ from edgeproxy.cache.node import CacheNode
 from edgeproxy.cache.slicefiles import FilePiece
 from edgeproxy.cache.store import CacheStore
 from edgeproxy.config import load_config
+from edgeproxy.fastanswer import fast_lane_of
 from edgeproxy.guard import uvicorn_http_options
-from edgeproxy.protocol import fast_lane_of
 from edgeproxy.server import node_app
 from tests.origins import TestOrigin
 from tests.servers import ServerThread, serve

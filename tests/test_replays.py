@@ -22,8 +22,9 @@ from edgeproxy.accesslog import AccessLog
 from edgeproxy.cache.node import CacheNode
 from edgeproxy.cache.replays import BodyAt, Replay, Replays
 from edgeproxy.config import load_config
+from edgeproxy.fastanswer import fast_lane_of
 from edgeproxy.guard import uvicorn_http_options
-from edgeproxy.protocol import GuardedHttpToolsProtocol, fast_lane_of
+from edgeproxy.protocol import GuardedHttpToolsProtocol
 from edgeproxy.server import node_app
 from tests.nodes import NodeProcess
 from tests.origins import TestOrigin
