@@ -315,6 +315,10 @@ class ZeroCopySend:
             return
         if not cycle.response_started or cycle.response_complete:
             raise RuntimeError(f"unexpected ASGI message {ZEROCOPY!r}")
+        piece = message.get("piece")
+        if piece is not None:
+            await self._send_piece(cycle, piece, bool(message.get("more_body", False)))
+            return
         file = message["file"]
         fd = file if isinstance(file, int) else file.fileno()
         offset = message.get("offset")
@@ -341,6 +345,32 @@ class ZeroCopySend:
         if not await send_file(real, fd, offset, count, self.timeout,
                                message.get("unchanged")):
             return
+        if cycle.chunked_encoding:
+            real.write(b"\r\n")
+        if not more:
+            await self.send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def _send_piece(self, cycle: Any, piece: FilePiece, more: bool) -> None:
+        """Stored slices' bytes as one run (`write_piece`, then `send_rest`); the pieces are
+        closed once sent (or the connection aborted on a file found changed)."""
+        count = len(piece)
+        if cycle.scope["method"] == "HEAD" or count <= 0:
+            piece.close()
+            await self.send({"type": "http.response.body", "body": b"", "more_body": more})
+            return
+        if not cycle.chunked_encoding and count > cycle.expected_content_length:
+            piece.close()
+            raise RuntimeError("Response content longer than Content-Length")
+        if not cycle.chunked_encoding:
+            cycle.expected_content_length -= count
+        transport = cycle.transport
+        flush = getattr(transport, "flush", None)
+        if flush is not None:
+            flush()  # a head held for the first body bytes goes now
+        real = getattr(transport, "real", transport)
+        rest = write_piece(real, b"%x\r\n" % count if cycle.chunked_encoding else b"", piece)
+        if real.is_closing() or (rest and not await send_rest(real, piece, rest, self.timeout)):
+            return  # gone, or cut short: never complete
         if cycle.chunked_encoding:
             real.write(b"\r\n")
         if not more:

@@ -26,11 +26,14 @@ from ..http import (
     resolve_ranges,
 )
 from . import fields, policy
+from .lanebodies import PIECES_MAX
 from .meta import ObjectMeta
+from .slicefiles import FilePiece
 from .sources import DirectSource, Following, Source, StoredSource
 from .types import ZEROCOPY, Message, Send
 
 Join = Callable[[int], Awaitable[Source]]
+Pieces = Callable[[int, int], FilePiece | None]  # an object's bytes first..last from its files
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,10 +106,12 @@ def with_content_digest(reply: Reply, meta: ObjectMeta, key: str, method: str,
 
 async def send_body(reply: Reply, meta: ObjectMeta, send: Send, join: Join, *,
                     direct: DirectSource | None, read_size: int, timeout: float,
-                    zerocopy: bool = False) -> int:
+                    zerocopy: bool = False, pieces: Pieces | None = None) -> int:
     """Send the body of ``reply``; an error past the first byte aborts the connection, so
     the client sees a short body, never a complete-looking wrong one. ``zerocopy``: ``send``
-    takes the server's zero-copy messages (stored slice files then go by ``sendfile``)."""
+    takes the server's zero-copy messages (stored slice files then go by ``sendfile``);
+    ``pieces``: also runs of stored slices as one message (`FilePiece`), found and checked
+    by ``pieces(first, last)`` (None when one is not stored whole: slice by slice then)."""
 
     async def out(source: Source, first: int, last: int) -> int:
         if zerocopy and isinstance(source, StoredSource):
@@ -148,9 +153,24 @@ async def send_body(reply: Reply, meta: ObjectMeta, send: Send, join: Join, *,
             continue
         assert meta.length is not None
         span = policy.slice_span(rng.start, rng.end, meta.slice_size)
+        covered = -1  # the last slice sent in a run of stored ones
         for index in span:
+            if index <= covered:
+                continue
             lo, hi = policy.slice_bounds(index, meta.slice_size, meta.length)
             first, last = max(rng.start, lo) - lo, min(rng.end, hi) - lo
+            if pieces is not None and reply.multipart is None and not unsettled:
+                top = min(span[-1], index + PIECES_MAX - 1)
+                end = min(rng.end, policy.slice_bounds(top, meta.slice_size, meta.length)[1])
+                run = pieces(lo + first, end)
+                if run is not None:
+                    count = len(run)
+                    await send({"type": ZEROCOPY, "piece": run, "count": count,
+                                "more_body": True})
+                    sent += count
+                    covered = top
+                    continue
+                pieces = None  # (one is missing or changed: slice by slice from here)
             final = reply.multipart is None and i == len(ranges) - 1 and index == span[-1]
             source = await join(index)
             try:

@@ -1,0 +1,139 @@
+"""The steps send runs of stored slices as one zero-copy message each, as the fast lane does:
+over real sockets, answers the steps give (a validator or a signature takes a request past
+the lane) are byte-exact whole, by ranges across seams, and for objects of more slices than
+one run takes; a slice changed on disk makes them go slice by slice (and fetch it again),
+never send a wrong byte."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from edgeproxy.cache.lanebodies import PIECES_MAX
+from edgeproxy.config import load_config
+from edgeproxy.guard import uvicorn_http_options
+from edgeproxy.server import node_app
+from edgeproxy.zerocopy import ZeroCopySend
+from tests.origins import TestOrigin
+from tests.servers import ServerThread, serve
+
+SLICE = 64 * 1024
+MANY = hashlib.shake_256(b"steps, many").digest(100 * SLICE - 77)  # 100 slices
+MORE = hashlib.shake_256(b"steps, more").digest((PIECES_MAX + 40) * SLICE + 5)
+STEPS = {"if-modified-since": "Thu, 01 Jan 1970 00:00:00 GMT"}  # (past the lane)
+
+
+@pytest.fixture
+def origin() -> Iterator[tuple[TestOrigin, ServerThread]]:
+    o = TestOrigin()
+    o.put("/static/many.bin", MANY, headers={"cache-control": "max-age=600"})
+    o.put("/static/more.bin", MORE, headers={"cache-control": "max-age=600"})
+    with serve(o) as srv:
+        yield o, srv
+
+
+@pytest.fixture
+def edge(tmp_path: Path, origin: tuple[TestOrigin, ServerThread]) -> Iterator[ServerThread]:
+    config_path = tmp_path / "config.yaml"
+    config_path.write_text(f"data_dir: {tmp_path / 'var'}\ncache: {{slice_size: 64KiB}}\n"
+                           f"edge: {{upstream: '{origin[1].url}', node_name: edge-1}}\n")
+    config = load_config(config_path)
+    with serve(node_app(config, "edge"), proxy_headers=False, loop="uvloop",
+               **uvicorn_http_options(config.http_limits)) as srv:
+        yield srv
+
+
+@pytest.fixture
+def runs(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The byte counts of the runs of stored slices the server was handed."""
+    counts: list[int] = []
+    real = ZeroCopySend._send_piece
+
+    async def spying(self: ZeroCopySend, cycle: Any, piece: Any, more: bool) -> None:
+        counts.append(len(piece))
+        await real(self, cycle, piece, more)
+
+    monkeypatch.setattr(ZeroCopySend, "_send_piece", spying)
+    return counts
+
+
+def _store(client: httpx.Client, path: str, body: bytes) -> None:
+    assert client.get(path).content == body
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:  # the group commit moves the slice files into place
+        if client.get(path, headers={"range": "bytes=0-0"}).headers["x-cache"] \
+                .startswith("HIT"):
+            return
+        time.sleep(0.05)
+    raise AssertionError("never stored")
+
+
+@pytest.mark.parametrize(("rng", "first", "last"), [
+    (None, 0, len(MANY) - 1),
+    (f"bytes={SLICE - 3}-{90 * SLICE + 4}", SLICE - 3, 90 * SLICE + 4),
+    (f"bytes={5 * SLICE + 7}-{5 * SLICE + 9}", 5 * SLICE + 7, 5 * SLICE + 9),  # inside one
+])
+def test_the_steps_send_stored_slices_as_one_run(
+        edge: ServerThread, runs: list[int], rng: str | None, first: int, last: int) -> None:
+    asked = {"range": rng} if rng else {}
+    with httpx.Client(base_url=edge.url, timeout=10) as client:
+        _store(client, "/static/many.bin", MANY)
+        lane = client.get("/static/many.bin", headers=asked)
+        runs.clear()
+        steps = client.get("/static/many.bin", headers={**asked, **STEPS})
+    assert runs == [last - first + 1]
+    for answer in (lane, steps):
+        assert answer.status_code == (206 if rng else 200)
+        assert answer.content == MANY[first:last + 1]
+        assert answer.headers["x-cache"].startswith("HIT")
+    skip = ("age", "date")
+    assert {n: v for n, v in lane.headers.items() if n not in skip} == \
+        {n: v for n, v in steps.headers.items() if n not in skip}
+
+
+def test_an_object_of_more_slices_than_a_run_goes_in_several(
+        edge: ServerThread, runs: list[int]) -> None:
+    with httpx.Client(base_url=edge.url, timeout=10) as client:
+        _store(client, "/static/more.bin", MORE)
+        runs.clear()
+        whole = client.get("/static/more.bin")  # (too many slices for the lane: the steps)
+        assert whole.content == MORE and whole.headers["x-cache"].startswith("HIT")
+        assert runs == [PIECES_MAX * SLICE, len(MORE) - PIECES_MAX * SLICE]
+        runs.clear()
+        start = 3 * SLICE + 1
+        part = client.get("/static/more.bin", headers={"range": f"bytes={start}-"})
+        assert part.status_code == 206 and part.content == MORE[start:]
+        assert runs == [PIECES_MAX * SLICE - 1, len(MORE) - (PIECES_MAX + 3) * SLICE]
+
+
+def _slice_file(root: Path, body: bytes, index: int) -> Path:
+    wanted = body[index * SLICE:(index + 1) * SLICE]
+    return next(p for p in root.rglob("*.val")
+                if p.stat().st_size == SLICE and p.read_bytes() == wanted)
+
+
+def test_a_slice_changed_on_disk_sends_slice_by_slice_and_is_fetched_again(
+        edge: ServerThread, origin: tuple[TestOrigin, ServerThread], runs: list[int],
+        tmp_path: Path) -> None:
+    with httpx.Client(base_url=edge.url, timeout=10) as client:
+        _store(client, "/static/many.bin", MANY)
+        fetched = origin[0].count("/static/many.bin")
+        changed = _slice_file(tmp_path / "var", MANY, 60)
+        data = bytearray(changed.read_bytes())
+        data[100] ^= 0xFF
+        changed.write_bytes(bytes(data))
+        runs.clear()
+        answer = client.get("/static/many.bin", headers=STEPS)
+        assert answer.content == MANY  # never the flipped byte
+        assert runs == []  # the run was refused before its first byte: slice by slice
+        assert origin[0].count("/static/many.bin") == fetched + 1  # that slice, again
+        runs.clear()
+        assert client.get("/static/many.bin", headers=STEPS).content == MANY
+        assert runs == [len(MANY)]  # stored right again: one run
+
