@@ -20,10 +20,13 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import re
+import sys
 import time
 from functools import partial
 from typing import Any
 
+from httptools import HttpParserInvalidMethodError
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from .admission import admission_for, lead_key
@@ -38,6 +41,9 @@ from .guard import FIELD_OVERHEAD, PROXIED_BYTES, PROXIED_FIELDS, head_cap, vali
 from .headholder import HeadHolder
 from .headtimeout import DeadlineHooks, HeadDeadline, send_refusal, timeout_error
 from .zerocopy import ZEROCOPY, ZeroCopySend, send_rest, socket_fd, write_piece
+
+# A request line of the form RFC 9112 §3 gives (a method token, a target, an HTTP version)
+_REQUEST_LINE = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+ [^ \r\n]+ HTTP/\d\.\d\r?\n")
 
 
 class _Refused(Exception):
@@ -136,6 +142,7 @@ class GuardedHttpToolsProtocol(DeadlineHooks, HttpToolsProtocol):  # type: ignor
 
     def _reset_head(self) -> None:
         self.in_head = True
+        self.head_start = b""
         self.head_bytes = self.target_bytes = self.field_bytes = self.field_count = 0
         self.hosts = 0
 
@@ -157,6 +164,8 @@ class GuardedHttpToolsProtocol(DeadlineHooks, HttpToolsProtocol):  # type: ignor
         if boundary and len(data) <= HEAD_MAX and self._replay(data):
             return
         if self.in_head:
+            if not self.head_bytes:
+                self.head_start = data  # (for `send_400_response`: a method never parsed)
             self.head_bytes += len(data)
         self.begun = self.lane_answered = 0
         super().data_received(data)
@@ -376,7 +385,14 @@ class GuardedHttpToolsProtocol(DeadlineHooks, HttpToolsProtocol):  # type: ignor
         self.on_response_complete()
 
     def send_400_response(self, msg: str) -> None:
-        """uvicorn's answer to a parser error, ours when the error is a refused head."""
+        """uvicorn's answer to a parser error, ours when the error is a refused head. A
+        well-formed request line whose method llhttp does not know is 501, not 400 (RFC 9110
+        §9.1: a method the server does not implement)."""
+        if self.refusal is None and isinstance(sys.exc_info()[1], HttpParserInvalidMethodError) \
+                and _REQUEST_LINE.match(self.head_start):
+            method = self.head_start.partition(b" ")[0].decode()
+            self.refusal = HTTPError(501, "method_not_implemented",
+                                     f"{method} is not a method this server implements")
         if self.refusal is None:
             super().send_400_response(msg)
             return

@@ -236,3 +236,25 @@ def test_an_unreadable_request_gets_a_json_400(server: tuple[str, str], data: by
     assert r.status == 400 and r.headers["content-type"] == "application/json", r.body[:200]
     body = json.loads(r.body)
     assert body["error"] == "bad_request" and body["message"]
+
+
+
+@pytest.mark.parametrize(("data", "status", "error"), [
+    (b"FOO / HTTP/1.1\r\nHost: a\r\n\r\n", 501, "method_not_implemented"),
+    (b"BREW /pot HTTP/1.1\r\nHost: a\r\n\r\n", 501, "method_not_implemented"),
+    (b"G@T / HTTP/1.1\r\nHost: a\r\n\r\n", 400, "bad_request"),  # not a token: unreadable
+    (b"FOO /\r\n\r\n", 400, "bad_request"),  # not a request line
+    (b"NOT A REQUEST\r\n\r\n", 400, "bad_request"),
+])
+def test_a_method_the_parser_does_not_know_gets_501(server: tuple[str, str], data: bytes,
+                                                    status: int, error: str) -> None:
+    """RFC 9110 §9.1: a request method the server does not implement is answered 501 (llhttp
+    refuses such a method itself; h11 reads any token and hands it on, and the app here
+    answers it); a line that is not a request line stays 400."""
+    parser, url = server
+    r = raw_request(url, data)
+    if parser == "httptools" or status == 400:
+        assert r.headers["content-type"] == "application/json", r.body[:200]
+        assert (r.status, json.loads(r.body)["error"]) == (status, error)
+    else:
+        assert r.status == 200  # (the echo app here answers every method)
