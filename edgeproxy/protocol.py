@@ -386,13 +386,14 @@ class GuardedHttpToolsProtocol(DeadlineHooks, HttpToolsProtocol):  # type: ignor
 
     def send_400_response(self, msg: str) -> None:
         """uvicorn's answer to a parser error, ours when the error is a refused head. A
-        well-formed request line whose method llhttp does not know is 501, not 400 (RFC 9110
-        §9.1: a method the server does not implement)."""
+        well-formed request line whose method llhttp does not know is said to be that (RFC
+        9110 §9.1 suggests 501; bad input is a 4xx here, as methods are case-sensitive and
+        ``get`` is a client's mistake)."""
         if self.refusal is None and isinstance(sys.exc_info()[1], HttpParserInvalidMethodError) \
                 and _REQUEST_LINE.match(self.head_start):
             method = self.head_start.partition(b" ")[0].decode()
-            self.refusal = HTTPError(501, "method_not_implemented",
-                                     f"{method} is not a method this server implements")
+            self.refusal = HTTPError(400, "unknown_method", f"{method} is not a method this "
+                                     "server knows (methods are case-sensitive)")
         if self.refusal is None:
             super().send_400_response(msg)
             return
