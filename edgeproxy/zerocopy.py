@@ -311,11 +311,13 @@ class ZeroCopySend:
             await self.send(message)
             return
         cycle = self.cycle
-        if cycle.disconnected:
-            return
-        if not cycle.response_started or cycle.response_complete:
-            raise RuntimeError(f"unexpected ASGI message {ZEROCOPY!r}")
         piece = message.get("piece")
+        if cycle.disconnected or not cycle.response_started or cycle.response_complete:
+            if piece is not None:
+                piece.close()  # (its files' descriptors are let go now, not at collection)
+            if cycle.disconnected:
+                return
+            raise RuntimeError(f"unexpected ASGI message {ZEROCOPY!r}")
         if piece is not None:
             await self._send_piece(cycle, piece, bool(message.get("more_body", False)))
             return
