@@ -107,7 +107,6 @@ class Admission:
             self.armed = True
             self.loop.call_soon(self._turn)
 
-
     def led(self, key: Hashable, owner: object) -> None:
         """``owner``'s answer for ``key`` began, or its task ended: the requests behind it
         start now, together."""

@@ -89,7 +89,7 @@ class GuardedHttpToolsProtocol(DeadlineHooks, HttpToolsProtocol):  # type: ignor
     def _begin_task(self, cycle: Any, app: Any, key: Any) -> None:
         """uvicorn's task start; the task's end lets the requests behind it start, if its
         answer did not begin first."""
-        if self.config.reset_contextvars:  # (uvicorn's opt-in, kept)
+        if getattr(self.config, "reset_contextvars", False):  # (uvicorn's opt-in, kept)
             task = self.loop.create_task(cycle.run_asgi(app), context=contextvars.Context())
         else:
             task = self.loop.create_task(cycle.run_asgi(app))

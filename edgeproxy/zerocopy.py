@@ -371,8 +371,11 @@ class ZeroCopySend:
             flush()  # a head held for the first body bytes goes now
         real = getattr(transport, "real", transport)
         rest = write_piece(real, b"%x\r\n" % count if cycle.chunked_encoding else b"", piece)
-        if real.is_closing() or (rest and not await send_rest(real, piece, rest, self.timeout)):
-            return  # gone, or cut short: never complete
+        if real.is_closing():  # gone, or cut short on a changed file: never complete
+            piece.close()  # (closed already unless bytes were left)
+            return
+        if rest and not await send_rest(real, piece, rest, self.timeout):
+            return
         if cycle.chunked_encoding:
             real.write(b"\r\n")
         if not more:
