@@ -6,11 +6,9 @@ open-files limit, since such answers hold a descriptor per slice while they go o
 from __future__ import annotations
 
 import hashlib
-import os
 import resource
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,7 +17,6 @@ import httpx
 import pytest
 
 from edgeproxy.cache.lanebodies import PIECES_MAX
-from edgeproxy.cache.node import CacheNode
 from edgeproxy.cache.slicefiles import FilePiece
 from edgeproxy.config import load_config
 from edgeproxy.guard import uvicorn_http_options
@@ -27,6 +24,7 @@ from edgeproxy.server import node_app
 from tests.nodes import node_process
 from tests.origins import TestOrigin
 from tests.servers import ServerThread, serve
+from tests.spies import count_sendfiles, lane_answers, wait_stored
 
 SLICE = 64 * 1024
 MANY = hashlib.shake_256(b"many slices").digest(100 * SLICE - 77)  # 100 slices
@@ -50,44 +48,12 @@ def edge(tmp_path: Path) -> Iterator[ServerThread]:
 
 @pytest.fixture
 def lane(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, Any]]:
-    """The fast lane's answers: (status, the body it handed over)."""
-    answers: list[tuple[int, Any]] = []
-    real = CacheNode.fast_reply
-
-    def spying(self: CacheNode, *args: Any) -> Any:
-        reply = real(self, *args)
-        if reply is not None:
-            answers.append((reply[1], reply[0][-1]))
-        return reply
-
-    monkeypatch.setattr(CacheNode, "fast_reply", spying)
-    return answers
+    return lane_answers(monkeypatch)
 
 
 @pytest.fixture
 def sendfiles(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """The byte counts ``os.sendfile`` was asked for, in this process."""
-    calls: list[int] = []
-    real = os.sendfile
-
-    def counting(out_fd: int, in_fd: int, offset: int | None, count: int) -> int:
-        calls.append(count)
-        return real(out_fd, in_fd, offset, count)
-
-    monkeypatch.setattr(os, "sendfile", counting)
-    return calls
-
-
-def _store(client: httpx.Client, path: str, body: bytes) -> None:
-    first = client.get(path)
-    assert first.content == body and first.headers["x-cache"].startswith("MISS")
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:  # the group commit moves the slice files into place
-        if client.get(path, headers={"range": "bytes=0-0"}).headers["x-cache"] \
-                .startswith("HIT"):
-            return
-        time.sleep(0.05)
-    raise AssertionError("never stored")
+    return count_sendfiles(monkeypatch)
 
 
 @pytest.mark.parametrize(("rng", "first", "last"), [
@@ -99,7 +65,7 @@ def test_an_object_of_many_slices_goes_from_its_files_by_the_lane(
         rng: str | None, first: int, last: int) -> None:
     asked = {"range": rng} if rng else {}
     with httpx.Client(base_url=edge.url, timeout=10) as client:
-        _store(client, "/static/many.bin", MANY)
+        wait_stored(client, "/static/many.bin", MANY)
         lane.clear()
         sendfiles.clear()
         fast = client.get("/static/many.bin", headers=asked)
@@ -121,7 +87,7 @@ def test_an_object_of_many_slices_goes_from_its_files_by_the_lane(
 def test_an_object_of_more_slices_than_the_lane_takes_goes_by_the_steps(
         edge: ServerThread, lane: list[tuple[int, Any]]) -> None:
     with httpx.Client(base_url=edge.url, timeout=10) as client:
-        _store(client, "/static/too-many.bin", TOO_MANY)
+        wait_stored(client, "/static/too-many.bin", TOO_MANY)
         lane.clear()
         whole = client.get("/static/too-many.bin")
         assert lane == []  # declined: too many slices to find and check before the head

@@ -7,7 +7,6 @@ never send a wrong byte."""
 from __future__ import annotations
 
 import hashlib
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from edgeproxy.server import node_app
 from edgeproxy.zerocopy import ZeroCopySend
 from tests.origins import TestOrigin
 from tests.servers import ServerThread, serve
+from tests.spies import wait_stored
 
 SLICE = 64 * 1024
 MANY = hashlib.shake_256(b"steps, many").digest(100 * SLICE - 77)  # 100 slices
@@ -63,17 +63,6 @@ def runs(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     return counts
 
 
-def _store(client: httpx.Client, path: str, body: bytes) -> None:
-    assert client.get(path).content == body
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:  # the group commit moves the slice files into place
-        if client.get(path, headers={"range": "bytes=0-0"}).headers["x-cache"] \
-                .startswith("HIT"):
-            return
-        time.sleep(0.05)
-    raise AssertionError("never stored")
-
-
 @pytest.mark.parametrize(("rng", "first", "last"), [
     (None, 0, len(MANY) - 1),
     (f"bytes={SLICE - 3}-{90 * SLICE + 4}", SLICE - 3, 90 * SLICE + 4),
@@ -83,7 +72,7 @@ def test_the_steps_send_stored_slices_as_one_run(
         edge: ServerThread, runs: list[int], rng: str | None, first: int, last: int) -> None:
     asked = {"range": rng} if rng else {}
     with httpx.Client(base_url=edge.url, timeout=10) as client:
-        _store(client, "/static/many.bin", MANY)
+        wait_stored(client, "/static/many.bin", MANY)
         lane = client.get("/static/many.bin", headers=asked)
         runs.clear()
         steps = client.get("/static/many.bin", headers={**asked, **STEPS})
@@ -100,7 +89,7 @@ def test_the_steps_send_stored_slices_as_one_run(
 def test_an_object_of_more_slices_than_a_run_goes_in_several(
         edge: ServerThread, runs: list[int]) -> None:
     with httpx.Client(base_url=edge.url, timeout=10) as client:
-        _store(client, "/static/more.bin", MORE)
+        wait_stored(client, "/static/more.bin", MORE)
         runs.clear()
         whole = client.get("/static/more.bin")  # (too many slices for the lane: the steps)
         assert whole.content == MORE and whole.headers["x-cache"].startswith("HIT")
@@ -122,7 +111,7 @@ def test_a_slice_changed_on_disk_sends_slice_by_slice_and_is_fetched_again(
         edge: ServerThread, origin: tuple[TestOrigin, ServerThread], runs: list[int],
         tmp_path: Path) -> None:
     with httpx.Client(base_url=edge.url, timeout=10) as client:
-        _store(client, "/static/many.bin", MANY)
+        wait_stored(client, "/static/many.bin", MANY)
         fetched = origin[0].count("/static/many.bin")
         changed = _slice_file(tmp_path / "var", MANY, 60)
         data = bytearray(changed.read_bytes())

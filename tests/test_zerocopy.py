@@ -5,7 +5,6 @@ a client that leaves midway, and a slice file changed on disk (the answer is cut
 from __future__ import annotations
 
 import hashlib
-import os
 import socket
 import time
 from collections.abc import Iterator
@@ -22,6 +21,7 @@ from edgeproxy.guard import uvicorn_http_options
 from edgeproxy.server import node_app
 from tests.origins import TestOrigin
 from tests.servers import ServerThread, serve
+from tests.spies import count_sendfiles, lane_answers
 
 MIB = 1024 * 1024
 LARGE = hashlib.shake_256(b"zerocopy").digest(3 * MIB + 4321)  # four 1 MiB slices
@@ -60,15 +60,7 @@ def edge(request: pytest.FixtureRequest, tmp_path: Path,
 @pytest.fixture
 def sendfiles(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """The byte counts ``os.sendfile`` was asked for, in this process."""
-    calls: list[int] = []
-    real = os.sendfile
-
-    def counting(out_fd: int, in_fd: int, offset: int | None, count: int) -> int:
-        calls.append(count)
-        return real(out_fd, in_fd, offset, count)
-
-    monkeypatch.setattr(os, "sendfile", counting)
-    return calls
+    return count_sendfiles(monkeypatch)
 
 
 def _stored(client: httpx.Client) -> None:
@@ -110,16 +102,7 @@ def test_a_large_range_of_a_stored_slice_goes_out_by_sendfile_from_the_fast_lane
     """A range too large for memory, inside one stored slice: the server's fast lane (here
     its replay of the same head) sends it from the slice's file, not read into memory first;
     the same bytes and fields as the steps' answer."""
-    lane: list[Any] = []  # the fast lane's answers: (status, the body it hands over)
-    real = CacheNode.fast_reply
-
-    def spying(self: CacheNode, *args: Any) -> Any:
-        reply = real(self, *args)
-        if reply is not None:
-            lane.append((reply[1], reply[0][-1]))
-        return reply
-
-    monkeypatch.setattr(CacheNode, "fast_reply", spying)
+    lane = lane_answers(monkeypatch)  # (status, the body it hands over)
     real_replay = CacheNode.fast_replay
 
     def replaying(self: CacheNode, *args: Any) -> Any:  # the same head again: its record

@@ -1,0 +1,55 @@
+"""Helpers for tests of stored bodies: wait until an object is stored, count ``sendfile``
+calls, and the fast lane's answers."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import httpx
+import pytest
+
+from edgeproxy.cache.node import CacheNode
+
+
+def wait_stored(client: httpx.Client, path: str, body: bytes) -> None:
+    """Fetch ``path`` (a miss: ``body``), then wait until a range of it is a hit: the group
+    commit has moved its slice files into place."""
+    first = client.get(path)
+    assert first.content == body and first.headers["x-cache"].startswith("MISS")
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        if client.get(path, headers={"range": "bytes=0-0"}).headers["x-cache"] \
+                .startswith("HIT"):
+            return
+        time.sleep(0.05)
+    raise AssertionError("never stored")
+
+
+def count_sendfiles(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The byte counts ``os.sendfile`` is asked for in this process, from now on."""
+    calls: list[int] = []
+    real = os.sendfile
+
+    def counting(out_fd: int, in_fd: int, offset: int | None, count: int) -> int:
+        calls.append(count)
+        return real(out_fd, in_fd, offset, count)
+
+    monkeypatch.setattr(os, "sendfile", counting)
+    return calls
+
+
+def lane_answers(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, Any]]:
+    """The fast lane's answers from now on: (status, the body it handed over)."""
+    answers: list[tuple[int, Any]] = []
+    real = CacheNode.fast_reply
+
+    def spying(self: CacheNode, *args: Any) -> Any:
+        reply = real(self, *args)
+        if reply is not None:
+            answers.append((reply[1], reply[0][-1]))
+        return reply
+
+    monkeypatch.setattr(CacheNode, "fast_reply", spying)
+    return answers
