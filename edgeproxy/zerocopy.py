@@ -14,7 +14,9 @@ socket is a writer callback on that duplicate.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import socket
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -29,8 +31,16 @@ Segment = tuple[int, int, int, "Callable[[], bool] | None"]
 
 _REASONS = {100: b"Continue", 102: b"Processing", 103: b"Early Hints"}
 
-__all__ = ["ZEROCOPY", "Segment", "ZeroCopySend", "send_file", "send_files", "send_now",
-           "send_rest", "socket_fd", "write_piece"]
+# An answer of at least WIDE_MIN bytes from files gets a socket send buffer of WIDE_SEND
+# (Linux doubles it; autotuning stops at tcp_wmem's 4 MiB): fewer, larger sendfile calls, and
+# fewer wake-ups of the loop to make them. A 16 MiB hit's edge CPU ~1.7 -> ~1.5 ms per answer
+# (wrk -c16 side by side with nginx, 2 x 4 alternations). Not below: a 1 MiB hit costs ~20 us
+# more with it (a buffer it cannot fill, set anew on each answer).
+WIDE_MIN = 4 * 1024 * 1024
+WIDE_SEND = 4 * 1024 * 1024
+
+__all__ = ["WIDE_MIN", "WIDE_SEND", "ZEROCOPY", "Segment", "ZeroCopySend", "send_file",
+           "send_files", "send_now", "send_rest", "socket_fd", "widen", "write_piece"]
 
 
 def socket_fd(transport: Any) -> int | None:
@@ -41,6 +51,14 @@ def socket_fd(transport: Any) -> int | None:
     sock = transport.get_extra_info("socket")
     fd = sock.fileno() if sock is not None else -1
     return fd if fd >= 0 else None
+
+
+def widen(transport: Any) -> None:
+    """Give the transport's socket a send buffer of `WIDE_SEND` (where it may be set)."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, WIDE_SEND)
 
 
 def send_now(transport: Any, fd: int, offset: int, count: int) -> int:
@@ -65,6 +83,8 @@ def write_piece(transport: Any, head: bytes, piece: FilePiece) -> int:
     reads slowly, with pipelined requests, then held a slice's worth of the edge's memory
     per answer (48 stalled readers grew an edge by 54 MiB)."""
     rest = len(piece)
+    if rest >= WIDE_MIN:
+        widen(transport)
     try:
         transport.write(head)
         for part in (piece, *piece.then):

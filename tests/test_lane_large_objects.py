@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import resource
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -129,3 +130,29 @@ def test_the_soft_limit_goes_to_the_hard_one_and_no_further() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout.splitlines()
     assert out == ["300 (300, 300)", "300 (300, 300)"]
+
+
+def test_a_large_answer_widens_its_sockets_send_buffer(
+        edge: ServerThread, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An answer of at least `WIDE_MIN` bytes from files gets a wider send buffer (fewer
+    sendfile calls and wake-ups); a smaller one leaves the socket as it is."""
+    from edgeproxy import zerocopy
+
+    widened: list[int] = []
+    real = zerocopy.widen
+
+    def spying(transport: Any) -> None:
+        sock = transport.get_extra_info("socket")
+        real(transport)
+        widened.append(sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF))
+
+    monkeypatch.setattr(zerocopy, "widen", spying)
+    assert len(MANY) >= zerocopy.WIDE_MIN
+    small = f"bytes=0-{zerocopy.WIDE_MIN // 2}"
+    with httpx.Client(base_url=edge.url, timeout=10) as client:
+        wait_stored(client, "/static/many.bin", MANY)
+        widened.clear()
+        assert client.get("/static/many.bin", headers={"range": small}).status_code == 206
+        assert widened == []
+        assert client.get("/static/many.bin").content == MANY
+        assert len(widened) == 1 and widened[0] >= zerocopy.WIDE_SEND  # (Linux doubles it)
