@@ -26,6 +26,7 @@ from edgeproxy.fastanswer import fast_lane_of
 from edgeproxy.guard import uvicorn_http_options
 from edgeproxy.protocol import GuardedHttpToolsProtocol
 from edgeproxy.server import node_app
+from edgeproxy.zerocopy import WIDE_SEND
 from tests.nodes import NodeProcess
 from tests.origins import TestOrigin
 from tests.servers import ServerThread, free_port, serve
@@ -88,8 +89,12 @@ def _head(path: str, port: int, rng: str | None = None) -> bytes:
 class Conn:
     """One keep-alive connection that sends raw bytes and reads whole answers."""
 
-    def __init__(self, srv: ServerThread | NodeProcess) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", srv.port), timeout=5)
+    def __init__(self, srv: ServerThread | NodeProcess, rcvbuf: int | None = None) -> None:
+        self.sock = socket.socket()
+        if rcvbuf is not None:  # (before connecting: the window it announces is this small)
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        self.sock.settimeout(5)
+        self.sock.connect(("127.0.0.1", srv.port))
         self.buf = b""
 
     def ask(self, payload: bytes, answers: int = 1) -> list[tuple[bytes, bytes]]:
@@ -232,9 +237,10 @@ def test_an_answer_sent_from_slice_files_is_replayed_from_them(
 def test_an_answer_whose_body_is_still_going_out_is_kept_and_replayed(
         edge: tuple[ServerThread, CacheNode], origin: tuple[TestOrigin, ServerThread],
         replayed: list[int], monkeypatch: pytest.MonkeyPatch) -> None:
-    """A body larger than a socket's send buffer (Linux: 4 MiB at most): the lane's answer
-    goes on after its head was handled (the rest as the client reads), and its record is
-    kept and replayed all the same, the rest again going out as the client reads."""
+    """A body larger than the socket can take at once (a large answer's send buffer is
+    `zerocopy.WIDE_SEND`, doubled by Linux; the client's receive buffer is kept small): the
+    lane's answer goes on after its head was handled (the rest as the client reads), and its
+    record is kept and replayed all the same, the rest again going out as the client reads."""
     rests: list[int] = []
     real = GuardedHttpToolsProtocol._send_rest
 
@@ -246,7 +252,8 @@ def test_an_answer_whose_body_is_still_going_out_is_kept_and_replayed(
     srv, node = edge
     assert httpx.get(srv.url + "/static/huge.bin").content == HUGE
     head = _head("/static/huge.bin", srv.port)
-    conn = Conn(srv)
+    assert len(HUGE) > 2 * WIDE_SEND + 2 * 65536
+    conn = Conn(srv, rcvbuf=65536)
     conn.warm(node, head)
     rests.clear()
     replayed.clear()
