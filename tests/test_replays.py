@@ -34,7 +34,7 @@ from tests.servers import ServerThread, free_port, serve
 BODY = bytes(range(256)) * 20  # 5,120 bytes: kept in memory whole
 MIB = 1024 * 1024
 LARGE = hashlib.shake_256(b"replays").digest(2 * MIB + 999)  # slices, not in memory whole
-HUGE = hashlib.shake_256(b"replays, huge").digest(12 * MIB + 5)  # > a socket's send buffer
+HUGE = hashlib.shake_256(b"replays, huge").digest(12 * MIB + 5)  # > what a socket takes at once
 TOKEN = "t0ken-for-replay-tests"
 
 
