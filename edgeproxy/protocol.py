@@ -83,7 +83,7 @@ class GuardedHttpToolsProtocol(DeadlineHooks, HttpToolsProtocol):  # type: ignor
     def _start_asgi_task(self, cycle: Any, app: Any) -> None:
         """Start the request's task when `edgeproxy.admission` gives it its turn (behind
         the request it follows, if any: `lead_key`)."""
-        key = lead_key(cycle.scope)
+        key = cycle.lead_key = lead_key(cycle.scope)  # (read again as its answer begins)
         self.admission.start(partial(self._begin_task, cycle, app, key), key, cycle)
 
     def _begin_task(self, cycle: Any, app: Any, key: Any) -> None:
@@ -100,7 +100,7 @@ class GuardedHttpToolsProtocol(DeadlineHooks, HttpToolsProtocol):  # type: ignor
             task.add_done_callback(lambda _: admission.led(key, cycle))
 
     def _lead_began(self, cycle: Any) -> None:
-        key = lead_key(cycle.scope)
+        key = getattr(cycle, "lead_key", None)  # (None: its task never went through admission)
         if key is not None:
             self.admission.led(key, cycle)
 
