@@ -7,6 +7,7 @@ never send a wrong byte."""
 from __future__ import annotations
 
 import hashlib
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -126,3 +127,29 @@ def test_a_slice_changed_on_disk_sends_slice_by_slice_and_is_fetched_again(
         assert client.get("/static/many.bin", headers=STEPS).content == MANY
         assert runs == [len(MANY)]  # stored right again: one run
 
+
+
+@pytest.mark.parametrize("server", ["nginx", "http_server"])
+def test_runs_from_static_servers_the_project_did_not_write(
+        server: str, request: pytest.FixtureRequest, tmp_path: Path, runs: list[int]) -> None:
+    """nginx and ``python -m http.server`` as the origin (Last-Modified only: heuristically
+    fresh): the steps' answers from the stored slices are byte-exact, whole and across
+    seams, in one run each, and the origin is asked once."""
+    static = request.getfixturevalue(server)
+    static.put("many.bin", MANY, mtime=time.time() - 10 * 86400)
+    config_path = tmp_path / "config.yaml"
+    config_path.write_text(f"data_dir: {tmp_path / 'var'}\ncache: {{slice_size: 64KiB}}\n"
+                           f"edge: {{upstream: '{static.url}', node_name: edge-1}}\n")
+    config = load_config(config_path)
+    with serve(node_app(config, "edge"), proxy_headers=False, loop="uvloop",
+               **uvicorn_http_options(config.http_limits)) as edge, \
+            httpx.Client(base_url=edge.url, timeout=10) as client:
+        wait_stored(client, "/many.bin", MANY)
+        runs.clear()
+        whole = client.get("/many.bin", headers=STEPS)
+        first, last = 3 * SLICE - 1, 77 * SLICE + 1
+        part = client.get("/many.bin", headers={**STEPS, "range": f"bytes={first}-{last}"})
+    assert whole.status_code == 200 and whole.content == MANY
+    assert part.status_code == 206 and part.content == MANY[first:last + 1]
+    assert runs == [len(MANY), last - first + 1]
+    assert static.count("/many.bin") == 1
