@@ -35,12 +35,13 @@ from .cache.replays import HEAD_MAX
 from .cache.slicefiles import FilePiece
 from .cache.types import FAST_DECLINED, INFORMATIONAL
 from .config import HTTPLimitsConfig
+from .cyclesend import ZeroCopySend
 from .errors import HTTPError
 from .fastanswer import LANE, Sending, fast_lane_of
 from .guard import FIELD_OVERHEAD, PROXIED_BYTES, PROXIED_FIELDS, head_cap, valid_host
 from .headholder import HeadHolder
 from .headtimeout import DeadlineHooks, HeadDeadline, send_refusal, timeout_error
-from .zerocopy import ZEROCOPY, ZeroCopySend, send_rest, socket_fd, write_piece
+from .zerocopy import ZEROCOPY, send_rest, socket_fd, write_piece
 
 # A request line of the form RFC 9112 §3 gives (a method token, a target, an HTTP version)
 _REQUEST_LINE = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+ [^ \r\n]+ HTTP/\d\.\d\r?\n")

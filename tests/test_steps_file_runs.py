@@ -17,9 +17,9 @@ import pytest
 
 from edgeproxy.cache.lanebodies import PIECES_MAX
 from edgeproxy.config import load_config
+from edgeproxy.cyclesend import ZeroCopySend
 from edgeproxy.guard import uvicorn_http_options
 from edgeproxy.server import node_app
-from edgeproxy.zerocopy import ZeroCopySend
 from tests.origins import TestOrigin
 from tests.servers import ServerThread, serve
 from tests.spies import wait_stored
