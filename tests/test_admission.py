@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -319,4 +320,45 @@ def test_followers_start_when_their_leaders_task_ends_without_an_answer(
         assert time.monotonic() - t0 < LEAD_MAX * 0.6
         assert len(calls) == 4
     finally:
+        thread.stop()
+
+
+def test_followers_start_when_their_leaders_head_goes_not_its_last_byte(
+        tmp_path: Path) -> None:
+    """The leading request's head goes out (0.3 s in) and its body takes longer than
+    `LEAD_MAX`: the requests behind it start as its head goes (its answer has begun), not
+    when its task ends nor when the safety bound runs out."""
+    calls: list[float] = []
+    release = threading.Event()
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        calls.append(time.monotonic())
+        leading = len(calls) == 1
+        if leading:
+            await asyncio.sleep(0.3)
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-length", b"2")]})
+        if leading:  # the body waits, in a thread: the loop runs on
+            await asyncio.to_thread(release.wait, LEAD_MAX * 5)
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    config = chain_config(tmp_path)
+    thread = ServerThread(app, lifespan="off", **uvicorn_http_options(config.http_limits)).start()
+    try:
+        t0 = time.monotonic()
+        leader = _ask(thread.port, "/x")
+        time.sleep(0.1)
+        followers = [_ask(thread.port, "/x") for _ in range(3)]
+        time.sleep(0.1)
+        assert len(calls) == 1  # behind the leader, whose answer has not begun
+        for sock in followers:
+            assert _body_of(sock, 2) == b"ok"
+        assert time.monotonic() - t0 < 0.3 + LEAD_MAX * 0.5  # the leader's body still waits
+        assert not release.is_set() and len(calls) == 4
+        release.set()
+        assert _body_of(leader, 2) == b"ok"
+    finally:
+        release.set()
         thread.stop()
