@@ -73,7 +73,8 @@ class GuardedHttpToolsProtocol(DeadlineHooks, HttpToolsProtocol):  # type: ignor
         # (lazy as the head's: a chunk of body moves a time, not a timer)
         self.body_deadline = HeadDeadline(self.loop, limits.body_timeout, self._body_timed_out)
         self.zerocopy = False  # whether bytes may bypass the transport (plain TCP)
-        self.admission = admission_for(self.loop)
+        node = self.fast[0] if self.fast is not None else None
+        self.admission = admission_for(self.loop, node.store.directory if node else None)
         self._reset_head()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
