@@ -26,7 +26,7 @@ from typing import Any
 import httpx
 import pytest
 
-from edgeproxy import cyclesend
+from edgeproxy import cyclesend, zerocopy
 from edgeproxy.cache import create_app, deliver
 from edgeproxy.cache.deliver import vouched_send
 from edgeproxy.cache.types import ZEROCOPY
@@ -205,14 +205,14 @@ def test_a_reader_of_a_hashing_flight_sends_its_bytes_unhashed(
         edge: str, foreign: ForeignOrigin, hashing: list[str],
         monkeypatch: pytest.MonkeyPatch) -> None:
     sendfiles: list[int] = []
-    real_send_file = cyclesend.send_file  # (the steps' zero-copy messages go through it)
+    real_send_file = zerocopy.send_file
 
     async def counted(transport: Any, fd: int, offset: int, count: int, timeout: float,
                       unchanged: Callable[[], bool] | None = None) -> bool:
         sendfiles.append(count)
         return await real_send_file(transport, fd, offset, count, timeout, unchanged)
 
-    monkeypatch.setattr(cyclesend, "send_file", counted)
+    monkeypatch.setattr(cyclesend, "send_file", counted)  # (where the steps call it from)
     foreign.route(TARGET, body=BODY, etag=f'"{SHA}"', headers=[IMMUTABLE], pause=1.0)
     leader, follower = _leader_and_follower(edge, foreign)
     assert isinstance(leader, httpx.Response) and leader.content == BODY
