@@ -70,7 +70,8 @@ class _Lead:
 
 class Admission:
     """Starts request tasks on one loop, at most ``per_turn`` per loop turn, in order; those
-    following another request (`lead_key`) once its answer begins."""
+    following another request (`lead_key`) once its answer begins; those for what another
+    worker is answering (``shared``: `edgeproxy.leads`) at once."""
 
     __slots__ = ("armed", "lead_max", "leading", "loop", "per_turn", "shared", "started",
                  "waiting")
@@ -91,7 +92,8 @@ class Admission:
         """Run ``begin`` (which starts a request's task) now, or in a later turn if this
         turn has started its share or earlier requests still wait. With a ``key``
         (`lead_key`): behind the request of ``key`` whose answer has not begun, if any (its
-        ``owner`` then calls `led`); else that request is ``owner``'s."""
+        ``owner`` then calls `led`); else that request is ``owner``'s, and starts now if
+        another worker is answering ``key``."""
         if key is not None:
             lead = self.leading.get(key)
             if lead is not None:
