@@ -17,7 +17,7 @@ from pathlib import Path
 
 import httpx
 
-from edgeproxy.admission import Admission
+from edgeproxy.admission import Admission, admission_for
 from edgeproxy.cache import create_app
 from edgeproxy.guard import uvicorn_http_options
 from edgeproxy.leads import NAME, SharedLeads
@@ -151,3 +151,14 @@ def test_a_node_worker_marks_the_answers_it_begins(foreign: ForeignOrigin,
             assert other.led_elsewhere((b"/m", b"v=1", None), 10.0)
     finally:
         thread.stop()
+
+
+def test_without_a_table_requests_start_in_order(tmp_path: Path) -> None:
+    """Where the table cannot be made (its directory is gone, a full volume), a worker's
+    admission works as before: no request starts ahead of its turn."""
+
+    async def main() -> Admission:
+        return admission_for(asyncio.get_running_loop(), tmp_path / "gone")
+
+    admission = asyncio.run(main())
+    assert admission.shared is None
