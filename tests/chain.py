@@ -24,7 +24,7 @@ import yaml
 from edgeproxy.cache import create_app
 from edgeproxy.config import CacheConfig, Config, FreeSpace, load_config
 from edgeproxy.guard import uvicorn_http_options
-from edgeproxy.server import create_node_app
+from edgeproxy.server import create_node_app, node_app
 from tests.servers import ServerThread, free_port, serve
 from tests.static_origins import stop_process, wait_listening
 
@@ -37,6 +37,22 @@ def chain_config(directory: Path, **cache: Any) -> Config:
                                     "EDGEPROXY_LOG_LEVEL": "warning"})
     return config.replace(content_classes=(),
                           cache=dataclasses.replace(CacheConfig(), **cache))
+
+
+def edge_config(directory: Path, upstream: str, extra: str = "") -> Config:
+    """An edge's config file under ``directory`` (data there, node name ``edge-1``, in front
+    of ``upstream``; ``extra``: more YAML lines), loaded as ``edgeproxy serve`` loads it."""
+    path = directory / "config.yaml"
+    path.write_text(f"data_dir: {directory / 'var'}\n"
+                    f"edge: {{upstream: '{upstream}', node_name: edge-1}}\n{extra}")
+    return load_config(path)
+
+
+def serve_edge(config: Config, **options: Any) -> Any:
+    """The edge of ``config`` as ``edgeproxy serve`` runs it (its wrappers, the guarded
+    protocol, no proxy headers: the fast lane is there), on a thread; ``options``: uvicorn's."""
+    return serve(node_app(config, "edge"), proxy_headers=False,
+                 **uvicorn_http_options(config.http_limits), **options)
 
 
 class Chain:

@@ -24,6 +24,7 @@ from edgeproxy.config import load_config
 from edgeproxy.fastanswer import fast_lane_of
 from edgeproxy.guard import uvicorn_http_options
 from edgeproxy.server import node_app
+from tests.chain import edge_config
 from tests.origins import TestOrigin
 from tests.servers import ServerThread, serve
 
@@ -49,11 +50,7 @@ def origin() -> Iterator[tuple[TestOrigin, ServerThread]]:
 
 @pytest.fixture
 def edge(tmp_path: Path, origin: tuple[TestOrigin, ServerThread]) -> Iterator[ServerThread]:
-    config_path = tmp_path / "config.yaml"
-    config_path.write_text(f"data_dir: {tmp_path / 'var'}\n"
-                           f"edge: {{upstream: '{origin[1].url}', node_name: edge-1}}\n"
-                           f"log: {{file: {tmp_path / 'access.log'}}}\n")
-    config = load_config(config_path)
+    config = edge_config(tmp_path, origin[1].url, f"log: {{file: {tmp_path / 'access.log'}}}\n")
     app = node_app(config, "edge")
     assert fast_lane_of(app) is not None  # the chain the server runs is recognised
     with serve(app, proxy_headers=False, **uvicorn_http_options(config.http_limits)) as srv:

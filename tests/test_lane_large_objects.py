@@ -19,9 +19,7 @@ import pytest
 
 from edgeproxy.cache.lanebodies import PIECES_MAX
 from edgeproxy.cache.slicefiles import FilePiece
-from edgeproxy.config import load_config
-from edgeproxy.guard import uvicorn_http_options
-from edgeproxy.server import node_app
+from tests.chain import edge_config, serve_edge
 from tests.nodes import node_process
 from tests.origins import TestOrigin
 from tests.servers import ServerThread, serve
@@ -37,13 +35,9 @@ def edge(tmp_path: Path) -> Iterator[ServerThread]:
     o = TestOrigin()
     o.put("/static/many.bin", MANY, headers={"cache-control": "max-age=600"})
     o.put("/static/too-many.bin", TOO_MANY, headers={"cache-control": "max-age=600"})
-    config_path = tmp_path / "config.yaml"
     with serve(o) as origin:
-        config_path.write_text(f"data_dir: {tmp_path / 'var'}\ncache: {{slice_size: 64KiB}}\n"
-                               f"edge: {{upstream: '{origin.url}', node_name: edge-1}}\n")
-        config = load_config(config_path)
-        with serve(node_app(config, "edge"), proxy_headers=False,
-                   **uvicorn_http_options(config.http_limits)) as srv:
+        config = edge_config(tmp_path, origin.url, "cache: {slice_size: 64KiB}\n")
+        with serve_edge(config) as srv:
             yield srv
 
 

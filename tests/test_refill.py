@@ -20,8 +20,8 @@ import pytest
 
 from edgeproxy.cache import batch
 from edgeproxy.cache.types import Receive, Scope, Send
-from edgeproxy.config import load_config
 from edgeproxy.server import node_app
+from tests.chain import edge_config
 from tests.origins import pattern
 from tests.servers import ServerThread, serve
 
@@ -50,10 +50,7 @@ async def _varying_origin(scope: Scope, receive: Receive, send: Send) -> None:
 
 @contextlib.contextmanager
 def _edge(tmp_path: Path, upstream: str) -> Iterator[ServerThread]:
-    config_path = tmp_path / "config.yaml"
-    config_path.write_text(f"data_dir: {tmp_path / 'var'}\n"
-                           f"edge: {{upstream: '{upstream}', node_name: edge-1}}\n")
-    with serve(node_app(load_config(config_path), "edge")) as srv:
+    with serve(node_app(edge_config(tmp_path, upstream), "edge")) as srv:
         yield srv
 
 

@@ -21,12 +21,12 @@ import pytest
 from edgeproxy.accesslog import AccessLog
 from edgeproxy.cache.node import CacheNode
 from edgeproxy.cache.replays import BodyAt, Replay, Replays
-from edgeproxy.config import load_config
 from edgeproxy.fastanswer import fast_lane_of
 from edgeproxy.guard import uvicorn_http_options
 from edgeproxy.protocol import GuardedHttpToolsProtocol
 from edgeproxy.server import node_app
 from edgeproxy.zerocopy import WIDE_SEND
+from tests.chain import edge_config
 from tests.nodes import NodeProcess
 from tests.origins import TestOrigin
 from tests.servers import ServerThread, free_port, serve
@@ -52,10 +52,7 @@ def origin() -> Iterator[tuple[TestOrigin, ServerThread]]:
 @pytest.fixture
 def edge(tmp_path: Path, origin: tuple[TestOrigin, ServerThread],
          ) -> Iterator[tuple[ServerThread, CacheNode]]:
-    config_path = tmp_path / "config.yaml"
-    config_path.write_text(f"data_dir: {tmp_path / 'var'}\nadmin_token: {TOKEN}\n"
-                           f"edge: {{upstream: '{origin[1].url}', node_name: edge-1}}\n")
-    config = load_config(config_path)
+    config = edge_config(tmp_path, origin[1].url, f"admin_token: {TOKEN}\n")
     app = node_app(config, "edge")
     found = fast_lane_of(app)
     assert found is not None

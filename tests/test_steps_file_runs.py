@@ -20,6 +20,7 @@ from edgeproxy.config import load_config
 from edgeproxy.cyclesend import ZeroCopySend
 from edgeproxy.guard import uvicorn_http_options
 from edgeproxy.server import node_app
+from tests.chain import edge_config, serve_edge
 from tests.origins import TestOrigin
 from tests.servers import ServerThread, serve
 from tests.spies import wait_stored
@@ -41,12 +42,8 @@ def origin() -> Iterator[tuple[TestOrigin, ServerThread]]:
 
 @pytest.fixture
 def edge(tmp_path: Path, origin: tuple[TestOrigin, ServerThread]) -> Iterator[ServerThread]:
-    config_path = tmp_path / "config.yaml"
-    config_path.write_text(f"data_dir: {tmp_path / 'var'}\ncache: {{slice_size: 64KiB}}\n"
-                           f"edge: {{upstream: '{origin[1].url}', node_name: edge-1}}\n")
-    config = load_config(config_path)
-    with serve(node_app(config, "edge"), proxy_headers=False, loop="uvloop",
-               **uvicorn_http_options(config.http_limits)) as srv:
+    config = edge_config(tmp_path, origin[1].url, "cache: {slice_size: 64KiB}\n")
+    with serve_edge(config, loop="uvloop") as srv:
         yield srv
 
 

@@ -16,9 +16,7 @@ import pytest
 
 from edgeproxy.cache.node import CacheNode
 from edgeproxy.cache.slicefiles import FilePiece
-from edgeproxy.config import load_config
-from edgeproxy.guard import uvicorn_http_options
-from edgeproxy.server import node_app
+from tests.chain import edge_config, serve_edge
 from tests.origins import TestOrigin
 from tests.servers import ServerThread, serve
 from tests.spies import count_sendfiles, lane_answers
@@ -41,13 +39,9 @@ def origin() -> Iterator[ServerThread]:
 
 def _edge(tmp_path: Path, origin: ServerThread, loop: str, extra: str = "",
           **options: Any) -> Any:
-    config_path = tmp_path / "config.yaml"
-    config_path.write_text(f"data_dir: {tmp_path / 'var'}\n"
-                           f"edge: {{upstream: '{origin.url}', node_name: edge-1}}\n"
-                           f"log: {{file: {tmp_path / 'access.log'}}}\n" + extra)
-    config = load_config(config_path)
-    return serve(node_app(config, "edge"), proxy_headers=False, loop=loop,
-                 **uvicorn_http_options(config.http_limits), **options)
+    config = edge_config(tmp_path, origin.url,
+                         f"log: {{file: {tmp_path / 'access.log'}}}\n" + extra)
+    return serve_edge(config, loop=loop, **options)
 
 
 @pytest.fixture(params=["asyncio", "uvloop"])
