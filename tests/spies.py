@@ -1,5 +1,5 @@
 """Helpers for tests of stored bodies: wait until an object is stored, count ``sendfile``
-calls, and the fast lane's answers."""
+calls, the fast lane's answers, and compare a lane answer with the steps' one."""
 
 from __future__ import annotations
 
@@ -25,6 +25,17 @@ def wait_stored(client: httpx.Client, path: str, body: bytes) -> None:
             return
         time.sleep(0.05)
     raise AssertionError("never stored")
+
+
+def assert_same_hits(lane: httpx.Response, steps: httpx.Response, body: bytes) -> None:
+    """Both answers are hits of ``body``, with the same fields but their time (``Age``,
+    ``Date``): the fast lane's answer and the steps' one, the reference."""
+    for answer in (lane, steps):
+        assert answer.content == body
+        assert answer.headers["x-cache"].startswith("HIT")
+    skip = ("age", "date")
+    assert {n: v for n, v in lane.headers.items() if n not in skip} == \
+        {n: v for n, v in steps.headers.items() if n not in skip}
 
 
 def count_sendfiles(monkeypatch: pytest.MonkeyPatch) -> list[int]:
