@@ -1,7 +1,8 @@
 """A node's life as seen by operators: ``/readyz``, drain on SIGTERM, reload on SIGHUP.
 
 `Lifecycle` is ASGI middleware around a role's app. It watches the app's lifespan to know when
-startup is done, answers ``GET /readyz`` itself (200 once started and until a drain begins, 503
+startup is done, answers ``GET /readyz`` itself (200 once started, until a drain begins and
+while the role's own `Probe` finds nothing wrong, such as the origin's database; 503
 otherwise; ``/healthz`` stays the app's liveness answer), and, in the process's main thread,
 hooks two signals:
 
@@ -20,18 +21,22 @@ import logging
 import os
 import signal
 import threading
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from types import FrameType
 from typing import Any
 
 from .accesslog import ASGIApp, Message, Receive, Scope, Send
 from .errors import EdgeProxyError
 
-__all__ = ["Lifecycle"]
+__all__ = ["Lifecycle", "Probe"]
 
 log = logging.getLogger("edgeproxy.server")
 
 READYZ = "/readyz"
+
+# What keeps a started node from serving, asked at each /readyz: None when nothing does, else
+# a sentence saying what (the origin's database unreachable, say).
+Probe = Callable[[], Awaitable[str | None]]
 
 
 class Lifecycle:
@@ -39,8 +44,10 @@ class Lifecycle:
 
     def __init__(self, app: ASGIApp, *, role: str, reload: Callable[[], None] | None = None,
                  on_shutdown: Callable[[], None] | None = None,
-                 on_started: Callable[[], None] | None = None) -> None:  # fmt: skip
+                 on_started: Callable[[], None] | None = None,
+                 probe: Probe | None = None) -> None:  # fmt: skip
         self.app = app
+        self.probe = probe
         self._on_started = on_started
         self.role = role
         self._reload = reload
@@ -79,11 +86,15 @@ class Lifecycle:
         return watch
 
     async def _readyz(self, send: Send, *, head: bool) -> None:
-        if self.ready:
+        problem = None
+        if not self.ready:
+            problem = f"{self.role} is {'draining' if self.draining else 'starting'}"
+        elif self.probe is not None:
+            problem = await self.probe()
+        if problem is None:
             status, payload = 200, {"status": "ready", "role": self.role}
         else:
-            why = "draining" if self.draining else "starting"
-            status, payload = 503, {"error": "not_ready", "message": f"{self.role} is {why}"}
+            status, payload = 503, {"error": "not_ready", "message": problem}
         body = json.dumps(payload).encode()
         await send({"type": "http.response.start", "status": status,
                     "headers": [(b"content-type", b"application/json"),

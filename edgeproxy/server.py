@@ -100,8 +100,10 @@ def node_app(config: Config, role: str, *, upstream: str | None = None,
     if role != "origin":
         def reload() -> None:
             app.reload(load_config(config_path, env=config_env()))
+    # (the origin's readiness is its database's; a cache node that cannot store still serves)
+    probe = app.app.state.origin.readiness if role == "origin" else None
     wrapped: Any = Lifecycle(app, role=role, reload=reload, on_shutdown=workermetrics.mark_dead,
-                             on_started=gcsettle.settle if dedicated else None)
+                             on_started=gcsettle.settle if dedicated else None, probe=probe)
     if config.log.access != "off":
         wrapped = AccessLog(wrapped, node=config.node_name(role), fmt=config.log.access,
                             sink=Sink(config.log.file or None))

@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import httpx
 import psutil
 import uvicorn
 
@@ -134,6 +135,31 @@ def serve(app: Any, port: int | None = None, **options: Any) -> Iterator[ServerT
         yield server
     finally:
         server.stop()
+
+
+async def alive_app(scope: Any, receive: Any, send: Any) -> None:
+    """An ASGI app that completes its lifespan and answers every request 200 ``alive``."""
+    if scope["type"] == "lifespan":
+        while (message := await receive())["type"] != "lifespan.shutdown":
+            await send({"type": message["type"] + ".complete"})
+        await send({"type": "lifespan.shutdown.complete"})
+        return
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"alive"})
+
+
+def wait_healthy(url: str, proc: Any, timeout: float = 30) -> None:
+    """Wait until ``url``/healthz answers 200; fail if ``proc`` (a Popen) exits first."""
+    deadline = time.monotonic() + timeout
+    while True:
+        assert proc.poll() is None, f"the server of {url} exited at start"
+        try:
+            if httpx.get(url + "/healthz").status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline, f"{url} did not start"
+        time.sleep(0.1)
 
 
 def write_stack_config(directory: Path, extra: str = "") -> tuple[Path, dict[str, int]]:

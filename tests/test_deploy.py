@@ -452,7 +452,7 @@ def test_k8s_objects_are_well_formed() -> None:
     assert namespace in _by_kind("Namespace")
 
 
-def test_k8s_workloads_probe_healthz_and_set_resources(tmp_path: Path) -> None:
+def test_k8s_workloads_probe_readyz_and_healthz_and_set_resources(tmp_path: Path) -> None:
     config = _k8s_config(tmp_path)
     roles = {}
     for doc in _k8s_objects():
@@ -470,7 +470,9 @@ def test_k8s_workloads_probe_healthz_and_set_resources(tmp_path: Path) -> None:
                 if probe not in container:
                     continue
                 http = container[probe]["httpGet"]
-                assert http["path"] == "/healthz", f"{where} {probe}"
+                # readiness drops a draining pod (and an origin whose database fails)
+                wanted = "/readyz" if probe == "readinessProbe" else "/healthz"
+                assert http["path"] == wanted, f"{where} {probe}"
                 assert http["port"] in ports or http["port"] in ports.values(), f"{where} {probe}"
             resources = container["resources"]
             for kind in ("requests", "limits"):

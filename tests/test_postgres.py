@@ -21,7 +21,7 @@ from edgeproxy.origin.db import database_url
 from edgeproxy.origin.limits import QuotaExceeded, RateLimited, UploadAllowance
 from edgeproxy.origin.records import Records, UploadState
 from tests.postgres import PostgresCluster, postgres_cluster
-from tests.servers import free_port
+from tests.servers import free_port, wait_healthy
 
 SECRET = "postgres-test-jwt-secret-0123456789abcdef"
 
@@ -100,19 +100,6 @@ def _start_origin(tmp: Path, database: str, port: int) -> subprocess.Popen[bytes
                             env=env, stdout=subprocess.DEVNULL)  # fmt: skip
 
 
-def _wait_up(url: str, proc: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 30
-    while True:
-        assert proc.poll() is None, "the origin exited at start"
-        try:
-            if httpx.get(url + "/healthz").status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        assert time.monotonic() < deadline, f"{url} did not start"
-        time.sleep(0.1)
-
-
 @pytest.fixture
 def two_origins(tmp_path: Path, pg: PostgresCluster) -> Iterator[list[str]]:
     database = pg.new_database()
@@ -121,7 +108,7 @@ def two_origins(tmp_path: Path, pg: PostgresCluster) -> Iterator[list[str]]:
     try:
         urls = [f"http://127.0.0.1:{port}" for port in ports]
         for url, proc in zip(urls, procs, strict=True):
-            _wait_up(url, proc)
+            wait_healthy(url, proc)
         yield urls
     finally:
         for proc in procs:
@@ -170,7 +157,7 @@ def test_a_database_gone_answers_503_with_retry_after_not_500(tmp_path: Path) ->
         proc = _start_origin(tmp_path, cluster.new_database(), port)
         url = f"http://127.0.0.1:{port}"
         try:
-            _wait_up(url, proc)
+            wait_healthy(url, proc)
             auth = {"Authorization": "Bearer " + mint_token(SECRET, "erin")}
             ok = httpx.post(url + "/v1/media/upload/request", json=_body(100), headers=auth,
                             timeout=30)

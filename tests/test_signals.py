@@ -18,7 +18,7 @@ import pytest
 from edgeproxy.lifecycle import Lifecycle
 from tests.nodes import NodeProcess
 from tests.origins import TestOrigin, pattern
-from tests.servers import ServerThread, free_port, serve
+from tests.servers import ServerThread, alive_app, free_port, serve
 
 BIG = 2 * 1024 * 1024
 CLASSES = """\
@@ -132,16 +132,7 @@ def test_readyz_apart_from_healthz(tmp_path: Path,
                      upstream=origin[1].url) as edge:
         assert httpx.get(edge.url + "/readyz").json() == {"status": "ready", "role": "edge"}
 
-    async def app(scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] == "lifespan":
-            while (message := await receive())["type"] != "lifespan.shutdown":
-                await send({"type": message["type"] + ".complete"})
-            await send({"type": "lifespan.shutdown.complete"})
-            return
-        await send({"type": "http.response.start", "status": 200, "headers": []})
-        await send({"type": "http.response.body", "body": b"alive"})
-
-    node = Lifecycle(app, role="edge")
+    node = Lifecycle(alive_app, role="edge")
     assert not node.ready  # before startup
     with serve(node) as srv:
         assert httpx.get(srv.url + "/readyz").status_code == 200

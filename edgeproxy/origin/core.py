@@ -45,6 +45,9 @@ T = TypeVar("T")
 log = logging.getLogger("edgeproxy.origin")
 
 DIRECT = "direct"  # the protocol of uploads sent straight to the bucket (presigned PUT)
+# How long /readyz waits for the database before calling the origin not ready (a load
+# balancer's probe times out after a few seconds; the answer must come before that).
+READY_TIMEOUT = 2.0
 IN_PROGRESS = HTTPError(409, "upload_in_progress", "another request is using this upload")
 
 
@@ -94,6 +97,7 @@ class OriginCore:
             for spec in config.origin.replicas], self.staging, lambda: self.records)
         self.database_url = database_url(config.origin.database, self.root / "origin.sqlite3")
         self._records: Records | None = None
+        self._ping: asyncio.Future[None] | None = None  # the readiness check under way
         self.locks = UploadLocks()
         self._demoted_until = 0.0  # media committed before this are already cold
         self.public = config.public_base_url.rstrip("/")
@@ -165,6 +169,25 @@ class OriginCore:
         # orphan sweep removes it once it is older than any upload may live.
         async with self.staging.writer(f"{name}.lock"):
             yield
+
+    async def readiness(self) -> str | None:
+        """What keeps this origin from serving (`Lifecycle`'s probe): its database, not
+        answering within `READY_TIMEOUT`, or failing. Probes that come while one is running
+        share it, so a database that hangs holds one thread, not one per load balancer."""
+        if self._records is None:
+            return "the database is not open"
+        if self._ping is None or self._ping.done():
+            self._ping = asyncio.ensure_future(asyncio.to_thread(self._records.ping))
+            # (its error is read here, or by the probe still waiting, never left unread)
+            self._ping.add_done_callback(lambda f: f.cancelled() or f.exception())
+        try:
+            await asyncio.wait_for(asyncio.shield(self._ping), READY_TIMEOUT)
+        except TimeoutError:
+            return f"the database did not answer within {READY_TIMEOUT:g} s"
+        except Exception as exc:  # any driver error: the answer is the same
+            log.warning("readiness: the database fails: %s", exc)
+            return f"the database fails: {type(exc).__name__}"
+        return None
 
     async def db(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """Run a `Records` call in a worker thread (SQLite fsyncs must not block the loop)."""

@@ -127,6 +127,12 @@ class Records:
         """Close the connection pool."""
         self.db.close()
 
+    def ping(self) -> None:
+        """Read the uploads table once (raises if the database cannot be reached or read):
+        ``SELECT 1`` alone would not open SQLite's file."""
+        with self.db.read() as conn:
+            conn.execute(select(uploads.c.media_id).limit(1)).first()
+
     def _upsert(self, table: Any) -> Any:
         # ON CONFLICT has the same API in both dialects, but each builds its own statement.
         return (postgresql if self.db.dialect == "postgresql" else sqlite).insert(table)
