@@ -25,6 +25,7 @@ from .director import Director, transport_for_node
 from .facts import Facts, FactsContradicted, Plan
 from .fastlane import FastLane
 from .fetch import Fetcher
+from .filterkeeper import FilterKeeper
 from .flight import Flight, FlightSpec
 from .gate import Gate
 from .hot import HotTier, PurgeEpoch
@@ -82,6 +83,7 @@ class CacheNode:
         self._transport: Transport | None = transport
         self._fetcher: Fetcher | None = None
         self._scrub: BackgroundScrub | None = None
+        self._filter_keeper = FilterKeeper(self.store)
         self.answered = 0  # requests answered by this worker (the fast lane's too)
         self._heap_trim = HeapTrim(HEAP_TRIM_INTERVAL, lambda: self.answered)
         self.fast = FastLane(self)
@@ -173,6 +175,7 @@ class CacheNode:
                 self._transport.start()
                 self.metrics.add_collector(self._transport.collector(self.tier))
         self._heap_trim.start()
+        self._filter_keeper.start()
         if self.config.cache.scrub_interval > 0:
             self._scrub = BackgroundScrub(self.store, self.config.cache.scrub_interval,
                                           self.config.cache.scrub_rate, self.object_pass())
@@ -185,6 +188,7 @@ class CacheNode:
     async def shutdown(self) -> None:
         """Stop flights and close the transport and the index."""
         self._heap_trim.stop()
+        await self._filter_keeper.stop()
         if self._scrub is not None:
             await self._scrub.stop()
         if self._fetcher is not None:

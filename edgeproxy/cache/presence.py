@@ -11,7 +11,8 @@ The filter is a Bloom filter of one byte per slot in a file every worker maps: a
 `PROBES` slots before its facts are written to the index, so a key whose slots are not all
 set was never written and is not asked about. Slots are whole bytes, written and never
 read-modified-written, so two workers adding at once lose nothing. Nothing is ever removed
-(evictions and purges leave their slots set): a stale slot costs one query, as before.
+(evictions and purges leave their slots set): a stale slot costs one query, as before, and a
+filter grown too full is built anew from the index (`filterkeeper`).
 
 A slot missing for a key the index holds (the file was lost in a machine crash, or replaced
 while workers ran) makes that object a miss once: fetched again and stored again, never a
@@ -39,8 +40,8 @@ from .keys import META_PREFIX
 
 log = logging.getLogger("edgeproxy.cache")
 
-__all__ = ["NAME", "PROBES", "UNFILTERED_MAX", "Presence", "open_presence", "presence_of",
-           "slots_for"]
+__all__ = ["NAME", "PROBES", "UNFILTERED_MAX", "Presence", "build", "open_presence",
+           "presence_of", "slots_for"]
 
 NAME = "presence"
 PROBES = 3
@@ -62,11 +63,16 @@ def slots_for(size_limit: int) -> int:
 class Presence:
     """The filter, mapped from its file (`open_presence`)."""
 
-    __slots__ = ("_map", "slots")
+    __slots__ = ("_map", "ino", "slots")
 
-    def __init__(self, mapping: mmap.mmap) -> None:
+    def __init__(self, mapping: mmap.mmap, ino: int) -> None:
         self._map = mapping
         self.slots = len(mapping)
+        self.ino = ino  # the file's inode: a filter built anew is another file
+
+    def fill(self) -> float:
+        """The share of slots set (a few milliseconds for the largest filter)."""
+        return (self.slots - self._map[:].count(0)) / self.slots
 
     def _positions(self, key: str) -> tuple[int, int, int]:
         # `PROBES` slots from three 42-bit parts of one 128-bit hash
@@ -122,7 +128,7 @@ def open_presence(directory: Path, slots: int,
     try:
         fd = os.open(path, os.O_RDWR)
     except FileNotFoundError:
-        return _build(path, slots, keys)
+        return build(path, slots, keys)
     except OSError as exc:
         log.warning("the key filter %s cannot be opened (%s): lookups ask the index", path, exc)
         return None
@@ -130,8 +136,8 @@ def open_presence(directory: Path, slots: int,
         size = os.fstat(fd).st_size
         if size < MIN_SLOTS:  # cut short (a full volume as it was made): made again
             os.close(fd)
-            return _build(path, slots, keys)
-        return Presence(mmap.mmap(fd, size))
+            return build(path, slots, keys)
+        return Presence(mmap.mmap(fd, size), os.fstat(fd).st_ino)
     except OSError as exc:
         log.warning("the key filter %s cannot be mapped (%s): lookups ask the index", path, exc)
         return None
@@ -140,7 +146,7 @@ def open_presence(directory: Path, slots: int,
             os.close(fd)
 
 
-def _build(path: Path, slots: int, keys: Callable[[], Iterable[str]]) -> Presence | None:
+def build(path: Path, slots: int, keys: Callable[[], Iterable[str]]) -> Presence | None:
     """A new filter holding ``keys()``, put in place whole (by rename) once it is filled."""
     temp = path.with_name(f"{path.name}.{os.getpid()}.new")
     try:
@@ -151,7 +157,7 @@ def _build(path: Path, slots: int, keys: Callable[[], Iterable[str]]) -> Presenc
     presence = None
     try:
         os.posix_fallocate(fd, 0, slots)  # blocks now: no SIGBUS from a full volume later
-        presence = Presence(mmap.mmap(fd, slots))
+        presence = Presence(mmap.mmap(fd, slots), os.fstat(fd).st_ino)
         count = 0
         for key in keys():
             presence.add(key)

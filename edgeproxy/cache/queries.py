@@ -7,7 +7,7 @@ import sqlite3
 from collections.abc import Callable, Iterator
 from typing import Any
 
-__all__ = ["IN_MAX", "delete_rows", "keys_with", "oldest", "present", "sql"]
+__all__ = ["IN_MAX", "delete_rows", "keys_since", "keys_with", "oldest", "present", "sql"]
 
 
 def sql(cache: Any) -> Callable[..., sqlite3.Cursor]:
@@ -45,6 +45,14 @@ def keys_with(execute: Callable[..., sqlite3.Cursor], prefix: str,
                           " LIMIT ?", (low, upper, page)).fetchall():
         yield from (row[0] for row in rows)
         low, op = rows[-1][0], ">"
+
+
+def keys_since(execute: Callable[..., sqlite3.Cursor], prefix: str, since: float) -> list[str]:
+    """The (string) keys that start with ``prefix`` of rows stored at or after ``since``
+    (unix seconds; by the index on store_time)."""
+    low, upper = _prefix_range(prefix)
+    return [row[0] for row in execute("SELECT key FROM Cache WHERE store_time >= ? AND key >= ?"
+                                      " AND key < ?", (since, low, upper))]
 
 
 # Entries whose keys start with a prefix, least recently stored first: the eviction policy's

@@ -395,6 +395,10 @@ class CacheStore:
         self.room.unlink_files("1", ())
         self.room.retry_full(self._cache.clear)
 
+    def sql(self) -> Callable[..., sqlite3.Cursor]:
+        """The index's statement executor for the calling thread (its connection)."""
+        return queries.sql(self._cache)
+
     @reading(0)
     def volume(self) -> int:
         """Bytes on disk (index and bodies)."""
