@@ -15,6 +15,8 @@ if [ ${#missing[@]} -gt 0 ]; then
     echo "installing ${missing[*]} ..."
     sudo_cmd=()
     [ "$(id -u)" -eq 0 ] || sudo_cmd=(sudo)
+    # (a fresh machine's package lists are empty: without an update nothing is found)
+    "${sudo_cmd[@]}" apt-get update -qq
     "${sudo_cmd[@]}" apt-get install -y "${missing[@]}"
     # The packages start system services listening on all interfaces (nginx :80, Varnish
     # :6081); the benchmark runs its own instances on loopback, so stop the ones we installed.
