@@ -5,7 +5,6 @@ proxy, resume after an origin restart, expiry and cleanup, and the client/CLI re
 from __future__ import annotations
 
 import base64
-import contextlib
 import hashlib
 import io
 import os
@@ -13,7 +12,6 @@ import re
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +22,7 @@ from tusclient.client import TusClient
 
 from edgeproxy import crypto
 from edgeproxy.client import MediaClient
+from tests.proxies import CuttingProxy
 from tests.servers import free_port
 from tests.test_origin import Clock, Origin, assert_not_served, error_of, make_blob, run_origin, sha
 
@@ -347,79 +346,6 @@ def test_upload_url_with_someone_elses_token_is_403(origin: Origin) -> None:
 
 
 # --- a proxy that drops connections mid-body -------------------------------------------------
-
-
-class CuttingProxy:
-    """TCP proxy to ``upstream_port`` that kills the first ``cuts`` connections carrying more
-    than ``cut_after`` request bytes, right after relaying that many."""
-
-    def __init__(self, upstream_port: int, cut_after: int, cuts: int = 1) -> None:
-        self.upstream_port, self.cut_after, self.cuts = upstream_port, cut_after, cuts
-        self.cut = 0
-        # Instead: relay such a request whole, then drop its *answer* and the connection.
-        self.drop_responses = False
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        self._lock = threading.Lock()
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self.sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
-
-    def _serve(self, client: socket.socket) -> None:
-        upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
-
-        doomed = threading.Event()  # relay the request, but never its answer
-
-        def back() -> None:
-            try:
-                while data := upstream.recv(65536):
-                    if doomed.is_set():
-                        break
-                    client.sendall(data)
-            except OSError:
-                pass
-            finally:
-                # shutdown, not only close: it wakes the other thread's recv and sends FIN.
-                with contextlib.suppress(OSError):
-                    client.shutdown(socket.SHUT_RDWR)
-                client.close()
-
-        threading.Thread(target=back, daemon=True).start()
-        sent = 0
-        try:
-            while data := client.recv(65536):
-                if self.drop_responses and sent + len(data) > self.cut_after:
-                    with self._lock:
-                        if self.cut < self.cuts:
-                            self.cut += 1
-                            doomed.set()
-                elif sent + len(data) > self.cut_after:
-                    with self._lock:
-                        cut = self.cut < self.cuts
-                        self.cut += cut
-                    if cut:
-                        upstream.sendall(data[: self.cut_after - sent])
-                        time.sleep(0.1)
-                        break
-                upstream.sendall(data)
-                sent += len(data)
-        except OSError:
-            pass
-        finally:
-            for s in (client, upstream):
-                with contextlib.suppress(OSError):
-                    s.shutdown(socket.SHUT_RDWR)
-                s.close()
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 @pytest.fixture

@@ -267,7 +267,11 @@ def parse_range(value: str | None, length: int) -> tuple[int, int] | None:
                    "100-199, 100- (to the end) or -500 (the last 500).")
 @click.option("--cdn", metavar="URL", default=None,
               help="Fetch via this node instead of the media_url's host.")  # fmt: skip
-def download(payload_file: Any, out: Path, range_: str | None, cdn: str | None) -> None:
+@click.option("--retries", type=click.IntRange(0), default=5, show_default=True,
+              help="How often to resume the download after a dropped connection or a 502, "
+                   "503 or 504.")  # fmt: skip
+def download(payload_file: Any, out: Path, range_: str | None, cdn: str | None,
+             retries: int) -> None:
     """Fetch the media of PAYLOAD.json ('-' for stdin), verify it, and write the plaintext."""
     from ..client import MediaClient
     from .progress import Progress
@@ -284,7 +288,8 @@ def download(payload_file: Any, out: Path, range_: str | None, cdn: str | None) 
         raise ValueError(f"{payload_file.name} has no file_length, which --range needs")
     byte_range = parse_range(range_, length if isinstance(length, int) else 0)
     with Progress(f"download {out.name}") as bar, \
-            MediaClient(cdn or "", cdn_url=cdn, progress=bar.update_to) as client:
+            MediaClient(cdn or "", cdn_url=cdn, retries=retries,
+                        progress=bar.update_to) as client:
         result = client.download(payload, out, byte_range=byte_range)
     click.echo(json.dumps({"out": str(out), "bytes": result.bytes_written,
                            "fetched": result.bytes_fetched, "status": result.status,

@@ -8,10 +8,10 @@ byte range) through any CDN node and writes plaintext only once it has verified.
 
 Uploads survive a dropped connection: the PUT is resumed where the origin says it stands
 (``HEAD`` → ``X-Upload-Offset``, then ``PUT`` with ``X-Upload-Offset``), with bounded retries and
-exponential backoff. API calls send ``Authorization: Bearer <token>``; the upload URL itself is
-a signed capability and carries no token. With an object-store origin the upload URL is a
-presigned PUT into the bucket (``upload_method: "direct"``), sent whole with the
-``upload_headers`` it signs.
+exponential backoff; downloads too, by Range from the byte where they stopped (`fetching`).
+API calls send ``Authorization: Bearer <token>``; the upload URL itself is a signed capability
+and carries no token. With an object-store origin the upload URL is a presigned PUT into the
+bucket (``upload_method: "direct"``), sent whole with the ``upload_headers`` it signs.
 """
 
 from __future__ import annotations
@@ -35,10 +35,11 @@ import httpx
 from .. import crypto
 from ..errors import BlobFormatError, ClientError, EdgeProxyError, IntegrityError
 from . import payloads
-from .responses import check_partial, content_length, error_code, raise_for_status, unsigned
+from .fetching import fetch_blob
+from .responses import error_code, raise_for_status, unsigned
 
 UPLOAD_CHUNK = 256 * 1024
-MAX_BACKOFF = 5.0  # seconds between upload attempts, at most
+MAX_BACKOFF = 5.0  # seconds between upload or download attempts, at most
 # Transfer progress: bytes done so far (may go back when an upload resumes), and the total.
 ProgressCallback = Callable[[int, int | None], None]
 
@@ -97,9 +98,9 @@ class MediaClient:
                  timeout: float = 30.0, retries: int = 5, retry_backoff: float = 0.25,
                  progress: ProgressCallback | None = None) -> None:  # fmt: skip
         """``token`` is the bearer JWT of the media API. ``retries`` bounds how many times an
-        upload is resumed after a failure, waiting ``retry_backoff`` seconds, doubling (at most
-        5 s), between attempts. ``progress(done, total)`` is called as blob bytes are sent or
-        received."""
+        upload or a download is resumed after a failure, waiting ``retry_backoff`` seconds,
+        doubling (at most 5 s), between attempts. ``progress(done, total)`` is called as blob
+        bytes are sent or received."""
         if token is not None and any(ord(c) < 32 or ord(c) == 127 for c in token.strip()):
             # (httpx refused it later as an illegal header, echoing the whole token, and it
             # was reported as a connection failure)
@@ -350,36 +351,12 @@ class MediaClient:
 
     def _fetch(self, url: str, sink: IO[bytes], plan: crypto.RangePlan | None,
                blob_length: int | None = None) -> tuple[int, str | None, int]:  # fmt: skip
-        """Stream the blob (or the plan's byte range of it) into ``sink``.
-
-        Returns status, X-Cache and the number of body bytes received.
-        """
-        # identity: encrypted bytes do not compress, and a compressed body breaks byte offsets.
-        headers = {"Accept-Encoding": "identity"}
-        if plan is not None:
-            headers["Range"] = f"bytes={plan.blob_start}-{plan.blob_end}"
-        try:
-            with self.http.stream("GET", url, headers=headers) as response:
-                raise_for_status(response)
-                want = None
-                if plan is not None:
-                    want = check_partial(response, plan, blob_length)
-                elif response.status_code != 200:
-                    raise ClientError(response.status_code, "unexpected_status",
-                                      f"GET {url} answered {response.status_code}, not 200")
-                received = 0
-                total = want if want is not None else content_length(response)
-                for piece in response.iter_bytes():
-                    received += len(piece)
-                    if want is not None and received > want:
-                        raise IntegrityError(f"GET {url} sent more than the {want} bytes asked")
-                    sink.write(piece)
-                    if self.progress is not None:
-                        self.progress(received, total)
-                sink.flush()
-                return response.status_code, response.headers.get("x-cache"), received
-        except httpx.HTTPError as exc:
-            raise ClientError(0, "connection_failed", f"GET {url}: {exc}") from exc
+        """Stream the blob (or the plan's byte range of it) into ``sink``, resuming after a
+        cut (`fetching`). Returns status, X-Cache and the number of body bytes received."""
+        span = (plan.blob_start, plan.blob_end) if plan is not None else None
+        return fetch_blob(self.http, url, sink, span, blob_length, retries=self.retries,
+                          backoff=self.retry_backoff, max_backoff=MAX_BACKOFF,
+                          progress=self.progress)
 
 
 def _image_extras(path: Path, media_key: bytes) -> dict[str, Any]:

@@ -8,7 +8,6 @@ from typing import Any
 
 import httpx
 
-from .. import crypto
 from ..errors import ClientError, IntegrityError
 from ..http import parse_content_range
 
@@ -49,21 +48,22 @@ def content_length(response: httpx.Response) -> int | None:
     return int(value) if value.isdigit() else None
 
 
-def check_partial(response: httpx.Response, plan: crypto.RangePlan,
-                   blob_length: int | None) -> int:  # fmt: skip
-    """The body length a 206 for ``plan`` must have; IntegrityError if the headers disagree."""
+def check_partial(response: httpx.Response, start: int, end: int,
+                  blob_length: int | None) -> int:  # fmt: skip
+    """The body length a 206 for blob bytes ``start..end`` (inclusive) must have;
+    IntegrityError if the headers disagree."""
     if response.status_code != 206:
         raise ClientError(response.status_code, "range_not_honoured",
-                          f"asked for bytes {plan.blob_start}-{plan.blob_end}, "
+                          f"asked for bytes {start}-{end}, "
                           f"got status {response.status_code} instead of 206")  # fmt: skip
-    want = plan.blob_end - plan.blob_start + 1
+    want = end - start + 1
     content_range = response.headers.get("content-range", "")
     parsed = parse_content_range(content_range)
     got = parsed[0] if parsed is not None else None
-    if (got is None or parsed is None or (got.start, got.end) != (plan.blob_start, plan.blob_end)
+    if (got is None or parsed is None or (got.start, got.end) != (start, end)
             or (blob_length is not None and parsed[1] not in (None, blob_length))):
         raise IntegrityError(f"Content-Range {content_range!r} does not match the request for "
-                             f"bytes {plan.blob_start}-{plan.blob_end}/{blob_length}")  # fmt: skip
+                             f"bytes {start}-{end}/{blob_length}")  # fmt: skip
     length = response.headers.get("content-length")
     if length is not None and int(length) != want:
         raise IntegrityError(f"Content-Length {length} does not match the {want} bytes asked")

@@ -1,0 +1,101 @@
+"""Blob downloads that survive a dropped connection: the fetch resumes where it stopped.
+
+A blob never changes under its URL (it is content-addressed), and the client checks every
+byte (the blob's hash and chunk MACs) before it writes any plaintext, so the rest of an answer
+cut short may come from another request: ``Range: bytes=<next>-<last>``, which must be
+answered 206 with exactly that span (anything else is an `IntegrityError`, never a splice). A
+cache node cuts an answer whose bytes fail a check once its status line is out, and nodes
+restart; both are retried here, as are 502, 503 and 504, with the uploads' bounded retries
+and backoff. Other errors are final. A node that ignores the Range of a resumption (answers
+200) is read again from the first byte.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import IO
+
+import httpx
+
+from ..errors import ClientError, IntegrityError
+from .responses import check_partial, content_length, raise_for_status
+
+__all__ = ["RETRY_STATUSES", "fetch_blob"]
+
+RETRY_STATUSES = frozenset({502, 503, 504})  # a node or its upstream away for a moment
+
+
+def fetch_blob(http: httpx.Client, url: str, sink: IO[bytes], span: tuple[int, int] | None,
+               blob_length: int | None, *, retries: int, backoff: float, max_backoff: float,
+               progress: Callable[[int, int | None], None] | None = None,
+               ) -> tuple[int, str | None, int]:
+    """Stream the blob at ``url`` (or its inclusive byte ``span``) into ``sink``, resuming
+    after a cut or a passing 502/503/504 up to ``retries`` times; the first answer's status
+    and X-Cache, and the body bytes in ``sink``."""
+    first = span[0] if span is not None else 0
+    last = span[1] if span is not None else None  # None: to the end, learnt from the answer
+    received = 0
+    status, x_cache = 0, None
+    failures = 0
+    while True:
+        at = first + received
+        headers = {"Accept-Encoding": "identity"}  # (a compressed body breaks byte offsets)
+        if span is not None or received:
+            headers["Range"] = f"bytes={at}-{'' if last is None else last}"
+        try:
+            with http.stream("GET", url, headers=headers) as response:
+                if response.status_code in RETRY_STATUSES:
+                    problem = f"GET {url} answered {response.status_code}"
+                else:
+                    raise_for_status(response)  # 4xx and other errors are final
+                    if received and response.status_code == 200 and span is None:
+                        sink.seek(0)  # the node ignored the resumption's Range: start over
+                        sink.truncate()
+                        received, at = 0, 0
+                    want = _expected(response, at, last, blob_length, span is None and not received)
+                    if not status:
+                        status, x_cache = response.status_code, response.headers.get("x-cache")
+                        if span is None and want is not None:
+                            last = want - 1  # the whole blob's last byte
+                            blob_length = want  # (a resumption's Content-Range must say it)
+                    total = None if last is None else last - first + 1
+                    for piece in response.iter_bytes():
+                        received += len(piece)
+                        if total is not None and received > total:
+                            raise IntegrityError(f"GET {url} sent more than the {total} bytes "
+                                                 "asked")
+                        sink.write(piece)
+                        if progress is not None:
+                            progress(received, total)
+                    if total is None or received == total:
+                        sink.flush()
+                        return status, x_cache, received
+                    problem = f"GET {url} ended after {received} of {total} bytes"
+        except httpx.TransportError as exc:
+            problem = f"GET {url} at byte {first + received}: {exc}"
+        failures += 1
+        if failures > retries:
+            raise ClientError(0, "connection_failed",
+                              f"gave up after {failures} attempts; last: {problem}")
+        time.sleep(min(backoff * 2 ** (failures - 1), max_backoff))
+
+
+def _expected(response: httpx.Response, at: int, last: int | None, blob_length: int | None,
+              whole: bool) -> int | None:
+    """The body length this answer must have (None: not announced); raises if it is not
+    the answer asked for."""
+    if whole:
+        if response.status_code != 200:
+            raise ClientError(response.status_code, "unexpected_status",
+                              f"GET answered {response.status_code}, not 200")
+        return content_length(response)
+    if last is None:  # a resumption of a whole blob of unannounced length
+        last_known = (blob_length - 1) if blob_length is not None else None
+        if last_known is None:
+            if response.status_code != 206:
+                raise ClientError(response.status_code, "range_not_honoured",
+                                  f"asked for bytes {at}-, got status {response.status_code}")
+            return None
+        last = last_known
+    return check_partial(response, at, last, blob_length)
