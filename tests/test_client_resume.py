@@ -163,3 +163,33 @@ def test_an_encrypted_download_through_an_edge_resumes_after_a_cut(tmp_path: Pat
     assert result.bytes_written == image.stat().st_size
     resumed = [h for h in cutter.heads if b"range: bytes=" in h.lower()]
     assert len(resumed) == 1, cutter.heads
+
+
+def test_no_node_there_fails_at_once_and_says_why() -> None:
+    """A refused first connection is a wrong URL or a stack not running: no retries (the
+    CLI then says "cannot connect ... is the stack running?")."""
+    url = f"http://127.0.0.1:{free_port()}/blob"
+    with httpx.Client(timeout=10) as http, pytest.raises(ClientError) as refused:
+        fetch_blob(http, url, io.BytesIO(), None, None, retries=5, backoff=10.0,
+                   max_backoff=10.0)  # (a retry would wait 10 s)
+    assert refused.value.error == "connection_failed"
+    assert isinstance(refused.value.__cause__, httpx.ConnectError)
+
+
+def test_a_node_restarting_mid_download_is_waited_for(flaky: Any) -> None:
+    """Once a node has answered, a refused connection is a restart: retried, then resumed."""
+    app, http, url = flaky
+    app.cuts = [100_000]
+    real = http.stream
+    calls = []
+
+    def stream(*args: Any, **kwargs: Any) -> Any:
+        calls.append(kwargs.get("headers", {}).get("Range"))
+        if len(calls) == 2:  # the first reconnection finds the node down
+            raise httpx.ConnectError("[Errno 111] Connection refused")
+        return real(*args, **kwargs)
+
+    http.stream = stream
+    body, status, _ = _fetch(http, url)
+    assert body == BLOB and status == 200
+    assert calls == [None, "bytes=100000-299999", "bytes=100000-299999"]

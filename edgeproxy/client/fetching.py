@@ -6,8 +6,9 @@ cut short may come from another request: ``Range: bytes=<next>-<last>``, which m
 answered 206 with exactly that span (anything else is an `IntegrityError`, never a splice). A
 cache node cuts an answer whose bytes fail a check once its status line is out, and nodes
 restart; both are retried here, as are 502, 503 and 504, with the uploads' bounded retries
-and backoff. Other errors are final. A node that ignores the Range of a resumption (answers
-200) is read again from the first byte.
+and backoff (a refused connection too, once a node has answered: it may be restarting). Other
+errors are final, and so is a refused first connection (no node there). A node that ignores
+the Range of a resumption (answers 200) is read again from the first byte.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ def fetch_blob(http: httpx.Client, url: str, sink: IO[bytes], span: tuple[int, i
     received = 0
     status, x_cache = 0, None
     failures = 0
+    cause: BaseException | None = None  # the last attempt's transport error
     while True:
         at = first + received
         headers = {"Accept-Encoding": "identity"}  # (a compressed body breaks byte offsets)
@@ -46,7 +48,7 @@ def fetch_blob(http: httpx.Client, url: str, sink: IO[bytes], span: tuple[int, i
         try:
             with http.stream("GET", url, headers=headers) as response:
                 if response.status_code in RETRY_STATUSES:
-                    problem = f"GET {url} answered {response.status_code}"
+                    problem, cause = f"GET {url} answered {response.status_code}", None
                 else:
                     raise_for_status(response)  # 4xx and other errors are final
                     if received and response.status_code == 200 and span is None:
@@ -71,13 +73,16 @@ def fetch_blob(http: httpx.Client, url: str, sink: IO[bytes], span: tuple[int, i
                     if total is None or received == total:
                         sink.flush()
                         return status, x_cache, received
-                    problem = f"GET {url} ended after {received} of {total} bytes"
+                    problem, cause = f"GET {url} ended after {received} of {total} bytes", None
         except httpx.TransportError as exc:
-            problem = f"GET {url} at byte {first + received}: {exc}"
+            if isinstance(exc, httpx.ConnectError) and not status:
+                # nothing has answered yet: no node there (a wrong URL, a stack not running)
+                raise ClientError(0, "connection_failed", f"GET {url}: {exc}") from exc
+            problem, cause = f"GET {url} at byte {first + received}: {exc}", exc
         failures += 1
         if failures > retries:
             raise ClientError(0, "connection_failed",
-                              f"gave up after {failures} attempts; last: {problem}")
+                              f"gave up after {failures} attempts; last: {problem}") from cause
         time.sleep(min(backoff * 2 ** (failures - 1), max_backoff))
 
 
