@@ -30,7 +30,7 @@ from tests.servers import free_port, serve, write_stack_config
 
 PAYLOAD_FIELDS = {"type", "media_id", "media_url", "thumbnail_url", "thumbnail_base64",
                   "media_key", "file_sha256", "file_enc_sha256", "file_length", "mimetype",
-                  "chunk_macs", "width", "height"}  # fmt: skip
+                  "chunk_macs", "width", "height", "file_name"}  # fmt: skip
 
 
 @dataclass
@@ -105,6 +105,7 @@ def test_upload_returns_the_message_payload(uploaded: dict[str, Any], nodes: Nod
     p, data = uploaded, image.read_bytes()
     assert set(p) == PAYLOAD_FIELDS
     assert p["type"] == "image" and p["mimetype"] == "image/png"
+    assert p["file_name"] == image.name  # for the receiver; the origin never sees it
     assert (p["width"], p["height"]) == (400, 300)
     assert p["file_sha256"] == hashlib.sha256(data).hexdigest()
     assert p["file_length"] == len(data)
@@ -462,6 +463,7 @@ def test_media_facts_ride_in_the_payload_only(nodes: Nodes, tmp_path: Path) -> N
         client.http.event_hooks["request"] = [lambda r: sent.append(r.read())]
         p = client.upload(src, conversation_id="conv_42")
         assert p["page_count"] == 4 and p["type"] == "document"
+        assert p["file_name"] == "report.pdf"
         client.download(p, tmp_path / "copy.pdf")
     assert (tmp_path / "copy.pdf").read_bytes() == src.read_bytes()
     request = json.loads(sent[0])

@@ -157,8 +157,8 @@ class MediaClient:
         """Encrypt ``path``, upload it, and return the message payload for the receiver.
 
         ``conversation_id`` (optional) is sent with the request for the origin's
-        per-conversation rate limit. The file name is not sent. Raises `ClientError` (status 0
-        if the API could not be reached) on API errors.
+        per-conversation rate limit. The file name is not sent: it rides in the payload only.
+        Raises `ClientError` (status 0 if the API could not be reached) on API errors.
         """
         from .mediafacts import media_facts
 
@@ -199,6 +199,7 @@ class MediaClient:
             "file_enc_sha256": result.enc_sha256,
             "file_length": result.plain_length,
             "mimetype": mimetype,
+            "file_name": path.name,  # for the receiver (seed 004's fileName); never uploaded
             "chunk_macs": _b64(result.chunk_macs),
         }
         payload.update(facts)  # width/height, duration, page_count: whichever could be read
