@@ -120,3 +120,23 @@ def test_a_baseline_that_cannot_run_leaves_a_note_not_a_failed_run(
     [note] = notes
     assert "baseline-issue8.json" in note
     assert ("could not be checked out" if failure == "checkout" else "did not start") in note
+
+
+def _miss_result(edge: float, shield: float, origin: float) -> dict[str, Any]:
+    tiers = {"edge": {"cpu_ms_per_miss": edge}, "shield": {"cpu_ms_per_miss": shield},
+             "origin": {"cpu_ms_per_miss": origin}}
+    return {"tiers": tiers, "hits": 0, "requests": 2000, "origin_requests": 2000}
+
+
+def test_the_miss_cost_verdict_gives_the_cost_against_the_origin_s_own() -> None:
+    """The target is absolute; its line also gives each tier's cost in the origin's, which
+    the machine's speed (2x between runs on one VM) cancels out of."""
+    from benchmarks.targets import _misscost
+
+    verdict = _misscost({"servers": {EDGE: _miss_result(1.63, 1.67, 0.35),
+                                     NGINX: _miss_result(0.20, 0.19, 0.35)}})
+    assert verdict.passed is False
+    assert "origin 0.35 ms; per tier 4.7x the origin's own CPU per request (nginx 0.6x)" \
+        in verdict.detail
+    assert verdict.detail.endswith("(need <= 0.5)")
+    assert _misscost({"servers": {EDGE: _miss_result(0.45, 0.4, 0.3)}}).passed is True
