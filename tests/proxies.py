@@ -36,6 +36,14 @@ class TcpRelay:
         self.sock.close()
 
 
+def _shut(*socks: socket.socket) -> None:
+    # shutdown, not only close: it wakes another thread's recv on it and sends FIN
+    for sock in socks:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+        sock.close()
+
+
 class CuttingProxy(TcpRelay):
     """TCP proxy to ``upstream_port`` that kills the first ``cuts`` connections carrying more
     than ``cut_after`` request bytes, right after relaying that many."""
@@ -62,10 +70,7 @@ class CuttingProxy(TcpRelay):
             except OSError:
                 pass
             finally:
-                # shutdown, not only close: it wakes the other thread's recv and sends FIN.
-                with contextlib.suppress(OSError):
-                    client.shutdown(socket.SHUT_RDWR)
-                client.close()
+                _shut(client)
 
         threading.Thread(target=back, daemon=True).start()
         sent = 0
@@ -89,10 +94,7 @@ class CuttingProxy(TcpRelay):
         except OSError:
             pass
         finally:
-            for s in (client, upstream):
-                with contextlib.suppress(OSError):
-                    s.shutdown(socket.SHUT_RDWR)
-                s.close()
+            _shut(client, upstream)
 
 
 class AnswerCutter(TcpRelay):
@@ -127,7 +129,4 @@ class AnswerCutter(TcpRelay):
         except OSError:
             pass
         finally:
-            with contextlib.suppress(OSError):
-                client.shutdown(socket.SHUT_RDWR)
-            client.close()
-            upstream.close()
+            _shut(client, upstream)
