@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
+import json
 import shutil
 import subprocess
 import sys
@@ -336,7 +337,27 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--stem", default="latest", help="results file name stem")
     parser.add_argument("--keep-workdir", action="store_true",
                         help="keep the temp dir (configs, logs, caches) for inspection")
+    parser.add_argument("--rejudge", action="store_true",
+                        help="run nothing: judge the stored <stem>.json again and rewrite its "
+                             "report (after a change to the targets' or the report's code)")
     return parser.parse_args(argv)
+
+
+def _report(results: dict[str, Any], baseline: dict[str, Any] | None,
+            args: argparse.Namespace, full: bool) -> list[Path]:
+    """Judge ``results`` and write the report (and, for a full run into the results
+    directory, the README block)."""
+    verdicts = targets.judge(results, baseline)
+    paths = report.write(results, verdicts, args.out, args.stem)
+    if full and args.out.resolve() == RESULTS and args.stem == "latest":
+        readme = RESULTS.parent / "README.md"
+        if report.update_readme(readme, report.readme_block(results, verdicts)):
+            paths.append(readme)
+    _log("\n== targets ==")
+    for v in verdicts:
+        _log(f"{v.word:<5} {v.target}: {v.detail}")
+    _log("\nwrote " + ", ".join(str(p) for p in paths))
+    return paths
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -347,6 +368,13 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         print(f"unknown section(s): {', '.join(sorted(unknown))}", file=sys.stderr)
         return 2
+    if args.rejudge:
+        stored = json.loads((args.out / f"{args.stem}.json").read_text())
+        stored.pop("targets", None)  # (judged anew)
+        meta = stored.get("meta", {})
+        _report(stored, targets.load_baseline(), args, meta.get("mode") == "full"
+                and set(meta.get("sections", ())) == set(SECTIONS))
+        return 0
     missing = deploy.missing_tools()
     if missing:
         print(f"missing: {', '.join(missing)} — run bash benchmarks/run.sh, which installs "
@@ -361,17 +389,7 @@ def main(argv: list[str] | None = None) -> int:
         results["baseline"] = {"file": str(targets.BASELINE.relative_to(deploy.REPO)),
                                **{k: baseline["meta"].get(k) for k in ("started", "commit",
                                                                         "mode")}}
-    verdicts = targets.judge(results, baseline)
-    paths = report.write(results, verdicts, args.out, args.stem)
-    if plan.mode == "full" and args.out.resolve() == RESULTS and args.stem == "latest" \
-            and set(sections) == set(SECTIONS):
-        readme = RESULTS.parent / "README.md"
-        if report.update_readme(readme, report.readme_block(results, verdicts)):
-            paths.append(readme)
-    _log("\n== targets ==")
-    for v in verdicts:
-        _log(f"{v.word:<5} {v.target}: {v.detail}")
-    _log("\nwrote " + ", ".join(str(p) for p in paths))
+    _report(results, baseline, args, plan.mode == "full" and set(sections) == set(SECTIONS))
     return 0
 
 

@@ -140,3 +140,24 @@ def test_the_miss_cost_verdict_gives_the_cost_against_the_origin_s_own() -> None
         in verdict.detail
     assert verdict.detail.endswith("(need <= 0.5)")
     assert _misscost({"servers": {EDGE: _miss_result(0.45, 0.4, 0.3)}}).passed is True
+
+
+def test_rejudge_rewrites_a_stored_run_s_report_without_running_anything(tmp_path: Path) -> None:
+    """``--rejudge`` judges a stored results file again (after a change to the targets' or
+    the report's code) and rewrites its report; nothing is started."""
+    import json
+    import shutil
+
+    from benchmarks import compare
+
+    stored = Path(compare.RESULTS) / "latest.json"
+    shutil.copy(stored, tmp_path / "run.json")
+    before = json.loads(stored.read_text())
+    assert compare.main(["--rejudge", "--out", str(tmp_path), "--stem", "run"]) == 0
+    after = json.loads((tmp_path / "run.json").read_text())
+    assert after["meta"] == before["meta"]  # the run's own record is kept
+    assert len(after["targets"]) == len(before["targets"])
+    report = (tmp_path / "run.md").read_text()
+    assert f"commit `{before['meta']['commit']}`" in report
+    assert "the origin's own CPU per request" in report  # this round's wording
+    assert (tmp_path / "run.png").stat().st_size > 0
