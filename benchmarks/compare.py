@@ -2,6 +2,7 @@
 
     python -m benchmarks.compare [--quick]
         [--only hit,profile,late,stampede,memory,zipf,zipf2,misscost]
+    python -m benchmarks.compare --rejudge    # the stored run judged and reported again
 
 Starts a bench origin, edgeproxy (edge; and edge → shield), nginx (proxy_cache; and with the
 slice module when built in) and Varnish on loopback ports, runs every section, writes
