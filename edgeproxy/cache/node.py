@@ -15,17 +15,16 @@ from collections.abc import Iterable
 
 from ..config import Config, ContentClass
 from ..errors import ConfigError, HTTPError, StorageFault, UpstreamError
-from ..heaptrim import HeapTrim
 from ..http import format_http_date
 from ..tls import client_context
 from . import admin, asgi, boundary, fields, policy, replays, steps
 from .beresp import BeResp
+from .chores import Chores
 from .coalesce import Coalescer
 from .director import Director, transport_for_node
 from .facts import Facts, FactsContradicted, Plan
 from .fastlane import FastLane
 from .fetch import Fetcher
-from .filterkeeper import FilterKeeper
 from .flight import Flight, FlightSpec
 from .gate import Gate
 from .hot import HotTier, PurgeEpoch
@@ -33,7 +32,7 @@ from .meta import ObjectMeta
 from .metrics import CONTENT_TYPE_LATEST, NodeMetrics
 from .replays import Replay
 from .req import Req, cache_key
-from .scrub import BackgroundScrub, ObjectPass
+from .scrub import ObjectPass
 from .slicefiles import FilePiece
 from .store import CacheStore
 from .transport import Transport, transport_for
@@ -45,7 +44,6 @@ log = logging.getLogger("edgeproxy.cache")
 
 # How long a worker trusts facts it remembered in memory (see `CacheNode.remember`).
 FACTS_TTL = 10.0
-HEAP_TRIM_INTERVAL = 2.0  # quiet seconds before freed heap pages go back (`heaptrim`)
 
 
 class CacheNode:
@@ -82,10 +80,8 @@ class CacheNode:
         self._injected = transport
         self._transport: Transport | None = transport
         self._fetcher: Fetcher | None = None
-        self._scrub: BackgroundScrub | None = None
-        self._filter_keeper = FilterKeeper(self.store)
         self.answered = 0  # requests answered by this worker (the fast lane's too)
-        self._heap_trim = HeapTrim(HEAP_TRIM_INTERVAL, lambda: self.answered)
+        self._chores = Chores(self.store, lambda: self.answered)
         self.fast = FastLane(self)
         asgi.allow_any_status()
 
@@ -174,12 +170,8 @@ class CacheNode:
             if isinstance(self._transport, Director):
                 self._transport.start()
                 self.metrics.add_collector(self._transport.collector(self.tier))
-        self._heap_trim.start()
-        self._filter_keeper.start()
-        if self.config.cache.scrub_interval > 0:
-            self._scrub = BackgroundScrub(self.store, self.config.cache.scrub_interval,
-                                          self.config.cache.scrub_rate, self.object_pass())
-            self._scrub.start()
+        self._chores.start(self.config.cache.scrub_interval, self.config.cache.scrub_rate,
+                           self.object_pass())
         self._fetcher = Fetcher(self.store, self.coalescer, self._transport,
                                 on_headers=self._plan, on_upstream=self.metrics.upstream,
                                 on_integrity_failure=self.integrity_failure,
@@ -187,10 +179,7 @@ class CacheNode:
 
     async def shutdown(self) -> None:
         """Stop flights and close the transport and the index."""
-        self._heap_trim.stop()
-        await self._filter_keeper.stop()
-        if self._scrub is not None:
-            await self._scrub.stop()
+        await self._chores.stop()
         if self._fetcher is not None:
             await self._fetcher.aclose()
         if self._transport is not None and self._injected is None:

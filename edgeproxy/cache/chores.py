@@ -1,0 +1,44 @@
+"""A cache node's background chores, started and stopped with it: freed heap pages given back
+(`heaptrim`), the key filter kept useful (`filterkeeper`) and, where configured, scrub passes
+over what is stored (`scrub`)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from ..heaptrim import HeapTrim
+from .filterkeeper import FilterKeeper
+from .scrub import BackgroundScrub, ObjectPass
+
+if TYPE_CHECKING:
+    from .store import CacheStore
+
+__all__ = ["HEAP_TRIM_INTERVAL", "Chores"]
+
+HEAP_TRIM_INTERVAL = 2.0  # quiet seconds before freed heap pages go back (`heaptrim`)
+
+
+class Chores:
+    """The background work of one node's worker."""
+
+    def __init__(self, store: CacheStore, answered: Callable[[], int]) -> None:
+        self.store = store
+        self.heap_trim = HeapTrim(HEAP_TRIM_INTERVAL, answered)
+        self.filter_keeper = FilterKeeper(store)
+        self.scrub: BackgroundScrub | None = None
+
+    def start(self, scrub_interval: float, scrub_rate: int, objects: ObjectPass) -> None:
+        """Begin (needs the running loop); scrub passes only with an interval."""
+        self.heap_trim.start()
+        self.filter_keeper.start()
+        if scrub_interval > 0:
+            self.scrub = BackgroundScrub(self.store, scrub_interval, scrub_rate, objects)
+            self.scrub.start()
+
+    async def stop(self) -> None:
+        """Stop them all, mid-pass if need be."""
+        self.heap_trim.stop()
+        await self.filter_keeper.stop()
+        if self.scrub is not None:
+            await self.scrub.stop()
