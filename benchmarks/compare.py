@@ -347,9 +347,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def _report(results: dict[str, Any], baseline: dict[str, Any] | None,
             args: argparse.Namespace, full: bool) -> list[Path]:
     """Judge ``results`` and write the report (and, for a full run into the results
-    directory, the README block)."""
+    directory, the README block). Judged again, a run keeps its chart: it shows the hit
+    path's ratios, which no verdict changes (and needs the bench extra, matplotlib)."""
     verdicts = targets.judge(results, baseline)
-    paths = report.write(results, verdicts, args.out, args.stem)
+    paths = report.write(results, verdicts, args.out, args.stem, draw=not args.rejudge)
     if full and args.out.resolve() == RESULTS and args.stem == "latest":
         readme = RESULTS.parent / "README.md"
         if report.update_readme(readme, report.readme_block(results, verdicts)):

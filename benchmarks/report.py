@@ -377,14 +377,16 @@ def update_readme(readme: Path, block: str) -> bool:
 
 
 def write(results: dict[str, Any], verdicts: list[Verdict], out_dir: Path,
-          stem: str = "latest") -> list[Path]:
-    """Write ``<stem>.json``, ``<stem>.md`` and ``<stem>.png`` into ``out_dir``."""
+          stem: str = "latest", *, draw: bool = True) -> list[Path]:
+    """Write ``<stem>.json``, ``<stem>.md`` and (``draw``) ``<stem>.png`` into ``out_dir``."""
     out_dir.mkdir(parents=True, exist_ok=True)
     results = {**results, "targets": [v.to_json() for v in verdicts]}
-    paths = [out_dir / f"{stem}.json", out_dir / f"{stem}.md", out_dir / f"{stem}.png"]
+    paths = [out_dir / f"{stem}.json", out_dir / f"{stem}.md"]
     paths[0].write_text(json.dumps(results, indent=1, default=str) + "\n")
     paths[1].write_text(markdown(results, verdicts))
-    chart(results, paths[2])
+    if draw:
+        paths.append(out_dir / f"{stem}.png")
+        chart(results, paths[2])
     return paths
 
 
