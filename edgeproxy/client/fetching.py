@@ -20,7 +20,8 @@ from typing import IO
 import httpx
 
 from ..errors import ClientError, IntegrityError
-from .responses import check_partial, content_length, raise_for_status
+from ..http import parse_content_range
+from .responses import check_partial, content_length, raise_for_status, unsigned
 
 __all__ = ["RETRY_STATUSES", "fetch_blob"]
 
@@ -34,6 +35,7 @@ def fetch_blob(http: httpx.Client, url: str, sink: IO[bytes], span: tuple[int, i
     """Stream the blob at ``url`` (or its inclusive byte ``span``) into ``sink``, resuming
     after a cut or a passing 502/503/504 up to ``retries`` times; the first answer's status
     and X-Cache, and the body bytes in ``sink``."""
+    shown = unsigned(url)  # (a signed URL's signature stays out of messages)
     first = span[0] if span is not None else 0
     last = span[1] if span is not None else None  # None: to the end, learnt from the answer
     received = 0
@@ -48,7 +50,7 @@ def fetch_blob(http: httpx.Client, url: str, sink: IO[bytes], span: tuple[int, i
         try:
             with http.stream("GET", url, headers=headers) as response:
                 if response.status_code in RETRY_STATUSES:
-                    problem, cause = f"GET {url} answered {response.status_code}", None
+                    problem, cause = f"GET {shown} answered {response.status_code}", None
                 else:
                     raise_for_status(response)  # 4xx and other errors are final
                     if received and response.status_code == 200 and span is None:
@@ -65,7 +67,7 @@ def fetch_blob(http: httpx.Client, url: str, sink: IO[bytes], span: tuple[int, i
                     for piece in response.iter_bytes():
                         received += len(piece)
                         if total is not None and received > total:
-                            raise IntegrityError(f"GET {url} sent more than the {total} bytes "
+                            raise IntegrityError(f"GET {shown} sent more than the {total} bytes "
                                                  "asked")
                         sink.write(piece)
                         if progress is not None:
@@ -73,12 +75,12 @@ def fetch_blob(http: httpx.Client, url: str, sink: IO[bytes], span: tuple[int, i
                     if total is None or received == total:
                         sink.flush()
                         return status, x_cache, received
-                    problem, cause = f"GET {url} ended after {received} of {total} bytes", None
+                    problem, cause = f"GET {shown} ended after {received} of {total} bytes", None
         except httpx.TransportError as exc:
             if isinstance(exc, httpx.ConnectError) and not status:
                 # nothing has answered yet: no node there (a wrong URL, a stack not running)
-                raise ClientError(0, "connection_failed", f"GET {url}: {exc}") from exc
-            problem, cause = f"GET {url} at byte {first + received}: {exc}", exc
+                raise ClientError(0, "connection_failed", f"GET {shown}: {exc}") from exc
+            problem, cause = f"GET {shown} at byte {first + received}: {exc}", exc
         failures += 1
         if failures > retries:
             raise ClientError(0, "connection_failed",
@@ -96,11 +98,15 @@ def _expected(response: httpx.Response, at: int, last: int | None, blob_length: 
                               f"GET answered {response.status_code}, not 200")
         return content_length(response)
     if last is None:  # a resumption of a whole blob of unannounced length
-        last_known = (blob_length - 1) if blob_length is not None else None
-        if last_known is None:
+        if blob_length is None:
             if response.status_code != 206:
                 raise ClientError(response.status_code, "range_not_honoured",
                                   f"asked for bytes {at}-, got status {response.status_code}")
+            content_range = response.headers.get("content-range", "")
+            parsed = parse_content_range(content_range)
+            if parsed is None or parsed[0] is None or parsed[0].start != at:
+                raise IntegrityError(f"Content-Range {content_range!r} does not start at "
+                                     f"byte {at}, where the answer was cut")
             return None
-        last = last_known
+        last = blob_length - 1
     return check_partial(response, at, last, blob_length)
