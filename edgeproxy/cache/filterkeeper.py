@@ -69,7 +69,7 @@ class FilterKeeper:
         while True:
             await asyncio.sleep(SWITCH_EVERY)
             try:
-                self.switch()
+                await self._switch()
                 if time.monotonic() - checked >= CHECK_EVERY:
                     checked = time.monotonic()
                     presence = self.store.presence
@@ -82,22 +82,36 @@ class FilterKeeper:
 
     def switch(self) -> bool:
         """Map the filter file anew if it is not the one this worker has (another worker
-        built it); whether it did."""
-        presence = self.store.presence
-        if presence is None:
+        built it, or it was removed: then it is made again from the index, as at start);
+        whether it did."""
+        if not self._replaced():
             return False
-        try:
-            ino = os.stat(self.path).st_ino
-        except FileNotFoundError:
-            ino = -1  # removed: made again from the index, as at start
-        if ino == presence.ino:
-            return False
-        store = self.store
-        fresh = presence_of(store.directory, store.sql(), slots_for(store.size_limit))
+        fresh = self._open()
         if fresh is None:
             return False
         self._adopt(fresh)
         return True
+
+    async def _switch(self) -> None:
+        """`switch`, with the mapping (or a build from the index, which can take seconds)
+        done in a thread: the event loop only swaps the filter in."""
+        if self._replaced():
+            fresh = await asyncio.to_thread(self._open)
+            if fresh is not None:
+                self._adopt(fresh)
+
+    def _replaced(self) -> bool:
+        presence = self.store.presence
+        if presence is None:
+            return False
+        try:
+            return os.stat(self.path).st_ino != presence.ino
+        except FileNotFoundError:
+            return True
+
+    def _open(self) -> Presence | None:
+        store = self.store  # (the index's connection is the calling thread's)
+        return presence_of(store.directory, store.sql(), slots_for(store.size_limit))
 
     async def renew(self) -> bool:
         """Build the filter anew from the index's keys, use it, and once every worker has
