@@ -104,6 +104,19 @@ def file_state(st: os.stat_result) -> FileState:
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
+def same_bytes(state: FileState, st: os.stat_result) -> bool:
+    """Whether a file found in ``state`` holds the same bytes as of ``st``: its state is
+    unchanged, or it has only lost its last name since.
+
+    Removing a file's last name (an eviction; the index moving on to a newer copy of the
+    slice) moves its ctime as a write does, and a worker still sending the file took that
+    for a write and cut its answer (seen when a refetch in another worker replaced a slice
+    a lane answer was about to send). A write moves the mtime too, unlinked file or not.
+    """
+    now = file_state(st)
+    return now == state or (st.st_nlink == 0 and now[:4] == state[:4])
+
+
 def settled(state: FileState, racy_ns: int = RACY_NS) -> bool:
     """Whether a later write is sure to give the file another ctime.
 

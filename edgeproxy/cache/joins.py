@@ -14,6 +14,7 @@ from ..errors import FillAborted
 from ..http import ByteRange, RangeNotSatisfiable, resolve_ranges
 from . import fields, policy
 from .facts import FlightContext
+from .fetch import MAX_RUN
 from .hot import HotEntry
 from .meta import ObjectMeta
 from .sources import FillSource, Source, StoredSource
@@ -43,7 +44,14 @@ async def join(node: CacheNode, tx: Tx, meta: ObjectMeta, index: int) -> Source:
         if req.ranges and all(s.first is not None and s.last is not None
                               for s in req.ranges):
             end = min(end, max(s.last for s in req.ranges if s.last is not None))
-        last = max(i, end // meta.slice_size)
+        last = min(max(i, end // meta.slice_size), i + MAX_RUN - 1)
+        if last > i:
+            # The run stops before the next stored slice: fetching to the answer's end
+            # stored the slices after a dropped one again, and replacing a slice's file
+            # pulled it from under the workers sending it.
+            stored = node.store.stored_slices(req.key, meta.version, range(i + 1, last + 1))
+            if stored:
+                last = min(stored) - 1
         spec = node.spec(req, first=i, last=last, whole=False, known=meta)
         flight = node.fetcher.start(spec, facts=False,
                                     context=FlightContext(req.headers, known=meta))

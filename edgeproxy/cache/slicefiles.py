@@ -22,6 +22,7 @@ from .checksum import (
     file_state,
     fine_ctime,
     from_file_name,
+    same_bytes,
     settled,
 )
 
@@ -84,7 +85,7 @@ class SliceFile:
         """Whether the file is as it was when its checksum was found to match (one
         ``fstat``): a sender asks before its last byte, so a file written to while it was
         being sent aborts the answer rather than complete it."""
-        return file_state(os.fstat(self._kept.fd)) == self._state
+        return same_bytes(self._state, os.fstat(self._kept.fd))
 
     def close(self) -> None:
         """This reader is done (once; later calls do nothing)."""
@@ -167,8 +168,9 @@ class SliceFiles:
     def check(self, kept: KeptFile) -> FileState | None:
         """The file's state if it holds the bytes its checksum names now, else None. A state
         this worker found matching before is not hashed again."""
-        state = file_state(os.fstat(kept.fd))
-        if state == kept.state:
+        st = os.fstat(kept.fd)
+        state = file_state(st)
+        if kept.state is not None and same_bytes(kept.state, st):
             return state
         expected = kept.checksum
         if expected is None:

@@ -1,0 +1,89 @@
+"""A stored slice's file removed under its readers: by an eviction, or by the index moving
+on to a newer copy of the slice (another worker's refetch). Its bytes stay right for whoever
+holds it open, and a slice fetched again must not replace the stored slices around it."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import httpx
+
+from edgeproxy.cache.checksum import file_state, same_bytes
+from tests.origins import TestOrigin, pattern
+from tests.test_fault_flipped_byte import CACHED, edge_process, flip, settle, stalled_get
+
+
+def test_only_a_write_is_a_change_to_an_unlinked_file(tmp_path: Path) -> None:
+    path = tmp_path / "slice.val"
+    path.write_bytes(pattern(10_000))
+    settle()
+    fd = os.open(path, os.O_RDWR)
+    try:
+        state = file_state(os.fstat(fd))
+        assert same_bytes(state, os.fstat(fd))
+        os.unlink(path)  # moves the ctime: the link count changed, not the bytes
+        assert file_state(os.fstat(fd)) != state
+        assert same_bytes(state, os.fstat(fd))
+        settle()
+        os.pwrite(fd, b"x", 5)  # a stray write through a descriptor held from before
+        assert not same_bytes(state, os.fstat(fd))
+    finally:
+        os.close(fd)
+
+
+def test_a_renamed_file_is_checked_again(tmp_path: Path) -> None:
+    """A file that still has a name was moved: the store commits pending moves before it
+    reads a file, so a state taken before a move is not trusted after it."""
+    path = tmp_path / "slice.val"
+    path.write_bytes(pattern(10_000))
+    settle()
+    state = file_state(path.stat())
+    path.rename(tmp_path / "moved.val")
+    assert not same_bytes(state, (tmp_path / "moved.val").stat())
+
+
+def test_a_lane_answer_outlives_a_later_slice_removed_while_it_is_sent(tmp_path: Path) -> None:
+    """Every slice of a whole lane answer is checked before its head; one whose file is
+    removed meanwhile (evicted, or replaced by another worker) still holds its bytes, and
+    the answer completes (it was cut short: the removal moved the file's ctime)."""
+    size = 1024 * 1024
+    body = pattern(12 * size, seed=9)
+    origin = TestOrigin()
+    origin.put("/static/lane", body, headers=CACHED)
+    with edge_process(tmp_path, origin, size, workers=1) as (edge, cache_dir):
+        assert httpx.get(edge.url + "/static/lane").content == body
+        assert httpx.get(edge.url + "/static/lane").headers["x-cache"] == "HIT from edge"
+        [target] = [p for p in cache_dir.rglob("*.val")
+                    if p.read_bytes() == body[10 * size:11 * size]]
+        length, got = stalled_get(edge.url, "/static/lane", lambda: target.unlink(),
+                                  keep_alive=True)
+        assert length == len(body) and got == body
+
+
+def test_a_dropped_slice_is_fetched_alone(tmp_path: Path) -> None:
+    """A slice that failed its check is fetched again by itself: the stored slices after it
+    are neither fetched nor written again (their files were replaced, and every worker
+    sending them found them changed)."""
+    size = 64 * 1024
+    body = pattern(6 * size, seed=12)
+    origin = TestOrigin()
+    origin.put("/static/six", body, headers=CACHED)
+    with edge_process(tmp_path, origin, size, workers=1) as (edge, cache_dir):
+        assert httpx.get(edge.url + "/static/six").content == body
+        deadline = time.monotonic() + 5
+        while len(list(cache_dir.rglob("*.val"))) < 6 and time.monotonic() < deadline:
+            time.sleep(0.01)  # (moved into place by the group commit)
+        files = {p: p.stat().st_ino for p in cache_dir.rglob("*.val")}
+        [target] = [p for p in files if p.read_bytes() == body[2 * size:3 * size]]
+        flip(target, 100)
+        r = httpx.get(edge.url + "/static/six")
+        assert r.status_code == 200 and r.content == body
+        assert [h.range for h in origin.hits] == [None, f"bytes={2 * size}-{3 * size - 1}"]
+        assert origin.bytes_sent("/static/six") == len(body) + size
+        for path, ino in files.items():  # the others: the same files, untouched
+            assert path == target or path.stat().st_ino == ino
+        r = httpx.get(edge.url + "/static/six", headers={"range": f"bytes={size}-"})
+        assert r.status_code == 206 and r.content == body[size:]
+        assert origin.count("/static/six") == 2
