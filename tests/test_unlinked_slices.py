@@ -5,13 +5,17 @@ holds it open, and a slice fetched again must not replace the stored slices arou
 from __future__ import annotations
 
 import os
+import random
+import threading
 import time
 from pathlib import Path
 
 import httpx
 
 from edgeproxy.cache.checksum import file_state, same_bytes
+from tests.nodes import NodeProcess
 from tests.origins import TestOrigin, pattern
+from tests.servers import free_port, serve
 from tests.test_fault_flipped_byte import CACHED, edge_process, flip, settle, stalled_get
 
 
@@ -87,3 +91,51 @@ def test_a_dropped_slice_is_fetched_alone(tmp_path: Path) -> None:
         r = httpx.get(edge.url + "/static/six", headers={"range": f"bytes={size}-"})
         assert r.status_code == 206 and r.content == body[size:]
         assert origin.count("/static/six") == 2
+
+
+def test_answers_stay_whole_while_evictions_churn_the_cache(tmp_path: Path) -> None:
+    """Two workers, a cache a third the size of what clients ask for: slices are evicted
+    (by either worker) while the other sends them. Every answer is whole and right, against
+    the origin's bytes (answers were cut short when an eviction removed a file a lane answer
+    had checked)."""
+    size = 256 * 1024
+    origin = TestOrigin()
+    bodies = {f"/static/e{i}": pattern(8 * size + 1000 * i, seed=40 + i) for i in range(8)}
+    for path, body in bodies.items():
+        origin.put(path, body, headers=CACHED)
+    port = free_port()
+    config = tmp_path / "config.yaml"
+    config.write_text(f"data_dir: {tmp_path / 'var'}\nlog_level: warning\nlog: {{access: 'off'}}\n"
+                      f"cache: {{slice_size: {size}, memory_size: 0}}\n"
+                      f"edge: {{port: {port}, workers: 2, cache_size: {6 * 2**20}}}\n")
+    problems: list[str] = []
+    answers = [0]
+
+    def client(seed: int, url: str) -> None:
+        rng = random.Random(seed)
+        deadline = time.monotonic() + 4
+        with httpx.Client(base_url=url, limits=httpx.Limits(max_keepalive_connections=0),
+                          timeout=20) as http:
+            while time.monotonic() < deadline:
+                path = rng.choice(sorted(bodies))
+                body = bodies[path]
+                lo = rng.randrange(len(body)) if rng.random() < 0.5 else 0
+                try:
+                    r = http.get(path, headers={"range": f"bytes={lo}-"} if lo else {})
+                except httpx.HTTPError as exc:
+                    problems.append(f"{path} from {lo}: {exc!r}")
+                    continue
+                answers[0] += 1
+                if r.content != body[lo:]:
+                    problems.append(f"{path} from {lo}: {r.status_code}, {len(r.content)} bytes")
+
+    with serve(origin) as o, \
+            NodeProcess(config, "edge", f"http://127.0.0.1:{port}", upstream=o.url) as edge:
+        threads = [threading.Thread(target=client, args=(seed, edge.url)) for seed in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    assert problems == []
+    assert answers[0] > 50
+    assert origin.count() > 2 * len(bodies)  # evicted slices were fetched again
