@@ -55,6 +55,12 @@ class FillAborted(UpstreamError):
     """A fill that other requests were following broke off or failed a check midway."""
 
 
+class FillLost(FillAborted):
+    """Another worker's fill ended before a reader took any byte of it, its slice unstored
+    (given up, passed through, or stored and evicted at once): the reader may join the slice
+    again, its answer intact."""
+
+
 class StorageFault(EdgeProxyError):
     """The cache's disk or index failed (full disk, I/O error, a broken SQLite file): the
     request goes on without storing, as a pass-through."""

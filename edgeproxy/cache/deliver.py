@@ -10,12 +10,13 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import hmac
+import logging
 import os
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from ..errors import FillAborted, HTTPError
+from ..errors import FillAborted, FillLost, HTTPError
 from ..http import (
     ByteRange,
     RangeNotSatisfiable,
@@ -31,6 +32,12 @@ from .meta import ObjectMeta
 from .slicefiles import FilePiece
 from .sources import DirectSource, Following, Source, StoredSource
 from .types import ZEROCOPY, Message, Send
+
+log = logging.getLogger("edgeproxy.cache")
+
+# How often a slice whose fill in another worker ended before its first byte (`FillLost`) is
+# joined again: stored meanwhile, or fetched anew by this worker.
+REJOINS = 2
 
 Join = Callable[[int], Awaitable[Source]]
 Pieces = Callable[[int, int], FilePiece | None]  # an object's bytes first..last from its files
@@ -172,19 +179,25 @@ async def send_body(reply: Reply, meta: ObjectMeta, send: Send, join: Join, *,
                     continue
                 pieces = None  # (one is missing or changed: slice by slice from here)
             final = reply.multipart is None and i == len(ranges) - 1 and index == span[-1]
-            source = await join(index)
-            try:
-                if final and (unsettled or source.pending):
-                    if last > first:
-                        sent += await out(source, first, last - 1)
-                    for earlier in (*unsettled, source):
-                        await earlier.settled(timeout)
-                    first = last
-                sent += await out(source, first, last)
-                if source.pending:
-                    unsettled.append(source)
-            finally:
-                source.close()
+            for attempt in range(REJOINS + 1):
+                source = await join(index)
+                try:
+                    if final and (unsettled or source.pending):
+                        if last > first:
+                            sent += await out(source, first, last - 1)
+                        first = last  # (out: a slice joined again sends the rest)
+                        for earlier in (*unsettled, source):
+                            await earlier.settled(timeout)
+                    sent += await out(source, first, last)
+                    if source.pending:
+                        unsettled.append(source)
+                    break
+                except FillLost as lost:
+                    if attempt == REJOINS:
+                        raise
+                    log.info("slice %d: %s; joined again", index, lost)
+                finally:
+                    source.close()
     if reply.multipart is not None:
         for earlier in unsettled:
             await earlier.settled(timeout)

@@ -7,7 +7,7 @@ import os
 from collections.abc import AsyncIterator
 from typing import Protocol
 
-from ..errors import FillAborted, UpstreamTimeout
+from ..errors import FillAborted, FillLost, UpstreamTimeout
 from .fills import SliceFill
 from .foreign import ForeignFill
 from .store import SliceBody
@@ -113,6 +113,8 @@ class Following:
         fill, pos = self.fill, start
         while end is None or pos <= end:
             if fill.error is not None:
+                if pos == start and isinstance(fill, ForeignFill):
+                    raise FillLost(f"fill failed before its first byte: {fill.error}")
                 raise FillAborted(f"fill failed: {fill.error}")
             limit = fill.visible if end is None else min(fill.visible, end + 1)
             if limit > pos:
