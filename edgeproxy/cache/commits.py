@@ -76,7 +76,9 @@ class Commits:
                                             fill.written, data, checksum=fill.sum.value())
                     self._unverify(flight, meta)
             except Exception as exc:  # a storage fault: followers still get the bytes
-                log.error("could not commit slice %s/%d: %s", flight.key, fill.index, exc)
+                # (a `StorageFault` was logged by the store, once a minute when it repeats)
+                log.log(logging.DEBUG if isinstance(exc, StorageFault) else logging.ERROR,
+                        "could not commit slice %s/%d: %s", flight.key, fill.index, exc)
                 fill.keep_in_memory()  # the leader reads it there rather than fetch it again
         else:
             self._unlink(fill)

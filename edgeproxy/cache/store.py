@@ -33,6 +33,7 @@ import diskcache
 
 from ..config import FreeSpace
 from ..errors import StorageFault
+from ..quietlog import QuietLog
 from . import index, queries
 from .batch import GroupCommit
 from .checksum import SliceCheck, check_file, check_inline, seal, unseal
@@ -72,6 +73,7 @@ class CacheStore:
                  min_free: FreeSpace = DEFAULT_MIN_FREE) -> None:
         self.last_fault = 0.0
         self.faults = 0  # how many so far
+        self._faults_log = QuietLog(log)  # a full volume faults every fill
         self.last_write = 0.0  # when a slice was last stored
         self.on_fault: Callable[[str], None] = lambda reason: None  # with `fault_reason`
         # a stored slice failed its checksum and was dropped: (key, index, why)
@@ -127,7 +129,8 @@ class CacheStore:
         self.last_fault = time.time()
         self.faults += 1
         reason = index.fault_reason(exc)
-        log.error("storage fault (%s) in %s: %s", reason, self.directory, exc)
+        self._faults_log.error(reason, "storage fault (%s) in %s: %s", reason, self.directory,
+                               exc)
         if reason == "no_space":
             self.forget_files()  # kept descriptors of evicted files hold their space
         self.on_fault(reason)
