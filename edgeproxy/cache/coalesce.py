@@ -149,9 +149,23 @@ class Coalescer:
         if self.fills.get((fill.key, fill.index)) is fill:
             del self.fills[(fill.key, fill.index)]
             key, index = fill.key, fill.index
-            # Other workers read the index once the claim is gone: it goes after the commit.
-            self.store.after_commit(lambda: self.claims.drop(key, index))
+            flight = fill.flight
+            if index == 0 and flight.store_meta == "end" and not flight.ended.done():
+                # Two workers fetched a growing body side by side once its slice 0 was in:
+                # their answers lost the slices the other one claimed, and were cut there.
+                flight.first_held = True  # dropped as the flight ends (`drop_first`)
+            else:
+                # Other workers read the index once the claim is gone: after the commit.
+                self.store.after_commit(lambda: self.claims.drop(key, index))
         fill.release()
+
+    def drop_first(self, flight: Flight) -> None:
+        """``flight`` ended: drop the claim of slice 0 it kept (`release`), once what it
+        wrote is committed."""
+        if flight.first_held:
+            flight.first_held = False
+            key = flight.key
+            self.store.after_commit(lambda: self.claims.drop(key, 0))
 
     def forget(self, predicate: Callable[[str], bool]) -> None:
         """Purge: fills in flight for matching keys finish for their followers, unstored."""

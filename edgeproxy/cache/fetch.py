@@ -196,6 +196,7 @@ class Fetcher:
             flight.grew()
             if not flight.ended.done():
                 flight.ended.set_result(None)
+            self.coalescer.drop_first(flight)
 
     def _claim_body(self, flight: Flight, beresp: BeResp, size: int) -> None:
         """Claim every slice the answer will carry beyond those asked for (bytes pass by

@@ -46,6 +46,10 @@ class Flight:
     shareable: bool = True  # False: only the leading request may use this answer
     direct: Any = None  # an UpstreamResponse handed to the leader (answers not stored)
     store_meta: str = "now"  # when the facts are stored: now, with the body, or not at all
+    # A body of unknown length (facts stored at its end): the claim of its slice 0 is held
+    # until the flight ends, so another worker's request waits for those facts (and reads
+    # the stored body) rather than fetch the object again beside it (`Coalescer.release`).
+    first_held: bool = False
     digest: str | None = None  # expected SHA-256 (hex) of the whole representation
     content_digest: Any = None  # the answer's Content-Digest and its span (fields.MessageDigest)
     checks: tuple[str, ...] = ()  # SHA-256s (hex) the answer's body must have, all of them

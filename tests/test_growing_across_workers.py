@@ -1,0 +1,55 @@
+"""A body of unknown length (chunked, from an origin without Range) that one worker of a
+node fetches while requests for it reach the node's other worker: they wait for it to be
+stored, and every answer is whole (a second fetch beside the first, once its slice 0 was
+in, lost the slices the first one claimed: its answers were cut there)."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.foreign import ForeignOrigin
+from tests.nodes import NodeProcess
+from tests.origins import pattern
+from tests.servers import free_port
+
+SLICE = 64 * 1024
+
+
+@pytest.mark.parametrize("etag", [None, '"g1"'], ids=["no-validator", "etag"])
+def test_every_worker_follows_a_growing_body(tmp_path: Path, etag: str | None) -> None:
+    body = pattern(6 * SLICE + 1234, seed=21)
+    port = free_port()
+    config = tmp_path / "config.yaml"
+    config.write_text(f"data_dir: {tmp_path / 'var'}\nlog_level: warning\nlog: {{access: 'off'}}\n"
+                      f"cache: {{slice_size: {SLICE}}}\nedge: {{port: {port}, workers: 2}}\n")
+    with ForeignOrigin() as origin:
+        # the last 64 KiB a second late: the fill is still growing as the others arrive
+        origin.route("/static/grow", body=body, framing="chunked", ranges=False, pause=1.0,
+                     etag=etag, headers=[("cache-control", "max-age=600")])
+        with NodeProcess(config, "edge", f"http://127.0.0.1:{port}",
+                         upstream=origin.url) as edge:
+            got: list[object] = []
+            start = threading.Barrier(8)
+
+            def client() -> None:
+                with httpx.Client(limits=httpx.Limits(max_keepalive_connections=0),
+                                  timeout=20) as http:
+                    start.wait()
+                    try:
+                        got.append(http.get(edge.url + "/static/grow").content)
+                    except httpx.HTTPError as exc:
+                        got.append(exc)
+
+            threads = [threading.Thread(target=client) for _ in range(8)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            assert [g == body if isinstance(g, bytes) else repr(g) for g in got] == [True] * 8
+            assert origin.count("/static/grow") == 1
+            r = httpx.get(edge.url + "/static/grow")
+            assert r.content == body and r.headers["x-cache"] == "HIT from edge"
