@@ -254,7 +254,7 @@ class Coalescer:
         fill = ForeignFill(self.claims.path(key, index),
                            is_running=lambda: self.claims.held_elsewhere(key, index),
                            stored=lambda: self.store.get_slice(key, version, index),
-                           on_last=forget)
+                           on_last=forget, version=version)
         self.foreign[(key, index, version)] = fill
         return fill
 

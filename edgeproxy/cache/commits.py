@@ -17,6 +17,7 @@ from . import policy
 from .coalesce import Coalescer
 from .fills import SliceFill
 from .flight import Flight
+from .foreign import vouch_file
 from .meta import ObjectMeta
 from .store import CacheStore
 
@@ -59,6 +60,8 @@ class Commits:
         """Finish ``fill`` and store its slice (kept in memory for its readers if the store
         refuses it)."""
         fill.finish()
+        if fill.fd >= 0 and flight.version is not None:
+            vouch_file(fill.fd, flight.version, fill.sum.value())  # for other workers' readers
         # Commit and unregister in one synchronous step: a request that misses the fill in
         # the registry finds the slice in the store.
         if flight.version is not None and not fill.discard and not fill.unstorable:

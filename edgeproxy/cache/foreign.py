@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import FillAborted, UpstreamTimeout
+from .checksum import file_matches
 from .waits import broadcast, shared
 
 if TYPE_CHECKING:
@@ -18,6 +19,29 @@ if TYPE_CHECKING:
 
 # How often a waiter polls what another worker process does (there is no event across them).
 POLL_INTERVAL = 0.005
+
+# The extended attribute by which a worker vouches for a fill file it finished: the version
+# of the object it holds a slice of, and that slice's xxh3 (`vouch_file`).
+VOUCHED = "user.edgeproxy.vouched"
+
+
+def vouch_file(fd: int, version: str, checksum: int) -> None:
+    """Mark a finished fill's file as the whole slice of ``version`` that hashes to
+    ``checksum``: a worker following it reads it to its end even when the slice is gone
+    from the index by then (evicted at once, passed through unstored). Where the file
+    system keeps no extended attributes nothing is marked, and such followers are cut."""
+    with contextlib.suppress(OSError):
+        os.setxattr(fd, VOUCHED, f"{version}:{checksum:016x}".encode())
+
+
+def vouched(fd: int, version: str) -> bool:
+    """Whether file ``fd`` is a fill of ``version`` that its worker finished and vouched
+    for (`vouch_file`), and still holds those bytes (hashed again here)."""
+    try:
+        found, _, value = os.getxattr(fd, VOUCHED).decode().rpartition(":")
+        return found == version and file_matches(fd, os.fstat(fd).st_size, int(value, 16))
+    except (OSError, ValueError):
+        return False
 
 
 async def poll(ready: Callable[[], bool], timeout: float, what: str) -> None:
@@ -45,8 +69,10 @@ class ForeignFill:
 
     def __init__(self, path: Path, is_running: Callable[[], bool],
                  stored: Callable[[], SliceBody | None],
-                 on_last: Callable[[ForeignFill], None] = lambda fill: None) -> None:
+                 on_last: Callable[[ForeignFill], None] = lambda fill: None,
+                 version: str | None = None) -> None:
         self.path = path
+        self.version = version  # the object's, whose slice this is
         self._is_running = is_running
         self._stored = stored
         self._on_last = on_last
@@ -91,6 +117,11 @@ class ForeignFill:
             return
         body = self._stored()
         if body is None:
+            if self.fd >= 0 and self.version is not None and vouched(self.fd, self.version):
+                # finished and vouched for, then not stored or evicted at once: the bytes
+                # are all in the file we hold (answers that had sent some were cut here)
+                self.visible, self.done = os.fstat(self.fd).st_size, True
+                return
             self.error = FillAborted("the worker filling this slice gave up")
         elif isinstance(body, bytes):
             self._close_fd()

@@ -1,0 +1,96 @@
+"""A worker vouches for each fill file it finishes (an extended attribute: the object's
+version and the slice's xxh3), so that another worker following the file reads it to the
+end even when the slice is gone from the index by then (evicted at once, or not stored):
+such answers were cut short, with bytes of the slice already sent."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+from pathlib import Path
+
+import pytest
+
+from edgeproxy.cache import checksum
+from edgeproxy.cache.foreign import ForeignFill, vouch_file, vouched
+from edgeproxy.errors import FillAborted
+from tests.origins import pattern
+
+DATA = pattern(100_000, seed=5)
+
+
+def _xattrs_or_skip(directory: Path) -> None:
+    """Skip where the volume keeps no user extended attributes (nothing is vouched for
+    there, and followers are cut as before)."""
+    probe = directory / "probe"
+    probe.write_bytes(b"")
+    try:
+        os.setxattr(probe, "user.probe", b"1")
+    except OSError as exc:
+        if exc.errno in (errno.ENOTSUP, errno.EOPNOTSUPP):
+            pytest.skip("this volume keeps no user extended attributes")
+        raise
+
+
+def _file(tmp_path: Path) -> int:
+    _xattrs_or_skip(tmp_path)
+    path = tmp_path / "fill"
+    path.write_bytes(DATA)
+    return os.open(path, os.O_RDWR)
+
+
+@pytest.mark.parametrize(("marked", "asked", "flip", "expected"), [
+    ("v1", "v1", False, True),     # the version and bytes it vouched for
+    ("v1", "v2", False, False),    # another version's fill at the same claim path
+    (None, "v1", False, False),    # never vouched for: given up, or another file system
+    ("v1", "v1", True, False),     # vouched for, then a byte changed
+    ("a:b", "a:b", False, True),   # a version with a colon in it
+])
+def test_vouched_table(tmp_path: Path, marked: str | None, asked: str, flip: bool,
+                       expected: bool) -> None:
+    fd = _file(tmp_path)
+    try:
+        if marked is not None:
+            vouch_file(fd, marked, checksum.of(DATA))
+        if flip:
+            os.pwrite(fd, bytes([DATA[7] ^ 1]), 7)
+        assert vouched(fd, asked) is expected
+    finally:
+        os.close(fd)
+
+
+async def _follow(tmp_path: Path, mark: bool) -> tuple[ForeignFill, bytes]:
+    """Follow a fill whose worker writes half, then the rest, finishes (vouching for it if
+    ``mark``) and lets go of its claim with nothing stored; what the follower read."""
+    path = tmp_path / "fill"
+    path.write_bytes(DATA[:50_000])
+    running = [True]
+    fill = ForeignFill(path, is_running=lambda: running[0], stored=lambda: None,
+                       version="v1")
+    fill.attach()
+    await fill.wait_beyond(0, 5)
+    got = fill.read(0, fill.visible)
+    with path.open("ab") as f:
+        f.write(DATA[50_000:])
+        if mark:
+            vouch_file(f.fileno(), "v1", checksum.of(DATA))
+    os.unlink(path)  # committed and evicted at once
+    running[0] = False
+    await fill.wait_done(5)
+    if fill.error is None:
+        got += fill.read(len(got), len(DATA))
+    fill.detach()
+    return fill, got
+
+
+async def test_a_vouched_fill_is_read_to_its_end(tmp_path: Path) -> None:
+    _xattrs_or_skip(tmp_path)
+    fill, got = await _follow(tmp_path, mark=True)
+    assert fill.error is None and fill.done and got == DATA
+
+
+async def test_an_unvouched_fill_that_leaves_nothing_stored_fails(tmp_path: Path) -> None:
+    fill, got = await _follow(tmp_path, mark=False)
+    assert isinstance(fill.error, FillAborted) and got == DATA[:len(got)]
+    await asyncio.sleep(0)
