@@ -19,6 +19,17 @@ from tests.servers import free_port, listens, write_stack_config
 from tests.static_origins import stop_process, wait_listening
 
 
+def edge_config_file(directory: Path, port: int, *, cache: str = "", edge: str = "",
+                     log_level: str = "warning") -> Path:
+    """An edge's config file in ``directory`` (data there, no access log): ``cache`` and
+    ``edge`` are more YAML flow-mapping entries of those sections (``"slice_size: 65536"``)."""
+    path = directory / "config.yaml"
+    path.write_text(f"data_dir: {directory / 'var'}\nlog_level: {log_level}\n"
+                    f"log: {{access: 'off'}}\ncache: {{{cache}}}\n"
+                    f"edge: {{port: {port}{', ' + edge if edge else ''}}}\n")
+    return path
+
+
 class NodeProcess:
     """One ``python -m edgeproxy serve --role ROLE`` with stdout and stderr kept in files
     next to the config (``ROLE.out``, ``ROLE.err``)."""

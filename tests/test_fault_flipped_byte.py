@@ -35,7 +35,7 @@ from edgeproxy.cache.slicefiles import SliceFile
 from edgeproxy.cache.store import CacheStore
 from edgeproxy.cli import cli
 from edgeproxy.config import Config, load_config
-from tests.nodes import NodeProcess
+from tests.nodes import NodeProcess, edge_config_file
 from tests.origins import TestOrigin, pattern
 from tests.servers import free_port, serve
 from tests.test_cache_node import _metric, make_config
@@ -91,10 +91,8 @@ def edge_process(tmp_path: Path, origin: TestOrigin, slice_size: int,
     """An ``edgeproxy serve`` edge (the server protocol, fast lane and all) in front of
     ``origin``, and its cache directory."""
     port = free_port()
-    path = tmp_path / "config.yaml"
-    path.write_text(f"data_dir: {tmp_path / 'var'}\nlog_level: warning\nlog: {{access: 'off'}}\n"
-                    f"cache: {{slice_size: {slice_size}}}\n"
-                    f"edge: {{port: {port}, workers: {workers}}}\n")
+    path = edge_config_file(tmp_path, port, cache=f"slice_size: {slice_size}",
+                            edge=f"workers: {workers}")
     with serve(origin) as o, \
             NodeProcess(path, "edge", f"http://127.0.0.1:{port}", upstream=o.url) as edge:
         yield edge, load_config(path).cache_dir("edge")

@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from tests.foreign import ForeignOrigin
-from tests.nodes import NodeProcess
+from tests.nodes import NodeProcess, edge_config_file
 from tests.origins import pattern
 from tests.servers import free_port
 
@@ -23,9 +23,7 @@ SLICE = 64 * 1024
 def test_every_worker_follows_a_growing_body(tmp_path: Path, etag: str | None) -> None:
     body = pattern(6 * SLICE + 1234, seed=21)
     port = free_port()
-    config = tmp_path / "config.yaml"
-    config.write_text(f"data_dir: {tmp_path / 'var'}\nlog_level: warning\nlog: {{access: 'off'}}\n"
-                      f"cache: {{slice_size: {SLICE}}}\nedge: {{port: {port}, workers: 2}}\n")
+    config = edge_config_file(tmp_path, port, cache=f"slice_size: {SLICE}", edge="workers: 2")
     with ForeignOrigin() as origin:
         # the last 64 KiB a second late: the fill is still growing as the others arrive
         origin.route("/static/grow", body=body, framing="chunked", ranges=False, pause=1.0,

@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from edgeproxy.quietlog import QuietLog
-from tests.nodes import NodeProcess
+from tests.nodes import NodeProcess, edge_config_file
 from tests.origins import TestOrigin, pattern
 from tests.servers import free_port, serve
 from tests.test_cache_node import _metric
@@ -45,10 +45,8 @@ def test_a_node_without_room_logs_its_storage_fault_once(tmp_path: Path) -> None
     for path, body in bodies.items():
         origin.put(path, body, headers=CACHED)
     port = free_port()
-    config = tmp_path / "config.yaml"
-    config.write_text(f"data_dir: {tmp_path / 'var'}\nlog_level: info\nlog: {{access: 'off'}}\n"
-                      f"cache: {{slice_size: 65536, min_free: '99.99%'}}\n"
-                      f"edge: {{port: {port}, workers: 1}}\n")
+    config = edge_config_file(tmp_path, port, cache="slice_size: 65536, min_free: '99.99%'",
+                              log_level="info")
     with serve(origin) as o, \
             NodeProcess(config, "edge", f"http://127.0.0.1:{port}", upstream=o.url) as edge:
         for path, body in bodies.items():

@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from edgeproxy.cache.checksum import file_state, same_bytes
-from tests.nodes import NodeProcess
+from tests.nodes import NodeProcess, edge_config_file
 from tests.origins import TestOrigin, pattern
 from tests.servers import free_port, serve
 from tests.static_origins import HttpServer, Nginx
@@ -128,10 +128,8 @@ def test_answers_stay_whole_while_evictions_churn_the_cache(tmp_path: Path, kind
     size = 256 * 1024
     bodies = {f"/immutable/e{i}": pattern(8 * size + 1000 * i, seed=40 + i) for i in range(8)}
     port = free_port()
-    config = tmp_path / "config.yaml"
-    config.write_text(f"data_dir: {tmp_path / 'var'}\nlog_level: warning\nlog: {{access: 'off'}}\n"
-                      f"cache: {{slice_size: {size}, memory_size: 0}}\n"
-                      f"edge: {{port: {port}, workers: 2, cache_size: {8 * 2**20}}}\n")
+    config = edge_config_file(tmp_path, port, cache=f"slice_size: {size}, memory_size: 0",
+                              edge=f"workers: 2, cache_size: {8 * 2**20}")
     problems: list[str] = []
     answers = [0]
 
