@@ -5,6 +5,7 @@ for)."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -95,3 +96,21 @@ async def test_a_fill_lost_after_bytes_went_out_cuts_the_answer(tmp_path: Path) 
                         timeout=5)
     assert not isinstance(caught.value, FillLost)
     assert b"".join(out) == BODY[:SIZE] + half[:len(b"".join(out)) - SIZE]
+
+
+async def test_a_body_of_unknown_length_rejoins_a_lost_slice(tmp_path: Path) -> None:
+    """Slice after slice until one is short (the body's length is learnt at its end)."""
+    growing = dataclasses.replace(META, length=None)
+    sources: dict[int, list[Source]] = {0: [_stored(0)], 1: [_lost(tmp_path), _stored(1)],
+                                        2: [_stored(2)], 3: [StoredSource(b"")]}
+    out: list[bytes] = []
+
+    async def send(message: Any) -> None:
+        out.append(message["body"])
+
+    async def join(index: int) -> Source:
+        return sources[index].pop(0)
+
+    assert await send_body(Reply(200, [], None), growing, send, join, direct=None,
+                           read_size=4096, timeout=5) == len(BODY)
+    assert b"".join(out) == BODY

@@ -136,13 +136,20 @@ async def send_body(reply: Reply, meta: ObjectMeta, send: Send, join: Join, *,
     if ranges is None:  # length unknown: the body is still arriving, slice after slice
         if direct is not None:
             return await direct.stream(0, None, send, read_size, timeout)
-        index = 0
+        index, attempt = 0, 0
         while True:
             source = await join(index)
             try:
                 n = await source.stream(0, None, send, read_size, timeout)
+            except FillLost as lost:  # (as below)
+                attempt += 1
+                if attempt > REJOINS:
+                    raise
+                log.info("slice %d: %s; joined again", index, lost)
+                continue
             finally:
                 source.close()
+            attempt = 0
             sent += n
             if n < meta.slice_size:
                 return sent

@@ -160,9 +160,12 @@ async def _join_growing(node: CacheNode, tx: Tx, meta: ObjectMeta, index: int) -
         if body is not None:
             return StoredSource(body)
         if flight is None or flight.ended.done():
-            if flight is not None and flight.length is not None \
-                    and index * meta.slice_size >= flight.length:
-                return StoredSource(b"")
+            if flight is not None and flight.length is not None:
+                if index * meta.slice_size >= flight.length:
+                    return StoredSource(b"")
+                # stored, then evicted before this reader got to it (a slow reader, a
+                # small cache): fetched again as a missing slice of a known object
+                return await join(node, tx, meta.with_length(flight.length), index)
             raise FillAborted(f"slice {index} of {tx.req.key}: the upstream body broke "
                               "off before it")
         await flight.wait_growth(node.wait_timeout)
