@@ -53,6 +53,7 @@ class Route:
     total_offset: int = 0  # a 206's Content-Range states the complete length off by this
     delay: float = 0.0  # seconds before the answer
     pause: float = 0.0  # seconds of silence before the answer's last 64 KiB
+    drip: float = 0.0  # seconds of silence before each 64 KiB of the answer (a slow origin)
     conditional: bool = True  # 304 on a matching If-None-Match / If-Modified-Since
     interim: list[int] = field(default_factory=list)  # 1xx answers sent before the final one
     hints: list[tuple[str, str]] = field(default_factory=list)  # fields of each 1xx answer
@@ -203,6 +204,11 @@ class ForeignOrigin:
             await writer.drain()
             await asyncio.sleep(route.pause)
             answer = answer[-65536:]
+        while route.drip and len(answer) > 65536:
+            writer.write(answer[:65536])
+            await writer.drain()
+            await asyncio.sleep(route.drip)
+            answer = answer[65536:]
         writer.write(answer)
         await writer.drain()
         return keep and route.cut_at is None

@@ -19,14 +19,22 @@ from tests.servers import free_port
 SLICE = 64 * 1024
 
 
-@pytest.mark.parametrize("etag", [None, '"g1"'], ids=["no-validator", "etag"])
-def test_every_worker_follows_a_growing_body(tmp_path: Path, etag: str | None) -> None:
+@pytest.mark.parametrize(("etag", "slow"), [(None, False), ('"g1"', False), ('"g1"', True)],
+                         ids=["no-validator", "etag", "longer-than-the-wait"])
+def test_every_worker_follows_a_growing_body(tmp_path: Path, etag: str | None,
+                                             slow: bool) -> None:
+    """``slow``: the body takes 2 s to arrive, the other worker's requests wait 1 s at most
+    for it (``fill_wait_timeout``), then relay their own answer (they were answered 504)."""
     body = pattern(6 * SLICE + 1234, seed=21)
     port = free_port()
-    config = edge_config_file(tmp_path, port, cache=f"slice_size: {SLICE}", edge="workers: 2")
+    wait = ", fill_wait_timeout: 1" if slow else ""
+    config = edge_config_file(tmp_path, port, cache=f"slice_size: {SLICE}{wait}",
+                              edge="workers: 2")
     with ForeignOrigin() as origin:
-        # the last 64 KiB a second late: the fill is still growing as the others arrive
-        origin.route("/static/grow", body=body, framing="chunked", ranges=False, pause=1.0,
+        # the last 64 KiB a second late (or each 64 KiB 0.3 s late): the fill is still
+        # growing as the others arrive
+        origin.route("/static/grow", body=body, framing="chunked", ranges=False,
+                     pause=0.0 if slow else 1.0, drip=0.3 if slow else 0.0,
                      etag=etag, headers=[("cache-control", "max-age=600")])
         with NodeProcess(config, "edge", f"http://127.0.0.1:{port}",
                          upstream=origin.url) as edge:
@@ -48,6 +56,6 @@ def test_every_worker_follows_a_growing_body(tmp_path: Path, etag: str | None) -
             for thread in threads:
                 thread.join()
             assert [g == body if isinstance(g, bytes) else repr(g) for g in got] == [True] * 8
-            assert origin.count("/static/grow") == 1
+            assert origin.count("/static/grow") == 1 or slow
             r = httpx.get(edge.url + "/static/grow")
             assert r.content == body and r.headers["x-cache"] == "HIT from edge"

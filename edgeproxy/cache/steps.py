@@ -169,7 +169,10 @@ async def miss(node: CacheNode, tx: Tx) -> Step:
         if tx.stale is None and tx.known is None and not private and \
                 node.coalescer.claims.held_elsewhere(req.key, index):
             node.metrics.collapsed.labels(node.tier).inc()
-            meta = await node.coalescer.foreign_facts(req.key, index, 0.0)
+            try:
+                meta = await node.coalescer.foreign_facts(req.key, index, 0.0)
+            except UpstreamTimeout:
+                return pass_  # that fetch outlasts the wait (a long body of unknown length)
             if meta is not None:
                 if not fields.selects(meta.vary, meta.vary_values, req.headers):
                     return pass_  # another variant's facts: an answer of our own
