@@ -28,6 +28,7 @@ class BeResp:
     response_time: float
     body_start: int = 0  # offset in the representation of the first body byte
     x_cache: str | None = None
+    slice_sums: str | None = None  # an upstream node's ``Edgeproxy-Slice-Sums`` (`slicesums`)
     # interim (1xx) answers that came first, for the request that led the exchange
     interims: tuple[tuple[int, RawHeaders], ...] = ()
     _version: str | None = None
@@ -101,7 +102,7 @@ def from_upstream(resp: UpstreamResponse, request_time: float) -> BeResp:
         etag=first.get("etag"), last_modified=first.get("last-modified"),
         content_type=first.get("content-type"), request_time=request_time,
         response_time=time.time(), body_start=body_start, x_cache=first.get("x-cache"),
-        interims=interims_of(resp),
+        slice_sums=first.get("edgeproxy-slice-sums"), interims=interims_of(resp),
     )
 
 

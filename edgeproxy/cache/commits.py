@@ -47,7 +47,15 @@ class Commits:
 
     def complete(self, flight: Flight, fill: SliceFill) -> None:
         """``fill`` has all its bytes: commit it, or leave it to `vouch` while the answer's
-        hash is pending."""
+        hash is pending. A slice whose bytes differ from the sum the upstream named for
+        them (`slicesums`) is discarded: its readers abort before its last byte."""
+        if fill.want is not None and fill.sum.value() != fill.want:
+            why = (f"slice {fill.index}: xxh3 {fill.sum.value():016x} differs from the "
+                   f"{fill.want:016x} the upstream named")
+            fill.discard = True
+            self.discard(fill, FillAborted(f"integrity check failed: {why}"))
+            self.on_integrity_failure(flight.key, why, "upstream_slice")
+            return
         if flight.hasher is not None:
             # Commits wait for the answer's digest (`vouch`), the earlier slices too: one
             # committed first would be served by hits before its bytes are known to be right,

@@ -28,6 +28,7 @@ from .meta import ObjectMeta
 from .policy import expected_sha256
 from .replays import GATHER, HEAD_MAX, BodyAt, Replay, Replays
 from .slicefiles import FilePiece
+from .slicesums import WANT, of_run, size_asked
 from .sources import ZEROCOPY_MIN
 from .types import FAST_DECLINED, Scope, Send
 from .verdict import Verdict, x_cache
@@ -59,6 +60,13 @@ _RANGES_SIZE = 1024  # kept ranges (~1 KB each)
 WHOLE_MAX = 1024 * 1024  # a larger one-slice answer streams from the steps
 ABSENT_FOR = 0.02  # seconds a "not stored" the lane found stands for the steps' lookup
 _ABSENT_SIZE = 1024  # keys found absent remembered at most (the oldest go first)
+
+
+def _sums(want: int | None, run: FilePiece, start: int, meta: ObjectMeta) -> Fields:
+    """The slice sums of an answer from files, where asked for slices of this size."""
+    if want is None or want != meta.slice_size or meta.length is None:
+        return []
+    return of_run(run, start, meta.slice_size, meta.length)
 
 
 class FastLane:
@@ -116,6 +124,7 @@ class FastLane:
         """
         self.source = None
         range_value = None
+        want: int | None = None  # the slice size of the sums asked for (`slicesums`)
         for name, value in headers:
             if name == b"range":
                 if range_value is not None:
@@ -123,6 +132,8 @@ class FastLane:
                 range_value = value
             elif name in _NOT_PLAIN:
                 return None  # validators, credentials: the steps handle them
+            elif name == WANT:
+                want = size_asked(value)
         now = time.time()
         entry = self.node.hot.get(path, now)
         if entry is None:
@@ -134,7 +145,7 @@ class FastLane:
                         self._ranges.move_to_end((path, range_value))
                         self.source = BodyAt(kept.sid, kept.start, kept.end)
                         return self._range_hit(kept, memoryview(data)[kept.start:kept.end], now)
-            return self._stored_range(path, range_value, now, files)
+            return self._stored_range(path, range_value, now, files, want)
         meta = entry.meta
         if meta.content_class in self.node.gate.signed_classes:
             return None
@@ -188,7 +199,7 @@ class FastLane:
         return stored
 
     def _stored_range(self, key: str, range_value: bytes | None, now: float,
-                      files: bool = False) -> Hit | None:
+                      files: bool = False, want: int | None = None) -> Hit | None:
         """An object whose facts are remembered, from its stored slices, read and checked
         like the steps read them: one range within one slice (a video seek, a late range of
         a large blob), a large range or the whole object from the slices' files, or the whole
@@ -223,7 +234,8 @@ class FastLane:
                     return None
                 self.source = BodyAt(None, 0, meta.length, files=True)
                 return Hit(meta, 200, fixed.lines + fixed.whole_lines,
-                           self.moment(meta, fixed.dated, now), pieces)
+                           self.moment(meta, fixed.dated, now) + _sums(want, pieces, 0, meta),
+                           pieces)
             start, length, index, status = 0, meta.length, 0, 200
             ranged: Fields = []
         else:
@@ -237,8 +249,8 @@ class FastLane:
                 if pieces is None:
                     return None
                 self.source = BodyAt(None, rng.start, rng.end + 1, files=True)
-                return Hit(meta, 206, fixed.lines + field_lines(ranged),
-                           self.moment(meta, fixed.dated, now), pieces)
+                return Hit(meta, 206, fixed.lines + field_lines(ranged), self.moment(
+                    meta, fixed.dated, now) + _sums(want, pieces, rng.start, meta), pieces)
         offset = start - index * meta.slice_size
         # A large body (whole, or a range) that memory will not keep goes from its file to
         # the socket, or through the steps, which send it as the client takes it: read whole
@@ -253,7 +265,8 @@ class FastLane:
         if isinstance(data, FilePiece):
             self.source = BodyAt(None, start, start + length, files=True)
             lines = fixed.lines + (fixed.whole_lines if status == 200 else field_lines(ranged))
-            return Hit(meta, status, lines, self.moment(meta, fixed.dated, now), data)
+            return Hit(meta, status, lines,
+                       self.moment(meta, fixed.dated, now) + _sums(want, data, start, meta), data)
         if range_value is not None and status == 206:
             kept = KeptRange(meta, (key, meta.version, index), offset, offset + length,
                               fixed.lines + field_lines(ranged), fixed.dated)

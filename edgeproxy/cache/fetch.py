@@ -26,7 +26,7 @@ from ..errors import (
     UpstreamProtocolError,
     UpstreamRefused,
 )
-from . import policy, resume
+from . import policy, resume, slicesums
 from .beresp import BeResp, from_upstream
 from .coalesce import Coalescer
 from .commits import Commits
@@ -251,7 +251,9 @@ class Fetcher:
         if last is not None and flight.last is not None and beresp.status == 206:
             last = min(last, flight.last)  # (an answer cut short: its last whole slice)
         count = policy.slice_count(length, size) if length is not None else None
+        sums = slicesums.expected(beresp.slice_sums, size)  # (checked by `Commits.complete`)
         for index, fill in list(flight.fills.items()):
+            fill.want = sums.get(index)
             if count is not None and index >= count:
                 self.commits.discard(fill, FillAborted("slice beyond the end of the object"))
                 del flight.fills[index]

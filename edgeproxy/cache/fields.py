@@ -26,6 +26,7 @@ _HOP_BY_HOP_RAW = frozenset(n.encode() for n in HOP_BY_HOP)
 _OWN_ON_FILL = frozenset({
     b"host", b"range", b"if-range", b"if-match", b"if-none-match", b"if-modified-since",
     b"if-unmodified-since", b"accept-encoding", b"via", b"content-length", b"expect",
+    b"edgeproxy-want-slice-sums",  # (the cache asks for its own slice size: `slicesums`)
 })
 
 _HOST = frozenset({b"host"})  # the transport sends the upstream's own authority

@@ -51,6 +51,7 @@ class SliceFill:
         self.visible = 0  # bytes followers may send; lags `written` while a digest is pending
         self.hold_last = False  # the answer's last byte waits for its digest check
         self.expected: int | None = None  # None: an unknown-length body, until its end
+        self.want: int | None = None  # the xxh3 the upstream named for it (`slicesums`)
         self.done = False
         self.discard = False  # purged while filling: serve followers, store nothing
         self.error: BaseException | None = None

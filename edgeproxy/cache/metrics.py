@@ -55,7 +55,8 @@ class NodeMetrics:
                                       "Disk or index faults; their requests passed through",
                                       ["tier", "reason"], registry=r)
         # reason: body_hash (a whole body's SHA-256), content_digest (an answer's RFC 9530
-        # Content-Digest, a range's), slice_checksum (a stored slice's xxh3)
+        # Content-Digest, a range's), slice_checksum (a stored slice's xxh3), upstream_slice (a
+        # slice whose bytes differ from the xxh3 its upstream node named: `slicesums`)
         self.integrity_failures = Counter("edgeproxy_integrity_failures",
                                           "Bytes discarded for a wrong length, hash or checksum",
                                           ["tier", "reason"], registry=r)

@@ -17,7 +17,7 @@ from ..config import Config, ContentClass
 from ..errors import ConfigError, HTTPError, StorageFault, UpstreamError
 from ..http import format_http_date
 from ..tls import client_context
-from . import admin, asgi, boundary, fields, policy, replays, steps
+from . import admin, asgi, boundary, fields, policy, replays, slicesums, steps
 from .beresp import BeResp
 from .chores import Chores
 from .coalesce import Coalescer
@@ -237,10 +237,12 @@ class CacheNode:
         return stored is not None and stored.version == meta.version and stored.verified
 
     def integrity_failure(self, key: str, why: str, reason: str = "body_hash") -> None:
-        """Bytes failed their check: count it, and drop what is stored under ``key``."""
+        """Bytes failed their check: count it, and drop what is stored under ``key`` (a
+        slice that failed the sum its upstream named was never stored: the rest stays)."""
         log.error("integrity failure on %s (%s): dropped", key, why)
         self.metrics.integrity_failures.labels(self.tier, reason).inc()
-        self._purge_key(key)
+        if reason != "upstream_slice":
+            self._purge_key(key)
 
     def object_pass(self) -> ObjectPass:
         """What a scrub's object pass needs of this node (`scrub`)."""
@@ -282,7 +284,8 @@ class CacheNode:
                 else known.last_modified
             if if_range:
                 validators.append((b"if-range", if_range.encode("latin-1")))
-        return FlightSpec(req.key, req.target, fields.fill_headers(req.raw_headers, self.name),
+        headers = fields.fill_headers(req.raw_headers, self.name)
+        return FlightSpec(req.key, req.target, headers + slicesums.request_fields(self.slice_size),
                           first, last, self.slice_size, validators, whole)
 
     def stored_headers(self, meta: ObjectMeta) -> list[tuple[str, str]]:

@@ -77,6 +77,11 @@ class SliceFile:
         return self._kept.fd
 
     @property
+    def checksum(self) -> int | None:
+        """The xxh3 the file's bytes were found to match (its name states it)."""
+        return self._kept.checksum
+
+    @property
     def size(self) -> int:
         """The file's size when its checksum was found to match (no system call)."""
         return self._state[2]

@@ -164,15 +164,16 @@ class FillSource(Following):
 
     @property
     def pending(self) -> bool:
-        """A fill whose answer is being checked is pending until finished, and so is one
-        whose answer is not in yet (it may be checked); any other fill's bytes are as good as
-        they will get once read."""
-        flight = self.fill.flight
-        return not self.fill.done and (flight.hasher is not None or not flight.headers.done())
+        """A fill whose answer is being checked (a digest, or a sum its upstream named for
+        the slice) is pending until finished, and so is one whose answer is not in yet (it
+        may be checked); any other fill's bytes are as good as they will get once read."""
+        fill = self.fill
+        return not fill.done and (fill.flight.hasher is not None or fill.want is not None
+                                  or not fill.flight.headers.done())
 
     async def settled(self, timeout: float) -> None:
         fill = self.fill
-        if fill.flight.hasher is None:
+        if fill.flight.hasher is None and fill.want is None:
             return
         await fill.settled()
         if fill.error is not None:

@@ -1,0 +1,161 @@
+"""Slice sums between tiers: a node answering another node's fill names the xxh3 of each
+whole stored slice its answer carries, and the node below commits a slice only if the bytes
+it received hash to that.
+
+Why: stored slices go out by ``sendfile(2)``, which hands the socket page-cache pages by
+reference, so a write to a file after the sender's last check reaches the wire; a chaos run
+that flipped bytes in a shield's files found edges storing such bytes under their own,
+freshly computed xxh3 and serving them as hits until evicted. Every node keeps each slice's
+xxh3 with the slice and hashes every slice it fills, so the check costs no hashing on either
+side: it only compares the sender's stored sum with the receiver's running one.
+
+A fill asks with ``Edgeproxy-Want-Slice-Sums: <slice size>``; an answer from stored slices of
+that size carries ``Edgeproxy-Slice-Sums: <slice size> <first index> <sum>,<sum>,...`` (16 hex
+digits each, ``-`` for a slice the answer does not carry whole). Both fields are named in
+``Connection``: hop-by-hop (RFC 9110 §7.6.1), never forwarded or stored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
+
+from . import checksum, policy
+from .lanebodies import PIECES_MAX
+from .slicefiles import FilePiece
+from .types import RawHeaders
+
+if TYPE_CHECKING:
+    from .deliver import Reply
+    from .meta import ObjectMeta
+
+__all__ = ["SUMS", "WANT", "FirstRun", "asked", "expected", "of_run", "request_fields",
+           "response_fields", "size_asked"]
+
+WANT = b"edgeproxy-want-slice-sums"
+SUMS = b"edgeproxy-slice-sums"
+# The most sums one answer names (~17 bytes each): a fill asks for at most 64 slices
+# (`fetch.MAX_RUN`), a whole object answered from files has at most 128 (`PIECES_MAX`).
+MAX_SUMS = 256
+
+Sum = int | None
+
+
+def request_fields(size: int) -> RawHeaders:
+    """The fields by which a fill asks for the sums of slices of ``size`` bytes."""
+    return [(WANT, b"%d" % size), (b"connection", WANT)]
+
+
+def asked(headers: Iterable[tuple[bytes, bytes]]) -> int | None:
+    """The slice size a request asks sums for, or None (not asked, or not a size)."""
+    for name, value in headers:
+        if name == WANT:
+            return size_asked(value)
+    return None
+
+
+def size_asked(value: bytes) -> int | None:
+    """The slice size a ``Edgeproxy-Want-Slice-Sums`` value names, or None."""
+    text = value.strip()
+    return int(text) if text.isdigit() and len(text) < 16 and int(text) > 0 else None
+
+
+def response_fields(size: int, first: int, sums: list[Sum]) -> RawHeaders:
+    """The answer's fields naming ``sums``, the sums of slices ``first``, ``first + 1``...
+    (None: not carried whole); none when no sum is known."""
+    while sums and sums[-1] is None:
+        sums = sums[:-1]
+    while sums and sums[0] is None:
+        sums, first = sums[1:], first + 1
+    if not sums:
+        return []
+    listed = b",".join(b"-" if s is None else b"%016x" % s for s in sums[:MAX_SUMS])
+    return [(SUMS, b"%d %d %s" % (size, first, listed)), (b"connection", SUMS)]
+
+
+def of_run(run: FilePiece, start: int, size: int, length: int) -> RawHeaders:
+    """`response_fields` for an answer that is ``run``, the bytes of an object of ``length``
+    from ``start`` (its first piece), in slices of ``size``: the sum of each slice it
+    carries whole, as its checked file's name states it (an inline slice's bytes, checked
+    as they were read, are hashed here: they are small)."""
+    first = start // size
+    sums: list[Sum] = []
+    for part in (run, *run.then):
+        index = first + len(sums)
+        whole = min(size, length - index * size)
+        if isinstance(part, FilePiece):
+            sums.append(part.file.checksum if part.offset == 0 and part.length == whole
+                        else None)
+        else:  # (a piece after the first starts at its slice's first byte)
+            sums.append(checksum.of(part) if len(part) == whole else None)
+    return response_fields(size, first, sums)
+
+
+def expected(value: str | None, size: int) -> dict[int, int]:
+    """The sums an answer names, by slice index, if they are of slices of ``size`` bytes;
+    empty when there are none, or they are not well formed (then nothing is checked)."""
+    if value is None:
+        return {}
+    parts = value.split()
+    if len(parts) != 3 or not (parts[0].isdigit() and parts[1].isdigit()) \
+            or int(parts[0]) != size:
+        return {}
+    first = int(parts[1])
+    out: dict[int, int] = {}
+    for i, item in enumerate(parts[2].split(",")[:MAX_SUMS]):
+        if item == "-":
+            continue
+        if len(item) != 16:
+            return {}
+        try:
+            out[first + i] = int(item, 16)
+        except ValueError:
+            return {}
+    return out
+
+
+class FirstRun:
+    """An answer's ``pieces`` (`deliver.send_body`) whose first run of stored slices is
+    found before the head goes out, so the head can name their sums; ``send_body`` then
+    gets that run when it asks for it, and later runs are found as before."""
+
+    def __init__(self, pieces: Callable[[int, int], FilePiece | None]) -> None:
+        self.pieces = pieces
+        self.run: FilePiece | None = None
+        self.span = (-1, -1)
+
+    def find(self, reply: Reply, meta: ObjectMeta, size: int | None) -> Reply:
+        """``reply`` with the sums of its first run of stored slices, where they are asked
+        for (``size``: the slice size asked for) and the run is stored whole."""
+        length = meta.length
+        if size != meta.slice_size or length is None or reply.multipart is not None \
+                or reply.status not in (200, 206):
+            return reply
+        start, end = (0, length - 1) if reply.ranges is None else \
+            (reply.ranges[0].start, reply.ranges[0].end)
+        first = start // size
+        # as far as `send_body` asks for its first run
+        top = min(end // size, first + PIECES_MAX - 1)
+        end = min(end, policy.slice_bounds(top, size, length)[1])
+        run = self.pieces(start, end)
+        if run is None:
+            return reply
+        self.run, self.span = run, (start, end)
+        extra = [(n.decode("latin-1"), v.decode("latin-1"))
+                 for n, v in of_run(run, start, size, length)]
+        return dataclasses.replace(reply, headers=[*reply.headers, *extra])
+
+    def __call__(self, first: int, last: int) -> FilePiece | None:
+        run, self.run = self.run, None
+        if run is not None:
+            if (first, last) == self.span:
+                return run
+            run.close()
+        return self.pieces(first, last)
+
+    def close(self) -> None:
+        """Let go of the first run if it was never sent."""
+        run, self.run = self.run, None
+        if run is not None:
+            run.close()

@@ -1,0 +1,313 @@
+"""Slice sums between tiers (`edgeproxy.cache.slicesums`): a node answering another node's
+fill names the xxh3 of each whole stored slice it sends from files, and the node below
+commits a slice only if its bytes hash to that; otherwise the answers reading it are cut and
+nothing is stored.
+
+Found by a chaos run flipping bytes in a shield's slice files: ``sendfile`` sends page-cache
+pages by reference, so a write after the shield's last check reached the edge, which stored
+the wrong bytes under its own xxh3 and served them as hits. Here the bytes are flipped on the
+wire between the tiers instead (a proxy), which the shield's own checks cannot see either.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import xxhash
+
+from edgeproxy.cache import checksum
+from edgeproxy.cache.slicefiles import FilePiece, KeptFile, SliceFile
+from edgeproxy.cache.slicesums import (
+    SUMS,
+    WANT,
+    asked,
+    expected,
+    of_run,
+    request_fields,
+    response_fields,
+    size_asked,
+)
+from edgeproxy.config import Config, load_config
+from edgeproxy.guard import uvicorn_http_options
+from edgeproxy.server import node_app
+from tests.foreign import ForeignOrigin
+from tests.origins import pattern
+from tests.servers import ServerThread, free_port
+from tests.test_cache_node import _metric
+
+S = 512 * 1024  # the slice size of every node here
+BODY = pattern(4 * S - 1000, seed=11)  # four slices, the last one short
+IMMUTABLE = ("Cache-Control", "public, max-age=31536000, immutable")
+INTEGRITY = "edgeproxy_integrity_failures_total"
+
+
+def _sum(index: int) -> int:
+    return xxhash.xxh3_64_intdigest(BODY[index * S:(index + 1) * S])
+
+
+def _listed(first: int, last: int) -> str:
+    return f"{S} {first} " + ",".join(f"{_sum(i):016x}" for i in range(first, last + 1))
+
+
+# --- the fields, as pure functions ---
+
+@pytest.mark.parametrize(("value", "size"), [
+    (b"524288", 524288),
+    (b" 65536 ", 65536),
+    (b"0", None),          # not a slice size
+    (b"-1", None),
+    (b"1e6", None),
+    (b"", None),
+    (b"9" * 20, None),     # absurdly large: ignored, not an error
+])
+def test_the_size_a_request_asks_sums_for(value: bytes, size: int | None) -> None:
+    assert size_asked(value) == size
+    assert asked([(b"range", b"bytes=0-1"), (WANT, value)]) == size
+
+
+def test_a_fill_asks_for_its_own_slice_size_hop_by_hop() -> None:
+    fields = request_fields(S)
+    assert asked(fields) == S
+    assert (b"connection", WANT) in fields  # RFC 9110 §7.6.1: not forwarded further
+
+
+@pytest.mark.parametrize(("sums", "first", "value"), [
+    ([1, 2], 3, b"524288 3 0000000000000001,0000000000000002"),
+    ([None, 7, None, 8, None], 0, b"524288 1 0000000000000007,-,0000000000000008"),
+    ([None, None], 0, None),  # nothing known: no field at all
+    ([], 5, None),
+])
+def test_response_fields(sums: list[int | None], first: int, value: bytes | None) -> None:
+    fields = response_fields(S, first, sums)
+    if value is None:
+        assert fields == []
+    else:
+        assert fields == [(SUMS, value), (b"connection", SUMS)]
+
+
+@pytest.mark.parametrize(("value", "size", "sums"), [
+    ("524288 3 0000000000000001,-,00000000000000ff", S, {3: 1, 5: 255}),
+    ("524288 3 0000000000000001", 1024 * 1024, {}),  # another slice size: nothing checked
+    ("524288 3 01", S, {}),                           # not 16 hex digits
+    ("524288 3 000000000000000g", S, {}),
+    ("524288 x 0000000000000001", S, {}),
+    ("524288 3", S, {}),
+    ("", S, {}),
+    (None, S, {}),
+])
+def test_expected_sums(value: str | None, size: int, sums: dict[int, int]) -> None:
+    assert expected(value, size) == sums
+
+
+def test_of_run_names_the_slices_a_run_carries_whole(tmp_path: Path) -> None:
+    files = []
+    for i in range(3):
+        path = tmp_path / f"s{i}"
+        path.write_bytes(BODY[i * S:(i + 1) * S])
+        files.append(SliceFile(KeptFile(os.open(path, os.O_RDONLY), str(path), _sum(i)),
+                               (0, 0, S, 0, 0)))
+    last = BODY[3 * S:]  # an inline last slice: hashed here
+    # from byte 10 of slice 0 (not whole) to the end of the object
+    run = FilePiece(files[0], 10, S - 10, (FilePiece(files[1], 0, S),
+                                           FilePiece(files[2], 0, S), last))
+    assert of_run(run, 10, S, len(BODY)) == response_fields(
+        S, 1, [_sum(1), _sum(2), checksum.of(last)])
+    # slice 1 whole, then the first half of slice 2 only
+    run = FilePiece(files[1], 0, S, (FilePiece(files[2], 0, S // 2),))
+    assert of_run(run, S, S, len(BODY)) == response_fields(S, 1, [_sum(1)])
+    for file in files:
+        file.close()
+        os.close(file.fileno())
+
+
+# --- nodes over real sockets ---
+
+def _config(directory: Path, role: str, upstream: str) -> Config:
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / "config.yaml"
+    path.write_text(f"data_dir: {directory / 'var'}\nlog_level: warning\n"
+                    f"{role}: {{upstream: '{upstream}', node_name: {role}-1}}\n"
+                    f"cache: {{slice_size: {S}}}\n")
+    return load_config(path)
+
+
+def _serve(config: Config, role: str) -> ServerThread:
+    """``role``'s node as ``edgeproxy serve`` runs it (its server protocol: answers from
+    slice files go by ``sendfile``)."""
+    return ServerThread(node_app(config, role), proxy_headers=False,
+                        **uvicorn_http_options(config.http_limits)).start()
+
+
+@pytest.fixture
+def origin(foreign: ForeignOrigin) -> ForeignOrigin:
+    foreign.route("/o", body=BODY, etag='"v1"', headers=[IMMUTABLE])
+    return foreign
+
+
+@pytest.fixture
+def shield(origin: ForeignOrigin, tmp_path: Path) -> Iterator[ServerThread]:
+    node = _serve(_config(tmp_path / "shield", "shield", origin.url), "shield")
+    try:
+        assert httpx.get(node.url + "/o").content == BODY  # stored, as slice files
+        yield node
+    finally:
+        node.stop()
+
+
+def _ask(url: str, **headers: str) -> httpx.Response:
+    return httpx.get(url + "/o", headers=headers, timeout=10)
+
+
+@pytest.mark.parametrize(("headers", "listed"), [
+    ({}, (0, 3)),                                           # whole, from files (the lane)
+    ({"Range": f"bytes={S}-{3 * S - 1}"}, (1, 2)),          # slices 1-2 (the lane)
+    ({"Range": f"bytes=100-{3 * S - 1}"}, (1, 2)),          # slice 0 not whole
+    ({"Range": f"bytes={S}-{2 * S - 1}"}, (1, 1)),          # one slice, from its file
+    ({"Range": f"bytes={S}-{3 * S - 1}", "If-Range": '"v1"'}, (1, 2)),  # the steps
+    ({"If-None-Match": '"v0"'}, (0, 3)),                    # the steps, whole
+])
+def test_a_node_names_the_sums_of_the_slices_it_sends_from_files(
+        shield: ServerThread, headers: dict[str, str], listed: tuple[int, int]) -> None:
+    resp = _ask(shield.url, **headers, **{"Edgeproxy-Want-Slice-Sums": str(S)})
+    start = 0 if "Range" not in headers else int(headers["Range"][6:].partition("-")[0])
+    assert resp.content == BODY[start:start + len(resp.content)]
+    assert resp.headers["edgeproxy-slice-sums"] == _listed(*listed)
+    assert "edgeproxy-slice-sums" in resp.headers["connection"].lower()
+
+
+@pytest.mark.parametrize("want", [None, str(2 * S), "many"])
+def test_no_sums_unless_asked_for_the_nodes_slice_size(shield: ServerThread,
+                                                       want: str | None) -> None:
+    headers = {} if want is None else {"Edgeproxy-Want-Slice-Sums": want}
+    resp = _ask(shield.url, **headers)
+    assert resp.content == BODY
+    assert "edgeproxy-slice-sums" not in resp.headers
+
+
+@pytest.mark.parametrize("corrupt", [True, False])
+def test_an_edge_commits_no_slice_that_differs_from_its_upstreams_sum(
+        foreign: ForeignOrigin, tmp_path: Path, corrupt: bool) -> None:
+    """An upstream that names the right sums but garbles the bytes of its ranges: the
+    answers reading a garbled slice are cut before their last byte, and nothing is stored."""
+    foreign.route("/o", body=BODY, etag='"v1"', headers=[IMMUTABLE], corrupt_ranges=corrupt,
+                  slice_sums=S)
+    edge = _serve(_config(tmp_path / "edge", "edge", foreign.url), "edge")
+    try:
+        late = f"bytes={S + 10}-{S + 109}"  # within slice 1: its fill asks a range from S
+        for attempt in (1, 2):
+            if corrupt:
+                with pytest.raises(httpx.HTTPError):
+                    httpx.get(edge.url + "/o", headers={"Range": late}, timeout=10).read()
+                assert foreign.count("/o") == attempt  # nothing stored: fetched again
+            else:
+                resp = httpx.get(edge.url + "/o", headers={"Range": late}, timeout=10)
+                assert resp.status_code == 206 and resp.content == BODY[S + 10:S + 110]
+                assert "edgeproxy-slice-sums" not in resp.headers  # (one hop only)
+                assert foreign.count("/o") == 1  # stored: a hit the second time
+        metrics = httpx.get(edge.url + "/metrics").text
+        assert _metric(metrics, INTEGRITY, reason="upstream_slice") == (2 if corrupt else 0)
+        sent = foreign.requests("/o")[0]
+        assert sent.header("edgeproxy-want-slice-sums") == str(S)
+        assert "edgeproxy-want-slice-sums" in (sent.header("connection") or "")
+    finally:
+        edge.stop()
+
+
+def test_a_clients_ask_is_not_forwarded_in_place_of_the_nodes_own(
+        foreign: ForeignOrigin, tmp_path: Path) -> None:
+    foreign.route("/o", body=BODY, etag='"v1"', headers=[IMMUTABLE])
+    edge = _serve(_config(tmp_path / "edge", "edge", foreign.url), "edge")
+    try:
+        resp = httpx.get(edge.url + "/o", headers={"Edgeproxy-Want-Slice-Sums": "65536"})
+        assert resp.content == BODY
+        assert foreign.requests("/o")[0].header("edgeproxy-want-slice-sums") == str(S)
+    finally:
+        edge.stop()
+
+
+class FlippingProxy:
+    """A TCP relay that flips one bit of the first answer body it relays, ``at`` bytes in:
+    bytes that go wrong between two nodes, where neither node's own checks look."""
+
+    def __init__(self, upstream_port: int, at: int) -> None:
+        self.upstream_port = upstream_port
+        self.at = at
+        self.flipped = 0
+        self.port = free_port()
+        self._loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> FlippingProxy:
+        self._thread.start()
+        assert self._ready.wait(10)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        self._loop.run_until_complete(
+            asyncio.start_server(self._relay, "127.0.0.1", self.port))
+        self._ready.set()
+        self._loop.run_forever()
+
+    async def _relay(self, client_r: asyncio.StreamReader,
+                     client_w: asyncio.StreamWriter) -> None:
+        up_r, up_w = await asyncio.open_connection("127.0.0.1", self.upstream_port)
+
+        async def up() -> None:
+            while data := await client_r.read(65536):
+                up_w.write(data)
+                await up_w.drain()
+            up_w.close()
+
+        task = asyncio.ensure_future(up())
+        head = bytearray()
+        while b"\r\n\r\n" not in head and (data := await up_r.read(65536)):
+            head += data
+        position = head.find(b"\r\n\r\n") + 4 + self.at  # in the stream
+        found = re.search(rb"(?i)\r\ncontent-length: *(\d+)", head)
+        seen, chunk = 0, head
+        while chunk:
+            if not self.flipped and found and int(found[1]) > self.at \
+                    and seen <= position < seen + len(chunk):
+                chunk[position - seen] ^= 1
+                self.flipped += 1
+            seen += len(chunk)
+            client_w.write(chunk)
+            await client_w.drain()
+            chunk = bytearray(await up_r.read(65536))
+        client_w.close()
+        task.cancel()
+
+
+def test_bytes_that_go_wrong_between_the_tiers_are_not_stored_at_the_edge(
+        shield: ServerThread, tmp_path: Path) -> None:
+    """Edge → (a relay that flips one bit of slice 1) → shield, which sends the object from
+    its files and names their sums: the edge cuts the answer, counts the failure, stores the
+    other slices, and serves the object whole and right on the next request."""
+    with FlippingProxy(shield.port, at=S + 1234) as proxy:
+        edge = _serve(_config(tmp_path / "edge", "edge", f"http://127.0.0.1:{proxy.port}"),
+                      "edge")
+        try:
+            with pytest.raises(httpx.HTTPError):
+                httpx.get(edge.url + "/o", timeout=10).read()
+            assert proxy.flipped == 1
+            metrics = httpx.get(edge.url + "/metrics").text
+            assert _metric(metrics, INTEGRITY, reason="upstream_slice") == 1
+            resp = httpx.get(edge.url + "/o", timeout=10)
+            assert resp.status_code == 200 and resp.content == BODY
+            again = httpx.get(edge.url + "/o", timeout=10)
+            assert again.content == BODY and again.headers["x-cache"].startswith("HIT")
+        finally:
+            edge.stop()
