@@ -17,12 +17,16 @@ import re
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import cast
 
 import httpx
 import pytest
 import xxhash
 
 from edgeproxy.cache import checksum
+from edgeproxy.cache.deliver import Reply
+from edgeproxy.cache.meta import ObjectMeta
+from edgeproxy.cache.policy import Freshness
 from edgeproxy.cache.slicefiles import FilePiece, KeptFile, SliceFile
 from edgeproxy.cache.slicesums import (
     SUMS,
@@ -33,9 +37,12 @@ from edgeproxy.cache.slicesums import (
     request_fields,
     response_fields,
     size_asked,
+    with_stored,
 )
+from edgeproxy.cache.store import CacheStore
 from edgeproxy.config import Config, load_config
 from edgeproxy.guard import uvicorn_http_options
+from edgeproxy.http import ByteRange
 from edgeproxy.server import node_app
 from tests.foreign import ForeignOrigin
 from tests.origins import pattern
@@ -125,6 +132,68 @@ def test_of_run_names_the_slices_a_run_carries_whole(tmp_path: Path) -> None:
     for file in files:
         file.close()
         os.close(file.fileno())
+
+
+class _Index:
+    """The store's `slice_sums`, for slices 0, 1 and 3 (slice 2 is not stored)."""
+
+    def __init__(self) -> None:
+        self.asked: list[list[int]] = []
+
+    def slice_sums(self, key: str, version: str, indexes: range) -> dict[int, int]:
+        self.asked.append(list(indexes))
+        return {i: _sum(i) for i in indexes if i != 2}
+
+
+META = ObjectMeta(200, len(BODY), None, None, None, (), Freshness(0.0, 0.0, 60.0), "x", "v1", S)
+
+
+@pytest.mark.parametrize(("rng", "want", "queried", "value"), [
+    (None, S, [0, 1, 2, 3], f"{S} 0 {_sum(0):016x},{_sum(1):016x},-,{_sum(3):016x}"),
+    ((100, 3 * S - 1), S, [1, 2], f"{S} 1 {_sum(1):016x}"),        # slice 0 not whole
+    ((S, 2 * S + 5), S, [1], f"{S} 1 {_sum(1):016x}"),
+    ((3 * S, len(BODY) - 1), S, [3], f"{S} 3 {_sum(3):016x}"),      # the short last slice
+    ((10, 20), S, None, None),                                      # no whole slice
+    (None, 2 * S, None, None),                                      # another slice size
+    (None, None, None, None),                                       # not asked
+])
+def test_the_steps_name_the_sums_the_index_holds(
+        rng: tuple[int, int] | None, want: int | None, queried: list[int] | None,
+        value: str | None) -> None:
+    ranges = None if rng is None else [ByteRange(*rng)]
+    reply = Reply(200 if rng is None else 206, [("etag", '"v1"')], ranges)
+    index = _Index()
+    headers = [] if want is None else [(WANT, str(want).encode())]
+    got = with_stored(reply, META, cast(CacheStore, index), "/o", headers)
+    assert index.asked == ([] if queried is None else [queried])
+    fields = dict(got.headers)
+    assert fields.get("edgeproxy-slice-sums") == value
+    assert ("connection" in fields) is (value is not None)
+
+
+def test_the_store_reads_sums_from_file_names_and_inline_rows(tmp_path: Path) -> None:
+    """A slice file's sum is in its name, an inline slice's before its bytes; slices still
+    pending in this worker's group commit count too, and a slice not stored has none."""
+    store = CacheStore(tmp_path / "cache", 1024**3)
+    small = BODY[:1000]
+    expect = {0: checksum.of(small), 1: _sum(1)}
+
+    async def commit_and_read() -> dict[int, int]:
+        fill = tmp_path / "cache" / "fill"
+        fill.write_bytes(BODY[S:2 * S])
+        store.commit_slice("/o", "v1", 1, fill, S, checksum=_sum(1))  # a file
+        store.commit_slice("/o", "v1", 0, tmp_path / "unused", len(small), small,
+                           checksum=checksum.of(small))  # inline
+        assert store._batch.pending  # (in a loop, commits wait for the group's)
+        return store.slice_sums("/o", "v1", range(4))
+
+    try:
+        assert asyncio.run(commit_and_read()) == expect
+        store.commit()
+        assert store.slice_sums("/o", "v1", range(4)) == expect
+        assert store.slice_sums("/o", "v2", range(4)) == {}
+    finally:
+        store.close()
 
 
 # --- nodes over real sockets ---

@@ -69,6 +69,16 @@ def seal(data: bytes, checksum: int) -> bytes:
     return _INLINE.pack(checksum) + data
 
 
+def carried(name: str | None, sealed: bytes | None) -> int | None:
+    """The checksum a stored slice's index row carries (unchecked): in its file's name, or
+    before its inline bytes (`seal`; the first `INLINE_HEADER` bytes suffice)."""
+    if name:
+        return from_file_name(name)
+    if sealed is None or len(sealed) < INLINE_HEADER:
+        return None
+    return int(_INLINE.unpack_from(sealed)[0])
+
+
 def unseal(stored: bytes) -> bytes | None:
     """The bytes of an inline slice as stored by `seal`, or None if they fail their check."""
     if len(stored) < INLINE_HEADER:

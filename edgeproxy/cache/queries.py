@@ -7,7 +7,8 @@ import sqlite3
 from collections.abc import Callable, Iterator
 from typing import Any
 
-__all__ = ["IN_MAX", "delete_rows", "keys_since", "keys_with", "oldest", "present", "sql"]
+__all__ = ["IN_MAX", "delete_rows", "heads", "keys_since", "keys_with", "oldest", "present",
+           "sql"]
 
 
 def sql(cache: Any) -> Callable[..., sqlite3.Cursor]:
@@ -27,6 +28,19 @@ def present(execute: Callable[..., sqlite3.Cursor], keys: list[str]) -> set[str]
         marks = ",".join("?" * len(part))
         found.update(row[0] for row in execute(
             f"SELECT key FROM Cache WHERE raw = 1 AND key IN ({marks})", part))
+    return found
+
+
+def heads(execute: Callable[..., sqlite3.Cursor], keys: list[str],
+          size: int) -> list[tuple[str, str | None, bytes | None]]:
+    """(key, file name, the first ``size`` bytes of an inline value) of those of these
+    (string) keys that have a row in the index."""
+    found: list[tuple[str, str | None, bytes | None]] = []
+    for at in range(0, len(keys), IN_MAX):
+        part = keys[at:at + IN_MAX]
+        marks = ",".join("?" * len(part))
+        found.extend(execute(f"SELECT key, filename, substr(value, 1, {int(size)}) FROM Cache"
+                             f" WHERE raw = 1 AND key IN ({marks})", part))
     return found
 
 

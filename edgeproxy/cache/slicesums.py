@@ -18,20 +18,20 @@ digits each, ``-`` for a slice the answer does not carry whole). Both fields are
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-from . import checksum, policy
-from .lanebodies import PIECES_MAX
+from . import checksum
 from .slicefiles import FilePiece
 from .types import RawHeaders
 
 if TYPE_CHECKING:
     from .deliver import Reply
     from .meta import ObjectMeta
+    from .store import CacheStore
 
-__all__ = ["SUMS", "WANT", "FirstRun", "asked", "expected", "of_run", "request_fields",
-           "response_fields", "size_asked"]
+__all__ = ["SUMS", "WANT", "asked", "expected", "of_run", "request_fields", "response_fields",
+           "size_asked", "with_stored"]
 
 WANT = b"edgeproxy-want-slice-sums"
 SUMS = b"edgeproxy-slice-sums"
@@ -115,47 +115,23 @@ def expected(value: str | None, size: int) -> dict[int, int]:
     return out
 
 
-class FirstRun:
-    """An answer's ``pieces`` (`deliver.send_body`) whose first run of stored slices is
-    found before the head goes out, so the head can name their sums; ``send_body`` then
-    gets that run when it asks for it, and later runs are found as before."""
-
-    def __init__(self, pieces: Callable[[int, int], FilePiece | None]) -> None:
-        self.pieces = pieces
-        self.run: FilePiece | None = None
-        self.span = (-1, -1)
-
-    def find(self, reply: Reply, meta: ObjectMeta, size: int | None) -> Reply:
-        """``reply`` with the sums of its first run of stored slices, where they are asked
-        for (``size``: the slice size asked for) and the run is stored whole."""
-        length = meta.length
-        if size != meta.slice_size or length is None or reply.multipart is not None \
-                or reply.status not in (200, 206):
-            return reply
-        start, end = (0, length - 1) if reply.ranges is None else \
-            (reply.ranges[0].start, reply.ranges[0].end)
-        first = start // size
-        # as far as `send_body` asks for its first run
-        top = min(end // size, first + PIECES_MAX - 1)
-        end = min(end, policy.slice_bounds(top, size, length)[1])
-        run = self.pieces(start, end)
-        if run is None:
-            return reply
-        self.run, self.span = run, (start, end)
-        extra = [(n.decode("latin-1"), v.decode("latin-1"))
-                 for n, v in of_run(run, start, size, length)]
-        return dataclasses.replace(reply, headers=[*reply.headers, *extra])
-
-    def __call__(self, first: int, last: int) -> FilePiece | None:
-        run, self.run = self.run, None
-        if run is not None:
-            if (first, last) == self.span:
-                return run
-            run.close()
-        return self.pieces(first, last)
-
-    def close(self) -> None:
-        """Let go of the first run if it was never sent."""
-        run, self.run = self.run, None
-        if run is not None:
-            run.close()
+def with_stored(reply: Reply, meta: ObjectMeta, store: CacheStore, key: str,
+                headers: Iterable[tuple[bytes, bytes]]) -> Reply:
+    """``reply`` naming the sums of the slices it carries whole that are stored now (one
+    index query), where the request asked for slices of this size: a slice sent from
+    another source (fetched again meanwhile) has the same bytes, so the same sum."""
+    length, size = meta.length, meta.slice_size
+    if length is None or reply.multipart is not None or reply.status not in (200, 206) \
+            or asked(headers) != size:
+        return reply
+    start, end = (0, length - 1) if reply.ranges is None else \
+        (reply.ranges[0].start, reply.ranges[0].end)
+    first = -(-start // size)  # the first slice the answer carries from its first byte
+    last = (end + 1) // size - 1 if end + 1 < length else (length - 1) // size
+    indexes = range(first, min(last, first + MAX_SUMS - 1) + 1)
+    if not indexes:
+        return reply
+    stored = store.slice_sums(key, meta.version, indexes)
+    extra = response_fields(size, first, [stored.get(i) for i in indexes])
+    return dataclasses.replace(reply, headers=[*reply.headers, *(
+        (n.decode("latin-1"), v.decode("latin-1")) for n, v in extra)])

@@ -343,14 +343,16 @@ async def deliver(node: CacheNode, tx: Tx) -> None:
             replaced.close()
         ready[index] = source
     tx.ready = {}
+    if not bodiless:
+        await small_body_ended(ready, meta.length, node.wait_timeout)
+        reply = slicesums.with_stored(reply, meta, node.store, req.key, req.raw_headers)
+    await node.start_response(tx, reply.status, reply.headers)
     if bodiless:
-        await node.start_response(tx, reply.status, reply.headers)
         for source in ready.values():
             source.close()
         await node.drop_direct(tx)
         await tx.send({"type": "http.response.body", "body": b"", "more_body": False})
         return None
-    await small_body_ended(ready, meta.length, node.wait_timeout)
     send = tx.send
     zerocopy = ZEROCOPY in (tx.scope.get("extensions") or ())
     digest = node.whole_body_digest(req.key, meta) if reply.ranges is None else None
@@ -379,22 +381,17 @@ async def deliver(node: CacheNode, tx: Tx) -> None:
     # (a 100 MiB hit cost twice the lane's CPU slice by slice: a join, a message and a
     # wait for the socket per slice); not where every byte must be seen or held, nor for
     # an object of one slice (kept in memory whole, `joins`).
-    pieces: slicesums.FirstRun | None = None
+    pieces = None
     if zerocopy and send is tx.send and tx.direct is None and meta.length is not None \
             and meta.length > meta.slice_size:
-        pieces = slicesums.FirstRun(partial(file_pieces, node, req.key, meta))
+        pieces = partial(file_pieces, node, req.key, meta)
     try:
-        if pieces is not None:  # the sums of the slices it sends from files, where asked
-            reply = pieces.find(reply, meta, slicesums.asked(req.raw_headers))
-        await node.start_response(tx, reply.status, reply.headers)
         tx.sent = await send_body(reply, meta, send, join, direct=tx.direct,
                                   read_size=node.read_size, timeout=node.wait_timeout,
                                   zerocopy=zerocopy, pieces=pieces)
     finally:
         for source in ready.values():
             source.close()
-        if pieces is not None:
-            pieces.close()
         await node.drop_direct(tx)
     await tx.send({"type": "http.response.body", "body": b"", "more_body": False})
     return None
