@@ -225,6 +225,8 @@ def shield(origin: ForeignOrigin, tmp_path: Path) -> Iterator[ServerThread]:
     node = _serve(_config(tmp_path / "shield", "shield", origin.url), "shield")
     try:
         assert httpx.get(node.url + "/o").content == BODY  # stored, as slice files
+        # a shield's upstream is the origin: it asks for no sums
+        assert origin.requests("/o")[0].header("edgeproxy-want-slice-sums") is None
         yield node
     finally:
         node.stop()

@@ -285,8 +285,10 @@ class CacheNode:
             if if_range:
                 validators.append((b"if-range", if_range.encode("latin-1")))
         headers = fields.fill_headers(req.raw_headers, self.name)
-        return FlightSpec(req.key, req.target, headers + slicesums.request_fields(self.slice_size),
-                          first, last, self.slice_size, validators, whole)
+        if self.tier == "edge":  # (its upstream is a shield; a shield's is the origin)
+            headers += slicesums.request_fields(self.slice_size)
+        return FlightSpec(req.key, req.target, headers, first, last, self.slice_size,
+                          validators, whole)
 
     def stored_headers(self, meta: ObjectMeta) -> list[tuple[str, str]]:
         """The stored end-to-end fields as this tier sends them (its Cache-Control, Via)."""
