@@ -25,9 +25,9 @@ import logging
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import diskcache
 
@@ -36,12 +36,13 @@ from ..errors import StorageFault
 from ..quietlog import QuietLog
 from . import index, queries
 from .batch import GroupCommit
-from .checksum import INLINE_HEADER, SliceCheck, carried, check_file, check_inline, seal, unseal
+from .checksum import INLINE_HEADER, carried, seal, unseal
 from .evict import Evictor, SizeWatch
 from .index import AdoptFile, reading, writing
-from .keys import META_PREFIX, SLICE_PREFIX, meta_key, slice_key, slice_of, tag_of, variant_key
+from .keys import SLICE_PREFIX, meta_key, slice_key, slice_of, tag_of, variant_key
 from .meta import ObjectMeta, decode, encode
 from .presence import UNFILTERED_MAX, presence_of, slots_for
+from .scrubreads import ScrubReads
 from .slicefiles import KeptFile, SliceFile, SliceFiles
 from .space import Volume
 
@@ -61,7 +62,7 @@ SliceBody = bytes | SliceFile
 DEGRADED_FOR = 30.0
 DEFAULT_MIN_FREE = FreeSpace(5.0, 256 * 1024**2)
 
-class CacheStore:
+class CacheStore(ScrubReads):
     """Object facts and slices of one node's disk cache (process- and thread-safe).
 
     Storage faults (a full disk, an I/O error, a broken index) never fail a request: reads
@@ -267,51 +268,6 @@ class CacheStore:
         key, index = slice_of(skey)
         log.error("integrity failure on %s: stored slice %s dropped (%s)", key, index, why)
         self.on_corrupt(key, index, why)
-
-    # --- scrub ---
-
-    def slice_keys(self) -> Iterator[str]:
-        """The index key of every stored slice (read in pages: slices stored or dropped
-        meanwhile may or may not be listed)."""
-        self._batch.commit()  # this process's pending slices are stored ones too
-        yield from queries.keys_with(queries.sql(self._cache), SLICE_PREFIX)
-
-    @reading(None)
-    def inspect(self, skey: str) -> SliceCheck | None:
-        """Hash one stored slice, whatever this worker remembers of it; None if it is gone.
-
-        Touches nothing of this worker's state, so it may run in a thread (it reads the
-        whole slice); `settle` then acts on the outcome.
-        """
-        stored = self._cache.get(skey, read=True)
-        if stored is None:
-            return None
-        return check_inline(skey, stored) if isinstance(stored, bytes) \
-            else check_file(skey, stored)
-
-    def meta_keys(self) -> Iterator[str]:
-        """The cache key of every stored object (read in pages, as `slice_keys`)."""
-        self._batch.commit()
-        for skey in queries.keys_with(queries.sql(self._cache), META_PREFIX):
-            yield skey[len(META_PREFIX):]
-
-    @reading(None)
-    def raw_slice(self, key: str, version: str, index: int) -> bytes | IO[bytes] | None:
-        """A stored slice as the index holds it (a sealed record or an opened file, to
-        close), whatever this worker remembers: for a thread that checks it."""
-        stored: bytes | IO[bytes] | None = self._cache.get(slice_key(key, version, index),
-                                                            read=True)
-        return stored
-
-    def settle(self, check: SliceCheck) -> None:
-        """Remember a file found good; drop a slice found bad."""
-        if check.ok and check.state is not None and check.checksum is not None:
-            if self.files.settled(check.state):
-                self.files.verified.remember(check.state, check.checksum)
-        elif not check.ok:
-            if check.state is not None:
-                self.files.verified.forget(check.state)
-            self._drop(check.skey, check.stored, "fails its checksum (scrub)")
 
     @reading(False)
     def has_slice(self, key: str, version: str, index: int) -> bool:
