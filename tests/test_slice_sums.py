@@ -140,7 +140,7 @@ class _Index:
     def __init__(self) -> None:
         self.asked: list[list[int]] = []
 
-    def slice_sums(self, key: str, version: str, indexes: range) -> dict[int, int]:
+    def slice_sums(self, key: str, version: str, indexes: list[int]) -> dict[int, int]:
         self.asked.append(list(indexes))
         return {i: _sum(i) for i in indexes if i != 2}
 
@@ -169,6 +169,20 @@ def test_the_steps_name_the_sums_the_index_holds(
     fields = dict(got.headers)
     assert fields.get("edgeproxy-slice-sums") == value
     assert ("connection" in fields) is (value is not None)
+
+
+def test_slices_being_filled_are_not_looked_up() -> None:
+    """A miss's answer (its slices filled as it goes) costs no index query."""
+    reply = Reply(200, [], None)
+    headers = [(WANT, str(S).encode())]
+    index = _Index()
+    got = with_stored(reply, META, cast(CacheStore, index), "/o", headers, {1, 3})
+    assert index.asked == [[0, 2]]
+    assert dict(got.headers)["edgeproxy-slice-sums"] == f"{S} 0 {_sum(0):016x}"
+    index = _Index()
+    assert with_stored(reply, META, cast(CacheStore, index), "/o", headers, {0, 1, 2, 3}) \
+        is reply
+    assert index.asked == []
 
 
 def test_the_store_reads_sums_from_file_names_and_inline_rows(tmp_path: Path) -> None:

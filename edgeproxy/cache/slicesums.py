@@ -18,7 +18,7 @@ digits each, ``-`` for a slice the answer does not carry whole). Both fields are
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable
+from collections.abc import Container, Iterable
 from typing import TYPE_CHECKING
 
 from . import checksum
@@ -116,10 +116,11 @@ def expected(value: str | None, size: int) -> dict[int, int]:
 
 
 def with_stored(reply: Reply, meta: ObjectMeta, store: CacheStore, key: str,
-                headers: Iterable[tuple[bytes, bytes]]) -> Reply:
+                headers: Iterable[tuple[bytes, bytes]], filling: Container[int] = ()) -> Reply:
     """``reply`` naming the sums of the slices it carries whole that are stored now (one
-    index query), where the request asked for slices of this size: a slice sent from
-    another source (fetched again meanwhile) has the same bytes, so the same sum."""
+    index query; none for slices in ``filling``, being filled: a miss's answer asks
+    nothing), where the request asked for slices of this size: a slice sent from another
+    source (fetched again meanwhile) has the same bytes, so the same sum."""
     length, size = meta.length, meta.slice_size
     if length is None or reply.multipart is not None or reply.status not in (200, 206) \
             or asked(headers) != size:
@@ -129,9 +130,9 @@ def with_stored(reply: Reply, meta: ObjectMeta, store: CacheStore, key: str,
     first = -(-start // size)  # the first slice the answer carries from its first byte
     last = (end + 1) // size - 1 if end + 1 < length else (length - 1) // size
     indexes = range(first, min(last, first + MAX_SUMS - 1) + 1)
-    if not indexes:
+    if all(i in filling for i in indexes):
         return reply
-    stored = store.slice_sums(key, meta.version, indexes)
+    stored = store.slice_sums(key, meta.version, [i for i in indexes if i not in filling])
     extra = response_fields(size, first, [stored.get(i) for i in indexes])
     return dataclasses.replace(reply, headers=[*reply.headers, *(
         (n.decode("latin-1"), v.decode("latin-1")) for n, v in extra)])

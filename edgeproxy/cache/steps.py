@@ -345,7 +345,9 @@ async def deliver(node: CacheNode, tx: Tx) -> None:
     tx.ready = {}
     if not bodiless:
         await small_body_ended(ready, meta.length, node.wait_timeout)
-        reply = slicesums.with_stored(reply, meta, node.store, req.key, req.raw_headers)
+        filling = {i for i, source in ready.items() if not isinstance(source, StoredSource)}
+        reply = slicesums.with_stored(reply, meta, node.store, req.key, req.raw_headers,
+                                      filling)
     await node.start_response(tx, reply.status, reply.headers)
     if bodiless:
         for source in ready.values():
