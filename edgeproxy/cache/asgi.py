@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from email.utils import formatdate
 from typing import Any
+
+from .types import Receive
 
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 
@@ -54,3 +56,15 @@ def allow_any_status() -> None:
         httptools_impl.STATUS_LINE.setdefault(code, b"".join(
             [b"HTTP/1.1 ", str(code).encode(), b" \r\n"]))
         h11_impl.STATUS_PHRASES.setdefault(code, b"")
+
+
+async def request_body(receive: Receive) -> AsyncIterator[bytes]:
+    """The request body as it arrives, chunk by chunk (a pass relays it streamed)."""
+    while True:
+        message = await receive()
+        chunk = message.get("body", b"")
+        if chunk:
+            yield chunk
+        if not message.get("more_body", False):
+            return
+

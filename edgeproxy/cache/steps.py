@@ -10,12 +10,12 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import TYPE_CHECKING
 
 from ..errors import HTTPError, UpstreamError, UpstreamTimeout
-from . import fields, joins, policy, slicesums
+from . import asgi, fields, joins, policy, slicesums
 from .beresp import from_upstream, interims_of
 from .deliver import plan_reply, send_body, verifying_send, vouched_send, with_content_digest
 from .facts import FlightContext
@@ -23,7 +23,7 @@ from .lanebodies import file_pieces
 from .sources import DirectSource, Source, StoredSource, small_body_ended
 from .transport import BeReq
 from .tx import Tx
-from .types import ZEROCOPY, Receive
+from .types import ZEROCOPY
 from .verdict import Verdict, x_cache
 from .waits import shared
 
@@ -286,7 +286,7 @@ async def pass_(node: CacheNode, tx: Tx) -> None:
     invalidate what is stored (RFC 9111 §4.4)."""
     req = tx.req
     has_body = any(n in (b"content-length", b"transfer-encoding") for n, _ in req.raw_headers)
-    body = _request_body(tx.receive) if has_body else None
+    body = asgi.request_body(tx.receive) if has_body else None
     started = time.perf_counter()
     resp = await node.transport.send(BeReq(req.method, req.target,
                                            fields.pass_headers(req.raw_headers, node.name),
@@ -397,14 +397,3 @@ async def deliver(node: CacheNode, tx: Tx) -> None:
         await node.drop_direct(tx)
     await tx.send({"type": "http.response.body", "body": b"", "more_body": False})
     return None
-
-
-async def _request_body(receive: Receive) -> AsyncIterator[bytes]:
-    while True:
-        message = await receive()
-        chunk = message.get("body", b"")
-        if chunk:
-            yield chunk
-        if not message.get("more_body", False):
-            return
-
