@@ -102,7 +102,7 @@ class ServerThread:
 
         # cache nodes date their own answers; uvicorn dates the others'
         inner = app
-        while type(inner).__name__ in ("RequestGuard", "AccessLog"):  # the nodes' wrappers
+        while type(inner).__name__ in ("RequestGuard", "AccessLog", "Lifecycle"):  # wrappers
             inner = inner.app
         settings = {"log_level": "warning", "lifespan": "on", "loop": "asyncio", "http": "h11",
                     "date_header": not isinstance(inner, CacheNode), **options}

@@ -156,10 +156,6 @@ def _field(head: bytes, name: bytes) -> bytes | None:
     return found.group(1) if found else None
 
 
-def _last(head: bytes, name: bytes) -> bytes:
-    return bytes(re.findall(rb"(?im)^" + name + rb": *([^\r\n]*)", head)[-1])
-
-
 def _without_moment(head: bytes) -> bytes:
     return re.sub(rb"(?im)^(age|date): [^\r\n]*\r\n", b"", head + b"\r\n")
 
@@ -284,19 +280,43 @@ def test_a_slice_file_changed_on_disk_ends_its_replay(
     conn.close()
 
 
-def test_age_and_date_are_renewed_as_the_seconds_pass(
-        edge: tuple[ServerThread, CacheNode], replayed: list[int]) -> None:
-    srv, node = edge
+def _ask_twice(srv: ServerThread, node: CacheNode,
+               replayed: list[int]) -> tuple[bytes, bytes]:
+    """The heads of two replayed answers of the hot object, 2.1 s apart (Age counted up)."""
     conn, head = _warmed(srv, node)
     replayed.clear()
     first, _ = conn.ask(head)[0]
     time.sleep(2.1)
     later, _ = conn.ask(head)[0]
+    conn.close()
     assert len(replayed) == 2
     age_first, age_later = int(_field(first, b"age") or b"-1"), int(_field(later, b"age") or b"-1")
     assert age_later - age_first in (2, 3)
-    assert _last(first, b"date") != _last(later, b"date")
-    conn.close()
+    for answer in (first, later):
+        assert len(re.findall(rb"(?im)^date:", answer)) == 1
+    return first, later
+
+
+def test_age_is_renewed_and_the_origins_date_kept(
+        edge: tuple[ServerThread, CacheNode], replayed: list[int]) -> None:
+    """RFC 9110 §6.6.1: the origin dated its answer; a cache forwards that Date (with Age)."""
+    first, later = _ask_twice(*edge, replayed)
+    assert _field(first, b"date") == _field(later, b"date")
+
+
+def test_an_undated_answer_is_dated_by_the_nodes_clock_each_time(
+        tmp_path: Path, replayed: list[int]) -> None:
+    """RFC 9110 §6.6.1: an answer that came without a Date gets the recipient's, renewed."""
+    undated = TestOrigin()
+    undated.put("/v/t1/obj", BODY)
+    with serve(undated, date_header=False) as osrv:
+        config = edge_config(tmp_path, osrv.url, f"admin_token: {TOKEN}\n")
+        app = node_app(config, "edge")
+        found = fast_lane_of(app)
+        assert found is not None
+        with serve(app, proxy_headers=False, **uvicorn_http_options(config.http_limits)) as srv:
+            first, later = _ask_twice(srv, found[0], replayed)
+    assert _field(first, b"date") != _field(later, b"date")
 
 
 def test_a_purge_ends_a_record(edge: tuple[ServerThread, CacheNode],
