@@ -16,12 +16,14 @@ import os
 import re
 import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import cast
 
 import httpx
 import pytest
 import xxhash
+import yaml
 
 from edgeproxy.cache import checksum
 from edgeproxy.cache.deliver import Reply
@@ -45,6 +47,7 @@ from edgeproxy.guard import uvicorn_http_options
 from edgeproxy.http import ByteRange
 from edgeproxy.server import node_app
 from tests.foreign import ForeignOrigin
+from tests.nodes import NodeProcess, edge_config_file
 from tests.origins import pattern
 from tests.servers import ServerThread, free_port
 from tests.test_cache_node import _metric
@@ -396,3 +399,34 @@ def test_bytes_that_go_wrong_between_the_tiers_are_not_stored_at_the_edge(
             assert again.content == BODY and again.headers["x-cache"].startswith("HIT")
         finally:
             edge.stop()
+
+
+def test_no_worker_completes_an_answer_from_a_slice_that_failed_its_sum(
+        shield: ServerThread, tmp_path: Path) -> None:
+    """A two-worker edge (`edgeproxy serve`), eight clients at once for the object whose
+    first fill from the shield has a bit flipped on the wire: the requests that read that
+    fill, in its worker or following it from the other one, are cut, never completed with
+    the wrong byte; the rest are whole and right, and so is the object afterwards."""
+    (tmp_path / "edge").mkdir()
+    with FlippingProxy(shield.port, at=S + 4321) as proxy:
+        config = edge_config_file(tmp_path / "edge", free_port(), cache=f"slice_size: {S}",
+                                  edge=f"upstream: 'http://127.0.0.1:{proxy.port}', workers: 2")
+        port = yaml.safe_load(config.read_text())["edge"]["port"]
+        with NodeProcess(config, "edge", f"http://127.0.0.1:{port}") as edge:
+            gate = threading.Barrier(8)
+
+            def fetch(_: int) -> bytes | None:
+                gate.wait()
+                try:
+                    return httpx.get(edge.url + "/o", timeout=20).raise_for_status().content
+                except httpx.HTTPError:
+                    return None  # cut short
+
+            with ThreadPoolExecutor(8) as pool:
+                got = list(pool.map(fetch, range(8)))
+            assert proxy.flipped == 1
+            assert all(body is None or body == BODY for body in got)
+            assert got.count(None) >= 1
+            metrics = httpx.get(edge.url + "/metrics").text
+            assert _metric(metrics, INTEGRITY, reason="upstream_slice") == 1
+            assert httpx.get(edge.url + "/o", timeout=20).content == BODY
