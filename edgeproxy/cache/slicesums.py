@@ -6,12 +6,13 @@ Why: stored slices go out by ``sendfile(2)``, which hands the socket page-cache 
 reference, so a write to a file after the sender's last check reaches the wire; a chaos run
 that flipped bytes in a shield's files found edges storing such bytes under their own,
 freshly computed xxh3 and serving them as hits until evicted. Every node keeps each slice's
-xxh3 with the slice and hashes every slice it fills, so the check costs no hashing on either
-side: it only compares the sender's stored sum with the receiver's running one.
+xxh3 with the slice and hashes every slice it fills, so the check mostly compares the
+sender's stored sum with the receiver's running one (the sender hashes again only a small
+inline slice it sends among files: `of_run`).
 
-A fill asks with ``Edgeproxy-Want-Slice-Sums: <slice size>``; an answer from stored slices of
-that size carries ``Edgeproxy-Slice-Sums: <slice size> <first index> <sum>,<sum>,...`` (16 hex
-digits each, ``-`` for a slice the answer does not carry whole). Both fields are named in
+An edge's fill asks with ``Edgeproxy-Want-Slice-Sums: <slice size>``; an answer from stored
+slices of that size carries ``Edgeproxy-Slice-Sums: <slice size> <first index> <sum>,...``
+(16 hex digits each, ``-`` for a slice the answer does not carry whole). Both fields are named in
 ``Connection``: hop-by-hop (RFC 9110 §7.6.1), never forwarded or stored.
 """
 
