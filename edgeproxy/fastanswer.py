@@ -6,7 +6,10 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-__all__ = ["LANE", "Sending", "fast_lane_of"]
+from .cache.slicefiles import FilePiece
+from .zerocopy import write_piece
+
+__all__ = ["LANE", "Sending", "fast_lane_of", "write_answer"]
 
 
 def fast_lane_of(app: Any) -> tuple[Any, Any] | None:
@@ -24,6 +27,18 @@ def fast_lane_of(app: Any) -> tuple[Any, Any] | None:
             return (app, log) if callable(getattr(type(app), "fast_reply", None)) else None
         app = vars(app).get("app")
     return None
+
+
+def write_answer(transport: Any, data: list[bytes | memoryview | FilePiece]) -> int:
+    """Write a lane answer (its head, and its body: buffers, or a large one from its files
+    by sendfile); the bytes still to send."""
+    body = data[-1]
+    if isinstance(body, FilePiece):
+        head = data[0]
+        assert not isinstance(head, FilePiece)
+        return write_piece(transport, bytes(head), body)
+    transport.writelines(data)
+    return 0
 
 
 # The app the last connection was made for, and its `fast_lane_of` (~10 us per connection)

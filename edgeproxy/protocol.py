@@ -37,11 +37,11 @@ from .cache.types import FAST_DECLINED, INFORMATIONAL
 from .config import HTTPLimitsConfig
 from .cyclesend import ZeroCopySend
 from .errors import HTTPError
-from .fastanswer import LANE, Sending, fast_lane_of
+from .fastanswer import LANE, Sending, fast_lane_of, write_answer
 from .guard import FIELD_OVERHEAD, PROXIED_BYTES, PROXIED_FIELDS, head_cap, valid_host
 from .headholder import HeadHolder
 from .headtimeout import DeadlineHooks, HeadDeadline, send_refusal, timeout_error
-from .zerocopy import ZEROCOPY, send_rest, socket_fd, write_piece
+from .zerocopy import ZEROCOPY, send_rest, socket_fd
 
 # A request line of the form RFC 9112 §3 gives (a method token, a target, an HTTP version)
 _REQUEST_LINE = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+ [^ \r\n]+ HTTP/\d\.\d\r?\n")
@@ -192,7 +192,7 @@ class GuardedHttpToolsProtocol(DeadlineHooks, HttpToolsProtocol):  # type: ignor
         if replayed is None:
             return False
         buffers, record, sent = replayed
-        rest = self._write_answer(buffers)
+        rest = write_answer(self.transport, buffers)
         if access_log is not None:
             access_log.write({"client": self.client, "method": "GET", "raw_path": record.url,
                               "path": record.path, "http_version": "1.1",
@@ -339,7 +339,7 @@ class GuardedHttpToolsProtocol(DeadlineHooks, HttpToolsProtocol):  # type: ignor
             self.fast_declined = True
             return False
         data, status, sent = reply
-        rest = self._write_answer(data)
+        rest = write_answer(self.transport, data)
         self.fast_served = True
         self.lane_answered = 1
         if access_log is not None:
@@ -348,17 +348,6 @@ class GuardedHttpToolsProtocol(DeadlineHooks, HttpToolsProtocol):  # type: ignor
                              status, sent, node.hit_x_cache, time.perf_counter() - started)
         self._answered(data[-1], rest)
         return True
-
-    def _write_answer(self, data: list[bytes | memoryview | FilePiece]) -> int:
-        """Write a lane answer (its head, and its body: buffers, or a large one from its
-        files by sendfile); the bytes still to send."""
-        body = data[-1]
-        if isinstance(body, FilePiece):
-            head = data[0]
-            assert not isinstance(head, FilePiece)
-            return write_piece(self.transport, bytes(head), body)
-        self.transport.writelines(data)  # type: ignore[arg-type]  # (no piece among them)
-        return 0
 
     def _answered(self, body: bytes | memoryview | FilePiece, rest: int) -> None:
         """A lane answer is written: the next request may come, or the rest of its body

@@ -24,7 +24,7 @@ from .fields import content_digest
 from .hot import HotEntry, field_lines
 from .lanebodies import file_pieces, read_slice
 from .lanehit import MEMO_SIZE, STEPS, WHOLE, Fields, Hit, KeptRange, StoredFields, one_range
-from .meta import ObjectMeta
+from .meta import ObjectMeta, whole_body_digest
 from .policy import expected_sha256
 from .replays import GATHER, HEAD_MAX, BodyAt, Replay, Replays
 from .slicefiles import FilePiece
@@ -182,7 +182,7 @@ class FastLane:
             complete = False
             if meta.length is not None and (meta.length <= min(meta.slice_size, WHOLE_MAX)
                                             or meta.length > meta.slice_size) \
-                    and self.node.whole_body_digest(key, meta) is None:
+                    and whole_body_digest(key, meta) is None:
                 complete = True
                 whole.append((b"content-length", str(meta.length).encode()))
                 # as `deliver.with_content_digest` sends it on a whole answer

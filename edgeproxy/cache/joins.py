@@ -16,7 +16,7 @@ from . import fields, policy
 from .facts import FlightContext
 from .fetch import MAX_RUN
 from .hot import HotEntry
-from .meta import ObjectMeta
+from .meta import ObjectMeta, whole_body_digest
 from .sources import FillSource, Source, StoredSource
 from .waits import shared
 
@@ -72,7 +72,7 @@ async def join(node: CacheNode, tx: Tx, meta: ObjectMeta, index: int) -> Source:
         source = await node.coalescer.join(req.key, index, meta.version, lead)
     if isinstance(source, StoredSource) and index == 0 and meta.status == 200 \
             and meta.length <= meta.slice_size and node.hot.accepts(meta.length) \
-            and node.whole_body_digest(req.key, meta) is None:
+            and whole_body_digest(req.key, meta) is None:
         source = _keep_hot(node, req.key, meta, source)
     flight = tx.flight
     if tx.led and flight is not None and not flight.headers.done():

@@ -9,7 +9,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from .policy import Freshness
+from .policy import Freshness, expected_sha256
 
 
 @dataclass(frozen=True)
@@ -67,6 +67,15 @@ class ObjectMeta:
 # Facts as the index stores them: this tag, then the fields by `marshal`. A pickled dataclass
 # loads in about twice the time (its classes are looked up through the import system) and is
 # stored in three times: both were most of what reading or writing an object's facts cost.
+def whole_body_digest(key: str, meta: ObjectMeta) -> str | None:
+    """The SHA-256 a whole 200 body of ``meta`` must have (content-addressed path,
+    Repr-Digest); None when there is none to check, or its slices already matched it."""
+    if meta.status != 200 or meta.verified:
+        return None  # verified: its slices came from fills whose whole hash matched
+    headers = {n.lower(): v for n, v in meta.headers}
+    return expected_sha256(key.partition("?")[0], headers)
+
+
 # Anything else under a facts key (a pickle of an older version, another tag) reads as "not
 # stored": the object is fetched again.
 _TAG = b"F1"

@@ -28,7 +28,7 @@ from .fetch import Fetcher
 from .flight import Flight, FlightSpec
 from .gate import Gate
 from .hot import HotTier, PurgeEpoch
-from .meta import ObjectMeta
+from .meta import ObjectMeta, whole_body_digest
 from .metrics import CONTENT_TYPE_LATEST, NodeMetrics
 from .replays import Replay
 from .req import Req, cache_key
@@ -246,7 +246,7 @@ class CacheNode:
 
     def object_pass(self) -> ObjectPass:
         """What a scrub's object pass needs of this node (`scrub`)."""
-        return ObjectPass(self.whole_body_digest, self.mark_verified,
+        return ObjectPass(whole_body_digest, self.mark_verified,
                           lambda key, why: self.integrity_failure(key, why, "body_hash"))
 
     def slice_corrupt(self, key: str, index: int, why: str) -> None:
@@ -304,14 +304,6 @@ class CacheNode:
         if meta.status == 200:
             headers.append(("accept-ranges", "bytes"))
         return headers
-
-    @staticmethod
-    def whole_body_digest(key: str, meta: ObjectMeta) -> str | None:
-        """The SHA-256 a whole 200 body must have (content-addressed path, Repr-Digest)."""
-        if meta.status != 200 or meta.verified:
-            return None  # verified: its slices came from fills whose whole hash matched
-        headers = {n.lower(): v for n, v in meta.headers}
-        return policy.expected_sha256(key.partition("?")[0], headers)
 
     def response_headers(self, meta: ObjectMeta, tx: Tx) -> list[tuple[str, str]]:
         """Every field of an answer from ``meta`` but its length and range fields."""

@@ -20,6 +20,7 @@ from .beresp import from_upstream, interims_of
 from .deliver import plan_reply, send_body, verifying_send, vouched_send, with_content_digest
 from .facts import FlightContext
 from .lanebodies import file_pieces
+from .meta import whole_body_digest
 from .sources import DirectSource, Source, StoredSource, small_body_ended
 from .transport import BeReq
 from .tx import Tx
@@ -357,7 +358,7 @@ async def deliver(node: CacheNode, tx: Tx) -> None:
         return None
     send = tx.send
     zerocopy = ZEROCOPY in (tx.scope.get("extensions") or ())
-    digest = node.whole_body_digest(req.key, meta) if reply.ranges is None else None
+    digest = whole_body_digest(req.key, meta) if reply.ranges is None else None
     if flight is not None and flight.hasher is not None and flight.version == meta.version \
             and meta.length is not None and flight.first == 0 \
             and len(flight.fills) == policy.slice_count(meta.length, meta.slice_size):
