@@ -138,10 +138,16 @@ def resolve_ranges(specs: list[RangeSpec], length: int) -> list[ByteRange]:
     first member.
 
     Coalescing is what RFC 9110 §14.2 recommends against overlapping-range abuse; a request
-    whose ranges collapse into one is answered as a single-part 206.
+    whose ranges collapse into one is answered as a single-part 206. No range at all (an empty
+    list): answer the whole representation, which is empty.
     """
     ranges = [r for spec in specs if (r := spec.resolve(length)) is not None]
     if not ranges:
+        if length == 0 and any(spec.first is None and spec.last for spec in specs):
+            # §14.1.1: a non-zero suffix is satisfiable on a zero-length representation, but
+            # no range of it can be named: the answer is the whole, empty (§14.2: Range may
+            # be ignored), as deployed servers send it
+            return []
         raise RangeNotSatisfiable(length)
     merged: list[ByteRange] = []
     asked: list[int] = []  # where each merged range's first member was in the request
@@ -310,14 +316,28 @@ def precondition_failed(headers: dict[str, str], etag: str | None,
     return date is not None and modified is not None and modified > date
 
 
-def if_range_matches(if_range: str, etag: str | None, last_modified: str | None) -> bool:
-    """RFC 9110 §13.1.5: strong ETag comparison, or an exact Last-Modified date match."""
+def if_range_matches(if_range: str, etag: str | None, last_modified: str | None,
+                     date: str | None = None, received: float | None = None) -> bool:
+    """RFC 9110 §13.1.5: strong ETag comparison, or an exact match of a Last-Modified that is
+    a strong validator (`strong_date`; without ``received``, the caller's own current one)."""
     value = if_range.strip()
     if value.startswith('"') or value.startswith("W/"):
         return etag is not None and not value.startswith("W/") and value == etag \
             and not etag.startswith("W/")
-    date, lm = http_date(value), http_date(last_modified)
-    return date is not None and lm is not None and date == lm
+    asked, lm = http_date(value), http_date(last_modified)
+    return asked is not None and lm is not None and asked == lm and \
+        (received is None or strong_date(last_modified, date, received))
+
+
+def strong_date(last_modified: str | None, date: str | None, received: float) -> bool:
+    """Whether a stored response's ``Last-Modified`` is a strong validator (RFC 9110
+    §8.8.2.2): its ``Date`` (the time it was received, without a valid one) is at least a
+    second later. One changed within the second of its date is not told apart by it."""
+    modified = http_date(last_modified)
+    if modified is None:
+        return False
+    dated = http_date(date)
+    return (received if dated is None else dated) - modified >= 1.0
 
 
 def not_modified(headers: dict[str, str], etag: str | None, last_modified: str | None,

@@ -59,11 +59,13 @@ class Chain:
     """Client → edge → shield → origin; ``get``/``request`` talk to the edge."""
 
     def __init__(self, origin_url: str, directory: Path, mode: Mode = "thread", *,
-                 workers: int = 1, admin_token: str = "", **cache: Any) -> None:
+                 workers: int = 1, admin_token: str = "", access_log: bool = True,
+                 **cache: Any) -> None:
         self.origin_url = origin_url.rstrip("/")
         self.mode = mode
         self.workers = workers  # per node, in "process" mode
         self.admin_token = admin_token  # in "process" mode
+        self.access_log = access_log  # in "process" mode (off: as the benchmarks run nodes)
         self.config = chain_config(directory, **cache)
         self.directory = directory
         directory.mkdir(parents=True, exist_ok=True)
@@ -123,6 +125,7 @@ class Chain:
             "edge": {"port": ports["edge"], "upstream": self.shield_url,
                      "workers": self.workers},
             "admin_token": self.admin_token,
+            "log": {"access": "on" if self.access_log else "off"},
         }
         path = self.directory / "chain.yaml"
         path.write_text(yaml.safe_dump(settings))

@@ -17,11 +17,17 @@ SIZE = 1000  # slice size
 LENGTH = 3500  # object length
 
 
+LM = "Tue, 01 Dec 2026 00:00:00 GMT"
+LM_AT = 1_796_083_200.0  # LM as epoch seconds
+
+
 def beresp(status: int = 206, start: int = 0, body: int | None = 300, length: int | None = LENGTH,
-           etag: str | None = '"a"', last_modified: str | None = None) -> BeResp:
+           etag: str | None = '"a"', last_modified: str | None = None,
+           received: float = LM_AT + 60) -> BeResp:
+    """An answer received at ``received`` with no Date of its own (a minute after `LM`)."""
     return BeResp(status=status, headers=[], length=length, body_length=body, etag=etag,
-                  last_modified=last_modified, content_type=None, request_time=0.0,
-                  response_time=0.0, body_start=start)
+                  last_modified=last_modified, content_type=None, request_time=received,
+                  response_time=received, body_start=start)
 
 
 def fill(done: bool = False, error: Exception | None = None) -> Any:
@@ -53,9 +59,12 @@ async def flight(fills: dict[int, Any], version: str | None = '"a"') -> Flight:
     # no validator for If-Range (a weak ETag only), or another representation's flight
     (beresp(etag='W/"a"'), 300, {0: fill()}, 'W/"a"', None),
     (beresp(), 300, {0: fill()}, '"b"', None),
-    # Last-Modified with a known length is a validator too
-    (beresp(etag=None, last_modified="Tue, 01 Dec 2026 00:00:00 GMT"), 300, {0: fill()},
-     "3500|Tue, 01 Dec 2026 00:00:00 GMT", (300, 999)),
+    # Last-Modified with a known length is a validator too, when strong (RFC 9110 §8.8.2.2)
+    (beresp(etag=None, last_modified=LM), 300, {0: fill()}, f"3500|{LM}", (300, 999)),
+    # ... not one received within the second it names, nor beside a weak ETag (§13.1.5)
+    (beresp(etag=None, last_modified=LM, received=LM_AT + 0.5), 300, {0: fill()},
+     f"3500|{LM}", None),
+    (beresp(etag='W/"a"', last_modified=LM), 300, {0: fill()}, f"3500|{LM}", None),
 ])
 async def test_rest(answer: BeResp, received: int, fills: dict[int, Any], version: str,
                     want: tuple[int, int] | None) -> None:
@@ -68,11 +77,14 @@ def test_bereq_asks_for_the_span_if_the_representation_is_the_same() -> None:
     assert req.method == "GET" and req.target == "/k?x=1"
     assert req.headers == [(b"accept", b"*/*"), (b"range", b"bytes=300-999"),
                            (b"if-range", b'"a"')]
-    dated = resume.bereq(spec, (300, 999), beresp(etag='W/"a"', last_modified="Tue, 01 Dec "
-                                                  "2026 00:00:00 GMT"))
-    assert dated.headers[-1] == (b"if-range", b"Tue, 01 Dec 2026 00:00:00 GMT")
-    with pytest.raises(UpstreamProtocolError):  # nothing ties a next answer to this one
-        resume.bereq(spec, (300, 999), beresp(etag='W/"a"'))
+    dated = resume.bereq(spec, (300, 999), beresp(etag=None, last_modified=LM))
+    assert dated.headers[-1] == (b"if-range", LM.encode())
+    # nothing ties a next answer to this one: a weak ETag (a date beside it is no validator
+    # either, RFC 9110 §13.1.5), a date within its own second (§8.8.2.2)
+    for weak in (beresp(etag='W/"a"'), beresp(etag='W/"a"', last_modified=LM),
+                 beresp(etag=None, last_modified=LM, received=LM_AT)):
+        with pytest.raises(UpstreamProtocolError):
+            resume.bereq(spec, (300, 999), weak)
 
 
 @pytest.mark.parametrize(("answer", "ok"), [
@@ -112,7 +124,9 @@ async def test_checks_for_hashes_each_answer_by_its_own_digest() -> None:
     (beresp(start=1000, etag=None), 1, None, True),
     # a strong validator: the rest of the slice is asked for with If-Range (`rest`)
     (beresp(), 0, 0, False),
-    (beresp(etag=None, last_modified="Tue, 01 Dec 2026 00:00:00 GMT"), 0, 0, False),
+    (beresp(etag=None, last_modified=LM), 0, 0, False),
+    # a date the answer's own Date (here its arrival) is not a second past: no validator
+    (beresp(etag=None, last_modified=LM, received=LM_AT + 0.9), 0, 0, True),
     # a slice whole, or the object's short last slice: those are kept, the rest joined anew
     (beresp(body=1300, etag=None), 0, 2, False),
     (beresp(start=3000, body=500, etag=None), 3, None, False),

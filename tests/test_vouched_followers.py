@@ -174,9 +174,9 @@ def hashing(monkeypatch: pytest.MonkeyPatch) -> list[str]:
         kinds.append("vouched")
         return vouched(*args, **kwargs)
 
-    # (the names the steps call them by)
-    monkeypatch.setattr("edgeproxy.cache.steps.verifying_send", spy_verifying)
-    monkeypatch.setattr("edgeproxy.cache.steps.vouched_send", spy_vouched)
+    # (the names `deliver.checked_send` calls them by)
+    monkeypatch.setattr("edgeproxy.cache.deliver.verifying_send", spy_verifying)
+    monkeypatch.setattr("edgeproxy.cache.deliver.vouched_send", spy_vouched)
     return kinds
 
 

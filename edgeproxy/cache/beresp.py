@@ -7,7 +7,7 @@ import uuid
 from dataclasses import dataclass
 
 from ..errors import UpstreamProtocolError
-from ..http import combine_fields, int_header, parse_content_range
+from ..http import combine_fields, int_header, parse_content_range, strong_date
 from . import fields
 from .transport import UpstreamResponse
 from .types import RawHeaders
@@ -46,14 +46,16 @@ class BeResp:
     def version(self) -> str:
         """What ties slices to one representation.
 
-        The strong ETag, else length and Last-Modified; with neither, a token of this response
-        alone, so that bytes of two unvalidated responses are never spliced together.
+        The strong validator (`if_range`): a strong ETag, else length and a strong
+        Last-Modified; without one, a token of this response alone, so that bytes of two
+        answers that no strong validator ties together are never spliced (RFC 9111 §3.4).
         """
         if self._version is None:
-            if self.etag and not self.etag.startswith("W/"):
-                self._version = self.etag
-            elif self.length is not None and self.last_modified:
-                self._version = f"{self.length}|{self.last_modified}"
+            validator = self.if_range
+            if validator is not None and validator == self.etag:
+                self._version = validator
+            elif validator is not None and self.length is not None:
+                self._version = f"{self.length}|{validator}"
             else:
                 self._version = "u" + uuid.uuid4().hex
         return self._version
@@ -69,10 +71,13 @@ class BeResp:
 
     @property
     def if_range(self) -> str | None:
-        """A validator fit for ``If-Range`` (RFC 9110 §13.1.5: strong only)."""
-        if self.etag and not self.etag.startswith("W/"):
-            return self.etag
-        return self.last_modified
+        """A validator fit for ``If-Range`` (RFC 9110 §13.1.5): a strong ETag, or a strong
+        Last-Modified when there is no ETag at all (`strong_date`); else None."""
+        if self.etag:
+            return None if self.etag.startswith("W/") else self.etag
+        if strong_date(self.last_modified, self.header_map.get("date"), self.response_time):
+            return self.last_modified
+        return None
 
 
 def from_upstream(resp: UpstreamResponse, request_time: float) -> BeResp:

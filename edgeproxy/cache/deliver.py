@@ -15,6 +15,7 @@ import os
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from ..errors import FillAborted, FillLost, HTTPError
 from ..http import (
@@ -28,10 +29,14 @@ from ..http import (
 )
 from . import fields, policy
 from .lanebodies import PIECES_MAX
-from .meta import ObjectMeta
+from .meta import ObjectMeta, whole_body_digest
 from .slicefiles import FilePiece
 from .sources import DirectSource, Following, Source, StoredSource
 from .types import ZEROCOPY, Message, Send
+
+if TYPE_CHECKING:
+    from .flight import Flight
+    from .node import CacheNode
 
 log = logging.getLogger("edgeproxy.cache")
 
@@ -71,7 +76,9 @@ def plan_reply(meta: ObjectMeta, req_headers: dict[str, str], method: str,
     if meta.status != 200 or not specs or length is None:
         return Reply(meta.status, headers, None)
     if_range = req_headers.get("if-range")
-    if if_range is not None and not if_range_matches(if_range, meta.etag, meta.last_modified):
+    if if_range is not None and not if_range_matches(if_range, meta.etag, meta.last_modified,
+                                                     meta.header("date"),
+                                                     meta.freshness.response_time):
         return Reply(200, headers, None)  # RFC 9110 §13.1.5: changed, so send it whole
     try:
         ranges = resolve_ranges(specs, length)
@@ -79,6 +86,8 @@ def plan_reply(meta: ObjectMeta, req_headers: dict[str, str], method: str,
         raise HTTPError(416, "range_not_satisfiable",
                         f"no satisfiable range for {length} bytes",
                         headers={"content-range": exc.content_range}) from None
+    if not ranges:
+        return Reply(200, headers, None)  # a suffix of an empty representation: all of it
     headers = [(n, v) for n, v in headers if n not in ("content-length", "content-range")]
     if len(ranges) == 1:
         return Reply(206, [*headers, ("content-range", ranges[0].content_range(length)),
@@ -328,3 +337,26 @@ class Multipart:
         """Exact body length, so the response needs no chunked encoding."""
         heads = sum(len(self.part_head(r, i == 0)) for i, r in enumerate(self.ranges))
         return heads + sum(r.length for r in self.ranges) + len(self.closing)
+
+
+def checked_send(node: CacheNode, key: str, meta: ObjectMeta, whole: bool,
+                 flight: Flight | None, send: Send) -> tuple[Send, bool]:
+    """The ``send`` of an answer from ``meta``'s slices, and whether it hashes every byte:
+    a whole body with a SHA-256 to match (content address, Repr-Digest) is hashed as it
+    goes, unless its flight hashes it, or vouches for it (its last byte is then held)."""
+    digest = whole_body_digest(key, meta) if whole else None
+    if flight is not None and flight.hasher is not None and flight.version == meta.version \
+            and meta.length is not None and flight.first == 0 \
+            and len(flight.fills) == policy.slice_count(meta.length, meta.slice_size):
+        digest = None  # this flight fills every slice, hashes them all, holds the last byte
+    if digest is not None and meta.length and meta.vouching:
+        if node.coalescer.filling(key, meta.version):
+            # (zero-copy stays: nothing looks at the bytes, only the last one is held)
+            return vouched_send(send, meta.length, lambda: node.vouched(key, meta)), False
+        if node.vouched(key, meta):
+            digest = None  # its flight has matched the hash since these facts were read
+    if digest is None or not meta.length:
+        return send, False
+    return verifying_send(send, digest, meta.length,
+                          on_mismatch=lambda: node.integrity_failure(key, "assembled"),
+                          on_match=lambda: node.mark_verified(key, meta)), True

@@ -9,6 +9,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..http import strong_date
 from .policy import Freshness, expected_sha256
 
 
@@ -53,9 +54,23 @@ class ObjectMeta:
 
     @property
     def unvalidated(self) -> bool:
-        """Whether the version is a token of one answer (no strong ETag, no length with
-        Last-Modified: `BeResp.version`), so no other answer's bytes may join its slices."""
-        return self.version.startswith("u")
+        """Whether no strong validator ties other answers' bytes to this one's (the version
+        is a token of one answer: `BeResp.version`), so none may join its slices."""
+        return self.version.startswith("u") or self.if_range is None
+
+    @property
+    def if_range(self) -> str | None:
+        """The validator a fetch of missing slices sends in ``If-Range`` (RFC 9110 §13.1.5):
+        the strong ETag, or a strong Last-Modified when there is no ETag at all; None when
+        there is neither (facts stored before the rule was this strict included)."""
+        if self.etag:
+            return None if self.etag.startswith("W/") else self.etag
+        if self.last_modified is not None and \
+                self.version == f"{self.length}|{self.last_modified}" and \
+                strong_date(self.last_modified, self.header("date"),
+                            self.freshness.response_time):
+            return self.last_modified
+        return None
 
     def header(self, name: str) -> str | None:
         """The first stored end-to-end header ``name`` (case-insensitive)."""

@@ -279,11 +279,8 @@ class CacheNode:
                 validators.append((b"if-none-match", stale.etag.encode("latin-1")))
             elif stale.last_modified:
                 validators.append((b"if-modified-since", stale.last_modified.encode("latin-1")))
-        if known is not None and not known.unvalidated:
-            if_range = known.etag if known.etag and not known.etag.startswith("W/") \
-                else known.last_modified
-            if if_range:
-                validators.append((b"if-range", if_range.encode("latin-1")))
+        if known is not None and known.if_range is not None:
+            validators.append((b"if-range", known.if_range.encode("latin-1")))
         headers = fields.fill_headers(req.raw_headers, self.name)
         if self.tier == "edge":  # (its upstream is a shield; a shield's is the origin)
             headers += slicesums.request_fields(self.slice_size)

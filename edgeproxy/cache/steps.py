@@ -17,10 +17,9 @@ from typing import TYPE_CHECKING
 from ..errors import HTTPError, UpstreamError, UpstreamTimeout
 from . import asgi, fields, joins, policy, slicesums
 from .beresp import from_upstream, interims_of
-from .deliver import plan_reply, send_body, verifying_send, vouched_send, with_content_digest
+from .deliver import checked_send, plan_reply, send_body, with_content_digest
 from .facts import FlightContext
 from .lanebodies import file_pieces
-from .meta import whole_body_digest
 from .sources import DirectSource, Source, StoredSource, small_body_ended
 from .transport import BeReq
 from .tx import Tx
@@ -93,8 +92,10 @@ async def hit(node: CacheNode, tx: Tx) -> Step:
     if first is None or first >= meta.length:
         return deliver  # 416, or a ranged request answered whole
     only_cached = policy.only_if_cached(req.headers.get("cache-control"))
-    # (once a flight is joined, its facts are its answer's own: no second look)
-    if (only_cached or (meta.unvalidated and tx.flight is None)) \
+    # (a flight joined that brings this version's bytes: its facts are its answer's own, no
+    # second look; a 304 brings none, and no validator ties a next answer's to the stored)
+    carried = tx.flight is not None and tx.flight.version == meta.version
+    if (only_cached or (meta.unvalidated and not carried)) \
             and not joins.all_there(node, tx, meta):
         if only_cached:
             raise HTTPError(504, "not_cached",
@@ -104,8 +105,11 @@ async def hit(node: CacheNode, tx: Tx) -> Step:
         # our own (a weak ETag's 304 would say nothing of the bytes; the new facts replace
         # the partial object's), once any answer under way is in.
         running = node.coalescer.flight_for(req.key)
-        if running is None:
-            tx.meta, tx.known = None, meta
+        if running is not None and running is tx.flight and running.version is None:
+            del node.coalescer.flights[req.key]  # its answer (a 304) is in: none to join
+            running = None
+        if running is None:  # (a stale copy it revalidated is that meta: not again)
+            tx.meta, tx.known, tx.stale, tx.flight, tx.led = None, meta, None, None, False
             return miss
         tx.tries += 1
         if tx.tries > LOOKUP_TRIES:
@@ -257,7 +261,10 @@ async def _wait_then_look_again(node: CacheNode, tx: Tx, index: int) -> Step:
         with contextlib.suppress(UpstreamError, TimeoutError):
             await shared(local.flight.headers, node.wait_timeout)
     else:
-        await node.coalescer.foreign_facts(tx.req.key, index, 0.0)
+        # facts newer than the copy we hold, or the claim's end: the copy itself is no news
+        held = tx.stale or tx.known
+        since = held.freshness.response_time if held is not None else 0.0
+        await node.coalescer.foreign_facts(tx.req.key, index, since)
     return lookup
 
 
@@ -356,25 +363,9 @@ async def deliver(node: CacheNode, tx: Tx) -> None:
         await node.drop_direct(tx)
         await tx.send({"type": "http.response.body", "body": b"", "more_body": False})
         return None
-    send = tx.send
     zerocopy = ZEROCOPY in (tx.scope.get("extensions") or ())
-    digest = whole_body_digest(req.key, meta) if reply.ranges is None else None
-    if flight is not None and flight.hasher is not None and flight.version == meta.version \
-            and meta.length is not None and flight.first == 0 \
-            and len(flight.fills) == policy.slice_count(meta.length, meta.slice_size):
-        digest = None  # this flight fills every slice, hashes them all, holds the last byte
-    if digest is not None and meta.length and meta.vouching:
-        if node.coalescer.filling(req.key, meta.version):
-            # (zero-copy stays: nothing looks at the bytes, only the last one is held)
-            send = vouched_send(send, meta.length, lambda: node.vouched(req.key, meta))
-            digest = None
-        elif node.vouched(req.key, meta):
-            digest = None  # its flight has matched the hash since these facts were read
-    if digest is not None and meta.length:
-        zerocopy = False  # every byte is hashed here, so it must pass through memory
-        send = verifying_send(send, digest, meta.length,
-                              on_mismatch=lambda: node.integrity_failure(req.key, "assembled"),
-                              on_match=lambda: node.mark_verified(req.key, meta))
+    send, checked = checked_send(node, req.key, meta, reply.ranges is None, flight, tx.send)
+    zerocopy = zerocopy and not checked  # every byte is hashed here: through memory
 
     async def join(index: int) -> Source:
         source = ready.pop(index, None)
