@@ -39,6 +39,14 @@ def test_pass_forwards_conditionals_and_ranges_as_sent() -> None:
     assert _names(out) == ["range", "if-none-match", "content-type", "via"]
 
 
+def test_pass_drops_a_range_the_node_ignores() -> None:
+    """RFC 9110 §14.2: a Range the node ignores (invalid, oversized) is not forwarded on a
+    pass either, nor its If-Range (§13.1.5); the other fields are."""
+    raw = _raw(("range", "bytes=1 -2"), ("if-range", '"a"'), ("if-none-match", '"a"'))
+    out = fields.pass_headers(raw, "shield", ranges=False)
+    assert _names(out) == ["if-none-match", "via"]
+
+
 @pytest.mark.parametrize(("vary", "expected"), [
     (None, ()),
     ("Accept-Encoding", ()),  # fills always ask for identity: moot

@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.chain import Chain
+from tests.chain import Chain, edge_config, serve_edge
 from tests.conftest import MakeChain
 from tests.foreign import ForeignOrigin, Request
 from tests.origins import pattern
@@ -93,6 +93,32 @@ def test_request_headers_reach_origin_on_pass(foreign: ForeignOrigin,
     sent = foreign.requests("/private")[0]
     assert sent.header("authorization") == "Bearer t0k"
     assert sent.header("x-foo") == "bar, baz"
+
+
+def test_a_range_the_edge_ignores_is_not_relayed_on_a_pass(foreign: ForeignOrigin,
+                                                           tmp_path: Path) -> None:
+    """RFC 9110 §14.2: an invalid Range is ignored (200, whole). A GET that ends as a PASS (a
+    second request while the first one's private answer is on its way: RFC 9111 §3.5, not
+    to be shared) does not carry it upstream either, so it is answered the same way: an
+    origin that reads ``bytes=1 -2`` leniently as a range gave that request a 206."""
+    body = bytes(range(256)) * 200
+    foreign.route("/p", body=body, delay=0.5, headers=[("Cache-Control", "private")])
+    answers: list[httpx.Response] = []
+    with serve_edge(edge_config(tmp_path, foreign.url)) as edge:
+
+        def get() -> None:
+            with httpx.Client(timeout=20) as client:
+                answers.append(client.get(edge.url + "/p", headers={"Range": "bytes=1 -2"}))
+
+        threads = [threading.Thread(target=get) for _ in range(2)]
+        for thread in threads:
+            thread.start()
+            time.sleep(0.1)  # the second comes while the first one's answer is awaited
+        for thread in threads:
+            thread.join()
+    assert [(a.status_code, a.content == body) for a in answers] == [(200, True)] * 2
+    assert any("PASS" in a.headers["x-cache"] for a in answers)  # (the path under test)
+    assert not [r for r in foreign.requests("/p") if r.header("range") is not None]
 
 
 @pytest.mark.parametrize("method", ["TRACE", "CONNECT"])

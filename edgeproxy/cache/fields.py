@@ -30,6 +30,7 @@ _OWN_ON_FILL = frozenset({
 })
 
 _HOST = frozenset({b"host"})  # the transport sends the upstream's own authority
+_HOST_RANGE = _HOST | {b"range", b"if-range"}
 
 # RFC 9110 §9.2.1: the methods a cache may answer from storage without invalidating anything.
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
@@ -85,9 +86,14 @@ def fill_headers(raw: RawHeaders, name: str) -> RawHeaders:
     return out
 
 
-def pass_headers(raw: RawHeaders, name: str) -> RawHeaders:
-    """``bereq`` fields of a pass: every end-to-end field as the client sent it, plus ``Via``."""
-    return _forward(raw, name, _HOST)
+def pass_headers(raw: RawHeaders, name: str, *, ranges: bool = True) -> RawHeaders:
+    """``bereq`` fields of a pass: every end-to-end field as the client sent it, plus ``Via``.
+
+    ``ranges`` False: the node ignores this request's Range (invalid, oversized: RFC 9110
+    §14.2), and so must its upstream, or a request relayed would be answered otherwise than
+    one served from storage (a 206 for a range the node calls invalid, an origin's 400 for
+    a 12 KB field); ``If-Range`` goes with it (§13.1.5: meaningless without Range)."""
+    return _forward(raw, name, _HOST if ranges else _HOST_RANGE)
 
 
 def forwardable(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:

@@ -296,9 +296,10 @@ async def pass_(node: CacheNode, tx: Tx) -> None:
     has_body = any(n in (b"content-length", b"transfer-encoding") for n, _ in req.raw_headers)
     body = asgi.request_body(tx.receive) if has_body else None
     started = time.perf_counter()
-    resp = await node.transport.send(BeReq(req.method, req.target,
-                                           fields.pass_headers(req.raw_headers, node.name),
-                                           req.key, body))
+    # (a Range this node ignores on a GET is not its upstream's to honour either)
+    ranged = req.ranges is not None or req.method not in ("GET", "HEAD")
+    resp = await node.transport.send(BeReq(req.method, req.target, fields.pass_headers(
+        req.raw_headers, node.name, ranges=ranged), req.key, body))
     tx.upstream_time += time.perf_counter() - started
     try:
         hmap: dict[str, str] = {}
