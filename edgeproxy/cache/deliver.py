@@ -339,6 +339,18 @@ class Multipart:
         return heads + sum(r.length for r in self.ranges) + len(self.closing)
 
 
+EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
+
+
+def refuse_wrong_empty(digest: str | None) -> None:
+    """An empty body has no last byte to hold while its SHA-256 is checked: one whose address
+    (or Repr-Digest) names other bytes (``digest``) is refused before its head goes out, as
+    `FillAborted` (the flight that brought it counts the failure; it is never stored)."""
+    if digest is not None and digest != EMPTY_SHA256:
+        raise FillAborted("integrity check failed: an empty body, whose address names the "
+                          f"SHA-256 {digest[:16]}…")
+
+
 def checked_send(node: CacheNode, key: str, meta: ObjectMeta, whole: bool,
                  flight: Flight | None, send: Send) -> tuple[Send, bool]:
     """The ``send`` of an answer from ``meta``'s slices, and whether it hashes every byte:

@@ -81,6 +81,14 @@ class Fetcher:
         flight instead of starting its own: that is collapsed forwarding. None if another
         flight (here or in another worker) already fills the first slice.
         """
+        flight = self.claim(spec, facts=facts, context=context)
+        if flight is not None:
+            self.run(flight, spec)
+        return flight
+
+    def claim(self, spec: FlightSpec, *, facts: bool, context: Any = None) -> Flight | None:
+        """`start` without the run: the flight, its slices claimed, for a caller that sends
+        its request itself (`small`); None if another flight fills the first slice."""
         if spec.last is not None:
             # a client's last-byte-pos names no slice until the length is known: one flight
             # claims a bounded run, and the rest is joined (and fetched) as delivery gets there
@@ -95,10 +103,15 @@ class Fetcher:
                     break
         if facts:
             self.coalescer.flights[spec.key] = flight
-        task = asyncio.get_running_loop().create_task(self._run(flight, spec))
+        return flight
+
+    def run(self, flight: Flight, spec: FlightSpec,
+            answer: tuple[UpstreamResponse, BeResp] | None = None) -> None:
+        """Run ``flight`` in a task of its own; ``answer``: its request was sent already,
+        and this is the answer, headers in, body unread."""
+        task = asyncio.get_running_loop().create_task(self._run(flight, spec, answer))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-        return flight
 
     async def aclose(self) -> None:
         """Cancel flights in progress (shutdown)."""
@@ -109,7 +122,7 @@ class Fetcher:
 
     # --- one flight ---
 
-    def _bereq(self, flight: Flight, spec: FlightSpec, whole: bool = False) -> BeReq:
+    def bereq(self, flight: Flight, spec: FlightSpec, whole: bool = False) -> BeReq:
         headers = list(spec.headers)
         if not (spec.whole or whole):
             size = spec.slice_size
@@ -118,21 +131,21 @@ class Fetcher:
         headers += spec.validators
         return BeReq("GET", spec.target, headers, spec.key)
 
-    async def _run(self, flight: Flight, spec: FlightSpec) -> None:
+    async def _run(self, flight: Flight, spec: FlightSpec,
+                   answer: tuple[UpstreamResponse, BeResp] | None) -> None:
         resp: UpstreamResponse | None = None
         handed = False
         try:
-            t0 = time.time()
-            if t0 < self.down_until:
-                raise UpstreamRefused(f"backing off after: {self.down_reason}")
-            resp = await self.transport.send(self._bereq(flight, spec))
-            beresp = from_upstream(resp, t0)
+            if answer is None:
+                resp, beresp = await self.send(flight, spec)
+            else:
+                resp, beresp = answer
             if not spec.whole and resume.whole_instead(flight, beresp, spec.slice_size):
                 self.on_upstream(beresp.status, 0)
                 await resp.aclose()
                 resp = None  # (closed: a failed send below must not close it again)
                 t0 = time.time()
-                resp = await self.transport.send(self._bereq(flight, spec, whole=True))
+                resp = await self.transport.send(self.bereq(flight, spec, whole=True))
                 beresp = from_upstream(resp, t0)
             plan = self.on_headers(flight, beresp)
             flight.meta = plan.meta
@@ -152,7 +165,7 @@ class Fetcher:
             flight.version = plan.meta.version
             flight.digest = plan.digest
             self._claim_body(flight, beresp, spec.slice_size)
-            self._plan_fills(flight, beresp, plan, spec.slice_size)
+            self.plan_fills(flight, beresp, plan, spec.slice_size)
             self.commits.vouching(flight, spec.slice_size)
             flight.headers.set_result(beresp)
             received = await self._pump(flight, resp, beresp, spec.slice_size)
@@ -173,30 +186,47 @@ class Fetcher:
                 raise FillAborted("upstream body ended early at byte "
                                   f"{beresp.body_start + received}")
         except BaseException as exc:  # incl. cancellation: followers must hear of it
-            err = upstream_error(exc)
-            if isinstance(err, UpstreamRefused) and not flight.headers.done() \
-                    and time.time() >= self.down_until:
-                self.down_until = time.time() + self.backoff
-                self.down_reason = str(err)
-            if not flight.headers.done():
-                flight.headers.set_exception(err)
-                flight.headers.exception()  # retrieved: every waiter may be gone
-            self.commits.drop_fills(flight, err)
+            self.failed(flight, exc)
             if isinstance(exc, asyncio.CancelledError):
                 raise
-            if not isinstance(exc, TimeoutError):
-                log.warning("fill of %s failed: %s", flight.key, err)
         finally:
             if resp is not None and not handed:
                 await resp.aclose()
             elif handed and not flight.taken.done():
                 await resp.aclose() if resp is not None else None
-            if self.coalescer.flights.get(flight.key) is flight:
-                del self.coalescer.flights[flight.key]
-            flight.grew()
-            if not flight.ended.done():
-                flight.ended.set_result(None)
-            self.coalescer.drop_first(flight)
+            self.ended(flight)
+
+    async def send(self, flight: Flight, spec: FlightSpec) -> tuple[UpstreamResponse, BeResp]:
+        """Send the flight's request (unless backing off); its answer, headers in."""
+        t0 = time.time()
+        if t0 < self.down_until:
+            raise UpstreamRefused(f"backing off after: {self.down_reason}")
+        resp = await self.transport.send(self.bereq(flight, spec))
+        return resp, from_upstream(resp, t0)
+
+    def failed(self, flight: Flight, exc: BaseException) -> None:
+        """The flight failed: its waiters hear why, its fills are dropped; a refused connect
+        makes the next flights fail at once for a while (`down_until`)."""
+        err = upstream_error(exc)
+        if isinstance(err, UpstreamRefused) and not flight.headers.done() \
+                and time.time() >= self.down_until:
+            self.down_until = time.time() + self.backoff
+            self.down_reason = str(err)
+        if not flight.headers.done():
+            flight.headers.set_exception(err)
+            flight.headers.exception()  # retrieved: every waiter may be gone
+        self.commits.drop_fills(flight, err)
+        if not isinstance(exc, (TimeoutError, asyncio.CancelledError)):
+            log.warning("fill of %s failed: %s", flight.key, err)
+
+    def ended(self, flight: Flight) -> None:
+        """The flight is over, whatever became of it: out of the registry, waiters woken."""
+        if self.coalescer.flights.get(flight.key) is flight:
+            del self.coalescer.flights[flight.key]
+        flight.grew()
+        if not flight.ended.done():
+            flight.ended.set_result(None)
+        self.coalescer.drop_first(flight)
 
     def _claim_body(self, flight: Flight, beresp: BeResp, size: int) -> None:
         """Claim every slice the answer will carry beyond those asked for (bytes pass by
@@ -237,7 +267,7 @@ class Fetcher:
             if i in stored or self.coalescer.claim(flight, i) is None:
                 break
 
-    def _plan_fills(self, flight: Flight, beresp: BeResp, plan: Plan, size: int) -> None:
+    def plan_fills(self, flight: Flight, beresp: BeResp, plan: Plan, size: int) -> None:
         """Fix each claimed slice's expected length now that the body's extent is known."""
         flight.store_meta = plan.store_meta
         length = beresp.length

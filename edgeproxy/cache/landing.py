@@ -129,8 +129,18 @@ class Landing:
         # takes a while to get the GIL back from a busy loop (up to the switch interval, 5 ms,
         # per call that released it; 100 ms for a first chunk, traced in a stampede).
         offload = len(chunk) >= OFFLOAD_MIN and received >= INLINE_FIRST
-        landed = await self._offload(flight, chunk, pieces) if offload else \
-            land(flight.hasher, chunk, pieces)
+        if offload:
+            self._landed(flight, pieces, await self._offload(flight, chunk, pieces), size)
+        else:
+            self.settle(flight, chunk, pieces, size)
+        return offload
+
+    def settle(self, flight: Flight, chunk: bytes, pieces: list[Piece], size: int) -> None:
+        """Land ``chunk``'s pieces (`place`) here, on the loop, and complete the fills they
+        finish."""
+        self._landed(flight, pieces, land(flight.hasher, chunk, pieces), size)
+
+    def _landed(self, flight: Flight, pieces: list[Piece], landed: Landed, size: int) -> None:
         for (fill, piece, _), (done, error) in zip(pieces, landed, strict=True):
             fill.landed(piece, done, error)
             if fill.expected is not None and fill.written >= fill.expected:
@@ -138,7 +148,6 @@ class Landing:
             elif fill.expected is None and fill.written >= size:
                 fill.expected = size
                 self.complete(flight, fill)
-        return offload
 
     def place(self, flight: Flight, offset: int, chunk: bytes, size: int,
               length: int | None) -> list[Piece]:

@@ -1,6 +1,7 @@
 """The request pipeline of a cache node: Varnish's ``cnt_*`` steps, hishel's state loop.
 
-``recv → lookup → hit | miss | pass | stale → deliver``. Each step takes the node and the
+``recv → lookup → hit | miss | pass | stale → fetch → deliver`` (a cold whole GET fetches by
+itself: ``fetch_small``; ``pass`` is `relay.pass_`). Each step takes the node and the
 transaction and returns the next step, or None when the answer is complete; `run` is the loop.
 The rules each step applies are pure functions in `policy`, `fields` and `deliver`.
 """
@@ -14,17 +15,19 @@ from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import TYPE_CHECKING
 
-from ..errors import HTTPError, UpstreamError, UpstreamTimeout
-from . import asgi, fields, joins, policy, slicesums
-from .beresp import from_upstream, interims_of
-from .deliver import checked_send, plan_reply, send_body, with_content_digest
+from ..errors import FillAborted, HTTPError, UpstreamError, UpstreamTimeout
+from . import fields, joins, policy, slicesums, smallfetch
+from .beresp import from_upstream
+from .deliver import checked_send, plan_reply, refuse_wrong_empty, send_body, with_content_digest
 from .facts import FlightContext
 from .lanebodies import file_pieces
+from .meta import whole_body_digest
+from .relay import pass_
 from .sources import DirectSource, Source, StoredSource, small_body_ended
 from .transport import BeReq
 from .tx import Tx
 from .types import ZEROCOPY
-from .verdict import Verdict, x_cache
+from .verdict import Verdict
 from .waits import shared
 
 if TYPE_CHECKING:
@@ -183,6 +186,8 @@ async def miss(node: CacheNode, tx: Tx) -> Step:
                     return pass_  # another variant's facts: an answer of our own
                 tx.meta = meta
                 return hit
+        if smallfetch.eligible(req, tx, private):
+            return fetch_small
         last = req.last_slice(node.slice_size)
         spec = node.spec(req, first=index, last=last, whole=not req.ranges or tx.whole,
                          stale=tx.stale, known=tx.known)
@@ -200,6 +205,38 @@ async def miss(node: CacheNode, tx: Tx) -> Step:
     if not tx.led:
         node.metrics.collapsed.labels(node.tier).inc()
     tx.flight = flight
+    return fetch
+
+
+async def fetch_small(node: CacheNode, tx: Tx) -> Step:
+    """A cold whole GET, sent by this request itself: a small answer is stored and delivered
+    from memory at once; any other is left to its flight, as a miss's (`smallfetch`)."""
+    req = tx.req
+    spec = node.spec(req, first=0, last=None, whole=True)
+    flight = node.fetcher.claim(spec, facts=True,
+                                context=FlightContext(req.headers, absent=True))
+    if flight is None:
+        return miss  # claimed meanwhile: joined the usual way
+    tx.flight, tx.led = flight, True
+    started = time.perf_counter()
+    try:
+        small = await smallfetch.fetch(node.fetcher, flight, spec, node.wait_timeout)
+    finally:
+        tx.upstream_time += time.perf_counter() - started
+    if small is None:
+        return fetch
+    beresp, body = small
+    tx.meta, tx.verdict, tx.upstream_cache = flight.meta, Verdict.MISS, beresp.x_cache
+    tx.interims = beresp.interims  # (the exchange was this request's: not stored)
+    tx.ready = {0: StoredSource(body)}
+    return deliver
+
+
+async def fetch(node: CacheNode, tx: Tx) -> Step:
+    """The answer of the flight joined or led comes in: deliver its bytes, or those of the
+    stored copy it revalidated (or the stale one it failed to), or pass."""
+    req, flight = tx.req, tx.flight
+    assert flight is not None
     started = time.perf_counter()
     try:
         beresp = await shared(flight.headers, node.wait_timeout)
@@ -232,6 +269,8 @@ async def miss(node: CacheNode, tx: Tx) -> Step:
         # our own 416. The upstream's body is not relayed, as its fields would describe the
         # representation (a Content-Length of the whole object over an empty body).
         await node.drop_direct(tx)
+        if beresp.length == 0:  # (an empty one's bytes are known: are they its address's?)
+            refuse_wrong_empty(policy.expected_sha256(req.path, beresp.header_map))
         if any(name in req.headers for name in CONDITIONALS):
             # RFC 9110 §13.2.2: preconditions come before Range (an If-Range that fails
             # means the whole, a matching If-None-Match a 304): the object's own facts decide
@@ -289,53 +328,16 @@ async def _learn_length(node: CacheNode, tx: Tx) -> Step:
     return hit
 
 
-async def pass_(node: CacheNode, tx: Tx) -> None:
-    """Relay the request and its answer, both streamed; unsafe methods that succeed
-    invalidate what is stored (RFC 9111 §4.4)."""
-    req = tx.req
-    has_body = any(n in (b"content-length", b"transfer-encoding") for n, _ in req.raw_headers)
-    body = asgi.request_body(tx.receive) if has_body else None
-    started = time.perf_counter()
-    # (a Range this node ignores on a GET is not its upstream's to honour either)
-    ranged = req.ranges is not None or req.method not in ("GET", "HEAD")
-    resp = await node.transport.send(BeReq(req.method, req.target, fields.pass_headers(
-        req.raw_headers, node.name, ranges=ranged), req.key, body))
-    tx.upstream_time += time.perf_counter() - started
-    try:
-        hmap: dict[str, str] = {}
-        for n, v in resp.headers:
-            hmap.setdefault(n.decode("latin-1"), v.decode("latin-1"))
-        if fields.invalidates(req.method, resp.status):
-            host = req.headers.get("host")
-            node.invalidate(fields.invalidated_paths(req.target, host, hmap))
-        out = fields.forwardable((n.decode("latin-1"), v.decode("latin-1"))
-                                 for n, v in resp.headers)
-        out = [(n, v) for n, v in out if n not in ("x-cache", "via", "content-length")]
-        out.append(("via", fields.via(hmap.get("via"), node.name)))
-        out.append(("x-cache", x_cache(Verdict.PASS, node.name, hmap.get("x-cache"))))
-        if "content-length" in hmap and "transfer-encoding" not in hmap:
-            out.append(("content-length", hmap["content-length"]))
-        tx.verdict = Verdict.PASS
-        tx.interims = interims_of(resp)
-        await node.start_response(tx, resp.status, out)
-        async for chunk in resp.aiter_body():
-            tx.sent += len(chunk)
-            if req.method != "HEAD":
-                await tx.send({"type": "http.response.body", "body": chunk, "more_body": True})
-        await tx.send({"type": "http.response.body", "body": b"", "more_body": False})
-    finally:
-        await resp.aclose()
-    return None
-
-
 async def deliver(node: CacheNode, tx: Tx) -> None:
     """Status, fields and body to the client, from the sources joined for them."""
     meta, req = tx.meta, tx.req
     assert meta is not None
     headers = node.response_headers(meta, tx)
     try:
+        if meta.length == 0:
+            refuse_wrong_empty(whole_body_digest(req.key, meta))
         reply = plan_reply(meta, req.headers, req.method, headers, req.ranges)
-    except HTTPError:
+    except (HTTPError, FillAborted):
         await node.drop_direct(tx)
         raise
     flight = tx.flight
