@@ -41,10 +41,10 @@ class S3StagingWriter:
         self.name = name
         self.key = staging.store.staging_key(name)
 
-    async def write(self, chunks: AsyncIterable[bytes], limit: int) -> tuple[int, str]:
-        """The whole upload from byte 0, replacing whatever was staged."""
+    async def restart(self) -> None:
+        """Drop whatever was staged (parts, tails, a completed object): a whole-blob PUT
+        starts the upload over, then appends at 0 like any other request."""
         await self.s.remove(self.name)
-        return await self.append(chunks, 0, limit)
 
     async def append(self, chunks: AsyncIterable[bytes], offset: int, limit: int,
                      checksum: tuple[str, bytes] | None = None,

@@ -124,6 +124,11 @@ class StagingWriter:
             raise
         return received, hasher.hexdigest()
 
+    async def restart(self) -> None:
+        """Drop every staged byte: a whole-blob PUT starts the upload over, then appends at 0
+        (the caller has recorded the offset as 0 first)."""
+        await asyncio.to_thread(_truncate_sync, self._f, 0)
+
     async def append(self, chunks: AsyncIterable[bytes], offset: int, limit: int,
                      checksum: tuple[str, bytes] | None = None,
                      progress: Progress | None = None) -> tuple[int, str]:  # fmt: skip
@@ -170,9 +175,13 @@ class StagingWriter:
             raise
         except BaseException:
             # Drop this request's bytes past its last checkpoint only: what earlier requests
-            # and checkpoints recorded stays resumable.
+            # and checkpoints recorded stays resumable. Nothing recorded (a failed body at 0,
+            # e.g. a whole-blob PUT over its size): no empty file is left behind either.
             # Synchronous: this path may run while the task is being cancelled.
-            _truncate_sync(f, kept)
+            if kept:
+                _truncate_sync(f, kept)
+            else:
+                self.path.unlink(missing_ok=True)  # before close: still ours under the lock
             f.close()
             raise
         return received, hasher.hexdigest()
@@ -195,8 +204,8 @@ class Staging:
     async def writer(self, name: str) -> AsyncIterator[StagingWriter]:
         """Lock staging file ``name`` for writing (`StagingBusy` if another writer has it).
 
-        The file is only truncated by `StagingWriter.write`, so a caller can re-check, under
-        the lock, that the upload still wants bytes before anything is lost.
+        The file is only truncated by the `StagingWriter`'s methods, so a caller can re-check,
+        under the lock, that the upload still wants bytes before anything is lost.
         """
         path = self.path(name)
         f = await asyncio.to_thread(_open_locked, path)

@@ -6,7 +6,8 @@ carries one anyway it must be valid and name the upload's owner (403 otherwise).
 first used within ``origin.upload_url_ttl``; once bytes have arrived the upload stays resumable
 until ``origin.upload_expiry`` after its creation (``Upload-Expires``).
 
-- ``PUT`` without ``X-Upload-Offset``: the whole blob, replacing any partial bytes.
+- ``PUT`` without ``X-Upload-Offset``: the whole blob, replacing any partial bytes (then
+  written as an append at 0, so it is checkpointed and resumable like the others).
 - ``PUT`` with ``X-Upload-Offset: N`` (seed 000's resumable upload): append from N.
 - ``PATCH`` with ``Upload-Offset: N`` (tus core, optionally ``Upload-Checksum``): append from N.
 - ``HEAD``: the offset to resume from (``X-Upload-Offset`` and tus ``Upload-Offset``).
@@ -112,46 +113,19 @@ class UploadURL:
         """``PUT``: the whole blob, or (with ``X-Upload-Offset``) the rest of it."""
         upload = await self._authorise(request)
         header = request.headers.get("x-upload-offset")
-        if header is not None:
+        if header is None:
+            # The whole blob is an append at 0 that first drops any partial bytes: one path
+            # for every body, so this one is checkpointed as it arrives like the others.
+            upload = await self._append(request, upload, 0, restart=True)
+        else:
             offset = int_or_none(header)
             if offset is None:
                 raise HTTPError(400, "bad_request", "X-Upload-Offset must be a non-negative "
                                 "integer", field="X-Upload-Offset")  # fmt: skip
             upload = await self._append(request, upload, offset)
-        else:
-            upload = await self._replace(request, upload)
         return JSONResponse({"media_id": upload.media_id, "received": upload.received,
                              "complete": upload.complete},
                             headers=_offset_headers(upload))  # fmt: skip
-
-    async def _replace(self, request: Request, upload: Upload) -> Upload:
-        check_writable(upload)
-        size, media_id = upload.declared_size, upload.media_id
-        length = request.headers.get("content-length")
-        if length is not None and (int_or_none(length) or 0) > size:
-            # Refused before reading a byte: the client said up front it would send too much.
-            raise HTTPError(413, "too_large", f"body exceeds the declared {size} bytes",
-                            declared=size)  # fmt: skip
-        assert upload.staging_name is not None
-        try:
-            async with (self.o.locks.hold(media_id, wait=False),
-                        self.o.upload_staging.writer(upload.staging_name) as writer):  # fmt: skip
-                current = await self.o.db(self.o.records.get_upload, media_id)
-                assert current is not None
-                check_writable(current)  # a PUT that held the lock may have finished it
-                # The record drops to 0 before the file is truncated: it must never claim
-                # bytes the staging file no longer has.
-                await self.o.db(self.o.records.record_progress, media_id, 0, None)
-                received, digest = await writer.write(Body(request), size)
-                await self.o.db(self.o.records.record_progress, media_id, received,
-                                digest if received == size else None)  # fmt: skip
-        except StagingBusy:
-            raise IN_PROGRESS from None
-        except TooLarge:
-            raise HTTPError(413, "too_large", f"body exceeds the declared {size} bytes",
-                            declared=size) from None  # fmt: skip
-        self.o.metrics.received_bytes.inc(received)
-        return await self._reload(media_id)
 
     async def write_at(self, request: Request, upload: Upload, offset: int,
                        checksum: tuple[str, bytes] | None = None) -> Upload:  # fmt: skip
@@ -159,11 +133,13 @@ class UploadURL:
         return await self._append(request, upload, offset, checksum)
 
     async def _append(self, request: Request, upload: Upload, offset: int,
-                      checksum: tuple[str, bytes] | None = None) -> Upload:  # fmt: skip
-        """Write the body at ``offset``; 409 if that is not the upload's offset."""
+                      checksum: tuple[str, bytes] | None = None, *,
+                      restart: bool = False) -> Upload:  # fmt: skip
+        """Write the body at ``offset``; 409 if that is not the upload's offset. ``restart``
+        (a whole-blob PUT, ``offset`` 0): drop any partial bytes first instead."""
         check_writable(upload)
         media_id = upload.media_id
-        if offset != upload.received:
+        if offset != upload.received and not restart:
             raise offset_mismatch(upload, offset)
         room = upload.declared_size - offset
         length = int_or_none(request.headers.get("content-length"))
@@ -176,8 +152,13 @@ class UploadURL:
                         self.o.upload_staging.writer(upload.staging_name) as writer):  # fmt: skip
                 current = await self.o.db(self.o.records.get_upload, media_id)
                 assert current is not None
-                check_writable(current)
-                if offset != current.received:  # another request moved it meanwhile
+                check_writable(current)  # a request that held the lock may have finished it
+                if restart and current.received:
+                    # The record drops to 0 before the staged bytes go: it must never claim
+                    # bytes the staging no longer has.
+                    await self.o.db(self.o.records.record_progress, media_id, 0, None)
+                    await writer.restart()
+                elif offset != current.received:  # another request moved it meanwhile
                     raise offset_mismatch(current, offset)
                 async def progress(total: int) -> None:  # (a checkpoint of a long body)
                     await self.o.db(self.o.records.record_progress, media_id, total, None)
