@@ -1,7 +1,9 @@
 """A long upload body's offset is recorded as it arrives (disk: every `CHECKPOINT` bytes,
 synced first; S3 staging: each part stored), over real sockets: HEAD shows the upload moving
 during one PUT, and an origin killed with SIGKILL mid-body resumes from its last checkpoint
-(it resumed from where that PUT had begun, the whole body sent again)."""
+(it resumed from where that PUT had begun, the whole body sent again). Both for a PUT with
+``X-Upload-Offset`` and for the seed's plain PUT of the whole blob (no header), which was
+once never checkpointed."""
 
 from __future__ import annotations
 
@@ -44,13 +46,15 @@ class StalledBody:
         yield self.blob[self.first:]
 
 
-def _put_in_thread(url: str, body: StalledBody, offset: int = 0) -> dict[str, Any]:
+def _put_in_thread(url: str, body: StalledBody, offset: int | None = 0) -> dict[str, Any]:
+    """``offset`` None: the seed's plain PUT of the whole blob, without ``X-Upload-Offset``."""
     result: dict[str, Any] = {}
+    headers = {} if offset is None else {"X-Upload-Offset": str(offset)}
 
     def run() -> None:
         try:
             result["response"] = httpx.put(url, content=iter(body), timeout=60,
-                                           headers={"X-Upload-Offset": str(offset)})
+                                           headers=headers)
         except httpx.HTTPError as exc:
             result["error"] = exc
 
@@ -76,13 +80,15 @@ def _until(check: Any, timeout: float = 40) -> Any:
         time.sleep(0.05)
 
 
-def _head_moves_during_one_put(origin: Origin, blob: bytes, step: int, exact: bool) -> None:
-    """``step``: bytes between checkpoints (``exact``: checkpoints fall on its multiples)."""
+def _head_moves_during_one_put(origin: Origin, blob: bytes, step: int, exact: bool,
+                               offset: int | None = 0) -> None:  # fmt: skip
+    """``step``: bytes between checkpoints (``exact``: checkpoints fall on its multiples);
+    ``offset`` None: a plain PUT."""
     ticket = origin.request(blob, upload_method="resumable")
     url = origin.url + httpx.URL(ticket["upload_url"]).raw_path.decode()
     stall = 2 * step + 3 * MIB  # (the second checkpoint may come up to a chunk past 2 steps)
     body = StalledBody(blob, stall)
-    put = _put_in_thread(url, body)
+    put = _put_in_thread(url, body, offset)
     seen: list[int] = []
 
     def at_least(low: int) -> int | None:
@@ -107,10 +113,41 @@ def _head_moves_during_one_put(origin: Origin, blob: bytes, step: int, exact: bo
     assert origin.http.get(f"/v/t1/{sha(blob)}").content == blob
 
 
-def test_head_shows_a_long_put_moving_on_disk_staging(tmp_path: Path) -> None:
+@pytest.mark.parametrize("offset", [0, None], ids=["x-upload-offset", "plain-put"])
+def test_head_shows_a_long_put_moving_on_disk_staging(tmp_path: Path,
+                                                      offset: int | None) -> None:  # fmt: skip
     blob = make_blob(3 * CHECKPOINT // 16)
     with run_origin(tmp_path) as origin:
-        _head_moves_during_one_put(origin, blob, CHECKPOINT, exact=False)
+        _head_moves_during_one_put(origin, blob, CHECKPOINT, exact=False, offset=offset)
+
+
+def test_a_plain_put_over_partial_bytes_starts_over_with_checkpoints(tmp_path: Path) -> None:
+    """A plain PUT still replaces what an earlier request left (its semantics, unchanged), and
+    is checkpointed like any other body: HEAD passes two checkpoints while it is stalled, and
+    the blob confirmed is the plain PUT's, byte for byte."""
+    blob = make_blob(3 * CHECKPOINT // 16)
+    earlier = CHECKPOINT + 2 * MIB
+    with run_origin(tmp_path) as origin:
+        ticket = origin.request(blob, upload_method="resumable")
+        url = origin.url + httpx.URL(ticket["upload_url"]).raw_path.decode()
+        r = httpx.put(url, content=blob[:earlier], timeout=60, headers={"X-Upload-Offset": "0"})
+        assert r.status_code == 200 and r.json()["received"] == earlier, r.text
+        body = StalledBody(blob, 2 * CHECKPOINT + 3 * MIB)
+        put = _put_in_thread(url, body, None)
+
+        def checkpointed() -> bool:
+            assert put["thread"].is_alive(), put  # (the PUT must not have ended)
+            return _offset(url) >= 2 * CHECKPOINT
+
+        try:
+            _until(checkpointed)
+        finally:
+            body.release.set()
+            put["thread"].join(60)
+        r = put["response"]
+        assert r.status_code == 200 and r.json()["complete"] is True, r.text
+        assert origin.confirm(ticket["media_id"], sha(blob)).status_code == 200
+        assert origin.http.get(f"/v/t1/{sha(blob)}").content == blob
 
 
 @pytest.fixture(scope="module")
@@ -119,11 +156,13 @@ def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Endpoint]:
         yield endpoint
 
 
-def test_head_shows_a_long_put_moving_on_s3_staging(tmp_path: Path, s3: S3Endpoint) -> None:
+@pytest.mark.parametrize("offset", [0, None], ids=["x-upload-offset", "plain-put"])
+def test_head_shows_a_long_put_moving_on_s3_staging(tmp_path: Path, s3: S3Endpoint,
+                                                    offset: int | None) -> None:  # fmt: skip
     blob = make_blob(3 * PART_SIZE // 16)
     env = {**s3.env(), "EDGEPROXY_ORIGIN__STORE": f"s3://{s3.new_bucket()}/edge"}
     with run_origin(tmp_path, env=env) as origin:
-        _head_moves_during_one_put(origin, blob, PART_SIZE, exact=True)
+        _head_moves_during_one_put(origin, blob, PART_SIZE, exact=True, offset=offset)
 
 
 def _start(tmp: Path, port: int) -> subprocess.Popen[bytes]:
@@ -146,7 +185,9 @@ def _start(tmp: Path, port: int) -> subprocess.Popen[bytes]:
     return proc
 
 
-def test_an_origin_killed_mid_body_resumes_from_its_last_checkpoint(tmp_path: Path) -> None:
+@pytest.mark.parametrize("offset", [0, None], ids=["x-upload-offset", "plain-put"])
+def test_an_origin_killed_mid_body_resumes_from_its_last_checkpoint(tmp_path: Path,
+                                                                    offset: int | None) -> None:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     auth = {"Authorization": "Bearer " + mint_token(SECRET, "alice")}
@@ -158,7 +199,7 @@ def test_an_origin_killed_mid_body_resumes_from_its_last_checkpoint(tmp_path: Pa
             "file_hash": "sha256:" + sha(blob), "upload_method": "resumable"}).json()
         upload_url = url + httpx.URL(ticket["upload_url"]).raw_path.decode()
         body = StalledBody(blob, 2 * CHECKPOINT + MIB)
-        put = _put_in_thread(upload_url, body)
+        put = _put_in_thread(upload_url, body, offset)
         _until(lambda: _offset(upload_url) >= 2 * CHECKPOINT)
         proc.send_signal(signal.SIGKILL)  # mid-body: no end of request, no clean shutdown
         proc.wait(10)
@@ -166,11 +207,11 @@ def test_an_origin_killed_mid_body_resumes_from_its_last_checkpoint(tmp_path: Pa
         put["thread"].join(30)
         assert "response" not in put  # (the PUT never got an answer)
         proc = _start(tmp_path, port)
-        offset = _offset(upload_url)
+        resume = _offset(upload_url)
         # not 0 (the whole body would have gone again): its last checkpoint
-        assert 2 * CHECKPOINT <= offset <= 2 * CHECKPOINT + MIB
-        r = httpx.put(upload_url, content=blob[offset:], timeout=60,
-                      headers={"X-Upload-Offset": str(offset)})
+        assert 2 * CHECKPOINT <= resume <= 2 * CHECKPOINT + MIB
+        r = httpx.put(upload_url, content=blob[resume:], timeout=60,
+                      headers={"X-Upload-Offset": str(resume)})
         assert r.status_code == 200 and r.json()["complete"] is True, r.text
         confirm = httpx.post(url + "/v1/media/upload/confirm", headers=auth, timeout=60,
                              json={"media_id": ticket["media_id"], "file_sha256": sha(blob)})
