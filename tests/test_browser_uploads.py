@@ -152,6 +152,49 @@ def test_creation_with_upload_refusals(origin: Origin) -> None:
     assert r.status_code == 460 and r.json()["error"] == "checksum_mismatch"
 
 
+def unfinished(o: Origin) -> float:
+    for line in o.http.get("/metrics").text.splitlines():
+        if line.startswith("edgeproxy_origin_unfinished_uploads "):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def test_a_creation_whose_body_fails_is_findable_or_not_made(origin: Origin) -> None:
+    # Creation-with-upload records the upload before its body arrives: a body that fails must
+    # not leave an upload the client cannot name (it took a rate slot and counts on the quota).
+    blob = make_blob(50)
+    before = unfinished(origin)
+    # A Content-Length past Upload-Length is known up front: nothing is created at all.
+    r = create_with_upload(origin, blob, blob + b"extra")
+    assert r.status_code == 413 and r.json()["error"] == "too_large"
+    assert "location" not in r.headers and unfinished(origin) == before
+
+    def chunked() -> Iterator[bytes]:  # too long, but only known once the bytes arrive
+        yield blob
+        yield b"extra"
+
+    bad = "sha256 " + base64.b64encode(b"\0" * 32).decode()
+    failures = [(create_with_upload(origin, blob, blob[:100], **{"Upload-Checksum": bad}), 460),
+                (origin.http.post("/v1/tus", content=chunked(), headers={
+                    **TUS, "Upload-Length": str(len(blob)), "Upload-Metadata": metadata(blob),
+                    "Content-Type": "application/offset+octet-stream"}), 413)]  # fmt: skip
+    for r, status in failures:
+        assert r.status_code == status, r.text
+        url, media_id = r.headers["location"], r.headers["x-media-id"]
+        assert r.json()["media_id"] == media_id and r.headers["upload-offset"] == "0"
+        h = origin.http.head(target(url), headers=TUS)
+        assert h.status_code == 200 and h.headers["upload-offset"] == "0"
+    assert unfinished(origin) == before + 2
+    # The first one resumes to completion; the second is terminated by the client.
+    (first, _), (second, _) = failures
+    p = origin.http.patch(target(first.headers["location"]), content=blob, headers={
+        **TUS, "Upload-Offset": "0", "Content-Type": "application/offset+octet-stream"})
+    assert p.status_code == 204 and p.headers["upload-offset"] == str(len(blob))
+    assert origin.confirm(first.headers["x-media-id"], sha(blob)).status_code == 200
+    assert origin.http.delete(target(second.headers["location"]), headers=TUS).status_code == 204
+    assert unfinished(origin) == before
+
+
 def test_tuspy_resumes_an_upload_created_with_data(origin: Origin) -> None:
     blob = make_blob(30_000)
     r = create_with_upload(origin, blob, blob[:65_536])

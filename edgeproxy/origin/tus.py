@@ -149,6 +149,12 @@ class TusAPI:
                 raise HTTPError(400, "bad_request", f"Upload-Metadata must carry {name}",
                                 field=name)  # fmt: skip
         assert file_type is not None and file_hash is not None
+        declared = int_or_none(request.headers.get("content-length"))
+        if with_upload and declared is not None and declared > length:
+            # Known before anything is recorded: refuse the creation itself, so no upload
+            # takes a rate-limit slot or quota for a request that could never succeed.
+            raise HTTPError(413, "too_large", f"the body exceeds Upload-Length {length}",
+                            declared=length, headers=tus_headers())  # fmt: skip
         new = await self.media.create(
             user, size=length, file_type=file_type, file_hash=file_hash,
             conversation_id=meta.get("conversation_id"), file_name=meta.get("filename"),
@@ -157,9 +163,18 @@ class TusAPI:
         headers = tus_headers(Location=new.upload_url, **{
             "Upload-Expires": http_date(new.resume_until), "X-Media-Id": new.media_id})
         if with_upload:
-            # The upload exists from here on: if the body fails, the client HEADs and resumes.
+            # The upload exists from here on. If its body fails (460, a chunked body past
+            # Upload-Length, a full disk), the error still carries Location and X-Media-Id (as
+            # tusd does), so the client HEADs and resumes, or DELETEs it, like any upload.
             upload = await self.o.db(self.o.records.get_upload, new.media_id)
             assert upload is not None
-            upload = await self.uploads.write_at(request, upload, 0, checksum)
+            try:
+                upload = await self.uploads.write_at(request, upload, 0, checksum)
+            except HTTPError as exc:
+                current = await self.o.db(self.o.records.get_upload, new.media_id)
+                offset = current.received if current is not None else 0
+                exc.headers.update(headers, **{"Upload-Offset": str(offset)})
+                exc.extra.setdefault("media_id", new.media_id)
+                raise
             headers["Upload-Offset"] = str(upload.received)
         return JSONResponse(new.json(), status_code=201, headers=headers)
