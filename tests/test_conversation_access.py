@@ -45,6 +45,8 @@ class Authorizer:
         if self.broken:
             return Response("boom", status_code=500)
         allowed = body["user"] in self.members.get(body["conversation_id"], set())
+        if self.style == "deep":  # JSON nested past Python's recursion limit
+            return Response(b"[" * 1100 + b"]" * 1100, media_type="application/json")
         if self.style == "status":
             return Response(status_code=204 if allowed else 403)
         return JSONResponse({"allow": allowed})
@@ -150,6 +152,13 @@ def test_authorizer_down_denies_with_503(tmp_path: Path) -> None:
         # Failures are not remembered: once it answers again, bob is in.
         authz.broken = False
         assert content(origin, media_id, "bob").status_code == 200
+
+
+def test_authorizer_answering_deeply_nested_json_denies_with_503(tmp_path: Path) -> None:
+    with stack(tmp_path, authorizer_url="{authorizer}") as (origin, authz, _):
+        authz.style = "deep"
+        r = request_as(origin, "bob", CONV)
+        assert r.status_code == 503 and error_of(r) == "authorizer_unavailable"
 
 
 def test_authorizer_not_listening_denies_with_503(tmp_path: Path) -> None:

@@ -624,6 +624,16 @@ def test_confirm_with_bad_thumbnail(origin: Origin, thumb: str, reason: str | No
     assert origin.http.get(f"/v/t1/{sha(blob)}").content == blob
 
 
+@pytest.mark.parametrize("path", ["/v1/media/upload/request", "/v1/media/upload/confirm"])
+def test_deeply_nested_json_is_400(origin: Origin, path: str) -> None:
+    # Deeper than Python's recursion limit, yet far inside the 64 KiB body limit.
+    r = origin.http.post(path, content=b"[" * 1100 + b"]" * 1100,
+                         headers={"Content-Type": "application/json"})  # fmt: skip
+    assert r.status_code == 400 and error_of(r) == "bad_json"
+    r = origin.http.post(path, content=b'{"a":' * 5000 + b"1" + b"}" * 5000)
+    assert r.status_code == 400 and error_of(r) == "bad_json"
+
+
 def test_confirm_unknown_media_and_bad_fields(origin: Origin) -> None:
     r = origin.confirm("m_nope12345678", "a" * 64)
     assert r.status_code == 404 and error_of(r) == "not_found"

@@ -100,6 +100,10 @@ async def read_json(request: Request, limit: int) -> dict[str, Any]:
                                 max_size=limit)  # fmt: skip
     try:
         data = json.loads(raw)
+    except RecursionError:
+        # Nesting deeper than the interpreter's recursion limit fits in a small body; it is
+        # the client's malformed input, not a bug of ours (a 500 before).
+        raise HTTPError(400, "bad_json", "request body nests too deeply") from None
     except (ValueError, UnicodeDecodeError):
         raise HTTPError(400, "bad_json", "request body is not valid JSON") from None
     if not isinstance(data, dict):
