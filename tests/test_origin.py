@@ -645,6 +645,23 @@ def test_confirm_unknown_media_and_bad_fields(origin: Origin) -> None:
     assert r.status_code == 422 and r.json()["field"] == "file_sha256"
 
 
+def test_lone_surrogates_in_json_fields_are_4xx(origin: Origin) -> None:
+    # JSON text may carry "\ud800" (an escape json.loads turns into an unencodable str): an
+    # answer echoing it could not be encoded (a 500 before).
+    hexsha = '"' + "a" * 64 + '"'
+    r = origin.http.post("/v1/media/upload/confirm", headers={"Content-Type": "application/json"},
+                         content='{"media_id": "m_\\ud800aaaaaaaa", "file_sha256": ' + hexsha + "}")
+    assert r.status_code == 404 and error_of(r) == "not_found", r.text
+    assert r.json()["message"] == "no upload with that media_id"
+    for fields in ('"file_type": "image/\\ud83d"', '"file_type": "image/jpeg", '
+                   '"conversation_id": "c\\ud800"', '"file_type": "image/jpeg", '
+                   '"file_name": "a\\ud800.exe"'):  # fmt: skip
+        body = '{"file_size": 100, "file_hash": ' + hexsha + ", " + fields + "}"
+        r = origin.http.post("/v1/media/upload/request", content=body,
+                             headers={"Content-Type": "application/json"})  # fmt: skip
+        assert 400 <= r.status_code < 500 and error_of(r), (fields, r.text)
+
+
 def test_confirm_before_any_bytes_is_409(origin: Origin) -> None:
     blob = make_blob()
     ticket = origin.request(blob)

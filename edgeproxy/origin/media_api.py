@@ -177,9 +177,7 @@ class MediaAPI:
         media_id = field(body, "media_id", str)
         file_sha = sha256_field(field(body, "file_sha256", str), "file_sha256")
         thumb_b64 = field(body, "thumbnail_base64", str, required=False)
-        found = await self.o.db(self.o.records.get_upload, media_id)
-        if found is None:
-            raise HTTPError(404, "not_found", f"no upload {media_id}")
+        found = await self._find(media_id)
         self.o.check_owner(found, user)
         # Waits out a PUT or another confirm of this upload, then sees what they left.
         async with self.o.locks.hold(media_id, wait=True):
@@ -319,6 +317,20 @@ class MediaAPI:
                             reason=str(exc)) from None  # fmt: skip
         return data
 
+    async def _find(self, media_id: str) -> Upload:
+        """The upload ``media_id`` names; 404 otherwise.
+
+        An id not of our form is never looked up, nor echoed: it is the client's arbitrary
+        text, and a lone surrogate (``"\\ud800"`` in JSON) cannot even be encoded in the
+        answer (a 500 before).
+        """
+        ours = MEDIA_ID.fullmatch(media_id) is not None
+        upload = await self.o.db(self.o.records.get_upload, media_id) if ours else None
+        if upload is None:
+            shown = media_id if ours else "with that media_id"
+            raise HTTPError(404, "not_found", f"no upload {shown}")
+        return upload
+
     # --- signed download URL -------------------------------------------------------------------
 
     async def content(self, request: Request) -> Response:
@@ -332,11 +344,7 @@ class MediaAPI:
         """
         who = self.o.principal(request)
         media_id = request.path_params["media_id"]
-        upload = None
-        if MEDIA_ID.fullmatch(media_id):
-            upload = await self.o.db(self.o.records.get_upload, media_id)
-        if upload is None:
-            raise HTTPError(404, "not_found", f"no upload {media_id}")
+        upload = await self._find(media_id)
         await self.o.check_download(upload, who)
         if upload.state is not UploadState.COMMITTED or upload.blob_sha256 is None:
             raise HTTPError(409, "not_committed", "this upload has not been confirmed",
