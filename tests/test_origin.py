@@ -258,6 +258,41 @@ def test_request_put_confirm_get(origin: Origin) -> None:
     assert r.status_code == 206 and r.content == thumb[:16]
 
 
+def test_if_match_and_if_unmodified_since_on_media(origin: Origin) -> None:
+    # RFC 9110 §13.1.1, §13.1.4: a precondition that does not hold is 412, checked (§13.2.2)
+    # before Range and before If-None-Match.
+    blob, thumb = make_blob(), make_blob(1)
+    done = origin.upload(blob, thumb)
+    path = httpx.URL(done["media_url"]).path
+    etag = f'"{sha(blob)}"'
+    lm = origin.http.head(path).headers["last-modified"]
+    for method in ("GET", "HEAD"):
+        for headers in ({"If-Match": '"nope"'}, {"If-Match": f"W/{etag}"},
+                        {"If-Match": '"nope"', "Range": "bytes=0-9"},
+                        {"If-Match": '"nope"', "If-None-Match": '"other"'},
+                        {"If-Unmodified-Since": "Mon, 01 Jan 2001 00:00:00 GMT"},
+                        {"If-Unmodified-Since": "Mon, 01 Jan 2001 00:00:00 GMT",
+                         "Range": "bytes=0-9"}):  # fmt: skip
+            r = origin.http.request(method, path, headers=headers)
+            assert r.status_code == 412, (method, headers, r.status_code)
+            assert r.headers["etag"] == etag and r.headers["cache-control"] == "no-store"
+            if method == "GET":
+                assert error_of(r) == "precondition_failed"
+    for headers in ({"If-Match": etag}, {"If-Match": f'"x", {etag}'}, {"If-Match": "*"},
+                    {"If-Unmodified-Since": lm},
+                    # If-Match decides alone: If-Unmodified-Since is then ignored (§13.1.4)
+                    {"If-Match": etag, "If-Unmodified-Since": "Mon, 01 Jan 2001 00:00:00 GMT"},
+                    {"If-Unmodified-Since": "not a date"}):  # fmt: skip
+        r = origin.http.get(path, headers=headers)
+        assert r.status_code == 200 and r.content == blob, headers
+    r = origin.http.get(path, headers=[("If-Match", '"a"'), ("If-Match", etag)])  # one list
+    assert r.status_code == 200
+    r = origin.http.get(path, headers={"If-Match": etag, "Range": "bytes=0-9"})
+    assert r.status_code == 206 and r.content == blob[:10]
+    r = origin.http.get(path + "/thumb", headers={"If-Match": etag})  # the thumbnail's is other
+    assert r.status_code == 412
+
+
 def test_curl_ranges(origin: Origin, tmp_path: Path) -> None:
     # .ci/run installs curl; a machine without it fails here rather than skipping silently
     assert shutil.which("curl"), "curl is required (apt-get install curl)"

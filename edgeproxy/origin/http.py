@@ -1,9 +1,10 @@
 """The origin's HTTP plumbing: reading request bodies and delivering stored blobs.
 
 `serve_blob` answers GET/HEAD for a blob in a `BlobStore` with validators (ETag, Last-Modified,
-Repr-Digest), conditional requests (If-None-Match, If-Modified-Since, If-Range) and single
-byte ranges, streaming the bytes in chunks. Every GET's content carries its RFC 9530
-``Content-Digest``, so a cache filling slices by Range can check each one. The rest turns
+Repr-Digest), conditional requests (If-Match, If-Unmodified-Since, If-None-Match,
+If-Modified-Since, If-Range) and single byte ranges, streaming the bytes in chunks. Every
+GET's content carries its RFC 9530 ``Content-Digest``, so a cache filling slices by Range can
+check each one. The rest turns
 request bodies and fields into values, or into `HTTPError`s that name the offending field.
 """
 
@@ -22,10 +23,12 @@ from starlette.responses import Response, StreamingResponse
 from ..errors import HTTPError
 from ..http import (
     RangeNotSatisfiable,
+    combine_fields,
     digest_field,
     format_http_date,
     not_modified,
     parse_range,
+    precondition_failed,
     resolve_ranges,
 )
 from .blobstore import SHA256_HEX, BlobStore
@@ -150,7 +153,13 @@ async def serve_blob(
         "Repr-Digest": sha256_digest(bytes.fromhex(sha)),
         "X-Content-Type-Options": "nosniff",
     }
-    if not_modified(dict(request.headers), etag, format_http_date(int(modified))):
+    # RFC 9110 §13.2.2's order: If-Match / If-Unmodified-Since (412) before If-None-Match /
+    # If-Modified-Since (304); several lines of one field are one list (§5.3).
+    fields = combine_fields(request.headers.items())
+    if precondition_failed(fields, etag, headers["Last-Modified"]):
+        raise HTTPError(412, "precondition_failed", "If-Match or If-Unmodified-Since does not "
+                        "hold for this blob", headers={"ETag": etag})  # fmt: skip
+    if not_modified(fields, etag, format_http_date(int(modified))):
         return Response(status_code=304, headers=headers)
     headers["Content-Type"] = content_type
     start, length, status = 0, info.size, 200

@@ -38,7 +38,8 @@ def _errors(*statuses: int) -> dict[str, Any]:
     names = {
         400: "malformed request", 401: "missing or invalid bearer token", 403: "forbidden",
         404: "not found", 409: "conflict with the upload's state", 410: "gone (expired)",
-        412: "unsupported tus version", 413: "too large", 414: "target too long",
+        412: "precondition failed (Tus-Resumable; If-Match, If-Unmodified-Since)",
+        413: "too large", 414: "target too long",
         415: "unsupported media type", 416: "range not satisfiable",
         422: "a field is invalid", 429: "rate limited", 431: "request header fields too large",
         460: "tus checksum mismatch", 507: "storage quota exceeded",
@@ -62,6 +63,8 @@ BLOB_HEADERS = [
     _header("If-Range", {"type": "string"}),
     _header("If-None-Match", {"type": "string"}),
     _header("If-Modified-Since", {"type": "string"}),
+    _header("If-Match", {"type": "string"}, "412 unless it names the blob's strong ETag"),
+    _header("If-Unmodified-Since", {"type": "string"}),
 ]
 BLOB_RESPONSES = {
     "200": {"description": "the whole blob (Content-Digest = Repr-Digest)",
@@ -71,7 +74,7 @@ BLOB_RESPONSES = {
             "content": {"application/octet-stream": {"schema": {"type": "string",
                                                                 "format": "binary"}}}},
     "304": {"description": "not modified"},
-    **_errors(404, 416),
+    **_errors(404, 412, 416),
 }
 UPLOAD_URL_PARAMS = [
     _path_param("media_id", MEDIA_ID),
