@@ -185,8 +185,9 @@ PATHS: dict[str, dict[str, Any]] = {
             "parameters": [_header("Tus-Resumable", {"type": "string"}),
                            _header("Upload-Length", {"type": "string"}),
                            _header("Upload-Metadata", {"type": "string"})],
+            # 413/460 for a creation-with-upload body: then with Location and X-Media-Id
             "responses": {"201": _json("created; Location is the upload URL", UPLOAD_TICKET),
-                          **_errors(400, 401, 412, 413, 415, 422, 429, 507)},
+                          **_errors(400, 401, 412, 413, 415, 422, 429, 460, 507)},
         },
         "options": TUS_OPTIONS,
     },
