@@ -42,7 +42,8 @@ def _errors(*statuses: int) -> dict[str, Any]:
         413: "too large", 414: "target too long",
         415: "unsupported media type", 416: "range not satisfiable",
         422: "a field is invalid", 429: "rate limited", 431: "request header fields too large",
-        460: "tus checksum mismatch", 507: "storage quota exceeded",
+        460: "tus checksum mismatch",
+        507: "insufficient storage (the quota, or the server's disk is full)",
     }  # fmt: skip
     # Every route can get the request guard's refusals.
     return {str(s): _error(names[s]) for s in sorted({*statuses, 400, 414, 431})}
@@ -148,7 +149,7 @@ PATHS: dict[str, dict[str, Any]] = {
         "summary": "check the uploaded blob and commit it", "security": BEARER,
         "requestBody": {"required": True, "content": {"application/json": {"schema": CONFIRM}}},
         "responses": {"200": _json("committed", CONFIRMED),
-                      **_errors(400, 401, 403, 404, 409, 413, 422)},
+                      **_errors(400, 401, 403, 404, 409, 413, 422, 507)},
     }},
     "/v1/media/{media_id}/content": {"get": {
         "summary": "a signed, expiring download URL of committed media", "security": BEARER,
@@ -163,14 +164,14 @@ PATHS: dict[str, dict[str, Any]] = {
             "requestBody": {"content": {"application/octet-stream": {
                 "schema": {"type": "string", "format": "binary"}}}},
             "responses": {"200": _json("bytes received", UPLOAD_STATE),
-                          **_errors(400, 403, 404, 409, 410, 413)},
+                          **_errors(400, 403, 404, 409, 410, 413, 507)},
         },
         "patch": {
             "summary": "tus: append bytes from Upload-Offset",
             "requestBody": {"content": {"application/offset+octet-stream": {
                 "schema": {"type": "string", "format": "binary"}}}},
             "responses": {"204": NO_CONTENT,
-                          **_errors(400, 403, 404, 409, 410, 412, 413, 415, 460)},
+                          **_errors(400, 403, 404, 409, 410, 412, 413, 415, 460, 507)},
         },
         "head": {"summary": "the offset to resume from",
                  "responses": {"200": {"description": "Upload-Offset and X-Upload-Offset"},
@@ -198,7 +199,7 @@ PATHS: dict[str, dict[str, Any]] = {
             t: {"schema": {"type": "string", "format": "binary"}}
             for t in ("image/jpeg", "image/png", "image/webp")}},
         "responses": {"200": _json("stored", {"type": "object"}),
-                      **_errors(400, 401, 403, 413, 415)},
+                      **_errors(400, 401, 403, 413, 415, 507)},
     }},
     "/v/t1/{sha}": {m: {
         "summary": "committed media (encrypted, content-addressed)",

@@ -7,7 +7,9 @@ for the operator's log, not for the public.
 
 from __future__ import annotations
 
+import errno
 import logging
+import sqlite3
 from typing import Any
 
 import httpx
@@ -32,6 +34,13 @@ INTERNAL = HTTPError(500, "internal_error", "the server failed to answer this re
 DATABASE_UNAVAILABLE = HTTPError(503, "database_unavailable", "the metadata database could "
                                  "not be reached; try again later",
                                  headers={"Retry-After": "5"})  # fmt: skip
+# RFC 4918 §11.5: the server cannot store what the request needs. Still a 5xx (not the client's
+# fault), told apart from a bug (500) and from a database that is down (503).
+INSUFFICIENT_STORAGE = HTTPError(507, "insufficient_storage", "the server is out of storage "
+                                 "space; try again later",
+                                 headers={"Retry-After": "60"})  # fmt: skip
+SQLITE_FULL = sqlite3.SQLITE_FULL  # "database or disk is full"
+PG_DISK_FULL = "53100"  # PostgreSQL SQLSTATE disk_full
 
 
 def error_response(exc: HTTPError, *, head: bool = False) -> Response:
@@ -73,7 +82,33 @@ async def _on_upstream_error(request: Request, exc: Exception) -> Response:
     return error_response(GATEWAY_TIMEOUT if slow else BAD_GATEWAY, head=request.method == "HEAD")
 
 
+def out_of_space(exc: BaseException) -> bool:
+    """Whether ``exc`` says the disk (or the file system's quota) is full: an ``OSError`` of
+    ENOSPC/EDQUOT, or a database error whose driver error says so."""
+    if isinstance(exc, OSError):
+        return exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    if isinstance(exc, sqlalchemy.exc.DBAPIError):
+        orig = exc.orig
+        return (getattr(orig, "sqlite_errorcode", None) == SQLITE_FULL
+                or getattr(orig, "sqlstate", None) == PG_DISK_FULL)  # fmt: skip
+    return False
+
+
+async def _on_storage_full(request: Request, exc: Exception) -> Response:
+    # An operating condition, not a bug: one line for the operator, no traceback.
+    log.warning("%s %s: out of storage space: %s", request.method, request.url.path, exc)
+    return error_response(INSUFFICIENT_STORAGE, head=request.method == "HEAD")
+
+
+async def _on_os_error(request: Request, exc: Exception) -> Response:
+    if not out_of_space(exc):
+        raise exc  # any other OS error is unexpected here: CatchAll's 500 and traceback
+    return await _on_storage_full(request, exc)
+
+
 async def _on_database_error(request: Request, exc: Exception) -> Response:
+    if out_of_space(exc):  # the database is up; its disk is full
+        return await _on_storage_full(request, exc)
     # A database that refuses connections, drops them or stays locked is a dependency down
     # (503, as a load balancer and a client's retry expect), not a bug of ours (500).
     log.warning("%s %s: database failure: %s", request.method, request.url.path, exc)
@@ -111,8 +146,8 @@ class CatchAll:
 
 def install_error_handlers(app: Starlette) -> None:
     """Translate `HTTPError` and starlette's own 404/405 into JSON error bodies, upstream
-    failures into a generic 502 or 504 and a database down into 503 (details to the log);
-    bugs are `CatchAll`'s."""
+    failures into a generic 502 or 504, a database down into 503 and a full disk (of the
+    blobs or the database) into 507 (details to the log); bugs are `CatchAll`'s."""
     app.add_exception_handler(HTTPError, _on_http_error)
     app.add_exception_handler(HTTPException, _on_starlette_http_exception)
     app.add_exception_handler(UpstreamError, _on_upstream_error)
@@ -125,3 +160,5 @@ def install_error_handlers(app: Starlette) -> None:
     app.add_exception_handler(sqlalchemy.exc.OperationalError, _on_database_error)
     app.add_exception_handler(sqlalchemy.exc.InterfaceError, _on_database_error)
     app.add_exception_handler(sqlalchemy.exc.TimeoutError, _on_database_error)
+    # the local disk: full (507); any other OSError is re-raised to CatchAll
+    app.add_exception_handler(OSError, _on_os_error)

@@ -219,10 +219,14 @@ class Staging:
         path = self.path(name)
 
         def write() -> None:
-            with path.open("wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
+            try:
+                with path.open("wb") as f:
+                    f.write(data)
+                    f.flush()
+                    os.fsync(f.fileno())
+            except BaseException:
+                path.unlink(missing_ok=True)  # no partial file left behind (a full disk)
+                raise
 
         await asyncio.to_thread(write)
         return path
