@@ -54,6 +54,17 @@ def test_admin_needs_the_token_and_does_nothing_without_it(chain: Chain) -> None
     assert chain.origin.count("/v/t1/b") == 0
 
 
+@pytest.mark.parametrize("body", [b"[" * 1100 + b"]" * 1100, b'{"a":' * 1100 + b"1" + b"}" * 1100,
+                                  b"not json", b"[1, 2]"])
+def test_admin_bodies_that_are_no_json_object_are_400(chain: Chain, body: bytes) -> None:
+    """Bad input is the client's: 400 ``bad_json``, also JSON nested past the interpreter's
+    recursion limit, which fits in a small body (it was a 500)."""
+    for path in ("/_admin/purge", "/_admin/warm"):
+        r = httpx.post(chain.edge.url + path, content=body,
+                       headers={"authorization": f"Bearer {TOKEN}"})
+        assert (r.status_code, r.json()["error"]) == (400, "bad_json")
+
+
 def test_admin_disabled_without_configured_token(tmp_path: Path) -> None:
     origin = TestOrigin()
     with serve(origin) as o, serve(create_app(make_config(tmp_path), "edge",

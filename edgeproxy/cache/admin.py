@@ -55,6 +55,8 @@ async def read_json(receive: Any) -> dict[str, Any]:
             break
     try:
         data = json.loads(body or b"{}")
+    except RecursionError:  # (nesting past the interpreter's limit fits in a small body)
+        raise HTTPError(400, "bad_json", "the body nests too deeply") from None
     except ValueError:
         raise HTTPError(400, "bad_json", "the body is not valid JSON") from None
     if not isinstance(data, dict):
