@@ -73,17 +73,25 @@ def test_one_code_path_for_both_engines(records: Records) -> None:
                               now=now + 61)  # fmt: skip
     records.record_progress("m_upload0000", 40, "0" * 64)
     assert records.get_upload("m_upload0000").state is UploadState.UPLOADED  # type: ignore[union-attr]
-    records.commit_upload("m_upload0000", "0" * 64, 40, None)
-    # The first thumbnail wins: /thumb URLs are immutable.
-    assert records.commit_upload("m_upload0000", "0" * 64, 40, "a" * 64).thumb_sha256 == "a" * 64
-    assert records.commit_upload("m_upload0000", "0" * 64, 40, "b" * 64).thumb_sha256 == "a" * 64
+    assert records.commit_upload("m_upload0000", "0" * 64, 40, None) is not None
+    # Only an unfinished upload commits (or fails): whichever worker gets there first wins.
+    assert records.commit_upload("m_upload0000", "0" * 64, 40, "a" * 64) is None
+    assert not records.mark_failed("m_upload0000", "terminated")
+    # Later uploads of the same bytes: the first thumbnail wins (/thumb URLs are immutable).
+    for i, thumb in ((2, "a"), (3, "b")):
+        records.create_upload(f"m_upload{i:04d}", file_type="image/jpeg", declared_size=40,
+                              declared_sha256="0" * 64, expires_at=int(now) + 60,
+                              staging_name=f"m_upload{i:04d}.part", now=now)  # fmt: skip
+        records.record_progress(f"m_upload{i:04d}", 40, "0" * 64)
+        media = records.commit_upload(f"m_upload{i:04d}", "0" * 64, 40, thumb * 64)
+        assert media is not None and media.thumb_sha256 == "a" * 64
     records.set_profile_photo("user", "c" * 64, "image/png", 3)
     records.set_profile_photo("user", "d" * 64, "image/webp", 4)
     photo = records.get_profile_photo("user")
     assert photo is not None and (photo.sha256, photo.size) == ("d" * 64, 4)
     assert [u.media_id for u in records.expired_uploads(now + 61)] == ["m_upload0001"]
     assert records.live_staging_names() == {"m_upload0001.part"}
-    assert records.stats() == {"media_bytes": 40, "media_count": 1, "dedup_bytes_saved": 0,
+    assert records.stats() == {"media_bytes": 40, "media_count": 1, "dedup_bytes_saved": 80,
                                "unfinished_uploads": 1, "cold_bytes": 0}  # fmt: skip
     assert records.stats(cold_before=time.time() + 1)["cold_bytes"] == 40
 

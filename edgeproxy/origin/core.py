@@ -14,7 +14,7 @@ import os
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from email.utils import formatdate
 from typing import ParamSpec, TypeVar
 
@@ -49,6 +49,11 @@ DIRECT = "direct"  # the protocol of uploads sent straight to the bucket (presig
 # balancer's probe times out after a few seconds; the answer must come before that).
 READY_TIMEOUT = 2.0
 IN_PROGRESS = HTTPError(409, "upload_in_progress", "another request is using this upload")
+# Why an upload that failed is gone (410) rather than refused (409): failure → (error, message).
+GONE = {"expired": ("upload_expired", "this upload has expired"),
+        "terminated": ("upload_terminated", "this upload was terminated")}  # fmt: skip
+# How often a request waiting for an upload's locks (`OriginCore.hold_upload`) tries again.
+HOLD_POLL = 0.05
 
 
 class UploadLocks:
@@ -170,6 +175,31 @@ class OriginCore:
         async with self.staging.writer(f"{name}.lock"):
             yield
 
+    @asynccontextmanager
+    async def hold_upload(self, media_id: str, name: str, *, wait: float) -> AsyncIterator[None]:
+        """Hold upload ``media_id`` as PUT, PATCH, DELETE and the sweeper do: this process's
+        lock, then the staging lock of ``name`` that every worker process sees. If anyone has
+        either, try again for up to ``wait`` seconds, then answer 409 ``upload_in_progress``.
+
+        Polled, not blocked on: the staging lock is a non-blocking flock or advisory lock,
+        and a bound keeps a caller from hanging behind whoever holds the upload.
+        """
+        give_up = time.monotonic() + wait
+        async with AsyncExitStack() as held:
+            while True:
+                try:
+                    await held.enter_async_context(self.locks.hold(media_id, wait=False))
+                    await held.enter_async_context(self.upload_staging.writer(name))
+                    break
+                except (HTTPError, StagingBusy) as exc:
+                    if exc is not IN_PROGRESS and not isinstance(exc, StagingBusy):
+                        raise
+                    await held.aclose()  # (this process's lock, if only the other was busy)
+                    if time.monotonic() >= give_up:
+                        raise IN_PROGRESS from None
+                    await asyncio.sleep(HOLD_POLL)
+            yield
+
     async def readiness(self) -> str | None:
         """What keeps this origin from serving (`Lifecycle`'s probe): its database, not
         answering within `READY_TIMEOUT`, or failing. Probes that come while one is running
@@ -258,8 +288,8 @@ class OriginCore:
         self._demoted_until = max(self._demoted_until, cutoff)
 
     async def _expire(self, upload: Upload, now: float) -> bool:
-        if upload.protocol == DIRECT:
-            return await self._expire_direct(upload, now)
+        # A direct upload's staged object is held like any other: a confirm of it in another
+        # worker must not find it deleted halfway.
         name = upload.staging_name or f"{upload.media_id}.part"
         async with (self.locks.hold(upload.media_id, wait=False),
                     self.upload_staging.writer(name)):  # fmt: skip
@@ -267,17 +297,9 @@ class OriginCore:
             if current is None or not current.is_expired(now):
                 return False
             await self.upload_staging.remove(name)
-            await self.db(self.records.mark_failed, upload.media_id, "expired")
-        self.metrics.count("expired")
-        return True
-
-    async def _expire_direct(self, upload: Upload, now: float) -> bool:
-        async with self.locks.hold(upload.media_id, wait=False):
-            current = await self.db(self.records.get_upload, upload.media_id)
-            if current is None or not current.is_expired(now):
+            # False if a confirm committed it meanwhile (its staging file was already gone).
+            if not await self.db(self.records.mark_failed, upload.media_id, "expired"):
                 return False
-            await self.discard_staged(current)
-            await self.db(self.records.mark_failed, upload.media_id, "expired")
         self.metrics.count("expired")
         return True
 

@@ -36,6 +36,9 @@ MIME_TYPE = re.compile(r"[A-Za-z0-9][\w.+-]*/[A-Za-z0-9][\w.+-]*")
 CONVERSATION_ID = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
 MAX_JSON_BODY = 64 * 1024  # request bodies other than the thumbnail-carrying confirm
 NO_STORE = {"Cache-Control": "no-store"}
+# How long a confirm waits for another request holding its complete upload (another confirm
+# hashing up to max_upload_size, a DELETE, the sweeper) before answering 409 upload_in_progress.
+CONFIRM_WAIT = 30.0
 
 
 @dataclass(frozen=True)
@@ -179,22 +182,20 @@ class MediaAPI:
         thumb_b64 = field(body, "thumbnail_base64", str, required=False)
         found = await self._find(media_id)
         self.o.check_owner(found, user)
-        # Waits out a PUT or another confirm of this upload, then sees what they left.
-        async with self.o.locks.hold(media_id, wait=True):
+        # Answered before any lock: an upload still arriving is incomplete now, whoever is
+        # sending it and however slowly, so a confirm never waits for a PUT.
+        if (answer := self._settled(found, file_sha)) is not None:
+            return answer
+        staged = found.staging_name or f"{media_id}.part"
+        # Complete, so only a confirm, a DELETE or the sweeper can hold it, each briefly: wait
+        # for them (a retried confirm then gets the 200 of the first), in any worker process.
+        async with self.o.hold_upload(media_id, staged, wait=CONFIRM_WAIT):
             upload = await self.o.db(self.o.records.get_upload, media_id)
             assert upload is not None
-            if upload.state is UploadState.COMMITTED:
-                if file_sha != upload.blob_sha256:  # answered, but the commit stands
-                    raise HTTPError(422, "hash_mismatch", "file_sha256 differs from the "
-                                    "committed blob")  # fmt: skip
-                return self._confirmed(upload)
-            if upload.state is UploadState.FAILED:
-                raise HTTPError(409, "upload_failed", "this upload failed its checks",
-                                reason=upload.failure)  # fmt: skip
-            if upload.state is UploadState.PENDING and upload.protocol != DIRECT:
-                raise HTTPError(409, "upload_incomplete", "not every byte has been uploaded",
-                                declared=upload.declared_size,
-                                received=upload.received)  # fmt: skip
+            if (answer := self._settled(upload, file_sha)) is not None:
+                if self.o.direct is None:  # (the empty file opening it for the lock made)
+                    await self.o.staging.remove(staged)
+                return answer
             # The thumbnail is optional and the client's: a bad one is refused and the upload
             # stays as it was (its verified bytes are not failed for it).
             try:
@@ -202,15 +203,38 @@ class MediaAPI:
             except _Rejected as exc:
                 raise exc.error from None
             try:
-                upload = await self._commit(upload, file_sha, thumb)
+                committed = await self._commit(upload, file_sha, thumb)
             except _Rejected as exc:
                 await self.o.discard_staged(upload)
                 await self.o.db(self.o.records.mark_failed, media_id, exc.error.error)
                 self.o.metrics.count(exc.error.error)
                 raise exc.error from None
-            self.o.metrics.observe_upload(upload.declared_size,
-                                          self.o.clock() - upload.created_at)  # fmt: skip
-        return self._confirmed(upload)
+            if committed is None:  # another worker committed or ended it first
+                current = await self.o.db(self.o.records.get_upload, media_id)
+                assert current is not None
+                answer = self._settled(current, file_sha)
+                assert answer is not None  # (no longer unfinished, or the commit had happened)
+                return answer
+            self.o.metrics.observe_upload(committed.declared_size,
+                                          self.o.clock() - committed.created_at)  # fmt: skip
+        return self._confirmed(committed)
+
+    def _settled(self, upload: Upload, file_sha: str) -> Response | None:
+        """The answer to a confirm of ``upload`` if its state decides it (the 200 of a
+        committed one, or raised: 409 incomplete or failed), or None
+        if it is to be checked and committed."""
+        if upload.state is UploadState.COMMITTED:
+            if file_sha != upload.blob_sha256:  # answered, but the commit stands
+                raise HTTPError(422, "hash_mismatch", "file_sha256 differs from the "
+                                "committed blob")  # fmt: skip
+            return self._confirmed(upload)
+        if upload.state is UploadState.FAILED:
+            raise HTTPError(409, "upload_failed", "this upload failed its checks",
+                            reason=upload.failure)  # fmt: skip
+        if upload.state is UploadState.PENDING and upload.protocol != DIRECT:
+            raise HTTPError(409, "upload_incomplete", "not every byte has been uploaded",
+                            declared=upload.declared_size, received=upload.received)  # fmt: skip
+        return None
 
     def _confirmed(self, upload: Upload) -> Response:
         media_url = f"{self.o.public}/v/t1/{upload.blob_sha256}"
@@ -218,8 +242,9 @@ class MediaAPI:
                              "thumbnail_url": f"{media_url}/thumb" if upload.thumb_sha256
                              else None})  # fmt: skip
 
-    async def _commit(self, upload: Upload, file_sha: str, thumb: bytes | None) -> Upload:
-        """Check the staged blob and thumbnail, then commit both; `_Rejected` on a mismatch."""
+    async def _commit(self, upload: Upload, file_sha: str, thumb: bytes | None) -> Upload | None:
+        """Check the staged blob and thumbnail, then commit both; `_Rejected` on a mismatch,
+        None if the record was no longer unfinished when the commit came to be recorded."""
         o, sha, size = self.o, upload.declared_sha256, upload.declared_size
         if file_sha != sha:
             raise _Rejected("hash_mismatch", "file_sha256 differs from the declared file_hash",
@@ -260,6 +285,8 @@ class MediaAPI:
             fresh = await o.store.commit(sha, o.staging.path(staged))
         media = await o.db(o.records.commit_upload, upload.media_id, sha, size, thumb_sha,
                            o.clock())  # fmt: skip
+        if media is None:
+            return None
         if media.thumb_sha256 is not None and o.direct is not None:
             # Shields reading the bucket directly find /v/t1/<sha>/thumb here.
             await o.direct.alias_thumbnail(sha, media.thumb_sha256)

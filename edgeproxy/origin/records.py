@@ -213,13 +213,19 @@ class Records:
                      state=case((uploads.c.declared_size == received, "uploaded"),
                                 else_="pending")))  # fmt: skip
 
-    def mark_failed(self, media_id: str, failure: str) -> None:
-        """The upload failed a check, expired or was terminated; its staging file is gone."""
+    def mark_failed(self, media_id: str, failure: str) -> bool:
+        """The upload failed a check, expired or was terminated; its staging file is gone.
+
+        False, and nothing changed, if it was no longer unfinished: a request in another
+        worker committed or ended it first. The database decides which of two racing ends
+        wins, so a DELETE answered 204 never leaves committed media behind.
+        """
         with self.db.write() as conn:
-            conn.execute(update(uploads).where(
-                uploads.c.media_id == media_id, uploads.c.state != "committed",
+            done = conn.execute(update(uploads).where(
+                uploads.c.media_id == media_id, uploads.c.state.in_(UNFINISHED),
             ).values(state="failed", failure=failure, staging_name=None,
                      updated_at=time.time()))  # fmt: skip
+        return bool(done.rowcount)
 
     def expired_uploads(self, now: float, limit: int = 500) -> list[Upload]:
         """Unfinished uploads past their ``resume_until``, or whose URL expired unused."""
@@ -263,12 +269,15 @@ class Records:
                 "unfinished_uploads": int(unfinished), "cold_bytes": int(cold_bytes)}  # fmt: skip
 
     def commit_upload(self, media_id: str, blob_sha256: str, size: int,
-                      thumb_sha256: str | None, now: float | None = None) -> Media:  # fmt: skip
+                      thumb_sha256: str | None, now: float | None = None,
+                      ) -> Media | None:  # fmt: skip
         """Mark the upload committed and its blob served, in one transaction.
 
         If the blob is already media (the same bytes uploaded before), the existing row stands;
         a thumbnail is only added where there was none, because ``/thumb`` URLs are cached as
-        immutable and must never change what they serve.
+        immutable and must never change what they serve. None, and nothing changed, if the
+        upload was no longer unfinished (terminated, expired or committed meanwhile by a
+        request in another worker): its blob is then not served on its account.
         """
         now = time.time() if now is None else now
         add = self._upsert(media).values(sha256=blob_sha256, size=size,
@@ -276,10 +285,13 @@ class Records:
         add = add.on_conflict_do_update(index_elements=[media.c.sha256], set_={
             "thumb_sha256": func.coalesce(media.c.thumb_sha256, add.excluded.thumb_sha256)})
         with self.db.write() as conn:
+            done = conn.execute(update(uploads).where(
+                uploads.c.media_id == media_id, uploads.c.state.in_(UNFINISHED),
+            ).values(state="committed", blob_sha256=blob_sha256, thumb_sha256=thumb_sha256,
+                     staging_name=None, updated_at=now))  # fmt: skip
+            if not done.rowcount:
+                return None
             conn.execute(add)
-            conn.execute(update(uploads).where(uploads.c.media_id == media_id).values(
-                state="committed", blob_sha256=blob_sha256, thumb_sha256=thumb_sha256,
-                staging_name=None, updated_at=now))  # fmt: skip
         committed = self.get_media(blob_sha256)
         assert committed is not None
         return committed

@@ -27,7 +27,7 @@ from starlette.responses import JSONResponse, Response
 
 from ..errors import HTTPError
 from ..signing import BadSignature, SignatureExpired
-from .core import IN_PROGRESS, OriginCore, http_date
+from .core import GONE, IN_PROGRESS, OriginCore, http_date
 from .http import Body, int_or_none
 from .media_api import MEDIA_ID
 from .records import Upload, UploadState
@@ -39,9 +39,6 @@ from .tus import (
     parse_checksum,
     tus_headers,
 )
-
-GONE = {"expired": ("upload_expired", "this upload has expired"),
-        "terminated": ("upload_terminated", "this upload was terminated")}  # fmt: skip
 
 
 def _offset_headers(upload: Upload) -> dict[str, str]:
@@ -67,6 +64,16 @@ def check_writable(upload: Upload) -> None:
         if upload.failure in GONE:
             raise HTTPError(410, *GONE[upload.failure])
         raise HTTPError(409, "upload_failed", "this upload failed its checks",
+                        reason=upload.failure)  # fmt: skip
+
+
+def _check_deletable(upload: Upload) -> None:
+    """409/410 unless ``upload`` is unfinished, so a DELETE may terminate it."""
+    if upload.state is UploadState.COMMITTED:
+        raise HTTPError(409, "already_committed", "committed media is never deleted by "
+                        "the server (seed 000: clients delete locally)")  # fmt: skip
+    if upload.state is UploadState.FAILED:
+        raise HTTPError(410, "upload_failed", "this upload is already over",
                         reason=upload.failure)  # fmt: skip
 
 
@@ -222,18 +229,19 @@ class UploadURL:
         """``DELETE`` (tus termination): drop an unfinished upload and its bytes."""
         check_version(request, required=False)
         upload = await self._authorise(request)
-        if upload.state is UploadState.COMMITTED:
-            raise HTTPError(409, "already_committed", "committed media is never deleted by "
-                            "the server (seed 000: clients delete locally)")  # fmt: skip
-        if upload.state is UploadState.FAILED:
-            raise HTTPError(410, "upload_failed", "this upload is already over",
-                            reason=upload.failure)  # fmt: skip
+        _check_deletable(upload)
         name = upload.staging_name or f"{upload.media_id}.part"
         try:
             async with (self.o.locks.hold(upload.media_id, wait=False),
                         self.o.upload_staging.writer(name)):  # fmt: skip
+                # (Removing is harmless if a confirm committed it meanwhile: a committed
+                # upload owns no staging file.)
                 await self.o.upload_staging.remove(name)
-                await self.o.db(self.o.records.mark_failed, upload.media_id, "terminated")
+                if not await self.o.db(self.o.records.mark_failed, upload.media_id,
+                                       "terminated"):  # fmt: skip
+                    # A confirm in another worker got there first (a lock held on a staging
+                    # file it had already moved into the store is no lock): say what it did.
+                    _check_deletable(await self._reload(upload.media_id))
         except StagingBusy:
             raise IN_PROGRESS from None
         self.o.metrics.count("terminated")

@@ -1,0 +1,170 @@
+"""Confirm against the other requests on one upload, over real sockets (found from outside).
+
+Two apps on one data dir stand for two origin worker processes (as in test_auth_limits): each
+has its own in-process locks, so only the cross-process staging lock and the database keep them
+apart. A confirm that hashes a large file is made slow by wrapping one app's hashing (or its
+commit record), so the other request lands inside it every time, not only by luck.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.test_origin import Origin, error_of, make_blob, run_origin, sha
+
+PAUSE = 1.0  # how long the slowed confirm stays inside the wrapped step
+
+
+@pytest.fixture
+def workers(tmp_path: Path) -> Iterator[tuple[Origin, Origin]]:
+    with ExitStack() as stack:
+        yield (stack.enter_context(run_origin(tmp_path)),
+               stack.enter_context(run_origin(tmp_path)))  # fmt: skip
+
+
+def uploaded_in_two_puts(o: Origin, blob: bytes) -> dict[str, Any]:
+    """An upload complete in two X-Upload-Offset PUTs: no streamed hash, so confirm hashes
+    the staging file (the slow part of a confirm of a large blob)."""
+    ticket = o.request(blob)
+    half = len(blob) // 2
+    for offset, part in ((0, blob[:half]), (half, blob[half:])):
+        r = o.put(ticket["upload_url"], part, headers={"X-Upload-Offset": str(offset)})
+        assert r.status_code == 200, r.text
+    return ticket
+
+
+def slow_hashing(o: Origin) -> threading.Event:
+    """Make ``o``'s confirm pause before hashing the staged file; set once it is there."""
+    core, inside = o.app.state.origin, threading.Event()
+    real = core.staging.sha256
+
+    async def sha256(name: str) -> str:
+        inside.set()
+        await asyncio.sleep(PAUSE)
+        digest: str = await real(name)
+        return digest
+
+    core.staging.sha256 = sha256
+    return inside
+
+
+def slow_commit_record(o: Origin) -> threading.Event:
+    """Make ``o``'s confirm pause after moving the blob into the store, before recording the
+    commit; set once it is there."""
+    records, inside = o.app.state.origin.records, threading.Event()
+    real: Callable[..., Any] = records.commit_upload
+
+    def commit_upload(*args: Any, **kwargs: Any) -> Any:
+        inside.set()
+        time.sleep(PAUSE)  # (a worker thread: the app's loop goes on)
+        return real(*args, **kwargs)
+
+    records.commit_upload = commit_upload
+    return inside
+
+
+@contextmanager
+def confirming(o: Origin, media_id: str, blob: bytes) -> Iterator[list[httpx.Response]]:
+    """A confirm on ``o`` in a thread; its answer is in the list once the block ends."""
+    answers: list[httpx.Response] = []
+    thread = threading.Thread(target=lambda: answers.append(o.confirm(media_id, sha(blob))))
+    thread.start()
+    try:
+        yield answers
+    finally:
+        thread.join(30)
+    assert answers, "the confirm did not answer"
+
+
+def path_of(url: str) -> str:
+    return httpx.URL(url).raw_path.decode()
+
+
+def test_concurrent_confirms_in_two_workers_both_answer_200(
+        workers: tuple[Origin, Origin]) -> None:  # fmt: skip
+    """Was: the second worker hashed and moved the file the first was hashing → 500."""
+    a, b = workers
+    blob = make_blob(2000)
+    ticket = uploaded_in_two_puts(a, blob)
+    inside = slow_hashing(a)
+    with confirming(a, ticket["media_id"], blob) as first:
+        assert inside.wait(10)
+        second = b.confirm(ticket["media_id"], sha(blob))  # waits for a's confirm
+    assert first[0].status_code == 200, first[0].text
+    assert second.status_code == 200, second.text
+    assert first[0].json() == second.json()
+    assert a.http.get(f"/v/t1/{sha(blob)}").content == blob
+    assert a.staging() == []  # nor an empty file left by the lock of the second
+
+
+def test_delete_during_a_confirm_in_another_worker_is_409(
+        workers: tuple[Origin, Origin]) -> None:  # fmt: skip
+    """Was: DELETE 204 removed the file the confirm was hashing → the confirm 500."""
+    a, b = workers
+    blob = make_blob(2000)
+    ticket = uploaded_in_two_puts(a, blob)
+    inside = slow_hashing(a)
+    with confirming(a, ticket["media_id"], blob) as confirm:
+        assert inside.wait(10)
+        r = b.http.delete(path_of(ticket["upload_url"]))
+        assert r.status_code == 409 and error_of(r) == "upload_in_progress", r.text
+    assert confirm[0].status_code == 200, confirm[0].text
+    assert a.http.get(f"/v/t1/{sha(blob)}").content == blob
+    r = b.http.delete(path_of(ticket["upload_url"]))
+    assert r.status_code == 409 and error_of(r) == "already_committed"
+
+
+def test_a_delete_answered_204_leaves_nothing_committed(
+        workers: tuple[Origin, Origin]) -> None:  # fmt: skip
+    """DELETE lands after the confirm moved the blob into the store (its lock was on the
+    staging file it had just moved), before the commit is recorded. Was: DELETE 204, then the
+    commit recorded anyway: terminated, yet served. Now the database picks one."""
+    a, b = workers
+    blob = make_blob(2000)
+    ticket = uploaded_in_two_puts(a, blob)
+    inside = slow_commit_record(a)
+    with confirming(a, ticket["media_id"], blob) as confirm:
+        assert inside.wait(10)
+        deleted = b.http.delete(path_of(ticket["upload_url"]))
+    assert deleted.status_code == 204, deleted.text
+    r = confirm[0]
+    assert r.status_code == 409 and r.json()["reason"] == "terminated", r.text
+    r = a.http.get(f"/v/t1/{sha(blob)}")
+    assert r.status_code == 404 and error_of(r) == "not_found"
+    r = b.confirm(ticket["media_id"], sha(blob))
+    assert r.status_code == 409 and r.json()["reason"] == "terminated"
+    r = a.http.post("/v1/media/upload/request", json={})  # (the origin is still fine)
+    assert r.status_code == 400
+
+
+def test_confirm_during_a_trickling_put_is_409_at_once(tmp_path: Path) -> None:
+    """Was: confirm waited for the PUT's lock, as long as the PUT kept trickling bytes."""
+    with run_origin(tmp_path) as o:
+        blob = make_blob(100)
+        ticket = o.request(blob)
+        url = httpx.URL(o.url)
+        assert url.port is not None
+        with socket.create_connection((url.host, url.port), timeout=10) as put:
+            put.sendall(f"PUT {path_of(ticket['upload_url'])} HTTP/1.1\r\nHost: x\r\n"
+                        f"X-Upload-Offset: 0\r\nContent-Length: {len(blob)}\r\n\r\n".encode()
+                        + blob[:10])  # fmt: skip
+            time.sleep(0.5)  # the PUT holds the upload now, and sends nothing more
+            started = time.monotonic()
+            r = o.http.post("/v1/media/upload/confirm", timeout=5,
+                            json={"media_id": ticket["media_id"], "file_sha256": sha(blob)})
+            assert r.status_code == 409 and error_of(r) == "upload_incomplete", r.text
+            assert time.monotonic() - started < 2
+            put.sendall(blob[10:])  # the PUT finishes, and the upload confirms
+            assert b" 200 " in put.recv(65536).split(b"\r\n", 1)[0]
+        assert o.confirm(ticket["media_id"], sha(blob)).status_code == 200
+
