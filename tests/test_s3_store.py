@@ -123,7 +123,7 @@ def test_expired_direct_upload_leaves_no_staging_object(origin: Origin, s3: S3En
     assert asyncio.run(origin.app.state.origin.sweep()) == 1
     assert s3.keys(bucket) == []
     r = origin.confirm(ticket["media_id"], sha(blob))
-    assert r.status_code == 409 and r.json()["reason"] == "expired"
+    assert r.status_code == 410 and r.json()["error"] == "upload_expired"
 
 
 def test_private_bucket_refuses_unsigned_reads(origin: Origin, s3: S3Endpoint,

@@ -181,7 +181,7 @@ def test_started_upload_outlives_its_url_but_not_its_expiry(tmp_path: Path) -> N
             time.sleep(0.05)
         for ticket in (started, idle):
             r = o.confirm(ticket["media_id"], sha(blob))
-            assert r.status_code == 409 and r.json()["reason"] == "expired"
+            assert r.status_code == 410 and r.json()["reason"] == "expired"
         metrics = o.http.get("/metrics").text
         assert 'edgeproxy_origin_uploads_total{result="expired"} 2.0' in metrics
 
@@ -203,7 +203,7 @@ def test_background_sweep_removes_expired_uploads(tmp_path: Path) -> None:
             assert time.monotonic() < deadline, o.staging()
             time.sleep(0.05)
         r = o.confirm(ticket["media_id"], sha(blob))
-        assert r.status_code == 409 and r.json()["reason"] == "expired"
+        assert r.status_code == 410 and r.json()["reason"] == "expired"
 
 
 # --- tus by hand -----------------------------------------------------------------------------
@@ -316,7 +316,7 @@ def test_tus_patch_checksum_offset_and_termination(origin: Origin) -> None:
     assert origin.http.head(target(url), headers=TUS).status_code == 410
     assert patch(origin, url, 90_000, blob[90_000:]).status_code == 410
     r = origin.confirm(media_id, sha(blob))
-    assert r.status_code == 409 and r.json()["reason"] == "terminated"
+    assert r.status_code == 410 and error_of(r) == "upload_terminated"
     assert origin.http.delete(target(url), headers=TUS).status_code == 410
 
 

@@ -25,7 +25,7 @@ from starlette.responses import JSONResponse, Response
 from ..crypto import check_blob_layout
 from ..errors import BlobFormatError, HTTPError
 from .auth import Principal
-from .core import DIRECT, OriginCore, iso_utc
+from .core import DIRECT, GONE, OriginCore, iso_utc
 from .http import field, read_json, sha256_field
 from .limits import LimitExceeded, check_file_name, check_size, check_type
 from .records import Upload, UploadState
@@ -221,16 +221,21 @@ class MediaAPI:
 
     def _settled(self, upload: Upload, file_sha: str) -> Response | None:
         """The answer to a confirm of ``upload`` if its state decides it (the 200 of a
-        committed one, or raised: 409 incomplete or failed), or None
-        if it is to be checked and committed."""
+        committed one, or raised: 409 incomplete or failed, 410 expired or terminated), or None
+        if it is to be checked and committed. PUT and HEAD answer 410 past the same expiry,
+        so a confirm does too, whether or not the sweeper has run yet."""
         if upload.state is UploadState.COMMITTED:
             if file_sha != upload.blob_sha256:  # answered, but the commit stands
                 raise HTTPError(422, "hash_mismatch", "file_sha256 differs from the "
                                 "committed blob")  # fmt: skip
             return self._confirmed(upload)
         if upload.state is UploadState.FAILED:
+            if upload.failure in GONE:
+                raise HTTPError(410, *GONE[upload.failure], reason=upload.failure)
             raise HTTPError(409, "upload_failed", "this upload failed its checks",
                             reason=upload.failure)  # fmt: skip
+        if upload.is_expired(self.o.clock()):
+            raise HTTPError(410, *GONE["expired"], reason="expired")
         if upload.state is UploadState.PENDING and upload.protocol != DIRECT:
             raise HTTPError(409, "upload_incomplete", "not every byte has been uploaded",
                             declared=upload.declared_size, received=upload.received)  # fmt: skip

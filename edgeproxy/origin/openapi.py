@@ -149,7 +149,7 @@ PATHS: dict[str, dict[str, Any]] = {
         "summary": "check the uploaded blob and commit it", "security": BEARER,
         "requestBody": {"required": True, "content": {"application/json": {"schema": CONFIRM}}},
         "responses": {"200": _json("committed", CONFIRMED),
-                      **_errors(400, 401, 403, 404, 409, 413, 422, 507)},
+                      **_errors(400, 401, 403, 404, 409, 410, 413, 422, 507)},
     }},
     "/v1/media/{media_id}/content": {"get": {
         "summary": "a signed, expiring download URL of committed media", "security": BEARER,
