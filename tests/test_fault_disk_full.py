@@ -13,7 +13,6 @@ import errno
 import hashlib
 import os
 import random
-import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -31,6 +30,7 @@ from tests.nodes import NodeProcess
 from tests.origins import TestOrigin, pattern
 from tests.servers import ServerThread, free_port, serve
 from tests.test_cache_node import _metric
+from tests.volumes import Tmpfs
 
 MiB = 1024**2
 VOLUME = 32 * MiB
@@ -60,38 +60,6 @@ class Edge(Protocol):
 
 
 # --- the real thing: a tmpfs and an edge process ---------------------------------------------
-
-
-class Tmpfs:
-    """A tmpfs of `VOLUME` bytes mounted on ``directory`` (root only)."""
-
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
-        directory.mkdir(parents=True)
-        subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={VOLUME}", "tmpfs",
-                        str(directory)], check=True)
-        self.filler = directory / "filler"
-
-    def free(self) -> int:
-        st = os.statvfs(self.directory)
-        return st.f_bavail * st.f_frsize
-
-    def fill_up(self) -> None:
-        """Write a file of another program until not one more byte fits."""
-        with self.filler.open("ab", buffering=0) as f:
-            for chunk in (bytes(MiB), bytes(4096)):
-                try:
-                    while True:
-                        f.write(chunk)
-                except OSError as exc:
-                    assert exc.errno == errno.ENOSPC
-
-    def drain(self) -> None:
-        self.filler.unlink()
-
-    def close(self) -> None:
-        if subprocess.run(["umount", str(self.directory)]).returncode:
-            subprocess.run(["umount", "-l", str(self.directory)], check=True)
 
 
 class EdgeProcess:
@@ -214,7 +182,7 @@ def setup(tmp_path: Path, blob_origin: tuple[TestOrigin, str], monkeypatch: pyte
     cache_dir = tmp_path / "var" / "edge" / "cache"
     app, url = blob_origin
     if _as_root():
-        volume = Tmpfs(cache_dir)
+        volume = Tmpfs(cache_dir, VOLUME)
         try:
             edge = EdgeProcess(tmp_path, url)
             try:
@@ -352,7 +320,7 @@ def test_a_purge_on_a_volume_full_to_the_last_byte_releases_the_ballast(
     if not _as_root():
         pytest.skip("needs root for a tmpfs: SQLite's own writes are not simulated")
     directory = tmp_path / "cache"
-    volume = Tmpfs(directory)
+    volume = Tmpfs(directory, VOLUME)
     try:
         store = CacheStore(directory, 1024**3)
         assert (directory / BALLAST).exists()
@@ -383,7 +351,7 @@ def test_a_store_opened_on_a_full_volume_passes_through_until_its_index_opens(
         pytest.skip("needs root for a tmpfs: SQLite's own writes are not simulated")
     monkeypatch.setattr(index, "REOPEN_INTERVAL", 0.0)  # else it tries every few seconds
     directory = tmp_path / "cache"
-    volume = Tmpfs(directory)
+    volume = Tmpfs(directory, VOLUME)
     try:
         volume.fill_up()
         store = CacheStore(directory, 1024**3)
@@ -413,7 +381,7 @@ def test_facts_written_as_the_index_reopens_are_in_the_key_filter(
         pytest.skip("needs root for a tmpfs: SQLite's own writes are not simulated")
     monkeypatch.setattr(index, "REOPEN_INTERVAL", 0.0)
     directory = tmp_path / "cache"
-    volume = Tmpfs(directory)
+    volume = Tmpfs(directory, VOLUME)
     try:
         volume.fill_up()
         store = CacheStore(directory, 1024**3)

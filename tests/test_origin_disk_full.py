@@ -8,10 +8,7 @@ The data directory is a real small tmpfs (the tests and CI run as root, as for t
 
 from __future__ import annotations
 
-import errno
 import logging
-import os
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,44 +16,15 @@ import httpx
 import pytest
 
 from tests.test_origin import Origin, error_of, make_blob, run_origin, sha
+from tests.volumes import Tmpfs, need_root
 
 VOLUME = 8 * 1024**2
 
 
-class Volume:
-    """A tmpfs of `VOLUME` bytes on ``directory`` that another program can fill up."""
-
-    def __init__(self, directory: Path) -> None:
-        directory.mkdir(parents=True)
-        subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={VOLUME}", "tmpfs",
-                        str(directory)], check=True)  # fmt: skip
-        self.directory = directory
-        self.filler = directory / "filler"
-
-    def fill_up(self) -> None:
-        with self.filler.open("ab", buffering=0) as f:
-            for chunk in (bytes(1024**2), bytes(4096), bytes(1)):
-                try:
-                    while True:
-                        f.write(chunk)
-                except OSError as exc:
-                    assert exc.errno == errno.ENOSPC
-
-    def drain(self) -> None:
-        self.filler.unlink()
-
-    def close(self) -> None:
-        if subprocess.run(["umount", str(self.directory)], check=False).returncode:
-            subprocess.run(["umount", "-l", str(self.directory)], check=True)
-
-
 @pytest.fixture
-def volume(tmp_path: Path) -> Iterator[Volume]:
-    if os.geteuid() != 0:
-        if os.environ.get("CI"):
-            pytest.fail("CI must run these tests as root: they mount a real tmpfs")
-        pytest.skip("mounting a tmpfs needs root")
-    vol = Volume(tmp_path / "vol")
+def volume(tmp_path: Path) -> Iterator[Tmpfs]:
+    need_root()
+    vol = Tmpfs(tmp_path / "vol", VOLUME)
     try:
         yield vol
     finally:
@@ -73,7 +41,7 @@ def target(url: str) -> str:
     return httpx.URL(url).raw_path.decode()
 
 
-def test_a_full_disk_answers_507_and_recovers(volume: Volume,
+def test_a_full_disk_answers_507_and_recovers(volume: Tmpfs,
                                               caplog: pytest.LogCaptureFixture) -> None:
     blob, done, thumbed = make_blob(40_000), make_blob(1000), make_blob(1000)
     with run_origin(volume.directory) as o:
@@ -93,7 +61,7 @@ def test_a_full_disk_answers_507_and_recovers(volume: Volume,
         assert any("storage" in r.getMessage() for r in caplog.records)  # the operator's hint
 
 
-def checks(o: Origin, volume: Volume, blob: bytes, url: str, tickets: list[dict[str, str]],
+def checks(o: Origin, volume: Tmpfs, blob: bytes, url: str, tickets: list[dict[str, str]],
            done: bytes, thumbed: bytes) -> None:  # fmt: skip
     assert_full(o.http.post("/v1/media/upload/request", json={
         "file_size": 5000, "file_type": "image/jpeg", "file_hash": "a" * 64}))  # fmt: skip
