@@ -66,8 +66,9 @@ def _beresp(status: int = 200, length: int | None = 1000, body: int | None = 100
 @pytest.mark.parametrize(("beresp", "slice_size", "want"), [
     (_beresp(), SLICE, True),
     (_beresp(length=0, body=0), SLICE, True),                          # empty
-    (_beresp(length=smallfetch.SMALL_MAX, body=smallfetch.SMALL_MAX), SLICE, True),
-    (_beresp(length=smallfetch.SMALL_MAX + 1, body=smallfetch.SMALL_MAX + 1), SLICE, False),
+    (_beresp(length=smallfetch.SMALL_MAX, body=smallfetch.SMALL_MAX), 2**20, True),
+    (_beresp(length=smallfetch.SMALL_MAX + 1, body=smallfetch.SMALL_MAX + 1), 2**20, False),
+    (_beresp(length=SLICE + 1, body=SLICE + 1), SLICE, False),          # past one slice
     (_beresp(length=2000, body=2000), 1024, False),                   # two slices
     (_beresp(length=None, body=None), SLICE, False),                  # chunked: unknown
     (_beresp(status=404), SLICE, False),                              # not a 200
@@ -116,8 +117,20 @@ def test_a_small_miss_is_one_exchange_without_a_flight_task(
     assert runs == []
 
 
+def test_a_small_object_past_the_inline_bound_is_stored_as_a_file_in_one_go(
+        foreign: ForeignOrigin, edge: ServerThread, runs: list[str]) -> None:
+    """One slice of 50 KiB (past the 32 KiB kept in the index row): landed in its file and
+    committed by the same fetch; the next request is a hit from that file."""
+    body = bytes(range(256)) * 200
+    foreign.route("/f", body=body, headers=[FRESH])
+    assert httpx.get(edge.url + "/f").content == body
+    again = httpx.get(edge.url + "/f")
+    assert (again.content == body, again.headers["x-cache"]) == (True, "HIT from edge-1")
+    assert foreign.count("/f") == 1 and runs == []
+
+
 @pytest.mark.parametrize(("name", "route"), [
-    ("large", {"body": b"y" * (smallfetch.SMALL_MAX + 1)}),
+    ("two slices", {"body": b"y" * (SLICE + 1)}),
     ("chunked", {"body": b"z" * 3000, "framing": "chunked"}),
     ("not found", {"body": b"gone", "status": 404}),
 ])

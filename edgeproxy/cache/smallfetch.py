@@ -3,9 +3,10 @@
 Most misses are of small objects (thumbnails, small media), and a miss through the general
 way costs a task of its own for the flight, a wait for its headers, a join of the slice being
 filled and a follow of that fill. Here the request that leads the flight sends it itself; an
-answer of one inline slice (a 200 of known length up to `SMALL_MAX`) is read whole, landed in
-its fill and settled as any flight's is (the slice sums, the SHA-256 checks, the commit:
-`fetch.Fetcher` and `commits.Commits` do it, synchronously), then delivered from memory.
+answer of one slice (a 200 of known length up to `SMALL_MAX`) is read whole, landed in
+its fill and settled as any flight's is (the slice sums, the SHA-256 checks, the commit, a
+file for a slice past the inline bound: `fetch.Fetcher` and `commits.Commits` do it,
+synchronously), then delivered from memory.
 Requests that joined the flight meanwhile wait for its headers, set only once the slice is
 settled, and find it stored. Any other answer (larger, of unknown length, another status) is
 handed to a run of the same flight, and the request goes on as a miss's leader.
@@ -20,7 +21,6 @@ from ..errors import FillAborted, UpstreamTimeout
 from .beresp import BeResp
 from .fetch import Fetcher
 from .flight import Flight, FlightSpec
-from .store import INLINE_MAX
 from .transport import UpstreamResponse
 
 if TYPE_CHECKING:
@@ -29,8 +29,9 @@ if TYPE_CHECKING:
 
 __all__ = ["SMALL_MAX", "eligible", "fetch", "fits"]
 
-# The largest body taken whole before delivery: one slice kept inline in the index row.
-SMALL_MAX = INLINE_MAX
+# The largest body taken whole before delivery: most small objects (thumbnails, the Zipf mix's
+# 1-128 KiB), and little for a client to wait for before its first byte (the rest stream).
+SMALL_MAX = 128 * 1024
 
 
 def eligible(req: Req, tx: Tx, private: bool) -> bool:
