@@ -218,3 +218,35 @@ def test_an_empty_body_under_an_address_of_other_bytes_is_refused(
         resp = httpx.request(method, edge.url + path, headers=headers)
         assert resp.status_code == 502
         assert foreign.count(path, method=None) == attempt
+
+
+def test_a_cold_get_while_slice_0_fills_for_a_range_waits_for_that_fill(
+        foreign: ForeignOrigin, tmp_path: Path) -> None:
+    """Slice 0 is being filled here by a range's flight (no facts of its own), and the object's
+    facts are purged meanwhile: a whole GET finds nothing stored and cannot claim slice 0.
+    It waits for that fill and looks again (it spun in a loop of steps that never awaited,
+    and the worker served nothing more, found in the suite under eviction churn)."""
+    body = bytes(range(256)) * 512  # two slices of 64 KiB
+    foreign.route("/r", body=body, etag='"r"', headers=[FRESH])
+    config = edge_config(tmp_path, foreign.url,
+                         f"cache: {{slice_size: {SLICE}}}\nadmin_token: {'t' * 24}\n")
+    with serve_edge(config) as edge:
+        later = f"bytes={SLICE + 1}-{SLICE + 10}"  # facts and slice 1 stored, not slice 0
+        assert httpx.get(edge.url + "/r", headers={"Range": later}).status_code == 206
+        foreign.route("/r", body=body, etag='"r"', headers=[FRESH], delay=1.0)
+        answers: dict[str, httpx.Response] = {}
+
+        def ranged() -> None:  # leads a flight for slice 0 of the known object
+            answers["range"] = httpx.get(edge.url + "/r", headers={"Range": "bytes=0-9"},
+                                         timeout=20)
+
+        thread = threading.Thread(target=ranged)
+        thread.start()
+        time.sleep(0.3)
+        purged = httpx.post(edge.url + "/_admin/purge", json={"paths": ["/r"]},
+                            headers={"authorization": f"Bearer {'t' * 24}"})
+        assert purged.status_code == 200
+        whole = httpx.get(edge.url + "/r", timeout=10)
+        thread.join()
+        assert (whole.status_code, whole.content == body) == (200, True)
+        assert answers["range"].content == body[:10]

@@ -215,8 +215,8 @@ async def fetch_small(node: CacheNode, tx: Tx) -> Step:
     spec = node.spec(req, first=0, last=None, whole=True)
     flight = node.fetcher.claim(spec, facts=True,
                                 context=FlightContext(req.headers, absent=True))
-    if flight is None:
-        return miss  # claimed meanwhile: joined the usual way
+    if flight is None:  # slice 0 filled here by a flight of no facts (a range's): as a miss
+        return await _wait_then_look_again(node, tx, 0)
     tx.flight, tx.led = flight, True
     started = time.perf_counter()
     try:
