@@ -250,3 +250,22 @@ def test_a_cold_get_while_slice_0_fills_for_a_range_waits_for_that_fill(
         thread.join()
         assert (whole.status_code, whole.content == body) == (200, True)
         assert answers["range"].content == body[:10]
+
+
+async def test_steps_that_would_not_end_fail_the_request(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A step that leads back to itself without awaiting anything held the worker's loop
+    forever (the loop above): `steps.run` stops after `MAX_STEPS` and fails the request."""
+    from types import SimpleNamespace
+
+    from edgeproxy.cache import steps
+
+    taken: list[int] = []
+
+    async def again(node: Any, tx: Any) -> Any:
+        taken.append(1)
+        return again
+
+    monkeypatch.setattr(steps, "recv", again)
+    with pytest.raises(RuntimeError, match="did not end"):
+        await steps.run(None, SimpleNamespace(req=SimpleNamespace(key="/k")))  # type: ignore[arg-type]
+    assert len(taken) == steps.MAX_STEPS

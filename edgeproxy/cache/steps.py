@@ -37,15 +37,21 @@ Step = Callable[["CacheNode", "Tx"], Awaitable["Step | None"]]
 
 # How often a miss may lose the race for a claim and look up again before giving up.
 LOOKUP_TRIES = 3
+# Far more steps than any request takes (looking up again is bounded by LOOKUP_TRIES).
+MAX_STEPS = 64
 # Request preconditions evaluated before Range (RFC 9110 §13.2.2).
 CONDITIONALS = ("if-range", "if-none-match", "if-modified-since")
 
 
 async def run(node: CacheNode, tx: Tx) -> None:
-    """Drive ``tx`` through the steps until one answers."""
+    """Drive ``tx`` through the steps until one answers (a loop that would not end fails
+    the request rather than the worker: a step may answer without awaiting)."""
     step: Step | None = recv
-    while step is not None:
+    for _ in range(MAX_STEPS):
+        if step is None:
+            return
         step = await step(node, tx)
+    raise RuntimeError(f"the steps for {tx.req.key} did not end in {MAX_STEPS}")
 
 
 async def recv(node: CacheNode, tx: Tx) -> Step:
