@@ -106,7 +106,7 @@ class Chain:
                 # another test took a port between free_port and the node's bind: the node
                 # refuses to share it and exits (`workers.claim_port`); try other ports
                 for proc in self._procs:
-                    stop_process(proc)
+                    stop_process(proc, group=True)
                 self._procs = []
                 if attempt == 2:
                     raise
@@ -134,7 +134,7 @@ class Chain:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "edgeproxy", "serve", "--role", role,
                  "--config", str(path), "--parent-pid", str(os.getpid())],
-                env=env, stdin=subprocess.DEVNULL)
+                env=env, stdin=subprocess.DEVNULL, start_new_session=True)
             self._procs.append(proc)
             wait_listening(ports[role], proc, f"edgeproxy {role}")
 
@@ -146,7 +146,7 @@ class Chain:
         for server in reversed(self._threads):
             server.thread.join(timeout=10)
         for proc in reversed(self._procs):
-            stop_process(proc)
+            stop_process(proc, group=True)
 
     def url(self, target: str) -> str:
         """The edge URL of ``target`` (a path with optional query)."""

@@ -3,6 +3,8 @@ crashes, and the scriptable test origin as a process of its own (`OriginProcess`
 
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
 import ssl
 import subprocess
@@ -64,7 +66,9 @@ class NodeProcess:
         if self.upstream:
             command += ["--upstream", self.upstream]
         with self.out.open("ab") as out, self.err.open("ab") as err:
-            self.process = subprocess.Popen(command, stdout=out, stderr=err)
+            # a session of its own: `stop` sweeps workers that outlive their supervisor
+            self.process = subprocess.Popen(command, stdout=out, stderr=err,
+                                            start_new_session=True)
         return self
 
     def ready(self, timeout: float = 20) -> NodeProcess:
@@ -100,14 +104,18 @@ class NodeProcess:
             self.process.wait(10)
 
     def stop(self) -> None:
-        """SIGTERM, then SIGKILL if the node is still there after 15 s."""
-        if self.process is None or self.process.poll() is not None:
+        """SIGTERM, then SIGKILL if the node is still there after 15 s; then whatever is
+        left of its processes (workers that outlived a supervisor killed or crashed)."""
+        if self.process is None:
             return
-        self.signal(signal.SIGTERM)
-        try:
-            self.process.wait(15)
-        except subprocess.TimeoutExpired:
-            self.kill()
+        if self.process.poll() is None:
+            self.signal(signal.SIGTERM)
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.process.pid, signal.SIGKILL)
 
     def stderr(self) -> str:
         return self.err.read_text(errors="replace")

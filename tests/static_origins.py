@@ -6,10 +6,12 @@ request to a file, so a test can count what reached the origin.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -76,8 +78,10 @@ def wait_listening(port: int, proc: subprocess.Popen[bytes], what: str) -> None:
     raise RuntimeError(f"{what} did not listen on {port}")
 
 
-def stop_process(proc: subprocess.Popen[bytes]) -> None:
-    """SIGTERM, then SIGKILL after a grace period."""
+def stop_process(proc: subprocess.Popen[bytes], *, group: bool = False) -> None:
+    """SIGTERM, then SIGKILL after a grace period. ``group``: ``proc`` leads a session of its
+    own (``start_new_session``), whose leftovers (a node's workers that outlived their
+    supervisor: one stuck in a loop did, burning a core for the rest of the run) go too."""
     if proc.poll() is None:
         proc.terminate()
         try:
@@ -85,6 +89,9 @@ def stop_process(proc: subprocess.Popen[bytes]) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(5)
+    if group:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
 
 
 class StaticOrigin:
