@@ -21,9 +21,10 @@ from edgeproxy import cache, origin
 from edgeproxy.cache.s3transport import S3Transport, object_key
 from edgeproxy.cache.transport import BeReq, Transport, transport_for
 from edgeproxy.client import MediaClient
-from edgeproxy.config import load_config
+from edgeproxy.config import S3Config, load_config
 from edgeproxy.origin.auth import mint_token
-from edgeproxy.s3 import S3Location
+from edgeproxy.s3 import S3Location, S3Settings
+from tests.foreign import ForeignOrigin
 from tests.objectstore import S3Endpoint, moto_s3
 from tests.postgres import PostgresCluster, postgres_cluster
 from tests.servers import free_port, serve
@@ -143,9 +144,59 @@ def test_s3_transport_maps_paths_ranges_validators_and_404(
     ("/v/t1/" + "a" * 64 + "/thumb?exp=1", "pre/thumbs/" + "a" * 64),
     ("/v/t1/not-a-hash", "pre/v/t1/not-a-hash"),
     ("/static/app.js?v=3", "pre/static/app.js"),
+    # RFC 3986 §2.1: the path's octets, decoded (`/a%20b` names `a b`, not `a%20b`)
+    ("/report%20b.txt", "pre/report b.txt"),
+    ("/report%2520b.txt", "pre/report%20b.txt"),
+    ("/r%C3%A9sum%C3%A9.txt", "pre/résumé.txt"),
+    ("/a%2Bb%3Bc", "pre/a+b;c"),
+    ("/bad%FF", None),  # no UTF-8: no key is named so
 ])  # fmt: skip
-def test_object_key_mapping(target: str, key: str) -> None:
+def test_object_key_mapping(target: str, key: str | None) -> None:
     assert object_key(S3Location.parse("s3://bucket/pre/"), target) == key
+
+
+def test_a_bucket_behind_a_shield_names_keys_by_their_decoded_path(
+        s3: S3Endpoint, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two objects whose keys differ by a percent-encoding (``report b.txt`` and the literal
+    ``report%20b.txt``), and keys with other octets: each path is answered with its own
+    object (``/report%20b.txt`` was answered with the other one, a complete wrong body).
+    A missing key is a negative answer kept for ``negative_ttl``; a range of an empty object
+    is answered by the node as for any empty object (416 ``bytes */0``, or the whole for a
+    suffix), not with S3's 416 without Content-Range and its XML."""
+    bucket = s3.new_bucket()
+    client = s3.client()
+    objects = {"p/report b.txt": b"with a space", "p/report%20b.txt": b"with a percent",
+               "p/résumé.txt": b"accented", "p/a+b;c": b"plus and semicolon",
+               "p/empty.bin": b""}
+    for key, body in objects.items():
+        client.put_object(Bucket=bucket, Key=key, Body=body)
+    _bucket_env(s3, monkeypatch)
+    config = load_config(None, env={"EDGEPROXY_DATA_DIR": str(tmp_path / "var")})
+    with serve(cache.create_app(config, "shield", upstream=f"s3://{bucket}/p")) as shield:
+        for path, body in {"/report%20b.txt": b"with a space",
+                           "/report%2520b.txt": b"with a percent",
+                           "/r%C3%A9sum%C3%A9.txt": b"accented",
+                           "/a%2Bb%3Bc": b"plus and semicolon"}.items():
+            r = httpx.get(shield.url + path)
+            assert (r.status_code, r.content) == (200, body), path
+        empty = httpx.get(shield.url + "/empty.bin", headers={"range": "bytes=0-0"})
+        assert (empty.status_code, empty.headers["content-range"]) == (416, "bytes */0")
+        empty = httpx.get(shield.url + "/empty.bin", headers={"range": "bytes=-5"})
+        assert (empty.status_code, empty.content) == (200, b"")
+        for _ in range(2):
+            missing = httpx.get(shield.url + "/nothing-here.txt")
+            assert missing.status_code == 404 and missing.json()["error"] == "not_found"
+        assert missing.headers["x-cache"] == "HIT from shield"  # a negative answer, kept
+
+
+def _bucket_env(s3: S3Endpoint, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The AWS variables a node builds its bucket transport from, pointing at ``s3``."""
+    settings = s3.settings()
+    assert settings.credentials is not None
+    for name, value in {"AWS_ENDPOINT_URL": s3.url, "AWS_REGION": "us-east-1",
+                        "AWS_ACCESS_KEY_ID": settings.credentials.access_key,
+                        "AWS_SECRET_ACCESS_KEY": settings.credentials.secret_key}.items():
+        monkeypatch.setenv(name, value)
 
 
 def test_edge_shield_bucket_with_ranges(s3: S3Endpoint, stored: tuple[str, bytes],
@@ -154,12 +205,7 @@ def test_edge_shield_bucket_with_ranges(s3: S3Endpoint, stored: tuple[str, bytes
     bucket, blob = stored
     sha = hashlib.sha256(blob).hexdigest()
     # The node builds its transport from the upstream URL; settings from the AWS variables.
-    settings = s3.settings()
-    assert settings.credentials is not None
-    for name, value in {"AWS_ENDPOINT_URL": s3.url, "AWS_REGION": "us-east-1",
-                        "AWS_ACCESS_KEY_ID": settings.credentials.access_key,
-                        "AWS_SECRET_ACCESS_KEY": settings.credentials.secret_key}.items():
-        monkeypatch.setenv(name, value)
+    _bucket_env(s3, monkeypatch)
     config = load_config(None, env={"EDGEPROXY_DATA_DIR": str(tmp_path / "var")})
     with serve(cache.create_app(config, "shield", upstream=f"s3://{bucket}/p")) as shield, \
             serve(cache.create_app(config, "edge", upstream=shield.url)) as edge:  # fmt: skip
@@ -229,3 +275,39 @@ def test_two_origins_never_write_one_upload_at_once(tmp_path: Path, s3: S3Endpoi
             assert first.result(timeout=20).json()["complete"] is True
         assert b.confirm(ticket["media_id"], sha(blob)).status_code == 200
         assert b.http.get(f"/v/t1/{sha(blob)}").content == blob
+
+
+@pytest.mark.parametrize(("status", "code", "want"), [
+    (403, "AccessDenied", 404),            # a missing key, to a caller without s3:ListBucket
+    (404, "NoSuchKey", 404),
+    (403, "SignatureDoesNotMatch", 502),   # the node's credentials: not the client's business
+    (403, "InvalidAccessKeyId", 502),
+    (500, "InternalError", 502),
+    (503, "SlowDown", 502),
+])  # fmt: skip
+def test_bucket_refusals_are_404_or_the_nodes_own_502(
+        foreign: ForeignOrigin, tmp_path: Path, status: int, code: str, want: int) -> None:
+    """S3's error documents never reach clients (they name request ids and hosts): a missing
+    key is 404, anything else the bucket refuses or fails is a 502 in JSON, logged."""
+    key, secret = tmp_path / "key", tmp_path / "secret"
+    key.write_text("AKIDEXAMPLE\n")
+    secret.write_text("not-a-real-secret\n")
+    settings = S3Settings.resolve(S3Config(endpoint=foreign.url, region="us-east-1",
+                                           path_style=True, access_key_id_file=str(key),
+                                           secret_access_key_file=str(secret)), env={})
+    xml = (f"<?xml version='1.0'?><Error><Code>{code}</Code><Message>no</Message>"
+           "<RequestId>R1</RequestId><HostId>H1</HostId></Error>").encode()
+    foreign.route("/b/p/some/object.bin", status=status, body=xml,
+                  headers=[("Content-Type", "application/xml")])
+    transport = S3Transport("s3://b/p", settings, timeout=5)
+
+    async def scenario() -> tuple[int, dict[bytes, bytes], bytes]:
+        try:
+            return await _get(transport, "/some/object.bin")
+        finally:
+            await transport.aclose()
+
+    got, headers, body = asyncio.run(scenario())
+    assert got == want
+    assert b"RequestId" not in body and b"<Error>" not in body
+    assert headers[b"content-type"] == b"application/json"

@@ -17,24 +17,29 @@ any other path               the path itself (a bucket serving plain files)
 ``s3://replica/prefix,s3://primary/prefix`` reads a replica (the shield's region) and falls
 back, in order, to the next bucket for an object not replicated yet.
 
-The query string is dropped (signed-URL parameters are the edge's business, not the
-bucket's). ``Range`` and the conditional headers (``If-None-Match``, ``If-Match``,
-``If-Modified-Since``, ``If-Unmodified-Since``) are forwarded; S3 ignores ``If-Range``, so it
-is evaluated here as ``If-Match``/``If-Unmodified-Since`` plus a retry without the range on
-412. The answer keeps
-S3's ``ETag``, ``Last-Modified`` and ``Content-Range``. A missing key is 404 however S3 says
-it (404 ``NoSuchKey``, or 403 to a caller without ``s3:ListBucket``), so it caches like the
-origin's 404; other errors pass through with their status.
+The path is percent-decoded into the key (RFC 3986 §2.1: ``/a%20b`` names ``a b``), and one
+that decodes to no UTF-8 names no key (404). The query string is dropped (signed-URL
+parameters are the edge's business, not the bucket's). ``Range`` and the conditional headers
+(``If-None-Match``, ``If-Match``, ``If-Modified-Since``, ``If-Unmodified-Since``) are
+forwarded; S3 ignores ``If-Range``, so it is evaluated here as ``If-Match``/
+``If-Unmodified-Since`` plus a retry without the range on 412. The answer keeps S3's ``ETag``,
+``Last-Modified`` and ``Content-Range``. A missing key is 404 however S3 says it (404
+``NoSuchKey``, or 403 ``AccessDenied`` to a caller without ``s3:ListBucket``), and caches as
+a negative answer (``cache.negative_ttl``) like the origin's 404. A range S3 finds
+unsatisfiable (416, with no ``Content-Range``) is answered from the object's HEAD: an empty
+object whole (200), else 416 ``bytes */<size>``. Any other refusal or failure of the bucket
+(a wrong key or signature, a 5xx) is the node's 502, its detail logged, never S3's XML.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import json
+import logging
 import re
 import ssl
 from collections.abc import AsyncIterator
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, unquote_to_bytes, urlsplit
 
 import botocore.session
 from botocore.auth import S3SigV4Auth
@@ -49,6 +54,8 @@ FORWARDED = frozenset({b"range", b"if-none-match", b"if-match", b"if-range",
 MEDIA = re.compile(r"/v/t1/([0-9a-f]{64})(/thumb)?")
 MAX_ERROR_BODY = 16 * 1024
 
+log = logging.getLogger("edgeproxy.cache")
+
 
 def _is_ip(host: str) -> bool:
     try:
@@ -58,13 +65,17 @@ def _is_ip(host: str) -> bool:
     return True
 
 
-def object_key(location: S3Location, target: str) -> str:
-    """The object key a request target (path and query) maps to (see the module docstring)."""
+def object_key(location: S3Location, target: str) -> str | None:
+    """The object key a request target (path and query) maps to (see the module docstring);
+    None for a path that decodes to no UTF-8 (no key can be named so)."""
     path = target.split("?", 1)[0]
     m = MEDIA.fullmatch(path)
     if m:
         return location.key(("thumbs/" if m.group(2) else "blobs/") + m.group(1))
-    return location.key(path)
+    try:
+        return location.key(unquote_to_bytes(path).decode("utf-8"))
+    except UnicodeDecodeError:
+        return None
 
 
 class _Answer:
@@ -81,11 +92,21 @@ class _Answer:
         return None
 
 
+def _json(status: int, error: str, message: str) -> _Answer:
+    body = json.dumps({"error": error, "message": message}).encode()
+    return _Answer(status, [(b"content-type", b"application/json"),
+                            (b"content-length", str(len(body)).encode())], body)
+
+
 def _not_found() -> _Answer:
-    body = json.dumps({"error": "not_found", "message": "no such object"}).encode()
-    return _Answer(404, [(b"content-type", b"application/json"),
-                         (b"content-length", str(len(body)).encode()),
-                         (b"cache-control", b"no-store")], body)  # fmt: skip
+    """A missing key: no Cache-Control, so the node keeps it for its ``negative_ttl``."""
+    return _json(404, "not_found", "no such object")
+
+
+def _code(body: bytes) -> str:
+    """The ``<Code>`` of an S3 error document ('' if there is none)."""
+    m = re.search(rb"<Code>([A-Za-z]+)</Code>", body)
+    return m.group(1).decode() if m else ""
 
 
 class S3Transport:
@@ -128,6 +149,8 @@ class S3Transport:
         if method not in ("GET", "HEAD"):
             return _Answer(405, [(b"allow", b"GET, HEAD"), (b"content-length", b"0")], b"")
         key = object_key(self.location, bereq.target)
+        if key is None:
+            return _not_found()
         path = self._bucket_path + "/" + quote(key, safe="/~")
         headers = [(k.lower(), v) for k, v in bereq.headers if k.lower() in FORWARDED]
         if_range = next((v for k, v in headers if k == b"if-range"), None)
@@ -149,14 +172,19 @@ class S3Transport:
                     key: str) -> UpstreamResponse:  # fmt: skip
         signed = self._sign(method, path, headers)
         response = await self._http.send(BeReq(method, path, signed, key))
-        if response.status in (403, 404):
-            return await self._missing_or(response)
+        if response.status in (403, 404) or response.status >= 500:
+            return await self._refusal(response, path)
+        if response.status == 416 and not any(k == b"content-range"
+                                               for k, _ in response.headers):
+            await response.aclose()
+            return await self._unsatisfiable(path, key)
         response.headers = [(k, v) for k, v in response.headers
                             if not k.startswith(b"x-amz-")]  # fmt: skip
         return response
 
-    async def _missing_or(self, response: UpstreamResponse) -> UpstreamResponse:
-        """A uniform 404 for a missing key; any other refusal passes through as it came."""
+    async def _refusal(self, response: UpstreamResponse, path: str) -> UpstreamResponse:
+        """A missing key as a uniform 404; any other refusal or failure as a 502 whose
+        detail (S3's error code) goes to the log, not to clients."""
         body = bytearray()
         try:
             async for chunk in response.aiter_body():
@@ -165,11 +193,26 @@ class S3Transport:
                     break
         finally:
             await response.aclose()
-        if response.status == 404 or b"<Code>NoSuchKey</Code>" in body:
+        code = _code(bytes(body))
+        if response.status == 404 or code in ("NoSuchKey", "AccessDenied"):
             return _not_found()
-        headers = [(k, v) for k, v in response.headers if k != b"content-length"]
-        return _Answer(response.status, [*headers, (b"content-length",
-                                                    str(len(body)).encode())], bytes(body))
+        log.warning("bucket %s answered %d %s for %s", self.location.bucket, response.status,
+                    code or "(no code)", path)
+        return _json(502, "bad_gateway", "the object store could not answer")
+
+    async def _unsatisfiable(self, path: str, key: str) -> UpstreamResponse:
+        """S3's 416 names no length: the object's HEAD does. An empty object is answered
+        whole (RFC 9110 §14.1.1: nothing of it can be named), another with its length."""
+        head = await self._http.send(BeReq("HEAD", path, self._sign("HEAD", path, []), key))
+        if head.status != 200:
+            return await self._refusal(head, path)
+        await head.aclose()
+        fields = [(k, v) for k, v in head.headers if not k.startswith(b"x-amz-")]
+        size = next((v for k, v in fields if k == b"content-length"), b"")
+        if size == b"0":
+            return _Answer(200, fields, b"")
+        return _Answer(416, [(b"content-range", b"bytes */" + size),
+                             (b"content-length", b"0")], b"")
 
     async def aclose(self) -> None:
         """Close pooled connections."""
