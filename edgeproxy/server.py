@@ -266,17 +266,25 @@ def _run_workers(config: Any) -> None:
         sock.close()
 
 
-def exit_with_parent(parent_pid: int, interval: float = 0.5) -> threading.Thread:
-    """SIGTERM this process once ``parent_pid`` is no longer its parent.
+def exit_with_parent(parent_pid: int, interval: float = 0.5,
+                     hard_after: float | None = None) -> threading.Thread:
+    """SIGTERM this process once ``parent_pid`` is no longer its parent; ``hard_after``: and
+    end it that many seconds later if it is still there.
 
     `edgeproxy up` stops its children itself, but if `up` is SIGKILLed it cannot; the node then
     notices it was re-parented and shuts down gracefully instead of living on as an orphan.
+    A node's workers watch their supervisor the same way (uvicorn's do not: they lived on,
+    each on a socket of its own), and a worker whose loop no longer turns, which a SIGTERM
+    cannot stop, is ended after ``hard_after``.
     """
 
     def watch() -> None:
         while os.getppid() == parent_pid:
             time.sleep(interval)
         os.kill(os.getpid(), signal.SIGTERM)
+        if hard_after is not None:
+            time.sleep(hard_after)
+            os._exit(1)
 
     thread = threading.Thread(target=watch, name="edgeproxy-parent-watch", daemon=True)
     thread.start()

@@ -14,17 +14,22 @@ half of the connections; `claim_port` first binds without it, which fails if any
 the address, so a port taken fails at start as it does without workers.
 
 A worker that dies takes the connections queued on its socket with it, as it does those it
-accepted.
+accepted. A worker whose supervisor is gone (SIGKILLed, crashed) shuts down rather than serve
+on as an orphan on its own socket.
 """
 
 from __future__ import annotations
 
+import os
 import socket
 from typing import Any
 
 from uvicorn.supervisors.multiprocess import Process
 
-__all__ = ["OwnSocketWorker", "claim_port", "reuse_port_socket"]
+__all__ = ["ORPHAN_GRACE", "OwnSocketWorker", "claim_port", "reuse_port_socket"]
+
+# Seconds a worker whose supervisor is gone has to shut down gracefully before it is ended.
+ORPHAN_GRACE = 30.0
 
 
 def reuse_port_socket(host: str, port: int) -> socket.socket | None:
@@ -67,6 +72,9 @@ class OwnSocketWorker(Process):
     def target(self, sockets: list[socket.socket] | None = None) -> None:  # pragma: no cover
         """Run the server on a new socket at the inherited one's address (which this process
         then closes: only the supervisor keeps it)."""
+        from .server import exit_with_parent  # (the server module imports this one)
+
+        exit_with_parent(os.getppid(), hard_after=ORPHAN_GRACE)
         if sockets:
             inherited = sockets[0]
             own = reuse_port_socket(*_host_port(inherited.getsockname()))

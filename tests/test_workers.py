@@ -183,3 +183,22 @@ def test_a_worker_killed_is_replaced_on_a_socket_of_its_own(tmp_path: Path) -> N
         with httpx.Client(limits=fresh, timeout=10) as client:
             for _ in range(20):
                 assert client.get(edge.url + OBJ).status_code == 200
+
+
+def test_workers_end_when_their_supervisor_is_killed(tmp_path: Path) -> None:
+    """kill -9 of the supervisor: its workers notice they were re-parented and shut down
+    (uvicorn's lived on as orphans, each still answering on a socket of its own; a stuck one
+    burned a core for half an hour), so a restart finds the port free."""
+    with _two_worker_edge(tmp_path, b"z" * 100) as (edge, port):
+        workers = _listening_workers(edge.pid, port, 2)
+        assert len(workers) == 2
+        edge.kill()  # SIGKILL: the supervisor stops nothing itself
+        deadline = time.monotonic() + 15
+        alive = workers
+        while alive and time.monotonic() < deadline:
+            alive = [pid for pid in workers if psutil.pid_exists(pid)
+                     and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE]
+            time.sleep(0.1)
+        assert alive == [], alive
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(f"http://127.0.0.1:{port}{OBJ}", timeout=2)
