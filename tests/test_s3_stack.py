@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -311,3 +312,55 @@ def test_bucket_refusals_are_404_or_the_nodes_own_502(
     assert got == want
     assert b"RequestId" not in body and b"<Error>" not in body
     assert headers[b"content-type"] == b"application/json"
+
+
+def slow_promote(direct: Any) -> tuple[threading.Event, Any]:
+    """Make confirms that ``direct`` (an origin's S3 store) serves pause before copying the
+    staged object into place; the event is set once one is there."""
+    inside, real = threading.Event(), direct.promote
+
+    async def promote(media_id: str, sha256: str) -> bool:
+        inside.set()
+        await asyncio.sleep(1.0)  # inside the confirm, with the upload held
+        return bool(await real(media_id, sha256))
+
+    direct.promote = promote
+    return inside, real
+
+
+def test_two_origins_confirming_one_upload_answer_the_same_200(
+        tmp_path: Path, s3: S3Endpoint, pg: PostgresCluster) -> None:  # fmt: skip
+    """A client retrying a confirm that timed out reaches another origin (or worker) while the
+    first is still copying the staged object into place. Was (fuzz4 §2, before 0a215ad):
+    confirm held only its process's lock, so the second copied staging/<id> the first had
+    just deleted: 502 (CopyObject NoSuchKey); a DELETE alongside answered 204 as well. Both
+    now take the database's lock on the upload: the second waits and answers the same 200,
+    a DELETE meanwhile is 409."""
+    env = {**s3.env(), "EDGEPROXY_ORIGIN__STORE": f"s3://{s3.new_bucket()}/m",
+           "EDGEPROXY_ORIGIN__DATABASE": pg.new_database()}
+    with run_origin(tmp_path / "a", env=env) as a, run_origin(tmp_path / "b", env=env) as b:
+        for method in ("direct", "resumable"):
+            blob = make_blob(4096)
+            ticket = a.request(blob, upload_method=method)
+            if method == "direct":
+                r = httpx.put(ticket["upload_url"], content=blob,
+                              headers=ticket["upload_headers"])  # fmt: skip
+            else:
+                r = a.put(ticket["upload_url"], blob)
+            assert r.status_code == 200, r.text
+            direct = a.app.state.origin.direct
+            inside, real = slow_promote(direct)
+            with ThreadPoolExecutor(1) as pool:
+                first = pool.submit(a.confirm, ticket["media_id"], sha(blob))
+                assert inside.wait(10)
+                if method == "resumable":
+                    path = httpx.URL(ticket["upload_url"]).raw_path.decode()
+                    r = b.http.delete(path)
+                    assert r.status_code == 409 and r.json()["error"] == "upload_in_progress"
+                second = b.confirm(ticket["media_id"], sha(blob))
+                answer = first.result(timeout=30)
+            direct.promote = real
+            assert answer.status_code == 200, answer.text
+            assert second.status_code == 200, second.text
+            assert second.json() == answer.json()
+            assert b.http.get(f"/v/t1/{sha(blob)}").content == blob

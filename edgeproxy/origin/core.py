@@ -33,9 +33,9 @@ from .metrics import OriginMetrics
 from .records import Records, Upload
 from .replication import Replica, Replicator
 from .replication import stop as stop_replication
-from .s3staging import S3Staging
+from .s3staging import S3Staging, S3StagingWriter
 from .s3store import S3BlobStore
-from .staging import Staging, StagingBusy
+from .staging import Staging, StagingBusy, StagingWriter
 from .stores import open_store
 from .tiers import TieredLocalBlobStore, check_lifecycle
 
@@ -89,6 +89,8 @@ class OriginCore:
         self.key = SigningKey.from_text(config.origin.signing_key)
         self.root = config.data_dir / "origin"
         self.staging = Staging(self.root / "staging")
+        # Lock files of uploads (`_exclusive` without PostgreSQL), apart from the staged bytes.
+        self.lockfiles = Staging(self.root / "locks")
         self.store: BlobStore = open_store(config.origin.store, config, self.root / "blobs")
         # Clients upload straight into the bucket when the store is one (direct upload).
         self.direct = self.store if isinstance(self.store, S3BlobStore) else None
@@ -171,14 +173,32 @@ class OriginCore:
                 await asyncio.to_thread(db.unlock, conn, key)
             return
         # The lock file stays (unlinking it would let two openers lock two inodes); the
-        # orphan sweep removes it once it is older than any upload may live.
-        async with self.staging.writer(f"{name}.lock"):
+        # orphan sweep removes it once no unfinished upload owns it and it is older than any
+        # upload may live. (Not in staging/: that holds bytes, and a lock must outlive them.)
+        async with self.lockfiles.writer(f"{name}.lock"):
             yield
+
+    @asynccontextmanager
+    async def upload_writer(self, name: str) -> AsyncIterator[StagingWriter | S3StagingWriter]:
+        """Hold upload ``name`` against every worker process and origin (`StagingBusy` if
+        another has it): what PUT, PATCH, DELETE, confirm and the sweeper each take.
+
+        Staged in the bucket, the staging writer is the database lock (`_exclusive`) already.
+        Staged on local disk, `_exclusive` is taken first: the staging file's own flock is no
+        lock once a confirm has moved that file into the store or a DELETE has removed it
+        (the next opener creates a new file at the path and locks that one), so a confirm in
+        another worker got in while a DELETE was between removing the bytes and recording it
+        (and answered 422 size_mismatch for bytes that were fine).
+        """
+        async with AsyncExitStack() as held:
+            if self.direct is None:
+                await held.enter_async_context(self._exclusive(name))
+            yield await held.enter_async_context(self.upload_staging.writer(name))
 
     @asynccontextmanager
     async def hold_upload(self, media_id: str, name: str, *, wait: float) -> AsyncIterator[None]:
         """Hold upload ``media_id`` as PUT, PATCH, DELETE and the sweeper do: this process's
-        lock, then the staging lock of ``name`` that every worker process sees. If anyone has
+        lock, then ``name``'s lock that every worker process sees (`upload_writer`). If anyone has
         either, try again for up to ``wait`` seconds, then answer 409 ``upload_in_progress``.
 
         Polled, not blocked on: the staging lock is a non-blocking flock or advisory lock,
@@ -189,7 +209,7 @@ class OriginCore:
             while True:
                 try:
                     await held.enter_async_context(self.locks.hold(media_id, wait=False))
-                    await held.enter_async_context(self.upload_staging.writer(name))
+                    await held.enter_async_context(self.upload_writer(name))
                     break
                 except (HTTPError, StagingBusy) as exc:
                     if exc is not IN_PROGRESS and not isinstance(exc, StagingBusy):
@@ -292,7 +312,7 @@ class OriginCore:
         # worker must not find it deleted halfway.
         name = upload.staging_name or f"{upload.media_id}.part"
         async with (self.locks.hold(upload.media_id, wait=False),
-                    self.upload_staging.writer(name)):  # fmt: skip
+                    self.upload_writer(name)):  # fmt: skip
             current = await self.db(self.records.get_upload, upload.media_id)
             if current is None or not current.is_expired(now):
                 return False
@@ -328,7 +348,16 @@ class OriginCore:
                     if entry.stat().st_mtime < cutoff:
                         os.unlink(entry.path)
 
+        def sweep_locks() -> None:
+            for entry in os.scandir(self.lockfiles.root):
+                if entry.name.removesuffix(".lock") in live or not entry.is_file():
+                    continue
+                with contextlib.suppress(FileNotFoundError):
+                    if entry.stat().st_mtime < cutoff:
+                        os.unlink(entry.path)
+
         await asyncio.to_thread(sweep)
+        await asyncio.to_thread(sweep_locks)
         if self.direct is not None:
             await self.direct.sweep_staging(live_names, cutoff)
 

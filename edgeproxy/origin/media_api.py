@@ -192,9 +192,13 @@ class MediaAPI:
         async with self.o.hold_upload(media_id, staged, wait=CONFIRM_WAIT):
             upload = await self.o.db(self.o.records.get_upload, media_id)
             assert upload is not None
-            if (answer := self._settled(upload, file_sha)) is not None:
+            if upload.state in (UploadState.COMMITTED, UploadState.FAILED):
                 if self.o.direct is None:  # (the empty file opening it for the lock made)
                     await self.o.staging.remove(staged)
+                answer = self._settled(upload, file_sha)  # (200, or raised: 409, 410, 422)
+                assert answer is not None
+                return answer
+            if (answer := self._settled(upload, file_sha)) is not None:
                 return answer
             # The thumbnail is optional and the client's: a bad one is refused and the upload
             # stays as it was (its verified bytes are not failed for it).

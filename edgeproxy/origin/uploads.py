@@ -156,7 +156,7 @@ class UploadURL:
         assert upload.staging_name is not None
         try:
             async with (self.o.locks.hold(media_id, wait=False),
-                        self.o.upload_staging.writer(upload.staging_name) as writer):  # fmt: skip
+                        self.o.upload_writer(upload.staging_name) as writer):  # fmt: skip
                 current = await self.o.db(self.o.records.get_upload, media_id)
                 assert current is not None
                 check_writable(current)  # a request that held the lock may have finished it
@@ -233,14 +233,14 @@ class UploadURL:
         name = upload.staging_name or f"{upload.media_id}.part"
         try:
             async with (self.o.locks.hold(upload.media_id, wait=False),
-                        self.o.upload_staging.writer(name)):  # fmt: skip
+                        self.o.upload_writer(name)):  # fmt: skip
                 # (Removing is harmless if a confirm committed it meanwhile: a committed
                 # upload owns no staging file.)
                 await self.o.upload_staging.remove(name)
                 if not await self.o.db(self.o.records.mark_failed, upload.media_id,
                                        "terminated"):  # fmt: skip
-                    # A confirm in another worker got there first (a lock held on a staging
-                    # file it had already moved into the store is no lock): say what it did.
+                    # A confirm (in another worker) ended it after this DELETE first read
+                    # it: say what it did.
                     _check_deletable(await self._reload(upload.media_id))
         except StagingBusy:
             raise IN_PROGRESS from None
