@@ -9,8 +9,6 @@ content-addressed, so the same bytes confirmed twice are kept once; ``GET
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 import math
 import re
@@ -30,6 +28,7 @@ from .http import field, read_json, sha256_field
 from .limits import LimitExceeded, check_file_name, check_size, check_type
 from .records import Upload, UploadState
 from .s3store import StagedMismatch
+from .thumbnails import Rejected, decode_thumbnail
 
 MEDIA_ID = re.compile(r"m_[A-Za-z0-9_-]{8,64}")
 MIME_TYPE = re.compile(r"[A-Za-z0-9][\w.+-]*/[A-Za-z0-9][\w.+-]*")
@@ -73,14 +72,6 @@ def _protocol(method: str | None) -> str:
         return "resumable"
     raise HTTPError(422, "invalid_field", 'upload_method must be "direct" or "resumable"',
                     field="upload_method")  # fmt: skip
-
-
-class _Rejected(Exception):
-    """A confirm check failed: the upload is failed and answered 422."""
-
-    def __init__(self, error: str, message: str, **extra: Any) -> None:
-        super().__init__(message)
-        self.error = HTTPError(422, error, message, **extra)
 
 
 class MediaAPI:
@@ -203,12 +194,13 @@ class MediaAPI:
             # The thumbnail is optional and the client's: a bad one is refused and the upload
             # stays as it was (its verified bytes are not failed for it).
             try:
-                thumb = self._decode_thumbnail(thumb_b64) if thumb_b64 is not None else None
-            except _Rejected as exc:
+                limit = self.o.config.origin.max_thumbnail_size
+                thumb = decode_thumbnail(thumb_b64, limit) if thumb_b64 is not None else None
+            except Rejected as exc:
                 raise exc.error from None
             try:
                 committed = await self._commit(upload, file_sha, thumb)
-            except _Rejected as exc:
+            except Rejected as exc:
                 await self.o.discard_staged(upload)
                 await self.o.db(self.o.records.mark_failed, media_id, exc.error.error)
                 self.o.metrics.count(exc.error.error)
@@ -252,11 +244,11 @@ class MediaAPI:
                              else None})  # fmt: skip
 
     async def _commit(self, upload: Upload, file_sha: str, thumb: bytes | None) -> Upload | None:
-        """Check the staged blob and thumbnail, then commit both; `_Rejected` on a mismatch,
+        """Check the staged blob and thumbnail, then commit both; `Rejected` on a mismatch,
         None if the record was no longer unfinished when the commit came to be recorded."""
         o, sha, size = self.o, upload.declared_sha256, upload.declared_size
         if file_sha != sha:
-            raise _Rejected("hash_mismatch", "file_sha256 differs from the declared file_hash",
+            raise Rejected("hash_mismatch", "file_sha256 differs from the declared file_hash",
                             declared=sha, given=file_sha)  # fmt: skip
         staged = upload.staging_name or f"{upload.media_id}.part"
         if o.direct is not None:  # staged in the bucket: a direct PUT or completed multipart
@@ -269,17 +261,17 @@ class MediaAPI:
             resume = on_disk == 0 and await o.store.exists(sha)
         if not resume and o.direct is None:
             if on_disk != size:
-                raise _Rejected("size_mismatch", f"received {on_disk} bytes, declared {size}",
+                raise Rejected("size_mismatch", f"received {on_disk} bytes, declared {size}",
                                 declared=size, received=on_disk)  # fmt: skip
             # The hash taken while streaming, or (after a resumed upload) a fresh one.
             actual = upload.received_sha256 or await o.staging.sha256(staged)
             if actual != sha:
-                raise _Rejected("hash_mismatch", "the received bytes do not hash to file_hash",
+                raise Rejected("hash_mismatch", "the received bytes do not hash to file_hash",
                                 declared=sha, actual=actual)  # fmt: skip
             try:
                 check_blob_layout(await o.staging.head(staged, 16), size)
             except BlobFormatError as exc:
-                raise _Rejected("bad_format", f"not a valid blob: {exc}", reason=str(exc)) from None
+                raise Rejected("bad_format", f"not a valid blob: {exc}", reason=str(exc)) from None
         thumb_sha = None
         if thumb is not None:
             thumb_sha = hashlib.sha256(thumb).hexdigest()
@@ -316,12 +308,12 @@ class MediaAPI:
             raise HTTPError(409, "upload_incomplete", "nothing has been uploaded yet",
                             declared=size, received=0)  # fmt: skip
         if staged.size != size:
-            raise _Rejected("size_mismatch", f"received {staged.size} bytes, declared {size}",
+            raise Rejected("size_mismatch", f"received {staged.size} bytes, declared {size}",
                             declared=size, received=staged.size)  # fmt: skip
         try:
             check_blob_layout(await self.o.direct.staged_head(upload.media_id, 16), size)
         except BlobFormatError as exc:
-            raise _Rejected("bad_format", f"not a valid blob: {exc}", reason=str(exc)) from None
+            raise Rejected("bad_format", f"not a valid blob: {exc}", reason=str(exc)) from None
         return False
 
     async def _promote(self, upload: Upload) -> bool:
@@ -329,29 +321,8 @@ class MediaAPI:
         try:
             return await self.o.direct.promote(upload.media_id, upload.declared_sha256)
         except StagedMismatch as exc:
-            raise _Rejected("hash_mismatch", "the uploaded bytes do not hash to file_hash",
+            raise Rejected("hash_mismatch", "the uploaded bytes do not hash to file_hash",
                             declared=upload.declared_sha256, actual=exc.actual) from None
-
-    def _decode_thumbnail(self, text: str) -> bytes:
-        """The thumbnail's bytes, checked as a blob of at most ``max_thumbnail_size``."""
-        limit = self.o.config.origin.max_thumbnail_size
-        if len(text) > (limit + 2) // 3 * 4:  # refuse before decoding an oversized string
-            raise _Rejected("bad_thumbnail", f"thumbnail exceeds {limit} bytes",
-                            reason="too_large", max_size=limit)  # fmt: skip
-        try:
-            data = base64.b64decode(text, validate=True)
-        except (binascii.Error, ValueError):
-            raise _Rejected("bad_thumbnail", "thumbnail_base64 is not valid base64",
-                            reason="bad_base64") from None  # fmt: skip
-        if len(data) > limit:
-            raise _Rejected("bad_thumbnail", f"thumbnail exceeds {limit} bytes",
-                            reason="too_large", max_size=limit)  # fmt: skip
-        try:
-            check_blob_layout(data[:16], len(data))
-        except BlobFormatError as exc:
-            raise _Rejected("bad_thumbnail", f"thumbnail is not a valid blob: {exc}",
-                            reason=str(exc)) from None  # fmt: skip
-        return data
 
     async def _find(self, media_id: str) -> Upload:
         """The upload ``media_id`` names; 404 otherwise.
