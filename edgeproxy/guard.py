@@ -76,8 +76,9 @@ def check_head(limits: HTTPLimitsConfig, headers: list[tuple[bytes, bytes]], tar
     return None
 
 
-# RFC 9110 §7.2 and RFC 3986 §3.2.2: uri-host [ ":" port ], an IP literal in brackets.
-_HOST = re.compile(rb"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~!$&'()*+,;=%-]*)(?::[0-9]*)?")
+# RFC 9110 §7.2 and RFC 3986 §3.2.2: uri-host [ ":" port ], an IP literal in brackets; a port
+# names a TCP port (0-65535: five digits at most, checked in `valid_host`).
+_HOST = re.compile(rb"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~!$&'()*+,;=%-]*)(?::([0-9]{0,5}))?")
 
 
 def check_host(http_version: str, headers: list[tuple[bytes, bytes]]) -> HTTPError | None:
@@ -109,7 +110,8 @@ def check_version(http_version: str) -> HTTPError | None:
 
 def valid_host(value: bytes) -> bool:
     """Whether a Host field's value is a host, with or without a port (or empty)."""
-    return _HOST.fullmatch(value.strip(b" \t")) is not None
+    m = _HOST.fullmatch(value.strip(b" \t"))
+    return m is not None and (not m.group(1) or int(m.group(1)) <= 65535)
 
 
 def error_bytes(error: HTTPError) -> bytes:
