@@ -104,7 +104,7 @@ async def hit(node: CacheNode, tx: Tx) -> Step:
     # (a flight joined that brings this version's bytes: its facts are its answer's own, no
     # second look; a 304 brings none, and no validator ties a next answer's to the stored)
     carried = tx.flight is not None and tx.flight.version == meta.version
-    if (only_cached or (meta.unvalidated and not carried)) \
+    if (only_cached or (not carried and meta.unvalidated)) \
             and not joins.all_there(node, tx, meta):
         if only_cached:
             raise HTTPError(504, "not_cached",
