@@ -56,15 +56,16 @@ class PostgresCluster:
 
 
 @contextmanager
-def postgres_cluster() -> Iterator[PostgresCluster]:
-    """initdb + pg_ctl start on a free loopback port; stopped and removed afterwards."""
+def postgres_cluster(port: int | None = None) -> Iterator[PostgresCluster]:
+    """initdb + pg_ctl start on ``port`` (a free loopback one by default); stopped and
+    removed afterwards."""
     bindir = pg_bin()
     root = Path(tempfile.mkdtemp(prefix="edgeproxy-pg-"))
     data = root / "data"
     user = "postgres" if os.geteuid() == 0 else (os.environ.get("USER") or "postgres")
     if os.geteuid() == 0:
         shutil.chown(root, "postgres", "postgres")
-    port = free_port()
+    port = port or free_port()
     subprocess.run(_as_owner([str(bindir / "initdb"), "-D", str(data), "-U", user,
                               "--auth=trust", "--no-sync", "-E", "UTF8"]),
                    check=True, capture_output=True)  # fmt: skip

@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
+import jwt
 
 from edgeproxy.lifecycle import Lifecycle
 from tests.postgres import postgres_cluster
@@ -79,6 +80,32 @@ def test_origin_is_not_ready_while_postgresql_is_down(tmp_path: Path) -> None:
         assert "postgres" not in r.json()["message"]  # no URL, user or host in the answer
         assert took < 5  # within the probe's bound, not the driver's connect timeout
         assert httpx.get(url + "/healthz").status_code == 200  # alive, only not ready
+
+
+def test_origin_started_before_postgresql_answers_503_then_serves(tmp_path: Path) -> None:
+    """A PostgreSQL server not up yet when the origin starts (compose files start both at
+    once) is waited for: the origin runs, says it is not ready, refuses what needs the
+    database with a JSON 503, and serves once the server comes (it exited with a traceback)."""
+    port = free_port()
+    with _origin(tmp_path, f"postgresql://postgres@127.0.0.1:{port}/postgres") as url:
+        assert httpx.get(url + "/healthz").status_code == 200
+        r = _readyz(url)
+        assert r.status_code == 503 and "database" in r.json()["message"], r.text
+        token = jwt.encode({"sub": "alice", "exp": int(time.time()) + 600}, SECRET,
+                           algorithm="HS256")  # fmt: skip
+        auth = {"authorization": f"Bearer {token}"}
+        ask = {"file_size": 96, "file_type": "image/jpeg", "file_hash": "a" * 64}
+        r = httpx.post(url + "/v1/media/upload/request", json=ask, headers=auth)
+        assert r.status_code == 503, r.text
+        assert r.json()["error"] == "database_unavailable"
+        with postgres_cluster(port):
+            deadline = time.monotonic() + 30
+            while _readyz(url).status_code != 200:
+                assert time.monotonic() < deadline, "the origin never opened the database"
+                time.sleep(0.2)
+            r = httpx.post(url + "/v1/media/upload/request", json=ask, headers=auth)
+            assert r.status_code == 200, r.text
+            assert r.json()["upload_url"]
 
 
 def test_origin_on_sqlite_reads_its_database_for_readiness(tmp_path: Path) -> None:

@@ -12,12 +12,12 @@ import contextlib
 import logging
 import os
 import time
-from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from email.utils import formatdate
 from typing import ParamSpec, TypeVar
 
+import sqlalchemy.exc
 from starlette.applications import Starlette
 from starlette.requests import Request
 
@@ -33,11 +33,13 @@ from .metrics import OriginMetrics
 from .records import Records, Upload
 from .replication import Replica, Replicator
 from .replication import stop as stop_replication
+from .responses import DATABASE_UNAVAILABLE, out_of_space
 from .s3staging import S3Staging, S3StagingWriter
 from .s3store import S3BlobStore
 from .staging import Staging, StagingBusy, StagingWriter
 from .stores import open_store
 from .tiers import TieredLocalBlobStore, check_lifecycle
+from .uploadlocks import IN_PROGRESS, UploadLocks
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -48,36 +50,13 @@ DIRECT = "direct"  # the protocol of uploads sent straight to the bucket (presig
 # How long /readyz waits for the database before calling the origin not ready (a load
 # balancer's probe times out after a few seconds; the answer must come before that).
 READY_TIMEOUT = 2.0
-IN_PROGRESS = HTTPError(409, "upload_in_progress", "another request is using this upload")
 # Why an upload that failed is gone (410) rather than refused (409): failure → (error, message).
 GONE = {"expired": ("upload_expired", "this upload has expired"),
         "terminated": ("upload_terminated", "this upload was terminated")}  # fmt: skip
 # How often a request waiting for an upload's locks (`OriginCore.hold_upload`) tries again.
 HOLD_POLL = 0.05
-
-
-class UploadLocks:
-    """Per-upload asyncio locks that disappear when nobody holds or awaits them."""
-
-    def __init__(self) -> None:
-        self._locks: dict[str, asyncio.Lock] = {}
-        self._users: Counter[str] = Counter()
-
-    @asynccontextmanager
-    async def hold(self, key: str, *, wait: bool) -> AsyncIterator[None]:
-        """Hold ``key``'s lock; with ``wait=False`` answer 409 at once if anyone has it."""
-        # Counting users (not Lock.locked()) also sees a waiter the lock was just handed to.
-        if not wait and self._users[key]:
-            raise IN_PROGRESS
-        self._users[key] += 1
-        lock = self._locks.setdefault(key, asyncio.Lock())
-        try:
-            async with lock:
-                yield
-        finally:
-            self._users[key] -= 1
-            if not self._users[key]:
-                del self._users[key], self._locks[key]
+# How often an origin whose PostgreSQL server could not be reached tries to open it again.
+REOPEN_INTERVAL = 2.0
 
 
 class OriginCore:
@@ -104,6 +83,7 @@ class OriginCore:
             for spec in config.origin.replicas], self.staging, lambda: self.records)
         self.database_url = database_url(config.origin.database, self.root / "origin.sqlite3")
         self._records: Records | None = None
+        self._started = False  # between lifespan startup and shutdown
         self._ping: asyncio.Future[None] | None = None  # the readiness check under way
         self.locks = UploadLocks()
         self._demoted_until = 0.0  # media committed before this are already cold
@@ -118,6 +98,8 @@ class OriginCore:
     def records(self) -> Records:
         """The metadata database (open between lifespan startup and shutdown)."""
         if self._records is None:
+            if self._started:  # a PostgreSQL server not reached yet (`_open`)
+                raise DATABASE_UNAVAILABLE
             raise RuntimeError("the origin app is not started (run it with lifespan on)")
         return self._records
 
@@ -134,28 +116,65 @@ class OriginCore:
     @asynccontextmanager
     async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
         """Open the database; sweep what expired while we were down, and keep sweeping, in
-        the background."""
-        self._records = await asyncio.to_thread(Records, self.database_url)
-        sweeper = copier = None
+        the background.
+
+        A PostgreSQL server that cannot be reached at start (a container started before its
+        database, say) is waited for in the background: until it is, requests that need it
+        are 503 ``database_unavailable``, as when it goes away later, and /readyz says not
+        ready. Any other failure to open (an SQLite file that cannot be, a newer schema)
+        still fails the start.
+        """
+        self._started = True
+        self._records = await self._open(first=True)
+        background = asyncio.create_task(self._background())
         try:
-            # The first sweep (what expired while we were down) and the check of the bucket's
-            # tier rules run beside the requests, as every later sweep does: an object store
-            # that stalled held the start for minutes and then failed it. Expired uploads are
-            # refused by their own checks meanwhile.
-            sweeper = asyncio.create_task(self._maintain())
-            if self.replicator.replicas:
-                copier = asyncio.create_task(self.replicator.run_forever(
-                    self.config.origin.replication_interval))
             yield
         finally:
-            await stop_replication(copier)
-            if sweeper is not None:
-                sweeper.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await sweeper
-            self._records.close()
+            background.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await background
+            if self._records is not None:
+                self._records.close()
             self._records = None
+            self._started = False
             await self.access.aclose()
+
+    async def _open(self, *, first: bool) -> Records | None:
+        """The database opened, or None while its PostgreSQL server cannot be reached."""
+        try:
+            return await asyncio.to_thread(Records, self.database_url)
+        except sqlalchemy.exc.OperationalError as exc:
+            if not self.database_url.startswith("postgresql") or out_of_space(exc):
+                raise
+            if first:
+                log.warning("the database cannot be reached (%s); answering 503 "
+                            "database_unavailable until it can", type(exc.orig).__name__)
+            return None
+
+    async def _background(self) -> None:
+        if self._records is None:
+            await self._reopen()
+        # The first sweep (what expired while we were down) and the check of the bucket's
+        # tier rules run beside the requests, as every later sweep does: an object store
+        # that stalled held the start for minutes and then failed it. Expired uploads are
+        # refused by their own checks meanwhile.
+        copier = None
+        if self.replicator.replicas:
+            copier = asyncio.create_task(self.replicator.run_forever(
+                self.config.origin.replication_interval))
+        try:
+            await self._maintain()
+        finally:
+            await stop_replication(copier)
+
+    async def _reopen(self) -> None:
+        while self._records is None:
+            await asyncio.sleep(REOPEN_INTERVAL)
+            try:
+                self._records = await self._open(first=False)
+            except Exception:  # (a newer schema, say) the log says why; the 503s go on
+                log.exception("opening the database failed")
+        log.warning("the database can be reached now: serving")
 
     @asynccontextmanager
     async def _exclusive(self, name: str) -> AsyncIterator[None]:

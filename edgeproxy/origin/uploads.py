@@ -27,7 +27,7 @@ from starlette.responses import JSONResponse, Response
 
 from ..errors import HTTPError
 from ..signing import BadSignature, SignatureExpired
-from .core import GONE, IN_PROGRESS, OriginCore, http_date
+from .core import GONE, OriginCore, http_date
 from .http import Body, int_or_none
 from .media_api import MEDIA_ID
 from .records import Upload, UploadState
@@ -39,6 +39,7 @@ from .tus import (
     parse_checksum,
     tus_headers,
 )
+from .uploadlocks import IN_PROGRESS
 
 
 def _offset_headers(upload: Upload) -> dict[str, str]:
