@@ -46,24 +46,7 @@ def warm(node: str, token: str, paths: list[str], *, concurrency: int = 8,
          timeout: float = 600.0) -> dict[str, Any]:
     """Prefetch ``paths`` on ``node``, calling ``on_progress`` for each finished path."""
     body = {"paths": paths, "concurrency": concurrency}
-    summary: dict[str, Any] = {}
-    with httpx.Client(timeout=timeout, trust_env=False) as client, \
-            client.stream("POST", node.rstrip("/") + "/_admin/warm", json=body,
-                          headers=_headers(token)) as resp:
-        if resp.status_code >= 400:
-            resp.read()
-            _raise_for(resp)
-        for line in resp.iter_lines():
-            if not line.strip():
-                continue
-            item = json.loads(line)
-            if "done" in item:
-                summary = item
-            elif on_progress is not None:
-                on_progress(item)
-    if not summary:
-        raise ClientError(502, "incomplete", f"{node} ended the warm stream early")
-    return summary
+    return _progress_stream(node, "warm", body, token, on_progress, timeout)
 
 
 def scrub(node: str, token: str, *,
@@ -72,9 +55,17 @@ def scrub(node: str, token: str, *,
     """Re-verify every slice stored on ``node`` (bad ones are dropped there), calling
     ``on_progress`` for each progress line; returns ``{"done": n, "bad": m, ...}`` with the
     object pass's counts."""
+    return _progress_stream(node, "scrub", {}, token, on_progress, timeout)
+
+
+def _progress_stream(node: str, action: str, body: dict[str, Any], token: str,
+                     on_progress: Callable[[dict[str, Any]], None] | None,
+                     timeout: float) -> dict[str, Any]:
+    """POST ``/_admin/<action>`` and read its stream of JSON lines: each progress line to
+    ``on_progress``, the last (``{"done": ...}``) returned; a stream without one is an error."""
     summary: dict[str, Any] = {}
     with httpx.Client(timeout=timeout, trust_env=False) as client, \
-            client.stream("POST", node.rstrip("/") + "/_admin/scrub", json={},
+            client.stream("POST", f"{node.rstrip('/')}/_admin/{action}", json=body,
                           headers=_headers(token)) as resp:
         if resp.status_code >= 400:
             resp.read()
@@ -88,5 +79,5 @@ def scrub(node: str, token: str, *,
             elif on_progress is not None:
                 on_progress(item)
     if not summary:
-        raise ClientError(502, "incomplete", f"{node} ended the scrub stream early")
+        raise ClientError(502, "incomplete", f"{node} ended the {action} stream early")
     return summary
