@@ -343,3 +343,36 @@ async def test_slice_files_go_to_256_folders_made_at_open_and_old_names_still_re
         assert now == folders
     finally:
         reopened.close()
+
+
+def test_a_large_object_s_facts_reach_other_workers_with_its_headers(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Requests for it in other workers wait for its facts in the index (`foreign_facts`), so
+    an object of many slices has them committed as its answer's headers come, not at the next
+    group commit; a small object's stay in the group commit (its body comes with them)."""
+    import httpx
+
+    from edgeproxy.cache import create_app
+    from edgeproxy.cache.store import CacheStore
+    from tests.origins import TestOrigin, pattern
+    from tests.servers import serve
+    from tests.test_cache_node import SLICE, make_config
+
+    monkeypatch.setattr(batch, "COMMIT_DELAY", 60.0)  # a group commit never comes in time
+    origin = TestOrigin()
+    origin.chunk_delay = 0.2  # the body takes a while after the headers
+    origin.put("/g/large", pattern(4 * SLICE), headers={"cache-control": "max-age=60"})
+    origin.put("/g/small", pattern(1000), headers={"cache-control": "max-age=60"})
+    config = make_config(tmp_path)
+    with serve(origin) as osrv, serve(create_app(config, "edge", upstream=osrv.url)) as edge:
+        reader = CacheStore(config.cache_dir("edge"), 1 << 30)  # another worker's view
+        try:
+            with httpx.stream("GET", edge.url + "/g/large") as r:
+                assert r.status_code == 200
+                stored = reader.get_meta("/g/large")  # headers in, most of the body not
+                assert stored is not None and stored.length == 4 * SLICE
+                assert r.read() == pattern(4 * SLICE)
+            assert httpx.get(edge.url + "/g/small").content == pattern(1000)
+            assert reader.get_meta("/g/small") is None  # pending in the group commit
+        finally:
+            reader.close()

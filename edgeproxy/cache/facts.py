@@ -112,6 +112,9 @@ class Facts:
             if policy.slice_count(meta.length, meta.slice_size) == 1:
                 return Plan("store", meta, digest, store_meta="with_body")
             self.store.set_meta(key, meta)
+            # Other workers' requests for it wait on these facts (`foreign_facts`): in the
+            # index now, not at the next group commit; one transaction beside many slices.
+            self.store.commit()
         except StorageFault:
             return Plan("direct", meta)  # the disk is failing: pass this answer through
         return Plan("store", meta, digest, store_meta="now")
