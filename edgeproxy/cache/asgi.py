@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from email.utils import formatdate
 from typing import Any
 
+from ..errors import HTTPError
 from .types import Receive
 
 Send = Callable[[dict[str, Any]], Awaitable[None]]
@@ -59,9 +60,17 @@ def allow_any_status() -> None:
 
 
 async def request_body(receive: Receive) -> AsyncIterator[bytes]:
-    """The request body as it arrives, chunk by chunk (a pass relays it streamed)."""
+    """The request body as it arrives, chunk by chunk (a pass relays it streamed).
+
+    A body that never ends (the client closed, or its framing broke: the server then answers
+    400 and closes, and the app sees a disconnect) raises `HTTPError`: had it ended quietly,
+    a chunked relay would write its last chunk and the upstream take a cut body for a whole
+    one (a PUT stored short)."""
     while True:
         message = await receive()
+        if message["type"] == "http.disconnect":
+            raise HTTPError(400, "incomplete_body", "the request body ended before its end: "
+                            "the client closed the connection or its framing broke")
         chunk = message.get("body", b"")
         if chunk:
             yield chunk

@@ -134,6 +134,12 @@ class Pool:
                 if fresh or body is not None:
                     raise
                 continue  # a stale keep-alive connection: once more, on a new one
+            except BaseException:
+                # the request went out in part (its body failed, the task was cancelled):
+                # closed, never kept, so the upstream takes nothing after it as its rest
+                if conn.transport is not None:
+                    conn.transport.close()
+                raise
             coding = transforming_coding(conn.headers)  # (never passed on as the content)
             if coding is not None:
                 if conn.transport is not None:

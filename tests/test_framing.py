@@ -1,0 +1,53 @@
+"""HTTP/1.1 message framing on both sides of the cache nodes (RFC 9112 §6): a request body that
+never ends is never relayed as a whole one, and answers whose framing the cache cannot read
+as their content are refused, not relayed or stored."""
+
+from __future__ import annotations
+
+import socket
+import time
+
+import pytest
+
+from tests.chain import Chain
+from tests.foreign import ForeignOrigin
+from tests.rawhttp import raw_request
+
+
+def _arrived(foreign: ForeignOrigin, target: str, method: str, wait: float) -> int:
+    """How many ``method target`` requests the origin read whole, within ``wait`` seconds."""
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline and not foreign.count(target, method):
+        time.sleep(0.05)
+    return foreign.count(target, method)
+
+
+# A chunked body that never ends: the client closes after its first chunk, or breaks the
+# framing after it (the server answers 400 and closes).
+CUT_BODIES = {
+    "closed": b"5\r\nhello\r\n",
+    "broken": b"5\r\nhelloXX0\r\n\r\n",
+    "bad size": b"5\r\nhello\r\n10000000000000005\r\nworld\r\n0\r\n\r\n",
+}
+
+
+@pytest.mark.parametrize("tier", ["edge", "shield"])
+@pytest.mark.parametrize("cut", list(CUT_BODIES), ids=list(CUT_BODIES))
+def test_a_request_body_that_never_ends_never_reaches_the_origin_whole(
+        foreign: ForeignOrigin, foreign_chain: Chain, tier: str, cut: str) -> None:
+    """RFC 9112 §7.1: a chunked body is complete only with its last chunk. A relay that
+    ends the body it forwards when its client's ends early hands the origin a short PUT as
+    a whole one (it answered 200 and stored "hello")."""
+    foreign.route("/up", "PUT", body=b"stored\n")
+    url = foreign_chain.edge_url if tier == "edge" else foreign_chain.shield_url
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=5) as s:
+        s.sendall(b"PUT /up HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
+                  + CUT_BODIES[cut])
+        time.sleep(0.3)  # the first chunk is relayed before the client goes
+    assert _arrived(foreign, "/up", "PUT", 1.5) == 0, foreign.requests("/up", "PUT")
+    # and the nodes' connections upstream still carry whole requests
+    r = raw_request(url, b"PUT /up HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n"
+                         b"Connection: close\r\n\r\nwhole")
+    assert r.status == 200 and r.body == b"stored\n"
+    assert [q.body for q in foreign.requests("/up", "PUT")] == [b"whole"]
