@@ -10,8 +10,10 @@ import time
 import pytest
 
 from tests.chain import Chain
+from tests.conftest import MakeChain
 from tests.foreign import ForeignOrigin
 from tests.rawhttp import raw_request
+from tests.test_upstream_bodies import RawOrigin
 
 
 def _arrived(foreign: ForeignOrigin, target: str, method: str, wait: float) -> int:
@@ -51,3 +53,39 @@ def test_a_request_body_that_never_ends_never_reaches_the_origin_whole(
                          b"Connection: close\r\n\r\nwhole")
     assert r.status == 200 and r.body == b"stored\n"
     assert [q.body for q in foreign.requests("/up", "PUT")] == [b"whole"]
+
+
+@pytest.mark.parametrize("status_line", [b"HTTP/1.1 099 Odd", b"HTTP/1.1 000 Odd",
+                                         b"HTTP/1.1 101 Switching Protocols"])
+def test_a_status_below_100_or_a_switch_nobody_asked_for_is_a_502(
+        make_chain: MakeChain, status_line: bytes) -> None:
+    """RFC 9110 §15: a status code is 100-599 (the nodes relay up to 999); llhttp reads any
+    three digits. Found from outside: ``099`` raised inside the shield's server (no status
+    line for it) and the connection closed unanswered; a ``101`` (Upgrade is hop-by-hop and
+    never relayed, §7.8, so no request asks to switch) was relayed as a final answer, the
+    client's connection said to speak another protocol from then on."""
+    answer = status_line + b"\r\nUpgrade: websocket\r\nConnection: upgrade\r\n" \
+        b"Content-Length: 2\r\n\r\nhi"
+    raw = RawOrigin([[answer, None], [answer, None]])
+    try:
+        chain = make_chain(f"http://127.0.0.1:{raw.port}")
+        for url in (chain.shield_url, chain.edge_url):
+            r = raw_request(url, b"GET /odd HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+            assert r.status == 502 and b"bad_upstream_answer" in r.body, (url, r)
+    finally:
+        raw.close()
+
+
+@pytest.mark.parametrize("coding", ["chunked, identity", "chunked, chunked", "chunked, "])
+def test_chunked_not_as_the_final_coding_is_refused_not_stored(
+        foreign: ForeignOrigin, foreign_chain: Chain, coding: str) -> None:
+    """RFC 9112 §6.3: with chunked not last, the body runs to the close and its bytes are
+    still chunk-encoded (§6.1 forbids the form to a sender). Read as they came, they were
+    served and stored as the content: ``5\\r\\nhello\\r\\n0\\r\\n\\r\\n`` for ``hello``, a HIT
+    after. Refused like the other codings the client does not decode."""
+    foreign.route("/te", body=b"5\r\nhello\r\n0\r\n\r\n", framing="close",
+                  headers=[("Transfer-Encoding", coding), ("Cache-Control", "max-age=3600")])
+    for _ in range(2):
+        r = foreign_chain.get("/te")
+        assert r.status_code == 502 and r.json()["error"] == "bad_upstream_answer", r.content
+    assert foreign.count("/te") == 2  # nothing stored

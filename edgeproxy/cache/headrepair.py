@@ -78,11 +78,17 @@ _TRANSFORMING = frozenset({b"gzip", b"x-gzip", b"deflate", b"compress", b"x-comp
 
 def transforming_coding(headers: list[tuple[bytes, bytes]]) -> str | None:
     """The first transfer coding of an answer that transforms its bytes and that the client
-    does not decode (it decodes chunked only), or None."""
-    for name, value in headers:
-        if name == b"transfer-encoding":
-            for coding in value.split(b","):
-                coding = coding.strip().lower()
-                if coding in _TRANSFORMING:
-                    return coding.decode("latin-1")
+    does not decode (it decodes chunked only, and only as the final coding), or None.
+
+    Chunked anywhere but last (``chunked, identity``; twice) is one of those: RFC 9112 §6.3
+    then frames the body by the connection's close, and its bytes, still chunk-encoded,
+    would be passed on and stored as the content (§6.1 forbids both forms to a sender). An
+    empty element after it (``chunked, ``) counts too: llhttp then reads to the close."""
+    codings = [c.strip().lower() for name, value in headers if name == b"transfer-encoding"
+               for c in value.split(b",")]
+    for at, coding in enumerate(codings):
+        if coding in _TRANSFORMING:
+            return coding.decode("latin-1")
+        if coding == b"chunked" and at != len(codings) - 1:
+            return "chunked (not as the final coding)"
     return None

@@ -170,7 +170,15 @@ class UpstreamConnection(asyncio.Protocol):
         if self.ended:
             return
         status = self.parser.get_status_code()
-        if 100 <= status < 200 and status != 101:
+        if status < 100 or status == 101:
+            # llhttp reads any three digits; below 100 is no status (RFC 9110 §15), and a
+            # 101 switches to a protocol no request of ours asks for (Upgrade is hop-by-hop,
+            # never relayed: §7.8). Relayed, the one raised in the server (no status line),
+            # the other told the client its connection now spoke something else.
+            why = "switched protocols" if status == 101 else f"sent the status code {status:03d}"
+            self._fail(UpstreamProtocolError(f"upstream {why}"))
+            return
+        if 100 <= status < 200:
             self.interim = True  # RFC 9110 §15.2: informational; the final answer follows
             if status != 100 and len(self.interims) < MAX_INTERIMS:
                 self.interims.append((status, self.headers))  # (a 100 answers our request)
