@@ -89,3 +89,24 @@ def test_chunked_not_as_the_final_coding_is_refused_not_stored(
         r = foreign_chain.get("/te")
         assert r.status_code == 502 and r.json()["error"] == "bad_upstream_answer", r.content
     assert foreign.count("/te") == 2  # nothing stored
+
+
+@pytest.mark.parametrize("body", [
+    b"ffffffffffffffffff1\r\nabc\r\n0\r\n\r\n",  # a chunk size past 64 bits
+    b"5\r\nhelloXX\r\n0\r\n\r\n",  # no CRLF after the chunk's data
+], ids=["size-overflow", "bad-chunk-end"])
+def test_an_answer_broken_in_the_reads_of_its_head_is_a_502_not_a_cut_200(
+        make_chain: MakeChain, body: bytes) -> None:
+    """The upstream client knew the answer was broken when its head was handed on (the
+    broken chunk came in the same read): the client got a 200 and then a cut chunked body.
+    Nothing of it had been relayed: a 502 says so. (A close that comes later still cuts
+    the answer begun: that is the only way left to say it is not whole.)"""
+    answer = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + body
+    raw = RawOrigin([[answer, None], [answer, None]])
+    try:
+        chain = make_chain(f"http://127.0.0.1:{raw.port}")
+        for url in (chain.shield_url, chain.edge_url):
+            r = raw_request(url, b"GET /cut HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+            assert r.status == 502, (url, r)
+    finally:
+        raw.close()

@@ -140,6 +140,13 @@ class Pool:
                 if conn.transport is not None:
                     conn.transport.close()
                 raise
+            if conn.error is not None:
+                # the answer broke in the reads that brought its head (a chunk size past
+                # 64 bits, a close mid-body): nothing of it has gone on, so it is refused
+                # whole, not begun as a 200 and cut
+                if conn.transport is not None:
+                    conn.transport.close()
+                raise conn.error
             coding = transforming_coding(conn.headers)  # (never passed on as the content)
             if coding is not None:
                 if conn.transport is not None:
