@@ -138,6 +138,13 @@ async def send_body(reply: Reply, meta: ObjectMeta, send: Send, join: Join, *,
 
     sent = 0
     ranges = reply.ranges
+    if direct is not None and ranges is not None and len(ranges) > 1:
+        # An unstored body is read once, front to back (`DirectSource`), and the parts were
+        # resolved in the order asked: a part before one already sent would go out empty
+        # and the answer end short of its Content-Length. Its parts go in increasing order
+        # instead (RFC 9110 §14.6 only SHOULD keep the asked order); each part carries its
+        # own Content-Range and the framing's length does not depend on the order.
+        ranges = sorted(ranges, key=lambda rng: rng.start)
     if ranges is None:
         if meta.length == 0:
             return 0

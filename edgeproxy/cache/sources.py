@@ -235,7 +235,7 @@ class DirectSource:
     """An upstream body that is not stored, read once, for the one request that led it.
 
     Positions are in the representation; the body starts at ``body_start``. Ranges must come
-    in increasing order (resolved ranges are sorted and merged).
+    in increasing order, apart (`send_body` sorts the merged parts of a multipart answer).
     """
 
     def __init__(self, resp: UpstreamResponse, body_start: int) -> None:
