@@ -170,6 +170,26 @@ def test_stale_must_not_be_served_when_revalidation_fails(
     assert r.content != b"old"
 
 
+@pytest.mark.parametrize("status", [404, 500])
+def test_a_stored_error_is_fetched_anew_not_revalidated(
+        foreign: ForeignOrigin, foreign_chain: Chain, status: int) -> None:
+    """RFC 9110 §15.4.5 and §13.2.1: a 304 says the answer would have been a 200, and
+    preconditions hold for 2xx answers only. A stored error with an entity tag is refetched
+    without it once stale: the resource, now a 200 under the same (weak) tag, is served as
+    that 200, not as the error freshened by a 304 (served on, 4xx/5xx, from both tiers)."""
+    foreign.route("/x", status=status, body=b"error page", etag='W/"t1"',
+                  headers=[("Cache-Control", "max-age=1")])
+    first = foreign_chain.get("/x")
+    assert (first.status_code, first.content) == (status, b"error page")
+    time.sleep(1.3)
+    foreign.route("/x", body=b"the resource", etag='W/"t1"',
+                  headers=[("Cache-Control", "max-age=60")])
+    for _ in range(2):
+        r = foreign_chain.get("/x")
+        assert (r.status_code, r.content) == (200, b"the resource")
+    assert not [q for q in foreign.requests("/x") if q.header("if-none-match")]
+
+
 # --- §4.1 Vary ----------------------------------------------------------------------------------
 
 

@@ -274,7 +274,12 @@ class CacheNode:
              stale: ObjectMeta | None = None, known: ObjectMeta | None = None) -> FlightSpec:
         """The flight that fetches slices ``first..last`` of ``req``'s object."""
         validators: list[tuple[bytes, bytes]] = []
-        if stale is not None:
+        # Only a stored 200 is revalidated: a 304 says the answer "would have been 200"
+        # (RFC 9110 §15.4.5) and preconditions hold for 2xx answers only (§13.2.1), so the
+        # validators of a stored 404 or 500 ask nothing of it, and a 304 matching them (the
+        # resource is now a 200 under that tag) would freshen the error and serve it on as the
+        # 200 (Varnish revalidates only 200s too: OF_IMSCAND). Anything else is fetched anew.
+        if stale is not None and stale.status == 200:
             if stale.etag:
                 validators.append((b"if-none-match", stale.etag.encode("latin-1")))
             elif stale.last_modified:
