@@ -17,6 +17,8 @@ import time
 from email.utils import formatdate
 from typing import Any
 
+import pytest
+
 from tests.chain import Chain
 from tests.conftest import MakeChain
 from tests.foreign import ForeignOrigin
@@ -98,6 +100,21 @@ def test_a_changed_object_under_one_weak_etag_is_served_whole(foreign: ForeignOr
         whole = chain.get("/weak")
         assert whole.status_code == 200
         assert whole.content == b"B" * N
+
+
+@pytest.mark.parametrize("etag", ['W/"w1"', None])
+def test_a_failing_if_range_on_a_cold_object_without_validator_is_served_whole(
+        foreign: ForeignOrigin, make_chain: MakeChain, etag: str | None) -> None:
+    """RFC 9110 §13.1.5: an If-Range that does not match asks for the whole. On a cold object
+    of two slices with no strong validator, the range's flight brings slice 0 only, and no
+    answer may join another's bytes to it: the whole comes from one answer of its own, and
+    every answer is complete (each was cut after slice 0, never stored whole)."""
+    chain = _slices(make_chain, foreign)
+    body = os.urandom(2 * SLICE)
+    foreign.route("/ir", body=body, etag=etag, headers=[("Cache-Control", "max-age=3600")])
+    for _ in range(3):
+        whole = chain.get("/ir", headers={"Range": "bytes=6290-26582", "If-Range": '"zz"'})
+        assert (whole.status_code, whole.content) == (200, body)
 
 
 def test_sequential_requests_for_a_stale_object_lead_rather_than_pass(

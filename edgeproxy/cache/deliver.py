@@ -22,7 +22,6 @@ from ..http import (
     ByteRange,
     RangeNotSatisfiable,
     RangeSpec,
-    if_range_matches,
     not_modified,
     precondition_failed,
     resolve_ranges,
@@ -75,10 +74,7 @@ def plan_reply(meta: ObjectMeta, req_headers: dict[str, str], method: str,
         headers = [*headers, ("content-length", str(length))]
     if meta.status != 200 or not specs or length is None:
         return Reply(meta.status, headers, None)
-    if_range = req_headers.get("if-range")
-    if if_range is not None and not if_range_matches(if_range, meta.etag, meta.last_modified,
-                                                     meta.header("date"),
-                                                     meta.freshness.response_time):
+    if meta.if_range_fails(req_headers.get("if-range")):
         return Reply(200, headers, None)  # RFC 9110 §13.1.5: changed, so send it whole
     try:
         ranges = resolve_ranges(specs, length)

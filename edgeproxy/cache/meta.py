@@ -9,7 +9,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..http import strong_date
+from ..http import if_range_matches, strong_date
 from .policy import Freshness, expected_sha256
 
 
@@ -71,6 +71,13 @@ class ObjectMeta:
                             self.freshness.response_time):
             return self.last_modified
         return None
+
+    def if_range_fails(self, if_range: str | None) -> bool:
+        """Whether a request's ``If-Range`` does not match this stored 200 (RFC 9110
+        §13.1.5): its Range is then ignored and the answer is the whole representation."""
+        return if_range is not None and self.status == 200 and not if_range_matches(
+            if_range, self.etag, self.last_modified, self.header("date"),
+            self.freshness.response_time)
 
     def header(self, name: str) -> str | None:
         """The first stored end-to-end header ``name`` (case-insensitive)."""

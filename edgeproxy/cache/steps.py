@@ -97,13 +97,19 @@ async def hit(node: CacheNode, tx: Tx) -> Step:
     assert meta is not None
     if req.method == "HEAD" or meta.length == 0 or meta.length is None:
         return deliver
+    if req.ranges and meta.if_range_fails(req.headers.get("if-range")):  # §13.1.5: whole
+        tx.req = req = dataclasses.replace(req, ranges=None)
     first = req.first_byte(meta.length) if meta.status == 200 else 0
     if first is None or first >= meta.length:
         return deliver  # 416, or a ranged request answered whole
     only_cached = policy.only_if_cached(req.headers.get("cache-control"))
-    # (a flight joined that brings this version's bytes: its facts are its answer's own, no
-    # second look; a 304 brings none, and no validator ties a next answer's to the stored)
-    carried = tx.flight is not None and tx.flight.version == meta.version
+    # (a flight joined that brings this version's bytes, all the answer needs: its facts are
+    # its answer's own, no second look; a 304 brings none, and no validator ties a next
+    # answer's to the stored; a range's brings too few for a whole answer, If-Range failed)
+    flight, last = tx.flight, req.last_slice(meta.slice_size)
+    carried = flight is not None and flight.version == meta.version and \
+        flight.first <= first // meta.slice_size and \
+        (flight.last is None or (last is not None and flight.last >= last))
     if (only_cached or (not carried and meta.unvalidated)) \
             and not joins.all_there(node, tx, meta):
         if only_cached:
