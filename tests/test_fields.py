@@ -190,3 +190,24 @@ def test_content_digest_never_replayed_on_other_content(
 def test_selects(vary: tuple[str, ...], stored: tuple[str, ...] | None,
                  headers: dict[str, str], expected: bool) -> None:
     assert fields.selects(vary, stored, headers) is expected
+
+
+LM1 = "Mon, 07 Dec 2026 07:00:00 GMT"
+LM0 = "Sun, 06 Dec 2026 07:00:00 GMT"
+
+
+@pytest.mark.parametrize(("stored_etag", "stored_lm", "etag", "lm", "updates"), [
+    ('"a"', LM1, '"a"', LM1, True),  # §4.3.4: the same strong validator
+    ('W/"a"', None, 'W/"a"', None, True),  # a weak one that matches
+    ('W/"a"', None, '"a"', None, True),  # (compared weakly)
+    ('"a"', LM1, '"b"', LM1, False),  # another entity tag
+    (None, LM1, '"b"', LM0, False),  # an entity tag the stored copy has not
+    (None, LM1, None, LM0, False),  # another Last-Modified (one gone back in time)
+    (None, LM1, None, "Monday, 07-Dec-26 07:00:00 GMT", True),  # the same date, spelt otherwise
+    (None, None, None, LM1, False),
+    ('"a"', LM1, None, None, True),  # no validator at all: taken as it comes
+])
+def test_a_304_updates_the_stored_response_its_validators_select(
+        stored_etag: str | None, stored_lm: str | None, etag: str | None, lm: str | None,
+        updates: bool) -> None:
+    assert fields.updates_stored(stored_etag, stored_lm, etag, lm) is updates

@@ -190,6 +190,28 @@ def test_a_stored_error_is_fetched_anew_not_revalidated(
     assert not [q for q in foreign.requests("/x") if q.header("if-none-match")]
 
 
+@pytest.mark.parametrize("etag", ['"e2"', None])
+def test_a_304_of_another_representation_updates_nothing(
+        foreign: ForeignOrigin, foreign_chain: Chain, etag: str | None) -> None:
+    """RFC 9111 §4.3.4: a 304 whose validators are not the stored response's MUST NOT update
+    it. The object is replaced by one whose Last-Modified is older (a file restored from a
+    backup), so the origin answers the cache's If-Modified-Since with 304 and the new fields:
+    the new bytes are served with them, not the old bytes under the new ETag and date (which
+    a client resuming with If-Range would then splice onto the new representation)."""
+    now = time.time()
+    foreign.route("/x", body=b"A" * 1000, last_modified=now - 10,
+                  headers=[("Cache-Control", "max-age=1")])
+    assert foreign_chain.get("/x").content == b"A" * 1000
+    time.sleep(1.3)
+    foreign.route("/x", body=b"B" * 2000, etag=etag, last_modified=now - 100_000,
+                  headers=[("Cache-Control", "max-age=60")])
+    for _ in range(2):
+        r = foreign_chain.get("/x")
+        assert (r.status_code, r.content) == (200, b"B" * 2000)
+        assert r.headers.get("etag") == etag
+        assert r.headers["last-modified"] == formatdate(now - 100_000, usegmt=True)
+
+
 # --- §4.1 Vary ----------------------------------------------------------------------------------
 
 

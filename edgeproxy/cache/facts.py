@@ -69,7 +69,13 @@ class Facts:
         ctx: FlightContext = flight.context
         key = flight.key
         if beresp.status == 304 and ctx.stale is not None:
-            return Plan("not_modified", self.revalidated(key, ctx.stale, beresp))
+            stale = ctx.stale
+            if not fields.updates_stored(stale.etag, stale.last_modified, beresp.etag,
+                                         beresp.last_modified):
+                raise FactsContradicted(
+                    f"a 304 for {key} names another representation ({beresp.etag}, "
+                    f"{beresp.last_modified}) than the stored copy's: dropped, fetched anew")
+            return Plan("not_modified", self.revalidated(key, stale, beresp))
         hmap = policy.targeted(beresp.header_map)
         cls = self.class_of(key, beresp.content_type) if beresp.status in (200, 206) else None
         vary = fields.vary_fields(hmap.get("vary"))

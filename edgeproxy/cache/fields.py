@@ -10,7 +10,7 @@ from collections.abc import Iterable, Mapping
 from typing import Literal
 from urllib.parse import urlsplit
 
-from ..http import digest_field, split_list
+from ..http import digest_field, etag_matches, http_date, split_list
 from .types import RawHeaders
 
 # RFC 9110 §7.6.1: hop-by-hop fields a proxy must not forward.
@@ -207,6 +207,20 @@ def invalidated_paths(request_path: str, host: str | None,
         if parts.path.startswith("/"):
             paths.append(parts.path + (f"?{parts.query}" if parts.query else ""))
     return paths
+
+
+def updates_stored(stored_etag: str | None, stored_lm: str | None, etag: str | None,
+                   last_modified: str | None) -> bool:
+    """Whether a 304 with ``etag``/``last_modified`` selects the stored response it answers
+    for update (RFC 9111 §4.3.4): its entity tag matches the stored one's (weakly), or it has
+    none and its Last-Modified is the stored one's; a 304 with neither updates as it comes.
+    One naming another representation (a Last-Modified gone back in time answered the
+    cache's If-Modified-Since) MUST NOT update: those bytes are not of it."""
+    if etag is not None:
+        return stored_etag is not None and etag_matches(stored_etag, etag)
+    if last_modified is not None:
+        return stored_lm is not None and http_date(stored_lm) == http_date(last_modified)
+    return True
 
 
 def not_modified_headers(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:

@@ -19,7 +19,7 @@ from ..errors import FillAborted, HTTPError, UpstreamError, UpstreamTimeout
 from . import fields, joins, policy, slicesums, smallfetch
 from .beresp import from_upstream
 from .deliver import checked_send, plan_reply, refuse_wrong_empty, send_body, with_content_digest
-from .facts import FlightContext
+from .facts import FactsContradicted, FlightContext
 from .lanebodies import file_pieces
 from .meta import whole_body_digest
 from .relay import pass_
@@ -104,8 +104,7 @@ async def hit(node: CacheNode, tx: Tx) -> Step:
         return deliver  # 416, or a ranged request answered whole
     only_cached = policy.only_if_cached(req.headers.get("cache-control"))
     # (a flight joined that brings this version's bytes, all the answer needs: its facts are
-    # its answer's own, no second look; a 304 brings none, and no validator ties a next
-    # answer's to the stored; a range's brings too few for a whole answer, If-Range failed)
+    # its own, no second look; a 304 brings none, a range's too few for a whole answer)
     flight, last = tx.flight, req.last_slice(meta.slice_size)
     carried = flight is not None and flight.version == meta.version and \
         flight.first <= first // meta.slice_size and \
@@ -254,6 +253,11 @@ async def fetch(node: CacheNode, tx: Tx) -> Step:
         beresp = await shared(flight.headers, node.wait_timeout)
     except TimeoutError:
         raise UpstreamTimeout(f"no answer from upstream in {node.wait_timeout:.0f}s") from None
+    except FactsContradicted:  # (a 304 of another representation: the copy was dropped)
+        if tx.stale is None or tx.tries >= LOOKUP_TRIES:
+            raise
+        tx.stale, tx.flight, tx.led, tx.tries = None, None, False, tx.tries + 1
+        return lookup  # to be fetched anew, unconditionally
     except UpstreamError:
         if tx.stale is not None and tx.stale.freshness.may_serve_stale_on_error(time.time()):
             tx.meta, tx.verdict = tx.stale, Verdict.STALE
