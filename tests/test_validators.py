@@ -117,6 +117,24 @@ def test_a_failing_if_range_on_a_cold_object_without_validator_is_served_whole(
         assert (whole.status_code, whole.content) == (200, body)
 
 
+def test_a_failing_if_range_on_an_unstored_object_is_served_whole(
+        foreign: ForeignOrigin, make_chain: MakeChain) -> None:
+    """§13.1.5 on an object that is not stored (private): the fill's range answer, relayed
+    to this request alone, cannot answer the whole a failing If-Range asks for; the request
+    is relayed as sent (the answer was a 200 cut where the range's body ended)."""
+    chain = _slices(make_chain, foreign)
+    body = os.urandom(300_001)
+    stamp = time.time() - 100
+    foreign.route("/priv", body=body, etag='"p"', last_modified=stamp,
+                  headers=[("Cache-Control", "private, max-age=60")])
+    for _ in range(2):
+        whole = chain.get("/priv", headers={"Range": "bytes=179310-287483",
+                                            "If-Range": formatdate(stamp - 5000, usegmt=True)})
+        assert (whole.status_code, whole.content) == (200, body)
+    ranged = chain.get("/priv", headers={"Range": "bytes=179310-287483", "If-Range": '"p"'})
+    assert (ranged.status_code, ranged.content) == (206, body[179310:287484])
+
+
 def test_sequential_requests_for_a_stale_object_lead_rather_than_pass(
         foreign: ForeignOrigin, make_chain: MakeChain) -> None:
     """One request at a time for an object always stale (no-cache), through nodes of two

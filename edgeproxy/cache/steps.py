@@ -275,6 +275,9 @@ async def fetch(node: CacheNode, tx: Tx) -> Step:
         tx.direct = DirectSource(flight.direct, beresp.body_start)
         if not flight.taken.done():
             flight.taken.set_result(None)
+        if beresp.status == 206 and flight.meta.if_range_fails(req.headers.get("if-range")):
+            await node.drop_direct(tx)  # an unstored range is no whole (§13.1.5): relayed
+            return pass_
     if beresp.status >= 500 and tx.stale is not None and \
             tx.stale.freshness.may_serve_stale_on_error(time.time()):
         await node.drop_direct(tx)
