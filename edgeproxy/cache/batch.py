@@ -53,6 +53,8 @@ class GroupCommit:
         # after a transaction of about n bytes: whether the index is over its size limit
         self.over_limit: Callable[[int], bool] = \
             lambda nbytes: bool(self.cache.volume() > self.cache.size_limit)
+        # the size bound removed entries (and their slice files)
+        self.on_culled: Callable[[], None] = lambda: None
         self.pending: dict[str, tuple[Any, str]] = {}
         self._after: list[Callable[[], None]] = []
         self._timer: asyncio.TimerHandle | None = None
@@ -126,8 +128,8 @@ class GroupCommit:
                 raise
             self._transaction(batch)  # the volume was full: once more, now there is room
         self.on_commit(list(batch))
-        if self.over_limit(nbytes):
-            self.cache.cull()
+        if self.over_limit(nbytes) and self.cache.cull():
+            self.on_culled()
 
     def _transaction(self, batch: dict[str, tuple[Any, str]]) -> None:
         """One transaction: keys new to the index go in with one statement (most of a batch:

@@ -128,6 +128,14 @@ class Evictor:
                   self.directory, self.volume.reserve())
         return freed
 
+    def culled(self) -> None:
+        """The index's size bound removed entries (diskcache's cull, `GroupCommit`): their
+        slice files may be open in any worker, where they hold their space until closed (an
+        edge on a 20 MiB volume with an 8 MiB cache filled it with evicted files held open,
+        and its fills failed for want of space), so every worker lets go, as after `evict`."""
+        self._forget_files()
+        self.volume.evicted()
+
     def unlink_files(self, where: str, args: tuple[Any, ...]) -> None:
         """Delete the value files of the rows matching ``where`` (ahead of the rows)."""
         for (filename,) in queries.sql(self._cache())(

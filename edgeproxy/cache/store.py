@@ -107,6 +107,7 @@ class CacheStore(ScrubReads):
         self._batch.on_full = lambda exc, nbytes: index.is_full(exc) and self.room.make_room(nbytes)
         self._size = SizeWatch(lambda: self._cache, size_limit)
         self._batch.over_limit = self._size.over
+        self._batch.on_culled = self.room.culled
         with contextlib.suppress(OSError):
             self.space.free(fresh=True)  # a first reading: makes the ballast if there is room
 
