@@ -95,9 +95,11 @@ def plan_reply(meta: ObjectMeta, req_headers: dict[str, str], method: str,
 
 
 def with_content_digest(reply: Reply, meta: ObjectMeta, key: str, method: str,
-                        upstream: fields.MessageDigest | None) -> Reply:
-    """``reply`` with the ``Content-Digest`` its content may carry (`fields.content_digest`):
-    ``upstream`` is the digest of the answer of the fill this request led or followed."""
+                        flight: Flight | None) -> Reply:
+    """``reply`` with the ``Content-Digest`` its content may carry (`fields.content_digest`),
+    given the flight this request led or followed (its answer's digest, if of ``meta``)."""
+    upstream = flight.content_digest if flight is not None and flight.meta is not None \
+        and flight.meta.version == meta.version else None
     content: tuple[int, int] | None = None
     if method != "HEAD" and reply.status in (200, 206) and reply.multipart is None \
             and meta.length is not None:

@@ -130,20 +130,28 @@ def all_there(node: CacheNode, tx: Tx, meta: ObjectMeta) -> bool:
         len(node.store.stored_slices(tx.req.key, meta.version, unfilled)) == len(unfilled)
 
 
-def attach(node: CacheNode, tx: Tx, meta: ObjectMeta,
-           ranges: list[ByteRange] | None) -> dict[int, Source]:
-    """Readers on the fills now in flight for the slices an answer will send."""
-    if meta.length is None or tx.direct is not None:
-        return {}
-    spans = [policy.slice_span(r.start, r.end, meta.slice_size) for r in ranges] \
-        if ranges else [range(policy.slice_count(meta.length, meta.slice_size))]
+def attach(node: CacheNode, tx: Tx, meta: ObjectMeta, ranges: list[ByteRange] | None,
+           bodiless: bool) -> dict[int, Source]:
+    """The sources of the slices an answer will send that are at hand: those the steps
+    joined (`Tx.ready`, taken from it), and readers on the fills now in flight (none for an
+    answer without a body). Taken before the answer awaits anything: a fill that fails and
+    leaves the registry meanwhile must fail the answer, not be fetched again."""
     ready: dict[int, Source] = {}
-    for span in spans:
-        for index in span:
-            fill = node.coalescer.fills.get((tx.req.key, index))
-            if fill is not None and fill.error is None and \
-                    fill.flight.version == meta.version and index not in ready:
-                ready[index] = FillSource(fill)
+    if not bodiless and meta.length is not None and tx.direct is None:
+        spans = [policy.slice_span(r.start, r.end, meta.slice_size) for r in ranges] \
+            if ranges else [range(policy.slice_count(meta.length, meta.slice_size))]
+        for span in spans:
+            for index in span:
+                fill = node.coalescer.fills.get((tx.req.key, index))
+                if fill is not None and fill.error is None and \
+                        fill.flight.version == meta.version and index not in ready:
+                    ready[index] = FillSource(fill)
+    for index, source in tx.ready.items():
+        replaced = ready.pop(index, None)
+        if replaced is not None:
+            replaced.close()
+        ready[index] = source
+    tx.ready = {}
     return ready
 
 

@@ -23,7 +23,7 @@ from .facts import FactsContradicted, FlightContext
 from .lanebodies import file_pieces
 from .meta import whole_body_digest
 from .relay import pass_
-from .sources import DirectSource, Source, StoredSource, small_body_ended
+from .sources import Source, StoredSource, small_body_ended
 from .transport import BeReq
 from .tx import Tx
 from .types import ZEROCOPY
@@ -148,9 +148,7 @@ async def hit(node: CacheNode, tx: Tx) -> Step:
             if flight.direct is not None:
                 # an answer that is not stored (an upstream error): relay its own body, never
                 # slices fetched anew under its facts
-                tx.direct = DirectSource(flight.direct, flight.headers.result().body_start)
-                if not flight.taken.done():
-                    flight.taken.set_result(None)
+                tx.take_direct(flight, flight.headers.result().body_start)
                 return deliver
             return hit
         if not isinstance(source, StoredSource) and tx.verdict is Verdict.HIT:
@@ -272,9 +270,7 @@ async def fetch(node: CacheNode, tx: Tx) -> Step:
             flight.meta.vary, flight.meta.vary_values, req.headers))):
         return pass_  # not ours to share (private, another variant, Vary: *): our own
     if flight.direct is not None and tx.led:
-        tx.direct = DirectSource(flight.direct, beresp.body_start)
-        if not flight.taken.done():
-            flight.taken.set_result(None)
+        tx.take_direct(flight, beresp.body_start)
         if beresp.status == 206 and flight.meta.if_range_fails(req.headers.get("if-range")):
             await node.drop_direct(tx)  # an unstored range is no whole (§13.1.5): relayed
             return pass_
@@ -360,19 +356,9 @@ async def deliver(node: CacheNode, tx: Tx) -> None:
         await node.drop_direct(tx)
         raise
     flight = tx.flight
-    reply = with_content_digest(reply, meta, req.key, req.method, flight.content_digest if
-                                flight is not None and flight.meta is not None
-                                and flight.meta.version == meta.version else None)
-    # Readers on every fill in flight are taken before any await: a fill that fails and
-    # leaves the registry meanwhile must fail this answer, not be fetched again.
+    reply = with_content_digest(reply, meta, req.key, req.method, flight)
     bodiless = req.method == "HEAD" or reply.status == 304
-    ready = {} if bodiless else joins.attach(node, tx, meta, reply.ranges)
-    for index, source in tx.ready.items():
-        replaced = ready.pop(index, None)
-        if replaced is not None:
-            replaced.close()
-        ready[index] = source
-    tx.ready = {}
+    ready = joins.attach(node, tx, meta, reply.ranges, bodiless)
     if not bodiless:
         await small_body_ended(ready, meta.length, node.wait_timeout)
         filling = {i for i, source in ready.items() if not isinstance(source, StoredSource)}

@@ -40,3 +40,11 @@ class Tx:
     tries: int = 0  # lookups repeated after losing a race for a claim
     interims: tuple[tuple[int, RawHeaders], ...] = ()  # 1xx answers to pass on first
     whole: bool = False  # fetch the object whole: its length is learnt from that answer
+
+    def take_direct(self, flight: Flight, body_start: int) -> None:
+        """Relay the unstored answer of ``flight``, which this request led, as its own body
+        (the flight stops waiting for a taker)."""
+        assert flight.direct is not None
+        self.direct = DirectSource(flight.direct, body_start)
+        if not flight.taken.done():
+            flight.taken.set_result(None)
