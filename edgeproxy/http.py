@@ -163,6 +163,15 @@ def resolve_ranges(specs: list[RangeSpec], length: int) -> list[ByteRange]:
     return [merged[i] for i in sorted(range(len(merged)), key=asked.__getitem__)]
 
 
+def satisfiable(specs: list[RangeSpec] | None, length: int) -> bool:
+    """Whether ``specs`` name a range of ``length`` bytes (`resolve_ranges` raises no 416)."""
+    try:
+        resolve_ranges(specs or [], length)
+    except RangeNotSatisfiable:
+        return False
+    return bool(specs)
+
+
 def parse_content_range(value: str | None) -> tuple[ByteRange | None, int | None] | None:
     """Parse a ``Content-Range`` response header: ``(range, complete length)``.
 

@@ -16,6 +16,7 @@ from functools import partial
 from typing import TYPE_CHECKING
 
 from ..errors import FillAborted, HTTPError, UpstreamError, UpstreamTimeout
+from ..http import satisfiable
 from . import fields, joins, policy, slicesums, smallfetch
 from .beresp import from_upstream
 from .deliver import checked_send, plan_reply, refuse_wrong_empty, send_body, with_content_digest
@@ -286,9 +287,12 @@ async def fetch(node: CacheNode, tx: Tx) -> Step:
         await node.drop_direct(tx)
         if beresp.length == 0:  # (an empty one's bytes are known: are they its address's?)
             refuse_wrong_empty(policy.expected_sha256(req.path, beresp.header_map))
-        if any(name in req.headers for name in CONDITIONALS):
+        if any(name in req.headers for name in CONDITIONALS) or \
+                satisfiable(req.ranges, beresp.length):
             # RFC 9110 §13.2.2: preconditions come before Range (an If-Range that fails
-            # means the whole, a matching If-None-Match a 304): the object's own facts decide
+            # means the whole, a matching If-None-Match a 304), and a slice chosen by the
+            # length stored may be past the end of an object that shrank while the client's
+            # range (a suffix) is not: the object's own facts decide (it was a 416)
             tx.flight, tx.led = None, False
             return await _learn_length(node, tx)
         raise HTTPError(416, "range_not_satisfiable",

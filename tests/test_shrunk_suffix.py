@@ -1,0 +1,40 @@
+"""A suffix range of an object that shrank upstream since it was stored. The slice the
+stored length points at can start past the new end, and the upstream answers that slice
+416; the client's range is a suffix, which any non-empty object satisfies (RFC 9110
+§14.1.1). The edge answered 416 with the new length (a load run against nginx serving files
+rewritten in place: 19 of 720 suffix requests while a file alternated between two sizes)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from tests.chain import Chain
+from tests.origins import TestOrigin, pattern
+from tests.servers import serve
+
+SLICE = 64 * 1024
+
+
+def test_a_suffix_of_an_object_that_shrank_is_its_new_tail(tmp_path: Path) -> None:
+    """Stored at 201,073 bytes, expired, now 126,977: ``bytes=-40798`` would start in slice 2
+    by the stored length, past the new end; the answer is the new object's last 40,798 bytes."""
+    origin = TestOrigin()
+    old, new = pattern(201_073, seed=1), pattern(126_977, seed=2)
+    origin.put("/f", old, headers={"cache-control": "max-age=1"})
+    with serve(origin) as o:
+        chain = Chain(o.url, tmp_path, slice_size=SLICE, memory_size=0).start()
+        try:
+            assert chain.get("/f").content == old
+            assert chain.get("/f", headers={"range": "bytes=-40798"}).content == old[-40798:]
+            time.sleep(1.2)  # expired at both tiers
+            origin.put("/f", new, headers={"cache-control": "max-age=1"})
+            r = chain.get("/f", headers={"range": "bytes=-40798"})
+            assert r.status_code == 206, (r.status_code, r.headers.get("content-range"))
+            start, end = len(new) - 40798, len(new) - 1
+            assert r.headers["content-range"] == f"bytes {start}-{end}/{len(new)}"
+            assert r.content == new[-40798:]
+            r = chain.get("/f")
+            assert r.status_code == 200 and r.content == new
+        finally:
+            chain.stop()
