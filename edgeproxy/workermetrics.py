@@ -52,6 +52,12 @@ def _allocated_dicts() -> None:
 
     if getattr(values.MmapedDict, "allocated", False):  # type: ignore[attr-defined]
         return
+    if not all(hasattr(mmap_dict, name) for name in ("_INITIAL_MMAP_SIZE", "_pack_integer")) \
+            or not hasattr(mmap_dict.MmapedDict, "_init_value"):
+        # (internals of the library's: a release without them is mapped as it maps)
+        log.warning("prometheus-client %s: metrics files are not allocated ahead; a full "
+                    "data volume may stop workers", getattr(values, "__version__", "?"))
+        return
 
     class _AllocatedDict(mmap_dict.MmapedDict):
         allocated = True

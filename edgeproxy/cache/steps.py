@@ -289,10 +289,8 @@ async def fetch(node: CacheNode, tx: Tx) -> Step:
             refuse_wrong_empty(policy.expected_sha256(req.path, beresp.header_map))
         if any(name in req.headers for name in CONDITIONALS) or \
                 satisfiable(req.ranges, beresp.length):
-            # RFC 9110 §13.2.2: preconditions come before Range (an If-Range that fails
-            # means the whole, a matching If-None-Match a 304), and a slice chosen by the
-            # length stored may be past the end of an object that shrank while the client's
-            # range (a suffix) is not: the object's own facts decide (it was a 416)
+            # Preconditions come before Range (RFC 9110 §13.2.2), and an object that shrank
+            # may still hold the client's range (a suffix): its own facts decide
             tx.flight, tx.led = None, False
             return await _learn_length(node, tx)
         raise HTTPError(416, "range_not_satisfiable",
@@ -307,8 +305,7 @@ async def fetch(node: CacheNode, tx: Tx) -> Step:
 
 
 async def _wait_then_look_again(node: CacheNode, tx: Tx, index: int) -> Step:
-    """The slice was claimed between our look and our claim: by another worker, or by a
-    flight of this process that is not a facts flight. Wait for its facts, look up again."""
+    """Another worker, or a flight here of no facts, claimed the slice since our look."""
     tx.tries += 1
     if tx.tries > LOOKUP_TRIES:
         # Others keep winning the claim (an object never fresh, revalidated by every
