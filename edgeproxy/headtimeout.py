@@ -12,6 +12,9 @@ connection opening or of the previous answer ending; past that the client gets 4
 from __future__ import annotations
 
 import asyncio
+import fcntl
+import struct
+import termios
 from collections.abc import Callable
 from http import HTTPStatus
 from typing import Any
@@ -155,6 +158,13 @@ class HeadDeadline:
         if self.timer is None:
             self.timer, self.timer_at = self.loop.call_at(due, self._fired), due
 
+    def postpone(self, idle: float) -> None:
+        """From ``on_idle``: count both bounds from now (the last answer is still going out
+        to a client reading it slowly; no timer of its own, `_fired` sleeps on)."""
+        now = self.loop.time()
+        self.due = now + self.seconds
+        self.idle_due = now + idle if idle < self.seconds else None
+
     def cancel(self) -> None:
         """No head is awaited (one arrived)."""
         self.due = self.idle_due = None
@@ -201,3 +211,14 @@ def send_refusal(transport: asyncio.Transport, error: HTTPError) -> None:
         b"content-length: %d\r\nconnection: close\r\n\r\n" % len(body), body,
     ]))  # fmt: skip
     transport.close()
+
+
+def unsent_bytes(transport: Any) -> int:
+    """Bytes of answers the kernel still holds for the client (Linux ``SIOCOUTQ``; 0 where
+    it cannot tell): a client still reading a large answer is not idle."""
+    sock = transport.get_extra_info("socket")
+    try:
+        out = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0")
+    except (AttributeError, OSError, ValueError):
+        return 0
+    return int(struct.unpack("i", out)[0])

@@ -40,7 +40,7 @@ from .errors import HTTPError
 from .fastanswer import LANE, Sending, fast_lane_of, write_answer
 from .guard import FIELD_OVERHEAD, PROXIED_BYTES, PROXIED_FIELDS, head_cap, valid_host
 from .headholder import HeadHolder
-from .headtimeout import DeadlineHooks, HeadDeadline, send_refusal, timeout_error
+from .headtimeout import DeadlineHooks, HeadDeadline, send_refusal, timeout_error, unsent_bytes
 from .zerocopy import ZEROCOPY, send_rest, socket_fd
 
 # A request line of the form RFC 9112 §3 gives (a method token, a target, an HTTP version)
@@ -65,6 +65,7 @@ class GuardedHttpToolsProtocol(DeadlineHooks, HttpToolsProtocol):  # type: ignor
             lane[:] = [self.app, fast_lane_of(self.app)]
         self.fast: tuple[Any, Any] | None = lane[1]
         self.fast_served = False
+        self.unsent_seen = sys.maxsize  # answer bytes not yet taken, at the last idle check
         self.fast_declined = False  # the fast lane was asked for this request and said no
         self.begun = 0  # requests begun in the chunk being parsed
         self.lane_answered = 0  # ... and whether the lane answered one
@@ -127,6 +128,13 @@ class GuardedHttpToolsProtocol(DeadlineHooks, HttpToolsProtocol):  # type: ignor
         the head deadline) or an answer is under way."""
         if not self.in_head or self.head_bytes or self.transport.is_closing() \
                 or (self.cycle is not None and not self.cycle.response_complete):
+            return False
+        # A client still reading the last answer (slowly: the kernel holds MBs of it) is not
+        # idle while it takes bytes; one that takes none in a whole bound is
+        left = self.transport.get_write_buffer_size() + unsent_bytes(self.transport)
+        if 0 < left < self.unsent_seen:
+            self.unsent_seen = left
+            self.deadline.postpone(self.timeout_keep_alive)
             return False
         self.timeout_keep_alive_handler()
         return True

@@ -136,3 +136,22 @@ def test_a_shorter_bound_after_a_longer_one_takes_a_timer_that_fires_in_time() -
     deadline.arm(idle=3.0)  # t=7: the timer at 9 wakes, sleeps on to 10
     clock.advance(10)
     assert asked == [4.0, 10.0] and fired == []
+
+
+def test_postponed_from_on_idle_both_bounds_count_from_then() -> None:
+    """A client still reading the last answer: ``on_idle`` postpones, and is asked again a
+    keep-alive bound later; the head deadline moves with it; one timer throughout."""
+    clock, fired, asked = _Clock(), list[float](), list[float]()
+    deadline: HeadDeadline
+
+    def on_idle() -> bool:
+        asked.append(clock.now)
+        if len(asked) < 3:
+            deadline.postpone(3.0)  # still taking bytes
+            return False
+        return True  # idle now: closed
+
+    deadline = HeadDeadline(clock, 10.0, lambda: fired.append(clock.now), on_idle)  # type: ignore[arg-type]
+    deadline.arm(idle=3.0)
+    clock.advance(30)
+    assert asked == [3.0, 6.0, 9.0] and fired == [] and clock.live() == []
