@@ -121,6 +121,7 @@ class GuardedHttpToolsProtocol(DeadlineHooks, HttpToolsProtocol):  # type: ignor
             self._start_asgi_task(cycle, app)
             self.deadline.arm()
         else:
+            self.unsent_seen = sys.maxsize  # (this answer's bytes are still to be taken)
             self.deadline.arm(self.timeout_keep_alive)
 
     def _idle_timed_out(self) -> bool:
