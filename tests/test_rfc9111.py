@@ -155,6 +155,22 @@ def test_no_cache_is_stored_but_revalidated(foreign: ForeignOrigin, foreign_chai
     assert foreign.requests("/x")[1].header("if-none-match") == '"nc1"'
 
 
+@pytest.mark.parametrize(("status", "cache_control"),
+                         [(404, "no-cache"), (410, "no-cache"), (404, "max-age=60, no-cache")])
+def test_a_negative_answer_with_no_cache_is_not_reused(
+        foreign: ForeignOrigin, foreign_chain: Chain, status: int, cache_control: str) -> None:
+    """RFC 9111 §5.2.2.4: ``no-cache`` holds for a 404/410 as for a 200; the short
+    ``negative_ttl`` is a heuristic (§4.2.2) and must not make it fresh. The resource that
+    then appears is served at once, from both tiers."""
+    foreign.route("/x", status=status, body=b"not here",
+                  headers=[("Cache-Control", cache_control)])
+    assert foreign_chain.get("/x").status_code == status
+    foreign.route("/x", body=b"here now", headers=[("Cache-Control", "max-age=60")])
+    r = foreign_chain.get("/x")
+    assert (r.status_code, r.content) == (200, b"here now")
+    assert foreign.count("/x") == 2
+
+
 @pytest.mark.parametrize("directive", ["must-revalidate", "proxy-revalidate"])
 def test_stale_must_not_be_served_when_revalidation_fails(
         foreign: ForeignOrigin, foreign_chain: Chain, directive: str) -> None:

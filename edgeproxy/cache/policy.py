@@ -183,6 +183,8 @@ def freshness_lifetime(tier: str, content_class: ContentClass | None, status: in
     """
     cc = parse_cache_control(headers.get("cache-control"))
     if status in NEGATIVE_STATUSES:
+        if "no-cache" in cc:
+            return 0.0  # §5.2.2.4 binds a 404 too: negative_ttl is only a heuristic cap
         explicit = _explicit_lifetime(cc, headers, response_time)
         return min(negative_ttl, explicit) if explicit is not None else negative_ttl
     if content_class is not None and status == 200:
