@@ -8,8 +8,10 @@ the second request reaches the origin. Each test names the section it checks.
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 from email.utils import formatdate
 
+import httpx
 import pytest
 
 from tests.chain import Chain
@@ -253,6 +255,26 @@ def test_vary_keeps_variants_side_by_side(foreign: ForeignOrigin,
     assert foreign.count("/x") == 2
     r = foreign_chain.get("/x", headers={"Accept-Language": "fr"})
     assert r.json()["accept-language"] == "fr" and r.headers["x-cache"] == "HIT from edge"
+
+
+def test_a_variant_joining_another_variants_revalidation_is_not_failed(
+        foreign: ForeignOrigin, foreign_chain: Chain) -> None:
+    """RFC 9111 §4.1/§4.3.4: a suffix range for a variant not stored yet, sent while another
+    variant is revalidated (a 304, no body): the new variant's slice was joined to that
+    revalidation's fill, which ended bodiless, and the request failed with a 502. It is now
+    answered from the variant's own bytes."""
+    with ThreadPoolExecutor(4) as pool:
+        for n in range(8):
+            target = f"/v{n}"
+            foreign.route(target, body=b"0123456789", etag='"v1"',
+                          headers=[("Cache-Control", "max-age=0"), ("Vary", "Accept-Language")])
+            assert foreign_chain.get(target).status_code == 200
+            asks = [{}, {}, {"Range": "bytes=-1", "Accept-Language": "fr"}]
+            answers = list(pool.map(
+                lambda h, t=target: httpx.get(foreign_chain.edge_url + t, headers=h), asks))
+            assert [r.status_code for r in answers[:2]] == [200, 200]
+            assert (answers[2].status_code, answers[2].content) in ((206, b"9"),
+                                                                    (200, b"0123456789"))
 
 
 def test_vary_star_never_matches(foreign: ForeignOrigin, foreign_chain: Chain) -> None:

@@ -228,9 +228,10 @@ class Coalescer:
                 # failed meanwhile, so does this answer, as its followers' do
                 with contextlib.suppress(UpstreamError, TimeoutError):
                     await shared(fill.flight.headers, self.wait_timeout)
-                if fill.error is not None:
+                if fill.error is not None and not _answered(fill.flight):
                     raise FillAborted(f"fill failed: {fill.error}")
-                continue
+                continue  # (answered without this slice, a 304 of another variant's copy:
+                #            the slice is stored, or ours to fetch)
             if fill is not None and fill.error is None and not fill.done:
                 # the slice of another version (the object changed) is still being filled:
                 # its claim is free once that fill ends, and a flight of our own waits till then
@@ -303,3 +304,10 @@ class Coalescer:
                 fill.release()
         self.fills.clear()
         self.claims.close()
+
+
+def _answered(flight: Flight) -> bool:
+    """Whether ``flight``'s answer came in: its fills then ended only because the answer
+    brought no body to store (a 304, an unstored answer), not because the upstream failed."""
+    headers = flight.headers
+    return headers.done() and not headers.cancelled() and headers.exception() is None
