@@ -223,6 +223,10 @@ class ForeignSource(Following):
         if not fill.done:
             await fill.wait_done(timeout)
         if fill.error is not None:
+            if fill.visible == 0:
+                # none of its bytes can have gone out (the final one-byte slice of an answer
+                # is settled before it is sent): joined again, as `stream` has it
+                raise FillLost(f"fill failed before its first byte: {fill.error}")
             raise FillAborted(f"fill failed: {fill.error}")
 
     def close(self) -> None:
