@@ -147,7 +147,10 @@ class S3Transport:
         """GET or HEAD the object ``bereq.target`` maps to, signed."""
         method = bereq.method.upper()
         if method not in ("GET", "HEAD"):
-            return _Answer(405, [(b"allow", b"GET, HEAD"), (b"content-length", b"0")], b"")
+            # in JSON like every refusal of the node's own (a bare 405 named nothing)
+            answer = _json(405, "method_not_allowed", f"{method} is not served from a bucket")
+            answer.headers.append((b"allow", b"GET, HEAD"))
+            return answer
         key = object_key(self.location, bereq.target)
         if key is None:
             return _not_found()
