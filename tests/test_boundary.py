@@ -85,3 +85,26 @@ def test_an_injected_transport_is_the_upstream(tmp_path: Path) -> None:
     bereq = transport.seen[0]
     assert (bereq.method, bereq.target, bereq.key) == ("GET", "/a?b=1", "/a?b=1")
     assert (b"x-trace", b"t1") in bereq.headers
+
+
+class BuggyTransport(ScriptedTransport):
+    """An upstream seam with a bug of ours in it: not an upstream failure."""
+
+    async def send(self, bereq: BeReq) -> ScriptedResponse:
+        raise RuntimeError("a bug, not an upstream failure")
+
+
+def test_a_bug_is_a_json_500_and_the_node_serves_on(tmp_path: Path,
+                                                     caplog: pytest.LogCaptureFixture) -> None:
+    """Anything else raised in the steps (a bug) is answered like every refusal of the node's,
+    with a JSON body (it was uvicorn's plain-text 500), and logged with its traceback."""
+    config = load_config(None, env={"EDGEPROXY_DATA_DIR": str(tmp_path)})
+    app = create_app(config.replace(content_classes=()), "edge", transport=BuggyTransport())
+    with serve(app) as edge:
+        r = httpx.get(edge.url + "/a")
+        again = httpx.get(edge.url + "/a", headers={"range": "bytes=0-9"})
+    assert r.status_code == 500 and r.headers["content-type"] == "application/json"
+    assert r.json()["error"] == "internal_error" and "RuntimeError" not in r.text
+    # (a range's flight runs as a task of its own: what fails there fails the flight, 502)
+    assert again.status_code == 502 and again.headers["content-type"] == "application/json"
+    assert "a bug, not an upstream failure" in caplog.text

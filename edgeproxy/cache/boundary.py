@@ -36,3 +36,11 @@ def http_error(exc: UpstreamError, tier: str) -> HTTPError:
             log.warning("%s: %s (%s)", tier, message, exc)
             return HTTPError(status, code, message, tier=tier)
     raise AssertionError("unreachable: UpstreamError is the last row")
+
+
+def internal_error(exc: Exception, tier: str, key: str | None) -> HTTPError:
+    """The client-facing error for a bug (any other exception): a JSON 500 like every other
+    answer of the node's, its traceback in the log (uvicorn's own was plain text)."""
+    log.error("%s: internal error on %s", tier, key, exc_info=exc)
+    return HTTPError(500, "internal_error", "the cache failed to answer this request",
+                     tier=tier)

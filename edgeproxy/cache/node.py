@@ -123,6 +123,9 @@ class CacheNode:
             await self._error(tx, send, boundary.http_error(exc, self.name))
         except HTTPError as exc:
             await self._error(tx, send, exc)
+        except Exception as exc:  # a bug: still a JSON answer, and the worker goes on
+            key = tx.req.key if tx is not None else None
+            await self._error(tx, send, boundary.internal_error(exc, self.name, key))
         finally:
             self.answered += 1
             verdict = tx.verdict if tx is not None else Verdict.ERROR

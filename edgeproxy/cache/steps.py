@@ -107,9 +107,9 @@ async def hit(node: CacheNode, tx: Tx) -> Step:
     # (a flight joined that brings this version's bytes, all the answer needs: its facts are
     # its own, no second look; a 304 brings none, a range's too few for a whole answer)
     flight, last = tx.flight, req.last_slice(meta.slice_size)
-    carried = flight is not None and flight.version == meta.version and \
-        flight.first <= first // meta.slice_size and \
-        (flight.last is None or (last is not None and flight.last >= last))
+    carried = flight is not None and flight.version == meta.version and (meta.status != 200 or (
+        flight.first <= first // meta.slice_size  # (a range of a 200 only: others are whole)
+        and (flight.last is None or (last is not None and flight.last >= last))))
     if (only_cached or (not carried and meta.unvalidated)) \
             and not joins.all_there(node, tx, meta):
         if only_cached:
@@ -123,12 +123,12 @@ async def hit(node: CacheNode, tx: Tx) -> Step:
         if running is not None and running is tx.flight and running.version is None:
             del node.coalescer.flights[req.key]  # its answer (a 304) is in: none to join
             running = None
+        tx.tries += 1  # (bytes stored and gone at once, each time: an answer of our own)
+        if tx.tries > LOOKUP_TRIES:
+            return pass_
         if running is None:  # (a stale copy it revalidated is that meta: not again)
             tx.meta, tx.known, tx.stale, tx.flight, tx.led = None, meta, None, None, False
             return miss
-        tx.tries += 1
-        if tx.tries > LOOKUP_TRIES:
-            return pass_
         try:
             await shared(running.ended, node.wait_timeout)
         except TimeoutError:
