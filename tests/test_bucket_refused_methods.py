@@ -13,6 +13,7 @@ from edgeproxy import cache
 from edgeproxy.config import load_config
 from tests.objectstore import S3Endpoint, moto_s3
 from tests.servers import serve
+from tests.test_s3_stack import _bucket_env
 
 
 @pytest.fixture(scope="module")
@@ -25,12 +26,7 @@ def test_methods_a_bucket_does_not_serve_are_a_json_405(
         s3: S3Endpoint, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
     bucket = s3.new_bucket()
     s3.client().put_object(Bucket=bucket, Key="p/a.bin", Body=b"abc")
-    settings = s3.settings()
-    assert settings.credentials is not None
-    for name, value in {"AWS_ENDPOINT_URL": s3.url, "AWS_REGION": "us-east-1",
-                        "AWS_ACCESS_KEY_ID": settings.credentials.access_key,
-                        "AWS_SECRET_ACCESS_KEY": settings.credentials.secret_key}.items():
-        monkeypatch.setenv(name, value)
+    _bucket_env(s3, monkeypatch)
     config = load_config(None, env={"EDGEPROXY_DATA_DIR": str(tmp_path / "var")})
     with serve(cache.create_app(config, "shield", upstream=f"s3://{bucket}/p")) as shield, \
             serve(cache.create_app(config, "edge", upstream=shield.url)) as edge:  # fmt: skip
