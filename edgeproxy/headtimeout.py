@@ -12,9 +12,6 @@ connection opening or of the previous answer ending; past that the client gets 4
 from __future__ import annotations
 
 import asyncio
-import fcntl
-import struct
-import termios
 from collections.abc import Callable
 from http import HTTPStatus
 from typing import Any
@@ -211,14 +208,3 @@ def send_refusal(transport: asyncio.Transport, error: HTTPError) -> None:
         b"content-length: %d\r\nconnection: close\r\n\r\n" % len(body), body,
     ]))  # fmt: skip
     transport.close()
-
-
-def unsent_bytes(transport: Any) -> int:
-    """Bytes of answers the kernel still holds for the client (Linux ``SIOCOUTQ``; 0 where
-    it cannot tell): a client still reading a large answer is not idle."""
-    sock = transport.get_extra_info("socket")
-    try:
-        out = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0")
-    except (AttributeError, OSError, ValueError):
-        return 0
-    return int(struct.unpack("i", out)[0])

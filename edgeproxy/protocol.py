@@ -40,8 +40,8 @@ from .errors import HTTPError
 from .fastanswer import LANE, Sending, fast_lane_of, write_answer
 from .guard import FIELD_OVERHEAD, PROXIED_BYTES, PROXIED_FIELDS, head_cap, valid_host
 from .headholder import HeadHolder
-from .headtimeout import DeadlineHooks, HeadDeadline, send_refusal, timeout_error, unsent_bytes
-from .zerocopy import ZEROCOPY, send_rest, socket_fd
+from .headtimeout import DeadlineHooks, HeadDeadline, send_refusal, timeout_error
+from .zerocopy import ZEROCOPY, send_rest, socket_fd, unsent_bytes
 
 # A request line of the form RFC 9112 §3 gives (a method token, a target, an HTTP version)
 _REQUEST_LINE = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+ [^ \r\n]+ HTTP/\d\.\d\r?\n")

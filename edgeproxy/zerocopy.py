@@ -15,8 +15,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import os
 import socket
+import struct
+import termios
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -38,7 +41,8 @@ WIDE_MIN = 4 * 1024 * 1024
 WIDE_SEND = 4 * 1024 * 1024
 
 __all__ = ["WIDE_MIN", "WIDE_SEND", "ZEROCOPY", "Segment", "send_file",
-           "send_files", "send_now", "send_rest", "socket_fd", "widen", "write_piece"]
+           "send_files", "send_now", "send_rest", "socket_fd", "unsent_bytes", "widen",
+           "write_piece"]
 
 
 def socket_fd(transport: Any) -> int | None:
@@ -49,6 +53,17 @@ def socket_fd(transport: Any) -> int | None:
     sock = transport.get_extra_info("socket")
     fd = sock.fileno() if sock is not None else -1
     return fd if fd >= 0 else None
+
+
+def unsent_bytes(transport: Any) -> int:
+    """Bytes of answers the kernel still holds for the client (Linux ``SIOCOUTQ``; 0 where
+    it cannot tell): a client still reading a large answer is not idle."""
+    sock = transport.get_extra_info("socket")  # (TLS too: its bytes wait there the same)
+    try:
+        out = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0")
+    except (AttributeError, OSError, ValueError):
+        return 0
+    return int(struct.unpack("i", out)[0])
 
 
 def widen(transport: Any) -> None:
