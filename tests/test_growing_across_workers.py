@@ -46,7 +46,9 @@ def test_every_worker_follows_a_growing_body(tmp_path: Path, etag: str | None,
                                   timeout=20) as http:
                     start.wait()
                     try:
-                        got.append(http.get(edge.url + "/static/grow").content)
+                        r = http.get(edge.url + "/static/grow")
+                        got.append(r.content if r.status_code == 200 else
+                                   f"{r.status_code} {r.text[:200]}")  # (shown when it fails)
                     except httpx.HTTPError as exc:
                         got.append(exc)
 
