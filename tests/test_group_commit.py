@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sqlite3
+import time
 from pathlib import Path
 
 import diskcache
@@ -349,7 +350,8 @@ def test_a_large_object_s_facts_reach_other_workers_with_its_headers(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Requests for it in other workers wait for its facts in the index (`foreign_facts`), so
     an object of many slices has them committed as its answer's headers come, not at the next
-    group commit; a small object's stay in the group commit (its body comes with them)."""
+    group commit (within `batch.SOON_DELAY`, after its first bytes go out); a small object's
+    stay in the group commit (its body comes with them)."""
     import httpx
 
     from edgeproxy.cache import create_app
@@ -369,7 +371,11 @@ def test_a_large_object_s_facts_reach_other_workers_with_its_headers(
         try:
             with httpx.stream("GET", edge.url + "/g/large") as r:
                 assert r.status_code == 200
-                stored = reader.get_meta("/g/large")  # headers in, most of the body not
+                # headers in, most of the body not: committed within milliseconds
+                deadline = time.monotonic() + 0.1
+                while (stored := reader.get_meta("/g/large")) is None and \
+                        time.monotonic() < deadline:
+                    time.sleep(0.002)
                 assert stored is not None and stored.length == 4 * SLICE
                 assert r.read() == pattern(4 * SLICE)
             assert httpx.get(edge.url + "/g/small").content == pattern(1000)

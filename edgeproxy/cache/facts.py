@@ -119,8 +119,9 @@ class Facts:
                 return Plan("store", meta, digest, store_meta="with_body")
             self.store.set_meta(key, meta)
             # Other workers' requests for it wait on these facts (`foreign_facts`): in the
-            # index now, not at the next group commit; one transaction beside many slices.
-            self.store.commit()
+            # index within milliseconds, not at the next group commit; one transaction
+            # beside many slices.
+            self.store.commit_soon()
         except StorageFault:
             return Plan("direct", meta)  # the disk is failing: pass this answer through
         return Plan("store", meta, digest, store_meta="now")

@@ -339,6 +339,10 @@ class CacheStore(ScrubReads):
         """Commit pending writes now."""
         self._batch.commit()
 
+    def commit_soon(self) -> None:
+        """Commit pending writes within a few milliseconds (`GroupCommit.soon`)."""
+        self._batch.soon()
+
     # --- removal and stats ---
 
     @reading(0)
