@@ -252,8 +252,9 @@ class MediaAPI:
                             declared=sha, given=file_sha)  # fmt: skip
         staged = upload.staging_name or f"{upload.media_id}.part"
         if o.direct is not None:  # staged in the bucket: a direct PUT or completed multipart
-            resume = await self._check_direct(upload)
-            on_disk = size
+            # (Never "already stored": the staged object outlives the commit's record.)
+            await self._check_direct(upload)
+            resume, on_disk = False, size
         else:
             on_disk = await o.staging.size(staged) or 0
             # A staging file gone while the blob is stored means an earlier confirm crashed
@@ -286,6 +287,10 @@ class MediaAPI:
             fresh = await o.store.commit(sha, o.staging.path(staged))
         media = await o.db(o.records.commit_upload, upload.media_id, sha, size, thumb_sha,
                            o.clock())  # fmt: skip
+        if o.direct is not None:
+            # Only now the commit is recorded: a crash before it left the staged bytes, which
+            # a retried confirm checks and promotes again.
+            await o.direct.discard(upload.media_id)
         if media is None:
             return None
         if media.thumb_sha256 is not None and o.direct is not None:
@@ -296,15 +301,15 @@ class MediaAPI:
         assert committed is not None
         return committed
 
-    async def _check_direct(self, upload: Upload) -> bool:
+    async def _check_direct(self, upload: Upload) -> None:
         """Size and blob header of a direct upload's staged object (HEAD, then a ranged GET
-        of the header); True if it is gone because an earlier confirm already stored it."""
+        of the header); 409 if there is none. A blob already stored under the declared hash
+        proves nothing: whoever knows a hash could claim it without its bytes, and a profile
+        photo or thumbnail stored under it was never checked as media."""
         assert self.o.direct is not None
-        sha, size = upload.declared_sha256, upload.declared_size
+        size = upload.declared_size
         staged = await self.o.direct.staged(upload.media_id)
         if staged is None:
-            if await self.o.store.exists(sha):
-                return True
             raise HTTPError(409, "upload_incomplete", "nothing has been uploaded yet",
                             declared=size, received=0)  # fmt: skip
         if staged.size != size:
@@ -314,7 +319,6 @@ class MediaAPI:
             check_blob_layout(await self.o.direct.staged_head(upload.media_id, 16), size)
         except BlobFormatError as exc:
             raise Rejected("bad_format", f"not a valid blob: {exc}", reason=str(exc)) from None
-        return False
 
     async def _promote(self, upload: Upload) -> bool:
         assert self.o.direct is not None

@@ -205,22 +205,29 @@ class S3BlobStore:
         return data
 
     async def promote(self, media_id: str, sha256: str) -> bool:
-        """Copy the staged object to ``blobs/<sha256>`` and delete it; False if the blob was
-        already stored (store-once: nothing is copied). `StagedMismatch` if the store's
-        SHA-256 of the copy differs (the copy is removed before anyone is told of it)."""
+        """Copy the staged object to ``blobs/<sha256>``; False if the blob was already stored
+        (store-once: it is not overwritten). `StagedMismatch` if the store's SHA-256 of the
+        staged bytes differs (the copy and the staged object are removed before anyone is told
+        of it). Otherwise the staged object is left for the caller to `discard` once the
+        commit is recorded, so a crash in between leaves bytes a retried confirm checks again.
+
+        The staged bytes are hashed even when the blob is already stored (copied to a scratch
+        key): else anyone who knew a stored blob's hash could confirm it as theirs without
+        having its bytes, and a profile photo or thumbnail, never checked as media, became
+        media served under /v/t1/."""
         staging, key = self.staging_key(media_id), self.blob_key(sha256)
         fresh = not await self.exists(sha256)
-        if fresh:
-            answer = await self._call(
-                "copy_object", Key=key, ChecksumAlgorithm="SHA256",
-                CopySource={"Bucket": self.location.bucket, "Key": staging},
-            )  # fmt: skip
-            actual = answer.get("CopyObjectResult", {}).get("ChecksumSHA256")
-            if actual != b64_sha256(sha256):
-                await self._call("delete_object", Key=key)
-                await self.discard(media_id)
-                raise StagedMismatch(base64.b64decode(actual).hex() if actual else None)
-        await self.discard(media_id)
+        target = key if fresh else self.staging_key(media_id + ".verify")
+        answer = await self._call(
+            "copy_object", Key=target, ChecksumAlgorithm="SHA256",
+            CopySource={"Bucket": self.location.bucket, "Key": staging},
+        )  # fmt: skip
+        actual = answer.get("CopyObjectResult", {}).get("ChecksumSHA256")
+        if actual != b64_sha256(sha256) or not fresh:
+            await self._call("delete_object", Key=target)
+        if actual != b64_sha256(sha256):
+            await self.discard(media_id)
+            raise StagedMismatch(base64.b64decode(actual).hex() if actual else None)
         return fresh
 
     async def discard(self, media_id: str) -> None:
