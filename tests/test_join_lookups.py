@@ -1,5 +1,5 @@
 """Which slices a hit asks the index about before its head (`joins.first_missing`,
-`joins.all_there`): none that a fill here is filling. A stampede's followers, all joining one
+`joins.missing`): none that a fill here is filling. A stampede's followers, all joining one
 flight that fills every slice, each asked the index about the whole window (~0.3 ms apiece
 before their first byte). Unit tests of the two rules, with the store and the coalescer
 stubbed: the question is which slices reach the store's query."""
@@ -57,14 +57,15 @@ def test_first_missing_asks_only_about_slices_not_filling(
     assert store.asked == asked
 
 
-@pytest.mark.parametrize(("stored", "filling", "there", "asked"), [
-    (set(), set(range(4)), True, []),  # all filling: there, without a query
-    (set(range(4)), set(), True, [[0, 1, 2, 3]]),
-    ({0, 1}, {2}, False, [[0, 1, 3]]),  # slice 3 is neither
-    ({0, 3}, {1, 2}, True, [[0, 3]]),
+@pytest.mark.parametrize(("stored", "filling", "missing", "asked"), [
+    (set(), set(range(4)), [], []),  # all filling: there, without a query
+    (set(range(4)), set(), [], [[0, 1, 2, 3]]),
+    ({0, 1}, {2}, [3], [[0, 1, 3]]),  # slice 3 is neither
+    ({0}, set(), [1, 2, 3], [[0, 1, 2, 3]]),
+    ({0, 3}, {1, 2}, [], [[0, 3]]),
 ])
-def test_all_there_asks_only_about_slices_not_filling(
-        stored: set[int], filling: set[int], there: bool, asked: list[list[int]]) -> None:
+def test_missing_asks_only_about_slices_not_filling(
+        stored: set[int], filling: set[int], missing: list[int], asked: list[list[int]]) -> None:
     node, tx, meta, store = _case(4, stored, filling)
-    assert joins.all_there(node, tx, meta) is there
+    assert joins.missing(node, tx, meta) == missing
     assert store.asked == asked

@@ -36,6 +36,7 @@ from .waits import broadcast, shared, within
 JOIN_ATTEMPTS = 3
 STRIPES = 1 << 22  # enough that two live fills rarely share a stripe
 _LOOK_AGAIN = object()  # what waiters on another's look get when it left before the end
+KEPT_FOR = 30.0  # seconds a flight's unclaimed slices stay readable after it ends (`keep`)
 
 
 class Claims:
@@ -129,6 +130,7 @@ class Coalescer:
         # slices other workers fill, followed here: key, index, version → one follower
         self.foreign: dict[tuple[str, int, str], ForeignFill] = {}
         self._facts_waits: dict[tuple[str, int, float], asyncio.Future[object]] = {}
+        self._kept = 0  # unclaimed fills made (`keep`): their files' names
 
     # --- the filler's side ---
 
@@ -142,6 +144,26 @@ class Coalescer:
         fill.make_room = self.store.room.make_room
         self.fills[(flight.key, index)] = fill
         flight.fills[index] = fill
+        return fill
+
+    def keep(self, flight: Flight, index: int) -> SliceFill:
+        """A fill of ``flight`` for a slice it could not claim: another worker fills it for
+        an answer of its own, which no validator ties to this one. Its bytes pass anyway;
+        they go to this flight's own readers (`joins`), never to the store or another
+        request. Kept readable for `KEPT_FOR` seconds after the flight ends, for readers
+        that have not come to the slice yet (the file is unlinked once complete)."""
+        self._kept += 1
+        path = self.claims.path(flight.key, index)
+        fill = SliceFill(flight.key, index,
+                         path.with_name(f"{path.name}-k{os.getpid()}-{self._kept}"),
+                         flight, INLINE_MAX)
+        fill.on_fault = self.store.fault
+        fill.make_room = self.store.room.make_room
+        fill.discard = fill.private = True
+        flight.fills[index] = fill
+        fill.attach()  # (the flight's own hold, let go after it ends)
+        loop = asyncio.get_running_loop()
+        flight.ended.add_done_callback(lambda _: loop.call_later(KEPT_FOR, fill.detach))
         return fill
 
     def release(self, fill: SliceFill) -> None:

@@ -40,7 +40,8 @@ class Commits:
         if flight.hasher is not None and flight.whole and flight.store_meta == "now" \
                 and meta is not None \
                 and meta.length is not None and flight.first == 0 \
-                and len(flight.fills) == policy.slice_count(meta.length, size):
+                and len(flight.fills) == policy.slice_count(meta.length, size) \
+                and not any(fill.private for fill in flight.fills.values()):
             flight.meta = meta.evolve(vouching=True)
             with contextlib.suppress(StorageFault):  # readers then hash for themselves
                 self.store.set_meta(flight.key, flight.meta)

@@ -266,9 +266,17 @@ class Fetcher:
         if not after:
             return
         stored = self.store.stored_slices(flight.key, version, after)
+        own = flight.meta is not None and flight.meta.unvalidated
         for i in after:
-            if i in stored or self.coalescer.claim(flight, i) is None:
+            if i in stored:
                 break
+            if self.coalescer.claim(flight, i) is None:
+                if not own:
+                    break  # filled by someone else, for this representation too: joined
+                # Another worker fills it for an answer of its own, which nothing ties to
+                # this one: this answer's readers take its own bytes (a whole answer was cut
+                # where it went on with the other answer's), unstored.
+                self.coalescer.keep(flight, i)
 
     def plan_fills(self, flight: Flight, beresp: BeResp, plan: Plan, size: int) -> None:
         """Fix each claimed slice's expected length now that the body's extent is known."""
@@ -335,7 +343,8 @@ class Fetcher:
         fill = self.coalescer.claim(flight, index)
         if fill is None:
             flight.store_meta = "no"  # someone else holds a slice: the object stays partial
-            return None
+            # ... and its readers here take this answer's own bytes of it (`Coalescer.keep`)
+            fill = self.coalescer.keep(flight, index)
         flight.grew()
         return fill
 

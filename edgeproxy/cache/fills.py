@@ -54,6 +54,7 @@ class SliceFill:
         self.want: int | None = None  # the xxh3 the upstream named for it (`slicesums`)
         self.done = False
         self.discard = False  # purged while filling: serve followers, store nothing
+        self.private = False  # not claimed: for its own flight's readers only (`keep`)
         self.error: BaseException | None = None
         self.readers = 0
         self.released = False

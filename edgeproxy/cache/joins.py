@@ -15,6 +15,7 @@ from ..http import ByteRange, RangeNotSatisfiable, resolve_ranges
 from . import fields, policy
 from .facts import FlightContext
 from .fetch import MAX_RUN
+from .foreign import poll
 from .hot import HotEntry
 from .meta import ObjectMeta, whole_body_digest
 from .sources import FillSource, Source, StoredSource
@@ -61,11 +62,14 @@ async def join(node: CacheNode, tx: Tx, meta: ObjectMeta, index: int) -> Source:
 
     own = tx.flight.fills.get(index) if tx.flight is not None else None
     kept = _in_memory(node, req.key, meta) if index == 0 else None
-    if own is not None and own.done and own.error is None and own.buf is not None \
+    if own is not None and own.private and own.error is None \
+            and own.flight.version == meta.version:
+        source: Source = FillSource(own)  # this answer's own bytes of it (`Coalescer.keep`)
+    elif own is not None and own.done and own.error is None and own.buf is not None \
             and own.flight.version == meta.version:
         # a slice of the flight this request follows, finished and left unstored (a
         # storage fault) or in memory still: read it there rather than fetch it again
-        source: Source = FillSource(own)
+        source = FillSource(own)
     elif kept is not None:
         return StoredSource(kept)  # (kept only once checked, as `_keep_hot` keeps it)
     else:
@@ -111,8 +115,8 @@ def first_missing(node: CacheNode, tx: Tx, meta: ObjectMeta, first: int) -> list
     return []
 
 
-def all_there(node: CacheNode, tx: Tx, meta: ObjectMeta) -> bool:
-    """Whether every slice the answer needs is stored, or filling here already: what a
+def missing(node: CacheNode, tx: Tx, meta: ObjectMeta) -> list[int]:
+    """The slices the answer needs that are neither stored nor filling here: none is what a
     request with ``only-if-cached`` may be answered from without an upstream request of its
     own (RFC 9111 §5.2.1.7), and an object without validators without joining two answers."""
     assert meta.length is not None
@@ -121,13 +125,35 @@ def all_there(node: CacheNode, tx: Tx, meta: ObjectMeta) -> bool:
         ranges = resolve_ranges(tx.req.ranges, meta.length) \
             if tx.req.ranges and meta.status == 200 else whole
     except RangeNotSatisfiable:
-        return True  # a 416 needs no byte
+        return []  # a 416 needs no byte
     needed = sorted({i for r in ranges
                      for i in policy.slice_span(r.start, r.end, meta.slice_size)})
     fills = node.coalescer.fills
     unfilled = [i for i in needed if (tx.req.key, i) not in fills]
-    return not unfilled or \
-        len(node.store.stored_slices(tx.req.key, meta.version, unfilled)) == len(unfilled)
+    if not unfilled:
+        return []
+    stored = node.store.stored_slices(tx.req.key, meta.version, unfilled)
+    return [i for i in unfilled if i not in stored]
+
+
+async def answered_elsewhere(node: CacheNode, tx: Tx, meta: ObjectMeta) -> bool:
+    """Whether another worker's answer may hold the bytes of an object that cannot be
+    answered from its slices (no validator joins two answers): its fill of a missing slice
+    was waited for, or it replaced facts this worker remembered (`CacheNode.remember`,
+    forgotten then). Without it, two workers fetched such an object in turn, each replacing
+    the other's copy (a third answer fetched for each request, at times)."""
+    key = tx.req.key
+    held = [i for i in missing(node, tx, meta) if node.coalescer.claims.held_elsewhere(key, i)]
+    if held:  # its slices are claimed until committed: then they are in the index
+        await poll(lambda: not node.coalescer.claims.held_elsewhere(key, held[0]),
+                   node.wait_timeout, "the worker filling this object")
+        node.hot.pop(key)
+        return True
+    if node.hot.facts(key, time.time()) is not meta:
+        return False
+    node.hot.pop(key)
+    indexed = node.store.get_meta(key)
+    return indexed is not None and indexed.version != meta.version
 
 
 def attach(node: CacheNode, tx: Tx, meta: ObjectMeta, ranges: list[ByteRange] | None,
@@ -140,9 +166,12 @@ def attach(node: CacheNode, tx: Tx, meta: ObjectMeta, ranges: list[ByteRange] | 
     if not bodiless and meta.length is not None and tx.direct is None:
         spans = [policy.slice_span(r.start, r.end, meta.slice_size) for r in ranges] \
             if ranges else [range(policy.slice_count(meta.length, meta.slice_size))]
+        own = tx.flight.fills if tx.flight is not None else {}
         for span in spans:
             for index in span:
                 fill = node.coalescer.fills.get((tx.req.key, index))
+                if fill is None and index in own and own[index].private:
+                    fill = own[index]  # (`Coalescer.keep`: this answer's own bytes of it)
                 if fill is not None and fill.error is None and \
                         fill.flight.version == meta.version and index not in ready:
                     ready[index] = FillSource(fill)
@@ -162,6 +191,9 @@ async def _join_growing(node: CacheNode, tx: Tx, meta: ObjectMeta, index: int) -
     flight = tx.flight
     while True:
         fill = node.coalescer.fills.get((tx.req.key, index))
+        if fill is None and flight is not None and index in flight.fills \
+                and flight.fills[index].private:
+            fill = flight.fills[index]  # (unclaimed: this answer's own, `Coalescer.keep`)
         if fill is not None and fill.error is None and fill.flight.version == meta.version:
             return FillSource(fill)
         body = node.store.get_slice(tx.req.key, meta.version, index)

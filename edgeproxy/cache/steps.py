@@ -111,14 +111,13 @@ async def hit(node: CacheNode, tx: Tx) -> Step:
         flight.first <= first // meta.slice_size  # (a range of a 200 only: others are whole)
         and (flight.last is None or (last is not None and flight.last >= last))))
     if (only_cached or (not carried and meta.unvalidated)) \
-            and not joins.all_there(node, tx, meta):
+            and joins.missing(node, tx, meta):
         if only_cached:
             raise HTTPError(504, "not_cached",
                             "only-if-cached: the bytes asked for are not all stored")
-        # Without a validator, the bytes of two answers can never be told to be of one
-        # representation: the answer's bytes all come anew, from one unconditional answer of
-        # our own (a weak ETag's 304 would say nothing of the bytes; the new facts replace
-        # the partial object's), once any answer under way is in.
+        # Without a validator, no two answers' bytes are known to be of one representation:
+        # they all come anew, from one unconditional answer of our own (a weak ETag's 304
+        # says nothing of the bytes), once any answer under way (here or elsewhere) is in.
         running = node.coalescer.flight_for(req.key)
         if running is not None and running is tx.flight and running.version is None:
             del node.coalescer.flights[req.key]  # its answer (a 304) is in: none to join
@@ -126,6 +125,8 @@ async def hit(node: CacheNode, tx: Tx) -> Step:
         tx.tries += 1  # (bytes stored and gone at once, each time: an answer of our own)
         if tx.tries > LOOKUP_TRIES:
             return pass_
+        if running is None and await joins.answered_elsewhere(node, tx, meta):
+            return lookup
         if running is None:  # (a stale copy it revalidated is that meta: not again)
             tx.meta, tx.known, tx.stale, tx.flight, tx.led = None, meta, None, None, False
             return miss
