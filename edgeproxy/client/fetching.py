@@ -37,7 +37,9 @@ def fetch_blob(http: httpx.Client, url: str, sink: IO[bytes], span: tuple[int, i
     and X-Cache, and the body bytes in ``sink``."""
     shown = unsigned(url)  # (a signed URL's signature stays out of messages)
     first = span[0] if span is not None else 0
-    last = span[1] if span is not None else None  # None: to the end, learnt from the answer
+    # None: to the end, learnt from the answer. A whole blob of known length ends where that
+    # says, not where a node claims: an endless body was written to disk without limit.
+    last = span[1] if span is not None else None if blob_length is None else blob_length - 1
     received = 0
     status, x_cache = 0, None
     failures = 0
@@ -96,7 +98,11 @@ def _expected(response: httpx.Response, at: int, last: int | None, blob_length: 
         if response.status_code != 200:
             raise ClientError(response.status_code, "unexpected_status",
                               f"GET answered {response.status_code}, not 200")
-        return content_length(response)
+        length = content_length(response)
+        if blob_length is not None and length is not None and length != blob_length:
+            raise IntegrityError(f"Content-Length {length} is not the {blob_length} bytes "
+                                 "the blob has")
+        return length
     if last is None:  # a resumption of a whole blob of unannounced length
         if blob_length is None:
             if response.status_code != 206:

@@ -300,12 +300,19 @@ class MediaClient:
         expected_plain = payloads.sha256_field(payload, "file_sha256")
         expected_enc = payloads.sha256_field(payload, "file_enc_sha256", required=False)
         assert expected_plain is not None
+        length = payload.get("file_length")
+        if length is not None and (isinstance(length, bool) or not isinstance(length, int)
+                                   or length < 0):
+            raise ValueError("payload field 'file_length' is not a byte count")
+        # The blob's size follows from the plaintext's: what a node sends beyond it is refused
+        # as it arrives, not written to disk until the disk is full.
+        blob_length = crypto.enc_length(length) if length is not None else None
         fd, enc_name = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".enc")
         enc_path = Path(enc_name)
         part_fd, part = _part_beside(out)
         try:
             with os.fdopen(fd, "w+b") as enc:
-                status, x_cache, fetched = self._fetch(url, enc, None)
+                status, x_cache, fetched = self._fetch(url, enc, None, blob_length)
                 with os.fdopen(part_fd, "wb") as dst:
                     # decrypt_stream checks the blob hash and MAC before writing any plaintext.
                     result = crypto.decrypt_stream(enc, dst, media_key, media_type,
@@ -313,8 +320,7 @@ class MediaClient:
             if not hmac.compare_digest(result.plain_sha256, expected_plain):
                 raise IntegrityError(f"plaintext SHA-256 is {result.plain_sha256}, "
                                      f"the payload promised {expected_plain}")  # fmt: skip
-            length = payload.get("file_length")
-            if length is not None and result.plain_length != int(length):
+            if length is not None and result.plain_length != length:
                 raise IntegrityError(f"plaintext is {result.plain_length} bytes, "
                                      f"the payload promised {length}")  # fmt: skip
             os.replace(part, out)

@@ -1,0 +1,80 @@
+"""The client against a node that lies about a blob's size: the payload's ``file_length`` fixes
+how many bytes the blob has, so a body that goes on past them (chunked, no end in sight) or a
+Content-Length that promises more is refused as it arrives, not written to the receiver's disk
+until the hash check at the end (or a full disk)."""
+
+from __future__ import annotations
+
+import base64
+import random
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from edgeproxy import crypto
+from edgeproxy.client import MediaClient
+from edgeproxy.errors import IntegrityError
+from tests.servers import serve
+
+PLAIN = random.Random(11).randbytes(1000)
+KEY = bytes(range(32))
+BLOB, RESULT = crypto.encrypt_bytes(PLAIN, KEY, "document")
+PADDING_CAP = 32 * 1024**2  # what the lying node sends at most after the blob (bounds the test)
+
+
+class LyingNode:
+    """Serves ``BLOB`` and then more: ``mode`` "endless" streams ``padding`` bytes of filler
+    after it with no Content-Length; "huge" announces a terabyte, sends 1 MiB and cuts.
+    Counts the requests."""
+
+    def __init__(self, mode: str, padding: int = PADDING_CAP) -> None:
+        self.mode = mode
+        self.padding = padding
+        self.requests = 0
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        self.requests += 1
+        filler = bytes(1 << 20)
+        if self.mode == "huge":
+            await send({"type": "http.response.start", "status": 200,
+                        "headers": [(b"content-length", str(10**12).encode())]})
+            await send({"type": "http.response.body", "body": BLOB + filler, "more_body": True})
+            raise RuntimeError("cut")  # uvicorn drops the connection mid-body
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": BLOB, "more_body": True})
+        for _ in range(self.padding // len(filler)):
+            await send({"type": "http.response.body", "body": filler, "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
+
+
+def _payload(url: str) -> dict[str, Any]:
+    return {"type": "document", "media_url": url, "media_key": base64.b64encode(KEY).decode(),
+            "file_sha256": RESULT.plain_sha256, "file_enc_sha256": RESULT.enc_sha256,
+            "file_length": len(PLAIN),
+            "chunk_macs": base64.b64encode(RESULT.chunk_macs).decode()}  # fmt: skip
+
+
+@pytest.mark.parametrize(("mode", "says"), [("endless", "sent more than the"),
+                                            ("huge", "Content-Length 1000000000000 is not")])
+def test_a_body_longer_than_the_blob_is_refused_as_it_arrives(tmp_path: Path, mode: str,
+                                                              says: str) -> None:
+    node = LyingNode(mode)
+    out = tmp_path / "out" / "doc.bin"
+    out.parent.mkdir()
+    with serve(node) as server, MediaClient("", retries=3, retry_backoff=0.0) as client, \
+            pytest.raises(IntegrityError, match=says):
+        client.download(_payload(server.url + "/blob"), out)
+    assert node.requests == 1  # refused, not resumed or read again
+    assert list(out.parent.iterdir()) == []  # no plaintext, no temporary blob left behind
+
+
+def test_the_same_node_telling_the_truth_is_read(tmp_path: Path) -> None:
+    """(The check above is the blob's size, not a refusal of chunked answers.)"""
+    node = LyingNode("endless", padding=0)
+    out = tmp_path / "doc.bin"
+    with serve(node) as server, MediaClient("", retries=0) as client:
+        result = client.download(_payload(server.url + "/blob"), out)
+    assert out.read_bytes() == PLAIN and result.bytes_fetched == len(BLOB)
