@@ -138,3 +138,21 @@ def test_cli_purge_and_warm_address_every_node(chain: Chain, tmp_path: Path) -> 
              env={"EDGEPROXY_ADMIN_TOKEN": ""})
     assert r.returncode == 2 and "no admin token" in r.stderr
     assert httpx.get(chain.edge.url + paths[1]).headers["x-cache"] == "HIT from edge"
+
+
+def test_admin_text_that_no_request_could_carry_is_refused_not_a_500_or_a_hang(
+        chain: Chain) -> None:
+    """JSON's ``\\ud800`` decodes to a lone surrogate, which the purge's index lookup could
+    not encode (a 500 with a text body); a warm path whose query latin-1 cannot hold raised
+    in its task, and the warm's streamed answer never ended."""
+    chain.origin.put("/v/t1/a", pattern(1000))
+    auth = {"authorization": f"Bearer {TOKEN}", "content-type": "application/json"}
+    for body in (b'{"paths": ["/v/t1/a\\ud800"]}', b'{"prefix": "/v/\\udfff"}'):
+        r = httpx.post(chain.edge.url + "/_admin/purge", content=body, headers=auth)
+        assert (r.status_code, r.json()["error"]) == (422, "invalid_field"), r.text
+    r = httpx.post(chain.edge.url + "/_admin/warm", headers=auth, timeout=10,
+                   json={"paths": ["/v/t1/a?x=\u20ac", "/v/t1/a"]})
+    lines = [json.loads(line) for line in r.text.splitlines()]
+    assert {line["path"]: line["status"] for line in lines[:2]} == {"/v/t1/a?x=\u20ac": 400,
+                                                                    "/v/t1/a": 200}
+    assert lines[2] == {"done": 2, "failed": 1}

@@ -64,10 +64,20 @@ async def read_json(receive: Any) -> dict[str, Any]:
     return data
 
 
+def _is_text(value: str) -> bool:
+    """Whether ``value`` is text a request could carry: JSON's ``\\ud800`` escapes decode to
+    lone surrogates, which no encoder takes (the purge's index lookup raised: a 500)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _paths(data: dict[str, Any]) -> list[str]:
     paths = data.get("paths", [])
     if not isinstance(paths, list) or not all(isinstance(p, str) and p.startswith("/")
-                                              for p in paths):
+                                              and _is_text(p) for p in paths):
         raise HTTPError(422, "invalid_field", "paths must be a list of absolute paths ('/…')",
                         field="paths")
     return paths
@@ -94,7 +104,8 @@ async def handle(node: CacheNode, scope: Scope, receive: Receive, send: Send) ->
 async def _purge(node: CacheNode, data: dict[str, Any], send: Send) -> None:
     paths = _paths(data)
     prefix = data.get("prefix")
-    if prefix is not None and (not isinstance(prefix, str) or not prefix.startswith("/")):
+    if prefix is not None and (not isinstance(prefix, str) or not prefix.startswith("/")
+                               or not _is_text(prefix)):
         raise HTTPError(422, "invalid_field", "prefix must be an absolute path", field="prefix")
     if not paths and prefix is None:
         raise HTTPError(422, "invalid_field", "name paths or a prefix to purge", field="paths")
@@ -149,8 +160,15 @@ async def warm(node: CacheNode, path: str) -> dict[str, Any]:
         return {"type": "http.request", "body": b"", "more_body": False}
 
     raw_path, _, query = path.partition("?")
-    scope = {"type": "http", "method": "GET", "path": raw_path,
-             "query_string": query.encode("latin-1"), "headers": []}
+    # Every path's task must end in a line: `_warm` waits for one per path, so a raise
+    # here (a query latin-1 cannot hold) hung the answer after its 200 status.
+    try:
+        query_string = query.encode("latin-1")
+    except UnicodeEncodeError:
+        return {**outcome, "status": 400,
+                "error": "the query holds characters a request line cannot: percent-encode them"}
+    scope = {"type": "http", "method": "GET", "path": raw_path, "query_string": query_string,
+             "headers": []}
     try:
         await node(scope, no_body, sink)
     except Exception as exc:  # a failed fill aborts a client; here it is one failed line
