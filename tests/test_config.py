@@ -102,7 +102,8 @@ def test_sizes(text: object, size: int) -> None:
     assert parse_size(text) == size
 
 
-@pytest.mark.parametrize("bad", ["5 parsecs", "-5m", "m", True, "1e3"])
+@pytest.mark.parametrize("bad", ["5 parsecs", "-5m", "m", True, "1e3", float("nan"), float("inf"),
+                                 1e300, "99999999999d"])
 def test_bad_durations(bad: object) -> None:
     with pytest.raises(ValueError):
         parse_duration(bad)
@@ -194,6 +195,12 @@ def run_cli(*args: str, cwd: Path, env: dict[str, str] | None = None,
         (["--config", "{path}", "up"], "shield:\n  upstream: nope\n", "shield.upstream"),
         (["upload", "{path}", "--config", "{path}"], "bogus: 1\n", "bogus"),
         (["demo", "--config", "{path}"], "cache:\n  slice_size: 1KiB\n", "cache.slice_size"),
+        # YAML's .nan, .inf and huge floats were taken: the node started, then every
+        # connection failed (a NaN timer) or every upload request (an expiry past SQLite's)
+        (["serve", "--role", "edge", "--config", "{path}"],
+         "edge:\n  port: 0\nhttp_limits:\n  header_timeout: .nan\n", "http_limits.header_timeout"),
+        (["serve", "--role", "origin", "--config", "{path}"],
+         "origin:\n  port: 0\n  upload_url_ttl: 1.0e+300\n", "origin.upload_url_ttl"),
     ],
 )
 def test_cli_bad_config_is_one_line_and_exit_2(tmp_path: Path, args: list[str], text: str,

@@ -8,6 +8,10 @@ from dataclasses import dataclass
 from typing import Any
 
 _DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+# Longer than any timeout, TTL or expiry means: YAML's .inf and .nan, or 1e300, passed the
+# check and broke each connection (a timer at NaN) or each upload request (an expiry SQLite
+# cannot store) once the node was serving.
+MAX_DURATION = 100 * 365 * 86400.0
 _SIZE_UNITS = {
     "b": 1, "k": 1000, "kb": 1000, "mb": 1000**2, "gb": 1000**3, "tb": 1000**4,
     "kib": 1024, "mib": 1024**2, "gib": 1024**3, "tib": 1024**4,
@@ -27,6 +31,8 @@ def parse_duration(value: Any) -> float:
         seconds = float(m.group(1)) * _DURATION_UNITS[m.group(2) or "s"]
     if seconds < 0:
         raise ValueError("must not be negative")
+    if not seconds <= MAX_DURATION:  # (also NaN, which compares false to everything)
+        raise ValueError(f"must be at most 100 years ({MAX_DURATION:.0f} s), got {value!r}")
     return seconds
 
 
