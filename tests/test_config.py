@@ -109,7 +109,7 @@ def test_bad_durations(bad: object) -> None:
         parse_duration(bad)
 
 
-@pytest.mark.parametrize("bad", ["1XB", "MiB", False, "-1", "lots"])
+@pytest.mark.parametrize("bad", ["1XB", "MiB", False, "-1", "lots", 2**64, "9999999999TiB"])
 def test_bad_sizes(bad: object) -> None:
     with pytest.raises(ValueError):
         parse_size(bad)
@@ -201,6 +201,10 @@ def run_cli(*args: str, cwd: Path, env: dict[str, str] | None = None,
          "edge:\n  port: 0\nhttp_limits:\n  header_timeout: .nan\n", "http_limits.header_timeout"),
         (["serve", "--role", "origin", "--config", "{path}"],
          "origin:\n  port: 0\n  upload_url_ttl: 1.0e+300\n", "origin.upload_url_ttl"),
+        # (a size past SQLite's integers: the edge died at start with an OverflowError)
+        (["serve", "--role", "edge", "--config", "{path}"],
+         "edge:\n  port: 0\n  upstream: http://127.0.0.1:9\n  cache_size: 99999999999999999999\n",
+         "edge.cache_size"),
     ],
 )
 def test_cli_bad_config_is_one_line_and_exit_2(tmp_path: Path, args: list[str], text: str,
