@@ -1,11 +1,13 @@
-"""The client against a node that lies about a blob's size: the payload's ``file_length`` fixes
-how many bytes the blob has, so a body that goes on past them (chunked, no end in sight) or a
-Content-Length that promises more is refused as it arrives, not written to the receiver's disk
-until the hash check at the end (or a full disk)."""
+"""The client against servers that lie. A node lying about a blob's size: the payload's
+``file_length`` fixes how many bytes the blob has, so a body that goes on past them (chunked, no
+end in sight) or a Content-Length that promises more is refused as it arrives, not written to
+the receiver's disk until the hash check at the end (or a full disk). A media API whose answers
+the upload cannot use: a `ClientError` saying so, not a traceback."""
 
 from __future__ import annotations
 
 import base64
+import json
 import random
 from pathlib import Path
 from typing import Any
@@ -14,7 +16,7 @@ import pytest
 
 from edgeproxy import crypto
 from edgeproxy.client import MediaClient
-from edgeproxy.errors import IntegrityError
+from edgeproxy.errors import ClientError, IntegrityError
 from tests.servers import serve
 
 PLAIN = random.Random(11).randbytes(1000)
@@ -78,3 +80,47 @@ def test_the_same_node_telling_the_truth_is_read(tmp_path: Path) -> None:
     with serve(node) as server, MediaClient("", retries=0) as client:
         result = client.download(_payload(server.url + "/blob"), out)
     assert out.read_bytes() == PLAIN and result.bytes_fetched == len(BLOB)
+
+
+class BrokenApi:
+    """A media API whose upload ticket or PUT answer is ``broken`` as each test says (the
+    other answers are what the bundled origin says)."""
+
+    def __init__(self, broken: str) -> None:
+        self.broken = broken
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        while (await receive()).get("more_body"):
+            pass
+        status, headers, body = 200, [(b"x-upload-offset", b"0")], b""
+        if scope["path"] == "/v1/media/upload/request":
+            ticket = {"media_id": "m_1", "upload_url": "/v1/upload/m_1"}
+            body = json.dumps({k: v for k, v in ticket.items() if k != self.broken}).encode()
+        elif scope["method"] == "PUT":
+            mismatch = b'{"error": "offset_mismatch"}'
+            status, headers, body = {
+                "no offset": (409, [], mismatch),
+                "junk offset": (409, [(b"x-upload-offset", b"-5")], mismatch),
+                "offset past the end": (409, [(b"x-upload-offset", b"99999")], mismatch),
+                "a list": (200, [], b"[1]"),
+                "html": (200, [], b"<html>"),
+            }[self.broken]
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [(b"content-type", b"application/json"), *headers]})
+        await send({"type": "http.response.body", "body": body})
+
+
+@pytest.mark.parametrize("broken", ["upload_url", "media_id", "no offset", "junk offset",
+                                    "offset past the end", "a list", "html"])
+def test_an_api_answer_the_upload_cannot_use_is_a_client_error(tmp_path: Path,
+                                                               broken: str) -> None:
+    """Not a KeyError, ValueError or AttributeError (a traceback from the CLI)."""
+    media = tmp_path / "doc.pdf"
+    media.write_bytes(PLAIN)
+    with serve(BrokenApi(broken)) as server, \
+            MediaClient(server.url, token="t", retries=1, retry_backoff=0.0) as client, \
+            pytest.raises(ClientError) as refused:
+        client.upload(media)
+    assert refused.value.error == "bad_response", refused.value

@@ -36,7 +36,7 @@ from .. import crypto
 from ..errors import BlobFormatError, ClientError, EdgeProxyError, IntegrityError
 from . import payloads
 from .fetching import fetch_blob
-from .responses import error_code, raise_for_status, unsigned
+from .responses import error_code, json_object, raise_for_status, required, unsigned, upload_offset
 
 UPLOAD_CHUNK = 256 * 1024
 MAX_BACKOFF = 5.0  # seconds between upload or download attempts, at most
@@ -179,19 +179,25 @@ class MediaClient:
             if conversation_id is not None:
                 request["conversation_id"] = conversation_id
             ticket = self._api("/v1/media/upload/request", request)
+            media_id = required(ticket, "media_id", "the upload ticket")
+            upload_url = required(ticket, "upload_url", "the upload ticket")
             if ticket.get("upload_method") == "direct":
-                self._put_direct(str(ticket["upload_url"]), dict(ticket["upload_headers"]),
+                signed = ticket.get("upload_headers")
+                if not isinstance(signed, dict):
+                    raise ClientError(0, "bad_response", "the upload ticket has no "
+                                      "'upload_headers' for its direct upload")  # fmt: skip
+                self._put_direct(upload_url, {str(k): str(v) for k, v in signed.items()},
                                  blob, result.enc_length)  # fmt: skip
             else:
-                self._put(str(ticket["upload_url"]), blob, result.enc_length)
-        confirm: dict[str, Any] = {"media_id": ticket["media_id"], "file_sha256": result.enc_sha256}
+                self._put(upload_url, blob, result.enc_length)
+        confirm: dict[str, Any] = {"media_id": media_id, "file_sha256": result.enc_sha256}
         if extras.get("thumb_blob") is not None:
             confirm["thumbnail_base64"] = _b64(extras["thumb_blob"])
         done = self._api("/v1/media/upload/confirm", confirm)
         payload: dict[str, Any] = {
             "type": media_type,
-            "media_id": ticket["media_id"],
-            "media_url": done["media_url"],
+            "media_id": media_id,
+            "media_url": required(done, "media_url", "the confirmation"),
             "thumbnail_url": done.get("thumbnail_url"),
             "thumbnail_base64": extras.get("thumbnail_data_uri"),
             "media_key": _b64(media_key),
@@ -223,14 +229,14 @@ class MediaClient:
             else:
                 code = error_code(response)
                 if response.status_code == 409 and code == "offset_mismatch":
-                    offset = int(response.headers["x-upload-offset"])  # the origin's, not ours
+                    offset = upload_offset(response, length)  # the origin's, not ours
                     problem = f"origin is at offset {offset}"
                 elif response.status_code == 409 and code == "already_uploaded" and offset:
                     # An earlier attempt delivered every byte but its answer was lost.
                     return
                 elif not (response.status_code >= 500 or code == "upload_in_progress"):
                     raise_for_status(response)
-                    body = response.json()
+                    body = json_object(response)
                     if body.get("complete") is True:
                         return
                     problem = f"PUT {unsigned(url)} stored {body.get('received')} of {length} bytes"
@@ -242,7 +248,7 @@ class MediaClient:
                                   f"last: {problem}")  # fmt: skip
             time.sleep(min(self.retry_backoff * 2 ** (failures - 1), MAX_BACKOFF))
             with contextlib.suppress(httpx.TransportError):
-                offset = self._upload_offset(url)  # where the origin really stands
+                offset = self._upload_offset(url, length)  # where the origin really stands
                 if offset == length:  # the last attempt got through; only its answer was lost
                     return
 
@@ -268,15 +274,11 @@ class MediaClient:
                                   f"last: {problem}")  # fmt: skip
             time.sleep(min(self.retry_backoff * 2 ** (failures - 1), MAX_BACKOFF))
 
-    def _upload_offset(self, url: str) -> int:
+    def _upload_offset(self, url: str, length: int) -> int:
         """How many bytes of the upload the origin has (``HEAD`` → ``X-Upload-Offset``)."""
         response = self.http.head(url)
         raise_for_status(response)  # e.g. 410 upload_expired: resuming is pointless
-        try:
-            return int(response.headers["x-upload-offset"])
-        except (KeyError, ValueError):
-            raise ClientError(response.status_code, "bad_response",
-                              f"HEAD {url} did not say X-Upload-Offset") from None  # fmt: skip
+        return upload_offset(response, length)
 
     # --- download ---------------------------------------------------------------------------
 

@@ -42,6 +42,39 @@ def error_code(response: httpx.Response) -> str | None:
     return None
 
 
+def upload_offset(response: httpx.Response, length: int) -> int:
+    """The ``X-Upload-Offset`` the origin answered: 0..``length``, or `ClientError`
+    ``bad_response`` (a missing or junk header was a KeyError/ValueError traceback)."""
+    value = response.headers.get("x-upload-offset", "")
+    if not (value.isascii() and value.isdigit()) or int(value) > length:
+        raise ClientError(response.status_code, "bad_response",
+                          f"{response.request.method} {unsigned(str(response.request.url))} "
+                          f"answered X-Upload-Offset {value!r}, not a byte of the "
+                          f"{length}-byte upload")  # fmt: skip
+    return int(value)
+
+
+def json_object(response: httpx.Response) -> dict[str, Any]:
+    """The answer's JSON object body, or `ClientError` ``bad_response``."""
+    try:
+        data = response.json()
+    except ValueError:
+        data = None
+    if not isinstance(data, dict):
+        raise ClientError(response.status_code, "bad_response",
+                          f"{response.request.method} {unsigned(str(response.request.url))} "
+                          "did not answer a JSON object")  # fmt: skip
+    return data
+
+
+def required(data: dict[str, Any], key: str, what: str) -> str:
+    """``data[key]`` as a non-empty string, or `ClientError` ``bad_response`` naming it."""
+    value = data.get(key)
+    if not isinstance(value, str) or not value:
+        raise ClientError(0, "bad_response", f"{what} has no {key!r}")
+    return value
+
+
 def content_length(response: httpx.Response) -> int | None:
     """The announced body length, if the answer gave a plain one."""
     value = response.headers.get("content-length", "")
