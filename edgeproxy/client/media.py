@@ -342,21 +342,19 @@ class MediaClient:
             raise ValueError(f"range {start}-{end} is outside the file (0-{plain_length - 1})")
         plan = crypto.plan_range(start, min(end, plain_length - 1), plain_length)
         chunk_macs = payloads.unb64(payload, "chunk_macs")
+        keys = crypto.MediaKeys.derive(media_key, media_type)
         with tempfile.SpooledTemporaryFile(max_size=8 * 1024**2) as buf:
             status, x_cache, fetched = self._fetch(url, buf, plan, crypto.enc_length(plain_length))
-            buf.seek(0)
-            data = buf.read()
-        keys = crypto.MediaKeys.derive(media_key, media_type)
-        plain = crypto.decrypt_range(data, plan, keys, chunk_macs, plain_length)
-        part_fd, part = _part_beside(out)
-        try:
-            with os.fdopen(part_fd, "wb") as dst:
-                dst.write(plain)
-            os.replace(part, out)
-        except BaseException:
-            _unlink(part)
-            raise
-        return DownloadResult(len(plain), fetched, x_cache, status, url)
+            part_fd, part = _part_beside(out)
+            try:  # (the part file holds checked windows only, and is dropped on a bad one)
+                with os.fdopen(part_fd, "wb") as dst:
+                    written = crypto.decrypt_range_file(buf, dst, plan, keys, chunk_macs,
+                                                        plain_length)  # fmt: skip
+                os.replace(part, out)
+            except BaseException:
+                _unlink(part)
+                raise
+        return DownloadResult(written, fetched, x_cache, status, url)
 
     def _fetch(self, url: str, sink: IO[bytes], plan: crypto.RangePlan | None,
                blob_length: int | None = None) -> tuple[int, str | None, int]:  # fmt: skip

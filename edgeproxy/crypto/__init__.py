@@ -33,7 +33,7 @@ from .layout import (
     media_type_for,
     plain_length_bound,
 )
-from .ranges import RangePlan, decrypt_range, plan_range
+from .ranges import RangePlan, decrypt_range, decrypt_range_file, plan_range
 from .stream import (
     DecryptResult,
     EncryptResult,
@@ -48,7 +48,7 @@ __all__ = [
     "BLOCK_SIZE", "CHUNK_MAC_SIZE", "CHUNK_SIZE", "HEADER_SIZE", "IV_SIZE", "MAC_SIZE", "MAGIC",
     "MEDIA_KEY_SIZE", "MEDIA_TYPES", "MIN_BLOB_SIZE", "VERSION", "BlobHeader", "DecryptResult",
     "EncryptResult", "MediaKeys", "RangePlan", "check_blob_layout", "compute_chunk_macs",
-    "decrypt_bytes", "decrypt_range", "decrypt_stream", "enc_length", "encrypt_bytes",
-    "encrypt_stream", "generate_media_key", "media_type_for", "plain_length_bound", "plan_range",
-    "verify_blob",
+    "decrypt_bytes", "decrypt_range", "decrypt_range_file", "decrypt_stream", "enc_length",
+    "encrypt_bytes", "encrypt_stream", "generate_media_key", "media_type_for",
+    "plain_length_bound", "plan_range", "verify_blob",
 ]
