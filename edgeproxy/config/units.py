@@ -11,10 +11,10 @@ _DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604
 # Longer than any timeout, TTL or expiry means: YAML's .inf and .nan, or 1e300, passed the
 # check and broke each connection (a timer at NaN) or each upload request (an expiry SQLite
 # cannot store) once the node was serving.
-MAX_DURATION = 100 * 365 * 86400.0
+_MAX_DURATION = 100 * 365 * 86400.0
 # Larger than any disk or file: past 2**63 a size reached SQLite (the cache index) and the
 # node died at start with an OverflowError traceback instead of a config error.
-MAX_SIZE = 2**60
+_MAX_SIZE = 2**60
 _SIZE_UNITS = {
     "b": 1, "k": 1000, "kb": 1000, "mb": 1000**2, "gb": 1000**3, "tb": 1000**4,
     "kib": 1024, "mib": 1024**2, "gib": 1024**3, "tib": 1024**4,
@@ -34,8 +34,8 @@ def parse_duration(value: Any) -> float:
         seconds = float(m.group(1)) * _DURATION_UNITS[m.group(2) or "s"]
     if seconds < 0:
         raise ValueError("must not be negative")
-    if not seconds <= MAX_DURATION:  # (also NaN, which compares false to everything)
-        raise ValueError(f"must be at most 100 years ({MAX_DURATION:.0f} s), got {value!r}")
+    if not seconds <= _MAX_DURATION:  # (also NaN, which compares false to everything)
+        raise ValueError(f"must be at most 100 years ({_MAX_DURATION:.0f} s), got {value!r}")
     return seconds
 
 
@@ -53,8 +53,8 @@ def parse_size(value: Any) -> int:
         size = int(float(m.group(1)) * _SIZE_UNITS[unit])
     if size < 0:
         raise ValueError("must not be negative")
-    if size > MAX_SIZE:
-        raise ValueError(f"must be at most 1 EiB ({MAX_SIZE} bytes), got {value!r}")
+    if size > _MAX_SIZE:
+        raise ValueError(f"must be at most 1 EiB ({_MAX_SIZE} bytes), got {value!r}")
     return size
 
 

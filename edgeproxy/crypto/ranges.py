@@ -97,13 +97,13 @@ def decrypt_range(
     return plain[plan.plain_start - base : plan.plain_end - base + 1]
 
 
-WINDOW_CHUNKS = 64  # chunks decrypted at a time by `decrypt_range_file` (4 MiB)
+_WINDOW_CHUNKS = 64  # chunks decrypted at a time by `decrypt_range_file` (4 MiB)
 
 
 def decrypt_range_file(src: IO[bytes], dst: IO[bytes], plan: RangePlan, keys: MediaKeys,
                        chunk_macs: bytes, plain_length: int) -> int:  # fmt: skip
     """`decrypt_range` for the plan's blob bytes held in seekable ``src`` (from offset 0),
-    `WINDOW_CHUNKS` chunks at a time into ``dst``; the plaintext bytes written.
+    `_WINDOW_CHUNKS` chunks at a time into ``dst``; the plaintext bytes written.
 
     Memory stays at a window, not the range: the whole range in memory, its plaintext and
     their copies took ~5x a range's size (~290 MB for 60 MB). A bad chunk raises
@@ -113,7 +113,7 @@ def decrypt_range_file(src: IO[bytes], dst: IO[bytes], plan: RangePlan, keys: Me
         raise IntegrityError(f"range data is {size} bytes, expected {want}")
     written, first = 0, plan.first_chunk
     while first <= plan.last_chunk:
-        last = min(first + WINDOW_CHUNKS - 1, plan.last_chunk)
+        last = min(first + _WINDOW_CHUNKS - 1, plan.last_chunk)
         window = plan_range(max(plan.plain_start, first * CHUNK_SIZE),
                             min(plan.plain_end, (last + 1) * CHUNK_SIZE - 1), plain_length)
         src.seek(window.blob_start - plan.blob_start)  # (windows share the 16-byte CBC IV)
