@@ -6,9 +6,11 @@ the upload cannot use: a `ClientError` saying so, not a traceback."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import random
+import time
 import tracemalloc
 from pathlib import Path
 from typing import Any
@@ -16,7 +18,7 @@ from typing import Any
 import pytest
 
 from edgeproxy import crypto
-from edgeproxy.client import MediaClient
+from edgeproxy.client import MediaClient, fetching
 from edgeproxy.errors import ClientError, IntegrityError
 from tests.servers import serve
 
@@ -188,3 +190,41 @@ def test_a_bad_chunk_late_in_a_large_range_leaves_nothing(tmp_path: Path) -> Non
             pytest.raises(IntegrityError, match="failed its MAC check"):
         client.download(_big_payload(server.url + "/v"), out, byte_range=(0, len(BIG_PLAIN) - 1))
     assert list(out.parent.iterdir()) == []
+
+
+class DrippingNode:
+    """Serves ``BLOB`` a byte at a time, ``gap`` seconds apart: each read comes within any
+    read timeout, the download never ends. Counts the requests."""
+
+    def __init__(self, gap: float) -> None:
+        self.gap = gap
+        self.requests = 0
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        self.requests += 1
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-length", str(len(BLOB)).encode())]})
+        for byte in BLOB:
+            await send({"type": "http.response.body", "body": bytes([byte]), "more_body": True})
+            await asyncio.sleep(self.gap)
+
+
+def test_a_download_that_stalls_is_given_up(tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """A body slower than the floor (`fetching.STALL_BYTES` per `STALL_WINDOW`) ends the
+    attempt, resumed as a cut one is, and the download fails once the retries are spent."""
+    monkeypatch.setattr(fetching, "STALL_WINDOW", 0.5)
+    monkeypatch.setattr(fetching, "STALL_BYTES", 100)
+    node = DrippingNode(gap=0.05)  # ~20 bytes a second, each read well within the timeout
+    out = tmp_path / "doc.bin"
+    with serve(node) as server, MediaClient("", retries=2, retry_backoff=0.0) as client:
+        started = time.monotonic()
+        with pytest.raises(ClientError, match="stalled"):
+            client.download(_payload(server.url + "/blob"), out)
+        took = time.monotonic() - started
+        node.gap = 0.0  # (the server's handlers end soon)
+    assert node.requests == 3  # the first attempt and two resumptions
+    assert took < 10  # three windows of 0.5 s, not the ~60 s the dripping body takes
+    assert not out.exists()

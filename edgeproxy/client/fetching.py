@@ -23,9 +23,15 @@ from ..errors import ClientError, IntegrityError
 from ..http import parse_content_range
 from .responses import check_partial, content_length, raise_for_status, unsigned
 
-__all__ = ["RETRY_STATUSES", "fetch_blob"]
+__all__ = ["RETRY_STATUSES", "STALL_BYTES", "STALL_WINDOW", "fetch_blob"]
 
 RETRY_STATUSES = frozenset({502, 503, 504})  # a node or its upstream away for a moment
+# A body that brings fewer than STALL_BYTES in any STALL_WINDOW seconds has stalled (curl's
+# --speed-limit/--speed-time): the attempt ends and counts as a failure, as a cut one does.
+# The read timeout alone is per read: a node dripping a byte every 25 s held a download open
+# with no end.
+STALL_WINDOW = 60.0
+STALL_BYTES = 64 * 1024
 
 
 def fetch_blob(http: httpx.Client, url: str, sink: IO[bytes], span: tuple[int, int] | None,
@@ -66,7 +72,15 @@ def fetch_blob(http: httpx.Client, url: str, sink: IO[bytes], span: tuple[int, i
                             last = want - 1  # the whole blob's last byte
                             blob_length = want  # (a resumption's Content-Range must say it)
                     total = None if last is None else last - first + 1
+                    window, window_bytes = time.monotonic(), 0
                     for piece in response.iter_bytes():
+                        window_bytes += len(piece)
+                        if time.monotonic() - window >= STALL_WINDOW:
+                            if window_bytes < STALL_BYTES:
+                                raise httpx.ReadTimeout(
+                                    f"{window_bytes} bytes in {STALL_WINDOW:g} s: stalled",
+                                    request=response.request)
+                            window, window_bytes = time.monotonic(), 0
                         received += len(piece)
                         if total is not None and received > total:
                             raise IntegrityError(f"GET {shown} sent more than the {total} bytes "
