@@ -10,6 +10,9 @@ import asyncio
 import base64
 import json
 import random
+import signal
+import subprocess
+import sys
 import time
 import tracemalloc
 from pathlib import Path
@@ -228,3 +231,26 @@ def test_a_download_that_stalls_is_given_up(tmp_path: Path,
     assert node.requests == 3  # the first attempt and two resumptions
     assert took < 10  # three windows of 0.5 s, not the ~60 s the dripping body takes
     assert not out.exists()
+
+
+def test_a_download_stopped_by_sigterm_leaves_no_temporary_file(tmp_path: Path) -> None:
+    """`edgeproxy download` told to stop (SIGTERM, as a service manager or `timeout` does)
+    removes its hidden blob and part files beside --out, as Ctrl-C does."""
+    node = DrippingNode(gap=0.05)
+    payload = tmp_path / "payload.json"
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    with serve(node) as server:
+        payload.write_text(json.dumps(_payload(server.url + "/blob")))
+        proc = subprocess.Popen([sys.executable, "-m", "edgeproxy", "download", str(payload),
+                                 "--out", str(out_dir / "doc.bin")],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 20
+        while not list(out_dir.iterdir()) and time.monotonic() < deadline:
+            time.sleep(0.05)  # until the download has made its files
+        assert list(out_dir.iterdir()), "the download never started"
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=20)
+        node.gap = 0.0
+    assert proc.returncode != 0
+    assert list(out_dir.iterdir()) == []

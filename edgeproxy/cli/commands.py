@@ -172,13 +172,14 @@ def upload(ctx: click.Context, file: Path, mimetype: str | None, api: str | None
     payload (JSON) a receiver needs."""
     from ..client import MediaClient
     from .progress import Progress
+    from .stack import stop_on_signals
 
     # before the upload: the payload holds the key
     if out is not None and not _file_name(out).parent.is_dir():
         raise click.BadParameter(f"no directory {out.parent}", param_hint="--out")
     if api is None:
         api = load(ctx, config_path)[0].origin.base_url
-    with Progress(f"upload {file.name}") as bar, \
+    with stop_on_signals(), Progress(f"upload {file.name}") as bar, \
             MediaClient(api, token=token, retries=retries, progress=bar.update_to) as client:
         payload = client.upload(file, mimetype=mimetype, conversation_id=conversation_id)
     text = json.dumps(payload, indent=2)
@@ -275,6 +276,7 @@ def download(payload_file: Any, out: Path, range_: str | None, cdn: str | None,
     """Fetch the media of PAYLOAD.json ('-' for stdin), verify it, and write the plaintext."""
     from ..client import MediaClient
     from .progress import Progress
+    from .stack import stop_on_signals
 
     _file_name(out)
     try:
@@ -287,7 +289,8 @@ def download(payload_file: Any, out: Path, range_: str | None, cdn: str | None,
     if range_ is not None and not isinstance(length, int):
         raise ValueError(f"{payload_file.name} has no file_length, which --range needs")
     byte_range = parse_range(range_, length if isinstance(length, int) else 0)
-    with Progress(f"download {out.name}") as bar, \
+    # SIGTERM as Ctrl-C: the download's temporary files go (they stayed beside --out)
+    with stop_on_signals(), Progress(f"download {out.name}") as bar, \
             MediaClient(cdn or "", cdn_url=cdn, retries=retries,
                         progress=bar.update_to) as client:
         result = client.download(payload, out, byte_range=byte_range)
