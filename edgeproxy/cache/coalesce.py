@@ -161,9 +161,24 @@ class Coalescer:
         fill.make_room = self.store.room.make_room
         fill.discard = fill.private = True
         flight.fills[index] = fill
-        fill.attach()  # (the flight's own hold, let go after it ends)
+        fill.attach()  # the flight's own hold: let go once no request of it is left
+        held = [True]
+
+        def let_go() -> None:
+            if held[0]:  # (once: whichever of the two comes first)
+                held[0] = False
+                fill.detach()
+
         loop = asyncio.get_running_loop()
-        flight.ended.add_done_callback(lambda _: loop.call_later(KEPT_FOR, fill.detach))
+        flight.on_idle.append(let_go)
+        # Unlinked once complete, its blocks stay allocated while held; held for every flight
+        # of a changing object, that was several times the cache's size under load.
+        # `KEPT_FOR` bounds it when a request's end goes uncounted.
+        def ended(_: object) -> None:
+            flight.idle_check()
+            loop.call_later(KEPT_FOR, let_go)
+
+        flight.ended.add_done_callback(ended)
         return fill
 
     def release(self, fill: SliceFill) -> None:

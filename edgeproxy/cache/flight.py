@@ -4,6 +4,7 @@ slices it fills are `fills.SliceFill`."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -61,6 +62,21 @@ class Flight:
     taken: asyncio.Future[None] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future())
     _progress: Signal = field(default_factory=Signal)
+    followers: int = 0  # requests leading or following it now (`Tx.flight`)
+    # called once it has ended and has no follower left (`Coalescer.keep`)
+    on_idle: list[Callable[[], None]] = field(default_factory=list)
+
+    def unfollow(self) -> None:
+        """A request no longer leads or follows this flight."""
+        self.followers -= 1
+        self.idle_check()
+
+    def idle_check(self) -> None:
+        """Run the `on_idle` callbacks if the flight has ended and no request follows it."""
+        if self.followers <= 0 and self.ended.done():
+            callbacks, self.on_idle = self.on_idle, []
+            for callback in callbacks:
+                callback()
 
     def grew(self) -> None:
         """A fill was added, or the flight ended: wake those waiting for the next slice."""

@@ -136,6 +136,7 @@ class CacheNode:
                 scope.setdefault("edgeproxy", {})["upstream_time"] = tx.upstream_time
                 for source in tx.ready.values():
                     source.close()
+                tx.flight = None  # (what its flight kept for it may go: `Coalescer.keep`)
                 await self.drop_direct(tx)
 
     async def _error(self, tx: Tx | None, send: Send, exc: HTTPError) -> None:

@@ -28,7 +28,7 @@ class Tx:
     # a fresh copy missing slices that cannot be fetched alone (no validator): replaced
     known: ObjectMeta | None = None
     absent: bool = False  # the lookup found nothing stored under the key, no variant either
-    flight: Flight | None = None  # the flight this request leads or follows
+    _flight: Flight | None = field(default=None, init=False, repr=False)
     led: bool = False
     ready: dict[int, Source] = field(default_factory=dict)  # joined before the headers
     direct: DirectSource | None = None  # an unstored body handed to this request
@@ -40,6 +40,23 @@ class Tx:
     tries: int = 0  # lookups repeated after losing a race for a claim
     interims: tuple[tuple[int, RawHeaders], ...] = ()  # 1xx answers to pass on first
     whole: bool = False  # fetch the object whole: its length is learnt from that answer
+
+    @property
+    def flight(self) -> Flight | None:
+        """The flight this request leads or follows (counted among its `followers`)."""
+        return self._flight
+
+    @flight.setter
+    def flight(self, flight: Flight | None) -> None:
+        # Counted so that what a flight keeps for its own requests alone (`Coalescer.keep`)
+        # goes once the flight has ended and no request of it is left, not a while after.
+        if flight is self._flight:
+            return
+        if flight is not None:
+            flight.followers += 1
+        if self._flight is not None:
+            self._flight.unfollow()
+        self._flight = flight
 
     def take_direct(self, flight: Flight, body_start: int) -> None:
         """Relay the unstored answer of ``flight``, which this request led, as its own body
