@@ -11,23 +11,16 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
 import threading
 import time
 from pathlib import Path
 
 from tests.foreign import ForeignOrigin
 from tests.nodes import node_process
+from tests.test_unvalidated_workers import _get
 
 SLICE = 64 * 1024
 SIZE = 150_000  # three slices
-
-
-def _get(port: int, path: str, extra: bytes = b"") -> bytes:
-    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
-        sock.sendall(b"GET " + path.encode() + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
-                     + extra + b"\r\n")
-        return b"".join(iter(lambda: sock.recv(1 << 20), b""))
 
 
 def _kept_open(parent: int) -> list[str]:
