@@ -115,9 +115,8 @@ async def hit(node: CacheNode, tx: Tx) -> Step:
         if only_cached:
             raise HTTPError(504, "not_cached",
                             "only-if-cached: the bytes asked for are not all stored")
-        # Without a validator, no two answers' bytes are known to be of one representation:
-        # they all come anew, from one unconditional answer of our own (a weak ETag's 304
-        # says nothing of the bytes), once any answer under way (here or elsewhere) is in.
+        # Without a validator no two answers' bytes are known to be one representation's: all
+        # anew, from one unconditional answer of our own, once any under way is in (anywhere).
         running = node.coalescer.flight_for(req.key)
         if running is not None and running is tx.flight and running.version is None:
             del node.coalescer.flights[req.key]  # its answer (a 304) is in: none to join
@@ -184,6 +183,7 @@ async def miss(node: CacheNode, tx: Tx) -> Step:
     # RFC 9111 §3.5: a request with credentials never waits for, nor shares, another's answer;
     # it leads its own flight, whose answer others may use only if it is storable.
     flight = None if private else node.coalescer.flight_for(req.key)
+    tx.led = False  # (a request back from another look may have led a flight before)
     if flight is None:
         if tx.stale is None and tx.known is None and not private and \
                 node.coalescer.claims.held_elsewhere(req.key, index):
