@@ -78,15 +78,18 @@ def test_bytes_staged_under_a_stored_hash_are_hashed(origin: Origin, method: str
     photo = _profile_photo(origin)
     other = make_blob(16)
     ticket = _ticket(origin, sha(photo), len(other), method)
+    refused = False
     if method == "direct":
         r = httpx.put(ticket["upload_url"], content=other, headers=ticket["upload_headers"])
-        if r.status_code != 200:  # a store that checks the checksum refuses it itself
-            pytest.skip("the store verified x-amz-checksum-sha256")
+        # a store that checks x-amz-checksum-sha256 refuses the bytes itself (moto does not)
+        refused = r.status_code != 200
+        assert not refused or 400 <= r.status_code < 500, r.text
     else:
         r = origin.put(ticket["upload_url"], other, headers={"X-Upload-Offset": "0"})
         assert r.status_code == 200 and r.json()["complete"] is True, r.text
     r = origin.confirm(ticket["media_id"], sha(photo))
-    assert (r.status_code, error_of(r)) == (422, "hash_mismatch"), r.text
+    want = (409, "upload_incomplete") if refused else (422, "hash_mismatch")
+    assert (r.status_code, error_of(r)) == want, r.text
     assert origin.http.get(f"/v/t1/{sha(photo)}").status_code == 404
     assert origin.http.get("/pp/alice").content == photo  # the photo itself is untouched
 
