@@ -36,7 +36,7 @@ from .waits import broadcast, shared, within
 JOIN_ATTEMPTS = 3
 STRIPES = 1 << 22  # enough that two live fills rarely share a stripe
 _LOOK_AGAIN = object()  # what waiters on another's look get when it left before the end
-KEPT_FOR = 30.0  # seconds a flight's unclaimed slices stay readable after it ends (`keep`)
+KEPT_FOR = 30.0  # seconds at most a flight's unclaimed slices outlive it (`keep`)
 
 
 class Claims:
@@ -150,8 +150,9 @@ class Coalescer:
         """A fill of ``flight`` for a slice it could not claim: another worker fills it for
         an answer of its own, which no validator ties to this one. Its bytes pass anyway;
         they go to this flight's own readers (`joins`), never to the store or another
-        request. Kept readable for `KEPT_FOR` seconds after the flight ends, for readers
-        that have not come to the slice yet (the file is unlinked once complete)."""
+        request. Kept readable (the file is unlinked once complete) until the flight has
+        ended and no request of it is left (`Flight.on_idle`), `KEPT_FOR` seconds at most:
+        its readers may come to the slice after its last byte."""
         self._kept += 1
         path = self.claims.path(flight.key, index)
         fill = SliceFill(flight.key, index,
@@ -174,6 +175,7 @@ class Coalescer:
         # Unlinked once complete, its blocks stay allocated while held; held for every flight
         # of a changing object, that was several times the cache's size under load.
         # `KEPT_FOR` bounds it when a request's end goes uncounted.
+
         def ended(_: object) -> None:
             flight.idle_check()
             loop.call_later(KEPT_FOR, let_go)
