@@ -208,6 +208,7 @@ class FastLane:
         if meta is None:
             if self.node.coalescer.cold(key) or self._known_absent(key):
                 return None  # being fetched, or just found absent: the steps
+            mark = self.node.hot.mark(key)
             meta = self.node.store.get_meta(key)  # as `steps.lookup` looks, and remembers
             if meta is None:
                 self._absent[key] = time.monotonic()  # the steps need not look again
@@ -216,7 +217,7 @@ class FastLane:
                 return None
             if meta.vary or not meta.freshness.is_fresh(now):
                 return None  # a variant, stale: the steps
-            self.node.remember(key, meta, now)
+            self.node.remember(key, meta, now, mark)
         if meta.length is None or meta.status != 200 or meta.length == 0 \
                 or meta.content_class in self.node.gate.signed_classes:
             return None

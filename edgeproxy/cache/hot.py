@@ -2,8 +2,9 @@
 
 Thumbnails and other small objects dominate request counts; serving them from a dict, with
 their response headers already encoded, keeps SQLite and the filesystem off the hit path.
-The tier holds only what the disk cache holds: an entry dies with its freshness, on purge,
-or when a purge in *any* worker bumps the shared purge epoch.
+The tier holds only what the disk cache holds: an entry dies with its freshness, or when any
+worker changes its object (new facts, a purge, an invalidation: its key's shared generation
+is bumped) or purges many (the shared epoch).
 
 It is bounded in bytes, and what it evicts first is chosen by Greedy-Dual-Size-Frequency
 (Cherkasova 1998; Squid's ``heap GDSF``): an entry's worth is its hits (up to `HITS_CAP`)
@@ -24,6 +25,7 @@ import itertools
 import mmap
 import os
 import struct
+import zlib
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,6 +34,9 @@ from pathlib import Path
 from .meta import ObjectMeta
 
 _EPOCH = struct.Struct("=Q")
+# Generations of keys shared by the workers (8 bytes each): keys that share one are forgotten
+# together, which costs a lookup of the index, never a wrong answer.
+KEY_SLOTS = 1 << 16
 FACTS_SIZE = 65536  # facts of large objects remembered per worker
 SLICE_SHARE = 4  # slices of large objects may take this fraction (1/n) of the memory tier
 SLICES_ASKED = 4096  # slices read once from disk remembered, to keep one asked for again
@@ -45,17 +50,26 @@ SliceId = tuple[str, str, int]  # key, version, index
 
 
 class PurgeEpoch:
-    """A counter in a shared memory-mapped file: a purge anywhere bumps it, every worker's
-    hot tier sees the change on its next lookup (one memory read) and empties itself."""
+    """Counters in a shared memory-mapped file. The epoch: a purge of everything (or of a
+    prefix) anywhere bumps it, and every worker's hot tier sees the change on its next lookup
+    (one memory read) and empties itself. And the generations of keys, by a hash of the key
+    (`KEY_SLOTS` of them): a change of one object (new facts committed, a purge, an
+    invalidation by an unsafe method) bumps its key's, and every worker forgets what it keeps
+    of that key only. A purge of one object used to empty every worker's tier, so any client
+    could keep the tiers empty with a stream of POSTs to cached URLs (RFC 9111 §4.4
+    invalidation); and facts kept in memory had to be trusted for a few seconds only, as
+    another worker's change of them could not be told."""
 
     def __init__(self, path: Path) -> None:
+        size = _EPOCH.size * (1 + KEY_SLOTS)
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
-            if os.fstat(fd).st_size < _EPOCH.size:
+            have = os.fstat(fd).st_size
+            if have < size:
                 # written, not a hole: a write through the map can then never meet a full
                 # volume (SIGBUS)
-                os.pwrite(fd, bytes(_EPOCH.size), 0)
-            self._map = mmap.mmap(fd, _EPOCH.size)
+                os.pwrite(fd, bytes(size - have), have)
+            self._map = mmap.mmap(fd, size)
         finally:
             os.close(fd)
 
@@ -67,6 +81,22 @@ class PurgeEpoch:
     def bump(self) -> None:
         """Invalidate every worker's hot tier."""
         _EPOCH.pack_into(self._map, 0, (self.read() + 1) % (1 << 64))
+
+    @staticmethod
+    def slot(key: str) -> int:
+        """Where ``key``'s generation is kept (the same in every process: not ``hash``)."""
+        return 1 + (zlib.crc32(key.encode("utf-8", "surrogatepass")) & (KEY_SLOTS - 1))
+
+    def generation(self, slot: int) -> int:
+        """The generation kept at ``slot``."""
+        value: int = _EPOCH.unpack_from(self._map, slot * _EPOCH.size)[0]
+        return value
+
+    def bump_slot(self, slot: int) -> int:
+        """Invalidate what every worker keeps of the keys of ``slot``; the new generation."""
+        value = (self.generation(slot) + 1) % (1 << 64)
+        _EPOCH.pack_into(self._map, slot * _EPOCH.size, value)
+        return value
 
     def close(self) -> None:
         """Unmap."""
@@ -91,6 +121,8 @@ class HotEntry:
     dated: bool  # the stored fields carry a Date (else each answer adds the clock's)
     hits: int = 1  # requests it answered or was stored for, while in the tier
     ranked: int = 0  # `hits` when its place in the eviction heap was last set
+    slot: int = 0  # where its key's generation is kept (`PurgeEpoch.slot`), and the
+    generation: int = 0  # generation seen before its facts were read: set by `HotTier.put`
 
     @classmethod
     def of(cls, meta: ObjectMeta, body: bytes, fields: list[tuple[bytes, bytes]],
@@ -119,7 +151,8 @@ class HotTier:
         self._heap: list[_Ranked] = []  # lazily ordered: see the module's doc
         self._clock = 0.0  # worth of the last entry evicted
         self._sequence = itertools.count()
-        self._facts: OrderedDict[str, tuple[ObjectMeta, float]] = OrderedDict()
+        # key -> (facts, fresh until, slot, generation): see `HotEntry`
+        self._facts: OrderedDict[str, tuple[ObjectMeta, float, int, int]] = OrderedDict()
         self._bytes = 0
         # Slices of large objects that ranges keep asking for (a player's seeks, a hot
         # segment), in a share of the tier of their own: small objects keep the rest.
@@ -141,8 +174,8 @@ class HotTier:
         entry = self._entries.get(key)
         if entry is None:
             return None
-        if now >= entry.fresh_until:
-            self.pop(key)  # stale: the full path revalidates it
+        if now >= entry.fresh_until or self.epoch.generation(entry.slot) != entry.generation:
+            self.pop(key)  # stale (the full path revalidates it), or changed by some worker
             return None
         entry.hits += 1
         return entry
@@ -155,16 +188,50 @@ class HotTier:
             self._seen_epoch = epoch
             return None
         remembered = self._facts.get(key)
-        if remembered is None or remembered[1] <= now:
+        if remembered is None:
             return None
-        return remembered[0]
+        meta, fresh_until, slot, generation = remembered
+        if fresh_until <= now or self.epoch.generation(slot) != generation:
+            del self._facts[key]
+            return None
+        return meta
 
-    def remember_facts(self, key: str, meta: ObjectMeta, fresh_until: float) -> None:
-        """Keep the facts (not the body) of a large object: its hits skip the index query."""
-        self._facts[key] = (meta, fresh_until)
+    def mark(self, key: str) -> tuple[int, int]:
+        """``key``'s slot and generation, to be taken *before* its facts are read from the
+        index: facts read after a change but remembered after the change's bump would
+        otherwise pass for current (`remember_facts`)."""
+        slot = self.epoch.slot(key)
+        return slot, self.epoch.generation(slot)
+
+    def remember_facts(self, key: str, meta: ObjectMeta, fresh_until: float,
+                       mark: tuple[int, int] | None = None) -> None:
+        """Keep the facts (not the body) of a large object: its hits skip the index query.
+        ``mark``: as `mark` gave it before the facts were read (else taken now)."""
+        slot, generation = mark if mark is not None else self.mark(key)
+        self._facts[key] = (meta, fresh_until, slot, generation)
         self._facts.move_to_end(key)
         if len(self._facts) > FACTS_SIZE:
             self._facts.popitem(last=False)
+
+    def changed(self, key: str) -> None:
+        """``key``'s object changed or is gone (a purge, an invalidation): every worker
+        forgets what it keeps of it."""
+        self.epoch.bump_slot(self.epoch.slot(key))
+        self.pop(key)
+
+    def committed(self, key: str) -> None:
+        """Facts of ``key`` reached the index from this worker: every other worker forgets
+        what it keeps of the key. What this worker keeps of it stays: it let go of the key
+        when it learnt the facts it wrote (`CacheNode._plan`, `mark_verified`), so what it
+        kept since came from them (the index's reads here see pending writes first)."""
+        slot = self.epoch.slot(key)
+        generation = self.epoch.bump_slot(slot)
+        entry = self._entries.get(key)
+        if entry is not None and entry.slot == slot:
+            entry.generation = generation
+        remembered = self._facts.get(key)
+        if remembered is not None:
+            self._facts[key] = (remembered[0], remembered[1], slot, generation)
 
     def slice(self, sid: SliceId) -> bytes | None:
         """A slice kept in memory (the caller has looked at the facts, and so the epoch)."""
@@ -201,6 +268,7 @@ class HotTier:
         ``entry`` itself, when everything kept is worth more)."""
         if not self.accepts(len(entry.body)):
             return
+        entry.slot, entry.generation = self.mark(key)
         old = self._entries.pop(key, None)
         if old is not None:
             self._bytes -= len(old.body)
@@ -256,7 +324,7 @@ class HotTier:
             self._bytes -= len(entry.body)
 
     def purged(self) -> None:
-        """A purge happened: empty this tier and every other worker's."""
+        """A purge of many objects happened: empty this tier and every other worker's."""
         self.epoch.bump()
         self.clear()
         self._seen_epoch = self.epoch.read()

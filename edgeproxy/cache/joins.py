@@ -149,8 +149,9 @@ async def answered_elsewhere(node: CacheNode, tx: Tx, meta: ObjectMeta) -> bool:
                    node.wait_timeout, "the worker filling this object")
         node.hot.pop(key)
         return True
-    if node.hot.facts(key, time.time()) is not meta:
-        return False
+    remembered = node.hot.facts(key, time.time())
+    if remembered is not None and remembered is not meta:
+        return False  # this worker learnt newer facts since: no news in the index
     node.hot.pop(key)
     indexed = node.store.get_meta(key)
     return indexed is not None and indexed.version != meta.version

@@ -42,8 +42,9 @@ from .verdict import Verdict, x_cache
 
 log = logging.getLogger("edgeproxy.cache")
 
-# How long a worker trusts facts it remembered in memory (see `CacheNode.remember`).
-FACTS_TTL = 10.0
+# How long a worker trusts facts it remembered (`remember`): changes reach it at once (`hot`'s
+# key generations); this bounds what none announces (an object culled by the size bound).
+FACTS_TTL = 60.0
 
 
 class CacheNode:
@@ -73,6 +74,7 @@ class CacheNode:
         self.metrics = NodeMetrics(tier)
         self.store.on_fault = self.metrics.storage_fault
         self.store.on_corrupt = self.slice_corrupt
+        self.store.on_facts = self.hot.committed
         self.slice_size = config.cache.slice_size
         self.read_size = config.cache.read_chunk_size
         self.wait_timeout = config.cache.fill_wait_timeout
@@ -214,14 +216,13 @@ class CacheNode:
             self.hot.pop(flight.key)  # new facts: the memory copy must not outlive them
         return plan
 
-    def remember(self, key: str, meta: ObjectMeta, now: float) -> None:
-        """Keep a large fresh object's facts in memory, so its hits skip the index query.
-
-        Briefly: another worker that learns the object changed cannot tell this one.
-        """
+    def remember(self, key: str, meta: ObjectMeta, now: float,
+                 mark: tuple[int, int] | None = None) -> None:
+        """Keep a large fresh object's facts in memory, so its hits skip the index query
+        (``mark``: `HotTier.mark`, taken before they were read from the index)."""
         if meta.status == 200 and not meta.vary and meta.freshness.is_fresh(now):
             self.hot.remember_facts(key, meta, now + min(FACTS_TTL,
-                                                         meta.freshness.remaining(now)))
+                                                         meta.freshness.remaining(now)), mark)
 
     def mark_verified(self, key: str, meta: ObjectMeta) -> None:
         """A whole answer assembled from this object's slices matched its hash: the slices
@@ -347,8 +348,10 @@ class CacheNode:
 
     def _purge_key(self, key: str) -> int:
         self.coalescer.forget(lambda k: k == key)
-        self.hot.purged()
-        return 1 if self.store.purge(key) else 0
+        try:
+            return 1 if self.store.purge(key) else 0
+        finally:  # (after the rows went: a worker that forgets it now reads the index anew)
+            self.hot.changed(key)
 
     def purge(self, path: str) -> int:
         """Drop one object (all its slices); fills in flight for it will not be stored."""

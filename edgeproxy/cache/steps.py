@@ -70,9 +70,10 @@ async def lookup(node: CacheNode, tx: Tx) -> Step:
     req, now = tx.req, time.time()
     meta = node.hot.facts(req.key, now)
     if meta is None and not node.fast.not_stored(req.key) and not node.coalescer.cold(req.key):
+        mark = node.hot.mark(req.key)  # (before the read: see `HotTier.mark`)
         meta = node.store.get_meta(req.key)
         if meta is not None:
-            node.remember(req.key, meta, now)
+            node.remember(req.key, meta, now, mark)
     tx.absent = meta is None
     if meta is not None and meta.vary:
         values = fields.vary_values(meta.vary, req.headers)

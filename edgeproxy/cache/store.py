@@ -39,7 +39,7 @@ from .batch import GroupCommit
 from .checksum import INLINE_HEADER, carried, seal, unseal
 from .evict import Evictor, SizeWatch
 from .index import AdoptFile, reading, writing
-from .keys import SLICE_PREFIX, meta_key, slice_key, slice_of, tag_of, variant_key
+from .keys import META_PREFIX, SLICE_PREFIX, meta_key, slice_key, slice_of, tag_of, variant_key
 from .meta import ObjectMeta, decode, encode
 from .presence import UNFILTERED_MAX, presence_of, slots_for
 from .scrubreads import ScrubReads
@@ -79,6 +79,7 @@ class CacheStore(ScrubReads):
         self.on_fault: Callable[[str], None] = lambda reason: None  # with `fault_reason`
         # a stored slice failed its checksum and was dropped: (key, index, why)
         self.on_corrupt: Callable[[str, int, str], None] = lambda key, index, why: None
+        self.on_facts: Callable[[str], None] = lambda key: None  # its facts were committed
         self.directory = directory
         self.size_limit = size_limit
         self.temp_dir = directory / TEMP_DIR
@@ -143,6 +144,8 @@ class CacheStore(ScrubReads):
     def _committed(self, keys: list[str]) -> None:
         if any(k.startswith(SLICE_PREFIX) for k in keys):
             self._written()
+        for skey in (k for k in keys if k.startswith(META_PREFIX)):
+            self.on_facts(skey[len(META_PREFIX):])
 
     def degraded(self, now: float) -> bool:
         """Whether the cache cannot store right now: its index is unavailable, or a storage
@@ -349,6 +352,7 @@ class CacheStore(ScrubReads):
     def purge(self, key: str) -> int:
         """Remove ``key``'s facts and all its slices; the number of entries removed."""
         self.forget_files()
+        self.space.evicted()  # every worker lets go of descriptors (maybe of these files)
         tag = tag_of(key)
         dropped = self._batch.drop(lambda t: t == tag)
         self.room.unlink_files("tag = ?", (tag,))  # room first: a full volume can then journal
