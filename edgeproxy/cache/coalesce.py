@@ -218,10 +218,14 @@ class Coalescer:
 
     def filling(self, key: str, version: str) -> bool:
         """Whether a flight, here or in another worker, is filling the first slice of
-        ``version`` of ``key`` now (a flight that stated facts and died states nothing)."""
+        ``version`` of ``key`` now (a flight that stated facts and died states nothing).
+        Here, only one that hashes the whole body counts: a range refill of the slice
+        vouches for nothing, and an answer that waited for its vouch was cut short."""
         fill = self.fills.get((key, 0))
         if fill is not None:
-            return fill.error is None and fill.flight.version == version
+            flight = fill.flight
+            return fill.error is None and flight.version == version and flight.whole \
+                and flight.hasher is not None
         return self.claims.held_elsewhere(key, 0)
 
     def flight_for(self, key: str) -> Flight | None:

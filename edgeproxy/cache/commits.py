@@ -8,6 +8,7 @@ synchronous step each, so a request that misses a fill in the registry finds its
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import hmac
 import logging
 from collections.abc import Callable
@@ -17,9 +18,9 @@ from . import policy
 from .coalesce import Coalescer
 from .fills import SliceFill
 from .flight import Flight
-from .foreign import vouch_file
+from .foreign import Proof, vouch_file
 from .meta import ObjectMeta
-from .store import CacheStore
+from .store import INLINE_MAX, CacheStore
 
 log = logging.getLogger("edgeproxy.fetch")
 
@@ -70,7 +71,8 @@ class Commits:
         refuses it)."""
         fill.finish()
         if fill.fd >= 0 and flight.version is not None:
-            vouch_file(fill.fd, flight.version, fill.sum.value())  # for other workers' readers
+            # for other workers' readers (and any reader once the slice is evicted)
+            vouch_file(fill.fd, flight.version, fill.sum.value(), flight.proven)
         # Commit and unregister in one synchronous step: a request that misses the fill in
         # the registry finds the slice in the store.
         if flight.version is not None and not fill.discard and not fill.unstorable:
@@ -129,6 +131,11 @@ class Commits:
             whole = flight.whole and flight.digest in wrong
             self.on_integrity_failure(flight.key, why, "body_hash" if whole else "content_digest")
             return
+        if flight.whole and flight.digest is not None \
+                and hmac.compare_digest(got, flight.digest):
+            # every byte of the body is the representation's: its readers' proof (and its
+            # slice files', `vouch_file`), which no eviction of the stored facts takes
+            flight.proven = Proof(got, self._tail(flight, size))
         meta = flight.meta
         if flight.whole and flight.store_meta == "now" and meta is not None \
                 and meta.length is not None and all(
@@ -148,6 +155,19 @@ class Commits:
             if not fill.done and fill.error is None and fill.expected is not None \
                     and fill.written >= fill.expected:
                 self.commit(flight, fill)
+
+    @staticmethod
+    def _tail(flight: Flight, size: int) -> tuple[int, str] | None:
+        """The index and SHA-256 of the body's last slice if it is stored inline (no file
+        carries a proof there: `Proof.tail`)."""
+        length = flight.meta.length if flight.meta is not None else None
+        if not length:
+            return None
+        last = policy.slice_count(length, size) - 1
+        fill = flight.fills.get(last)
+        if fill is None or fill.written > INLINE_MAX:
+            return None
+        return last, hashlib.sha256(fill.read(0, fill.written)).hexdigest()
 
     def discard(self, fill: SliceFill, err: BaseException) -> None:
         """Fail ``fill`` with ``err`` (its readers abort) and let its claim and file go."""

@@ -30,7 +30,7 @@ from . import fields, policy
 from .lanebodies import PIECES_MAX
 from .meta import ObjectMeta, whole_body_digest
 from .slicefiles import FilePiece
-from .sources import DirectSource, Following, Source, StoredSource
+from .sources import DirectSource, Following, Source, StoredSource, Witness
 from .types import ZEROCOPY, Message, Send
 
 if TYPE_CHECKING:
@@ -296,10 +296,11 @@ def verifying_send(send: Send, digest: str, length: int, on_mismatch: Callable[[
 
 def vouched_send(send: Send, length: int, vouched: Callable[[], bool]) -> Send:
     """A `send` for a body whose slices a flight is filling from one whole body it hashes
-    (`ObjectMeta.vouching`): nothing is hashed here, and the last byte goes out only once the
-    object's stored facts say that hash matched (``vouched()``); the answer is aborted if they
-    do not. Slices are stored only after that flight's hash matched, and the last byte waits
-    for every slice sent to be stored (`send_body`): a body of such slices is the hashed one."""
+    (`ObjectMeta.vouching`): nothing is hashed here, and the last byte goes out only once
+    ``vouched()`` says that hash matched for the bytes sent (their sources' proofs,
+    `sources.Witness`, or the object's stored facts); the answer is aborted if not. Slices
+    are stored only after that flight's hash matched, and the last byte waits for every slice
+    sent to be stored (`send_body`): a body of such slices is the hashed one."""
     def release() -> None:
         if not vouched():
             raise FillAborted("the object's slices were not vouched for by a whole-body hash")
@@ -357,10 +358,11 @@ def refuse_wrong_empty(digest: str | None) -> None:
 
 
 def checked_send(node: CacheNode, key: str, meta: ObjectMeta, whole: bool,
-                 flight: Flight | None, send: Send) -> tuple[Send, bool]:
+                 flight: Flight | None, send: Send, witness: Witness) -> tuple[Send, bool]:
     """The ``send`` of an answer from ``meta``'s slices, and whether it hashes every byte:
     a whole body with a SHA-256 to match (content address, Repr-Digest) is hashed as it
-    goes, unless its flight hashes it, or vouches for it (its last byte is then held)."""
+    goes, unless its flight hashes it, or vouches for it (its last byte is then held, until
+    ``witness``, told of every source the answer reads, or the stored facts prove it)."""
     digest = whole_body_digest(key, meta) if whole else None
     if flight is not None and flight.hasher is not None and flight.version == meta.version \
             and meta.length is not None and flight.first == 0 \
@@ -368,8 +370,12 @@ def checked_send(node: CacheNode, key: str, meta: ObjectMeta, whole: bool,
         digest = None  # this flight fills every slice, hashes them all, holds the last byte
     if digest is not None and meta.length and meta.vouching:
         if node.coalescer.filling(key, meta.version):
-            # (zero-copy stays: nothing looks at the bytes, only the last one is held)
-            return vouched_send(send, meta.length, lambda: node.vouched(key, meta)), False
+            # (zero-copy stays: nothing looks at the bytes, only the last one is held) The
+            # proof is the sources' own (`Witness`), else the stored facts: eviction may take
+            # those, and the object's slices with them, while this answer reads its own.
+            proof, witness.needed = digest, True
+            return vouched_send(send, meta.length, lambda: witness.proves(proof)
+                                or node.vouched(key, meta)), False
         if node.vouched(key, meta):
             digest = None  # its flight has matched the hash since these facts were read
     if digest is None or not meta.length:

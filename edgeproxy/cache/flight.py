@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import UpstreamTimeout
 from .beresp import BeResp
+from .foreign import Proof
 from .types import RawHeaders
 from .waits import Signal, broadcast
 
@@ -56,6 +57,10 @@ class Flight:
     checks: tuple[str, ...] = ()  # SHA-256s (hex) the answer's body must have, all of them
     hasher: Any = None  # running SHA-256 of the answer's body while `checks` are pending
     whole: bool = False  # the body is the whole representation, checked against `digest`
+    # Once the whole body matched every check: its readers' proof that their bytes are right,
+    # which eviction cannot take (the stored facts' `verified` mark can go with their row
+    # before an answer's last byte is out); its slice files carry it (`foreign.vouch_file`).
+    proven: Proof | None = None
     length: int | None = None  # learnt at the end for a body without Content-Length
     ended: asyncio.Future[None] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future())

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -23,15 +24,66 @@ POLL_INTERVAL = 0.005
 # The extended attribute by which a worker vouches for a fill file it finished: the version
 # of the object it holds a slice of, and that slice's xxh3 (`vouch_file`).
 VOUCHED = "user.edgeproxy.vouched"
+# ... and, on a slice of a body whose whole SHA-256 matched, that SHA-256 (`Proof`): it goes
+# with the file (into the store by rename, and on in the descriptors readers hold once it is
+# evicted), so a reader's proof does not rest on the object's stored facts (`proven_file`).
+PROVEN = "user.edgeproxy.proven"
 
 
-def vouch_file(fd: int, version: str, checksum: int) -> None:
+@dataclass(frozen=True)
+class Proof:
+    """A body's bytes matched their whole SHA-256 (hex), ``digest``: what a slice of it, a
+    file or a fill, carries to show it is right (`sources.Witness`).
+
+    ``tail``: the index and SHA-256 of the body's last slice when it is small enough to be
+    stored inline (`store.INLINE_MAX`, no file to mark): a reader that got it from the index
+    proves it right by its hash against the proof of another slice it sent.
+    """
+
+    digest: str
+    tail: tuple[int, str] | None = None
+
+    def encode(self) -> bytes:
+        """As a file's mark carries it (`decode` reads it back)."""
+        tail = f" {self.tail[0]}:{self.tail[1]}" if self.tail is not None else ""
+        return f"{self.digest}{tail}".encode()
+
+    @classmethod
+    def decode(cls, raw: bytes) -> Proof:
+        """A mark written by `encode` (ValueError if it is not one)."""
+        digest, _, tail = raw.decode().partition(" ")
+        if not tail:
+            return cls(digest)
+        index, _, sha = tail.partition(":")
+        if not sha:
+            raise ValueError(f"a mark's tail without its SHA-256: {tail!r}")
+        return cls(digest, (int(index), sha))
+
+
+def vouch_file(fd: int, version: str, checksum: int, proof: Proof | None = None) -> None:
     """Mark a finished fill's file as the whole slice of ``version`` that hashes to
     ``checksum``: a worker following it reads it to its end even when the slice is gone
-    from the index by then (evicted at once, passed through unstored). Where the file
-    system keeps no extended attributes nothing is marked, and such followers are cut."""
+    from the index by then (evicted at once, passed through unstored). ``proof``: that of
+    the whole body it is a slice of, if that matched its SHA-256. Where the file system
+    keeps no extended attributes nothing is marked, and such followers are cut."""
     with contextlib.suppress(OSError):
+        # (first: a file marked vouched for is marked proven or not; a fill truncates the
+        # file left at its path, if any, and its marks stay)
+        if proof is not None:
+            os.setxattr(fd, PROVEN, proof.encode())
+        else:
+            with contextlib.suppress(OSError):
+                os.removexattr(fd, PROVEN)
         os.setxattr(fd, VOUCHED, f"{version}:{checksum:016x}".encode())
+
+
+def proven_file(fd: int) -> Proof | None:
+    """The proof file ``fd`` carries (`vouch_file`): None when its fill was not hashed
+    whole (a range refill), or nothing is marked."""
+    try:
+        return Proof.decode(os.getxattr(fd, PROVEN))
+    except (OSError, ValueError):  # (UnicodeDecodeError is one)
+        return None
 
 
 def vouched(fd: int, version: str) -> bool:
@@ -82,6 +134,8 @@ class ForeignFill:
         self.done = False
         self.error: BaseException | None = None
         self.users = 0
+        self.proven: Proof | None = None  # once done from a file: its proof, if it has one
+        self.mixed = False  # bytes read from the file, then the store's inline ones
         self._tick: asyncio.Future[None] | None = None  # the look in progress, if any
 
     def attach(self) -> None:
@@ -117,20 +171,30 @@ class ForeignFill:
             return
         body = self._stored()
         if body is None:
-            if self.fd >= 0 and self.version is not None and vouched(self.fd, self.version):
-                # finished and vouched for, then not stored or evicted at once: the bytes
-                # are all in the file we hold (answers that had sent some were cut here)
-                self.visible, self.done = os.fstat(self.fd).st_size, True
-                return
+            if self.fd >= 0 and self.version is not None:
+                proven = proven_file(self.fd)  # (read before the bytes are checked)
+                if vouched(self.fd, self.version):
+                    # finished and vouched for, then not stored or evicted at once: the
+                    # bytes are all in the file we hold (answers that had sent some were
+                    # cut here)
+                    self.visible, self.done = os.fstat(self.fd).st_size, True
+                    self.proven = proven
+                    return
             self.error = FillAborted("the worker filling this slice gave up")
         elif isinstance(body, bytes):
             self._close_fd()
+            self.mixed = self.visible > 0  # (some bytes may have gone from the file)
             self.body, self.visible, self.done = body, len(body), True
         else:
             with body:  # the committed file: read from it (our own open may be a stale one)
+                ours = os.fstat(self.fd) if self.fd >= 0 else None
                 self._close_fd()
                 self.fd = os.dup(body.fileno())
-            self.visible, self.done = os.fstat(self.fd).st_size, True
+            stat = os.fstat(self.fd)
+            self.visible, self.done = stat.st_size, True
+            if ours is None or (ours.st_dev, ours.st_ino) == (stat.st_dev, stat.st_ino):
+                # the bytes read so far came from this very file: its mark covers them
+                self.proven = proven_file(self.fd)
 
     async def _wait(self, settled: Callable[[], bool], timeout: float) -> None:
         """Until ``settled()``: one waiter looks at the other worker each poll interval,
@@ -164,6 +228,13 @@ class ForeignFill:
     async def wait_done(self, timeout: float) -> None:
         """Until the slice is committed, or the fill failed."""
         await self._wait(lambda: self.done or self.error is not None, timeout)
+
+    def evidence(self) -> Proof | bytes | None:
+        """What shows this slice's bytes right, once it is done (`sources.Witness`): the
+        proof its file carried, or the store's inline bytes (proven by a `Proof.tail`)."""
+        if not self.done or self.error is not None or self.mixed:
+            return None
+        return self.body if self.body is not None else self.proven
 
     def _close_fd(self) -> None:
         if self.fd >= 0:

@@ -3,13 +3,15 @@ worker), or an upstream body that is not stored. Delivery only ever reads from t
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Protocol
 
 from ..errors import FillAborted, FillLost, UpstreamTimeout
 from .fills import SliceFill
-from .foreign import ForeignFill
+from .foreign import ForeignFill, Proof, proven_file
 from .store import SliceBody
 from .transport import UpstreamResponse
 from .types import ZEROCOPY, Send
@@ -318,3 +320,56 @@ async def small_body_ended(ready: dict[int, Source], length: int | None,
         for source in ready.values():
             source.close()
         raise
+
+
+
+
+Evidence = Callable[[], "Proof | bytes | None"]
+
+
+class Witness:
+    """What proves the bytes of one answer right, source by source, where no eviction can
+    take it: the flight a fill of this worker belongs to (`Flight.proven`), the mark of a
+    slice file (`foreign.proven_file`: another worker's fill, a stored slice, still read
+    through the descriptor held once it is evicted), and for a slice stored inline (no file
+    to mark), its SHA-256 against the `Proof.tail` another of those carries.
+
+    A whole answer whose last byte `deliver.vouched_send` holds is proven when every source
+    it read from is; else the proof is left to the stored facts, which eviction may take.
+    """
+
+    def __init__(self) -> None:
+        self._seen: list[tuple[int, Evidence]] = []
+        self.needed = False  # (set when an answer's last byte waits for the proof)
+
+    def saw(self, index: int, source: Source) -> None:
+        """Slice ``index`` of the answer comes from ``source``: note what proves it (a
+        stored file's mark now, while its descriptor is open; a fill's once it is done)."""
+        if not self.needed:
+            return  # (a look at a file's marks per slice, on answers that need none)
+        evidence: Evidence
+        if isinstance(source, StoredSource):
+            body = source.body
+            found = body if isinstance(body, bytes) else proven_file(body.fileno())
+            evidence = lambda: found  # noqa: E731
+        elif isinstance(source, FillSource):
+            fill = source.fill
+            evidence = lambda: fill.flight.proven \
+                if fill.error is None and not fill.discard else None  # noqa: E731
+        elif isinstance(source, ForeignSource):
+            foreign = source.fill
+            evidence = lambda: foreign.evidence()  # noqa: E731
+        else:
+            evidence = lambda: None  # noqa: E731
+        self._seen.append((index, evidence))
+
+    def proves(self, digest: str) -> bool:
+        """Whether every byte read so far came from a body whose SHA-256 is ``digest``."""
+        seen = [(index, evidence()) for index, evidence in self._seen]
+        proofs = [found for _, found in seen if isinstance(found, Proof)]
+        if not seen or not all(hmac.compare_digest(p.digest, digest) for p in proofs):
+            return False
+        tails = {proof.tail for proof in proofs if proof.tail is not None}
+        return all(isinstance(found, Proof) or (
+            isinstance(found, bytes) and (index, hashlib.sha256(found).hexdigest()) in tails)
+            for index, found in seen)

@@ -24,7 +24,7 @@ from .facts import FactsContradicted, FlightContext
 from .lanebodies import file_pieces
 from .meta import whole_body_digest
 from .relay import pass_
-from .sources import Source, StoredSource, small_body_ended
+from .sources import Source, StoredSource, Witness, small_body_ended
 from .transport import BeReq
 from .tx import Tx
 from .types import ZEROCOPY
@@ -375,12 +375,17 @@ async def deliver(node: CacheNode, tx: Tx) -> None:
         await tx.send({"type": "http.response.body", "body": b"", "more_body": False})
         return None
     zerocopy = ZEROCOPY in (tx.scope.get("extensions") or ())
-    send, checked = checked_send(node, req.key, meta, reply.ranges is None, flight, tx.send)
+    witness = Witness()
+    send, checked = checked_send(node, req.key, meta, reply.ranges is None, flight, tx.send,
+                                 witness)
     zerocopy = zerocopy and not checked  # every byte is hashed here: through memory
 
     async def join(index: int) -> Source:
         source = ready.pop(index, None)
-        return source if source is not None else await joins.join(node, tx, meta, index)
+        if source is None:
+            source = await joins.join(node, tx, meta, index)
+        witness.saw(index, source)
+        return source
 
     # Runs of stored slices go as one zero-copy message each, as the fast lane sends them
     # (a 100 MiB hit cost twice the lane's CPU slice by slice: a join, a message and a
