@@ -322,8 +322,6 @@ async def small_body_ended(ready: dict[int, Source], length: int | None,
         raise
 
 
-
-
 Evidence = Callable[[], "Proof | bytes | None"]
 
 

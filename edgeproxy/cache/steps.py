@@ -387,10 +387,8 @@ async def deliver(node: CacheNode, tx: Tx) -> None:
         witness.saw(index, source)
         return source
 
-    # Runs of stored slices go as one zero-copy message each, as the fast lane sends them
-    # (a 100 MiB hit cost twice the lane's CPU slice by slice: a join, a message and a
-    # wait for the socket per slice); not where every byte must be seen or held, nor for
-    # an object of one slice (kept in memory whole, `joins`).
+    # Runs of stored slices go as one zero-copy message each, as the lane sends them (slice
+    # by slice, a 100 MiB hit cost twice its CPU); not where every byte is seen or held.
     pieces = None
     if zerocopy and send is tx.send and tx.direct is None and meta.length is not None \
             and meta.length > meta.slice_size:
