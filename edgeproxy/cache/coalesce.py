@@ -162,6 +162,16 @@ class Coalescer:
         fill.make_room = self.store.room.make_room
         fill.discard = fill.private = True
         flight.fills[index] = fill
+        self.hold(flight, fill)
+        return fill
+
+    @staticmethod
+    def hold(flight: Flight, fill: SliceFill) -> None:
+        """Keep ``fill``'s bytes readable by ``flight``'s own requests (`joins`) until the
+        flight has ended and no request of it is left (`Flight.on_idle`), `KEPT_FOR` seconds
+        at most, whatever becomes of the slice in the store: a kept fill is stored nowhere,
+        and a stored slice of an answer without a validator is replaced by any other
+        answer's (then nothing could fetch its bytes again)."""
         fill.attach()  # the flight's own hold: let go once no request of it is left
         held = [True]
 
@@ -181,7 +191,6 @@ class Coalescer:
             loop.call_later(KEPT_FOR, let_go)
 
         flight.ended.add_done_callback(ended)
-        return fill
 
     def release(self, fill: SliceFill) -> None:
         """Unregister a fill (committed, failed or discarded) and drop its claim."""

@@ -292,6 +292,14 @@ class Fetcher:
         if last is not None and flight.last is not None and beresp.status == 206:
             last = min(last, flight.last)  # (an answer cut short: its last whole slice)
         count = policy.slice_count(length, size) if length is not None else None
+        if length is None and plan.meta.unvalidated:
+            # A body of unknown length is read by its requests behind the flight, slice after
+            # slice, from the store once committed (`joins._join_growing`); without a
+            # validator another answer's flight replaced a slice there before a slow reader
+            # got to it, which could fetch it only anew, as another representation: cut.
+            for fill in flight.fills.values():
+                if not fill.private:
+                    self.coalescer.hold(flight, fill)
         sums = slicesums.expected(beresp.slice_sums, size)  # (checked by `Commits.complete`)
         for index, fill in list(flight.fills.items()):
             fill.want = sums.get(index)
@@ -345,6 +353,8 @@ class Fetcher:
             flight.store_meta = "no"  # someone else holds a slice: the object stays partial
             # ... and its readers here take this answer's own bytes of it (`Coalescer.keep`)
             fill = self.coalescer.keep(flight, index)
+        elif flight.meta is not None and flight.meta.unvalidated:
+            self.coalescer.hold(flight, fill)  # (as `plan_fills` holds the first ones)
         flight.grew()
         return fill
 

@@ -22,11 +22,16 @@ from .sources import FillSource, Source, StoredSource
 from .waits import shared
 
 if TYPE_CHECKING:
+    from .fills import SliceFill
     from .node import CacheNode
     from .tx import Tx
 
 # How many slices past the first a hit looks at for a missing one before its headers go out.
 MISSING_WINDOW = 16
+# The most slices of an object without a validator an answer holds open before its headers
+# (`pin`): one descriptor each, shared by the worker's requests; past them they are joined
+# as they come, as a validated object's are.
+PINNED = MAX_RUN
 
 
 async def join(node: CacheNode, tx: Tx, meta: ObjectMeta, index: int) -> Source:
@@ -65,19 +70,17 @@ async def join(node: CacheNode, tx: Tx, meta: ObjectMeta, index: int) -> Source:
     if own is not None and own.private and own.error is None \
             and own.flight.version == meta.version:
         source: Source = FillSource(own)  # this answer's own bytes of it (`Coalescer.keep`)
-    elif own is not None and own.done and own.error is None and own.buf is not None \
+    elif own is not None and own.done and own.error is None and _readable(own) \
             and own.flight.version == meta.version:
         # a slice of the flight this request follows, finished and left unstored (a
-        # storage fault) or in memory still: read it there rather than fetch it again
+        # storage fault), in memory still, or held for its requests (`Coalescer.hold`):
+        # read it there rather than fetch it again
         source = FillSource(own)
     elif kept is not None:
         return StoredSource(kept)  # (kept only once checked, as `_keep_hot` keeps it)
     else:
         source = await node.coalescer.join(req.key, index, meta.version, lead)
-    if isinstance(source, StoredSource) and index == 0 and meta.status == 200 \
-            and meta.length <= meta.slice_size and node.hot.accepts(meta.length) \
-            and whole_body_digest(req.key, meta) is None:
-        source = _keep_hot(node, req.key, meta, source)
+    source = _hot_first(node, req.key, meta, index, source)
     flight = tx.flight
     if tx.led and flight is not None and not flight.headers.done():
         started = time.perf_counter()
@@ -115,10 +118,8 @@ def first_missing(node: CacheNode, tx: Tx, meta: ObjectMeta, first: int) -> list
     return []
 
 
-def missing(node: CacheNode, tx: Tx, meta: ObjectMeta) -> list[int]:
-    """The slices the answer needs that are neither stored nor filling here: none is what a
-    request with ``only-if-cached`` may be answered from without an upstream request of its
-    own (RFC 9111 §5.2.1.7), and an object without validators without joining two answers."""
+def needed(tx: Tx, meta: ObjectMeta) -> list[int]:
+    """The slices the answer sends, in order (none for a 416)."""
     assert meta.length is not None
     whole = [ByteRange(0, meta.length - 1)]
     try:
@@ -126,14 +127,55 @@ def missing(node: CacheNode, tx: Tx, meta: ObjectMeta) -> list[int]:
             if tx.req.ranges and meta.status == 200 else whole
     except RangeNotSatisfiable:
         return []  # a 416 needs no byte
-    needed = sorted({i for r in ranges
-                     for i in policy.slice_span(r.start, r.end, meta.slice_size)})
+    return sorted({i for r in ranges for i in policy.slice_span(r.start, r.end, meta.slice_size)})
+
+
+def missing(node: CacheNode, tx: Tx, meta: ObjectMeta) -> list[int]:
+    """The slices the answer needs that are neither stored nor filling here: none is what a
+    request with ``only-if-cached`` may be answered from without an upstream request of its
+    own (RFC 9111 §5.2.1.7), and an object without validators without joining two answers."""
+    needed_ = needed(tx, meta)
     fills = node.coalescer.fills
-    unfilled = [i for i in needed if (tx.req.key, i) not in fills]
+    unfilled = [i for i in needed_ if (tx.req.key, i) not in fills]
     if not unfilled:
         return []
     stored = node.store.stored_slices(tx.req.key, meta.version, unfilled)
     return [i for i in unfilled if i not in stored]
+
+
+def pin(node: CacheNode, tx: Tx, meta: ObjectMeta) -> dict[int, Source] | None:
+    """Every slice an answer of an object without a validator sends (the first `PINNED`),
+    held open before its headers go out; None, with nothing held, when one is not at hand.
+
+    Nothing can fetch such a slice again (no ``If-Range`` ties a new answer to this one),
+    and any other flight of the object, in any worker, replaces it: looked up once the
+    headers were out, a slice stored or filled a moment before was gone, and the answer was
+    cut after its head (~1% of such answers under churn, most of them following a flight
+    of their own that had ended). A slice filled by another worker is not at hand either:
+    that worker's claim says nothing of which answer it fills (`answered_elsewhere` waits
+    for it instead, and the slice is stored, or not, once it is done).
+    """
+    key, flight = tx.req.key, tx.flight
+    pinned: dict[int, Source] = {}
+    for index in needed(tx, meta)[:PINNED]:
+        own = flight.fills.get(index) if flight is not None else None
+        fill = node.coalescer.fills.get((key, index))
+        source: Source | None = None
+        if own is not None and own.error is None and own.flight.version == meta.version \
+                and (not own.done or _readable(own)):
+            source = FillSource(own)  # this flight's, read where it is (the store may not be)
+        elif fill is not None and fill.error is None and fill.flight.version == meta.version:
+            source = FillSource(fill)
+        elif index == 0 and (kept := _in_memory(node, key, meta)) is not None:
+            source = StoredSource(kept)
+        elif (body := node.store.get_slice(key, meta.version, index)) is not None:
+            source = _hot_first(node, key, meta, index, StoredSource(body))
+        if source is None:
+            for held in pinned.values():
+                held.close()
+            return None
+        pinned[index] = source
+    return pinned
 
 
 async def answered_elsewhere(node: CacheNode, tx: Tx, meta: ObjectMeta) -> bool:
@@ -192,9 +234,9 @@ async def _join_growing(node: CacheNode, tx: Tx, meta: ObjectMeta, index: int) -
     flight = tx.flight
     while True:
         fill = node.coalescer.fills.get((tx.req.key, index))
-        if fill is None and flight is not None and index in flight.fills \
-                and flight.fills[index].private:
-            fill = flight.fills[index]  # (unclaimed: this answer's own, `Coalescer.keep`)
+        own = flight.fills.get(index) if flight is not None else None
+        if own is not None and (own.private or (own.done and _readable(own))):
+            fill = own  # this answer's own (unclaimed: `Coalescer.keep`; held: `hold`)
         if fill is not None and fill.error is None and fill.flight.version == meta.version:
             return FillSource(fill)
         body = node.store.get_slice(tx.req.key, meta.version, index)
@@ -210,6 +252,23 @@ async def _join_growing(node: CacheNode, tx: Tx, meta: ObjectMeta, index: int) -
             raise FillAborted(f"slice {index} of {tx.req.key}: the upstream body broke "
                               "off before it")
         await flight.wait_growth(node.wait_timeout)
+
+
+def _readable(fill: SliceFill) -> bool:
+    """Whether a finished fill's bytes can still be read from it (in memory, or its file
+    held open), whatever the store did with the slice since."""
+    return fill.buf is not None or fill.fd >= 0
+
+
+def _hot_first(node: CacheNode, key: str, meta: ObjectMeta, index: int,
+               source: Source) -> Source:
+    """``source``, a small object's whole body found stored being copied to memory first."""
+    assert meta.length is not None
+    if isinstance(source, StoredSource) and index == 0 and meta.status == 200 \
+            and meta.length <= meta.slice_size and node.hot.accepts(meta.length) \
+            and whole_body_digest(key, meta) is None:
+        return _keep_hot(node, key, meta, source)
+    return source
 
 
 def _in_memory(node: CacheNode, key: str, meta: ObjectMeta) -> bytes | None:

@@ -92,9 +92,10 @@ async def lookup(node: CacheNode, tx: Tx) -> Step:
 
 
 async def hit(node: CacheNode, tx: Tx) -> Step:
-    """Join the first slice, and the first one missing from the store, before any header
-    goes out: a missing slice is fetched with ``If-Range``, and an object that changed
-    meanwhile is answered anew rather than announced with the old facts (RFC 9111 §3.4)."""
+    """Join the first slice, and the first one missing from the store (all of them without a
+    validator: `joins.pin`), before any header goes out: a missing slice is fetched with
+    ``If-Range``, and an object that changed meanwhile is answered anew rather than announced
+    with the old facts (RFC 9111 §3.4)."""
     meta, req = tx.meta, tx.req
     assert meta is not None
     if req.method == "HEAD" or meta.length == 0 or meta.length is None:
@@ -105,14 +106,9 @@ async def hit(node: CacheNode, tx: Tx) -> Step:
     if first is None or first >= meta.length:
         return deliver  # 416, or a ranged request answered whole
     only_cached = policy.only_if_cached(req.headers.get("cache-control"))
-    # (a flight joined that brings this version's bytes, all the answer needs: its facts are
-    # its own, no second look; a 304 brings none, a range's too few for a whole answer)
-    flight, last = tx.flight, req.last_slice(meta.slice_size)
-    carried = flight is not None and flight.version == meta.version and (meta.status != 200 or (
-        flight.first <= first // meta.slice_size  # (a range of a 200 only: others are whole)
-        and (flight.last is None or (last is not None and flight.last >= last))))
-    if (only_cached or (not carried and meta.unvalidated)) \
-            and joins.missing(node, tx, meta):
+    # (held before the headers: once they are out, none that went could be fetched again)
+    pinned = joins.pin(node, tx, meta) if meta.unvalidated else {}
+    if (only_cached and joins.missing(node, tx, meta)) or pinned is None:
         if only_cached:
             raise HTTPError(504, "not_cached",
                             "only-if-cached: the bytes asked for are not all stored")
@@ -136,6 +132,11 @@ async def hit(node: CacheNode, tx: Tx) -> Step:
             raise UpstreamTimeout(f"no answer from upstream in {node.wait_timeout:.0f}s") \
                 from None
         return lookup
+    if pinned:
+        if any(not isinstance(source, StoredSource) for source in pinned.values()):
+            tx.verdict = Verdict.MISS if tx.verdict is Verdict.HIT else tx.verdict  # upstream's
+        tx.ready.update(pinned)
+        return deliver
     start = first // meta.slice_size
     for index in [start, *joins.first_missing(node, tx, meta, start)]:
         source = await joins.join(node, tx, meta, index)
