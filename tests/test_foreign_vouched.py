@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from edgeproxy.cache import checksum
-from edgeproxy.cache.foreign import ForeignFill, vouch_file, vouched
-from edgeproxy.errors import FillAborted
+from edgeproxy.cache.foreign import ForeignFill, mark_filling, vouch_file, vouched
+from edgeproxy.errors import FillAborted, UpstreamTimeout
 from tests.origins import pattern
 
 DATA = pattern(100_000, seed=5)
@@ -62,21 +62,29 @@ def test_vouched_table(tmp_path: Path, marked: str | None, asked: str, flip: boo
         os.close(fd)
 
 
-async def _follow(tmp_path: Path, mark: bool) -> tuple[ForeignFill, bytes]:
-    """Follow a fill whose worker writes half, then the rest, finishes (vouching for it if
-    ``mark``) and lets go of its claim with nothing stored; what the follower read."""
+async def _follow(tmp_path: Path, mark: bool, filling: str = "v1") -> tuple[ForeignFill, bytes]:
+    """Follow a fill (of version ``filling``) whose worker writes half, then the rest,
+    finishes (vouching for it if ``mark``) and lets go of its claim with nothing stored;
+    what the follower, which wants version v1, read."""
     path = tmp_path / "fill"
     path.write_bytes(DATA[:50_000])
+    fd = os.open(path, os.O_RDWR)
+    mark_filling(fd, filling)  # (as a fill marks its file before its first byte)
+    os.close(fd)
     running = [True]
     fill = ForeignFill(path, is_running=lambda: running[0], stored=lambda: None,
                        version="v1")
     fill.attach()
-    await fill.wait_beyond(0, 5)
-    got = fill.read(0, fill.visible)
+    if filling == "v1":
+        await fill.wait_beyond(0, 5)
+    else:
+        with pytest.raises(UpstreamTimeout):  # not ours: nothing to read
+            await fill.wait_beyond(0, 0.1)
+    got = fill.read(0, fill.visible) if fill.visible else b""
     with path.open("ab") as f:
         f.write(DATA[50_000:])
         if mark:
-            vouch_file(f.fileno(), "v1", checksum.of(DATA))
+            vouch_file(f.fileno(), filling, checksum.of(DATA))
     os.unlink(path)  # committed and evicted at once
     running[0] = False
     await fill.wait_done(5)
@@ -96,3 +104,11 @@ async def test_an_unvouched_fill_that_leaves_nothing_stored_fails(tmp_path: Path
     fill, got = await _follow(tmp_path, mark=False)
     assert isinstance(fill.error, FillAborted) and got == DATA[:len(got)]
     await asyncio.sleep(0)
+
+
+async def test_a_fill_of_another_version_is_not_followed(tmp_path: Path) -> None:
+    """The slice's file holds another version (the other worker fetched the object anew):
+    not a byte of it is read, and the fill is given up once that worker is done."""
+    _xattrs_or_skip(tmp_path)
+    fill, got = await _follow(tmp_path, mark=True, filling="v2")
+    assert isinstance(fill.error, FillAborted) and got == b""

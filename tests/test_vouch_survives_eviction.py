@@ -30,7 +30,7 @@ import pytest
 
 from edgeproxy.cache import checksum, create_app
 from edgeproxy.cache.commits import Commits
-from edgeproxy.cache.foreign import ForeignFill, Proof, proven_file, vouch_file
+from edgeproxy.cache.foreign import ForeignFill, Proof, mark_filling, proven_file, vouch_file
 from edgeproxy.cache.sources import ForeignSource, StoredSource, Witness
 from edgeproxy.cache.store import CacheStore
 from edgeproxy.guard import uvicorn_http_options
@@ -129,6 +129,9 @@ async def _follow_evicted(tmp_path: Path, proof: Proof | None) -> ForeignFill:
     vouches for it (with ``proof``) and lets go of its claim, the slice culled at once."""
     path = tmp_path / "fill"
     path.write_bytes(PART[:50_000])
+    fd = os.open(path, os.O_RDWR)
+    mark_filling(fd, "v1")  # (as a fill marks its file before its first byte)
+    os.close(fd)
     running = [True]
     fill = ForeignFill(path, is_running=lambda: running[0], stored=lambda: None,
                        version="v1")

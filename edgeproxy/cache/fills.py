@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from ..errors import UpstreamTimeout
 from .checksum import SliceHasher
+from .foreign import mark_filling
 from .space import NoRoom
 from .waits import Signal
 
@@ -82,8 +83,13 @@ class SliceFill:
         """The slice's file, made with the bytes kept in memory so far. In `land`, so in the
         landing thread when the bytes go there: under a stampede's writes, creating a file
         waited on the file system's journal (22 % of a worker's loop time, traced)."""
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+        # A new file, never one left at the path: a worker that followed that one (another
+        # answer's) reads on from it, and must not find this answer's bytes there.
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
         try:
+            mark_filling(fd, self.flight.version)  # (before any byte: `foreign.FILLING`)
             if self.buf:
                 # a copy (at most the inline limit and a read): no view of the buffer may
                 # outlive this call, in an error's traceback say, as it grows again after it

@@ -28,6 +28,11 @@ VOUCHED = "user.edgeproxy.vouched"
 # with the file (into the store by rename, and on in the descriptors readers hold once it is
 # evicted), so a reader's proof does not rest on the object's stored facts (`proven_file`).
 PROVEN = "user.edgeproxy.proven"
+# The version of the object a fill's file holds a slice of, set as the file is made, before
+# its first byte: the file's name is the slice's, whatever the version, and a worker that
+# followed another's fill of the slice sent the bytes of the version that worker fetched
+# (an object changed meanwhile) under a head announcing its own (`filling_version`).
+FILLING = "user.edgeproxy.filling"
 
 
 @dataclass(frozen=True)
@@ -67,14 +72,31 @@ def vouch_file(fd: int, version: str, checksum: int, proof: Proof | None = None)
     the whole body it is a slice of, if that matched its SHA-256. Where the file system
     keeps no extended attributes nothing is marked, and such followers are cut."""
     with contextlib.suppress(OSError):
-        # (first: a file marked vouched for is marked proven or not; a fill truncates the
-        # file left at its path, if any, and its marks stay)
+        # (first: a file marked vouched for is marked proven or not)
         if proof is not None:
             os.setxattr(fd, PROVEN, proof.encode())
         else:
             with contextlib.suppress(OSError):
                 os.removexattr(fd, PROVEN)
         os.setxattr(fd, VOUCHED, f"{version}:{checksum:016x}".encode())
+
+
+def mark_filling(fd: int, version: str | None) -> None:
+    """Mark a new fill file as a slice of ``version`` (`FILLING`; none: unmarked)."""
+    with contextlib.suppress(OSError):
+        if version is not None:
+            os.setxattr(fd, FILLING, version.encode())
+        else:
+            os.removexattr(fd, FILLING)
+
+
+def filling_version(fd: int) -> str | None:
+    """The version file ``fd`` was made for (`mark_filling`); None if it carries none (not
+    marked yet, or the volume keeps no extended attributes)."""
+    try:
+        return os.getxattr(fd, FILLING).decode()
+    except (OSError, UnicodeDecodeError):
+        return None
 
 
 def proven_file(fd: int) -> Proof | None:
@@ -163,8 +185,7 @@ class ForeignFill:
         if self.done or self.error is not None:
             return
         if self.fd < 0:
-            with contextlib.suppress(FileNotFoundError):
-                self.fd = os.open(self.path, os.O_RDONLY)
+            self._open()
         if self._is_running():
             if self.fd >= 0:
                 self.visible = max(self.visible, os.fstat(self.fd).st_size - 1)
@@ -195,6 +216,20 @@ class ForeignFill:
             if ours is None or (ours.st_dev, ours.st_ino) == (stat.st_dev, stat.st_ino):
                 # the bytes read so far came from this very file: its mark covers them
                 self.proven = proven_file(self.fd)
+
+    def _open(self) -> None:
+        """Follow the fill's file if it is one of our version. A file of another version
+        (the object changed, and the other worker fetched the new one) or not marked yet
+        is left alone: the bytes then come from the store once the fill is done, or the
+        slice is found missing there and fetched anew."""
+        try:
+            fd = os.open(self.path, os.O_RDONLY)
+        except FileNotFoundError:
+            return
+        if self.version is not None and filling_version(fd) != self.version:
+            os.close(fd)
+            return
+        self.fd = fd
 
     async def _wait(self, settled: Callable[[], bool], timeout: float) -> None:
         """Until ``settled()``: one waiter looks at the other worker each poll interval,
