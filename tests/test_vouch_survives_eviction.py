@@ -19,8 +19,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
-import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -39,6 +37,7 @@ from tests.foreign import ForeignOrigin
 from tests.origins import pattern
 from tests.servers import ServerThread
 from tests.test_foreign_vouched import _xattrs_or_skip
+from tests.test_vouched_followers import _leader_and_follower as leader_and_follower
 
 SLICE = 256 * 1024
 BODY = pattern(3 * SLICE + 1000, seed=43)  # three slices of files, a last one stored inline
@@ -49,25 +48,8 @@ IMMUTABLE = ("Cache-Control", "public, max-age=31536000, immutable")
 
 
 def _leader_and_follower(url: str, origin: ForeignOrigin) -> tuple[Any, Any]:
-    """The first request leads the fill; the second comes while the origin pauses before
-    the last 64 KiB, finds the facts stored (``vouching``) and follows the fill."""
-    results: dict[str, Any] = {}
-
-    def get(name: str) -> None:
-        try:
-            results[name] = httpx.get(url + TARGET, timeout=30)
-        except httpx.HTTPError as exc:
-            results[name] = exc
-
-    leader = threading.Thread(target=get, args=("leader",))
-    leader.start()
-    deadline = time.monotonic() + 10
-    while origin.count(TARGET) == 0 and time.monotonic() < deadline:
-        time.sleep(0.01)
-    time.sleep(0.3)  # the leader's facts are stored; its body waits on the origin's pause
-    get("follower")
-    leader.join()
-    return results["leader"], results["follower"]
+    """The first request leads the fill; the second follows it (`test_vouched_followers`)."""
+    return leader_and_follower(url, origin, TARGET)
 
 
 @pytest.fixture

@@ -180,20 +180,22 @@ def hashing(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     return kinds
 
 
-def _leader_and_follower(url: str, foreign: ForeignOrigin) -> tuple[Any, Any]:
-    """The first request leads the fill; the second comes while the origin pauses."""
+def _leader_and_follower(url: str, foreign: ForeignOrigin,
+                         target: str = TARGET) -> tuple[Any, Any]:
+    """The first request leads the fill of ``target``; the second comes while the origin
+    pauses before the last 64 KiB, finds the facts stored (``vouching``) and follows it."""
     results: dict[str, Any] = {}
 
     def get(name: str) -> None:
         try:
-            results[name] = httpx.get(url + TARGET, timeout=30)
+            results[name] = httpx.get(url + target, timeout=30)
         except httpx.HTTPError as exc:
             results[name] = exc
 
     leader = threading.Thread(target=get, args=("leader",))
     leader.start()
     deadline = time.monotonic() + 10
-    while foreign.count(TARGET) == 0 and time.monotonic() < deadline:
+    while foreign.count(target) == 0 and time.monotonic() < deadline:
         time.sleep(0.01)
     time.sleep(0.3)  # the leader's facts are stored; its body waits on the origin's pause
     get("follower")
