@@ -217,8 +217,7 @@ class CacheStore(ScrubReads):
         evicted; purges let go of them all.
         """
         skey = slice_key(key, version, index)
-        if self._evictions != self.space.evictions():
-            self.forget_files()  # another worker evicted: release the space our files hold
+        self.let_go_if_evicted()
         kept = self.files.get(skey)
         if kept is not None:
             state = self.files.check(kept)
@@ -249,6 +248,12 @@ class CacheStore(ScrubReads):
             return None
         self.files.keep(skey, kept)
         return SliceFile(kept, state)
+
+    def let_go_if_evicted(self) -> None:
+        """Let go of every kept descriptor if another worker evicted or purged since (their
+        files' space is held while any worker keeps them open)."""
+        if self._evictions != self.space.evictions():
+            self.forget_files()
 
     def forget_files(self) -> None:
         """Let go of every kept descriptor (after a purge or an eviction here or in another
