@@ -26,8 +26,10 @@ from ..errors import (
     UpstreamProtocolError,
     UpstreamRefused,
 )
+from ..quietlog import QuietLog
 from . import policy, resume, slicesums
 from .beresp import BeResp, from_upstream
+from .boundary import UPSTREAM_LOG_WINDOW
 from .coalesce import Coalescer
 from .commits import Commits
 from .facts import Plan
@@ -73,6 +75,7 @@ class Fetcher:
         # be served stale are answered now instead of each waiting out a connect timeout.
         self.down_until = 0.0
         self.down_reason = ""
+        self._failures = QuietLog(log, UPSTREAM_LOG_WINDOW)  # (a down upstream fails them all)
         self._tasks: set[asyncio.Task[None]] = set()
         self.commits = Commits(store, coalescer, on_integrity_failure)
         self.landing = Landing(self._grow, self.commits.complete)
@@ -220,7 +223,8 @@ class Fetcher:
             flight.headers.exception()  # retrieved: every waiter may be gone
         self.commits.drop_fills(flight, err)
         if not isinstance(exc, (TimeoutError, asyncio.CancelledError)):
-            log.warning("fill of %s failed: %s", flight.key, err)
+            self._failures.log(logging.WARNING, type(err).__name__, "fill of %s failed: %s",
+                               flight.key, err)
 
     def ended(self, flight: Flight) -> None:
         """The flight is over, whatever became of it: out of the registry, waiters woken."""
