@@ -134,9 +134,8 @@ def missing(node: CacheNode, tx: Tx, meta: ObjectMeta) -> list[int]:
     """The slices the answer needs that are neither stored nor filling here: none is what a
     request with ``only-if-cached`` may be answered from without an upstream request of its
     own (RFC 9111 §5.2.1.7), and an object without validators without joining two answers."""
-    needed_ = needed(tx, meta)
     fills = node.coalescer.fills
-    unfilled = [i for i in needed_ if (tx.req.key, i) not in fills]
+    unfilled = [i for i in needed(tx, meta) if (tx.req.key, i) not in fills]
     if not unfilled:
         return []
     stored = node.store.stored_slices(tx.req.key, meta.version, unfilled)
