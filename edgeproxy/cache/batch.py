@@ -22,6 +22,7 @@ import logging
 import sqlite3
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import diskcache
@@ -40,6 +41,16 @@ JOURNAL_ROOM = 256 * 1024  # besides the values: room for the index pages a batc
 ROW_BYTES = 512  # what a row of facts (an encoded `ObjectMeta`) adds to the index, about
 _INSERT = ("INSERT INTO Cache(key, raw, store_time, expire_time, access_time, access_count,"
            " tag, size, mode, filename, value) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+
+
+@dataclass(frozen=True)
+class IfStill:
+    """A write that goes in only if the value stored under its key then still passes
+    ``test`` (asked in the commit's own transaction): a refresh of facts must not put back an
+    older version that another worker replaced, or an object purged, meanwhile."""
+
+    value: Any
+    test: Callable[[Any], bool]
 
 
 class GroupCommit:
@@ -64,6 +75,10 @@ class GroupCommit:
     def put(self, key: str, value: Any, tag: str) -> None:
         """Store ``value`` under ``key`` at the next commit (now, outside an event loop)."""
         old = self.pending.get(key)
+        if isinstance(value, IfStill) and old is not None:
+            if not value.test(old[0]):
+                return  # what this process wrote since decides
+            value = value.value
         if old is not None and isinstance(old[0], AdoptFile) and \
                 (not isinstance(value, AdoptFile) or old[0].path != value.path):
             old[0].discard()  # replaced before its row was written
@@ -98,7 +113,9 @@ class GroupCommit:
     def get(self, key: str) -> tuple[bool, Any]:
         """(True, value) for a pending write of ``key``, else (False, None)."""
         entry = self.pending.get(key)
-        return (False, None) if entry is None else (True, entry[0])
+        if entry is None:
+            return False, None
+        return True, entry[0].value if isinstance(entry[0], IfStill) else entry[0]
 
     def drop(self, predicate: Callable[[str], bool]) -> int:
         """Forget pending writes whose tag matches (a purge); how many."""
@@ -160,6 +177,10 @@ class GroupCommit:
             rows = []
             now = time.time()
             for key, (value, tag) in batch.items():
+                if isinstance(value, IfStill):
+                    if key not in present or not value.test(cache.get(key)):
+                        continue
+                    value = value.value
                 if key in present:
                     cache.set(key, value, tag=tag)
                     continue
@@ -170,6 +191,8 @@ class GroupCommit:
 
 
 def _size(value: Any) -> int:
+    if isinstance(value, IfStill):
+        value = value.value
     if isinstance(value, bytes):
         return len(value)
     return value.size if isinstance(value, AdoptFile) else ROW_BYTES

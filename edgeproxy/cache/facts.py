@@ -193,5 +193,6 @@ class Facts:
                                                                    hmap),
             upstream_cache=beresp.x_cache)
         with contextlib.suppress(StorageFault):  # served refreshed, kept as it was
-            self.store.set_meta(key, meta)
+            # (unless another worker stored a newer version meanwhile: that one stays)
+            self.store.set_meta(key, meta, if_version=stale.version)
         return meta

@@ -35,7 +35,7 @@ from ..config import FreeSpace
 from ..errors import StorageFault
 from ..quietlog import QuietLog
 from . import index, queries
-from .batch import GroupCommit
+from .batch import GroupCommit, IfStill
 from .checksum import INLINE_HEADER, carried, seal, unseal
 from .evict import Evictor, SizeWatch
 from .index import AdoptFile, reading, writing
@@ -173,22 +173,26 @@ class CacheStore(ScrubReads):
         return value if found else self._cache.get(skey)
 
     @writing
-    def set_meta(self, key: str, meta: ObjectMeta) -> None:
-        """Store the facts of ``key`` (replacing any older version).
+    def set_meta(self, key: str, meta: ObjectMeta, *, if_version: str | None = None) -> None:
+        """Store the facts of ``key`` (replacing any older version); with ``if_version``,
+        only if the stored facts are still of that version when the write is committed.
 
         A response that varies is also stored as the variant for its request's values, so
         several variants live side by side (RFC 9111 §4.1); the plain entry is the latest.
         While the store is degraded the write goes through at once: if the index still
         fails, the caller learns it now (`StorageFault`) and passes its answer through.
         """
+        value: Any = encode(meta)
+        if if_version is not None:
+            value = IfStill(value, lambda raw: getattr(_facts(raw), "version", None) == if_version)
         if meta.vary and meta.vary_values is not None:
-            self._batch.put(variant_key(key, meta.vary_values), encode(meta), tag_of(key))
+            self._batch.put(variant_key(key, meta.vary_values), value, tag_of(key))
         skey = meta_key(key)
         if self.presence is not None:
             self.presence.add(skey)  # before the index row: other workers then ask for it
         elif len(self._unfiltered) < UNFILTERED_MAX:
             self._unfiltered.add(skey)  # for the filter, if it comes (the index reopens)
-        self._put(skey, encode(meta), tag_of(key))
+        self._put(skey, value, tag_of(key))
 
     def _put(self, skey: str, value: Any, tag: str) -> None:
         """A write for the next group commit; while the store is degraded it goes through at
