@@ -21,6 +21,8 @@ _T = TypeVar("_T")
 
 # How stale the reading of the index's volume may be before a write reads it again.
 VOLUME_PERIOD = 1.0
+# Writes of at least this many bytes (slice files) ask the volume for room with a fresh reading.
+FRESH_MIN = 64 * 1024
 
 
 class SizeWatch:
@@ -90,12 +92,18 @@ class Evictor:
                       f"{self.volume.reserve()} bytes on the cache's volume "
                       f"({self.volume.free()} free)")
 
-    def make_room(self, nbytes: int) -> bool:
+    def make_room(self, nbytes: int, fresh: bool = False) -> bool:
         """Whether ``nbytes`` more may be written above the volume's reserve, evicting if
-        need be (never raises: a failure to evict is no room)."""
+        need be (never raises: a failure to evict is no room); ``fresh``: judged by a new
+        reading of the volume whatever the size."""
         volume = self.volume
+        # A slice file's room is asked of the kernel each time (a statvfs per file): a reading
+        # taken while an earlier file was still being written forgot what that file was yet
+        # to take, and a fill then met a full volume after room had been made for it. Rows
+        # are counted against the last reading (`Volume.spend`).
+        fresh = fresh or nbytes >= FRESH_MIN
         try:
-            if volume.shortfall(nbytes) and volume.shortfall(nbytes, fresh=True):
+            if volume.shortfall(nbytes, fresh=fresh) and volume.shortfall(nbytes, fresh=True):
                 # evict a little more than needed: not again at the very next slice
                 self.evict(volume.shortfall(nbytes) + volume.reserve() // 8)
                 if volume.shortfall(nbytes, fresh=True):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -63,10 +64,12 @@ class SliceFill:
         self.on_fault: Callable[[BaseException], None] = lambda exc: None
         self.sum = SliceHasher()  # the checksum stored with the slice, as the bytes pass
         # whether the volume has room for a file of this many bytes (evicting if need be)
-        self.make_room: Callable[[int], bool] = lambda nbytes: True
+        # (anew: judged by a new reading of the volume)
+        self.make_room: Callable[[int, bool], bool] = lambda nbytes, anew: True
         self._progress = Signal()
         self._told = 0  # `visible` when readers were last woken
         self._wake: asyncio.TimerHandle | None = None
+        self._refilled = False  # room was made again after a full volume (once per slice)
 
     @property
     def on_disk(self) -> bool:
@@ -74,7 +77,7 @@ class SliceFill:
         return self.fd >= 0
 
     def _spill(self, nbytes: int) -> None:
-        if not self.make_room(nbytes):
+        if not self.make_room(nbytes, False):
             raise NoRoom(f"no room above the reserve on the cache's volume for a slice of "
                          f"{nbytes} bytes")
         self.spilling = True
@@ -136,14 +139,7 @@ class SliceFill:
                 fd = self._opened = self._create()
             except OSError as exc:
                 return 0, exc
-        view = memoryview(data)
-        done = 0
-        try:
-            while done < len(view):
-                done += os.pwrite(fd, view[done:], position + done)
-        except OSError as exc:
-            return done, exc
-        return done, None
+        return _pwrite(fd, memoryview(data), position)
 
     def landed(self, data: bytes | memoryview, done: int, error: OSError | None) -> None:
         """Account bytes `land` took care of (``done`` of them in the file, the rest go to
@@ -151,6 +147,15 @@ class SliceFill:
         if self._opened >= 0:  # `land` made the file: the bytes live there from now on
             self.fd, self._opened, self.buf = self._opened, -1, None
         self.spilling = False
+        if error is not None and error.errno == errno.ENOSPC and self.fd >= 0 \
+                and not self._refilled:
+            # Room was made for the whole slice, and something else on the volume took it
+            # meanwhile (another fill, the index's journal): make room once more, then go on.
+            self._refilled = True
+            if self.make_room(max(self.expected or 0, self.written + len(data))
+                              - self.written - done, True):
+                more, error = _pwrite(self.fd, memoryview(data)[done:], self.written + done)
+                done += more
         self.written += done
         if error is not None:
             self._to_memory(error)
@@ -263,3 +268,15 @@ class SliceFill:
             with contextlib.suppress(OSError):
                 os.close(self.fd)
             self.fd = -1
+
+
+def _pwrite(fd: int, view: memoryview, position: int) -> tuple[int, OSError | None]:
+    """Write ``view`` at ``position``: how many bytes went, and the error that stopped the
+    rest."""
+    done = 0
+    try:
+        while done < len(view):
+            done += os.pwrite(fd, view[done:], position + done)
+    except OSError as exc:
+        return done, exc
+    return done, None
