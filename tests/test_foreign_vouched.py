@@ -112,3 +112,22 @@ async def test_a_fill_of_another_version_is_not_followed(tmp_path: Path) -> None
     _xattrs_or_skip(tmp_path)
     fill, got = await _follow(tmp_path, mark=True, filling="v2")
     assert isinstance(fill.error, FillAborted) and got == b""
+
+
+@pytest.mark.parametrize(("marked", "exists", "other"), [
+    ("v2", True, True),  # the object changed: our head would announce what no file holds
+    ("v1", True, False),  # ours: followed
+    (None, True, False),  # not marked yet: nothing known
+    ("v2", False, False),  # no file (the slice lives in the other worker's memory)
+])
+def test_a_fill_of_another_version_is_known_before_the_head(
+        tmp_path: Path, marked: str | None, exists: bool, other: bool) -> None:
+    _xattrs_or_skip(tmp_path)
+    path = tmp_path / "fill"
+    if exists:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        mark_filling(fd, marked)
+        os.close(fd)
+    fill = ForeignFill(path, is_running=lambda: True, stored=lambda: None, version="v1")
+    assert fill.of_other_version() is other
+    assert fill.fd < 0 or not other  # (nothing of another version is held open)

@@ -231,6 +231,21 @@ class ForeignFill:
             return
         self.fd = fd
 
+    def of_other_version(self) -> bool:
+        """Whether the fill's file is marked as another version's (the object changed, and
+        the other worker fetched the new one): known before a head announces ours."""
+        if self.fd >= 0 or self.version is None or self.done:
+            return False
+        try:
+            fd = os.open(self.path, os.O_RDONLY)
+        except OSError:
+            return False
+        try:
+            found = filling_version(fd)
+        finally:
+            os.close(fd)
+        return found is not None and found != self.version
+
     async def _wait(self, settled: Callable[[], bool], timeout: float) -> None:
         """Until ``settled()``: one waiter looks at the other worker each poll interval,
         the others wait for its look."""

@@ -24,7 +24,7 @@ from .facts import FactsContradicted, FlightContext
 from .lanebodies import file_pieces
 from .meta import whole_body_digest
 from .relay import pass_
-from .sources import Source, StoredSource, Witness, small_body_ended
+from .sources import ForeignSource, Source, StoredSource, Witness, small_body_ended
 from .transport import BeReq
 from .tx import Tx
 from .types import ZEROCOPY
@@ -140,13 +140,13 @@ async def hit(node: CacheNode, tx: Tx) -> Step:
     start = first // meta.slice_size
     for index in [start, *joins.first_missing(node, tx, meta, start)]:
         source = await joins.join(node, tx, meta, index)
+        if isinstance(source, ForeignSource) and source.fill.of_other_version():
+            _drop_ready(tx, source)  # the object changed: its new facts, not our old head
+            return await _wait_then_look_again(node, tx, index)
         flight = tx.flight
         if tx.led and flight is not None and flight.meta is not None and \
                 flight.meta.version != meta.version:
-            source.close()  # the object changed: answer with the new one
-            for other in tx.ready.values():
-                other.close()
-            tx.ready.clear()
+            _drop_ready(tx, source)  # the object changed: answer with the new one
             tx.meta, tx.verdict = flight.meta, Verdict.MISS
             if flight.direct is not None:
                 # an answer that is not stored (an upstream error): relay its own body, never
@@ -158,6 +158,13 @@ async def hit(node: CacheNode, tx: Tx) -> Step:
             tx.verdict = Verdict.MISS  # bytes come from upstream
         tx.ready[index] = source
     return deliver
+
+
+def _drop_ready(tx: Tx, source: Source) -> None:
+    source.close()
+    for other in tx.ready.values():
+        other.close()
+    tx.ready.clear()
 
 
 async def stale(node: CacheNode, tx: Tx) -> Step:
