@@ -60,7 +60,8 @@ def cells(connections: tuple[int, ...] = (16, 64)) -> list[Cell]:
         ("64 KiB range, new heads", "b16m", RANGE_16M, 64 * 1024, False, "rps"),
         ("1 MiB", "b1m", None, 1024**2, True, "mibps"),
         ("16 MiB", "b16m", None, 16 * 1024**2, True, "mibps"),
-        ("100 MiB", "b100m", None, 100 * 1024**2, False, "mibps"),
+        # (repeated: judged against the baseline, and a single 5 s run of it moved by ~5 %)
+        ("100 MiB", "b100m", None, 100 * 1024**2, True, "mibps"),
     ]
     return [Cell(label, blob, rng, size, c, headline, metric, label.endswith("new heads"))
             for label, blob, rng, size, headline, metric in kinds for c in connections]
