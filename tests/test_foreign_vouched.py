@@ -114,20 +114,34 @@ async def test_a_fill_of_another_version_is_not_followed(tmp_path: Path) -> None
     assert isinstance(fill.error, FillAborted) and got == b""
 
 
-@pytest.mark.parametrize(("marked", "exists", "other"), [
-    ("v2", True, True),  # the object changed: our head would announce what no file holds
-    ("v1", True, False),  # ours: followed
-    (None, True, False),  # not marked yet: nothing known
-    ("v2", False, False),  # no file (the slice lives in the other worker's memory)
+@pytest.mark.parametrize(("marked", "running", "ours"), [
+    ("v2", True, False),  # the object changed: our head would announce what no file holds
+    ("v1", True, True),  # ours: followed
+    (None, False, False),  # never marked, and the fill ended with nothing of ours stored
 ])
-def test_a_fill_of_another_version_is_known_before_the_head(
-        tmp_path: Path, marked: str | None, exists: bool, other: bool) -> None:
+async def test_whether_a_fill_is_ours_is_known_before_the_head(
+        tmp_path: Path, marked: str | None, running: bool, ours: bool) -> None:
+    """`ForeignFill.ours`: asked before a head announces version v1."""
     _xattrs_or_skip(tmp_path)
     path = tmp_path / "fill"
-    if exists:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-        mark_filling(fd, marked)
-        os.close(fd)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    mark_filling(fd, marked)
+    os.close(fd)
+    fill = ForeignFill(path, is_running=lambda: running, stored=lambda: None, version="v1")
+    assert await fill.ours(5) is ours
+    assert (fill.fd >= 0) is ours  # (nothing of another version is held open)
+    fill.detach()
+
+
+async def test_an_unmarked_fill_file_is_waited_on_until_its_mark_comes(tmp_path: Path) -> None:
+    """A file made but not marked yet says nothing: no head until it is (or the fill ends)."""
+    _xattrs_or_skip(tmp_path)
+    path = tmp_path / "fill"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     fill = ForeignFill(path, is_running=lambda: True, stored=lambda: None, version="v1")
-    assert fill.of_other_version() is other
-    assert fill.fd < 0 or not other  # (nothing of another version is held open)
+    asked = asyncio.ensure_future(fill.ours(5))
+    await asyncio.sleep(0.05)
+    assert not asked.done()
+    mark_filling(fd, "v2")
+    os.close(fd)
+    assert await asked is False

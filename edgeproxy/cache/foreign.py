@@ -158,6 +158,7 @@ class ForeignFill:
         self.users = 0
         self.proven: Proof | None = None  # once done from a file: its proof, if it has one
         self.mixed = False  # bytes read from the file, then the store's inline ones
+        self.other = False  # the file found is another version's
         self._tick: asyncio.Future[None] | None = None  # the look in progress, if any
 
     def attach(self) -> None:
@@ -226,25 +227,21 @@ class ForeignFill:
             fd = os.open(self.path, os.O_RDONLY)
         except FileNotFoundError:
             return
-        if self.version is not None and filling_version(fd) != self.version:
+        if self.version is not None and (found := filling_version(fd)) != self.version:
+            self.other = found is not None  # (not marked yet: the mark comes before a byte)
             os.close(fd)
             return
         self.fd = fd
 
-    def of_other_version(self) -> bool:
-        """Whether the fill's file is marked as another version's (the object changed, and
-        the other worker fetched the new one): known before a head announces ours."""
-        if self.fd >= 0 or self.version is None or self.done:
-            return False
-        try:
-            fd = os.open(self.path, os.O_RDONLY)
-        except OSError:
-            return False
-        try:
-            found = filling_version(fd)
-        finally:
-            os.close(fd)
-        return found is not None and found != self.version
+    async def ours(self, timeout: float) -> bool:
+        """Whether the fill may be of our version, once that can be told: its file is marked
+        with a version as the fill's first bytes go to disk, or the fill ends. Asked before a
+        head announces our version: False when the file is another version's (the object
+        changed, and the other worker fetched the new one) or the fill ended with no byte of
+        ours, and the request looks again rather than send a head no byte will follow."""
+        await self._wait(lambda: self.fd >= 0 or self.done or self.error is not None
+                         or self.other, timeout)
+        return not self.other and (self.error is None or self.visible > 0)
 
     async def _wait(self, settled: Callable[[], bool], timeout: float) -> None:
         """Until ``settled()``: one waiter looks at the other worker each poll interval,

@@ -24,7 +24,7 @@ from .facts import FactsContradicted, FlightContext
 from .lanebodies import file_pieces
 from .meta import whole_body_digest
 from .relay import pass_
-from .sources import ForeignSource, Source, StoredSource, Witness, small_body_ended
+from .sources import FillSource, ForeignSource, Source, StoredSource, Witness, small_body_ended
 from .transport import BeReq
 from .tx import Tx
 from .types import ZEROCOPY
@@ -140,15 +140,23 @@ async def hit(node: CacheNode, tx: Tx) -> Step:
     start = first // meta.slice_size
     for index in [start, *joins.first_missing(node, tx, meta, start)]:
         source = await joins.join(node, tx, meta, index)
-        if isinstance(source, ForeignSource) and source.fill.of_other_version():
+        if isinstance(source, ForeignSource) and not await source.fill.ours(node.wait_timeout):
             _drop_ready(tx, source)  # the object changed: its new facts, not our old head
             return await _wait_then_look_again(node, tx, index)
-        flight = tx.flight
-        if tx.led and flight is not None and flight.meta is not None and \
+        # The flight bringing the slice, led or joined here, was sent with If-Range: its
+        # answer may be another version's. Known before our head goes out, not after.
+        flight = tx.flight if tx.led else \
+            source.fill.flight if isinstance(source, FillSource) else None
+        if flight is not None and flight.meta is None:
+            with contextlib.suppress(UpstreamError, TimeoutError):  # (deliver meets it)
+                await shared(flight.headers, node.wait_timeout)
+        if flight is not None and flight.meta is not None and \
                 flight.meta.version != meta.version:
             _drop_ready(tx, source)  # the object changed: answer with the new one
             tx.meta, tx.verdict = flight.meta, Verdict.MISS
             if flight.direct is not None:
+                if not tx.led:
+                    return pass_  # (not stored, and its body is the leader's to relay)
                 # an answer that is not stored (an upstream error): relay its own body, never
                 # slices fetched anew under its facts
                 tx.take_direct(flight, flight.headers.result().body_start)
