@@ -145,3 +145,15 @@ async def test_an_unmarked_fill_file_is_waited_on_until_its_mark_comes(tmp_path:
     mark_filling(fd, "v2")
     os.close(fd)
     assert await asked is False
+
+
+async def test_a_later_slice_is_judged_by_what_its_file_says_now(tmp_path: Path) -> None:
+    """A later slice's fill may not have begun: the head does not wait for it."""
+    _xattrs_or_skip(tmp_path)
+    path = tmp_path / "fill"
+    fill = ForeignFill(path, is_running=lambda: True, stored=lambda: None, version="v1")
+    assert await fill.ours(5, wait=False)  # no file yet: nothing known, nothing waited for
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    mark_filling(fd, "v2")
+    os.close(fd)
+    assert not await fill.ours(5, wait=False)

@@ -233,12 +233,18 @@ class ForeignFill:
             return
         self.fd = fd
 
-    async def ours(self, timeout: float) -> bool:
+    async def ours(self, timeout: float, *, wait: bool = True) -> bool:
         """Whether the fill may be of our version, once that can be told: its file is marked
         with a version as the fill's first bytes go to disk, or the fill ends. Asked before a
         head announces our version: False when the file is another version's (the object
         changed, and the other worker fetched the new one) or the fill ended with no byte of
-        ours, and the request looks again rather than send a head no byte will follow."""
+        ours, and the request looks again rather than send a head no byte will follow.
+        ``wait``: else only what the file says now (a later slice's fill may not have begun:
+        the head does not wait for it)."""
+        if not wait:
+            if self.fd < 0 and not self.done:
+                self._open()
+            return not self.other
         await self._wait(lambda: self.fd >= 0 or self.done or self.error is not None
                          or self.other, timeout)
         return not self.other and (self.error is None or self.visible > 0)

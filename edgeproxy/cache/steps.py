@@ -140,7 +140,8 @@ async def hit(node: CacheNode, tx: Tx) -> Step:
     start = first // meta.slice_size
     for index in [start, *joins.first_missing(node, tx, meta, start)]:
         source = await joins.join(node, tx, meta, index)
-        if isinstance(source, ForeignSource) and not await source.fill.ours(node.wait_timeout):
+        if isinstance(source, ForeignSource) and \
+                not await source.fill.ours(node.wait_timeout, wait=index == start):
             _drop_ready(tx, source)  # the object changed: its new facts, not our old head
             return await _wait_then_look_again(node, tx, index)
         # The flight bringing the slice, led or joined here, was sent with If-Range: its
