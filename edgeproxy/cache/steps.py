@@ -1,8 +1,9 @@
 """The request pipeline of a cache node: Varnish's ``cnt_*`` steps, hishel's state loop.
 
 ``recv → lookup → hit | miss | pass | stale → fetch → deliver`` (a cold whole GET fetches by
-itself: ``fetch_small``; ``pass`` is `relay.pass_`). Each step takes the node and the
-transaction and returns the next step, or None when the answer is complete; `run` is the loop.
+itself: ``fetch_small``; ``pass`` is `relay.pass_`, ``deliver`` is `respond.deliver`). Each
+step takes the node and the transaction and returns the next step, or None when the answer is
+complete; `run` is the loop.
 The rules each step applies are pure functions in `policy`, `fields` and `deliver`.
 """
 
@@ -12,26 +13,24 @@ import contextlib
 import dataclasses
 import time
 from collections.abc import Awaitable, Callable
-from functools import partial
 from typing import TYPE_CHECKING
 
-from ..errors import FillAborted, HTTPError, UpstreamError, UpstreamTimeout
+from ..errors import HTTPError, UpstreamError, UpstreamTimeout
 from ..http import satisfiable
-from . import fields, joins, policy, slicesums, smallfetch
+from . import fields, joins, policy, smallfetch
 from .beresp import from_upstream
-from .deliver import checked_send, plan_reply, refuse_wrong_empty, send_body, with_content_digest
+from .deliver import refuse_wrong_empty
 from .facts import FactsContradicted, FlightContext
-from .lanebodies import file_pieces
-from .meta import whole_body_digest
 from .relay import pass_
-from .sources import FillSource, ForeignSource, Source, StoredSource, Witness, small_body_ended
+from .respond import deliver
+from .sources import FillSource, ForeignSource, Source, StoredSource
 from .transport import BeReq
 from .tx import Tx
-from .types import ZEROCOPY
 from .verdict import Verdict
 from .waits import shared
 
 if TYPE_CHECKING:
+    from .meta import ObjectMeta
     from .node import CacheNode
 
 Step = Callable[["CacheNode", "Tx"], Awaitable["Step | None"]]
@@ -143,7 +142,7 @@ async def hit(node: CacheNode, tx: Tx) -> Step:
         if isinstance(source, ForeignSource) and \
                 not await source.fill.ours(node.wait_timeout, wait=index == start):
             _drop_ready(tx, source)  # the object changed: its new facts, not our old head
-            return await _wait_then_look_again(node, tx, index)
+            return await _wait_then_look_again(node, tx, index, meta)
         # The flight bringing the slice, led or joined here, was sent with If-Range: its
         # answer may be another version's. Known before our head goes out, not after.
         flight = tx.flight if tx.led else \
@@ -323,8 +322,10 @@ async def fetch(node: CacheNode, tx: Tx) -> Step:
     return deliver if tx.direct is not None else hit
 
 
-async def _wait_then_look_again(node: CacheNode, tx: Tx, index: int) -> Step:
-    """Another worker, or a flight here of no facts, claimed the slice since our look."""
+async def _wait_then_look_again(node: CacheNode, tx: Tx, index: int,
+                                held: ObjectMeta | None = None) -> Step:
+    """Another worker, or a flight here of no facts, claimed the slice since our look
+    (``held``: facts its fill turned out not to be of)."""
     tx.tries += 1
     if tx.tries > LOOKUP_TRIES:
         # Others keep winning the claim (an object never fresh, revalidated by every
@@ -336,7 +337,7 @@ async def _wait_then_look_again(node: CacheNode, tx: Tx, index: int) -> Step:
             await shared(local.flight.headers, node.wait_timeout)
     else:
         # facts newer than the copy we hold, or the claim's end: the copy itself is no news
-        held = tx.stale or tx.known
+        held = held or tx.stale or tx.known
         since = held.freshness.response_time if held is not None else 0.0
         await node.coalescer.foreign_facts(tx.req.key, index, since)
     return lookup
@@ -361,62 +362,3 @@ async def _learn_length(node: CacheNode, tx: Tx) -> Step:
         return miss
     tx.meta, tx.verdict, tx.upstream_cache = meta, Verdict.MISS, beresp.x_cache
     return hit
-
-
-async def deliver(node: CacheNode, tx: Tx) -> None:
-    """Status, fields and body to the client, from the sources joined for them."""
-    meta, req = tx.meta, tx.req
-    assert meta is not None
-    headers = node.response_headers(meta, tx)
-    try:
-        if meta.length == 0:
-            refuse_wrong_empty(whole_body_digest(req.key, meta))
-        reply = plan_reply(meta, req.headers, req.method, headers, req.ranges)
-    except (HTTPError, FillAborted):
-        await node.drop_direct(tx)
-        raise
-    flight = tx.flight
-    reply = with_content_digest(reply, meta, req.key, req.method, flight)
-    bodiless = req.method == "HEAD" or reply.status == 304
-    ready = joins.attach(node, tx, meta, reply.ranges, bodiless)
-    if not bodiless:
-        await small_body_ended(ready, meta.length, node.wait_timeout)
-        filling = {i for i, source in ready.items() if not isinstance(source, StoredSource)}
-        reply = slicesums.with_stored(reply, meta, node.store, req.key, req.raw_headers,
-                                      filling)
-    await node.start_response(tx, reply.status, reply.headers)
-    if bodiless:
-        for source in ready.values():
-            source.close()
-        await node.drop_direct(tx)
-        await tx.send({"type": "http.response.body", "body": b"", "more_body": False})
-        return None
-    zerocopy = ZEROCOPY in (tx.scope.get("extensions") or ())
-    witness = Witness()
-    send, checked = checked_send(node, req.key, meta, reply.ranges is None, flight, tx.send,
-                                 witness)
-    zerocopy = zerocopy and not checked  # every byte is hashed here: through memory
-
-    async def join(index: int) -> Source:
-        source = ready.pop(index, None)
-        if source is None:
-            source = await joins.join(node, tx, meta, index)
-        witness.saw(index, source)
-        return source
-
-    # Runs of stored slices go as one zero-copy message each, as the lane sends them (slice
-    # by slice, a 100 MiB hit cost twice its CPU); not where every byte is seen or held.
-    pieces = None
-    if zerocopy and send is tx.send and tx.direct is None and meta.length is not None \
-            and meta.length > meta.slice_size:
-        pieces = partial(file_pieces, node, req.key, meta)
-    try:
-        tx.sent = await send_body(reply, meta, send, join, direct=tx.direct,
-                                  read_size=node.read_size, timeout=node.wait_timeout,
-                                  zerocopy=zerocopy, pieces=pieces)
-    finally:
-        for source in ready.values():
-            source.close()
-        await node.drop_direct(tx)
-    await tx.send({"type": "http.response.body", "body": b"", "more_body": False})
-    return None
