@@ -81,6 +81,15 @@ def test_a_commit_drops_the_key_in_other_workers_and_keeps_it_here(tmp_path: Pat
     assert 1 <= PurgeEpoch.slot("/a") <= KEY_SLOTS
 
 
+def test_a_refused_refresh_drops_the_key_here_too(tmp_path: Path) -> None:
+    """A 304's refresh the index refused (another worker stored a newer version): what this
+    worker kept of the refreshed old version goes, so its next look reads the new one."""
+    here = _tier(tmp_path / "epoch")
+    here.remember_facts("/a", META, 1e9, here.mark("/a"))
+    here.committed("/a", written=False)
+    assert here.facts("/a", 0.0) is None
+
+
 def _get(port: int, path: str, extra: bytes = b"") -> bytes:
     with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
         sock.sendall(b"GET " + path.encode() + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"

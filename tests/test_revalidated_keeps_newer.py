@@ -40,6 +40,8 @@ def test_a_304_for_v1_leaves_v2_stored_by_another_worker(tmp_path: Path) -> None
         one.commit()
         two.set_meta("/k", V2)  # the other worker fetched the changed object
         two.commit()
+        told: list[tuple[str, bool]] = []
+        one.on_facts = lambda key, written: told.append((key, written))
         refreshed = Facts(load_config(None), "edge", one).revalidated("/k", V1,
                                                                       _not_modified('"v1"'))
         assert refreshed.version == '"v1"'  # (this answer is still served refreshed)
@@ -47,6 +49,7 @@ def test_a_304_for_v1_leaves_v2_stored_by_another_worker(tmp_path: Path) -> None
         for worker in (one, two):
             stored = worker.get_meta("/k")
             assert stored is not None and stored.version == '"v2"'
+        assert told == [("/k", False)]  # (its memory lets go of the refreshed v1)
     finally:
         one.close()
         two.close()
@@ -71,16 +74,20 @@ def test_a_304_refreshes_its_own_version_and_does_not_undo_a_purge(tmp_path: Pat
         two.close()
 
 
-def test_a_pending_write_of_this_worker_decides_at_once(tmp_path: Path) -> None:
+async def test_a_pending_write_of_this_worker_decides_at_once(tmp_path: Path) -> None:
     one, _two = _workers(tmp_path)
     try:
         one.set_meta("/k", V2)  # pending, not committed yet
+        assert _two.get_meta("/k") is None  # (a running loop holds it for the group commit)
+        told: list[tuple[str, bool]] = []
+        one.on_facts = lambda key, written: told.append((key, written))
         Facts(load_config(None), "edge", one).revalidated("/k", V1, _not_modified('"v1"'))
         stored = one.get_meta("/k")
         assert stored is not None and stored.version == '"v2"'
         one.commit()
         stored = one.get_meta("/k")
         assert stored is not None and stored.version == '"v2"'
+        assert told == [("/k", False), ("/k", True)]
     finally:
         one.close()
         _two.close()

@@ -59,8 +59,8 @@ class GroupCommit:
     def __init__(self, cache: diskcache.Cache, on_fault: Callable[[BaseException], None]) -> None:
         self.cache = cache
         self.on_fault = on_fault
-        # a transaction went through, with these keys
-        self.on_commit: Callable[[list[str]], None] = lambda keys: None
+        # a transaction went through: the keys it wrote, and those an `IfStill` refused
+        self.on_commit: Callable[[list[str], list[str]], None] = lambda keys, refused: None
         # a transaction failed with this error: True if room was made for ~n bytes (retry)
         self.on_full: Callable[[BaseException, int], bool] = lambda exc, nbytes: False
         # after a transaction of about n bytes: whether the index is over its size limit
@@ -77,7 +77,8 @@ class GroupCommit:
         old = self.pending.get(key)
         if isinstance(value, IfStill) and old is not None:
             if not value.test(old[0]):
-                return  # what this process wrote since decides
+                self.on_commit([], [key])  # what this process wrote since decides
+                return
             value = value.value
         if old is not None and isinstance(old[0], AdoptFile) and \
                 (not isinstance(value, AdoptFile) or old[0].path != value.path):
@@ -157,16 +158,16 @@ class GroupCommit:
     def _write(self, batch: dict[str, tuple[Any, str]]) -> None:
         nbytes = sum(_size(v) for v, _tag in batch.values())
         try:
-            self._transaction(batch)
+            refused = self._transaction(batch)
         except (sqlite3.Error, OSError) as exc:
             if not self.on_full(exc, nbytes + JOURNAL_ROOM):
                 raise
-            self._transaction(batch)  # the volume was full: once more, now there is room
-        self.on_commit(list(batch))
+            refused = self._transaction(batch)  # the volume was full: once more, now there is room
+        self.on_commit([key for key in batch if key not in refused], refused)
         if self.over_limit(nbytes) and self.cache.cull():
             self.on_culled()
 
-    def _transaction(self, batch: dict[str, tuple[Any, str]]) -> None:
+    def _transaction(self, batch: dict[str, tuple[Any, str]]) -> list[str]:
         """One transaction: keys new to the index go in with one statement (most of a batch:
         misses), keys stored before through diskcache's own ``set``, which removes the file
         of the value they replace."""
@@ -175,10 +176,12 @@ class GroupCommit:
             execute = cache._sql
             present = queries.present(execute, list(batch))
             rows = []
+            refused: list[str] = []
             now = time.time()
             for key, (value, tag) in batch.items():
                 if isinstance(value, IfStill):
                     if key not in present or not value.test(cache.get(key)):
+                        refused.append(key)
                         continue
                     value = value.value
                 if key in present:
@@ -188,6 +191,7 @@ class GroupCommit:
                 # the columns and values diskcache's `Cache._row_insert` writes
                 rows.append((key, 1, now, None, now, 0, tag, size, mode, filename, db_value))
             cache._con.executemany(_INSERT, rows)
+        return refused
 
 
 def _size(value: Any) -> int:

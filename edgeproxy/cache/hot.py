@@ -219,11 +219,16 @@ class HotTier:
         self.epoch.bump_slot(self.epoch.slot(key))
         self.pop(key)
 
-    def committed(self, key: str) -> None:
+    def committed(self, key: str, written: bool = True) -> None:
         """Facts of ``key`` reached the index from this worker: every other worker forgets
         what it keeps of the key. What this worker keeps of it stays: it let go of the key
         when it learnt the facts it wrote (`CacheNode._plan`, `mark_verified`), so what it
-        kept since came from them (the index's reads here see pending writes first)."""
+        kept since came from them (the index's reads here see pending writes first).
+        ``written`` False: a refresh of them was refused (another version is stored), so what
+        this worker kept of the refresh goes too."""
+        if not written:
+            self.changed(key)
+            return
         slot = self.epoch.slot(key)
         generation = self.epoch.bump_slot(slot)
         entry = self._entries.get(key)

@@ -79,7 +79,8 @@ class CacheStore(ScrubReads):
         self.on_fault: Callable[[str], None] = lambda reason: None  # with `fault_reason`
         # a stored slice failed its checksum and was dropped: (key, index, why)
         self.on_corrupt: Callable[[str, int, str], None] = lambda key, index, why: None
-        self.on_facts: Callable[[str], None] = lambda key: None  # its facts were committed
+        # its facts were committed (True), or a refresh of them was refused (`IfStill`)
+        self.on_facts: Callable[[str, bool], None] = lambda key, written: None
         self.directory = directory
         self.size_limit = size_limit
         self.temp_dir = directory / TEMP_DIR
@@ -141,11 +142,13 @@ class CacheStore(ScrubReads):
     def _written(self) -> None:
         self.last_write = time.time()
 
-    def _committed(self, keys: list[str]) -> None:
+    def _committed(self, keys: list[str], refused: list[str]) -> None:
         if any(k.startswith(SLICE_PREFIX) for k in keys):
             self._written()
         for skey in (k for k in keys if k.startswith(META_PREFIX)):
-            self.on_facts(skey[len(META_PREFIX):])
+            self.on_facts(skey[len(META_PREFIX):], True)
+        for skey in (k for k in refused if k.startswith(META_PREFIX)):
+            self.on_facts(skey[len(META_PREFIX):], False)
 
     def degraded(self, now: float) -> bool:
         """Whether the cache cannot store right now: its index is unavailable, or a storage
