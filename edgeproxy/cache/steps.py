@@ -120,8 +120,11 @@ async def hit(node: CacheNode, tx: Tx) -> Step:
         tx.tries += 1  # (bytes stored and gone at once, each time: an answer of our own)
         if tx.tries > LOOKUP_TRIES:
             return pass_
-        if running is None and await joins.answered_elsewhere(node, tx, meta):
-            return lookup
+        try:
+            if running is None and await joins.answered_elsewhere(node, tx, meta):
+                return lookup
+        except UpstreamTimeout:
+            return pass_  # the other worker's fetch outlasts the wait: relay our own
         if running is None:  # (a stale copy it revalidated is that meta: not again)
             tx.meta, tx.known, tx.stale, tx.flight, tx.led = None, meta, None, None, False
             return miss
@@ -339,7 +342,10 @@ async def _wait_then_look_again(node: CacheNode, tx: Tx, index: int,
         # facts newer than the copy we hold, or the claim's end: the copy itself is no news
         held = held or tx.stale or tx.known
         since = held.freshness.response_time if held is not None else 0.0
-        await node.coalescer.foreign_facts(tx.req.key, index, since)
+        try:
+            await node.coalescer.foreign_facts(tx.req.key, index, since)
+        except UpstreamTimeout:
+            return pass_  # that fetch outlasts the wait (as in `miss`): relay our own
     return lookup
 
 
