@@ -1,5 +1,5 @@
 """A request that waits for another worker's fetch (its claim on the slice) longer than
-``fill_wait_timeout`` relays its own answer (`steps.pass_`), on every path that waits: a
+``fill_wait_timeout`` relays its own answer (`relay.pass_`), on every path that waits: a
 long body of unknown length outlasts the wait, and its other requests were answered 504.
 The miss step did so (761392d); a cold GET whose slice 0 was claimed by the other worker
 between that look and its own claim (`steps.fetch_small`), and a hit on a validator-less
@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from edgeproxy.cache import joins, steps
+from edgeproxy.cache.relay import pass_
 from edgeproxy.errors import UpstreamTimeout
 
 
@@ -29,7 +30,7 @@ def test_a_cold_get_whose_slice_the_other_worker_claimed_first_relays_its_own() 
     node: Any = SimpleNamespace(spec=lambda req, **kw: None, coalescer=coalescer,
                                 fetcher=SimpleNamespace(claim=lambda spec, **kw: None))
     tx: Any = SimpleNamespace(req=req, tries=0, stale=None, known=None)
-    assert asyncio.run(steps.fetch_small(node, tx)) is steps.pass_
+    assert asyncio.run(steps.fetch_small(node, tx)) is pass_
 
 
 def test_a_hit_waiting_for_the_other_workers_slices_relays_its_own(
@@ -42,4 +43,4 @@ def test_a_hit_waiting_for_the_other_workers_slices_relays_its_own(
                           first_byte=lambda length: 0)
     node: Any = SimpleNamespace(coalescer=SimpleNamespace(flight_for=lambda key: None))
     tx: Any = SimpleNamespace(req=req, meta=meta, tries=0, flight=None)
-    assert asyncio.run(steps.hit(node, tx)) is steps.pass_
+    assert asyncio.run(steps.hit(node, tx)) is pass_

@@ -161,7 +161,8 @@ def test_answers_stay_whole_while_evictions_churn_the_cache(tmp_path: Path, kind
                 # of unknown length from an origin without ranges gets one)
                 want = body[lo:] if r.status_code == 206 else body
                 if r.status_code not in (200, 206) or r.content != want:
-                    problems.append(f"{path} from {lo}: {r.status_code}, {len(r.content)} bytes")
+                    problems.append(f"{path} from {lo}: {r.status_code}, {len(r.content)} bytes"
+                                    + (f": {r.text[:200]}" if r.status_code >= 300 else ""))
 
     with _origin(kind, tmp_path, bodies) as (url, count), \
             NodeProcess(config, "edge", f"http://127.0.0.1:{port}", upstream=url) as edge:
