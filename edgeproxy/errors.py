@@ -56,9 +56,10 @@ class FillAborted(UpstreamError):
 
 
 class FillLost(FillAborted):
-    """Another worker's fill ended before a reader took any byte of it, its slice unstored
-    (given up, passed through, or stored and evicted at once): the reader may join the slice
-    again, its answer intact."""
+    """A slice went away before a reader took any byte of it: another worker's fill ended
+    with the slice unstored (given up, passed through, or stored and evicted at once), or
+    each join lost its claim (`Coalescer.join`). The reader may join it again (a request
+    whose head is not out looks up again), its answer intact."""
 
 
 class StorageFault(EdgeProxyError):

@@ -22,7 +22,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from ..errors import FillAborted, UpstreamError
+from ..errors import FillAborted, FillLost, UpstreamError
 from .fills import SliceFill
 from .flight import Flight
 from .foreign import ForeignFill, poll
@@ -296,7 +296,7 @@ class Coalescer:
                 return FillSource(flight.fills[index], version)
             if flight is not None:
                 await flight.headers  # the flight answered without this slice (304, direct)
-        raise FillAborted(f"slice {index} of {key} could not be joined")
+        raise FillLost(f"slice {index} of {key} could not be joined")
 
     def _follow(self, key: str, index: int, version: str) -> ForeignFill:
         """The one `ForeignFill` of this process for a slice another worker fills."""

@@ -38,6 +38,7 @@ class Tx:
     sent: int = 0
     upstream_time: float = 0.0
     tries: int = 0  # lookups repeated after losing a race for a claim
+    restarted: bool = False  # looked up again after a fill broke off before the head
     interims: tuple[tuple[int, RawHeaders], ...] = ()  # 1xx answers to pass on first
     whole: bool = False  # fetch the object whole: its length is learnt from that answer
 
