@@ -14,17 +14,23 @@ from edgeproxy.cache.node import CacheNode
 
 
 def wait_stored(client: httpx.Client, path: str, body: bytes) -> None:
-    """Fetch ``path`` (a miss: ``body``), then wait until a range of it is a hit: the group
-    commit has moved its slice files into place."""
+    """Fetch ``path`` (a miss: ``body``), then wait until it is stored (`until_stored`)."""
     first = client.get(path)
     assert first.content == body and first.headers["x-cache"].startswith("MISS")
+    until_stored(client, path, len(body))
+
+
+def until_stored(client: httpx.Client, path: str, length: int) -> None:
+    """Wait until the first and the last byte of ``path`` (``length`` bytes, fetched) are
+    hits: the group commit has moved its first and last slice files into place (a fixed
+    sleep for it was too short once a machine is loaded)."""
     deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
-        if client.get(path, headers={"range": "bytes=0-0"}).headers["x-cache"] \
-                .startswith("HIT"):
-            return
-        time.sleep(0.05)
-    raise AssertionError("never stored")
+    for byte in (0, length - 1):
+        while not client.get(path, headers={"range": f"bytes={byte}-{byte}"}) \
+                .headers["x-cache"].startswith("HIT"):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"byte {byte} of {path} never stored")
+            time.sleep(0.05)
 
 
 def assert_same_hits(lane: httpx.Response, steps: httpx.Response, body: bytes) -> None:

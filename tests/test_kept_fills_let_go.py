@@ -63,8 +63,11 @@ def test_kept_slices_go_when_their_requests_are_done(
                 thread.start()
             for thread in threads:
                 thread.join()
-        time.sleep(3)  # (answers are all in: only the flights' own holds could be left)
-        held = _kept_open(edge.pid)
+        # Answers are all in: only the flights' own holds could be left, and those go as
+        # the flights end (well within 10 s; `KEPT_FOR`, 30 s, is the bound otherwise).
+        deadline = time.monotonic() + 10
+        while (held := _kept_open(edge.pid)) and time.monotonic() < deadline:
+            time.sleep(0.2)
     finally:
         edge.stop()
     assert not held, held

@@ -19,7 +19,7 @@ from edgeproxy.cache.slicefiles import FilePiece
 from tests.chain import edge_config, serve_edge
 from tests.origins import TestOrigin
 from tests.servers import ServerThread, serve
-from tests.spies import count_sendfiles, lane_answers
+from tests.spies import count_sendfiles, lane_answers, until_stored, wait_stored
 
 MIB = 1024 * 1024
 LARGE = hashlib.shake_256(b"zerocopy").digest(3 * MIB + 4321)  # four 1 MiB slices
@@ -61,7 +61,7 @@ def _stored(client: httpx.Client) -> None:
     first = client.get("/static/large.bin")
     assert first.status_code == 200 and first.content == LARGE
     assert first.headers["x-cache"].startswith("MISS")
-    time.sleep(0.2)  # the group commit moves the slice files into place
+    until_stored(client, "/static/large.bin", len(LARGE))
 
 
 def test_a_stored_large_body_goes_out_by_sendfile_byte_exact(
@@ -139,7 +139,7 @@ def test_a_slow_reader_gets_every_byte_in_order(edge: ServerThread,
                                                 sendfiles: list[int]) -> None:
     with httpx.Client(base_url=edge.url) as client:
         assert client.get("/static/huge.bin").content == HUGE
-        time.sleep(0.2)
+        until_stored(client, "/static/huge.bin", len(HUGE))
     sendfiles.clear()
     sock = _connect(edge.url)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
@@ -191,14 +191,27 @@ def test_a_slice_changed_on_disk_is_never_sent_complete(edge: ServerThread,
         assert client.get("/static/large.bin").content == LARGE  # fetched again, right
 
 
+def _with_marker(one: bytes) -> TestOrigin:
+    o = TestOrigin()
+    o.put("/static/one.bin", one, headers={"cache-control": "max-age=600"})
+    o.put("/static/marker.bin", b"m" * 100, headers={"cache-control": "max-age=600"})
+    return o
+
+
+def _stored_before_marker(client: httpx.Client) -> None:
+    """Wait until the object fetched last is stored, by a small one fetched after it (the
+    group commit stores in order): a range hit on a one-slice object itself would copy it
+    to the memory tier, and its hits would not go by ``sendfile`` any more."""
+    wait_stored(client, "/static/marker.bin", b"m" * 100)
+
+
 def test_a_large_one_slice_hit_in_the_fast_lane_goes_by_sendfile(
         tmp_path: Path, sendfiles: list[int]) -> None:
-    o = TestOrigin()
-    o.put("/static/one.bin", ONE, headers={"cache-control": "max-age=600"})
+    o = _with_marker(ONE)
     with serve(o) as origin, _edge(tmp_path, origin, "uvloop") as edge, \
             httpx.Client(base_url=edge.url) as client:
         assert client.get("/static/one.bin").content == ONE
-        time.sleep(0.2)
+        _stored_before_marker(client)
         sendfiles.clear()
         for _ in range(3):
             hit = client.get("/static/one.bin")
@@ -217,12 +230,11 @@ def test_a_fast_lane_file_changed_after_its_check_cuts_the_answer_short(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from edgeproxy.cache.slicefiles import SliceFile
 
-    o = TestOrigin()
-    o.put("/static/one.bin", ONE, headers={"cache-control": "max-age=600"})
+    o = _with_marker(ONE)
     with serve(o) as origin, _edge(tmp_path, origin, "uvloop") as edge:
         with httpx.Client(base_url=edge.url) as client:
             assert client.get("/static/one.bin").content == ONE
-        time.sleep(0.2)
+            _stored_before_marker(client)
         monkeypatch.setattr(SliceFile, "unchanged", lambda self: False)
         sock = _connect(edge.url)
         with sock:
@@ -263,7 +275,7 @@ def test_a_file_changed_while_a_slow_reader_takes_it_stops_its_sends(
     with serve(o) as origin, _edge(tmp_path, origin, "uvloop", one_slice) as edge:
         with httpx.Client(base_url=edge.url) as client:
             assert client.get("/static/huge.bin").content == HUGE
-            time.sleep(0.2)
+            until_stored(client, "/static/huge.bin", len(HUGE))
             client.get("/static/huge.bin", headers={"range": f"bytes={first}-{last}"})
         answered.clear()
         checks: list[int] = []
@@ -333,7 +345,7 @@ def test_over_tls_nothing_bypasses_the_encryption(tmp_path: Path, origin: Server
             httpx.Client(base_url=edge.url, verify=trust) as client:
         for path, body in (("/static/large.bin", LARGE), ("/static/one.bin", ONE)):
             assert client.get(path).content == body
-            time.sleep(0.2)
+            until_stored(client, path, len(body))
             for _ in range(2):  # (one slice: the fast lane's answer)
                 hit = client.get(path)
                 assert hit.headers["x-cache"].startswith("HIT") and hit.content == body
