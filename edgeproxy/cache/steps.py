@@ -63,8 +63,9 @@ def _restart(tx: Tx) -> Step:
     """Varnish's ``restart``: a slice this request was to read went away before its head
     went out (`FillLost`: joins that kept losing the claim to the other worker under
     eviction churn, its fill there gone unstored), so look up once more rather than answer
-    502 (~1 answer in 30,000 under churn). Once per request; never for a fill that failed
-    (an upstream error, bytes that failed their check): that is the answer's 502."""
+    502 (8 of 35,705 answers under an oracle's churn). Once per request; never for a fill
+    that failed (an upstream error, bytes that failed their check): that is the answer's
+    502."""
     for source in tx.ready.values():
         source.close()
     tx.ready.clear()
