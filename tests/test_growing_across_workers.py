@@ -57,7 +57,8 @@ def test_every_worker_follows_a_growing_body(tmp_path: Path, etag: str | None,
                 thread.start()
             for thread in threads:
                 thread.join()
-            assert [g == body if isinstance(g, bytes) else repr(g) for g in got] == [True] * 8
+            assert [g == body if isinstance(g, bytes) else repr(g) for g in got] == [True] * 8, \
+                edge.stderr()[-3000:]  # (the node's account of a failure)
             assert origin.count("/static/grow") == 1 or slow
             r = httpx.get(edge.url + "/static/grow")
             assert r.content == body and r.headers["x-cache"] == "HIT from edge"
