@@ -91,3 +91,37 @@ async def test_a_pending_write_of_this_worker_decides_at_once(tmp_path: Path) ->
     finally:
         one.close()
         _two.close()
+
+
+async def test_two_refreshes_in_one_commit_keep_the_later_and_its_condition(
+        tmp_path: Path) -> None:
+    """Two 304s for v1 before the group commit: the later refresh goes in (it was refused,
+    tested against the first one's pending conditional write instead of its facts), and
+    still only if v1 is what the index holds when it is committed."""
+    one, two = _workers(tmp_path)
+    facts = Facts(load_config(None), "edge", one)
+    try:
+        one.set_meta("/k", V1)
+        one.commit()
+        first, later = _not_modified('"v1"'), _not_modified('"v1"')
+        later = dataclasses.replace(later, response_time=200.0, request_time=200.0)
+        told: list[tuple[str, bool]] = []
+        one.on_facts = lambda key, written: told.append((key, written))
+        facts.revalidated("/k", V1, first)
+        facts.revalidated("/k", V1, later)  # both pending under a running loop
+        assert told == []
+        one.commit()
+        stored = two.get_meta("/k")
+        assert stored is not None and stored.freshness.response_time == 200.0
+        assert told == [("/k", True)]
+        # the condition stays with the merged write: v2 stored meanwhile is kept
+        facts.revalidated("/k", V1, first)
+        facts.revalidated("/k", V1, later)
+        two.set_meta("/k", V2)
+        two.commit()
+        one.commit()
+        stored = two.get_meta("/k")
+        assert stored is not None and stored.version == '"v2"'
+    finally:
+        one.close()
+        two.close()

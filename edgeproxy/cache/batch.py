@@ -76,10 +76,14 @@ class GroupCommit:
         """Store ``value`` under ``key`` at the next commit (now, outside an event loop)."""
         old = self.pending.get(key)
         if isinstance(value, IfStill) and old is not None:
-            if not value.test(old[0]):
+            pending = old[0]
+            ahead = pending.value if isinstance(pending, IfStill) else pending
+            if not value.test(ahead):
                 self.on_commit([], [key])  # what this process wrote since decides
                 return
-            value = value.value
+            # over a conditional write, its condition stays: the index decides for both
+            value = IfStill(value.value, pending.test) if isinstance(pending, IfStill) \
+                else value.value
         if old is not None and isinstance(old[0], AdoptFile) and \
                 (not isinstance(value, AdoptFile) or old[0].path != value.path):
             old[0].discard()  # replaced before its row was written

@@ -103,7 +103,8 @@ class Evictor:
         # are counted against the last reading (`Volume.spend`).
         fresh = fresh or nbytes >= FRESH_MIN
         try:
-            if volume.shortfall(nbytes, fresh=fresh) and volume.shortfall(nbytes, fresh=True):
+            if volume.shortfall(nbytes, fresh=fresh) and \
+                    (fresh or volume.shortfall(nbytes, fresh=True)):  # (once read anew)
                 # evict a little more than needed: not again at the very next slice
                 self.evict(volume.shortfall(nbytes) + volume.reserve() // 8)
                 if volume.shortfall(nbytes, fresh=True):
