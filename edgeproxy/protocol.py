@@ -41,6 +41,7 @@ from .fastanswer import LANE, Sending, fast_lane_of, write_answer
 from .guard import FIELD_OVERHEAD, PROXIED_BYTES, PROXIED_FIELDS, head_cap, valid_host
 from .headholder import HeadHolder
 from .headtimeout import DeadlineHooks, HeadDeadline, send_refusal, timeout_error
+from .upgrades import UpgradeIgnored
 from .zerocopy import ZEROCOPY, send_rest, socket_fd, unsent_bytes
 
 # A request line of the form RFC 9112 §3 gives (a method token, a target, an HTTP version)
@@ -52,7 +53,7 @@ class _Refused(Exception):
 
 
 # (uvicorn types `eof_received` as returning None; asyncio's protocol may return True)
-class GuardedHttpToolsProtocol(DeadlineHooks, HttpToolsProtocol):  # type: ignore[misc]
+class GuardedHttpToolsProtocol(DeadlineHooks, UpgradeIgnored, HttpToolsProtocol):  # type: ignore[misc]
     """`HttpToolsProtocol` answering 431/414 as soon as a request head breaks ``limits``."""
 
     def __init__(self, *args: Any, limits: HTTPLimitsConfig, **kwargs: Any) -> None:
@@ -168,7 +169,7 @@ class GuardedHttpToolsProtocol(DeadlineHooks, HttpToolsProtocol):  # type: ignor
         head the fast lane answered before, byte for byte: it is answered again without
         parsing (`edgeproxy.cache.replays`). A chunk that was exactly one request the lane
         answered from memory is kept for that."""
-        if self.refusal is not None:
+        if self.refusal is not None or self.tunnel:  # (`UpgradeIgnored`)
             return
         boundary = self.in_head and not self.head_bytes and self.fast is not None \
             and not self.pipeline and (self.cycle is None or self.cycle.response_complete)
@@ -179,7 +180,7 @@ class GuardedHttpToolsProtocol(DeadlineHooks, HttpToolsProtocol):  # type: ignor
                 self.head_start = data  # (for `send_400_response`: a method never parsed)
             self.head_bytes += len(data)
         self.begun = self.lane_answered = 0
-        super().data_received(data)
+        self._feed(data)
         if self.refusal is None and self.in_head and self.head_bytes > self.cap:
             self.refusal = HTTPError(431, "headers_too_large",
                                      f"the request head exceeds {self.cap} bytes")
