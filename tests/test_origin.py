@@ -380,6 +380,12 @@ def test_restart_keeps_committed_media_and_pending_uploads(tmp_path: Path) -> No
          422, "invalid_field", "file_size"),
         (b'{"file_size": 10, "file_type": "jpeg", "file_hash": "' + b"a" * 64 + b'"}',
          422, "invalid_field", "file_type"),
+        # RFC 6838 §4.2: type and subtype names are ASCII (a word character of any script
+        # was let in, and named back as the media's content type)
+        ('{"file_size": 10, "file_type": "image/jp\u00e9g", "file_hash": "'.encode() + b"a" * 64
+         + b'"}', 422, "invalid_field", "file_type"),
+        ('{"file_size": 10, "file_type": "im\u00e4ge/png", "file_hash": "'.encode() + b"a" * 64
+         + b'"}', 422, "invalid_field", "file_type"),
         (b'{"file_size": 10, "file_type": "image/jpeg", "file_hash": "sha256:abc"}',
          422, "invalid_field", "file_hash"),
         (b'{"file_size": 10, "file_type": "image/jpeg", "file_hash": "md5:' + b"a" * 64 + b'"}',

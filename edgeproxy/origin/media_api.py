@@ -31,7 +31,9 @@ from .s3store import StagedMismatch
 from .thumbnails import Rejected, decode_thumbnail
 
 MEDIA_ID = re.compile(r"m_[A-Za-z0-9_-]{8,64}")
-MIME_TYPE = re.compile(r"[A-Za-z0-9][\w.+-]*/[A-Za-z0-9][\w.+-]*")
+# RFC 6838 §4.2 restricted-name, ASCII only (``\w`` let in word characters of any script)
+_NAME = r"[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}"
+MIME_TYPE = re.compile(f"{_NAME}/{_NAME}")
 CONVERSATION_ID = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
 MAX_JSON_BODY = 64 * 1024  # request bodies other than the thumbnail-carrying confirm
 NO_STORE = {"Cache-Control": "no-store"}
