@@ -77,6 +77,9 @@ def create_app(config: Config, *, clock: Callable[[], float] = time.time) -> Sta
     middleware = [Middleware(APICors, origins=cors)] if cors else []
     middleware.append(Middleware(CatchAll))
     app = Starlette(routes=routes, lifespan=core.lifespan, middleware=middleware)
+    # A target with a trailing slash is not one of these: a JSON 404. Starlette's default
+    # redirect named the origin's own address (from Host), which edges relayed to receivers.
+    app.router.redirect_slashes = False
     app.state.origin = core
     install_error_handlers(app)
     return app
