@@ -312,3 +312,36 @@ def test_hot_object_ranges_never_carry_the_whole_digest(nodes: Nodes,
         r = _get(nodes.url + target, rng)  # (checks any Content-Digest against the content)
         assert r is not None and r.status_code == 206 and r.content == want
         assert r.headers["x-cache"].startswith("HIT")
+
+
+@pytest.mark.parametrize("named", [True, False], ids=["content-addressed", "plain"])
+def test_a_length_every_206_overstates_is_dropped_at_the_416_past_the_real_end(
+        nodes: Nodes, foreign: ForeignOrigin, named: bool) -> None:
+    """Every 206 states a complete length one slice too large under one strong ETag, bytes
+    past the real end are answered ``416 */<real length>``, and a GET without Range gets the
+    whole 200 (found from outside). A whole answer announced with the stored length is cut
+    at the real end (its head is out), but that 416 contradicts the stored facts: the tier
+    that sees it, the one in front of the origin, drops them and fetches the object whole
+    next time. They stood for the facts' whole life before: every whole answer cut. (An
+    edge behind a shield sees only its shield's answers cut: it keeps the length it stored
+    until its facts expire.)"""
+    body = pattern(SIZE, seed=48)
+    sha = hashlib.sha256(body).hexdigest()
+    target = f"/v/t1/{sha}" if named else f"/plain/{sha[:12]}"
+    foreign.route(target, body=body, etag='"s2"', headers=[IMMUTABLE], total_offset=MiB)
+    first = _get(nodes.url + target, "bytes=0-99")  # the length it states is stored
+    assert first is not None and first.content == body[:100]
+    front = list(nodes.tiers.values())[-1]  # (the tier in front of the origin)
+    answers = []
+    for _ in range(4):
+        r = _get(nodes.url + target)  # (the first one is cut at the real end)
+        answers.append(None if r is None else (r.status_code, len(r.content)))
+        assert r is None or (r.status_code == 200 and r.content == body), answers
+        r = _get(front + target) if front != nodes.url else r
+        if r is not None:
+            assert (r.status_code, r.content) == (200, body)
+            break
+    assert answers[0] is None and r is not None, answers
+    again = _get(front + target)
+    assert again is not None and (again.status_code, again.content) == (200, body)
+    assert again.headers["x-cache"].startswith("HIT from")

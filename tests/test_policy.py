@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from edgeproxy.cache import fields, policy
+from edgeproxy.cache.facts import contradiction
 from edgeproxy.cache.req import cache_key
 from edgeproxy.config import DEFAULT_CONTENT_CLASSES, ContentClass, TierTTL
 from edgeproxy.http import etag_matches, if_range_matches
@@ -272,3 +273,18 @@ def test_only_if_cached(value: str | None, expected: bool) -> None:
 ])
 def test_last_whole_slice(start: int, end: int, length: int, expected: int | None) -> None:
     assert policy.last_whole_slice(start, end, length, 100) == expected
+
+
+@pytest.mark.parametrize(("stored", "asked", "status", "length", "same", "contradicts", "why"), [
+    (4000, 3000, 416, 3000, True, True, "RFC 9110 §15.5.17: unsatisfiable inside the length"),
+    (4000, 3000, 416, None, False, True, "a 416 with no Content-Range: the same"),
+    (4000, 4000, 416, 4000, True, False, "§14.1.1: a range from the end is unsatisfiable"),
+    (4000, 0, 206, 5000, True, True, "§14.4: one representation, another complete length"),
+    (4000, 0, 206, 5000, False, False, "another representation: a change, not a contradiction"),
+    (4000, 1000, 206, 4000, True, False, "the stored length restated"),
+    (None, 0, 416, 10, True, False, "no stored length to contradict"),
+    (4000, 0, 200, 10, True, False, "a 200 is the whole of a representation, checked elsewhere"),
+])
+def test_contradiction(stored: int | None, asked: int, status: int, length: int | None,
+                       same: bool, contradicts: bool, why: str) -> None:
+    assert (contradiction(stored, asked, status, length, same) is not None) is contradicts, why

@@ -41,6 +41,30 @@ class FactsContradicted(UpstreamProtocolError):
     another complete length): the node drops the object, and the next request fetches it."""
 
 
+def contradiction(stored_length: int | None, asked: int, status: int, length: int | None,
+                  same: bool) -> str | None:
+    """Why an answer to a request for a stored object's bytes from ``asked`` on shows the
+    object's stored complete length wrong; None when it does not. ``length``: the complete
+    length the answer states; ``same``: it names the stored representation (validator).
+
+    - A 206 of the same representation with another complete length: one of the two
+      answers was wrong (a length too short served the object cut, as complete).
+    - A 416 to bytes inside the stored length: a range is unsatisfiable only when it starts
+      at or past the current length (RFC 9110 §14.1.1, §15.5.17), so the stored length is
+      wrong, or the object changed. An origin whose 206s overstated the length answered the
+      bytes past its real end 416: every whole answer was cut there, for the facts' life.
+    """
+    if stored_length is None:
+        return None
+    if status == 416 and asked < stored_length:
+        stated = f" (it states {length} bytes)" if length is not None else ""
+        return (f"upstream finds bytes from {asked} on unsatisfiable{stated}, in an object "
+                f"stored as {stored_length} bytes")
+    if status == 206 and same and length is not None and length != stored_length:
+        return f"upstream states {length} bytes where the stored facts say {stored_length}"
+    return None
+
+
 @dataclass
 class Plan:
     """What the node's facts decided for an answer (see `Facts.plan`)."""
@@ -92,17 +116,16 @@ class Facts:
                 has_explicit_freshness=policy.has_explicit_freshness(hmap),
                 has_class=cls is not None)
         )
+        known = ctx.known or ctx.stale
+        if known is not None:
+            why = contradiction(known.length, flight.first * known.slice_size, beresp.status,
+                                meta.length, known.version == meta.version)
+            if why is not None:
+                raise FactsContradicted(f"{key} at {known.version}: {why}: dropped, fetched "
+                                        "anew next time")
         if not storable:
             return Plan("direct", meta)
-        known = ctx.known or ctx.stale
         if known is not None and known.version == meta.version and beresp.status == 206:
-            if known.length is not None and known.length != meta.length:
-                # The same representation (validator) with another complete length: one of
-                # the two answers was wrong, and the stored facts must not stand (a length too
-                # short served the object cut, as complete, for its whole lifetime).
-                raise FactsContradicted(
-                    f"upstream states {meta.length} bytes for {key} at {meta.version}, whose "
-                    f"stored facts say {known.length}: dropped, fetched anew next time")
             return Plan("store", known, policy.expected_sha256(key.partition("?")[0], hmap),
                         store_meta="no")  # missing slices of an object we hold
         # only a 200/206 carries the representation a content address or Repr-Digest names

@@ -32,7 +32,7 @@ from .beresp import BeResp, from_upstream
 from .boundary import UPSTREAM_LOG_WINDOW
 from .coalesce import Coalescer
 from .commits import Commits
-from .facts import Plan
+from .facts import FactsContradicted, Plan
 from .fills import SliceFill
 from .flight import Flight, FlightSpec
 from .landing import Landing
@@ -63,11 +63,12 @@ class Fetcher:
     def __init__(self, store: CacheStore, coalescer: Coalescer, transport: Transport, *,
                  on_headers: OnHeaders, on_upstream: Callable[[int, int], None],
                  on_integrity_failure: Callable[[str, str, str], None],
-                 backoff: float) -> None:
+                 on_contradicted: Callable[[str], None], backoff: float) -> None:
         self.store = store
         self.coalescer = coalescer
         self.transport = transport
         self.on_headers = on_headers
+        self.on_contradicted = on_contradicted  # drops a key whose stored facts proved wrong
         self.on_upstream = on_upstream
         self.on_integrity_failure = on_integrity_failure
         self.backoff = backoff
@@ -212,7 +213,11 @@ class Fetcher:
 
     def failed(self, flight: Flight, exc: BaseException) -> None:
         """The flight failed: its waiters hear why, its fills are dropped; a refused connect
-        makes the next flights fail at once for a while (`down_until`)."""
+        makes the next flights fail at once for a while (`down_until`); an answer that
+        contradicts the object's stored facts drops them first (`FactsContradicted`: from
+        its headers or a continuation's), before any waiter hears of it."""
+        if isinstance(exc, FactsContradicted):
+            self.on_contradicted(flight.key)
         err = upstream_error(exc)
         if isinstance(err, UpstreamRefused) and not flight.headers.done() \
                 and time.time() >= self.down_until:

@@ -22,7 +22,7 @@ from .beresp import BeResp
 from .chores import Chores
 from .coalesce import Coalescer
 from .director import Director, transport_for_node
-from .facts import Facts, FactsContradicted, Plan
+from .facts import Facts, Plan
 from .fastlane import FastLane
 from .fetch import Fetcher
 from .flight import Flight, FlightSpec
@@ -181,6 +181,7 @@ class CacheNode:
         self._fetcher = Fetcher(self.store, self.coalescer, self._transport,
                                 on_headers=self._plan, on_upstream=self.metrics.upstream,
                                 on_integrity_failure=self.integrity_failure,
+                                on_contradicted=self._contradicted,
                                 backoff=self.config.cache.upstream_backoff)
 
     async def shutdown(self) -> None:
@@ -206,15 +207,14 @@ class CacheNode:
         self.fast.forget()
 
     def _plan(self, flight: Flight, beresp: BeResp) -> Plan:
-        try:
-            plan = self.facts.plan(flight, beresp)
-        except FactsContradicted:
-            with contextlib.suppress(StorageFault):  # (memory tiers and flights go at least)
-                self._purge_key(flight.key)
-            raise
+        plan = self.facts.plan(flight, beresp)
         if plan.kind != "direct":
             self.hot.pop(flight.key)  # new facts: the memory copy must not outlive them
         return plan
+
+    def _contradicted(self, key: str) -> None:
+        with contextlib.suppress(StorageFault):  # (memory tiers and flights go at least)
+            self._purge_key(key)
 
     def remember(self, key: str, meta: ObjectMeta, now: float,
                  mark: tuple[int, int] | None = None) -> None:

@@ -15,6 +15,7 @@ import hashlib
 from ..errors import UpstreamProtocolError
 from . import policy
 from .beresp import BeResp
+from .facts import FactsContradicted, contradiction
 from .flight import Flight, FlightSpec
 from .transport import BeReq
 
@@ -76,6 +77,10 @@ def bereq(spec: FlightSpec, span: tuple[int, int], before: BeResp) -> BeReq:
 def check(answer: BeResp, span: tuple[int, int], before: BeResp) -> None:
     """Raise unless ``answer`` carries bytes of ``before``'s representation from ``span``'s
     first byte on (a 200 says the object changed; anything else is no answer to this)."""
+    why = contradiction(before.length, span[0], answer.status, answer.length,
+                        answer.version == before.version)
+    if why is not None:
+        raise FactsContradicted(f"the rest of a range: {why}")
     if answer.status != 206:
         raise UpstreamProtocolError(
             f"upstream answered the rest of a range with {answer.status}, not 206 (the object "
