@@ -10,9 +10,11 @@ shield and origin alike).
 
 from __future__ import annotations
 
+import json
 import socket
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -20,6 +22,7 @@ from edgeproxy.cache import create_app
 from edgeproxy.config import HTTPLimitsConfig
 from edgeproxy.guard import uvicorn_http_options
 from tests.chain import chain_config
+from tests.nodes import process_stack
 from tests.origins import TestOrigin, pattern
 from tests.rawhttp import read_answers, read_to_close
 from tests.servers import ServerThread, serve
@@ -81,3 +84,16 @@ def test_a_connect_is_refused_and_its_tunnel_bytes_never_parsed(
     assert data.startswith(b"HTTP/1.1 %d " % status), data[:200]
     assert data.count(b"HTTP/1.1 ") == 1, data[:400]
     assert b'"error"' in data
+
+
+def test_every_role_answers_what_follows_an_upgrade(tmp_path: Path) -> None:
+    """The same on `edgeproxy serve` processes of every role (the origin too), where it was
+    found: two requests asking for an upgrade, each with one pipelined behind it."""
+    with process_stack(tmp_path) as nodes:
+        for role, node in nodes.items():
+            port = int(node.url.rsplit(":", 1)[1])
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+                sock.sendall((_request(b"/healthz", UPGRADE) + _request(b"/healthz")) * 2)
+                answers = read_answers(sock, ["GET"] * 4)
+            assert [a.status for a in answers] == [200] * 4, role
+            assert all(json.loads(a.body)["role"] == role for a in answers), role
