@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psycopg
 import pytest
 from PIL import Image
 
@@ -24,6 +25,7 @@ from edgeproxy.cache.transport import BeReq, Transport, transport_for
 from edgeproxy.client import MediaClient
 from edgeproxy.config import S3Config, load_config
 from edgeproxy.origin.auth import mint_token
+from edgeproxy.origin.db import _advisory_key
 from edgeproxy.s3 import S3Location, S3Settings
 from tests.foreign import ForeignOrigin
 from tests.objectstore import S3Endpoint, moto_s3
@@ -248,6 +250,17 @@ def test_replica_falls_back_to_the_primary_for_objects_not_yet_replicated(
     asyncio.run(scenario())
 
 
+def _advisory_lock_held(database: str, name: str) -> bool:
+    """Whether a session holds the origin's advisory lock on ``name`` (`Database.try_lock`):
+    pg_locks shows a bigint key as its high and low 32 bits."""
+    key = _advisory_key(name)
+    with psycopg.connect(database, autocommit=True) as conn:
+        row = conn.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND "
+                           "granted AND classid = %s AND objid = %s AND objsubid = 1",
+                           ((key >> 32) & 0xFFFFFFFF, key & 0xFFFFFFFF)).fetchone()
+    return row is not None and row[0] > 0
+
+
 def test_two_origins_never_write_one_upload_at_once(tmp_path: Path, s3: S3Endpoint,
                                                     pg: PostgresCluster) -> None:  # fmt: skip
     """Resumable uploads live in the bucket, so any origin may take the next request; the
@@ -269,7 +282,13 @@ def test_two_origins_never_write_one_upload_at_once(tmp_path: Path, s3: S3Endpoi
             first = pool.submit(a.put, ticket["upload_url"], slow_body(),
                                 headers={"Content-Length": str(len(blob))})
             assert started.wait(10)
-            time.sleep(0.2)  # the first body's bytes are being written under the lock
+            # the first body's bytes are being written under the lock: b comes once a holds
+            # it (a fixed 0.2 s was not always enough on a loaded machine: b got in first)
+            deadline = time.monotonic() + 10
+            while not _advisory_lock_held(env["EDGEPROXY_ORIGIN__DATABASE"],
+                                          f"upload:{ticket['media_id']}"):
+                assert time.monotonic() < deadline, "the first PUT never took the upload's lock"
+                time.sleep(0.02)
             r = b.put(ticket["upload_url"], blob)
             assert r.status_code == 409 and r.json()["error"] == "upload_in_progress"
             release.set()
