@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import errno
 import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -167,6 +168,7 @@ class SliceFill:
             self.written += len(data) - done
         held = self.hold_last and self.expected is not None and self.written >= self.expected
         self.visible = self.written - 1 if held else self.written
+        self.flight.moved = time.monotonic()
         if not self._told or self.visible - self._told >= WAKE_BYTES:
             self._notify()
         elif self._wake is None:
@@ -226,13 +228,20 @@ class SliceFill:
         self._progress.fire()
 
     async def wait_beyond(self, position: int, timeout: float) -> None:
-        """Wait until more than ``position`` bytes are visible, or the fill ended."""
-        if self.visible > position or self.done or self.error is not None:
-            return
-        try:
-            await self._progress.wait(timeout)
-        except TimeoutError:
-            raise UpstreamTimeout(f"no progress from upstream for {timeout:.0f}s") from None
+        """Wait until more than ``position`` bytes are visible, or the fill ended;
+        `UpstreamTimeout` once its flight has brought no byte for ``timeout`` seconds.
+
+        The flight's bytes, not this slice's: a flight writes its slices in order, and a
+        range far into an object that a slow origin sends whole waited for its own slice's
+        first byte, so it was answered 504, or cut after its head, while bytes kept coming
+        (found from outside: a video seek into a large cold object being filled)."""
+        began = time.monotonic()
+        while not (self.visible > position or self.done or self.error is not None):
+            quiet = time.monotonic() - max(self.flight.moved, began)
+            if quiet >= timeout:
+                raise UpstreamTimeout(f"no progress from upstream for {timeout:.0f}s")
+            with contextlib.suppress(TimeoutError):
+                await self._progress.wait(timeout - quiet)
 
     async def settled(self) -> None:
         """Wait until the fill is finished (its bytes vouched for) or failed.

@@ -67,6 +67,9 @@ class Flight:
     taken: asyncio.Future[None] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future())
     _progress: Signal = field(default_factory=Signal)
+    # (monotonic) when bytes last landed in any of its fills: a follower waits for the
+    # flight's progress, not only its own slice's (`SliceFill.wait_beyond`)
+    moved: float = 0.0
     followers: int = 0  # requests leading or following it now (`Tx.flight`)
     # called once it has ended and has no follower left (`Coalescer.keep`)
     on_idle: list[Callable[[], None]] = field(default_factory=list)

@@ -1,0 +1,66 @@
+"""A range that joins a whole-object fill far ahead of where the fill has got waits for the
+fill's progress, not its own slice's: it is answered once the bytes come, however long that
+takes, while they keep coming (`cache.fill_wait_timeout` is the longest wait for a fill's
+*next* bytes).
+
+A flight writes its slices in order, and a range far into an object that a slow origin sends
+whole waited for its own slice's first byte: after ``fill_wait_timeout`` it was answered 504,
+or cut after its head, though bytes arrived all along (found from outside; a video seek into
+a large cold object while another client fetches it whole).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from edgeproxy.cache import create_app
+from tests.chain import chain_config
+from tests.foreign import ForeignOrigin
+from tests.origins import pattern
+from tests.servers import ServerThread
+
+SLICE = 64 * 1024
+BODY = pattern(10 * SLICE + 123, seed=81)
+WAIT = 0.6  # fill_wait_timeout: shorter than the fill takes to reach the range's slice
+
+
+@pytest.fixture
+def edge(foreign: ForeignOrigin, tmp_path: Path) -> Iterator[str]:
+    config = chain_config(tmp_path / "edge", slice_size=SLICE, fill_wait_timeout=WAIT)
+    node = ServerThread(create_app(config, "edge", upstream=foreign.url)).start()
+    try:
+        yield node.url
+    finally:
+        node.stop()
+
+
+def test_a_range_far_ahead_of_a_slow_whole_fill_is_answered(
+        edge: str, foreign: ForeignOrigin) -> None:
+    # 64 KiB every 0.15 s: slice 8 is reached ~1.2 s in, twice the wait
+    foreign.route("/v/t1/slow", body=BODY, etag='"slow"', drip=0.15,
+                  headers=[("Cache-Control", "public, max-age=600")])
+    whole: list[httpx.Response] = []
+    leader = threading.Thread(target=lambda: whole.append(
+        httpx.get(edge + "/v/t1/slow", timeout=30)))
+    leader.start()
+    deadline = time.monotonic() + 5
+    while not foreign.count("/v/t1/slow"):  # the whole fill is under way
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    time.sleep(0.1)
+    first, last = 8 * SLICE + 10, 9 * SLICE + 20
+    started = time.monotonic()
+    r = httpx.get(edge + "/v/t1/slow", headers={"Range": f"bytes={first}-{last}"}, timeout=30)
+    waited = time.monotonic() - started
+    leader.join(30)
+    assert r.status_code == 206, (r.status_code, r.text[:200])
+    assert r.content == BODY[first:last + 1]
+    assert waited > WAIT  # (it did wait past the wait's length: for the fill, not a fetch)
+    assert foreign.count("/v/t1/slow") == 1  # one upstream request: the range joined the fill
+    assert whole and whole[0].content == BODY
