@@ -41,7 +41,7 @@ from .fastanswer import LANE, Sending, fast_lane_of, write_answer
 from .guard import FIELD_OVERHEAD, PROXIED_BYTES, PROXIED_FIELDS, head_cap, valid_host
 from .headholder import HeadHolder
 from .headtimeout import DeadlineHooks, HeadDeadline, send_refusal, timeout_error
-from .upgrades import UpgradeIgnored
+from .pipelining import PipelinedRequests
 from .zerocopy import ZEROCOPY, send_rest, socket_fd, unsent_bytes
 
 # A request line of the form RFC 9112 §3 gives (a method token, a target, an HTTP version)
@@ -53,7 +53,7 @@ class _Refused(Exception):
 
 
 # (uvicorn types `eof_received` as returning None; asyncio's protocol may return True)
-class GuardedHttpToolsProtocol(DeadlineHooks, UpgradeIgnored, HttpToolsProtocol):  # type: ignore[misc]
+class GuardedHttpToolsProtocol(DeadlineHooks, PipelinedRequests, HttpToolsProtocol):  # type: ignore[misc]
     """`HttpToolsProtocol` answering 431/414 as soon as a request head breaks ``limits``."""
 
     def __init__(self, *args: Any, limits: HTTPLimitsConfig, **kwargs: Any) -> None:
@@ -88,6 +88,7 @@ class GuardedHttpToolsProtocol(DeadlineHooks, UpgradeIgnored, HttpToolsProtocol)
         """Start the request's task when `edgeproxy.admission` gives it its turn (behind
         the request it follows, if any: `lead_key`)."""
         key = cycle.lead_key = lead_key(cycle.scope)  # (read again as its answer begins)
+        self.answering = cycle
         self.admission.start(partial(self._begin_task, cycle, app, key), key, cycle)
 
     def _begin_task(self, cycle: Any, app: Any, key: Any) -> None:
@@ -169,7 +170,7 @@ class GuardedHttpToolsProtocol(DeadlineHooks, UpgradeIgnored, HttpToolsProtocol)
         head the fast lane answered before, byte for byte: it is answered again without
         parsing (`edgeproxy.cache.replays`). A chunk that was exactly one request the lane
         answered from memory is kept for that."""
-        if self.refusal is not None or self.tunnel:  # (`UpgradeIgnored`)
+        if self.refusal is not None or self.tunnel:  # (`PipelinedRequests`)
             return
         boundary = self.in_head and not self.head_bytes and self.fast is not None \
             and not self.pipeline and (self.cycle is None or self.cycle.response_complete)
