@@ -90,6 +90,30 @@ def test_purge_one_and_prefix_across_tiers(chain: Chain) -> None:
     assert info.value.status == 422
 
 
+@pytest.mark.parametrize("spelling", ["/v/./t1/sp", "/v/t1/%73p", "/%76/t1/sp",
+                                      "/v/x/../t1/sp", "/v/t1/x/../sp"])
+def test_purge_finds_the_object_under_any_spelling_of_its_path(chain: Chain,
+                                                               spelling: str) -> None:
+    """Every spelling of a path is served from one stored object (its canonical path is the
+    key): a purge naming the object in any of them drops it, as a prefix does (they
+    answered ``{"purged": 0}`` and the object stayed; found from outside)."""
+    chain.origin.put("/v/t1/sp", pattern(700, seed=3))
+    nodes = [chain.edge.url, chain.shield.url]
+    httpx.get(chain.edge.url + "/v/t1/sp")
+    assert httpx.get(chain.edge.url + "/v/t1/sp").headers["x-cache"] == "HIT from edge"
+    assert adminclient.purge(nodes, TOKEN, paths=[spelling]) == {n: 1 for n in nodes}
+    assert httpx.get(chain.edge.url + "/v/t1/sp").headers["x-cache"].startswith("MISS from")
+    prefix = spelling.rsplit("/", 1)[0] + "/"
+    assert adminclient.purge(nodes, TOKEN, prefix=prefix) == {n: 1 for n in nodes}
+    assert httpx.get(chain.edge.url + "/v/t1/sp").headers["x-cache"].startswith("MISS from")
+
+
+def test_a_purge_path_with_no_canonical_form_is_400(chain: Chain) -> None:
+    r = httpx.post(chain.edge.url + "/_admin/purge", json={"paths": ["/v/t1/%zz"]},
+                   headers={"authorization": f"Bearer {TOKEN}"})
+    assert r.status_code == 400 and r.json()["error"] == "bad_target", r.text
+
+
 def test_warm_reports_progress_and_fills_the_cache(chain: Chain) -> None:
     paths = [f"/v/t1/w{i}" for i in range(6)]
     for p in paths:

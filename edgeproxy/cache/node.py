@@ -31,7 +31,7 @@ from .hot import HotTier, PurgeEpoch
 from .meta import ObjectMeta, whole_body_digest
 from .metrics import CONTENT_TYPE_LATEST, NodeMetrics
 from .replays import Replay
-from .req import Req, cache_key
+from .req import Req, target_key
 from .scrub import ObjectPass
 from .slicefiles import FilePiece
 from .store import CacheStore
@@ -339,10 +339,11 @@ class CacheNode:
             await direct.aclose()
 
     def invalidate(self, paths: list[str]) -> None:
-        """RFC 9111 §4.4: drop what is stored under these targets."""
+        """RFC 9111 §4.4: drop what is stored under these targets (a Location with no
+        canonical form names nothing stored)."""
         for target in paths:
-            path, _, query = target.partition("?")
-            self._purge_key(cache_key(path, query))
+            with contextlib.suppress(HTTPError):
+                self._purge_key(target_key(target))
 
     # --- admin ---
 
@@ -355,7 +356,7 @@ class CacheNode:
 
     def purge(self, path: str) -> int:
         """Drop one object (all its slices); fills in flight for it will not be stored."""
-        return self._purge_key(cache_key(*path.partition("?")[::2]))
+        return self._purge_key(target_key(path))
 
     def clear(self) -> None:
         """Empty this node's cache (disk and every worker's memory tier)."""
@@ -363,7 +364,8 @@ class CacheNode:
         self.store.clear()
 
     def purge_prefix(self, prefix: str) -> int:
-        """Drop every object whose key starts with ``prefix``."""
+        """Drop every object whose key starts with ``prefix`` (spelt as a request's)."""
+        prefix = target_key(prefix)
         self.coalescer.forget(lambda k: k.startswith(prefix))
         self.hot.purged()
         return self.store.purge_prefix(prefix)

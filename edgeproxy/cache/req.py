@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from urllib.parse import quote
 
 from ..http import RangeSpec, combine_fields, parse_range
 from ..signing import signature_params
@@ -11,6 +12,8 @@ from .types import RawHeaders, Scope
 
 # Parameters of signed download URLs: one cached copy serves every signature of a URL.
 _SIGNATURE_PARAMS = frozenset(signature_params())
+# What a path may carry unescaped (RFC 3986 pchar, '/'), and '%' so that escapes stay.
+_PATH_SAFE = "/%:@!$&'()*+,;="
 
 
 @dataclass(slots=True)
@@ -73,3 +76,13 @@ def cache_key(path: str, query: str) -> str:
         return path
     kept = [p for p in query.split("&") if p.partition("=")[0] not in _SIGNATURE_PARAMS]
     return f"{path}?{'&'.join(kept)}" if kept else path
+
+
+def target_key(target: str) -> str:
+    """The cache key of a target given as text (an admin call's path or prefix, a Location
+    field): canonical as a request's path (`canonical_path`), any other character
+    percent-encoded as a client sends it. A purge of ``/v/./t1/x`` or ``/v/t1/%78`` used
+    to miss the object every spelling of it is served from (found from outside).
+    `HTTPError` 400 ``bad_target`` when it has no canonical form."""
+    path, _, query = target.partition("?")
+    return cache_key(canonical_path(quote(path, safe=_PATH_SAFE).encode("ascii")), query)
