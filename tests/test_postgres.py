@@ -188,6 +188,17 @@ def test_a_database_gone_answers_503_with_retry_after_not_500(tmp_path: Path) ->
                                        "file_sha256": "ab" * 32})
             assert confirm.status_code == 503, confirm.text
             assert confirm.json()["error"] == "database_unavailable"
+            # the scrape still works, less the database's totals (it was a 503: every
+            # counter dark, the node seen down, while it answered clean 503s; found from
+            # outside), and readiness says why without naming the driver's error class
+            metrics = httpx.get(url + "/metrics", timeout=30)
+            assert metrics.status_code == 200, metrics.text
+            assert 'edgeproxy_origin_uploads_total{result="created"} 1.0' in metrics.text
+            assert not any(line.startswith("edgeproxy_origin_stored_blobs ")
+                           for line in metrics.text.splitlines())  # (its help line stays)
+            ready = httpx.get(url + "/readyz", timeout=30)
+            assert ready.status_code == 503
+            assert "Error" not in ready.json()["message"], ready.text
         finally:
             proc.terminate()
             proc.wait(timeout=10)

@@ -109,7 +109,13 @@ class OriginCore:
         # Tiers go by age, as the sweeper (local) or the lifecycle rule (s3) applies them.
         tiered = self.direct is not None or isinstance(self.store, TieredLocalBlobStore)
         cold_before = self.clock() - self.config.storage.cold_after if tiered else None
-        stats = self._records.stats(cold_before)
+        try:
+            stats = self._records.stats(cold_before)
+        except sqlalchemy.exc.DBAPIError as exc:
+            # The scrape goes on without the database's totals, as before it first opened:
+            # a 503 made every counter dark, and the node look down, for the outage.
+            log.warning("metrics: the database's totals left out: %s", exc)
+            return None
         stats["replication_lag_seconds"] = int(self.replicator.lag(self.clock()))
         return stats
 
@@ -255,7 +261,7 @@ class OriginCore:
             return f"the database did not answer within {READY_TIMEOUT:g} s"
         except Exception as exc:  # any driver error: the answer is the same
             log.warning("readiness: the database fails: %s", exc)
-            return f"the database fails: {type(exc).__name__}"
+            return "the database fails (the origin's log says how)"
         return None
 
     async def db(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
