@@ -383,3 +383,31 @@ def test_two_origins_confirming_one_upload_answer_the_same_200(
             assert second.status_code == 200, second.text
             assert second.json() == answer.json()
             assert b.http.get(f"/v/t1/{sha(blob)}").content == blob
+
+
+def test_a_bucket_gone_is_the_stores_failure_not_a_missing_blob(tmp_path: Path,
+                                                                s3: S3Endpoint) -> None:
+    """S3 answers a HEAD of a deleted (or misnamed) bucket with a bare 404, as for a missing
+    key: a committed blob was said missing (404, which edges remember) and a fully uploaded
+    one not begun (found from outside). The bucket is asked after: a 502, as for any other
+    failure of the store; a key really missing is still 404."""
+    bucket = s3.new_bucket()
+    env = {**s3.env(), "EDGEPROXY_ORIGIN__STORE": f"s3://{bucket}/m"}
+    blob = make_blob(8)
+    with run_origin(tmp_path / "o", env=env) as origin:
+        ticket = origin.request(blob, upload_method="resumable")
+        assert origin.put(ticket["upload_url"], blob).status_code == 200
+        done = origin.confirm(ticket["media_id"], sha(blob))
+        assert done.status_code == 200, done.text
+        path = httpx.URL(done.json()["media_url"]).path
+        assert origin.http.get(path).content == blob
+        missing = origin.http.get("/v/t1/" + "2" * 64)
+        assert missing.status_code == 404  # (not committed: the database says so)
+        client = s3.client()
+        for key in s3.keys(bucket):
+            client.delete_object(Bucket=bucket, Key=key)
+        client.delete_bucket(Bucket=bucket)
+        for method in ("GET", "HEAD"):
+            r = origin.http.request(method, path)
+            assert r.status_code == 502, (method, r.status_code, r.text)
+        assert origin.http.get(path).json()["error"] == "bad_gateway"

@@ -92,10 +92,23 @@ class S3BlobStore:
         try:
             head: dict[str, Any] = await self._call("head_object", Key=key)
         except ClientError as exc:
-            if _missing(exc):
-                return None
-            raise
+            if not _missing(exc):
+                raise
+            if exc.response.get("Error", {}).get("Code") == "404" \
+                    and not await self._bucket_there():
+                # A HEAD's 404 has no body to name its error: a bucket gone (deleted,
+                # misnamed) answered so too, and a committed blob was said missing (404,
+                # remembered by edges) and a whole upload not begun (found from outside).
+                raise
+            return None
         return head
+
+    async def _bucket_there(self) -> bool:
+        try:
+            await self._call("head_bucket")
+        except ClientError:
+            return False
+        return True
 
     # --- BlobStore ---------------------------------------------------------------------------
 
