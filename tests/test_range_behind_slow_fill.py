@@ -27,7 +27,7 @@ from tests.servers import ServerThread
 
 SLICE = 64 * 1024
 BODY = pattern(10 * SLICE + 123, seed=81)
-WAIT = 0.6  # fill_wait_timeout: shorter than the fill takes to reach the range's slice
+WAIT = 1.0  # fill_wait_timeout: shorter than the fill takes to reach the range's slice
 
 
 @pytest.fixture
@@ -42,8 +42,8 @@ def edge(foreign: ForeignOrigin, tmp_path: Path) -> Iterator[str]:
 
 def test_a_range_far_ahead_of_a_slow_whole_fill_is_answered(
         edge: str, foreign: ForeignOrigin) -> None:
-    # 64 KiB every 0.15 s: slice 8 is reached ~1.2 s in, twice the wait
-    foreign.route("/v/t1/slow", body=BODY, etag='"slow"', drip=0.15,
+    # 64 KiB every 0.3 s: slice 8 is reached ~2.4 s in, past the wait (a third of it apart)
+    foreign.route("/v/t1/slow", body=BODY, etag='"slow"', drip=0.3,
                   headers=[("Cache-Control", "public, max-age=600")])
     whole: list[httpx.Response] = []
     leader = threading.Thread(target=lambda: whole.append(
