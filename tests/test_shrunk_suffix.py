@@ -38,3 +38,28 @@ def test_a_suffix_of_an_object_that_shrank_is_its_new_tail(tmp_path: Path) -> No
             assert r.status_code == 200 and r.content == new
         finally:
             chain.stop()
+
+
+def test_a_range_past_the_new_end_of_an_object_that_shrank_is_416(tmp_path: Path) -> None:
+    """The same object, a range that starts past the new end: its revalidating fill gets a
+    416 inside the stored length, which drops the stored copy (`facts.contradiction`); looked
+    up anew, the answer is 416 with the new length, then the new object whole."""
+    origin = TestOrigin()
+    old, new = pattern(201_073, seed=3), pattern(126_977, seed=4)
+    origin.put("/g", old, headers={"cache-control": "max-age=1"})
+    with serve(origin) as o:
+        chain = Chain(o.url, tmp_path, slice_size=SLICE, memory_size=0).start()
+        try:
+            assert chain.get("/g").content == old
+            time.sleep(1.2)  # expired at both tiers
+            origin.put("/g", new, headers={"cache-control": "max-age=1"})
+            r = chain.get("/g", headers={"range": "bytes=150000-150099"})
+            assert r.status_code == 416, (r.status_code, r.text[:200])
+            assert r.headers["content-range"] == f"bytes */{len(new)}"
+            assert r.json()["error"] == "range_not_satisfiable"
+            r = chain.get("/g", headers={"range": "bytes=100000-100099"})
+            assert (r.status_code, r.content) == (206, new[100000:100100])
+            r = chain.get("/g")
+            assert r.status_code == 200 and r.content == new
+        finally:
+            chain.stop()

@@ -293,7 +293,8 @@ async def fetch(node: CacheNode, tx: Tx) -> Step:
         beresp = await shared(flight.headers, node.wait_timeout)
     except TimeoutError:
         raise UpstreamTimeout(f"no answer from upstream in {node.wait_timeout:.0f}s") from None
-    except FactsContradicted:  # (a 304 of another representation: the copy was dropped)
+    except FactsContradicted:  # (a 304 of another representation, a 416 inside the stored
+        # length or another length: `facts.contradiction`; the copy was dropped)
         if tx.stale is None or tx.tries >= LOOKUP_TRIES:
             raise
         tx.stale, tx.flight, tx.led, tx.tries = None, None, False, tx.tries + 1
