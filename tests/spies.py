@@ -3,8 +3,10 @@ calls, the fast lane's answers, and compare a lane answer with the steps' one.""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -31,6 +33,23 @@ def until_stored(client: httpx.Client, path: str, length: int) -> None:
             if time.monotonic() > deadline:
                 raise AssertionError(f"byte {byte} of {path} never stored")
             time.sleep(0.05)
+
+
+def stored_file(var: Path, data: bytes) -> Path:
+    """The one slice file under ``var`` holding ``data``, once the node's group commit has
+    moved it into place: until then it waits in the fills folder (a few milliseconds; more,
+    for a slice between the first and the last, on a loaded machine)."""
+    deadline = time.monotonic() + 5
+    while True:
+        found = []
+        for path in var.rglob("*.val"):
+            with contextlib.suppress(FileNotFoundError):  # (evicted or replaced meanwhile)
+                if path.stat().st_size == len(data) and path.read_bytes() == data:
+                    found.append(path)
+        if found or time.monotonic() > deadline:
+            (path,) = found
+            return path
+        time.sleep(0.01)
 
 
 def assert_same_hits(lane: httpx.Response, steps: httpx.Response, body: bytes) -> None:

@@ -27,6 +27,7 @@ from edgeproxy.server import node_app
 from tests.chain import edge_config
 from tests.origins import TestOrigin
 from tests.servers import ServerThread, serve
+from tests.spies import stored_file
 
 BODY = bytes(range(256)) * 20  # 5,120 bytes
 MIB = 1024 * 1024
@@ -77,19 +78,6 @@ def _hits(url: str) -> float:
     text = httpx.get(url + "/metrics").text
     found = re.findall(r'^edgeproxy_requests_total\{[^}]*result="HIT"[^}]*\} (\S+)$', text, re.M)
     return sum(float(v) for v in found)
-
-
-def _stored_file(tmp_path: Path, data: bytes) -> Path:
-    """The one slice file holding ``data``, once the node's group commit has moved it into
-    place (until then it waits in the fills folder, a few milliseconds)."""
-    deadline = time.monotonic() + 5
-    while True:
-        found = [p for p in (tmp_path / "var").rglob("*.val")
-                 if p.stat().st_size == len(data) and p.read_bytes() == data]
-        if found or time.monotonic() > deadline:
-            (path,) = found
-            return path
-        time.sleep(0.01)
 
 
 def test_a_hot_hit_is_byte_exact_with_the_fields_of_the_app_path(
@@ -307,7 +295,7 @@ def test_a_flipped_stored_slice_is_not_read_by_the_fast_lane(
         client.get("/static/large.bin")
         client.get("/static/large.bin", headers={"range": inside})  # facts remembered
         slice1 = LARGE[MIB:2 * MIB]
-        path = _stored_file(tmp_path, slice1)
+        path = stored_file(tmp_path / "var", slice1)
         with path.open("r+b") as f:  # one bit of byte 150 of slice 1
             f.seek(150)
             byte = f.read(1)[0]
@@ -355,7 +343,7 @@ def test_a_whole_content_addressed_object_from_its_stored_slice(
         whole = client.get(CA_PATH)
         assert served == [200] and whole.content == CA_BODY
         assert whole.headers["content-digest"] == digest  # as the steps send it
-        path = _stored_file(tmp_path, CA_BODY)
+        path = stored_file(tmp_path / "var", CA_BODY)
         with path.open("r+b") as f:  # one bit of byte 7
             f.seek(7)
             byte = f.read(1)[0]
@@ -375,7 +363,7 @@ def test_a_slice_ranges_ask_for_again_is_kept_in_memory(
         for _ in range(2):  # read from disk twice: the second read keeps the slice
             r = client.get("/static/large.bin", headers={"range": inside})
             assert r.content == LARGE[MIB + 100:MIB + 65_636]
-        path = _stored_file(tmp_path, LARGE[MIB:2 * MIB])
+        path = stored_file(tmp_path / "var", LARGE[MIB:2 * MIB])
         with path.open("r+b") as f:  # decay on disk after the checked copy was kept
             f.seek(5000)
             f.write(bytes([LARGE[MIB + 5000] ^ 1]))
@@ -613,7 +601,7 @@ def test_a_flipped_later_slice_keeps_a_whole_object_off_the_fast_lane(
     served = _counting(monkeypatch)
     with httpx.Client(base_url=edge.url) as client:
         assert client.get("/static/large.bin").content == LARGE
-        path = _stored_file(tmp_path, LARGE[MIB:2 * MIB])  # slice 1 (slice 2 is inline)
+        path = stored_file(tmp_path / "var", LARGE[MIB:2 * MIB])  # slice 1 (slice 2 is inline)
         with path.open("r+b") as f:  # one bit of its byte 1000
             f.seek(1000)
             byte = f.read(1)[0]

@@ -19,7 +19,7 @@ from edgeproxy.cache.slicefiles import FilePiece
 from tests.chain import edge_config, serve_edge
 from tests.origins import TestOrigin
 from tests.servers import ServerThread, serve
-from tests.spies import count_sendfiles, lane_answers, until_stored, wait_stored
+from tests.spies import count_sendfiles, lane_answers, stored_file, until_stored, wait_stored
 
 MIB = 1024 * 1024
 LARGE = hashlib.shake_256(b"zerocopy").digest(3 * MIB + 4321)  # four 1 MiB slices
@@ -178,8 +178,7 @@ def test_a_slice_changed_on_disk_is_never_sent_complete(edge: ServerThread,
                                                         tmp_path: Path) -> None:
     with httpx.Client(base_url=edge.url) as client:
         _stored(client)
-        files = sorted((tmp_path / "var").rglob("*.val"), key=lambda p: p.stat().st_size)
-        second = next(p for p in files if p.read_bytes() == LARGE[MIB:2 * MIB])
+        second = stored_file(tmp_path / "var", LARGE[MIB:2 * MIB])
         data = bytearray(second.read_bytes())
         data[1000] ^= 0xFF
         second.write_bytes(bytes(data))
