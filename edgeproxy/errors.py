@@ -62,6 +62,12 @@ class FillLost(FillAborted):
     whose head is not out looks up again), its answer intact."""
 
 
+class AnswerCut(EdgeProxyError):
+    """An answer broke off after its status line went out, and why is logged already: raised
+    so that the server aborts the connection, the one way a client learns the body is short
+    (the server then logs no traceback for it: `edgeproxy.server.AnsweredFailures`)."""
+
+
 class StorageFault(EdgeProxyError):
     """The cache's disk or index failed (full disk, I/O error, a broken SQLite file): the
     request goes on without storing, as a pass-through."""

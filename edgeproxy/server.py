@@ -28,7 +28,7 @@ from typing import Any
 from . import gcsettle, workermetrics
 from .accesslog import AccessLog, Sink
 from .config import Config, load_config
-from .errors import ConfigError, HTTPError
+from .errors import AnswerCut, ConfigError, HTTPError
 from .guard import RequestGuard, uvicorn_http_options
 from .lifecycle import Lifecycle
 from .tls import server_options
@@ -124,12 +124,12 @@ class AnsweredFailures(logging.Filter):
 
     Past the status line, an upstream failure can only abort the connection, and the way an
     ASGI app asks for that is to raise; the cache's boundary logs it as one warning line
-    first (`edgeproxy.cache.boundary`), and a traceback for every truncated upstream transfer
-    would bury the log."""
+    first (`edgeproxy.cache.boundary`; the origin's store reads: `AnswerCut`), and a traceback
+    for every truncated transfer would bury the log."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
-        return not (isinstance(exc, HTTPError) and record.getMessage().startswith(
+        return not (isinstance(exc, HTTPError | AnswerCut) and record.getMessage().startswith(
             "Exception in ASGI application"))
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import logging
 from collections.abc import AsyncIterator
 from contextlib import aclosing
 from typing import Any
@@ -20,7 +21,7 @@ from typing import Any
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response, StreamingResponse
 
-from ..errors import HTTPError
+from ..errors import AnswerCut, HTTPError
 from ..http import (
     RangeNotSatisfiable,
     combine_fields,
@@ -31,7 +32,11 @@ from ..http import (
     precondition_failed,
     resolve_ranges,
 )
+from ..quietlog import QuietLog
 from .blobstore import SHA256_HEX, BlobStore
+
+# A store whose reads keep failing fails every transfer: the log says so once a minute.
+_cut_log = QuietLog(logging.getLogger("edgeproxy.origin"))
 
 
 class Body:
@@ -183,4 +188,21 @@ async def serve_blob(
         return Response(status_code=status, headers=headers)
     if status == 206:
         headers["Content-Digest"] = await content_digest(store, sha, start, length)
-    return StreamingResponse(store.open(sha, start, length), status_code=status, headers=headers)
+    return StreamingResponse(_cut_quietly(store.open(sha, start, length), sha),
+                             status_code=status, headers=headers)
+
+
+async def _cut_quietly(chunks: AsyncIterator[bytes], sha: str) -> AsyncIterator[bytes]:
+    """``chunks`` of blob ``sha`` as an answer's body. A read that fails midway (the object
+    store's connection cut, a disk's I/O error) is past the status line: one warning line and
+    an aborted connection (`AnswerCut`), not a traceback per cut transfer in the log."""
+    sent = 0
+    try:
+        async for chunk in chunks:
+            sent += len(chunk)
+            yield chunk
+    except Exception as exc:
+        _cut_log.log(logging.WARNING, "blob_read_cut", "reading blob %s from the store broke "
+                     "off after %d bytes (%s: %s): the answer was cut short", sha, sent,
+                     type(exc).__name__, exc)
+        raise AnswerCut(f"blob {sha} broke off after {sent} bytes") from exc
