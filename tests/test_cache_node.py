@@ -201,8 +201,11 @@ def test_head_conditional_and_multipart(chain: Chain) -> None:
     assert httpx.get(chain.edge.url + "/v/t1/h", headers={"range": "bytes=9-1"}).status_code == 200
     r = httpx.get(chain.edge.url + "/v/t1/h", headers={"range": "bytes=0-9", "if-range": '"x"'})
     assert r.status_code == 200 and len(r.content) == len(body)
-    r = httpx.head(chain.edge.url + "/v/t1/h", headers={"range": "bytes=10-19"})
-    assert r.status_code == 206 and r.headers["content-length"] == "10"
+    # RFC 9110 §14.2: Range is defined for GET only; a HEAD's is ignored (miss and hit)
+    for _ in range(2):
+        r = httpx.head(chain.edge.url + "/v/t1/h", headers={"range": "bytes=10-19"})
+        assert r.status_code == 200 and r.headers["content-length"] == str(len(body))
+        assert "content-range" not in r.headers
 
 
 def test_range_field_lines_are_one_value(chain: Chain) -> None:

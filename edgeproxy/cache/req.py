@@ -37,8 +37,9 @@ class Req:
         raw_headers: RawHeaders = scope["headers"]
         headers = combine_fields((n.decode("latin-1"), v.decode("latin-1")) for n, v in raw_headers)
         method = scope["method"]
-        # HEAD mirrors the GET it stands for (RFC 9110 §9.3.2), ranges included
-        ranges = parse_range(headers.get("range")) if method in ("GET", "HEAD") else None
+        # RFC 9110 §14.2: range handling is defined for GET only, and a server MUST ignore
+        # Range with any other method: a HEAD has the whole representation's fields (§9.3.2)
+        ranges = parse_range(headers.get("range")) if method == "GET" else None
         return cls(method, path, query, raw_headers, headers, cache_key(path, query), ranges)
 
     @property

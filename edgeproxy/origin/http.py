@@ -168,8 +168,10 @@ async def serve_blob(
         return Response(status_code=304, headers=headers)
     headers["Content-Type"] = content_type
     start, length, status = 0, info.size, 200
-    # several Range lines are one value (RFC 9110 §5.3): two `bytes=` lines are invalid
-    specs = parse_range(", ".join(request.headers.getlist("range")) or None)
+    # several Range lines are one value (RFC 9110 §5.3): two `bytes=` lines are invalid; and
+    # Range is defined for GET only (§14.2): a HEAD's is ignored
+    specs = parse_range(", ".join(request.headers.getlist("range")) or None) \
+        if request.method == "GET" else None
     if_range = request.headers.get("if-range")
     # If-Range: only honour Range for the representation the client already has.
     if specs and (if_range is None or if_range.strip() in (etag, headers["Last-Modified"])):
