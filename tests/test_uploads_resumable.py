@@ -251,6 +251,11 @@ def test_tus_discovery_and_creation(origin: Origin) -> None:
         ({"Upload-Metadata": "sha256 " + base64.b64encode(b"a" * 64).decode()}, 400,
          "bad_request"),
         ({"Upload-Metadata": "filetype !!!"}, 400, "bad_metadata"),
+        # tus 1.0.0 Upload-Metadata: "All keys MUST be unique" (the last one won, over a
+        # refused type given first)
+        ({"Upload-Metadata": "filetype " + base64.b64encode(b"application/x-sh").decode()
+          + ",sha256 " + base64.b64encode(b"a" * 64).decode()
+          + ",filetype " + base64.b64encode(b"video/mp4").decode()}, 400, "bad_metadata"),
         ({"Upload-Metadata": "filetype " + base64.b64encode(b"application/x-sh").decode()
           + ",sha256 " + base64.b64encode(b"a" * 64).decode()}, 415, "unsupported_media_type"),
         ({"Upload-Metadata": "filetype " + base64.b64encode(b"video/mp4").decode()

@@ -69,6 +69,10 @@ def parse_metadata(header: str | None) -> dict[str, str]:
         if not item.strip():
             continue
         key, _, encoded = item.strip().partition(" ")
+        if key in result:  # (tus 1.0.0: "All keys MUST be unique"; the last one won before,
+            # over a refused type given first)
+            raise HTTPError(400, "bad_metadata", f"Upload-Metadata names {key!r} twice",
+                            field=key)
         try:
             value = base64.b64decode(encoded.strip(), validate=True).decode("utf-8")
         except (binascii.Error, ValueError):
