@@ -262,6 +262,17 @@ def test_only_if_cached(value: str | None, expected: bool) -> None:
     assert policy.only_if_cached(value) is expected
 
 
+@pytest.mark.parametrize(("value", "expected"), [
+    ("no-store", True),  # RFC 9111 §5.2.1.5
+    ("max-age=0, No-Store", True),  # §5.2: directive names are case-insensitive
+    ('foo="no-store"', False),  # an argument, not the directive
+    ("no-cache", False),
+    (None, False),
+])
+def test_request_no_store(value: str | None, expected: bool) -> None:
+    assert policy.request_no_store(value) is expected
+
+
 @pytest.mark.parametrize(("start", "end", "length", "expected"), [
     # RFC 9110 §15.3.7: a 206 may carry fewer bytes than asked; slices of 100 bytes
     (0, 250, 1000, 1),      # slices 0 and 1 whole, slice 2 in part: kept only whole ones

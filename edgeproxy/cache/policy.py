@@ -57,6 +57,12 @@ def only_if_cached(request_cache_control: str | None) -> bool:
     return "only-if-cached" in parse_cache_control(request_cache_control)
 
 
+def request_no_store(request_cache_control: str | None) -> bool:
+    """RFC 9111 §5.2.1.5: nothing of this request or of any answer to it may be stored; it
+    is answered as any other, from what is stored or by upstream."""
+    return "no-store" in parse_cache_control(request_cache_control)
+
+
 @functools.lru_cache(maxsize=1024)  # a few distinct values answer most misses
 def _parse_cache_control(value: str) -> Mapping[str, str | None]:
     directives: dict[str, str | None] = {}
