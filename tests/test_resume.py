@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from edgeproxy.cache import resume
+from edgeproxy.cache import facts, resume
 from edgeproxy.cache.beresp import BeResp
 from edgeproxy.cache.flight import Flight, FlightSpec
 from edgeproxy.errors import UpstreamProtocolError
@@ -69,6 +69,19 @@ async def flight(fills: dict[int, Any], version: str | None = '"a"') -> Flight:
 async def test_rest(answer: BeResp, received: int, fills: dict[int, Any], version: str,
                     want: tuple[int, int] | None) -> None:
     assert resume.rest(await flight(fills, version), answer, received, SIZE) == want
+
+
+@pytest.mark.parametrize(("values", "want"), [
+    (("de",), (300, 999)),  # the variant the flight fills: its rest
+    (("fr",), None),  # another variant's version: not this flight's to continue
+])
+async def test_rest_of_a_varying_object(values: tuple[str, ...],
+                                        want: tuple[int, int] | None) -> None:
+    """A varying object's flight fills its variant's version (`facts.variant_version`),
+    never equal to its answers' own: the rest was never asked for, every range cut short."""
+    f = await flight({0: fill()}, facts.variant_version('"a"', ("accept-language",), ("de",)))
+    f.meta = SimpleNamespace(vary=("accept-language",), vary_values=values)
+    assert resume.rest(f, beresp(), 300, SIZE) == want
 
 
 def test_bereq_asks_for_the_span_if_the_representation_is_the_same() -> None:

@@ -36,6 +36,13 @@ def hash_values(values: tuple[str, ...] | None) -> str:
     return hashlib.blake2b(joined.encode(), digest_size=8).hexdigest()
 
 
+def variant_version(version: str, vary: tuple[str, ...],
+                    vary_values: tuple[str, ...] | None) -> str:
+    """The version an answer of ``version`` is stored under: a varying object's names its
+    variant too, so that variants of one key never share slices, whatever their validators."""
+    return f"{version}|{hash_values(vary_values)}" if vary else version
+
+
 class FactsContradicted(UpstreamProtocolError):
     """An answer contradicts the stored facts of its own representation (same validator,
     another complete length): the node drops the object, and the next request fetches it."""
@@ -184,9 +191,7 @@ class Facts:
             freshness=self.freshness(cls, status, beresp,
                                      hmap if hmap is not None else beresp.header_map),
             content_class=cls.name if cls else policy.DEFAULT_CLASS,
-            # variants of one key must never share slices, whatever their validators
-            version=beresp.version if not vary else
-            f"{beresp.version}|{hash_values(vary_values)}",
+            version=variant_version(beresp.version, vary, vary_values),
             slice_size=self.config.cache.slice_size, upstream_cache=beresp.x_cache,
             vary=vary, vary_values=vary_values,
         )

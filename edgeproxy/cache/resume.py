@@ -15,7 +15,7 @@ import hashlib
 from ..errors import UpstreamProtocolError
 from . import policy
 from .beresp import BeResp
-from .facts import FactsContradicted, contradiction
+from .facts import FactsContradicted, contradiction, variant_version
 from .flight import Flight, FlightSpec
 from .transport import BeReq
 
@@ -28,9 +28,13 @@ def rest(flight: Flight, beresp: BeResp, received: int, size: int) -> tuple[int,
     """The bytes (first, last) the flight still needs after ``beresp``'s body ended, when
     it was a 206 that carried all it said and a validator ties a next answer to it; None
     when nothing is missing, or nothing may be asked for."""
+    meta = flight.meta
+    # (a varying object's flight fills its variant's version: compared with the answer's own,
+    # never equal, no rest was asked for and every range was cut after its head)
+    version = beresp.version if meta is None else \
+        variant_version(beresp.version, meta.vary, meta.vary_values)
     if beresp.status != 206 or beresp.length is None or received != beresp.body_length \
-            or beresp.if_range is None or flight.version is None \
-            or flight.version != beresp.version:
+            or beresp.if_range is None or flight.version is None or flight.version != version:
         return None
     open_fills = [i for i, f in flight.fills.items() if not f.done and f.error is None]
     if not open_fills:
