@@ -6,6 +6,7 @@ import pytest
 
 from edgeproxy.cache import fields
 from edgeproxy.cache.verdict import Verdict, x_cache
+from edgeproxy.http import parse_range
 
 
 def _raw(*pairs: tuple[str, str]) -> list[tuple[bytes, bytes]]:
@@ -211,3 +212,22 @@ def test_a_304_updates_the_stored_response_its_validators_select(
         stored_etag: str | None, stored_lm: str | None, etag: str | None, lm: str | None,
         updates: bool) -> None:
     assert fields.updates_stored(stored_etag, stored_lm, etag, lm) is updates
+
+
+@pytest.mark.parametrize(("value", "start", "body", "length", "expected"), [
+    # RFC 9110 §15.3.7: a 206 may carry fewer bytes than asked (an origin capping ranges)
+    ("bytes=3965-", 0, 32768, 65536, False),  # bytes 0-32767 of 65536 for 3965-65535
+    ("bytes=3965-", 0, 65536, 65536, True),
+    ("bytes=3965-9999", 0, 32768, 65536, True),
+    ("bytes=40000-40010", 0, 32768, 65536, False),
+    ("bytes=0-9,40000-40010", 0, 32768, 65536, False),  # every range must be held
+    ("bytes=0-9,100-109", 0, 32768, 65536, True),
+    ("bytes=-100", 0, 32768, 65536, False),  # a suffix: the last 100 bytes
+    ("bytes=70000-", 0, 32768, 65536, True),  # unsatisfiable: a 416 from the length alone
+    (None, 0, 65536, 65536, True),  # the whole, held whole
+    (None, 0, 32768, 65536, False),
+    ("bytes=0-9", 0, 10, None, False),  # no complete length: nothing to tell by
+])
+def test_holds_ranges(value: str | None, start: int, body: int, length: int | None,
+                      expected: bool) -> None:
+    assert fields.holds_ranges(parse_range(value), start, body, length) is expected

@@ -866,6 +866,26 @@ def test_an_origin_that_caps_ranges_of_a_varying_object_is_asked_for_the_rest(
     assert foreign.count("/capv") == before  # the second round was all hits
 
 
+@pytest.mark.parametrize("cache_control", ["no-store", "private"])
+def test_an_origin_that_caps_ranges_of_an_unstored_object_is_relayed_whole_ranges(
+        foreign: ForeignOrigin, foreign_chain: Chain, cache_control: str) -> None:
+    """A capping origin's object that is not stored: the flight asks from its slice's start,
+    and the origin's 206 ends before the client's range does. It was announced with the
+    client's range and cut where the upstream's ended, every time (found from outside); the
+    client's own request is relayed instead, and whatever the 206 holds says so itself."""
+    body = pattern(65536, seed=15)
+    foreign.route("/capu", body=body, headers=[("Cache-Control", cache_control)],
+                  range_cap=32768, etag='"u1"')
+    for value in ("bytes=3965-", "bytes=40000-", "bytes=100-199"):
+        r = foreign_chain.get("/capu", headers={"Range": value})
+        assert r.status_code == 206, (value, r.status_code, r.text[:200])
+        first, _, rest = r.headers["content-range"].removeprefix("bytes ").partition("-")
+        last, _, total = rest.partition("/")
+        assert total == str(len(body)) and first == value[6:].split("-")[0], r.headers
+        assert r.content == body[int(first):int(last) + 1]
+        assert int(r.headers["content-length"]) == len(r.content)
+
+
 def test_an_origin_that_caps_ranges_and_sends_no_validator_is_asked_for_the_whole(
         foreign: ForeignOrigin, foreign_chain: Chain) -> None:
     """The same capped origin without ETag or Last-Modified: the part it sends of a slice can

@@ -10,7 +10,15 @@ from collections.abc import Iterable, Mapping
 from typing import Literal
 from urllib.parse import urlsplit
 
-from ..http import digest_field, etag_matches, http_date, split_list
+from ..http import (
+    RangeNotSatisfiable,
+    RangeSpec,
+    digest_field,
+    etag_matches,
+    http_date,
+    resolve_ranges,
+    split_list,
+)
 from .types import RawHeaders
 
 # RFC 9110 §7.6.1: hop-by-hop fields a proxy must not forward.
@@ -255,3 +263,21 @@ def content_digest(content: tuple[int, int] | None, length: int | None,
     if representation_sha256 is not None and length is not None and content == (0, length - 1):
         return digest_field(representation_sha256)
     return None
+
+
+def holds_ranges(specs: list[RangeSpec] | None, body_start: int, body_length: int | None,
+                 length: int | None) -> bool:
+    """Whether a 206 of bytes ``body_start`` on (``body_length`` of them, of ``length``)
+    holds every byte a client asked for (``specs``; None: the whole). An upstream may send
+    fewer bytes than asked (RFC 9110 §15.3.7), and an answer relayed unstored was announced
+    with the client's range and cut where the upstream's ended."""
+    if length is None or body_length is None:
+        return False
+    end = body_start + body_length
+    if not specs:
+        return body_start == 0 and end >= length
+    try:
+        ranges = resolve_ranges(specs, length)
+    except RangeNotSatisfiable:
+        return True  # (answered 416 from the length alone)
+    return all(body_start <= r.start and r.end < end for r in ranges)

@@ -319,8 +319,13 @@ async def fetch(node: CacheNode, tx: Tx) -> Step:
         return pass_  # not ours to share (private, another variant, Vary: *): our own
     if flight.direct is not None and tx.led:
         tx.take_direct(flight, beresp.body_start)
-        if beresp.status == 206 and flight.meta.if_range_fails(req.headers.get("if-range")):
-            await node.drop_direct(tx)  # an unstored range is no whole (§13.1.5): relayed
+        if beresp.status == 206 and (flight.meta.if_range_fails(req.headers.get("if-range"))
+                                     or not fields.holds_ranges(req.ranges, beresp.body_start,
+                                                                beresp.body_length,
+                                                                beresp.length)):
+            # an unstored range is no whole (§13.1.5), nor one of fewer bytes than the
+            # client's (§15.3.7, an origin that caps ranges): the client's request, relayed
+            await node.drop_direct(tx)
             return pass_
     if beresp.status >= 500 and tx.stale is not None and \
             tx.stale.freshness.may_serve_stale_on_error(time.time()):
