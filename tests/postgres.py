@@ -11,13 +11,15 @@ import glob
 import os
 import secrets
 import shutil
+import signal
 import subprocess
 import tempfile
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
 import psycopg
 
 from tests.servers import free_port
@@ -43,6 +45,23 @@ class PostgresCluster:
     port: int
     user: str
     stop: Callable[[], None]  # stops the server at once (a database gone)
+    data: Path | None = None  # the cluster's directory
+
+    @contextmanager
+    def frozen(self) -> Iterator[None]:
+        """Every server process stopped (SIGSTOP) for the block, then resumed: a server that
+        hangs, or a host cut off, with its connections open (nothing is refused)."""
+        assert self.data is not None
+        postmaster = psutil.Process(int((self.data / "postmaster.pid").read_text().split()[0]))
+        procs = [postmaster, *postmaster.children(recursive=True)]
+        for proc in procs:
+            proc.send_signal(signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            for proc in procs:
+                with suppress(psutil.NoSuchProcess):
+                    proc.send_signal(signal.SIGCONT)
 
     def url(self, database: str = "postgres") -> str:
         return f"postgresql://{self.user}@127.0.0.1:{self.port}/{database}"
@@ -79,7 +98,7 @@ def postgres_cluster(port: int | None = None) -> Iterator[PostgresCluster]:
                                   "-w", "stop"]), capture_output=True)  # fmt: skip
 
     try:
-        yield PostgresCluster(port, user, stop)
+        yield PostgresCluster(port, user, stop, data)
     finally:
         stop()
         shutil.rmtree(root, ignore_errors=True)

@@ -96,8 +96,9 @@ def test_one_code_path_for_both_engines(records: Records) -> None:
     assert records.stats(cold_before=time.time() + 1)["cold_bytes"] == 40
 
 
-def _start_origin(tmp: Path, database: str, port: int) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "EDGEPROXY_DATA_DIR": str(tmp / f"var-{port}"),
+def _start_origin(tmp: Path, database: str, port: int,
+                  **more: str) -> subprocess.Popen[bytes]:
+    env = {**os.environ, **more, "EDGEPROXY_DATA_DIR": str(tmp / f"var-{port}"),
            "EDGEPROXY_ORIGIN__PORT": str(port), "EDGEPROXY_ORIGIN__DATABASE": database,
            "EDGEPROXY_ORIGIN__STORE": str(tmp / "shared-blobs"),
            "EDGEPROXY_AUTH__JWT_SECRET": SECRET, "EDGEPROXY_LOG_LEVEL": "warning",
@@ -199,6 +200,46 @@ def test_a_database_gone_answers_503_with_retry_after_not_500(tmp_path: Path) ->
             ready = httpx.get(url + "/readyz", timeout=30)
             assert ready.status_code == 503
             assert "Error" not in ready.json()["message"], ready.text
+        finally:
+            proc.terminate()
+            proc.wait(timeout=10)
+
+
+def test_a_database_that_hangs_answers_503_in_its_timeout_not_never(tmp_path: Path) -> None:
+    """PostgreSQL hung with its connections open (SIGSTOP: a server that stops answering, a
+    host cut off): calls on pooled connections waited with no end (found from outside: none
+    answered in 120 s), and held asyncio's default threads meanwhile. Each is a 503 within
+    ``origin.database_timeout``; the scrape goes on without the totals; once the database
+    answers again, so does the origin."""
+    port = free_port()
+    with postgres_cluster() as cluster:
+        proc = _start_origin(tmp_path, cluster.new_database(), port,
+                             EDGEPROXY_ORIGIN__DATABASE_TIMEOUT="1s")
+        url = f"http://127.0.0.1:{port}"
+        try:
+            wait_healthy(url, proc)
+            auth = {"Authorization": "Bearer " + mint_token(SECRET, "frank")}
+
+            def upload_request() -> tuple[int, str, float]:
+                started = time.monotonic()
+                r = httpx.post(url + "/v1/media/upload/request", json=_body(100),
+                               headers=auth, timeout=60)
+                return r.status_code, r.text, time.monotonic() - started
+
+            assert upload_request()[0] == 200  # (the pool holds a connection now)
+            with cluster.frozen(), ThreadPoolExecutor(4) as pool:
+                answers = list(pool.map(lambda _: upload_request(), range(4)))
+                metrics = httpx.get(url + "/metrics", timeout=60)
+            for status, text, took in answers:
+                assert status == 503 and "database_unavailable" in text, (status, text)
+                assert took < 10, took
+            assert metrics.status_code == 200, metrics.text
+            assert not any(line.startswith("edgeproxy_origin_stored_blobs ")
+                           for line in metrics.text.splitlines())
+            deadline = time.monotonic() + 20  # (the hung calls end once it answers)
+            while (status := upload_request()[0]) != 200 and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert status == 200
         finally:
             proc.terminate()
             proc.wait(timeout=10)

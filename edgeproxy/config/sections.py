@@ -98,6 +98,9 @@ class OriginConfig:
     # Further stores (other regions) every committed blob is copied to in the background.
     replicas: tuple[str, ...] = ()
     replication_interval: float = _duration(10)
+    # A database call not answered within this long is a 503 database_unavailable (a server
+    # that hangs or a partitioned host leaves queries on open connections waiting forever).
+    database_timeout: float = _duration(10)
 
     @property
     def base_url(self) -> str:

@@ -15,7 +15,6 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from email.utils import formatdate
-from typing import ParamSpec, TypeVar
 
 import sqlalchemy.exc
 from starlette.applications import Starlette
@@ -28,6 +27,7 @@ from .auth import Authenticator, Principal
 from .authz import ConversationAccess
 from .blobstore import BlobStore
 from .db import database_url
+from .dbcalls import DbCalls
 from .limits import UploadAllowance
 from .metrics import OriginMetrics
 from .records import Records, Upload
@@ -40,9 +40,6 @@ from .staging import Staging, StagingBusy, StagingWriter
 from .stores import open_store
 from .tiers import TieredLocalBlobStore, check_lifecycle
 from .uploadlocks import IN_PROGRESS, UploadLocks
-
-P = ParamSpec("P")
-T = TypeVar("T")
 
 log = logging.getLogger("edgeproxy.origin")
 
@@ -92,7 +89,8 @@ class OriginCore:
         self.access = ConversationAccess(config.auth, clock)
         self.signer = DownloadSigner.from_config(config.download_signing)
         self.allowance = UploadAllowance.from_config(config.limits)
-        self.metrics = OriginMetrics(self._stats)
+        self.metrics = OriginMetrics(self._bounded_stats)
+        self.db = DbCalls(config.origin.database_timeout)
 
     @property
     def records(self) -> Records:
@@ -119,6 +117,12 @@ class OriginCore:
         stats["replication_lag_seconds"] = int(self.replicator.lag(self.clock()))
         return stats
 
+    async def _bounded_stats(self) -> dict[str, int] | None:
+        try:
+            return await self.db(self._stats)
+        except HTTPError:  # (not answered in time: the scrape goes on without the totals)
+            return None
+
     @asynccontextmanager
     async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
         """Open the database; sweep what expired while we were down, and keep sweeping, in
@@ -142,6 +146,7 @@ class OriginCore:
             if self._records is not None:
                 self._records.close()
             self._records = None
+            self.db.close()
             self._started = False
             await self.access.aclose()
 
@@ -189,13 +194,15 @@ class OriginCore:
         db = self.records.db
         if db.dialect == "postgresql":
             key = f"upload:{name}"
-            conn = await asyncio.to_thread(db.try_lock, key)
+            conn = await self.db(db.try_lock, key)
             if conn is None:
                 raise StagingBusy(name)
             try:
                 yield
             finally:
-                await asyncio.to_thread(db.unlock, conn, key)
+                # (not answered in time: the server drops the lock with the connection)
+                with contextlib.suppress(HTTPError):
+                    await self.db(db.unlock, conn, key)
             return
         # The lock file stays (unlinking it would let two openers lock two inodes); the
         # orphan sweep removes it once no unfinished upload owns it and it is older than any
@@ -263,10 +270,6 @@ class OriginCore:
             log.warning("readiness: the database fails: %s", exc)
             return "the database fails (the origin's log says how)"
         return None
-
-    async def db(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
-        """Run a `Records` call in a worker thread (SQLite fsyncs must not block the loop)."""
-        return await asyncio.to_thread(fn, *args, **kwargs)
 
     # --- auth ----------------------------------------------------------------------------------
 

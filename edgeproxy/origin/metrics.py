@@ -10,7 +10,7 @@ summed over the worker processes when there are several (`edgeproxy.workermetric
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -38,8 +38,8 @@ def upload_size_class(blob_size: int) -> str:
 class _StoreCollector(Collector):
     """Metrics computed from `Records.stats` on every scrape."""
 
-    def __init__(self, stats: Callable[[], dict[str, int] | None]) -> None:
-        self._stats = stats
+    def __init__(self) -> None:
+        self.latest: dict[str, int] | None = None  # the totals read for this scrape
 
     def _families(self, stats: dict[str, int] | None) -> Iterator[Metric]:
         saved = CounterMetricFamily(
@@ -70,14 +70,15 @@ class _StoreCollector(Collector):
         return self._families(None)
 
     def collect(self) -> Iterator[Metric]:
-        """The current totals."""
-        return self._families(self._stats())
+        """The totals read for this scrape (`OriginMetrics.render`)."""
+        return self._families(self.latest)
 
 
 class OriginMetrics:
     """Counters the origin updates as things happen, plus the database-backed totals."""
 
-    def __init__(self, stats: Callable[[], dict[str, int] | None]) -> None:
+    def __init__(self, stats: Callable[[], Awaitable[dict[str, int] | None]]) -> None:
+        self._stats = stats
         self.registry = CollectorRegistry()
         self.uploads = Counter(
             "edgeproxy_origin_uploads",
@@ -92,7 +93,7 @@ class OriginMetrics:
             "Seconds from the upload request to its commit at confirm, per committed upload, "
             "by media size class", ["size_class"], buckets=UPLOAD_BUCKETS,
             registry=self.registry)  # fmt: skip
-        self._store = _StoreCollector(stats)
+        self._store = _StoreCollector()
         self.registry.register(self._store)
 
     def count(self, result: str) -> None:
@@ -105,5 +106,6 @@ class OriginMetrics:
             max(seconds, 0.0))
 
     async def render(self) -> bytes:
-        """The text exposition (run in a thread: the totals query SQLite)."""
+        """The text exposition, with the database's totals if it answers them in time."""
+        self._store.latest = await self._stats()
         return await asyncio.to_thread(exposition, self.registry, [self._store])
