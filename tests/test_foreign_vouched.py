@@ -157,3 +157,25 @@ async def test_a_later_slice_is_judged_by_what_its_file_says_now(tmp_path: Path)
     mark_filling(fd, "v2")
     os.close(fd)
     assert not await fill.ours(5, wait=False)
+
+
+async def test_a_slice_still_claimed_is_waited_on_past_the_timeout(tmp_path: Path) -> None:
+    """The other worker still holds the slice's claim: its flight is alive, writing the
+    slices before this one (a seek far ahead of a slow whole fill). Its file comes later
+    than the wait's length, and is followed then; it was an `UpstreamTimeout` (a 504)."""
+    _xattrs_or_skip(tmp_path)
+    path = tmp_path / "fill"  # (not made yet: the fill has not got to this slice)
+    running = [True]
+    fill = ForeignFill(path, is_running=lambda: running[0], stored=lambda: None, version="v1")
+    asked = asyncio.ensure_future(fill.ours(0.1))
+    await asyncio.sleep(0.4)  # four times the wait
+    assert not asked.done()
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    mark_filling(fd, "v1")
+    os.write(fd, DATA[:100])
+    os.close(fd)
+    assert await asyncio.wait_for(asked, 5) is True
+    running[0] = False  # the worker gave up with nothing stored: no wait past it
+    await fill.wait_done(0.1)
+    assert isinstance(fill.error, FillAborted)
+    fill.detach()

@@ -22,8 +22,9 @@ import pytest
 from edgeproxy.cache import create_app
 from tests.chain import chain_config
 from tests.foreign import ForeignOrigin
+from tests.nodes import NodeProcess
 from tests.origins import pattern
-from tests.servers import ServerThread
+from tests.servers import ServerThread, free_port
 
 SLICE = 64 * 1024
 BODY = pattern(10 * SLICE + 123, seed=81)
@@ -63,4 +64,45 @@ def test_a_range_far_ahead_of_a_slow_whole_fill_is_answered(
     assert r.content == BODY[first:last + 1]
     assert waited > WAIT  # (it did wait past the wait's length: for the fill, not a fetch)
     assert foreign.count("/v/t1/slow") == 1  # one upstream request: the range joined the fill
+    assert whole and whole[0].content == BODY
+
+
+def test_a_range_in_another_worker_far_ahead_of_a_slow_whole_fill_is_answered(
+        foreign: ForeignOrigin, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same in another worker process (two node processes on one cache directory, as
+    a node's workers are): it follows the fill through the slice's file, which does not
+    exist until the fill gets there, and it was a 504 after ``fill_wait_timeout``. It waits
+    while the filling worker holds the slice's claim (that flight lets go once its upstream
+    is silent as long)."""
+    foreign.route("/v/t1/slow2", body=BODY, etag='"slow2"', drip=0.3,
+                  headers=[("Cache-Control", "public, max-age=600")])
+    config = tmp_path / "config.yaml"
+    ports = [free_port(), free_port()]
+    config.write_text(f"data_dir: var\nlog_level: warning\nlog: {{access: 'off'}}\n"
+                      f"edge: {{port: {ports[0]}, workers: 1}}\n"
+                      f"cache: {{slice_size: {SLICE}, fill_wait_timeout: {WAIT}s}}\n")
+    one = NodeProcess(config, "edge", f"http://127.0.0.1:{ports[0]}", upstream=foreign.url)
+    with one:
+        monkeypatch.setenv("EDGEPROXY_EDGE__PORT", str(ports[1]))
+        with NodeProcess(config, "edge", f"http://127.0.0.1:{ports[1]}",
+                         upstream=foreign.url) as two:
+            whole: list[httpx.Response] = []
+            leader = threading.Thread(target=lambda: whole.append(
+                httpx.get(one.url + "/v/t1/slow2", timeout=30)))
+            leader.start()
+            deadline = time.monotonic() + 5
+            while not foreign.count("/v/t1/slow2"):  # the whole fill is under way
+                assert time.monotonic() < deadline
+                time.sleep(0.01)
+            time.sleep(0.2)
+            first, last = 8 * SLICE + 10, 9 * SLICE + 20
+            started = time.monotonic()
+            r = httpx.get(two.url + "/v/t1/slow2", headers={"Range": f"bytes={first}-{last}"},
+                          timeout=30)
+            waited = time.monotonic() - started
+            leader.join(30)
+    assert r.status_code == 206, (r.status_code, r.text[:200])
+    assert r.content == BODY[first:last + 1]
+    assert waited > WAIT  # (past the wait's length: for the other worker's fill)
+    assert foreign.count("/v/t1/slow2") == 1  # one upstream request: it followed the fill
     assert whole and whole[0].content == BODY

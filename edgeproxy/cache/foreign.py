@@ -258,8 +258,15 @@ class ForeignFill:
             self._refresh()  # a first look at once, unless one is under way
         while not settled():
             if loop.time() > deadline:
-                raise UpstreamTimeout(f"the worker filling this slice: nothing for "
-                                      f"{timeout:.0f}s")
+                if self.other or not self._is_running():  # (another version's: none of ours)
+                    raise UpstreamTimeout(f"the worker filling this slice: nothing for "
+                                          f"{timeout:.0f}s")
+                # Its claim is still held: the other worker's flight is alive, writing the
+                # slices before this one first (a seek far into an object another client
+                # fetches whole, from a slow origin, was a 504 here while bytes kept coming).
+                # That flight fails, and lets go, once its upstream is silent as long: the
+                # wait is for its progress, as a follower's here (`SliceFill.wait_beyond`).
+                deadline = loop.time() + timeout
             tick = self._tick
             if tick is not None:
                 await shared(tick, None)  # (the look ends within its interval)
