@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import time
@@ -194,7 +195,8 @@ class OriginCore:
         db = self.records.db
         if db.dialect == "postgresql":
             key = f"upload:{name}"
-            conn = await self.db(db.try_lock, key)
+            conn = await self.db.holding(functools.partial(db.try_lock, key),
+                                         lambda late: db.unlock(late, key))
             if conn is None:
                 raise StagingBusy(name)
             try:

@@ -14,11 +14,12 @@ database does (a thread cannot be stopped), in this pool only.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 from ..quietlog import QuietLog
 from .responses import DATABASE_UNAVAILABLE
@@ -45,16 +46,32 @@ class DbCalls:
 
     async def __call__(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """``fn(*args, **kwargs)`` in a thread of the pool, bounded by ``timeout``."""
+        return await self._bounded(functools.partial(fn, *args, **kwargs), None)
+
+    async def holding(self, take: Callable[[], T | None], give_back: Callable[[T], None],
+                      ) -> T | None:  # fmt: skip
+        """``take()`` (a lock held on a connection, say), bounded as any call; taken only
+        after the caller was answered 503, it is given back then (`give_back`, in the pool):
+        a session lock taken late was held by no one, forever."""
+        return await self._bounded(take, give_back)
+
+    async def _bounded(self, fn: Callable[[], T], give_back: Callable[[Any], None] | None,
+                       ) -> T:  # fmt: skip
         if self._pool is None:
             self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="edgeproxy-db")
-        call = asyncio.get_running_loop().run_in_executor(
-            self._pool, functools.partial(fn, *args, **kwargs))
+        pool = self._pool
+        call = asyncio.get_running_loop().run_in_executor(pool, fn)
         try:
-            return await asyncio.wait_for(call, self.timeout)
+            # (shielded: a late result is still there for `give_back`)
+            return await asyncio.wait_for(asyncio.shield(call), self.timeout)
+        except asyncio.CancelledError:  # (the caller went away: a client gone, say)
+            _abandon(call, give_back, pool)
+            raise
         except TimeoutError:
+            _abandon(call, give_back, pool)
+            name = getattr(getattr(fn, "func", fn), "__name__", "a call")
             _log.log(logging.WARNING, "database_timeout", "the database did not answer %s "
-                     "within %g s: answering 503 database_unavailable",
-                     getattr(fn, "__name__", "a call"), self.timeout)
+                     "within %g s: answering 503 database_unavailable", name, self.timeout)
             raise DATABASE_UNAVAILABLE from None
 
     def close(self) -> None:
@@ -62,3 +79,20 @@ class DbCalls:
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
             self._pool = None
+
+
+def _abandon(call: asyncio.Future[Any], give_back: Callable[[Any], None] | None,
+             pool: ThreadPoolExecutor) -> None:
+    """The caller no longer waits for ``call``: what it takes when it ends is given back."""
+    if give_back is not None:
+        call.add_done_callback(lambda done: _give_back(done, give_back, pool))
+    else:
+        call.add_done_callback(lambda done: done.cancelled() or done.exception())
+
+
+def _give_back(done: asyncio.Future[Any], give_back: Callable[[Any], None],
+               pool: ThreadPoolExecutor) -> None:
+    if done.cancelled() or done.exception() is not None or done.result() is None:
+        return
+    with contextlib.suppress(RuntimeError):  # (the pool is shut: the process is stopping)
+        pool.submit(give_back, done.result())
