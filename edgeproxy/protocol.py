@@ -122,6 +122,11 @@ class GuardedHttpToolsProtocol(DeadlineHooks, PipelinedRequests, HttpToolsProtoc
             cycle, app = self.pipeline.pop()
             self._start_asgi_task(cycle, app)
             self.deadline.arm()
+        elif self.refusal is not None:  # a head refused behind the answers now all sent
+            held = getattr(self.cycle, "transport", None)
+            if isinstance(held, HeadHolder):
+                held.flush()  # (a bodiless answer's head is held for a loop turn)
+            send_refusal(self.transport, self.refusal)
         else:
             self.unsent_seen = sys.maxsize  # (this answer's bytes are still to be taken)
             self.deadline.arm(self.timeout_keep_alive)
@@ -396,10 +401,12 @@ class GuardedHttpToolsProtocol(DeadlineHooks, PipelinedRequests, HttpToolsProtoc
             method = self.head_start.partition(b" ")[0].decode()
             self.refusal = HTTPError(400, "unknown_method", f"{method} is not a method this "
                                      "server knows (methods are case-sensitive)")
-        if self.refusal is None:
-            super().send_400_response(msg)
-            return
-        if self.cycle is not None and not self.cycle.response_complete:
-            self.transport.close()  # a pipelined response is under way: no room for ours
-            return
+        if self.refusal is None:  # (llhttp's: uvicorn's answer was text, and went at once)
+            self.refusal = HTTPError(400, "bad_request", "the request is not valid HTTP/1.1")
+        if self.pipeline or (self.cycle is not None and not self.cycle.response_complete):
+            # Answers to the requests before it are under way: it goes after them, in order
+            # (RFC 9112 §9.3.2). It went at once, into an answer's body, or as the answer of
+            # a valid request before it, which then had none; a refused head closed the
+            # connection, cutting the answer under way (found from outside).
+            return  # (nothing after it is read: `data_received`; `on_response_complete`)
         send_refusal(self.transport, self.refusal)
