@@ -89,6 +89,10 @@ class Facts:
         self.config = config
         self.tier = tier
         self.store = store
+        # The node's for its lifetime, as its flights cut answers by it: facts of a reloaded
+        # config's other size told readers to find bytes where no slice holds them (wrong
+        # bytes in complete answers, after a SIGHUP; found from outside).
+        self.slice_size = config.cache.slice_size
         self.classes: dict[str, ContentClass] = {c.name: c for c in config.content_classes}
 
     def class_of(self, key: str, content_type: str | None) -> ContentClass | None:
@@ -192,7 +196,7 @@ class Facts:
                                      hmap if hmap is not None else beresp.header_map),
             content_class=cls.name if cls else policy.DEFAULT_CLASS,
             version=variant_version(beresp.version, vary, vary_values),
-            slice_size=self.config.cache.slice_size, upstream_cache=beresp.x_cache,
+            slice_size=self.slice_size, upstream_cache=beresp.x_cache,
             vary=vary, vary_values=vary_values,
         )
 

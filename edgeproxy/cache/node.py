@@ -197,7 +197,11 @@ class CacheNode:
         self.store.close()
 
     def reload(self, config: Config) -> None:
-        """Take new content classes and TTLs (SIGHUP); listeners and connections stay."""
+        """Take new content classes and TTLs (SIGHUP); listeners and connections stay, and
+        so does the slice size (stored objects and flights under way are cut by it)."""
+        if config.cache.slice_size != self.slice_size:
+            log.warning("cache.slice_size is %d bytes until a restart (the reloaded config "
+                        "says %d)", self.slice_size, config.cache.slice_size)
         self.config = config
         self.classes = {c.name: c for c in config.content_classes}
         self.facts.config = config
