@@ -160,6 +160,22 @@ def test_free_space_default_and_env_override() -> None:
         ("log_level: loud\n", "log_level"),
         ("origin:\n  max_upload_size: [1]\n", "origin.max_upload_size"),
         ("content_classes:\n  - name: x\n    immutable: maybe\n", "content_classes[0].immutable"),
+        # passed, and failed only under traffic (found from outside): a node "ok" answering
+        # 500 to everything, cut answers, every request refused
+        ("edge:\n  upstream: 'http://'\n", "edge.upstream"),
+        ("edge:\n  upstream: 'http://[::1'\n", "edge.upstream"),
+        ("shield:\n  upstream: 'http://127.0.0.1:99999'\n", "shield.upstream"),
+        ("edge:\n  upstreams: ['http://a:1', 'http://b:0']\n", "edge.upstreams[1].url"),
+        ("origin:\n  public_url: 'https://'\n", "origin.public_url"),
+        ("public_base_url: 'http://'\n", "public_base_url"),
+        ("cache:\n  read_chunk_size: 0\n", "cache.read_chunk_size"),
+        ("cache:\n  upstream_timeout: 0\n", "cache.upstream_timeout"),
+        ("cache:\n  fill_wait_timeout: 0s\n", "cache.fill_wait_timeout"),
+        ("http_limits:\n  body_timeout: 0\n", "http_limits.body_timeout"),
+        ("origin:\n  database_timeout: 0\n", "origin.database_timeout"),
+        ("origin:\n  max_upload_size: 0\n", "origin.max_upload_size"),
+        ("edge:\n  node_name: \"edge\\nX-Injected: 1\"\n", "edge.node_name"),
+        ("shield:\n  node_name: 'my shield'\n", "shield.node_name"),
     ],
 )
 def test_bad_values_name_the_dotted_key(tmp_path: Path, text: str, key: str) -> None:
@@ -237,3 +253,9 @@ def test_cli_reads_config_from_env_and_from_cwd(tmp_path: Path) -> None:
     assert proc.returncode == 2 and "shield.port" in proc.stderr
     assert "Traceback" not in proc.stderr
 
+
+def test_a_config_file_that_is_not_utf8_is_a_config_error(tmp_path: Path) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_bytes(b"edge:\n  node_name: \xff\xfe\n")
+    with pytest.raises(ConfigError, match="not UTF-8"):
+        load_config(path, env={})

@@ -11,6 +11,7 @@ from dataclasses import field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Union, get_args, get_origin, get_type_hints
+from urllib.parse import urlsplit
 
 import yaml
 
@@ -37,6 +38,9 @@ def load_config(path: str | os.PathLike[str] | None = None,
             text = p.read_text()
         except OSError as exc:
             raise ConfigError(f"cannot read config file {p}: {exc.strerror}") from None
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"{p} is not UTF-8 text (byte {exc.start}: "
+                              f"{exc.object[exc.start:exc.start + 1]!r})") from None
         try:
             loaded = yaml.safe_load(text)
         except yaml.YAMLError as exc:
@@ -185,12 +189,14 @@ def _check(config: Config) -> None:
         if workers < 1:
             raise ConfigError(f"{key}: must be at least 1, got {workers}")
     for tier in TIERS:
-        upstream = config.node(tier).upstream
-        if upstream and not re.match(r"https?://", upstream):
-            raise ConfigError(f"{tier}.upstream: expected an http(s):// URL, got {upstream!r}")
-    if not re.match(r"https?://", config.public_base_url):
-        raise ConfigError(f"public_base_url: expected an http(s):// URL, "
-                          f"got {config.public_base_url!r}")
+        if config.node(tier).upstream:
+            _check_url(f"{tier}.upstream", config.node(tier).upstream)
+        for i, parent in enumerate(config.node(tier).upstreams):
+            _check_url(f"{tier}.upstreams[{i}].url", parent.url)
+    _check_url("public_base_url", config.public_base_url)
+    if config.origin.public_url:
+        _check_url("origin.public_url", config.origin.public_url)
+    _check_amounts(config)
     if config.cache.scrub_interval < 0 or config.cache.scrub_rate < 1:
         raise ConfigError("cache.scrub_interval must be 0 (off) or more, cache.scrub_rate at "
                           "least 1 byte a second")
@@ -252,3 +258,47 @@ def _check_auth_and_signing(config: Config) -> None:
     for name in ("uploads_per_minute_per_user", "uploads_per_minute_per_conversation"):
         if getattr(limits, name) < 0:
             raise ConfigError(f"limits.{name}: must not be negative")
+
+
+# RFC 9110 §5.6.2: a node's name goes into Via, X-Cache and the access log as a token.
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+# Settings that must be above zero: a zero timeout or chunk refused or cut every answer.
+_POSITIVE = (("cache", "upstream_timeout"), ("cache", "fill_wait_timeout"),
+             ("cache", "read_chunk_size"), ("http_limits", "body_timeout"),
+             ("origin", "database_timeout"), ("origin", "upload_url_ttl"),
+             ("origin", "upload_expiry"), ("origin", "cleanup_interval"),
+             ("origin", "replication_interval"), ("origin", "max_upload_size"))
+_NOT_NEGATIVE = (("cache", "negative_ttl"), ("cache", "stale_if_error"),
+                 ("cache", "stale_while_revalidate"), ("cache", "upstream_backoff"),
+                 ("cache", "upstream_probe_interval"), ("cache", "memory_size"),
+                 ("cache", "memory_max_object"), ("origin", "shutdown_grace"),
+                 ("shield", "shutdown_grace"), ("edge", "shutdown_grace"))
+
+
+def _check_url(key: str, url: str) -> None:
+    """``url`` is an http(s) URL with a host and a port that can be (ConfigError naming
+    ``key`` otherwise): ``http://``, ``http://[::1`` or a port past 65535 passed, and the node
+    answered 500 to everything (found from outside)."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise ConfigError(f"{key}: {url!r} is not a URL ({exc})") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname or port == 0:
+        raise ConfigError(f"{key}: expected an http(s)://host[:port] URL, got {url!r}")
+
+
+def _check_amounts(config: Config) -> None:
+    """Amounts a value of the right type may still get wrong, and the names nodes give."""
+    for section, name in _POSITIVE:
+        if not getattr(getattr(config, section), name) > 0:
+            raise ConfigError(f"{section}.{name}: must be above zero, got "
+                              f"{getattr(getattr(config, section), name)!r}")
+    for section, name in _NOT_NEGATIVE:
+        if getattr(getattr(config, section), name) < 0:
+            raise ConfigError(f"{section}.{name}: must not be negative")
+    for role in ("origin", *TIERS):
+        name = config.role_section(role).node_name
+        if name and not _TOKEN.fullmatch(name):
+            raise ConfigError(f"{role}.node_name: letters, digits and !#$%&'*+-.^_`|~ only "
+                              f"(it goes into Via and X-Cache), got {name!r}")
