@@ -19,6 +19,7 @@ import importlib.util
 import logging
 import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Mapping
@@ -180,6 +181,8 @@ def _uvicorn_options(config: Config, role: str) -> dict[str, Any]:
         # own answers itself; uvicorn's would be a second Date field.
         "date_header": role == "origin",
         "access_log": False,  # ours (edgeproxy.accesslog) knows the cache verdict
+        # A failed start stops the node ("auto" logged it as lifespan unsupported and served)
+        "lifespan": "on",
         **server_options(section.tls),
     }
 
@@ -241,6 +244,7 @@ def run_node(config: Config, role: str, *, upstream: str | None = None,
 def _run_workers(config: Any) -> None:
     """uvicorn's multi-worker supervisor, except that SIGHUP reloads the workers in place and
     each worker listens on a socket of its own (`workers.claim_port`)."""
+    from uvicorn.config import STARTUP_FAILURE
     from uvicorn.supervisors import Multiprocess, multiprocess
 
     from .workers import OwnSocketWorker, claim_port
@@ -260,10 +264,13 @@ def _run_workers(config: Any) -> None:
                  sock.getsockname()[1], config.workers)
         # uvicorn makes its workers by this name (start and restarts alike)
         multiprocess.Process = OwnSocketWorker  # type: ignore[misc]
+    supervisor = Supervisor(config, sockets=[sock])
     try:
-        Supervisor(config, sockets=[sock]).run()
+        supervisor.run()
     finally:
         sock.close()
+    if any(process.exitcode == STARTUP_FAILURE for process in supervisor.processes):
+        sys.exit(STARTUP_FAILURE)  # (as one worker's failed start exits: not 0)
 
 
 def exit_with_parent(parent_pid: int, interval: float = 0.5,

@@ -14,7 +14,7 @@ import time
 from collections.abc import Iterable
 
 from ..config import Config, ContentClass
-from ..errors import ConfigError, HTTPError, StorageFault, UpstreamError
+from ..errors import ConfigError, EdgeProxyError, HTTPError, StorageFault, UpstreamError
 from ..http import format_http_date
 from ..tls import client_context
 from . import admin, asgi, boundary, fields, policy, replays, slicesums, steps
@@ -155,7 +155,14 @@ class CacheNode:
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
-                self.startup()
+                try:
+                    self.startup()
+                except (OSError, ValueError, EdgeProxyError) as exc:  # (ssl.SSLError too)
+                    # No way to its upstream: a node that started anyway was "ok" and
+                    # answered 500 to everything (uvicorn's "auto" lifespan ate the error)
+                    await send({"type": "lifespan.startup.failed",
+                                "message": f"{self.tier} cannot start: {exc}"})
+                    return
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 await self.shutdown()
