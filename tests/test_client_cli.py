@@ -478,3 +478,25 @@ def test_a_signed_url_is_shown_without_its_signature() -> None:
     url = "https://cdn.example/v1/upload/m_abc?expires=1&size=2&sig=deadbeef"
     assert unsigned(url) == "https://cdn.example/v1/upload/m_abc"
     assert unsigned("https://cdn.example/v1/upload/m_abc") == "https://cdn.example/v1/upload/m_abc"
+
+
+@pytest.mark.parametrize("where", ["media_url", "--api", "--cdn"])
+def test_a_url_that_cannot_be_one_is_one_line_not_a_traceback(
+        uploaded: dict[str, Any], image: Path, tmp_path: Path, where: str) -> None:
+    """httpx refuses ``http://[::1`` (no closing bracket) with `httpx.InvalidURL`, which no
+    transport error is: the CLI died with its traceback (found from outside)."""
+    bad = "http://[::1"
+    if where == "--api":
+        proc = cli("upload", str(image), "--api", bad, "--token", "x", cwd=tmp_path)
+    else:
+        payload = dict(uploaded)
+        if where == "media_url":
+            payload["media_url"] = bad + "/v/t1/" + "a" * 64
+        (tmp_path / "p.json").write_text(json.dumps(payload))
+        extra = ["--cdn", bad] if where == "--cdn" else []
+        proc = cli("download", "p.json", "--out", "x.png", *extra, cwd=tmp_path)
+    assert proc.stderr.startswith("edgeproxy: error: ") and "Traceback" not in proc.stderr
+    assert proc.stderr.count("\n") == 1, proc.stderr
+    if where != "--cdn":  # (that one was a one-line "Invalid IPv6 URL" already)
+        assert proc.returncode == 2 and "not a usable URL" in proc.stderr, proc.stderr
+    assert not (tmp_path / "x.png").exists()

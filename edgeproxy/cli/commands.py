@@ -53,6 +53,9 @@ class _Group(click.Group):
         except httpx.TransportError as exc:
             click.echo(f"edgeproxy: error: {connection_problem(exc)}", err=True)
             ctx.exit(1)
+        except httpx.InvalidURL as exc:  # (--api, --cdn, --node, a payload's media_url)
+            click.echo(f"edgeproxy: error: not a usable URL: {exc}", err=True)
+            ctx.exit(2)
         except ClientError as exc:
             if isinstance(exc.__cause__, httpx.TransportError):
                 click.echo(f"edgeproxy: error: {connection_problem(exc.__cause__)}", err=True)
