@@ -147,6 +147,25 @@ class MediaClient:
             raise ClientError(response.status_code, "bad_response", f"{method} {url}: {data!r}")
         return data
 
+    def _api_retrying(self, path: str, body: Mapping[str, Any], *,
+                      replayable: bool) -> dict[str, Any]:
+        """`_api`, tried again (bounded, with backoff) where the API was away: a 502, 503 or
+        504, another request holding the upload, a connection never made; and a connection
+        lost after the request went when it may be sent twice (``replayable``)."""
+        failures = 0
+        while True:
+            try:
+                return self._api(path, body)
+            except ClientError as exc:
+                cause = exc.__cause__
+                away = exc.status in (502, 503, 504) or exc.error == "upload_in_progress" \
+                    or isinstance(cause, httpx.ConnectError) \
+                    or (replayable and isinstance(cause, httpx.TransportError))
+                failures += 1
+                if not away or failures > self.retries:
+                    raise
+            time.sleep(min(self.retry_backoff * 2 ** (failures - 1), MAX_BACKOFF))
+
     def signed_url(self, media_id: str) -> dict[str, Any]:
         """A signed, expiring download URL of an upload of ours: ``{"signed_url",
         "expires_at", ...}`` from ``GET /v1/media/{media_id}/content``."""
@@ -178,7 +197,7 @@ class MediaClient:
             }
             if conversation_id is not None:
                 request["conversation_id"] = conversation_id
-            ticket = self._api("/v1/media/upload/request", request)
+            ticket = self._api_retrying("/v1/media/upload/request", request, replayable=False)
             media_id = required(ticket, "media_id", "the upload ticket")
             upload_url = required(ticket, "upload_url", "the upload ticket")
             if ticket.get("upload_method") == "direct":
@@ -193,7 +212,10 @@ class MediaClient:
         confirm: dict[str, Any] = {"media_id": media_id, "file_sha256": result.enc_sha256}
         if extras.get("thumb_blob") is not None:
             confirm["thumbnail_base64"] = _b64(extras["thumb_blob"])
-        done = self._api("/v1/media/upload/confirm", confirm)
+        # (a retried confirm gets the 200 of the first: an upload whose confirm answer was
+        # lost, or came as a 503 while the database was away, was thrown away after every byte
+        # went, its media key never printed; found from outside)
+        done = self._api_retrying("/v1/media/upload/confirm", confirm, replayable=True)
         payload: dict[str, Any] = {
             "type": media_type,
             "media_id": media_id,
