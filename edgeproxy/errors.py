@@ -77,7 +77,8 @@ class ClientError(EdgeProxyError):
     """The media API answered a client-library call with an error."""
 
     def __init__(self, status: int, error: str, message: str) -> None:
-        super().__init__(f"{status} {error}: {message}")
+        # (status 0: no answer came, and the message says why; not an HTTP status "0")
+        super().__init__(f"{status} {error}: {message}" if status else f"{error}: {message}")
         self.status = status
         self.error = error
         self.message = message

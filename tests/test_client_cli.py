@@ -500,3 +500,11 @@ def test_a_url_that_cannot_be_one_is_one_line_not_a_traceback(
     if where != "--cdn":  # (that one was a one-line "Invalid IPv6 URL" already)
         assert proc.returncode == 2 and "not a usable URL" in proc.stderr, proc.stderr
     assert not (tmp_path / "x.png").exists()
+
+
+def test_a_client_error_with_no_answer_shows_no_status() -> None:
+    """No answer came (status 0): the message says why, with no HTTP status "0" in front
+    (the CLI printed "0 upload_failed: ...")."""
+    assert str(ClientError(0, "upload_failed", "gave up")) == "upload_failed: gave up"
+    assert str(ClientError(503, "database_unavailable", "away")) == \
+        "503 database_unavailable: away"
