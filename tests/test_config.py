@@ -259,3 +259,25 @@ def test_a_config_file_that_is_not_utf8_is_a_config_error(tmp_path: Path) -> Non
     path.write_bytes(b"edge:\n  node_name: \xff\xfe\n")
     with pytest.raises(ConfigError, match="not UTF-8"):
         load_config(path, env={})
+
+
+@pytest.mark.parametrize(("text", "key"), [
+    # passed check-config, and `serve` failed (one with sqlalchemy's traceback), or a store
+    # URL of another scheme became a local directory (found from outside)
+    ("origin:\n  database: '{dir}'\n", "origin.database"),
+    ("origin:\n  database: 'mysql://x/y'\n", "origin.database"),
+    ("origin:\n  store: 'ftp://x/y'\n", "origin.store"),
+    ("origin:\n  store: 's3://'\n", "origin.store"),
+    ("origin:\n  store: '{file}'\n", "origin.store"),
+    ("origin:\n  replicas: ['s3://b/p', 'gs://b/p']\n", "origin.replicas[1]"),
+    ("storage:\n  cold_dir: '{file}'\n", "storage.cold_dir"),
+    ("data_dir: '{file}'\n", "data_dir"),
+])
+def test_places_serve_would_open_are_checked_at_load(tmp_path: Path, text: str,
+                                                      key: str) -> None:
+    (tmp_path / "a-dir").mkdir()
+    (tmp_path / "a-file").write_text("x")
+    text = text.format(dir=tmp_path / "a-dir", file=tmp_path / "a-file")
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, text), env={})
+    assert str(info.value).startswith(key), str(info.value)

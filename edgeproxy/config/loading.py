@@ -197,6 +197,7 @@ def _check(config: Config) -> None:
     if config.origin.public_url:
         _check_url("origin.public_url", config.origin.public_url)
     _check_amounts(config)
+    _check_places(config)
     if config.cache.scrub_interval < 0 or config.cache.scrub_rate < 1:
         raise ConfigError("cache.scrub_interval must be 0 (off) or more, cache.scrub_rate at "
                           "least 1 byte a second")
@@ -302,3 +303,33 @@ def _check_amounts(config: Config) -> None:
         if name and not _TOKEN.fullmatch(name):
             raise ConfigError(f"{role}.node_name: letters, digits and !#$%&'*+-.^_`|~ only "
                               f"(it goes into Via and X-Cache), got {name!r}")
+
+
+def _check_places(config: Config) -> None:
+    """Where the origin keeps things: what `serve` would open, checked as far as can be
+    without opening it (`check-config` passed them, and `serve` failed, one of them with a
+    traceback; ``ftp://x/y`` became a local directory; found from outside)."""
+    if config.data_dir.is_file():
+        raise ConfigError(f"data_dir: {config.data_dir} is a file, not a directory")
+    database = config.origin.database
+    if "://" in database and not database.startswith(
+            ("postgresql://", "postgres://", "postgresql+", "sqlite:")):
+        raise ConfigError(f"origin.database: expected a postgresql:// URL or a SQLite file "
+                          f"path, got {database!r}")
+    if database and "://" not in database and Path(database).expanduser().is_dir():
+        raise ConfigError(f"origin.database: {database} is a directory, not a SQLite file")
+    stores = [("origin.store", config.origin.store)]
+    stores += [(f"origin.replicas[{i}]", spec) for i, spec in enumerate(config.origin.replicas)]
+    for key, spec in stores:
+        if spec.startswith("s3://"):
+            parts = urlsplit(spec)
+            if not parts.netloc or parts.query or parts.fragment:
+                raise ConfigError(f"{key}: {spec!r} is not an s3://bucket/prefix URL")
+        elif "://" in spec:
+            raise ConfigError(f"{key}: expected a directory or s3://bucket/prefix, "
+                              f"got {spec!r}")
+        elif spec and Path(spec).expanduser().is_file():
+            raise ConfigError(f"{key}: {spec} is a file, not a directory")
+    cold = config.storage.cold_dir
+    if cold and Path(cold).expanduser().is_file():
+        raise ConfigError(f"storage.cold_dir: {cold} is a file, not a directory")
