@@ -7,11 +7,20 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections.abc import Callable
 
 import pytest
 
 from edgeproxy.errors import HTTPError
 from edgeproxy.origin.dbcalls import DbCalls
+
+
+async def _eventually(done: Callable[[], bool]) -> None:
+    """Until ``done()`` (a thread of the pool ends its call), for up to a second."""
+    for _ in range(100):
+        if done():
+            return
+        await asyncio.sleep(0.01)
 
 
 async def test_a_call_answers_its_result_in_time() -> None:
@@ -38,10 +47,7 @@ async def test_a_call_not_answered_in_time_is_a_503_and_ends_later() -> None:
     # the pool is its own: other calls go on while that one hangs
     assert await calls(lambda: "other") == "other"
     release.set()
-    for _ in range(100):
-        if ended:
-            break
-        await asyncio.sleep(0.01)
+    await _eventually(lambda: bool(ended))
     assert ended == ["done"]
     calls.close()
 
@@ -59,10 +65,7 @@ async def test_a_lock_taken_after_its_caller_gave_up_is_given_back() -> None:
         await calls.holding(take, given_back.append)
     assert given_back == []
     release.set()
-    for _ in range(100):
-        if given_back:
-            break
-        await asyncio.sleep(0.01)
+    await _eventually(lambda: bool(given_back))
     assert given_back == ["lock"]
     # in time: the caller holds it, nothing is given back
     assert await calls.holding(lambda: "mine", given_back.append) == "mine"
@@ -86,9 +89,6 @@ async def test_a_lock_taken_after_its_caller_was_cancelled_is_given_back() -> No
     with pytest.raises(asyncio.CancelledError):
         await waiting
     release.set()
-    for _ in range(100):
-        if given_back:
-            break
-        await asyncio.sleep(0.01)
+    await _eventually(lambda: bool(given_back))
     assert given_back == ["lock"]
     calls.close()

@@ -41,19 +41,25 @@ def edge(foreign: ForeignOrigin, tmp_path: Path) -> Iterator[str]:
         node.stop()
 
 
+def _whole_fill_under_way(foreign: ForeignOrigin, url: str, path: str,
+                          whole: list[httpx.Response]) -> threading.Thread:
+    """A client fetching ``path`` whole from ``url``, once the origin has its request."""
+    leader = threading.Thread(target=lambda: whole.append(httpx.get(url + path, timeout=30)))
+    leader.start()
+    deadline = time.monotonic() + 5
+    while not foreign.count(path):
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    return leader
+
+
 def test_a_range_far_ahead_of_a_slow_whole_fill_is_answered(
         edge: str, foreign: ForeignOrigin) -> None:
     # 64 KiB every 0.3 s: slice 8 is reached ~2.4 s in, past the wait (a third of it apart)
     foreign.route("/v/t1/slow", body=BODY, etag='"slow"', drip=0.3,
                   headers=[("Cache-Control", "public, max-age=600")])
     whole: list[httpx.Response] = []
-    leader = threading.Thread(target=lambda: whole.append(
-        httpx.get(edge + "/v/t1/slow", timeout=30)))
-    leader.start()
-    deadline = time.monotonic() + 5
-    while not foreign.count("/v/t1/slow"):  # the whole fill is under way
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
+    leader = _whole_fill_under_way(foreign, edge, "/v/t1/slow", whole)
     time.sleep(0.1)
     first, last = 8 * SLICE + 10, 9 * SLICE + 20
     started = time.monotonic()
@@ -87,13 +93,7 @@ def test_a_range_in_another_worker_far_ahead_of_a_slow_whole_fill_is_answered(
         with NodeProcess(config, "edge", f"http://127.0.0.1:{ports[1]}",
                          upstream=foreign.url) as two:
             whole: list[httpx.Response] = []
-            leader = threading.Thread(target=lambda: whole.append(
-                httpx.get(one.url + "/v/t1/slow2", timeout=30)))
-            leader.start()
-            deadline = time.monotonic() + 5
-            while not foreign.count("/v/t1/slow2"):  # the whole fill is under way
-                assert time.monotonic() < deadline
-                time.sleep(0.01)
+            leader = _whole_fill_under_way(foreign, one.url, "/v/t1/slow2", whole)
             time.sleep(0.2)
             first, last = 8 * SLICE + 10, 9 * SLICE + 20
             started = time.monotonic()
