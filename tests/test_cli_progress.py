@@ -195,6 +195,17 @@ def test_connection_refused_asks_whether_the_stack_runs(tmp_path: Path, media: P
         assert "Traceback" not in err and err.count("\n") == 1, (args, err)
 
 
+@pytest.mark.parametrize("upstream", ["http://", "http://[::1", "http://127.0.0.1:99999",
+                                      "ftp://x"])
+def test_serve_upstream_is_checked_as_the_configs(tmp_path: Path, upstream: str) -> None:
+    """``serve --upstream`` bypassed the config's check: the node started, answering 500 to
+    everything. It is the same config error now, naming the option, before any start."""
+    code, _out, err = run("serve", "--role", "edge", "--upstream", upstream, cwd=tmp_path,
+                          timeout=30)
+    assert code == 2 and err.startswith("edgeproxy: config error: --upstream"), err
+    assert "Traceback" not in err and err.count("\n") == 1, err
+
+
 # --- the README's walk-through ---------------------------------------------------------------
 
 

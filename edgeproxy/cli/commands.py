@@ -18,7 +18,7 @@ import click
 import httpx
 
 from .. import __version__
-from ..config import parse_duration
+from ..config import check_url, parse_duration
 from ..errors import ClientError, ConfigError, EdgeProxyError
 from ..server import ROLES
 from .admin import purge, scrub, warm
@@ -147,6 +147,8 @@ def serve(ctx: click.Context, role: str, upstream: str | None, parent_pid: int |
     config, path = load(ctx, config_path)
     if upstream is not None and role == "origin":
         raise click.UsageError("--upstream applies to edge and shield only")
+    if upstream is not None:
+        check_url("--upstream", upstream)  # (as the config's upstream is: a ConfigError)
     if parent_pid is not None:
         exit_with_parent(parent_pid)
     run_node(config, role, upstream=upstream, config_path=path)

@@ -16,7 +16,7 @@ here.
 
 from __future__ import annotations
 
-from .loading import ENV_PREFIX, NON_SETTING_ENV, load_config
+from .loading import ENV_PREFIX, NON_SETTING_ENV, check_url, load_config
 from .sections import (
     DEFAULT_ALLOWED_TYPES,
     DEFAULT_BLOCKED_EXTENSIONS,
@@ -46,6 +46,6 @@ __all__ = [
     "DEFAULT_CONTENT_CLASSES", "DEV_JWT_SECRET", "ENV_PREFIX", "NON_SETTING_ENV", "TIERS",
     "AuthConfig", "CacheConfig", "Config", "ContentClass", "DownloadSigningConfig", "FreeSpace",
     "HTTPLimitsConfig", "LimitsConfig", "NodeConfig", "OriginConfig", "S3Config",
-    "StorageConfig", "TierTTL", "UpstreamConfig", "load_config", "parse_duration",
+    "StorageConfig", "TierTTL", "UpstreamConfig", "check_url", "load_config", "parse_duration",
     "parse_free_space", "parse_size", "parse_upstreams",
 ]

@@ -190,12 +190,12 @@ def _check(config: Config) -> None:
             raise ConfigError(f"{key}: must be at least 1, got {workers}")
     for tier in TIERS:
         if config.node(tier).upstream:
-            _check_url(f"{tier}.upstream", config.node(tier).upstream)
+            check_url(f"{tier}.upstream", config.node(tier).upstream)
         for i, parent in enumerate(config.node(tier).upstreams):
-            _check_url(f"{tier}.upstreams[{i}].url", parent.url)
-    _check_url("public_base_url", config.public_base_url)
+            check_url(f"{tier}.upstreams[{i}].url", parent.url)
+    check_url("public_base_url", config.public_base_url)
     if config.origin.public_url:
-        _check_url("origin.public_url", config.origin.public_url)
+        check_url("origin.public_url", config.origin.public_url)
     _check_amounts(config)
     _check_places(config)
     if config.cache.scrub_interval < 0 or config.cache.scrub_rate < 1:
@@ -276,7 +276,7 @@ _NOT_NEGATIVE = (("cache", "negative_ttl"), ("cache", "stale_if_error"),
                  ("shield", "shutdown_grace"), ("edge", "shutdown_grace"))
 
 
-def _check_url(key: str, url: str) -> None:
+def check_url(key: str, url: str) -> None:
     """``url`` is an http(s) URL with a host and a port that can be (ConfigError naming
     ``key`` otherwise): ``http://``, ``http://[::1`` or a port past 65535 passed, and the node
     answered 500 to everything (found from outside)."""
