@@ -125,10 +125,12 @@ async def hit(node: CacheNode, tx: Tx) -> Step:
     if first is None or first >= meta.length:
         return deliver  # 416, or a ranged request answered whole
     only_cached = policy.only_if_cached(req.headers.get("cache-control"))
-    if policy.request_no_store(req.headers.get("cache-control")) and not only_cached \
+    if (policy.request_no_store(req.headers.get("cache-control"))
+            or "authorization" in req.headers) and not only_cached \
             and joins.missing(node, tx, meta):
-        # RFC 9111 §5.2.1.5: no slice fetched for it may be stored, and a fill that may not
-        # store was dropped under the requests following it (a 502): its own answer, relayed
+        # What is fetched for it may not be stored (RFC 9111 §5.2.1.5), or not shared (§3.5:
+        # its credentials went upstream): its own answer, relayed. A no-store fill was dropped
+        # under its own answer (a 502); a credentialed one was stored, and served to others.
         return pass_
     # (held before the headers: once they are out, none that went could be fetched again)
     pinned = joins.pin(node, tx, meta) if meta.unvalidated else {}
